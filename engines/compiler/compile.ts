@@ -1,0 +1,171 @@
+/**
+ * @file The engine compiler: turns a FLUX model repository into one ONNX graph per component plus an engine
+ * manifest, cached on disk.
+ *
+ * Cache layout under `cacheDir`:
+ *   components/<component>-<key>/model.onnx (+ model.onnx.data, descriptor.json)
+ *   engines/<model>-<mode>-<key>/manifest.json   (points at the component folders)
+ * A component key hashes the compiler version, the component's weights fingerprint and the build options, so the
+ * text encoders and the VAE are compiled once and shared by every mode, and a restart reuses everything. Builds go
+ * to a temporary folder renamed into place, so two processes compiling at once never see a half-written engine.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, join, relative } from 'node:path';
+import type { ComponentWeights, ModelRepo } from '../../src/shared/weights/index.ts';
+import { buildClipGraph } from './flux/clip.ts';
+import { buildT5Graph } from './flux/t5.ts';
+import { parseClipTextConfig, parseT5EncoderConfig } from './flux/text-config.ts';
+import { buildTransformerGraph } from './flux/transformer.ts';
+import { resolveTransformerConfig, type FluxTransformerConfig } from './flux/transformer-config.ts';
+import { buildVaeDecoderGraph, vaeDecoderConfigFromJson, vaeScaleFactor } from './flux/vae.ts';
+import { resolveMode } from './modes.ts';
+import { ExternalDataWriter } from './onnx/external-data.ts';
+import { GraphBuilder } from './onnx/graph-builder.ts';
+
+/** Bump when graphs change in a way that must invalidate cached engines. */
+export const COMPILER_VERSION = '1';
+
+/** Options of {@link compileEngine}. */
+export interface CompileOptions {
+  /** Elastic mode to build. @default 'original' */
+  mode?: string;
+  cacheDir: string;
+  /** Rebuild even when cached. */
+  force?: boolean;
+  onLog?: (message: string) => void;
+}
+
+interface IoSpec {
+  name: string;
+  dtype: string;
+  dims: (number | string)[];
+}
+interface Descriptor {
+  inputs: IoSpec[];
+  outputs: IoSpec[];
+}
+
+type ComponentKey = 'clip' | 't5' | 'transformer' | 'vae';
+
+/** Compiles (or finds in the cache) the engine of `mode`; returns the manifest path. */
+export function compileEngine(repo: ModelRepo, options: CompileOptions): string {
+  const mode = resolveMode(options.mode ?? 'original');
+  const log = options.onLog ?? (() => {});
+  const c = repo.components;
+  const transformerConfig = c.transformer.config as FluxTransformerConfig;
+  const tcfg = resolveTransformerConfig(transformerConfig);
+  const vaeCfg = vaeDecoderConfigFromJson(c.vae.config);
+  const clipCfg = parseClipTextConfig(c.text_encoder.config, c.text_encoder.configSource);
+  const t5Cfg = parseT5EncoderConfig(c.text_encoder_2.config, c.text_encoder_2.configSource);
+
+  const builds: Record<ComponentKey, { weights: ComponentWeights; options: unknown; build: (b: GraphBuilder, w: ReturnType<ComponentWeights['open']>) => Descriptor }> = {
+    clip: { weights: c.text_encoder, options: {}, build: (b, w) => buildClipGraph(b, w, clipCfg) },
+    t5: { weights: c.text_encoder_2, options: {}, build: (b, w) => buildT5Graph(b, w, t5Cfg) },
+    transformer: {
+      weights: c.transformer,
+      options: mode.transformer,
+      build: (b, w) => buildTransformerGraph(b, w, transformerConfig, mode.transformer),
+    },
+    vae: { weights: c.vae, options: {}, build: (b, w) => buildVaeDecoderGraph(b, w, vaeCfg) },
+  };
+
+  const componentsDir = join(options.cacheDir, 'components');
+  const entries = {} as Record<ComponentKey, { file: string; key: string; inputs: IoSpec[]; outputs: IoSpec[] }>;
+  const engineHash = createHash('sha256').update(`${COMPILER_VERSION}|${mode.name}`);
+  for (const [name, spec] of Object.entries(builds) as [ComponentKey, (typeof builds)[ComponentKey]][]) {
+    const key = hash(`${COMPILER_VERSION}|${name}|${spec.weights.fingerprint}|${JSON.stringify(spec.options)}`);
+    engineHash.update(key);
+    const dir = join(componentsDir, `${name}-${key.slice(0, 16)}`);
+    if (options.force || !existsSync(join(dir, 'descriptor.json'))) {
+      log(`compiling ${name} (${mode.name}) from ${spec.weights.files.map((f) => basename(f)).join(', ')}`);
+      buildComponent(dir, name, (b) => {
+        const w = spec.weights.open();
+        try {
+          return spec.build(b, w);
+        } finally {
+          w.close();
+        }
+      });
+    }
+    const descriptor = JSON.parse(readFileSync(join(dir, 'descriptor.json'), 'utf8')) as Descriptor;
+    entries[name] = { file: join(dir, 'model.onnx'), key, ...descriptor };
+  }
+
+  const modelName = basename(repo.root);
+  const engineDir = join(options.cacheDir, 'engines', `${modelName}-${mode.name}-${engineHash.digest('hex').slice(0, 16)}`);
+  const manifestPath = join(engineDir, 'manifest.json');
+  if (!options.force && existsSync(manifestPath)) return manifestPath;
+  mkdirSync(engineDir, { recursive: true });
+  const manifest = {
+    format: 'fluxql-engine/1',
+    mode: mode.name,
+    precision: 'fp32',
+    compilerVersion: COMPILER_VERSION,
+    createdAt: new Date().toISOString(),
+    model: { name: modelName, path: repo.root },
+    components: Object.fromEntries(
+      Object.entries(entries).map(([k, e]) => [k, { ...e, file: relative(engineDir, e.file) }]),
+    ),
+    config: {
+      inChannels: tcfg.inChannels,
+      outChannels: tcfg.outFeatures,
+      axesDimsRope: [...tcfg.axesDimsRope],
+      guidanceEmbeds: tcfg.guidanceEmbeds,
+      jointAttentionDim: tcfg.jointAttentionDim,
+      pooledProjectionDim: tcfg.pooledProjectionDim,
+      latentChannels: vaeCfg.latentChannels,
+      vaeScaleFactor: vaeScaleFactor(vaeCfg),
+      scalingFactor: numberField(c.vae.config, 'scaling_factor', c.vae.configSource),
+      shiftFactor: numberField(c.vae.config, 'shift_factor', c.vae.configSource),
+      clipMaxLength: clipCfg.maxPositions,
+    },
+    plan: [],
+  };
+  writeAtomic(manifestPath, JSON.stringify(manifest, null, 2));
+  return manifestPath;
+}
+
+function buildComponent(dir: string, name: string, build: (b: GraphBuilder) => Descriptor): void {
+  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  mkdirSync(tmp, { recursive: true });
+  const ext = new ExternalDataWriter(join(tmp, 'model.onnx.data'));
+  try {
+    const b = new GraphBuilder({ name, externalData: ext });
+    const descriptor = build(b);
+    writeFileSync(join(tmp, 'model.onnx'), b.encode({ component: name }));
+    writeFileSync(join(tmp, 'descriptor.json'), JSON.stringify(descriptor, null, 2));
+  } catch (err) {
+    ext.close();
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  ext.close();
+  if (existsSync(join(dir, 'descriptor.json'))) {
+    // Another process finished the same build first (or `force`): replace it; the content is identical.
+    rmSync(dir, { recursive: true, force: true });
+  }
+  try {
+    renameSync(tmp, dir);
+  } catch (err) {
+    // Another process renamed its identical build into place between our check and rename: keep it.
+    rmSync(tmp, { recursive: true, force: true });
+    if (!existsSync(join(dir, 'descriptor.json'))) throw err;
+  }
+}
+
+function writeAtomic(path: string, text: string): void {
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  writeFileSync(tmp, text);
+  renameSync(tmp, path);
+}
+
+function numberField(config: Readonly<Record<string, unknown>>, key: string, source: string): number {
+  const v = config[key];
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`${source}: "${key}" must be a number, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function hash(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}

@@ -1,0 +1,56 @@
+// Matrix products through cuBLASLt (linear layers) and cuBLAS (attention products of the chunked VAE attention).
+// Precision is chosen per call from the weight's type, so a layer can move to another precision (fp8 next) without
+// touching the model code: F32 weights run fp32 GEMMs with fp32 compute and no TF32 (the conformance path); BF16
+// weights run bf16 tensor-core GEMMs with fp32 accumulation.
+#pragma once
+#include <cublasLt.h>
+#include <cublas_v2.h>
+
+#include <map>
+#include <tuple>
+
+#include "common.h"
+
+namespace fq {
+
+enum class Epi { None, Bias, BiasGelu };
+
+class Gemm {
+ public:
+  Gemm();
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // Y[M, N] = epi(X[M, K] W[N, K]^T + bias) + beta * C, row-major with row strides ldx / ldy; C has Y's type and
+  // stride and may alias Y (residual adds). BiasGelu is the tanh GELU; on the fp32 path it runs as a separate
+  // kernel so that the conformance path uses only the engine's own, exactly specified GELU.
+  void linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
+              const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C = nullptr, float beta = 0.f);
+
+  // Row-major C[M, N] = alpha * op(A) op(B) + beta * C with fp32 compute; op(A) = A^T when ta (A stored [K, M]).
+  void matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at, int lda,
+              const void* B, DType bt, int ldb, float beta, void* C, DType ct, int ldc);
+
+  size_t workspace_bytes() const { return ws_bytes_; }
+  int fallbacks() const { return fallbacks_; }  // calls that needed the no-epilogue fallback
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo;
+    bool ok = false;
+  };
+  using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
+  Plan& plan(int M, int N, int K, DType xt, int ldx, DType wt, DType yt, int ldy, int epi, int align,
+             const float* bias);
+  cublasLtHandle_t lt_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  void* ws_ = nullptr;
+  size_t ws_bytes_ = 64ull << 20;
+  std::map<Key, Plan> plans_;
+  int fallbacks_ = 0;
+};
+
+}  // namespace fq

@@ -1,0 +1,60 @@
+// im2col for 3x3 pad-1 convolutions over NHWC images, with the VAE's nearest x2 upsampling folded into the read.
+#include "../common.h"
+#include "device_util.cuh"
+#include "dispatch.cuh"
+#include "kernels.h"
+
+namespace fq {
+namespace {
+
+// One thread per (pixel, tap, 8-channel group) when C % 8 == 0 (16-byte moves), else per channel.
+template <typename T, int VEC>
+__global__ void im2col_kernel(const T* x, int H, int W, int C, bool up2, int64_t p0, int64_t np, T* col) {
+  int Ho = up2 ? 2 * H : H, Wo = up2 ? 2 * W : W;
+  int cg = C / VEC;
+  int64_t n = np * 9 * cg;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int c = int(i % cg) * VEC;
+    int tap = int((i / cg) % 9);
+    int64_t pl = i / (int64_t(cg) * 9), p = p0 + pl;
+    int y = int(p / Wo) + tap / 3 - 1, xx = int(p % Wo) + tap % 3 - 1;
+    T* dst = col + pl * 9 * C + tap * C + c;
+    if (y < 0 || y >= Ho || xx < 0 || xx >= Wo) {
+#pragma unroll
+      for (int e = 0; e < VEC; e++) dst[e] = fromf<T>(0.f);
+      continue;
+    }
+    if (up2) {
+      y >>= 1;
+      xx >>= 1;
+    }
+    const T* src = x + (int64_t(y) * W + xx) * C + c;
+    if constexpr (VEC * sizeof(T) == 16) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; e++) dst[e] = src[e];
+    }
+  }
+}
+
+}  // namespace
+
+void im2col3x3(const void* x, DType dt, int H, int W, int C, bool up2, int64_t p0, int64_t np, void* col,
+               cudaStream_t st) {
+  FQ_DISPATCH(dt, T, {
+    constexpr int V = 16 / sizeof(T);
+    bool vec = C % V == 0;
+    int64_t n = np * 9 * (vec ? C / V : C);
+    unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 1 << 20));
+    if (vec)
+      im2col_kernel<T, V><<<grid, 256, 0, st>>>(static_cast<const T*>(x), H, W, C, up2, p0, np,
+                                                static_cast<T*>(col));
+    else
+      im2col_kernel<T, 1><<<grid, 256, 0, st>>>(static_cast<const T*>(x), H, W, C, up2, p0, np,
+                                                static_cast<T*>(col));
+  });
+  LAUNCH_CHECK();
+}
+
+}  // namespace fq

@@ -1,0 +1,168 @@
+// Pointwise kernels: casts, activations, bias, scheduler step, embeddings, latent (un)packing, image output.
+#include "../common.h"
+#include "device_util.cuh"
+#include "dispatch.cuh"
+#include "kernels.h"
+
+namespace fq {
+namespace {
+
+constexpr int kThreads = 256;
+inline unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20)); }
+
+#define GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+template <typename TI, typename TO>
+__global__ void cast_kernel(const TI* in, TO* out, int64_t n) {
+  GRID_LOOP(i, n) out[i] = fromf<TO>(tof(in[i]));
+}
+
+template <typename T>
+__global__ void act_kernel(T* x, int rows, int cols, int ld, Act a) {
+  int64_t n = int64_t(rows) * cols;
+  GRID_LOOP(i, n) {
+    int64_t r = i / cols, c = i % cols;
+    T* p = x + r * ld + c;
+    float v = tof(*p);
+    if (a == Act::Silu) v = silu(v);
+    else if (a == Act::GeluTanh) v = gelu_tanh(v);
+    else v = v / (1.f + expf(-1.702f * v));  // quick_gelu: x * sigmoid(1.702 x)
+    *p = fromf<T>(v);
+  }
+}
+
+template <typename T>
+__global__ void gated_gelu_kernel(const T* h, T* out, int rows, int F) {
+  int64_t n = int64_t(rows) * F;
+  GRID_LOOP(i, n) {
+    int64_t r = i / F, f = i % F;
+    out[i] = fromf<T>(gelu_tanh(tof(h[r * 2 * F + f])) * tof(h[r * 2 * F + F + f]));
+  }
+}
+
+template <typename T>
+__global__ void bias_kernel(T* y, const float* b, int rows, int cols, int ld) {
+  int64_t n = int64_t(rows) * cols;
+  GRID_LOOP(i, n) {
+    int64_t r = i / cols, c = i % cols;
+    y[r * ld + c] = fromf<T>(tof(y[r * ld + c]) + b[c]);
+  }
+}
+
+__global__ void sinus_kernel(const float* v, int B, float mult, int half, float* out) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= B * half) return;
+  int b = i / half, k = i % half;
+  // Same float32 steps as diffusers: exponent = -ln(10000) * k / half, freq = exp(exponent), arg = t * freq.
+  float expo = -9.210340371976184f * float(k) / float(half);
+  float a = (v[b] * mult) * expf(expo);
+  out[b * 2 * half + k] = cosf(a);
+  out[b * 2 * half + half + k] = sinf(a);
+}
+
+__global__ void euler_kernel(float* lat, const float* vel, int64_t n, float dt) {
+  GRID_LOOP(i, n) lat[i] += dt * vel[i];
+}
+
+__global__ void embed_kernel(const float* table, const int* ids, const float* pos, int n, int seqlen, int dim,
+                             float* out) {
+  int64_t total = int64_t(n) * dim;
+  GRID_LOOP(i, total) {
+    int64_t r = i / dim, c = i % dim;
+    float v = table[int64_t(ids[r]) * dim + c];
+    if (pos) v += pos[(r % seqlen) * dim + c];
+    out[i] = v;
+  }
+}
+
+template <typename T>
+__global__ void latents_to_vae_kernel(const float* packed, int B, int h, int w, float scaling, float shift,
+                                      T* z) {
+  int64_t n = int64_t(B) * h * w * 16;
+  GRID_LOOP(i, n) {
+    // z is NHWC [B, h, w, 16]; packed token (r, c) = (y/2, x/2), feature ch*4 + (y%2)*2 + x%2.
+    int ch = int(i % 16);
+    int64_t pix = i / 16;
+    int x = int(pix % w), y = int((pix / w) % h), b = int(pix / (int64_t(w) * h));
+    int64_t tok = int64_t(y / 2) * (w / 2) + x / 2;
+    float v = packed[(int64_t(b) * (h / 2) * (w / 2) + tok) * 64 + ch * 4 + (y % 2) * 2 + (x % 2)];
+    z[i] = fromf<T>(v / scaling + shift);
+  }
+}
+
+template <typename T>
+__global__ void image_out_kernel(const T* x, int B, int H, int W, float* chw, uint8_t* rgb) {
+  int64_t n = int64_t(B) * H * W * 3;
+  GRID_LOOP(i, n) {
+    int c = int(i % 3);
+    int64_t pix = i / 3;
+    int64_t b = pix / (int64_t(H) * W), hw = pix % (int64_t(H) * W);
+    float v = fminf(fmaxf(tof(x[i]) * 0.5f + 0.5f, 0.f), 1.f);
+    if (chw) chw[(b * 3 + c) * H * W + hw] = v;
+    if (rgb) rgb[i] = uint8_t(rintf(v * 255.f));
+  }
+}
+
+}  // namespace
+
+void cast(const void* in, DType it, void* out, DType ot, int64_t n, cudaStream_t st) {
+  FQ_DISPATCH(it, TI, FQ_DISPATCH(ot, TO, cast_kernel<TI, TO><<<grid_for(n), kThreads, 0, st>>>(
+                                              static_cast<const TI*>(in), static_cast<TO*>(out), n)));
+  LAUNCH_CHECK();
+}
+
+void activation(void* x, DType dt, int rows, int cols, int ld, Act a, cudaStream_t st) {
+  FQ_DISPATCH(dt, T,
+              act_kernel<T><<<grid_for(int64_t(rows) * cols), kThreads, 0, st>>>(static_cast<T*>(x), rows, cols,
+                                                                                 ld, a));
+  LAUNCH_CHECK();
+}
+
+void gated_gelu(const void* h, void* out, DType dt, int rows, int F, cudaStream_t st) {
+  FQ_DISPATCH(dt, T,
+              gated_gelu_kernel<T><<<grid_for(int64_t(rows) * F), kThreads, 0, st>>>(
+                  static_cast<const T*>(h), static_cast<T*>(out), rows, F));
+  LAUNCH_CHECK();
+}
+
+void add_bias(void* y, DType dt, const float* bias, int rows, int cols, int ld, cudaStream_t st) {
+  FQ_DISPATCH(dt, T,
+              bias_kernel<T><<<grid_for(int64_t(rows) * cols), kThreads, 0, st>>>(static_cast<T*>(y), bias, rows,
+                                                                                  cols, ld));
+  LAUNCH_CHECK();
+}
+
+void timestep_sinus(const float* v, int B, float mult, int dim, float* out, cudaStream_t st) {
+  int half = dim / 2;
+  sinus_kernel<<<ceil_div(B * half, 128), 128, 0, st>>>(v, B, mult, half, out);
+  LAUNCH_CHECK();
+}
+
+void euler_step(float* lat, const float* vel, int64_t n, float dt, cudaStream_t st) {
+  euler_kernel<<<grid_for(n), kThreads, 0, st>>>(lat, vel, n, dt);
+  LAUNCH_CHECK();
+}
+
+void embed_rows(const float* table, const int* ids, const float* pos, int n, int seqlen, int dim, float* out,
+                cudaStream_t st) {
+  embed_kernel<<<grid_for(int64_t(n) * dim), kThreads, 0, st>>>(table, ids, pos, n, seqlen, dim, out);
+  LAUNCH_CHECK();
+}
+
+void latents_to_vae(const float* packed, int B, int h, int w, float scaling, float shift, void* z, DType dt,
+                    cudaStream_t st) {
+  FQ_DISPATCH(dt, T,
+              latents_to_vae_kernel<T><<<grid_for(int64_t(B) * h * w * 16), kThreads, 0, st>>>(
+                  packed, B, h, w, scaling, shift, static_cast<T*>(z)));
+  LAUNCH_CHECK();
+}
+
+void image_out(const void* x, DType dt, int B, int H, int W, float* chw, uint8_t* rgb, cudaStream_t st) {
+  FQ_DISPATCH(dt, T,
+              image_out_kernel<T><<<grid_for(int64_t(B) * H * W * 3), kThreads, 0, st>>>(static_cast<const T*>(x),
+                                                                                         B, H, W, chw, rgb));
+  LAUNCH_CHECK();
+}
+
+}  // namespace fq

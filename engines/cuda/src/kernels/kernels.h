@@ -1,0 +1,75 @@
+// Launchers of the engine's own CUDA kernels. Row-major tensors; "rows" are tokens (batch folded in) unless said.
+// Activation buffers are DType (F32 or BF16); statistics and residual streams are always fp32.
+#pragma once
+#include <cstdint>
+
+#include "../common.h"
+
+namespace fq {
+
+enum class Act { Silu, GeluTanh, QuickGelu };
+
+// random.cu: N(mean, std) from a counter-based hash (same values for the same seed on any GPU).
+void fill_normal(void* p, DType dt, int64_t n, float mean, float stddev, uint64_t seed, cudaStream_t st);
+
+// elementwise.cu
+void cast(const void* in, DType it, void* out, DType ot, int64_t n, cudaStream_t st);
+// x[r, c] = act(x[r, c]) for c < cols, rows of stride ld.
+void activation(void* x, DType dt, int rows, int cols, int ld, Act a, cudaStream_t st);
+// out[r, f] = gelu_tanh(h[r, f]) * h[r, F + f]  (T5 gated-GELU; h = [wi_0 x ; wi_1 x]).
+void gated_gelu(const void* h, void* out, DType dt, int rows, int F, cudaStream_t st);
+void add_bias(void* y, DType dt, const float* bias, int rows, int cols, int ld, cudaStream_t st);
+// out[b, :] = [cos(mult*v[b]*f_k), sin(mult*v[b]*f_k)], f_k = 10000^(-k/half), k < half = dim/2 (cos first).
+void timestep_sinus(const float* v, int B, float mult, int dim, float* out, cudaStream_t st);
+// lat += dt * vel  (fp32 Euler step of the flow-matching scheduler).
+void euler_step(float* lat, const float* vel, int64_t n, float dt, cudaStream_t st);
+// out[i, :] = table[ids[i], :] (+ pos[i % seqlen, :] when pos != nullptr); fp32.
+void embed_rows(const float* table, const int* ids, const float* pos, int n, int seqlen, int dim, float* out,
+                cudaStream_t st);
+// Packed latents [B, (h/2)(w/2), 64] -> VAE input NHWC [B, h, w, 16]: z = x / scaling + shift.
+void latents_to_vae(const float* packed, int B, int h, int w, float scaling, float shift, void* z, DType dt,
+                    cudaStream_t st);
+// Decoder output NHWC [B, H, W, 3] in [-1, 1] -> clamp(x/2 + 0.5): float CHW [B, 3, H, W] and/or RGB8 HWC.
+void image_out(const void* x, DType dt, int B, int H, int W, float* chw, uint8_t* rgb, cudaStream_t st);
+
+// norm.cu
+// out = ((LN(x) * gamma + beta) * (1 + scale[b]) + shift[b]); gamma/beta/shift/scale may be null. Row r belongs to
+// batch b = r / rows_per_batch; shift/scale of batch b start at b * mod_stride.
+void layernorm(const float* x, int rows, int D, int rows_per_batch, const float* gamma, const float* beta,
+               const float* shift, const float* scale, int mod_stride, float eps, void* out, DType ot,
+               cudaStream_t st);
+// x[r, :] += gate[b, :] * y[r, :]  (gate null: plain add). y rows have stride ldy.
+void gate_residual(float* x, const void* y, DType yt, int ldy, const float* gate, int mod_stride, int rows, int D,
+                   int rows_per_batch, cudaStream_t st);
+// out = x * rsqrt(mean(x^2) + eps) * w  (T5 layer norm).
+void rmsnorm(const float* x, int rows, int D, const float* w, float eps, void* out, DType ot, cudaStream_t st);
+// GroupNorm over NHWC [B, HW, C] with G groups, statistics in fp64-accumulated fp32; optional SiLU after.
+// `ws` holds 2*B*G doubles.
+void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const float* gamma, const float* beta,
+               float eps, bool silu, void* out, double* ws, cudaStream_t st);
+
+// rope.cu: qkv rows [B*n, ld] hold q|k|v (each H*D). For token i of batch b, joint position p = off + i:
+// q, k get RMSNorm over D (weights wq, wk, eps 1e-6) then interleaved-pair RoPE with cs[p, j] = (cos, sin);
+// q, k, v are written to [B, S, H, D] at position p.
+void qk_norm_rope(const void* qkv, DType it, int ld, int B, int n, int off, int S, int H, int D, const float* wq,
+                  const float* wk, const float* cs, void* Q, void* K, void* V, DType ot, cudaStream_t st);
+
+// attention.cu: softmax(scale * q k^T + bias) v with fp32 accumulation, one warp per query row. Rows of q/k/v have
+// strides ldq/ldk/ldv, head h at column h*D, batch b at b*bstride. bias: [H, Sq, Sk] shared across the batch.
+void attention_rows(const void* q, const void* k, const void* v, DType dt, int ldq, int ldk, int ldv,
+                    int64_t bstride_q, int64_t bstride_kv, int B, int Sq, int Sk, int H, int D, float scale,
+                    bool causal, const float* bias, OutMap out, cudaStream_t st);
+// Row softmax of scale*s ([rows, cols] fp32) written as p in dt (chunked VAE attention).
+void softmax_rows(const float* s, int rows, int cols, float scale, void* p, DType dt, cudaStream_t st);
+
+// flash_attention.cu: bf16 flash attention on tensor cores (mma.sync m16n8k16, fp32 accumulation).
+// q, k, v: [B, S, H, D], D in {16, 32, 64, 128}. Returns false when D is unsupported.
+bool flash_attention(const void* q, const void* k, const void* v, int B, int S, int H, int D, float scale,
+                     OutMap out, cudaStream_t st);
+
+// conv.cu: im2col of a 3x3, pad-1 convolution over one NHWC image [H, W, C] (optionally nearest-upsampled x2 first),
+// for output pixels [p0, p0 + np): col[p - p0, (ky*3 + kx)*C + c].
+void im2col3x3(const void* x, DType dt, int H, int W, int C, bool up2, int64_t p0, int64_t np, void* col,
+               cudaStream_t st);
+
+}  // namespace fq

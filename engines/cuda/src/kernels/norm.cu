@@ -1,0 +1,145 @@
+// Normalisations: LayerNorm with adaLN modulation, gated residual adds, T5 RMSNorm, GroupNorm (VAE).
+// All statistics in fp32 (GroupNorm partials in fp64), two passes over the row (mean, then centred variance) so a
+// large mean cannot cancel the variance.
+#include "../common.h"
+#include "device_util.cuh"
+#include "dispatch.cuh"
+#include "kernels.h"
+
+namespace fq {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+template <typename TO>
+__global__ void layernorm_kernel(const float* x, int D, int rows_per_batch, const float* gamma, const float* beta,
+                                 const float* shift, const float* scale, int mod_stride, float eps, TO* out) {
+  __shared__ float sh[33];
+  int r = blockIdx.x;
+  const float* xr = x + int64_t(r) * D;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
+  float mean = block_sum(s, sh) / float(D);
+  float v = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float d = xr[i] - mean;
+    v += d * d;
+  }
+  float rstd = rsqrtf(block_sum(v, sh) / float(D) + eps);
+  int b = r / rows_per_batch;
+  const float* sh_b = shift ? shift + int64_t(b) * mod_stride : nullptr;
+  const float* sc_b = scale ? scale + int64_t(b) * mod_stride : nullptr;
+  TO* o = out + int64_t(r) * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float y = (xr[i] - mean) * rstd;
+    if (gamma) y = y * gamma[i] + beta[i];
+    if (sc_b) y = y * (1.f + sc_b[i]) + sh_b[i];
+    o[i] = fromf<TO>(y);
+  }
+}
+
+template <typename TY>
+__global__ void gate_residual_kernel(float* x, const TY* y, int ldy, const float* gate, int mod_stride, int D,
+                                     int rows_per_batch) {
+  int r = blockIdx.x;
+  const float* g = gate ? gate + int64_t(r / rows_per_batch) * mod_stride : nullptr;
+  float* xr = x + int64_t(r) * D;
+  const TY* yr = y + int64_t(r) * ldy;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) xr[i] += (g ? g[i] : 1.f) * tof(yr[i]);
+}
+
+template <typename TO>
+__global__ void rmsnorm_kernel(const float* x, int D, const float* w, float eps, TO* out) {
+  __shared__ float sh[33];
+  const float* xr = x + int64_t(blockIdx.x) * D;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i] * xr[i];
+  float r = rsqrtf(block_sum(s, sh) / float(D) + eps);
+  TO* o = out + int64_t(blockIdx.x) * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = fromf<TO>(xr[i] * r * w[i]);
+}
+
+// GroupNorm statistics: grid (chunks, B*G). Pass 0 accumulates sums into ws[0 .. B*G), pass 1 centred squares into
+// ws[B*G .. 2*B*G) using the finished means.
+template <typename T>
+__global__ void gn_stats_kernel(const T* x, int64_t HW, int C, int G, int pass, double* ws, int BG) {
+  __shared__ float sh[33];
+  int bg = blockIdx.y, b = bg / G, g = bg % G, cpg = C / G;
+  int64_t n = HW * cpg;
+  const T* xb = x + int64_t(b) * HW * C + int64_t(g) * cpg;
+  double mean = pass ? ws[bg] / double(n) : 0.0;
+  float fm = float(mean);
+  float acc = 0.f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = tof(xb[(i / cpg) * C + (i % cpg)]);
+    if (pass) {
+      v -= fm;
+      v *= v;
+    }
+    acc += v;
+  }
+  float t = block_sum(acc, sh);
+  if (threadIdx.x == 0) atomicAdd(&ws[pass * BG + bg], double(t));
+}
+
+template <typename T>
+__global__ void gn_apply_kernel(const T* x, int64_t HW, int C, int G, const float* gamma, const float* beta,
+                                float eps, bool act, const double* ws, int BG, T* out, int B) {
+  int64_t n = int64_t(B) * HW * C;
+  int cpg = C / G;
+  double cnt = double(HW) * cpg;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int c = int(i % C);
+    int b = int(i / (HW * C));
+    int bg = b * G + c / cpg;
+    float mean = float(ws[bg] / cnt);
+    float rstd = rsqrtf(float(ws[BG + bg] / cnt) + eps);
+    float y = (tof(x[i]) - mean) * rstd * gamma[c] + beta[c];
+    if (act) y = silu(y);
+    out[i] = fromf<T>(y);
+  }
+}
+
+}  // namespace
+
+void layernorm(const float* x, int rows, int D, int rows_per_batch, const float* gamma, const float* beta,
+               const float* shift, const float* scale, int mod_stride, float eps, void* out, DType ot,
+               cudaStream_t st) {
+  FQ_DISPATCH(ot, TO,
+              layernorm_kernel<TO><<<rows, kNormThreads, 0, st>>>(x, D, rows_per_batch, gamma, beta, shift, scale,
+                                                                  mod_stride, eps, static_cast<TO*>(out)));
+  LAUNCH_CHECK();
+}
+
+void gate_residual(float* x, const void* y, DType yt, int ldy, const float* gate, int mod_stride, int rows, int D,
+                   int rows_per_batch, cudaStream_t st) {
+  FQ_DISPATCH(yt, TY,
+              gate_residual_kernel<TY><<<rows, kNormThreads, 0, st>>>(x, static_cast<const TY*>(y), ldy, gate,
+                                                                      mod_stride, D, rows_per_batch));
+  LAUNCH_CHECK();
+}
+
+void rmsnorm(const float* x, int rows, int D, const float* w, float eps, void* out, DType ot, cudaStream_t st) {
+  FQ_DISPATCH(ot, TO, rmsnorm_kernel<TO><<<rows, kNormThreads, 0, st>>>(x, D, w, eps, static_cast<TO*>(out)));
+  LAUNCH_CHECK();
+}
+
+void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const float* gamma, const float* beta,
+               float eps, bool act, void* out, double* ws, cudaStream_t st) {
+  int BG = B * G;
+  CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(double) * 2 * BG, st));
+  int64_t per = HW * (C / G);
+  dim3 grid(unsigned(std::min<int64_t>((per + 4095) / 4096, 1024)), unsigned(BG));
+  FQ_DISPATCH(dt, T, {
+    gn_stats_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(x), HW, C, G, 0, ws, BG);
+    LAUNCH_CHECK();
+    gn_stats_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(x), HW, C, G, 1, ws, BG);
+    LAUNCH_CHECK();
+    int64_t n = int64_t(B) * HW * C;
+    gn_apply_kernel<T><<<unsigned(std::min<int64_t>((n + 255) / 256, 1 << 20)), 256, 0, st>>>(
+        static_cast<const T*>(x), HW, C, G, gamma, beta, eps, act, ws, BG, static_cast<T*>(out), B);
+  });
+  LAUNCH_CHECK();
+}
+
+}  // namespace fq

@@ -1,0 +1,139 @@
+/**
+ * @file The conformance cases: each compares one stage of the pipeline with the diffusers reference in a fixture
+ * directory and yields `{name, metric, value, limit, ok}`. Limits are the fixture README's: token ids exact,
+ * encoders / transformer / per-step latents within relative error 1e-4, decoded images within 2/255.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FluxPipeline } from '../../pipeline/flux/pipeline.ts';
+import { maxAbsDiff, mismatches, relativeError } from '../../shared/tensor-metrics.ts';
+import { openSafetensors, type SafetensorsFile } from '../../shared/weights/index.ts';
+import { type FixtureIndex, type PipelineCase, tokenizerCaseSchema } from './fixture-index.ts';
+
+/** One checked quantity. */
+export interface CaseResult {
+  name: string;
+  metric: 'mismatched_ids' | 'rel_error' | 'max_abs_diff';
+  value: number;
+  limit: number;
+  ok: boolean;
+}
+
+/** Tolerances; `rel` and `image` can be widened for optimised modes. */
+export interface Limits {
+  rel: number;
+  image: number;
+}
+export const REFERENCE_LIMITS: Limits = { rel: 1e-4, image: 2 / 255 };
+
+const result = (name: string, metric: CaseResult['metric'], value: number, limit: number): CaseResult => ({
+  name,
+  metric,
+  value,
+  limit,
+  ok: value <= limit,
+});
+
+function withFile<T>(path: string, fn: (f: SafetensorsFile) => T): T {
+  const f = openSafetensors(path);
+  try {
+    return fn(f);
+  } finally {
+    f.close();
+  }
+}
+
+function readTokenizerCases(dir: string, index: FixtureIndex) {
+  if (!index.tokenizer_cases) return [];
+  const path = join(dir, index.tokenizer_cases);
+  return tokenizerCaseSchema.parse(JSON.parse(readFileSync(path, 'utf8')));
+}
+
+/** Token ids of every prompt, CLIP and T5, exact. */
+export function tokenizerCases(pipe: FluxPipeline, dir: string, index: FixtureIndex): CaseResult[] {
+  return readTokenizerCases(dir, index).flatMap((c, i) => {
+    const clip = pipe.tokenizers.encodeClip([c.prompt]);
+    const t5 = pipe.tokenizers.encodeT5([c.prompt], c.t5_input_ids.length);
+    return [
+      result(`tokenizer[${i}].clip`, 'mismatched_ids', mismatches(clip, c.clip_input_ids), 0),
+      result(`tokenizer[${i}].t5`, 'mismatched_ids', mismatches(t5, c.t5_input_ids), 0),
+    ];
+  });
+}
+
+/** CLIP pooled and T5 hidden states of every tokenizer prompt, in one batched run each. */
+export async function textEncoderCases(pipe: FluxPipeline, dir: string, index: FixtureIndex, mode: string, limits: Limits): Promise<CaseResult[]> {
+  if (!index.text_encoders) return [];
+  const prompts = readTokenizerCases(dir, index).map((c) => c.prompt);
+  const { pooledRef, embedsRef, t } = withFile(join(dir, index.text_encoders), (f) => ({
+    pooledRef: f.readF32('pooled_prompt_embeds'),
+    embedsRef: f.readF32('prompt_embeds'),
+    t: f.info('prompt_embeds').shape[1]!,
+  }));
+  const enc = await pipe.encodePrompts(prompts, prompts, t, mode);
+  const p = pooledRef.length / prompts.length;
+  const e = embedsRef.length / prompts.length;
+  return prompts.flatMap((_, i) => [
+    result(`text_encoders[${i}].clip_pooled`, 'rel_error', relativeError(enc.pooled[i]!, pooledRef.subarray(i * p, (i + 1) * p)), limits.rel),
+    result(`text_encoders[${i}].t5`, 'rel_error', relativeError(enc.embeds[i]!, embedsRef.subarray(i * e, (i + 1) * e)), limits.rel),
+  ]);
+}
+
+/** One raw transformer forward. */
+export async function transformerCase(pipe: FluxPipeline, dir: string, index: FixtureIndex, mode: string, limits: Limits): Promise<CaseResult[]> {
+  if (!index.transformer_case) return [];
+  const f = openSafetensors(join(dir, index.transformer_case.file));
+  try {
+    const out = await pipe.forwardTransformer(
+      {
+        hidden: f.readF32('hidden_states'),
+        encoder: f.readF32('encoder_hidden_states'),
+        pooled: f.readF32('pooled_projections'),
+        timestep: f.readF32('timestep'),
+        guidance: f.names().includes('guidance') ? f.readF32('guidance') : undefined,
+        txtIds: f.readF32('txt_ids'),
+        imgIds: f.readF32('img_ids'),
+      },
+      mode,
+    );
+    return [result('transformer', 'rel_error', relativeError(out, f.readF32('output')), limits.rel)];
+  } finally {
+    f.close();
+  }
+}
+
+/** A whole generation from explicit starting noise: sigmas, every step's latents, the decoded image. */
+export async function pipelineCase(pipe: FluxPipeline, dir: string, c: PipelineCase, n: number, mode: string, limits: Limits): Promise<CaseResult[]> {
+  const f = openSafetensors(join(dir, c.file));
+  try {
+    const out: CaseResult[] = [];
+    const stepLatents: Float32Array[] = [];
+    const res = await pipe.generate({
+      prompts: c.prompts,
+      height: c.height,
+      width: c.width,
+      steps: c.steps,
+      guidanceScale: c.guidance,
+      latents: f.readF32('initial_latents_packed'),
+      maxSequenceLength: c.max_sequence_length ?? 512,
+      mode,
+      onStep: (_step, _total, latents) => {
+        const all = new Float32Array(latents.reduce((a, l) => a + l.length, 0));
+        latents.forEach((l, i) => all.set(l, i * l.length));
+        stepLatents.push(all);
+      },
+    });
+    const name = `pipeline[${n}]`;
+    const state = await pipe.prepareScheduleOnly(c.steps, c.height, c.width);
+    out.push(result(`${name}.sigmas`, 'max_abs_diff', maxAbsDiff(state.sigmas, f.readF32('sigmas')), 1e-6));
+    stepLatents.forEach((l, i) => {
+      out.push(result(`${name}.latents_after_step_${i}`, 'rel_error', relativeError(l, f.readF32(`latents_after_step_${i}`)), limits.rel));
+    });
+    const images = new Float32Array(res.floatImages.reduce((a, im) => a + im.length, 0));
+    res.floatImages.forEach((im, i) => images.set(im, i * im.length));
+    out.push(result(`${name}.image`, 'max_abs_diff', maxAbsDiff(images, f.readF32('image')), limits.image));
+    return out;
+  } finally {
+    f.close();
+  }
+}

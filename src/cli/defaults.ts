@@ -1,0 +1,20 @@
+/** @file Defaults shared by CLI commands. */
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The embedded flux-tiny model shipped in the repository. */
+export const DEFAULT_MODEL_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../../models/flux-tiny');
+
+/** Parses `WxH`. */
+export function parseSize(size: string): { width: number; height: number } {
+  const m = /^(\d+)x(\d+)$/i.exec(size.trim());
+  if (!m) throw new Error(`--size must look like 512x512, got "${size}"`);
+  return { width: Number(m[1]), height: Number(m[2]) };
+}
+
+/** Parses an integer option, naming it on error. */
+export function parseIntOption(name: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new Error(`${name} must be an integer, got "${value}"`);
+  return n;
+}

@@ -1,0 +1,53 @@
+/**
+ * @file The `fluxql` command line: `generate`, `conformance`, `compile` and `serve`. Each command lives in its own
+ * file; this one only declares them.
+ */
+import { Command, Option } from 'commander';
+import { runCompile } from './compile-command.ts';
+import { runConformance } from './conformance-command.ts';
+import { runGenerate } from './generate-command.ts';
+import { runServe } from './serve-command.ts';
+import { DEFAULT_MODEL_DIR } from './defaults.ts';
+
+const program = new Command('fluxql').description('FLUX.1 inference server and tools').showHelpAfterError();
+const provider = new Option('--provider <name>', 'ONNX Runtime execution provider').choices(['cpu', 'webgpu', 'cuda']).default('cpu');
+
+program
+  .command('generate')
+  .description('generate an image from a prompt')
+  .requiredOption('-p, --prompt <text>', 'prompt')
+  .option('-o, --out <file>', 'output image (.png, .webp, .jpg)', 'out.png')
+  .option('-m, --model <dir>', 'model repository (diffusers folder or BFL files)', DEFAULT_MODEL_DIR)
+  .option('-s, --size <WxH>', 'image size, multiples of 16', '512x512')
+  .option('--steps <n>', 'denoising steps', '28')
+  .option('--guidance <g>', 'guidance scale', '3.5')
+  .option('--seed <n>', 'seed', '0')
+  .option('--mode <mode>', 'engine mode', 'original')
+  .option('--max-sequence-length <n>', 'T5 tokens', '512')
+  .addOption(provider)
+  .action(runGenerate);
+
+program
+  .command('conformance')
+  .description('check the pipeline against a directory of diffusers reference outputs (index.json)')
+  .requiredOption('-f, --fixtures <dir>', 'fixture directory with index.json and flux-tiny/')
+  .option('-m, --model <dir>', 'model to test (default: <fixtures>/flux-tiny)')
+  .option('--mode <mode>', 'engine mode', 'original')
+  .action(runConformance);
+
+program
+  .command('compile')
+  .description('compile (or verify the cache of) the ONNX engines of a model')
+  .option('-m, --model <dir>', 'model repository', DEFAULT_MODEL_DIR)
+  .option('--mode <modes...>', 'modes to compile', ['original'])
+  .option('--force', 'rebuild even when cached')
+  .action(runCompile);
+
+program
+  .command('serve')
+  .description('start the GraphQL / REST server')
+  .option('--role <role>', 'process role', 'all')
+  .option('--engine <engine>', 'onnx (ONNX Runtime) or cuda (native engine)')
+  .action(runServe);
+
+await program.parseAsync(process.argv);

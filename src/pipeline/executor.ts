@@ -1,0 +1,90 @@
+/**
+ * @file The step-level contract between the service layer (scheduler) and a FLUX pipeline.
+ *
+ * The scheduler plans work in units of one denoising step, as vLLM and Triton's "iterative sequences" do: a
+ * generation is `prepare` (tokenize, encode, seeded noise, sigma schedule) → N × `step` → `decode`. Sample state
+ * (text embeddings, latents) stays inside the executor, usually a worker thread, so only small handles and the final
+ * pixels cross the thread boundary. Samples in one `step` call may sit at different step indices (each carries its
+ * own sigma), which is what lets a request join a running batch at a step boundary.
+ *
+ * Implementations: the ONNX Runtime pipeline (`src/pipeline/flux/`) and the native CUDA engine client.
+ */
+
+/** What one sample of a generation asks for. */
+export interface SampleRequest {
+  /** Prompt for CLIP (and for T5 when `prompt2` is absent). */
+  prompt: string;
+  /** Prompt for T5; defaults to `prompt`. */
+  prompt2?: string;
+  /** Output height in pixels; a multiple of 16. */
+  height: number;
+  /** Output width in pixels; a multiple of 16. */
+  width: number;
+  /** Number of denoising steps. @default 28 */
+  steps: number;
+  /** Distilled guidance scale fed to the guidance embedder. @default 3.5 */
+  guidanceScale: number;
+  /** Seed of the starting noise; ignored when `latents` is given. */
+  seed: number;
+  /** T5 sequence length (pads and truncates to it). @default 512 */
+  maxSequenceLength?: number;
+  /** Explicit packed starting noise `[(H/16)*(W/16), 64]`, for parity tests. */
+  latents?: Float32Array;
+  /** Compiled engine variant (elastic mode), e.g. `original`. @default 'original' */
+  mode?: string;
+}
+
+/** Opaque handle of a prepared sample living inside the executor. */
+export type SampleHandle = string;
+
+/** Progress of one sample after a step. */
+export interface StepResult {
+  handle: SampleHandle;
+  /** Steps completed so far (1-based after the first step). */
+  step: number;
+  totalSteps: number;
+}
+
+/** A decoded image: interleaved RGB bytes, HWC. */
+export interface RgbImage {
+  width: number;
+  height: number;
+  /** `[H, W, 3]` uint8. */
+  data: Uint8Array;
+}
+
+/** Static facts of the loaded model, for the `models` query and validation. */
+export interface ModelInfo {
+  /** Display name, e.g. `flux-tiny` or `FLUX.1-dev`. */
+  name: string;
+  /** Path the model was loaded from. */
+  path: string;
+  /** Modes this executor can run. */
+  modes: string[];
+  /** Execution provider / engine, e.g. `cpu`, `webgpu`, `cuda-native`. */
+  device: string;
+  /** Latent channels × 4 (packed feature size), 64 for FLUX. */
+  packedChannels: number;
+  /** VAE spatial factor × 2 (pixels per latent token side), 16 for FLUX. */
+  pixelsPerToken: number;
+  /** Largest batch one `step` call accepts. */
+  maxBatch: number;
+}
+
+/** The step-level pipeline the scheduler drives. All methods may be called concurrently only by one owner. */
+export interface StepExecutor {
+  info(): ModelInfo;
+  /** Tokenize, encode, draw noise and compute the sigma schedule for each request; returns one handle each. */
+  prepare(requests: SampleRequest[]): Promise<SampleHandle[]>;
+  /**
+   * Run one Euler step for every handle, batched into as few engine runs as their shapes allow.
+   * @param options.preview when true, also return a small RGB preview per sample made cheaply from the latents.
+   */
+  step(handles: SampleHandle[], options?: { preview?: boolean }): Promise<(StepResult & { preview?: RgbImage })[]>;
+  /** Decode the finished latents of each handle to RGB. */
+  decode(handles: SampleHandle[]): Promise<RgbImage[]>;
+  /** Forget samples (finished, cancelled or failed). Unknown handles are ignored. */
+  release(handles: SampleHandle[]): Promise<void>;
+  /** Stop worker threads / engine processes. */
+  close(): Promise<void>;
+}

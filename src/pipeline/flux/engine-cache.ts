@@ -1,0 +1,53 @@
+/**
+ * @file Where the pipeline finds its compiled engines: resolves the model repository once, then asks the engine
+ * compiler for the manifest of a mode (built on first use, cached on disk across restarts).
+ */
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { compileEngine } from '../../../engines/compiler/compile.ts';
+import { MODE_NAMES } from '../../../engines/compiler/modes.ts';
+import { type ModelRepo, resolveModelRepo } from '../../shared/weights/index.ts';
+import { type FlowMatchConfig, parseSchedulerConfig } from './schedule.ts';
+import type { FluxTokenizerPaths } from './tokenize.ts';
+
+/** A resolved model with what the pipeline needs besides engines. */
+export interface ModelSource {
+  /** Display name (the repository folder's name). */
+  name: string;
+  /** Absolute path the model was loaded from. */
+  path: string;
+  repo: ModelRepo;
+  tokenizerPaths: FluxTokenizerPaths;
+  scheduler: FlowMatchConfig;
+  /** Modes that can be compiled for this model. */
+  modes: string[];
+}
+
+/** Repository root of fluxql (for the default cache location). */
+const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+/** The engine cache folder: FLUXQL_CACHE_DIR or `<project>/.cache/engines`. */
+export function defaultCacheDir(): string {
+  return process.env.FLUXQL_CACHE_DIR ?? resolve(PROJECT_ROOT, '.cache/engines');
+}
+
+/** Resolves a model path (diffusers folder, BFL folder or BFL transformer file). */
+export function openModelSource(path: string): ModelSource {
+  const repo = resolveModelRepo(path);
+  return {
+    name: repo.root.split(/[\\/]/).filter(Boolean).pop() ?? repo.root,
+    path: repo.root,
+    repo,
+    tokenizerPaths: { clip: repo.tokenizerDir, t5: repo.tokenizer2Dir },
+    scheduler: parseSchedulerConfig(repo.schedulerConfig, `${repo.schedulerDir}/scheduler_config.json`),
+    modes: [...MODE_NAMES],
+  };
+}
+
+/** Manifest path of `mode`, compiling it when not cached. */
+export async function ensureEngine(
+  source: ModelSource,
+  options: { mode: string; cacheDir?: string; onLog?: (m: string) => void },
+): Promise<string> {
+  return compileEngine(source.repo, { mode: options.mode, cacheDir: options.cacheDir ?? defaultCacheDir(), onLog: options.onLog });
+}

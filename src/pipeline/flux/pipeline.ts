@@ -1,0 +1,357 @@
+/**
+ * @file FluxPipeline: FLUX.1 text-to-image on compiled ONNX engines, reproducing diffusers' FluxPipeline.
+ *
+ * The work is split at step granularity so the scheduler can interleave requests:
+ *   prepare  — tokenize (CLIP 77, T5 maxSequenceLength), encode (CLIP pooled, T5 hidden states), seeded noise,
+ *              sigma schedule with the dynamic shift of the image token count;
+ *   step     — one transformer forward + Euler update for a set of samples, batched per compatible shape;
+ *   decode   — unpack, VAE scaling/shift, VAE decoder, [0,1] postprocess.
+ * `generate` chains them for one call. Everything runs on the caller's thread; `executor.ts` hosts it in a worker.
+ */
+import { randomUUID } from 'node:crypto';
+import type { EngineManifest, SessionOptions } from '../../runtime/index.ts';
+import { type Engine, EngineLoader, type ExecutionProvider } from '../../runtime/index.ts';
+import type { RgbImage, SampleRequest } from '../executor.ts';
+import { floatImageToRgb } from '../image.ts';
+import { ensureEngine, type ModelSource, openModelSource } from './engine-cache.ts';
+import { FluxArgumentError, imageIds, latentGrid, packLatents, textIds } from './latents.ts';
+import { noiseForSeeds } from './noise.ts';
+import { concatIds, type RopeTables, ropeTables } from './rope.ts';
+import {
+  decodeGroupKey,
+  groupBy,
+  isFinished,
+  type SampleState,
+  stack,
+  stepGroupKey,
+} from './sample-state.ts';
+import { eulerStep, type FlowMatchConfig, fluxSigmas, modelTimestep } from './schedule.ts';
+import { type FluxTokenizers, loadFluxTokenizers } from './tokenize.ts';
+import { latentsForDecode, postprocessDecoded } from './vae-scaling.ts';
+
+/** Options of {@link FluxPipeline.fromPretrained}. */
+export interface FluxPipelineOptions {
+  /** ORT execution provider. @default 'cpu' */
+  provider?: ExecutionProvider;
+  /** ORT intra-op threads. */
+  threads?: number;
+  /** Where compiled engines are cached. @default `<repo>/.cache/engines` or FLUXQL_CACHE_DIR */
+  cacheDir?: string;
+  /** Modes to load up front. @default ['original'] */
+  modes?: string[];
+  /** Reports compile progress (first load only). */
+  onLog?: (message: string) => void;
+}
+
+/** Arguments of {@link FluxPipeline.generate}. */
+export interface GenerateOptions {
+  prompt?: string;
+  prompts?: string[];
+  prompt2?: string | string[];
+  height?: number;
+  width?: number;
+  steps?: number;
+  guidanceScale?: number;
+  /** One seed for the batch (sample i uses seed + i) or one per prompt. */
+  seed?: number | number[];
+  /** Explicit packed starting noise `[B, L, 64]`. */
+  latents?: Float32Array;
+  maxSequenceLength?: number;
+  mode?: string;
+  /** Called after each step with the batch's packed latents. */
+  onStep?: (step: number, totalSteps: number, latents: Float32Array[]) => void;
+}
+
+/** What {@link FluxPipeline.generate} returns. */
+export interface GenerateResult {
+  images: RgbImage[];
+  /** Decoded images in [0,1], `[3, H, W]` each (before 8-bit quantisation). */
+  floatImages: Float32Array[];
+  /** Final packed latents per sample. */
+  latents: Float32Array[];
+}
+
+const DEFAULTS = { height: 1024, width: 1024, steps: 28, guidanceScale: 3.5, maxSequenceLength: 512 } as const;
+
+/** See the file header. */
+export class FluxPipeline {
+  private readonly engines = new Map<string, Promise<Engine>>();
+  private readonly ropeCache = new Map<string, RopeTables>();
+
+  private constructor(
+    readonly source: ModelSource,
+    readonly tokenizers: FluxTokenizers,
+    readonly scheduler: FlowMatchConfig,
+    private readonly loader: EngineLoader,
+    private readonly options: FluxPipelineOptions,
+  ) {}
+
+  /** Loads tokenizers and scheduler config, compiles (or reuses cached) engines and opens their sessions. */
+  static async fromPretrained(modelPath: string, options: FluxPipelineOptions = {}): Promise<FluxPipeline> {
+    const source = openModelSource(modelPath);
+    const tokenizers = await loadFluxTokenizers(source.tokenizerPaths);
+    const sessionOptions: SessionOptions = { provider: options.provider ?? 'cpu', threads: options.threads };
+    const pipe = new FluxPipeline(source, tokenizers, source.scheduler, new EngineLoader(sessionOptions), options);
+    for (const mode of options.modes ?? ['original']) await pipe.engine(mode);
+    return pipe;
+  }
+
+  /** Number of ORT sessions created so far. */
+  get sessionsCreated(): number {
+    return this.loader.sessionsCreated;
+  }
+
+  /** The loaded (or loading) engine of `mode`; compiles it on first use. */
+  engine(mode = 'original'): Promise<Engine> {
+    let e = this.engines.get(mode);
+    if (!e) {
+      e = ensureEngine(this.source, { mode, cacheDir: this.options.cacheDir, onLog: this.options.onLog }).then((m) =>
+        this.loader.load(m),
+      );
+      e.catch(() => this.engines.delete(mode));
+      this.engines.set(mode, e);
+    }
+    return e;
+  }
+
+  /** Manifest of a loaded mode. */
+  async manifest(mode = 'original'): Promise<EngineManifest> {
+    return (await this.engine(mode)).manifest;
+  }
+
+  /**
+   * CLIP pooled and T5 embeddings for a batch of prompts.
+   * @returns `pooled [B, P]`, `embeds [B, T, D]` as per-sample arrays.
+   */
+  async encodePrompts(
+    prompts: string[],
+    prompts2: string[],
+    maxSequenceLength: number,
+    mode = 'original',
+  ): Promise<{ pooled: Float32Array[]; embeds: Float32Array[]; textLen: number }> {
+    const { sessions } = await this.engine(mode);
+    const b = prompts.length;
+    const clipIds = this.tokenizers.encodeClip(prompts); // [B, 77]
+    const t5Ids = this.tokenizers.encodeT5(prompts2, maxSequenceLength); // [B, T]
+    const clip = await sessions.clip.run({ input_ids: { data: clipIds, dims: [b, clipIds.length / b] } });
+    const t5 = await sessions.t5.run({ input_ids: { data: t5Ids, dims: [b, maxSequenceLength] } });
+    return {
+      pooled: splitBatch(clip.pooled!.data as Float32Array, b),
+      embeds: splitBatch(t5.last_hidden_state!.data as Float32Array, b),
+      textLen: maxSequenceLength,
+    };
+  }
+
+  /**
+   * One raw transformer forward, as diffusers' `FluxTransformer2DModel.forward` takes it (conformance and
+   * benchmarks): `hidden [B, L, C]`, `encoder [B, T, D]`, `pooled [B, P]`, `timestep`/`guidance` `[B]`,
+   * `txtIds [T, 3]`, `imgIds [L, 3]`. Returns `[B, L, outChannels]`.
+   */
+  async forwardTransformer(
+    input: {
+      hidden: Float32Array;
+      encoder: Float32Array;
+      pooled: Float32Array;
+      timestep: Float32Array;
+      guidance?: Float32Array;
+      txtIds: Float32Array;
+      imgIds: Float32Array;
+    },
+    mode = 'original',
+  ): Promise<Float32Array> {
+    const { sessions, manifest } = await this.engine(mode);
+    const cfg = manifest.config;
+    const b = input.timestep.length;
+    const t = input.txtIds.length / 3;
+    const l = input.imgIds.length / 3;
+    const rope = ropeTables(concatIds(input.txtIds, input.imgIds), cfg.axesDimsRope);
+    const out = await sessions.transformer.run({
+      hidden_states: { data: input.hidden, dims: [b, l, cfg.inChannels] },
+      encoder_hidden_states: { data: input.encoder, dims: [b, t, cfg.jointAttentionDim] },
+      pooled_projections: { data: input.pooled, dims: [b, cfg.pooledProjectionDim] },
+      timestep: { data: input.timestep, dims: [b] },
+      ...(cfg.guidanceEmbeds ? { guidance: { data: input.guidance ?? new Float32Array(b).fill(3.5), dims: [b] } } : {}),
+      rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
+      rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
+    });
+    return out.sample!.data as Float32Array;
+  }
+
+  /** The sigma schedule a `steps` × `height`×`width` request gets (conformance, previews). */
+  async prepareScheduleOnly(steps: number, height: number, width: number): Promise<{ sigmas: Float32Array; timesteps: Float32Array }> {
+    const manifest = await this.manifest();
+    const grid = latentGrid(height, width, manifest.config.vaeScaleFactor);
+    return fluxSigmas(steps, grid.seqLen, this.scheduler);
+  }
+
+  /** Validates requests, encodes their prompts (one batched run) and draws their starting noise. */
+  async prepare(requests: SampleRequest[]): Promise<SampleState[]> {
+    if (requests.length === 0) return [];
+    const byLen = groupBy(requests, (r) => `${r.mode ?? 'original'}|${r.maxSequenceLength ?? DEFAULTS.maxSequenceLength}`);
+    const states = new Map<SampleRequest, SampleState>();
+    for (const group of byLen) {
+      const first = group[0]!;
+      const mode = first.mode ?? 'original';
+      const manifest = await this.manifest(mode);
+      const grids = group.map((r) => this.validate(r, manifest));
+      const enc = await this.encodePrompts(
+        group.map((r) => r.prompt),
+        group.map((r) => r.prompt2 ?? r.prompt),
+        first.maxSequenceLength ?? DEFAULTS.maxSequenceLength,
+        mode,
+      );
+      group.forEach((r, i) => {
+        const grid = grids[i]!;
+        const packedChannels = manifest.config.inChannels;
+        const latents = r.latents
+          ? checkedLatents(r.latents, grid.seqLen * packedChannels)
+          : packLatents(noiseForSeeds([r.seed], manifest.config.latentChannels, grid.h, grid.w), 1, manifest.config.latentChannels, grid.h, grid.w);
+        const { sigmas, timesteps } = fluxSigmas(r.steps, grid.seqLen, this.scheduler);
+        states.set(r, {
+          id: randomUUID(),
+          request: r,
+          grid,
+          textLen: enc.textLen,
+          pooled: enc.pooled[i]!,
+          embeds: enc.embeds[i]!,
+          latents,
+          sigmas,
+          timesteps,
+          step: 0,
+        });
+      });
+    }
+    return requests.map((r) => states.get(r)!);
+  }
+
+  /** One Euler step for every unfinished sample, one transformer run per compatible group. */
+  async step(samples: SampleState[]): Promise<void> {
+    const pending = samples.filter((s) => !isFinished(s));
+    for (const group of groupBy(pending, stepGroupKey)) await this.stepGroup(group);
+  }
+
+  private async stepGroup(group: SampleState[]): Promise<void> {
+    const first = group[0]!;
+    const { sessions, manifest } = await this.engine(first.request.mode ?? 'original');
+    const b = group.length;
+    const { seqLen: l, h, w } = first.grid;
+    const t = first.textLen;
+    const rope = this.rope(t, h, w, manifest.config.axesDimsRope);
+    const feeds: Parameters<typeof sessions.transformer.run>[0] = {
+      hidden_states: { data: stack(group.map((s) => s.latents)), dims: [b, l, manifest.config.inChannels] },
+      encoder_hidden_states: { data: stack(group.map((s) => s.embeds)), dims: [b, t, manifest.config.jointAttentionDim] },
+      pooled_projections: { data: stack(group.map((s) => s.pooled)), dims: [b, manifest.config.pooledProjectionDim] },
+      // FluxPipeline passes t/1000 (float32) of the scheduler timestep, which the model scales back by 1000.
+      timestep: { data: Float32Array.from(group.map((s) => modelTimestep(s.timesteps[s.step]!))), dims: [b] },
+      rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
+      rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
+    };
+    if (manifest.config.guidanceEmbeds) {
+      feeds.guidance = { data: Float32Array.from(group.map((s) => s.request.guidanceScale)), dims: [b] };
+    }
+    const out = await sessions.transformer.run(feeds);
+    const v = out.sample!.data as Float32Array; // [B, L, C]
+    const per = l * manifest.config.outChannels;
+    group.forEach((s, i) => {
+      eulerStep(s.latents, v.subarray(i * per, (i + 1) * per), s.sigmas[s.step]!, s.sigmas[s.step + 1]!, s.latents);
+      s.step++;
+    });
+  }
+
+  /** Decodes finished samples; returns `[3, H, W]` float images in [0,1], in input order. */
+  async decode(samples: SampleState[]): Promise<Float32Array[]> {
+    const result = new Map<SampleState, Float32Array>();
+    for (const group of groupBy(samples, decodeGroupKey)) {
+      const { sessions, manifest } = await this.engine(group[0]!.request.mode ?? 'original');
+      const { h, w } = group[0]!.grid;
+      const b = group.length;
+      const c = manifest.config.latentChannels;
+      const z = latentsForDecode(stack(group.map((s) => s.latents)), b, h, w, manifest.config.scalingFactor, manifest.config.shiftFactor);
+      const out = await sessions.vae.run({ latent: { data: z, dims: [b, c, h, w] } });
+      const img = postprocessDecoded(out.sample!.data as Float32Array);
+      splitBatch(img, b).forEach((im, i) => result.set(group[i]!, im));
+    }
+    return samples.map((s) => result.get(s)!);
+  }
+
+  /** Text-to-image in one call (see {@link GenerateOptions}). */
+  async generate(opts: GenerateOptions): Promise<GenerateResult> {
+    const prompts = opts.prompts ?? (opts.prompt !== undefined ? [opts.prompt] : []);
+    if (prompts.length === 0) throw new FluxArgumentError('prompt', 'give a prompt or a non-empty prompts list');
+    const prompts2 = Array.isArray(opts.prompt2) ? opts.prompt2 : prompts.map((p) => (opts.prompt2 as string | undefined) ?? p);
+    if (prompts2.length !== prompts.length) throw new FluxArgumentError('prompt2', 'needs one entry per prompt');
+    const height = opts.height ?? DEFAULTS.height;
+    const width = opts.width ?? DEFAULTS.width;
+    const seed = opts.seed;
+    const seeds = Array.isArray(seed) ? seed : prompts.map((_, i) => (seed ?? 0) + i);
+    if (seeds.length !== prompts.length) throw new FluxArgumentError('seed', 'needs one seed per prompt');
+    const grid = latentGrid(height, width);
+    const perSample = opts.latents ? opts.latents.length / prompts.length : 0;
+    if (opts.latents && !Number.isInteger(perSample)) throw new FluxArgumentError('latents', 'length is not a multiple of the batch');
+    const states = await this.prepare(
+      prompts.map((prompt, i) => ({
+        prompt,
+        prompt2: prompts2[i],
+        height,
+        width,
+        steps: opts.steps ?? DEFAULTS.steps,
+        guidanceScale: opts.guidanceScale ?? DEFAULTS.guidanceScale,
+        seed: seeds[i]!,
+        maxSequenceLength: opts.maxSequenceLength ?? DEFAULTS.maxSequenceLength,
+        latents: opts.latents?.slice(i * perSample, (i + 1) * perSample),
+        mode: opts.mode,
+      })),
+    );
+    void grid;
+    const total = states[0]!.sigmas.length - 1;
+    while (!states.every(isFinished)) {
+      await this.step(states);
+      opts.onStep?.(states[0]!.step, total, states.map((s) => s.latents));
+    }
+    const floatImages = await this.decode(states);
+    return {
+      floatImages,
+      images: floatImages.map((im) => floatImageToRgb(im, 0, height, width)),
+      latents: states.map((s) => s.latents),
+    };
+  }
+
+  /** Releases every ORT session. */
+  async close(): Promise<void> {
+    await this.loader.close();
+  }
+
+  private validate(r: SampleRequest, manifest: EngineManifest) {
+    if (typeof r.prompt !== 'string') throw new FluxArgumentError('prompt', 'must be a string');
+    if (!Number.isInteger(r.steps) || r.steps < 1 || r.steps > 1000) {
+      throw new FluxArgumentError('steps', `must be an integer in 1..1000, got ${r.steps}`);
+    }
+    if (!Number.isFinite(r.guidanceScale)) throw new FluxArgumentError('guidanceScale', `must be finite, got ${r.guidanceScale}`);
+    return latentGrid(r.height, r.width, manifest.config.vaeScaleFactor);
+  }
+
+  private rope(textLen: number, h: number, w: number, axes: number[]): RopeTables {
+    const key = `${textLen}|${h}x${w}|${axes.join(',')}`;
+    let r = this.ropeCache.get(key);
+    if (!r) {
+      // Text tokens first, then image tokens, as the transformer concatenates them. [T + L, 3]
+      r = ropeTables(concatIds(textIds(textLen), imageIds(h, w)), axes);
+      if (this.ropeCache.size > 32) this.ropeCache.clear();
+      this.ropeCache.set(key, r);
+    }
+    return r;
+  }
+}
+
+/** Splits a `[B, ...]` array into B views. */
+function splitBatch(data: Float32Array, b: number): Float32Array[] {
+  const per = data.length / b;
+  return Array.from({ length: b }, (_, i) => data.slice(i * per, (i + 1) * per));
+}
+
+function checkedLatents(latents: Float32Array, expected: number): Float32Array {
+  if (latents.length !== expected) {
+    throw new FluxArgumentError('latents', `expected ${expected} values ([L, C] packed), got ${latents.length}`);
+  }
+  return Float32Array.from(latents);
+}

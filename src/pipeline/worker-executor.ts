@@ -1,0 +1,65 @@
+/**
+ * @file `createFluxExecutor`: the {@link StepExecutor} the server uses — the pipeline in a worker thread, reached by
+ * message passing. Calls are answered in order by id; if the worker dies, every pending call fails with the cause
+ * and later calls fail at once (the service decides whether to start a new executor).
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { ModelInfo, StepExecutor } from './executor.ts';
+import type { FluxExecutorOptions } from './flux/executor.ts';
+import { ExecutorError, type WorkerMethod, type WorkerResponse } from './worker-protocol.ts';
+
+/** Starts the worker and waits until the model is loaded (engines compiled or taken from the cache). */
+export async function createFluxExecutor(options: FluxExecutorOptions): Promise<StepExecutor> {
+  const tsEntry = new URL('./worker.ts', import.meta.url);
+  const jsEntry = new URL('./worker.js', import.meta.url);
+  const entry = existsSync(fileURLToPath(jsEntry)) ? jsEntry : tsEntry;
+  // Workers do not inherit a loader registered with tsx's API (bin/fluxql.js) or by vitest: register tsx explicitly.
+  const worker = new Worker(entry, {
+    workerData: options,
+    execArgv: entry === tsEntry ? ['--import', 'tsx'] : [],
+  });
+  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  let nextId = 1;
+  let dead: Error | undefined;
+
+  const info = await new Promise<ModelInfo>((resolve, reject) => {
+    pending.set(0, { resolve: (v) => resolve(v as ModelInfo), reject });
+    worker.on('message', (msg: WorkerResponse) => {
+      const p = pending.get(msg.id);
+      if (!p) return;
+      pending.delete(msg.id);
+      if (msg.ok) p.resolve(msg.value);
+      else p.reject(new ExecutorError(msg.error));
+    });
+    const fail = (err: Error) => {
+      dead = err;
+      for (const p of pending.values()) p.reject(err);
+      pending.clear();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => fail(new Error(`pipeline worker exited with code ${code}`)));
+  });
+
+  const call = <T>(method: WorkerMethod, ...args: unknown[]): Promise<T> => {
+    if (dead) return Promise.reject(dead);
+    const id = nextId++;
+    return new Promise<T>((resolve, reject) => {
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      worker.postMessage({ id, method, args });
+    });
+  };
+
+  return {
+    info: () => info,
+    prepare: (requests) => call('prepare', requests),
+    step: (handles, opts) => call('step', handles, opts),
+    decode: (handles) => call('decode', handles),
+    release: (handles) => call('release', handles),
+    async close() {
+      if (!dead) await call('close').catch(() => undefined);
+      await worker.terminate();
+    },
+  };
+}

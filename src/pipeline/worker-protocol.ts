@@ -1,0 +1,56 @@
+/**
+ * @file Messages between the main thread and the pipeline worker, and how errors cross the boundary: structured
+ * clone drops an Error's class, so the name and the typed fields (`param`, `file`) are carried explicitly and
+ * restored as {@link ExecutorError}.
+ */
+import type { StepExecutor } from './executor.ts';
+
+/** Methods callable across the thread boundary. */
+export type WorkerMethod = 'prepare' | 'step' | 'decode' | 'release' | 'close';
+
+export interface WorkerRequest {
+  id: number;
+  method: WorkerMethod & keyof StepExecutor;
+  args: unknown[];
+}
+
+export type WorkerResponse =
+  | { id: number; ok: true; value: unknown }
+  | { id: number; ok: false; error: SerializedError };
+
+export interface SerializedError {
+  name: string;
+  message: string;
+  param?: string;
+  file?: string;
+}
+
+export function serializeError(err: unknown): SerializedError {
+  if (err instanceof Error) {
+    const e = err as Error & { param?: unknown; file?: unknown };
+    return {
+      name: e.name,
+      message: e.message,
+      ...(typeof e.param === 'string' ? { param: e.param } : {}),
+      ...(typeof e.file === 'string' ? { file: e.file } : {}),
+    };
+  }
+  return { name: 'Error', message: String(err) };
+}
+
+/** An error raised inside the pipeline worker, with its original class name and typed fields. */
+export class ExecutorError extends Error {
+  readonly param?: string;
+  readonly file?: string;
+  constructor(e: SerializedError) {
+    super(e.message);
+    this.name = e.name;
+    this.param = e.param;
+    this.file = e.file;
+  }
+
+  /** True for errors caused by the request itself (bad size, steps, prompt...) rather than the engine. */
+  get isInvalidInput(): boolean {
+    return this.param !== undefined;
+  }
+}

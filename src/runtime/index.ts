@@ -1,0 +1,22 @@
+/**
+ * @file The runtime layer: the only code that imports `onnxruntime-node`. It may import `src/shared/` and nothing
+ * above it; the pipeline reaches ORT through this file alone.
+ */
+export {
+  EXECUTION_PROVIDERS,
+  type ExecutionProvider,
+  ProviderUnavailableError,
+  installedProviders,
+  parseProvider,
+} from './device.ts';
+export { type Engine, EngineLoader } from './engine.ts';
+export {
+  COMPONENTS,
+  type ComponentName,
+  type EngineManifest,
+  ManifestError,
+  componentPath,
+  manifestSchema,
+  readManifest,
+} from './manifest.ts';
+export { type HostTensor, RuntimeError, Session, type SessionOptions } from './session.ts';

@@ -1,0 +1,94 @@
+/**
+ * @file ONNX Runtime sessions: created once per compiled component and reused for every run. ORT errors are rewrapped
+ * with the component and the input shapes, since ORT's own messages name neither.
+ */
+import ort from 'onnxruntime-node';
+import { assertProviderInstalled, type ExecutionProvider } from './device.ts';
+
+/** A float32 / int64 tensor crossing the runtime boundary: plain typed array plus shape. */
+export interface HostTensor {
+  data: Float32Array | BigInt64Array | Int32Array | Uint8Array;
+  dims: readonly number[];
+}
+
+/** Options for {@link createSession}. */
+export interface SessionOptions {
+  /** @default 'cpu' */
+  provider?: ExecutionProvider;
+  /** Intra-op threads; ORT's default (all cores) when absent. */
+  threads?: number;
+  /** ORT graph optimisation level. @default 'all' */
+  graphOptimization?: 'disabled' | 'basic' | 'extended' | 'all';
+}
+
+/** Thrown when a component fails to load or run. */
+export class RuntimeError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RuntimeError';
+  }
+}
+
+/** One loaded component graph. */
+export class Session {
+  private constructor(
+    readonly component: string,
+    readonly modelPath: string,
+    private readonly session: ort.InferenceSession,
+  ) {}
+
+  /** Loads `modelPath` (its external data is resolved beside it). */
+  static async create(component: string, modelPath: string, options: SessionOptions = {}): Promise<Session> {
+    const provider = options.provider ?? 'cpu';
+    assertProviderInstalled(provider);
+    try {
+      const session = await ort.InferenceSession.create(modelPath, {
+        executionProviders: [provider],
+        graphOptimizationLevel: options.graphOptimization ?? 'all',
+        ...(options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {}),
+      });
+      return new Session(component, modelPath, session);
+    } catch (err) {
+      throw new RuntimeError(`cannot load ${component} engine from ${modelPath}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  get inputNames(): readonly string[] {
+    return this.session.inputNames;
+  }
+
+  get outputNames(): readonly string[] {
+    return this.session.outputNames;
+  }
+
+  /** Runs the graph; returns every output as a host tensor. */
+  async run(feeds: Record<string, HostTensor>): Promise<Record<string, HostTensor>> {
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
+    let result: ort.InferenceSession.ReturnType;
+    try {
+      result = await this.session.run(ortFeeds);
+    } catch (err) {
+      const shapes = Object.entries(feeds)
+        .map(([n, t]) => `${n}[${t.dims.join(',')}]`)
+        .join(' ');
+      throw new RuntimeError(`${this.component} run failed (inputs ${shapes}): ${(err as Error).message}`, { cause: err });
+    }
+    const out: Record<string, HostTensor> = {};
+    for (const [name, t] of Object.entries(result)) {
+      out[name] = { data: t.data as HostTensor['data'], dims: t.dims };
+      t.dispose?.();
+    }
+    return out;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+function toOrt(t: HostTensor): ort.Tensor {
+  const d = t.data;
+  const type = d instanceof Float32Array ? 'float32' : d instanceof BigInt64Array ? 'int64' : d instanceof Int32Array ? 'int32' : 'uint8';
+  return new ort.Tensor(type, d, t.dims as number[]);
+}

@@ -1,0 +1,83 @@
+/**
+ * @file Domain errors of the service layer. They carry plain data only; `api/` maps them onto GraphQL result
+ * unions (Pothos errors plugin) and onto HTTP status codes / OpenAI error bodies.
+ */
+
+/** Base class so transports can tell expected, typed failures from bugs. */
+export abstract class ServiceError extends Error {
+  /** Stable machine-readable code, also used as the OpenAI `code` and as the metrics label. */
+  abstract readonly code: string;
+}
+
+/** An input value is out of range or malformed; `field` names it in the canonical (camelCase) input. */
+export class ValidationError extends ServiceError {
+  readonly code = 'invalid_value';
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ValidationError';
+  }
+}
+
+/** The bounded queue is full; the caller should retry later. */
+export class QueueFullError extends ServiceError {
+  readonly code = 'queue_full';
+  constructor(
+    readonly maxQueueSize: number,
+    /** A hint for `Retry-After`, from the recent step time. */
+    readonly retryAfterSeconds: number,
+  ) {
+    super(`The queue is full (${maxQueueSize} jobs); retry in about ${retryAfterSeconds} s`);
+    this.name = 'QueueFullError';
+  }
+}
+
+/** No job (or image) with this id exists, or it has been evicted from the history. */
+export class NotFoundError extends ServiceError {
+  readonly code = 'not_found';
+  constructor(
+    readonly resource: string,
+    readonly id: string,
+  ) {
+    super(`${resource} ${JSON.stringify(id)} not found`);
+    this.name = 'NotFoundError';
+  }
+}
+
+/** The requested model id or mode is not served here; `available` lists what is. */
+export class UnknownModelError extends ServiceError {
+  readonly code = 'model_not_found';
+  constructor(
+    readonly model: string,
+    readonly available: readonly string[],
+  ) {
+    super(`Unknown model ${JSON.stringify(model)}; available: ${available.join(', ')}`);
+    this.name = 'UnknownModelError';
+  }
+}
+
+/** A job ended without images because it was cancelled (by request or because its client went away). */
+export class JobCanceledError extends ServiceError {
+  readonly code = 'canceled';
+  constructor(
+    readonly jobId: string,
+    readonly reason: string,
+  ) {
+    super(`Job ${jobId} was canceled: ${reason}`);
+    this.name = 'JobCanceledError';
+  }
+}
+
+/** A job failed inside the engine; the message is safe to show (no stack). */
+export class JobFailedError extends ServiceError {
+  readonly code = 'generation_failed';
+  constructor(
+    readonly jobId: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'JobFailedError';
+  }
+}

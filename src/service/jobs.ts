@@ -1,0 +1,119 @@
+/**
+ * @file Job records and their store. A job is one request: `numImages` samples that are admitted, stepped and
+ * finished together. The scheduler is the only writer of a job's mutable fields; transports read them.
+ */
+import { NotFoundError } from './errors.ts';
+import type { GenerationRequest } from './request.ts';
+import type { ImageFormat } from './pipeline.ts';
+
+/** Lifecycle: QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELED (QUEUED may go straight to CANCELED). */
+export type JobStatus = 'QUEUED' | 'RUNNING' | 'SUCCEEDED' | 'FAILED' | 'CANCELED';
+
+/** Statuses after which nothing changes any more. */
+export const TERMINAL_STATUSES: readonly JobStatus[] = ['SUCCEEDED', 'FAILED', 'CANCELED'];
+
+/** An image file written to the image store. */
+export interface StoredImage {
+  /** `<jobId>-<index>`. */
+  id: string;
+  jobId: string;
+  /** Position in the job, 0-based. */
+  index: number;
+  /** File name inside IMAGE_DIR; the URL path is `/images/<fileName>`. */
+  fileName: string;
+  format: ImageFormat;
+  contentType: string;
+  width: number;
+  height: number;
+  byteSize: number;
+  /** Seed of this sample (job seed + index). */
+  seed: number;
+  createdAt: Date;
+}
+
+/** One generation request and its progress. */
+export interface Job {
+  id: string;
+  request: GenerationRequest;
+  status: JobStatus;
+  createdAt: Date;
+  startedAt?: Date;
+  finishedAt?: Date;
+  /** Denoising steps completed by every sample of the job. */
+  step: number;
+  totalSteps: number;
+  /** Mean wall time of one step call this job took part in, for the ETA. */
+  meanStepMs?: number;
+  /** URL path of the latest preview, when previews were asked for. */
+  previewPath?: string;
+  images: StoredImage[];
+  error?: { code: string; message: string };
+  cancelReason?: string;
+  /** Set by `cancel` on a running job; the scheduler acts on it at the next step boundary. */
+  cancelRequested?: string;
+}
+
+/** Whether a job has finished one way or another. */
+export function isTerminal(job: Job): boolean {
+  return TERMINAL_STATUSES.includes(job.status);
+}
+
+/** Milliseconds since the job was submitted (until it finished, once it has). */
+export function elapsedMs(job: Job, now = Date.now()): number {
+  return (job.finishedAt?.getTime() ?? now) - job.createdAt.getTime();
+}
+
+/** Estimated milliseconds until the job's images exist; undefined before a step has been timed. */
+export function etaMs(job: Job): number | undefined {
+  if (isTerminal(job)) return 0;
+  if (job.meanStepMs === undefined) return undefined;
+  return job.meanStepMs * (job.totalSteps - job.step);
+}
+
+/**
+ * In-memory job history, newest last. Finished jobs beyond `maxFinished` are forgotten oldest first (their
+ * images stay on disk until the image store's cleanup removes them).
+ */
+export class JobStore {
+  readonly #jobs = new Map<string, Job>();
+  readonly #maxFinished: number;
+
+  /** @param maxFinished finished jobs kept for `job(id)` / `jobs`. @default 1000 */
+  constructor(maxFinished = 1000) {
+    this.#maxFinished = maxFinished;
+  }
+
+  add(job: Job): void {
+    this.#jobs.set(job.id, job);
+  }
+
+  get(id: string): Job | undefined {
+    return this.#jobs.get(id);
+  }
+
+  /** @throws NotFoundError */
+  require(id: string): Job {
+    const job = this.#jobs.get(id);
+    if (!job) throw new NotFoundError('Job', id);
+    return job;
+  }
+
+  /** Newest first, optionally only some statuses. */
+  list(statuses?: readonly JobStatus[]): Job[] {
+    const all = [...this.#jobs.values()].reverse();
+    return statuses && statuses.length > 0 ? all.filter((j) => statuses.includes(j.status)) : all;
+  }
+
+  /** Called when a job finishes: evicts the oldest finished jobs over the limit. */
+  prune(): void {
+    let finished = 0;
+    for (const j of this.#jobs.values()) if (isTerminal(j)) finished++;
+    for (const [id, j] of this.#jobs) {
+      if (finished <= this.#maxFinished) break;
+      if (isTerminal(j)) {
+        this.#jobs.delete(id);
+        finished--;
+      }
+    }
+  }
+}

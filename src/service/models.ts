@@ -1,0 +1,128 @@
+/**
+ * @file The model catalogue: which `flux-1-dev-<size>-bs<batch>` ids this server answers to, their limits and
+ * published/measured speed. Built once from the executor's {@link ModelInfo} and the config.
+ */
+import { UnknownModelError } from './errors.ts';
+import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './model-specs.ts';
+import type { ModelInfo } from './pipeline.ts';
+
+/** Request limits every mode shares. */
+export interface GenerationLimits {
+  /** Smallest width/height in pixels. @default 64 */
+  minSide: number;
+  /** Largest width/height in pixels (the seed card's 1280). @default 1280 */
+  maxSide: number;
+  /** Width and height must be multiples of this (VAE factor × patch size). @default 16 */
+  sideMultiple: number;
+  /** @default 1 */
+  minSteps: number;
+  /** @default 100 */
+  maxSteps: number;
+  /** Images per request; the batch size, since one job's samples run in one batch. */
+  maxImages: number;
+  /** Prompt length in characters. @default 10000 */
+  maxPromptChars: number;
+  /** @default 0 */
+  minGuidance: number;
+  /** @default 30 */
+  maxGuidance: number;
+}
+
+/** One servable (model, mode) pair. */
+export interface ModelEntry {
+  /** `flux-1-dev-<size>-bs<batch>`, the name used in `X-Model-Name` and OpenAI's `model`. */
+  id: string;
+  /** The mode as the executor names it, e.g. `original`. */
+  mode: string;
+  /** Lower-case size token of the id: `s`, `m`, `l`, `xl` or `original`. */
+  size: string;
+  /** Loaded weights, e.g. `flux-tiny`. */
+  modelName: string;
+  description: string;
+  /** Execution provider, e.g. `cpu`. */
+  device: string;
+  /** Samples per engine batch (MODEL_BATCH). */
+  batchSize: number;
+  /** Whether requests without a model go here (MODEL_SIZE). */
+  isDefault: boolean;
+  /** The seed card's numbers for this tier; empty when the card has no column for it. */
+  published: PublishedLatency[];
+  limits: GenerationLimits;
+  /** LoRA support lands with the LoRA issue; empty until then. */
+  loraRanks: number[];
+  loraFormats: string[];
+}
+
+/** Default limits; `maxImages` comes from the batch size. */
+export const DEFAULT_LIMITS: Omit<GenerationLimits, 'maxImages'> = Object.freeze({
+  minSide: 64,
+  maxSide: 1280,
+  sideMultiple: 16,
+  minSteps: 1,
+  maxSteps: 100,
+  maxPromptChars: 10_000,
+  minGuidance: 0,
+  maxGuidance: 30,
+});
+
+/** Lower-case size token of a mode (`XL` → `xl`). */
+export function sizeOfMode(mode: string): string {
+  return mode.toLowerCase();
+}
+
+/** The public id of a mode at a batch size. */
+export function modelId(mode: string, batch: number): string {
+  return `flux-1-dev-${sizeOfMode(mode)}-bs${batch}`;
+}
+
+/** Looks up models by id, mode or alias. */
+export class ModelCatalog {
+  readonly entries: readonly ModelEntry[];
+  readonly default: ModelEntry;
+
+  constructor(info: ModelInfo, options: { batchSize: number; defaultSize: string; limits?: Partial<GenerationLimits> }) {
+    const limits: GenerationLimits = { ...DEFAULT_LIMITS, maxImages: options.batchSize, ...options.limits };
+    this.entries = info.modes.map((mode) => ({
+      id: modelId(mode, options.batchSize),
+      mode,
+      size: sizeOfMode(mode),
+      modelName: info.name,
+      description: MODE_DESCRIPTIONS[sizeOfMode(mode)] ?? `Mode ${mode} of ${info.name}`,
+      device: info.device,
+      batchSize: options.batchSize,
+      isDefault: sizeOfMode(mode) === options.defaultSize.toLowerCase(),
+      published: publishedLatencies(mode),
+      limits,
+      loraRanks: [],
+      loraFormats: [],
+    }));
+    const byDefault = this.entries.find((e) => e.isDefault);
+    if (!byDefault) {
+      // Fail at startup, not on the first request: MODEL_SIZE names a mode the engine cannot run.
+      throw new UnknownModelError(
+        options.defaultSize,
+        this.entries.map((e) => e.size),
+      );
+    }
+    this.default = byDefault;
+  }
+
+  /** Ids of every entry, for error messages. */
+  ids(): string[] {
+    return this.entries.map((e) => e.id);
+  }
+
+  /**
+   * Resolves a model id (`flux-1-dev-s-bs4`), a bare mode (`S`, `original`) or the alias `flux-1-dev`;
+   * `undefined` or empty gives the default.
+   * @throws UnknownModelError
+   */
+  resolve(name: string | undefined | null): ModelEntry {
+    if (name === undefined || name === null || name === '') return this.default;
+    const key = name.trim().toLowerCase();
+    if (key === 'flux-1-dev') return this.default;
+    const found = this.entries.find((e) => e.id === key || e.size === key);
+    if (!found) throw new UnknownModelError(name, this.ids());
+    return found;
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * @file Validation of a generation request, shared by every transport. The input is the canonical camelCase
+ * shape (GraphQL uses it as is; REST maps snake_case onto it); the output is a fully defaulted
+ * {@link GenerationRequest}. The first problem becomes a {@link ValidationError} naming the field.
+ */
+import { randomInt } from 'node:crypto';
+import { z } from 'zod';
+import { ValidationError } from './errors.ts';
+import { ASPECT_RATIOS } from './model-specs.ts';
+import type { GenerationLimits, ModelCatalog, ModelEntry } from './models.ts';
+import { IMAGE_FORMATS, type ImageFormat } from './pipeline.ts';
+
+/** A generation request as a client sends it; `null` means "not given" (GraphQL nullable inputs). */
+export interface GenerateInput {
+  prompt: string;
+  /** Model id (`flux-1-dev-s-bs4`), or a bare mode. */
+  model?: string | null;
+  /** Mode (`original`, `XL`, …); an alternative to `model`. */
+  mode?: string | null;
+  seed?: number | null;
+  /** One of {@link ASPECT_RATIOS}; excludes width/height. */
+  aspectRatio?: string | null;
+  width?: number | null;
+  height?: number | null;
+  /** @default 28 */
+  steps?: number | null;
+  /** @default 3.5 */
+  guidanceScale?: number | null;
+  /** @default 1 */
+  numImages?: number | null;
+  /** @default 'webp' */
+  outputFormat?: ImageFormat | null;
+  /** Lossy quality 1–100 for webp/jpeg. */
+  quality?: number | null;
+  /** Ask for a low-resolution preview at every step. @default false */
+  preview?: boolean | null;
+}
+
+/** A validated request with every default applied. */
+export interface GenerationRequest {
+  prompt: string;
+  model: ModelEntry;
+  seed: number;
+  width: number;
+  height: number;
+  steps: number;
+  guidanceScale: number;
+  numImages: number;
+  outputFormat: ImageFormat;
+  quality?: number;
+  preview: boolean;
+}
+
+/** Defaults of a request, as the issue and the FLUX.1-dev reference pipeline set them. */
+export const REQUEST_DEFAULTS = Object.freeze({
+  aspectRatio: '1:1',
+  steps: 28,
+  guidanceScale: 3.5,
+  numImages: 1,
+  outputFormat: 'webp' as ImageFormat,
+});
+
+function side(limits: GenerationLimits, name: string) {
+  return z
+    .number()
+    .int(`${name} must be an integer`)
+    .min(limits.minSide, `${name} must be at least ${limits.minSide}`)
+    .max(limits.maxSide, `${name} must be at most ${limits.maxSide}`)
+    .refine((v) => v % limits.sideMultiple === 0, `${name} must be a multiple of ${limits.sideMultiple}`);
+}
+
+/**
+ * The zod schema of {@link GenerateInput} under `limits`. Exported so the GraphQL layer can run the same rules
+ * through `@pothos/plugin-validation` before its resolver.
+ */
+export function createInputSchema(limits: GenerationLimits) {
+  const ratios = Object.keys(ASPECT_RATIOS);
+  return z
+    .object({
+      prompt: z
+        .string()
+        .refine((s) => s.trim().length > 0, 'prompt must not be empty')
+        .refine((s) => s.length <= limits.maxPromptChars, `prompt must be at most ${limits.maxPromptChars} characters`),
+      model: z.string().max(200).nullish(),
+      mode: z.string().max(50).nullish(),
+      seed: z.number().int('seed must be an integer').min(0).max(0xffff_ffff).nullish(),
+      aspectRatio: z
+        .string()
+        .refine((r) => ratios.includes(r), `aspectRatio must be one of ${ratios.join(', ')}`)
+        .nullish(),
+      width: side(limits, 'width').nullish(),
+      height: side(limits, 'height').nullish(),
+      steps: z
+        .number()
+        .int('steps must be an integer')
+        .min(limits.minSteps, `steps must be at least ${limits.minSteps}`)
+        .max(limits.maxSteps, `steps must be at most ${limits.maxSteps}`)
+        .nullish(),
+      guidanceScale: z
+        .number()
+        .min(limits.minGuidance, `guidanceScale must be at least ${limits.minGuidance}`)
+        .max(limits.maxGuidance, `guidanceScale must be at most ${limits.maxGuidance}`)
+        .nullish(),
+      numImages: z
+        .number()
+        .int('numImages must be an integer')
+        .min(1, 'numImages must be at least 1')
+        .max(limits.maxImages, `numImages must be at most ${limits.maxImages} (the batch size)`)
+        .nullish(),
+      outputFormat: z.enum(IMAGE_FORMATS).nullish(),
+      quality: z.number().int().min(1, 'quality must be 1…100').max(100, 'quality must be 1…100').nullish(),
+      preview: z.boolean().nullish(),
+    })
+    .superRefine((v, ctx) => {
+      const hasSize = v.width != null || v.height != null;
+      if (hasSize && v.aspectRatio != null) {
+        ctx.addIssue({ code: 'custom', path: ['aspectRatio'], message: 'give either aspectRatio or width/height' });
+      } else if (hasSize && (v.width == null || v.height == null)) {
+        const missing = v.width == null ? 'width' : 'height';
+        ctx.addIssue({ code: 'custom', path: [missing], message: 'width and height must be given together' });
+      }
+      if (v.model != null && v.mode != null) {
+        ctx.addIssue({ code: 'custom', path: ['mode'], message: 'give either model or mode' });
+      }
+    });
+}
+
+/** Converts the first zod issue to a {@link ValidationError}. */
+export function toValidationError(issues: readonly { path?: readonly PropertyKey[]; message: string }[]) {
+  const first = issues[0];
+  const seg = first?.path?.[0];
+  const field = typeof seg === 'string' ? seg : 'input';
+  return new ValidationError(field, first?.message ?? 'invalid input');
+}
+
+/**
+ * Validates and defaults a request.
+ * @throws ValidationError for a bad field, UnknownModelError for a model or mode not served here.
+ */
+export function parseGenerateInput(input: unknown, catalog: ModelCatalog): GenerationRequest {
+  const parsed = createInputSchema(catalog.default.limits).safeParse(input);
+  if (!parsed.success) throw toValidationError(parsed.error.issues);
+  const v = parsed.data;
+  const model = catalog.resolve(v.model ?? v.mode);
+  const size =
+    v.width != null && v.height != null
+      ? { width: v.width, height: v.height }
+      : (ASPECT_RATIOS[v.aspectRatio ?? REQUEST_DEFAULTS.aspectRatio] as { width: number; height: number });
+  return {
+    prompt: v.prompt,
+    model,
+    // Random seeds stay in GraphQL's Int range so they can be echoed back and replayed.
+    seed: v.seed ?? randomInt(0, 2 ** 31 - 1),
+    width: size.width,
+    height: size.height,
+    steps: v.steps ?? REQUEST_DEFAULTS.steps,
+    guidanceScale: v.guidanceScale ?? REQUEST_DEFAULTS.guidanceScale,
+    numImages: v.numImages ?? REQUEST_DEFAULTS.numImages,
+    outputFormat: v.outputFormat ?? REQUEST_DEFAULTS.outputFormat,
+    ...(v.quality != null ? { quality: v.quality } : {}),
+    preview: v.preview ?? false,
+  };
+}
