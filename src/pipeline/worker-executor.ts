@@ -12,14 +12,10 @@ import { ExecutorError, type WorkerMethod, type WorkerResponse } from './worker-
 
 /** Starts the worker and waits until the model is loaded (engines compiled or taken from the cache). */
 export async function createFluxExecutor(options: FluxExecutorOptions): Promise<StepExecutor> {
-  const tsEntry = new URL('./worker.ts', import.meta.url);
+  // A compiled build (worker.js) runs directly; from sources, a JS bootstrap registers tsx inside the worker.
   const jsEntry = new URL('./worker.js', import.meta.url);
-  const entry = existsSync(fileURLToPath(jsEntry)) ? jsEntry : tsEntry;
-  // Workers do not inherit a loader registered with tsx's API (bin/fluxql.js) or by vitest: register tsx explicitly.
-  const worker = new Worker(entry, {
-    workerData: options,
-    execArgv: entry === tsEntry ? ['--import', 'tsx'] : [],
-  });
+  const entry = existsSync(fileURLToPath(jsEntry)) ? jsEntry : new URL('./worker-entry.mjs', import.meta.url);
+  const worker = new Worker(entry, { workerData: options });
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   let nextId = 1;
   let dead: Error | undefined;

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/kernels.h"
+#include "profile.h"
 
 namespace fq {
 namespace {
@@ -112,22 +113,24 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   if (use != Epi::None)
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   float alpha = 1.f;
-  if (bias_after && C && beta != 0.f) {
-    // bias must be added before the residual: Y = XW^T + bias + beta*C. Do XW^T+beta*C, then add bias (linear).
-  }
+  prof_begin(kProfGemm, st);
+  // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).
   BLAS_CHECK(cublasLtMatmul(lt_, p->op, &alpha, W, p->a, X, p->b, &beta, C ? C : Y, p->c, Y, p->c, &p->algo, ws_,
                             ws_bytes_, st));
   if (bias_after && bias) add_bias(Y, yt, bias, M, N, ldy, st);
   if (gelu_after) activation(Y, yt, M, N, ldy, Act::GeluTanh, st);
+  prof_end(kProfGemm, st, 2.0 * M * N * K);
 }
 
 void Gemm::matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at,
                   int lda, const void* B, DType bt, int ldb, float beta, void* C, DType ct, int ldc) {
   BLAS_CHECK(cublasSetStream(blas_, st));
+  prof_begin(kProfGemm, st);
   // Row-major C = op(A) op(B)  <=>  column-major C^T = op(B)^T op(A)^T.
   BLAS_CHECK(cublasGemmEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
                           cuda_type(bt), ldb, A, cuda_type(at), lda, &beta, C, cuda_type(ct), ldc,
                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  prof_end(kProfGemm, st, 2.0 * M * N * K);
 }
 
 }  // namespace fq

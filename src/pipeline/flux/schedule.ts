@@ -12,7 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { FluxArgumentError, checkDim } from './latents.ts';
+import { checkDim, FluxArgumentError } from './latents.ts';
 
 const f32 = Math.fround;
 

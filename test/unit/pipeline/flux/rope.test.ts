@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { imageIds, textIds } from '../../../../src/pipeline/flux/latents.ts';
-import { FLUX_DEV_AXES_DIMS, concatIds, ropeTables } from '../../../../src/pipeline/flux/rope.ts';
+import { concatIds, FLUX_DEV_AXES_DIMS, ropeTables } from '../../../../src/pipeline/flux/rope.ts';
 
 /** Straightforward reference: column i belongs to axis a at local index li; frequency index floor(li / 2). */
 function naive(ids: number[][], axes: number[], col: number, s: number): [number, number] {
@@ -12,7 +12,7 @@ function naive(ids: number[][], axes: number[], col: number, s: number): [number
   }
   const d = axes[a]!;
   const j = Math.floor(li / 2);
-  const angle = ids[s]![a]! * Math.pow(10000, -(2 * j) / d);
+  const angle = ids[s]![a]! * 10000 ** (-(2 * j) / d);
   return [Math.cos(angle), Math.sin(angle)];
 }
 

@@ -1,17 +1,17 @@
-import { mkdtempSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FluxArgumentError } from '../../../../src/pipeline/flux/latents.ts';
 import {
-  FLUX_DEV_SCHEDULER,
-  SchedulerConfigError,
   calculateShift,
   eulerStep,
+  FLUX_DEV_SCHEDULER,
   fluxSigmas,
   loadSchedulerConfig,
   modelTimestep,
   parseSchedulerConfig,
+  SchedulerConfigError,
 } from '../../../../src/pipeline/flux/schedule.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
 import { readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';

@@ -4,6 +4,7 @@
  * up blocks), so the loader's forward mapping is checked against an independent statement of FLUX_SPEC §5.7 / §6.
  */
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import { type FloatTensorInput, writeSafetensors } from '../../../../src/shared/weights/safetensors-writer.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
@@ -159,4 +160,11 @@ export function writeTensors(
   const tensors: Record<string, FloatTensorInput> = {};
   for (const [name, v] of t) tensors[prefix + name] = { dtype, shape: v.shape, data: v.data };
   writeSafetensors(path, tensors);
+}
+
+/** Bit-exact float32 equality; byte comparison first because element-wise `toEqual` is slow on large arrays. */
+export function expectF32Equal(actual: Float32Array, expected: Float32Array, label: string): void {
+  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength);
+  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.byteLength);
+  if (!a.equals(b)) expect(Array.from(actual), label).toEqual(Array.from(expected));
 }

@@ -13,7 +13,14 @@ import { inferTransformerConfig, inferVaeConfig } from '../../../../src/shared/w
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import type { WeightSource } from '../../../../src/shared/weights/weight-source.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
-import { loadDiffusers, type Tensor, transformerToBfl, vaeToBfl, writeTensors } from './bfl-fixtures.ts';
+import {
+  expectF32Equal,
+  loadDiffusers,
+  type Tensor,
+  transformerToBfl,
+  vaeToBfl,
+  writeTensors,
+} from './bfl-fixtures.ts';
 import { useTempDir } from './temp-dir.ts';
 
 const tempDir = useTempDir('bfl');
@@ -31,7 +38,7 @@ function expectSameTensors(
   expect(new Set(source.names())).toEqual(new Set(expected.keys()));
   for (const [name, t] of expected) {
     expect(source.info(name).shape, name).toEqual(t.shape);
-    expect(source.readF32(name), name).toEqual(round ? round(t.data) : t.data);
+    expectF32Equal(source.readF32(name), round ? round(t.data) : t.data, name);
   }
 }
 

@@ -5,7 +5,7 @@ import { WeightsError } from '../../../../src/shared/weights/errors.ts';
 import { type ModelRepo, resolveModelRepo } from '../../../../src/shared/weights/model-repo.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
-import { loadDiffusers, transformerToBfl, vaeToBfl, writeTensors } from './bfl-fixtures.ts';
+import { expectF32Equal, loadDiffusers, transformerToBfl, vaeToBfl, writeTensors } from './bfl-fixtures.ts';
 import { useTempDir } from './temp-dir.ts';
 
 const tempDir = useTempDir('model-repo');
@@ -132,7 +132,7 @@ describe('resolveModelRepo: BFL single files', () => {
       expect(repo.components.transformer.config[k], k).toEqual(expected[k]);
     }
     const s = repo.components.transformer.open();
-    for (const [name, t] of loadDiffusers('transformer')) expect(s.readF32(name), name).toEqual(t.data);
+    for (const [name, t] of loadDiffusers('transformer')) expectF32Equal(s.readF32(name), t.data, name);
     s.close();
   });
 

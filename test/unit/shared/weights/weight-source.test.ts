@@ -6,6 +6,7 @@ import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import { type TensorInput, writeSafetensors } from '../../../../src/shared/weights/safetensors-writer.ts';
 import { locateComponentWeights, openComponentWeights } from '../../../../src/shared/weights/weight-source.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
+import { expectF32Equal } from './bfl-fixtures.ts';
 import { useTempDir } from './temp-dir.ts';
 
 const tempDir = useTempDir('weight-source');
@@ -26,7 +27,7 @@ function writeShardedTransformer(dir: string): Map<string, Float32Array> {
   let total = 0;
   [...all.keys()].forEach((name, i) => {
     const shard = i % 2;
-    shards[shard][name] = { dtype: 'F32', shape: src.info(name).shape, data: all.get(name)! };
+    shards[shard]![name] = { dtype: 'F32', shape: src.info(name).shape, data: all.get(name)! };
     weightMap[name] = `diffusion_pytorch_model-0000${shard + 1}-of-00002.safetensors`;
     total += src.info(name).byteLength;
   });
@@ -59,7 +60,7 @@ describe('openComponentWeights', () => {
       for (const [name, data] of original) {
         expect(s.has(name)).toBe(true);
         expect(s.info(name).byteLength).toBe(data.byteLength);
-        expect(s.readF32(name)).toEqual(data);
+        expectF32Equal(s.readF32(name), data, name);
       }
       expectWeightsError(() => s.readF32('nope'), 'index.json', /no tensor named 'nope'/);
     } finally {

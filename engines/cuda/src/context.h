@@ -1,0 +1,58 @@
+// What every model component needs to run: the GEMM engine, the stream, the compute type and scratch memory.
+#pragma once
+#include <map>
+#include <string>
+
+#include "common.h"
+#include "gemm.h"
+
+namespace fq {
+
+// Named, growing device buffers reused across calls (activations of the current forward). A buffer keeps its
+// contents until a larger size is asked for under the same name.
+class Scratch {
+ public:
+  ~Scratch() {
+    for (auto& [k, v] : bufs_) cudaFree(v.first);
+  }
+  void* get(const std::string& name, size_t bytes) {
+    auto& e = bufs_[name];
+    if (e.second < bytes) {
+      if (e.first) {
+        CUDA_CHECK(cudaDeviceSynchronize());  // a kernel may still use the old buffer
+        CUDA_CHECK(cudaFree(e.first));
+      }
+      CUDA_CHECK(cudaMalloc(&e.first, bytes));
+      total_ += bytes - e.second;
+      e.second = bytes;
+    }
+    return e.first;
+  }
+  template <typename T>
+  T* getT(const std::string& name, size_t count) {
+    return static_cast<T*>(get(name, count * sizeof(T)));
+  }
+  size_t bytes() const { return total_; }
+
+ private:
+  std::map<std::string, std::pair<void*, size_t>> bufs_;
+  size_t total_ = 0;
+};
+
+struct Ctx {
+  Gemm& gemm;
+  Scratch& scratch;
+  cudaStream_t st;
+  DType dt;  // activation / matrix-weight type: F32 (conformance) or BF16 (fast path)
+  void* buf(const std::string& name, size_t elems) { return scratch.get(name, elems * dsize(dt)); }
+  float* f32(const std::string& name, size_t elems) { return scratch.getT<float>(name, elems); }
+};
+
+// A linear layer: weight [out, in] in the compute type, bias [out] in fp32 (nullptr when the layer has none).
+struct Lin {
+  void* w = nullptr;
+  float* b = nullptr;
+  int out = 0, in = 0;
+};
+
+}  // namespace fq

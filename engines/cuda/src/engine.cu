@@ -1,0 +1,131 @@
+#include "engine.h"
+
+#include "kernels/kernels.h"
+
+namespace fq {
+
+ModelConfig flux_dev_config() { return ModelConfig{}; }  // every config's defaults are FLUX.1-dev's
+
+std::string device_name() {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp p;
+  CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+  return p.name;
+}
+
+Engine::Engine(DType dt_) : dt(dt_) { CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)); }
+
+Engine::~Engine() {
+  clip.reset();
+  t5.reset();
+  flux.reset();
+  vae.reset();
+  if (st) cudaStreamDestroy(st);
+}
+
+void Engine::load_dir(const std::string& dir) {
+  cfg.clip = ClipConfig::from_json(Json::parse(read_text_file(dir + "/text_encoder/config.json")));
+  cfg.t5 = T5Config::from_json(Json::parse(read_text_file(dir + "/text_encoder_2/config.json")));
+  cfg.flux = FluxConfig::from_json(Json::parse(read_text_file(dir + "/transformer/config.json")));
+  cfg.vae = VaeConfig::from_json(Json::parse(read_text_file(dir + "/vae/config.json")));
+  {
+    ComponentFiles f(dir + "/text_encoder", {"", "text_model."});
+    WeightLoader L(&f, weights, 1);
+    clip = std::make_unique<ClipText>(cfg.clip, L, dt);
+  }
+  {
+    ComponentFiles f(dir + "/text_encoder_2");
+    WeightLoader L(&f, weights, 2);
+    t5 = std::make_unique<T5Encoder>(cfg.t5, L, dt);
+  }
+  {
+    ComponentFiles f(dir + "/transformer");
+    WeightLoader L(&f, weights, 3);
+    flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt);
+  }
+  {
+    ComponentFiles f(dir + "/vae");
+    WeightLoader L(&f, weights, 4);
+    vae = std::make_unique<VaeDecoder>(cfg.vae, L, dt);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void Engine::load_synthetic(uint64_t seed) {
+  cfg = flux_dev_config();
+  WeightLoader L(nullptr, weights, seed);
+  clip = std::make_unique<ClipText>(cfg.clip, L, dt);
+  t5 = std::make_unique<T5Encoder>(cfg.t5, L, dt);
+  flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt);
+  vae = std::make_unique<VaeDecoder>(cfg.vae, L, dt);
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+std::unique_ptr<Job> Engine::prepare(const Request& r) {
+  auto j = std::make_unique<Job>();
+  j->req = r;
+  const int B = r.batch, T = r.t5_len, D = cfg.flux.hidden();
+  if (r.height % 16 || r.width % 16) throw std::runtime_error("height and width must be multiples of 16");
+  if (r.sigmas.size() < 2) throw std::runtime_error("sigmas must hold steps + 1 values");
+  if (int(r.guidance.size()) != B) throw std::runtime_error("guidance must hold one value per sample");
+  if (int(r.clip_ids.size()) != B * cfg.clip.maxpos) throw std::runtime_error("clip_ids must be [B, 77]");
+  if (int(r.t5_ids.size()) != B * T) throw std::runtime_error("t5_ids must be [B, t5_len]");
+  j->L = (r.height / 16) * (r.width / 16);
+  j->S = T + j->L;
+  j->steps = int(r.sigmas.size()) - 1;
+  j->R = B * j->steps;
+  if (!r.latents.empty() && int64_t(r.latents.size()) != int64_t(B) * j->L * 64)
+    throw std::runtime_error("latents must be [B, (H/16)(W/16), 64]");
+  auto f32 = [&](size_t n) { return static_cast<float*>(j->mem.alloc(n * 4)); };
+  j->pooled = f32(size_t(B) * cfg.clip.hidden);
+  j->t5 = f32(size_t(B) * T * cfg.t5.d_model);
+  j->ctx0 = f32(size_t(B) * T * D);
+  j->mods = f32(size_t(j->R) * flux->mod_width());
+  j->cs = f32(size_t(j->S) * cfg.flux.head_dim);
+  j->lat = f32(size_t(B) * j->L * 64);
+  j->vel = f32(size_t(B) * j->L * 64);
+  Ctx c = ctx();
+  clip->encode(c, r.clip_ids, B, j->pooled);
+  t5->encode(c, r.t5_ids, B, T, j->t5);
+  flux->embed_context(c, j->t5, B * T, j->ctx0);
+  // Model inputs exactly as the pipeline forms them: timestep = float32(sigma * 1000) / 1000.
+  std::vector<float> tin(j->R), gin(j->R);
+  for (int i = 0; i < j->steps; i++)
+    for (int b = 0; b < B; b++) {
+      tin[i * B + b] = (r.sigmas[i] * 1000.f) / 1000.f;
+      gin[i * B + b] = r.guidance[b];
+    }
+  flux->conditioning(c, tin, gin, j->pooled, B, j->steps, j->mods);
+  // Text ids are zeros; image ids (0, row, col) in row-major token order.
+  std::vector<float> ids(size_t(j->S) * 3, 0.f);
+  for (int y = 0; y < r.height / 16; y++)
+    for (int x = 0; x < r.width / 16; x++) {
+      size_t t = size_t(T) + size_t(y) * (r.width / 16) + x;
+      ids[t * 3 + 1] = float(y);
+      ids[t * 3 + 2] = float(x);
+    }
+  std::vector<float> cs = rope_table(cfg.flux, ids, j->S);
+  CUDA_CHECK(cudaMemcpyAsync(j->cs, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, st));
+  if (r.latents.empty())
+    fill_normal(j->lat, DType::F32, int64_t(B) * j->L * 64, 0.f, 1.f, r.seed, st);
+  else
+    CUDA_CHECK(cudaMemcpyAsync(j->lat, r.latents.data(), r.latents.size() * 4, cudaMemcpyHostToDevice, st));
+  return j;
+}
+
+void Engine::step(Job& j) {
+  if (j.step >= j.steps) throw std::runtime_error("no steps left");
+  Ctx c = ctx();
+  const int B = j.req.batch;
+  flux->forward(c, B, j.L, j.req.t5_len, j.lat, j.ctx0, j.mods, j.R, j.step, j.cs, j.vel);
+  euler_step(j.lat, j.vel, int64_t(B) * j.L * 64, j.req.sigmas[j.step + 1] - j.req.sigmas[j.step], st);
+  j.step++;
+}
+
+void Engine::decode(Job& j, float* chw, uint8_t* rgb) {
+  Ctx c = ctx();
+  vae->decode(c, j.lat, j.req.batch, j.req.height, j.req.width, chw, rgb);
+}
+
+}  // namespace fq

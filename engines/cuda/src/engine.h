@@ -1,0 +1,65 @@
+// The engine: all four components resident on one GPU, and a request's life cycle (prepare, steps, decode).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "encoders.h"
+#include "flux.h"
+#include "vae.h"
+
+namespace fq {
+
+struct ModelConfig {
+  ClipConfig clip;
+  T5Config t5;
+  FluxConfig flux;
+  VaeConfig vae;
+};
+
+// One generation request. Token ids come from the host tokenizers; sigmas ([steps + 1], last 0) from the host
+// scheduler. Latents: explicit packed [B, (H/16)(W/16), 64] fp32, or drawn on the GPU from `seed` when empty
+// (the engine's own generator, not PyTorch's).
+struct Request {
+  int batch = 1, height = 1024, width = 1024, t5_len = 512;
+  std::vector<int> clip_ids, t5_ids;  // [B, clip.maxpos], [B, t5_len]
+  std::vector<float> sigmas, guidance;  // [steps + 1], [B]
+  std::vector<float> latents;
+  uint64_t seed = 0;
+};
+
+struct Job {
+  Request req;
+  int L = 0, S = 0, R = 0, steps = 0, step = 0;
+  DeviceArena mem;
+  float *pooled = nullptr, *t5 = nullptr, *ctx0 = nullptr, *mods = nullptr, *cs = nullptr, *lat = nullptr,
+        *vel = nullptr;
+};
+
+class Engine {
+ public:
+  explicit Engine(DType dt);
+  ~Engine();
+  void load_dir(const std::string& dir);  // diffusers layout: text_encoder/, text_encoder_2/, transformer/, vae/
+  void load_synthetic(uint64_t seed);     // FLUX.1-dev sizes, random weights generated on the GPU
+  std::unique_ptr<Job> prepare(const Request& r);
+  void step(Job& j);
+  void decode(Job& j, float* chw, uint8_t* rgb);  // device outputs, either may be null
+  Ctx ctx() { return Ctx{gemm, scratch, st, dt}; }
+
+  const DType dt;
+  ModelConfig cfg;
+  DeviceArena weights;
+  Gemm gemm;
+  Scratch scratch;
+  cudaStream_t st = nullptr;
+  std::unique_ptr<ClipText> clip;
+  std::unique_ptr<T5Encoder> t5;
+  std::unique_ptr<FluxTransformer> flux;
+  std::unique_ptr<VaeDecoder> vae;
+};
+
+ModelConfig flux_dev_config();
+std::string device_name();
+
+}  // namespace fq

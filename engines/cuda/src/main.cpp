@@ -1,0 +1,45 @@
+// fluxql-engine: the native CUDA engine of fluxql.
+//   fluxql-engine [--serve]                       framed protocol on stdin/stdout (PROTOCOL.md)
+//   fluxql-engine --selftest <fixtures> <model> [f32|bf16|both]
+//   fluxql-engine --bench [--size N] [--steps N] [--batches 1,2,4] [--iters N] [--out prefix]
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "selftest.h"
+
+int main(int argc, char** argv) {
+  try {
+    std::string mode = argc > 1 ? argv[1] : "--serve";
+    if (mode == "--selftest") {
+      if (argc < 4) {
+        fprintf(stderr, "usage: fluxql-engine --selftest <fixtures dir> <model dir> [f32|bf16|both]\n");
+        return 2;
+      }
+      return fq::run_selftest(argv[2], argv[3], argc > 4 ? argv[4] : "both");
+    }
+    if (mode == "--bench") {
+      int size = 1024, steps = 28, iters = 10;
+      std::string batches = "1,2,4", out = "cuda-bench";
+      for (int i = 2; i + 1 < argc; i += 2) {
+        std::string k = argv[i], v = argv[i + 1];
+        if (k == "--size") size = std::stoi(v);
+        else if (k == "--steps") steps = std::stoi(v);
+        else if (k == "--iters") iters = std::stoi(v);
+        else if (k == "--batches") batches = v;
+        else if (k == "--out") out = v;
+        else {
+          fprintf(stderr, "unknown option %s\n", k.c_str());
+          return 2;
+        }
+      }
+      return fq::run_bench(size, steps, batches, iters, out);
+    }
+    if (mode == "--serve") return fq::run_serve();
+    fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench)\n", mode.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    fprintf(stderr, "fluxql-engine: %s\n", e.what());
+    return 1;
+  }
+}

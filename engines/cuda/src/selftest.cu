@@ -1,0 +1,306 @@
+// `fluxql-engine --selftest <fixtures> <model>`: the engine against diffusers' float32 reference outputs for the
+// flux-tiny model, plus unit checks of the GEMM wrapper and the flash-attention kernel on random data.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "engine.h"
+#include "kernels/kernels.h"
+#include "selftest.h"
+
+namespace fq {
+namespace {
+
+struct Case {
+  std::string name, precision, metric;
+  double value, limit;
+  bool required;
+};
+std::vector<Case> g_cases;
+
+void report(const std::string& name, DType dt, const std::string& metric, double v, double limit, bool required) {
+  Case c{name, dname(dt), metric, v, limit, required};
+  g_cases.push_back(c);
+  bool pass = std::isfinite(v) && v <= limit;
+  printf("{\"case\":%s,\"precision\":\"%s\",\"metric\":\"%s\",\"value\":%.3e,\"limit\":%.1e,\"pass\":%s%s}\n",
+         json_escape(name).c_str(), dname(dt), metric.c_str(), v, limit, pass ? "true" : "false",
+         required ? "" : ",\"info\":true");
+  fflush(stdout);
+}
+
+double rel_err(const std::vector<float>& a, const float* b, size_t n) {
+  if (a.size() != n) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    double d = double(a[i]) - b[i];
+    num += d * d;
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+double max_abs(const std::vector<float>& a, const float* b, size_t n) {
+  if (a.size() != n) return INFINITY;
+  double m = 0;
+  for (size_t i = 0; i < n; i++) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
+std::vector<float> download(const float* d, size_t n) {
+  std::vector<float> h(n);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaMemcpy(h.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  return h;
+}
+
+std::vector<int> ids_of(const Json& arr) {
+  std::vector<int> v;
+  for (auto& x : arr.a) v.push_back(int(x.n));
+  return v;
+}
+
+// Host copy of a device buffer in `dt`, as fp32.
+std::vector<float> download_any(const void* d, DType dt, size_t n) {
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> h(n);
+  if (dt == DType::F32) {
+    CUDA_CHECK(cudaMemcpy(h.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  } else {
+    std::vector<uint16_t> b(n);
+    CUDA_CHECK(cudaMemcpy(b.data(), d, n * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) h[i] = bf16_to_f32(b[i]);
+  }
+  return h;
+}
+
+void* upload_any(const std::vector<float>& h, DType dt) {
+  void* d;
+  CUDA_CHECK(cudaMalloc(&d, h.size() * dsize(dt)));
+  if (dt == DType::F32) {
+    CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+  } else {
+    std::vector<uint16_t> b(h.size());
+    for (size_t i = 0; i < h.size(); i++) b[i] = f32_to_bf16(h[i]);
+    CUDA_CHECK(cudaMemcpy(d, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
+  }
+  return d;
+}
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.f) {
+  std::normal_distribution<float> nd(0.f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Rounds through the element type, so host references see exactly the inputs the GPU sees.
+std::vector<float> quantize(std::vector<float> v, DType dt) {
+  if (dt == DType::BF16)
+    for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
+  return v;
+}
+
+// GEMM wrapper vs a float64 host product: layout (row-major X W^T), bias, GELU, residual, odd sizes.
+void unit_gemm(Engine& e) {
+  std::mt19937 rng(1234);
+  const int M = 77, N = 96, K = 136;
+  Ctx c = e.ctx();
+  for (Epi epi : {Epi::Bias, Epi::BiasGelu}) {
+    auto X = quantize(randn(size_t(M) * K, rng), e.dt), W = quantize(randn(size_t(N) * K, rng, 0.1f), e.dt);
+    auto bias = randn(N, rng), resid = randn(size_t(M) * N, rng);
+    void* dX = upload_any(X, e.dt);
+    void* dW = upload_any(W, e.dt);
+    float* dB = static_cast<float*>(upload_any(bias, DType::F32));
+    float* dY = static_cast<float*>(upload_any(resid, DType::F32));
+    bool use_resid = epi == Epi::Bias;
+    e.gemm.linear(e.st, M, N, K, dX, e.dt, K, dW, e.dt, dB, epi, dY, DType::F32, N, use_resid ? dY : nullptr,
+                  use_resid ? 1.f : 0.f);
+    auto Y = download(dY, size_t(M) * N);
+    std::vector<float> ref(size_t(M) * N);
+    for (int m = 0; m < M; m++)
+      for (int n = 0; n < N; n++) {
+        double s = bias[n];
+        for (int k = 0; k < K; k++) s += double(X[size_t(m) * K + k]) * W[size_t(n) * K + k];
+        if (epi == Epi::BiasGelu) s = 0.5 * s * (1 + std::tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)));
+        if (use_resid) s += resid[size_t(m) * N + n];
+        ref[size_t(m) * N + n] = float(s);
+      }
+    report(epi == Epi::Bias ? "unit.gemm_bias_residual" : "unit.gemm_bias_gelu", e.dt, "rel_err",
+           rel_err(Y, ref.data(), ref.size()), e.dt == DType::F32 ? 1e-6 : 1e-3, true);
+    cudaFree(dX);
+    cudaFree(dW);
+    cudaFree(dB);
+    cudaFree(dY);
+  }
+  (void)c;
+}
+
+// Flash attention vs the fp32-accumulating row kernel on the same bf16 inputs (S not a multiple of the tile).
+void unit_flash(Engine& e) {
+  if (e.dt != DType::BF16) return;
+  std::mt19937 rng(99);
+  for (int D : {16, 64, 128}) {
+    const int B = 2, S = 333, H = 3;
+    size_t n = size_t(B) * S * H * D;
+    auto q = randn(n, rng), k = randn(n, rng), v = randn(n, rng);
+    void* dq = upload_any(q, DType::BF16);
+    void* dk = upload_any(k, DType::BF16);
+    void* dv = upload_any(v, DType::BF16);
+    void *o1, *o2;
+    CUDA_CHECK(cudaMalloc(&o1, n * 2));
+    CUDA_CHECK(cudaMalloc(&o2, n * 2));
+    CUDA_CHECK(cudaMemset(o1, 0xff, n * 2));  // poison: NaN where a row is left unwritten
+    float scale = 1.f / std::sqrt(float(D));
+    const int T = 100;  // split output: text rows to o1[0 .. B*T), image rows after
+    char* o1c = static_cast<char*>(o1);
+    OutMap split{o1c, o1c + size_t(B) * T * H * D * 2, T, H * D};
+    flash_attention(dq, dk, dv, B, S, H, D, scale, split, e.st);
+    attention_rows(dq, dk, dv, DType::BF16, H * D, H * D, H * D, int64_t(S) * H * D, int64_t(S) * H * D, B, S, S,
+                   H, D, scale, false, nullptr,
+                   OutMap{o2, static_cast<char*>(o2) + size_t(B) * T * H * D * 2, T, H * D}, e.st);
+    auto a = download_any(o1, DType::BF16, n), b = download_any(o2, DType::BF16, n);
+    report("unit.flash_attention_d" + std::to_string(D), DType::BF16, "rel_err", rel_err(a, b.data(), n), 1e-2,
+           true);
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(o1);
+    cudaFree(o2);
+  }
+}
+
+void run_precision(const std::string& fx, const std::string& model, DType dt) {
+  Engine e(dt);
+  auto t0 = std::chrono::steady_clock::now();
+  e.load_dir(model);
+  double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  fprintf(stderr, "[selftest] %s: model loaded in %.0f ms\n", dname(dt), load_ms);
+  const bool f32 = dt == DType::F32;
+  const double tol = f32 ? 1e-4 : 2e-2, img_tol = (f32 ? 2.0 : 8.0) / 255.0;
+  Ctx c = e.ctx();
+
+  unit_gemm(e);
+  unit_flash(e);
+
+  // Text encoders on all tokenizer cases, batched.
+  {
+    Json cases = Json::parse(read_text_file(fx + "/tokenizer_cases.json"));
+    SafetensorsFile ref(fx + "/text_encoders.safetensors");
+    int B = int(cases.a.size()), T = int(cases[0]["t5_input_ids"].a.size());
+    std::vector<int> clip_ids, t5_ids;
+    for (auto& cs : cases.a) {
+      auto a = ids_of(cs["clip_input_ids"]), b = ids_of(cs["t5_input_ids"]);
+      clip_ids.insert(clip_ids.end(), a.begin(), a.end());
+      t5_ids.insert(t5_ids.end(), b.begin(), b.end());
+    }
+    int Dc = e.cfg.clip.hidden, Dt = e.cfg.t5.d_model;
+    float* pooled = c.f32("test.pooled", size_t(B) * Dc);
+    float* t5 = c.f32("test.t5", size_t(B) * T * Dt);
+    e.clip->encode(c, clip_ids, B, pooled);
+    e.t5->encode(c, t5_ids, B, T, t5);
+    auto p = download(pooled, size_t(B) * Dc), t = download(t5, size_t(B) * T * Dt);
+    auto pr = ref.to_f32("pooled_prompt_embeds"), tr = ref.to_f32("prompt_embeds");
+    double worst_p = 0, worst_t = 0;
+    for (int b = 0; b < B; b++) {
+      std::vector<float> pb(p.begin() + size_t(b) * Dc, p.begin() + size_t(b + 1) * Dc);
+      std::vector<float> tb(t.begin() + size_t(b) * T * Dt, t.begin() + size_t(b + 1) * T * Dt);
+      worst_p = std::max(worst_p, rel_err(pb, pr.data() + size_t(b) * Dc, Dc));
+      worst_t = std::max(worst_t, rel_err(tb, tr.data() + size_t(b) * T * Dt, size_t(T) * Dt));
+    }
+    report("clip_pooled (30 prompts, worst)", dt, "rel_err", worst_p, tol, f32);
+    report("t5_embeds (30 prompts, worst)", dt, "rel_err", worst_t, tol, f32);
+  }
+
+  // One transformer forward with explicit inputs and position ids.
+  {
+    SafetensorsFile tc(fx + "/transformer_case.safetensors");
+    auto hs = tc.to_f32("hidden_states"), enc = tc.to_f32("encoder_hidden_states"), pooled = tc.to_f32("pooled_projections");
+    auto img_ids = tc.to_f32("img_ids"), txt_ids = tc.to_f32("txt_ids"), out = tc.to_f32("output");
+    float tstep = tc.to_f32("timestep")[0], guid = tc.to_f32("guidance")[0];
+    int L = int(tc.find("hidden_states")->shape[1]), T = int(tc.find("encoder_hidden_states")->shape[1]);
+    int D = e.cfg.flux.hidden(), S = T + L;
+    float* d_pooled = c.f32("tc.pooled", pooled.size());
+    float* d_enc = c.f32("tc.enc", enc.size());
+    float* d_hs = c.f32("tc.hs", hs.size());
+    CUDA_CHECK(cudaMemcpy(d_pooled, pooled.data(), pooled.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_enc, enc.data(), enc.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_hs, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice));
+    float* mods = c.f32("tc.mods", size_t(e.flux->mod_width()));
+    e.flux->conditioning(c, {tstep}, {guid}, d_pooled, 1, 1, mods);
+    float* ctx0 = c.f32("tc.ctx0", size_t(T) * D);
+    e.flux->embed_context(c, d_enc, T, ctx0);
+    std::vector<float> ids(txt_ids);
+    ids.insert(ids.end(), img_ids.begin(), img_ids.end());
+    auto cs = rope_table(e.cfg.flux, ids, S);
+    float* d_cs = c.f32("tc.cs", cs.size());
+    CUDA_CHECK(cudaMemcpy(d_cs, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
+    float* vel = c.f32("tc.vel", out.size());
+    e.flux->forward(c, 1, L, T, d_hs, ctx0, mods, 1, 0, d_cs, vel);
+    report("transformer_forward", dt, "rel_err", rel_err(download(vel, out.size()), out.data(), out.size()), tol,
+           true);
+  }
+
+  // Whole generations: tokens in, per-step latents, decoded image.
+  Json index = Json::parse(read_text_file(fx + "/index.json"));
+  Json toks = Json::parse(read_text_file(fx + "/pipeline_tokens.json"));
+  for (auto& pc : index["pipeline_cases"].a) {
+    SafetensorsFile f(fx + "/" + pc["file"].s);
+    Request r;
+    r.batch = int(pc["prompts"].a.size());
+    r.height = int(pc["height"].n);
+    r.width = int(pc["width"].n);
+    r.t5_len = 512;
+    for (auto& p : pc["prompts"].a) {
+      auto a = ids_of(toks[p.s]["clip"]), b = ids_of(toks[p.s]["t5"]);
+      r.clip_ids.insert(r.clip_ids.end(), a.begin(), a.end());
+      r.t5_ids.insert(r.t5_ids.end(), b.begin(), b.end());
+      r.guidance.push_back(float(pc["guidance"].n));
+    }
+    r.sigmas = f.to_f32("sigmas");
+    r.latents = f.to_f32("initial_latents_packed");
+    auto job = e.prepare(r);
+    double worst = 0;
+    size_t n = r.latents.size();
+    for (int i = 0; i < job->steps; i++) {
+      e.step(*job);
+      auto ref = f.to_f32("latents_after_step_" + std::to_string(i));
+      worst = std::max(worst, rel_err(download(job->lat, n), ref.data(), n));
+    }
+    std::string name = pc["file"].s.substr(0, pc["file"].s.find('.'));
+    report(name + " latents (" + std::to_string(job->steps) + " steps, worst)", dt, "rel_err", worst, tol, true);
+    auto img_ref = f.to_f32("image");
+    float* chw = c.f32("test.chw", img_ref.size());
+    e.decode(*job, chw, nullptr);
+    report(name + " image", dt, "max_abs", max_abs(download(chw, img_ref.size()), img_ref.data(), img_ref.size()),
+           img_tol, true);
+  }
+  fprintf(stderr, "[selftest] %s: gemm fallbacks %d\n", dname(dt), e.gemm.fallbacks());
+}
+
+}  // namespace
+
+int run_selftest(const std::string& fx, const std::string& model, const std::string& precisions) {
+  fprintf(stderr, "[selftest] device: %s\n", device_name().c_str());
+  for (const char* p : {"f32", "bf16"}) {
+    if (precisions != "both" && precisions != p) continue;
+    try {
+      run_precision(fx, model, std::string(p) == "f32" ? DType::F32 : DType::BF16);
+    } catch (const std::exception& ex) {
+      printf("{\"case\":\"%s run\",\"error\":%s,\"pass\":false}\n", p, json_escape(ex.what()).c_str());
+      g_cases.push_back(Case{std::string(p) + " run", p, "error", INFINITY, 0, true});
+    }
+  }
+  int failed = 0;
+  printf("\n%-46s %-5s %-8s %-10s %-8s %s\n", "case", "prec", "metric", "value", "limit", "result");
+  for (auto& c : g_cases) {
+    bool pass = std::isfinite(c.value) && c.value <= c.limit;
+    if (!pass && c.required) failed++;
+    printf("%-46s %-5s %-8s %-10.3e %-8.1e %s\n", c.name.c_str(), c.precision.c_str(), c.metric.c_str(), c.value,
+           c.limit, pass ? "PASS" : (c.required ? "FAIL" : "info"));
+  }
+  printf("selftest: %d of %zu required cases failed\n", failed, g_cases.size());
+  return failed ? 1 : 0;
+}
+
+}  // namespace fq

@@ -1,0 +1,177 @@
+// `fluxql-engine --serve` (the default): the framed stdin/stdout protocol of PROTOCOL.md. One request at a time;
+// every response carries the request's id. Logs go to stderr only: stdout carries frames.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <map>
+
+#include "engine.h"
+#include "selftest.h"
+
+namespace fq {
+namespace {
+
+bool read_exact(void* p, size_t n) {
+  auto* c = static_cast<char*>(p);
+  while (n) {
+    ssize_t r = read(0, c, n);
+    if (r <= 0) return false;
+    c += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+void write_exact(const void* p, size_t n) {
+  auto* c = static_cast<const char*>(p);
+  while (n) {
+    ssize_t w = write(1, c, n);
+    if (w <= 0) throw std::runtime_error("stdout closed");
+    c += w;
+    n -= size_t(w);
+  }
+}
+
+// Frame: u32 LE header length, u32 LE payload length, UTF-8 JSON header, payload bytes.
+void send(const std::string& header, const void* payload = nullptr, size_t n = 0) {
+  uint32_t h[2] = {uint32_t(header.size()), uint32_t(n)};
+  write_exact(h, 8);
+  write_exact(header.data(), header.size());
+  if (n) write_exact(payload, n);
+}
+
+std::string idf(const Json& req) {
+  const Json& id = req["id"];
+  if (id.kind == Json::Num) return std::to_string(int64_t(id.n));
+  if (id.kind == Json::Str) return json_escape(id.s);
+  return "null";
+}
+
+std::vector<float> floats(const Json& a) {
+  std::vector<float> v;
+  for (auto& x : a.a) v.push_back(float(x.n));
+  return v;
+}
+
+using clk = std::chrono::steady_clock;
+double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
+
+}  // namespace
+
+int run_serve() {
+  std::unique_ptr<Engine> eng;
+  std::map<int64_t, std::unique_ptr<Job>> jobs;
+  int64_t next_job = 1;
+  for (;;) {
+    uint32_t h[2];
+    if (!read_exact(h, 8)) return 0;  // stdin closed: the client is gone
+    std::string hdr(h[0], '\0');
+    std::vector<uint8_t> payload(h[1]);
+    if (!read_exact(hdr.data(), h[0]) || (h[1] && !read_exact(payload.data(), h[1]))) return 1;
+    Json req;
+    std::string id = "null";
+    try {
+      req = Json::parse(hdr);
+      id = idf(req);
+      std::string op = req.str("op", "");
+      auto t0 = clk::now();
+      if (op == "quit") {
+        send("{\"op\":\"bye\",\"id\":" + id + "}");
+        return 0;
+      } else if (op == "load") {
+        std::string prec = req.str("precision", "bf16");
+        if (prec != "bf16" && prec != "f32") throw std::runtime_error("precision must be bf16 or f32");
+        jobs.clear();
+        eng.reset();
+        eng = std::make_unique<Engine>(prec == "f32" ? DType::F32 : DType::BF16);
+        if (req.has("synthetic")) eng->load_synthetic(uint64_t(req.num("seed", 42)));
+        else eng->load_dir(req.str("model", ""));
+        send("{\"op\":\"loaded\",\"id\":" + id + ",\"device\":" + json_escape(device_name()) +
+             ",\"precision\":\"" + prec + "\",\"weights_bytes\":" + std::to_string(eng->weights.bytes()) +
+             ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+      } else if (!eng) {
+        throw std::runtime_error("no model loaded");
+      } else if (op == "prepare") {
+        Request r;
+        r.batch = int(req.num("batch", 1));
+        r.height = int(req.num("height", 1024));
+        r.width = int(req.num("width", 1024));
+        r.t5_len = int(req.num("t5_len", 512));
+        r.sigmas = floats(req["sigmas"]);
+        r.guidance = floats(req["guidance"]);
+        r.seed = uint64_t(req.num("seed", 0));
+        size_t nclip = size_t(r.batch) * eng->cfg.clip.maxpos, nt5 = size_t(r.batch) * r.t5_len;
+        size_t nlat = size_t(r.batch) * (r.height / 16) * (r.width / 16) * 64;
+        bool explicit_lat = req.str("latents", "seed") == "payload";
+        size_t need = (nclip + nt5) * 4 + (explicit_lat ? nlat * 4 : 0);
+        if (payload.size() != need)
+          throw std::runtime_error("prepare payload must be " + std::to_string(need) + " bytes, got " +
+                                   std::to_string(payload.size()));
+        r.clip_ids.resize(nclip);
+        r.t5_ids.resize(nt5);
+        memcpy(r.clip_ids.data(), payload.data(), nclip * 4);
+        memcpy(r.t5_ids.data(), payload.data() + nclip * 4, nt5 * 4);
+        if (explicit_lat) {
+          r.latents.resize(nlat);
+          memcpy(r.latents.data(), payload.data() + (nclip + nt5) * 4, nlat * 4);
+        }
+        auto job = eng->prepare(r);
+        CUDA_CHECK(cudaStreamSynchronize(eng->st));
+        int64_t jid = next_job++;
+        int steps = job->steps;
+        jobs[jid] = std::move(job);
+        send("{\"op\":\"prepared\",\"id\":" + id + ",\"job\":" + std::to_string(jid) +
+             ",\"steps\":" + std::to_string(steps) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+      } else {
+        int64_t jid = int64_t(req.num("job", -1));
+        auto it = jobs.find(jid);
+        if (it == jobs.end()) throw std::runtime_error("unknown job " + std::to_string(jid));
+        Job& j = *it->second;
+        std::string js = std::to_string(jid);
+        if (op == "step") {
+          int count = int(req.num("count", j.steps - j.step));
+          for (int i = 0; i < count && j.step < j.steps; i++) {
+            auto ts = clk::now();
+            eng->step(j);
+            CUDA_CHECK(cudaStreamSynchronize(eng->st));
+            send("{\"op\":\"progress\",\"id\":" + id + ",\"job\":" + js + ",\"step\":" + std::to_string(j.step) +
+                 ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(ts)) + "}");
+          }
+          send("{\"op\":\"stepped\",\"id\":" + id + ",\"job\":" + js + ",\"step\":" + std::to_string(j.step) +
+               ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+        } else if (op == "latents") {
+          std::vector<float> lat(size_t(j.req.batch) * j.L * 64);
+          CUDA_CHECK(cudaStreamSynchronize(eng->st));
+          CUDA_CHECK(cudaMemcpy(lat.data(), j.lat, lat.size() * 4, cudaMemcpyDeviceToHost));
+          send("{\"op\":\"latents\",\"id\":" + id + ",\"job\":" + js + ",\"format\":\"f32\",\"shape\":[" +
+                   std::to_string(j.req.batch) + "," + std::to_string(j.L) + ",64]}",
+               lat.data(), lat.size() * 4);
+        } else if (op == "decode") {
+          size_t n = size_t(j.req.batch) * j.req.height * j.req.width * 3;
+          std::vector<uint8_t> img(n);
+          uint8_t* d = static_cast<uint8_t*>(eng->scratch.get("serve.rgb", n));
+          eng->decode(j, nullptr, d);
+          CUDA_CHECK(cudaMemcpyAsync(img.data(), d, n, cudaMemcpyDeviceToHost, eng->st));
+          CUDA_CHECK(cudaStreamSynchronize(eng->st));
+          send("{\"op\":\"image\",\"id\":" + id + ",\"job\":" + js + ",\"format\":\"rgb8\",\"batch\":" +
+                   std::to_string(j.req.batch) + ",\"height\":" + std::to_string(j.req.height) +
+                   ",\"width\":" + std::to_string(j.req.width) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}",
+               img.data(), n);
+        } else if (op == "release") {
+          jobs.erase(it);
+          send("{\"op\":\"released\",\"id\":" + id + ",\"job\":" + js + "}");
+        } else {
+          throw std::runtime_error("unknown op " + op);
+        }
+      }
+    } catch (const std::exception& ex) {
+      send("{\"op\":\"error\",\"id\":" + id + ",\"message\":" + json_escape(ex.what()) + "}");
+      // A CUDA error can leave the context unusable: the client restarts the process when it sees fatal.
+      if (std::string(ex.what()).rfind("CUDA error", 0) == 0) return 2;
+    }
+  }
+}
+
+}  // namespace fq

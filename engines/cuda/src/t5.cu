@@ -1,0 +1,99 @@
+// T5 v1.1 encoder: RMS layer norms, relative-position bias (layer 0's table shared by all layers), unscaled
+// attention, gated-GELU FFN. The residual stream and every residual add stay in fp32 (no overflow in bf16 runs).
+#include <cmath>
+
+#include "encoders.h"
+#include "kernels/kernels.h"
+
+namespace fq {
+
+T5Config T5Config::from_json(const Json& j) {
+  T5Config c;
+  c.vocab = int(j.num("vocab_size", c.vocab));
+  c.d_model = int(j.num("d_model", c.d_model));
+  c.d_kv = int(j.num("d_kv", c.d_kv));
+  c.heads = int(j.num("num_heads", c.heads));
+  c.d_ff = int(j.num("d_ff", c.d_ff));
+  c.layers = int(j.num("num_layers", c.layers));
+  c.buckets = int(j.num("relative_attention_num_buckets", c.buckets));
+  c.max_distance = int(j.num("relative_attention_max_distance", c.max_distance));
+  c.eps = float(j.num("layer_norm_epsilon", c.eps));
+  std::string ff = j.str("feed_forward_proj", "gated-gelu");
+  if (ff != "gated-gelu") throw std::runtime_error("T5 feed_forward_proj not supported: " + ff);
+  return c;
+}
+
+T5Encoder::T5Encoder(const T5Config& cfg_, WeightLoader& L, DType dt) : cfg(cfg_) {
+  int D = cfg.d_model, I = cfg.heads * cfg.d_kv;
+  emb_ = L.vec({L.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight"},
+               int64_t(cfg.vocab) * D, Init::Embedding);
+  std::string rb = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
+  rel_bias_w_ = L.vec({rb}, int64_t(cfg.buckets) * cfg.heads, Init::Bias);
+  rel_host_.resize(size_t(cfg.buckets) * cfg.heads);
+  CUDA_CHECK(cudaMemcpy(rel_host_.data(), rel_bias_w_, rel_host_.size() * 4, cudaMemcpyDeviceToHost));
+  for (int i = 0; i < cfg.layers; i++) {
+    std::string p = "encoder.block." + std::to_string(i) + ".layer.";
+    Layer l;
+    l.ln1 = L.vec({p + "0.layer_norm.weight"}, D, Init::NormWeight);
+    l.ln2 = L.vec({p + "1.layer_norm.weight"}, D, Init::NormWeight);
+    std::string a = p + "0.SelfAttention.";
+    l.qkv = load_lin(L, {a + "q", a + "k", a + "v"}, 3 * I, D, dt, false);
+    l.o = load_lin(L, {a + "o"}, D, I, dt, false);
+    std::string f = p + "1.DenseReluDense.";
+    l.wi = load_lin(L, {f + "wi_0", f + "wi_1"}, 2 * cfg.d_ff, D, dt, false);
+    l.wo = load_lin(L, {f + "wo"}, D, cfg.d_ff, dt, false);
+    layers_.push_back(l);
+  }
+  fin_ = L.vec({"encoder.final_layer_norm.weight"}, D, Init::NormWeight);
+}
+
+// Bias [H, S, S]: table[bucket(k - q), h], bidirectional buckets as transformers computes them (float32 log).
+std::vector<float> T5Encoder::bias_table(int S) const {
+  int nb = cfg.buckets / 2, exact = nb / 2;
+  float denom = float(std::log(double(cfg.max_distance) / exact));
+  std::vector<float> t(size_t(cfg.heads) * S * S);
+  for (int q = 0; q < S; q++)
+    for (int k = 0; k < S; k++) {
+      int rel = k - q, bucket = rel > 0 ? nb : 0, n = std::abs(rel);
+      if (n < exact) {
+        bucket += n;
+      } else {
+        float lg = std::log(float(n) / float(exact)) / denom * float(nb - exact);
+        bucket += std::min(exact + int(lg), nb - 1);
+      }
+      for (int h = 0; h < cfg.heads; h++) t[(size_t(h) * S + q) * S + k] = rel_host_[size_t(bucket) * cfg.heads + h];
+    }
+  return t;
+}
+
+void T5Encoder::encode(Ctx& c, const std::vector<int>& ids, int B, int S, float* out) {
+  const int D = cfg.d_model, H = cfg.heads, dk = cfg.d_kv, I = H * dk, R = B * S;
+  int* d_ids = c.scratch.getT<int>("t5.ids", R);
+  CUDA_CHECK(cudaMemcpyAsync(d_ids, ids.data(), R * sizeof(int), cudaMemcpyHostToDevice, c.st));
+  std::vector<float> bias = bias_table(S);
+  float* d_bias = c.f32("t5.bias", bias.size());
+  CUDA_CHECK(cudaMemcpyAsync(d_bias, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice, c.st));
+  float* x = c.f32("t5.x", size_t(R) * D);
+  void* h = c.buf("t5.h", size_t(R) * D);
+  void* qkv = c.buf("t5.qkv", size_t(R) * 3 * I);
+  void* a = c.buf("t5.a", size_t(R) * I);
+  void* ff = c.buf("t5.ff", size_t(R) * 2 * cfg.d_ff);
+  void* g = c.buf("t5.g", size_t(R) * cfg.d_ff);
+  embed_rows(emb_, d_ids, nullptr, R, S, D, x, c.st);
+  size_t es = dsize(c.dt);
+  for (auto& l : layers_) {
+    rmsnorm(x, R, D, l.ln1, cfg.eps, h, c.dt, c.st);
+    run_lin(c, l.qkv, R, h, c.dt, qkv, c.dt, Epi::None);
+    const char* base = static_cast<const char*>(qkv);
+    attention_rows(base, base + I * es, base + 2 * I * es, c.dt, 3 * I, 3 * I, 3 * I, int64_t(S) * 3 * I,
+                   int64_t(S) * 3 * I, B, S, S, H, dk, 1.f, false, d_bias, OutMap{nullptr, a, 0, I}, c.st);
+    run_lin(c, l.o, R, a, c.dt, x, DType::F32, Epi::None, x);  // x += o(a), accumulated in fp32
+    rmsnorm(x, R, D, l.ln2, cfg.eps, h, c.dt, c.st);
+    run_lin(c, l.wi, R, h, c.dt, ff, c.dt, Epi::None);
+    gated_gelu(ff, g, c.dt, R, cfg.d_ff, c.st);
+    run_lin(c, l.wo, R, g, c.dt, x, DType::F32, Epi::None, x);  // x += wo(gelu(wi_0 h) * wi_1 h)
+  }
+  rmsnorm(x, R, D, fin_, cfg.eps, out, DType::F32, c.st);
+}
+
+}  // namespace fq

@@ -1,0 +1,116 @@
+/**
+ * @file GraphQL transports: graphql-yoga for HTTP (queries, mutations, GraphiQL, subscriptions over SSE) and
+ * graphql-ws on the same HTTP server and path for WebSocket subscriptions, wired as yoga's graphql-ws example
+ * does (`getEnveloped` per operation, so both transports share plugins, context and masking).
+ */
+import type { IncomingMessage, Server } from 'node:http';
+import { type ExecutionArgs, GraphQLError } from 'graphql';
+import type { OperationResult } from 'graphql-ws';
+import { useServer } from 'graphql-ws/use/ws';
+import { createYoga, type YogaServerInstance } from 'graphql-yoga';
+import { WebSocketServer } from 'ws';
+import type { GenerationService } from '../service/index.ts';
+import type { ApiContext } from './builder.ts';
+import { schema } from './schema/index.ts';
+
+/** Path of the GraphQL endpoint (HTTP, SSE, WebSocket) and of GraphiQL. */
+export const GRAPHQL_PATH = '/graphql';
+
+/** Options shared by both transports. */
+export interface GraphqlOptions {
+  service: GenerationService;
+  /** Fixed origin for image URLs; otherwise taken from the request's Host. */
+  publicUrl?: string;
+  /** When set, WebSocket clients must send `{ authorization: 'Bearer <token>' }` in `connection_init`. */
+  authToken?: string;
+}
+
+/** The yoga instance (a Node request listener). */
+export function createGraphqlHandler(options: GraphqlOptions): YogaServerInstance<Record<string, unknown>, ApiContext> {
+  return createYoga<Record<string, unknown>, ApiContext>({
+    schema,
+    graphqlEndpoint: GRAPHQL_PATH,
+    graphiql: { title: 'fluxql', subscriptionsProtocol: 'WS' },
+    landingPage: false,
+    // Unexpected errors are masked; typed failures travel as data, never as thrown errors.
+    maskedErrors: true,
+    // Over graphql-ws there is no Fetch `request`; `attachGraphqlWs` sets baseUrl from the upgrade request.
+    context: ({ request }: { request?: Request }) => ({
+      service: options.service,
+      baseUrl: options.publicUrl ?? (request ? new URL(request.url).origin : 'http://localhost'),
+    }),
+  });
+}
+
+function originOf(req: IncomingMessage, publicUrl?: string): string {
+  if (publicUrl) return publicUrl;
+  const proto = (req.headers['x-forwarded-proto'] as string | undefined)?.split(',')[0] ?? 'http';
+  return `${proto}://${req.headers.host ?? 'localhost'}`;
+}
+
+/** The bearer token a WebSocket client sent, from `connection_init` params or the upgrade request. */
+function bearerOf(params: Readonly<Record<string, unknown>> | undefined, req: IncomingMessage): string | undefined {
+  const raw = params?.authorization ?? params?.Authorization ?? req.headers.authorization;
+  return typeof raw === 'string' ? raw.replace(/^Bearer\s+/i, '') : undefined;
+}
+
+/**
+ * Serves graphql-ws on `server` at {@link GRAPHQL_PATH}. Returns a dispose that closes every socket
+ * (code 1001) and the WebSocket server.
+ */
+export function attachGraphqlWs(
+  server: Server,
+  yoga: YogaServerInstance<Record<string, unknown>, ApiContext>,
+  options: GraphqlOptions,
+): () => Promise<void> {
+  const wss = new WebSocketServer({ server, path: GRAPHQL_PATH });
+  const disposable = useServer(
+    {
+      // The enveloped execute/subscribe travel in rootValue (yoga's graphql-ws example does the same).
+      execute: (args: ExecutionArgs) => (args.rootValue as EnvelopedRoot).execute(args),
+      subscribe: (args: ExecutionArgs) => (args.rootValue as EnvelopedRoot).subscribe(args),
+      // Returning false closes with 4403 Forbidden, as the protocol prescribes for failed auth.
+      onConnect: (ctx) => !options.authToken || bearerOf(ctx.connectionParams, ctx.extra.request) === options.authToken,
+      onSubscribe: async (ctx, _id, payload) => {
+        const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
+          ...ctx,
+          req: ctx.extra.request,
+          socket: ctx.extra.socket,
+          params: payload,
+        });
+        let document: ReturnType<typeof parse>;
+        try {
+          document = parse(payload.query);
+        } catch (err) {
+          return [err instanceof GraphQLError ? err : new GraphQLError('Syntax error')];
+        }
+        const errors = validate(schema, document);
+        if (errors.length > 0) return errors;
+        const base = await contextFactory();
+        const contextValue: ApiContext = {
+          ...base,
+          service: options.service,
+          baseUrl: originOf(ctx.extra.request, options.publicUrl),
+        };
+        return {
+          schema,
+          operationName: payload.operationName,
+          document,
+          variableValues: payload.variables,
+          contextValue,
+          rootValue: { execute, subscribe } as EnvelopedRoot,
+        };
+      },
+    },
+    wss,
+  );
+  return async () => {
+    await disposable.dispose();
+    await new Promise<void>((resolve) => wss.close(() => resolve()));
+  };
+}
+
+interface EnvelopedRoot {
+  execute: (args: ExecutionArgs) => OperationResult;
+  subscribe: (args: ExecutionArgs) => OperationResult;
+}

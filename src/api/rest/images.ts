@@ -1,0 +1,193 @@
+/**
+ * @file `POST /v1/images/generations` in two dialects on one route:
+ * - TheStage (their container's client): `X-Model-Name` header, body `{prompt, seed, aspect_ratio,
+ *   guidance_scale, num_inference_steps}` → the image bytes (WebP unless `output_format` says otherwise).
+ * - OpenAI: any of `model`, `n`, `size`, `response_format`, `output_format`, `output_compression` in the body, or
+ *   an explicit `Accept: application/json` → `{created, data:[{b64_json}|{url}]}` and OpenAI's error shape.
+ * The request waits for the job; if the client disconnects first, the job is cancelled (queued: at once;
+ * running: at the next step boundary).
+ * Also `GET /v1/models` in OpenAI's list shape.
+ */
+import { readFile } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { join } from 'node:path';
+import {
+  type GenerateInput,
+  type GenerationService,
+  QueueFullError,
+  UnknownModelError,
+  urlPathOf,
+  ValidationError,
+} from '../../service/index.ts';
+import { HttpError, readJsonObject, sendJson } from './http.ts';
+
+const OPENAI_FIELDS = ['model', 'n', 'size', 'response_format', 'output_format', 'output_compression'];
+
+// Canonical field → request parameter, per dialect, so errors name what the client actually sent.
+const PARAM_OF: Record<string, string> = {
+  prompt: 'prompt',
+  model: 'model',
+  mode: 'model',
+  seed: 'seed',
+  aspectRatio: 'aspect_ratio',
+  steps: 'num_inference_steps',
+  guidanceScale: 'guidance_scale',
+  numImages: 'n',
+  outputFormat: 'output_format',
+  quality: 'output_compression',
+};
+
+interface Parsed {
+  input: GenerateInput;
+  openai: boolean;
+  responseFormat: 'b64_json' | 'url';
+  /** Whether width/height came from OpenAI's `size` (for error `param`). */
+  fromSize: boolean;
+}
+
+function num(body: Record<string, unknown>, key: string): number | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  // Leave wrong types to the service's validation (it reports the field); only undefined means "absent".
+  return v as number;
+}
+
+function parseRequest(req: IncomingMessage, body: Record<string, unknown>): Parsed {
+  const accept = req.headers.accept ?? '';
+  const openai = OPENAI_FIELDS.some((k) => body[k] !== undefined) || /application\/json/i.test(accept);
+  const header = req.headers['x-model-name'];
+  const model = (body.model as string | undefined) ?? (Array.isArray(header) ? header[0] : header);
+  let width = num(body, 'width');
+  let height = num(body, 'height');
+  let fromSize = false;
+  const size = body.size;
+  if (size !== undefined && size !== null && size !== 'auto') {
+    const m = typeof size === 'string' ? /^(\d+)x(\d+)$/.exec(size) : null;
+    if (!m) throw new ValidationError('size', 'size must be "<width>x<height>" (e.g. "1024x1024") or "auto"');
+    width = Number(m[1]);
+    height = Number(m[2]);
+    fromSize = true;
+  }
+  const rf = body.response_format ?? 'b64_json';
+  if (rf !== 'b64_json' && rf !== 'url') {
+    throw new ValidationError('response_format', 'response_format must be "b64_json" or "url"');
+  }
+  const format = body.output_format === 'jpg' ? 'jpeg' : body.output_format;
+  const input: GenerateInput = {
+    prompt: body.prompt as string,
+    model: model ?? null,
+    seed: num(body, 'seed') ?? null,
+    aspectRatio: (body.aspect_ratio as string | undefined) ?? null,
+    width: width ?? null,
+    height: height ?? null,
+    steps: num(body, 'num_inference_steps') ?? null,
+    guidanceScale: num(body, 'guidance_scale') ?? null,
+    numImages: num(body, 'n') ?? null,
+    // OpenAI's default is PNG; TheStage's container returns WebP.
+    outputFormat: (format as GenerateInput['outputFormat']) ?? (openai ? 'png' : 'webp'),
+    quality: num(body, 'output_compression') ?? num(body, 'output_quality') ?? null,
+  };
+  return { input, openai, responseFormat: rf, fromSize };
+}
+
+/** Maps service errors to HTTP errors with OpenAI's `type`/`code`/`param`. */
+export function toHttpError(err: unknown, fromSize = false): HttpError {
+  if (err instanceof HttpError) return err;
+  if (err instanceof ValidationError) {
+    const param =
+      err.field === 'width' || err.field === 'height' ? (fromSize ? 'size' : err.field) : (PARAM_OF[err.field] ?? err.field);
+    return new HttpError(400, err.message, 'invalid_request_error', err.code, param);
+  }
+  if (err instanceof UnknownModelError) {
+    return new HttpError(404, err.message, 'invalid_request_error', err.code, 'model');
+  }
+  if (err instanceof QueueFullError) {
+    return new HttpError(429, err.message, 'rate_limit_exceeded', err.code, null, {
+      'retry-after': String(err.retryAfterSeconds),
+    });
+  }
+  return new HttpError(500, 'Internal server error', 'server_error', 'internal_error');
+}
+
+/** Handles `POST /v1/images/generations`; errors are thrown as {@link HttpError} for the router to send. */
+export async function handleImageGeneration(
+  req: IncomingMessage,
+  res: ServerResponse,
+  service: GenerationService,
+  baseUrl: string,
+): Promise<void> {
+  const body = await readJsonObject(req).catch((err: HttpError) => {
+    service.countError({ code: err.code });
+    throw err;
+  });
+  let parsed: Parsed | undefined;
+  let jobId: string;
+  try {
+    parsed = parseRequest(req, body);
+    jobId = service.submit(parsed.input).id;
+  } catch (err) {
+    // submit() counts its own errors; count only the ones parsing raised before it.
+    if (!parsed) service.countError(err);
+    throw toHttpError(err, parsed?.fromSize ?? body.size !== undefined);
+  }
+  // A client that hangs up no longer wants the image: free its slot (vLLM/TGI abort-on-disconnect).
+  const onClose = () => {
+    if (!res.writableEnded) service.cancel(jobId, 'client disconnected');
+  };
+  res.once('close', onClose);
+
+  const job = await service.waitFor(jobId);
+  if (res.destroyed) return;
+  res.off('close', onClose);
+  if (job.status === 'CANCELED') {
+    throw new HttpError(409, job.cancelReason ?? 'canceled', 'invalid_request_error', 'canceled');
+  }
+  if (job.status !== 'SUCCEEDED') {
+    throw new HttpError(500, job.error?.message ?? 'generation failed', 'server_error', 'generation_failed');
+  }
+
+  const images = job.images;
+  const first = images[0];
+  if (!first) throw new HttpError(500, 'no image produced', 'server_error', 'generation_failed');
+  if (!parsed.openai) {
+    const bytes = await readFile(join(service.images.dir, first.fileName));
+    res.writeHead(200, {
+      'content-type': first.contentType,
+      'content-length': bytes.byteLength,
+      'x-job-id': job.id,
+      'x-seed': String(first.seed),
+      'cache-control': 'no-store',
+    });
+    res.end(bytes);
+    return;
+  }
+  const data = await Promise.all(
+    images.map(async (img) =>
+      parsed.responseFormat === 'url'
+        ? { url: `${baseUrl}${urlPathOf(img.fileName)}`, revised_prompt: job.request.prompt }
+        : {
+            b64_json: (await readFile(join(service.images.dir, img.fileName))).toString('base64'),
+            revised_prompt: job.request.prompt,
+          },
+    ),
+  );
+  sendJson(
+    res,
+    200,
+    {
+      created: Math.floor((job.finishedAt ?? new Date()).getTime() / 1000),
+      data,
+      output_format: job.request.outputFormat,
+      size: `${job.request.width}x${job.request.height}`,
+    },
+    { 'x-job-id': job.id },
+  );
+}
+
+/** `GET /v1/models`, OpenAI list shape. */
+export function handleListModels(res: ServerResponse, service: GenerationService): void {
+  sendJson(res, 200, {
+    object: 'list',
+    data: service.models().map((m) => ({ id: m.id, object: 'model', created: 0, owned_by: 'fluxql' })),
+  });
+}

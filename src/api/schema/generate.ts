@@ -1,0 +1,48 @@
+/**
+ * @file The `generateImage` mutation: validates (plugin-validation, with the service's own zod rules), queues,
+ * and returns the job at once; failures come back as data.
+ */
+import {
+  createInputSchema,
+  DEFAULT_LIMITS,
+  QueueFullError,
+  REQUEST_DEFAULTS,
+  UnknownModelError,
+  ValidationError,
+} from '../../service/index.ts';
+import { builder } from '../builder.ts';
+import { ImageFormatEnum, ImageJobRef } from './job.ts';
+
+// numImages ≤ batch size depends on MODEL_BATCH, known only at run time: the service checks it on submit.
+const inputSchema = createInputSchema({ ...DEFAULT_LIMITS, maxImages: Number.MAX_SAFE_INTEGER });
+
+const GenerateImageInput = builder.inputType('GenerateImageInput', {
+  validate: inputSchema,
+  fields: (t) => ({
+    prompt: t.string({ required: true }),
+    mode: t.string({ description: 'Mode (`original`, `XL`, `L`, `M`, `S`); default: MODEL_SIZE.' }),
+    model: t.string({ description: 'Model id `flux-1-dev-<size>-bs<batch>`; an alternative to `mode`.' }),
+    seed: t.int({ description: 'Random when absent; image k of the job uses seed + k.' }),
+    aspectRatio: t.string({
+      description: `One of the seed card's ratios (1:1 = 1024x1024, 16:9 = 1280x736, …); default ${REQUEST_DEFAULTS.aspectRatio}.`,
+    }),
+    width: t.int({ description: 'With height, instead of aspectRatio; a multiple of 16.' }),
+    height: t.int(),
+    steps: t.int({ description: `Denoising steps; default ${REQUEST_DEFAULTS.steps}.` }),
+    guidanceScale: t.float({ description: `Default ${REQUEST_DEFAULTS.guidanceScale}.` }),
+    numImages: t.int({ description: 'Default 1; at most the batch size.' }),
+    outputFormat: t.field({ type: ImageFormatEnum, description: 'Default WEBP.' }),
+    quality: t.int({ description: 'Lossy quality 1–100 (WEBP, JPEG).' }),
+    preview: t.boolean({ description: 'Publish a low-resolution preview URL with every step event.' }),
+  }),
+});
+
+builder.mutationField('generateImage', (t) =>
+  t.field({
+    type: ImageJobRef,
+    description: 'Queues a generation and returns its job at once; follow it with `jobProgress`.',
+    errors: { types: [ValidationError, QueueFullError, UnknownModelError] },
+    args: { input: t.arg({ type: GenerateImageInput, required: true }) },
+    resolve: (_root, { input }, ctx) => ctx.service.submit(input),
+  }),
+);

@@ -1,0 +1,117 @@
+/**
+ * @file The HTTP server: one Node `http.Server` routing `/graphql` (yoga: HTTP, SSE, GraphiQL; graphql-ws on
+ * upgrade), the REST routes, image files, health and metrics. `buildApp` returns `{ start, stop }` in the manner
+ * of yoga's graphql-ws example; `stop` closes sockets so tests and SIGTERM end cleanly.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { GenerationService } from '../service/index.ts';
+import { attachGraphqlWs, createGraphqlHandler, GRAPHQL_PATH } from './graphql.ts';
+import { handleImageFile, IMAGES_PREFIX } from './rest/files.ts';
+import { HttpError, isAuthorized, sendError, sendJson, unauthorized } from './rest/http.ts';
+import { handleImageGeneration, handleListModels, toHttpError } from './rest/images.ts';
+
+/** What the API needs. */
+export interface AppOptions {
+  service: GenerationService;
+  /** Bearer token required on `/v1/*` and GraphQL operations when set. */
+  authToken?: string;
+  /** Fixed origin for absolute image URLs. */
+  publicUrl?: string;
+}
+
+/** A started server. */
+export interface RunningApp {
+  /** `http://host:port` as reachable from this machine. */
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+function originOf(req: IncomingMessage, publicUrl?: string): string {
+  if (publicUrl) return publicUrl;
+  const proto = (req.headers['x-forwarded-proto'] as string | undefined)?.split(',')[0] ?? 'http';
+  return `${proto}://${req.headers.host ?? 'localhost'}`;
+}
+
+/** Builds the HTTP server (not listening yet). */
+export function buildApp(options: AppOptions) {
+  const { service } = options;
+  const yoga = createGraphqlHandler(options);
+
+  const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+
+    if (path === GRAPHQL_PATH) {
+      // GraphiQL's HTML page is public; operations need the token like REST does.
+      const wantsHtml = method === 'GET' && (req.headers.accept ?? '').includes('text/html');
+      if (!wantsHtml && !isAuthorized(req, options.authToken)) throw unauthorized();
+      await yoga.handle(req, res);
+      return;
+    }
+    if (path === '/healthz') return sendJson(res, 200, { status: 'ok' });
+    if (path === '/readyz') {
+      const ready = service.isReady();
+      return sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready' });
+    }
+    if (path === '/metrics') {
+      const text = await service.metrics.registry.metrics();
+      res.writeHead(200, { 'content-type': service.metrics.registry.contentType, 'cache-control': 'no-store' });
+      res.end(text);
+      return;
+    }
+    if (path.startsWith(IMAGES_PREFIX) && (method === 'GET' || method === 'HEAD')) {
+      await handleImageFile(req, res, service, path);
+      return;
+    }
+    if (path === '/v1/images/generations' || path === '/v1/models') {
+      if (!isAuthorized(req, options.authToken)) throw unauthorized();
+      if (path === '/v1/models' && method === 'GET') return handleListModels(res, service);
+      if (path === '/v1/images/generations' && method === 'POST') {
+        return handleImageGeneration(req, res, service, originOf(req, options.publicUrl));
+      }
+      throw new HttpError(405, `${method} not allowed on ${path}`, 'invalid_request_error', 'method_not_allowed');
+    }
+    throw new HttpError(404, `No route ${method} ${path}`, 'invalid_request_error', 'not_found');
+  };
+
+  const server = createServer((req, res) => {
+    route(req, res).catch((err: unknown) => {
+      const httpErr = toHttpError(err);
+      if (httpErr.status === 401) service.countError({ code: 'unauthorized' });
+      // Unknown errors are logged here and masked in the reply; the server keeps serving.
+      if (!(err instanceof HttpError) && httpErr.status === 500) console.error('[fluxql] request failed:', err);
+      sendError(res, httpErr);
+    });
+  });
+  // Long generations: never let Node's request timeout cut a waiting REST client.
+  server.requestTimeout = 0;
+  const disposeWs = attachGraphqlWs(server, yoga, options);
+
+  return {
+    server,
+    /** Listens; resolves with the URL. */
+    start(port: number, host: string): Promise<RunningApp> {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          const addr = server.address() as AddressInfo;
+          const shownHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+          const url = `http://${shownHost.includes(':') ? `[${shownHost}]` : shownHost}:${addr.port}`;
+          resolve({
+            url,
+            port: addr.port,
+            stop: async () => {
+              await disposeWs();
+              server.closeAllConnections();
+              await new Promise<void>((r) => server.close(() => r()));
+            },
+          });
+        });
+      });
+    },
+  };
+}

@@ -1,0 +1,116 @@
+/**
+ * @file Server configuration from the environment, TheStage container style (MODEL_REPO, MODEL_SIZE,
+ * MODEL_BATCH, AUTH_TOKEN, PORT, HOST) plus our own knobs. Bad values fail at startup with the variable named.
+ */
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+
+/** Everything `startServer` needs. */
+export interface ServerConfig {
+  /** Model directory (diffusers layout). MODEL_REPO. @default the embedded `models/flux-tiny` */
+  modelRepo: string;
+  /** Default mode as its size token: `original`, `xl`, `l`, `m`, `s`. MODEL_SIZE. @default 'original' */
+  modelSize: string;
+  /** Samples per engine batch; 1 turns batching off. MODEL_BATCH. @default 4 */
+  modelBatch: number;
+  /** When set, requests need `Authorization: Bearer <token>`. AUTH_TOKEN. */
+  authToken?: string;
+  /** 0 picks a free port. PORT. @default 8000 */
+  port: number;
+  /** HOST. @default '0.0.0.0' */
+  host: string;
+  /** Where images are written. IMAGE_DIR. @default `<cwd>/.cache/images` */
+  imageDir: string;
+  /** Longest wait of the oldest job for batch companions. MAX_QUEUE_DELAY_MS. @default 20 */
+  maxQueueDelayMs: number;
+  /** Queued jobs beyond which requests get QueueFullError / 429. MAX_QUEUE_SIZE. @default 64 */
+  maxQueueSize: number;
+  /** Images older than this are deleted. IMAGE_MAX_AGE_S. @default 86400 */
+  imageMaxAgeSeconds: number;
+  /** Above this many bytes the oldest images are deleted. IMAGE_MAX_BYTES. @default 2 GiB */
+  imageMaxBytes: number;
+  /** Base of absolute image URLs (e.g. behind a proxy). PUBLIC_URL. @default from the request's Host */
+  publicUrl?: string;
+  /** Execution provider of the pipeline. PROVIDER. @default 'cpu' */
+  provider: 'cpu' | 'webgpu' | 'cuda';
+  /** Intra-op threads of the pipeline. THREADS. */
+  threads?: number;
+  /** Compiled-engine cache. CACHE_DIR. */
+  cacheDir?: string;
+}
+
+/** An environment variable with a bad value. */
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
+
+/** The embedded tiny model shipped with the repository. */
+export const EMBEDDED_MODEL_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+
+const ENV_SCHEMA = {
+  MODEL_REPO: z.string().min(1).optional(),
+  MODEL_SIZE: z
+    .string()
+    .transform((s) => s.toLowerCase())
+    .pipe(z.enum(['original', 'xl', 'l', 'm', 's']))
+    .optional(),
+  MODEL_BATCH: int(1, 64).optional(),
+  AUTH_TOKEN: z.string().optional(),
+  PORT: int(0, 65535).optional(),
+  HOST: z.string().min(1).optional(),
+  IMAGE_DIR: z.string().min(1).optional(),
+  MAX_QUEUE_DELAY_MS: int(0, 60_000).optional(),
+  MAX_QUEUE_SIZE: int(1).optional(),
+  IMAGE_MAX_AGE_S: int(1).optional(),
+  IMAGE_MAX_BYTES: int(1).optional(),
+  PUBLIC_URL: z.url().optional(),
+  PROVIDER: z.enum(['cpu', 'webgpu', 'cuda']).optional(),
+  THREADS: int(1, 1024).optional(),
+  CACHE_DIR: z.string().min(1).optional(),
+} as const;
+
+type EnvKey = keyof typeof ENV_SCHEMA;
+
+/**
+ * Reads the configuration from `env` (empty strings count as unset), applying `overrides` last.
+ * @throws ConfigError naming the first bad variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<ServerConfig> = {}): ServerConfig {
+  const v: { [K in EnvKey]?: z.output<(typeof ENV_SCHEMA)[K]> } = {};
+  for (const key of Object.keys(ENV_SCHEMA) as EnvKey[]) {
+    const raw = env[key];
+    if (raw === undefined || raw === '') continue;
+    const parsed = ENV_SCHEMA[key].safeParse(raw);
+    if (!parsed.success) throw new ConfigError(key, parsed.error.issues[0]?.message ?? 'invalid value');
+    (v as Record<string, unknown>)[key] = parsed.data;
+  }
+  const config: ServerConfig = {
+    modelRepo: resolve(v.MODEL_REPO ?? EMBEDDED_MODEL_DIR),
+    modelSize: v.MODEL_SIZE ?? 'original',
+    modelBatch: v.MODEL_BATCH ?? 4,
+    port: v.PORT ?? 8000,
+    host: v.HOST ?? '0.0.0.0',
+    imageDir: resolve(v.IMAGE_DIR ?? '.cache/images'),
+    maxQueueDelayMs: v.MAX_QUEUE_DELAY_MS ?? 20,
+    maxQueueSize: v.MAX_QUEUE_SIZE ?? 64,
+    imageMaxAgeSeconds: v.IMAGE_MAX_AGE_S ?? 86_400,
+    imageMaxBytes: v.IMAGE_MAX_BYTES ?? 2 * 1024 ** 3,
+    provider: v.PROVIDER ?? 'cpu',
+    ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),
+    ...(v.PUBLIC_URL ? { publicUrl: v.PUBLIC_URL.replace(/\/+$/, '') } : {}),
+    ...(v.THREADS ? { threads: v.THREADS } : {}),
+    ...(v.CACHE_DIR ? { cacheDir: v.CACHE_DIR } : {}),
+  };
+  return { ...config, ...overrides };
+}

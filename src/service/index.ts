@@ -1,0 +1,30 @@
+/**
+ * @file Public surface of the service layer: the generation service (scheduler, jobs, images, metrics) that the
+ * transports in `api/` call. This layer may import `pipeline/` (through `./pipeline.ts` only), `shared/`, Node
+ * built-ins, zod and prom-client; never GraphQL libraries or `runtime/`.
+ */
+export { batchKey, nextBatch, type BatchDecision, type BatchPolicy, type QueueEntry } from './batcher.ts';
+export {
+  JobCanceledError,
+  JobFailedError,
+  NotFoundError,
+  QueueFullError,
+  ServiceError,
+  UnknownModelError,
+  ValidationError,
+} from './errors.ts';
+export {
+  createGenerationService,
+  GenerationService,
+  type GenerationServiceOptions,
+} from './generation-service.ts';
+export { ImageStore, type ImageStoreOptions, urlPathOf } from './image-store.ts';
+export { isTerminalEvent, type JobEvent } from './job-events.ts';
+export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
+export type { MeasuredLatency } from './measured.ts';
+export type { ServerMetrics } from './metrics.ts';
+export type { PublishedLatency } from './model-specs.ts';
+export { ASPECT_RATIOS, PUBLISHED_SPEC_SOURCE } from './model-specs.ts';
+export { DEFAULT_LIMITS, type GenerationLimits, type ModelEntry, modelId } from './models.ts';
+export { IMAGE_FORMATS, type ImageFormat, type StepExecutor } from './pipeline.ts';
+export { createInputSchema, type GenerateInput, REQUEST_DEFAULTS, toValidationError } from './request.ts';

@@ -1,0 +1,382 @@
+/**
+ * @file The scheduler: sole owner of the queue and of the running batch, driving a {@link StepExecutor} one
+ * denoising step at a time.
+ *
+ * NOTE(api): the algorithm, vLLM/TGI style.
+ * - State lives here only. Public methods (`submit`, `cancel`) change it synchronously and wake the loop; the
+ *   loop is the only caller of the executor, so the executor never sees two calls at once.
+ * - Each turn of the loop: drop cancelled running jobs (release their handles; the other samples of the batch are
+ *   untouched, since every sample carries its own latents and timestep), ask the pure policy in `batcher.ts`
+ *   what to admit, `prepare` the admitted jobs (which then join at step 0 while others are mid-way), run one
+ *   `step` over every running handle, publish one event per job, and `decode` the jobs that reached their last
+ *   step. Encoding and writing the images runs off the loop so the next step is not delayed.
+ * - A queued job is cancelled at once; a running one at the next step boundary. Engine errors fail the jobs of
+ *   the failing call only; the loop goes on.
+ */
+import { performance } from 'node:perf_hooks';
+import { type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batcher.ts';
+import { QueueFullError } from './errors.ts';
+import type { ImageStore } from './image-store.ts';
+import type { JobEventHub } from './job-events.ts';
+import { elapsedMs, etaMs, type Job, type JobStore, isTerminal } from './jobs.ts';
+import type { MeasuredStats } from './measured.ts';
+import type { ServerMetrics } from './metrics.ts';
+import type { SampleHandle, SampleRequest, StepExecutor } from './pipeline.ts';
+
+/** What the scheduler needs. */
+export interface SchedulerOptions {
+  executor: StepExecutor;
+  store: JobStore;
+  events: JobEventHub;
+  images: ImageStore;
+  metrics: ServerMetrics;
+  measured: MeasuredStats;
+  policy: BatchPolicy;
+  /** Queued jobs (not counting running ones) beyond which `submit` throws {@link QueueFullError}. */
+  maxQueueSize: number;
+  /** Where unexpected errors go. @default console.error */
+  log?: (message: string, err: unknown) => void;
+}
+
+interface RunningJob {
+  job: Job;
+  key: string;
+  handles: SampleHandle[];
+  steps: number;
+}
+
+/** See the file comment. */
+export class Scheduler {
+  readonly #o: SchedulerOptions;
+  readonly #queue: QueueEntry[] = [];
+  readonly #running = new Map<string, RunningJob>();
+  #runningKey: string | null = null;
+  #wake: (() => void) | undefined;
+  #closed = false;
+  readonly #loop: Promise<void>;
+  readonly #background = new Set<Promise<void>>();
+  #meanStepMs = 0;
+
+  constructor(options: SchedulerOptions) {
+    this.#o = options;
+    this.#loop = this.#run();
+  }
+
+  /**
+   * Queues a job (status QUEUED).
+   * @throws QueueFullError when `maxQueueSize` jobs already wait.
+   */
+  submit(job: Job): void {
+    if (this.#closed) throw new Error('scheduler is closed');
+    if (this.#queue.length >= this.#o.maxQueueSize) {
+      const eta = (this.#meanStepMs * job.totalSteps) / 1000;
+      throw new QueueFullError(this.#o.maxQueueSize, Math.max(1, Math.ceil(eta)));
+    }
+    const r = job.request;
+    this.#queue.push({
+      jobId: job.id,
+      key: batchKey({ mode: r.model.mode, width: r.width, height: r.height, steps: r.steps }),
+      samples: r.numImages,
+      enqueuedAt: job.createdAt.getTime(),
+    });
+    this.#gauges();
+    this.#wake?.();
+  }
+
+  /**
+   * Cancels a job: a queued one leaves the queue now; a running one leaves its batch at the next step boundary.
+   * @returns false when the job had already finished.
+   */
+  cancel(job: Job, reason: string): boolean {
+    if (isTerminal(job)) return false;
+    const i = this.#queue.findIndex((e) => e.jobId === job.id);
+    if (i >= 0) {
+      this.#queue.splice(i, 1);
+      this.#gauges();
+      this.#finish(job, 'CANCELED', { reason });
+    } else {
+      job.cancelRequested ??= reason;
+    }
+    this.#wake?.();
+    return true;
+  }
+
+  /** 1-based position in the queue, or null when not queued. */
+  queuePosition(jobId: string): number | null {
+    const i = this.#queue.findIndex((e) => e.jobId === jobId);
+    return i < 0 ? null : i + 1;
+  }
+
+  /** Jobs waiting. */
+  get queueDepth(): number {
+    return this.#queue.length;
+  }
+
+  /** Cancels everything queued, lets the running step finish, and stops the loop. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const e of this.#queue.splice(0)) {
+      const job = this.#o.store.get(e.jobId);
+      if (job) this.#finish(job, 'CANCELED', { reason: 'server shutting down' });
+    }
+    this.#wake?.();
+    await this.#loop;
+    for (const r of this.#running.values()) {
+      this.#finish(r.job, 'CANCELED', { reason: 'server shutting down' });
+    }
+    this.#running.clear();
+    await Promise.allSettled([...this.#background]);
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#closed) {
+      try {
+        await this.#turn();
+      } catch (err) {
+        // A bug here must not stop the server from serving: log, fail what runs, and keep going.
+        this.#log('scheduler turn failed', err);
+        await this.#failRunning(err);
+      }
+    }
+  }
+
+  async #turn(): Promise<void> {
+    await this.#dropCancelled();
+    const running = this.#running.size > 0 && this.#runningKey ? { key: this.#runningKey, samples: this.#samples() } : null;
+    const decision = nextBatch(this.#queue, running, this.#o.policy, Date.now());
+    if (decision.kind === 'admit') {
+      if (running) this.#o.metrics.joins.inc(decision.jobIds.length);
+      else this.#o.metrics.batches.inc();
+      await this.#admit(decision.jobIds);
+    } else if (!running) {
+      await this.#sleep(decision.kind === 'wait' ? decision.untilMs - Date.now() : undefined);
+      return;
+    }
+    if (this.#running.size > 0) await this.#step();
+  }
+
+  async #admit(jobIds: string[]): Promise<void> {
+    const admitted: { job: Job; key: string; requests: SampleRequest[] }[] = [];
+    for (const id of jobIds) {
+      const i = this.#queue.findIndex((e) => e.jobId === id);
+      const entry = this.#queue[i];
+      const job = this.#o.store.get(id);
+      if (i < 0 || !entry || !job) continue;
+      this.#queue.splice(i, 1);
+      const r = job.request;
+      job.status = 'RUNNING';
+      job.startedAt = new Date();
+      this.#o.metrics.queueWaitSeconds.observe((Date.now() - job.createdAt.getTime()) / 1000);
+      const requests = Array.from({ length: r.numImages }, (_, k) => ({
+        prompt: r.prompt,
+        width: r.width,
+        height: r.height,
+        steps: r.steps,
+        guidanceScale: r.guidanceScale,
+        // Sample k of a job is the same image as a single-image request with seed + k.
+        seed: (r.seed + k) >>> 0,
+        mode: r.model.mode,
+      }));
+      admitted.push({ job, key: entry.key, requests });
+      this.#o.events.publish(job.id, { type: 'started', jobId: job.id, totalSteps: job.totalSteps, elapsedMs: elapsedMs(job) });
+    }
+    this.#gauges();
+    if (admitted.length === 0) return;
+    let handles: SampleHandle[];
+    try {
+      handles = await this.#o.executor.prepare(admitted.flatMap((a) => a.requests));
+    } catch (err) {
+      for (const a of admitted) this.#finish(a.job, 'FAILED', { err });
+      return;
+    }
+    let offset = 0;
+    for (const a of admitted) {
+      const own = handles.slice(offset, offset + a.requests.length);
+      offset += a.requests.length;
+      this.#running.set(a.job.id, { job: a.job, key: a.key, handles: own, steps: 0 });
+      this.#runningKey = a.key;
+    }
+    this.#gauges();
+  }
+
+  async #step(): Promise<void> {
+    const batch = [...this.#running.values()];
+    const handles = batch.flatMap((r) => r.handles);
+    const preview = batch.some((r) => r.job.request.preview);
+    const t0 = performance.now();
+    let results: Awaited<ReturnType<StepExecutor['step']>>;
+    try {
+      results = await this.#o.executor.step(handles, { preview });
+    } catch (err) {
+      await this.#failRunning(err);
+      return;
+    }
+    const ms = performance.now() - t0;
+    this.#meanStepMs = this.#meanStepMs === 0 ? ms : 0.9 * this.#meanStepMs + 0.1 * ms;
+    this.#o.metrics.stepSeconds.observe(ms / 1000);
+    this.#o.metrics.stepBatchSize.observe(handles.length);
+    const byHandle = new Map(results.map((r) => [r.handle, r]));
+
+    await Promise.all(
+      batch.map(async (r) => {
+        const own = r.handles.map((h) => byHandle.get(h));
+        const job = r.job;
+        job.step = Math.min(...own.map((x) => x?.step ?? job.step));
+        r.steps++;
+        job.meanStepMs = job.meanStepMs === undefined ? ms : job.meanStepMs + (ms - job.meanStepMs) / r.steps;
+        const img = own[0]?.preview;
+        if (job.request.preview && img && this.#o.events.listenerCount(job.id) > 0) {
+          job.previewPath = await this.#o.images.savePreview(job.id, job.step, img).catch(() => job.previewPath);
+        }
+        this.#o.events.publish(job.id, {
+          type: 'step',
+          jobId: job.id,
+          step: job.step,
+          totalSteps: job.totalSteps,
+          elapsedMs: elapsedMs(job),
+          etaMs: etaMs(job),
+          ...(job.request.preview && job.previewPath ? { previewPath: job.previewPath } : {}),
+        });
+      }),
+    );
+
+    const done = batch.filter((r) => r.job.step >= r.job.totalSteps);
+    if (done.length > 0) await this.#decode(done);
+  }
+
+  async #decode(done: RunningJob[]): Promise<void> {
+    for (const r of done) this.#running.delete(r.job.id);
+    this.#afterRemoval();
+    const handles = done.flatMap((r) => r.handles);
+    let images: Awaited<ReturnType<StepExecutor['decode']>>;
+    try {
+      images = await this.#o.executor.decode(handles);
+    } catch (err) {
+      for (const r of done) this.#finish(r.job, 'FAILED', { err });
+      await this.#release(handles);
+      return;
+    }
+    await this.#release(handles);
+    let offset = 0;
+    for (const r of done) {
+      const own = images.slice(offset, offset + r.handles.length);
+      offset += r.handles.length;
+      // Encoding is CPU work in libuv's pool; keep it off the step loop.
+      this.#track(this.#store(r, own));
+    }
+  }
+
+  async #store(r: RunningJob, rgbs: Awaited<ReturnType<StepExecutor['decode']>>): Promise<void> {
+    const job = r.job;
+    const req = job.request;
+    try {
+      const encoding = { format: req.outputFormat, ...(req.quality !== undefined ? { quality: req.quality } : {}) };
+      job.images = await Promise.all(
+        rgbs.map((rgb, k) => this.#o.images.save(job.id, k, (req.seed + k) >>> 0, rgb, encoding)),
+      );
+      if (job.cancelRequested) {
+        // Cancelled after its last step: the result exists, but the client asked not to have it.
+        this.#finish(job, 'CANCELED', { reason: job.cancelRequested });
+        return;
+      }
+      this.#finish(job, 'SUCCEEDED', {});
+      const start = job.startedAt?.getTime() ?? job.createdAt.getTime();
+      this.#o.measured.record({
+        mode: req.model.mode,
+        width: req.width,
+        height: req.height,
+        steps: req.steps,
+        seconds: ((job.finishedAt?.getTime() ?? Date.now()) - start) / 1000,
+        stepMs: job.meanStepMs ?? 0,
+      });
+    } catch (err) {
+      this.#finish(job, 'FAILED', { err });
+    }
+  }
+
+  async #dropCancelled(): Promise<void> {
+    const gone = [...this.#running.values()].filter((r) => r.job.cancelRequested);
+    if (gone.length === 0) return;
+    for (const r of gone) {
+      this.#running.delete(r.job.id);
+      this.#finish(r.job, 'CANCELED', { reason: r.job.cancelRequested ?? 'canceled' });
+    }
+    this.#afterRemoval();
+    await this.#release(gone.flatMap((r) => r.handles));
+  }
+
+  async #failRunning(err: unknown): Promise<void> {
+    const all = [...this.#running.values()];
+    this.#running.clear();
+    this.#afterRemoval();
+    for (const r of all) this.#finish(r.job, 'FAILED', { err });
+    await this.#release(all.flatMap((r) => r.handles));
+  }
+
+  async #release(handles: SampleHandle[]): Promise<void> {
+    if (handles.length === 0) return;
+    await this.#o.executor.release(handles).catch((err) => this.#log('release failed', err));
+  }
+
+  #finish(job: Job, status: 'SUCCEEDED' | 'FAILED' | 'CANCELED', extra: { reason?: string; err?: unknown }): void {
+    if (isTerminal(job)) return;
+    job.status = status;
+    job.finishedAt = new Date();
+    const m = this.#o.metrics;
+    m.jobs.inc({ status });
+    m.jobLatencySeconds.observe({ status }, elapsedMs(job) / 1000);
+    const base = { jobId: job.id, elapsedMs: elapsedMs(job) };
+    if (status === 'SUCCEEDED') {
+      this.#o.events.publish(job.id, { type: 'succeeded', ...base, images: job.images });
+    } else if (status === 'CANCELED') {
+      job.cancelReason = extra.reason ?? 'canceled';
+      this.#o.events.publish(job.id, { type: 'canceled', ...base, reason: job.cancelReason });
+    } else {
+      const message = extra.err instanceof Error ? extra.err.message : String(extra.err);
+      job.error = { code: 'generation_failed', message };
+      m.errors.inc({ code: 'generation_failed' });
+      this.#log(`job ${job.id} failed`, extra.err);
+      this.#o.events.publish(job.id, { type: 'failed', ...base, code: job.error.code, message });
+    }
+    this.#o.store.prune();
+  }
+
+  #afterRemoval(): void {
+    if (this.#running.size === 0) this.#runningKey = null;
+    this.#gauges();
+  }
+
+  #samples(): number {
+    let n = 0;
+    for (const r of this.#running.values()) n += r.handles.length;
+    return n;
+  }
+
+  #gauges(): void {
+    this.#o.metrics.queueDepth.set(this.#queue.length);
+    this.#o.metrics.runningSamples.set(this.#samples());
+  }
+
+  #sleep(ms: number | undefined): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = ms === undefined ? undefined : setTimeout(() => done(), Math.max(0, ms));
+      const done = () => {
+        clearTimeout(timer);
+        this.#wake = undefined;
+        resolve();
+      };
+      this.#wake = done;
+    });
+  }
+
+  #track(p: Promise<void>): void {
+    this.#background.add(p);
+    void p.finally(() => this.#background.delete(p));
+  }
+
+  #log(message: string, err: unknown): void {
+    (this.#o.log ?? ((m, e) => console.error(`[fluxql] ${m}:`, e)))(message, err);
+  }
+}

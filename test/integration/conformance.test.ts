@@ -1,0 +1,75 @@
+/**
+ * The conformance command against the diffusers reference fixtures, run as a user runs it (`bin/fluxql.js
+ * conformance --fixtures DIR`), plus a modified fixture directory to show it reads whatever the directory holds.
+ */
+import { execFile } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { openSafetensors, writeSafetensors } from '../../src/shared/weights/index.ts';
+import { FIXTURES_DIR, MODEL_DIR, REPO_ROOT } from '../helpers/paths.ts';
+
+const run = promisify(execFile);
+const CLI = join(REPO_ROOT, 'bin/fluxql.js');
+
+interface Report {
+  passed: number;
+  failed: number;
+  cases: { name: string; metric: string; value: number; limit: number; ok: boolean }[];
+}
+
+async function conformance(dir: string): Promise<{ code: number; report: Report }> {
+  try {
+    const { stdout } = await run(process.execPath, [CLI, 'conformance', '--fixtures', dir], { maxBuffer: 1 << 24 });
+    return { code: 0, report: JSON.parse(stdout.trim().split('\n').pop()!) };
+  } catch (err) {
+    const e = err as { code: number; stdout: string };
+    return { code: e.code, report: JSON.parse(e.stdout.trim().split('\n').pop()!) };
+  }
+}
+
+describe('fluxql conformance', () => {
+  it('passes every case of the shared diffusers fixtures', async () => {
+    const { code, report } = await conformance(FIXTURES_DIR);
+    const failing = report.cases.filter((c) => !c.ok);
+    expect(failing).toEqual([]);
+    expect(code).toBe(0);
+    const names = report.cases.map((c) => c.name);
+    // 30 prompts × 2 tokenizers, 30 × 2 encoders, 1 transformer, 2 pipelines (4 + 6 steps, sigmas, image).
+    expect(names.filter((n) => n.startsWith('tokenizer['))).toHaveLength(60);
+    expect(names.filter((n) => n.startsWith('text_encoders['))).toHaveLength(60);
+    expect(names).toContain('transformer');
+    expect(names).toContain('pipeline[0].latents_after_step_3');
+    expect(names).toContain('pipeline[1].latents_after_step_5');
+    expect(names).toContain('pipeline[1].image');
+    expect(report.passed).toBe(report.cases.length);
+    for (const c of report.cases.filter((c) => c.metric === 'rel_error')) expect(c.limit).toBe(1e-4);
+  });
+
+  it('runs any directory in the same format and fails on a wrong reference', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fluxql-fixtures-'));
+    symlinkSync(MODEL_DIR, join(dir, 'flux-tiny'));
+    const index = JSON.parse(readFileSync(join(FIXTURES_DIR, 'index.json'), 'utf8'));
+    // Only the second pipeline case and the transformer case, with the transformer reference perturbed.
+    cpSync(join(FIXTURES_DIR, index.pipeline_cases[1].file), join(dir, 'case.safetensors'));
+    const ref = openSafetensors(join(FIXTURES_DIR, index.transformer_case.file));
+    const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+    for (const name of ref.names()) tensors[name] = { dtype: 'F32', shape: [...ref.info(name).shape], data: ref.readF32(name) };
+    ref.close();
+    tensors.output!.data[0]! += 1;
+    writeSafetensors(join(dir, 'transformer.safetensors'), tensors);
+    writeFileSync(
+      join(dir, 'index.json'),
+      JSON.stringify({ pipeline_cases: [{ ...index.pipeline_cases[1], file: 'case.safetensors' }], transformer_case: { file: 'transformer.safetensors' } }),
+    );
+    const { code, report } = await conformance(dir);
+    expect(code).toBe(1);
+    expect(report.cases.find((c) => c.name === 'transformer')?.ok).toBe(false);
+    const pipelineCases = report.cases.filter((c) => c.name.startsWith('pipeline[0]'));
+    expect(pipelineCases.length).toBe(6 + 2);
+    expect(pipelineCases.every((c) => c.ok)).toBe(true);
+    expect(report.cases.some((c) => c.name.startsWith('tokenizer'))).toBe(false);
+  });
+});
