@@ -14,6 +14,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { basename, join, relative } from 'node:path';
 import type { ComponentWeights, ModelRepo } from '../../src/shared/weights/index.ts';
 import { buildClipGraph } from './flux/clip.ts';
+import { buildLoraTransformerGraph } from './flux/lora-transformer.ts';
 import { buildT5Graph } from './flux/t5.ts';
 import { parseClipTextConfig, parseT5EncoderConfig } from './flux/text-config.ts';
 import { buildTransformerGraph } from './flux/transformer.ts';
@@ -33,6 +34,12 @@ export interface CompileOptions {
   cacheDir: string;
   /** Rebuild even when cached. */
   force?: boolean;
+  /**
+   * Build the LoRA-enabled variant of the mode: every transformer Linear takes run-time LoRA factors as inputs
+   * (`engines/compiler/flux/lora-policy.ts`). A separate engine (own cache key); the text encoders and VAE are shared.
+   * @default false
+   */
+  lora?: boolean;
   onLog?: (message: string) => void;
 }
 
@@ -64,15 +71,19 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
     t5: { weights: c.text_encoder_2, options: {}, build: (b, w) => buildT5Graph(b, w, t5Cfg) },
     transformer: {
       weights: c.transformer,
-      options: mode.transformer,
-      build: (b, w) => buildTransformerGraph(b, w, transformerConfig, mode.transformer),
+      options: options.lora ? { ...mode.transformer, lora: true } : mode.transformer,
+      build: (b, w) =>
+        options.lora
+          ? buildLoraTransformerGraph(b, w, transformerConfig, { ...mode.transformer })
+          : buildTransformerGraph(b, w, transformerConfig, mode.transformer),
     },
     vae: { weights: c.vae, options: {}, build: (b, w) => buildVaeDecoderGraph(b, w, vaeCfg) },
   };
 
   const componentsDir = join(options.cacheDir, 'components');
   const entries = {} as Record<ComponentKey, { file: string; key: string; inputs: IoSpec[]; outputs: IoSpec[] }>;
-  const engineHash = createHash('sha256').update(`${COMPILER_VERSION}|${mode.name}`);
+  const variant = options.lora ? `${mode.name}-lora` : mode.name;
+  const engineHash = createHash('sha256').update(`${COMPILER_VERSION}|${variant}`);
   for (const [name, spec] of Object.entries(builds) as [ComponentKey, (typeof builds)[ComponentKey]][]) {
     const key = hash(`${COMPILER_VERSION}|${name}|${spec.weights.fingerprint}|${JSON.stringify(spec.options)}`);
     engineHash.update(key);
@@ -93,13 +104,14 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
   }
 
   const modelName = basename(repo.root);
-  const engineDir = join(options.cacheDir, 'engines', `${modelName}-${mode.name}-${engineHash.digest('hex').slice(0, 16)}`);
+  const engineDir = join(options.cacheDir, 'engines', `${modelName}-${variant}-${engineHash.digest('hex').slice(0, 16)}`);
   const manifestPath = join(engineDir, 'manifest.json');
   if (!options.force && existsSync(manifestPath)) return manifestPath;
   mkdirSync(engineDir, { recursive: true });
   const manifest = {
     format: 'fluxql-engine/1',
     mode: mode.name,
+    lora: options.lora ?? false,
     precision: 'fp32',
     compilerVersion: COMPILER_VERSION,
     createdAt: new Date().toISOString(),

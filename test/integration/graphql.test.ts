@@ -4,7 +4,7 @@
  */
 import { print } from 'graphql';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CancelJobDocument,
   GenerateImageDocument,
@@ -19,6 +19,7 @@ import {
   collectSse,
   collectWs,
   disposeLeftovers,
+  eventually,
   gqlData,
   metricValue,
   startTestServer,
@@ -155,8 +156,8 @@ async function finalPixels(jobId: string): Promise<Buffer> {
 
 describe('queries while generating', () => {
   it('answers `models` while a generation runs (the event loop is free)', async () => {
-    const job = await submit(small(21, { steps: 40, width: 256, height: 256 }));
-    await vi.waitFor(async () => {
+    const job = await submit(small(21, { steps: 100, width: 256, height: 256 }));
+    await eventually(async () => {
       const { job: j } = await gqlData(url, JobDocument, { id: job.id });
       expect(j.__typename === 'QueryJobSuccess' && j.data.status).toBe('RUNNING');
     });

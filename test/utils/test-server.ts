@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { TypedDocumentNode } from '@graphql-typed-document-node/core';
 import { type ExecutionResult, print } from 'graphql';
 import { type Client, createClient } from 'graphql-ws';
+import { vi } from 'vitest';
 import WebSocket from 'ws';
 import { EMBEDDED_MODEL_DIR, loadConfig, type ServerConfig } from '../../src/config.ts';
 import { type StartedServer, type StartServerDeps, startServer } from '../../src/main.ts';
@@ -161,4 +162,9 @@ export async function metricValue(url: string, name: string): Promise<number> {
     if (m && m[1] === name) sum += Number(m[3]);
   }
   return sum;
+}
+
+/** Retries `fn` until it stops throwing (event-driven waits without fixed sleeps); generous limit for slow CPUs. */
+export function eventually<T>(fn: () => T | Promise<T>): Promise<T> {
+  return vi.waitFor(fn, { timeout: 120_000, interval: 20 });
 }

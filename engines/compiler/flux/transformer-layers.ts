@@ -22,6 +22,16 @@ export interface BuildContext {
   readonly fuse: boolean;
   /** Names the policy was called with, in call order (the descriptor's `linearLayers`). */
   readonly linearLayers: string[];
+  /**
+   * Optional hook for the QK-norm weights: returns the value to multiply by instead of an initializer (LoRA engines
+   * make them graph inputs, since BFL Control LoRAs replace them). Absent: the weight is an initializer.
+   */
+  readonly normWeight?: (b: GraphBuilder, module: string, weight: Float32Array) => string;
+  /**
+   * XL: outputs of Linears already computed elsewhere, by module name (all modulation Linears read `SiLU(temb)` and
+   * are computed up front by one GEMM, see `precomputeModulation`). {@link applyLinear} returns these as is.
+   */
+  readonly precomputed?: ReadonlyMap<string, string>;
 }
 
 /** Everything the block builders share: the {@link BuildContext} plus graph values computed once up front. */
@@ -33,6 +43,11 @@ export interface TransformerContext extends BuildContext {
   readonly seqSplit: string;
   /** `SiLU(temb)` `[B, D]`: every modulation and norm_out consume it, so it is computed once. */
   readonly siluTemb: string;
+  /**
+   * XL: contrib-op attention (`RotaryEmbedding` + `MultiHeadAttention`, see `transformer-fused.ts`) with the
+   * half-width RoPE tables `[S, Dh/2]` and the position offset it needs; absent for the reference graph.
+   */
+  readonly fusedAttention?: { cosHalf: string; sinHalf: string; positions: string };
 }
 
 /** A Linear of the checkpoint: diffusers module name and its `[out, in]` size. */
@@ -44,6 +59,8 @@ export interface LinearSpec {
 
 /** Emits one Linear `module` (`[..., in]` → `[..., out]`) through the policy, after checking its weight shapes. */
 export function applyLinear(ctx: BuildContext, x: string, spec: LinearSpec): string {
+  const pre = ctx.precomputed?.get(spec.name);
+  if (pre) return pre;
   const weights = readLinearChecked(ctx.w, spec.name, spec.outFeatures, spec.inFeatures);
   ctx.linearLayers.push(spec.name);
   return ctx.policy(ctx.b, x, { name: spec.name, weights });
@@ -55,6 +72,7 @@ export function applyLinear(ctx: BuildContext, x: string, spec: LinearSpec): str
  * back on the last axis, so callers see the same values either way.
  */
 export function applyLinearGroup(ctx: BuildContext, x: string, fusedName: string, specs: LinearSpec[]): string[] {
+  if (ctx.precomputed && specs.every((s) => ctx.precomputed?.has(s.name))) return specs.map((s) => ctx.precomputed!.get(s.name)!);
   if (!ctx.fuse) return specs.map((s) => applyLinear(ctx, x, s));
   const fused = fuseLinearRows(
     specs.map((s) => ({ name: s.name, weights: readLinearChecked(ctx.w, s.name, s.outFeatures, s.inFeatures) })),

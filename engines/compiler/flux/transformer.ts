@@ -34,6 +34,8 @@ export interface TransformerGraphOptions {
    * single block's `attn.to_q/k/v` + `proj_mlp` → `to_qkv_mlp`. @default false
    */
   fuseProjections?: boolean;
+  /** Emits the QK-norm weights (see `BuildContext.normWeight`). @default initializers */
+  normWeightPolicy?: (b: GraphBuilder, module: string, weight: Float32Array) => string;
 }
 
 /** One graph input or output. */
@@ -85,6 +87,7 @@ export function buildTransformerGraph(
     policy: options.linearPolicy ?? plainLinear,
     fuse: options.fuseProjections ?? false,
     linearLayers: [],
+    normWeight: options.normWeightPolicy,
   };
   const spec = (name: string, outFeatures: number, inFeatures: number) => ({ name, outFeatures, inFeatures });
 

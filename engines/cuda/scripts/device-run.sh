@@ -4,6 +4,7 @@
 # Expects the fixtures in .device-fixtures/ (engines/cuda/scripts/prepare-fixtures.ts) and writes logs and
 # results under $OUT (or ./out when unset).
 set -uo pipefail
+export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
 cd "$(dirname "$0")/../../.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/out}

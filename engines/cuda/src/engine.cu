@@ -47,7 +47,7 @@ void Engine::load_dir(const std::string& dir) {
   {
     ComponentFiles f(dir + "/vae");
     WeightLoader L(&f, weights, 4);
-    vae = std::make_unique<VaeDecoder>(cfg.vae, L, dt);
+    vae = std::make_unique<VaeDecoder>(cfg.vae, L, weights, dt);
   }
   CUDA_CHECK(cudaDeviceSynchronize());
 }
@@ -58,7 +58,7 @@ void Engine::load_synthetic(uint64_t seed) {
   clip = std::make_unique<ClipText>(cfg.clip, L, dt);
   t5 = std::make_unique<T5Encoder>(cfg.t5, L, dt);
   flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt);
-  vae = std::make_unique<VaeDecoder>(cfg.vae, L, dt);
+  vae = std::make_unique<VaeDecoder>(cfg.vae, L, weights, dt);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
 

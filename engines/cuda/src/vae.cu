@@ -51,7 +51,7 @@ VaeDecoder::Resnet VaeDecoder::load_res(WeightLoader& L, const std::string& p, i
   return r;
 }
 
-VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L, DType dt) : cfg(cfg_) {
+VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L, DeviceArena& arena, DType dt) : cfg(cfg_) {
   std::vector<int> rev(cfg.channels.rbegin(), cfg.channels.rend());
   const std::string d = "decoder.";
   int C = rev[0];
@@ -80,6 +80,18 @@ VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L, DType dt) : cfg(c
   out_nw_ = L.vec({d + "conv_norm_out.weight"}, prev, Init::NormWeight);
   out_nb_ = L.vec({d + "conv_norm_out.bias"}, prev, Init::NormBias);
   conv_out_ = load_conv(L, d + "conv_out", 3, prev, 3, dt);
+  // Pad the 3 output channels to 8 with zero rows: an output row stride of 3 elements is not 16-byte aligned,
+  // which cuBLASLt's tensor-core kernels need. image_out reads the first 3 of every 8.
+  const size_t es = dsize(dt), row = size_t(9) * prev * es;
+  void* w8 = arena.alloc(8 * row);
+  float* b8 = static_cast<float*>(arena.alloc(8 * sizeof(float)));
+  CUDA_CHECK(cudaMemset(w8, 0, 8 * row));
+  CUDA_CHECK(cudaMemset(b8, 0, 8 * sizeof(float)));
+  CUDA_CHECK(cudaMemcpy(w8, conv_out_.w, 3 * row, cudaMemcpyDeviceToDevice));
+  CUDA_CHECK(cudaMemcpy(b8, conv_out_.b, 3 * sizeof(float), cudaMemcpyDeviceToDevice));
+  conv_out_.w = w8;
+  conv_out_.b = b8;
+  conv_out_.cout = 8;
 }
 
 // y[B, Ho, Wo, cout] = conv(x[B, H, W, cin]) (+ resid, same shape as y). Ho = 2H when up2.
@@ -196,9 +208,9 @@ void VaeDecoder::decode(Ctx& c, const float* packed, int B, int H, int W, float*
   double* ws = c.scratch.getT<double>("vae.gn", 2 * size_t(B) * cfg.groups);
   int C = conv_out_.cin;
   groupnorm(a, c.dt, B, int64_t(h) * w, C, cfg.groups, out_nw_, out_nb_, 1e-6f, true, b, ws, c.st);
-  void* img = c.buf("vae.img", size_t(B) * h * w * 3);
+  void* img = c.buf("vae.img", size_t(B) * h * w * conv_out_.cout);
   conv(c, conv_out_, b, B, h, w, false, img, nullptr);
-  image_out(img, c.dt, B, h, w, chw, rgb, c.st);
+  image_out(img, c.dt, conv_out_.cout, B, h, w, chw, rgb, c.st);
 }
 
 }  // namespace fq

@@ -18,7 +18,7 @@ struct VaeConfig {
 
 class VaeDecoder {
  public:
-  VaeDecoder(const VaeConfig& cfg, WeightLoader& L, DType dt);
+  VaeDecoder(const VaeConfig& cfg, WeightLoader& L, DeviceArena& arena, DType dt);
   // Packed latents [B, (h/2)(w/2), 64] for an image of H x W = 8h x 8w -> float CHW [B, 3, H, W] in [0, 1]
   // (chw, device, may be null) and/or RGB8 HWC (rgb, device, may be null).
   void decode(Ctx& c, const float* packed, int B, int H, int W, float* chw, uint8_t* rgb);

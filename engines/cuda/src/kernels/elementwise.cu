@@ -92,13 +92,13 @@ __global__ void latents_to_vae_kernel(const float* packed, int B, int h, int w, 
 }
 
 template <typename T>
-__global__ void image_out_kernel(const T* x, int B, int H, int W, float* chw, uint8_t* rgb) {
+__global__ void image_out_kernel(const T* x, int cs, int B, int H, int W, float* chw, uint8_t* rgb) {
   int64_t n = int64_t(B) * H * W * 3;
   GRID_LOOP(i, n) {
     int c = int(i % 3);
     int64_t pix = i / 3;
     int64_t b = pix / (int64_t(H) * W), hw = pix % (int64_t(H) * W);
-    float v = fminf(fmaxf(tof(x[i]) * 0.5f + 0.5f, 0.f), 1.f);
+    float v = fminf(fmaxf(tof(x[pix * cs + c]) * 0.5f + 0.5f, 0.f), 1.f);
     if (chw) chw[(b * 3 + c) * H * W + hw] = v;
     if (rgb) rgb[i] = uint8_t(rintf(v * 255.f));
   }
@@ -158,10 +158,10 @@ void latents_to_vae(const float* packed, int B, int h, int w, float scaling, flo
   LAUNCH_CHECK();
 }
 
-void image_out(const void* x, DType dt, int B, int H, int W, float* chw, uint8_t* rgb, cudaStream_t st) {
+void image_out(const void* x, DType dt, int cs, int B, int H, int W, float* chw, uint8_t* rgb, cudaStream_t st) {
   FQ_DISPATCH(dt, T,
               image_out_kernel<T><<<grid_for(int64_t(B) * H * W * 3), kThreads, 0, st>>>(static_cast<const T*>(x),
-                                                                                         B, H, W, chw, rgb));
+                                                                                         cs, B, H, W, chw, rgb));
   LAUNCH_CHECK();
 }
 

@@ -29,8 +29,9 @@ void embed_rows(const float* table, const int* ids, const float* pos, int n, int
 // Packed latents [B, (h/2)(w/2), 64] -> VAE input NHWC [B, h, w, 16]: z = x / scaling + shift.
 void latents_to_vae(const float* packed, int B, int h, int w, float scaling, float shift, void* z, DType dt,
                     cudaStream_t st);
-// Decoder output NHWC [B, H, W, 3] in [-1, 1] -> clamp(x/2 + 0.5): float CHW [B, 3, H, W] and/or RGB8 HWC.
-void image_out(const void* x, DType dt, int B, int H, int W, float* chw, uint8_t* rgb, cudaStream_t st);
+// Decoder output NHWC [B, H, W, cs] (channels 0..2 used) in [-1, 1] -> clamp(x/2 + 0.5): float CHW [B, 3, H, W]
+// and/or RGB8 HWC [B, H, W, 3].
+void image_out(const void* x, DType dt, int cs, int B, int H, int W, float* chw, uint8_t* rgb, cudaStream_t st);
 
 // norm.cu
 // out = ((LN(x) * gamma + beta) * (1 + scale[b]) + shift[b]); gamma/beta/shift/scale may be null. Row r belongs to
