@@ -3,9 +3,13 @@
  * schema and types the test operations (`test/utils/operations.graphql` → `test/utils/gql/`). The schema test
  * runs the same config in memory and fails when the committed files are stale.
  */
+import { createRequire } from 'node:module';
 import { type CodegenConfig, generate } from '@graphql-codegen/cli';
-import { printSchema } from 'graphql';
 import { schema } from './src/api/schema/index.ts';
+
+// Print with the `graphql` instance Pothos built the schema with (Node's resolution, the CommonJS build). A plain
+// import here is resolved by vite to the ESM build under vitest, and graphql refuses types from another realm.
+const { printSchema } = createRequire(import.meta.url)('graphql') as typeof import('graphql');
 
 /** The codegen configuration (schema given as SDL, so no loader has to import TypeScript). */
 export const codegenConfig: CodegenConfig = {
@@ -18,6 +22,20 @@ export const codegenConfig: CodegenConfig = {
       preset: 'client',
       presetConfig: { fragmentMasking: false },
       config: { useTypeImports: true, enumsAsTypes: true, importExtension: '.ts', emitLegacyCommonJSImports: false },
+    },
+    // The web page's operations (`graphql()` calls in web/src). Root documents are merged into every output, so
+    // the test operations are excluded here. String documents: the browser bundle needs no GraphQL parser.
+    'web/src/gql/': {
+      documents: ['web/src/**/*.ts', '!test/utils/operations.graphql'],
+      preset: 'client',
+      presetConfig: { fragmentMasking: false },
+      config: {
+        useTypeImports: true,
+        enumsAsTypes: true,
+        importExtension: '.ts',
+        emitLegacyCommonJSImports: false,
+        documentMode: 'string',
+      },
     },
   },
 };

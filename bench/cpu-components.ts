@@ -45,7 +45,10 @@ async function time(component: string, fn: () => Promise<unknown>): Promise<Timi
   return { component, meanMs: ms.reduce((a, b) => a + b, 0) / ms.length, minMs: Math.min(...ms) };
 }
 
-async function benchModel(label: string, modelDir: string): Promise<{ label: string; modelDir: string; timings: Timing[] }> {
+async function benchModel(
+  label: string,
+  modelDir: string,
+): Promise<{ label: string; modelDir: string; timings: Timing[] }> {
   process.stderr.write(`[${label}] loading ${modelDir} (compiles engines on first use)\n`);
   const pipe = await FluxPipeline.fromPretrained(modelDir, { onLog: (m) => process.stderr.write(`  ${m}\n`) });
   const { sessions } = await pipe.engine('original');
@@ -53,9 +56,20 @@ async function benchModel(label: string, modelDir: string): Promise<{ label: str
   const clipIds = pipe.tokenizers.encodeClip([prompt]);
   const t5Ids = pipe.tokenizers.encodeT5([prompt], 512);
   const timings: Timing[] = [];
-  timings.push(await time('tokenize (CLIP + T5)', async () => [pipe.tokenizers.encodeClip([prompt]), pipe.tokenizers.encodeT5([prompt], 512)]));
-  timings.push(await time('CLIP text encoder', () => sessions.clip.run({ input_ids: { data: clipIds, dims: [1, clipIds.length] } })));
-  timings.push(await time('T5 encoder (512 tokens)', () => sessions.t5.run({ input_ids: { data: t5Ids, dims: [1, 512] } })));
+  timings.push(
+    await time('tokenize (CLIP + T5)', async () => [
+      pipe.tokenizers.encodeClip([prompt]),
+      pipe.tokenizers.encodeT5([prompt], 512),
+    ]),
+  );
+  timings.push(
+    await time('CLIP text encoder', () =>
+      sessions.clip.run({ input_ids: { data: clipIds, dims: [1, clipIds.length] } }),
+    ),
+  );
+  timings.push(
+    await time('T5 encoder (512 tokens)', () => sessions.t5.run({ input_ids: { data: t5Ids, dims: [1, 512] } })),
+  );
   const request = { prompt, height: SIZE, width: SIZE, steps: 1000, guidanceScale: 3.5, seed: 0 };
   const [state] = await pipe.prepare([request]);
   timings.push(await time(`transformer step (${SIZE}x${SIZE})`, () => pipe.step([state!])));
@@ -79,11 +93,25 @@ if (values.only !== 'tiny') {
   results.push(await benchModel(`synthetic ${BENCH_CPU_CONFIG.name}`, dir));
 }
 
-const machine = { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version };
+const machine = {
+  cpu: cpus()[0]?.model ?? 'unknown',
+  cores: cpus().length,
+  memoryGiB: Math.round(totalmem() / 2 ** 30),
+  node: process.version,
+};
 const date = new Date().toISOString();
 const outDir = join(REPO, 'bench/results');
 mkdirSync(outDir, { recursive: true });
-const report = { benchmark: 'cpu-components', date, provider: 'onnxruntime-node cpu', size: SIZE, steps: STEPS, repeats: REPEATS, machine, results };
+const report = {
+  benchmark: 'cpu-components',
+  date,
+  provider: 'onnxruntime-node cpu',
+  size: SIZE,
+  steps: STEPS,
+  repeats: REPEATS,
+  machine,
+  results,
+};
 writeFileSync(join(outDir, 'cpu-components.json'), `${JSON.stringify(report, null, 2)}\n`);
 const md = [
   `# CPU per-component timings (${date.slice(0, 10)})`,

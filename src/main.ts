@@ -26,7 +26,9 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
   // Imported lazily so an injected executor (tests) does not load the ONNX pipeline at all.
   const executor =
     deps.executor ??
-    (await (await import('./pipeline/index.ts')).createFluxExecutor({
+    (await (
+      await import('./pipeline/index.ts')
+    ).createFluxExecutor({
       modelDir: config.modelRepo,
       provider: config.provider,
       maxBatch: config.modelBatch,

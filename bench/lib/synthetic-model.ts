@@ -13,7 +13,13 @@ import { type TensorInput, writeSafetensors } from '../../src/shared/weights/ind
 /** Sizes of a synthetic model. */
 export interface SyntheticConfig {
   name: string;
-  transformer: { hidden: number; heads: number; doubleBlocks: number; singleBlocks: number; axes: [number, number, number] };
+  transformer: {
+    hidden: number;
+    heads: number;
+    doubleBlocks: number;
+    singleBlocks: number;
+    axes: [number, number, number];
+  };
   clip: { hidden: number; layers: number; heads: number; intermediate: number };
   t5: { dModel: number; layers: number; heads: number; dKv: number; dFf: number };
   vae: { channels: [number, number, number, number]; layersPerBlock: number; groups: number };
@@ -94,7 +100,8 @@ function transformerTensors(c: SyntheticConfig, f: ReturnType<typeof filler>): T
     const p = `transformer_blocks.${i}`;
     f.linear(t, `${p}.norm1.linear`, 6 * d, d);
     f.linear(t, `${p}.norm1_context.linear`, 6 * d, d);
-    for (const m of ['to_q', 'to_k', 'to_v', 'add_q_proj', 'add_k_proj', 'add_v_proj', 'to_out.0', 'to_add_out']) f.linear(t, `${p}.attn.${m}`, d, d);
+    for (const m of ['to_q', 'to_k', 'to_v', 'add_q_proj', 'add_k_proj', 'add_v_proj', 'to_out.0', 'to_add_out'])
+      f.linear(t, `${p}.attn.${m}`, d, d);
     for (const m of ['norm_q', 'norm_k', 'norm_added_q', 'norm_added_k']) f.norm(t, `${p}.attn.${m}`, hd, false);
     for (const ff of ['ff', 'ff_context']) {
       f.linear(t, `${p}.${ff}.net.0.proj`, mlp, d);
@@ -165,7 +172,8 @@ function vaeTensors(c: SyntheticConfig, f: ReturnType<typeof filler>): Tensors {
   f.conv(t, 'decoder.conv_in', ch[0]!, 16, 3);
   resnet('decoder.mid_block.resnets.0', ch[0]!, ch[0]!);
   f.norm(t, 'decoder.mid_block.attentions.0.group_norm', ch[0]!);
-  for (const m of ['to_q', 'to_k', 'to_v', 'to_out.0']) f.linear(t, `decoder.mid_block.attentions.0.${m}`, ch[0]!, ch[0]!);
+  for (const m of ['to_q', 'to_k', 'to_v', 'to_out.0'])
+    f.linear(t, `decoder.mid_block.attentions.0.${m}`, ch[0]!, ch[0]!);
   resnet('decoder.mid_block.resnets.1', ch[0]!, ch[0]!);
   let prev = ch[0]!;
   ch.forEach((cout, k) => {
@@ -192,71 +200,92 @@ export function writeSyntheticModel(dir: string, c: SyntheticConfig, templateDir
     writeFileSync(join(dir, sub, 'config.json'), JSON.stringify(config, null, 2));
     writeSafetensors(join(dir, sub, file), tensors, { format: 'pt' });
   };
-  for (const sub of ['tokenizer', 'tokenizer_2', 'scheduler']) cpSync(join(templateDir, sub), join(dir, sub), { recursive: true });
+  for (const sub of ['tokenizer', 'tokenizer_2', 'scheduler'])
+    cpSync(join(templateDir, sub), join(dir, sub), { recursive: true });
   cpSync(join(templateDir, 'model_index.json'), join(dir, 'model_index.json.tmp'));
   const tc = c.transformer;
-  write('transformer', 'diffusion_pytorch_model.safetensors', {
-    _class_name: 'FluxTransformer2DModel',
-    attention_head_dim: tc.hidden / tc.heads,
-    axes_dims_rope: tc.axes,
-    guidance_embeds: true,
-    in_channels: 64,
-    joint_attention_dim: c.t5.dModel,
-    num_attention_heads: tc.heads,
-    num_layers: tc.doubleBlocks,
-    num_single_layers: tc.singleBlocks,
-    patch_size: 1,
-    pooled_projection_dim: c.clip.hidden,
-  }, transformerTensors(c, f));
-  write('text_encoder', 'model.safetensors', {
-    architectures: ['CLIPTextModel'],
-    bos_token_id: 0,
-    eos_token_id: 2,
-    hidden_act: 'quick_gelu',
-    hidden_size: c.clip.hidden,
-    intermediate_size: c.clip.intermediate,
-    layer_norm_eps: 1e-5,
-    max_position_embeddings: 77,
-    model_type: 'clip_text_model',
-    num_attention_heads: c.clip.heads,
-    num_hidden_layers: c.clip.layers,
-    pad_token_id: 1,
-    projection_dim: c.clip.hidden,
-    vocab_size: 49408,
-  }, clipTensors(c, f));
-  write('text_encoder_2', 'model.safetensors', {
-    architectures: ['T5EncoderModel'],
-    d_ff: c.t5.dFf,
-    d_kv: c.t5.dKv,
-    d_model: c.t5.dModel,
-    dense_act_fn: 'gelu_new',
-    feed_forward_proj: 'gated-gelu',
-    is_gated_act: true,
-    layer_norm_epsilon: 1e-6,
-    model_type: 't5',
-    num_heads: c.t5.heads,
-    num_layers: c.t5.layers,
-    relative_attention_max_distance: 128,
-    relative_attention_num_buckets: 32,
-    vocab_size: 32128,
-  }, t5Tensors(c, f));
-  write('vae', 'diffusion_pytorch_model.safetensors', {
-    _class_name: 'AutoencoderKL',
-    act_fn: 'silu',
-    block_out_channels: c.vae.channels,
-    down_block_types: Array(4).fill('DownEncoderBlock2D'),
-    in_channels: 3,
-    latent_channels: 16,
-    layers_per_block: c.vae.layersPerBlock,
-    mid_block_add_attention: true,
-    norm_num_groups: c.vae.groups,
-    out_channels: 3,
-    scaling_factor: 0.3611,
-    shift_factor: 0.1159,
-    up_block_types: Array(4).fill('UpDecoderBlock2D'),
-    use_post_quant_conv: false,
-    use_quant_conv: false,
-  }, vaeTensors(c, f));
+  write(
+    'transformer',
+    'diffusion_pytorch_model.safetensors',
+    {
+      _class_name: 'FluxTransformer2DModel',
+      attention_head_dim: tc.hidden / tc.heads,
+      axes_dims_rope: tc.axes,
+      guidance_embeds: true,
+      in_channels: 64,
+      joint_attention_dim: c.t5.dModel,
+      num_attention_heads: tc.heads,
+      num_layers: tc.doubleBlocks,
+      num_single_layers: tc.singleBlocks,
+      patch_size: 1,
+      pooled_projection_dim: c.clip.hidden,
+    },
+    transformerTensors(c, f),
+  );
+  write(
+    'text_encoder',
+    'model.safetensors',
+    {
+      architectures: ['CLIPTextModel'],
+      bos_token_id: 0,
+      eos_token_id: 2,
+      hidden_act: 'quick_gelu',
+      hidden_size: c.clip.hidden,
+      intermediate_size: c.clip.intermediate,
+      layer_norm_eps: 1e-5,
+      max_position_embeddings: 77,
+      model_type: 'clip_text_model',
+      num_attention_heads: c.clip.heads,
+      num_hidden_layers: c.clip.layers,
+      pad_token_id: 1,
+      projection_dim: c.clip.hidden,
+      vocab_size: 49408,
+    },
+    clipTensors(c, f),
+  );
+  write(
+    'text_encoder_2',
+    'model.safetensors',
+    {
+      architectures: ['T5EncoderModel'],
+      d_ff: c.t5.dFf,
+      d_kv: c.t5.dKv,
+      d_model: c.t5.dModel,
+      dense_act_fn: 'gelu_new',
+      feed_forward_proj: 'gated-gelu',
+      is_gated_act: true,
+      layer_norm_epsilon: 1e-6,
+      model_type: 't5',
+      num_heads: c.t5.heads,
+      num_layers: c.t5.layers,
+      relative_attention_max_distance: 128,
+      relative_attention_num_buckets: 32,
+      vocab_size: 32128,
+    },
+    t5Tensors(c, f),
+  );
+  write(
+    'vae',
+    'diffusion_pytorch_model.safetensors',
+    {
+      _class_name: 'AutoencoderKL',
+      act_fn: 'silu',
+      block_out_channels: c.vae.channels,
+      down_block_types: Array(4).fill('DownEncoderBlock2D'),
+      in_channels: 3,
+      latent_channels: 16,
+      layers_per_block: c.vae.layersPerBlock,
+      mid_block_add_attention: true,
+      norm_num_groups: c.vae.groups,
+      out_channels: 3,
+      scaling_factor: 0.3611,
+      shift_factor: 0.1159,
+      up_block_types: Array(4).fill('UpDecoderBlock2D'),
+      use_post_quant_conv: false,
+      use_quant_conv: false,
+    },
+    vaeTensors(c, f),
+  );
   // model_index.json last: its presence marks a complete repository.
   cpSync(join(dir, 'model_index.json.tmp'), join(dir, 'model_index.json'));
   return dir;

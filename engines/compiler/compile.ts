@@ -17,10 +17,13 @@ import { buildClipGraph } from './flux/clip.ts';
 import { buildLoraTransformerGraph } from './flux/lora-transformer.ts';
 import { buildT5Graph } from './flux/t5.ts';
 import { parseClipTextConfig, parseT5EncoderConfig } from './flux/text-config.ts';
-import { buildTransformerGraph } from './flux/transformer.ts';
+import { buildTransformerGraph, type TransformerGraphOptions } from './flux/transformer.ts';
+import { buildTransformerHead, buildTransformerTail } from './flux/transformer-split.ts';
 import { resolveTransformerConfig, type FluxTransformerConfig } from './flux/transformer-config.ts';
 import { buildVaeDecoderGraph, vaeDecoderConfigFromJson, vaeScaleFactor } from './flux/vae.ts';
-import { resolveMode } from './modes.ts';
+import { isPlannedMode, resolveMode } from './modes.ts';
+import { plannedPolicy } from './planner/algorithms.ts';
+import { type ModePlan, planChoices, planKey } from './planner/plan-types.ts';
 import { ExternalDataWriter } from './onnx/external-data.ts';
 import { GraphBuilder } from './onnx/graph-builder.ts';
 
@@ -41,6 +44,8 @@ export interface CompileOptions {
    */
   lora?: boolean;
   onLog?: (message: string) => void;
+  /** The planner's plan; required by the compressed modes (L, M, S), ignored by the others. */
+  plan?: ModePlan;
 }
 
 interface IoSpec {
@@ -53,7 +58,15 @@ interface Descriptor {
   outputs: IoSpec[];
 }
 
-type ComponentKey = 'clip' | 't5' | 'transformer' | 'vae';
+type ComponentKey = 'clip' | 't5' | 'transformer' | 'vae' | 'transformer_head' | 'transformer_tail';
+
+/** A compressed mode compiled without its plan (the pipeline computes plans first, see `elastic-plan.ts`). */
+export class PlanRequiredError extends Error {
+  constructor(readonly mode: string) {
+    super(`mode ${mode} is compiled from a per-layer plan; compute it first (FluxPipeline does so on first use)`);
+    this.name = 'PlanRequiredError';
+  }
+}
 
 /** Compiles (or finds in the cache) the engine of `mode`; returns the manifest path. */
 export function compileEngine(repo: ModelRepo, options: CompileOptions): string {
@@ -63,28 +76,49 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
   const transformerConfig = c.transformer.config as FluxTransformerConfig;
   const tcfg = resolveTransformerConfig(transformerConfig);
   const vaeCfg = vaeDecoderConfigFromJson(c.vae.config);
+  if (isPlannedMode(mode) && !options.plan) throw new PlanRequiredError(mode.name);
+  const plan = isPlannedMode(mode) ? options.plan : undefined;
+  // Graph switches + the plan's choices: JSON of this is the transformer components' cache key.
+  const transformerKey = { ...mode.transformer, ...(plan ? { plan: planKey(plan) } : {}) };
+  const transformerOptions: TransformerGraphOptions = {
+    ...mode.transformer,
+    ...(plan ? { linearPolicy: plannedPolicy(planChoices(plan)) } : {}),
+  };
   const clipCfg = parseClipTextConfig(c.text_encoder.config, c.text_encoder.configSource);
   const t5Cfg = parseT5EncoderConfig(c.text_encoder_2.config, c.text_encoder_2.configSource);
 
-  const builds: Record<ComponentKey, { weights: ComponentWeights; options: unknown; build: (b: GraphBuilder, w: ReturnType<ComponentWeights['open']>) => Descriptor }> = {
+  const builds: Partial<Record<ComponentKey, { weights: ComponentWeights; options: unknown; build: (b: GraphBuilder, w: ReturnType<ComponentWeights['open']>) => Descriptor }>> = {
     clip: { weights: c.text_encoder, options: {}, build: (b, w) => buildClipGraph(b, w, clipCfg) },
     t5: { weights: c.text_encoder_2, options: {}, build: (b, w) => buildT5Graph(b, w, t5Cfg) },
     transformer: {
       weights: c.transformer,
-      options: options.lora ? { ...mode.transformer, lora: true } : mode.transformer,
+      options: options.lora ? { ...transformerKey, lora: true } : transformerKey,
       build: (b, w) =>
         options.lora
-          ? buildLoraTransformerGraph(b, w, transformerConfig, { ...mode.transformer })
-          : buildTransformerGraph(b, w, transformerConfig, mode.transformer),
+          ? buildLoraTransformerGraph(b, w, transformerConfig, { ...transformerOptions })
+          : buildTransformerGraph(b, w, transformerConfig, transformerOptions),
     },
     vae: { weights: c.vae, options: {}, build: (b, w) => buildVaeDecoderGraph(b, w, vaeCfg) },
   };
+  if (mode.stepCache && !options.lora) {
+    // S: the transformer cut after its first block, for First-Block-Cache (see flux/transformer-split.ts).
+    builds.transformer_head = {
+      weights: c.transformer,
+      options: transformerKey,
+      build: (b, w) => buildTransformerHead(b, w, transformerConfig, transformerOptions),
+    };
+    builds.transformer_tail = {
+      weights: c.transformer,
+      options: transformerKey,
+      build: (b, w) => buildTransformerTail(b, w, transformerConfig, transformerOptions),
+    };
+  }
 
   const componentsDir = join(options.cacheDir, 'components');
-  const entries = {} as Record<ComponentKey, { file: string; key: string; inputs: IoSpec[]; outputs: IoSpec[] }>;
+  const entries = {} as Partial<Record<ComponentKey, { file: string; key: string; inputs: IoSpec[]; outputs: IoSpec[] }>>;
   const variant = options.lora ? `${mode.name}-lora` : mode.name;
   const engineHash = createHash('sha256').update(`${COMPILER_VERSION}|${variant}`);
-  for (const [name, spec] of Object.entries(builds) as [ComponentKey, (typeof builds)[ComponentKey]][]) {
+  for (const [name, spec] of Object.entries(builds) as [ComponentKey, NonNullable<(typeof builds)[ComponentKey]>][]) {
     const key = hash(`${COMPILER_VERSION}|${name}|${spec.weights.fingerprint}|${JSON.stringify(spec.options)}`);
     engineHash.update(key);
     const dir = join(componentsDir, `${name}-${key.slice(0, 16)}`);
@@ -117,8 +151,19 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
     createdAt: new Date().toISOString(),
     model: { name: modelName, path: repo.root },
     components: Object.fromEntries(
-      Object.entries(entries).map(([k, e]) => [k, { ...e, file: relative(engineDir, e.file) }]),
+      Object.entries(entries)
+        .filter(([k]) => !k.startsWith('transformer_'))
+        .map(([k, e]) => [k, { ...e, file: relative(engineDir, e.file) }]),
     ),
+    ...(entries.transformer_head && entries.transformer_tail && mode.stepCache
+      ? {
+          stepCache: {
+            ...mode.stepCache,
+            head: { ...entries.transformer_head, file: relative(engineDir, entries.transformer_head.file) },
+            tail: { ...entries.transformer_tail, file: relative(engineDir, entries.transformer_tail.file) },
+          },
+        }
+      : {}),
     config: {
       inChannels: tcfg.inChannels,
       outChannels: tcfg.outFeatures,
@@ -132,7 +177,18 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
       shiftFactor: numberField(c.vae.config, 'shift_factor', c.vae.configSource),
       clipMaxLength: clipCfg.maxPositions,
     },
-    plan: [],
+    plan: plan?.entries ?? [],
+    ...(plan
+      ? {
+          planSummary: {
+            budget: plan.budget,
+            predictedError: plan.predictedError,
+            measuredError: plan.measuredError,
+            gainMs: plan.gainMs,
+            calibration: plan.calibration,
+          },
+        }
+      : {}),
   };
   writeAtomic(manifestPath, JSON.stringify(manifest, null, 2));
   return manifestPath;

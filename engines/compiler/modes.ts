@@ -1,16 +1,38 @@
 /**
- * @file The elastic modes a model can be compiled in, and what each changes in the build. `original` is exactly the
- * diffusers computation; `XL` is the mathematically equivalent optimised graph (fused projections: fewer, larger
- * GEMMs). The compressed modes (L, M, S) come from the per-layer planner.
+ * @file The elastic modes a model can be compiled in, and what each changes in the build.
+ *
+ * - `original`: exactly the diffusers computation in float32.
+ * - `XL`: the mathematically equivalent optimised graph: fused projections (fewer, larger GEMMs), contrib-op attention
+ *   and one GEMM for all modulations (`flux/transformer-fused.ts`).
+ * - `L`, `M`, `S`: XL plus per-layer compression chosen by the planner (`planner/`) under an error budget (relative
+ *   L2 error of the transformer output against `original` on calibration inputs: 1 %, 1.5 %, 2 %); `S` adds step
+ *   caching (First-Block-Cache, `flux/transformer-split.ts`) with its own threshold.
  */
+
+/** Transformer graph switches of one mode (JSON-serialisable: they are part of the compile cache key). */
+export interface ModeTransformerOptions {
+  fuseProjections: boolean;
+  fusedAttention?: boolean;
+  precomputeModulation?: boolean;
+}
 
 /** Build options of one mode. */
 export interface ModeSpec {
   name: string;
   description: string;
   /** Options passed to the transformer graph builder. */
-  transformer: { fuseProjections: boolean };
+  transformer: ModeTransformerOptions;
+  /** Planned modes: the planner's budget on the relative output error against `original`. */
+  errorBudget?: number;
+  /**
+   * Step caching: skip the transformer's tail when the first block's residual changed by less than `threshold`
+   * (mean |Δ| / mean |prev|) since the last full step; at most `maxConsecutive` skips in a row, never on the first
+   * `warmupSteps` steps.
+   */
+  stepCache?: { threshold: number; warmupSteps: number; maxConsecutive: number };
 }
+
+const XL_GRAPH: ModeTransformerOptions = { fuseProjections: true, fusedAttention: true, precomputeModulation: true };
 
 const MODES: Readonly<Record<string, ModeSpec>> = Object.freeze({
   original: {
@@ -20,12 +42,31 @@ const MODES: Readonly<Record<string, ModeSpec>> = Object.freeze({
   },
   XL: {
     name: 'XL',
-    description: 'Mathematically equivalent, optimised: fused QKV / single-block projections.',
-    transformer: { fuseProjections: true },
+    description: 'Mathematically equivalent, optimised: fused projections, fused attention, precomputed modulation.',
+    transformer: XL_GRAPH,
+  },
+  L: {
+    name: 'L',
+    description: 'XL with per-layer int8/int4 compression planned under 1% output error.',
+    transformer: XL_GRAPH,
+    errorBudget: 0.01,
+  },
+  M: {
+    name: 'M',
+    description: 'XL with per-layer int8/int4 compression planned under 1.5% output error.',
+    transformer: XL_GRAPH,
+    errorBudget: 0.015,
+  },
+  S: {
+    name: 'S',
+    description: 'XL with per-layer compression planned under 2% output error, plus First-Block-Cache step caching.',
+    transformer: XL_GRAPH,
+    errorBudget: 0.02,
+    stepCache: { threshold: 0.12, warmupSteps: 1, maxConsecutive: 2 },
   },
 });
 
-/** Names of the modes this compiler can build. */
+/** Names of the modes this compiler can build, slowest (reference) first. */
 export const MODE_NAMES: readonly string[] = Object.freeze(Object.keys(MODES));
 
 /** A mode name that is not known. */
@@ -37,9 +78,37 @@ export class UnknownModeError extends Error {
   }
 }
 
+/** A known mode that a model does not offer (not compiled for it, or not available on its configuration). */
+export class ModeUnavailableError extends Error {
+  readonly param = 'mode';
+  constructor(
+    readonly mode: string,
+    readonly model: string,
+    readonly available: readonly string[],
+  ) {
+    super(`mode "${mode}" is not available for model ${model}; its modes: ${available.join(', ')}`);
+    this.name = 'ModeUnavailableError';
+  }
+}
+
 /** The spec of `name` (case-sensitive, as the API spells modes). */
 export function resolveMode(name: string): ModeSpec {
   const m = MODES[name];
   if (!m) throw new UnknownModeError(name);
   return m;
+}
+
+/**
+ * The spec of `name` for a model offering `available` modes.
+ * @throws UnknownModeError for a name no model has; ModeUnavailableError for a known mode the model lacks.
+ */
+export function resolveModeFor(name: string, model: string, available: readonly string[]): ModeSpec {
+  const m = resolveMode(name);
+  if (!available.includes(name)) throw new ModeUnavailableError(name, model, available);
+  return m;
+}
+
+/** True when the mode's transformer comes from a per-layer plan. */
+export function isPlannedMode(m: ModeSpec): boolean {
+  return m.errorBudget !== undefined;
 }

@@ -4,7 +4,7 @@
  * does (`getEnveloped` per operation, so both transports share plugins, context and masking).
  */
 import type { IncomingMessage, Server } from 'node:http';
-import { type ExecutionArgs, GraphQLError } from 'graphql';
+import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { OperationResult } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { createYoga, type YogaServerInstance } from 'graphql-yoga';
@@ -82,7 +82,8 @@ export function attachGraphqlWs(
         try {
           document = parse(payload.query);
         } catch (err) {
-          return [err instanceof GraphQLError ? err : new GraphQLError('Syntax error')];
+          // A syntax error from yoga's parser (possibly another graphql realm, so no instanceof check).
+          return [err as GraphQLError];
         }
         const errors = validate(schema, document);
         if (errors.length > 0) return errors;

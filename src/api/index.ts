@@ -2,5 +2,6 @@
  * @file Public surface of the API layer (GraphQL over HTTP/SSE/WebSocket, REST, files, health, metrics). This is
  * the only layer that imports GraphQL libraries; it reaches the engine only through `service/`.
  */
-export { type AppOptions, buildApp, type RunningApp } from './server.ts';
+
 export { GRAPHQL_PATH } from './graphql.ts';
+export { type AppOptions, buildApp, type RunningApp } from './server.ts';

@@ -10,6 +10,7 @@ import { attachGraphqlWs, createGraphqlHandler, GRAPHQL_PATH } from './graphql.t
 import { handleImageFile, IMAGES_PREFIX } from './rest/files.ts';
 import { HttpError, isAuthorized, sendError, sendJson, unauthorized } from './rest/http.ts';
 import { handleImageGeneration, handleListModels, toHttpError } from './rest/images.ts';
+import { handleWebAsset } from './rest/web.ts';
 
 /** What the API needs. */
 export interface AppOptions {
@@ -74,6 +75,8 @@ export function buildApp(options: AppOptions) {
       }
       throw new HttpError(405, `${method} not allowed on ${path}`, 'invalid_request_error', 'method_not_allowed');
     }
+    // The web page (public, like GraphiQL's HTML): `/` and the built files; anything else is a 404.
+    if ((method === 'GET' || method === 'HEAD') && (await handleWebAsset(req, res, path))) return;
     throw new HttpError(404, `No route ${method} ${path}`, 'invalid_request_error', 'not_found');
   };
 

@@ -6,6 +6,8 @@ export async function runCompile(args: { model: string; mode: string[]; force?: 
   for (const mode of args.mode) {
     const t0 = performance.now();
     const manifest = await ensureEngine(source, { mode, onLog: (m) => process.stderr.write(`${m}\n`) });
-    process.stdout.write(`${JSON.stringify({ mode, manifest, seconds: (performance.now() - t0) / 1000, cacheDir: defaultCacheDir() })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ mode, manifest, seconds: (performance.now() - t0) / 1000, cacheDir: defaultCacheDir() })}\n`,
+    );
   }
 }

@@ -4,24 +4,38 @@
  */
 import { join } from 'node:path';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
-import { pipelineCase, REFERENCE_LIMITS, textEncoderCases, tokenizerCases, transformerCase, type CaseResult } from './conformance/cases.ts';
+import {
+  type CaseResult,
+  pipelineCase,
+  REFERENCE_LIMITS,
+  textEncoderCases,
+  tokenizerCases,
+  transformerCase,
+} from './conformance/cases.ts';
 import { readFixtureIndex } from './conformance/fixture-index.ts';
+import { loraCases, prepareLoraDir } from './conformance/lora-cases.ts';
 
 /** Runs the cases and returns the report (also used by tests). */
 export async function conformanceReport(fixtures: string, model: string | undefined, mode = 'original') {
   const index = readFixtureIndex(fixtures);
-  const pipe = await FluxPipeline.fromPretrained(model ?? join(fixtures, 'flux-tiny'), { modes: [mode] });
+  const modelDir = model ?? join(fixtures, 'flux-tiny');
+  // LoRAs are read only from a LoRA folder: the fixture LoRAs (and a constructed BFL Control LoRA) are staged in one.
+  const loraDir = index.lora_cases.length > 0 ? prepareLoraDir(fixtures, index, modelDir) : undefined;
+  const pipe = await FluxPipeline.fromPretrained(modelDir, { modes: [mode], loraDir: loraDir?.dir });
   try {
     const cases: CaseResult[] = [
       ...tokenizerCases(pipe, fixtures, index),
       ...(await textEncoderCases(pipe, fixtures, index, mode, REFERENCE_LIMITS)),
       ...(await transformerCase(pipe, fixtures, index, mode, REFERENCE_LIMITS)),
     ];
-    for (const [i, c] of index.pipeline_cases.entries()) cases.push(...(await pipelineCase(pipe, fixtures, c, i, mode, REFERENCE_LIMITS)));
+    for (const [i, c] of index.pipeline_cases.entries())
+      cases.push(...(await pipelineCase(pipe, fixtures, c, i, mode, REFERENCE_LIMITS)));
+    cases.push(...(await loraCases(pipe, fixtures, index, modelDir, mode, REFERENCE_LIMITS)));
     const failed = cases.filter((c) => !c.ok).length;
     return { passed: cases.length - failed, failed, cases };
   } finally {
     await pipe.close();
+    loraDir?.dispose();
   }
 }
 

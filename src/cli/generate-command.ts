@@ -36,7 +36,9 @@ export async function runGenerate(args: GenerateArgs): Promise<void> {
     onLog: (m) => process.stderr.write(`${m}\n`),
   });
   const t1 = performance.now();
-  const bar = new SingleBar({ format: 'denoising [{bar}] {value}/{total} steps | {duration_formatted} | eta {eta_formatted}' });
+  const bar = new SingleBar({
+    format: 'denoising [{bar}] {value}/{total} steps | {duration_formatted} | eta {eta_formatted}',
+  });
   bar.start(steps, 0);
   const result = await pipe.generate({
     prompt: args.prompt,
@@ -53,5 +55,7 @@ export async function runGenerate(args: GenerateArgs): Promise<void> {
   writeFileSync(args.out, await encodeImage(result.images[0]!, { format }));
   await pipe.close();
   const t2 = performance.now();
-  process.stderr.write(`wrote ${args.out} (${width}x${height}, ${steps} steps): load ${((t1 - t0) / 1000).toFixed(2)} s, generate ${((t2 - t1) / 1000).toFixed(2)} s\n`);
+  process.stderr.write(
+    `wrote ${args.out} (${width}x${height}, ${steps} steps): load ${((t1 - t0) / 1000).toFixed(2)} s, generate ${((t2 - t1) / 1000).toFixed(2)} s\n`,
+  );
 }

@@ -5,12 +5,14 @@
 import { Command, Option } from 'commander';
 import { runCompile } from './compile-command.ts';
 import { runConformance } from './conformance-command.ts';
+import { DEFAULT_MODEL_DIR } from './defaults.ts';
 import { runGenerate } from './generate-command.ts';
 import { runServe } from './serve-command.ts';
-import { DEFAULT_MODEL_DIR } from './defaults.ts';
 
 const program = new Command('fluxql').description('FLUX.1 inference server and tools').showHelpAfterError();
-const provider = new Option('--provider <name>', 'ONNX Runtime execution provider').choices(['cpu', 'webgpu', 'cuda']).default('cpu');
+const provider = new Option('--provider <name>', 'ONNX Runtime execution provider')
+  .choices(['cpu', 'webgpu', 'cuda'])
+  .default('cpu');
 
 program
   .command('generate')

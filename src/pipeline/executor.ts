@@ -32,6 +32,11 @@ export interface SampleRequest {
   latents?: Float32Array;
   /** Compiled engine variant (elastic mode), e.g. `original`. @default 'original' */
   mode?: string;
+  /**
+   * LoRAs to apply, each a file name inside LORA_DIR with its strength; several add up. `[]`: none. Absent: the
+   * executor's default set (`loadLora` / `unloadLora`), snapshotted when the sample is prepared.
+   */
+  loras?: { name: string; strength: number }[];
 }
 
 /** Opaque handle of a prepared sample living inside the executor. */

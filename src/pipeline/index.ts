@@ -2,6 +2,8 @@
  * @file The pipeline layer's public surface. It may import `src/runtime/` (through its index), `src/shared/` and
  * `engines/compiler/`; never the service or API layers. The service layer imports only this file.
  */
+
+export { MODE_NAMES, UnknownModeError } from '../../engines/compiler/modes.ts';
 export type {
   ModelInfo,
   RgbImage,
@@ -10,10 +12,9 @@ export type {
   StepExecutor,
   StepResult,
 } from './executor.ts';
-export { type FluxExecutorOptions, createInThreadExecutor, UnknownHandleError } from './flux/executor.ts';
+export { createInThreadExecutor, type FluxExecutorOptions, UnknownHandleError } from './flux/executor.ts';
 export { FluxArgumentError, InvalidSizeError } from './flux/latents.ts';
 export { FluxPipeline, type FluxPipelineOptions, type GenerateOptions, type GenerateResult } from './flux/pipeline.ts';
 export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageFormat, isImageFormat } from './image.ts';
 export { createFluxExecutor } from './worker-executor.ts';
 export { ExecutorError } from './worker-protocol.ts';
-export { MODE_NAMES, UnknownModeError } from '../../engines/compiler/modes.ts';

@@ -2,6 +2,7 @@
  * @file A loaded engine: the manifest plus one ORT session per component, created once and reused for every run.
  * Sessions of components shared between modes (text encoders, VAE) are loaded once per path.
  */
+import { dirname, resolve } from 'node:path';
 import { COMPONENTS, type ComponentName, componentPath, type EngineManifest, readManifest } from './manifest.ts';
 import { Session, type SessionOptions } from './session.ts';
 
@@ -10,6 +11,8 @@ export interface Engine {
   manifestPath: string;
   manifest: EngineManifest;
   sessions: Record<ComponentName, Session>;
+  /** Mode S: sessions of the transformer split after its first block (manifest `stepCache`). */
+  stepCache?: { head: Session; tail: Session };
 }
 
 /** Caches sessions by ONNX path so modes that share a component share its session. */
@@ -26,7 +29,15 @@ export class EngineLoader {
     const entries = await Promise.all(
       COMPONENTS.map(async (c) => [c, await this.session(c, componentPath(manifestPath, manifest, c))] as const),
     );
-    return { manifestPath, manifest, sessions: Object.fromEntries(entries) as Record<ComponentName, Session> };
+    const sessions = Object.fromEntries(entries) as Record<ComponentName, Session>;
+    const sc = manifest.stepCache;
+    if (!sc) return { manifestPath, manifest, sessions };
+    const at = (file: string) => resolve(dirname(manifestPath), file);
+    const [head, tail] = await Promise.all([
+      this.session('transformer_head', at(sc.head.file)),
+      this.session('transformer_tail', at(sc.tail.file)),
+    ]);
+    return { manifestPath, manifest, sessions, stepCache: { head, tail } };
   }
 
   private session(component: string, path: string): Promise<Session> {

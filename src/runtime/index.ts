@@ -5,17 +5,17 @@
 export {
   EXECUTION_PROVIDERS,
   type ExecutionProvider,
-  ProviderUnavailableError,
   installedProviders,
+  ProviderUnavailableError,
   parseProvider,
 } from './device.ts';
 export { type Engine, EngineLoader } from './engine.ts';
 export {
   COMPONENTS,
   type ComponentName,
+  componentPath,
   type EngineManifest,
   ManifestError,
-  componentPath,
   manifestSchema,
   readManifest,
 } from './manifest.ts';

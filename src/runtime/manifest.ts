@@ -59,6 +59,26 @@ export const manifestSchema = z.object({
     clipMaxLength: z.number().int().positive(),
   }),
   plan: z.array(planEntrySchema).default([]),
+  /** Compressed modes: the plan's budget and its predicted / measured error (see engines/compiler/planner). */
+  planSummary: z
+    .object({
+      budget: z.number(),
+      predictedError: z.number(),
+      measuredError: z.number(),
+      gainMs: z.number(),
+      calibration: z.record(z.string(), z.union([z.number(), z.string()])),
+    })
+    .optional(),
+  /** Mode S: the transformer split after its first block, for step caching (First-Block-Cache). */
+  stepCache: z
+    .object({
+      threshold: z.number().nonnegative(),
+      warmupSteps: z.number().int().nonnegative(),
+      maxConsecutive: z.number().int().nonnegative(),
+      head: componentSchema,
+      tail: componentSchema,
+    })
+    .optional(),
 });
 
 export type EngineManifest = z.infer<typeof manifestSchema>;
@@ -92,6 +112,12 @@ export function readManifest(path: string): EngineManifest {
   for (const c of COMPONENTS) {
     const file = componentPath(path, parsed.data, c);
     if (!existsSync(file)) throw new ManifestError(path, `component ${c} file is missing: ${file}`);
+  }
+  for (const part of ['head', 'tail'] as const) {
+    const entry = parsed.data.stepCache?.[part];
+    if (entry && !existsSync(resolve(dirname(path), entry.file))) {
+      throw new ManifestError(path, `step-cache ${part} file is missing: ${entry.file}`);
+    }
   }
   return parsed.data;
 }

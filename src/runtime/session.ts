@@ -49,7 +49,9 @@ export class Session {
       });
       return new Session(component, modelPath, session);
     } catch (err) {
-      throw new RuntimeError(`cannot load ${component} engine from ${modelPath}: ${(err as Error).message}`, { cause: err });
+      throw new RuntimeError(`cannot load ${component} engine from ${modelPath}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -72,7 +74,9 @@ export class Session {
       const shapes = Object.entries(feeds)
         .map(([n, t]) => `${n}[${t.dims.join(',')}]`)
         .join(' ');
-      throw new RuntimeError(`${this.component} run failed (inputs ${shapes}): ${(err as Error).message}`, { cause: err });
+      throw new RuntimeError(`${this.component} run failed (inputs ${shapes}): ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     const out: Record<string, HostTensor> = {};
     for (const [name, t] of Object.entries(result)) {
@@ -89,6 +93,13 @@ export class Session {
 
 function toOrt(t: HostTensor): ort.Tensor {
   const d = t.data;
-  const type = d instanceof Float32Array ? 'float32' : d instanceof BigInt64Array ? 'int64' : d instanceof Int32Array ? 'int32' : 'uint8';
+  const type =
+    d instanceof Float32Array
+      ? 'float32'
+      : d instanceof BigInt64Array
+        ? 'int64'
+        : d instanceof Int32Array
+          ? 'int32'
+          : 'uint8';
   return new ort.Tensor(type, d, t.dims as number[]);
 }

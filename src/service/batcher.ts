@@ -47,7 +47,13 @@ export type BatchDecision =
   | { kind: 'admit'; jobIds: string[] };
 
 /** Requests batch together only when the engine can step them as one tensor: same mode, size, steps, LoRAs. */
-export function batchKey(parts: { mode: string; width: number; height: number; steps: number; loras?: string[] }): string {
+export function batchKey(parts: {
+  mode: string;
+  width: number;
+  height: number;
+  steps: number;
+  loras?: string[];
+}): string {
   const loras = parts.loras && parts.loras.length > 0 ? [...parts.loras].sort().join(',') : '-';
   return `${parts.mode}|${parts.width}x${parts.height}|${parts.steps}|${loras}`;
 }

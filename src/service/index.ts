@@ -3,7 +3,7 @@
  * transports in `api/` call. This layer may import `pipeline/` (through `./pipeline.ts` only), `shared/`, Node
  * built-ins, zod and prom-client; never GraphQL libraries or `runtime/`.
  */
-export { batchKey, nextBatch, type BatchDecision, type BatchPolicy, type QueueEntry } from './batcher.ts';
+export { type BatchDecision, type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batcher.ts';
 export {
   JobCanceledError,
   JobFailedError,

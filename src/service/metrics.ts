@@ -73,7 +73,12 @@ export function createMetrics(): ServerMetrics {
       buckets: [0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60],
       registers,
     }),
-    jobs: new Counter({ name: 'fluxql_jobs_total', help: 'Jobs finished, by status', labelNames: ['status'], registers }),
+    jobs: new Counter({
+      name: 'fluxql_jobs_total',
+      help: 'Jobs finished, by status',
+      labelNames: ['status'],
+      registers,
+    }),
     errors: new Counter({ name: 'fluxql_errors_total', help: 'Errors, by code', labelNames: ['code'], registers }),
   };
 }

@@ -80,7 +80,10 @@ export class ModelCatalog {
   readonly entries: readonly ModelEntry[];
   readonly default: ModelEntry;
 
-  constructor(info: ModelInfo, options: { batchSize: number; defaultSize: string; limits?: Partial<GenerationLimits> }) {
+  constructor(
+    info: ModelInfo,
+    options: { batchSize: number; defaultSize: string; limits?: Partial<GenerationLimits> },
+  ) {
     const limits: GenerationLimits = { ...DEFAULT_LIMITS, maxImages: options.batchSize, ...options.limits };
     this.entries = info.modes.map((mode) => ({
       id: modelId(mode, options.batchSize),

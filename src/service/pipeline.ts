@@ -1,6 +1,6 @@
 /**
- * @file The one place the service layer reaches into `pipeline/`: the step-level executor contract and image
- * encoding. Keeping it to one file makes the layer boundary easy to check and to move to `pipeline/index.ts`.
+ * @file The one place the service layer reaches into `pipeline/`, and only through its public `index.ts`: the
+ * step-level executor contract and image encoding. One file keeps the layer boundary easy to check.
  */
 export type {
   ModelInfo,
@@ -9,6 +9,5 @@ export type {
   SampleRequest,
   StepExecutor,
   StepResult,
-} from '../pipeline/executor.ts';
-// TODO(api): switch both to '../pipeline/index.ts' once the lead re-exports these there.
-export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageFormat } from '../pipeline/image.ts';
+} from '../pipeline/index.ts';
+export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageFormat } from '../pipeline/index.ts';

@@ -18,7 +18,7 @@ import { type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batche
 import { QueueFullError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
 import type { JobEventHub } from './job-events.ts';
-import { elapsedMs, etaMs, type Job, type JobStore, isTerminal } from './jobs.ts';
+import { elapsedMs, etaMs, isTerminal, type Job, type JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
 import type { SampleHandle, SampleRequest, StepExecutor } from './pipeline.ts';
@@ -143,7 +143,8 @@ export class Scheduler {
 
   async #turn(): Promise<void> {
     await this.#dropCancelled();
-    const running = this.#running.size > 0 && this.#runningKey ? { key: this.#runningKey, samples: this.#samples() } : null;
+    const running =
+      this.#running.size > 0 && this.#runningKey ? { key: this.#runningKey, samples: this.#samples() } : null;
     const decision = nextBatch(this.#queue, running, this.#o.policy, Date.now());
     if (decision.kind === 'admit') {
       if (running) this.#o.metrics.joins.inc(decision.jobIds.length);
@@ -179,7 +180,12 @@ export class Scheduler {
         mode: r.model.mode,
       }));
       admitted.push({ job, key: entry.key, requests });
-      this.#o.events.publish(job.id, { type: 'started', jobId: job.id, totalSteps: job.totalSteps, elapsedMs: elapsedMs(job) });
+      this.#o.events.publish(job.id, {
+        type: 'started',
+        jobId: job.id,
+        totalSteps: job.totalSteps,
+        elapsedMs: elapsedMs(job),
+      });
     }
     this.#gauges();
     if (admitted.length === 0) return;

@@ -15,7 +15,20 @@ const out = mkdtempSync(join(tmpdir(), 'fluxql-cli-'));
 describe('fluxql generate', () => {
   it('generates a 512x512, 28-step PNG with the embedded model', async () => {
     const file = join(out, 'kitten.png');
-    const { stderr } = await run(process.execPath, [CLI, 'generate', '--prompt', 'Kitten eating a banana', '--out', file, '--size', '512x512', '--steps', '28', '--seed', '3']);
+    const { stderr } = await run(process.execPath, [
+      CLI,
+      'generate',
+      '--prompt',
+      'Kitten eating a banana',
+      '--out',
+      file,
+      '--size',
+      '512x512',
+      '--steps',
+      '28',
+      '--seed',
+      '3',
+    ]);
     expect(stderr).toMatch(/wrote .*kitten\.png \(512x512, 28 steps\)/);
     const meta = await sharp(file).metadata();
     expect([meta.format, meta.width, meta.height]).toEqual(['png', 512, 512]);
@@ -36,10 +49,14 @@ describe('fluxql generate', () => {
   });
 
   it('fails clearly on a size that is not a multiple of 16 and on an unknown extension', async () => {
-    await expect(run(process.execPath, [CLI, 'generate', '--prompt', 'x', '--size', '500x512', '--out', join(out, 'x.png')])).rejects.toMatchObject({
+    await expect(
+      run(process.execPath, [CLI, 'generate', '--prompt', 'x', '--size', '500x512', '--out', join(out, 'x.png')]),
+    ).rejects.toMatchObject({
       stderr: expect.stringMatching(/width.*multiple of 16.*500/),
     });
-    await expect(run(process.execPath, [CLI, 'generate', '--prompt', 'x', '--out', join(out, 'x.gif')])).rejects.toMatchObject({
+    await expect(
+      run(process.execPath, [CLI, 'generate', '--prompt', 'x', '--out', join(out, 'x.gif')]),
+    ).rejects.toMatchObject({
       stderr: expect.stringMatching(/--out must end in/),
     });
   });

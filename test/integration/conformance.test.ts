@@ -56,13 +56,17 @@ describe('fluxql conformance', () => {
     cpSync(join(FIXTURES_DIR, index.pipeline_cases[1].file), join(dir, 'case.safetensors'));
     const ref = openSafetensors(join(FIXTURES_DIR, index.transformer_case.file));
     const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-    for (const name of ref.names()) tensors[name] = { dtype: 'F32', shape: [...ref.info(name).shape], data: ref.readF32(name) };
+    for (const name of ref.names())
+      tensors[name] = { dtype: 'F32', shape: [...ref.info(name).shape], data: ref.readF32(name) };
     ref.close();
     tensors.output!.data[0]! += 1;
     writeSafetensors(join(dir, 'transformer.safetensors'), tensors);
     writeFileSync(
       join(dir, 'index.json'),
-      JSON.stringify({ pipeline_cases: [{ ...index.pipeline_cases[1], file: 'case.safetensors' }], transformer_case: { file: 'transformer.safetensors' } }),
+      JSON.stringify({
+        pipeline_cases: [{ ...index.pipeline_cases[1], file: 'case.safetensors' }],
+        transformer_case: { file: 'transformer.safetensors' },
+      }),
     );
     const { code, report } = await conformance(dir);
     expect(code).toBe(1);

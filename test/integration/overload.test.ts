@@ -3,7 +3,7 @@
  * MAX_QUEUE_SIZE=1 (one job runs, one waits, the rest are refused).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CancelJobDocument, GenerateImageDocument, JobDocument, JobProgressDocument } from '../utils/gql/graphql.ts';
+import { CancelJobDocument, JobDocument, JobProgressDocument } from '../utils/gql/graphql.ts';
 import { collectSse, disposeLeftovers, eventually, gqlData, startTestServer } from '../utils/test-server.ts';
 
 let url: string;
@@ -36,7 +36,8 @@ async function status(id: string): Promise<string> {
 
 async function cancelAll(ids: (string | undefined)[]) {
   for (const id of ids) if (id) await gqlData(url, CancelJobDocument, { id });
-  for (const id of ids) if (id) await eventually(async () => expect(['CANCELED', 'SUCCEEDED']).toContain(await status(id)));
+  for (const id of ids)
+    if (id) await eventually(async () => expect(['CANCELED', 'SUCCEEDED']).toContain(await status(id)));
 }
 
 describe('bounded queue', () => {

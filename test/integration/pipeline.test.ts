@@ -66,7 +66,9 @@ describe('FluxPipeline', () => {
     await expect(pipe.generate({ ...base, prompt: 'x', height: 72 })).rejects.toMatchObject({ param: 'height' });
     await expect(pipe.generate({ ...base, prompt: 'x', width: 0 })).rejects.toMatchObject({ param: 'width' });
     await expect(pipe.generate({ ...base, prompt: 'x', steps: 0 })).rejects.toMatchObject({ param: 'steps' });
-    await expect(pipe.generate({ ...base, prompt: 'x', latents: new Float32Array(5) })).rejects.toMatchObject({ param: 'latents' });
+    await expect(pipe.generate({ ...base, prompt: 'x', latents: new Float32Array(5) })).rejects.toMatchObject({
+      param: 'latents',
+    });
     await expect(pipe.generate({ ...base, prompt: 'x', mode: 'nope' })).rejects.toMatchObject({ param: 'mode' });
     await expect(pipe.generate({ ...base })).rejects.toMatchObject({ param: 'prompt' });
   });
@@ -94,7 +96,9 @@ describe('bad model files', () => {
   it('names a truncated weights file', async () => {
     const dir = copy();
     truncateSync(join(dir, 'transformer/diffusion_pytorch_model.safetensors'), 100);
-    await expect(FluxPipeline.fromPretrained(dir, { cacheDir })).rejects.toThrow(/transformer\/diffusion_pytorch_model\.safetensors/);
+    await expect(FluxPipeline.fromPretrained(dir, { cacheDir })).rejects.toThrow(
+      /transformer\/diffusion_pytorch_model\.safetensors/,
+    );
   });
 
   it('names a tensor whose shape does not fit the config', async () => {

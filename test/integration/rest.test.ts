@@ -84,7 +84,7 @@ describe('OpenAI dialect (official openai client)', () => {
       model: 'flux-1-dev-original-bs2',
       prompt: 'a watercolor fox',
       n: 2,
-      size: '64x48',
+      size: '80x64',
       output_format: 'png',
       response_format: 'b64_json',
     });
@@ -92,7 +92,7 @@ describe('OpenAI dialect (official openai client)', () => {
     const [a, b] = await Promise.all(
       (res.data ?? []).map((d) => sharp(Buffer.from(d.b64_json ?? '', 'base64')).metadata()),
     );
-    expect([a?.format, a?.width, a?.height]).toEqual(['png', 64, 48]);
+    expect([a?.format, a?.width, a?.height]).toEqual(['png', 80, 64]);
     expect(b?.format).toBe('png');
   });
 
@@ -138,7 +138,11 @@ describe('AUTH_TOKEN on GraphQL', () => {
   it('requires the bearer token over HTTP and in graphql-ws connection_init', async () => {
     const query = JSON.stringify({ query: '{ models { id } }' });
     const post = (headers: Record<string, string>) =>
-      fetch(`${url}/graphql`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: query });
+      fetch(`${url}/graphql`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body: query,
+      });
     expect((await post({})).status).toBe(401);
     expect((await post({ authorization: `Bearer ${TOKEN}` })).status).toBe(200);
 

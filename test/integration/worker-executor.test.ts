@@ -33,7 +33,9 @@ describe('createFluxExecutor', () => {
   it('keeps the main event loop responsive during a long generation', async () => {
     let ticks = 0;
     const timer = setInterval(() => ticks++, 5);
-    const [h] = await ex.prepare([{ prompt: 'a long one', height: 256, width: 256, steps: 8, guidanceScale: 3.5, seed: 2 }]);
+    const [h] = await ex.prepare([
+      { prompt: 'a long one', height: 256, width: 256, steps: 8, guidanceScale: 3.5, seed: 2 },
+    ]);
     for (let i = 0; i < 8; i++) await ex.step([h!]);
     await ex.decode([h!]);
     clearInterval(timer);
@@ -42,7 +44,9 @@ describe('createFluxExecutor', () => {
   });
 
   it('carries typed errors with the parameter across the boundary', async () => {
-    await expect(ex.prepare([{ prompt: 'x', height: 40, width: 64, steps: 2, guidanceScale: 3.5, seed: 1 }])).rejects.toMatchObject({
+    await expect(
+      ex.prepare([{ prompt: 'x', height: 40, width: 64, steps: 2, guidanceScale: 3.5, seed: 1 }]),
+    ).rejects.toMatchObject({
       name: 'InvalidSizeError',
       param: 'height',
     });

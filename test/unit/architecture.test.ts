@@ -23,7 +23,9 @@ const layerOf = (file: string) => file.split('/')[0]!;
 
 describe('architecture', () => {
   it('imports onnxruntime-node only in src/runtime', () => {
-    const bad = imports.filter((i) => layerOf(i.file) !== 'runtime' && i.specs.some((s) => s.startsWith('onnxruntime')));
+    const bad = imports.filter(
+      (i) => layerOf(i.file) !== 'runtime' && i.specs.some((s) => s.startsWith('onnxruntime')),
+    );
     expect(bad.map((b) => b.file)).toEqual([]);
   });
 

@@ -116,7 +116,11 @@ export async function collectSse<TData, TVars>(
   url: string,
   doc: TypedDocumentNode<TData, TVars>,
   variables: TVars,
-  options: { headers?: Record<string, string>; signal?: AbortSignal; onEvent?: (e: ExecutionResult<TData>) => void } = {},
+  options: {
+    headers?: Record<string, string>;
+    signal?: AbortSignal;
+    onEvent?: (e: ExecutionResult<TData>) => void;
+  } = {},
 ): Promise<ExecutionResult<TData>[]> {
   const res = await fetch(`${url}/graphql`, {
     method: 'POST',

@@ -6,7 +6,7 @@
  */
 
 import { geluTanh } from '../onnx/nn.ts';
-import { applyRope, attend, qkNorm, toHeads } from './transformer-attention.ts';
+import { jointAttention } from './transformer-fused.ts';
 import {
   applyLinear,
   applyLinearGroup,
@@ -60,18 +60,18 @@ export function doubleBlock(ctx: TransformerContext, i: number, x: string, c: st
       square(ctx, `${p}.attn.to_q`),
       square(ctx, `${p}.attn.to_k`),
       square(ctx, `${p}.attn.to_v`),
-    ]).map((t) => toHeads(ctx, t)) as [string, string, string]; // [B, H, L, Dh]
+    ]) as [string, string, string]; // [B, L, D]
     const [cq, ck, cv] = applyLinearGroup(ctx, cn, FUSED_NAMES.doubleAddedQkv(i), [
       square(ctx, `${p}.attn.add_q_proj`),
       square(ctx, `${p}.attn.add_k_proj`),
       square(ctx, `${p}.attn.add_v_proj`),
-    ]).map((t) => toHeads(ctx, t)) as [string, string, string]; // [B, H, T, Dh]
+    ]) as [string, string, string]; // [B, T, D]
 
-    // Joint sequence, text first (the RoPE tables are laid out the same way): [B, H, S, Dh].
-    const joint = (txt: string, img: string) => b.op('Concat', [txt, img], { axis: 2 });
-    const qj = applyRope(ctx, joint(qkNorm(ctx, cq, `${p}.attn.norm_added_q`), qkNorm(ctx, q, `${p}.attn.norm_q`)));
-    const kj = applyRope(ctx, joint(qkNorm(ctx, ck, `${p}.attn.norm_added_k`), qkNorm(ctx, k, `${p}.attn.norm_k`)));
-    const attn = attend(ctx, qj, kj, joint(cv, v)); // [B, S, D]
+    // Joint sequence, text first (the RoPE tables are laid out the same way).
+    const attn = jointAttention(ctx, [
+      { q: cq, k: ck, v: cv, normQ: `${p}.attn.norm_added_q`, normK: `${p}.attn.norm_added_k` },
+      { q, k, v, normQ: `${p}.attn.norm_q`, normK: `${p}.attn.norm_k` },
+    ]); // [B, S, D]
     const [cAttn, xAttn] = b.node('Split', [attn, ctx.seqSplit], { axis: 1 }, { outputs: 2 }) as [string, string];
 
     let xo = gatedResidual(ctx, x, gateMsa, applyLinear(ctx, xAttn, square(ctx, `${p}.attn.to_out.0`)));
@@ -107,9 +107,7 @@ export function singleBlock(ctx: TransformerContext, j: number, z: string): stri
       square(ctx, `${p}.attn.to_v`),
       { name: `${p}.proj_mlp`, outFeatures: cfg.mlpDim, inFeatures: cfg.dim },
     ]) as [string, string, string, string];
-    const qh = applyRope(ctx, qkNorm(ctx, toHeads(ctx, q), `${p}.attn.norm_q`)); // [B, H, S, Dh]
-    const kh = applyRope(ctx, qkNorm(ctx, toHeads(ctx, k), `${p}.attn.norm_k`));
-    const attn = attend(ctx, qh, kh, toHeads(ctx, v)); // [B, S, D]
+    const attn = jointAttention(ctx, [{ q, k, v, normQ: `${p}.attn.norm_q`, normK: `${p}.attn.norm_k` }]); // [B, S, D]
 
     // proj_out's input columns: attention first, then the MLP activations: [B, S, D + 4D].
     const cat = b.op('Concat', [attn, geluTanh(b, mlp)], { axis: -1 });

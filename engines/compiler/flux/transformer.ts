@@ -20,12 +20,13 @@ import { type Dim, type DType, GraphBuilder } from '../onnx/graph-builder.ts';
 import { layerNorm, silu, split, type WeightReader } from '../onnx/nn.ts';
 import { type LinearPolicy, plainLinear } from './linear-policy.ts';
 import { doubleBlock, singleBlock } from './transformer-blocks.ts';
+import { allBlocks, type FusedGraphOptions, fusedContext } from './transformer-fused.ts';
 import { type FluxTransformerConfig, resolveTransformerConfig } from './transformer-config.ts';
 import { conditioningEmbedding } from './transformer-embeddings.ts';
 import { applyLinear, type BuildContext, FLUX_NORM_EPS, type TransformerContext } from './transformer-layers.ts';
 
-/** How to build the transformer graph. */
-export interface TransformerGraphOptions {
+/** How to build the transformer graph (the XL switches `fusedAttention`, `precomputeModulation`: `transformer-fused.ts`). */
+export interface TransformerGraphOptions extends FusedGraphOptions {
   /** Emits every Linear layer. @default plainLinear (float32 MatMul) */
   linearPolicy?: LinearPolicy;
   /**
@@ -101,12 +102,14 @@ export function buildTransformerGraph(
 
   // [T, L] from the embedded streams' shapes: splits the joint sequence back without fixing either length.
   const seqLen = (v: string) => b.op('Shape', [v], { start: 1, end: 2 });
+  const siluTemb = silu(b, temb);
   const ctx: TransformerContext = {
     ...base,
     ropeCos: 'rope_cos',
     ropeSin: 'rope_sin',
     seqSplit: b.op('Concat', [seqLen(c), seqLen(x)], { axis: 0 }),
-    siluTemb: silu(b, temb),
+    siluTemb,
+    ...fusedContext(base, siluTemb, 'rope_cos', 'rope_sin', options, allBlocks(base.cfg)),
   };
 
   for (let i = 0; i < cfg.numLayers; i++) ({ x, c } = doubleBlock(ctx, i, x, c));

@@ -31,7 +31,14 @@ export const ONNX_DTYPE: Record<DType, number> = {
 export type Dim = number | string;
 
 /** Attribute values. Integral numbers become INT; wrap a float that happens to be integral in `{ float }`. */
-export type AttrValue = number | string | number[] | string[] | { float: number } | { floats: number[] } | { ints: number[] };
+export type AttrValue =
+  | number
+  | string
+  | number[]
+  | string[]
+  | { float: number }
+  | { floats: number[] }
+  | { ints: number[] };
 
 /** Raw tensor bytes with their type and shape. */
 export interface TensorData {
@@ -106,7 +113,9 @@ export class GraphBuilder {
   output(value: string, name: string, dtype: DType, dims: Dim[]): void {
     if (value !== name) {
       this.usedNames.add(name);
-      this.nodes.push(onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `${name}/Identity` }));
+      this.nodes.push(
+        onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `${name}/Identity` }),
+      );
     }
     this.outputs.push(valueInfo(name, dtype, dims));
   }
@@ -182,7 +191,9 @@ export class GraphBuilder {
     const outNames =
       typeof opts.outputs === 'object'
         ? opts.outputs
-        : Array.from({ length: opts.outputs ?? 1 }, (_, i) => this.fresh(`${opts.hint ?? opType}${i ? `_out${i}` : ''}`));
+        : Array.from({ length: opts.outputs ?? 1 }, (_, i) =>
+            this.fresh(`${opts.hint ?? opType}${i ? `_out${i}` : ''}`),
+          );
     for (const n of outNames) this.usedNames.add(n);
     if (opts.domain && !this.domains.has(opts.domain)) this.domains.set(opts.domain, 1);
     this.nodes.push(
@@ -256,7 +267,8 @@ function valueInfo(name: string, dtype: DType, dims: Dim[]) {
 
 function attribute(name: string, value: AttrValue) {
   const A = onnx.AttributeProto.AttributeType;
-  if (typeof value === 'string') return onnx.AttributeProto.create({ name, type: A.STRING, s: new TextEncoder().encode(value) });
+  if (typeof value === 'string')
+    return onnx.AttributeProto.create({ name, type: A.STRING, s: new TextEncoder().encode(value) });
   if (typeof value === 'number') {
     return Number.isInteger(value)
       ? onnx.AttributeProto.create({ name, type: A.INT, i: value })
@@ -264,7 +276,11 @@ function attribute(name: string, value: AttrValue) {
   }
   if (Array.isArray(value)) {
     if (value.every((v) => typeof v === 'string')) {
-      return onnx.AttributeProto.create({ name, type: A.STRINGS, strings: (value as string[]).map((s) => new TextEncoder().encode(s)) });
+      return onnx.AttributeProto.create({
+        name,
+        type: A.STRINGS,
+        strings: (value as string[]).map((s) => new TextEncoder().encode(s)),
+      });
     }
     const nums = value as number[];
     return nums.every(Number.isInteger)

@@ -44,7 +44,8 @@ export function readLinear(w: WeightReader, prefix: string): LinearWeights {
   if (shape.length !== 2) throw new Error(`${prefix}.weight: expected a 2-D Linear weight, got [${shape.join(',')}]`);
   const [outFeatures, inFeatures] = shape as [number, number];
   const bias = w.has(`${prefix}.bias`) ? w.readF32(`${prefix}.bias`) : undefined;
-  if (bias && bias.length !== outFeatures) throw new Error(`${prefix}.bias: ${bias.length} values for ${outFeatures} outputs`);
+  if (bias && bias.length !== outFeatures)
+    throw new Error(`${prefix}.bias: ${bias.length} values for ${outFeatures} outputs`);
   return { weight: w.readF32(`${prefix}.weight`), outFeatures, inFeatures, bias };
 }
 
@@ -53,7 +54,10 @@ export function readLinear(w: WeightReader, prefix: string): LinearWeights {
  * leading shape.
  */
 export function linear(b: GraphBuilder, x: string, lw: LinearWeights, hint: string): string {
-  const wt = b.f32(`${hint}.weight_t`, transpose2d(lw.weight, lw.outFeatures, lw.inFeatures), [lw.inFeatures, lw.outFeatures]);
+  const wt = b.f32(`${hint}.weight_t`, transpose2d(lw.weight, lw.outFeatures, lw.inFeatures), [
+    lw.inFeatures,
+    lw.outFeatures,
+  ]);
   const y = b.op('MatMul', [x, wt]);
   return lw.bias ? b.op('Add', [y, b.f32(`${hint}.bias`, lw.bias, [lw.outFeatures])]) : y;
 }
@@ -78,7 +82,13 @@ export function layerNorm(
 }
 
 /** RMSNorm over the last axis as PyTorch computes it: `x · rsqrt(mean(x²) + eps) · w`. */
-export function rmsNorm(b: GraphBuilder, x: string, weight: Float32Array | undefined, eps: number, hint = 'rms'): string {
+export function rmsNorm(
+  b: GraphBuilder,
+  x: string,
+  weight: Float32Array | undefined,
+  eps: number,
+  hint = 'rms',
+): string {
   const ms = b.op('ReduceMean', [b.op('Mul', [x, x]), b.constI64([-1])], { keepdims: 1 });
   const inv = b.op('Reciprocal', [b.op('Sqrt', [b.op('Add', [ms, b.constF32(eps)])])]);
   const y = b.op('Mul', [x, inv]);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "common.h"
+#include "cudnn_attention.h"
 #include "gemm.h"
 
 namespace fq {
@@ -44,6 +45,7 @@ struct Ctx {
   Scratch& scratch;
   cudaStream_t st;
   DType dt;  // activation / matrix-weight type: F32 (conformance) or BF16 (fast path)
+  CudnnAttention* cudnn = nullptr;  // fused bf16 attention when available; null: the engine's own kernels
   void* buf(const std::string& name, size_t elems) { return scratch.get(name, elems * dsize(dt)); }
   float* f32(const std::string& name, size_t elems) { return scratch.getT<float>(name, elems); }
 };

@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include <cstdlib>
+
 #include "kernels/kernels.h"
 
 namespace fq {
@@ -14,7 +16,11 @@ std::string device_name() {
   return p.name;
 }
 
-Engine::Engine(DType dt_) : dt(dt_) { CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)); }
+Engine::Engine(DType dt_) : dt(dt_) {
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const char* pref = getenv("FQ_ATTENTION");
+  use_cudnn = dt == DType::BF16 && cudnn.available() && !(pref && std::string(pref) == "own");
+}
 
 Engine::~Engine() {
   clip.reset();

@@ -45,13 +45,15 @@ class Engine {
   std::unique_ptr<Job> prepare(const Request& r);
   void step(Job& j);
   void decode(Job& j, float* chw, uint8_t* rgb);  // device outputs, either may be null
-  Ctx ctx() { return Ctx{gemm, scratch, st, dt}; }
+  Ctx ctx() { return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr}; }
 
   const DType dt;
   ModelConfig cfg;
   DeviceArena weights;
   Gemm gemm;
   Scratch scratch;
+  CudnnAttention cudnn;
+  bool use_cudnn = false;  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;
   std::unique_ptr<T5Encoder> t5;

@@ -152,7 +152,8 @@ void FluxTransformer::attention(Ctx& c, int B, int S, int T, const void* Q, cons
   const int H = cfg.heads, hd = cfg.head_dim;
   float scale = 1.f / std::sqrt(float(hd));
   prof_begin(kProfAttn, c.st);
-  if (c.dt != DType::BF16 || !flash_attention(Q, K, V, B, S, H, hd, scale, out, c.st))
+  bool done = c.cudnn && out.T == 0 && c.cudnn->run(Q, K, V, out.img, B, S, H, hd, out.ld, scale, c.st);
+  if (!done && (c.dt != DType::BF16 || !flash_attention(Q, K, V, B, S, H, hd, scale, out, c.st)))
     attention_rows(Q, K, V, c.dt, H * hd, H * hd, H * hd, int64_t(S) * H * hd, int64_t(S) * H * hd, B, S, S, H, hd,
                    scale, false, nullptr, out, c.st);
   prof_end(kProfAttn, c.st, 4.0 * B * double(S) * S * H * hd);
@@ -174,8 +175,7 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
   void* Q = c.buf("f.Q", size_t(RS) * D);
   void* K = c.buf("f.K", size_t(RS) * D);
   void* V = c.buf("f.V", size_t(RS) * D);
-  void* a_i = c.buf("f.a_i", size_t(RL) * D);
-  void* a_t = c.buf("f.a_t", size_t(RT) * D);
+  char* a = static_cast<char*>(c.buf("f.a", size_t(RS) * D));  // joint attention output [B, S, D]
   void* hid = c.buf("f.h", size_t(RS) * 5 * D);  // MLP hidden (double) / [attn | mlp] concat (single)
   void* lat_t = c.buf("f.lat_t", size_t(RL) * cfg.in_channels);
 
@@ -197,10 +197,13 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
     run_lin(c, blk.qkv_txt, RT, cn, dt, qkv_t, dt);
     qk_norm_rope(qkv_t, dt, 3 * D, B, T, 0, S, H, hd, blk.naq, blk.nak, cs, Q, K, V, dt, c.st);
     qk_norm_rope(qkv_i, dt, 3 * D, B, L, T, S, H, hd, blk.nq, blk.nk, cs, Q, K, V, dt, c.st);
-    attention(c, B, S, T, Q, K, V, OutMap{a_t, a_i, T, D});
-    run_lin(c, blk.out_img, RL, a_i, dt, y, DType::F32);
+    attention(c, B, S, 0, Q, K, V, OutMap{nullptr, a, 0, D});
+    // Batch b's text rows are a[b*S, b*S+T), its image rows a[b*S+T, (b+1)*S): one GEMM per stream and sample.
+    for (int b = 0; b < B; b++)
+      run_lin(c, blk.out_img, L, a + (size_t(b) * S + T) * D * es, dt, y + size_t(b) * L * D, DType::F32);
     gate_residual(x, y, DType::F32, D, mi + 2 * D, W, RL, D, L, c.st);
-    run_lin(c, blk.out_txt, RT, a_t, dt, y, DType::F32);
+    for (int b = 0; b < B; b++)
+      run_lin(c, blk.out_txt, T, a + size_t(b) * S * D * es, dt, y + size_t(b) * T * D, DType::F32);
     gate_residual(ctx, y, DType::F32, D, mt + 2 * D, W, RT, D, T, c.st);
     // Feed-forward: shift_mlp, scale_mlp, gate_mlp at chunks 3, 4, 5.
     layernorm(x, RL, D, L, nullptr, nullptr, mi + 3 * D, mi + 4 * D, W, 1e-6f, xn, dt, c.st);

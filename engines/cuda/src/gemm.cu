@@ -38,6 +38,7 @@ Gemm::Gemm() {
 }
 
 Gemm::~Gemm() {
+  for (auto& [k, b] : bias_bf16_) cudaFree(b);
   for (auto& [k, p] : plans_) {
     if (p.op) cublasLtMatmulDescDestroy(p.op);
     if (p.a) cublasLtMatrixLayoutDestroy(p.a);
@@ -64,11 +65,9 @@ Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType y
                          : epi == int(Epi::Bias)   ? CUBLASLT_EPILOGUE_BIAS
                                                    : CUBLASLT_EPILOGUE_DEFAULT;
   BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof e));
-  if (e != CUBLASLT_EPILOGUE_DEFAULT) {
-    int32_t bt = CUDA_R_32F;  // biases are kept in fp32 whatever the output type
-    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+  // The bias has D's type (cuBLASLt's default; an fp32 bias with a bf16 D has no kernel): see bias_for().
+  if (e != CUBLASLT_EPILOGUE_DEFAULT)
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-  }
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(wt), K, N, K));
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(xt), K, M, ldx));
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(yt), N, M, ldy));
@@ -89,6 +88,17 @@ Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType y
   return p;
 }
 
+const void* Gemm::bias_for(const float* bias, int n, DType yt, cudaStream_t st) {
+  if (!bias || yt == DType::F32) return bias;
+  auto it = bias_bf16_.find(bias);
+  if (it != bias_bf16_.end()) return it->second;
+  void* b;
+  CUDA_CHECK(cudaMalloc(&b, size_t(n) * 2));
+  cast(bias, DType::F32, b, DType::BF16, n, st);
+  bias_bf16_[bias] = b;
+  return b;
+}
+
 void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
                   const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C, float beta) {
   if (M == 0) return;
@@ -97,7 +107,8 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   Epi use = gelu_after ? Epi::Bias : epi;
   if (use != Epi::None && !bias) use = Epi::None;
   int align = std::min(std::min(align_of(X), align_of(W)), std::min(align_of(Y), C ? align_of(C) : 256));
-  Plan* p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, bias);
+  const void* ebias = use != Epi::None ? bias_for(bias, N, yt, st) : nullptr;
+  Plan* p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, static_cast<const float*>(ebias));
   bool bias_after = false;
   if (!p->ok && use != Epi::None) {
     // No kernel for this epilogue/type mix: plain GEMM, then bias (and GELU) as separate kernels.
@@ -111,7 +122,7 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
     throw std::runtime_error("cuBLASLt has no algorithm for M=" + std::to_string(M) + " N=" + std::to_string(N) +
                              " K=" + std::to_string(K) + " " + dname(xt) + "/" + dname(wt) + "->" + dname(yt));
   if (use != Epi::None)
-    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ebias, sizeof ebias));
   float alpha = 1.f;
   prof_begin(kProfGemm, st);
   // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).

@@ -45,6 +45,9 @@ class Gemm {
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   Plan& plan(int M, int N, int K, DType xt, int ldx, DType wt, DType yt, int ldy, int epi, int align,
              const float* bias);
+  // cuBLASLt adds a bias of D's type: bf16 copies of the fp32 biases, made on first use and kept.
+  const void* bias_for(const float* bias, int n, DType yt, cudaStream_t st);
+  std::map<const float*, void*> bias_bf16_;
   cublasLtHandle_t lt_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   void* ws_ = nullptr;

@@ -170,6 +170,49 @@ void unit_flash(Engine& e) {
   }
 }
 
+// cuDNN's fused attention vs the row kernel, output rows wider than H*D (as the single blocks write them).
+void unit_cudnn(Engine& e) {
+  if (e.dt != DType::BF16) return;
+  if (!e.cudnn.available()) {
+    printf("{\"case\":\"unit.cudnn_attention\",\"skipped\":%s}\n", json_escape(e.cudnn.why_not()).c_str());
+    return;
+  }
+  std::mt19937 rng(77);
+  for (int D : {16, 64, 128}) {
+    const int B = 2, S = 333, H = 3, ld = 2 * H * D;
+    size_t n = size_t(B) * S * H * D;
+    auto q = randn(n, rng), k = randn(n, rng), v = randn(n, rng);
+    void* dq = upload_any(q, DType::BF16);
+    void* dk = upload_any(k, DType::BF16);
+    void* dv = upload_any(v, DType::BF16);
+    void *o1, *o2;
+    CUDA_CHECK(cudaMalloc(&o1, size_t(B) * S * ld * 2));
+    CUDA_CHECK(cudaMalloc(&o2, size_t(B) * S * ld * 2));
+    CUDA_CHECK(cudaMemset(o1, 0xff, size_t(B) * S * ld * 2));
+    CUDA_CHECK(cudaMemset(o2, 0, size_t(B) * S * ld * 2));
+    float scale = 1.f / std::sqrt(float(D));
+    bool ran = e.cudnn.run(dq, dk, dv, o1, B, S, H, D, ld, scale, e.st);
+    attention_rows(dq, dk, dv, DType::BF16, H * D, H * D, H * D, int64_t(S) * H * D, int64_t(S) * H * D, B, S, S, H,
+                   D, scale, false, nullptr, OutMap{nullptr, o2, 0, ld}, e.st);
+    auto a = download_any(o1, DType::BF16, size_t(B) * S * ld), b = download_any(o2, DType::BF16, size_t(B) * S * ld);
+    // Compare the written columns only (the rest of each row is someone else's: left as poisoned / zero).
+    std::vector<float> aa, bb;
+    for (size_t r = 0; r < size_t(B) * S; r++)
+      for (int c = 0; c < H * D; c++) {
+        aa.push_back(a[r * ld + c]);
+        bb.push_back(b[r * ld + c]);
+      }
+    report("unit.cudnn_attention_d" + std::to_string(D), DType::BF16, "rel_err",
+           ran ? rel_err(aa, bb.data(), bb.size()) : INFINITY, 1e-2, true);
+    if (!ran) printf("{\"case\":\"unit.cudnn_attention\",\"why\":%s}\n", json_escape(e.cudnn.why_not()).c_str());
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(o1);
+    cudaFree(o2);
+  }
+}
+
 void run_precision(const std::string& fx, const std::string& model, DType dt) {
   Engine e(dt);
   auto t0 = std::chrono::steady_clock::now();
@@ -182,6 +225,9 @@ void run_precision(const std::string& fx, const std::string& model, DType dt) {
 
   unit_gemm(e);
   unit_flash(e);
+  unit_cudnn(e);
+  fprintf(stderr, "[selftest] %s: transformer attention: %s\n", dname(dt),
+          e.use_cudnn ? "cuDNN SDPA" : (dt == DType::BF16 ? "own flash kernel" : "own fp32 kernel"));
 
   // Text encoders on all tokenizer cases, batched.
   {

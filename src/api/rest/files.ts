@@ -22,7 +22,12 @@ export async function handleImageFile(
   const file = service.images.resolve(name);
   const info = file ? await stat(file.path).catch(() => undefined) : undefined;
   if (!file || !info?.isFile()) {
-    throw new HttpError(404, `No image ${JSON.stringify(name)} (unknown, or removed by cleanup)`, 'invalid_request_error', 'not_found');
+    throw new HttpError(
+      404,
+      `No image ${JSON.stringify(name)} (unknown, or removed by cleanup)`,
+      'invalid_request_error',
+      'not_found',
+    );
   }
   const etag = `"${name}"`;
   const headers = {

@@ -43,12 +43,7 @@ export async function readJsonObject(req: IncomingMessage): Promise<Record<strin
   try {
     value = JSON.parse(raw.toString('utf8'));
   } catch (err) {
-    throw new HttpError(
-      400,
-      `Malformed JSON body: ${(err as Error).message}`,
-      'invalid_request_error',
-      'invalid_json',
-    );
+    throw new HttpError(400, `Malformed JSON body: ${(err as Error).message}`, 'invalid_request_error', 'invalid_json');
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new HttpError(400, 'The body must be a JSON object', 'invalid_request_error', 'invalid_json');

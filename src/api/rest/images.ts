@@ -95,7 +95,11 @@ export function toHttpError(err: unknown, fromSize = false): HttpError {
   if (err instanceof HttpError) return err;
   if (err instanceof ValidationError) {
     const param =
-      err.field === 'width' || err.field === 'height' ? (fromSize ? 'size' : err.field) : (PARAM_OF[err.field] ?? err.field);
+      err.field === 'width' || err.field === 'height'
+        ? fromSize
+          ? 'size'
+          : err.field
+        : (PARAM_OF[err.field] ?? err.field);
     return new HttpError(400, err.message, 'invalid_request_error', err.code, param);
   }
   if (err instanceof UnknownModelError) {

@@ -133,7 +133,8 @@ builder.queryField('jobs', (t) =>
 builder.mutationField('cancelJob', (t) =>
   t.field({
     type: ImageJobRef,
-    description: 'Cancels a job: a queued one at once, a running one at the next step. Finished jobs are returned as is.',
+    description:
+      'Cancels a job: a queued one at once, a running one at the next step. Finished jobs are returned as is.',
     errors: { types: [NotFoundError] },
     args: { id: t.arg.id({ required: true }) },
     resolve: (_root, { id }, ctx) => ctx.service.cancel(requireJob(id, ctx).id, 'canceled by client'),

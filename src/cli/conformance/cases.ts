@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FluxPipeline } from '../../pipeline/flux/pipeline.ts';
+import { stack } from '../../pipeline/flux/sample-state.ts';
 import { maxAbsDiff, mismatches, relativeError } from '../../shared/tensor-metrics.ts';
 import { openSafetensors, type SafetensorsFile } from '../../shared/weights/index.ts';
 import { type FixtureIndex, type PipelineCase, tokenizerCaseSchema } from './fixture-index.ts';
@@ -13,7 +14,7 @@ import { type FixtureIndex, type PipelineCase, tokenizerCaseSchema } from './fix
 /** One checked quantity. */
 export interface CaseResult {
   name: string;
-  metric: 'mismatched_ids' | 'rel_error' | 'max_abs_diff';
+  metric: 'mismatched_ids' | 'rel_error' | 'max_abs_diff' | 'mismatched_values';
   value: number;
   limit: number;
   ok: boolean;
@@ -62,7 +63,13 @@ export function tokenizerCases(pipe: FluxPipeline, dir: string, index: FixtureIn
 }
 
 /** CLIP pooled and T5 hidden states of every tokenizer prompt, in one batched run each. */
-export async function textEncoderCases(pipe: FluxPipeline, dir: string, index: FixtureIndex, mode: string, limits: Limits): Promise<CaseResult[]> {
+export async function textEncoderCases(
+  pipe: FluxPipeline,
+  dir: string,
+  index: FixtureIndex,
+  mode: string,
+  limits: Limits,
+): Promise<CaseResult[]> {
   if (!index.text_encoders) return [];
   const prompts = readTokenizerCases(dir, index).map((c) => c.prompt);
   const { pooledRef, embedsRef, t } = withFile(join(dir, index.text_encoders), (f) => ({
@@ -74,13 +81,29 @@ export async function textEncoderCases(pipe: FluxPipeline, dir: string, index: F
   const p = pooledRef.length / prompts.length;
   const e = embedsRef.length / prompts.length;
   return prompts.flatMap((_, i) => [
-    result(`text_encoders[${i}].clip_pooled`, 'rel_error', relativeError(enc.pooled[i]!, pooledRef.subarray(i * p, (i + 1) * p)), limits.rel),
-    result(`text_encoders[${i}].t5`, 'rel_error', relativeError(enc.embeds[i]!, embedsRef.subarray(i * e, (i + 1) * e)), limits.rel),
+    result(
+      `text_encoders[${i}].clip_pooled`,
+      'rel_error',
+      relativeError(enc.pooled[i]!, pooledRef.subarray(i * p, (i + 1) * p)),
+      limits.rel,
+    ),
+    result(
+      `text_encoders[${i}].t5`,
+      'rel_error',
+      relativeError(enc.embeds[i]!, embedsRef.subarray(i * e, (i + 1) * e)),
+      limits.rel,
+    ),
   ]);
 }
 
 /** One raw transformer forward. */
-export async function transformerCase(pipe: FluxPipeline, dir: string, index: FixtureIndex, mode: string, limits: Limits): Promise<CaseResult[]> {
+export async function transformerCase(
+  pipe: FluxPipeline,
+  dir: string,
+  index: FixtureIndex,
+  mode: string,
+  limits: Limits,
+): Promise<CaseResult[]> {
   if (!index.transformer_case) return [];
   const f = openSafetensors(join(dir, index.transformer_case.file));
   try {
@@ -103,7 +126,14 @@ export async function transformerCase(pipe: FluxPipeline, dir: string, index: Fi
 }
 
 /** A whole generation from explicit starting noise: sigmas, every step's latents, the decoded image. */
-export async function pipelineCase(pipe: FluxPipeline, dir: string, c: PipelineCase, n: number, mode: string, limits: Limits): Promise<CaseResult[]> {
+export async function pipelineCase(
+  pipe: FluxPipeline,
+  dir: string,
+  c: PipelineCase,
+  n: number,
+  mode: string,
+  limits: Limits,
+): Promise<CaseResult[]> {
   const f = openSafetensors(join(dir, c.file));
   try {
     const out: CaseResult[] = [];
@@ -118,19 +148,23 @@ export async function pipelineCase(pipe: FluxPipeline, dir: string, c: PipelineC
       maxSequenceLength: c.max_sequence_length ?? 512,
       mode,
       onStep: (_step, _total, latents) => {
-        const all = new Float32Array(latents.reduce((a, l) => a + l.length, 0));
-        latents.forEach((l, i) => all.set(l, i * l.length));
-        stepLatents.push(all);
+        stepLatents.push(stack(latents)); // [B, L, C]
       },
     });
     const name = `pipeline[${n}]`;
     const state = await pipe.prepareScheduleOnly(c.steps, c.height, c.width);
     out.push(result(`${name}.sigmas`, 'max_abs_diff', maxAbsDiff(state.sigmas, f.readF32('sigmas')), 1e-6));
     stepLatents.forEach((l, i) => {
-      out.push(result(`${name}.latents_after_step_${i}`, 'rel_error', relativeError(l, f.readF32(`latents_after_step_${i}`)), limits.rel));
+      out.push(
+        result(
+          `${name}.latents_after_step_${i}`,
+          'rel_error',
+          relativeError(l, f.readF32(`latents_after_step_${i}`)),
+          limits.rel,
+        ),
+      );
     });
-    const images = new Float32Array(res.floatImages.reduce((a, im) => a + im.length, 0));
-    res.floatImages.forEach((im, i) => images.set(im, i * im.length));
+    const images = stack(res.floatImages); // [B, 3, H, W]
     out.push(result(`${name}.image`, 'max_abs_diff', maxAbsDiff(images, f.readF32('image')), limits.image));
     return out;
   } finally {

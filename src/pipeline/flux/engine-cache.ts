@@ -47,7 +47,12 @@ export function openModelSource(path: string): ModelSource {
 /** Manifest path of `mode`, compiling it when not cached. */
 export async function ensureEngine(
   source: ModelSource,
-  options: { mode: string; cacheDir?: string; onLog?: (m: string) => void },
+  options: { mode: string; cacheDir?: string; onLog?: (m: string) => void; lora?: boolean },
 ): Promise<string> {
-  return compileEngine(source.repo, { mode: options.mode, cacheDir: options.cacheDir ?? defaultCacheDir(), onLog: options.onLog });
+  return compileEngine(source.repo, {
+    mode: options.mode,
+    cacheDir: options.cacheDir ?? defaultCacheDir(),
+    onLog: options.onLog,
+    lora: options.lora,
+  });
 }

@@ -26,7 +26,9 @@ export class UnknownHandleError extends Error {
 }
 
 /** Loads the pipeline and wraps it; see the file header. */
-export async function createInThreadExecutor(options: FluxExecutorOptions): Promise<StepExecutor & { pipeline: FluxPipeline }> {
+export async function createInThreadExecutor(
+  options: FluxExecutorOptions,
+): Promise<StepExecutor & { pipeline: FluxPipeline }> {
   const pipeline = await FluxPipeline.fromPretrained(options.modelDir, options);
   const manifest = await pipeline.manifest('original');
   const info: ModelInfo = {

@@ -9,10 +9,14 @@
  * `generate` chains them for one call. Everything runs on the caller's thread; `executor.ts` hosts it in a worker.
  */
 import { randomUUID } from 'node:crypto';
-import type { EngineManifest, SessionOptions } from '../../runtime/index.ts';
+import type { EngineManifest, HostTensor, SessionOptions } from '../../runtime/index.ts';
 import { type Engine, EngineLoader, type ExecutionProvider } from '../../runtime/index.ts';
 import type { RgbImage, SampleRequest } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
+import { createLoraManager, readLoraLayout } from '../lora/engine-layout.ts';
+import type { LoraManager } from '../lora/lora-manager.ts';
+import type { LoraSelection } from '../lora/types.ts';
+import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
 import { ensureEngine, type ModelSource, openModelSource } from './engine-cache.ts';
 import { FluxArgumentError, imageIds, latentGrid, packLatents, textIds } from './latents.ts';
 import { noiseForSeeds } from './noise.ts';
@@ -41,6 +45,8 @@ export interface FluxPipelineOptions {
   modes?: string[];
   /** Reports compile progress (first load only). */
   onLog?: (message: string) => void;
+  /** The only folder LoRA files are read from. @default process.env.LORA_DIR */
+  loraDir?: string;
 }
 
 /** Arguments of {@link FluxPipeline.generate}. */
@@ -77,6 +83,8 @@ const DEFAULTS = { height: 1024, width: 1024, steps: 28, guidanceScale: 3.5, max
 export class FluxPipeline {
   private readonly engines = new Map<string, Promise<Engine>>();
   private readonly ropeCache = new Map<string, RopeTables>();
+  private loraManager: LoraManager | undefined;
+  private readonly loraLayouts = new Map<string, LoraEngineLayout>();
 
   private constructor(
     readonly source: ModelSource,
@@ -101,17 +109,44 @@ export class FluxPipeline {
     return this.loader.sessionsCreated;
   }
 
-  /** The loaded (or loading) engine of `mode`; compiles it on first use. */
-  engine(mode = 'original'): Promise<Engine> {
-    let e = this.engines.get(mode);
+  /**
+   * The loaded (or loading) engine of `mode`; compiles it on first use. `lora: true` gives the mode's LoRA-enabled
+   * variant (a separate engine, used only while a LoRA set is non-empty; encoders and VAE sessions are shared).
+   */
+  engine(mode = 'original', variant: { lora?: boolean } = {}): Promise<Engine> {
+    const key = variant.lora ? `${mode}+lora` : mode;
+    let e = this.engines.get(key);
     if (!e) {
-      e = ensureEngine(this.source, { mode, cacheDir: this.options.cacheDir, onLog: this.options.onLog }).then((m) =>
-        this.loader.load(m),
-      );
-      e.catch(() => this.engines.delete(mode));
-      this.engines.set(mode, e);
+      e = ensureEngine(this.source, {
+        mode,
+        cacheDir: this.options.cacheDir,
+        onLog: this.options.onLog,
+        lora: variant.lora,
+      }).then((m) => this.loader.load(m));
+      e.catch(() => this.engines.delete(key));
+      this.engines.set(key, e);
     }
     return e;
+  }
+
+  /** The LoRA set manager (files from `loraDir` / LORA_DIR, default set, feeds). */
+  get loras(): LoraManager {
+    this.loraManager ??= createLoraManager(this.source.repo, this.options.loraDir ?? process.env.LORA_DIR);
+    return this.loraManager;
+  }
+
+  /**
+   * The LoRA engine of `mode` and the extra transformer feeds of `set` on it (built once per set, then cached).
+   * @throws LoraError for unknown, malformed or unsupported LoRAs.
+   */
+  async loraFeeds(mode: string, set: readonly LoraSelection[]): Promise<{ engine: Engine; feeds: Record<string, HostTensor> }> {
+    const engine = await this.engine(mode, { lora: true });
+    let layout = this.loraLayouts.get(engine.manifestPath);
+    if (!layout) {
+      layout = readLoraLayout(engine.manifestPath);
+      this.loraLayouts.set(engine.manifestPath, layout);
+    }
+    return { engine, feeds: this.loras.feeds(layout, engine.manifestPath, set) };
   }
 
   /** Manifest of a loaded mode. */
@@ -158,8 +193,10 @@ export class FluxPipeline {
       imgIds: Float32Array;
     },
     mode = 'original',
+    loras: readonly LoraSelection[] = [],
   ): Promise<Float32Array> {
-    const { sessions, manifest } = await this.engine(mode);
+    const lora = loras.length > 0 ? await this.loraFeeds(mode, loras) : undefined;
+    const { sessions, manifest } = lora?.engine ?? (await this.engine(mode));
     const cfg = manifest.config;
     const b = input.timestep.length;
     const t = input.txtIds.length / 3;
@@ -173,6 +210,7 @@ export class FluxPipeline {
       ...(cfg.guidanceEmbeds ? { guidance: { data: input.guidance ?? new Float32Array(b).fill(3.5), dims: [b] } } : {}),
       rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
       rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
+      ...lora?.feeds,
     });
     return out.sample!.data as Float32Array;
   }
@@ -187,6 +225,12 @@ export class FluxPipeline {
   /** Validates requests, encodes their prompts (one batched run) and draws their starting noise. */
   async prepare(requests: SampleRequest[]): Promise<SampleState[]> {
     if (requests.length === 0) return [];
+    // Requests without `loras` take the default set as it is now; the LoRA engine is loaded here, not mid-step.
+    const defaults = this.loraManager?.activeSet() ?? [];
+    const withLoras = requests.map((r) => (r.loras === undefined && defaults.length > 0 ? { ...r, loras: defaults } : r));
+    for (const r of withLoras) {
+      if (r.loras && r.loras.length > 0) await this.loraFeeds(r.mode ?? 'original', r.loras);
+    }
     const byLen = groupBy(requests, (r) => `${r.mode ?? 'original'}|${r.maxSequenceLength ?? DEFAULTS.maxSequenceLength}`);
     const states = new Map<SampleRequest, SampleState>();
     for (const group of byLen) {
@@ -209,7 +253,7 @@ export class FluxPipeline {
         const { sigmas, timesteps } = fluxSigmas(r.steps, grid.seqLen, this.scheduler);
         states.set(r, {
           id: randomUUID(),
-          request: r,
+          request: withLoras[requests.indexOf(r)]!,
           grid,
           textLen: enc.textLen,
           pooled: enc.pooled[i]!,
@@ -227,12 +271,18 @@ export class FluxPipeline {
   /** One Euler step for every unfinished sample, one transformer run per compatible group. */
   async step(samples: SampleState[]): Promise<void> {
     const pending = samples.filter((s) => !isFinished(s));
-    for (const group of groupBy(pending, stepGroupKey)) await this.stepGroup(group);
+    // Only samples with the same LoRA set share a forward: the LoRA factors are per-run inputs.
+    for (const group of groupBy(pending, (s) => `${stepGroupKey(s)}|${loraSetKey(s.request.loras)}`)) {
+      await this.stepGroup(group);
+    }
   }
 
   private async stepGroup(group: SampleState[]): Promise<void> {
     const first = group[0]!;
-    const { sessions, manifest } = await this.engine(first.request.mode ?? 'original');
+    const mode = first.request.mode ?? 'original';
+    const set = first.request.loras ?? [];
+    const lora = set.length > 0 ? await this.loraFeeds(mode, set) : undefined;
+    const { sessions, manifest } = lora?.engine ?? (await this.engine(mode));
     const b = group.length;
     const { seqLen: l, h, w } = first.grid;
     const t = first.textLen;
@@ -249,6 +299,7 @@ export class FluxPipeline {
     if (manifest.config.guidanceEmbeds) {
       feeds.guidance = { data: Float32Array.from(group.map((s) => s.request.guidanceScale)), dims: [b] };
     }
+    if (lora) Object.assign(feeds, lora.feeds);
     const out = await sessions.transformer.run(feeds);
     const v = out.sample!.data as Float32Array; // [B, L, C]
     const per = l * manifest.config.outChannels;
@@ -341,6 +392,11 @@ export class FluxPipeline {
     }
     return r;
   }
+}
+
+/** Key of a LoRA set for grouping (order kept: it fixes the rank-concatenation order of the feeds). */
+function loraSetKey(loras: SampleRequest['loras']): string {
+  return loras && loras.length > 0 ? loras.map((l) => `${l.name}:${l.strength}`).join(',') : '-';
 }
 
 /** Splits a `[B, ...]` array into B views. */

@@ -48,9 +48,9 @@ export function groupBy<T>(items: readonly T[], key: (t: T) => string): T[][] {
   const groups = new Map<string, T[]>();
   for (const item of items) {
     const k = key(item);
-    let g = groups.get(k);
-    if (!g) groups.set(k, (g = []));
-    g.push(item);
+    const g = groups.get(k);
+    if (g) g.push(item);
+    else groups.set(k, [item]);
   }
   return [...groups.values()];
 }
@@ -59,9 +59,9 @@ export function groupBy<T>(items: readonly T[], key: (t: T) => string): T[][] {
 export function stack(parts: readonly Float32Array[]): Float32Array {
   const each = parts[0]?.length ?? 0;
   const out = new Float32Array(parts.length * each);
-  parts.forEach((p, i) => {
+  for (const [i, p] of parts.entries()) {
     if (p.length !== each) throw new Error(`stack: part ${i} has ${p.length} values, expected ${each}`);
     out.set(p, i * each);
-  });
+  }
   return out;
 }

@@ -1,6 +1,6 @@
 /** Execution-provider selection fails early and clearly for providers this ONNX Runtime install lacks. */
 import { describe, expect, it } from 'vitest';
-import { installedProviders, parseProvider, ProviderUnavailableError, Session } from '../../../src/runtime/index.ts';
+import { installedProviders, ProviderUnavailableError, parseProvider, Session } from '../../../src/runtime/index.ts';
 
 describe('execution providers', () => {
   it('lists the bundled CPU provider', () => {
@@ -20,6 +20,8 @@ describe('execution providers', () => {
   });
 
   it('wraps a missing model file with the component name', async () => {
-    await expect(Session.create('vae', '/nonexistent/vae.onnx')).rejects.toThrow(/cannot load vae engine from \/nonexistent\/vae\.onnx/);
+    await expect(Session.create('vae', '/nonexistent/vae.onnx')).rejects.toThrow(
+      /cannot load vae engine from \/nonexistent\/vae\.onnx/,
+    );
   });
 });

@@ -3,7 +3,12 @@ import { batchKey, nextBatch, type QueueEntry } from '../../../src/service/batch
 
 const A = batchKey({ mode: 'original', width: 64, height: 64, steps: 4 });
 const B = batchKey({ mode: 'original', width: 128, height: 64, steps: 4 });
-const entry = (jobId: string, key = A, samples = 1, enqueuedAt = 0): QueueEntry => ({ jobId, key, samples, enqueuedAt });
+const entry = (jobId: string, key = A, samples = 1, enqueuedAt = 0): QueueEntry => ({
+  jobId,
+  key,
+  samples,
+  enqueuedAt,
+});
 const policy = { maxBatch: 4, maxQueueDelayMs: 50 };
 
 describe('batchKey', () => {

