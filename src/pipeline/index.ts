@@ -18,3 +18,12 @@ export { FluxPipeline, type FluxPipelineOptions, type GenerateOptions, type Gene
 export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageFormat, isImageFormat } from './image.ts';
 export { createFluxExecutor } from './worker-executor.ts';
 export { ExecutorError } from './worker-protocol.ts';
+export {
+  LoraError,
+  type LoraErrorCode,
+  type LoraFormat,
+  type LoraInfo,
+  LoraManager,
+  type LoraScan,
+  type LoraSelection,
+} from './lora/index.ts';

@@ -19,7 +19,7 @@ import { GraphBuilder } from '../onnx/graph-builder.ts';
 import { buildTransformerGraph, type TransformerGraphOptions } from '../flux/transformer.ts';
 import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
 import { type Algorithm, algorithmPolicy } from './algorithms.ts';
-import { type GateLayout, gatedPolicy, gateFor, GATE_INPUT } from './gated-policy.ts';
+import { GATE_INPUT, type GateLayout, gatedPolicy, gateFor, gateIndex } from './gated-policy.ts';
 
 /** Feeds of the full transformer graph (all samples of the calibration set in one batch). */
 export type TransformerFeeds = Record<string, HostTensor>;
@@ -37,35 +37,34 @@ export function relError(a: Float32Array, b: Float32Array): number {
   return Number.isFinite(r) ? r : Number.POSITIVE_INFINITY;
 }
 
-/** A loaded calibration graph for one algorithm. */
+/** A loaded calibration graph: the transformer with every Linear gated between fp32 and `algorithms`. */
 export class CalibrationGraph {
   private constructor(
-    readonly algorithm: Algorithm,
     readonly layout: GateLayout,
     private readonly session: Session,
     private readonly dir: string,
   ) {}
 
-  /** Builds and loads the gated XL graph for `algorithm` (written to a temporary folder, removed on close). */
+  /** Builds and loads the gated graph (written to a temporary folder, removed on close). */
   static async create(
     w: WeightReader,
     config: FluxTransformerConfig,
     graph: TransformerGraphOptions,
-    algorithm: Algorithm,
+    algorithms: readonly Algorithm[],
     threads?: number,
   ): Promise<CalibrationGraph> {
-    const dir = mkdtempSync(join(tmpdir(), `fluxql-calib-${algorithm}-`));
+    const dir = mkdtempSync(join(tmpdir(), 'fluxql-calib-'));
     const data = new ExternalDataWriter(join(dir, 'model.onnx.data'));
-    const { policy, layout } = gatedPolicy([algorithm], graph.linearPolicy);
+    const { policy, layout } = gatedPolicy(algorithms, graph.linearPolicy);
     try {
-      const b = new GraphBuilder({ name: `calibration_${algorithm}`, externalData: data });
+      const b = new GraphBuilder({ name: 'calibration', externalData: data });
       buildTransformerGraph(b, w, config, { ...graph, linearPolicy: policy });
       writeFileSync(join(dir, 'model.onnx'), b.encode({ component: 'calibration' }));
     } finally {
       data.close();
     }
-    const session = await Session.create(`calibration-${algorithm}`, join(dir, 'model.onnx'), { threads });
-    return new CalibrationGraph(algorithm, layout, session, dir);
+    const session = await Session.create(`calibration-${algorithms.join('+')}`, join(dir, 'model.onnx'), { threads });
+    return new CalibrationGraph(layout, session, dir);
   }
 
   /** The `sample` output with the given gate. */
@@ -76,20 +75,19 @@ export class CalibrationGraph {
 
   /** Output with every layer in float32 (the reference). */
   reference(feeds: TransformerFeeds): Promise<Float32Array> {
-    return this.run(feeds, new Float32Array(this.layout.layers.length));
+    return this.run(feeds, new Float32Array(this.layout.layers.length * this.layout.algorithms.length));
   }
 
-  /** Relative output error when only `layers[i]` uses this algorithm. */
-  async layerError(feeds: TransformerFeeds, ref: Float32Array, i: number): Promise<number> {
-    const gate = new Float32Array(this.layout.layers.length);
-    gate[i] = 1;
+  /** Relative output error when only `layers[i]` uses `algorithm`. */
+  async layerError(feeds: TransformerFeeds, ref: Float32Array, i: number, algorithm: Algorithm): Promise<number> {
+    const gate = new Float32Array(this.layout.layers.length * this.layout.algorithms.length);
+    gate[gateIndex(this.layout, i, algorithm)] = 1;
     return relError(await this.run(feeds, gate), ref);
   }
 
-  /** Relative output error of the layers of `choices` that use this algorithm. */
+  /** Relative output error of a whole plan (`layer → algorithm`; every algorithm must be in this graph). */
   async planError(feeds: TransformerFeeds, ref: Float32Array, choices: Readonly<Record<string, string>>): Promise<number> {
-    const mine = Object.fromEntries(Object.entries(choices).filter(([, a]) => a === this.algorithm));
-    return relError(await this.run(feeds, gateFor(this.layout, mine)), ref);
+    return relError(await this.run(feeds, gateFor(this.layout, choices)), ref);
   }
 
   async close(): Promise<void> {

@@ -14,8 +14,9 @@ import type { WeightReader } from '../onnx/nn.ts';
 import type { TransformerGraphOptions } from '../flux/transformer.ts';
 import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
 import { type Algorithm, COMPRESSIONS } from './algorithms.ts';
-import { gatedPolicy } from './gated-policy.ts';
-import { CalibrationGraph, type LinearShape, relError, type TransformerFeeds, timeLinear, tokensOf } from './measure.ts';
+import { GraphBuilder } from '../onnx/graph-builder.ts';
+import { buildTransformerGraph } from '../flux/transformer.ts';
+import { CalibrationGraph, type LinearShape, type TransformerFeeds, timeLinear, tokensOf } from './measure.ts';
 import { type LayerChoices, optimizePlan } from './optimize.ts';
 import type { ModePlan, PlanEntry } from './plan-types.ts';
 
@@ -52,15 +53,17 @@ export async function measureLayers(input: PlannerInput): Promise<Measurements> 
   const log = input.onLog ?? (() => {});
   const cost: CostModel = input.costModel ?? ((shape, alg) => timeLinear(shape, alg, { threads: input.threads }));
 
-  // The layer list and shapes come from building the gate graph once (cheap without running it).
-  const probe = gatedPolicy([]);
-  const { GraphBuilder } = await import('../onnx/graph-builder.ts');
-  const { buildTransformerGraph } = await import('../flux/transformer.ts');
-  buildTransformerGraph(new GraphBuilder({ name: 'layer_probe' }), lazyReader(input.weights), input.config, {
+  // The layer list and shapes, from a build whose policy only records (no weights are transposed or stored).
+  const probe = { layers: [] as string[], shapes: [] as { inFeatures: number; outFeatures: number }[] };
+  buildTransformerGraph(new GraphBuilder({ name: 'layer_probe' }), input.weights, input.config, {
     ...input.graph,
-    linearPolicy: probe.policy,
+    linearPolicy: (_b, x, layer) => {
+      probe.layers.push(layer.name);
+      probe.shapes.push({ inFeatures: layer.weights.inFeatures, outFeatures: layer.weights.outFeatures });
+      return x;
+    },
   });
-  const { layers, shapes } = probe.layout;
+  const { layers, shapes } = probe;
 
   // 1. times per distinct shape.
   const times = new Map<string, number>();
@@ -92,12 +95,12 @@ export async function measureLayers(input: PlannerInput): Promise<Measurements> 
   for (const alg of algorithms) {
     const todo = choices.flatMap((c, i) => (c.options.some((o) => o.algorithm === alg) ? [i] : []));
     if (todo.length === 0) continue;
-    const graph = await CalibrationGraph.create(input.weights, input.config, input.graph, alg, input.threads);
+    const graph = await CalibrationGraph.create(input.weights, input.config, input.graph, [alg], input.threads);
     try {
       const ref = await graph.reference(input.feeds);
       for (const i of todo) {
         const o = choices[i]!.options.find((x) => x.algorithm === alg)!;
-        o.error = await graph.layerError(input.feeds, ref, i);
+        o.error = await graph.layerError(input.feeds, ref, i, alg);
       }
     } finally {
       await graph.close();
@@ -126,28 +129,22 @@ export async function planModes(
   budgets: Readonly<Record<string, number>>,
 ): Promise<Record<string, ModePlan>> {
   const algorithms = input.algorithms ?? COMPRESSIONS;
-  // One gate graph with every algorithm measures mixed plans.
-  const { policy, layout } = gatedPolicy(algorithms, input.graph.linearPolicy);
-  const mixed = await CalibrationGraph.create(input.weights, input.config, { ...input.graph, linearPolicy: policy }, 'fp32', input.threads);
-  void layout;
+  // One gate graph with every algorithm measures mixed plans exactly.
+  const mixed = await CalibrationGraph.create(input.weights, input.config, input.graph, algorithms, input.threads);
   const plans: Record<string, ModePlan> = {};
   try {
-    // The outer policy is the identity here: `mixed` wraps the multi-algorithm gate in a no-op fp32 gate.
-    const inner = await import('./gated-policy.ts');
     const ref = await mixed.reference(input.feeds);
     for (const [mode, budget] of Object.entries(budgets)) {
       let target = budget;
       let best: { choices: Record<string, string>; predicted: number; measured: number } | undefined;
-      for (let attempt = 0; attempt < 4; attempt++) {
+      for (let attempt = 0; attempt < 4 && !best; attempt++) {
         const plan = optimizePlan(measurements.layers, target);
-        const gate = inner.gateFor(layoutOf(mixed, layout), plan.choices);
-        const measured = relError(await mixed.run(input.feeds, withOuterGate(gate)), ref);
-        input.onLog?.(`planner: ${mode} target ${target.toExponential(2)} predicted ${plan.predictedError.toExponential(2)} measured ${measured.toExponential(2)}`);
-        if (measured <= budget) {
-          best = { choices: plan.choices, predicted: plan.predictedError, measured };
-          break;
-        }
-        target *= (budget / measured) * 0.95;
+        const measured = await mixed.planError(input.feeds, ref, plan.choices);
+        input.onLog?.(
+          `planner: ${mode} target ${target.toExponential(2)} predicted ${plan.predictedError.toExponential(2)} measured ${measured.toExponential(2)}`,
+        );
+        if (measured <= budget) best = { choices: plan.choices, predicted: plan.predictedError, measured };
+        else target *= (budget / measured) * 0.95;
       }
       plans[mode] = toModePlan(mode, budget, measurements, best ?? { choices: {}, predicted: 0, measured: 0 });
     }
@@ -155,19 +152,6 @@ export async function planModes(
     await mixed.close();
   }
   return plans;
-}
-
-/**
- * `mixed` was built as a CalibrationGraph for `fp32` whose base policy is the multi-algorithm gate, so its graph has
- * two gate layers: the outer (fp32, always 0) and the inner. Both read the same `plan_gate` input; the outer layout
- * registers each layer first, the inner after, so the inner index is offset. To keep this simple the inner layout is
- * used directly and the outer entries (alg fp32) are zeros appended: see {@link withOuterGate}.
- */
-function layoutOf(_g: CalibrationGraph, inner: import('./gated-policy.ts').GateLayout) {
-  return inner;
-}
-function withOuterGate(gate: Float32Array): Float32Array {
-  return gate;
 }
 
 function toModePlan(
@@ -191,9 +175,4 @@ function toModePlan(
     gainMs: entries.reduce((a, e) => a + e.gainMs, 0),
     calibration: { ...m.calibration, fp32LinearMs: Number(m.fp32Ms.toFixed(3)) },
   };
-}
-
-/** A reader that answers shape queries but reads weights as zeros-free views only when asked (probe builds). */
-function lazyReader(w: WeightReader): WeightReader {
-  return w;
 }

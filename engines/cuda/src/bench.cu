@@ -1,5 +1,6 @@
 // `fluxql-engine --bench`: end-to-end time at FLUX.1-dev size with synthetic bf16 weights (tokens in, image out),
 // warm-up then mean of N, per-step breakdown (GEMMs, attention, rest), several batch sizes, peak GPU memory.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include <sstream>
 
 #include "engine.h"
+#include "kernels/kernels.h"
 #include "profile.h"
 #include "selftest.h"
 
@@ -79,6 +81,64 @@ RunTimes run_once(Engine& e, const Request& r, std::vector<uint8_t>& host_img, u
   return t;
 }
 
+// One joint attention at FLUX.1-dev size (S = 512 + 4096, 24 heads x 128): own flash kernel vs cuDNN's SDPA,
+// median of 20 event-timed calls each after 3 warm-ups, and the relative difference of their outputs.
+std::string attention_micro(Engine& e, int S) {
+  const int B = 1, H = 24, D = 128;
+  size_t n = size_t(B) * S * H * D;
+  void *q, *k, *v, *o1, *o2;
+  for (void** p : {&q, &k, &v, &o1, &o2}) CUDA_CHECK(cudaMalloc(p, n * 2));
+  fill_normal(q, DType::BF16, int64_t(n), 0.f, 1.f, 11, e.st);
+  fill_normal(k, DType::BF16, int64_t(n), 0.f, 1.f, 12, e.st);
+  fill_normal(v, DType::BF16, int64_t(n), 0.f, 1.f, 13, e.st);
+  float scale = 1.f / std::sqrt(float(D));
+  double flop = 4.0 * B * double(S) * S * H * D;
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  auto time_it = [&](auto&& fn) {
+    std::vector<float> ts;
+    for (int i = 0; i < 23; i++) {
+      CUDA_CHECK(cudaEventRecord(a, e.st));
+      fn();
+      CUDA_CHECK(cudaEventRecord(b, e.st));
+      CUDA_CHECK(cudaEventSynchronize(b));
+      float ms;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      if (i >= 3) ts.push_back(ms);
+    }
+    std::sort(ts.begin(), ts.end());
+    return double(ts[ts.size() / 2]);
+  };
+  double own = time_it([&] { flash_attention(q, k, v, B, S, H, D, scale, OutMap{nullptr, o1, 0, H * D}, e.st); });
+  bool have = e.cudnn.available() && e.cudnn.run(q, k, v, o2, B, S, H, D, H * D, scale, e.st);
+  double dnn = have ? time_it([&] { e.cudnn.run(q, k, v, o2, B, S, H, D, H * D, scale, e.st); }) : 0;
+  double rel = 0;
+  if (have) {
+    std::vector<uint16_t> h1(n), h2(n);
+    CUDA_CHECK(cudaMemcpy(h1.data(), o1, n * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(h2.data(), o2, n * 2, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+      double x = bf16_to_f32(h1[i]), y = bf16_to_f32(h2[i]);
+      num += (x - y) * (x - y);
+      den += y * y;
+    }
+    rel = std::sqrt(num / den);
+  }
+  for (void* p : {q, k, v, o1, o2}) cudaFree(p);
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           "{\"S\": %d, \"heads\": %d, \"head_dim\": %d, \"own_flash_ms\": %.3f, \"own_flash_tflops\": %.0f, "
+           "\"cudnn_ms\": %.3f, \"cudnn_tflops\": %.0f, \"cudnn_available\": %s, \"cudnn_note\": %s, "
+           "\"rel_diff\": %.2e}",
+           S, H, D, own, flop / (own * 1e9), dnn, have ? flop / (dnn * 1e9) : 0.0, have ? "true" : "false",
+           json_escape(have ? "" : e.cudnn.why_not()).c_str(), rel);
+  fprintf(stderr, "[bench] attention S=%d: own %.3f ms (%.0f TF/s), cuDNN %.3f ms (%s), rel diff %.2e\n", S, own,
+          flop / (own * 1e9), dnn, have ? "ok" : e.cudnn.why_not().c_str(), rel);
+  return buf;
+}
+
 }  // namespace
 
 int run_bench(int size, int steps, const std::string& batches, int iters, const std::string& out_prefix) {
@@ -91,12 +151,15 @@ int run_bench(int size, int steps, const std::string& batches, int iters, const 
   double load_ms = ms_since(tl);
   size_t weights_mem = gpu_used();
   fprintf(stderr, "[bench] synthetic FLUX.1-dev weights: %.2f GB in %.0f ms\n", e.weights.bytes() / 1e9, load_ms);
+  std::string micro = attention_micro(e, 512 + (size / 16) * (size / 16));
   std::mt19937 rng(5);
   std::ostringstream js, md;
   js << "{\n  \"device\": " << json_escape(dev) << ",\n  \"engine\": \"fluxql-engine (engines/cuda)\",\n"
      << "  \"precision\": \"bf16 weights/activations, fp32 accumulation, fp32 residual streams\",\n"
      << "  \"weights\": \"synthetic FLUX.1-dev sizes (CLIP-L, T5-XXL, 19+38 blocks, VAE 128/256/512/512)\",\n"
      << "  \"size\": " << size << ", \"steps\": " << steps << ", \"iters\": " << iters << ",\n"
+     << "  \"transformer_attention\": \"" << (e.use_cudnn ? "cuDNN SDPA (backend API)" : "own flash kernel (mma.sync)")
+     << "\",\n  \"attention_micro\": " << micro << ",\n"
      << "  \"weights_gb\": " << e.weights.bytes() / 1e9 << ", \"load_ms\": " << load_ms << ",\n  \"runs\": [\n";
   md << "# fluxql CUDA engine on " << dev << "\n\n"
      << "Synthetic FLUX.1-dev-sized bf16 weights, " << size << "x" << size << ", " << steps

@@ -1,0 +1,11 @@
+/**
+ * @file Public surface of the LoRA layer: parsing and validating LoRA files of four formats, LORA_DIR confinement,
+ * the set manager that produces engine feeds. `FluxPipeline.loras` is the manager of a loaded pipeline.
+ */
+export { createLoraManager, readLoraLayout } from './engine-layout.ts';
+export { LoraError, type LoraErrorCode } from './errors.ts';
+export { LORA_EXTENSION, type LoraFile, listLoraFiles, resolveLoraFile } from './lora-dir.ts';
+export { LoraManager, type LoraManagerOptions, type LoraScan } from './lora-manager.ts';
+export { type LoraModelSpec, loraModelSpec } from './model-layers.ts';
+export { detectLoraFormat, parseLoraFile, parseLoraTensors } from './parse.ts';
+export { describeLora, type LoraFactor, type LoraFormat, type LoraInfo, type LoraSelection, type ParsedLora } from './types.ts';
