@@ -213,7 +213,7 @@ describe('invalid input gives typed errors and the server keeps serving', () => 
     ['bad aspect ratio', { width: null, height: null, aspectRatio: '7:3' }, 'ValidationError', 'aspectRatio'],
     ['too many images', { numImages: 9 }, 'ValidationError', 'numImages'],
     ['unknown mode', { mode: 'XXL' }, 'UnknownModelError', ''],
-    ['unknown model id', { model: 'flux-1-dev-s-bs4' }, 'UnknownModelError', ''],
+    ['unknown model id (wrong batch size)', { model: 'flux-1-dev-original-bs8' }, 'UnknownModelError', ''],
   ];
   it.each(cases)('%s', async (_name, patch, typename, field) => {
     const { generateImage: r } = await gqlData(url, GenerateImageDocument, { input: { ...small(1), ...patch } });

@@ -28,7 +28,10 @@ export class RequestError extends Error {
 }
 
 /** Runs a query or mutation and returns `data`; throws {@link RequestError} when there is none. */
-export async function request<TResult, TVars>(doc: TypedDocumentString<TResult, TVars>, variables: TVars): Promise<TResult> {
+export async function request<TResult, TVars>(
+  doc: TypedDocumentString<TResult, TVars>,
+  variables: TVars,
+): Promise<TResult> {
   const token = getToken();
   const res = await fetch(GRAPHQL_PATH, {
     method: 'POST',
@@ -49,9 +52,11 @@ export async function request<TResult, TVars>(doc: TypedDocumentString<TResult, 
 let wsClient: Client | undefined;
 
 function ws(): Client {
-  // One lazy connection for the page: opened by the first subscription, closed when none is left.
+  // One connection for the page, opened eagerly (at load) so that following a new job costs one message and its
+  // first step events are not missed behind a handshake (they would still be summed up by the snapshot).
   wsClient ??= createClient({
     url: new URL(GRAPHQL_PATH, location.href).href.replace(/^http/, 'ws'),
+    lazy: false,
     connectionParams: () => {
       const token = getToken();
       return token ? { authorization: `Bearer ${token}` } : {};
@@ -65,6 +70,11 @@ export interface SubscriptionHandlers<TResult> {
   next(data: TResult): void;
   error(message: string): void;
   complete(): void;
+}
+
+/** Opens the WebSocket now (see {@link ws}). */
+export function connect(): void {
+  ws();
 }
 
 /** Starts a subscription; returns a function that stops it. */

@@ -49,6 +49,8 @@ export function selectedLoras(): { name: string; strength: number }[] | null {
   return [...document.querySelectorAll<HTMLDivElement>('#lora-list .lora-row')].flatMap((row) => {
     const [use, strength] = row.querySelectorAll('input');
     if (!use?.checked || !strength) return [];
-    return [{ name: row.dataset.lora ?? '', strength: Number.isNaN(strength.valueAsNumber) ? 1 : strength.valueAsNumber }];
+    return [
+      { name: row.dataset.lora ?? '', strength: Number.isNaN(strength.valueAsNumber) ? 1 : strength.valueAsNumber },
+    ];
   });
 }

@@ -4,7 +4,7 @@
  * are shown next to the field they concern.
  */
 import './style.css';
-import { RequestError, request, setToken, getToken, subscribe } from './api.ts';
+import { connect, getToken, RequestError, request, setToken, subscribe } from './api.ts';
 import { byId } from './dom.ts';
 import { clearErrors, FieldError, readInput, showFieldError, showFormError, syncCustomSize } from './form.ts';
 import { refreshJobs } from './jobs.ts';
@@ -33,18 +33,22 @@ function endJob(): void {
 }
 
 function follow(id: string): void {
-  const unsubscribe = subscribe(WebJobProgressSubscription, { id }, {
-    next: ({ jobProgress }) => {
-      if (applyEvent(jobProgress)) endJob();
+  const unsubscribe = subscribe(
+    WebJobProgressSubscription,
+    { id },
+    {
+      next: ({ jobProgress }) => {
+        if (applyEvent(jobProgress)) endJob();
+      },
+      error: (message) => {
+        failProgress(`Lost the progress stream: ${message}`);
+        endJob();
+      },
+      complete: () => {
+        if (active?.id === id) endJob();
+      },
     },
-    error: (message) => {
-      failProgress(`Lost the progress stream: ${message}`);
-      endJob();
-    },
-    complete: () => {
-      if (active?.id === id) endJob();
-    },
-  });
+  );
   active = { id, unsubscribe };
 }
 
@@ -64,7 +68,7 @@ async function generate(): Promise<void> {
     const { generateImage: r } = await request(WebGenerateMutation, { input });
     switch (r.__typename) {
       case 'MutationGenerateImageSuccess':
-        startProgress(r.data.jobId, r.data.totalSteps);
+        startProgress(r.data.jobId, r.data.totalSteps, input.prompt);
         follow(r.data.id);
         cancelButton.disabled = false;
         return;
@@ -122,6 +126,7 @@ async function init(): Promise<void> {
   clearErrors();
   try {
     await Promise.all([loadModels(), loadLoras()]);
+    connect();
     document.body.dataset.ready = 'true';
   } catch (err) {
     showFormError(`Could not load the models: ${(err as Error).message}`);

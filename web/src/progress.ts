@@ -25,6 +25,7 @@ const ui = {
 
 let totalSteps = 0;
 let jobId = '';
+let prompt = '';
 
 function setState(state: State, label: string): void {
   ui.section().dataset.state = state;
@@ -37,7 +38,8 @@ function setSteps(step: number, total: number, etaMs: number | null): void {
   bar.max = Math.max(total, 1);
   bar.value = step;
   ui.steps().textContent = `Step ${step} of ${total}.`;
-  ui.eta().textContent = etaMs == null ? '' : `About ${formatDuration(etaMs)} left.`;
+  // No ETA before the first timed step, nor once the last step is done (only the encode is left then).
+  ui.eta().textContent = etaMs == null || step >= total ? '' : `About ${formatDuration(etaMs)} left.`;
 }
 
 function showPreview(url: string | null): void {
@@ -51,6 +53,8 @@ function showFinal(image: FinalImage | undefined): void {
   if (!image) return;
   const img = ui.final();
   img.src = image.url;
+  // The prompt is the best description of the picture we have.
+  img.alt = `Result for “${prompt}”`;
   img.width = image.width;
   img.height = image.height;
   img.hidden = false;
@@ -63,8 +67,9 @@ function showFinal(image: FinalImage | undefined): void {
 }
 
 /** Resets the panel for a newly queued job. */
-export function startProgress(id: string, steps: number): void {
+export function startProgress(id: string, steps: number, text: string): void {
   jobId = id;
+  prompt = text;
   for (const img of [ui.preview(), ui.final()]) {
     img.hidden = true;
     img.removeAttribute('src');

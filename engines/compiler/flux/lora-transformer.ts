@@ -63,7 +63,8 @@ export function buildLoraTransformerGraph(
 ): LoraTransformerDescriptor {
   const base = resolveTransformerConfig(config);
   const extra = options.controlChannels ?? 0;
-  if (!Number.isInteger(extra) || extra < 0) throw new Error(`controlChannels must be a non-negative integer, got ${extra}`);
+  if (!Number.isInteger(extra) || extra < 0)
+    throw new Error(`controlChannels must be a non-negative integer, got ${extra}`);
   const recorder = new LoraRecorder(options.linearPolicy ?? plainLinear);
   // out_channels pinned: diffusers defaults it to in_channels, which widening must not change.
   const cfg: FluxTransformerConfig = extra

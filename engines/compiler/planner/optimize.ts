@@ -8,7 +8,7 @@
  * the real error of the chosen plan and tightens the budget when the model was optimistic, see `plan.ts`).
  *
  * Solved exactly on a grid: the squared budget is cut into `bins` units, each option costs `ceil(e² / unit)` units
- * (rounding up keeps the prediction conservative), and a DP over layers × units finds the fastest plan. 69 layers ×
+ * (rounding up, less a float-noise epsilon, keeps the prediction conservative), and a DP over layers × units finds the fastest plan. 69 layers ×
  * 5 options × 4000 units is about a million steps.
  */
 
@@ -51,7 +51,7 @@ export function optimizePlan(layers: readonly LayerChoices[], budget: number, bi
     if (!l.options.some((o) => o.error === 0)) throw new Error(`optimizePlan: layer ${l.layer} has no zero-error option`);
   }
   const unit = budget > 0 ? (budget * budget) / bins : Number.POSITIVE_INFINITY;
-  const cost = (o: LayerOption) => (o.error === 0 ? 0 : budget > 0 ? Math.ceil((o.error * o.error) / unit) : bins + 1);
+  const cost = (o: LayerOption) => (o.error === 0 ? 0 : budget > 0 ? Math.ceil((o.error * o.error) / unit - 1e-9) : bins + 1);
   // best[j]: least time of the layers so far using at most j units; pick[l][j]: option chosen for layer l at j.
   let best = new Float64Array(bins + 1);
   const pick: Uint8Array[] = [];

@@ -16,8 +16,13 @@ MODEL=$ROOT/models/flux-tiny
 BUILD=$ROOT/engines/cuda/build
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+# cuDNN ships inside the PyTorch wheels here; its sub-libraries (and nvrtc) are found through LD_LIBRARY_PATH.
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn; print(nvidia.cudnn.__path__[0])" 2>/dev/null || true)
+NV=$(python3 -c "import nvidia, os; print(nvidia.__path__[0])" 2>/dev/null || true)
+if [[ -n $NV ]]; then for d in "$NV"/*/lib; do LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}; done; export LD_LIBRARY_PATH; fi
+echo "cuDNN: ${CUDNN_DIR:-none}"
 t0=$(date +%s)
-cmake -S engines/cuda -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+cmake -S engines/cuda -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
 cmake --build "$BUILD" -j 16 >"$OUT/build.log" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 ENGINE=$BUILD/fluxql-engine
@@ -27,7 +32,11 @@ if [[ $MODE == all || $MODE == test ]]; then
   [[ $r -ne 0 ]] && rc=$r
   tail -5 "$OUT/selftest.err"
   sed -n '/^case /,$p' "$OUT/selftest.txt"
-  grep -E '"error"' "$OUT/selftest.txt"
+  grep -E '"error"|skipped|"why"' "$OUT/selftest.txt"
+  # The bf16 path again with the engine's own flash kernel instead of cuDNN's.
+  FQ_ATTENTION=own "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >"$OUT/selftest-own.txt" 2>&1; r=$?
+  [[ $r -ne 0 ]] && rc=$r
+  echo "own flash kernel:"; grep -E "transformer_forward|latents|image|failed" "$OUT/selftest-own.txt" | grep -v '^{'
   for p in f32 bf16; do
     python3 engines/cuda/tests/protocol_test.py "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -3 | tee -a "$OUT/protocol.txt"
     [[ ${PIPESTATUS[0]} -ne 0 ]] && rc=1

@@ -17,6 +17,7 @@ namespace fq {
 namespace {
 
 using clk = std::chrono::steady_clock;
+std::vector<std::string> notes;  // one line per precision for the Markdown footer
 double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
 
 // FLUX.1-dev schedule (host side in production; here so the benchmark is self-contained): shifted linspace.
@@ -141,33 +142,29 @@ std::string attention_micro(Engine& e, int S) {
 
 }  // namespace
 
-int run_bench(int size, int steps, const std::string& batches, int iters, const std::string& out_prefix) {
+namespace {
+
+// One precision: load synthetic weights, run every batch size; appends JSON to js and table rows to md.
+void bench_one(const std::string& precision, int size, int steps, const std::string& batches, int iters,
+               std::ostringstream& js, std::ostringstream& md) {
   std::string dev = device_name();
-  fprintf(stderr, "[bench] device: %s\n", dev.c_str());
   size_t base_mem = gpu_used();
-  Engine e(DType::BF16);
+  Engine e(DType::BF16, precision == "fp8");
   auto tl = clk::now();
   e.load_synthetic(42);
   double load_ms = ms_since(tl);
   size_t weights_mem = gpu_used();
-  fprintf(stderr, "[bench] synthetic FLUX.1-dev weights: %.2f GB in %.0f ms\n", e.weights.bytes() / 1e9, load_ms);
+  fprintf(stderr, "[bench] %s: synthetic FLUX.1-dev weights: %.2f GB in %.0f ms\n", precision.c_str(),
+          e.weights.bytes() / 1e9, load_ms);
   std::string micro = attention_micro(e, 512 + (size / 16) * (size / 16));
   std::mt19937 rng(5);
-  std::ostringstream js, md;
-  js << "{\n  \"device\": " << json_escape(dev) << ",\n  \"engine\": \"fluxql-engine (engines/cuda)\",\n"
-     << "  \"precision\": \"bf16 weights/activations, fp32 accumulation, fp32 residual streams\",\n"
-     << "  \"weights\": \"synthetic FLUX.1-dev sizes (CLIP-L, T5-XXL, 19+38 blocks, VAE 128/256/512/512)\",\n"
-     << "  \"size\": " << size << ", \"steps\": " << steps << ", \"iters\": " << iters << ",\n"
-     << "  \"transformer_attention\": \"" << (e.use_cudnn ? "cuDNN SDPA (backend API)" : "own flash kernel (mma.sync)")
+  js << "  {\n  \"precision\": \"" << precision << "\",\n  \"precision_detail\": \""
+     << (precision == "fp8" ? "bf16 activations; q/k/v and MLP-in GEMMs in fp8 E4M3 with per-tensor scales (LN "
+                              "writes fp8), other GEMMs bf16; fp32 accumulation, fp32 residual streams"
+                            : "bf16 weights/activations, fp32 accumulation, fp32 residual streams")
+     << "\",\n  \"transformer_attention\": \"" << (e.use_cudnn ? "cuDNN SDPA (backend API)" : "own flash kernel (mma.sync)")
      << "\",\n  \"attention_micro\": " << micro << ",\n"
      << "  \"weights_gb\": " << e.weights.bytes() / 1e9 << ", \"load_ms\": " << load_ms << ",\n  \"runs\": [\n";
-  md << "# fluxql CUDA engine on " << dev << "\n\n"
-     << "Synthetic FLUX.1-dev-sized bf16 weights, " << size << "x" << size << ", " << steps
-     << " steps, end to end (token ids in, RGB8 image in host memory out). One warm-up run, then the mean of "
-     << iters << " runs (host clock around the whole request, stream synchronised). Breakdown from one extra run "
-     << "with CUDA events around every GEMM and attention call.\n\n"
-     << "| batch | mean s | min s | max s | s/image | prepare ms | step ms | GEMM ms/step (TFLOP/s) | attention "
-        "ms/step (TFLOP/s) | rest ms/step | decode ms | GPU mem GB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::istringstream bs(batches);
   std::string tok;
   bool first = true;
@@ -231,18 +228,50 @@ int run_bench(int size, int steps, const std::string& batches, int iters, const 
        << ", \"image_distinct_values\": " << distinct << "}";
     char row[512];
     snprintf(row, sizeof row,
-             "| %d | %.3f | %.3f | %.3f | %.3f | %.0f | %.1f | %.1f (%.0f) | %.1f (%.0f) | %.1f | %.0f | %.1f |\n", B,
-             mean / 1e3, mn / 1e3, mx / 1e3, mean / 1e3 / B, prep, stp, gemm, gemm_tf, attn, attn_tf, rest, dec,
-             mem / 1e9);
+             "| %s | %d | %.3f | %.3f | %.3f | %.3f | %.0f | %.1f | %.1f (%.0f) | %.1f (%.0f) | %.1f | %.0f | %.1f |\n",
+             precision.c_str(), B, mean / 1e3, mn / 1e3, mx / 1e3, mean / 1e3 / B, prep, stp, gemm, gemm_tf, attn,
+             attn_tf, rest, dec, mem / 1e9);
     md << row;
     first = false;
     CUDA_CHECK(cudaFree(dimg));
   }
   js << "\n  ],\n  \"gpu_mem_before_load_gb\": " << base_mem / 1e9 << ", \"gpu_mem_after_load_gb\": "
-     << weights_mem / 1e9 << ",\n  \"gemm_fallbacks\": " << e.gemm.fallbacks() << "\n}\n";
-  md << "\nGPU memory is `cudaMemGetInfo` used (whole device, this process: weights " << e.weights.bytes() / 1e9
-     << " GB + activations + cuBLAS workspace + CUDA context), sampled at the end of each request while its buffers "
-        "are alive; all engine buffers are persistent, so this is the peak.\n";
+     << weights_mem / 1e9 << ",\n  \"gemm_fallbacks\": " << e.gemm.fallbacks() << "\n  }";
+  notes.push_back(precision + ": weights " + std::to_string(e.weights.bytes() / 1e9).substr(0, 5) + " GB");
+}
+
+}  // namespace
+
+int run_bench(int size, int steps, const std::string& batches, int iters, const std::string& precisions,
+              const std::string& out_prefix) {
+  std::string dev = device_name();
+  fprintf(stderr, "[bench] device: %s\n", dev.c_str());
+  std::ostringstream js, md;
+  js << "{\n  \"device\": " << json_escape(dev) << ",\n  \"engine\": \"fluxql-engine (engines/cuda)\",\n"
+     << "  \"weights\": \"synthetic FLUX.1-dev sizes (CLIP-L, T5-XXL, 19+38 blocks, VAE 128/256/512/512)\",\n"
+     << "  \"size\": " << size << ", \"steps\": " << steps << ", \"iters\": " << iters << ",\n  \"results\": [\n";
+  md << "# fluxql CUDA engine on " << dev << "\n\n"
+     << "Synthetic FLUX.1-dev-sized weights, " << size << "x" << size << ", " << steps
+     << " steps, end to end (token ids in, RGB8 image in host memory out). One warm-up run, then the mean of "
+     << iters << " runs (host clock around the whole request, stream synchronised). Per-step breakdown from one "
+     << "extra run with CUDA events around every GEMM and attention call.\n\n"
+     << "| precision | batch | mean s | min s | max s | s/image | prepare ms | step ms | GEMM ms/step (TFLOP/s) | "
+        "attention ms/step (TFLOP/s) | rest ms/step | decode ms | GPU mem GB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::istringstream ps(precisions);
+  std::string p;
+  bool first = true;
+  while (std::getline(ps, p, ',')) {
+    if (!first) js << ",\n";
+    first = false;
+    bench_one(p, size, steps, batches, iters, js, md);
+  }
+  js << "\n  ]\n}\n";
+  md << "\nGPU memory is `cudaMemGetInfo` used (whole device, this process: weights + activations + cuBLAS/cuDNN "
+        "workspaces + CUDA context), sampled at the end of each request while its buffers are alive; all engine "
+        "buffers are persistent, so this is the peak. ";
+  for (auto& n : notes) md << n << ". ";
+  md << "\n";
   std::ofstream(out_prefix + ".json") << js.str();
   std::ofstream(out_prefix + ".md") << md.str();
   printf("%s", md.str().c_str());

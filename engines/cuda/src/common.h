@@ -23,9 +23,10 @@ namespace fq {
 
 // Element type of a device buffer. Activations and matrix weights use the engine's compute type; biases and
 // norm weights are always F32 (they are small, and keeping them exact costs nothing).
-enum class DType { F32, BF16 };
-inline size_t dsize(DType t) { return t == DType::F32 ? 4 : 2; }
-inline const char* dname(DType t) { return t == DType::F32 ? "f32" : "bf16"; }
+// FP8 (E4M3) is a storage type for GEMM operands only (weights and LayerNorm outputs, with per-tensor scales).
+enum class DType { F32, BF16, FP8 };
+inline size_t dsize(DType t) { return t == DType::F32 ? 4 : t == DType::BF16 ? 2 : 1; }
+inline const char* dname(DType t) { return t == DType::F32 ? "f32" : t == DType::BF16 ? "bf16" : "fp8"; }
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;

@@ -51,10 +51,14 @@ struct Ctx {
 };
 
 // A linear layer: weight [out, in] in the compute type, bias [out] in fp32 (nullptr when the layer has none).
+// w8/s8: optional fp8 (E4M3) copy of the weight with its per-tensor dequantisation scale (device float); the fp8
+// path uses it when the layer's input comes in fp8 (per-layer precision).
 struct Lin {
   void* w = nullptr;
   float* b = nullptr;
   int out = 0, in = 0;
+  void* w8 = nullptr;
+  float* s8 = nullptr;
 };
 
 }  // namespace fq

@@ -1,5 +1,6 @@
 // Text encoders: CLIP ViT-L/14 text tower (pooled output only) and the T5 v1.1 encoder.
 #pragma once
+#include <set>
 #include <vector>
 
 #include "json.h"
@@ -53,6 +54,7 @@ class T5Encoder {
   std::vector<Layer> layers_;
   std::vector<float> bias_table(int S) const;
   std::vector<float> rel_host_;
+  std::set<int> bias_len_;  // lengths whose bias table is already on the device
 };
 
 }  // namespace fq

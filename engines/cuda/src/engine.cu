@@ -16,7 +16,7 @@ std::string device_name() {
   return p.name;
 }
 
-Engine::Engine(DType dt_) : dt(dt_) {
+Engine::Engine(DType dt_, bool fp8_) : dt(dt_), fp8(fp8_ && dt_ == DType::BF16) {
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   const char* pref = getenv("FQ_ATTENTION");
   use_cudnn = dt == DType::BF16 && cudnn.available() && !(pref && std::string(pref) == "own");
@@ -48,7 +48,7 @@ void Engine::load_dir(const std::string& dir) {
   {
     ComponentFiles f(dir + "/transformer");
     WeightLoader L(&f, weights, 3);
-    flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt);
+    flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt, fp8);
   }
   {
     ComponentFiles f(dir + "/vae");
@@ -63,7 +63,7 @@ void Engine::load_synthetic(uint64_t seed) {
   WeightLoader L(nullptr, weights, seed);
   clip = std::make_unique<ClipText>(cfg.clip, L, dt);
   t5 = std::make_unique<T5Encoder>(cfg.t5, L, dt);
-  flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt);
+  flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt, fp8);
   vae = std::make_unique<VaeDecoder>(cfg.vae, L, weights, dt);
   CUDA_CHECK(cudaDeviceSynchronize());
 }
@@ -111,8 +111,11 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
       ids[t * 3 + 1] = float(y);
       ids[t * 3 + 2] = float(x);
     }
-  std::vector<float> cs = rope_table(cfg.flux, ids, j->S);
-  CUDA_CHECK(cudaMemcpyAsync(j->cs, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, st));
+  // RoPE tables depend only on (T, H, W): computed on the host (float64) once per geometry, then reused.
+  auto key = std::make_tuple(T, r.height, r.width);
+  auto it = rope_cache_.find(key);
+  if (it == rope_cache_.end()) it = rope_cache_.emplace(key, rope_table(cfg.flux, ids, j->S)).first;
+  CUDA_CHECK(cudaMemcpyAsync(j->cs, it->second.data(), it->second.size() * 4, cudaMemcpyHostToDevice, st));
   if (r.latents.empty())
     fill_normal(j->lat, DType::F32, int64_t(B) * j->L * 64, 0.f, 1.f, r.seed, st);
   else

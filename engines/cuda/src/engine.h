@@ -1,6 +1,8 @@
 // The engine: all four components resident on one GPU, and a request's life cycle (prepare, steps, decode).
 #pragma once
+#include <map>
 #include <memory>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -38,7 +40,10 @@ struct Job {
 
 class Engine {
  public:
-  explicit Engine(DType dt);
+  // dt: F32 (conformance) or BF16. fp8: additionally run the transformer's LN-fed GEMMs in fp8 (needs BF16).
+  explicit Engine(DType dt, bool fp8 = false);
+  const bool fp8;
+  std::string precision() const { return fp8 ? "fp8" : dname(dt); }
   ~Engine();
   void load_dir(const std::string& dir);  // diffusers layout: text_encoder/, text_encoder_2/, transformer/, vae/
   void load_synthetic(uint64_t seed);     // FLUX.1-dev sizes, random weights generated on the GPU
@@ -53,7 +58,8 @@ class Engine {
   Gemm gemm;
   Scratch scratch;
   CudnnAttention cudnn;
-  bool use_cudnn = false;  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
+  bool use_cudnn = false;
+  std::map<std::tuple<int, int, int>, std::vector<float>> rope_cache_;  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;
   std::unique_ptr<T5Encoder> t5;

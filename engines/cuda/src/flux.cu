@@ -43,7 +43,8 @@ std::vector<float> rope_table(const FluxConfig& cfg, const std::vector<float>& i
   return t;
 }
 
-FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L, DType dt) : cfg(cfg_) {
+FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L, DType dt, bool fp8_)
+    : cfg(cfg_), fp8(fp8_) {
   const int D = cfg.hidden(), hd = cfg.head_dim;
   x_emb_ = load_lin(L, {"x_embedder"}, D, cfg.in_channels, dt);
   ctx_emb_ = load_lin(L, {"context_embedder"}, D, cfg.joint_dim, dt);
@@ -88,6 +89,28 @@ FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L, DType 
   }
   norm_out_ = load_lin(L, {"norm_out.linear"}, 2 * D, D, dt);
   proj_out_ = load_lin(L, {"proj_out"}, cfg.out_channels, D, dt);
+  if (fp8) {
+    // Per-tensor scaled fp8 copies of the LN-fed layers (the bf16 originals stay for the other paths).
+    DeviceArena& ar = L.arena();
+    float* ws = static_cast<float*>(ar.alloc(sizeof(float)));
+    auto q8 = [&](Lin& l) {
+      int64_t n = int64_t(l.out) * l.in;
+      l.w8 = ar.alloc(size_t(n));
+      l.s8 = static_cast<float*>(ar.alloc(sizeof(float)));
+      quantize_fp8(l.w, dt, n, l.w8, l.s8, ws, nullptr);
+    };
+    for (auto& b : dbl_) {
+      q8(b.qkv_img);
+      q8(b.qkv_txt);
+      q8(b.ff1_img);
+      q8(b.ff1_txt);
+    }
+    for (auto& s : sgl_) {
+      q8(s.qkv);
+      q8(s.mlp);
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
   for (int i = 0; i < cfg.layers; i++) mod_w_.insert(mod_w_.end(), {6 * D, 6 * D});
   for (int i = 0; i < cfg.single_layers; i++) mod_w_.push_back(3 * D);
   mod_w_.push_back(2 * D);
@@ -159,6 +182,29 @@ void FluxTransformer::attention(Ctx& c, int B, int S, int T, const void* Q, cons
   prof_end(kProfAttn, c.st, 4.0 * B * double(S) * S * H * hd);
 }
 
+FluxTransformer::NormOut FluxTransformer::norm_in(Ctx& c, const char* name, const float* x, int rows, int rpb,
+                                                  const float* shift, const float* scale, int W) {
+  const int D = cfg.hidden();
+  if (fp8) {
+    void* o = c.scratch.get(name, size_t(rows) * D);
+    float* sc = c.f32(std::string(name) + ".scale", 1);
+    float* ws = c.f32(std::string(name) + ".ws", 1 + 2 * size_t(rows));
+    layernorm_mod_fp8(x, rows, D, rpb, shift, scale, W, 1e-6f, o, sc, ws, c.st);
+    return {o, DType::FP8, sc};
+  }
+  void* o = c.buf(name, size_t(rows) * D);
+  layernorm(x, rows, D, rpb, nullptr, nullptr, shift, scale, W, 1e-6f, o, c.dt, c.st);
+  return {o, c.dt, nullptr};
+}
+
+void FluxTransformer::mm(Ctx& c, const Lin& l, int rows, const NormOut& in, void* y, DType yt, int ldy, Epi epi) {
+  if (in.t == DType::FP8)
+    c.gemm.linear(c.st, rows, l.out, l.in, in.p, DType::FP8, l.in, l.w8, DType::FP8, l.b, epi, y, yt, ldy, nullptr,
+                  0.f, in.scale, l.s8);
+  else
+    c.gemm.linear(c.st, rows, l.out, l.in, in.p, in.t, l.in, l.w, c.dt, l.b, epi, y, yt, ldy);
+}
+
 void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents, const float* ctx0,
                               const float* mods, int R, int step, const float* cs, float* vel) {
   const int D = cfg.hidden(), H = cfg.heads, hd = cfg.head_dim, S = T + L;
@@ -168,8 +214,7 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
   float* x = c.f32("f.x", size_t(RL) * D);
   float* ctx = c.f32("f.ctx", size_t(RT) * D);
   float* y = c.f32("f.y", size_t(RS) * D);
-  void* xn = c.buf("f.xn", size_t(RS) * D);
-  void* cn = c.buf("f.cn", size_t(RT) * D);
+  void* xn = c.buf("f.xn", size_t(RS) * D);  // bf16/f32 LN output (fp8 mode: norm_in allocates its own)
   void* qkv_i = c.buf("f.qkv_i", size_t(RS) * 3 * D);
   void* qkv_t = c.buf("f.qkv_t", size_t(RT) * 3 * D);
   void* Q = c.buf("f.Q", size_t(RS) * D);
@@ -191,10 +236,10 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
     const float* mt = modp(k++);
     const int W = 6 * D;
     // Attention: shift_msa, scale_msa, gate_msa at chunks 0, 1, 2.
-    layernorm(x, RL, D, L, nullptr, nullptr, mi, mi + D, W, 1e-6f, xn, dt, c.st);
-    layernorm(ctx, RT, D, T, nullptr, nullptr, mt, mt + D, W, 1e-6f, cn, dt, c.st);
-    run_lin(c, blk.qkv_img, RL, xn, dt, qkv_i, dt);
-    run_lin(c, blk.qkv_txt, RT, cn, dt, qkv_t, dt);
+    NormOut ni = norm_in(c, "f.xn", x, RL, L, mi, mi + D, W);
+    NormOut nt = norm_in(c, "f.cn", ctx, RT, T, mt, mt + D, W);
+    mm(c, blk.qkv_img, RL, ni, qkv_i, dt, 3 * D, Epi::Bias);
+    mm(c, blk.qkv_txt, RT, nt, qkv_t, dt, 3 * D, Epi::Bias);
     qk_norm_rope(qkv_t, dt, 3 * D, B, T, 0, S, H, hd, blk.naq, blk.nak, cs, Q, K, V, dt, c.st);
     qk_norm_rope(qkv_i, dt, 3 * D, B, L, T, S, H, hd, blk.nq, blk.nk, cs, Q, K, V, dt, c.st);
     attention(c, B, S, 0, Q, K, V, OutMap{nullptr, a, 0, D});
@@ -206,12 +251,12 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
       run_lin(c, blk.out_txt, T, a + size_t(b) * S * D * es, dt, y + size_t(b) * T * D, DType::F32);
     gate_residual(ctx, y, DType::F32, D, mt + 2 * D, W, RT, D, T, c.st);
     // Feed-forward: shift_mlp, scale_mlp, gate_mlp at chunks 3, 4, 5.
-    layernorm(x, RL, D, L, nullptr, nullptr, mi + 3 * D, mi + 4 * D, W, 1e-6f, xn, dt, c.st);
-    run_lin(c, blk.ff1_img, RL, xn, dt, hid, dt, Epi::BiasGelu);
+    ni = norm_in(c, "f.xn", x, RL, L, mi + 3 * D, mi + 4 * D, W);
+    mm(c, blk.ff1_img, RL, ni, hid, dt, 4 * D, Epi::BiasGelu);
     run_lin(c, blk.ff2_img, RL, hid, dt, y, DType::F32);
     gate_residual(x, y, DType::F32, D, mi + 5 * D, W, RL, D, L, c.st);
-    layernorm(ctx, RT, D, T, nullptr, nullptr, mt + 3 * D, mt + 4 * D, W, 1e-6f, cn, dt, c.st);
-    run_lin(c, blk.ff1_txt, RT, cn, dt, hid, dt, Epi::BiasGelu);
+    nt = norm_in(c, "f.cn", ctx, RT, T, mt + 3 * D, mt + 4 * D, W);
+    mm(c, blk.ff1_txt, RT, nt, hid, dt, 4 * D, Epi::BiasGelu);
     run_lin(c, blk.ff2_txt, RT, hid, dt, y, DType::F32);
     gate_residual(ctx, y, DType::F32, D, mt + 5 * D, W, RT, D, T, c.st);
   }
@@ -228,9 +273,9 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
   for (auto& blk : sgl_) {
     const float* ms = modp(k++);
     const int W = 3 * D;
-    layernorm(z, RS, D, S, nullptr, nullptr, ms, ms + D, W, 1e-6f, xn, dt, c.st);
-    run_lin(c, blk.qkv, RS, xn, dt, qkv_i, dt);
-    c.gemm.linear(c.st, RS, 4 * D, D, xn, dt, D, blk.mlp.w, dt, blk.mlp.b, Epi::BiasGelu, cat + D * es, dt, 5 * D);
+    NormOut nz = norm_in(c, "f.xn", z, RS, S, ms, ms + D, W);
+    mm(c, blk.qkv, RS, nz, qkv_i, dt, 3 * D, Epi::Bias);
+    mm(c, blk.mlp, RS, nz, cat + D * es, dt, 5 * D, Epi::BiasGelu);
     qk_norm_rope(qkv_i, dt, 3 * D, B, S, 0, S, H, hd, blk.nq, blk.nk, cs, Q, K, V, dt, c.st);
     attention(c, B, S, 0, Q, K, V, OutMap{nullptr, cat, 0, 5 * D});
     run_lin(c, blk.out, RS, cat, dt, y, DType::F32);

@@ -22,7 +22,9 @@ std::vector<float> rope_table(const FluxConfig& cfg, const std::vector<float>& i
 
 class FluxTransformer {
  public:
-  FluxTransformer(const FluxConfig& cfg, WeightLoader& L, DType dt);
+  // fp8: the GEMMs fed by an adaLN LayerNorm (q/k/v, MLP-in) run in fp8 with per-tensor scales; the others bf16.
+  FluxTransformer(const FluxConfig& cfg, WeightLoader& L, DType dt, bool fp8 = false);
+  const bool fp8;
   const FluxConfig cfg;
 
   // Width of all modulation vectors of one conditioning row (all blocks + the output norm).
@@ -48,6 +50,15 @@ class FluxTransformer {
     float *nq, *nk;
   };
   void attention(Ctx& c, int B, int S, int T, const void* Q, const void* K, const void* V, OutMap out);
+  // LayerNorm + modulation of `rows` rows into the GEMM input buffer `name` (fp8 with its scale, or dt).
+  struct NormOut {
+    void* p;
+    DType t;
+    float* scale;
+  };
+  NormOut norm_in(Ctx& c, const char* name, const float* x, int rows, int rpb, const float* shift,
+                  const float* scale, int W);
+  void mm(Ctx& c, const Lin& l, int rows, const NormOut& in, void* y, DType yt, int ldy, Epi epi);
   Lin x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;
   std::vector<Double> dbl_;
   std::vector<Single> sgl_;

@@ -16,7 +16,9 @@ namespace {
                                ":" + std::to_string(__LINE__));                                              \
   } while (0)
 
-cudaDataType_t cuda_type(DType t) { return t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF; }
+cudaDataType_t cuda_type(DType t) {
+  return t == DType::F32 ? CUDA_R_32F : t == DType::BF16 ? CUDA_R_16BF : CUDA_R_8F_E4M3;
+}
 
 // Largest power of two (<= 256) dividing the address: the alignment cuBLASLt may assume for this operand.
 int align_of(const void* p) {
@@ -68,6 +70,14 @@ Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType y
   // The bias has D's type (cuBLASLt's default; an fp32 bias with a bf16 D has no kernel): see bias_for().
   if (e != CUBLASLT_EPILOGUE_DEFAULT)
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  if (wt == DType::FP8) {
+    int8_t fast = 1;
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+    // Placeholder scale pointers (any device float) so the heuristic sees a scaled fp8 product; set per call.
+    const float* s = bias;
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &s, sizeof s));
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &s, sizeof s));
+  }
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(wt), K, N, K));
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(xt), K, M, ldx));
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(yt), N, M, ldy));
@@ -100,8 +110,11 @@ const void* Gemm::bias_for(const float* bias, int n, DType yt, cudaStream_t st) 
 }
 
 void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
-                  const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C, float beta) {
+                  const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C, float beta,
+                  const float* x_scale, const float* w_scale) {
   if (M == 0) return;
+  if ((xt == DType::FP8) != (wt == DType::FP8) || (wt == DType::FP8 && (!x_scale || !w_scale)))
+    throw std::runtime_error("fp8 GEMM needs fp8 X and W with both scales");
   // fp32 path: GELU by our own kernel after a bias-only GEMM (see header).
   bool gelu_after = epi == Epi::BiasGelu && wt == DType::F32;
   Epi use = gelu_after ? Epi::Bias : epi;
@@ -123,6 +136,10 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
                              " K=" + std::to_string(K) + " " + dname(xt) + "/" + dname(wt) + "->" + dname(yt));
   if (use != Epi::None)
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ebias, sizeof ebias));
+  if (wt == DType::FP8) {  // A is W, B is X in the column-major view
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
+    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof x_scale));
+  }
   float alpha = 1.f;
   prof_begin(kProfGemm, st);
   // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).

@@ -25,8 +25,11 @@ class Gemm {
   // Y[M, N] = epi(X[M, K] W[N, K]^T + bias) + beta * C, row-major with row strides ldx / ldy; C has Y's type and
   // stride and may alias Y (residual adds). BiasGelu is the tanh GELU; on the fp32 path it runs as a separate
   // kernel so that the conformance path uses only the engine's own, exactly specified GELU.
+  // FP8 operands (xt == wt == FP8) carry per-tensor dequantisation scales x_scale / w_scale (device floats):
+  // Y = epi(x_scale * w_scale * X W^T + bias), fp32 accumulation (cuBLASLt fast-accumulation mode).
   void linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
-              const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C = nullptr, float beta = 0.f);
+              const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C = nullptr, float beta = 0.f,
+              const float* x_scale = nullptr, const float* w_scale = nullptr);
 
   // Row-major C[M, N] = alpha * op(A) op(B) + beta * C with fp32 compute; op(A) = A^T when ta (A stored [K, M]).
   void matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at, int lda,

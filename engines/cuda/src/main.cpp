@@ -1,7 +1,8 @@
 // fluxql-engine: the native CUDA engine of fluxql.
 //   fluxql-engine [--serve]                       framed protocol on stdin/stdout (PROTOCOL.md)
-//   fluxql-engine --selftest <fixtures> <model> [f32|bf16|both]
-//   fluxql-engine --bench [--size N] [--steps N] [--batches 1,2,4] [--iters N] [--out prefix]
+//   fluxql-engine --selftest <fixtures> <model> [f32|bf16|fp8|both|all]
+//   fluxql-engine --bench [--size N] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
+//                         [--out prefix]
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -20,7 +21,7 @@ int main(int argc, char** argv) {
     }
     if (mode == "--bench") {
       int size = 1024, steps = 28, iters = 10;
-      std::string batches = "1,2,4", out = "cuda-bench";
+      std::string batches = "1,2,4", out = "cuda-bench", precisions = "bf16";
       for (int i = 2; i + 1 < argc; i += 2) {
         std::string k = argv[i], v = argv[i + 1];
         if (k == "--size") size = std::stoi(v);
@@ -28,12 +29,13 @@ int main(int argc, char** argv) {
         else if (k == "--iters") iters = std::stoi(v);
         else if (k == "--batches") batches = v;
         else if (k == "--out") out = v;
+        else if (k == "--precisions") precisions = v;
         else {
           fprintf(stderr, "unknown option %s\n", k.c_str());
           return 2;
         }
       }
-      return fq::run_bench(size, steps, batches, iters, out);
+      return fq::run_bench(size, steps, batches, iters, precisions, out);
     }
     if (mode == "--serve") return fq::run_serve();
     fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench)\n", mode.c_str());

@@ -82,10 +82,10 @@ int run_serve() {
         return 0;
       } else if (op == "load") {
         std::string prec = req.str("precision", "bf16");
-        if (prec != "bf16" && prec != "f32") throw std::runtime_error("precision must be bf16 or f32");
+        if (prec != "bf16" && prec != "f32" && prec != "fp8") throw std::runtime_error("precision must be f32, bf16 or fp8");
         jobs.clear();
         eng.reset();
-        eng = std::make_unique<Engine>(prec == "f32" ? DType::F32 : DType::BF16);
+        eng = std::make_unique<Engine>(prec == "f32" ? DType::F32 : DType::BF16, prec == "fp8");
         if (req.has("synthetic")) eng->load_synthetic(uint64_t(req.num("seed", 42)));
         else eng->load_dir(req.str("model", ""));
         send("{\"op\":\"loaded\",\"id\":" + id + ",\"device\":" + json_escape(device_name()) +

@@ -70,9 +70,12 @@ void T5Encoder::encode(Ctx& c, const std::vector<int>& ids, int B, int S, float*
   const int D = cfg.d_model, H = cfg.heads, dk = cfg.d_kv, I = H * dk, R = B * S;
   int* d_ids = c.scratch.getT<int>("t5.ids", R);
   CUDA_CHECK(cudaMemcpyAsync(d_ids, ids.data(), R * sizeof(int), cudaMemcpyHostToDevice, c.st));
-  std::vector<float> bias = bias_table(S);
-  float* d_bias = c.f32("t5.bias", bias.size());
-  CUDA_CHECK(cudaMemcpyAsync(d_bias, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice, c.st));
+  // The bias depends only on S: built on the host once per length and kept on the device (64 MB at S = 512).
+  float* d_bias = c.f32("t5.bias." + std::to_string(S), size_t(cfg.heads) * S * S);
+  if (bias_len_.insert(S).second) {
+    std::vector<float> bias = bias_table(S);
+    CUDA_CHECK(cudaMemcpy(d_bias, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice));
+  }
   float* x = c.f32("t5.x", size_t(R) * D);
   void* h = c.buf("t5.h", size_t(R) * D);
   void* qkv = c.buf("t5.qkv", size_t(R) * 3 * I);

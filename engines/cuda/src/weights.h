@@ -30,6 +30,7 @@ class WeightLoader {
   // files == nullptr: synthetic mode (random weights from `seed`).
   WeightLoader(const ComponentFiles* files, DeviceArena& arena, uint64_t seed);
   bool synthetic() const { return files_ == nullptr; }
+  DeviceArena& arena() { return arena_; }
   bool has(const std::string& name) const { return files_ ? files_->find(name) != nullptr : true; }
   // Matrix [rows, cols] in `dt`; the rows are the named tensors stacked in order (fuses q/k/v into one GEMM).
   void* matrix(const std::vector<std::string>& parts, int64_t rows, int64_t cols, DType dt, Init init = Init::Linear);

@@ -21,10 +21,17 @@ import { makeBflControlLora, mergeBflControl, writeMergedModel } from './lora-re
 export const CONTROL_LORA = { file: 'constructed_bfl_control.safetensors', strength: 0.7, rank: 4 } as const;
 
 /** A temporary LORA_DIR holding the fixture LoRAs and the constructed control LoRA; `dispose` removes it. */
-export function prepareLoraDir(fixtures: string, index: FixtureIndex, model: string): { dir: string; dispose: () => void } {
+export function prepareLoraDir(
+  fixtures: string,
+  index: FixtureIndex,
+  model: string,
+): { dir: string; dispose: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'fluxql-loras-'));
   for (const c of index.lora_cases) copyFileSync(join(fixtures, c.lora_file), join(dir, c.lora_file));
-  writeSafetensors(join(dir, CONTROL_LORA.file), makeBflControlLora(transformerConfig(model), { rank: CONTROL_LORA.rank }));
+  writeSafetensors(
+    join(dir, CONTROL_LORA.file),
+    makeBflControlLora(transformerConfig(model), { rank: CONTROL_LORA.rank }),
+  );
   return { dir, dispose: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
@@ -83,8 +90,10 @@ export async function loraCases(
   const out: CaseResult[] = [];
   const inputsCache = new Map<string, Inputs>();
   const inputs = (file: string) => {
-    let v = inputsCache.get(file);
-    if (!v) inputsCache.set(file, (v = readInputs(join(fixtures, file))));
+    const hit = inputsCache.get(file);
+    if (hit) return hit;
+    const v = readInputs(join(fixtures, file));
+    inputsCache.set(file, v);
     return v;
   };
   for (const [i, c] of index.lora_cases.entries()) {
@@ -99,12 +108,19 @@ export async function loraCases(
     out.push(result(`${name}.unload_restores_base`, 'mismatched_values', bitMismatches(after, base), 0));
   }
   // The constructed control LoRA runs with the fixture LoRAs (a directory without LoRA cases is not a LoRA suite).
-  if (index.transformer_case && index.lora_cases.length > 0) out.push(...(await controlCase(pipe, inputs(index.transformer_case.file), model, mode, limits)));
+  if (index.transformer_case && index.lora_cases.length > 0)
+    out.push(...(await controlCase(pipe, inputs(index.transformer_case.file), model, mode, limits)));
   return out;
 }
 
 /** The constructed BFL Control LoRA against the merged-weights model (compiled as a plain engine of the same mode). */
-async function controlCase(pipe: FluxPipeline, x: Inputs, model: string, mode: string, limits: Limits): Promise<CaseResult[]> {
+async function controlCase(
+  pipe: FluxPipeline,
+  x: Inputs,
+  model: string,
+  mode: string,
+  limits: Limits,
+): Promise<CaseResult[]> {
   const config = transformerConfig(model);
   const dir = mkdtempSync(join(tmpdir(), 'fluxql-merged-'));
   try {
@@ -132,5 +148,8 @@ async function controlCase(pipe: FluxPipeline, x: Inputs, model: string, mode: s
 /** Number of positions whose float32 bit patterns differ. */
 function bitMismatches(a: Float32Array, b: Float32Array): number {
   if (a.length !== b.length) return Math.max(a.length, b.length);
-  return mismatches(new Uint32Array(a.buffer, a.byteOffset, a.length), new Uint32Array(b.buffer, b.byteOffset, b.length));
+  return mismatches(
+    new Uint32Array(a.buffer, a.byteOffset, a.length),
+    new Uint32Array(b.buffer, b.byteOffset, b.length),
+  );
 }

@@ -8,7 +8,10 @@
  */
 import { cpSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { type FluxTransformerConfig, resolveTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
+import {
+  type FluxTransformerConfig,
+  resolveTransformerConfig,
+} from '../../../engines/compiler/flux/transformer-config.ts';
 import { type FloatTensorInput, openComponentWeights, writeSafetensors } from '../../shared/weights/index.ts';
 
 /** A BFL module of the reference mapping: its diffusers targets as `[module, first BFL row]`, rows per target. */
@@ -48,16 +51,34 @@ function refModules(config: FluxTransformerConfig, inChannels: number): RefModul
     const q = `double_blocks.${i}`;
     const qkv = (names: string[]) => names.map((n, k) => ({ module: `${p}.attn.${n}`, row: k * D, rows: D }));
     mods.push({ bfl: `${q}.img_attn.qkv`, out: 3 * D, in: D, targets: qkv(['to_q', 'to_k', 'to_v']) });
-    mods.push({ bfl: `${q}.txt_attn.qkv`, out: 3 * D, in: D, targets: qkv(['add_q_proj', 'add_k_proj', 'add_v_proj']) });
-    mods.push(one(`${q}.img_attn.proj`, `${p}.attn.to_out.0`, D, D), one(`${q}.txt_attn.proj`, `${p}.attn.to_add_out`, D, D));
+    mods.push({
+      bfl: `${q}.txt_attn.qkv`,
+      out: 3 * D,
+      in: D,
+      targets: qkv(['add_q_proj', 'add_k_proj', 'add_v_proj']),
+    });
+    mods.push(
+      one(`${q}.img_attn.proj`, `${p}.attn.to_out.0`, D, D),
+      one(`${q}.txt_attn.proj`, `${p}.attn.to_add_out`, D, D),
+    );
     mods.push(one(`${q}.img_mlp.0`, `${p}.ff.net.0.proj`, M, D), one(`${q}.img_mlp.2`, `${p}.ff.net.2`, D, M));
-    mods.push(one(`${q}.txt_mlp.0`, `${p}.ff_context.net.0.proj`, M, D), one(`${q}.txt_mlp.2`, `${p}.ff_context.net.2`, D, M));
-    mods.push(one(`${q}.img_mod.lin`, `${p}.norm1.linear`, 6 * D, D), one(`${q}.txt_mod.lin`, `${p}.norm1_context.linear`, 6 * D, D));
+    mods.push(
+      one(`${q}.txt_mlp.0`, `${p}.ff_context.net.0.proj`, M, D),
+      one(`${q}.txt_mlp.2`, `${p}.ff_context.net.2`, D, M),
+    );
+    mods.push(
+      one(`${q}.img_mod.lin`, `${p}.norm1.linear`, 6 * D, D),
+      one(`${q}.txt_mod.lin`, `${p}.norm1_context.linear`, 6 * D, D),
+    );
   }
   for (let j = 0; j < c.numSingleLayers; j++) {
     const p = `single_transformer_blocks.${j}`;
     const q = `single_blocks.${j}`;
-    const targets = ['attn.to_q', 'attn.to_k', 'attn.to_v'].map((n, k) => ({ module: `${p}.${n}`, row: k * D, rows: D }));
+    const targets = ['attn.to_q', 'attn.to_k', 'attn.to_v'].map((n, k) => ({
+      module: `${p}.${n}`,
+      row: k * D,
+      rows: D,
+    }));
     targets.push({ module: `${p}.proj_mlp`, row: 3 * D, rows: M });
     mods.push({ bfl: `${q}.linear1`, out: 3 * D + M, in: D, targets });
     mods.push(one(`${q}.linear2`, `${p}.proj_out`, D, D + M), one(`${q}.modulation.lin`, `${p}.norm.linear`, 3 * D, D));
@@ -72,7 +93,10 @@ function refNorms(config: FluxTransformerConfig): [string, string][] {
   const c = resolveTransformerConfig(config);
   const out: [string, string][] = [];
   for (let i = 0; i < c.numLayers; i++) {
-    for (const [s, q, k] of [['img', 'norm_q', 'norm_k'], ['txt', 'norm_added_q', 'norm_added_k']] as const) {
+    for (const [s, q, k] of [
+      ['img', 'norm_q', 'norm_k'],
+      ['txt', 'norm_added_q', 'norm_added_k'],
+    ] as const) {
       out.push([`double_blocks.${i}.${s}_attn.norm.query_norm.scale`, `transformer_blocks.${i}.attn.${q}`]);
       out.push([`double_blocks.${i}.${s}_attn.norm.key_norm.scale`, `transformer_blocks.${i}.attn.${k}`]);
     }
@@ -98,10 +122,15 @@ export interface ControlLoraOptions {
   seed?: number;
   /** `img_in.lora_A` input width (2 × in_channels for a real control LoRA). @default the model's in_channels */
   imgInChannels?: number;
+  /** Include the QK-norm replacements. @default true */
+  norms?: boolean;
 }
 
 /** The tensors of a BFL Control LoRA for `config`: every Linear (with `lora_B.bias`) and every QK-norm scale. */
-export function makeBflControlLora(config: FluxTransformerConfig, o: ControlLoraOptions): Record<string, FloatTensorInput> {
+export function makeBflControlLora(
+  config: FluxTransformerConfig,
+  o: ControlLoraOptions,
+): Record<string, FloatTensorInput> {
   const seed = { s: o.seed ?? 1234 };
   const inCh = o.imgInChannels ?? resolveTransformerConfig(config).inChannels;
   const t: Record<string, FloatTensorInput> = {};
@@ -112,7 +141,7 @@ export function makeBflControlLora(config: FluxTransformerConfig, o: ControlLora
     t[`${m.bfl}.lora_B.bias`] = { dtype: 'F32', shape: [m.out], data: values(m.out, seed, 0.05) };
   }
   const headDim = resolveTransformerConfig(config).headDim;
-  for (const [key] of refNorms(config)) {
+  for (const [key] of o.norms === false ? [] : refNorms(config)) {
     t[key] = { dtype: 'F32', shape: [headDim], data: Float32Array.from(values(headDim, seed, 0.5), (v) => 1 + v) };
   }
   return t;
@@ -164,7 +193,8 @@ export function mergeBflControl(
       }
     }
   }
-  for (const [key, module] of refNorms(config)) out[`${module}.weight`] = { ...lora[key]!, data: Float32Array.from(lora[key]!.data) };
+  for (const [key, module] of refNorms(config).filter(([k]) => lora[k]))
+    out[`${module}.weight`] = { ...lora[key]!, data: Float32Array.from(lora[key]!.data) };
   return out;
 }
 
@@ -185,7 +215,11 @@ export function writeMergedModel(
     else symlinkSync(resolve(modelDir, entry), join(outDir, entry));
   }
   const inChannels = weights['x_embedder.weight']!.shape[1]!;
-  const cfg = { ...config, in_channels: inChannels, out_channels: config.out_channels ?? resolveTransformerConfig(config).inChannels };
+  const cfg = {
+    ...config,
+    in_channels: inChannels,
+    out_channels: config.out_channels ?? resolveTransformerConfig(config).inChannels,
+  };
   writeSafetensors(join(outDir, 'transformer', 'diffusion_pytorch_model.safetensors'), weights);
   writeFileSync(join(outDir, 'transformer', 'config.json'), JSON.stringify(cfg, null, 2));
   return outDir;

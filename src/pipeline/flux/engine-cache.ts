@@ -6,6 +6,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compileEngine } from '../../../engines/compiler/compile.ts';
 import { MODE_NAMES } from '../../../engines/compiler/modes.ts';
+import type { ModePlan } from '../../../engines/compiler/planner/plan-types.ts';
 import { type ModelRepo, resolveModelRepo } from '../../shared/weights/index.ts';
 import { type FlowMatchConfig, parseSchedulerConfig } from './schedule.ts';
 import type { FluxTokenizerPaths } from './tokenize.ts';
@@ -47,12 +48,13 @@ export function openModelSource(path: string): ModelSource {
 /** Manifest path of `mode`, compiling it when not cached. */
 export async function ensureEngine(
   source: ModelSource,
-  options: { mode: string; cacheDir?: string; onLog?: (m: string) => void; lora?: boolean },
+  options: { mode: string; cacheDir?: string; onLog?: (m: string) => void; lora?: boolean; plan?: ModePlan },
 ): Promise<string> {
   return compileEngine(source.repo, {
     mode: options.mode,
     cacheDir: options.cacheDir ?? defaultCacheDir(),
     onLog: options.onLog,
     lora: options.lora,
+    plan: options.plan,
   });
 }

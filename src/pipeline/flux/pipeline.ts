@@ -17,7 +17,10 @@ import { createLoraManager, readLoraLayout } from '../lora/engine-layout.ts';
 import type { LoraManager } from '../lora/lora-manager.ts';
 import type { LoraSelection } from '../lora/types.ts';
 import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
-import { ensureEngine, type ModelSource, openModelSource } from './engine-cache.ts';
+import { resolveModeFor } from '../../../engines/compiler/modes.ts';
+import { ensurePlan } from './elastic-plan.ts';
+import { defaultCacheDir, ensureEngine, type ModelSource, openModelSource } from './engine-cache.ts';
+import { stepCacheOf } from './step-cache.ts';
 import { FluxArgumentError, imageIds, latentGrid, packLatents, textIds } from './latents.ts';
 import { noiseForSeeds } from './noise.ts';
 import { concatIds, type RopeTables, ropeTables } from './rope.ts';
@@ -117,12 +120,19 @@ export class FluxPipeline {
     const key = variant.lora ? `${mode}+lora` : mode;
     let e = this.engines.get(key);
     if (!e) {
-      e = ensureEngine(this.source, {
-        mode,
-        cacheDir: this.options.cacheDir,
-        onLog: this.options.onLog,
-        lora: variant.lora,
-      }).then((m) => this.loader.load(m));
+      // Compressed modes (L, M, S) are compiled from a per-layer plan, measured once per model (elastic-plan.ts).
+      const spec = resolveModeFor(mode, this.source.name, this.source.modes);
+      e = ensurePlan(this, spec, this.options.cacheDir ?? defaultCacheDir(), { threads: this.options.threads, onLog: this.options.onLog })
+        .then((plan) =>
+          ensureEngine(this.source, {
+            mode,
+            cacheDir: this.options.cacheDir,
+            onLog: this.options.onLog,
+            lora: variant.lora,
+            plan,
+          }),
+        )
+        .then((m) => this.loader.load(m));
       e.catch(() => this.engines.delete(key));
       this.engines.set(key, e);
     }
@@ -282,12 +292,32 @@ export class FluxPipeline {
     const mode = first.request.mode ?? 'original';
     const set = first.request.loras ?? [];
     const lora = set.length > 0 ? await this.loraFeeds(mode, set) : undefined;
-    const { sessions, manifest } = lora?.engine ?? (await this.engine(mode));
+    const engine = lora?.engine ?? (await this.engine(mode));
+    const { sessions, manifest } = engine;
+    const feeds = this.feedsFor(group, manifest);
+    if (lora) Object.assign(feeds, lora.feeds);
+    // Mode S: First-Block-Cache decides per step whether the transformer's tail runs (step-cache.ts).
+    const cache = lora ? undefined : stepCacheOf(engine);
+    const v = cache ? await cache.run(group, feeds) : ((await sessions.transformer.run(feeds)).sample!.data as Float32Array); // [B, L, C]
+    const per = first.grid.seqLen * manifest.config.outChannels;
+    group.forEach((s, i) => {
+      eulerStep(s.latents, v.subarray(i * per, (i + 1) * per), s.sigmas[s.step]!, s.sigmas[s.step + 1]!, s.latents);
+      s.step++;
+    });
+  }
+
+  /** The full transformer graph's feeds for one step of `group` (samples of one grid and text length) in `mode`. */
+  async transformerFeeds(group: SampleState[], mode = 'original'): Promise<Record<string, HostTensor>> {
+    return this.feedsFor(group, (await this.engine(mode)).manifest);
+  }
+
+  private feedsFor(group: SampleState[], manifest: EngineManifest): Record<string, HostTensor> {
+    const first = group[0]!;
     const b = group.length;
     const { seqLen: l, h, w } = first.grid;
     const t = first.textLen;
     const rope = this.rope(t, h, w, manifest.config.axesDimsRope);
-    const feeds: Parameters<typeof sessions.transformer.run>[0] = {
+    const feeds: Record<string, HostTensor> = {
       hidden_states: { data: stack(group.map((s) => s.latents)), dims: [b, l, manifest.config.inChannels] },
       encoder_hidden_states: { data: stack(group.map((s) => s.embeds)), dims: [b, t, manifest.config.jointAttentionDim] },
       pooled_projections: { data: stack(group.map((s) => s.pooled)), dims: [b, manifest.config.pooledProjectionDim] },
@@ -299,14 +329,7 @@ export class FluxPipeline {
     if (manifest.config.guidanceEmbeds) {
       feeds.guidance = { data: Float32Array.from(group.map((s) => s.request.guidanceScale)), dims: [b] };
     }
-    if (lora) Object.assign(feeds, lora.feeds);
-    const out = await sessions.transformer.run(feeds);
-    const v = out.sample!.data as Float32Array; // [B, L, C]
-    const per = l * manifest.config.outChannels;
-    group.forEach((s, i) => {
-      eulerStep(s.latents, v.subarray(i * per, (i + 1) * per), s.sigmas[s.step]!, s.sigmas[s.step + 1]!, s.latents);
-      s.step++;
-    });
+    return feeds;
   }
 
   /** Decodes finished samples; returns `[3, H, W]` float images in [0,1], in input order. */

@@ -38,7 +38,12 @@ export class FactorCollector {
   matrix(key: string): { data: Float32Array; rows: number; cols: number } {
     const shape = this.reader.shape(key);
     if (shape.length !== 2) {
-      throw new LoraError('shape_mismatch', `${key} must be a 2-D matrix, got shape [${shape.join(', ')}]`, this.reader.label, [key]);
+      throw new LoraError(
+        'shape_mismatch',
+        `${key} must be a 2-D matrix, got shape [${shape.join(', ')}]`,
+        this.reader.label,
+        [key],
+      );
     }
     return { data: this.reader.f32(key), rows: shape[0]!, cols: shape[1]! };
   }
@@ -46,7 +51,10 @@ export class FactorCollector {
   /** A scalar (`alpha`), given as shape `[]` or `[1]`. */
   scalar(key: string): number {
     const v = this.reader.f32(key);
-    if (v.length !== 1) throw new LoraError('shape_mismatch', `${key} must be a scalar, has ${v.length} values`, this.reader.label, [key]);
+    if (v.length !== 1)
+      throw new LoraError('shape_mismatch', `${key} must be a scalar, has ${v.length} values`, this.reader.label, [
+        key,
+      ]);
     if (!Number.isFinite(v[0]!)) throw new LoraError('non_finite', `${key} is ${v[0]}`, this.reader.label, [key]);
     return v[0]!;
   }
@@ -59,11 +67,18 @@ export class FactorCollector {
     const down = this.matrix(downKey);
     const up = this.matrix(upKey);
     const label = this.reader.label;
-    for (const [k, r] of [[downKey, down.rows], [upKey, up.cols]] as const) {
-      if (r < 1 || r > MAX_RANK) throw new LoraError('bad_rank', `${k}: rank ${r} is outside 1..${MAX_RANK}`, label, [k]);
+    for (const [k, r] of [
+      [downKey, down.rows],
+      [upKey, up.cols],
+    ] as const) {
+      if (r < 1 || r > MAX_RANK)
+        throw new LoraError('bad_rank', `${k}: rank ${r} is outside 1..${MAX_RANK}`, label, [k]);
     }
     if (down.rows !== up.cols) {
-      throw new LoraError('bad_rank', `${downKey} has rank ${down.rows} but ${upKey} has rank ${up.cols}`, label, [downKey, upKey]);
+      throw new LoraError('bad_rank', `${downKey} has rank ${down.rows} but ${upKey} has rank ${up.cols}`, label, [
+        downKey,
+        upKey,
+      ]);
     }
     this.use(downKey, upKey);
     let bias: Float32Array | undefined;
@@ -71,7 +86,12 @@ export class FactorCollector {
       bias = this.reader.f32(biasKey);
       this.use(biasKey);
       if (bias.length !== up.rows) {
-        throw new LoraError('shape_mismatch', `${biasKey} has ${bias.length} values, ${upKey} has ${up.rows} rows`, label, [biasKey]);
+        throw new LoraError(
+          'shape_mismatch',
+          `${biasKey} has ${bias.length} values, ${upKey} has ${up.rows} rows`,
+          label,
+          [biasKey],
+        );
       }
     }
     return { a: down.data, b: up.data, rank: down.rows, inFeatures: down.cols, outFeatures: up.rows, bias };
@@ -80,12 +100,23 @@ export class FactorCollector {
   /** Records the factor of `module`; the same module twice in one file is an error. */
   add(module: string, pair: RawPair, scale: number, keys: readonly string[]): void {
     if (!this.spec.linears.has(module)) {
-      throw new LoraError('unmatched_keys', `targets ${module}, which the model does not have`, this.reader.label, keys);
+      throw new LoraError(
+        'unmatched_keys',
+        `targets ${module}, which the model does not have`,
+        this.reader.label,
+        keys,
+      );
     }
     if (this.factors.has(module)) {
-      throw new LoraError('unmatched_keys', `${module} is targeted twice (${keys.join(', ')})`, this.reader.label, keys);
+      throw new LoraError(
+        'unmatched_keys',
+        `${module} is targeted twice (${keys.join(', ')})`,
+        this.reader.label,
+        keys,
+      );
     }
-    if (!Number.isFinite(scale)) throw new LoraError('non_finite', `${module}: scale is ${scale}`, this.reader.label, keys);
+    if (!Number.isFinite(scale))
+      throw new LoraError('non_finite', `${module}: scale is ${scale}`, this.reader.label, keys);
     this.factors.set(module, { module, ...pair, scale });
   }
 }

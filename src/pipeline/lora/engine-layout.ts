@@ -20,7 +20,13 @@ const layoutSchema = z.object({
       inFeatures: z.number().int().positive(),
       outFeatures: z.number().int().positive(),
       parts: z
-        .array(z.object({ name: z.string(), offset: z.number().int().nonnegative(), outFeatures: z.number().int().positive() }))
+        .array(
+          z.object({
+            name: z.string(),
+            offset: z.number().int().nonnegative(),
+            outFeatures: z.number().int().positive(),
+          }),
+        )
         .optional(),
     }),
   ),

@@ -83,7 +83,9 @@ export function splitBflPair(
     const rows: [number, number] = [row, row + p.outFeatures];
     row += p.outFeatures;
     const a = diag ? sliceRows(pair.a, pair.inFeatures, i * chunk, (i + 1) * chunk) : pair.a;
-    const up = diag ? block(b, pair.rank, rows[0], rows[1], i * chunk, (i + 1) * chunk) : sliceRows(b, pair.rank, ...rows);
+    const up = diag
+      ? block(b, pair.rank, rows[0], rows[1], i * chunk, (i + 1) * chunk)
+      : sliceRows(b, pair.rank, ...rows);
     return {
       module: p.module,
       pair: {

@@ -62,7 +62,9 @@ export function buildLoraFeeds(
       const r = lora.norms.get(module);
       if (!r) continue;
       if (from && !sameValues(r, weight!)) {
-        throw new LoraError('unsupported', `${from} and ${name} both replace ${module} with different weights`, name, [module]);
+        throw new LoraError('unsupported', `${from} and ${name} both replace ${module} with different weights`, name, [
+          module,
+        ]);
       }
       weight = r;
       from = name;
@@ -86,7 +88,10 @@ function layerFeeds(layer: LoraLayerLayout, set: readonly ActiveLora[]): Record<
       if (!f) continue;
       const k = strength * f.scale;
       let byScale = shared.get(f.a);
-      if (!byScale) shared.set(f.a, (byScale = new Map()));
+      if (!byScale) {
+        byScale = new Map();
+        shared.set(f.a, byScale);
+      }
       let blk = byScale.get(f.scale);
       if (!blk) {
         blk = { a: scaledDown(f, k, inF), rank: f.rank, ups: [] };
@@ -127,7 +132,10 @@ function layerFeeds(layer: LoraLayerLayout, set: readonly ActiveLora[]): Record<
  */
 function scaledDown(f: LoraFactor, k: number, engineIn: number): Float32Array {
   if (f.inFeatures > engineIn) {
-    throw new LoraError('unsupported', `${f.module}: down factor has ${f.inFeatures} inputs, the engine's layer ${engineIn}`);
+    throw new LoraError(
+      'unsupported',
+      `${f.module}: down factor has ${f.inFeatures} inputs, the engine's layer ${engineIn}`,
+    );
   }
   const out = new Float32Array(f.rank * engineIn);
   for (let r = 0; r < f.rank; r++) {

@@ -16,7 +16,9 @@ function kohyaTable(c: FactorCollector): Map<string, BflModule> {
   for (const [name, mod] of c.spec.bfl) table.set(`lora_unet_${name.replaceAll('.', '_')}`, mod);
   // "Mixture" files name diffusers modules: lora_transformer_single_transformer_blocks_0_attn_to_q.
   for (const [module, shape] of c.spec.linears) {
-    table.set(`lora_transformer_${module.replaceAll('.', '_')}`, { parts: [{ module, outFeatures: shape.outFeatures }] });
+    table.set(`lora_transformer_${module.replaceAll('.', '_')}`, {
+      parts: [{ module, outFeatures: shape.outFeatures }],
+    });
   }
   return table;
 }
@@ -26,8 +28,10 @@ function kohyaTable(c: FactorCollector): Map<string, BflModule> {
  * `transformer.<diffusers module>` becomes the mixture spelling; other keys are returned as they are.
  */
 function kohyaStem(stem: string): string {
-  if (stem.startsWith('diffusion_model.')) return `lora_unet_${stem.slice('diffusion_model.'.length).replaceAll('.', '_')}`;
-  if (stem.startsWith('transformer.')) return `lora_transformer_${stem.slice('transformer.'.length).replaceAll('.', '_')}`;
+  if (stem.startsWith('diffusion_model.'))
+    return `lora_unet_${stem.slice('diffusion_model.'.length).replaceAll('.', '_')}`;
+  if (stem.startsWith('transformer.'))
+    return `lora_transformer_${stem.slice('transformer.'.length).replaceAll('.', '_')}`;
   return stem;
 }
 
@@ -88,7 +92,8 @@ export function parseBflControl(c: FactorCollector): void {
     const biasKey = key.replace(/\.lora_A\.weight$/, '.lora_B.bias');
     if (!mod || !names.has(upKey)) continue;
     const pair = c.pair(key, upKey, names.has(biasKey) ? biasKey : undefined);
-    for (const s of splitBflPair(pair, checkedRows(c, mod, pair.outFeatures, upKey))) c.add(s.module, s.pair, 1, [key, upKey]);
+    for (const s of splitBflPair(pair, checkedRows(c, mod, pair.outFeatures, upKey)))
+      c.add(s.module, s.pair, 1, [key, upKey]);
   }
 }
 

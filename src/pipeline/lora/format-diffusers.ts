@@ -106,7 +106,9 @@ export function parseXlabs(c: FactorCollector): void {
       const img = stream === '1'; // lora1 = image stream, lora2 = text stream
       targets =
         what === 'qkv'
-          ? img ? [`${p}.to_q`, `${p}.to_k`, `${p}.to_v`] : [`${p}.add_q_proj`, `${p}.add_k_proj`, `${p}.add_v_proj`]
+          ? img
+            ? [`${p}.to_q`, `${p}.to_k`, `${p}.to_v`]
+            : [`${p}.add_q_proj`, `${p}.add_k_proj`, `${p}.add_v_proj`]
           : [img ? `${p}.to_out.0` : `${p}.to_add_out`];
     } else {
       if (stream !== '') continue;
@@ -118,7 +120,12 @@ export function parseXlabs(c: FactorCollector): void {
     // qkv: `up` rows split into three equal parts, `down` shared (no alphas in XLabs: scale 1).
     const parts = targets.map((module) => ({ module, outFeatures: targets.length > 1 ? d : pair.outFeatures }));
     if (targets.length > 1 && pair.outFeatures !== 3 * d) {
-      throw new LoraError('shape_mismatch', `${upKey} has ${pair.outFeatures} rows, expected 3 × ${d}`, c.reader.label, [upKey]);
+      throw new LoraError(
+        'shape_mismatch',
+        `${upKey} has ${pair.outFeatures} rows, expected 3 × ${d}`,
+        c.reader.label,
+        [upKey],
+      );
     }
     for (const s of splitBflPair(pair, { parts })) c.add(s.module, s.pair, 1, [key, upKey]);
   }

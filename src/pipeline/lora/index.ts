@@ -8,4 +8,11 @@ export { LORA_EXTENSION, type LoraFile, listLoraFiles, resolveLoraFile } from '.
 export { LoraManager, type LoraManagerOptions, type LoraScan } from './lora-manager.ts';
 export { type LoraModelSpec, loraModelSpec } from './model-layers.ts';
 export { detectLoraFormat, parseLoraFile, parseLoraTensors } from './parse.ts';
-export { describeLora, type LoraFactor, type LoraFormat, type LoraInfo, type LoraSelection, type ParsedLora } from './types.ts';
+export {
+  describeLora,
+  type LoraFactor,
+  type LoraFormat,
+  type LoraInfo,
+  type LoraSelection,
+  type ParsedLora,
+} from './types.ts';

@@ -147,7 +147,12 @@ export class LoraManager {
     const cached = this.parsed.get(file.name);
     if (cached && cached.file.mtimeMs === file.mtimeMs && cached.file.sizeBytes === file.sizeBytes) return cached;
     const lora = parseLoraFile(file.path, this.options.spec, file.name);
-    const entry: CachedLora = { file, lora, info: describeLora(file.name, lora, file.sizeBytes), version: ++this.versions };
+    const entry: CachedLora = {
+      file,
+      lora,
+      info: describeLora(file.name, lora, file.sizeBytes),
+      version: ++this.versions,
+    };
     this.parsed.delete(file.name);
     this.parsed.set(file.name, entry);
     this.evict();

@@ -42,7 +42,8 @@ export function loraModelSpec(config: FluxTransformerConfig): LoraModelSpec {
   const norms = new Map<string, number>();
   const bfl = new Map<string, BflModule>();
   const bflNorms = new Map<string, string>();
-  const lin = (module: string, outFeatures: number, inFeatures: number) => linears.set(module, { outFeatures, inFeatures });
+  const lin = (module: string, outFeatures: number, inFeatures: number) =>
+    linears.set(module, { outFeatures, inFeatures });
   // A 1:1 BFL module; fused ones are added explicitly below.
   const one = (bflName: string, module: string) =>
     bfl.set(bflName, { parts: [{ module, outFeatures: linears.get(module)!.outFeatures }] });
@@ -78,7 +79,15 @@ export function loraModelSpec(config: FluxTransformerConfig): LoraModelSpec {
     // Image stream (img_*) and text stream (txt_*), FLUX_SPEC §5.7.
     for (const [s, qkv, proj, ff, mod, nq, nk] of [
       ['img', ['to_q', 'to_k', 'to_v'], 'to_out.0', 'ff', 'norm1', 'norm_q', 'norm_k'],
-      ['txt', ['add_q_proj', 'add_k_proj', 'add_v_proj'], 'to_add_out', 'ff_context', 'norm1_context', 'norm_added_q', 'norm_added_k'],
+      [
+        'txt',
+        ['add_q_proj', 'add_k_proj', 'add_v_proj'],
+        'to_add_out',
+        'ff_context',
+        'norm1_context',
+        'norm_added_q',
+        'norm_added_k',
+      ],
     ] as const) {
       bfl.set(`${q}.${s}_attn.qkv`, { parts: qkv.map((m) => ({ module: `${p}.attn.${m}`, outFeatures: d })) });
       one(`${q}.${s}_attn.proj`, `${p}.attn.${proj}`);
@@ -113,6 +122,9 @@ export function loraModelSpec(config: FluxTransformerConfig): LoraModelSpec {
   lin('norm_out.linear', 2 * d, d);
   lin('proj_out', cfg.outFeatures, d);
   one('final_layer.linear', 'proj_out');
-  bfl.set('final_layer.adaLN_modulation.1', { parts: [{ module: 'norm_out.linear', outFeatures: 2 * d }], swapHalves: true });
+  bfl.set('final_layer.adaLN_modulation.1', {
+    parts: [{ module: 'norm_out.linear', outFeatures: 2 * d }],
+    swapHalves: true,
+  });
   return { linears, norms, bfl, bflNorms, inChannels: cfg.inChannels };
 }

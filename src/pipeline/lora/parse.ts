@@ -13,7 +13,8 @@ import type { LoraModelSpec } from './model-layers.ts';
 import type { LoraFormat, ParsedLora } from './types.ts';
 
 /** Top-level BFL module stems: a `lora_A` file on these names is a BFL (Control) LoRA, not diffusers. */
-const BFL_STEM = /^(diffusion_model\.)?(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\./;
+const BFL_STEM =
+  /^(diffusion_model\.)?(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\./;
 
 /** The format of a key set (`dora_scale` keys already dropped), as diffusers' `lora_state_dict` decides it. */
 export function detectLoraFormat(keys: readonly string[]): LoraFormat {
@@ -58,7 +59,8 @@ export function parseLoraTensors(reader: TensorReader, spec: LoraModelSpec): Par
       unmatched,
     );
   }
-  if (c.factors.size === 0 && c.norms.size === 0) throw new LoraError('unmatched_keys', `no LoRA layers found (${format})`, reader.label);
+  if (c.factors.size === 0 && c.norms.size === 0)
+    throw new LoraError('unmatched_keys', `no LoRA layers found (${format})`, reader.label);
   const inChannels = validate(reader.label, c, spec);
   return { format, factors: c.factors, norms: c.norms, inChannels, ignoredKeys };
 }
@@ -81,16 +83,29 @@ function validate(label: string, c: FactorCollector, spec: LoraModelSpec): numbe
       );
     }
     if (widened) inChannels = f.inFeatures;
-    for (const [what, arr] of [['down', f.a], ['up', f.b], ['bias', f.bias]] as const) {
-      if (arr && !allFinite(arr)) throw new LoraError('non_finite', `${f.module}: ${what} factor holds NaN or infinite values`, label, [f.module]);
+    for (const [what, arr] of [
+      ['down', f.a],
+      ['up', f.b],
+      ['bias', f.bias],
+    ] as const) {
+      if (arr && !allFinite(arr))
+        throw new LoraError('non_finite', `${f.module}: ${what} factor holds NaN or infinite values`, label, [
+          f.module,
+        ]);
     }
   }
   for (const [module, w] of c.norms) {
     const dim = spec.norms.get(module)!;
     if (w.length !== dim) {
-      throw new LoraError('shape_mismatch', `${module}: replacement has ${w.length} values, the norm has ${dim}`, label, [module]);
+      throw new LoraError(
+        'shape_mismatch',
+        `${module}: replacement has ${w.length} values, the norm has ${dim}`,
+        label,
+        [module],
+      );
     }
-    if (!allFinite(w)) throw new LoraError('non_finite', `${module}: replacement holds NaN or infinite values`, label, [module]);
+    if (!allFinite(w))
+      throw new LoraError('non_finite', `${module}: replacement holds NaN or infinite values`, label, [module]);
   }
   return inChannels;
 }
@@ -106,7 +121,8 @@ export function parseLoraFile(path: string, spec: LoraModelSpec, label = path): 
   try {
     file = openSafetensors(path);
   } catch (err) {
-    if (err instanceof WeightsError) throw new LoraError('invalid_file', err.message.replace(`${path}: `, ''), label, [], { cause: err });
+    if (err instanceof WeightsError)
+      throw new LoraError('invalid_file', err.message.replace(`${path}: `, ''), label, [], { cause: err });
     throw err;
   }
   try {
@@ -119,10 +135,10 @@ export function parseLoraFile(path: string, spec: LoraModelSpec, label = path): 
     };
     return parseLoraTensors(reader, spec);
   } catch (err) {
-    if (err instanceof WeightsError) throw new LoraError('invalid_file', err.message.replace(`${path}: `, ''), label, [], { cause: err });
+    if (err instanceof WeightsError)
+      throw new LoraError('invalid_file', err.message.replace(`${path}: `, ''), label, [], { cause: err });
     throw err;
-  }
-  finally {
+  } finally {
     file.close();
   }
 }

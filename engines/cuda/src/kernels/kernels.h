@@ -49,6 +49,12 @@ void rmsnorm(const float* x, int rows, int D, const float* w, float eps, void* o
 void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const float* gamma, const float* beta,
                float eps, bool silu, void* out, double* ws, cudaStream_t st);
 
+// fp8.cu: per-tensor fp8 (E4M3) quantisation. scale receives the dequantisation factor amax/448 (device float);
+// ws: 1 float. layernorm_mod_fp8 is layernorm() with shift/scale modulation writing fp8; ws: 1 + 2*rows floats.
+void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, float* ws, cudaStream_t st);
+void layernorm_mod_fp8(const float* x, int rows, int D, int rows_per_batch, const float* shift, const float* scale,
+                       int mod_stride, float eps, void* out, float* out_scale, float* ws, cudaStream_t st);
+
 // rope.cu: qkv rows [B*n, ld] hold q|k|v (each H*D). For token i of batch b, joint position p = off + i:
 // q, k get RMSNorm over D (weights wq, wk, eps 1e-6) then interleaved-pair RoPE with cs[p, j] = (cos, sin);
 // q, k, v are written to [B, S, H, D] at position p.

@@ -1,0 +1,107 @@
+// FP8 (E4M3) operands for the fp8 GEMM path: per-tensor scaled quantisation of weights, and the adaLN LayerNorm
+// writing its output directly in fp8 (two passes: row statistics + global amax, then scaled conversion).
+#include <cuda_fp8.h>
+
+#include "../common.h"
+#include "device_util.cuh"
+#include "dispatch.cuh"
+#include "kernels.h"
+
+namespace fq {
+namespace {
+
+constexpr float kE4M3Max = 448.f;
+
+// amax of non-negative floats through their bit patterns (order-preserving for x >= 0).
+__device__ __forceinline__ void atomic_max_pos(float* p, float v) {
+  atomicMax(reinterpret_cast<unsigned int*>(p), __float_as_uint(v));
+}
+
+template <typename T>
+__global__ void amax_kernel(const T* x, int64_t n, float* amax) {
+  __shared__ float sh[33];
+  float m = 0.f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    m = fmaxf(m, fabsf(tof(x[i])));
+  m = block_max(m, sh);
+  if (threadIdx.x == 0) atomic_max_pos(amax, m);
+}
+
+template <typename T>
+__global__ void quant_kernel(const T* x, int64_t n, const float* amax, __nv_fp8_e4m3* out, float* scale) {
+  float s = fmaxf(*amax, 1e-12f) / kE4M3Max;  // dequantisation scale: x ~= fp8 * s
+  float inv = 1.f / s;
+  if (blockIdx.x == 0 && threadIdx.x == 0 && scale) *scale = s;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __nv_fp8_e4m3(tof(x[i]) * inv);
+}
+
+// Pass 1: per-row mean / rstd (kept in stats[2r], stats[2r+1]) and the global amax of the modulated output.
+__global__ void ln_stats_kernel(const float* x, int D, int rows_per_batch, const float* shift, const float* scale,
+                                int mod_stride, float eps, float* stats, float* amax) {
+  __shared__ float sh[33];
+  int r = blockIdx.x;
+  const float* xr = x + int64_t(r) * D;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
+  float mean = block_sum(s, sh) / float(D);
+  float v = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float d = xr[i] - mean;
+    v += d * d;
+  }
+  float rstd = rsqrtf(block_sum(v, sh) / float(D) + eps);
+  int b = r / rows_per_batch;
+  const float* sh_b = shift + int64_t(b) * mod_stride;
+  const float* sc_b = scale + int64_t(b) * mod_stride;
+  float m = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) m = fmaxf(m, fabsf((xr[i] - mean) * rstd * (1.f + sc_b[i]) + sh_b[i]));
+  m = block_max(m, sh);
+  if (threadIdx.x == 0) {
+    stats[2 * r] = mean;
+    stats[2 * r + 1] = rstd;
+    atomic_max_pos(amax, m);
+  }
+}
+
+__global__ void ln_quant_kernel(const float* x, int D, int rows_per_batch, const float* shift, const float* scale,
+                                int mod_stride, const float* stats, const float* amax, __nv_fp8_e4m3* out,
+                                float* out_scale) {
+  int r = blockIdx.x;
+  float s = fmaxf(*amax, 1e-12f) / kE4M3Max, inv = 1.f / s;
+  if (r == 0 && threadIdx.x == 0) *out_scale = s;
+  float mean = stats[2 * r], rstd = stats[2 * r + 1];
+  int b = r / rows_per_batch;
+  const float* sh_b = shift + int64_t(b) * mod_stride;
+  const float* sc_b = scale + int64_t(b) * mod_stride;
+  const float* xr = x + int64_t(r) * D;
+  __nv_fp8_e4m3* o = out + int64_t(r) * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x)
+    o[i] = __nv_fp8_e4m3(((xr[i] - mean) * rstd * (1.f + sc_b[i]) + sh_b[i]) * inv);
+}
+
+}  // namespace
+
+void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, float* ws, cudaStream_t st) {
+  CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), st));
+  unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
+  FQ_DISPATCH(it, T, {
+    amax_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, ws);
+    LAUNCH_CHECK();
+    quant_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, ws, static_cast<__nv_fp8_e4m3*>(out), scale);
+  });
+  LAUNCH_CHECK();
+}
+
+void layernorm_mod_fp8(const float* x, int rows, int D, int rows_per_batch, const float* shift, const float* scale,
+                       int mod_stride, float eps, void* out, float* out_scale, float* ws, cudaStream_t st) {
+  // ws: [1 + 2 * rows] floats: amax, then per-row (mean, rstd).
+  CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), st));
+  ln_stats_kernel<<<rows, 256, 0, st>>>(x, D, rows_per_batch, shift, scale, mod_stride, eps, ws + 1, ws);
+  LAUNCH_CHECK();
+  ln_quant_kernel<<<rows, 256, 0, st>>>(x, D, rows_per_batch, shift, scale, mod_stride, ws + 1, ws,
+                                        static_cast<__nv_fp8_e4m3*>(out), out_scale);
+  LAUNCH_CHECK();
+}
+
+}  // namespace fq

@@ -1,0 +1,130 @@
+/**
+ * @file Plans of the compressed modes (L, M, S) for one model, computed on first use and cached on disk beside the
+ * engines: `<cacheDir>/plans/<model>-<key>.json` holds the per-layer measurements and the plan of every planned
+ * mode, so the measurements (the expensive part) run once per model and serve all three budgets.
+ *
+ * Calibration inputs are real transformer inputs: two prompts through this pipeline's `original` engine, latents
+ * recorded after 1 and 3 of 8 denoising steps (one sample each, so early and mid-trajectory inputs are both seen),
+ * at a small size (64×64 pixels, 32 text tokens) to keep the hundreds of calibration forwards affordable on two
+ * cores. Layer times are priced at the CPU benchmark's token counts (128×128 pixels: 64 image tokens, 64 text tokens).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { COMPILER_VERSION } from '../../../engines/compiler/compile.ts';
+import type { FluxTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
+import { isPlannedMode, MODE_NAMES, type ModeSpec, resolveMode } from '../../../engines/compiler/modes.ts';
+import { type Measurements, measureLayers, type PlannerInput, planModes } from '../../../engines/compiler/planner/plan.ts';
+import type { ModePlan } from '../../../engines/compiler/planner/plan-types.ts';
+import type { HostTensor } from '../../runtime/index.ts';
+import type { SampleState } from './sample-state.ts';
+
+/** Bump when measurement or planning changes in a way that must invalidate cached plans. */
+export const PLANNER_VERSION = '1';
+
+/** Calibration and timing sizes (see the file header). */
+export const CALIBRATION = {
+  prompts: ['A photograph of a red fox in a snowy forest at dawn', 'an oil painting of a lighthouse in a storm'],
+  size: 64,
+  textTokens: 32,
+  steps: 8,
+  /** Steps after which each prompt's latents are recorded (one per prompt). */
+  recordAfter: [1, 3],
+  timing: { image: 64, text: 64 },
+} as const;
+
+/** What the pipeline lends the planner: its original engine, through these calls. */
+export interface CalibrationSource {
+  readonly source: { name: string; repo: { components: { transformer: { fingerprint: string; config: unknown; open(): PlannerInput['weights'] & { close(): void } } } } };
+  prepare(requests: { prompt: string; height: number; width: number; steps: number; guidanceScale: number; seed: number; maxSequenceLength: number }[]): Promise<SampleState[]>;
+  step(samples: SampleState[]): Promise<void>;
+  transformerFeeds(group: SampleState[], mode: string): Promise<Record<string, HostTensor>>;
+}
+
+interface PlanFile {
+  planner: string;
+  measurements: Measurements;
+  plans: Record<string, ModePlan>;
+}
+
+function planPath(cacheDir: string, pipe: CalibrationSource): string {
+  const t = pipe.source.repo.components.transformer;
+  const xl = resolveMode('XL').transformer;
+  const key = createHash('sha256')
+    .update(`${COMPILER_VERSION}|${PLANNER_VERSION}|${t.fingerprint}|${JSON.stringify(xl)}|${JSON.stringify(CALIBRATION)}`)
+    .digest('hex')
+    .slice(0, 16);
+  return join(cacheDir, 'plans', `${pipe.source.name}-${key}.json`);
+}
+
+/** Calibration feeds: one batch of the recorded samples (see the file header). */
+async function calibrationFeeds(pipe: CalibrationSource): Promise<Record<string, HostTensor>> {
+  const states = await pipe.prepare(
+    CALIBRATION.prompts.map((prompt, i) => ({
+      prompt,
+      height: CALIBRATION.size,
+      width: CALIBRATION.size,
+      steps: CALIBRATION.steps,
+      guidanceScale: 3.5,
+      seed: 1000 + i,
+      maxSequenceLength: CALIBRATION.textTokens,
+    })),
+  );
+  const recorded: SampleState[] = [];
+  for (let step = 1; recorded.length < states.length; step++) {
+    await pipe.step(states.filter((_, i) => step <= CALIBRATION.recordAfter[i]!));
+    states.forEach((s, i) => {
+      if (step === CALIBRATION.recordAfter[i]) recorded.push({ ...s, latents: Float32Array.from(s.latents) });
+    });
+  }
+  return pipe.transformerFeeds(recorded, 'original');
+}
+
+/**
+ * The plan of `mode` (undefined for modes without a budget), measuring and planning every planned mode on first use.
+ * @param onLog progress lines (the first run takes minutes on the synthetic benchmark model)
+ */
+export async function ensurePlan(
+  pipe: CalibrationSource,
+  mode: ModeSpec,
+  cacheDir: string,
+  options: { threads?: number; onLog?: (m: string) => void } = {},
+): Promise<ModePlan | undefined> {
+  if (!isPlannedMode(mode)) return undefined;
+  const path = planPath(cacheDir, pipe);
+  if (existsSync(path)) {
+    const file = JSON.parse(readFileSync(path, 'utf8')) as PlanFile;
+    const plan = file.plans[mode.name];
+    if (plan && plan.budget === mode.errorBudget) return plan;
+  }
+  const t = pipe.source.repo.components.transformer;
+  options.onLog?.(`planning modes of ${pipe.source.name} (per-layer measurements, once per model)`);
+  const feeds = await calibrationFeeds(pipe);
+  const weights = t.open();
+  try {
+    const input: PlannerInput = {
+      weights,
+      config: t.config as FluxTransformerConfig,
+      graph: { ...resolveMode('XL').transformer },
+      feeds,
+      timing: CALIBRATION.timing,
+      threads: options.threads,
+      onLog: options.onLog,
+    };
+    const measurements = await measureLayers(input);
+    const budgets = Object.fromEntries(
+      MODE_NAMES.map(resolveMode)
+        .filter(isPlannedMode)
+        .map((m) => [m.name, m.errorBudget!]),
+    );
+    const plans = await planModes(input, measurements, budgets);
+    const file: PlanFile = { planner: PLANNER_VERSION, measurements, plans };
+    mkdirSync(join(cacheDir, 'plans'), { recursive: true });
+    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    writeFileSync(tmp, JSON.stringify(file, null, 2));
+    renameSync(tmp, path);
+    return plans[mode.name];
+  } finally {
+    weights.close();
+  }
+}

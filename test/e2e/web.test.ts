@@ -1,0 +1,220 @@
+/**
+ * The web page end to end: Debian's Chromium (headless, driven by playwright-core, no browser download) against
+ * a real server on port 0 with the embedded model. Builds `web/dist` first when it is missing or stale.
+ * Screenshots of each finished state go to `test/e2e/screenshots/`. The browser tests are skipped when
+ * /usr/bin/chromium is absent; the HTTP checks of the static files always run.
+ *
+ * Page code is passed to the browser as strings: the test project compiles without the DOM library.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type BrowserContext, chromium, type Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ensureWebBuilt } from '../../web/build.ts';
+import { disposeLeftovers, startTestServer } from '../utils/test-server.ts';
+
+const CHROMIUM = '/usr/bin/chromium';
+const HAS_CHROMIUM = existsSync(CHROMIUM);
+const SCREENSHOTS = fileURLToPath(new URL('./screenshots/', import.meta.url));
+/** Long enough for a CPU generation on a slow machine; waits end on page state, never on elapsed time. */
+const WAIT = { timeout: 110_000 };
+
+if (!HAS_CHROMIUM) {
+  console.warn(`[e2e] skipping the browser tests: ${CHROMIUM} is not installed (.ci/run installs Debian's chromium)`);
+}
+
+let url: string;
+
+// One build check and one server for the whole file: the two groups run in order, never building concurrently.
+beforeAll(async () => {
+  ensureWebBuilt();
+  ({ url } = await startTestServer());
+});
+afterAll(disposeLeftovers);
+
+describe('serving the built page', () => {
+  it('serves index.html at / for revalidation, with a CSP', async () => {
+    const res = await fetch(`${url}/`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe('text/html; charset=utf-8');
+    expect(res.headers.get('cache-control')).toBe('no-cache');
+    expect(res.headers.get('content-security-policy')).toContain("default-src 'self'");
+    const etag = res.headers.get('etag') ?? '';
+    expect((await fetch(`${url}/`, { headers: { 'if-none-match': etag } })).status).toBe(304);
+  });
+
+  it('serves the hashed assets the page references as immutable, with their content types', async () => {
+    const html = await (await fetch(`${url}/`)).text();
+    const assets = [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+)"/g)].map((m) => m[1] as string);
+    expect(assets.some((a) => a.endsWith('.js'))).toBe(true);
+    expect(assets.some((a) => a.endsWith('.css'))).toBe(true);
+    for (const asset of assets) {
+      const res = await fetch(`${url}${asset}`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toBe(
+        asset.endsWith('.js') ? 'text/javascript; charset=utf-8' : 'text/css; charset=utf-8',
+      );
+      expect(res.headers.get('cache-control')).toBe('public, max-age=31536000, immutable');
+    }
+  });
+
+  it('answers 404 for unknown files and for paths escaping web/dist', async () => {
+    for (const path of ['/assets/nope.js', '/..%2fpackage.json', '/%2e%2e/%2e%2e/package.json', '/%E0%A4%A']) {
+      const res = await fetch(`${url}${path}`);
+      expect([path, res.status]).toEqual([path, 404]);
+    }
+  });
+});
+
+describe.skipIf(!HAS_CHROMIUM)(`web page in headless Chromium (${CHROMIUM})`, () => {
+  let userDataDir: string;
+  let context: BrowserContext;
+  let page: Page;
+  let pageErrors: string[];
+
+  beforeAll(async () => {
+    await mkdir(SCREENSHOTS, { recursive: true });
+    userDataDir = await mkdtemp(join(tmpdir(), 'fluxql-chromium-'));
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+      viewport: { width: 1200, height: 900 },
+    });
+  });
+
+  afterAll(async () => {
+    await context?.close();
+    if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
+  });
+
+  /** A fresh tab on the page, once the modes have loaded. */
+  async function openPage(): Promise<Page> {
+    page = await context.newPage();
+    pageErrors = [];
+    page.on('pageerror', (err) => pageErrors.push(err.message));
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') pageErrors.push(msg.text());
+    });
+    await page.goto(url);
+    await page.locator('body[data-ready="true"]').waitFor();
+    return page;
+  }
+
+  afterEach(async () => {
+    // Uncaught exceptions or console errors fail the test that caused them.
+    expect(pageErrors).toEqual([]);
+    await page?.close();
+  });
+
+  it('generates: mode with figures, custom size, progress to the last step, final image and download', async () => {
+    // Small for speed, yet enough steps that the page follows some of them live.
+    const [W, H, STEPS] = [192, 128, 12];
+    const p = await openPage();
+    // The mode options carry the published latency and the quality figure.
+    const xl = p.locator('#mode option[value="XL"]');
+    expect(await xl.textContent()).toMatch(/XL — [\d.]+ s on H100 — /);
+
+    await p.getByLabel('Prompt').fill('a lighthouse on a cliff at dawn');
+    await p.getByLabel('Mode').selectOption('XL');
+    await p.getByLabel('Aspect ratio').selectOption('custom');
+    await p.getByLabel('Width').fill(String(W));
+    await p.getByLabel('Height').fill(String(H));
+    await p.getByLabel('Steps').fill(String(STEPS));
+    await p.getByLabel('Seed').fill('7');
+
+    // Record what the status line showed, at every change, as "state|steps|eta".
+    await p.evaluate(`(() => {
+      window.__seen = [];
+      const status = document.getElementById('progress-status');
+      const section = document.getElementById('result');
+      new MutationObserver(() => {
+        window.__seen.push([section.dataset.state, document.getElementById('progress-steps').textContent,
+          document.getElementById('progress-eta').textContent].join('|'));
+      }).observe(status, { subtree: true, childList: true, characterData: true });
+    })()`);
+    await p.getByRole('button', { name: 'Generate' }).click();
+
+    await p.locator('#result[data-state="succeeded"]').waitFor(WAIT);
+    const seen = (await p.evaluate('window.__seen')) as string[];
+    // A step event for the last step arrived while the job was running (not just the final "done" fill-in).
+    expect(seen).toContain(`running|Step ${STEPS} of ${STEPS}.|`);
+    // Steps before the last one came with an estimate of the time left.
+    const eta = /^running\|Step (\d+) of \d+\.\|About [\d.]+ s left\.$/;
+    expect(seen.some((line) => Number(eta.exec(line)?.[1]) < STEPS)).toBe(true);
+    expect(
+      await p.evaluate(`[document.getElementById('progress').value, document.getElementById('progress').max]`),
+    ).toEqual([STEPS, STEPS]);
+    expect(await p.locator('#progress-state').textContent()).toBe('Done.');
+
+    // The final image loads with the requested size, and the download link points at it.
+    await p.waitForFunction(
+      `(() => { const i = document.getElementById('final'); return i.complete && i.naturalWidth > 0; })()`,
+      undefined,
+      WAIT,
+    );
+    const final = p.locator('#final');
+    expect(
+      await p.evaluate(
+        `[document.getElementById('final').naturalWidth, document.getElementById('final').naturalHeight]`,
+      ),
+    ).toEqual([W, H]);
+    const download = p.getByRole('link', { name: `Download image (${W}×${H} WEBP)` });
+    expect(await download.getAttribute('href')).toBe(await final.getAttribute('src'));
+    expect(await download.getAttribute('download')).toMatch(/^fluxql-.+\.webp$/);
+
+    // The recent-jobs list shows it once the job has ended.
+    await p.locator('#jobs-list li[data-status="SUCCEEDED"]').first().waitFor(WAIT);
+    await p.screenshot({ path: join(SCREENSHOTS, 'generate-succeeded.png'), fullPage: true });
+  });
+
+  it('cancels a running job and shows the cancelled state', async () => {
+    const p = await openPage();
+    await p.getByLabel('Prompt').fill('a long job to cancel');
+    // 1024x1024 (1:1) at 100 steps takes minutes on the CPU: the cancel always lands first.
+    await p.getByLabel('Aspect ratio').selectOption('1:1');
+    await p.getByLabel('Steps').fill('100');
+    await p.getByRole('button', { name: 'Generate' }).click();
+
+    const cancel = p.getByRole('button', { name: 'Cancel' });
+    await cancel.click(WAIT); // waits for the button to become enabled (the job is queued)
+    await p.locator('#result[data-state="canceled"]').waitFor(WAIT);
+    expect(await p.locator('#progress-state').textContent()).toMatch(/^Cancelled/);
+    expect(await cancel.isDisabled()).toBe(true);
+    expect(await p.getByRole('button', { name: 'Generate' }).isEnabled()).toBe(true);
+    await p.locator('#jobs-list li[data-status="CANCELED"]').first().waitFor(WAIT);
+    await p.screenshot({ path: join(SCREENSHOTS, 'cancelled.png'), fullPage: true });
+  });
+
+  it('shows the server’s ValidationError next to the width field (keyboard submit)', async () => {
+    const p = await openPage();
+    await p.getByLabel('Aspect ratio').selectOption('custom');
+    await p.getByLabel('Width').fill('100');
+    await p.getByLabel('Height').fill('96');
+    await p.getByLabel('Steps').fill('2');
+    const prompt = p.getByLabel('Prompt');
+    await prompt.fill('a size that is not a multiple of 16');
+    await prompt.press('Control+Enter');
+
+    const error = p.locator('#width-error');
+    await error.filter({ hasText: /\S/ }).waitFor(WAIT);
+    expect(await error.textContent()).toBe('width must be a multiple of 16');
+    expect(await p.getByLabel('Width').getAttribute('aria-invalid')).toBe('true');
+    // The invalid field takes the focus, and no job was started.
+    expect(await p.evaluate('document.activeElement.id')).toBe('width');
+    expect(await p.locator('#result').getAttribute('data-state')).toBeNull();
+    await p.screenshot({ path: join(SCREENSHOTS, 'validation-error.png'), fullPage: true });
+  });
+});

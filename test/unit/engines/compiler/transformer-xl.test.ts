@@ -1,0 +1,120 @@
+/**
+ * The XL transformer graph (fused projections + contrib-op attention + one modulation GEMM) and the step-cache split
+ * (head after the first block, tail for the rest) on flux-tiny, against the reference graph and diffusers.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compileTransformer } from '../../../../engines/compiler/flux/transformer.ts';
+import type { FluxTransformerConfig } from '../../../../engines/compiler/flux/transformer-config.ts';
+import { MODULATION_LAYER } from '../../../../engines/compiler/flux/transformer-fused.ts';
+import { buildTransformerHead, buildTransformerTail } from '../../../../engines/compiler/flux/transformer-split.ts';
+import { resolveMode } from '../../../../engines/compiler/modes.ts';
+import { GraphBuilder } from '../../../../engines/compiler/onnx/graph-builder.ts';
+import { concatIds, ropeTables } from '../../../../src/pipeline/flux/rope.ts';
+import { type HostTensor, Session } from '../../../../src/runtime/index.ts';
+import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
+import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
+import { readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';
+
+const TRANSFORMER_DIR = join(MODEL_DIR, 'transformer');
+const config = JSON.parse(readFileSync(join(TRANSFORMER_DIR, 'config.json'), 'utf8')) as FluxTransformerConfig;
+const fixture = readSafetensorsF32(join(FIXTURES_DIR, 'transformer_case.safetensors'));
+const t = (name: string) => fixture[name]!.data;
+
+function relError(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
+/** The fixture's transformer inputs (B 1, L 16, T 24) as graph feeds. */
+function fixtureFeeds(): Record<string, HostTensor> {
+  const rope = ropeTables(concatIds(t('txt_ids'), t('img_ids')), config.axes_dims_rope!);
+  return {
+    hidden_states: { data: t('hidden_states'), dims: [1, 16, 64] },
+    encoder_hidden_states: { data: t('encoder_hidden_states'), dims: [1, 24, 32] },
+    pooled_projections: { data: t('pooled_projections'), dims: [1, 32] },
+    timestep: { data: t('timestep'), dims: [1] },
+    guidance: { data: t('guidance'), dims: [1] },
+    rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
+    rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
+  };
+}
+
+describe('XL transformer graph and step-cache split (flux-tiny)', () => {
+  let dir: string;
+  let weights: WeightSource;
+  let plain: Session;
+  let xl: Session;
+  let head: Session;
+  let tail: Session;
+  let xlLayers: string[];
+  const xlOptions = resolveMode('XL').transformer;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'fluxql-xl-'));
+    weights = openComponentWeights(TRANSFORMER_DIR);
+    const a = compileTransformer(weights, config, dir, { fileName: 'plain.onnx' });
+    const x = compileTransformer(weights, config, dir, { fileName: 'xl.onnx', ...xlOptions });
+    xlLayers = x.descriptor.linearLayers;
+    const split = (name: string, build: typeof buildTransformerHead) => {
+      const b = new GraphBuilder({ name });
+      build(b, weights, config, xlOptions);
+      writeFileSync(join(dir, `${name}.onnx`), b.encode());
+      return join(dir, `${name}.onnx`);
+    };
+    plain = await Session.create('plain', a.modelPath, { threads: 1 });
+    xl = await Session.create('xl', x.modelPath, { threads: 1 });
+    head = await Session.create('head', split('head', buildTransformerHead), { threads: 1 });
+    tail = await Session.create('tail', split('tail', buildTransformerTail), { threads: 1 });
+  });
+
+  afterAll(async () => {
+    for (const s of [plain, xl, head, tail]) await s?.release();
+    weights?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('computes the reference values within float rounding (and diffusers within 1e-4)', async () => {
+    const ref = (await plain.run(fixtureFeeds())).sample!.data as Float32Array;
+    const out = (await xl.run(fixtureFeeds())).sample!.data as Float32Array;
+    expect(relError(out, ref)).toBeLessThan(1e-5);
+    expect(relError(out, t('output'))).toBeLessThan(1e-4);
+  });
+
+  it('emits contrib attention and one modulation layer holding every AdaLayerNorm Linear', () => {
+    const model = readFileSync(join(dir, 'xl.onnx'));
+    for (const op of ['MultiHeadAttention', 'RotaryEmbedding', 'SimplifiedLayerNormalization']) {
+      expect(model.includes(Buffer.from(op))).toBe(true);
+    }
+    expect(xlLayers.filter((l) => l === MODULATION_LAYER)).toHaveLength(1);
+    expect(xlLayers.some((l) => l.endsWith('norm1_joint.linear') || l.endsWith('.norm.linear'))).toBe(false);
+    expect(xlLayers).not.toContain('norm_out.linear');
+  });
+
+  it('head then tail gives the full graph output, and the cached path reproduces it from the tail residual', async () => {
+    const feeds = fixtureFeeds();
+    const full = (await xl.run(feeds)).sample!.data as Float32Array;
+    const zeros = { data: new Float32Array(16 * 32), dims: [1, 16, 32] };
+    const h = await head.run({ ...feeds, cached_residual: zeros });
+    const out = await tail.run({
+      hidden: h.hidden!,
+      encoder_hidden: h.encoder_hidden!,
+      silu_temb: h.silu_temb!,
+      rope_cos: feeds.rope_cos!,
+      rope_sin: feeds.rope_sin!,
+    });
+    expect(relError(out.sample!.data as Float32Array, full)).toBeLessThan(1e-6);
+    // Reusing this step's own tail residual must give this step's output: hidden + residual = final image stream.
+    const again = await head.run({ ...feeds, cached_residual: out.residual! });
+    expect(relError(again.cached_sample!.data as Float32Array, full)).toBeLessThan(1e-5);
+    expect(h.first_residual!.dims).toEqual([1, 16, 32]);
+  });
+});
