@@ -11,7 +11,7 @@
  * Method: one warm-up, then the mean (min) of `--repeats` timed runs with a monotonic clock. Writes JSON + Markdown
  * to bench/results/lora.{json,md}.
  *
- *   npm run bench:lora -- [--size 256] [--text 128] [--repeats 3] [--ranks 4,32,256] [--modes original,XL] [--only tiny|synthetic]
+ *   npm run bench:lora -- [--size 256] [--text 128] [--repeats 5] [--ranks 4,32,256] [--modes original,XL] [--only tiny|synthetic]
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
@@ -28,7 +28,7 @@ const { values } = parseArgs({
   options: {
     size: { type: 'string', default: '256' },
     text: { type: 'string', default: '128' },
-    repeats: { type: 'string', default: '3' },
+    repeats: { type: 'string', default: '5' },
     ranks: { type: 'string', default: '4,32,256' },
     modes: { type: 'string', default: 'original,XL' },
     only: { type: 'string' },
@@ -118,18 +118,35 @@ async function benchModel(
     });
     const results: ModeResult[] = [];
     for (const mode of MODES) {
-      const [base] = await pipe.prepare([{ ...request([]), mode }]);
-      const baseStep = await time(() => pipe.step([base!]), repeats);
-      const ranks = [];
-      for (const rank of RANKS) {
-        const [s] = await pipe.prepare([{ ...request([{ name: `rank${rank}`, strength: 1 }]), mode }]);
-        const step = await time(() => pipe.step([s!]), repeats);
-        // Best-of-N: on shared cores the minimum is the least noisy estimate of the cost itself.
-        ranks.push({ rank, step, overheadPct: (step.minMs / baseStep.minMs - 1) * 100 });
-        process.stderr.write(
-          `  ${mode} rank ${rank}: ${step.meanMs.toFixed(1)} ms vs ${baseStep.meanMs.toFixed(1)} ms\n`,
-        );
+      // Base and every rank are timed in interleaved rounds, so load from other processes on the machine hits all
+      // variants alike; overhead compares the minima (the least disturbed runs).
+      const variants = [{ rank: 0, name: '' }, ...RANKS.map((rank) => ({ rank, name: `rank${rank}` }))];
+      const states = [];
+      for (const v of variants) {
+        const [s] = await pipe.prepare([{ ...request(v.name ? [{ name: v.name, strength: 1 }] : []), mode }]);
+        await pipe.step([s!]); // warm-up
+        states.push(s!);
       }
+      const ms: number[][] = variants.map(() => []);
+      for (let round = 0; round < repeats; round++) {
+        for (const [i, s] of states.entries()) {
+          const t0 = performance.now();
+          await pipe.step([s]);
+          ms[i]!.push(performance.now() - t0);
+        }
+      }
+      const timing = (xs: number[]): Timing => ({
+        meanMs: xs.reduce((a, b) => a + b, 0) / xs.length,
+        minMs: Math.min(...xs),
+      });
+      const baseStep = timing(ms[0]!);
+      const ranks = RANKS.map((rank, i) => {
+        const step = timing(ms[i + 1]!);
+        process.stderr.write(
+          `  ${mode} rank ${rank}: ${step.minMs.toFixed(1)} ms vs ${baseStep.minMs.toFixed(1)} ms (min)\n`,
+        );
+        return { rank, step, overheadPct: (step.minMs / baseStep.minMs - 1) * 100 };
+      });
       // Switching: the LoRA engine is loaded by now; a switch must only build (or reuse) host arrays.
       const sessions = pipe.sessionsCreated;
       await pipe.loraFeeds(mode, [{ name: 'switch_a', strength: 1 }]);
@@ -191,8 +208,9 @@ const md = [
   `# LoRA latency on the CPU (${date.slice(0, 10)})`,
   '',
   `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; ONNX Runtime CPU provider, float32.`,
-  `One transformer step at ${SIZE}x${SIZE} with ${TEXT} text tokens; one warm-up, then mean (min) of ${REPEATS} runs (at least 20 on`,
-  'flux-tiny, whose steps take milliseconds). Overhead compares the minima. The LoRA targets every Linear of the transformer.',
+  `One transformer step at ${SIZE}x${SIZE} with ${TEXT} text tokens; one warm-up each, then ${REPEATS} interleaved rounds (at least 20`,
+  'on flux-tiny, whose steps take milliseconds) of base and every rank; mean (min). Overhead compares the minima. The LoRA',
+  'targets every Linear of the transformer.',
   'Base = the LoRA-free engine (what runs when no LoRA is active). Switch cold = first use of a LoRA (parse, validate,',
   'build feeds); warm = switching back to a recent set (cached feeds). Sessions created = ORT sessions made while switching.',
   '',

@@ -38,6 +38,18 @@ export interface ServerConfig {
   threads?: number;
   /** Compiled-engine cache. CACHE_DIR. */
   cacheDir?: string;
+  /** Scale-out roles (`api`, `worker`) only: the shared Redis. REDIS_URL. */
+  redisUrl?: string;
+  /** Prefix of every Redis key, channel and queue of this deployment. REDIS_PREFIX. @default 'fluxql' */
+  redisPrefix: string;
+  /** Times a job is started again after the worker running it was lost. JOB_RETRIES. @default 1 */
+  jobRetries: number;
+  /** BullMQ lock duration: a lost worker's job is retried after about this long. WORKER_LOCK_MS. @default 30000 */
+  workerLockMs: number;
+  /** Name of a worker in adverts and BullMQ. WORKER_ID. @default `<hostname>-<pid>` */
+  workerId?: string;
+  /** Seconds job records stay readable in Redis. JOB_HISTORY_S. @default 86400 */
+  jobHistorySeconds: number;
 }
 
 /** An environment variable with a bad value. */
@@ -78,6 +90,18 @@ const ENV_SCHEMA = {
   PROVIDER: z.enum(['cpu', 'webgpu', 'cuda']).optional(),
   THREADS: int(1, 1024).optional(),
   CACHE_DIR: z.string().min(1).optional(),
+  REDIS_URL: z
+    .string()
+    .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+    .optional(),
+  REDIS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, _ . - only')
+    .optional(),
+  JOB_RETRIES: int(0, 100).optional(),
+  WORKER_LOCK_MS: int(1000, 3_600_000).optional(),
+  WORKER_ID: z.string().min(1).max(200).optional(),
+  JOB_HISTORY_S: int(60).optional(),
 } as const;
 
 type EnvKey = keyof typeof ENV_SCHEMA;
@@ -107,6 +131,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     imageMaxAgeSeconds: v.IMAGE_MAX_AGE_S ?? 86_400,
     imageMaxBytes: v.IMAGE_MAX_BYTES ?? 2 * 1024 ** 3,
     provider: v.PROVIDER ?? 'cpu',
+    redisPrefix: v.REDIS_PREFIX ?? 'fluxql',
+    jobRetries: v.JOB_RETRIES ?? 1,
+    workerLockMs: v.WORKER_LOCK_MS ?? 30_000,
+    jobHistorySeconds: v.JOB_HISTORY_S ?? 86_400,
+    ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
+    ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),
     ...(v.PUBLIC_URL ? { publicUrl: v.PUBLIC_URL.replace(/\/+$/, '') } : {}),
     ...(v.THREADS ? { threads: v.THREADS } : {}),

@@ -1,10 +1,12 @@
 /**
  * @file Composition root: the only module that wires every layer (config → pipeline executor → service → api).
- * The CLI's `serve` command calls {@link startServer}; tests call it with port 0.
+ * The CLI's `serve` command calls {@link serveFromEnv}: one process ({@link startServer}, the default) or, for
+ * scale-out over Redis, an API node ({@link startApiNode}) or an engine worker ({@link startWorkerNode}). Tests
+ * call them with port 0.
  */
 import { buildApp } from './api/index.ts';
-import { loadConfig, type ServerConfig } from './config.ts';
-import { createGenerationService, type StepExecutor } from './service/index.ts';
+import { ConfigError, loadConfig, type ServerConfig } from './config.ts';
+import { createGenerationService, type GenerationService, type StepExecutor } from './service/index.ts';
 
 /** A running server. */
 export interface StartedServer {
@@ -23,19 +25,8 @@ export interface StartServerDeps {
 
 /** Loads the model, starts the scheduler and serves HTTP/WebSocket on `config.host:config.port`. */
 export async function startServer(config: ServerConfig, deps: StartServerDeps = {}): Promise<StartedServer> {
-  // Imported lazily so an injected executor (tests) does not load the ONNX pipeline at all.
-  const executor =
-    deps.executor ??
-    (await (
-      await import('./pipeline/index.ts')
-    ).createFluxExecutor({
-      modelDir: config.modelRepo,
-      provider: config.provider,
-      maxBatch: config.modelBatch,
-      ...(config.threads ? { threads: config.threads } : {}),
-      ...(config.cacheDir ? { cacheDir: config.cacheDir } : {}),
-    }));
-  let service: Awaited<ReturnType<typeof createGenerationService>>;
+  const executor = deps.executor ?? (await createExecutor(config));
+  let service: GenerationService;
   try {
     service = await createGenerationService({
       executor,
@@ -43,17 +34,101 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       defaultSize: config.modelSize,
       maxQueueDelayMs: config.maxQueueDelayMs,
       maxQueueSize: config.maxQueueSize,
-      images: {
-        dir: config.imageDir,
-        maxAgeMs: config.imageMaxAgeSeconds * 1000,
-        maxBytes: config.imageMaxBytes,
-      },
+      images: imageOptions(config),
     });
   } catch (err) {
     // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
     await executor.close();
     throw err;
   }
+  return serveHttp(service, config);
+}
+
+/**
+ * Scale-out API node (`--role api`): GraphQL/REST over the jobs in Redis; no engine. Starts even while Redis is
+ * down (readiness false, requests get ServiceUnavailableError) and recovers when it comes back.
+ */
+export async function startApiNode(config: ServerConfig): Promise<StartedServer> {
+  const redisUrl = requireRedisUrl(config, 'api');
+  const { createRedisApiBackend } = await import('./service/redis/index.ts');
+  const service = await createGenerationService({
+    images: imageOptions(config),
+    backend: () =>
+      createRedisApiBackend({
+        url: redisUrl,
+        prefix: config.redisPrefix,
+        maxQueueSize: config.maxQueueSize,
+        historySeconds: config.jobHistorySeconds,
+        log,
+      }),
+  });
+  return serveHttp(service, config);
+}
+
+/** A running worker node. */
+export interface StartedWorker {
+  workerId: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Scale-out worker (`--role worker`): loads the model and pulls jobs from Redis (BullMQ) up to MODEL_BATCH at a
+ * time, writing images to the shared IMAGE_DIR. Serves no HTTP.
+ */
+export async function startWorkerNode(config: ServerConfig, deps: StartServerDeps = {}): Promise<StartedWorker> {
+  const redisUrl = requireRedisUrl(config, 'worker');
+  const { startRedisWorker } = await import('./service/redis/index.ts');
+  const executor = deps.executor ?? (await createExecutor(config));
+  let worker: Awaited<ReturnType<typeof startRedisWorker>>;
+  try {
+    worker = await startRedisWorker({
+      url: redisUrl,
+      prefix: config.redisPrefix,
+      executor,
+      batchSize: config.modelBatch,
+      defaultSize: config.modelSize,
+      maxQueueDelayMs: config.maxQueueDelayMs,
+      historySeconds: config.jobHistorySeconds,
+      lockMs: config.workerLockMs,
+      retries: config.jobRetries,
+      ...(config.workerId ? { workerId: config.workerId } : {}),
+      images: imageOptions(config),
+      log,
+    });
+  } catch (err) {
+    await executor.close();
+    throw err;
+  }
+  return { workerId: worker.id, stop: () => worker.close() };
+}
+
+function log(message: string, err?: unknown): void {
+  if (err === undefined) console.error(`[fluxql] ${message}`);
+  else console.error(`[fluxql] ${message}:`, err);
+}
+
+function requireRedisUrl(config: ServerConfig, role: string): string {
+  if (!config.redisUrl) throw new ConfigError('REDIS_URL', `required by --role ${role} (e.g. redis://redis:6379)`);
+  return config.redisUrl;
+}
+
+function imageOptions(config: ServerConfig) {
+  return { dir: config.imageDir, maxAgeMs: config.imageMaxAgeSeconds * 1000, maxBytes: config.imageMaxBytes };
+}
+
+// Imported lazily so an injected executor (tests) and API nodes do not load the ONNX pipeline at all.
+async function createExecutor(config: ServerConfig): Promise<StepExecutor> {
+  const { createFluxExecutor } = await import('./pipeline/index.ts');
+  return createFluxExecutor({
+    modelDir: config.modelRepo,
+    provider: config.provider,
+    maxBatch: config.modelBatch,
+    ...(config.threads ? { threads: config.threads } : {}),
+    ...(config.cacheDir ? { cacheDir: config.cacheDir } : {}),
+  });
+}
+
+async function serveHttp(service: GenerationService, config: ServerConfig): Promise<StartedServer> {
   const app = buildApp({
     service,
     ...(config.authToken ? { authToken: config.authToken } : {}),
@@ -82,7 +157,10 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
 
 /** Options of the CLI's `serve` command. */
 export interface ServeOptions {
-  /** Process role; only `all` (API + engine in one process) exists so far. @default 'all' */
+  /**
+   * `all`: API and engine in one process, no Redis. `api`: a scale-out API node. `worker`: a scale-out engine
+   * worker. The last two need REDIS_URL. @default 'all'
+   */
   role?: string;
   /** `onnx` (ONNX Runtime worker, the default). The native CUDA engine is not wired into the server yet. */
   engine?: string;
@@ -92,17 +170,25 @@ export interface ServeOptions {
  * `fluxql serve`: reads the environment (see `config.ts`), starts the server, logs its URL and stops cleanly on
  * SIGINT/SIGTERM (queued jobs are cancelled, the running step finishes).
  */
-export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedServer> {
-  if (options.role && options.role !== 'all') throw new Error(`--role ${options.role} is not supported; use "all"`);
+export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedServer | StartedWorker> {
+  const role = options.role ?? 'all';
+  if (!['all', 'api', 'worker'].includes(role)) throw new Error(`--role ${role} is not supported; use all, api or worker`);
   if (options.engine && options.engine !== 'onnx') {
     throw new Error(`--engine ${options.engine} is not wired into the server yet; use "onnx"`);
   }
   const config = loadConfig();
-  const server = await startServer(config);
-  console.log(`[fluxql] serving ${config.modelRepo} at ${server.url} (GraphQL and GraphiQL at ${server.url}/graphql)`);
+  let node: StartedServer | StartedWorker;
+  if (role === 'worker') {
+    node = await startWorkerNode(config);
+    console.log(`[fluxql] worker ${node.workerId} serving ${config.modelRepo}, taking jobs from Redis`);
+  } else {
+    node = role === 'api' ? await startApiNode(config) : await startServer(config);
+    const what = role === 'api' ? 'API node' : `serving ${config.modelRepo}`;
+    console.log(`[fluxql] ${what} at ${node.url} (GraphQL and GraphiQL at ${node.url}/graphql)`);
+  }
   const shutdown = (signal: string) => {
     console.log(`[fluxql] ${signal}: starting graceful shutdown`);
-    server.stop().then(
+    node.stop().then(
       () => process.exit(0),
       (err) => {
         console.error('[fluxql] shutdown failed:', err);
@@ -112,5 +198,5 @@ export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedS
   };
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));
-  return server;
+  return node;
 }

@@ -54,8 +54,9 @@ export function buildApp(options: AppOptions) {
     }
     if (path === '/healthz') return sendJson(res, 200, { status: 'ok' });
     if (path === '/readyz') {
-      const ready = service.isReady();
-      return sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready' });
+      // Scale-out adds why not (Redis down, no worker alive) and how many workers are alive.
+      const { ready, ...detail } = service.health();
+      return sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', ...detail });
     }
     if (path === '/metrics') {
       const text = await service.metrics.registry.metrics();

@@ -19,6 +19,7 @@ export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageForma
 export { createFluxExecutor } from './worker-executor.ts';
 export { ExecutorError } from './worker-protocol.ts';
 export {
+  LORA_FORMATS,
   LoraError,
   type LoraErrorCode,
   type LoraFormat,
@@ -26,4 +27,5 @@ export {
   LoraManager,
   type LoraScan,
   type LoraSelection,
+  MAX_LORA_RANK,
 } from './lora/index.ts';

@@ -81,3 +81,16 @@ export class JobFailedError extends ServiceError {
     this.name = 'JobFailedError';
   }
 }
+
+/** A dependency the request needs is down (Redis unreachable, no engine worker registered); retry later. */
+export class ServiceUnavailableError extends ServiceError {
+  readonly code = 'unavailable';
+  constructor(
+    message: string,
+    /** A hint for `Retry-After`. */
+    readonly retryAfterSeconds = 5,
+  ) {
+    super(message);
+    this.name = 'ServiceUnavailableError';
+  }
+}

@@ -1,86 +1,135 @@
 /**
  * @file The service facade the transports call: submit, look up, list, cancel and watch jobs; the model
- * catalogue; readiness. It wires the job store, event hub, image store, metrics and the scheduler around one
- * {@link StepExecutor}.
+ * catalogue; readiness. It works over the {@link JobBackend} ports: in memory around one {@link StepExecutor}
+ * (single process, `local-backend.ts`) or over Redis (scale-out API node, `redis/api-backend.ts`).
  */
 import { randomUUID } from 'node:crypto';
-import type { ServiceError } from './errors.ts';
+import { NotFoundError, type ServiceError, ServiceUnavailableError } from './errors.ts';
 import { ImageStore, type ImageStoreOptions } from './image-store.ts';
-import { Channel, type JobEvent, JobEventHub } from './job-events.ts';
-import { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, JobStore, type StoredImage } from './jobs.ts';
+import { Channel, isTerminalEvent, type JobEvent } from './job-events.ts';
+import { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
+import { createLocalBackend } from './local-backend.ts';
 import { type MeasuredLatency, MeasuredStats } from './measured.ts';
 import { createMetrics, type ServerMetrics } from './metrics.ts';
 import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.ts';
 import type { StepExecutor } from './pipeline.ts';
+import type { BackendHealth, EngineOffer, JobBackend } from './ports.ts';
 import { type GenerateInput, parseGenerateInput } from './request.ts';
-import { Scheduler } from './scheduler.ts';
 
-/** How the service is set up. */
-export interface GenerationServiceOptions {
-  executor: StepExecutor;
-  /** Samples per engine batch (MODEL_BATCH). */
-  batchSize: number;
-  /** Default mode, as its size token (MODEL_SIZE). @default 'original' */
+/** Options of both modes. */
+interface CommonOptions {
+  /** Default mode, as its size token (MODEL_SIZE); scale-out takes it from the workers. @default 'original' */
   defaultSize?: string;
-  /** @default 20 */
-  maxQueueDelayMs?: number;
-  /** @default 64 */
-  maxQueueSize?: number;
   images: ImageStoreOptions;
   limits?: Partial<GenerationLimits>;
-  /** Finished jobs kept in memory. @default 1000 */
-  maxFinishedJobs?: number;
   log?: (message: string, err: unknown) => void;
 }
 
+/** What a scale-out backend factory gets from the service. */
+export interface BackendDeps {
+  images: ImageStore;
+  metrics: ServerMetrics;
+  measured: MeasuredStats;
+}
+
+/** How the service is set up: over one local executor (single process) or over a backend (scale-out). */
+export type GenerationServiceOptions = CommonOptions &
+  (
+    | {
+        executor: StepExecutor;
+        /** Samples per engine batch (MODEL_BATCH). */
+        batchSize: number;
+        /** @default 20 */
+        maxQueueDelayMs?: number;
+        /** @default 64 */
+        maxQueueSize?: number;
+        /** Finished jobs kept in memory. @default 1000 */
+        maxFinishedJobs?: number;
+      }
+    | { backend: (deps: BackendDeps) => JobBackend | Promise<JobBackend> }
+  );
+
 /** See the file comment. Create with {@link createGenerationService}. */
 export class GenerationService {
-  readonly catalog: ModelCatalog;
   readonly metrics: ServerMetrics;
   readonly images: ImageStore;
-  readonly #executor: StepExecutor;
-  readonly #store: JobStore;
-  readonly #events = new JobEventHub();
-  readonly #measured = new MeasuredStats();
-  readonly #scheduler: Scheduler;
+  readonly #backend: JobBackend;
+  readonly #measured: MeasuredStats;
+  readonly #limits: Partial<GenerationLimits> | undefined;
+  #catalog: { offer: EngineOffer; catalog: ModelCatalog } | undefined;
   #closed = false;
 
-  private constructor(options: GenerationServiceOptions, images: ImageStore) {
-    this.#executor = options.executor;
-    this.images = images;
-    this.metrics = createMetrics();
-    this.#store = new JobStore(options.maxFinishedJobs);
-    this.catalog = new ModelCatalog(options.executor.info(), {
-      batchSize: options.batchSize,
-      defaultSize: options.defaultSize ?? 'original',
-      ...(options.limits ? { limits: options.limits } : {}),
-    });
-    this.#scheduler = new Scheduler({
-      executor: options.executor,
-      store: this.#store,
-      events: this.#events,
-      images,
-      metrics: this.metrics,
-      measured: this.#measured,
-      policy: { maxBatch: options.batchSize, maxQueueDelayMs: options.maxQueueDelayMs ?? 20 },
-      maxQueueSize: options.maxQueueSize ?? 64,
-      ...(options.log ? { log: options.log } : {}),
-    });
+  private constructor(
+    backend: JobBackend,
+    deps: BackendDeps,
+    options: CommonOptions,
+  ) {
+    this.#backend = backend;
+    this.images = deps.images;
+    this.metrics = deps.metrics;
+    this.#measured = deps.measured;
+    this.#limits = options.limits;
   }
 
   /** @internal use {@link createGenerationService}. */
   static async create(options: GenerationServiceOptions): Promise<GenerationService> {
-    return new GenerationService(options, await ImageStore.create(options.images));
+    const images = await ImageStore.create(options.images);
+    const deps: BackendDeps = { images, metrics: createMetrics(), measured: new MeasuredStats() };
+    const backend =
+      'executor' in options
+        ? createLocalBackend({
+            executor: options.executor,
+            batchSize: options.batchSize,
+            defaultSize: options.defaultSize ?? 'original',
+            maxQueueDelayMs: options.maxQueueDelayMs ?? 20,
+            maxQueueSize: options.maxQueueSize ?? 64,
+            ...(options.maxFinishedJobs !== undefined ? { maxFinishedJobs: options.maxFinishedJobs } : {}),
+            ...deps,
+            ...(options.log ? { log: options.log } : {}),
+          })
+        : await options.backend(deps);
+    const service = new GenerationService(backend, deps, options);
+    try {
+      // Fail at startup, not on the first request, when MODEL_SIZE names a mode the engine lacks.
+      if (backend.offer()) void service.catalog;
+    } catch (err) {
+      await service.close();
+      throw err;
+    }
+    return service;
   }
 
-  /** Whether the engine is loaded and the scheduler accepts work. */
+  /**
+   * The model catalogue, rebuilt when the engines' offer changes.
+   * @throws ServiceUnavailableError while no engine is known (scale-out: no worker registered yet)
+   */
+  get catalog(): ModelCatalog {
+    const offer = this.#backend.offer();
+    if (!offer) throw new ServiceUnavailableError('No engine worker has registered yet; retry shortly');
+    if (this.#catalog?.offer !== offer) {
+      const catalog = new ModelCatalog(offer.info, {
+        batchSize: offer.batchSize,
+        defaultSize: offer.defaultSize,
+        ...(this.#limits ? { limits: this.#limits } : {}),
+      });
+      this.#catalog = { offer, catalog };
+    }
+    return this.#catalog.catalog;
+  }
+
+  /** Whether the engine is reachable and the service accepts work. */
   isReady(): boolean {
-    return !this.#closed;
+    return this.health().ready;
   }
 
-  /** Every servable model/mode. */
+  /** Readiness, with the reason when not ready. */
+  health(): BackendHealth {
+    return this.#closed ? { ready: false, reason: 'shutting down' } : this.#backend.health();
+  }
+
+  /** Every servable model/mode (none while no engine is known). */
   models(): readonly ModelEntry[] {
-    return this.catalog.entries;
+    return this.#backend.offer() ? this.catalog.entries : [];
   }
 
   /** What this server measured for a mode. */
@@ -89,10 +138,10 @@ export class GenerationService {
   }
 
   /**
-   * Validates and queues a request; returns the job at once (status QUEUED).
-   * @throws ValidationError, UnknownModelError, QueueFullError
+   * Validates and queues a request; resolves with the job (status QUEUED).
+   * @throws ValidationError, UnknownModelError, QueueFullError, ServiceUnavailableError
    */
-  submit(input: GenerateInput): Job {
+  async submit(input: GenerateInput): Promise<Job> {
     try {
       const request = parseGenerateInput(input, this.catalog);
       const job: Job = {
@@ -104,8 +153,7 @@ export class GenerationService {
         totalSteps: request.steps,
         images: [],
       };
-      this.#scheduler.submit(job);
-      this.#store.add(job);
+      await this.#backend.queue.enqueue(job);
       return job;
     } catch (err) {
       this.countError(err);
@@ -114,72 +162,106 @@ export class GenerationService {
   }
 
   /** A job, or undefined when unknown or evicted. */
-  get(id: string): Job | undefined {
-    return this.#store.get(id);
+  get(id: string): Promise<Job | undefined> {
+    return this.#backend.jobs.get(id);
   }
 
   /** Jobs newest first, optionally filtered by status. */
-  list(statuses?: readonly JobStatus[]): Job[] {
-    return this.#store.list(statuses);
+  list(statuses?: readonly JobStatus[]): Promise<Job[]> {
+    return this.#backend.jobs.list(statuses);
   }
 
   /** Images of several jobs at once (the dataloader's batch function). */
-  imagesOf(jobIds: readonly string[]): StoredImage[][] {
-    return jobIds.map((id) => this.#store.get(id)?.images ?? []);
+  imagesOf(jobIds: readonly string[]): Promise<StoredImage[][]> {
+    return Promise.all(jobIds.map(async (id) => (await this.get(id))?.images ?? []));
   }
 
   /** 1-based queue position, null when not queued. */
-  queuePosition(jobId: string): number | null {
-    return this.#scheduler.queuePosition(jobId);
+  queuePosition(jobId: string): Promise<number | null> {
+    return this.#backend.queue.position(jobId);
   }
 
   /**
-   * Cancels a job; see {@link Scheduler.cancel}. Returns the job (already terminal jobs are returned unchanged).
+   * Cancels a job: queued ones at once, running ones at the next step boundary. Returns the job (already
+   * terminal jobs are returned unchanged).
    * @throws NotFoundError
    */
-  cancel(id: string, reason = 'canceled by client'): Job {
-    const job = this.#store.require(id);
-    this.#scheduler.cancel(job, reason);
-    return job;
+  async cancel(id: string, reason = 'canceled by client'): Promise<Job> {
+    const job = await this.#require(id);
+    if (isTerminal(job)) return job;
+    await this.#backend.queue.cancel(job, reason);
+    return (await this.get(id)) ?? job;
   }
 
   /**
    * The job's events: a snapshot first, then live events, ending after the terminal one. Closing the iterator
-   * (`return()`) unsubscribes at once.
+   * (`return()`) unsubscribes at once. Events the snapshot already reflects are skipped, so every step arrives
+   * once, in order (after a `retrying` event, steps start again from 1).
    * @throws NotFoundError
    */
-  watch(id: string): AsyncIterableIterator<JobEvent> {
-    const job = this.#store.require(id);
+  async watch(id: string): Promise<AsyncIterableIterator<JobEvent>> {
     let stop = () => {};
     const channel = new Channel<JobEvent>(() => stop());
-    // Listen before the snapshot: publishing is synchronous, so nothing falls between the two.
-    stop = this.#events.listen(id, (e) => {
+    let lastStep = 0;
+    let started = false;
+    const deliver = (e: JobEvent) => {
+      if (e.type === 'retrying') {
+        lastStep = 0;
+        started = false;
+      } else if (e.type === 'started') {
+        if (started) return;
+        started = true;
+      } else if (e.type === 'step') {
+        if (e.step <= lastStep) return;
+        lastStep = e.step;
+      }
       channel.push(e);
-      if (e.type === 'succeeded' || e.type === 'failed' || e.type === 'canceled') channel.end();
-    });
+      if (isTerminalEvent(e)) channel.end();
+    };
+    // Subscribe before the snapshot; what arrives in between waits, then goes through the same filter.
+    let pending: JobEvent[] | undefined = [];
+    const resync = () => {
+      void this.get(id).then((job) => {
+        if (job && isTerminal(job)) deliver(terminalEvent(job));
+      });
+    };
+    stop = await this.#backend.events.subscribe(id, (e) => (pending ? pending.push(e) : deliver(e)), resync);
+    let job: Job;
+    try {
+      job = await this.#require(id);
+    } catch (err) {
+      stop();
+      throw err;
+    }
+    lastStep = job.step;
+    started = job.status !== 'QUEUED';
     const eta = etaMs(job);
     channel.push({
       type: 'snapshot',
       job,
-      queuePosition: this.queuePosition(id),
+      queuePosition: job.status === 'QUEUED' ? await this.queuePosition(id).catch(() => null) : null,
       elapsedMs: elapsedMs(job),
       ...(eta !== undefined ? { etaMs: eta } : {}),
     });
+    const early = pending;
+    pending = undefined;
     if (isTerminal(job)) {
       channel.push(terminalEvent(job));
       channel.end();
+    } else {
+      for (const e of early) deliver(e);
     }
     return channel;
   }
 
-  /** Resolves when the job is terminal (the REST endpoint's synchronous mode). */
+  /** Resolves with the final job once it is terminal (the REST endpoint's synchronous mode). */
   async waitFor(id: string): Promise<Job> {
-    const job = this.#store.require(id);
+    const job = await this.#require(id);
     if (isTerminal(job)) return job;
-    for await (const e of this.watch(id)) {
-      if (e.type === 'succeeded' || e.type === 'failed' || e.type === 'canceled') break;
+    for await (const e of await this.watch(id)) {
+      if (isTerminalEvent(e)) break;
     }
-    return job;
+    return (await this.get(id)) ?? job;
   }
 
   /** Counts an error returned to a client, by its code. */
@@ -188,17 +270,23 @@ export class GenerationService {
     this.metrics.errors.inc({ code: typeof code === 'string' ? code : 'internal' });
   }
 
-  /** Cancels queued work, stops the scheduler and the executor. */
+  /** Cancels queued work, stops the scheduler and the executor (single process) or the backend's clients. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#scheduler.close();
+    await this.#backend.close();
     this.images.close();
-    await this.#executor.close();
+  }
+
+  async #require(id: string): Promise<Job> {
+    const job = await this.get(id);
+    if (!job) throw new NotFoundError('Job', id);
+    return job;
   }
 }
 
-function terminalEvent(job: Job): JobEvent {
+/** The terminal event matching a terminal job's record. */
+export function terminalEvent(job: Job): JobEvent {
   const base = { jobId: job.id, elapsedMs: elapsedMs(job) };
   if (job.status === 'SUCCEEDED') return { type: 'succeeded', ...base, images: job.images };
   if (job.status === 'CANCELED') return { type: 'canceled', ...base, reason: job.cancelReason ?? 'canceled' };

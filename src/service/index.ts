@@ -10,13 +10,16 @@ export {
   NotFoundError,
   QueueFullError,
   ServiceError,
+  ServiceUnavailableError,
   UnknownModelError,
   ValidationError,
 } from './errors.ts';
 export {
+  type BackendDeps,
   createGenerationService,
   GenerationService,
   type GenerationServiceOptions,
+  terminalEvent,
 } from './generation-service.ts';
 export { ImageStore, type ImageStoreOptions, urlPathOf } from './image-store.ts';
 export { isTerminalEvent, type JobEvent } from './job-events.ts';
@@ -24,6 +27,7 @@ export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImag
 export type { MeasuredLatency } from './measured.ts';
 export type { ServerMetrics } from './metrics.ts';
 export type { PublishedLatency } from './model-specs.ts';
+export type { BackendHealth, EngineOffer, JobBackend, JobEventBus, JobQueue, JobRepository } from './ports.ts';
 export { ASPECT_RATIOS, PUBLISHED_SPEC_SOURCE } from './model-specs.ts';
 export { DEFAULT_LIMITS, type GenerationLimits, type ModelEntry, modelId } from './models.ts';
 export { IMAGE_FORMATS, type ImageFormat, type StepExecutor } from './pipeline.ts';

@@ -8,6 +8,8 @@ import type { Job, StoredImage } from './jobs.ts';
 export type JobEvent =
   | { type: 'snapshot'; job: Job; queuePosition: number | null; elapsedMs: number; etaMs?: number }
   | { type: 'started'; jobId: string; totalSteps: number; elapsedMs: number }
+  /** Scale-out only: the engine running the job was lost; another one starts it again from step 0. */
+  | { type: 'retrying'; jobId: string; attempt: number; reason: string; elapsedMs: number }
   | {
       type: 'step';
       jobId: string;

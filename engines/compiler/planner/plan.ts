@@ -8,7 +8,8 @@
  * 2. for each remaining (layer, algorithm), the relative output error it causes alone, on the calibration feeds;
  * 3. per budget: the fastest plan with predicted error ≤ budget; its error is then measured with a gate graph
  *    holding every algorithm, and when it exceeds the budget the budget given to the optimiser is tightened
- *    (× budget / measured · 0.95) and the plan redone, up to 4 times; the all-fp32 plan is the fallback.
+ *    (× budget / measured · 0.95) and the plan redone, up to 4 times. The uniform plans (one algorithm on every
+ *    layer where it saves time) are measured too; the fastest candidate within budget wins, all-fp32 is the fallback.
  */
 import type { WeightReader } from '../onnx/nn.ts';
 import type { TransformerGraphOptions } from '../flux/transformer.ts';
@@ -17,7 +18,7 @@ import { type Algorithm, COMPRESSIONS } from './algorithms.ts';
 import { GraphBuilder } from '../onnx/graph-builder.ts';
 import { buildTransformerGraph } from '../flux/transformer.ts';
 import { CalibrationGraph, type LinearShape, type TransformerFeeds, timeLinear, tokensOf } from './measure.ts';
-import { type LayerChoices, optimizePlan } from './optimize.ts';
+import { type LayerChoices, optimizePlan, planTime, uniformPlan } from './optimize.ts';
 import type { ModePlan, PlanEntry } from './plan-types.ts';
 
 /** Prices a Linear shape under an algorithm (ms); {@link timeLinear} by default. */
@@ -134,18 +135,31 @@ export async function planModes(
   const plans: Record<string, ModePlan> = {};
   try {
     const ref = await mixed.reference(input.feeds);
+    // Uniform plans (one algorithm everywhere it saves time) are candidates too: the root-sum-square model can be
+    // pessimistic for them when their errors partly cancel, and the chosen plan must never lose to one.
+    const uniforms = await Promise.all(
+      algorithms.map(async (alg) => {
+        const u = uniformPlan(measurements.layers, alg);
+        return { choices: u.choices, predicted: u.predictedError, measured: await mixed.planError(input.feeds, ref, u.choices) };
+      }),
+    );
     for (const [mode, budget] of Object.entries(budgets)) {
+      const candidates = uniforms.filter((u) => u.measured <= budget);
       let target = budget;
-      let best: { choices: Record<string, string>; predicted: number; measured: number } | undefined;
-      for (let attempt = 0; attempt < 4 && !best; attempt++) {
+      for (let attempt = 0; attempt < 4; attempt++) {
         const plan = optimizePlan(measurements.layers, target);
         const measured = await mixed.planError(input.feeds, ref, plan.choices);
         input.onLog?.(
           `planner: ${mode} target ${target.toExponential(2)} predicted ${plan.predictedError.toExponential(2)} measured ${measured.toExponential(2)}`,
         );
-        if (measured <= budget) best = { choices: plan.choices, predicted: plan.predictedError, measured };
-        else target *= (budget / measured) * 0.95;
+        if (measured <= budget) {
+          candidates.push({ choices: plan.choices, predicted: plan.predictedError, measured });
+          break;
+        }
+        target *= (budget / measured) * 0.95;
       }
+      const time = (c: { choices: Record<string, string> }) => planTime(measurements.layers, c.choices);
+      const best = candidates.reduce<(typeof candidates)[number] | undefined>((a, c) => (!a || time(c) < time(a) ? c : a), undefined);
       plans[mode] = toModePlan(mode, budget, measurements, best ?? { choices: {}, predicted: 0, measured: 0 });
     }
   } finally {

@@ -28,7 +28,7 @@ echo "build: $(( $(date +%s) - t0 )) s"
 ENGINE=$BUILD/fluxql-engine
 rc=0
 if [[ $MODE == all || $MODE == test ]]; then
-  "$ENGINE" --selftest "$FIX" "$MODEL" both >"$OUT/selftest.txt" 2>"$OUT/selftest.err"; r=$?
+  "$ENGINE" --selftest "$FIX" "$MODEL" all >"$OUT/selftest.txt" 2>"$OUT/selftest.err"; r=$?
   [[ $r -ne 0 ]] && rc=$r
   tail -5 "$OUT/selftest.err"
   sed -n '/^case /,$p' "$OUT/selftest.txt"
@@ -42,7 +42,9 @@ if [[ $MODE == all || $MODE == test ]]; then
     [[ ${PIPESTATUS[0]} -ne 0 ]] && rc=1
   done
 fi
-if [[ $MODE == all || $MODE == bench ]]; then
+if [[ $MODE == all && $rc -ne 0 ]]; then
+  echo "tests failed (rc=$rc): benchmark skipped"
+elif [[ $MODE == all || $MODE == bench ]]; then
   "$ENGINE" --bench --out "$OUT/cuda-h100" "$@" 2>"$OUT/bench.err"; r=$?
   cat "$OUT/bench.err" | tail -8
   [[ $r -ne 0 ]] && rc=$r

@@ -205,6 +205,33 @@ void FluxTransformer::mm(Ctx& c, const Lin& l, int rows, const NormOut& in, void
     c.gemm.linear(c.st, rows, l.out, l.in, in.p, in.t, l.in, l.w, c.dt, l.b, epi, y, yt, ldy);
 }
 
+FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const char* name, float* x, const float* y,
+                                                   const float* gate, int Wg, int rows, int rpb, const float* shift,
+                                                   const float* scale, int Wn) {
+  const int D = cfg.hidden();
+  if (shift) {
+    if (fp8) {
+      void* o = c.scratch.get(name, size_t(rows) * D);
+      float* sc = c.f32(std::string(name) + ".scale", 1);
+      float* ws = c.f32(std::string(name) + ".ws", 1 + 2 * size_t(rows));
+      CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), c.st));
+      if (residual_layernorm(x, y, DType::F32, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, nullptr,
+                             DType::FP8, ws + 1, ws, c.st)) {
+        layernorm_mod_fp8_apply(x, rows, D, rpb, shift, scale, Wn, o, sc, ws, c.st);
+        return {o, DType::FP8, sc};
+      }
+    } else {
+      void* o = c.buf(name, size_t(rows) * D);
+      if (residual_layernorm(x, y, DType::F32, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, o, c.dt,
+                             nullptr, nullptr, c.st))
+        return {o, c.dt, nullptr};
+    }
+  }
+  gate_residual(x, y, DType::F32, D, gate, Wg, rows, D, rpb, c.st);
+  if (!shift) return {nullptr, c.dt, nullptr};
+  return norm_in(c, name, x, rows, rpb, shift, scale, Wn);
+}
+
 void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents, const float* ctx0,
                               const float* mods, int R, int step, const float* cs, float* vel) {
   const int D = cfg.hidden(), H = cfg.heads, hd = cfg.head_dim, S = T + L;
@@ -230,14 +257,22 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
 
   // Modulation rows of this step: block k, batch b at mods + off_k*R + (step*B + b)*W_k; batch stride W_k.
   auto modp = [&](size_t k) { return mods + mod_off_[k] * R + int64_t(step) * B * mod_w_[k]; };
-  size_t k = 0;
-  for (auto& blk : dbl_) {
-    const float* mi = modp(k++);
-    const float* mt = modp(k++);
-    const int W = 6 * D;
-    // Attention: shift_msa, scale_msa, gate_msa at chunks 0, 1, 2.
-    NormOut ni = norm_in(c, "f.xn", x, RL, L, mi, mi + D, W);
-    NormOut nt = norm_in(c, "f.cn", ctx, RT, T, mt, mt + D, W);
+  const int nd = int(dbl_.size()), ns = int(sgl_.size());
+  const int W = 6 * D, Ws = 3 * D;
+  // Every LayerNorm after the first is fused into the gated residual add that precedes it (res_norm); all blocks'
+  // modulations are precomputed, so the next block's shift/scale are at hand.
+  NormOut ni{}, nt{};
+  if (nd) {
+    ni = norm_in(c, "f.xn", x, RL, L, modp(0), modp(0) + D, W);
+    nt = norm_in(c, "f.cn", ctx, RT, T, modp(1), modp(1) + D, W);
+  }
+  for (int i = 0; i < nd; i++) {
+    auto& blk = dbl_[i];
+    const float* mi = modp(2 * i);  // shift/scale/gate msa at chunks 0-2, mlp at 3-5
+    const float* mt = modp(2 * i + 1);
+    const bool last = i + 1 == nd;
+    const float* nmi = last ? nullptr : modp(2 * i + 2);
+    const float* nmt = last ? nullptr : modp(2 * i + 3);
     mm(c, blk.qkv_img, RL, ni, qkv_i, dt, 3 * D, Epi::Bias);
     mm(c, blk.qkv_txt, RT, nt, qkv_t, dt, 3 * D, Epi::Bias);
     qk_norm_rope(qkv_t, dt, 3 * D, B, T, 0, S, H, hd, blk.naq, blk.nak, cs, Q, K, V, dt, c.st);
@@ -246,19 +281,16 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
     // Batch b's text rows are a[b*S, b*S+T), its image rows a[b*S+T, (b+1)*S): one GEMM per stream and sample.
     for (int b = 0; b < B; b++)
       run_lin(c, blk.out_img, L, a + (size_t(b) * S + T) * D * es, dt, y + size_t(b) * L * D, DType::F32);
-    gate_residual(x, y, DType::F32, D, mi + 2 * D, W, RL, D, L, c.st);
+    ni = res_norm(c, "f.xn", x, y, mi + 2 * D, W, RL, L, mi + 3 * D, mi + 4 * D, W);
     for (int b = 0; b < B; b++)
       run_lin(c, blk.out_txt, T, a + size_t(b) * S * D * es, dt, y + size_t(b) * T * D, DType::F32);
-    gate_residual(ctx, y, DType::F32, D, mt + 2 * D, W, RT, D, T, c.st);
-    // Feed-forward: shift_mlp, scale_mlp, gate_mlp at chunks 3, 4, 5.
-    ni = norm_in(c, "f.xn", x, RL, L, mi + 3 * D, mi + 4 * D, W);
+    nt = res_norm(c, "f.cn", ctx, y, mt + 2 * D, W, RT, T, mt + 3 * D, mt + 4 * D, W);
     mm(c, blk.ff1_img, RL, ni, hid, dt, 4 * D, Epi::BiasGelu);
     run_lin(c, blk.ff2_img, RL, hid, dt, y, DType::F32);
-    gate_residual(x, y, DType::F32, D, mi + 5 * D, W, RL, D, L, c.st);
-    nt = norm_in(c, "f.cn", ctx, RT, T, mt + 3 * D, mt + 4 * D, W);
+    ni = res_norm(c, "f.xn", x, y, mi + 5 * D, W, RL, L, nmi, nmi ? nmi + D : nullptr, W);
     mm(c, blk.ff1_txt, RT, nt, hid, dt, 4 * D, Epi::BiasGelu);
     run_lin(c, blk.ff2_txt, RT, hid, dt, y, DType::F32);
-    gate_residual(ctx, y, DType::F32, D, mt + 5 * D, W, RT, D, T, c.st);
+    nt = res_norm(c, "f.cn", ctx, y, mt + 5 * D, W, RT, T, nmt, nmt ? nmt + D : nullptr, W);
   }
 
   // Single-stream blocks on z = [ctx ; x] per batch (text first).
@@ -270,17 +302,20 @@ void FluxTransformer::forward(Ctx& c, int B, int L, int T, const float* latents,
                                cudaMemcpyDeviceToDevice, c.st));
   }
   char* cat = static_cast<char*>(hid);  // [RS, 5D]: attention output in columns [0, D), GELU(mlp) in [D, 5D)
-  for (auto& blk : sgl_) {
-    const float* ms = modp(k++);
-    const int W = 3 * D;
-    NormOut nz = norm_in(c, "f.xn", z, RS, S, ms, ms + D, W);
+  NormOut nz{};
+  if (ns) nz = norm_in(c, "f.xn", z, RS, S, modp(2 * nd), modp(2 * nd) + D, Ws);
+  for (int j = 0; j < ns; j++) {
+    auto& blk = sgl_[j];
+    const float* ms = modp(2 * nd + j);  // shift, scale, gate
+    const float* nms = j + 1 < ns ? modp(2 * nd + j + 1) : nullptr;
     mm(c, blk.qkv, RS, nz, qkv_i, dt, 3 * D, Epi::Bias);
     mm(c, blk.mlp, RS, nz, cat + D * es, dt, 5 * D, Epi::BiasGelu);
     qk_norm_rope(qkv_i, dt, 3 * D, B, S, 0, S, H, hd, blk.nq, blk.nk, cs, Q, K, V, dt, c.st);
     attention(c, B, S, 0, Q, K, V, OutMap{nullptr, cat, 0, 5 * D});
     run_lin(c, blk.out, RS, cat, dt, y, DType::F32);
-    gate_residual(z, y, DType::F32, D, ms + 2 * D, W, RS, D, S, c.st);
+    nz = res_norm(c, "f.xn", z, y, ms + 2 * D, Ws, RS, S, nms, nms ? nms + D : nullptr, Ws);
   }
+  const size_t k = size_t(2 * nd + ns);
 
   // Output: image tokens, AdaLayerNormContinuous (scale first, then shift), proj_out.
   for (int b = 0; b < B; b++)

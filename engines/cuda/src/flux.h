@@ -59,6 +59,9 @@ class FluxTransformer {
   NormOut norm_in(Ctx& c, const char* name, const float* x, int rows, int rpb, const float* shift,
                   const float* scale, int W);
   void mm(Ctx& c, const Lin& l, int rows, const NormOut& in, void* y, DType yt, int ldy, Epi epi);
+  // x += gate * y (fp32 y, rows of D); then, when shift != null, the next LayerNorm + modulation, fused.
+  NormOut res_norm(Ctx& c, const char* name, float* x, const float* y, const float* gate, int Wg, int rows, int rpb,
+                   const float* shift, const float* scale, int Wn);
   Lin x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;
   std::vector<Double> dbl_;
   std::vector<Single> sgl_;

@@ -15,6 +15,7 @@ import {
   type GenerateInput,
   type GenerationService,
   QueueFullError,
+  ServiceUnavailableError,
   UnknownModelError,
   urlPathOf,
   ValidationError,
@@ -105,6 +106,11 @@ export function toHttpError(err: unknown, fromSize = false): HttpError {
   if (err instanceof UnknownModelError) {
     return new HttpError(404, err.message, 'invalid_request_error', err.code, 'model');
   }
+  if (err instanceof ServiceUnavailableError) {
+    return new HttpError(503, err.message, 'server_error', err.code, null, {
+      'retry-after': String(err.retryAfterSeconds),
+    });
+  }
   if (err instanceof QueueFullError) {
     return new HttpError(429, err.message, 'rate_limit_exceeded', err.code, null, {
       'retry-after': String(err.retryAfterSeconds),
@@ -128,7 +134,7 @@ export async function handleImageGeneration(
   let jobId: string;
   try {
     parsed = parseRequest(req, body);
-    jobId = service.submit(parsed.input).id;
+    jobId = (await service.submit(parsed.input)).id;
   } catch (err) {
     // submit() counts its own errors; count only the ones parsing raised before it.
     if (!parsed) service.countError(err);
@@ -136,7 +142,7 @@ export async function handleImageGeneration(
   }
   // A client that hangs up no longer wants the image: free its slot (vLLM/TGI abort-on-disconnect).
   const onClose = () => {
-    if (!res.writableEnded) service.cancel(jobId, 'client disconnected');
+    if (!res.writableEnded) service.cancel(jobId, 'client disconnected').catch(() => {});
   };
   res.once('close', onClose);
 

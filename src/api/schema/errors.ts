@@ -2,7 +2,13 @@
  * @file Error types returned as data (Pothos errors plugin): an `Error` interface and one object per domain
  * error class of `service/errors.ts`.
  */
-import { NotFoundError, QueueFullError, UnknownModelError, ValidationError } from '../../service/index.ts';
+import {
+  NotFoundError,
+  QueueFullError,
+  ServiceUnavailableError,
+  UnknownModelError,
+  ValidationError,
+} from '../../service/index.ts';
 import { builder } from '../builder.ts';
 
 /** Common shape of every error returned as data. */
@@ -60,4 +66,14 @@ builder.objectType(UnknownModelError, {
   }),
 });
 
-export { NotFoundError, QueueFullError, UnknownModelError, ValidationError };
+builder.objectType(ServiceUnavailableError, {
+  name: 'ServiceUnavailableError',
+  description: 'A dependency is down (scale-out: Redis unreachable, or no engine worker registered); retry later.',
+  interfaces: [ErrorInterface],
+  isTypeOf: (v) => v instanceof ServiceUnavailableError,
+  fields: (t) => ({
+    retryAfterSeconds: t.exposeInt('retryAfterSeconds'),
+  }),
+});
+
+export { NotFoundError, QueueFullError, ServiceUnavailableError, UnknownModelError, ValidationError };

@@ -7,6 +7,7 @@ import {
   DEFAULT_LIMITS,
   QueueFullError,
   REQUEST_DEFAULTS,
+  ServiceUnavailableError,
   UnknownModelError,
   ValidationError,
 } from '../../service/index.ts';
@@ -41,7 +42,7 @@ builder.mutationField('generateImage', (t) =>
   t.field({
     type: ImageJobRef,
     description: 'Queues a generation and returns its job at once; follow it with `jobProgress`.',
-    errors: { types: [ValidationError, QueueFullError, UnknownModelError] },
+    errors: { types: [ValidationError, QueueFullError, UnknownModelError, ServiceUnavailableError] },
     args: { input: t.arg({ type: GenerateImageInput, required: true }) },
     resolve: (_root, { input }, ctx) => ctx.service.submit(input),
   }),

@@ -2,7 +2,15 @@
  * @file `ImageJob` (a Relay node), `Image`, the `job`/`jobs` queries and the `cancelJob` mutation.
  */
 import { decodeGlobalID, resolveArrayConnection } from '@pothos/plugin-relay';
-import { elapsedMs, etaMs, type Job, NotFoundError, type StoredImage, urlPathOf } from '../../service/index.ts';
+import {
+  elapsedMs,
+  etaMs,
+  type Job,
+  NotFoundError,
+  ServiceUnavailableError,
+  type StoredImage,
+  urlPathOf,
+} from '../../service/index.ts';
 import { builder } from '../builder.ts';
 import { ModelRef } from './model.ts';
 
@@ -54,7 +62,7 @@ builder.node(ImageJobRef, {
   description: 'One generation request and its progress.',
   id: { resolve: (j) => j.id },
   isTypeOf: (v) => typeof v === 'object' && v !== null && 'request' in v && 'totalSteps' in v,
-  loadOne: (id, ctx) => ctx.service.get(id) ?? null,
+  loadOne: async (id, ctx) => (await ctx.service.get(id)) ?? null,
   fields: (t) => ({
     jobId: t.exposeString('id', { description: 'The raw job id (the global `id` decodes to it).' }),
     status: t.field({ type: JobStatusEnum, resolve: (j) => j.status }),
@@ -106,8 +114,8 @@ export function toJobId(id: string): string {
   return id;
 }
 
-function requireJob(id: string, ctx: { service: { get(id: string): Job | undefined } }): Job {
-  const job = ctx.service.get(toJobId(id));
+async function requireJob(id: string, ctx: { service: { get(id: string): Promise<Job | undefined> } }): Promise<Job> {
+  const job = await ctx.service.get(toJobId(id));
   if (!job) throw new NotFoundError('Job', id);
   return job;
 }
@@ -115,7 +123,7 @@ function requireJob(id: string, ctx: { service: { get(id: string): Job | undefin
 builder.queryField('job', (t) =>
   t.field({
     type: ImageJobRef,
-    errors: { types: [NotFoundError] },
+    errors: { types: [NotFoundError, ServiceUnavailableError] },
     args: { id: t.arg.id({ required: true, description: 'Global or raw job id.' }) },
     resolve: (_root, { id }, ctx) => requireJob(id, ctx),
   }),
@@ -126,7 +134,8 @@ builder.queryField('jobs', (t) =>
     type: ImageJobRef,
     description: 'Jobs newest first.',
     args: { status: t.arg({ type: [JobStatusEnum], required: false }) },
-    resolve: (_root, args, ctx) => resolveArrayConnection({ args }, ctx.service.list(args.status ?? undefined)),
+    resolve: async (_root, args, ctx) =>
+      resolveArrayConnection({ args }, await ctx.service.list(args.status ?? undefined)),
   }),
 );
 
@@ -135,8 +144,8 @@ builder.mutationField('cancelJob', (t) =>
     type: ImageJobRef,
     description:
       'Cancels a job: a queued one at once, a running one at the next step. Finished jobs are returned as is.',
-    errors: { types: [NotFoundError] },
+    errors: { types: [NotFoundError, ServiceUnavailableError] },
     args: { id: t.arg.id({ required: true }) },
-    resolve: (_root, { id }, ctx) => ctx.service.cancel(requireJob(id, ctx).id, 'canceled by client'),
+    resolve: async (_root, { id }, ctx) => ctx.service.cancel((await requireJob(id, ctx)).id, 'canceled by client'),
   }),
 );

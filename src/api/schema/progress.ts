@@ -1,6 +1,6 @@
 /**
  * @file The `jobProgress` subscription: a snapshot, one event per denoising step, then a terminal event (images,
- * failure or cancellation). An unknown job id yields one `NotFoundError` event (errors as data here too).
+ * failure or cancellation); in scale-out mode a `JobRetryEvent` when a lost worker's job starts again elsewhere. An unknown job id yields one `NotFoundError` event (errors as data here too).
  */
 import { type JobEvent, NotFoundError } from '../../service/index.ts';
 import { builder } from '../builder.ts';
@@ -51,6 +51,16 @@ const Step = builder.objectRef<Ev<'step'>>('JobStepEvent').implement({
   }),
 });
 
+const Retrying = builder.objectRef<Ev<'retrying'>>('JobRetryEvent').implement({
+  description:
+    'Scale-out: the worker running the job was lost; another worker starts it again, so steps restart from 1.',
+  interfaces: [JobEventInterface],
+  fields: (t) => ({
+    attempt: t.exposeInt('attempt', { description: 'The attempt now starting (2 for the first retry).' }),
+    reason: t.exposeString('reason'),
+  }),
+});
+
 const Succeeded = builder.objectRef<Ev<'succeeded'>>('JobSucceededEvent').implement({
   interfaces: [JobEventInterface],
   fields: (t) => ({ images: t.field({ type: [ImageRef], resolve: (e) => e.images }) }),
@@ -71,13 +81,14 @@ const Canceled = builder.objectRef<Ev<'canceled'>>('JobCanceledEvent').implement
 type Payload = JobEvent | NotFoundError;
 
 const JobProgressEvent = builder.unionType('JobProgressEvent', {
-  types: [Snapshot, Started, Step, Succeeded, Failed, Canceled, NotFoundError],
+  types: [Snapshot, Started, Step, Retrying, Succeeded, Failed, Canceled, NotFoundError],
   resolveType: (v: Payload) => {
     if (!('type' in v)) return 'NotFoundError';
     const names = {
       snapshot: 'JobSnapshotEvent',
       started: 'JobStartedEvent',
       step: 'JobStepEvent',
+      retrying: 'JobRetryEvent',
       succeeded: 'JobSucceededEvent',
       failed: 'JobFailedEvent',
       canceled: 'JobCanceledEvent',
@@ -100,9 +111,9 @@ builder.subscriptionField('jobProgress', (t) =>
     type: JobProgressEvent,
     description: 'Snapshot, one event per step, then SUCCEEDED (with image URLs), FAILED or CANCELED; then completes.',
     args: { id: t.arg.id({ required: true, description: 'Global or raw job id.' }) },
-    subscribe: (_root, { id }, ctx): AsyncIterable<Payload> => {
+    subscribe: async (_root, { id }, ctx): Promise<AsyncIterable<Payload>> => {
       const jobId = toJobId(id);
-      return ctx.service.get(jobId) ? ctx.service.watch(jobId) : notFound(id);
+      return (await ctx.service.get(jobId)) ? ctx.service.watch(jobId) : notFound(id);
     },
     resolve: (event: Payload) => event,
   }),

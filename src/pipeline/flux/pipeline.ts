@@ -121,8 +121,14 @@ export class FluxPipeline {
     let e = this.engines.get(key);
     if (!e) {
       // Compressed modes (L, M, S) are compiled from a per-layer plan, measured once per model (elastic-plan.ts).
-      const spec = resolveModeFor(mode, this.source.name, this.source.modes);
-      e = ensurePlan(this, spec, this.options.cacheDir ?? defaultCacheDir(), { threads: this.options.threads, onLog: this.options.onLog })
+      e = Promise.resolve()
+        .then(() => resolveModeFor(mode, this.source.name, this.source.modes))
+        .then((spec) =>
+          ensurePlan(this, spec, this.options.cacheDir ?? defaultCacheDir(), {
+            threads: this.options.threads,
+            onLog: this.options.onLog,
+          }),
+        )
         .then((plan) =>
           ensureEngine(this.source, {
             mode,

@@ -56,7 +56,8 @@ export class StepCache {
 
   constructor(
     private readonly engine: Engine & { stepCache: NonNullable<Engine['stepCache']> },
-    readonly settings: StepCacheSettings,
+    /** Mutable so a benchmark can sweep thresholds on a loaded engine; starts as the manifest's settings. */
+    public settings: StepCacheSettings,
   ) {
     // Model width D, the residuals' last axis, from the head's declared `hidden` output [B, L, D].
     const hidden = engine.manifest.stepCache?.head.outputs.find((o) => o.name === 'hidden');
@@ -119,7 +120,7 @@ export function stepCacheOf(engine: Engine): StepCache | undefined {
   if (!sc || !engine.stepCache) return undefined;
   let c = caches.get(engine);
   if (!c) {
-    c = new StepCache(engine as Engine & { stepCache: NonNullable<Engine['stepCache']> }, sc);
+    c = new StepCache(engine as Engine & { stepCache: NonNullable<Engine['stepCache']> }, { threshold: sc.threshold, warmupSteps: sc.warmupSteps, maxConsecutive: sc.maxConsecutive });
     caches.set(engine, c);
   }
   return c;

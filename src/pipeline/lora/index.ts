@@ -2,6 +2,8 @@
  * @file Public surface of the LoRA layer: parsing and validating LoRA files of four formats, LORA_DIR confinement,
  * the set manager that produces engine feeds. `FluxPipeline.loras` is the manager of a loaded pipeline.
  */
+
+export { MAX_RANK as MAX_LORA_RANK } from './collect.ts';
 export { createLoraManager, readLoraLayout } from './engine-layout.ts';
 export { LoraError, type LoraErrorCode } from './errors.ts';
 export { LORA_EXTENSION, type LoraFile, listLoraFiles, resolveLoraFile } from './lora-dir.ts';
@@ -10,6 +12,7 @@ export { type LoraModelSpec, loraModelSpec } from './model-layers.ts';
 export { detectLoraFormat, parseLoraFile, parseLoraTensors } from './parse.ts';
 export {
   describeLora,
+  LORA_FORMATS,
   type LoraFactor,
   type LoraFormat,
   type LoraInfo,

@@ -6,6 +6,9 @@
 /** The file formats we recognise (FLUX_SPEC §7.2–7.6). */
 export type LoraFormat = 'diffusers' | 'kohya' | 'xlabs' | 'bfl-control';
 
+/** Every {@link LoraFormat}, for capability reports (`models { loraFormats }`). */
+export const LORA_FORMATS: readonly LoraFormat[] = Object.freeze(['diffusers', 'kohya', 'xlabs', 'bfl-control']);
+
 /** One LoRA's factors for one diffusers Linear module. */
 export interface LoraFactor {
   /** Diffusers module name, e.g. `transformer_blocks.0.attn.to_q`. */

@@ -57,13 +57,13 @@ async function collect(it: AsyncIterable<JobEvent>): Promise<JobEvent[]> {
 describe('Scheduler via GenerationService', () => {
   it('batches concurrent compatible jobs and keeps each result equal to a solo run', async () => {
     const { service, executor, dir } = await setup();
-    const jobs = [1, 2, 3, 4].map((s) => service.submit(input(s)));
+    const jobs = await Promise.all([1, 2, 3, 4].map((s) => service.submit(input(s))));
     const done = await Promise.all(jobs.map((j) => service.waitFor(j.id)));
     expect(done.map((j) => j.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']);
     expect(await counter(service, 'fluxql_batches_total')).toBeLessThan(4);
     expect(Math.max(...executor.stepCalls.map((c) => c.length))).toBeGreaterThan(1);
 
-    const solo = await service.waitFor(service.submit(input(3)).id);
+    const solo = await service.waitFor((await service.submit(input(3))).id);
     const a = await readFile(join(dir, done[2]?.images[0]?.fileName ?? ''));
     const b = await readFile(join(dir, solo.images[0]?.fileName ?? ''));
     expect(a.equals(b)).toBe(true);
@@ -73,8 +73,8 @@ describe('Scheduler via GenerationService', () => {
   it('streams a snapshot, one event per step in order, then the images', async () => {
     const gate = createGate();
     const { service } = await setup({ gate: gate.wait });
-    const job = service.submit(input(7, { steps: 4 }));
-    const events = collect(service.watch(job.id));
+    const job = await service.submit(input(7, { steps: 4 }));
+    const events = collect(await service.watch(job.id));
     gate.open();
     const list = await events;
     expect(list[0]?.type).toBe('snapshot');
@@ -87,28 +87,28 @@ describe('Scheduler via GenerationService', () => {
   it('lets a compatible job join a running batch at a step boundary', async () => {
     const gate = createGate();
     const { service, executor } = await setup({ gate: gate.wait }, { delay: 0 });
-    const first = service.submit(input(1, { steps: 4 }));
+    const first = await service.submit(input(1, { steps: 4 }));
     await vi.waitFor(() => expect(gate.blocked).toBe(1));
-    const second = service.submit(input(2, { steps: 4 }));
+    const second = await service.submit(input(2, { steps: 4 }));
     gate.open();
     await Promise.all([service.waitFor(first.id), service.waitFor(second.id)]);
     expect(await counter(service, 'fluxql_batches_total')).toBe(1);
     expect(await counter(service, 'fluxql_batch_joins_total')).toBe(1);
     expect(executor.stepCalls.some((c) => c.length === 2)).toBe(true);
-    expect(service.get(second.id)?.status).toBe('SUCCEEDED');
+    expect((await service.get(second.id))?.status).toBe('SUCCEEDED');
   });
 
   it('keeps FIFO across groups: a younger compatible job does not jump an older incompatible one', async () => {
     const gate = createGate();
     const { service, executor } = await setup({ gate: gate.wait }, { delay: 0 });
-    const a1 = service.submit(input(1, { steps: 2 }));
+    const a1 = await service.submit(input(1, { steps: 2 }));
     await vi.waitFor(() => expect(gate.blocked).toBe(1));
-    const b = service.submit(input(2, { steps: 2, width: 128 }));
-    const a2 = service.submit(input(3, { steps: 2 }));
+    const b = await service.submit(input(2, { steps: 2, width: 128 }));
+    const a2 = await service.submit(input(3, { steps: 2 }));
     gate.open();
     await Promise.all([a1, b, a2].map((j) => service.waitFor(j.id)));
-    const started = (id: string) => service.get(id)?.startedAt?.getTime() ?? 0;
-    expect(started(b.id)).toBeLessThanOrEqual(started(a2.id));
+    const started = async (id: string) => (await service.get(id))?.startedAt?.getTime() ?? 0;
+    expect(await started(b.id)).toBeLessThanOrEqual(await started(a2.id));
     // a2 never shared a step with a1.
     expect(executor.stepCalls.every((c) => c.length === 1)).toBe(true);
   });
@@ -116,14 +116,14 @@ describe('Scheduler via GenerationService', () => {
   it('cancels a queued job at once and frees its queue slot', async () => {
     const gate = createGate();
     const { service } = await setup({ gate: gate.wait }, { maxQueueSize: 1, delay: 0, batchSize: 1 });
-    const running = service.submit(input(1));
+    const running = await service.submit(input(1));
     await vi.waitFor(() => expect(gate.blocked).toBe(1));
-    const queued = service.submit(input(2));
-    expect(() => service.submit(input(3))).toThrow(QueueFullError);
-    expect(service.queuePosition(queued.id)).toBe(1);
-    service.cancel(queued.id);
-    expect(service.get(queued.id)?.status).toBe('CANCELED');
-    const third = service.submit(input(3));
+    const queued = await service.submit(input(2));
+    await expect(service.submit(input(3))).rejects.toThrow(QueueFullError);
+    expect(await service.queuePosition(queued.id)).toBe(1);
+    await service.cancel(queued.id);
+    expect((await service.get(queued.id))?.status).toBe('CANCELED');
+    const third = await service.submit(input(3));
     gate.open();
     expect((await service.waitFor(running.id)).status).toBe('SUCCEEDED');
     expect((await service.waitFor(third.id)).status).toBe('SUCCEEDED');
@@ -133,13 +133,13 @@ describe('Scheduler via GenerationService', () => {
   it('drops a cancelled running job at the next step boundary without disturbing its batch', async () => {
     const gate = createGate();
     const { service, executor, dir } = await setup({ gate: gate.wait }, { delay: 1000 });
-    const keep = service.submit(input(1, { steps: 4 }));
-    const drop = service.submit(input(2, { steps: 4 }));
-    const keep2 = service.submit(input(5, { steps: 4 }));
-    const keep3 = service.submit(input(6, { steps: 4 }));
+    const keep = await service.submit(input(1, { steps: 4 }));
+    const drop = await service.submit(input(2, { steps: 4 }));
+    const keep2 = await service.submit(input(5, { steps: 4 }));
+    const keep3 = await service.submit(input(6, { steps: 4 }));
     await vi.waitFor(() => expect(gate.blocked).toBe(1));
     expect(executor.stepCalls[0]).toHaveLength(4);
-    service.cancel(drop.id, 'client disconnected');
+    await service.cancel(drop.id, 'client disconnected');
     gate.open();
     const [k] = await Promise.all([keep, keep2, keep3].map((j) => service.waitFor(j.id)));
     const d = await service.waitFor(drop.id);
@@ -147,7 +147,7 @@ describe('Scheduler via GenerationService', () => {
     expect(d.cancelReason).toBe('client disconnected');
     expect(executor.stepCalls.slice(1).every((c) => c.length === 3)).toBe(true);
     expect(executor.live()).toBe(0);
-    const solo = await service.waitFor(service.submit(input(1, { steps: 4 })).id);
+    const solo = await service.waitFor((await service.submit(input(1, { steps: 4 }))).id);
     const a = await readFile(join(dir, k?.images[0]?.fileName ?? ''));
     const b = await readFile(join(dir, solo.images[0]?.fileName ?? ''));
     expect(a.equals(b)).toBe(true);
@@ -155,17 +155,17 @@ describe('Scheduler via GenerationService', () => {
 
   it('fails only the jobs of a failing engine call and keeps serving', async () => {
     const { service } = await setup({ failOnPrompt: 'boom' }, { delay: 0 });
-    const bad = service.submit(input(1, { prompt: 'boom' }));
+    const bad = await service.submit(input(1, { prompt: 'boom' }));
     const failed = await service.waitFor(bad.id);
     expect(failed.status).toBe('FAILED');
     expect(failed.error?.message).toMatch(/fake engine failure/);
-    const good = await service.waitFor(service.submit(input(2)).id);
+    const good = await service.waitFor((await service.submit(input(2))).id);
     expect(good.status).toBe('SUCCEEDED');
   });
 
   it('runs the images of one job as seed, seed+1, … in one batch', async () => {
     const { service, executor } = await setup({}, { delay: 0 });
-    const job = await service.waitFor(service.submit(input(10, { numImages: 3 })).id);
+    const job = await service.waitFor((await service.submit(input(10, { numImages: 3 }))).id);
     expect(job.images.map((i) => i.seed)).toEqual([10, 11, 12]);
     expect(executor.prepareCalls[0]?.map((r) => r.seed)).toEqual([10, 11, 12]);
   });

@@ -63,6 +63,7 @@ export type GenerateImageMutationVariables = Exact<{
 export type GenerateImageMutation = { generateImage:
     | { __typename: 'MutationGenerateImageSuccess', data: { id: string, jobId: string, status: JobStatus, queuePosition: number | null, totalSteps: number } }
     | { __typename: 'QueueFullError', message: string, retryAfterSeconds: number }
+    | { __typename: 'ServiceUnavailableError' }
     | { __typename: 'UnknownModelError', model: string, available: Array<string>, message: string }
     | { __typename: 'ValidationError', field: string, message: string, code: string }
    };
@@ -75,6 +76,7 @@ export type JobQueryVariables = Exact<{
 export type JobQuery = { job:
     | { __typename: 'NotFoundError', id: string, message: string }
     | { __typename: 'QueryJobSuccess', data: { id: string, jobId: string, status: JobStatus, step: number, totalSteps: number, images: Array<{ url: string, width: number, height: number, format: ImageFormat, contentType: string }> } }
+    | { __typename: 'ServiceUnavailableError' }
    };
 
 export type JobsQueryVariables = Exact<{
@@ -94,6 +96,7 @@ export type CancelJobMutationVariables = Exact<{
 export type CancelJobMutation = { cancelJob:
     | { __typename: 'MutationCancelJobSuccess', data: { jobId: string, status: JobStatus, cancelReason: string | null } }
     | { __typename: 'NotFoundError', message: string }
+    | { __typename: 'ServiceUnavailableError' }
    };
 
 export type JobProgressSubscriptionVariables = Exact<{
@@ -104,6 +107,7 @@ export type JobProgressSubscriptionVariables = Exact<{
 export type JobProgressSubscription = { jobProgress:
     | { __typename: 'JobCanceledEvent', reason: string }
     | { __typename: 'JobFailedEvent', code: string, message: string }
+    | { __typename: 'JobRetryEvent' }
     | { __typename: 'JobSnapshotEvent', status: JobStatus, step: number, totalSteps: number, queuePosition: number | null }
     | { __typename: 'JobStartedEvent' }
     | { __typename: 'JobStepEvent', step: number, totalSteps: number, elapsedMs: number, etaMs: number | null, previewUrl: string | null }

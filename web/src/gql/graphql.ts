@@ -63,6 +63,7 @@ export type WebGenerateMutationVariables = Exact<{
 export type WebGenerateMutation = { generateImage:
     | { __typename: 'MutationGenerateImageSuccess', data: { id: string, jobId: string, status: JobStatus, totalSteps: number, width: number, height: number } }
     | { __typename: 'QueueFullError', message: string, retryAfterSeconds: number }
+    | { __typename: 'ServiceUnavailableError' }
     | { __typename: 'UnknownModelError', message: string, available: Array<string> }
     | { __typename: 'ValidationError', field: string, message: string }
    };
@@ -75,6 +76,7 @@ export type WebCancelMutationVariables = Exact<{
 export type WebCancelMutation = { cancelJob:
     | { __typename: 'MutationCancelJobSuccess', data: { id: string, status: JobStatus } }
     | { __typename: 'NotFoundError', message: string }
+    | { __typename: 'ServiceUnavailableError' }
    };
 
 export type WebRecentJobsQueryVariables = Exact<{
@@ -92,6 +94,7 @@ export type WebJobProgressSubscriptionVariables = Exact<{
 export type WebJobProgressSubscription = { jobProgress:
     | { __typename: 'JobCanceledEvent', reason: string }
     | { __typename: 'JobFailedEvent', code: string, message: string }
+    | { __typename: 'JobRetryEvent' }
     | { __typename: 'JobSnapshotEvent', status: JobStatus, step: number, totalSteps: number, etaMs: number | null, queuePosition: number | null, job: { previewUrl: string | null, images: Array<{ url: string, width: number, height: number, format: ImageFormat }> } }
     | { __typename: 'JobStartedEvent', totalSteps: number }
     | { __typename: 'JobStepEvent', step: number, totalSteps: number, etaMs: number | null, previewUrl: string | null }

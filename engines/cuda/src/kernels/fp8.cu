@@ -82,6 +82,14 @@ __global__ void ln_quant_kernel(const float* x, int D, int rows_per_batch, const
 
 }  // namespace
 
+void layernorm_mod_fp8_apply(const float* x, int rows, int D, int rows_per_batch, const float* shift,
+                             const float* scale, int mod_stride, void* out, float* out_scale, const float* ws,
+                             cudaStream_t st) {
+  ln_quant_kernel<<<rows, 256, 0, st>>>(x, D, rows_per_batch, shift, scale, mod_stride, ws + 1, ws,
+                                        static_cast<__nv_fp8_e4m3*>(out), out_scale);
+  LAUNCH_CHECK();
+}
+
 void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, float* ws, cudaStream_t st) {
   CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), st));
   unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 4096));

@@ -42,6 +42,12 @@ void layernorm(const float* x, int rows, int D, int rows_per_batch, const float*
 // x[r, :] += gate[b, :] * y[r, :]  (gate null: plain add). y rows have stride ldy.
 void gate_residual(float* x, const void* y, DType yt, int ldy, const float* gate, int mod_stride, int rows, int D,
                    int rows_per_batch, cudaStream_t st);
+// Fused: x += gate[b] * y, then out = LN(x) * (1 + scale[b]) + shift[b] (one read of x instead of three).
+// ot == FP8: writes per-row (mean, rstd) to stats and the global amax instead of out (quantise with
+// layernorm_mod_fp8_apply). Returns false (nothing launched) when D is too wide for the fused kernel.
+bool residual_layernorm(float* x, const void* y, DType yt, int ldy, const float* gate, int gstride, int rows, int D,
+                        int rpb, const float* shift, const float* scale, int mstride, float eps, void* out, DType ot,
+                        float* stats, float* amax, cudaStream_t st);
 // out = x * rsqrt(mean(x^2) + eps) * w  (T5 layer norm).
 void rmsnorm(const float* x, int rows, int D, const float* w, float eps, void* out, DType ot, cudaStream_t st);
 // GroupNorm over NHWC [B, HW, C] with G groups, statistics in fp64-accumulated fp32; optional SiLU after.
@@ -54,6 +60,10 @@ void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const f
 void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, float* ws, cudaStream_t st);
 void layernorm_mod_fp8(const float* x, int rows, int D, int rows_per_batch, const float* shift, const float* scale,
                        int mod_stride, float eps, void* out, float* out_scale, float* ws, cudaStream_t st);
+// Second pass only: ws holds amax then (mean, rstd) per row, as the first pass (or residual_layernorm) left them.
+void layernorm_mod_fp8_apply(const float* x, int rows, int D, int rows_per_batch, const float* shift,
+                             const float* scale, int mod_stride, void* out, float* out_scale, const float* ws,
+                             cudaStream_t st);
 
 // rope.cu: qkv rows [B*n, ld] hold q|k|v (each H*D). For token i of batch b, joint position p = off + i:
 // q, k get RMSNorm over D (weights wq, wk, eps 1e-6) then interleaved-pair RoPE with cs[p, j] = (cos, sin);

@@ -143,3 +143,85 @@ void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const f
 }
 
 }  // namespace fq
+
+// ---- Fused gated residual + adaLN LayerNorm (one pass over the row, values held in registers) ----
+namespace fq {
+namespace {
+
+constexpr int kFuseThreads = 256, kFusePer = 16;  // rows up to 4096 wide
+
+// x[r] += gate[b] * y[r]; then out[r] = LN(x[r]) * (1 + scale[b]) + shift[b]. With STATS, writes (mean, rstd) and
+// the global amax of the modulated row instead of `out` (the fp8 path's first pass).
+template <typename TY, typename TO, bool STATS>
+__global__ void __launch_bounds__(kFuseThreads) residual_ln_kernel(float* x, const TY* y, int ldy, const float* gate,
+                                                                   int gstride, int D, int rpb, const float* shift,
+                                                                   const float* scale, int mstride, float eps,
+                                                                   TO* out, float* stats, float* amax) {
+  __shared__ float sh[33];
+  const int r = blockIdx.x, b = r / rpb;
+  float* xr = x + int64_t(r) * D;
+  const TY* yr = y + int64_t(r) * ldy;
+  const float* g = gate + int64_t(b) * gstride;
+  float v[kFusePer];
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < kFusePer; k++) {
+    int i = threadIdx.x + k * kFuseThreads;
+    v[k] = 0.f;
+    if (i < D) {
+      v[k] = xr[i] + g[i] * tof(yr[i]);
+      xr[i] = v[k];
+      s += v[k];
+    }
+  }
+  const float mean = block_sum(s, sh) / float(D);
+  float q = 0.f;
+#pragma unroll
+  for (int k = 0; k < kFusePer; k++) {
+    int i = threadIdx.x + k * kFuseThreads;
+    if (i < D) q += (v[k] - mean) * (v[k] - mean);
+  }
+  const float rstd = rsqrtf(block_sum(q, sh) / float(D) + eps);
+  const float* shb = shift + int64_t(b) * mstride;
+  const float* scb = scale + int64_t(b) * mstride;
+  float m = 0.f;
+#pragma unroll
+  for (int k = 0; k < kFusePer; k++) {
+    int i = threadIdx.x + k * kFuseThreads;
+    if (i < D) {
+      float o = (v[k] - mean) * rstd * (1.f + scb[i]) + shb[i];
+      if constexpr (STATS) m = fmaxf(m, fabsf(o));
+      else out[int64_t(r) * D + i] = fromf<TO>(o);
+    }
+  }
+  if constexpr (STATS) {
+    m = block_max(m, sh);
+    if (threadIdx.x == 0) {
+      stats[2 * r] = mean;
+      stats[2 * r + 1] = rstd;
+      atomicMax(reinterpret_cast<unsigned int*>(amax), __float_as_uint(m));
+    }
+  }
+}
+
+}  // namespace
+
+bool residual_layernorm(float* x, const void* y, DType yt, int ldy, const float* gate, int gstride, int rows, int D,
+                        int rpb, const float* shift, const float* scale, int mstride, float eps, void* out, DType ot,
+                        float* stats, float* amax, cudaStream_t st) {
+  if (D > kFuseThreads * kFusePer) return false;
+  if (ot == DType::FP8) {
+    FQ_DISPATCH(yt, TY,
+                (residual_ln_kernel<TY, float, true><<<rows, kFuseThreads, 0, st>>>(
+                    x, static_cast<const TY*>(y), ldy, gate, gstride, D, rpb, shift, scale, mstride, eps, nullptr,
+                    stats, amax)));
+  } else {
+    FQ_DISPATCH(yt, TY, FQ_DISPATCH(ot, TO, (residual_ln_kernel<TY, TO, false><<<rows, kFuseThreads, 0, st>>>(
+                                                x, static_cast<const TY*>(y), ldy, gate, gstride, D, rpb, shift,
+                                                scale, mstride, eps, static_cast<TO*>(out), nullptr, nullptr))));
+  }
+  LAUNCH_CHECK();
+  return true;
+}
+
+}  // namespace fq

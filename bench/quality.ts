@@ -1,0 +1,166 @@
+/**
+ * @file `npm run bench:quality`: PSNR and SSIM of every elastic mode's images against the `original` mode's, on a
+ * fixed subset of PartiPrompts (bench/data/partiprompts-subset.tsv: the first two prompts of each of the 12
+ * categories of ../shared/datasets/PartiPrompts.tsv, in file order), same seed per prompt (1000 + its index) in every
+ * mode. Reports per-category and overall means, and plots latency against PSNR.
+ *
+ * Defaults for two CPU cores: 128×128 pixels, 8 steps, 64 T5 tokens; all 24 prompts on flux-tiny and the first prompt
+ * of each category (12) on the synthetic benchmark model (`--per-category` overrides both).
+ *
+ * Writes bench/results/quality.json, quality.md, quality.svg and merges the means into bench/results/modes.json.
+ *
+ *   npm run bench:quality -- [--size 128] [--steps 8] [--text 64] [--per-category N] [--only tiny|synthetic]
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
+import { psnr, ssim } from './lib/image-metrics.ts';
+import { BENCH_MODES, benchModels, machineInfo, mergeModes, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
+import { scatterSvg } from './lib/plot.ts';
+
+const { values } = parseArgs({
+  options: {
+    size: { type: 'string', default: '128' },
+    steps: { type: 'string', default: '8' },
+    text: { type: 'string', default: '64' },
+    'per-category': { type: 'string' },
+    threads: { type: 'string' },
+    only: { type: 'string' },
+  },
+});
+const size = Number(values.size);
+const steps = Number(values.steps);
+const textTokens = Number(values.text);
+const threads = values.threads ? Number(values.threads) : undefined;
+const log = (m: string) => process.stderr.write(`${m}\n`);
+
+interface Prompt {
+  index: number;
+  prompt: string;
+  category: string;
+}
+
+/** The subset file, in order. */
+function readPrompts(): Prompt[] {
+  const lines = readFileSync(join(REPO, 'bench/data/partiprompts-subset.tsv'), 'utf8').trim().split('\n').slice(1);
+  return lines.map((l, index) => {
+    const [prompt, category] = l.split('\t') as [string, string];
+    return { index, prompt, category };
+  });
+}
+
+/** The first `n` prompts of each category. */
+function perCategory(prompts: Prompt[], n: number): Prompt[] {
+  const seen = new Map<string, number>();
+  return prompts.filter((p) => {
+    const k = seen.get(p.category) ?? 0;
+    seen.set(p.category, k + 1);
+    return k < n;
+  });
+}
+
+interface ModeQuality {
+  mode: string;
+  psnr: number;
+  ssim: number;
+  meanMs: number;
+  byCategory: Record<string, { psnr: number; ssim: number; n: number }>;
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+async function benchModel(label: string, dir: string, prompts: Prompt[]): Promise<ModeQuality[]> {
+  const pipe = await FluxPipeline.fromPretrained(dir, { modes: [...BENCH_MODES], threads, onLog: (m) => log(`  ${m}`) });
+  const rows: ModeQuality[] = [];
+  try {
+    const images = new Map<string, { image: Float32Array; ms: number }[]>();
+    for (const mode of BENCH_MODES) {
+      const out: { image: Float32Array; ms: number }[] = [];
+      for (const p of prompts) {
+        const t0 = performance.now();
+        const r = await pipe.generate({ prompt: p.prompt, height: size, width: size, steps, seed: 1000 + p.index, maxSequenceLength: textTokens, mode });
+        out.push({ image: r.floatImages[0]!, ms: performance.now() - t0 });
+      }
+      images.set(mode, out);
+      log(`  [${label}] ${mode}: ${prompts.length} images`);
+    }
+    const ref = images.get('original')!;
+    for (const mode of BENCH_MODES) {
+      const imgs = images.get(mode)!;
+      // Identical images have infinite PSNR; cap at 100 dB so means stay finite (XL sits far above 45 either way).
+      const ps = imgs.map((x, i) => Math.min(100, psnr(x.image, ref[i]!.image)));
+      const ss = imgs.map((x, i) => ssim(x.image, ref[i]!.image, 3, size, size));
+      const byCategory: ModeQuality['byCategory'] = {};
+      for (const cat of new Set(prompts.map((p) => p.category))) {
+        const idx = prompts.flatMap((p, i) => (p.category === cat ? [i] : []));
+        byCategory[cat] = { psnr: mean(idx.map((i) => ps[i]!)), ssim: mean(idx.map((i) => ss[i]!)), n: idx.length };
+      }
+      rows.push({ mode, psnr: mean(ps), ssim: mean(ss), meanMs: mean(imgs.map((x) => x.ms)), byCategory });
+    }
+  } finally {
+    await pipe.close();
+  }
+  return rows;
+}
+
+const date = new Date().toISOString();
+const all = readPrompts();
+const results: { model: string; prompts: number; rows: ModeQuality[] }[] = [];
+for (const m of benchModels(values.only)) {
+  const n = values['per-category'] ? Number(values['per-category']) : m.label === 'flux-tiny' ? 2 : 1;
+  const prompts = perCategory(all, n);
+  log(`[${m.label}] ${prompts.length} prompts × ${BENCH_MODES.length} modes`);
+  const rows = await benchModel(m.label, m.dir, prompts);
+  results.push({ model: m.label, prompts: prompts.length, rows });
+  mergeModes(
+    m.label,
+    'quality',
+    { size, steps, textTokens, prompts: prompts.length, date },
+    Object.fromEntries(rows.map((r) => [r.mode, { psnr: r.psnr, ssim: r.ssim }])),
+  );
+}
+
+const machine = machineInfo();
+const provider = providerInfo();
+writeFileSync(
+  join(RESULTS_DIR, 'quality.json'),
+  `${JSON.stringify({ benchmark: 'quality', date, provider, machine, settings: { size, steps, textTokens }, results }, null, 2)}\n`,
+);
+writeFileSync(
+  join(RESULTS_DIR, 'quality.svg'),
+  scatterSvg(
+    'Elastic modes: latency vs PSNR against original',
+    'mean generation latency (fraction of the slowest mode)',
+    'PSNR vs original (dB, capped at 100)',
+    results.map((r) => ({ name: r.model, points: r.rows.map((x) => ({ label: x.mode, x: x.meanMs, y: x.psnr })) })),
+  ),
+);
+const cats = [...new Set(all.map((p) => p.category))];
+const md = [
+  `# Elastic modes: quality against original (${date.slice(0, 10)})`,
+  '',
+  `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; ${provider}.`,
+  `Method: PartiPrompts subset (bench/data/partiprompts-subset.tsv), seed 1000 + prompt index, ${size}×${size}, ${steps} steps, ` +
+    `${textTokens} T5 tokens; PSNR (capped at 100 dB) and SSIM (11×11 Gaussian, σ 1.5) of each mode's image against original's.`,
+  'Plot: quality.svg (latency here is the mean per-image time of this run, not the latency benchmark).',
+  '',
+  ...results.flatMap((r) => [
+    `## ${r.model} (${r.prompts} prompts)`,
+    '',
+    '| mode | PSNR dB | SSIM | mean ms / image |',
+    '| --- | ---: | ---: | ---: |',
+    ...r.rows.map((x) => `| ${x.mode} | ${x.psnr.toFixed(2)} | ${x.ssim.toFixed(4)} | ${x.meanMs.toFixed(0)} |`),
+    '',
+    `Per category (PSNR dB / SSIM):`,
+    '',
+    `| category | ${r.rows.map((x) => x.mode).join(' | ')} |`,
+    `| --- | ${r.rows.map(() => '---:').join(' | ')} |`,
+    ...cats
+      .filter((c) => r.rows[0]!.byCategory[c])
+      .map((c) => `| ${c} | ${r.rows.map((x) => `${x.byCategory[c]!.psnr.toFixed(1)} / ${x.byCategory[c]!.ssim.toFixed(3)}`).join(' | ')} |`),
+    '',
+  ]),
+].join('\n');
+writeFileSync(join(RESULTS_DIR, 'quality.md'), md);
+process.stdout.write(`${md}\n`);

@@ -1,0 +1,67 @@
+/**
+ * @file The three seams between the service facade and where jobs live, how they reach an engine, and how their
+ * progress travels. Single-process mode plugs in-memory implementations (`local-backend.ts`: the scheduler, a
+ * map, an in-process hub); scale-out mode plugs Redis ones (`redis/`: BullMQ, Redis keys, Redis pub/sub). The
+ * scheduler itself is the same in both: in scale-out mode each worker process runs one over its own engine.
+ */
+import type { JobEvent } from './job-events.ts';
+import type { Job, JobStatus } from './jobs.ts';
+import type { ModelInfo } from './pipeline.ts';
+
+/** Job records, readable by every API node. */
+export interface JobRepository {
+  get(id: string): Promise<Job | undefined>;
+  /** Newest first, optionally only some statuses. */
+  list(statuses?: readonly JobStatus[]): Promise<Job[]>;
+}
+
+/** How a validated job reaches an engine. */
+export interface JobQueue {
+  /**
+   * Records the job (status QUEUED) and hands it to an engine. Enqueuing an id twice has no further effect.
+   * @throws QueueFullError, ServiceUnavailableError
+   */
+  enqueue(job: Job): Promise<void>;
+  /** Cancels a queued job at once, a running one at its next step boundary; terminal jobs are left alone. */
+  cancel(job: Job, reason: string): Promise<void>;
+  /** 1-based position among the jobs no engine has taken yet; null otherwise. */
+  position(jobId: string): Promise<number | null>;
+}
+
+/** Per-job progress events, delivered to subscribers wherever they are. */
+export interface JobEventBus {
+  /**
+   * Starts listening; resolves once the subscription is live (so a snapshot read afterwards misses nothing).
+   * `onResync` runs when the bus may have missed events (a reconnect): the caller re-reads the job.
+   */
+  subscribe(jobId: string, listener: (e: JobEvent) => void, onResync?: () => void): Promise<() => void>;
+}
+
+/** What the engines behind a backend serve: one model, at one batch size. */
+export interface EngineOffer {
+  info: ModelInfo;
+  /** Samples per batch (MODEL_BATCH of the engine). */
+  batchSize: number;
+  /** Default mode's size token (MODEL_SIZE). */
+  defaultSize: string;
+}
+
+/** Readiness with the reason when not ready. */
+export interface BackendHealth {
+  ready: boolean;
+  /** Why not ready, e.g. `Redis at redis://… is unreachable`. */
+  reason?: string;
+  /** Scale-out: engine workers alive. */
+  workers?: number;
+}
+
+/** Everything the service facade needs from a deployment mode. */
+export interface JobBackend {
+  jobs: JobRepository;
+  queue: JobQueue;
+  events: JobEventBus;
+  /** The model served; undefined while no engine is known (no worker has registered yet). */
+  offer(): EngineOffer | undefined;
+  health(): BackendHealth;
+  close(): Promise<void>;
+}

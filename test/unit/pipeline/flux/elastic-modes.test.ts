@@ -1,0 +1,73 @@
+/**
+ * Elastic modes through FluxPipeline on flux-tiny: the S engine's step-cache state machine, plans in the manifest,
+ * and the typed errors for unknown or unavailable modes. Engines and plans go to a temporary cache.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compileEngine, PlanRequiredError } from '../../../../engines/compiler/compile.ts';
+import { ModeUnavailableError, resolveModeFor, UnknownModeError } from '../../../../engines/compiler/modes.ts';
+import { FluxPipeline } from '../../../../src/pipeline/flux/pipeline.ts';
+import { relativeChange, stepCacheOf } from '../../../../src/pipeline/flux/step-cache.ts';
+import { MODEL_DIR } from '../../../helpers/paths.ts';
+
+describe('elastic modes (flux-tiny)', () => {
+  let cacheDir: string;
+  let pipe: FluxPipeline;
+  const gen = (mode: string, steps = 8) =>
+    pipe.generate({ prompt: 'a red cube on a blue sphere', height: 64, width: 64, steps, seed: 5, maxSequenceLength: 32, mode });
+
+  beforeAll(async () => {
+    cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-elastic-'));
+    pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir, modes: ['original', 'S'], threads: 1 });
+  });
+
+  afterAll(async () => {
+    await pipe?.close();
+    if (cacheDir) rmSync(cacheDir, { recursive: true, force: true });
+  });
+
+  it('stores the plan and the step-cache split in the S manifest', async () => {
+    const m = await pipe.manifest('S');
+    expect(m.plan.length).toBeGreaterThan(0);
+    expect(m.plan.every((e) => typeof e.error === 'number' && typeof e.gainMs === 'number')).toBe(true);
+    expect(m.planSummary!.measuredError).toBeLessThanOrEqual(m.planSummary!.budget);
+    expect(m.stepCache).toMatchObject({ warmupSteps: 1, maxConsecutive: 2 });
+    expect((await pipe.engine('S')).stepCache).toBeDefined();
+    expect((await pipe.engine('original')).stepCache).toBeUndefined();
+  });
+
+  it('skips the tail on eligible steps only: warm-up first, at most maxConsecutive in a row', async () => {
+    const cache = stepCacheOf(await pipe.engine('S'))!;
+    const saved = cache.settings;
+    try {
+      cache.settings = { threshold: Number.POSITIVE_INFINITY, warmupSteps: 1, maxConsecutive: 2 };
+      let before = { ...cache.stats };
+      const skipped = await gen('S');
+      // Steps 0 full (nothing cached), 1-2 cached, 3 full, 4-5 cached, 6 full, 7 cached.
+      expect({ full: cache.stats.full - before.full, cached: cache.stats.cached - before.cached }).toEqual({ full: 3, cached: 5 });
+
+      cache.settings = { threshold: 0, warmupSteps: 1, maxConsecutive: 2 };
+      before = { ...cache.stats };
+      const full = await gen('S');
+      expect({ full: cache.stats.full - before.full, cached: cache.stats.cached - before.cached }).toEqual({ full: 8, cached: 0 });
+      // Skipping changes the result, but the image stays close to the always-full one.
+      expect(relativeChange(skipped.latents[0]!, full.latents[0]!)).toBeGreaterThan(0);
+      expect(relativeChange(skipped.latents[0]!, full.latents[0]!)).toBeLessThan(0.5);
+      // Same settings, same result: the per-sample state starts fresh for every generation.
+      const again = await gen('S');
+      expect(again.latents[0]).toEqual(full.latents[0]);
+    } finally {
+      cache.settings = saved;
+    }
+  });
+
+  it('reports unknown and unavailable modes with typed errors', async () => {
+    await expect(pipe.engine('XXL')).rejects.toBeInstanceOf(UnknownModeError);
+    await expect(gen('turbo', 1)).rejects.toThrow(/unknown mode "turbo"; available modes: original, XL, L, M, S/);
+    expect(() => resolveModeFor('S', 'flux-tiny', ['original', 'XL'])).toThrow(ModeUnavailableError);
+    expect(() => resolveModeFor('S', 'flux-tiny', ['original', 'XL'])).toThrow(/mode "S" is not available for model flux-tiny/);
+    expect(() => compileEngine(pipe.source.repo, { mode: 'L', cacheDir })).toThrow(PlanRequiredError);
+  });
+});
