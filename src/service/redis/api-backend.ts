@@ -39,7 +39,7 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
   const client = createRedis(o.url, { onError });
   const records = new RedisJobRecords(client, keys, o.url, o.historySeconds);
   const bus = new RedisEventBus(o.url, keys, onError);
-  const queue = new Queue(keys.queue, { connection: bullConnection(o.url, false), skipWaitingForReady: true });
+  const queue = new Queue(keys.queue, { connection: bullConnection(o.url, false) });
   queue.on('error', () => {}); // reported once by `client`
   const queueEvents = new QueueEvents(keys.queue, { connection: bullConnection(o.url, true) });
   queueEvents.on('error', () => {});

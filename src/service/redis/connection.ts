@@ -78,12 +78,21 @@ export function unavailable(url: string, err: unknown): ServiceUnavailableError 
   return new ServiceUnavailableError(`Redis at ${redactUrl(url)} is unreachable: ${cause}`);
 }
 
-/** Runs a Redis operation, turning connection failures into {@link ServiceUnavailableError}. */
+/** How long one guarded operation may take before the request fails rather than hangs. */
+const OPERATION_TIMEOUT_MS = 5000;
+
+/** Runs a Redis operation, turning connection failures and stalls into {@link ServiceUnavailableError}. */
 export async function guarded<T>(url: string, op: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${OPERATION_TIMEOUT_MS} ms`)), OPERATION_TIMEOUT_MS);
+  });
   try {
-    return await op();
+    return await Promise.race([op(), timeout]);
   } catch (err) {
     if (err instanceof ServiceUnavailableError) throw err;
     throw unavailable(url, err);
+  } finally {
+    clearTimeout(timer);
   }
 }
