@@ -17,6 +17,7 @@ import { ExternalDataWriter } from '../../../../engines/compiler/onnx/external-d
 import { GraphBuilder } from '../../../../engines/compiler/onnx/graph-builder.ts';
 import type { WeightReader } from '../../../../engines/compiler/onnx/nn.ts';
 import { Session } from '../../../../src/runtime/index.ts';
+import { relativeError } from '../../../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
 import { readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';
@@ -61,16 +62,6 @@ async function pooled(s: Session, rows: number[][]): Promise<Float32Array> {
   const out = await s.run({ input_ids: ids(rows) });
   expect(out.pooled!.dims).toEqual([rows.length, config.hiddenSize]);
   return out.pooled!.data as Float32Array;
-}
-
-function relErr(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num) / Math.sqrt(den);
 }
 
 /** Hides some tensors of a reader, to provoke missing-weight errors. */
@@ -119,7 +110,7 @@ describe('buildClipGraph on flux-tiny', () => {
     for (const [i, c] of cases.entries()) {
       const got = await pooled(s, [c.clip_input_ids]);
       const want = reference.data.subarray(i * config.hiddenSize, (i + 1) * config.hiddenSize);
-      const err = relErr(got, want);
+      const err = relativeError(got, want);
       worst = Math.max(worst, err);
       expect(err, `prompt ${i} ${JSON.stringify(c.prompt)}`).toBeLessThanOrEqual(1e-4);
     }
@@ -132,9 +123,9 @@ describe('buildClipGraph on flux-tiny', () => {
     const batch = await pooled(s, rows);
     for (const [i, r] of rows.entries()) {
       const single = await pooled(s, [r]);
-      expect(relErr(batch.subarray(i * config.hiddenSize, (i + 1) * config.hiddenSize), single)).toBeLessThanOrEqual(
-        1e-6,
-      );
+      expect(
+        relativeError(batch.subarray(i * config.hiddenSize, (i + 1) * config.hiddenSize), single),
+      ).toBeLessThanOrEqual(1e-6);
     }
   });
 
@@ -143,7 +134,7 @@ describe('buildClipGraph on flux-tiny', () => {
     const real = await compile('clip_eos', { ...config, eosTokenId: 49407 });
     const rows = cases.slice(0, 4).map((c) => c.clip_input_ids);
     const legacyPooled = await pooled(await legacy(), rows);
-    expect(relErr(await pooled(real, rows), legacyPooled)).toBeLessThanOrEqual(1e-6);
+    expect(relativeError(await pooled(real, rows), legacyPooled)).toBeLessThanOrEqual(1e-6);
 
     // Pooling at BOS (position 0): the attention is causal, so that state depends on BOS alone. It must equal the
     // legacy graph run on the one-token sequence [BOS] (argmax at 0), whatever follows in each prompt.
@@ -151,13 +142,13 @@ describe('buildClipGraph on flux-tiny', () => {
     const atBos = await pooled(await compile('clip_bos', { ...config, eosTokenId: bos }), rows);
     const oneToken = await pooled(await compile('clip_dyn', config, { seqLen: 'seq' }), [[bos]]);
     for (let i = 0; i < rows.length; i++) {
-      expect(relErr(atBos.subarray(i * config.hiddenSize, (i + 1) * config.hiddenSize), oneToken)).toBeLessThanOrEqual(
-        1e-6,
-      );
+      expect(
+        relativeError(atBos.subarray(i * config.hiddenSize, (i + 1) * config.hiddenSize), oneToken),
+      ).toBeLessThanOrEqual(1e-6);
     }
-    expect(relErr(atBos.subarray(0, config.hiddenSize), legacyPooled.subarray(0, config.hiddenSize))).toBeGreaterThan(
-      1e-2,
-    );
+    expect(
+      relativeError(atBos.subarray(0, config.hiddenSize), legacyPooled.subarray(0, config.hiddenSize)),
+    ).toBeGreaterThan(1e-2);
   });
 
   it('declares its signature', () => {

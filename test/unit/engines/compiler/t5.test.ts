@@ -23,6 +23,7 @@ import { ExternalDataWriter } from '../../../../engines/compiler/onnx/external-d
 import { GraphBuilder } from '../../../../engines/compiler/onnx/graph-builder.ts';
 import type { WeightReader } from '../../../../engines/compiler/onnx/nn.ts';
 import { Session } from '../../../../src/runtime/index.ts';
+import { relativeError } from '../../../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
 import { readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';
@@ -57,16 +58,6 @@ async function encode(rows: number[][]): Promise<Float32Array> {
   });
   expect(out.last_hidden_state!.dims).toEqual([rows.length, T, config.dModel]);
   return out.last_hidden_state!.data as Float32Array;
-}
-
-function relErr(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num) / Math.sqrt(den);
 }
 
 /** transformers' `_relative_position_bucket(rel, bidirectional=True)` element by element, in float32 like torch. */
@@ -175,7 +166,7 @@ describe('buildT5Graph on flux-tiny', () => {
     for (const [i, c] of cases.entries()) {
       expect(c.t5_input_ids).toHaveLength(T);
       const got = await encode([c.t5_input_ids]);
-      const err = relErr(got, reference.data.subarray(i * T * D, (i + 1) * T * D));
+      const err = relativeError(got, reference.data.subarray(i * T * D, (i + 1) * T * D));
       worst = Math.max(worst, err);
       expect(err, `prompt ${i} ${JSON.stringify(c.prompt)}`).toBeLessThanOrEqual(1e-4);
     }
@@ -187,7 +178,7 @@ describe('buildT5Graph on flux-tiny', () => {
     const batch = await encode(rows);
     const per = rows[0]!.length * config.dModel;
     for (const [i, r] of rows.entries()) {
-      expect(relErr(batch.subarray(i * per, (i + 1) * per), await encode([r]))).toBeLessThanOrEqual(1e-6);
+      expect(relativeError(batch.subarray(i * per, (i + 1) * per), await encode([r]))).toBeLessThanOrEqual(1e-6);
     }
   });
 

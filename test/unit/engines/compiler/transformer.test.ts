@@ -15,6 +15,7 @@ import {
 import type { WeightReader } from '../../../../engines/compiler/onnx/nn.ts';
 import { concatIds, ropeTables } from '../../../../src/pipeline/flux/rope.ts';
 import { type HostTensor, Session } from '../../../../src/runtime/index.ts';
+import { relativeError } from '../../../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
 import { type F32Tensor, readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';
@@ -28,18 +29,6 @@ function tensor(name: string): F32Tensor {
   const t = fixture[name];
   if (!t) throw new Error(`fixture tensor ${name} missing`);
   return t;
-}
-
-/** ||a − b|| / ||b||. */
-function relError(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 /** Deterministic pseudo-random values in [-1, 1). */
@@ -138,14 +127,14 @@ describe('FLUX transformer graph (flux-tiny)', () => {
   it('matches the diffusers output', async () => {
     const out = await runSample(plain, fixtureFeeds());
     expect(out.dims).toEqual([1, 16, 64]);
-    const err = relError(out.data as Float32Array, tensor('output').data);
+    const err = relativeError(out.data as Float32Array, tensor('output').data);
     console.info(`transformer (plain) rel error vs diffusers: ${err.toExponential(3)}`);
     expect(err).toBeLessThanOrEqual(1e-4);
   });
 
   it('matches the diffusers output with fused projections', async () => {
     const out = await runSample(fused, fixtureFeeds());
-    const err = relError(out.data as Float32Array, tensor('output').data);
+    const err = relativeError(out.data as Float32Array, tensor('output').data);
     console.info(`transformer (fused) rel error vs diffusers: ${err.toExponential(3)}`);
     expect(err).toBeLessThanOrEqual(1e-4);
   });
@@ -194,10 +183,10 @@ describe('FLUX transformer graph (flux-tiny)', () => {
       const one = (await runSample(session, feeds([fixtureSample], txt, img))).data as Float32Array;
       const two = (await runSample(session, feeds([other], txt, img))).data as Float32Array;
       const data = batch.data as Float32Array;
-      expect(relError(data.subarray(0, one.length), one)).toBeLessThan(1e-6);
-      expect(relError(data.subarray(one.length), two)).toBeLessThan(1e-6);
+      expect(relativeError(data.subarray(0, one.length), one)).toBeLessThan(1e-6);
+      expect(relativeError(data.subarray(one.length), two)).toBeLessThan(1e-6);
       // The two samples really differ (a per-sample timestep, not a broadcast of the first).
-      expect(relError(one, two)).toBeGreaterThan(0.1);
+      expect(relativeError(one, two)).toBeGreaterThan(0.1);
     }
   });
 
@@ -221,7 +210,7 @@ describe('FLUX transformer graph (flux-tiny)', () => {
     const b = await runSample(fused, f);
     expect(a.dims).toEqual([1, L, 64]);
     expect((a.data as Float32Array).every(Number.isFinite)).toBe(true);
-    expect(relError(b.data as Float32Array, a.data as Float32Array)).toBeLessThan(1e-5);
+    expect(relativeError(b.data as Float32Array, a.data as Float32Array)).toBeLessThan(1e-5);
   });
 
   it('has no guidance input when the config has no guidance embedding (schnell-style)', async () => {
@@ -243,7 +232,7 @@ describe('FLUX transformer graph (flux-tiny)', () => {
       await s.release();
       expect(out.dims).toEqual([1, 16, 64]);
       // Dropping the guidance term changes the conditioning, so the output must move away from the reference.
-      expect(relError(out.data as Float32Array, tensor('output').data)).toBeGreaterThan(1e-3);
+      expect(relativeError(out.data as Float32Array, tensor('output').data)).toBeGreaterThan(1e-3);
     } finally {
       rmSync(d, { recursive: true, force: true });
     }

@@ -21,6 +21,7 @@ import { GraphBuilder } from '../../../../engines/compiler/onnx/graph-builder.ts
 import type { WeightReader } from '../../../../engines/compiler/onnx/nn.ts';
 import { unpackLatents } from '../../../../src/pipeline/flux/latents.ts';
 import { Session } from '../../../../src/runtime/index.ts';
+import { maxAbsDiff, relativeError } from '../../../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
 import { readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';
@@ -49,23 +50,6 @@ function latentForDecode(packed: Float32Array, batch: number, h: number, w: numb
 /** diffusers' VaeImageProcessor before quantisation: `clamp(x/2 + 0.5, 0, 1)`. */
 function postprocess(x: Float32Array): Float32Array {
   return x.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
-function relError(a: Float32Array, ref: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - ref[i]!) ** 2;
-    den += ref[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 /** A reader that pretends one tensor is absent, or reports a wrong shape for it. */
@@ -157,7 +141,7 @@ describe('VAE decoder graph (flux-tiny vs diffusers)', () => {
 
       const pixels = postprocess(out.data);
       const maxDiff = maxAbsDiff(pixels, image.data);
-      const rel = relError(pixels, image.data);
+      const rel = relativeError(pixels, image.data);
       console.log(`vae case ${ci}: max |Δ| = ${maxDiff.toExponential(3)}, rel = ${rel.toExponential(3)}`);
       expect(maxDiff).toBeLessThanOrEqual(2 / 255);
       expect(rel).toBeLessThan(1e-4);
