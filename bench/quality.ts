@@ -15,8 +15,16 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
-import { psnr, ssim } from './lib/image-metrics.ts';
-import { BENCH_MODES, benchModels, machineInfo, mergeModes, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
+import { psnr, ssim } from '../src/shared/image-metrics.ts';
+import {
+  BENCH_MODES,
+  benchModels,
+  machineInfo,
+  mergeModes,
+  providerInfo,
+  REPO,
+  RESULTS_DIR,
+} from './lib/modes-report.ts';
 import { scatterSvg } from './lib/plot.ts';
 
 const { values } = parseArgs({
@@ -71,7 +79,11 @@ interface ModeQuality {
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 async function benchModel(label: string, dir: string, prompts: Prompt[]): Promise<ModeQuality[]> {
-  const pipe = await FluxPipeline.fromPretrained(dir, { modes: [...BENCH_MODES], threads, onLog: (m) => log(`  ${m}`) });
+  const pipe = await FluxPipeline.fromPretrained(dir, {
+    modes: [...BENCH_MODES],
+    threads,
+    onLog: (m) => log(`  ${m}`),
+  });
   const rows: ModeQuality[] = [];
   try {
     const images = new Map<string, { image: Float32Array; ms: number }[]>();
@@ -79,7 +91,15 @@ async function benchModel(label: string, dir: string, prompts: Prompt[]): Promis
       const out: { image: Float32Array; ms: number }[] = [];
       for (const p of prompts) {
         const t0 = performance.now();
-        const r = await pipe.generate({ prompt: p.prompt, height: size, width: size, steps, seed: 1000 + p.index, maxSequenceLength: textTokens, mode });
+        const r = await pipe.generate({
+          prompt: p.prompt,
+          height: size,
+          width: size,
+          steps,
+          seed: 1000 + p.index,
+          maxSequenceLength: textTokens,
+          mode,
+        });
         out.push({ image: r.floatImages[0]!, ms: performance.now() - t0 });
       }
       images.set(mode, out);
@@ -158,7 +178,10 @@ const md = [
     `| --- | ${r.rows.map(() => '---:').join(' | ')} |`,
     ...cats
       .filter((c) => r.rows[0]!.byCategory[c])
-      .map((c) => `| ${c} | ${r.rows.map((x) => `${x.byCategory[c]!.psnr.toFixed(1)} / ${x.byCategory[c]!.ssim.toFixed(3)}`).join(' | ')} |`),
+      .map(
+        (c) =>
+          `| ${c} | ${r.rows.map((x) => `${x.byCategory[c]!.psnr.toFixed(1)} / ${x.byCategory[c]!.ssim.toFixed(3)}`).join(' | ')} |`,
+      ),
     '',
   ]),
 ].join('\n');

@@ -38,6 +38,8 @@ export interface ServerConfig {
   threads?: number;
   /** Compiled-engine cache. CACHE_DIR. */
   cacheDir?: string;
+  /** The only directory LoRA files are read from (`loras`, `loadLora`, per-request `loras`). LORA_DIR. */
+  loraDir?: string;
   /** Scale-out roles (`api`, `worker`) only: the shared Redis. REDIS_URL. */
   redisUrl?: string;
   /** Prefix of every Redis key, channel and queue of this deployment. REDIS_PREFIX. @default 'fluxql' */
@@ -90,6 +92,7 @@ const ENV_SCHEMA = {
   PROVIDER: z.enum(['cpu', 'webgpu', 'cuda']).optional(),
   THREADS: int(1, 1024).optional(),
   CACHE_DIR: z.string().min(1).optional(),
+  LORA_DIR: z.string().min(1).optional(),
   REDIS_URL: z
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
@@ -141,6 +144,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     ...(v.PUBLIC_URL ? { publicUrl: v.PUBLIC_URL.replace(/\/+$/, '') } : {}),
     ...(v.THREADS ? { threads: v.THREADS } : {}),
     ...(v.CACHE_DIR ? { cacheDir: v.CACHE_DIR } : {}),
+    ...(v.LORA_DIR ? { loraDir: resolve(v.LORA_DIR) } : {}),
   };
   return { ...config, ...overrides };
 }

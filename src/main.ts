@@ -125,6 +125,7 @@ async function createExecutor(config: ServerConfig): Promise<StepExecutor> {
     maxBatch: config.modelBatch,
     ...(config.threads ? { threads: config.threads } : {}),
     ...(config.cacheDir ? { cacheDir: config.cacheDir } : {}),
+    ...(config.loraDir ? { loraDir: config.loraDir } : {}),
   });
 }
 
@@ -172,7 +173,8 @@ export interface ServeOptions {
  */
 export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedServer | StartedWorker> {
   const role = options.role ?? 'all';
-  if (!['all', 'api', 'worker'].includes(role)) throw new Error(`--role ${role} is not supported; use all, api or worker`);
+  if (!['all', 'api', 'worker'].includes(role))
+    throw new Error(`--role ${role} is not supported; use all, api or worker`);
   if (options.engine && options.engine !== 'onnx') {
     throw new Error(`--engine ${options.engine} is not wired into the server yet; use "onnx"`);
   }

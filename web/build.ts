@@ -20,11 +20,11 @@ function newestMtime(path: string): number {
   return readdirSync(path).reduce((max, name) => Math.max(max, newestMtime(join(path, name))), info.mtimeMs);
 }
 
-/** Whether the build is absent or older than a source (page, config, or the schema that decides the LoRA UI). */
+/** Whether the build is absent or older than a source (page, config, or the schema its operations are typed from). */
 export function webBuildIsStale(): boolean {
   if (!existsSync(WEB_DIST_INDEX)) return true;
   const built = statSync(WEB_DIST_INDEX).mtimeMs;
-  const sources = ['index.html', 'src', 'vite.config.ts', 'lora-schema.ts'].map((p) => join(WEB_DIR, p));
+  const sources = ['index.html', 'src', 'vite.config.ts'].map((p) => join(WEB_DIR, p));
   sources.push(join(REPO_ROOT, 'schema', 'schema.graphql'));
   return sources.some((p) => existsSync(p) && newestMtime(p) > built);
 }

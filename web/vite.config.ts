@@ -2,13 +2,10 @@
  * @file Vite build of the web page: `web/` → `web/dist/` (hashed files under `assets/`, which the server caches
  * for a year; `index.html` is revalidated). Run by `npm run build:web`; the server only serves the result.
  */
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vite';
-import { loraQueryFrom } from './lora-schema.ts';
 
 const root = fileURLToPath(new URL('.', import.meta.url));
-const schemaSdl = readFileSync(fileURLToPath(new URL('../schema/schema.graphql', import.meta.url)), 'utf8');
 
 export default defineConfig({
   root,
@@ -20,9 +17,6 @@ export default defineConfig({
     emptyOutDir: true,
     target: 'es2022',
     sourcemap: true,
-  },
-  define: {
-    __LORA_QUERY__: JSON.stringify(loraQueryFrom(schemaSdl)),
   },
   server: {
     // `npx vite --config web/vite.config.ts` for UI work against a running server (npm start on :8000).

@@ -10,7 +10,8 @@
  *        "latency": { size, steps, textTokens, warmup, runs, date },
  *        "quality": { size, steps, textTokens, prompts, date },
  *        "modes": { "<mode>": {
- *           "latencyMs": mean generation ms, "latencyStdMs", "speedup": original / mode,
+ *           "latencyMs": mean generation ms, "latencyStdMs", "latencyMedianMs", "speedup": original / mode (means),
+ *           "transformerForwardMs": median ms of one full-transformer forward,
  *           "psnr": mean dB vs original, "ssim": mean vs original,
  *           "plan": { "budget", "measuredError", "algorithms": { "<algorithm>": layer count } } | null,
  *           "stepCache": { "threshold", "fullSteps", "cachedSteps" } | null } } } } }
@@ -40,7 +41,9 @@ export function machineInfo() {
 
 /** The ORT version string for reports. */
 export function providerInfo(): string {
-  const pkg = JSON.parse(readFileSync(join(REPO, 'node_modules/onnxruntime-node/package.json'), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(join(REPO, 'node_modules/onnxruntime-node/package.json'), 'utf8')) as {
+    version: string;
+  };
   return `onnxruntime-node ${pkg.version} cpu (float32 activations)`;
 }
 
@@ -74,7 +77,12 @@ interface ModesFile {
 }
 
 /** Merges one benchmark's rows for `model` into modes.json (other fields and models are kept). */
-export function mergeModes(model: string, section: 'latency' | 'quality', settings: unknown, rows: Record<string, ModeRow>): void {
+export function mergeModes(
+  model: string,
+  section: 'latency' | 'quality',
+  settings: unknown,
+  rows: Record<string, ModeRow>,
+): void {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const file: ModesFile = existsSync(MODES_FILE)
     ? (JSON.parse(readFileSync(MODES_FILE, 'utf8')) as ModesFile)
@@ -82,7 +90,8 @@ export function mergeModes(model: string, section: 'latency' | 'quality', settin
   file.updatedAt = new Date().toISOString();
   file.machine = machineInfo();
   file.provider = providerInfo();
-  const entry = (file.models[model] ??= { modes: {} });
+  file.models[model] ??= { modes: {} };
+  const entry = file.models[model];
   entry[section] = settings;
   for (const [mode, row] of Object.entries(rows)) entry.modes[mode] = { ...entry.modes[mode], ...row };
   writeFileSync(MODES_FILE, `${JSON.stringify(file, null, 2)}\n`);
@@ -98,4 +107,11 @@ export function meanStd(xs: readonly number[]): { mean: number; std: number } {
   const mean = xs.reduce((a, b) => a + b, 0) / xs.length;
   const v = xs.length > 1 ? xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (xs.length - 1) : 0;
   return { mean, std: Math.sqrt(v) };
+}
+
+/** Median (mean of the middle two for an even count). */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }

@@ -18,17 +18,18 @@ import { buildLoraTransformerGraph } from './flux/lora-transformer.ts';
 import { buildT5Graph } from './flux/t5.ts';
 import { parseClipTextConfig, parseT5EncoderConfig } from './flux/text-config.ts';
 import { buildTransformerGraph, type TransformerGraphOptions } from './flux/transformer.ts';
+import { type FluxTransformerConfig, resolveTransformerConfig } from './flux/transformer-config.ts';
 import { buildTransformerHead, buildTransformerTail } from './flux/transformer-split.ts';
-import { resolveTransformerConfig, type FluxTransformerConfig } from './flux/transformer-config.ts';
 import { buildVaeDecoderGraph, vaeDecoderConfigFromJson, vaeScaleFactor } from './flux/vae.ts';
+import { buildVaeEncoderGraph, vaeEncoderConfigFromJson } from './flux/vae-encoder.ts';
 import { isPlannedMode, resolveMode } from './modes.ts';
-import { plannedPolicy } from './planner/algorithms.ts';
-import { type ModePlan, planChoices, planKey } from './planner/plan-types.ts';
 import { ExternalDataWriter } from './onnx/external-data.ts';
 import { GraphBuilder } from './onnx/graph-builder.ts';
+import { plannedPolicy } from './planner/algorithms.ts';
+import { type ModePlan, planChoices, planKey } from './planner/plan-types.ts';
 
 /** Bump when graphs change in a way that must invalidate cached engines. */
-export const COMPILER_VERSION = '1';
+export const COMPILER_VERSION = '2';
 
 /** Options of {@link compileEngine}. */
 export interface CompileOptions {
@@ -43,6 +44,12 @@ export interface CompileOptions {
    * @default false
    */
   lora?: boolean;
+  /**
+   * With `lora`: widen the transformer input by this many channels for BFL Control LoRAs (64 for FLUX: noisy +
+   * packed control latents, FLUX_SPEC §7.6), and add the VAE encoder as a fifth component (`vae_encoder`) to encode
+   * the control image. Part of the cache key; 0 builds the ordinary LoRA engine. @default 0
+   */
+  controlChannels?: number;
   onLog?: (message: string) => void;
   /** The planner's plan; required by the compressed modes (L, M, S), ignored by the others. */
   plan?: ModePlan;
@@ -58,7 +65,7 @@ interface Descriptor {
   outputs: IoSpec[];
 }
 
-type ComponentKey = 'clip' | 't5' | 'transformer' | 'vae' | 'transformer_head' | 'transformer_tail';
+type ComponentKey = 'clip' | 't5' | 'transformer' | 'vae' | 'vae_encoder' | 'transformer_head' | 'transformer_tail';
 
 /** A compressed mode compiled without its plan (the pipeline computes plans first, see `elastic-plan.ts`). */
 export class PlanRequiredError extends Error {
@@ -84,22 +91,45 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
     ...mode.transformer,
     ...(plan ? { linearPolicy: plannedPolicy(planChoices(plan)) } : {}),
   };
+  const control = options.lora ? (options.controlChannels ?? 0) : 0;
+  if (!Number.isInteger(control) || control < 0)
+    throw new Error(`controlChannels must be a non-negative integer, got ${options.controlChannels}`);
   const clipCfg = parseClipTextConfig(c.text_encoder.config, c.text_encoder.configSource);
   const t5Cfg = parseT5EncoderConfig(c.text_encoder_2.config, c.text_encoder_2.configSource);
 
-  const builds: Partial<Record<ComponentKey, { weights: ComponentWeights; options: unknown; build: (b: GraphBuilder, w: ReturnType<ComponentWeights['open']>) => Descriptor }>> = {
+  const builds: Partial<
+    Record<
+      ComponentKey,
+      {
+        weights: ComponentWeights;
+        options: unknown;
+        build: (b: GraphBuilder, w: ReturnType<ComponentWeights['open']>) => Descriptor;
+      }
+    >
+  > = {
     clip: { weights: c.text_encoder, options: {}, build: (b, w) => buildClipGraph(b, w, clipCfg) },
     t5: { weights: c.text_encoder_2, options: {}, build: (b, w) => buildT5Graph(b, w, t5Cfg) },
     transformer: {
       weights: c.transformer,
-      options: options.lora ? { ...transformerKey, lora: true } : transformerKey,
+      options: options.lora
+        ? { ...transformerKey, lora: true, ...(control ? { controlChannels: control } : {}) }
+        : transformerKey,
       build: (b, w) =>
         options.lora
-          ? buildLoraTransformerGraph(b, w, transformerConfig, { ...transformerOptions })
+          ? buildLoraTransformerGraph(b, w, transformerConfig, { ...transformerOptions, controlChannels: control })
           : buildTransformerGraph(b, w, transformerConfig, transformerOptions),
     },
     vae: { weights: c.vae, options: {}, build: (b, w) => buildVaeDecoderGraph(b, w, vaeCfg) },
   };
+  if (control) {
+    // Only control engines encode images: text-to-image engines never build (or load) the encoder.
+    const encoderCfg = vaeEncoderConfigFromJson(c.vae.config);
+    builds.vae_encoder = {
+      weights: c.vae,
+      options: { withLogvar: true },
+      build: (b, w) => buildVaeEncoderGraph(b, w, encoderCfg, { withLogvar: true }),
+    };
+  }
   if (mode.stepCache && !options.lora) {
     // S: the transformer cut after its first block, for First-Block-Cache (see flux/transformer-split.ts).
     builds.transformer_head = {
@@ -115,8 +145,10 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
   }
 
   const componentsDir = join(options.cacheDir, 'components');
-  const entries = {} as Partial<Record<ComponentKey, { file: string; key: string; inputs: IoSpec[]; outputs: IoSpec[] }>>;
-  const variant = options.lora ? `${mode.name}-lora` : mode.name;
+  const entries = {} as Partial<
+    Record<ComponentKey, { file: string; key: string; inputs: IoSpec[]; outputs: IoSpec[] }>
+  >;
+  const variant = options.lora ? `${mode.name}-lora${control ? `-control${control}` : ''}` : mode.name;
   const engineHash = createHash('sha256').update(`${COMPILER_VERSION}|${variant}`);
   for (const [name, spec] of Object.entries(builds) as [ComponentKey, NonNullable<(typeof builds)[ComponentKey]>][]) {
     const key = hash(`${COMPILER_VERSION}|${name}|${spec.weights.fingerprint}|${JSON.stringify(spec.options)}`);
@@ -138,7 +170,11 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
   }
 
   const modelName = basename(repo.root);
-  const engineDir = join(options.cacheDir, 'engines', `${modelName}-${variant}-${engineHash.digest('hex').slice(0, 16)}`);
+  const engineDir = join(
+    options.cacheDir,
+    'engines',
+    `${modelName}-${variant}-${engineHash.digest('hex').slice(0, 16)}`,
+  );
   const manifestPath = join(engineDir, 'manifest.json');
   if (!options.force && existsSync(manifestPath)) return manifestPath;
   mkdirSync(engineDir, { recursive: true });
@@ -146,6 +182,8 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
     format: 'fluxql-engine/1',
     mode: mode.name,
     lora: options.lora ?? false,
+    // Control engines: hidden_states is [B, L, in + controlChannels]; components.vae_encoder encodes control images.
+    ...(control ? { controlChannels: control } : {}),
     precision: 'fp32',
     compilerVersion: COMPILER_VERSION,
     createdAt: new Date().toISOString(),
@@ -165,7 +203,7 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
         }
       : {}),
     config: {
-      inChannels: tcfg.inChannels,
+      inChannels: tcfg.inChannels + control,
       outChannels: tcfg.outFeatures,
       axesDimsRope: [...tcfg.axesDimsRope],
       guidanceEmbeds: tcfg.guidanceEmbeds,
@@ -230,7 +268,8 @@ function writeAtomic(path: string, text: string): void {
 
 function numberField(config: Readonly<Record<string, unknown>>, key: string, source: string): number {
   const v = config[key];
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`${source}: "${key}" must be a number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new Error(`${source}: "${key}" must be a number, got ${JSON.stringify(v)}`);
   return v;
 }
 

@@ -27,9 +27,10 @@ export interface ModeSpec {
   /**
    * Step caching: skip the transformer's tail when the first block's residual changed by less than `threshold`
    * (mean |Δ| / mean |prev|) since the last full step; at most `maxConsecutive` skips in a row, never on the first
-   * `warmupSteps` steps.
+   * `warmupSteps` steps. `threshold` is the default; the pipeline calibrates it per model on first load: the largest
+   * candidate whose images stay within `minPsnr` dB of the same engine without skipping (`step-cache-calibration.ts`).
    */
-  stepCache?: { threshold: number; warmupSteps: number; maxConsecutive: number };
+  stepCache?: { threshold: number; warmupSteps: number; maxConsecutive: number; minPsnr: number };
 }
 
 const XL_GRAPH: ModeTransformerOptions = { fuseProjections: true, fusedAttention: true, precomputeModulation: true };
@@ -62,7 +63,7 @@ const MODES: Readonly<Record<string, ModeSpec>> = Object.freeze({
     description: 'XL with per-layer compression planned under 2% output error, plus First-Block-Cache step caching.',
     transformer: XL_GRAPH,
     errorBudget: 0.02,
-    stepCache: { threshold: 0.12, warmupSteps: 1, maxConsecutive: 2 },
+    stepCache: { threshold: 0.1, warmupSteps: 1, maxConsecutive: 1, minPsnr: 30 },
   },
 });
 

@@ -7,9 +7,9 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { OperationResult } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
-import { createYoga, type YogaServerInstance } from 'graphql-yoga';
+import { createGraphQLError, createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import { WebSocketServer } from 'ws';
-import type { GenerationService } from '../service/index.ts';
+import { type GenerationService, ServiceUnavailableError } from '../service/index.ts';
 import type { ApiContext } from './builder.ts';
 import { schema } from './schema/index.ts';
 
@@ -32,8 +32,20 @@ export function createGraphqlHandler(options: GraphqlOptions): YogaServerInstanc
     graphqlEndpoint: GRAPHQL_PATH,
     graphiql: { title: 'fluxql', subscriptionsProtocol: 'WS' },
     landingPage: false,
-    // Unexpected errors are masked; typed failures travel as data, never as thrown errors.
-    maskedErrors: true,
+    // Unexpected errors are masked; typed failures travel as data, never as thrown errors. A down dependency
+    // (scale-out: Redis) is not a bug: fields without an error union say so in clear, with a stable code.
+    maskedErrors: {
+      maskError: (error, message) => {
+        const original = (error as { originalError?: unknown }).originalError;
+        if (original instanceof ServiceUnavailableError) {
+          return createGraphQLError(original.message, {
+            ...((error as GraphQLError).path ? { path: (error as GraphQLError).path } : {}),
+            extensions: { code: 'UNAVAILABLE', retryAfterSeconds: original.retryAfterSeconds },
+          });
+        }
+        return maskError(error, message);
+      },
+    },
     // Over graphql-ws there is no Fetch `request`; `attachGraphqlWs` sets baseUrl from the upgrade request.
     context: ({ request }: { request?: Request }) => ({
       service: options.service,

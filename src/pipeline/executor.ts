@@ -9,6 +9,7 @@
  *
  * Implementations: the ONNX Runtime pipeline (`src/pipeline/flux/`) and the native CUDA engine client.
  */
+import type { LoraInfo, LoraScan, LoraSelection } from './lora/index.ts';
 
 /** What one sample of a generation asks for. */
 export interface SampleRequest {
@@ -37,6 +38,12 @@ export interface SampleRequest {
    * executor's default set (`loadLora` / `unloadLora`), snapshotted when the sample is prepared.
    */
   loras?: { name: string; strength: number }[];
+  /**
+   * Control image for a BFL Control LoRA (FLUX.1-Canny/Depth-dev-lora) in `loras`: resized to `width × height` and
+   * VAE-encoded as the control input. Required exactly when the set holds such a LoRA (`param: 'controlImage'`
+   * errors otherwise). Build it from an upload or URL with `src/pipeline/control-image.ts`.
+   */
+  controlImage?: RgbImage;
 }
 
 /** Opaque handle of a prepared sample living inside the executor. */
@@ -76,6 +83,12 @@ export interface ModelInfo {
   maxBatch: number;
 }
 
+/** Counters of the runtime behind an executor, for metrics and tests. */
+export interface ExecutorStats {
+  /** ORT sessions created since start. Switching LoRAs must not add any (only a first LoRA engine load does). */
+  sessionsCreated: number;
+}
+
 /** The step-level pipeline the scheduler drives. All methods may be called concurrently only by one owner. */
 export interface StepExecutor {
   info(): ModelInfo;
@@ -92,4 +105,22 @@ export interface StepExecutor {
   release(handles: SampleHandle[]): Promise<void>;
   /** Stop worker threads / engine processes. */
   close(): Promise<void>;
+
+  // LoRA management. Errors are `LoraError`s (across a worker: `ExecutorError` with `name` 'LoraError' and `code`).
+  /** Every LoRA file in LORA_DIR with its metadata; files that do not fit the model are listed with their error. */
+  loras(): Promise<LoraScan>;
+  /**
+   * Validates a LoRA set for `mode` (files, shapes, strengths, duplicates, engine support) without changing any
+   * state, and loads that mode's LoRA engine. Returns each member's metadata in order (canonical names).
+   * @throws LoraError
+   */
+  checkLoras(set: LoraSelection[], mode?: string): Promise<LoraInfo[]>;
+  /** Adds a LoRA to the default set (or changes its strength). @throws LoraError, leaving the set unchanged */
+  loadLora(name: string, strength: number): Promise<LoraInfo>;
+  /** Removes a LoRA from the default set; false when it was not in it. */
+  unloadLora(name: string): Promise<boolean>;
+  /** The default set (applied to requests without `loras`), in load order. */
+  activeLoras(): Promise<LoraSelection[]>;
+  /** Runtime counters. */
+  stats(): Promise<ExecutorStats>;
 }

@@ -5,6 +5,7 @@
 
 export { MODE_NAMES, UnknownModeError } from '../../engines/compiler/modes.ts';
 export type {
+  ExecutorStats,
   ModelInfo,
   RgbImage,
   SampleHandle,
@@ -16,8 +17,6 @@ export { createInThreadExecutor, type FluxExecutorOptions, UnknownHandleError } 
 export { FluxArgumentError, InvalidSizeError } from './flux/latents.ts';
 export { FluxPipeline, type FluxPipelineOptions, type GenerateOptions, type GenerateResult } from './flux/pipeline.ts';
 export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageFormat, isImageFormat } from './image.ts';
-export { createFluxExecutor } from './worker-executor.ts';
-export { ExecutorError } from './worker-protocol.ts';
 export {
   LORA_FORMATS,
   LoraError,
@@ -29,3 +28,5 @@ export {
   type LoraSelection,
   MAX_LORA_RANK,
 } from './lora/index.ts';
+export { createFluxExecutor } from './worker-executor.ts';
+export { ExecutorError } from './worker-protocol.ts';

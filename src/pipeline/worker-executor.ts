@@ -53,6 +53,12 @@ export async function createFluxExecutor(options: FluxExecutorOptions): Promise<
     step: (handles, opts) => call('step', handles, opts),
     decode: (handles) => call('decode', handles),
     release: (handles) => call('release', handles),
+    loras: () => call('loras'),
+    checkLoras: (set, mode) => call('checkLoras', set, mode),
+    loadLora: (name, strength) => call('loadLora', name, strength),
+    unloadLora: (name) => call('unloadLora', name),
+    activeLoras: () => call('activeLoras'),
+    stats: () => call('stats'),
     async close() {
       if (!dead) await call('close').catch(() => undefined);
       await worker.terminate();

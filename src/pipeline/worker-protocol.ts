@@ -1,12 +1,23 @@
 /**
  * @file Messages between the main thread and the pipeline worker, and how errors cross the boundary: structured
- * clone drops an Error's class, so the name and the typed fields (`param`, `file`) are carried explicitly and
- * restored as {@link ExecutorError}.
+ * clone drops an Error's class, so the name and the typed fields (`param`, `file`, and a `LoraError`'s `code`,
+ * `lora`, `keys`) are carried explicitly and restored as {@link ExecutorError}.
  */
 import type { StepExecutor } from './executor.ts';
 
 /** Methods callable across the thread boundary. */
-export type WorkerMethod = 'prepare' | 'step' | 'decode' | 'release' | 'close';
+export type WorkerMethod =
+  | 'prepare'
+  | 'step'
+  | 'decode'
+  | 'release'
+  | 'close'
+  | 'loras'
+  | 'checkLoras'
+  | 'loadLora'
+  | 'unloadLora'
+  | 'activeLoras'
+  | 'stats';
 
 export interface WorkerRequest {
   id: number;
@@ -23,16 +34,25 @@ export interface SerializedError {
   message: string;
   param?: string;
   file?: string;
+  /** Machine-readable reason, e.g. a `LoraError`'s `not_found`. */
+  code?: string;
+  /** The LoRA at fault (`LoraError`). */
+  lora?: string;
+  /** Offending tensor keys (`LoraError`). */
+  keys?: string[];
 }
 
 export function serializeError(err: unknown): SerializedError {
   if (err instanceof Error) {
-    const e = err as Error & { param?: unknown; file?: unknown };
+    const e = err as Error & { param?: unknown; file?: unknown; code?: unknown; lora?: unknown; keys?: unknown };
     return {
       name: e.name,
       message: e.message,
       ...(typeof e.param === 'string' ? { param: e.param } : {}),
       ...(typeof e.file === 'string' ? { file: e.file } : {}),
+      ...(typeof e.code === 'string' ? { code: e.code } : {}),
+      ...(typeof e.lora === 'string' ? { lora: e.lora } : {}),
+      ...(Array.isArray(e.keys) && e.keys.length > 0 ? { keys: e.keys.map(String) } : {}),
     };
   }
   return { name: 'Error', message: String(err) };
@@ -42,11 +62,17 @@ export function serializeError(err: unknown): SerializedError {
 export class ExecutorError extends Error {
   readonly param?: string;
   readonly file?: string;
+  readonly code?: string;
+  readonly lora?: string;
+  readonly keys: readonly string[];
   constructor(e: SerializedError) {
     super(e.message);
     this.name = e.name;
     this.param = e.param;
     this.file = e.file;
+    this.code = e.code;
+    this.lora = e.lora;
+    this.keys = e.keys ?? [];
   }
 
   /** True for errors caused by the request itself (bad size, steps, prompt...) rather than the engine. */

@@ -40,6 +40,14 @@ export class EngineLoader {
     return { manifestPath, manifest, sessions, stepCache: { head, tail } };
   }
 
+  /**
+   * Opens (or reuses) the session of a component the manifest schema does not list, e.g. a control engine's
+   * `vae_encoder`; shared and released like the others.
+   */
+  component(component: string, path: string): Promise<Session> {
+    return this.session(component, resolve(path));
+  }
+
   private session(component: string, path: string): Promise<Session> {
     let s = this.sessions.get(path);
     if (!s) {

@@ -75,6 +75,8 @@ export const manifestSchema = z.object({
       threshold: z.number().nonnegative(),
       warmupSteps: z.number().int().nonnegative(),
       maxConsecutive: z.number().int().nonnegative(),
+      /** Calibration target: images within this PSNR (dB) of the same engine without skipping. */
+      minPsnr: z.number().optional(),
       head: componentSchema,
       tail: componentSchema,
     })

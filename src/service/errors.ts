@@ -94,3 +94,37 @@ export class ServiceUnavailableError extends ServiceError {
     this.name = 'ServiceUnavailableError';
   }
 }
+
+/**
+ * A LoRA file or LoRA set cannot be used: `code` is the LoRA layer's reason (`not_found`, `forbidden_path`,
+ * `invalid_file`, `unmatched_keys`, `shape_mismatch`, `bad_rank`, `non_finite`, `unsupported`, `bad_argument`).
+ */
+export class LoraRequestError extends ServiceError {
+  constructor(
+    readonly code: string,
+    message: string,
+    /** The LoRA at fault, when there is one. */
+    readonly lora: string | null = null,
+    /** Offending tensor keys (`unmatched_keys`, `shape_mismatch`, `non_finite`). */
+    readonly keys: readonly string[] = [],
+  ) {
+    super(message);
+    this.name = 'LoraRequestError';
+  }
+
+  /**
+   * The typed form of a LoRA layer error (a `LoraError` thrown in-thread, or one restored from the pipeline worker
+   * with its `code`); any other error is returned unchanged.
+   */
+  static from(err: unknown): unknown {
+    if (!(err instanceof Error) || err.name !== 'LoraError') return err;
+    const e = err as Error & { code?: unknown; lora?: unknown; keys?: unknown };
+    if (typeof e.code !== 'string') return err;
+    return new LoraRequestError(
+      e.code,
+      e.message,
+      typeof e.lora === 'string' ? e.lora : null,
+      Array.isArray(e.keys) ? e.keys.map(String) : [],
+    );
+  }
+}

@@ -4,7 +4,13 @@
  * (single process, `local-backend.ts`) or over Redis (scale-out API node, `redis/api-backend.ts`).
  */
 import { randomUUID } from 'node:crypto';
-import { NotFoundError, type ServiceError, ServiceUnavailableError } from './errors.ts';
+import {
+  LoraRequestError,
+  NotFoundError,
+  type ServiceError,
+  ServiceUnavailableError,
+  ValidationError,
+} from './errors.ts';
 import { ImageStore, type ImageStoreOptions } from './image-store.ts';
 import { Channel, isTerminalEvent, type JobEvent } from './job-events.ts';
 import { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
@@ -12,9 +18,15 @@ import { createLocalBackend } from './local-backend.ts';
 import { type MeasuredLatency, MeasuredStats } from './measured.ts';
 import { createMetrics, type ServerMetrics } from './metrics.ts';
 import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.ts';
-import type { StepExecutor } from './pipeline.ts';
-import type { BackendHealth, EngineOffer, JobBackend } from './ports.ts';
-import { type GenerateInput, parseGenerateInput } from './request.ts';
+import type { LoraInfo, LoraScan, LoraSelection, StepExecutor } from './pipeline.ts';
+import type { BackendHealth, EngineOffer, JobBackend, LoraControl } from './ports.ts';
+import {
+  type GenerateInput,
+  type GenerationRequest,
+  loraStrength,
+  MAX_LORA_NAME_CHARS,
+  parseGenerateInput,
+} from './request.ts';
 
 /** Options of both modes. */
 interface CommonOptions {
@@ -59,11 +71,7 @@ export class GenerationService {
   #catalog: { offer: EngineOffer; catalog: ModelCatalog } | undefined;
   #closed = false;
 
-  private constructor(
-    backend: JobBackend,
-    deps: BackendDeps,
-    options: CommonOptions,
-  ) {
+  private constructor(backend: JobBackend, deps: BackendDeps, options: CommonOptions) {
     this.#backend = backend;
     this.images = deps.images;
     this.metrics = deps.metrics;
@@ -143,7 +151,8 @@ export class GenerationService {
    */
   async submit(input: GenerateInput): Promise<Job> {
     try {
-      const request = parseGenerateInput(input, this.catalog);
+      const parsed = parseGenerateInput(input, this.catalog);
+      const request: GenerationRequest = { ...parsed, loras: await this.#lorasOf(parsed) };
       const job: Job = {
         id: randomUUID(),
         request,
@@ -159,6 +168,74 @@ export class GenerationService {
       this.countError(err);
       throw err;
     }
+  }
+
+  /**
+   * The LoRA set a job runs with: the request's own (validated, names made canonical) or, when it gives none, the
+   * server-wide default set as it is now. Scale-out API nodes have no engine to ask: there a set is passed on as
+   * given (the worker refuses bad files when it prepares the job) and there is no default set.
+   * @throws LoraRequestError
+   */
+  async #lorasOf(request: GenerationRequest): Promise<LoraSelection[]> {
+    const control = this.#backend.loras;
+    if (request.loras === undefined) return control?.defaults() ?? [];
+    if (!control || request.loras.length === 0) return request.loras;
+    return control.check(request.loras, request.model.mode);
+  }
+
+  /**
+   * Every LoRA file in LORA_DIR (valid ones with their metadata, invalid ones with the reason) and the default set.
+   * @throws LoraRequestError (`unsupported` where this node has no engine)
+   */
+  async loras(): Promise<LoraScan & { active: LoraSelection[] }> {
+    const control = this.#loraControl();
+    return { ...(await control.scan()), active: control.defaults() };
+  }
+
+  /** The server-wide default set, in load order (`[]` where this node has no engine). */
+  activeLoras(): LoraSelection[] {
+    return this.#backend.loras?.defaults() ?? [];
+  }
+
+  /**
+   * Adds a LoRA to the server-wide default set, or changes its strength; later requests without `loras` use it.
+   * @throws ValidationError (`name`, `strength`), LoraRequestError; the default set is unchanged on error
+   */
+  async loadLora(name: string, strength = 1): Promise<LoraInfo> {
+    try {
+      checkLoraName(name);
+      const s = loraStrength().safeParse(strength);
+      if (!s.success) throw new ValidationError('strength', s.error.issues[0]?.message ?? 'invalid strength');
+      return await this.#loraControl().load(name, s.data);
+    } catch (err) {
+      this.countError(err);
+      throw err;
+    }
+  }
+
+  /**
+   * Removes a LoRA from the server-wide default set; false when it was not in it.
+   * @throws ValidationError (`name`), LoraRequestError
+   */
+  async unloadLora(name: string): Promise<boolean> {
+    try {
+      checkLoraName(name);
+      return await this.#loraControl().unload(name);
+    } catch (err) {
+      this.countError(err);
+      throw err;
+    }
+  }
+
+  #loraControl(): LoraControl {
+    const control = this.#backend.loras;
+    if (!control) {
+      throw new LoraRequestError(
+        'unsupported',
+        'LoRA management needs an engine: this API node has none (scale-out); per-request loras still work',
+      );
+    }
+    return control;
   }
 
   /** A job, or undefined when unknown or evicted. */
@@ -282,6 +359,15 @@ export class GenerationService {
     const job = await this.get(id);
     if (!job) throw new NotFoundError('Job', id);
     return job;
+  }
+}
+
+function checkLoraName(name: string): void {
+  if (typeof name !== 'string' || name.trim() === '') {
+    throw new ValidationError('name', 'a LoRA name must not be empty');
+  }
+  if (name.length > MAX_LORA_NAME_CHARS) {
+    throw new ValidationError('name', `a LoRA name must be at most ${MAX_LORA_NAME_CHARS} characters`);
   }
 }
 

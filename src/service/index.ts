@@ -7,6 +7,7 @@ export { type BatchDecision, type BatchPolicy, batchKey, nextBatch, type QueueEn
 export {
   JobCanceledError,
   JobFailedError,
+  LoraRequestError,
   NotFoundError,
   QueueFullError,
   ServiceError,
@@ -27,8 +28,33 @@ export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImag
 export type { MeasuredLatency } from './measured.ts';
 export type { ServerMetrics } from './metrics.ts';
 export type { PublishedLatency } from './model-specs.ts';
-export type { BackendHealth, EngineOffer, JobBackend, JobEventBus, JobQueue, JobRepository } from './ports.ts';
 export { ASPECT_RATIOS, PUBLISHED_SPEC_SOURCE } from './model-specs.ts';
 export { DEFAULT_LIMITS, type GenerationLimits, type ModelEntry, modelId } from './models.ts';
-export { IMAGE_FORMATS, type ImageFormat, type StepExecutor } from './pipeline.ts';
-export { createInputSchema, type GenerateInput, REQUEST_DEFAULTS, toValidationError } from './request.ts';
+export {
+  type ExecutorStats,
+  IMAGE_FORMATS,
+  type ImageFormat,
+  type LoraInfo,
+  type LoraScan,
+  type LoraSelection,
+  type StepExecutor,
+} from './pipeline.ts';
+export type {
+  BackendHealth,
+  EngineOffer,
+  JobBackend,
+  JobEventBus,
+  JobQueue,
+  JobRepository,
+  LoraControl,
+} from './ports.ts';
+export {
+  createInputSchema,
+  type GenerateInput,
+  loraStrength,
+  MAX_LORA_NAME_CHARS,
+  MAX_LORA_STRENGTH,
+  MAX_LORAS_PER_REQUEST,
+  REQUEST_DEFAULTS,
+  toValidationError,
+} from './request.ts';

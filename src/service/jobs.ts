@@ -51,6 +51,11 @@ export interface Job {
   cancelReason?: string;
   /** Set by `cancel` on a running job; the scheduler acts on it at the next step boundary. */
   cancelRequested?: string;
+  /**
+   * The engine batch the job ran in (set at admission): jobs with the same id were stepped together. Batches only
+   * hold jobs of one compatibility key (mode, size, steps, LoRA set with strengths).
+   */
+  batchId?: string;
 }
 
 /** Whether a job has finished one way or another. */

@@ -2,13 +2,15 @@
  * @file Single-process mode: the {@link JobBackend} ports over in-memory state. Jobs live in a {@link JobStore},
  * the {@link Scheduler} is the queue, and the in-process {@link JobEventHub} carries progress. Needs no Redis.
  */
+import { Gauge } from 'prom-client';
+import { LoraRequestError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
 import { JobEventHub } from './job-events.ts';
 import { type Job, JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
-import type { StepExecutor } from './pipeline.ts';
-import type { EngineOffer, JobBackend } from './ports.ts';
+import type { LoraSelection, StepExecutor } from './pipeline.ts';
+import type { EngineOffer, JobBackend, LoraControl } from './ports.ts';
 import { Scheduler } from './scheduler.ts';
 
 /** What the local backend needs. */
@@ -41,8 +43,19 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
     ...(o.log ? { log: o.log } : {}),
   });
   const offer: EngineOffer = { info: o.executor.info(), batchSize: o.batchSize, defaultSize: o.defaultSize };
+  // Read at scrape time (a call into the worker: it answers between engine runs).
+  new Gauge({
+    name: 'fluxql_ort_sessions_created',
+    help: 'ONNX Runtime sessions created since start (LoRA switches add none)',
+    registers: [o.metrics.registry],
+    async collect() {
+      const stats = await o.executor.stats().catch(() => undefined);
+      if (stats) this.set(stats.sessionsCreated);
+    },
+  });
   let closed = false;
   return {
+    loras: createLoraControl(o.executor),
     jobs: {
       get: async (id) => store.get(id),
       list: async (statuses) => store.list(statuses),
@@ -69,5 +82,39 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
       await scheduler.close();
       await o.executor.close();
     },
+  };
+}
+
+/**
+ * LoRA management over the executor. Changes of the default set run one at a time, and the set is mirrored here
+ * after each (the executor starts with an empty one), so `submit` reads it without a call into the busy worker.
+ */
+function createLoraControl(ex: StepExecutor): LoraControl {
+  let defaults: LoraSelection[] = [];
+  let changes: Promise<unknown> = Promise.resolve();
+  const typed = (err: unknown) => {
+    throw LoraRequestError.from(err);
+  };
+  const change = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = changes.then(async () => {
+      try {
+        return await fn();
+      } finally {
+        defaults = await ex.activeLoras().catch(() => defaults);
+      }
+    });
+    changes = run.catch(() => undefined);
+    return run.catch(typed);
+  };
+  return {
+    scan: () => ex.loras().catch(typed),
+    async check(set, mode) {
+      if (set.length === 0) return [];
+      const infos = await ex.checkLoras(set, mode).catch(typed);
+      return set.map((s, i) => ({ name: infos[i]?.name ?? s.name, strength: s.strength }));
+    },
+    load: (name, strength) => change(() => ex.loadLora(name, strength)),
+    unload: (name) => change(() => ex.unloadLora(name)),
+    defaults: () => defaults.map((s) => ({ ...s })),
   };
 }

@@ -4,7 +4,7 @@
  */
 import { UnknownModelError } from './errors.ts';
 import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './model-specs.ts';
-import type { ModelInfo } from './pipeline.ts';
+import { LORA_FORMATS, MAX_LORA_RANK, type ModelInfo } from './pipeline.ts';
 
 /** Request limits every mode shares. */
 export interface GenerationLimits {
@@ -48,8 +48,9 @@ export interface ModelEntry {
   /** The seed card's numbers for this tier; empty when the card has no column for it. */
   published: PublishedLatency[];
   limits: GenerationLimits;
-  /** LoRA support lands with the LoRA issue; empty until then. */
+  /** Smallest and largest LoRA rank the engine takes (per layer). */
   loraRanks: number[];
+  /** LoRA file formats recognised (`bfl-control` needs a control-capable engine). */
   loraFormats: string[];
 }
 
@@ -96,8 +97,8 @@ export class ModelCatalog {
       isDefault: sizeOfMode(mode) === options.defaultSize.toLowerCase(),
       published: publishedLatencies(mode),
       limits,
-      loraRanks: [],
-      loraFormats: [],
+      loraRanks: [1, MAX_LORA_RANK],
+      loraFormats: [...LORA_FORMATS],
     }));
     const byDefault = this.entries.find((e) => e.isDefault);
     if (!byDefault) {

@@ -3,6 +3,10 @@
  * step-level executor contract and image encoding. One file keeps the layer boundary easy to check.
  */
 export type {
+  ExecutorStats,
+  LoraInfo,
+  LoraScan,
+  LoraSelection,
   ModelInfo,
   RgbImage,
   SampleHandle,
@@ -10,4 +14,12 @@ export type {
   StepExecutor,
   StepResult,
 } from '../pipeline/index.ts';
-export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageFormat } from '../pipeline/index.ts';
+export {
+  contentTypeOf,
+  encodeImage,
+  extensionOf,
+  IMAGE_FORMATS,
+  type ImageFormat,
+  LORA_FORMATS,
+  MAX_LORA_RANK,
+} from '../pipeline/index.ts';

@@ -6,7 +6,7 @@
  */
 import type { JobEvent } from './job-events.ts';
 import type { Job, JobStatus } from './jobs.ts';
-import type { ModelInfo } from './pipeline.ts';
+import type { LoraInfo, LoraScan, LoraSelection, ModelInfo } from './pipeline.ts';
 
 /** Job records, readable by every API node. */
 export interface JobRepository {
@@ -55,11 +55,29 @@ export interface BackendHealth {
   workers?: number;
 }
 
+/**
+ * LoRA files and the server-wide default set of the engine behind a backend. Errors are `LoraRequestError`s.
+ * Only a backend with one engine it talks to directly has it (single process); scale-out API nodes do not.
+ */
+export interface LoraControl {
+  scan(): Promise<LoraScan>;
+  /** Validates a set for `mode`; returns it with canonical names (`x` → `x.safetensors`). */
+  check(set: LoraSelection[], mode: string): Promise<LoraSelection[]>;
+  /** Adds to (or re-weights in) the default set; the set is unchanged on error. */
+  load(name: string, strength: number): Promise<LoraInfo>;
+  /** Removes from the default set; false when it was not there. */
+  unload(name: string): Promise<boolean>;
+  /** The default set now, in load order (kept in step with the engine, so reading it costs nothing). */
+  defaults(): LoraSelection[];
+}
+
 /** Everything the service facade needs from a deployment mode. */
 export interface JobBackend {
   jobs: JobRepository;
   queue: JobQueue;
   events: JobEventBus;
+  /** LoRA management; absent where the backend has no engine of its own (scale-out API node). */
+  loras?: LoraControl;
   /** The model served; undefined while no engine is known (no worker has registered yet). */
   offer(): EngineOffer | undefined;
   health(): BackendHealth;

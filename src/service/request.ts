@@ -8,7 +8,14 @@ import { z } from 'zod';
 import { ValidationError } from './errors.ts';
 import { ASPECT_RATIOS } from './model-specs.ts';
 import type { GenerationLimits, ModelCatalog, ModelEntry } from './models.ts';
-import { IMAGE_FORMATS, type ImageFormat } from './pipeline.ts';
+import { IMAGE_FORMATS, type ImageFormat, type LoraSelection } from './pipeline.ts';
+
+/** LoRAs one request may combine. */
+export const MAX_LORAS_PER_REQUEST = 8;
+/** Largest |strength| of a LoRA (beyond it the delta swamps the base weights). */
+export const MAX_LORA_STRENGTH = 10;
+/** Longest LoRA name (a path relative to LORA_DIR). */
+export const MAX_LORA_NAME_CHARS = 500;
 
 /** A generation request as a client sends it; `null` means "not given" (GraphQL nullable inputs). */
 export interface GenerateInput {
@@ -34,6 +41,11 @@ export interface GenerateInput {
   quality?: number | null;
   /** Ask for a low-resolution preview at every step. @default false */
   preview?: boolean | null;
+  /**
+   * LoRAs (files in LORA_DIR) with strengths (default 1). Absent: the server-wide default set at submission;
+   * `[]`: none.
+   */
+  loras?: { name: string; strength?: number | null }[] | null;
 }
 
 /** A validated request with every default applied. */
@@ -49,6 +61,11 @@ export interface GenerationRequest {
   outputFormat: ImageFormat;
   quality?: number;
   preview: boolean;
+  /**
+   * The LoRA set the job runs with. After `submit` it is explicit (the default set resolved at submission, or `[]`);
+   * absent only before that.
+   */
+  loras?: LoraSelection[];
 }
 
 /** Defaults of a request, as the issue and the FLUX.1-dev reference pipeline set them. */
@@ -110,6 +127,22 @@ export function createInputSchema(limits: GenerationLimits) {
       outputFormat: z.enum(IMAGE_FORMATS).nullish(),
       quality: z.number().int().min(1, 'quality must be 1…100').max(100, 'quality must be 1…100').nullish(),
       preview: z.boolean().nullish(),
+      loras: z
+        .array(
+          z.object({
+            name: z
+              .string()
+              .refine((n) => n.trim().length > 0, 'a LoRA name must not be empty')
+              .refine(
+                (n) => n.length <= MAX_LORA_NAME_CHARS,
+                `a LoRA name must be at most ${MAX_LORA_NAME_CHARS} characters`,
+              ),
+            strength: loraStrength().nullish(),
+          }),
+        )
+        .max(MAX_LORAS_PER_REQUEST, `at most ${MAX_LORAS_PER_REQUEST} LoRAs per request`)
+        .refine((l) => new Set(l.map((x) => loraKey(x.name))).size === l.length, 'a LoRA appears twice in loras')
+        .nullish(),
     })
     .superRefine((v, ctx) => {
       const hasSize = v.width != null || v.height != null;
@@ -123,6 +156,19 @@ export function createInputSchema(limits: GenerationLimits) {
         ctx.addIssue({ code: 'custom', path: ['mode'], message: 'give either model or mode' });
       }
     });
+}
+
+/** The rule of a LoRA strength (also used by `loadLora`). */
+export function loraStrength() {
+  return z
+    .number()
+    .min(-MAX_LORA_STRENGTH, `strength must be at least -${MAX_LORA_STRENGTH}`)
+    .max(MAX_LORA_STRENGTH, `strength must be at most ${MAX_LORA_STRENGTH}`);
+}
+
+/** A LoRA name as the LoRA layer files it (`style` and `style.safetensors` are one file). */
+function loraKey(name: string): string {
+  return name.endsWith('.safetensors') ? name : `${name}.safetensors`;
 }
 
 /** Converts the first zod issue to a {@link ValidationError}. */
@@ -159,5 +205,6 @@ export function parseGenerateInput(input: unknown, catalog: ModelCatalog): Gener
     outputFormat: v.outputFormat ?? REQUEST_DEFAULTS.outputFormat,
     ...(v.quality != null ? { quality: v.quality } : {}),
     preview: v.preview ?? false,
+    ...(v.loras != null ? { loras: v.loras.map((l) => ({ name: l.name, strength: l.strength ?? 1 })) } : {}),
   };
 }

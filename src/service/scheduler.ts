@@ -13,6 +13,7 @@
  * - A queued job is cancelled at once; a running one at the next step boundary. Engine errors fail the jobs of
  *   the failing call only; the loop goes on.
  */
+import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batcher.ts';
 import { QueueFullError } from './errors.ts';
@@ -51,6 +52,10 @@ export class Scheduler {
   readonly #queue: QueueEntry[] = [];
   readonly #running = new Map<string, RunningJob>();
   #runningKey: string | null = null;
+  /** Id of the running batch (`<scheduler>-<n>`), recorded on each job it admits. */
+  #runningBatch: string | null = null;
+  readonly #schedulerId = randomUUID().slice(0, 8);
+  #batches = 0;
   #wake: (() => void) | undefined;
   #closed = false;
   readonly #loop: Promise<void>;
@@ -75,7 +80,14 @@ export class Scheduler {
     const r = job.request;
     this.#queue.push({
       jobId: job.id,
-      key: batchKey({ mode: r.model.mode, width: r.width, height: r.height, steps: r.steps }),
+      key: batchKey({
+        mode: r.model.mode,
+        width: r.width,
+        height: r.height,
+        steps: r.steps,
+        // Names AND strengths: a strength changes the output, so it is part of what one engine run can share.
+        ...(r.loras ? { loras: r.loras.map((l) => `${l.name}@${l.strength}`) } : {}),
+      }),
       samples: r.numImages,
       enqueuedAt: job.createdAt.getTime(),
     });
@@ -148,7 +160,10 @@ export class Scheduler {
     const decision = nextBatch(this.#queue, running, this.#o.policy, Date.now());
     if (decision.kind === 'admit') {
       if (running) this.#o.metrics.joins.inc(decision.jobIds.length);
-      else this.#o.metrics.batches.inc();
+      else {
+        this.#o.metrics.batches.inc();
+        this.#runningBatch = `${this.#schedulerId}-${++this.#batches}`;
+      }
       await this.#admit(decision.jobIds);
     } else if (!running) {
       await this.#sleep(decision.kind === 'wait' ? decision.untilMs - Date.now() : undefined);
@@ -168,6 +183,7 @@ export class Scheduler {
       const r = job.request;
       job.status = 'RUNNING';
       job.startedAt = new Date();
+      if (this.#runningBatch) job.batchId = this.#runningBatch;
       this.#o.metrics.queueWaitSeconds.observe((Date.now() - job.createdAt.getTime()) / 1000);
       const requests = Array.from({ length: r.numImages }, (_, k) => ({
         prompt: r.prompt,
@@ -178,6 +194,8 @@ export class Scheduler {
         // Sample k of a job is the same image as a single-image request with seed + k.
         seed: (r.seed + k) >>> 0,
         mode: r.model.mode,
+        // The job's own set; absent (only for jobs recorded before LoRA support) means the engine's default set.
+        ...(r.loras ? { loras: r.loras } : {}),
       }));
       admitted.push({ job, key: entry.key, requests });
       this.#o.events.publish(job.id, {
@@ -349,7 +367,10 @@ export class Scheduler {
   }
 
   #afterRemoval(): void {
-    if (this.#running.size === 0) this.#runningKey = null;
+    if (this.#running.size === 0) {
+      this.#runningKey = null;
+      this.#runningBatch = null;
+    }
     this.#gauges();
   }
 

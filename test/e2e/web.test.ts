@@ -6,15 +6,18 @@
  *
  * Page code is passed to the browser as strings: the test project compiles without the DOM library.
  */
-import { existsSync } from 'node:fs';
+import { copyFileSync, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BrowserContext, chromium, type Page } from 'playwright-core';
+import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ensureWebBuilt } from '../../web/build.ts';
-import { disposeLeftovers, startTestServer } from '../utils/test-server.ts';
+import { FIXTURES_DIR } from '../helpers/paths.ts';
+import { GenerateWithLorasDocument, LoadLoraDocument, LoraJobDocument } from '../utils/gql/graphql.ts';
+import { disposeLeftovers, eventually, gqlData, startTestServer } from '../utils/test-server.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const HAS_CHROMIUM = existsSync(CHROMIUM);
@@ -100,15 +103,15 @@ describe.skipIf(!HAS_CHROMIUM)(`web page in headless Chromium (${CHROMIUM})`, ()
     if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
   });
 
-  /** A fresh tab on the page, once the modes have loaded. */
-  async function openPage(): Promise<Page> {
+  /** A fresh tab on the page (of `at`, default the main server), once the modes have loaded. */
+  async function openPage(at = url): Promise<Page> {
     page = await context.newPage();
     pageErrors = [];
     page.on('pageerror', (err) => pageErrors.push(err.message));
     page.on('console', (msg) => {
       if (msg.type() === 'error') pageErrors.push(msg.text());
     });
-    await page.goto(url);
+    await page.goto(at);
     await page.locator('body[data-ready="true"]').waitFor();
     return page;
   }
@@ -216,5 +219,75 @@ describe.skipIf(!HAS_CHROMIUM)(`web page in headless Chromium (${CHROMIUM})`, ()
     expect(await p.evaluate('document.activeElement.id')).toBe('width');
     expect(await p.locator('#result').getAttribute('data-state')).toBeNull();
     await p.screenshot({ path: join(SCREENSHOTS, 'validation-error.png'), fullPage: true });
+  });
+  describe('LoRA selector (server with LORA_DIR)', () => {
+    let loraUrl: string;
+    let loraDir: string;
+
+    beforeAll(async () => {
+      loraDir = await mkdtemp(join(tmpdir(), 'fluxql-e2e-loras-'));
+      for (const name of ['lora_0_diffusers', 'lora_1_xlabs']) {
+        copyFileSync(join(FIXTURES_DIR, `${name}.safetensors`), join(loraDir, `${name}.safetensors`));
+      }
+      ({ url: loraUrl } = await startTestServer({ loraDir }));
+    });
+    afterAll(async () => {
+      if (loraDir) await rm(loraDir, { recursive: true, force: true });
+    });
+
+    it('picks a LoRA with a strength and generates the same image as the API with that set', async () => {
+      const p = await openPage(loraUrl);
+      const fieldset = p.locator('#lora-fieldset');
+      expect(await fieldset.isVisible()).toBe(true);
+      const row = p.locator('#lora-list .lora-row[data-lora="lora_1_xlabs.safetensors"]');
+      expect(await row.locator('label').first().textContent()).toBe('lora_1_xlabs.safetensors (xlabs, rank 8, 57 KiB)');
+
+      await p.getByLabel('Prompt').fill('a paper boat on a pond');
+      await p.getByLabel('Aspect ratio').selectOption('custom');
+      await p.getByLabel('Width').fill('64');
+      await p.getByLabel('Height').fill('64');
+      await p.getByLabel('Steps').fill('3');
+      await p.getByLabel('Seed').fill('21');
+      await row.getByRole('checkbox').check();
+      await row.getByRole('spinbutton').fill('0.6');
+      await p.getByRole('button', { name: 'Generate' }).click();
+      await p.locator('#result[data-state="succeeded"]').waitFor(WAIT);
+      await p.screenshot({ path: join(SCREENSHOTS, 'lora-succeeded.png'), fullPage: true });
+
+      // The job ran with exactly the chosen set; the same request over the API gives the same pixels.
+      const item = p.locator('#jobs-list li[data-status="SUCCEEDED"]').first();
+      await item.waitFor(WAIT);
+      const jobId = (await item.getAttribute('data-job-id')) ?? '';
+      const { job } = await gqlData(loraUrl, LoraJobDocument, { id: jobId });
+      if (job.__typename !== 'QueryJobSuccess') throw new Error(JSON.stringify(job));
+      expect(job.data.loras).toEqual([{ name: 'lora_1_xlabs.safetensors', strength: 0.6 }]);
+      const { prompt, seed, width, height, steps, guidanceScale } = job.data;
+      const { generateImage: r } = await gqlData(loraUrl, GenerateWithLorasDocument, {
+        input: { prompt, seed, width, height, steps, guidanceScale, loras: job.data.loras },
+      });
+      if (r.__typename !== 'MutationGenerateImageSuccess') throw new Error(JSON.stringify(r));
+      const apiJob = await eventually(async () => {
+        const { job: j } = await gqlData(loraUrl, LoraJobDocument, { id: r.data.jobId });
+        if (j.__typename !== 'QueryJobSuccess' || j.data.status !== 'SUCCEEDED') throw new Error('not yet');
+        return j.data;
+      });
+      const rgb = async (imageUrl: string) =>
+        sharp(Buffer.from(await (await fetch(imageUrl)).arrayBuffer()))
+          .raw()
+          .toBuffer();
+      const pageImage = await rgb(new URL((await p.locator('#final').getAttribute('src')) ?? '', loraUrl).href);
+      expect(pageImage.equals(await rgb(apiJob.images[0]?.url ?? ''))).toBe(true);
+    });
+
+    it('starts with the server-wide default set checked at its strength', async () => {
+      const loaded = (await gqlData(loraUrl, LoadLoraDocument, { name: 'lora_0_diffusers', strength: 0.7 })).loadLora;
+      expect(loaded.__typename).toBe('MutationLoadLoraSuccess');
+      const p = await openPage(loraUrl);
+      const row = p.locator('#lora-list .lora-row[data-lora="lora_0_diffusers.safetensors"]');
+      expect(await row.getByRole('checkbox').isChecked()).toBe(true);
+      expect(await row.getByRole('spinbutton').inputValue()).toBe('0.7');
+      const other = p.locator('#lora-list .lora-row[data-lora="lora_1_xlabs.safetensors"]');
+      expect(await other.getByRole('checkbox').isChecked()).toBe(false);
+    });
   });
 });

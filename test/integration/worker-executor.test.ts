@@ -51,4 +51,18 @@ describe('createFluxExecutor', () => {
       param: 'height',
     });
   });
+
+  it("carries a LoraError's code, LoRA name and the unchanged default set across the boundary", async () => {
+    // This executor has no LORA_DIR: every LoRA is `not_found`, and nothing changes.
+    expect(await ex.loras()).toEqual({ loras: [], invalid: [] });
+    await expect(ex.loadLora('style', 1)).rejects.toMatchObject({
+      name: 'LoraError',
+      code: 'not_found',
+      lora: 'style',
+    });
+    await expect(ex.checkLoras([{ name: 'style', strength: 1 }])).rejects.toMatchObject({ code: 'not_found' });
+    expect(await ex.activeLoras()).toEqual([]);
+    expect(await ex.unloadLora('style')).toBe(false);
+    expect((await ex.stats()).sessionsCreated).toBeGreaterThan(0);
+  });
 });

@@ -59,8 +59,8 @@ export function readInput(): GenerateImageInput {
     guidanceScale: numberOf('guidanceScale'),
     seed: numberOf('seed'),
     preview: true,
-    // Only present when the server has LoRAs; the key does not exist in older schemas.
-    ...(loras ? ({ loras } as object) : {}),
+    // Left out when the page shows no LoRA selector: the server's default set applies.
+    ...(loras ? { loras } : {}),
   };
 }
 

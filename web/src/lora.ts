@@ -1,51 +1,58 @@
 /**
- * @file LoRA selector: one row per LoRA file from the `loras` query, each with a "use" checkbox and a strength;
- * the chosen ones go into `generateImage` as `loras: [{ name, strength }]`.
- *
- * The LoRA API is landing separately, so its query is not a codegen document (codegen would reject it against a
- * schema without `loras`). Instead `vite.config.ts` checks `schema/schema.graphql` at build time and sets
- * `__LORA_QUERY__` (name plus the descriptive scalar fields the schema has); with no `loras` query it is null, this
- * module does nothing and the fieldset stays hidden.
+ * @file LoRA selector: one row per usable LoRA file from the `loras` query, each with a "use" checkbox and a
+ * strength; the chosen ones go into `generateImage` as `loras: [{ name, strength }]`. Members of the server-wide
+ * default set start checked at their strength, so what the form shows is exactly what a generation uses (an empty
+ * choice sends `[]`: no LoRA). Files the model cannot use are not listed. Where the server lists no LoRAs (no
+ * LORA_DIR, or a scale-out API node) the fieldset stays hidden and requests leave `loras` out.
  */
 import { request } from './api.ts';
 import { byId, el } from './dom.ts';
-import { TypedDocumentString } from './gql/graphql.ts';
+import type { WebLorasQuery as WebLorasResult } from './gql/graphql.ts';
+import { WebLorasQuery } from './operations.ts';
 
-/** A LoRA file as listed by the server: `name` plus whatever descriptive fields the build picked. */
-type LoraFile = { name: string } & Record<string, string | number | boolean | null>;
+type LorasData = Extract<WebLorasResult['loras'], { __typename: 'QueryLorasSuccess' }>['data'];
+type LoraFile = Extract<LorasData[number], { __typename: 'LoraFile' }>;
 
-const enabled = __LORA_QUERY__ !== null;
+/** Whether the selector is showing (the server has usable LoRA files). */
+let listed = false;
 
-/** Fills the selector; leaves it hidden when the server has no LoRA API or no LoRA files. */
+/** Fills the selector; leaves it hidden when the server has no LoRA API answer or no usable LoRA files. */
 export async function loadLoras(): Promise<void> {
-  if (!__LORA_QUERY__) return;
-  const doc = new TypedDocumentString<{ loras: LoraFile[] }, Record<string, never>>(__LORA_QUERY__);
-  const { loras } = await request(doc, {});
-  const list = byId('lora-list', HTMLDivElement);
-  list.replaceChildren(...loras.map(loraRow));
-  byId('lora-fieldset', HTMLFieldSetElement).hidden = loras.length === 0;
+  const { loras } = await request(WebLorasQuery, {});
+  const files =
+    loras.__typename === 'QueryLorasSuccess' ? loras.data.flatMap((l) => (l.__typename === 'LoraFile' ? [l] : [])) : [];
+  byId('lora-list', HTMLDivElement).replaceChildren(...files.map(loraRow));
+  listed = files.length > 0;
+  byId('lora-fieldset', HTMLFieldSetElement).hidden = !listed;
 }
 
 function loraRow(lora: LoraFile, i: number): HTMLDivElement {
   const row = el('div', { class: 'lora-row', 'data-lora': lora.name });
   const use = el('input', { id: `lora-use-${i}`, type: 'checkbox' });
-  const details = Object.entries(lora)
-    .filter(([k, v]) => k !== 'name' && v != null)
-    .map(([k, v]) => `${k} ${v}`)
-    .join(', ');
-  const strength = el('input', { id: `lora-strength-${i}`, type: 'number', step: '0.05', value: '1' });
+  use.checked = lora.strength != null;
+  const details = `${lora.format.toLowerCase()}, rank ${lora.rank}, ${formatBytes(lora.sizeBytes)}`;
+  const strength = el('input', {
+    id: `lora-strength-${i}`,
+    type: 'number',
+    step: '0.05',
+    value: String(lora.strength ?? 1),
+  });
   row.append(
     use,
-    el('label', { for: use.id }, details ? `${lora.name} (${details})` : lora.name),
+    el('label', { for: use.id }, `${lora.name} (${details})`),
     el('label', { for: strength.id }, 'Strength'),
     strength,
   );
   return row;
 }
 
-/** The chosen LoRAs, or null when the server has no LoRA API (so the key is left out of the request). */
+function formatBytes(n: number): string {
+  return n >= 1024 * 1024 ? `${(n / (1024 * 1024)).toFixed(1)} MiB` : `${Math.max(1, Math.round(n / 1024))} KiB`;
+}
+
+/** The chosen LoRAs (possibly none), or null when no selector is shown (the request then leaves `loras` out). */
 export function selectedLoras(): { name: string; strength: number }[] | null {
-  if (!enabled) return null;
+  if (!listed) return null;
   return [...document.querySelectorAll<HTMLDivElement>('#lora-list .lora-row')].flatMap((row) => {
     const [use, strength] = row.querySelectorAll('input');
     if (!use?.checked || !strength) return [];

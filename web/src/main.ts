@@ -81,6 +81,9 @@ async function generate(): Promise<void> {
       case 'QueueFullError':
         showFormError(`${r.message} Try again in ${r.retryAfterSeconds} s.`);
         break;
+      case 'LoraError':
+        showFieldError('loras', r.message);
+        break;
     }
   } catch (err) {
     showFormError(err instanceof RequestError ? err.message : `Request failed: ${(err as Error).message}`);

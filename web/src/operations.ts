@@ -65,6 +65,34 @@ export const WebGenerateMutation = graphql(`
         message
         available
       }
+      ... on LoraError {
+        code
+        message
+      }
+    }
+  }
+`);
+
+/** LoRA files for the LoRA selector, with their place in the server-wide default set. */
+export const WebLorasQuery = graphql(`
+  query WebLoras {
+    loras {
+      __typename
+      ... on QueryLorasSuccess {
+        data {
+          __typename
+          name
+          sizeBytes
+          ... on LoraFile {
+            format
+            rank
+            strength
+          }
+        }
+      }
+      ... on LoraError {
+        message
+      }
     }
   }
 `);

@@ -5,13 +5,13 @@
  * Shape letters: B batch, L image tokens, T text tokens, S = T + L, D model width, H heads, Dh head dim.
  */
 
-import { geluTanh } from '../onnx/nn.ts';
 import { jointAttention } from './transformer-fused.ts';
 import {
   applyLinear,
   applyLinearGroup,
   feedForward,
   gatedResidual,
+  gelu,
   type LinearSpec,
   modulate,
   modulationChunks,
@@ -110,7 +110,7 @@ export function singleBlock(ctx: TransformerContext, j: number, z: string): stri
     const attn = jointAttention(ctx, [{ q, k, v, normQ: `${p}.attn.norm_q`, normK: `${p}.attn.norm_k` }]); // [B, S, D]
 
     // proj_out's input columns: attention first, then the MLP activations: [B, S, D + 4D].
-    const cat = b.op('Concat', [attn, geluTanh(b, mlp)], { axis: -1 });
+    const cat = b.op('Concat', [attn, gelu(ctx, mlp)], { axis: -1 });
     const out = applyLinear(ctx, cat, {
       name: `${p}.proj_out`,
       outFeatures: cfg.dim,

@@ -7,6 +7,7 @@
  *   (`interleaved=1`, half-width tables `[S, Dh/2]` sliced once from the `[S, Dh]` inputs, whose columns repeat each
  *   frequency twice), and the softmax core as `MultiHeadAttention`. Measured on the synthetic 768 config (S 384, 2
  *   threads): 46 → 32-38 ms per attention, relative difference 4e-7.
+ * - GELU(tanh) as the contrib `FastGelu` kernel (same formula; see `gelu` in `transformer-layers.ts`).
  * - Modulation precomputation: every AdaLayerNorm Linear (`norm1.linear`, `norm1_context.linear`, `norm.linear`,
  *   `norm_out.linear`) reads the same `SiLU(temb)` `[B, D]`, so they are one fused layer (`modulation`, one GEMM of
  *   width Σ out) computed before the blocks; the blocks pick their slices by name (`BuildContext.precomputed`).
@@ -34,10 +35,16 @@ export interface AttentionStream {
 }
 
 /** The extra graph values contrib attention needs; computed once per graph from the `[S, Dh]` RoPE inputs. */
-export function fusedAttentionInputs(b: GraphBuilder, cfg: ResolvedTransformerConfig, ropeCos: string, ropeSin: string) {
+export function fusedAttentionInputs(
+  b: GraphBuilder,
+  cfg: ResolvedTransformerConfig,
+  ropeCos: string,
+  ropeSin: string,
+) {
   b.useDomain(MS, 1);
   // Columns 0, 2, 4, …: the table repeats each frequency twice, RotaryEmbedding wants each once.
-  const half = (t: string) => b.op('Slice', [t, b.constI64([0]), b.constI64([cfg.headDim]), b.constI64([1]), b.constI64([2])]);
+  const half = (t: string) =>
+    b.op('Slice', [t, b.constI64([0]), b.constI64([cfg.headDim]), b.constI64([1]), b.constI64([2])]);
   return { cosHalf: half(ropeCos), sinHalf: half(ropeSin), positions: b.constI64([0]) };
 }
 
@@ -78,7 +85,11 @@ function fusedQkNorm(ctx: TransformerContext, x: string, module: string): string
   let y: string;
   if (ctx.normWeight) {
     // LoRA engines feed the weight as a graph input: normalise with unit scale, then multiply.
-    const unit = b.op('SimplifiedLayerNormalization', [perHead, b.constF32(new Array(cfg.headDim).fill(1), [cfg.headDim])], attrs);
+    const unit = b.op(
+      'SimplifiedLayerNormalization',
+      [perHead, b.constF32(new Array(cfg.headDim).fill(1), [cfg.headDim])],
+      attrs,
+    );
     y = b.op('Mul', [unit, ctx.normWeight(b, module, weight)]);
   } else {
     y = b.op('SimplifiedLayerNormalization', [perHead, b.f32(`${module}.weight`, weight, [cfg.headDim])], attrs);
@@ -100,7 +111,8 @@ export function modulationSpecs(
     specs.push({ name: `transformer_blocks.${i}.norm1.linear`, outFeatures: 6 * d, inFeatures: d });
     specs.push({ name: `transformer_blocks.${i}.norm1_context.linear`, outFeatures: 6 * d, inFeatures: d });
   }
-  for (const j of blocks.single) specs.push({ name: `single_transformer_blocks.${j}.norm.linear`, outFeatures: 3 * d, inFeatures: d });
+  for (const j of blocks.single)
+    specs.push({ name: `single_transformer_blocks.${j}.norm.linear`, outFeatures: 3 * d, inFeatures: d });
   if (blocks.normOut) specs.push({ name: 'norm_out.linear', outFeatures: 2 * d, inFeatures: d });
   return specs;
 }
@@ -110,7 +122,11 @@ export function modulationSpecs(
  * layer) through the context's policy, so quantisation plans see it as the layer {@link MODULATION_LAYER}.
  * @returns module name → its output `[B, out]`, for `BuildContext.precomputed`.
  */
-export function precomputeModulation(ctx: BuildContext, siluTemb: string, specs: readonly LinearSpec[]): Map<string, string> {
+export function precomputeModulation(
+  ctx: BuildContext,
+  siluTemb: string,
+  specs: readonly LinearSpec[],
+): Map<string, string> {
   const fused = fuseLinearRows(
     specs.map((s) => ({ name: s.name, weights: readLinearChecked(ctx.w, s.name, s.outFeatures, s.inFeatures) })),
   );
@@ -127,7 +143,7 @@ export function precomputeModulation(ctx: BuildContext, siluTemb: string, specs:
 
 /** The XL switches of the transformer graph options. */
 export interface FusedGraphOptions {
-  /** Contrib-op attention, see the file header. @default false */
+  /** Contrib-op attention and FastGelu (the `com.microsoft` CPU kernels), see the file header. @default false */
   fusedAttention?: boolean;
   /** One GEMM for every modulation Linear, see the file header. @default false */
   precomputeModulation?: boolean;
@@ -144,8 +160,9 @@ export function fusedContext(
   ropeSin: string,
   options: FusedGraphOptions,
   blocks: { double: readonly number[]; single: readonly number[]; normOut: boolean },
-): Pick<TransformerContext, 'fusedAttention' | 'precomputed'> {
+): Pick<TransformerContext, 'fusedAttention' | 'precomputed' | 'fastGelu'> {
   return {
+    ...(options.fusedAttention ? { fastGelu: true } : {}),
     ...(options.fusedAttention ? { fusedAttention: fusedAttentionInputs(base.b, base.cfg, ropeCos, ropeSin) } : {}),
     ...(options.precomputeModulation
       ? { precomputed: precomputeModulation(base, siluTemb, modulationSpecs(base.cfg, blocks)) }

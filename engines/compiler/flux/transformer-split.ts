@@ -39,9 +39,22 @@ export interface SplitGraphDescriptor {
   linearLayers: string[];
 }
 
-function baseContext(b: GraphBuilder, w: WeightReader, cfg: ResolvedTransformerConfig, options: TransformerGraphOptions): BuildContext {
+function baseContext(
+  b: GraphBuilder,
+  w: WeightReader,
+  cfg: ResolvedTransformerConfig,
+  options: TransformerGraphOptions,
+): BuildContext {
   const policy: LinearPolicy = options.linearPolicy ?? plainLinear;
-  return { b, w, cfg, policy, fuse: options.fuseProjections ?? false, linearLayers: [], normWeight: options.normWeightPolicy };
+  return {
+    b,
+    w,
+    cfg,
+    policy,
+    fuse: options.fuseProjections ?? false,
+    linearLayers: [],
+    normWeight: options.normWeightPolicy,
+  };
 }
 
 function declare(b: GraphBuilder, specs: TensorSpec[]): void {
@@ -52,8 +65,15 @@ function declare(b: GraphBuilder, specs: TensorSpec[]): void {
 function finalLayer(ctx: TransformerContext, img: string): string {
   const { b, cfg } = ctx;
   return b.scope('norm_out', () => {
-    const emb = applyLinear(ctx, ctx.siluTemb, { name: 'norm_out.linear', outFeatures: 2 * cfg.dim, inFeatures: cfg.dim });
-    const [scale, shift] = split(b, b.op('Unsqueeze', [emb, b.constI64([1])]), -1, [cfg.dim, cfg.dim]) as [string, string];
+    const emb = applyLinear(ctx, ctx.siluTemb, {
+      name: 'norm_out.linear',
+      outFeatures: 2 * cfg.dim,
+      inFeatures: cfg.dim,
+    });
+    const [scale, shift] = split(b, b.op('Unsqueeze', [emb, b.constI64([1])]), -1, [cfg.dim, cfg.dim]) as [
+      string,
+      string,
+    ];
     const normed = layerNorm(b, img, cfg.dim, FLUX_NORM_EPS);
     const y = b.op('Add', [b.op('Mul', [normed, b.op('Add', [b.constF32(1), scale])]), shift]);
     return applyLinear(ctx, y, { name: 'proj_out', outFeatures: cfg.outFeatures, inFeatures: cfg.dim }); // [B, L, C]
@@ -73,7 +93,8 @@ export function buildTransformerHead(
   options: TransformerGraphOptions = {},
 ): SplitGraphDescriptor {
   const cfg = resolveTransformerConfig(config);
-  if (cfg.numLayers < 1) throw new TransformerCompileError('config.num_layers', 'step caching needs at least one double block');
+  if (cfg.numLayers < 1)
+    throw new TransformerCompileError('config.num_layers', 'step caching needs at least one double block');
   const { batch: B, image: L, text: T, joint: S } = TRANSFORMER_DIMS;
   const inputs: TensorSpec[] = [
     { name: 'hidden_states', dtype: 'float32', dims: [B, L, cfg.inChannels] },
@@ -87,7 +108,11 @@ export function buildTransformerHead(
   ];
   declare(b, inputs);
   const base = baseContext(b, w, cfg, options);
-  const x0 = applyLinear(base, 'hidden_states', { name: 'x_embedder', outFeatures: cfg.dim, inFeatures: cfg.inChannels });
+  const x0 = applyLinear(base, 'hidden_states', {
+    name: 'x_embedder',
+    outFeatures: cfg.dim,
+    inFeatures: cfg.inChannels,
+  });
   const temb = conditioningEmbedding(base, {
     timestep: 'timestep',
     guidance: cfg.guidanceEmbeds ? 'guidance' : undefined,
@@ -117,7 +142,7 @@ export function buildTransformerHead(
     { name: 'cached_sample', dtype: 'float32', dims: [B, L, cfg.outFeatures] },
   ];
   const values = [x, c, siluTemb, b.op('Sub', [x, x0]), cached];
-  outputs.forEach((o, i) => b.output(values[i]!, o.name, o.dtype, o.dims));
+  for (const [i, o] of outputs.entries()) b.output(values[i]!, o.name, o.dtype, o.dims);
   return { inputs, outputs, linearLayers: ctx.linearLayers };
 }
 

@@ -20,9 +20,9 @@ import { type Dim, type DType, GraphBuilder } from '../onnx/graph-builder.ts';
 import { layerNorm, silu, split, type WeightReader } from '../onnx/nn.ts';
 import { type LinearPolicy, plainLinear } from './linear-policy.ts';
 import { doubleBlock, singleBlock } from './transformer-blocks.ts';
-import { allBlocks, type FusedGraphOptions, fusedContext } from './transformer-fused.ts';
 import { type FluxTransformerConfig, resolveTransformerConfig } from './transformer-config.ts';
 import { conditioningEmbedding } from './transformer-embeddings.ts';
+import { allBlocks, type FusedGraphOptions, fusedContext } from './transformer-fused.ts';
 import { applyLinear, type BuildContext, FLUX_NORM_EPS, type TransformerContext } from './transformer-layers.ts';
 
 /** How to build the transformer graph (the XL switches `fusedAttention`, `precomputeModulation`: `transformer-fused.ts`). */

@@ -12,11 +12,12 @@
  *
  * Every algorithm keeps the layer's float32 input and output, so algorithms mix freely layer by layer.
  */
+
+import type { LinearLayer, LinearPolicy } from '../flux/linear-policy.ts';
+import { plainLinear } from '../flux/linear-policy.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { bytesOf } from '../onnx/graph-builder.ts';
 import { transpose2d } from '../onnx/nn.ts';
-import type { LinearLayer, LinearPolicy } from '../flux/linear-policy.ts';
-import { plainLinear } from '../flux/linear-policy.ts';
 
 /** Names of the per-layer algorithms, cheapest-to-emit first. */
 export const ALGORITHMS = ['fp32', 'int8-dyn', 'int8-b128', 'int4-b32', 'int4-b128'] as const;
@@ -36,7 +37,11 @@ export function isAlgorithm(name: string): name is Algorithm {
  * Per-output-channel symmetric int8 quantisation of a PyTorch `[out, in]` weight, returned transposed to `[in, out]`
  * (the layout `DynamicQuantizeMatMul` multiplies by) with one scale per output column.
  */
-export function quantizeInt8PerChannel(weight: Float32Array, out: number, inF: number): { q: Int8Array; scales: Float32Array } {
+export function quantizeInt8PerChannel(
+  weight: Float32Array,
+  out: number,
+  inF: number,
+): { q: Int8Array; scales: Float32Array } {
   const scales = new Float32Array(out);
   for (let o = 0; o < out; o++) {
     let amax = 0;
@@ -114,9 +119,18 @@ export function nbitsLinear(bits: 4 | 8, blockSize: number): LinearPolicy {
     const { weight, outFeatures: n, inFeatures: k } = layer.weights;
     const { q, scales, kBlocks, blobSize } = quantizeBlocks(weight, n, k, bits, blockSize);
     b.useDomain(MS_DOMAIN, 1);
-    const qw = b.initializer(`${layer.name}.weight_q${bits}`, { dtype: 'uint8', dims: [n, kBlocks, blobSize], bytes: q });
+    const qw = b.initializer(`${layer.name}.weight_q${bits}`, {
+      dtype: 'uint8',
+      dims: [n, kBlocks, blobSize],
+      bytes: q,
+    });
     const sc = b.f32(`${layer.name}.weight_scale`, scales, [n * kBlocks]);
-    const y = b.op('MatMulNBits', [x, qw, sc], { K: k, N: n, bits, block_size: blockSize, accuracy_level: 4 }, MS_DOMAIN);
+    const y = b.op(
+      'MatMulNBits',
+      [x, qw, sc],
+      { K: k, N: n, bits, block_size: blockSize, accuracy_level: 4 },
+      MS_DOMAIN,
+    );
     return addBias(b, y, layer);
   };
 }
@@ -142,10 +156,14 @@ export function algorithmPolicy(algorithm: Algorithm, base: LinearPolicy = plain
  * `base`. Composable: another policy (LoRA) may wrap the result, and `base` may itself be a wrapper.
  * @throws Error when a choice names an unknown algorithm.
  */
-export function plannedPolicy(choices: Readonly<Record<string, string>>, base: LinearPolicy = plainLinear): LinearPolicy {
+export function plannedPolicy(
+  choices: Readonly<Record<string, string>>,
+  base: LinearPolicy = plainLinear,
+): LinearPolicy {
   const policies = new Map<string, LinearPolicy>();
   for (const [layer, alg] of Object.entries(choices)) {
-    if (!isAlgorithm(alg)) throw new Error(`plan for ${layer}: unknown algorithm "${alg}" (known: ${ALGORITHMS.join(', ')})`);
+    if (!isAlgorithm(alg))
+      throw new Error(`plan for ${layer}: unknown algorithm "${alg}" (known: ${ALGORITHMS.join(', ')})`);
     policies.set(layer, algorithmPolicy(alg, base));
   }
   return (b, x, layer) => (policies.get(layer.name) ?? base)(b, x, layer);

@@ -8,8 +8,9 @@
  * causes alone, a multi-hot gate the error of a whole plan, with exactly the kernels the compiled engine runs. This is
  * how the planner measures hundreds of (layer, algorithm) pairs without compiling hundreds of graphs.
  */
-import type { GraphBuilder } from '../onnx/graph-builder.ts';
+
 import { type LinearPolicy, plainLinear } from '../flux/linear-policy.ts';
+import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { type Algorithm, algorithmPolicy } from './algorithms.ts';
 
 /** Name of the gate input of a calibration graph. */
@@ -29,7 +30,10 @@ export interface GateLayout {
  * A policy emitting the blend above; declares the gate input on first use. The gate length is only known once the
  * graph is built, so the input is declared with a symbolic dim and {@link GateLayout.layers} says how long it is.
  */
-export function gatedPolicy(algorithms: readonly Algorithm[], base: LinearPolicy = plainLinear): { policy: LinearPolicy; layout: GateLayout } {
+export function gatedPolicy(
+  algorithms: readonly Algorithm[],
+  base: LinearPolicy = plainLinear,
+): { policy: LinearPolicy; layout: GateLayout } {
   const layout: GateLayout = { algorithms, layers: [], shapes: [] };
   let declared = false;
   const policy: LinearPolicy = (b: GraphBuilder, x, layer) => {

@@ -13,11 +13,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type HostTensor, Session } from '../../../src/runtime/index.ts';
-import type { WeightReader } from '../onnx/nn.ts';
-import { ExternalDataWriter } from '../onnx/external-data.ts';
-import { GraphBuilder } from '../onnx/graph-builder.ts';
 import { buildTransformerGraph, type TransformerGraphOptions } from '../flux/transformer.ts';
 import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
+import { ExternalDataWriter } from '../onnx/external-data.ts';
+import { GraphBuilder } from '../onnx/graph-builder.ts';
+import type { WeightReader } from '../onnx/nn.ts';
 import { type Algorithm, algorithmPolicy } from './algorithms.ts';
 import { GATE_INPUT, type GateLayout, gatedPolicy, gateFor, gateIndex } from './gated-policy.ts';
 
@@ -86,7 +86,11 @@ export class CalibrationGraph {
   }
 
   /** Relative output error of a whole plan (`layer → algorithm`; every algorithm must be in this graph). */
-  async planError(feeds: TransformerFeeds, ref: Float32Array, choices: Readonly<Record<string, string>>): Promise<number> {
+  async planError(
+    feeds: TransformerFeeds,
+    ref: Float32Array,
+    choices: Readonly<Record<string, string>>,
+  ): Promise<number> {
     return relError(await this.run(feeds, gateFor(this.layout, choices)), ref);
   }
 
@@ -104,7 +108,11 @@ export interface LinearShape {
 }
 
 /** Median ms of one Linear of `shape` under `algorithm` (random weights: the time does not depend on values). */
-export async function timeLinear(shape: LinearShape, algorithm: Algorithm, opts: { threads?: number; repeats?: number } = {}): Promise<number> {
+export async function timeLinear(
+  shape: LinearShape,
+  algorithm: Algorithm,
+  opts: { threads?: number; repeats?: number } = {},
+): Promise<number> {
   const { tokens, inFeatures: k, outFeatures: n } = shape;
   const b = new GraphBuilder({ name: 'linear_timing' });
   b.input('x', 'float32', [1, tokens, k]);
@@ -145,7 +153,8 @@ export function tokensOf(layer: string, image: number, text: number): number {
   if (layer === 'modulation' || layer.startsWith('time_text_embed') || layer.endsWith('norm_out.linear')) return 1;
   if (/\.(norm1|norm1_context|norm1_joint|norm)\.linear$/.test(layer)) return 1;
   if (layer.startsWith('single_transformer_blocks.')) return image + text;
-  if (layer === 'context_embedder' || /\.(attn\.to_added_qkv|attn\.add_[qkv]_proj|attn\.to_add_out)$/.test(layer)) return text;
+  if (layer === 'context_embedder' || /\.(attn\.to_added_qkv|attn\.add_[qkv]_proj|attn\.to_add_out)$/.test(layer))
+    return text;
   if (/\.ff_context\./.test(layer)) return text;
   return image; // x_embedder, proj_out, image-stream attention and ff
 }

@@ -48,10 +48,12 @@ export function combineErrors(errors: readonly number[]): number {
  */
 export function optimizePlan(layers: readonly LayerChoices[], budget: number, bins = 4000): OptimizedPlan {
   for (const l of layers) {
-    if (!l.options.some((o) => o.error === 0)) throw new Error(`optimizePlan: layer ${l.layer} has no zero-error option`);
+    if (!l.options.some((o) => o.error === 0))
+      throw new Error(`optimizePlan: layer ${l.layer} has no zero-error option`);
   }
   const unit = budget > 0 ? (budget * budget) / bins : Number.POSITIVE_INFINITY;
-  const cost = (o: LayerOption) => (o.error === 0 ? 0 : budget > 0 ? Math.ceil((o.error * o.error) / unit - 1e-9) : bins + 1);
+  const cost = (o: LayerOption) =>
+    o.error === 0 ? 0 : budget > 0 ? Math.ceil((o.error * o.error) / unit - 1e-9) : bins + 1;
   // best[j]: least time of the layers so far using at most j units; pick[l][j]: option chosen for layer l at j.
   let best = new Float64Array(bins + 1);
   const pick: Uint8Array[] = [];
@@ -103,7 +105,8 @@ export function uniformPlan(layers: readonly LayerChoices[], algorithm: string):
 export function planTime(layers: readonly LayerChoices[], choices: Readonly<Record<string, string>>): number {
   let t = 0;
   for (const l of layers) {
-    const o = l.options.find((x) => x.algorithm === (choices[l.layer] ?? 'fp32')) ?? l.options.find((x) => x.error === 0)!;
+    const o =
+      l.options.find((x) => x.algorithm === (choices[l.layer] ?? 'fp32')) ?? l.options.find((x) => x.error === 0)!;
     t += o.timeMs;
   }
   return t;

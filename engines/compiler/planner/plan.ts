@@ -11,12 +11,13 @@
  *    (× budget / measured · 0.95) and the plan redone, up to 4 times. The uniform plans (one algorithm on every
  *    layer where it saves time) are measured too; the fastest candidate within budget wins, all-fp32 is the fallback.
  */
-import type { WeightReader } from '../onnx/nn.ts';
+
 import type { TransformerGraphOptions } from '../flux/transformer.ts';
-import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
-import { type Algorithm, COMPRESSIONS } from './algorithms.ts';
-import { GraphBuilder } from '../onnx/graph-builder.ts';
 import { buildTransformerGraph } from '../flux/transformer.ts';
+import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
+import { GraphBuilder } from '../onnx/graph-builder.ts';
+import type { WeightReader } from '../onnx/nn.ts';
+import { type Algorithm, COMPRESSIONS } from './algorithms.ts';
 import { CalibrationGraph, type LinearShape, type TransformerFeeds, timeLinear, tokensOf } from './measure.ts';
 import { type LayerChoices, optimizePlan, planTime, uniformPlan } from './optimize.ts';
 import type { ModePlan, PlanEntry } from './plan-types.ts';
@@ -140,7 +141,11 @@ export async function planModes(
     const uniforms = await Promise.all(
       algorithms.map(async (alg) => {
         const u = uniformPlan(measurements.layers, alg);
-        return { choices: u.choices, predicted: u.predictedError, measured: await mixed.planError(input.feeds, ref, u.choices) };
+        return {
+          choices: u.choices,
+          predicted: u.predictedError,
+          measured: await mixed.planError(input.feeds, ref, u.choices),
+        };
       }),
     );
     for (const [mode, budget] of Object.entries(budgets)) {
@@ -159,7 +164,10 @@ export async function planModes(
         target *= (budget / measured) * 0.95;
       }
       const time = (c: { choices: Record<string, string> }) => planTime(measurements.layers, c.choices);
-      const best = candidates.reduce<(typeof candidates)[number] | undefined>((a, c) => (!a || time(c) < time(a) ? c : a), undefined);
+      const best = candidates.reduce<(typeof candidates)[number] | undefined>(
+        (a, c) => (!a || time(c) < time(a) ? c : a),
+        undefined,
+      );
       plans[mode] = toModePlan(mode, budget, measurements, best ?? { choices: {}, predicted: 0, measured: 0 });
     }
   } finally {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build, test and benchmark the engine on the GPU machine in one call.
 #   engines/cuda/scripts/device-run.sh [all|test|bench] [bench args...]
+#   engines/cuda/scripts/device-run.sh exec <engine args...>     (build, then run the engine with these arguments)
 # Expects the fixtures in .device-fixtures/ (engines/cuda/scripts/prepare-fixtures.ts) and writes logs and
 # results under $OUT (or ./out when unset).
 set -uo pipefail
@@ -48,5 +49,8 @@ elif [[ $MODE == all || $MODE == bench ]]; then
   "$ENGINE" --bench --out "$OUT/cuda-h100" "$@" 2>"$OUT/bench.err"; r=$?
   cat "$OUT/bench.err" | tail -8
   [[ $r -ne 0 ]] && rc=$r
+fi
+if [[ $MODE == exec ]]; then
+  "$ENGINE" "$@"; rc=$?
 fi
 exit $rc

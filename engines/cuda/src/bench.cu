@@ -32,10 +32,11 @@ std::vector<float> flux_sigmas(int steps, int L) {
   return s;
 }
 
-Request make_request(const ModelConfig& cfg, int B, int size, int steps, std::mt19937& rng) {
+Request make_request(const ModelConfig& cfg, int B, int width, int height, int steps, std::mt19937& rng) {
   Request r;
   r.batch = B;
-  r.height = r.width = size;
+  r.width = width;
+  r.height = height;
   r.t5_len = 512;
   std::uniform_int_distribution<int> clip_tok(1, cfg.clip.vocab - 2), t5_tok(2, cfg.t5.vocab - 1);
   for (int b = 0; b < B; b++) {
@@ -45,7 +46,7 @@ Request make_request(const ModelConfig& cfg, int B, int size, int steps, std::mt
     for (int i = 0; i < r.t5_len; i++) r.t5_ids.push_back(i < 20 ? t5_tok(rng) : i == 20 ? 1 : 0);
     r.guidance.push_back(3.5f);
   }
-  r.sigmas = flux_sigmas(steps, (size / 16) * (size / 16));
+  r.sigmas = flux_sigmas(steps, (width / 16) * (height / 16));
   r.seed = 7;
   return r;
 }
@@ -145,7 +146,7 @@ std::string attention_micro(Engine& e, int S) {
 namespace {
 
 // One precision: load synthetic weights, run every batch size; appends JSON to js and table rows to md.
-void bench_one(const std::string& precision, int size, int steps, const std::string& batches, int iters,
+void bench_one(const std::string& precision, int width, int height, int steps, const std::string& batches, int iters,
                std::ostringstream& js, std::ostringstream& md) {
   std::string dev = device_name();
   size_t base_mem = gpu_used();
@@ -156,7 +157,7 @@ void bench_one(const std::string& precision, int size, int steps, const std::str
   size_t weights_mem = gpu_used();
   fprintf(stderr, "[bench] %s: synthetic FLUX.1-dev weights: %.2f GB in %.0f ms\n", precision.c_str(),
           e.weights.bytes() / 1e9, load_ms);
-  std::string micro = attention_micro(e, 512 + (size / 16) * (size / 16));
+  std::string micro = attention_micro(e, 512 + (width / 16) * (height / 16));
   std::mt19937 rng(5);
   js << "  {\n  \"precision\": \"" << precision << "\",\n  \"precision_detail\": \""
      << (precision == "fp8" ? "bf16 activations; q/k/v and MLP-in GEMMs in fp8 E4M3 with per-tensor scales (LN "
@@ -170,8 +171,8 @@ void bench_one(const std::string& precision, int size, int steps, const std::str
   bool first = true;
   while (std::getline(bs, tok, ',')) {
     int B = std::stoi(tok);
-    Request r = make_request(e.cfg, B, size, steps, rng);
-    std::vector<uint8_t> img(size_t(B) * size * size * 3);
+    Request r = make_request(e.cfg, B, width, height, steps, rng);
+    std::vector<uint8_t> img(size_t(B) * width * height * 3);
     uint8_t* dimg;
     CUDA_CHECK(cudaMalloc(&dimg, img.size()));
     run_once(e, r, img, dimg);  // warm-up: scratch allocation, cuBLASLt heuristics, module loading
@@ -242,16 +243,20 @@ void bench_one(const std::string& precision, int size, int steps, const std::str
 
 }  // namespace
 
-int run_bench(int size, int steps, const std::string& batches, int iters, const std::string& precisions,
-              const std::string& out_prefix) {
+int run_bench(const std::string& size, int steps, const std::string& batches, int iters,
+              const std::string& precisions, const std::string& out_prefix) {
+  // "1024" or "1280x720" (width x height), multiples of 16.
+  size_t xpos = size.find('x');
+  int width = std::stoi(size.substr(0, xpos));
+  int height = xpos == std::string::npos ? width : std::stoi(size.substr(xpos + 1));
   std::string dev = device_name();
   fprintf(stderr, "[bench] device: %s\n", dev.c_str());
   std::ostringstream js, md;
   js << "{\n  \"device\": " << json_escape(dev) << ",\n  \"engine\": \"fluxql-engine (engines/cuda)\",\n"
      << "  \"weights\": \"synthetic FLUX.1-dev sizes (CLIP-L, T5-XXL, 19+38 blocks, VAE 128/256/512/512)\",\n"
-     << "  \"size\": " << size << ", \"steps\": " << steps << ", \"iters\": " << iters << ",\n  \"results\": [\n";
+     << "  \"width\": " << width << ", \"height\": " << height << ", \"steps\": " << steps << ", \"iters\": " << iters << ",\n  \"results\": [\n";
   md << "# fluxql CUDA engine on " << dev << "\n\n"
-     << "Synthetic FLUX.1-dev-sized weights, " << size << "x" << size << ", " << steps
+     << "Synthetic FLUX.1-dev-sized weights, " << width << "x" << height << ", " << steps
      << " steps, end to end (token ids in, RGB8 image in host memory out). One warm-up run, then the mean of "
      << iters << " runs (host clock around the whole request, stream synchronised). Per-step breakdown from one "
      << "extra run with CUDA events around every GEMM and attention call.\n\n"
@@ -264,7 +269,7 @@ int run_bench(int size, int steps, const std::string& batches, int iters, const 
   while (std::getline(ps, p, ',')) {
     if (!first) js << ",\n";
     first = false;
-    bench_one(p, size, steps, batches, iters, js, md);
+    bench_one(p, width, height, steps, batches, iters, js, md);
   }
   js << "\n  ]\n}\n";
   md << "\nGPU memory is `cudaMemGetInfo` used (whole device, this process: weights + activations + cuBLAS/cuDNN "

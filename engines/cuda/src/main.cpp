@@ -1,7 +1,7 @@
 // fluxql-engine: the native CUDA engine of fluxql.
 //   fluxql-engine [--serve]                       framed protocol on stdin/stdout (PROTOCOL.md)
 //   fluxql-engine --selftest <fixtures> <model> [f32|bf16|fp8|both|all]
-//   fluxql-engine --bench [--size N] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
+//   fluxql-engine --bench [--size N|WxH] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
 //                         [--out prefix]
 #include <cstdio>
 #include <cstring>
@@ -20,11 +20,11 @@ int main(int argc, char** argv) {
       return fq::run_selftest(argv[2], argv[3], argc > 4 ? argv[4] : "both");
     }
     if (mode == "--bench") {
-      int size = 1024, steps = 28, iters = 10;
-      std::string batches = "1,2,4", out = "cuda-bench", precisions = "bf16";
+      int steps = 28, iters = 10;
+      std::string size = "1024", batches = "1,2,4", out = "cuda-bench", precisions = "bf16";
       for (int i = 2; i + 1 < argc; i += 2) {
         std::string k = argv[i], v = argv[i + 1];
-        if (k == "--size") size = std::stoi(v);
+        if (k == "--size") size = v;
         else if (k == "--steps") steps = std::stoi(v);
         else if (k == "--iters") iters = std::stoi(v);
         else if (k == "--batches") batches = v;

@@ -5,8 +5,8 @@ namespace fq {
 // Conformance against the flux-tiny reference fixtures; prints a JSON table of cases. Returns the exit code.
 int run_selftest(const std::string& fixtures, const std::string& model, const std::string& precisions);
 // Synthetic FLUX.1-dev-sized benchmark; writes JSON + Markdown to out_prefix.{json,md}. Returns the exit code.
-int run_bench(int size, int steps, const std::string& batches, int iters, const std::string& precisions,
-              const std::string& out_prefix);
+int run_bench(const std::string& size, int steps, const std::string& batches, int iters,
+              const std::string& precisions, const std::string& out_prefix);
 // Framed stdin/stdout protocol (PROTOCOL.md). Returns the exit code.
 int run_serve();
 }  // namespace fq

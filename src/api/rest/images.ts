@@ -4,6 +4,8 @@
  *   guidance_scale, num_inference_steps}` → the image bytes (WebP unless `output_format` says otherwise).
  * - OpenAI: any of `model`, `n`, `size`, `response_format`, `output_format`, `output_compression` in the body, or
  *   an explicit `Accept: application/json` → `{created, data:[{b64_json}|{url}]}` and OpenAI's error shape.
+ * Both take `loras: [{name, strength}]` (files in LORA_DIR) for this request only; a bad set is a 400 with
+ * `param: "loras"` and the LoRA layer's `code`.
  * The request waits for the job; if the client disconnects first, the job is cancelled (queued: at once;
  * running: at the next step boundary).
  * Also `GET /v1/models` in OpenAI's list shape.
@@ -14,6 +16,7 @@ import { join } from 'node:path';
 import {
   type GenerateInput,
   type GenerationService,
+  LoraRequestError,
   QueueFullError,
   ServiceUnavailableError,
   UnknownModelError,
@@ -36,6 +39,7 @@ const PARAM_OF: Record<string, string> = {
   numImages: 'n',
   outputFormat: 'output_format',
   quality: 'output_compression',
+  loras: 'loras',
 };
 
 interface Parsed {
@@ -87,6 +91,8 @@ function parseRequest(req: IncomingMessage, body: Record<string, unknown>): Pars
     // OpenAI's default is PNG; TheStage's container returns WebP.
     outputFormat: (format as GenerateInput['outputFormat']) ?? (openai ? 'png' : 'webp'),
     quality: num(body, 'output_compression') ?? num(body, 'output_quality') ?? null,
+    // Wrong shapes are left to the service's validation, which names `loras`.
+    loras: (body.loras as GenerateInput['loras']) ?? null,
   };
   return { input, openai, responseFormat: rf, fromSize };
 }
@@ -102,6 +108,9 @@ export function toHttpError(err: unknown, fromSize = false): HttpError {
           : err.field
         : (PARAM_OF[err.field] ?? err.field);
     return new HttpError(400, err.message, 'invalid_request_error', err.code, param);
+  }
+  if (err instanceof LoraRequestError) {
+    return new HttpError(400, err.message, 'invalid_request_error', err.code, 'loras');
   }
   if (err instanceof UnknownModelError) {
     return new HttpError(404, err.message, 'invalid_request_error', err.code, 'model');

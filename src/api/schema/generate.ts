@@ -5,6 +5,7 @@
 import {
   createInputSchema,
   DEFAULT_LIMITS,
+  LoraRequestError,
   QueueFullError,
   REQUEST_DEFAULTS,
   ServiceUnavailableError,
@@ -13,6 +14,7 @@ import {
 } from '../../service/index.ts';
 import { builder } from '../builder.ts';
 import { ImageFormatEnum, ImageJobRef } from './job.ts';
+import { LoraInputRef } from './lora.ts';
 
 // numImages ≤ batch size depends on MODEL_BATCH, known only at run time: the service checks it on submit.
 const inputSchema = createInputSchema({ ...DEFAULT_LIMITS, maxImages: Number.MAX_SAFE_INTEGER });
@@ -35,6 +37,12 @@ const GenerateImageInput = builder.inputType('GenerateImageInput', {
     outputFormat: t.field({ type: ImageFormatEnum, description: 'Default WEBP.' }),
     quality: t.int({ description: 'Lossy quality 1–100 (WEBP, JPEG).' }),
     preview: t.boolean({ description: 'Publish a low-resolution preview URL with every step event.' }),
+    loras: t.field({
+      type: [LoraInputRef],
+      description:
+        'LoRAs for this request only, each with its strength. Absent: the server-wide default set (`loadLora`) as ' +
+        'it is at submission; `[]`: none. Jobs batch only with jobs of the same set.',
+    }),
   }),
 });
 
@@ -42,7 +50,7 @@ builder.mutationField('generateImage', (t) =>
   t.field({
     type: ImageJobRef,
     description: 'Queues a generation and returns its job at once; follow it with `jobProgress`.',
-    errors: { types: [ValidationError, QueueFullError, UnknownModelError, ServiceUnavailableError] },
+    errors: { types: [ValidationError, QueueFullError, UnknownModelError, ServiceUnavailableError, LoraRequestError] },
     args: { input: t.arg({ type: GenerateImageInput, required: true }) },
     resolve: (_root, { input }, ctx) => ctx.service.submit(input),
   }),

@@ -4,6 +4,7 @@
 import { builder } from '../builder.ts';
 import './errors.ts';
 import './model.ts';
+import './lora.ts';
 import './job.ts';
 import './generate.ts';
 import './progress.ts';

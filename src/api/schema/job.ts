@@ -12,6 +12,7 @@ import {
   urlPathOf,
 } from '../../service/index.ts';
 import { builder } from '../builder.ts';
+import { LoraSelectionRef } from './lora.ts';
 import { ModelRef } from './model.ts';
 
 /** GraphQL enum values of job statuses (same spelling as the service). */
@@ -85,6 +86,16 @@ builder.node(ImageJobRef, {
     guidanceScale: t.float({ resolve: (j) => j.request.guidanceScale }),
     numImages: t.int({ resolve: (j) => j.request.numImages }),
     outputFormat: t.field({ type: ImageFormatEnum, resolve: (j) => j.request.outputFormat }),
+    loras: t.field({
+      type: [LoraSelectionRef],
+      description: 'The LoRA set the job runs with (its own, or the default set at submission); empty for none.',
+      resolve: (j) => j.request.loras ?? [],
+    }),
+    batchId: t.string({
+      nullable: true,
+      description: 'The engine batch it ran in, once started: jobs with the same id were stepped together.',
+      resolve: (j) => j.batchId ?? null,
+    }),
     createdAt: t.string({ resolve: (j) => j.createdAt.toISOString() }),
     startedAt: t.string({ nullable: true, resolve: (j) => j.startedAt?.toISOString() ?? null }),
     finishedAt: t.string({ nullable: true, resolve: (j) => j.finishedAt?.toISOString() ?? null }),

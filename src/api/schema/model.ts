@@ -107,8 +107,12 @@ export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
         ),
       ],
     }),
-    loraRanks: t.exposeIntList('loraRanks', { description: 'Empty until LoRA support lands.' }),
-    loraFormats: t.exposeStringList('loraFormats'),
+    loraRanks: t.exposeIntList('loraRanks', {
+      description: 'Smallest and largest LoRA rank the engine takes; LoRAs are listed by the `loras` query.',
+    }),
+    loraFormats: t.exposeStringList('loraFormats', {
+      description: 'LoRA file formats recognised (`bfl-control` needs a control-capable engine).',
+    }),
   }),
 });
 

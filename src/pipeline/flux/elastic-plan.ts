@@ -14,7 +14,12 @@ import { join } from 'node:path';
 import { COMPILER_VERSION } from '../../../engines/compiler/compile.ts';
 import type { FluxTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
 import { isPlannedMode, MODE_NAMES, type ModeSpec, resolveMode } from '../../../engines/compiler/modes.ts';
-import { type Measurements, measureLayers, type PlannerInput, planModes } from '../../../engines/compiler/planner/plan.ts';
+import {
+  type Measurements,
+  measureLayers,
+  type PlannerInput,
+  planModes,
+} from '../../../engines/compiler/planner/plan.ts';
 import type { ModePlan } from '../../../engines/compiler/planner/plan-types.ts';
 import type { HostTensor } from '../../runtime/index.ts';
 import type { SampleState } from './sample-state.ts';
@@ -35,8 +40,25 @@ export const CALIBRATION = {
 
 /** What the pipeline lends the planner: its original engine, through these calls. */
 export interface CalibrationSource {
-  readonly source: { name: string; repo: { components: { transformer: { fingerprint: string; config: unknown; open(): PlannerInput['weights'] & { close(): void } } } } };
-  prepare(requests: { prompt: string; height: number; width: number; steps: number; guidanceScale: number; seed: number; maxSequenceLength: number }[]): Promise<SampleState[]>;
+  readonly source: {
+    name: string;
+    repo: {
+      components: {
+        transformer: { fingerprint: string; config: unknown; open(): PlannerInput['weights'] & { close(): void } };
+      };
+    };
+  };
+  prepare(
+    requests: {
+      prompt: string;
+      height: number;
+      width: number;
+      steps: number;
+      guidanceScale: number;
+      seed: number;
+      maxSequenceLength: number;
+    }[],
+  ): Promise<SampleState[]>;
   step(samples: SampleState[]): Promise<void>;
   transformerFeeds(group: SampleState[], mode: string): Promise<Record<string, HostTensor>>;
 }
@@ -47,11 +69,14 @@ interface PlanFile {
   plans: Record<string, ModePlan>;
 }
 
-function planPath(cacheDir: string, pipe: CalibrationSource): string {
+/** Where the plans of `pipe`'s model are cached under `cacheDir`. */
+export function planPath(cacheDir: string, pipe: Pick<CalibrationSource, 'source'>): string {
   const t = pipe.source.repo.components.transformer;
   const xl = resolveMode('XL').transformer;
   const key = createHash('sha256')
-    .update(`${COMPILER_VERSION}|${PLANNER_VERSION}|${t.fingerprint}|${JSON.stringify(xl)}|${JSON.stringify(CALIBRATION)}`)
+    .update(
+      `${COMPILER_VERSION}|${PLANNER_VERSION}|${t.fingerprint}|${JSON.stringify(xl)}|${JSON.stringify(CALIBRATION)}`,
+    )
     .digest('hex')
     .slice(0, 16);
   return join(cacheDir, 'plans', `${pipe.source.name}-${key}.json`);

@@ -48,13 +48,22 @@ export function openModelSource(path: string): ModelSource {
 /** Manifest path of `mode`, compiling it when not cached. */
 export async function ensureEngine(
   source: ModelSource,
-  options: { mode: string; cacheDir?: string; onLog?: (m: string) => void; lora?: boolean; plan?: ModePlan },
+  options: {
+    mode: string;
+    cacheDir?: string;
+    onLog?: (m: string) => void;
+    lora?: boolean;
+    /** With `lora`: the control-capable variant (widened input + VAE encoder), see `CompileOptions`. */
+    controlChannels?: number;
+    plan?: ModePlan;
+  },
 ): Promise<string> {
   return compileEngine(source.repo, {
     mode: options.mode,
     cacheDir: options.cacheDir ?? defaultCacheDir(),
     onLog: options.onLog,
     lora: options.lora,
+    controlChannels: options.controlChannels,
     plan: options.plan,
   });
 }

@@ -4,6 +4,7 @@
  */
 import type { ModelInfo, RgbImage, SampleHandle, SampleRequest, StepExecutor, StepResult } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
+import type { LoraInfo, LoraSelection } from '../lora/index.ts';
 import { FluxArgumentError } from './latents.ts';
 import { FluxPipeline, type FluxPipelineOptions } from './pipeline.ts';
 import { latentPreviewRgb } from './preview.ts';
@@ -40,6 +41,8 @@ export async function createInThreadExecutor(
     pixelsPerToken: manifest.config.vaeScaleFactor * 2,
     maxBatch: options.maxBatch ?? 4,
   };
+  // The mode a default-set change is checked on: the first one loaded at start.
+  const loraCheckMode = options.modes?.[0] ?? 'original';
   const states = new Map<SampleHandle, SampleState>();
   const get = (h: SampleHandle): SampleState => {
     const s = states.get(h);
@@ -82,5 +85,32 @@ export async function createInThreadExecutor(
       states.clear();
       await pipeline.close();
     },
+    loras: async () => pipeline.loras.scan(),
+    async checkLoras(set, mode = loraCheckMode): Promise<LoraInfo[]> {
+      if (!info.modes.includes(mode)) {
+        throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${info.modes.join(', ')}`);
+      }
+      const infos = set.map((s) => pipeline.loras.info(s.name));
+      // Builds (and caches) the set's feeds on the mode's LoRA engine: strengths, duplicates, engine support.
+      await pipeline.loraFeeds(
+        mode,
+        set.map((s, i) => ({ name: infos[i]!.name, strength: s.strength })),
+      );
+      return infos;
+    },
+    async loadLora(name, strength): Promise<LoraInfo> {
+      const manager = pipeline.loras;
+      const lora = manager.info(name);
+      // Check the default set as it would become (e.g. two control LoRAs replacing one norm) before changing it.
+      const current = manager.activeSet();
+      const next: LoraSelection[] = current.some((s) => s.name === lora.name)
+        ? current.map((s) => (s.name === lora.name ? { name: s.name, strength } : s))
+        : [...current, { name: lora.name, strength }];
+      await pipeline.loraFeeds(loraCheckMode, next);
+      return manager.load(lora.name, strength);
+    },
+    unloadLora: async (name) => pipeline.loras.unload(name),
+    activeLoras: async () => pipeline.loras.activeSet(),
+    stats: async () => ({ sessionsCreated: pipeline.sessionsCreated }),
   };
 }

@@ -18,9 +18,19 @@ import type { LoraManager } from '../lora/lora-manager.ts';
 import type { LoraSelection } from '../lora/types.ts';
 import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
 import { resolveModeFor } from '../../../engines/compiler/modes.ts';
+import { resolveTransformerConfig, type FluxTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
+import type { Session } from '../../runtime/index.ts';
+import {
+  checkControlRequest,
+  concatFeatures,
+  controlChannelsOf,
+  prepareControlSample,
+  vaeEncoderPath,
+} from './control.ts';
 import { ensurePlan } from './elastic-plan.ts';
 import { defaultCacheDir, ensureEngine, type ModelSource, openModelSource } from './engine-cache.ts';
 import { stepCacheOf } from './step-cache.ts';
+import { calibrateStepCache } from './step-cache-calibration.ts';
 import { FluxArgumentError, imageIds, latentGrid, packLatents, textIds } from './latents.ts';
 import { noiseForSeeds } from './noise.ts';
 import { concatIds, type RopeTables, ropeTables } from './rope.ts';
@@ -67,6 +77,10 @@ export interface GenerateOptions {
   latents?: Float32Array;
   maxSequenceLength?: number;
   mode?: string;
+  /** LoRA set of every sample (see {@link SampleRequest.loras}). */
+  loras?: SampleRequest['loras'];
+  /** Control image of every sample, for a BFL Control LoRA in `loras` (see {@link SampleRequest.controlImage}). */
+  controlImage?: RgbImage;
   /** Called after each step with the batch's packed latents. */
   onStep?: (step: number, totalSteps: number, latents: Float32Array[]) => void;
 }
@@ -114,10 +128,12 @@ export class FluxPipeline {
 
   /**
    * The loaded (or loading) engine of `mode`; compiles it on first use. `lora: true` gives the mode's LoRA-enabled
-   * variant (a separate engine, used only while a LoRA set is non-empty; encoders and VAE sessions are shared).
+   * variant (a separate engine, used only while a LoRA set is non-empty; encoders and VAE sessions are shared);
+   * `controlChannels` with it the control-capable one (widened input, plus the VAE encoder; BFL Control LoRAs).
    */
-  engine(mode = 'original', variant: { lora?: boolean } = {}): Promise<Engine> {
-    const key = variant.lora ? `${mode}+lora` : mode;
+  engine(mode = 'original', variant: { lora?: boolean; controlChannels?: number } = {}): Promise<Engine> {
+    const control = variant.lora ? (variant.controlChannels ?? 0) : 0;
+    const key = variant.lora ? `${mode}+lora${control ? `+control${control}` : ''}` : mode;
     let e = this.engines.get(key);
     if (!e) {
       // Compressed modes (L, M, S) are compiled from a per-layer plan, measured once per model (elastic-plan.ts).
@@ -135,10 +151,19 @@ export class FluxPipeline {
             cacheDir: this.options.cacheDir,
             onLog: this.options.onLog,
             lora: variant.lora,
+            controlChannels: control,
             plan,
           }),
         )
-        .then((m) => this.loader.load(m));
+        .then((m) => this.loader.load(m))
+        .then(async (engine) => {
+          if (engine.manifest.stepCache && !variant.lora) {
+            // Mode S: calibrate the step-cache threshold once per model; its generations run on this loaded engine.
+            this.engines.set(key, Promise.resolve(engine));
+            await calibrateStepCache(this, engine, mode, this.options.cacheDir ?? defaultCacheDir());
+          }
+          return engine;
+        });
       e.catch(() => this.engines.delete(key));
       this.engines.set(key, e);
     }
@@ -153,16 +178,35 @@ export class FluxPipeline {
 
   /**
    * The LoRA engine of `mode` and the extra transformer feeds of `set` on it (built once per set, then cached).
+   * `controlChannels` picks the engine's input width; by default the set's own (the control engine when it holds a
+   * BFL Control LoRA, see {@link controlChannelsFor}).
    * @throws LoraError for unknown, malformed or unsupported LoRAs.
    */
-  async loraFeeds(mode: string, set: readonly LoraSelection[]): Promise<{ engine: Engine; feeds: Record<string, HostTensor> }> {
-    const engine = await this.engine(mode, { lora: true });
+  async loraFeeds(
+    mode: string,
+    set: readonly LoraSelection[],
+    controlChannels = this.controlChannelsFor(set),
+  ): Promise<{ engine: Engine; feeds: Record<string, HostTensor> }> {
+    const engine = await this.engine(mode, { lora: true, controlChannels });
     let layout = this.loraLayouts.get(engine.manifestPath);
     if (!layout) {
       layout = readLoraLayout(engine.manifestPath);
       this.loraLayouts.set(engine.manifestPath, layout);
     }
     return { engine, feeds: this.loras.feeds(layout, engine.manifestPath, set) };
+  }
+
+  /** Extra input channels `set` needs: 64 with a BFL Control LoRA in it, else 0. @throws LoraError */
+  controlChannelsFor(set: readonly LoraSelection[]): number {
+    if (set.length === 0) return 0;
+    const base = resolveTransformerConfig(this.source.repo.components.transformer.config as FluxTransformerConfig);
+    return controlChannelsOf(this.loras.resolve(set), base.inChannels);
+  }
+
+  /** The VAE encoder of `mode`'s control engine (compiled with that engine, so text-to-image never builds it). */
+  async controlEncoder(mode: string, controlChannels: number): Promise<Session> {
+    const engine = await this.engine(mode, { lora: true, controlChannels });
+    return this.loader.component('vae_encoder', vaeEncoderPath(engine.manifestPath));
   }
 
   /** Manifest of a loaded mode. */
@@ -211,12 +255,15 @@ export class FluxPipeline {
     mode = 'original',
     loras: readonly LoraSelection[] = [],
   ): Promise<Float32Array> {
-    const lora = loras.length > 0 ? await this.loraFeeds(mode, loras) : undefined;
-    const { sessions, manifest } = lora?.engine ?? (await this.engine(mode));
-    const cfg = manifest.config;
     const b = input.timestep.length;
     const t = input.txtIds.length / 3;
     const l = input.imgIds.length / 3;
+    // A `hidden` wider than the model's input carries control latents: run it on the control engine.
+    const base = resolveTransformerConfig(this.source.repo.components.transformer.config as FluxTransformerConfig);
+    const extra = Math.max(0, input.hidden.length / (b * l) - base.inChannels);
+    const lora = loras.length > 0 ? await this.loraFeeds(mode, loras, extra) : undefined;
+    const { sessions, manifest } = lora?.engine ?? (await this.engine(mode));
+    const cfg = manifest.config;
     const rope = ropeTables(concatIds(input.txtIds, input.imgIds), cfg.axesDimsRope);
     const out = await sessions.transformer.run({
       hidden_states: { data: input.hidden, dims: [b, l, cfg.inChannels] },
@@ -244,8 +291,14 @@ export class FluxPipeline {
     // Requests without `loras` take the default set as it is now; the LoRA engine is loaded here, not mid-step.
     const defaults = this.loraManager?.activeSet() ?? [];
     const withLoras = requests.map((r) => (r.loras === undefined && defaults.length > 0 ? { ...r, loras: defaults } : r));
-    for (const r of withLoras) {
-      if (r.loras && r.loras.length > 0) await this.loraFeeds(r.mode ?? 'original', r.loras);
+    // Control: a BFL Control LoRA in the set needs a control image and the control engine, and vice versa.
+    const controlOf = new Map<SampleRequest, number>();
+    for (const [i, r] of withLoras.entries()) {
+      const set = r.loras ?? [];
+      const control = this.controlChannelsFor(set);
+      checkControlRequest(r.controlImage, control);
+      controlOf.set(requests[i]!, control);
+      if (set.length > 0) await this.loraFeeds(r.mode ?? 'original', set, control);
     }
     const byLen = groupBy(requests, (r) => `${r.mode ?? 'original'}|${r.maxSequenceLength ?? DEFAULTS.maxSequenceLength}`);
     const states = new Map<SampleRequest, SampleState>();
@@ -260,12 +313,30 @@ export class FluxPipeline {
         first.maxSequenceLength ?? DEFAULTS.maxSequenceLength,
         mode,
       );
-      group.forEach((r, i) => {
+      for (const [i, r] of group.entries()) {
         const grid = grids[i]!;
         const packedChannels = manifest.config.inChannels;
-        const latents = r.latents
-          ? checkedLatents(r.latents, grid.seqLen * packedChannels)
-          : packLatents(noiseForSeeds([r.seed], manifest.config.latentChannels, grid.h, grid.w), 1, manifest.config.latentChannels, grid.h, grid.w);
+        const explicit = r.latents ? checkedLatents(r.latents, grid.seqLen * packedChannels) : undefined;
+        const controlChannels = controlOf.get(r) ?? 0;
+        // Control samples draw the control latent's noise, then the starting noise, from one generator (control.ts).
+        const { latents, control } = controlChannels
+          ? await prepareControlSample({
+              image: r.controlImage!,
+              seed: r.seed,
+              grid,
+              encoder: await this.controlEncoder(mode, controlChannels),
+              latentChannels: manifest.config.latentChannels,
+              vaeScaleFactor: manifest.config.vaeScaleFactor,
+              scalingFactor: manifest.config.scalingFactor,
+              shiftFactor: manifest.config.shiftFactor,
+              latents: explicit,
+            })
+          : {
+              latents:
+                explicit ??
+                packLatents(noiseForSeeds([r.seed], manifest.config.latentChannels, grid.h, grid.w), 1, manifest.config.latentChannels, grid.h, grid.w),
+              control: undefined,
+            };
         const { sigmas, timesteps } = fluxSigmas(r.steps, grid.seqLen, this.scheduler);
         states.set(r, {
           id: randomUUID(),
@@ -275,11 +346,12 @@ export class FluxPipeline {
           pooled: enc.pooled[i]!,
           embeds: enc.embeds[i]!,
           latents,
+          ...(control ? { control } : {}),
           sigmas,
           timesteps,
           step: 0,
         });
-      });
+      }
     }
     return requests.map((r) => states.get(r)!);
   }
@@ -297,7 +369,9 @@ export class FluxPipeline {
     const first = group[0]!;
     const mode = first.request.mode ?? 'original';
     const set = first.request.loras ?? [];
-    const lora = set.length > 0 ? await this.loraFeeds(mode, set) : undefined;
+    // Control samples (only ever grouped with each other: same LoRA set) run on the control engine.
+    const control = first.control ? first.control.length / first.grid.seqLen : 0;
+    const lora = set.length > 0 ? await this.loraFeeds(mode, set, control) : undefined;
     const engine = lora?.engine ?? (await this.engine(mode));
     const { sessions, manifest } = engine;
     const feeds = this.feedsFor(group, manifest);
@@ -324,7 +398,11 @@ export class FluxPipeline {
     const t = first.textLen;
     const rope = this.rope(t, h, w, manifest.config.axesDimsRope);
     const feeds: Record<string, HostTensor> = {
-      hidden_states: { data: stack(group.map((s) => s.latents)), dims: [b, l, manifest.config.inChannels] },
+      // [B, L, in]; control samples: concat(latents [L, 64], control [L, 64]) → [L, 128] per sample.
+      hidden_states: {
+        data: stack(group.map((s) => (s.control ? concatFeatures(s.latents, s.control, l) : s.latents))),
+        dims: [b, l, manifest.config.inChannels],
+      },
       encoder_hidden_states: { data: stack(group.map((s) => s.embeds)), dims: [b, t, manifest.config.jointAttentionDim] },
       pooled_projections: { data: stack(group.map((s) => s.pooled)), dims: [b, manifest.config.pooledProjectionDim] },
       // FluxPipeline passes t/1000 (float32) of the scheduler timestep, which the model scales back by 1000.
@@ -380,6 +458,8 @@ export class FluxPipeline {
         maxSequenceLength: opts.maxSequenceLength ?? DEFAULTS.maxSequenceLength,
         latents: opts.latents?.slice(i * perSample, (i + 1) * perSample),
         mode: opts.mode,
+        ...(opts.loras !== undefined ? { loras: opts.loras } : {}),
+        ...(opts.controlImage !== undefined ? { controlImage: opts.controlImage } : {}),
       })),
     );
     void grid;

@@ -20,6 +20,11 @@ export interface SampleState {
   embeds: Float32Array;
   /** Packed latents `[L, packedChannels]`, updated in place by each step. */
   latents: Float32Array;
+  /**
+   * BFL Control LoRA samples: the packed VAE latents of the control image `[L, packedChannels]`, fixed; each step
+   * feeds `concat(latents, control)` `[L, 2·packedChannels]` (see `control.ts`).
+   */
+  control?: Float32Array;
   /** `[N + 1]`, terminal 0. */
   sigmas: Float32Array;
   /** `[N]`, σ·1000 as the scheduler computes it. */

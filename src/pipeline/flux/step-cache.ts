@@ -62,7 +62,8 @@ export class StepCache {
     // Model width D, the residuals' last axis, from the head's declared `hidden` output [B, L, D].
     const hidden = engine.manifest.stepCache?.head.outputs.find((o) => o.name === 'hidden');
     const d = hidden?.dims[2];
-    if (typeof d !== 'number') throw new Error(`${engine.manifestPath}: step-cache head has no [B, L, D] hidden output`);
+    if (typeof d !== 'number')
+      throw new Error(`${engine.manifestPath}: step-cache head has no [B, L, D] hidden output`);
     this.dim = d;
   }
 
@@ -120,7 +121,11 @@ export function stepCacheOf(engine: Engine): StepCache | undefined {
   if (!sc || !engine.stepCache) return undefined;
   let c = caches.get(engine);
   if (!c) {
-    c = new StepCache(engine as Engine & { stepCache: NonNullable<Engine['stepCache']> }, { threshold: sc.threshold, warmupSteps: sc.warmupSteps, maxConsecutive: sc.maxConsecutive });
+    c = new StepCache(engine as Engine & { stepCache: NonNullable<Engine['stepCache']> }, {
+      threshold: sc.threshold,
+      warmupSteps: sc.warmupSteps,
+      maxConsecutive: sc.maxConsecutive,
+    });
     caches.set(engine, c);
   }
   return c;

@@ -55,7 +55,13 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
       job.status = 'FAILED';
       job.finishedAt = new Date();
       job.error = { code: 'worker_lost', message: `The job's workers were lost: ${failedReason}` };
-      const event = encodeEvent({ type: 'failed', jobId, code: job.error.code, message: job.error.message, elapsedMs: elapsedMs(job) });
+      const event = encodeEvent({
+        type: 'failed',
+        jobId,
+        code: job.error.code,
+        message: job.error.message,
+        elapsedMs: elapsedMs(job),
+      });
       await records.write(client.pipeline(), job).publish(keys.events(jobId), event).exec();
     })().catch((err) => o.log(`recording the failure of job ${jobId} failed`, err));
   });
@@ -82,6 +88,15 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
       health = { ready: false, reason: `Redis at ${where} is unreachable: ${(err as Error).message}` };
     }
   };
+  // Give Redis a moment so a node started next to it is ready at once; a node started while Redis is down still
+  // starts (not ready) and recovers through the loop below.
+  await new Promise<void>((resolveReady) => {
+    const t = setTimeout(resolveReady, 3000);
+    client.once('ready', () => {
+      clearTimeout(t);
+      resolveReady();
+    });
+  });
   await refresh();
   const timer = setInterval(() => void refresh(), 500);
   timer.unref();

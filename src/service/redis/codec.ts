@@ -5,7 +5,9 @@
 import type { JobEvent } from '../job-events.ts';
 import type { Job, StoredImage } from '../jobs.ts';
 
-type Wire<T> = { [K in keyof T]: T[K] extends Date ? string : T[K] extends Date | undefined ? string | undefined : T[K] };
+type Wire<T> = {
+  [K in keyof T]: T[K] extends Date ? string : T[K] extends Date | undefined ? string | undefined : T[K];
+};
 
 function reviveImages(images: Wire<StoredImage>[]): StoredImage[] {
   return images.map((i) => ({ ...i, createdAt: new Date(i.createdAt) }));

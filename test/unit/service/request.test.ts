@@ -65,6 +65,29 @@ describe('parseGenerateInput', () => {
   });
 });
 
+describe('LoRA sets in a request', () => {
+  it('defaults strengths to 1, keeps absent apart from empty, and names `loras` for bad sets', () => {
+    const parse = (loras: unknown) => parseGenerateInput({ prompt: 'x', loras } as never, catalog).loras;
+    expect(parse(undefined)).toBeUndefined();
+    expect(parse(null)).toBeUndefined();
+    expect(parse([])).toEqual([]);
+    expect(parse([{ name: 'a' }, { name: 'b', strength: -0.5 }])).toEqual([
+      { name: 'a', strength: 1 },
+      { name: 'b', strength: -0.5 },
+    ]);
+    for (const bad of [
+      'a',
+      [{ name: '' }],
+      [{ name: 'a', strength: 'x' }],
+      [{ name: 'a', strength: 10.5 }],
+      [{ name: 'a' }, { name: 'a.safetensors' }],
+      Array.from({ length: 9 }, (_, i) => ({ name: `l${i}` })),
+    ]) {
+      expect([bad, fieldOf({ loras: bad })]).toEqual([bad, 'loras']);
+    }
+  });
+});
+
 describe('ModelCatalog', () => {
   it('lists one entry per executor mode with the published table of that tier', () => {
     expect(catalog.ids()).toEqual(['flux-1-dev-original-bs4', 'flux-1-dev-s-bs4']);

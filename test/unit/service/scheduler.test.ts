@@ -170,3 +170,55 @@ describe('Scheduler via GenerationService', () => {
     expect(executor.prepareCalls[0]?.map((r) => r.seed)).toEqual([10, 11, 12]);
   });
 });
+
+describe('LoRA sets in the scheduler', () => {
+  const fox = (strength: number) => [{ name: 'fox', strength }];
+
+  it('batches only jobs with the same LoRA names and strengths, and hands each set to the executor', async () => {
+    const gate = createGate();
+    const { service, executor } = await setup({ gate: gate.wait, loras: ['fox'] }, { batchSize: 4, delay: 0 });
+    const first = await service.submit(input(1, { loras: fox(1) }));
+    await vi.waitFor(() => expect(gate.blocked).toBe(1));
+    // Queued while the first batch holds the engine: the same set (first in line, so it may join), then others.
+    const jobs = [
+      first,
+      await service.submit(input(4, { loras: [{ name: 'fox.safetensors', strength: 1 }] })),
+      await service.submit(input(2, { loras: fox(0.5) })),
+      await service.submit(input(3, { loras: [] })),
+    ];
+    gate.open();
+    const done = await Promise.all(jobs.map((j) => service.waitFor(j.id)));
+    expect(done.map((j) => j.status)).toEqual(['SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED', 'SUCCEEDED']);
+    // Names are canonical on the job; seeds 1 and 4 share a batch (4 joined at a step boundary), 2 and 3 do not.
+    expect(done.map((j) => j.request.loras)).toEqual(
+      [fox(1), fox(1), fox(0.5), []].map((set) => set.map((l) => ({ ...l, name: 'fox.safetensors' }))),
+    );
+    const [a, d, b, c] = done.map((j) => j.batchId);
+    expect(new Set([a, b, c]).size).toBe(3);
+    expect(d).toBe(a);
+    expect(await counter(service, 'fluxql_batch_joins_total')).toBe(1);
+    // Every prepared sample carried its job's explicit set (never "absent").
+    const prepared = executor.prepareCalls.flat();
+    expect(prepared.map((r) => [r.seed, r.loras])).toEqual([
+      [1, [{ name: 'fox.safetensors', strength: 1 }]],
+      [4, [{ name: 'fox.safetensors', strength: 1 }]],
+      [2, [{ name: 'fox.safetensors', strength: 0.5 }]],
+      [3, []],
+    ]);
+  });
+
+  it('snapshots the default set at submission and refuses unknown LoRAs with a typed error', async () => {
+    const { service } = await setup({ loras: ['fox'] });
+    await expect(service.loadLora('nope')).rejects.toMatchObject({ name: 'LoraRequestError', code: 'not_found' });
+    await service.loadLora('fox', 0.7);
+    const withDefault = await service.submit(input(1));
+    expect(withDefault.request.loras).toEqual([{ name: 'fox.safetensors', strength: 0.7 }]);
+    expect(await service.unloadLora('fox')).toBe(true);
+    expect((await service.submit(input(2))).request.loras).toEqual([]);
+    expect(withDefault.request.loras).toEqual([{ name: 'fox.safetensors', strength: 0.7 }]);
+    await expect(service.submit(input(3, { loras: [{ name: 'owl' }] }))).rejects.toMatchObject({
+      code: 'not_found',
+      lora: 'owl',
+    });
+  });
+});

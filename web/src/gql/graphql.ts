@@ -10,6 +10,8 @@ export type GenerateImageInput = {
   /** Default 3.5. */
   guidanceScale?: number | null | undefined;
   height?: number | null | undefined;
+  /** LoRAs for this request only, each with its strength. Absent: the server-wide default set (`loadLora`) as it is at submission; `[]`: none. Jobs batch only with jobs of the same set. */
+  loras?: Array<LoraInput> | null | undefined;
   /** Mode (`original`, `XL`, `L`, `M`, `S`); default: MODEL_SIZE. */
   mode?: string | null | undefined;
   /** Model id `flux-1-dev-<size>-bs<batch>`; an alternative to `mode`. */
@@ -43,6 +45,25 @@ export type JobStatus =
   | 'RUNNING'
   | 'SUCCEEDED';
 
+/** File format, detected from the tensor keys. */
+export type LoraFormat =
+  /** BFL Control LoRA (widened input, biases, norms). */
+  | 'BFL_CONTROL'
+  /** diffusers / PEFT (`lora_A` / `lora_B`). */
+  | 'DIFFUSERS'
+  /** kohya (`lora_unet_…`, `lora_down` / `lora_up` / `alpha`). */
+  | 'KOHYA'
+  /** XLabs (`processor.qkv_lora1` …). */
+  | 'XLABS';
+
+/** A LoRA file in LORA_DIR and its strength. */
+export type LoraInput = {
+  /** Path relative to LORA_DIR; `.safetensors` may be left out. */
+  name: string;
+  /** Scale of its delta, -10…10. */
+  strength?: number | null | undefined;
+};
+
 /** Where a latency number comes from. */
 export type SpecOrigin =
   /** Measured by this server's engine on its own hardware. */
@@ -61,11 +82,23 @@ export type WebGenerateMutationVariables = Exact<{
 
 
 export type WebGenerateMutation = { generateImage:
+    | { __typename: 'LoraError', code: string, message: string }
     | { __typename: 'MutationGenerateImageSuccess', data: { id: string, jobId: string, status: JobStatus, totalSteps: number, width: number, height: number } }
     | { __typename: 'QueueFullError', message: string, retryAfterSeconds: number }
     | { __typename: 'ServiceUnavailableError' }
     | { __typename: 'UnknownModelError', message: string, available: Array<string> }
     | { __typename: 'ValidationError', field: string, message: string }
+   };
+
+export type WebLorasQueryVariables = Exact<{ [key: string]: never; }>;
+
+
+export type WebLorasQuery = { loras:
+    | { __typename: 'LoraError', message: string }
+    | { __typename: 'QueryLorasSuccess', data: Array<
+        | { __typename: 'InvalidLoraFile', name: string, sizeBytes: number }
+        | { __typename: 'LoraFile', format: LoraFormat, rank: number, strength: number | null, name: string, sizeBytes: number }
+      > }
    };
 
 export type WebCancelMutationVariables = Exact<{
@@ -178,9 +211,35 @@ export const WebGenerateDocument = new TypedDocumentString(`
       message
       available
     }
+    ... on LoraError {
+      code
+      message
+    }
   }
 }
     `) as unknown as TypedDocumentString<WebGenerateMutation, WebGenerateMutationVariables>;
+export const WebLorasDocument = new TypedDocumentString(`
+    query WebLoras {
+  loras {
+    __typename
+    ... on QueryLorasSuccess {
+      data {
+        __typename
+        name
+        sizeBytes
+        ... on LoraFile {
+          format
+          rank
+          strength
+        }
+      }
+    }
+    ... on LoraError {
+      message
+    }
+  }
+}
+    `) as unknown as TypedDocumentString<WebLorasQuery, WebLorasQueryVariables>;
 export const WebCancelDocument = new TypedDocumentString(`
     mutation WebCancel($id: ID!) {
   cancelJob(id: $id) {

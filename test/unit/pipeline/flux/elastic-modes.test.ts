@@ -16,7 +16,15 @@ describe('elastic modes (flux-tiny)', () => {
   let cacheDir: string;
   let pipe: FluxPipeline;
   const gen = (mode: string, steps = 8) =>
-    pipe.generate({ prompt: 'a red cube on a blue sphere', height: 64, width: 64, steps, seed: 5, maxSequenceLength: 32, mode });
+    pipe.generate({
+      prompt: 'a red cube on a blue sphere',
+      height: 64,
+      width: 64,
+      steps,
+      seed: 5,
+      maxSequenceLength: 32,
+      mode,
+    });
 
   beforeAll(async () => {
     cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-elastic-'));
@@ -46,12 +54,18 @@ describe('elastic modes (flux-tiny)', () => {
       let before = { ...cache.stats };
       const skipped = await gen('S');
       // Steps 0 full (nothing cached), 1-2 cached, 3 full, 4-5 cached, 6 full, 7 cached.
-      expect({ full: cache.stats.full - before.full, cached: cache.stats.cached - before.cached }).toEqual({ full: 3, cached: 5 });
+      expect({ full: cache.stats.full - before.full, cached: cache.stats.cached - before.cached }).toEqual({
+        full: 3,
+        cached: 5,
+      });
 
       cache.settings = { threshold: 0, warmupSteps: 1, maxConsecutive: 2 };
       before = { ...cache.stats };
       const full = await gen('S');
-      expect({ full: cache.stats.full - before.full, cached: cache.stats.cached - before.cached }).toEqual({ full: 8, cached: 0 });
+      expect({ full: cache.stats.full - before.full, cached: cache.stats.cached - before.cached }).toEqual({
+        full: 8,
+        cached: 0,
+      });
       // Skipping changes the result, but the image stays close to the always-full one.
       expect(relativeChange(skipped.latents[0]!, full.latents[0]!)).toBeGreaterThan(0);
       expect(relativeChange(skipped.latents[0]!, full.latents[0]!)).toBeLessThan(0.5);
@@ -67,7 +81,9 @@ describe('elastic modes (flux-tiny)', () => {
     await expect(pipe.engine('XXL')).rejects.toBeInstanceOf(UnknownModeError);
     await expect(gen('turbo', 1)).rejects.toThrow(/unknown mode "turbo"; available modes: original, XL, L, M, S/);
     expect(() => resolveModeFor('S', 'flux-tiny', ['original', 'XL'])).toThrow(ModeUnavailableError);
-    expect(() => resolveModeFor('S', 'flux-tiny', ['original', 'XL'])).toThrow(/mode "S" is not available for model flux-tiny/);
+    expect(() => resolveModeFor('S', 'flux-tiny', ['original', 'XL'])).toThrow(
+      /mode "S" is not available for model flux-tiny/,
+    );
     expect(() => compileEngine(pipe.source.repo, { mode: 'L', cacheDir })).toThrow(PlanRequiredError);
   });
 });

@@ -13,7 +13,12 @@ import { resolveMode } from '../../../../../engines/compiler/modes.ts';
 import { type Algorithm, COMPRESSIONS, plannedPolicy } from '../../../../../engines/compiler/planner/algorithms.ts';
 import { CalibrationGraph, type LinearShape, relError } from '../../../../../engines/compiler/planner/measure.ts';
 import { optimizePlan, planTime, uniformPlan } from '../../../../../engines/compiler/planner/optimize.ts';
-import { type Measurements, measureLayers, type PlannerInput, planModes } from '../../../../../engines/compiler/planner/plan.ts';
+import {
+  type Measurements,
+  measureLayers,
+  type PlannerInput,
+  planModes,
+} from '../../../../../engines/compiler/planner/plan.ts';
 import { type ModePlan, planChoices } from '../../../../../engines/compiler/planner/plan-types.ts';
 import { concatIds, ropeTables } from '../../../../../src/pipeline/flux/rope.ts';
 import { type HostTensor, Session } from '../../../../../src/runtime/index.ts';
@@ -28,8 +33,15 @@ const t = (name: string) => fixture[name]!.data;
 const XL = resolveMode('XL').transformer;
 
 /** Multiply-adds × factor: int8 GEMMs cheapest, 4-bit block formats between (as measured on AVX512-VNNI CPUs). */
-const FACTOR: Record<Algorithm, number> = { fp32: 1, 'int8-dyn': 0.25, 'int8-b128': 0.5, 'int4-b32': 0.7, 'int4-b128': 0.6 };
-const costModel = async (s: LinearShape, alg: Algorithm) => s.tokens * s.inFeatures * s.outFeatures * FACTOR[alg] * 1e-6;
+const FACTOR: Record<Algorithm, number> = {
+  fp32: 1,
+  'int8-dyn': 0.25,
+  'int8-b128': 0.5,
+  'int4-b32': 0.7,
+  'int4-b128': 0.6,
+};
+const costModel = async (s: LinearShape, alg: Algorithm) =>
+  s.tokens * s.inFeatures * s.outFeatures * FACTOR[alg] * 1e-6;
 
 function feeds(): Record<string, HostTensor> {
   const rope = ropeTables(concatIds(t('txt_ids'), t('img_ids')), config.axes_dims_rope!);
@@ -55,7 +67,15 @@ describe('per-layer planner (flux-tiny XL)', () => {
 
   beforeAll(async () => {
     weights = openComponentWeights(TRANSFORMER_DIR);
-    input = { weights, config, graph: { ...XL }, feeds: feeds(), timing: { image: 16, text: 24 }, costModel, threads: 1 };
+    input = {
+      weights,
+      config,
+      graph: { ...XL },
+      feeds: feeds(),
+      timing: { image: 16, text: 24 },
+      costModel,
+      threads: 1,
+    };
     measured = await measureLayers(input);
     plans = await planModes(input, measured, budgets);
     mixed = await CalibrationGraph.create(weights, config, { ...XL }, COMPRESSIONS, 1);

@@ -1,5 +1,5 @@
 /**
- * @file Image quality metrics of the quality benchmark: PSNR and SSIM between two float images `[C, H, W]` in [0, 1]
+ * @file Image quality metrics (quality benchmark, step-cache calibration): PSNR and SSIM between two float images `[C, H, W]` in [0, 1]
  * (the pipeline's `floatImages`).
  *
  * SSIM follows Wang et al. 2004 as their reference implementation computes it: an 11×11 Gaussian window (σ 1.5),
@@ -91,7 +91,14 @@ export function ssimPlane(a: ArrayLike<number>, b: ArrayLike<number>, h: number,
 }
 
 /** Mean SSIM of two images `[C, H, W]`, averaged over channels. */
-export function ssim(a: ArrayLike<number>, b: ArrayLike<number>, channels: number, h: number, w: number, peak = 1): number {
+export function ssim(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  channels: number,
+  h: number,
+  w: number,
+  peak = 1,
+): number {
   const plane = h * w;
   if (a.length !== channels * plane || b.length !== channels * plane) {
     throw new Error(`ssim: expected ${channels}×${h}×${w} images, got ${a.length} and ${b.length} values`);

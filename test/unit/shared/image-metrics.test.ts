@@ -1,6 +1,6 @@
-/** PSNR and SSIM of the quality benchmark (bench/lib/image-metrics.ts) against closed-form values. */
+/** PSNR and SSIM of the quality benchmark (src/shared/image-metrics.ts) against closed-form values. */
 import { describe, expect, it } from 'vitest';
-import { mse, psnr, ssim, ssimPlane } from '../../../bench/lib/image-metrics.ts';
+import { mse, psnr, ssim, ssimPlane } from '../../../src/shared/image-metrics.ts';
 
 /** Deterministic values in [0, 1). */
 function texture(n: number, seed: number): Float32Array {
@@ -56,7 +56,14 @@ describe('ssim', () => {
     expect(ssimPlane(noisy(0.05), a, 24, 24)).toBeCloseTo(s1, 10);
     expect(s1).toBeLessThan(1);
     expect(s2).toBeLessThan(s1);
-    expect(ssimPlane(a, a.map((v) => 1 - v), 24, 24)).toBeLessThan(0);
+    expect(
+      ssimPlane(
+        a,
+        a.map((v) => 1 - v),
+        24,
+        24,
+      ),
+    ).toBeLessThan(0);
   });
 
   it('uses a smaller window on images smaller than 11 pixels and averages channels', () => {

@@ -1,0 +1,187 @@
+/**
+ * @file Control images as the API receives them → {@link RgbImage} for `SampleRequest.controlImage`.
+ *
+ * Accepted: raw file bytes (a multipart upload), base64 text, a `data:image/...;base64,...` URL, or an http(s) URL,
+ * which is fetched with a byte limit and a timeout (no other scheme: no `file:`, `ftp:`...). Decoding is sharp's:
+ * any format it reads (PNG, JPEG, WebP, GIF, TIFF, AVIF...), oriented by its EXIF tag and converted to 8-bit sRGB
+ * without alpha, as diffusers' `load_image` does (`exif_transpose`, then `convert("RGB")`). Resizing to the output
+ * size happens later, in the pipeline (`flux/control.ts`).
+ *
+ * Every failure is a {@link ControlImageError} with a `code` and `param` (the request field, `controlImage` unless
+ * the caller names another).
+ */
+import sharp from 'sharp';
+import type { RgbImage } from './executor.ts';
+import { ControlImageError } from './flux/control.ts';
+
+export { ControlImageError, type ControlImageErrorCode } from './flux/control.ts';
+
+/** Limits of {@link loadControlImage}. */
+export interface ControlImageOptions {
+  /** Largest encoded image, in bytes (upload, base64 payload or download). @default 20 MiB */
+  maxBytes?: number;
+  /** Largest decoded image, in pixels (width·height). @default 50 Mpx */
+  maxPixels?: number;
+  /** Whole-fetch timeout for URLs (connect, headers and body). @default 10 000 ms */
+  timeoutMs?: number;
+  /** The request field named in errors. @default 'controlImage' */
+  param?: string;
+}
+
+const DEFAULTS = { maxBytes: 20 * 1024 * 1024, maxPixels: 50_000_000, timeoutMs: 10_000 } as const;
+
+/**
+ * The control image from an API value: bytes, base64, a data URL or an http(s) URL (see the file header).
+ * @throws ControlImageError
+ */
+export async function loadControlImage(
+  input: string | Uint8Array,
+  options: ControlImageOptions = {},
+): Promise<RgbImage> {
+  const param = options.param ?? 'controlImage';
+  if (input instanceof Uint8Array) return decodeImageBytes(input, options);
+  if (typeof input !== 'string') {
+    throw new ControlImageError('invalid_input', 'must be an image upload, a URL or base64 text', param);
+  }
+  const text = input.trim();
+  if (/^https?:\/\//i.test(text)) return decodeImageBytes(await fetchImageBytes(text, options), options);
+  if (/^data:/i.test(text)) return decodeImageBytes(decodeDataUrl(text, options), options);
+  // Base64 has no ':', so anything with a scheme left is a URL we do not fetch.
+  if (/^[a-z][a-z0-9+.-]*:/i.test(text)) {
+    throw new ControlImageError('unsupported_url', `only http and https URLs are fetched, got ${scheme(text)}`, param);
+  }
+  return decodeImageBytes(decodeBase64(text, options), options);
+}
+
+/**
+ * Decodes image file bytes to 8-bit RGB `[H, W, 3]`, EXIF-oriented, alpha dropped.
+ * @throws ControlImageError (`too_large`, `invalid_image`)
+ */
+export async function decodeImageBytes(bytes: Uint8Array, options: ControlImageOptions = {}): Promise<RgbImage> {
+  const param = options.param ?? 'controlImage';
+  const maxBytes = options.maxBytes ?? DEFAULTS.maxBytes;
+  if (bytes.length === 0) throw new ControlImageError('invalid_image', 'the image is empty', param);
+  if (bytes.length > maxBytes) {
+    throw new ControlImageError('too_large', `the image has ${bytes.length} bytes, more than ${maxBytes}`, param);
+  }
+  const maxPixels = options.maxPixels ?? DEFAULTS.maxPixels;
+  try {
+    const { data, info } = await sharp(bytes, { limitInputPixels: maxPixels, failOn: 'error' })
+      .rotate() // EXIF orientation, as PIL's exif_transpose
+      .toColourspace('srgb')
+      .removeAlpha()
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
+    return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (/pixel limit/i.test(message)) {
+      throw new ControlImageError('too_large', `the image has more than ${maxPixels} pixels`, param);
+    }
+    throw new ControlImageError('invalid_image', `not a decodable image: ${message}`, param);
+  }
+}
+
+/**
+ * Downloads an http(s) URL (redirects followed, but only to http(s)) with a byte limit and a timeout.
+ * @throws ControlImageError (`invalid_input`, `unsupported_url`, `fetch_failed`, `too_large`, `timeout`)
+ */
+export async function fetchImageBytes(url: string, options: ControlImageOptions = {}): Promise<Uint8Array> {
+  const param = options.param ?? 'controlImage';
+  const maxBytes = options.maxBytes ?? DEFAULTS.maxBytes;
+  const timeoutMs = options.timeoutMs ?? DEFAULTS.timeoutMs;
+  let target: URL;
+  try {
+    target = new URL(url);
+  } catch {
+    throw new ControlImageError('invalid_input', `not a valid URL: ${JSON.stringify(url.slice(0, 200))}`, param);
+  }
+  if (target.protocol !== 'http:' && target.protocol !== 'https:') {
+    throw new ControlImageError(
+      'unsupported_url',
+      `only http and https URLs are fetched, got ${target.protocol}`,
+      param,
+    );
+  }
+  const where = `${target.origin}${target.pathname}`;
+  // One signal for the whole exchange: it also aborts a body that trickles in.
+  const signal = AbortSignal.timeout(timeoutMs);
+  try {
+    const res = await fetch(target, { signal, redirect: 'follow' });
+    if (!/^https?:$/.test(new URL(res.url || target.href).protocol)) {
+      throw new ControlImageError('fetch_failed', `${where} redirected to a non-http URL`, param);
+    }
+    if (!res.ok) {
+      await res.body?.cancel();
+      throw new ControlImageError('fetch_failed', `${where} answered HTTP ${res.status}`, param);
+    }
+    const declared = Number(res.headers.get('content-length') ?? Number.NaN);
+    if (declared > maxBytes) {
+      await res.body?.cancel();
+      throw new ControlImageError('too_large', `${where} has ${declared} bytes, more than ${maxBytes}`, param);
+    }
+    return await readLimited(res, maxBytes, where, param);
+  } catch (err) {
+    if (err instanceof ControlImageError) throw err;
+    if (signal.aborted) throw new ControlImageError('timeout', `${where} took longer than ${timeoutMs} ms`, param);
+    const cause = err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err);
+    throw new ControlImageError('fetch_failed', `${where} could not be fetched: ${cause}`, param);
+  }
+}
+
+/** Reads a response body, stopping as soon as it exceeds `maxBytes` (the length header may be absent or lie). */
+async function readLimited(res: Response, maxBytes: number, where: string, param: string): Promise<Uint8Array> {
+  if (!res.body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const reader = res.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > maxBytes) {
+      await reader.cancel();
+      throw new ControlImageError('too_large', `${where} sent more than ${maxBytes} bytes`, param);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** The payload of a base64 `data:` URL. @throws ControlImageError (`invalid_input`, `too_large`) */
+function decodeDataUrl(text: string, options: ControlImageOptions): Uint8Array {
+  const param = options.param ?? 'controlImage';
+  const m = /^data:([^,]*?),(.*)$/is.exec(text);
+  if (!m || !/;base64$/i.test(m[1]!)) {
+    throw new ControlImageError(
+      'invalid_input',
+      'a data URL must be base64-encoded (data:image/png;base64,...)',
+      param,
+    );
+  }
+  const type = m[1]!.replace(/;base64$/i, '').trim();
+  if (type !== '' && !/^image\//i.test(type)) {
+    throw new ControlImageError('invalid_input', `a data URL must hold an image, got ${type}`, param);
+  }
+  return decodeBase64(m[2]!, options);
+}
+
+/** Strict base64 (standard or URL-safe alphabet, optional padding, whitespace ignored). @throws ControlImageError */
+function decodeBase64(text: string, options: ControlImageOptions): Uint8Array {
+  const param = options.param ?? 'controlImage';
+  const maxBytes = options.maxBytes ?? DEFAULTS.maxBytes;
+  const compact = text.replace(/\s+/g, '');
+  // Refuse before decoding: 4 characters carry 3 bytes.
+  if (Math.floor((compact.length * 3) / 4) > maxBytes + 2) {
+    throw new ControlImageError('too_large', `the base64 image is larger than ${maxBytes} bytes`, param);
+  }
+  if (compact.length === 0 || !/^[A-Za-z0-9+/_-]+={0,2}$/.test(compact) || compact.length % 4 === 1) {
+    throw new ControlImageError('invalid_input', 'expected an http(s) URL, a data URL or base64 image bytes', param);
+  }
+  return Buffer.from(compact, compact.includes('-') || compact.includes('_') ? 'base64url' : 'base64');
+}
+
+function scheme(text: string): string {
+  return `${text.slice(0, text.indexOf(':') + 1)}`;
+}

@@ -1,0 +1,192 @@
+/**
+ * Scale-out acceptance (issue 7): a private redis-server, real `fluxql serve --role api|worker` processes on the
+ * embedded flux-tiny model, real HTTP and graphql-ws clients. Skipped when redis-server is not installed.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Queue } from 'bullmq';
+import { print } from 'graphql';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  disposeCluster,
+  findRedisServer,
+  type NodeProcess,
+  startApi,
+  startRedis,
+  startWorker,
+} from '../utils/cluster.ts';
+import {
+  GenerateImageDocument,
+  type GenerateImageInput,
+  JobDocument,
+  JobProgressDocument,
+  type JobProgressSubscription,
+  JobsDocument,
+} from '../utils/gql/graphql.ts';
+import { collectWs, disposeLeftovers, eventually, gqlData, wsClient } from '../utils/test-server.ts';
+
+const redisBin = findRedisServer();
+if (!redisBin) console.warn('[scale-out.test] redis-server not found on PATH: skipping the scale-out suite');
+
+type Event = JobProgressSubscription['jobProgress'];
+
+let redis: NodeProcess & { url: string };
+let imageDir: string;
+let env: NodeJS.ProcessEnv;
+let api: NodeProcess & { url: string };
+const workers: (NodeProcess & { id: string })[] = [];
+let bull: Queue;
+
+const input = (seed: number, extra: Partial<GenerateImageInput> = {}): GenerateImageInput => ({
+  prompt: 'a lighthouse on a cliff at dawn',
+  seed,
+  width: 64,
+  height: 64,
+  steps: 4,
+  outputFormat: 'PNG',
+  ...extra,
+});
+
+async function submit(url: string, i: GenerateImageInput): Promise<string> {
+  const { generateImage: r } = await gqlData(url, GenerateImageDocument, { input: i });
+  if (r.__typename !== 'MutationGenerateImageSuccess') throw new Error(`submit failed: ${JSON.stringify(r)}`);
+  return r.data.jobId;
+}
+
+/** Every step after the snapshot arrives once and in order (restarting after a retry), then the image URL. */
+function finalUrl(events: Event[], totalSteps: number): string {
+  expect(events[0]?.__typename).toBe('JobSnapshotEvent');
+  let expected = events[0]?.__typename === 'JobSnapshotEvent' ? events[0].step : 0;
+  for (const e of events.slice(1)) {
+    if (e.__typename === 'JobRetryEvent') expected = 0;
+    if (e.__typename === 'JobStepEvent') {
+      expect(e.step).toBe(expected + 1);
+      expect(e.totalSteps).toBe(totalSteps);
+      expected = e.step;
+    }
+  }
+  expect(expected).toBe(totalSteps);
+  const last = events.at(-1);
+  if (last?.__typename !== 'JobSucceededEvent') throw new Error(`last event: ${JSON.stringify(last)}`);
+  const url = last.images[0]?.url;
+  if (!url) throw new Error('no image url');
+  return url;
+}
+
+async function readyWorkers(url: string): Promise<number> {
+  const body = (await (await fetch(`${url}/readyz`)).json()) as { workers?: number };
+  return body.workers ?? 0;
+}
+
+describe.skipIf(!redisBin)('scale-out over Redis', () => {
+  beforeAll(async () => {
+    redis = await startRedis(redisBin as string);
+    imageDir = await mkdtemp(join(tmpdir(), 'fluxql-scale-'));
+    env = {
+      REDIS_URL: redis.url,
+      REDIS_PREFIX: 'fluxql-test',
+      IMAGE_DIR: imageDir,
+      MODEL_BATCH: '2',
+      MAX_QUEUE_DELAY_MS: '10',
+      THREADS: '1',
+      // A killed worker's job comes back after about this long.
+      WORKER_LOCK_MS: '2000',
+    };
+    bull = new Queue('fluxql-test-jobs', { connection: { url: redis.url } });
+    const [a, w1, w2] = await Promise.all([
+      startApi(env),
+      startWorker({ ...env, WORKER_ID: 'w1' }),
+      startWorker({ ...env, WORKER_ID: 'w2' }),
+    ]);
+    api = a;
+    workers.push(w1, w2);
+    await eventually(async () => expect(await readyWorkers(api.url)).toBe(2));
+  });
+
+  afterAll(async () => {
+    await disposeLeftovers();
+    await bull?.close();
+    await disposeCluster();
+    if (imageDir) await rm(imageDir, { recursive: true, force: true });
+  });
+
+  it('runs 8 jobs on two workers; every subscriber gets every step and the final URL', async () => {
+    const ids = await Promise.all(Array.from({ length: 8 }, (_, k) => submit(api.url, input(k + 1))));
+    const streams = await Promise.all(ids.map((id) => collectWs(wsClient(api.url), JobProgressDocument, { id })));
+    for (const events of streams) {
+      const url = finalUrl(
+        events.map((e) => e.data?.jobProgress as Event),
+        4,
+      );
+      expect((await fetch(url)).status).toBe(200);
+    }
+    const takenBy = new Set(await Promise.all(ids.map(async (id) => (await bull.getJob(id))?.processedBy)));
+    expect([...takenBy].sort()).toEqual(['w1', 'w2']);
+  });
+
+  it('delivers progress of a job submitted through node B to a subscriber on node A', async () => {
+    const b = await startApi(env);
+    await eventually(async () => expect(await readyWorkers(b.url)).toBe(2));
+    const id = await submit(b.url, input(42, { width: 128, height: 128, steps: 60 }));
+    const events = (await collectWs(wsClient(api.url), JobProgressDocument, { id })).map(
+      (e) => e.data?.jobProgress as Event,
+    );
+    expect(events.some((e) => e.__typename === 'JobStepEvent')).toBe(true);
+    expect((await fetch(finalUrl(events, 60).replace(api.url, b.url))).status).toBe(200);
+    await b.kill();
+  });
+
+  it('answers job(id) for earlier jobs after the API node restarts', async () => {
+    const id = await submit(api.url, input(7));
+    await collectWs(wsClient(api.url), JobProgressDocument, { id });
+    await disposeLeftovers(); // close the clients of the node going away
+    await api.kill('SIGTERM');
+    api = await startApi(env);
+    await eventually(async () => expect(await readyWorkers(api.url)).toBe(2));
+    const { job } = await gqlData(api.url, JobDocument, { id });
+    if (job.__typename !== 'QueryJobSuccess') throw new Error(JSON.stringify(job));
+    expect(job.data.status).toBe('SUCCEEDED');
+    expect((await fetch(job.data.images[0]?.url ?? '')).status).toBe(200);
+    const { jobs } = await gqlData(api.url, JobsDocument, { first: 100 });
+    expect(jobs.edges.map((e) => e.node.jobId)).toContain(id);
+  });
+
+  it('retries the job of a killed worker on the other one: nothing lost, nothing duplicated', async () => {
+    await eventually(async () => expect(await readyWorkers(api.url)).toBe(2));
+    const before = new Set((await gqlData(api.url, JobsDocument, { first: 1000 })).jobs.edges.map((e) => e.node.jobId));
+    const long = await submit(api.url, input(99, { width: 128, height: 128, steps: 100 }));
+    const seen: Event[] = [];
+    const client = wsClient(api.url);
+    const done = new Promise<void>((resolveDone, reject) => {
+      client.subscribe(
+        { query: print(JobProgressDocument), variables: { id: long } },
+        {
+          next: (v) => seen.push(v.data?.jobProgress as Event),
+          error: reject,
+          complete: () => resolveDone(),
+        },
+      );
+    });
+    // Kill whichever worker holds it, mid-job.
+    await eventually(() => expect(seen.some((e) => e.__typename === 'JobStepEvent')).toBe(true));
+    const holder = (await bull.getJob(long))?.processedBy;
+    const victim = workers.find((w) => w.id === holder);
+    if (!victim) throw new Error(`no worker named ${holder}`);
+    const others = await Promise.all([1, 2].map((k) => submit(api.url, input(200 + k))));
+    await victim.kill('SIGKILL');
+    await done;
+
+    expect(seen.some((e) => e.__typename === 'JobRetryEvent')).toBe(true);
+    expect(seen.filter((e) => e.__typename === 'JobSucceededEvent')).toHaveLength(1);
+    finalUrl(seen, 100);
+    expect((await bull.getJob(long))?.processedBy).not.toBe(holder);
+
+    for (const id of others) await collectWs(wsClient(api.url), JobProgressDocument, { id });
+    const after = (await gqlData(api.url, JobsDocument, { first: 1000 })).jobs.edges
+      .map((e) => e.node)
+      .filter((n) => !before.has(n.jobId));
+    expect(after.map((n) => n.jobId).sort()).toEqual([long, ...others].sort());
+    expect(after.every((n) => n.status === 'SUCCEEDED' && n.images.length === 1)).toBe(true);
+  });
+});
