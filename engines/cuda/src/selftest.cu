@@ -106,7 +106,6 @@ std::vector<float> quantize(std::vector<float> v, DType dt) {
 void unit_gemm(Engine& e) {
   std::mt19937 rng(1234);
   const int M = 77, N = 96, K = 136;
-  Ctx c = e.ctx();
   for (Epi epi : {Epi::Bias, Epi::BiasGelu}) {
     auto X = quantize(randn(size_t(M) * K, rng), e.dt), W = quantize(randn(size_t(N) * K, rng, 0.1f), e.dt);
     auto bias = randn(N, rng), resid = randn(size_t(M) * N, rng);
@@ -134,7 +133,6 @@ void unit_gemm(Engine& e) {
     cudaFree(dB);
     cudaFree(dY);
   }
-  (void)c;
 }
 
 // Flash attention vs the fp32-accumulating row kernel on the same bf16 inputs (S not a multiple of the tile).
