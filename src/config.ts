@@ -52,6 +52,19 @@ export interface ServerConfig {
   workerId?: string;
   /** Seconds job records stay readable in Redis. JOB_HISTORY_S. @default 86400 */
   jobHistorySeconds: number;
+  /** `onnx` (ONNX Runtime worker) or `cuda` (the native engine, engines/cuda). ENGINE or `--engine`. @default 'onnx' */
+  engine: 'onnx' | 'cuda';
+  /** The native engine's executable (engine `cuda`). CUDA_ENGINE_BIN. @default `engines/cuda/build/fluxql-engine` */
+  cudaEngineBin: string;
+  /** Precision the native engine loads the model in. CUDA_PRECISION. @default 'bf16' */
+  cudaPrecision: 'f32' | 'bf16' | 'fp8';
+  /** The native engine's benchmark, shown by `models`. CUDA_BENCH_RESULTS. @default `bench/results/cuda-h100.json` */
+  cudaBenchResults: string;
+  /**
+   * Fetch `controlImage` URLs whose host is or resolves to a loopback, private, link-local, CGNAT or unique-local
+   * address. Off, such URLs are refused (SSRF guard). CONTROL_IMAGE_ALLOW_PRIVATE_URLS (`1`/`true`). @default false
+   */
+  controlImageAllowPrivateUrls: boolean;
 }
 
 /** An environment variable with a bad value. */
@@ -71,6 +84,16 @@ const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
 export const EMBEDDED_MODEL_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+const flag = () =>
+  z
+    .string()
+    .transform((s) => s.trim().toLowerCase())
+    .pipe(
+      z.enum(['1', '0', 'true', 'false', 'yes', 'no', 'on', 'off'], {
+        error: 'must be 1/0, true/false, yes/no or on/off',
+      }),
+    )
+    .transform((s) => ['1', 'true', 'yes', 'on'].includes(s));
 
 const ENV_SCHEMA = {
   MODEL_REPO: z.string().min(1).optional(),
@@ -105,6 +128,11 @@ const ENV_SCHEMA = {
   WORKER_LOCK_MS: int(1000, 3_600_000).optional(),
   WORKER_ID: z.string().min(1).max(200).optional(),
   JOB_HISTORY_S: int(60).optional(),
+  ENGINE: z.enum(['onnx', 'cuda']).optional(),
+  CUDA_ENGINE_BIN: z.string().min(1).optional(),
+  CUDA_PRECISION: z.enum(['f32', 'bf16', 'fp8']).optional(),
+  CUDA_BENCH_RESULTS: z.string().min(1).optional(),
+  CONTROL_IMAGE_ALLOW_PRIVATE_URLS: flag().optional(),
 } as const;
 
 type EnvKey = keyof typeof ENV_SCHEMA;
@@ -138,6 +166,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     jobRetries: v.JOB_RETRIES ?? 1,
     workerLockMs: v.WORKER_LOCK_MS ?? 30_000,
     jobHistorySeconds: v.JOB_HISTORY_S ?? 86_400,
+    engine: v.ENGINE ?? 'onnx',
+    cudaEngineBin: v.CUDA_ENGINE_BIN
+      ? resolve(v.CUDA_ENGINE_BIN)
+      : resolve(REPO_ROOT, 'engines/cuda/build/fluxql-engine'),
+    cudaPrecision: v.CUDA_PRECISION ?? 'bf16',
+    cudaBenchResults: v.CUDA_BENCH_RESULTS
+      ? resolve(v.CUDA_BENCH_RESULTS)
+      : resolve(REPO_ROOT, 'bench/results/cuda-h100.json'),
+    controlImageAllowPrivateUrls: v.CONTROL_IMAGE_ALLOW_PRIVATE_URLS ?? false,
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),

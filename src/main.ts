@@ -35,6 +35,7 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       maxQueueDelayMs: config.maxQueueDelayMs,
       maxQueueSize: config.maxQueueSize,
       images: imageOptions(config),
+      controlImages: { allowPrivateUrls: config.controlImageAllowPrivateUrls },
     });
   } catch (err) {
     // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
@@ -53,6 +54,7 @@ export async function startApiNode(config: ServerConfig): Promise<StartedServer>
   const { createRedisApiBackend } = await import('./service/redis/index.ts');
   const service = await createGenerationService({
     images: imageOptions(config),
+    controlImages: { allowPrivateUrls: config.controlImageAllowPrivateUrls },
     backend: () =>
       createRedisApiBackend({
         url: redisUrl,
@@ -118,6 +120,18 @@ function imageOptions(config: ServerConfig) {
 
 // Imported lazily so an injected executor (tests) and API nodes do not load the ONNX pipeline at all.
 async function createExecutor(config: ServerConfig): Promise<StepExecutor> {
+  if (config.engine === 'cuda') {
+    // The native engine (engines/cuda) as a child process; this path never loads onnxruntime-node.
+    const { createCudaExecutor } = await import('./pipeline/cuda-executor.ts');
+    return createCudaExecutor({
+      modelDir: config.modelRepo,
+      engineBin: config.cudaEngineBin,
+      precision: config.cudaPrecision,
+      maxBatch: config.modelBatch,
+      benchResults: config.cudaBenchResults,
+      onLog: (line) => console.error(`[fluxql-engine] ${line}`),
+    });
+  }
   const { createFluxExecutor } = await import('./pipeline/index.ts');
   return createFluxExecutor({
     modelDir: config.modelRepo,
@@ -163,7 +177,7 @@ export interface ServeOptions {
    * worker. The last two need REDIS_URL. @default 'all'
    */
   role?: string;
-  /** `onnx` (ONNX Runtime worker, the default). The native CUDA engine is not wired into the server yet. */
+  /** `onnx` (ONNX Runtime worker) or `cuda` (the native engine); overrides ENGINE. @default ENGINE or 'onnx' */
   engine?: string;
 }
 
@@ -175,17 +189,17 @@ export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedS
   const role = options.role ?? 'all';
   if (!['all', 'api', 'worker'].includes(role))
     throw new Error(`--role ${role} is not supported; use all, api or worker`);
-  if (options.engine && options.engine !== 'onnx') {
-    throw new Error(`--engine ${options.engine} is not wired into the server yet; use "onnx"`);
+  if (options.engine && options.engine !== 'onnx' && options.engine !== 'cuda') {
+    throw new Error(`--engine ${options.engine} is not supported; use onnx or cuda`);
   }
-  const config = loadConfig();
+  const config = loadConfig(process.env, options.engine ? { engine: options.engine as 'onnx' | 'cuda' } : {});
   let node: StartedServer | StartedWorker;
   if (role === 'worker') {
     node = await startWorkerNode(config);
     console.log(`[fluxql] worker ${node.workerId} serving ${config.modelRepo}, taking jobs from Redis`);
   } else {
     node = role === 'api' ? await startApiNode(config) : await startServer(config);
-    const what = role === 'api' ? 'API node' : `serving ${config.modelRepo}`;
+    const what = role === 'api' ? 'API node' : `serving ${config.modelRepo} on engine ${config.engine}`;
     console.log(`[fluxql] ${what} at ${node.url} (GraphQL and GraphiQL at ${node.url}/graphql)`);
   }
   const shutdown = (signal: string) => {

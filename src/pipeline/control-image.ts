@@ -2,7 +2,11 @@
  * @file Control images as the API receives them → {@link RgbImage} for `SampleRequest.controlImage`.
  *
  * Accepted: raw file bytes (a multipart upload), base64 text, a `data:image/...;base64,...` URL, or an http(s) URL,
- * which is fetched with a byte limit and a timeout (no other scheme: no `file:`, `ftp:`...). Decoding is sharp's:
+ * which is fetched with a byte limit and a timeout (no other scheme: no `file:`, `ftp:`...). URLs come from users, so
+ * by default (SSRF guard) a host that is, or resolves to, a loopback, private, link-local, CGNAT, unique-local or
+ * otherwise non-public address is refused (`forbidden_url`); every address a name resolves to is checked, and the
+ * connection goes to one of those checked addresses (no second lookup, so no DNS-rebinding window). Redirects are
+ * followed by hand, each hop checked the same way. Decoding is sharp's:
  * any format it reads (PNG, JPEG, WebP, GIF, TIFF, AVIF...), oriented by its EXIF tag and converted to 8-bit sRGB
  * without alpha, as diffusers' `load_image` does (`exif_transpose`, then `convert("RGB")`). Resizing to the output
  * size happens later, in the pipeline (`flux/control.ts`).
@@ -10,6 +14,10 @@
  * Every failure is a {@link ControlImageError} with a `code` and `param` (the request field, `controlImage` unless
  * the caller names another).
  */
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { BlockList, isIP, type LookupFunction } from 'node:net';
 import sharp from 'sharp';
 import type { RgbImage } from './executor.ts';
 import { ControlImageError } from './flux/control.ts';
@@ -26,9 +34,16 @@ export interface ControlImageOptions {
   timeoutMs?: number;
   /** The request field named in errors. @default 'controlImage' */
   param?: string;
+  /**
+   * Also fetch URLs whose host is or resolves to a non-public address ({@link isPublicAddress}); for tests and
+   * trusted networks only. @default false
+   */
+  allowPrivateAddresses?: boolean;
 }
 
 const DEFAULTS = { maxBytes: 20 * 1024 * 1024, maxPixels: 50_000_000, timeoutMs: 10_000 } as const;
+/** Redirect hops followed at most (fetch's own limit is 20; images need few). */
+const MAX_REDIRECTS = 5;
 
 /**
  * The control image from an API value: bytes, base64, a data URL or an http(s) URL (see the file header).
@@ -38,19 +53,37 @@ export async function loadControlImage(
   input: string | Uint8Array,
   options: ControlImageOptions = {},
 ): Promise<RgbImage> {
+  return (await loadControlImageSource(input, options)).image;
+}
+
+/**
+ * Like {@link loadControlImage}, also returning the image file's bytes (as uploaded, decoded from base64 or
+ * downloaded): another process gets the same pixels from them with {@link decodeImageBytes}.
+ * @throws ControlImageError
+ */
+export async function loadControlImageSource(
+  input: string | Uint8Array,
+  options: ControlImageOptions = {},
+): Promise<{ image: RgbImage; bytes: Uint8Array }> {
+  const bytes = await imageBytesOf(input, options);
+  return { image: await decodeImageBytes(bytes, options), bytes };
+}
+
+/** The encoded image an API value carries or points to. @throws ControlImageError */
+async function imageBytesOf(input: string | Uint8Array, options: ControlImageOptions): Promise<Uint8Array> {
   const param = options.param ?? 'controlImage';
-  if (input instanceof Uint8Array) return decodeImageBytes(input, options);
+  if (input instanceof Uint8Array) return input;
   if (typeof input !== 'string') {
     throw new ControlImageError('invalid_input', 'must be an image upload, a URL or base64 text', param);
   }
   const text = input.trim();
-  if (/^https?:\/\//i.test(text)) return decodeImageBytes(await fetchImageBytes(text, options), options);
-  if (/^data:/i.test(text)) return decodeImageBytes(decodeDataUrl(text, options), options);
+  if (/^https?:\/\//i.test(text)) return fetchImageBytes(text, options);
+  if (/^data:/i.test(text)) return decodeDataUrl(text, options);
   // Base64 has no ':', so anything with a scheme left is a URL we do not fetch.
   if (/^[a-z][a-z0-9+.-]*:/i.test(text)) {
     throw new ControlImageError('unsupported_url', `only http and https URLs are fetched, got ${scheme(text)}`, param);
   }
-  return decodeImageBytes(decodeBase64(text, options), options);
+  return decodeBase64(text, options);
 }
 
 /**
@@ -73,7 +106,9 @@ export async function decodeImageBytes(bytes: Uint8Array, options: ControlImageO
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
-    return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+    // A copy into an ArrayBuffer of its own: sharp's is external memory, which cannot be transferred to the
+    // pipeline's worker thread (see worker-executor.ts), only copied again there.
+    return { width: info.width, height: info.height, data: new Uint8Array(data) };
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (/pixel limit/i.test(message)) {
@@ -84,8 +119,10 @@ export async function decodeImageBytes(bytes: Uint8Array, options: ControlImageO
 }
 
 /**
- * Downloads an http(s) URL (redirects followed, but only to http(s)) with a byte limit and a timeout.
- * @throws ControlImageError (`invalid_input`, `unsupported_url`, `fetch_failed`, `too_large`, `timeout`)
+ * Downloads an http(s) URL (redirects followed, but only to http(s), at most 5) with a byte limit and a timeout.
+ * Unless `allowPrivateAddresses`, hosts that are or resolve to non-public addresses are refused (file header).
+ * @throws ControlImageError (`invalid_input`, `unsupported_url`, `forbidden_url`, `fetch_failed`, `too_large`,
+ *   `timeout`)
  */
 export async function fetchImageBytes(url: string, options: ControlImageOptions = {}): Promise<Uint8Array> {
   const param = options.param ?? 'controlImage';
@@ -97,54 +134,182 @@ export async function fetchImageBytes(url: string, options: ControlImageOptions 
   } catch {
     throw new ControlImageError('invalid_input', `not a valid URL: ${JSON.stringify(url.slice(0, 200))}`, param);
   }
-  if (target.protocol !== 'http:' && target.protocol !== 'https:') {
-    throw new ControlImageError(
-      'unsupported_url',
-      `only http and https URLs are fetched, got ${target.protocol}`,
-      param,
-    );
-  }
-  const where = `${target.origin}${target.pathname}`;
-  // One signal for the whole exchange: it also aborts a body that trickles in.
+  // One signal for the whole exchange, every hop included: it also aborts a body that trickles in.
   const signal = AbortSignal.timeout(timeoutMs);
-  try {
-    const res = await fetch(target, { signal, redirect: 'follow' });
-    if (!/^https?:$/.test(new URL(res.url || target.href).protocol)) {
-      throw new ControlImageError('fetch_failed', `${where} redirected to a non-http URL`, param);
+  for (let hop = 0; ; hop++) {
+    if (target.protocol !== 'http:' && target.protocol !== 'https:') {
+      const message = `only http and https URLs are fetched, got ${target.protocol}`;
+      if (hop === 0) throw new ControlImageError('unsupported_url', message, param);
+      throw new ControlImageError('fetch_failed', `redirected to a non-http URL: ${message}`, param);
     }
-    if (!res.ok) {
-      await res.body?.cancel();
-      throw new ControlImageError('fetch_failed', `${where} answered HTTP ${res.status}`, param);
+    const where = `${target.origin}${target.pathname}`;
+    try {
+      const res = await get(target, signal, options.allowPrivateAddresses === true);
+      const location = res.headers.location;
+      if (res.statusCode !== undefined && res.statusCode >= 300 && res.statusCode < 400 && location) {
+        res.resume();
+        if (hop >= MAX_REDIRECTS) throw new ControlImageError('fetch_failed', `${where}: too many redirects`, param);
+        target = new URL(location, target);
+        continue;
+      }
+      if (res.statusCode === undefined || res.statusCode < 200 || res.statusCode >= 300) {
+        res.resume();
+        throw new ControlImageError('fetch_failed', `${where} answered HTTP ${res.statusCode}`, param);
+      }
+      const declared = Number(res.headers['content-length'] ?? Number.NaN);
+      if (declared > maxBytes) {
+        res.destroy();
+        throw new ControlImageError('too_large', `${where} has ${declared} bytes, more than ${maxBytes}`, param);
+      }
+      return await readLimited(res, maxBytes, where, param);
+    } catch (err) {
+      if (err instanceof ControlImageError) throw err;
+      if (err instanceof ForbiddenAddressError) {
+        throw new ControlImageError(
+          'forbidden_url',
+          `${where}: the host ${err.how} a loopback, private or other non-public address, which this server does not fetch`,
+          param,
+        );
+      }
+      if (signal.aborted) throw new ControlImageError('timeout', `${where} took longer than ${timeoutMs} ms`, param);
+      const cause = err instanceof Error ? err.message : String(err);
+      throw new ControlImageError('fetch_failed', `${where} could not be fetched: ${cause}`, param);
     }
-    const declared = Number(res.headers.get('content-length') ?? Number.NaN);
-    if (declared > maxBytes) {
-      await res.body?.cancel();
-      throw new ControlImageError('too_large', `${where} has ${declared} bytes, more than ${maxBytes}`, param);
-    }
-    return await readLimited(res, maxBytes, where, param);
-  } catch (err) {
-    if (err instanceof ControlImageError) throw err;
-    if (signal.aborted) throw new ControlImageError('timeout', `${where} took longer than ${timeoutMs} ms`, param);
-    const cause = err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err);
-    throw new ControlImageError('fetch_failed', `${where} could not be fetched: ${cause}`, param);
   }
 }
 
+/** A host refused by the address guard. */
+class ForbiddenAddressError extends Error {
+  constructor(readonly how: 'is' | 'resolves to') {
+    super(`the host ${how} a non-public address`);
+  }
+}
+
+/** One GET through node:http(s), connecting only to addresses the guard accepted. Resolves with the response head. */
+function get(target: URL, signal: AbortSignal, allowPrivate: boolean): Promise<IncomingMessage> {
+  const host = target.hostname.replace(/^\[(.*)\]$/, '$1'); // IPv6 literals come bracketed
+  // Literal addresses are connected to without a lookup, so they are checked here; names in `lookup`.
+  if (!allowPrivate && isIP(host) !== 0 && !isPublicAddress(host)) {
+    return Promise.reject(new ForbiddenAddressError('is'));
+  }
+  const request = target.protocol === 'https:' ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const req = request(target, {
+      method: 'GET',
+      signal,
+      headers: { accept: 'image/*', 'user-agent': 'fluxql' },
+      lookup: allowPrivate ? undefined : guardedLookup,
+      agent: false, // no pooled socket: each request is checked and connected on its own
+    });
+    req.once('response', resolve);
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+/**
+ * `dns.lookup`, but failing when any address of the name is non-public. The socket connects to what this returns,
+ * so the checked addresses are the ones used.
+ */
+const guardedLookup: LookupFunction = (hostname, options, callback) => {
+  dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+    const list = addresses as unknown as LookupAddress[];
+    if (err) return callback(err, '', 0);
+    if (list.length === 0 || list.some((a) => !isPublicAddress(a.address))) {
+      return callback(new ForbiddenAddressError('resolves to') as NodeJS.ErrnoException, '', 0);
+    }
+    if (options.all) return (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, list);
+    const first = list[0]!;
+    callback(null, first.address, first.family);
+  });
+};
+
+/** Non-public ranges: IANA special-purpose registries, the ones reachable from inside a network or host. */
+const NON_PUBLIC = (() => {
+  const b = new BlockList();
+  for (const [net, bits] of [
+    ['0.0.0.0', 8], // "this" network
+    ['10.0.0.0', 8], // private
+    ['100.64.0.0', 10], // CGNAT shared space
+    ['127.0.0.0', 8], // loopback
+    ['169.254.0.0', 16], // link-local (cloud metadata services)
+    ['172.16.0.0', 12], // private
+    ['192.0.0.0', 24], // IETF protocol assignments
+    ['192.0.2.0', 24], // documentation
+    ['192.168.0.0', 16], // private
+    ['198.18.0.0', 15], // benchmarking
+    ['198.51.100.0', 24], // documentation
+    ['203.0.113.0', 24], // documentation
+    ['224.0.0.0', 4], // multicast
+    ['240.0.0.0', 4], // reserved, broadcast
+  ] as const) {
+    b.addSubnet(net, bits, 'ipv4');
+  }
+  for (const [net, bits] of [
+    ['::', 128], // unspecified
+    ['::1', 128], // loopback
+    ['::', 96], // IPv4-compatible (deprecated)
+    ['100::', 64], // discard
+    ['2001:db8::', 32], // documentation
+    ['fc00::', 7], // unique local
+    ['fe80::', 10], // link-local
+    ['fec0::', 10], // site-local (deprecated)
+    ['ff00::', 8], // multicast
+  ] as const) {
+    b.addSubnet(net, bits, 'ipv6');
+  }
+  return b;
+})();
+
+/**
+ * Whether an IP address is public: not loopback, private (10/8, 172.16/12, 192.168/16), CGNAT (100.64/10),
+ * link-local, unique-local, multicast, documentation or otherwise reserved. IPv4 addresses embedded in IPv6
+ * (`::ffff:a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) are judged by their IPv4 part. Non-IPs are not public.
+ */
+export function isPublicAddress(address: string): boolean {
+  const family = isIP(address);
+  if (family === 4) return !NON_PUBLIC.check(address, 'ipv4');
+  if (family !== 6) return false;
+  // BlockList checks `::ffff:a.b.c.d` against the IPv4 rules itself.
+  if (NON_PUBLIC.check(address, 'ipv6')) return false;
+  const groups = ipv6Groups(address);
+  if (!groups) return false;
+  const v4 = (hi: number, lo: number) => `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  if (groups[0] === 0x64 && groups[1] === 0xff9b && groups.slice(2, 6).every((g) => g === 0)) {
+    return isPublicAddress(v4(groups[6]!, groups[7]!));
+  }
+  if (groups[0] === 0x2002) return isPublicAddress(v4(groups[1]!, groups[2]!));
+  return true;
+}
+
+/** The eight 16-bit groups of an IPv6 address (zone and embedded IPv4 handled); undefined if malformed. */
+function ipv6Groups(address: string): number[] | undefined {
+  let text = address.replace(/%.*$/, '');
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (dotted) {
+    const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, dotted.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head = '', tail] = text.split('::');
+  const parse = (s: string) => (s === '' ? [] : s.split(':').map((g) => Number.parseInt(g, 16)));
+  const h = parse(head);
+  const t = tail === undefined ? [] : parse(tail);
+  const fill = tail === undefined ? 0 : 8 - h.length - t.length;
+  const groups = [...h, ...new Array<number>(Math.max(0, fill)).fill(0), ...t];
+  return groups.length === 8 && groups.every((g) => Number.isInteger(g) && g >= 0 && g <= 0xffff) ? groups : undefined;
+}
+
 /** Reads a response body, stopping as soon as it exceeds `maxBytes` (the length header may be absent or lie). */
-async function readLimited(res: Response, maxBytes: number, where: string, param: string): Promise<Uint8Array> {
-  if (!res.body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
+async function readLimited(res: IncomingMessage, maxBytes: number, where: string, param: string): Promise<Uint8Array> {
+  const chunks: Buffer[] = [];
   let total = 0;
-  const reader = res.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
+  for await (const chunk of res) {
+    total += (chunk as Buffer).length;
     if (total > maxBytes) {
-      await reader.cancel();
+      res.destroy();
       throw new ControlImageError('too_large', `${where} sent more than ${maxBytes} bytes`, param);
     }
-    chunks.push(value);
+    chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks);
 }

@@ -41,7 +41,9 @@ export interface SampleRequest {
   /**
    * Control image for a BFL Control LoRA (FLUX.1-Canny/Depth-dev-lora) in `loras`: resized to `width × height` and
    * VAE-encoded as the control input. Required exactly when the set holds such a LoRA (`param: 'controlImage'`
-   * errors otherwise). Build it from an upload or URL with `src/pipeline/control-image.ts`.
+   * errors otherwise). Build it from an upload or URL with `src/pipeline/control-image.ts`. The worker-thread
+   * executor (`createFluxExecutor`) transfers its buffer to the worker: after `prepare` the caller's copy is
+   * detached (empty) whenever the buffer could move (an `ArrayBuffer` of its own), so do not reuse it.
    */
   controlImage?: RgbImage;
 }
@@ -81,12 +83,48 @@ export interface ModelInfo {
   pixelsPerToken: number;
   /** Largest batch one `step` call accepts. */
   maxBatch: number;
+  /** Latencies measured offline for this engine (the CUDA engine's benchmark); absent for ORT. */
+  benchmarks?: BenchmarkLatency[];
+}
+
+/**
+ * A latency an offline benchmark measured for this executor's engine (e.g. `bench/results/cuda-h100.json`), shown
+ * by the `models` query as a MEASURED row with the card it ran on.
+ */
+export interface BenchmarkLatency {
+  mode: string;
+  /** The card, e.g. `NVIDIA H100 80GB HBM3`. */
+  hardware: string;
+  width: number;
+  height: number;
+  steps: number;
+  /** Images per engine batch in the run. */
+  batch: number;
+  /** Seconds per image, end to end. */
+  latencySeconds: number;
+  meanStepMs: number;
+  /** Timed runs averaged. */
+  runs: number;
+  /** The result file and what was measured (weights, precision, method). */
+  source: string;
 }
 
 /** Counters of the runtime behind an executor, for metrics and tests. */
 export interface ExecutorStats {
   /** ORT sessions created since start. Switching LoRAs must not add any (only a first LoRA engine load does). */
   sessionsCreated: number;
+  /** Native engine processes started since start, the first one included (CUDA executor only). */
+  engineStarts?: number;
+  /** Native engine processes that ended unasked (crash, GPU fault, kill) (CUDA executor only). */
+  engineExits?: number;
+}
+
+/** A handle that is not (or no longer) known to the executor. */
+export class UnknownHandleError extends Error {
+  constructor(readonly handle: string) {
+    super(`unknown sample handle ${handle}`);
+    this.name = 'UnknownHandleError';
+  }
 }
 
 /** The step-level pipeline the scheduler drives. All methods may be called concurrently only by one owner. */

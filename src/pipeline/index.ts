@@ -4,7 +4,16 @@
  */
 
 export { MODE_NAMES, UnknownModeError } from '../../engines/compiler/modes.ts';
+export {
+  ControlImageError,
+  type ControlImageErrorCode,
+  type ControlImageOptions,
+  decodeImageBytes,
+  isPublicAddress,
+  loadControlImageSource,
+} from './control-image.ts';
 export type {
+  BenchmarkLatency,
   ExecutorStats,
   ModelInfo,
   RgbImage,

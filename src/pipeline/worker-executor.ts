@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import type { ModelInfo, StepExecutor } from './executor.ts';
+import type { ModelInfo, SampleRequest, StepExecutor } from './executor.ts';
 import type { FluxExecutorOptions } from './flux/executor.ts';
 import { ExecutorError, type WorkerMethod, type WorkerResponse } from './worker-protocol.ts';
 
@@ -38,30 +38,50 @@ export async function createFluxExecutor(options: FluxExecutorOptions): Promise<
     worker.on('exit', (code) => fail(new Error(`pipeline worker exited with code ${code}`)));
   });
 
-  const call = <T>(method: WorkerMethod, ...args: unknown[]): Promise<T> => {
+  const call = <T>(method: WorkerMethod, args: unknown[], transfer: ArrayBuffer[] = []): Promise<T> => {
     if (dead) return Promise.reject(dead);
     const id = nextId++;
     return new Promise<T>((resolve, reject) => {
       pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      worker.postMessage({ id, method, args });
+      const message = { id, method, args };
+      try {
+        worker.postMessage(message, transfer);
+      } catch (err) {
+        // A buffer that cannot move (external or pooled memory; Node ≥ 21 refuses those): copy it instead.
+        if (transfer.length === 0 || (err as Error).name !== 'DataCloneError') throw err;
+        worker.postMessage(message);
+      }
     });
   };
 
   return {
     info: () => info,
-    prepare: (requests) => call('prepare', requests),
-    step: (handles, opts) => call('step', handles, opts),
-    decode: (handles) => call('decode', handles),
-    release: (handles) => call('release', handles),
-    loras: () => call('loras'),
-    checkLoras: (set, mode) => call('checkLoras', set, mode),
-    loadLora: (name, strength) => call('loadLora', name, strength),
-    unloadLora: (name) => call('unloadLora', name),
-    activeLoras: () => call('activeLoras'),
-    stats: () => call('stats'),
+    // Control image pixels move to the worker rather than being copied (SampleRequest.controlImage).
+    prepare: (requests) => call('prepare', [requests], controlBuffers(requests)),
+    step: (handles, opts) => call('step', [handles, opts]),
+    decode: (handles) => call('decode', [handles]),
+    release: (handles) => call('release', [handles]),
+    loras: () => call('loras', []),
+    checkLoras: (set, mode) => call('checkLoras', [set, mode]),
+    loadLora: (name, strength) => call('loadLora', [name, strength]),
+    unloadLora: (name) => call('unloadLora', [name]),
+    activeLoras: () => call('activeLoras', []),
+    stats: () => call('stats', []),
     async close() {
-      if (!dead) await call('close').catch(() => undefined);
+      if (!dead) await call('close', []).catch(() => undefined);
       await worker.terminate();
     },
   };
+}
+
+/** The buffers of the requests' control images that can move as a whole (each once; never part of a larger one). */
+function controlBuffers(requests: readonly SampleRequest[]): ArrayBuffer[] {
+  const out = new Set<ArrayBuffer>();
+  for (const r of requests) {
+    const data = r.controlImage?.data;
+    if (data?.buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) {
+      out.add(data.buffer);
+    }
+  }
+  return [...out];
 }

@@ -9,12 +9,16 @@ export abstract class ServiceError extends Error {
   abstract readonly code: string;
 }
 
-/** An input value is out of range or malformed; `field` names it in the canonical (camelCase) input. */
+/**
+ * An input value is out of range or malformed; `field` names it in the canonical (camelCase) input. `code` is
+ * `invalid_value`, or a more precise reason where a field has several (`controlImage`: the control image layer's
+ * `invalid_input`, `forbidden_url`, `fetch_failed`, `missing`, ...).
+ */
 export class ValidationError extends ServiceError {
-  readonly code = 'invalid_value';
   constructor(
     readonly field: string,
     message: string,
+    readonly code: string = 'invalid_value',
   ) {
     super(message);
     this.name = 'ValidationError';

@@ -13,17 +13,35 @@ import {
 } from './errors.ts';
 import { ImageStore, type ImageStoreOptions } from './image-store.ts';
 import { Channel, isTerminalEvent, type JobEvent } from './job-events.ts';
-import { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
+import {
+  type ControlImageData,
+  elapsedMs,
+  etaMs,
+  isTerminal,
+  type Job,
+  type JobStatus,
+  type StoredImage,
+} from './jobs.ts';
 import { createLocalBackend } from './local-backend.ts';
 import { type MeasuredLatency, MeasuredStats } from './measured.ts';
 import { createMetrics, type ServerMetrics } from './metrics.ts';
 import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.ts';
-import type { LoraInfo, LoraScan, LoraSelection, StepExecutor } from './pipeline.ts';
+import {
+  ControlImageError,
+  type ControlImageOptions,
+  type LoraInfo,
+  type LoraScan,
+  type LoraSelection,
+  loadControlImageSource,
+  type StepExecutor,
+} from './pipeline.ts';
 import type { BackendHealth, EngineOffer, JobBackend, LoraControl } from './ports.ts';
 import {
   type GenerateInput,
   type GenerationRequest,
   loraStrength,
+  MAX_CONTROL_IMAGE_BYTES,
+  MAX_CONTROL_IMAGE_PIXELS,
   MAX_LORA_NAME_CHARS,
   parseGenerateInput,
 } from './request.ts';
@@ -34,7 +52,25 @@ interface CommonOptions {
   defaultSize?: string;
   images: ImageStoreOptions;
   limits?: Partial<GenerationLimits>;
+  /** How `controlImage` values are loaded. */
+  controlImages?: ControlImageSettings;
   log?: (message: string, err: unknown) => void;
+}
+
+/** Limits of control image loading (see `pipeline/control-image.ts`). */
+export interface ControlImageSettings {
+  /**
+   * Fetch URLs whose host is or resolves to a loopback, private, link-local, CGNAT or unique-local address
+   * (CONTROL_IMAGE_ALLOW_PRIVATE_URLS). Off by default: such URLs would let clients probe the server's network.
+   * @default false
+   */
+  allowPrivateUrls?: boolean;
+  /** @default {@link MAX_CONTROL_IMAGE_BYTES} */
+  maxBytes?: number;
+  /** @default {@link MAX_CONTROL_IMAGE_PIXELS} */
+  maxPixels?: number;
+  /** Whole download time of a URL. @default 10 000 ms */
+  timeoutMs?: number;
 }
 
 /** What a scale-out backend factory gets from the service. */
@@ -68,6 +104,7 @@ export class GenerationService {
   readonly #backend: JobBackend;
   readonly #measured: MeasuredStats;
   readonly #limits: Partial<GenerationLimits> | undefined;
+  readonly #controlImages: ControlImageOptions;
   #catalog: { offer: EngineOffer; catalog: ModelCatalog } | undefined;
   #closed = false;
 
@@ -77,6 +114,13 @@ export class GenerationService {
     this.metrics = deps.metrics;
     this.#measured = deps.measured;
     this.#limits = options.limits;
+    const c = options.controlImages ?? {};
+    this.#controlImages = {
+      maxBytes: c.maxBytes ?? MAX_CONTROL_IMAGE_BYTES,
+      maxPixels: c.maxPixels ?? MAX_CONTROL_IMAGE_PIXELS,
+      allowPrivateAddresses: c.allowPrivateUrls === true,
+      ...(c.timeoutMs !== undefined ? { timeoutMs: c.timeoutMs } : {}),
+    };
   }
 
   /** @internal use {@link createGenerationService}. */
@@ -146,13 +190,17 @@ export class GenerationService {
   }
 
   /**
-   * Validates and queues a request; resolves with the job (status QUEUED).
-   * @throws ValidationError, UnknownModelError, QueueFullError, ServiceUnavailableError
+   * Validates and queues a request; resolves with the job (status QUEUED). A control image is loaded here (decoded,
+   * URLs fetched), so a bad one is a ValidationError on `controlImage`, never a failed job.
+   * @throws ValidationError, UnknownModelError, QueueFullError, ServiceUnavailableError, LoraRequestError
    */
   async submit(input: GenerateInput): Promise<Job> {
     try {
       const parsed = parseGenerateInput(input, this.catalog);
       const request: GenerationRequest = { ...parsed, loras: await this.#lorasOf(parsed) };
+      const source = input.controlImage ?? undefined; // a validated string by now
+      this.#checkControlPresence(request.loras ?? [], source !== undefined);
+      const controlImage = source === undefined ? undefined : await this.#loadControlImage(source);
       const job: Job = {
         id: randomUUID(),
         request,
@@ -161,6 +209,7 @@ export class GenerationService {
         step: 0,
         totalSteps: request.steps,
         images: [],
+        ...(controlImage ? { controlImage, hasControlImage: true } : {}),
       };
       await this.#backend.queue.enqueue(job);
       return job;
@@ -181,6 +230,40 @@ export class GenerationService {
     if (request.loras === undefined) return control?.defaults() ?? [];
     if (!control || request.loras.length === 0) return request.loras;
     return control.check(request.loras, request.model.mode);
+  }
+
+  /**
+   * A control image exactly when the set holds a BFL Control LoRA, as the engine will require. Where the set's
+   * metadata is unknown (scale-out API nodes) the engine checks it when it prepares the job.
+   * @throws ValidationError (`controlImage`, code `missing` or `unexpected`)
+   */
+  #checkControlPresence(set: readonly LoraSelection[], given: boolean): void {
+    const needs = set.length === 0 ? false : this.#backend.loras?.needsControlImage(set);
+    if (needs === true && !given) {
+      throw new ValidationError(
+        'controlImage',
+        'the LoRA set holds a BFL Control LoRA, which needs a control image',
+        'missing',
+      );
+    }
+    if (needs === false && given) {
+      throw new ValidationError(
+        'controlImage',
+        'a control image needs a BFL Control LoRA (e.g. FLUX.1-Canny-dev-lora) in the LoRA set',
+        'unexpected',
+      );
+    }
+  }
+
+  /** Decodes (and for URLs, downloads) a control image. @throws ValidationError on `controlImage` with its code */
+  async #loadControlImage(source: string): Promise<ControlImageData> {
+    try {
+      const { image, bytes } = await loadControlImageSource(source, this.#controlImages);
+      return { image, bytes };
+    } catch (err) {
+      if (err instanceof ControlImageError) throw new ValidationError('controlImage', err.message, err.code);
+      throw err;
+    }
   }
 
   /**

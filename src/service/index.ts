@@ -17,6 +17,7 @@ export {
 } from './errors.ts';
 export {
   type BackendDeps,
+  type ControlImageSettings,
   createGenerationService,
   GenerationService,
   type GenerationServiceOptions,
@@ -52,6 +53,9 @@ export {
   createInputSchema,
   type GenerateInput,
   loraStrength,
+  MAX_CONTROL_IMAGE_BYTES,
+  MAX_CONTROL_IMAGE_CHARS,
+  MAX_CONTROL_IMAGE_PIXELS,
   MAX_LORA_NAME_CHARS,
   MAX_LORA_STRENGTH,
   MAX_LORAS_PER_REQUEST,

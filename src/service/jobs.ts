@@ -3,7 +3,7 @@
  * finished together. The scheduler is the only writer of a job's mutable fields; transports read them.
  */
 import { NotFoundError } from './errors.ts';
-import type { ImageFormat } from './pipeline.ts';
+import type { ImageFormat, RgbImage } from './pipeline.ts';
 import type { GenerationRequest } from './request.ts';
 
 /** Lifecycle: QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELED (QUEUED may go straight to CANCELED). */
@@ -31,6 +31,15 @@ export interface StoredImage {
   createdAt: Date;
 }
 
+/**
+ * A job's control image while it waits: the pixels the engine reads and the file bytes they were decoded from
+ * (what travels to a scale-out worker, which decodes them to the same pixels).
+ */
+export interface ControlImageData {
+  image: RgbImage;
+  bytes: Uint8Array;
+}
+
 /** One generation request and its progress. */
 export interface Job {
   id: string;
@@ -51,6 +60,13 @@ export interface Job {
   cancelReason?: string;
   /** Set by `cancel` on a running job; the scheduler acts on it at the next step boundary. */
   cancelRequested?: string;
+  /**
+   * The control image until the engine has it: the scheduler hands it over at admission and drops it then (or when
+   * the job ends earlier). Never part of a job record (`redis/codec.ts` leaves it out; it has its own key there).
+   */
+  controlImage?: ControlImageData;
+  /** Whether the request came with a control image (kept after `controlImage` is dropped). */
+  hasControlImage?: boolean;
   /**
    * The engine batch the job ran in (set at admission): jobs with the same id were stepped together. Batches only
    * hold jobs of one compatibility key (mode, size, steps, LoRA set with strengths).

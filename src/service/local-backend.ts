@@ -9,7 +9,7 @@ import { JobEventHub } from './job-events.ts';
 import { type Job, JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
-import type { LoraSelection, StepExecutor } from './pipeline.ts';
+import type { LoraInfo, LoraSelection, StepExecutor } from './pipeline.ts';
 import type { EngineOffer, JobBackend, LoraControl } from './ports.ts';
 import { Scheduler } from './scheduler.ts';
 
@@ -55,7 +55,7 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
   });
   let closed = false;
   return {
-    loras: createLoraControl(o.executor),
+    loras: createLoraControl(o.executor, offer.info.packedChannels),
     jobs: {
       get: async (id) => store.get(id),
       list: async (statuses) => store.list(statuses),
@@ -88,9 +88,15 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
 /**
  * LoRA management over the executor. Changes of the default set run one at a time, and the set is mirrored here
  * after each (the executor starts with an empty one), so `submit` reads it without a call into the busy worker.
+ * Likewise which LoRAs are control LoRAs (an input wider than the latents' `baseChannels`), from the metadata seen.
  */
-function createLoraControl(ex: StepExecutor): LoraControl {
+function createLoraControl(ex: StepExecutor, baseChannels: number): LoraControl {
   let defaults: LoraSelection[] = [];
+  const widens = new Map<string, boolean>();
+  const remember = (info: LoraInfo) => {
+    widens.set(info.name, info.inChannels > baseChannels);
+    return info;
+  };
   let changes: Promise<unknown> = Promise.resolve();
   const typed = (err: unknown) => {
     throw LoraRequestError.from(err);
@@ -111,10 +117,20 @@ function createLoraControl(ex: StepExecutor): LoraControl {
     async check(set, mode) {
       if (set.length === 0) return [];
       const infos = await ex.checkLoras(set, mode).catch(typed);
+      for (const info of infos) remember(info);
       return set.map((s, i) => ({ name: infos[i]?.name ?? s.name, strength: s.strength }));
     },
-    load: (name, strength) => change(() => ex.loadLora(name, strength)),
+    load: (name, strength) => change(async () => remember(await ex.loadLora(name, strength))),
     unload: (name) => change(() => ex.unloadLora(name)),
     defaults: () => defaults.map((s) => ({ ...s })),
+    needsControlImage(set) {
+      let needs = false;
+      for (const s of set) {
+        const w = widens.get(s.name);
+        if (w === undefined) return undefined;
+        needs ||= w;
+      }
+      return needs;
+    },
   };
 }

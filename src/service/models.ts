@@ -4,7 +4,7 @@
  */
 import { UnknownModelError } from './errors.ts';
 import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './model-specs.ts';
-import { LORA_FORMATS, MAX_LORA_RANK, type ModelInfo } from './pipeline.ts';
+import { type BenchmarkLatency, LORA_FORMATS, MAX_LORA_RANK, type ModelInfo } from './pipeline.ts';
 
 /** Request limits every mode shares. */
 export interface GenerationLimits {
@@ -47,6 +47,8 @@ export interface ModelEntry {
   isDefault: boolean;
   /** The seed card's numbers for this tier; empty when the card has no column for it. */
   published: PublishedLatency[];
+  /** Latencies the engine's own benchmark measured for this mode (CUDA engine); empty for ORT. */
+  benchmarks: BenchmarkLatency[];
   limits: GenerationLimits;
   /** Smallest and largest LoRA rank the engine takes (per layer). */
   loraRanks: number[];
@@ -96,6 +98,7 @@ export class ModelCatalog {
       batchSize: options.batchSize,
       isDefault: sizeOfMode(mode) === options.defaultSize.toLowerCase(),
       published: publishedLatencies(mode),
+      benchmarks: (info.benchmarks ?? []).filter((b) => b.mode === mode),
       limits,
       loraRanks: [1, MAX_LORA_RANK],
       loraFormats: [...LORA_FORMATS],

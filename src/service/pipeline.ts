@@ -3,6 +3,7 @@
  * step-level executor contract and image encoding. One file keeps the layer boundary easy to check.
  */
 export type {
+  BenchmarkLatency,
   ExecutorStats,
   LoraInfo,
   LoraScan,
@@ -15,11 +16,15 @@ export type {
   StepResult,
 } from '../pipeline/index.ts';
 export {
+  ControlImageError,
+  type ControlImageOptions,
   contentTypeOf,
+  decodeImageBytes,
   encodeImage,
   extensionOf,
   IMAGE_FORMATS,
   type ImageFormat,
   LORA_FORMATS,
+  loadControlImageSource,
   MAX_LORA_RANK,
 } from '../pipeline/index.ts';

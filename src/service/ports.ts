@@ -69,6 +69,11 @@ export interface LoraControl {
   unload(name: string): Promise<boolean>;
   /** The default set now, in load order (kept in step with the engine, so reading it costs nothing). */
   defaults(): LoraSelection[];
+  /**
+   * Whether a set (as `check` or `defaults` returned it) holds a BFL Control LoRA, i.e. needs a control image;
+   * from the metadata `check` and `load` saw, so it costs nothing. Undefined when a member was never seen.
+   */
+  needsControlImage(set: readonly LoraSelection[]): boolean | undefined;
 }
 
 /** Everything the service facade needs from a deployment mode. */

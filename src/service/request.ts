@@ -16,6 +16,12 @@ export const MAX_LORAS_PER_REQUEST = 8;
 export const MAX_LORA_STRENGTH = 10;
 /** Longest LoRA name (a path relative to LORA_DIR). */
 export const MAX_LORA_NAME_CHARS = 500;
+/** Largest control image file (upload, base64 payload or download), in bytes. */
+export const MAX_CONTROL_IMAGE_BYTES = 10 * 1024 * 1024;
+/** Largest decoded control image, in pixels (4096×4096; it is resized to the output size). */
+export const MAX_CONTROL_IMAGE_PIXELS = 4096 * 4096;
+/** Longest `controlImage` text: the base64 of {@link MAX_CONTROL_IMAGE_BYTES} plus room for a data URL prefix. */
+export const MAX_CONTROL_IMAGE_CHARS = Math.ceil(MAX_CONTROL_IMAGE_BYTES / 3) * 4 + 1024;
 
 /** A generation request as a client sends it; `null` means "not given" (GraphQL nullable inputs). */
 export interface GenerateInput {
@@ -46,6 +52,11 @@ export interface GenerateInput {
    * `[]`: none.
    */
   loras?: { name: string; strength?: number | null }[] | null;
+  /**
+   * Control image for a BFL Control LoRA in the set: base64 image bytes, a `data:image/...;base64,` URL or an
+   * http(s) URL. Loaded and decoded at submission (the service's job, not this module's).
+   */
+  controlImage?: string | null;
 }
 
 /** A validated request with every default applied. */
@@ -142,6 +153,14 @@ export function createInputSchema(limits: GenerationLimits) {
         )
         .max(MAX_LORAS_PER_REQUEST, `at most ${MAX_LORAS_PER_REQUEST} LoRAs per request`)
         .refine((l) => new Set(l.map((x) => loraKey(x.name))).size === l.length, 'a LoRA appears twice in loras')
+        .nullish(),
+      controlImage: z
+        .string()
+        .refine((s) => s.trim().length > 0, 'controlImage must not be empty')
+        .refine(
+          (s) => s.length <= MAX_CONTROL_IMAGE_CHARS,
+          `controlImage must be at most ${MAX_CONTROL_IMAGE_CHARS} characters (a ${MAX_CONTROL_IMAGE_BYTES / 2 ** 20} MiB image)`,
+        )
         .nullish(),
     })
     .superRefine((v, ctx) => {

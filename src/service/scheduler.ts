@@ -181,6 +181,9 @@ export class Scheduler {
       if (i < 0 || !entry || !job) continue;
       this.#queue.splice(i, 1);
       const r = job.request;
+      const control = job.controlImage?.image;
+      // The engine has it from here on (a worker executor takes the buffer over): the job no longer holds it.
+      delete job.controlImage;
       job.status = 'RUNNING';
       job.startedAt = new Date();
       if (this.#runningBatch) job.batchId = this.#runningBatch;
@@ -196,6 +199,8 @@ export class Scheduler {
         mode: r.model.mode,
         // The job's own set; absent (only for jobs recorded before LoRA support) means the engine's default set.
         ...(r.loras ? { loras: r.loras } : {}),
+        // One image object for every sample of the job: it crosses to a worker thread once.
+        ...(control ? { controlImage: control } : {}),
       }));
       admitted.push({ job, key: entry.key, requests });
       this.#o.events.publish(job.id, {
@@ -345,6 +350,7 @@ export class Scheduler {
 
   #finish(job: Job, status: 'SUCCEEDED' | 'FAILED' | 'CANCELED', extra: { reason?: string; err?: unknown }): void {
     if (isTerminal(job)) return;
+    delete job.controlImage; // a queued job cancelled or failed: the pixels are not needed any more
     job.status = status;
     job.finishedAt = new Date();
     const m = this.#o.metrics;

@@ -2,12 +2,17 @@
  * Scale-out acceptance (issue 7): a private redis-server, real `fluxql serve --role api|worker` processes on the
  * embedded flux-tiny model, real HTTP and graphql-ws clients. Skipped when redis-server is not installed.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { print } from 'graphql';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts';
+import { writeSafetensors } from '../../src/shared/weights/index.ts';
+import { TINY_CONFIG } from '../unit/pipeline/lora/helpers.ts';
 import {
   disposeCluster,
   findRedisServer,
@@ -19,6 +24,7 @@ import {
 import {
   GenerateImageDocument,
   type GenerateImageInput,
+  GenerateWithControlDocument,
   JobDocument,
   JobProgressDocument,
   type JobProgressSubscription,
@@ -33,6 +39,7 @@ type Event = JobProgressSubscription['jobProgress'];
 
 let redis: NodeProcess & { url: string };
 let imageDir: string;
+let loraDir: string;
 let env: NodeJS.ProcessEnv;
 let api: NodeProcess & { url: string };
 const workers: (NodeProcess & { id: string })[] = [];
@@ -83,7 +90,14 @@ describe.skipIf(!redisBin)('scale-out over Redis', () => {
   beforeAll(async () => {
     redis = await startRedis(redisBin as string);
     imageDir = await mkdtemp(join(tmpdir(), 'fluxql-scale-'));
+    loraDir = await mkdtemp(join(tmpdir(), 'fluxql-scale-loras-'));
+    await mkdir(loraDir, { recursive: true });
+    writeSafetensors(
+      join(loraDir, 'canny.safetensors'),
+      makeBflControlLora(TINY_CONFIG, { rank: 4, seed: 5, imgInChannels: 128 }),
+    );
     env = {
+      LORA_DIR: loraDir,
       REDIS_URL: redis.url,
       REDIS_PREFIX: 'fluxql-test',
       IMAGE_DIR: imageDir,
@@ -109,6 +123,7 @@ describe.skipIf(!redisBin)('scale-out over Redis', () => {
     await bull?.close();
     await disposeCluster();
     if (imageDir) await rm(imageDir, { recursive: true, force: true });
+    if (loraDir) await rm(loraDir, { recursive: true, force: true });
   });
 
   it('runs 8 jobs on two workers; every subscriber gets every step and the final URL', async () => {
@@ -150,6 +165,63 @@ describe.skipIf(!redisBin)('scale-out over Redis', () => {
     expect((await fetch(job.data.images[0]?.url ?? '')).status).toBe(200);
     const { jobs } = await gqlData(api.url, JobsDocument, { first: 100 });
     expect(jobs.edges.map((e) => e.node.jobId)).toContain(id);
+  });
+
+  it('carries a control image to the worker in its own Redis key, never in the record', async () => {
+    const png = (phase: number) => {
+      const data = Uint8Array.from({ length: 64 * 64 * 3 }, (_, i) =>
+        Math.round(127.5 + 127.5 * Math.sin(0.3 * i + phase)),
+      );
+      return sharp(data, { raw: { width: 64, height: 64, channels: 3 } })
+        .png()
+        .toBuffer();
+    };
+    const [a, b] = await Promise.all([png(0), png(1.5)]);
+    const canny = (image: Buffer | null) =>
+      input(5, {
+        loras: [{ name: 'canny', strength: 1 }],
+        ...(image ? { controlImage: `data:image/png;base64,${image.toString('base64')}` } : {}),
+      });
+    // One at a time: LoRA engines are not bit-identical across batch sizes, so each job runs alone.
+    const ids: string[] = [];
+    const pixels: Buffer[] = [];
+    for (const img of [a, a, b]) {
+      const id = await submit(api.url, canny(img));
+      const events = await collectWs(wsClient(api.url), JobProgressDocument, { id });
+      const res = await fetch(
+        finalUrl(
+          events.map((e) => e.data?.jobProgress as Event),
+          4,
+        ),
+      );
+      ids.push(id);
+      pixels.push(
+        await sharp(Buffer.from(await res.arrayBuffer()))
+          .raw()
+          .toBuffer(),
+      );
+    }
+    expect(pixels[1]?.equals(pixels[0]!)).toBe(true); // same image, whichever worker ran it
+    expect(pixels[2]?.equals(pixels[0]!)).toBe(false);
+    const redis = new Redis(env.REDIS_URL as string);
+    onTestFinished(() => void redis.quit());
+    const record = JSON.parse((await redis.get(`fluxql-test:job:${ids[0]}`)) ?? '{}') as Record<string, unknown>;
+    expect([record.status, record.hasControlImage, 'controlImage' in record]).toEqual(['SUCCEEDED', true, false]);
+    // Deleted once the job is done.
+    expect(await redis.exists(ids.map((id) => `fluxql-test:control:${id}`))).toBe(0);
+
+    // The API node has no engine to ask whether a set needs an image: an image without any LoRA is refused there,
+    // a control LoRA without an image fails the job in the worker (the engine's check).
+    const { generateImage: unexpected } = await gqlData(api.url, GenerateWithControlDocument, {
+      input: { ...canny(a), loras: [] },
+    });
+    expect(unexpected).toMatchObject({ __typename: 'ValidationError', field: 'controlImage', code: 'unexpected' });
+    const missing = await submit(api.url, canny(null));
+    const events = await collectWs(wsClient(api.url), JobProgressDocument, { id: missing });
+    expect(events.at(-1)?.data?.jobProgress).toMatchObject({
+      __typename: 'JobFailedEvent',
+      message: expect.stringMatching(/needs a control image/),
+    });
   });
 
   it('retries the job of a killed worker on the other one: nothing lost, nothing duplicated', async () => {

@@ -65,4 +65,29 @@ describe('createFluxExecutor', () => {
     expect(await ex.unloadLora('style')).toBe(false);
     expect((await ex.stats()).sessionsCreated).toBeGreaterThan(0);
   });
+
+  it('moves a control image buffer to the worker (one shared by two samples too) and copies one it cannot move', async () => {
+    const request = (controlImage: { width: number; height: number; data: Uint8Array }, seed: number) => ({
+      prompt: 'x',
+      height: 64,
+      width: 64,
+      steps: 2,
+      guidanceScale: 3.5,
+      seed,
+      controlImage,
+    });
+    // No control LoRA in the set, so the worker refuses it, typed, after receiving it.
+    const own = { width: 2, height: 2, data: new Uint8Array(12).fill(9) };
+    await expect(ex.prepare([request(own, 1), request(own, 2)])).rejects.toMatchObject({
+      name: 'ControlImageError',
+      code: 'unexpected',
+      param: 'controlImage',
+    });
+    expect(own.data.byteLength).toBe(0); // transferred: detached here
+    // A view into a larger buffer (e.g. Node's Buffer pool) is copied, and left intact.
+    const pooled = Buffer.from('0123456789abcdef0123456789abcdef');
+    const view = { width: 2, height: 2, data: pooled.subarray(4, 16) };
+    await expect(ex.prepare([request(view, 1)])).rejects.toMatchObject({ code: 'unexpected' });
+    expect(view.data.toString()).toBe('456789abcdef');
+  });
 });

@@ -80,6 +80,22 @@ int run_serve() {
       if (op == "quit") {
         send("{\"op\":\"bye\",\"id\":" + id + "}");
         return 0;
+      } else if (op == "info") {
+        // The card and the engine's state; answers before any model is loaded (clients ask it first).
+        int dev = 0, rt = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        cudaDeviceProp p;
+        CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+        CUDA_CHECK(cudaRuntimeGetVersion(&rt));
+        size_t free_b = 0, total_b = 0;
+        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        send("{\"op\":\"info\",\"id\":" + id + ",\"protocol\":1,\"device\":" + json_escape(p.name) +
+             ",\"compute_capability\":\"" + std::to_string(p.major) + "." + std::to_string(p.minor) +
+             "\",\"memory_total_bytes\":" + std::to_string(total_b) + ",\"memory_free_bytes\":" +
+             std::to_string(free_b) + ",\"cuda_runtime\":" + std::to_string(rt) + ",\"loaded\":" +
+             (eng ? "true" : "false") + ",\"precision\":" + (eng ? "\"" + eng->precision() + "\"" : "null") +
+             ",\"attention\":" + (!eng ? "null" : eng->use_cudnn ? "\"cudnn\"" : eng->dt == DType::F32 ? "\"f32-rows\"" : "\"own-flash\"") +
+             ",\"jobs\":" + std::to_string(jobs.size()) + "}");
       } else if (op == "load") {
         std::string prec = req.str("precision", "bf16");
         if (prec != "bf16" && prec != "f32" && prec != "fp8") throw std::runtime_error("precision must be f32, bf16 or fp8");

@@ -36,9 +36,9 @@ export async function readBody(req: IncomingMessage, limit = 1024 * 1024): Promi
   return Buffer.concat(chunks);
 }
 
-/** Parses a JSON object body; malformed JSON or a non-object gives a 400 `invalid_json`. */
-export async function readJsonObject(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const raw = await readBody(req);
+/** Parses a JSON object body (at most `limit` bytes, see {@link readBody}); malformed JSON or a non-object gives a 400 `invalid_json`. */
+export async function readJsonObject(req: IncomingMessage, limit?: number): Promise<Record<string, unknown>> {
+  const raw = await readBody(req, limit);
   let value: unknown;
   try {
     value = JSON.parse(raw.toString('utf8'));

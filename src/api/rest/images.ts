@@ -5,7 +5,9 @@
  * - OpenAI: any of `model`, `n`, `size`, `response_format`, `output_format`, `output_compression` in the body, or
  *   an explicit `Accept: application/json` → `{created, data:[{b64_json}|{url}]}` and OpenAI's error shape.
  * Both take `loras: [{name, strength}]` (files in LORA_DIR) for this request only; a bad set is a 400 with
- * `param: "loras"` and the LoRA layer's `code`.
+ * `param: "loras"` and the LoRA layer's `code`. Both take `control_image` (base64, data URL or http(s) URL) for a
+ * BFL Control LoRA; a bad one is a 400 with `param: "control_image"` and the reason as `code`. The body may be up
+ * to {@link MAX_BODY_BYTES} for it.
  * The request waits for the job; if the client disconnects first, the job is cancelled (queued: at once;
  * running: at the next step boundary).
  * Also `GET /v1/models` in OpenAI's list shape.
@@ -17,6 +19,7 @@ import {
   type GenerateInput,
   type GenerationService,
   LoraRequestError,
+  MAX_CONTROL_IMAGE_CHARS,
   QueueFullError,
   ServiceUnavailableError,
   UnknownModelError,
@@ -40,7 +43,11 @@ const PARAM_OF: Record<string, string> = {
   outputFormat: 'output_format',
   quality: 'output_compression',
   loras: 'loras',
+  controlImage: 'control_image',
 };
+
+/** Largest body: a base64 control image of the largest size allowed, and the rest of the request. */
+const MAX_BODY_BYTES = MAX_CONTROL_IMAGE_CHARS + 1024 * 1024;
 
 interface Parsed {
   input: GenerateInput;
@@ -93,6 +100,7 @@ function parseRequest(req: IncomingMessage, body: Record<string, unknown>): Pars
     quality: num(body, 'output_compression') ?? num(body, 'output_quality') ?? null,
     // Wrong shapes are left to the service's validation, which names `loras`.
     loras: (body.loras as GenerateInput['loras']) ?? null,
+    controlImage: (body.control_image as string | undefined) ?? null,
   };
   return { input, openai, responseFormat: rf, fromSize };
 }
@@ -135,7 +143,7 @@ export async function handleImageGeneration(
   service: GenerationService,
   baseUrl: string,
 ): Promise<void> {
-  const body = await readJsonObject(req).catch((err: HttpError) => {
+  const body = await readJsonObject(req, MAX_BODY_BYTES).catch((err: HttpError) => {
     service.countError({ code: err.code });
     throw err;
   });

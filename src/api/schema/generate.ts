@@ -6,6 +6,8 @@ import {
   createInputSchema,
   DEFAULT_LIMITS,
   LoraRequestError,
+  MAX_CONTROL_IMAGE_BYTES,
+  MAX_CONTROL_IMAGE_PIXELS,
   QueueFullError,
   REQUEST_DEFAULTS,
   ServiceUnavailableError,
@@ -42,6 +44,15 @@ const GenerateImageInput = builder.inputType('GenerateImageInput', {
       description:
         'LoRAs for this request only, each with its strength. Absent: the server-wide default set (`loadLora`) as ' +
         'it is at submission; `[]`: none. Jobs batch only with jobs of the same set.',
+    }),
+    controlImage: t.string({
+      description:
+        'Control image for a BFL Control LoRA (FLUX.1-Canny/Depth-dev-lora) in the LoRA set, required exactly when ' +
+        'the set holds one: base64 image bytes, a `data:image/png;base64,...` URL or an http(s) URL (any format ' +
+        `sharp reads; at most ${MAX_CONTROL_IMAGE_BYTES / 2 ** 20} MiB and ${MAX_CONTROL_IMAGE_PIXELS} pixels; resized ` +
+        'to the output size). Loaded at submission: problems come back as a ValidationError on `controlImage` whose ' +
+        '`code` says why (`missing`, `unexpected`, `invalid_input`, `invalid_image`, `unsupported_url`, ' +
+        '`forbidden_url` for hosts on loopback/private/link-local networks, `fetch_failed`, `too_large`, `timeout`).',
     }),
   }),
 });

@@ -91,6 +91,10 @@ builder.node(ImageJobRef, {
       description: 'The LoRA set the job runs with (its own, or the default set at submission); empty for none.',
       resolve: (j) => j.request.loras ?? [],
     }),
+    hasControlImage: t.boolean({
+      description: 'Whether the request came with a control image (for a BFL Control LoRA).',
+      resolve: (j) => j.hasControlImage === true,
+    }),
     batchId: t.string({
       nullable: true,
       description: 'The engine batch it ran in, once started: jobs with the same id were stepped together.',

@@ -9,7 +9,11 @@ const SpecOrigin = builder.enumType('SpecOrigin', {
   description: 'Where a latency number comes from.',
   values: {
     PUBLISHED: { description: 'Stated on the TheStage seed model card; not measured here.' },
-    MEASURED: { description: "Measured by this server's engine on its own hardware." },
+    MEASURED: {
+      description:
+        "Measured by this server's engine: live on its own hardware (source `this server`), or by the engine's " +
+        'benchmark on the card named in `hardware` (source: the result file).',
+    },
   },
 });
 
@@ -77,7 +81,7 @@ export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
     }),
     specs: t.field({
       type: [LatencySpec],
-      description: 'Published rows (seed card) first, then rows measured here.',
+      description: "Published rows (seed card) first, then the engine's benchmark rows, then rows measured here.",
       resolve: (m, _args, ctx) => [
         ...m.published.map(
           (p): LatencySpecShape => ({
@@ -90,6 +94,19 @@ export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
             meanStepMs: null,
             jobs: null,
             source: PUBLISHED_SPEC_SOURCE,
+          }),
+        ),
+        ...m.benchmarks.map(
+          (b): LatencySpecShape => ({
+            origin: 'MEASURED',
+            hardware: b.hardware,
+            width: b.width,
+            height: b.height,
+            steps: b.steps,
+            latencySeconds: b.latencySeconds,
+            meanStepMs: b.meanStepMs,
+            jobs: b.runs,
+            source: b.source,
           }),
         ),
         ...ctx.service.measured(m.mode).map(

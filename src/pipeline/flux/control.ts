@@ -40,6 +40,8 @@ export type ControlImageErrorCode =
   | 'invalid_input'
   /** A URL scheme other than http and https. */
   | 'unsupported_url'
+  /** The URL's host is (or resolves to) a loopback, private, link-local or other non-public address (SSRF guard). */
+  | 'forbidden_url'
   /** The URL could not be fetched (network error, HTTP error status, redirect elsewhere). */
   | 'fetch_failed'
   /** More bytes or pixels than allowed. */

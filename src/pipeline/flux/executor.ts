@@ -2,7 +2,15 @@
  * @file The in-thread {@link StepExecutor} over a {@link FluxPipeline}: keeps each prepared sample's state under an
  * opaque handle. `worker-executor.ts` hosts one of these in a worker thread for the server.
  */
-import type { ModelInfo, RgbImage, SampleHandle, SampleRequest, StepExecutor, StepResult } from '../executor.ts';
+import {
+  type ModelInfo,
+  type RgbImage,
+  type SampleHandle,
+  type SampleRequest,
+  type StepExecutor,
+  type StepResult,
+  UnknownHandleError,
+} from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import type { LoraInfo, LoraSelection } from '../lora/index.ts';
 import { FluxArgumentError } from './latents.ts';
@@ -18,13 +26,7 @@ export interface FluxExecutorOptions extends FluxPipelineOptions {
   maxBatch?: number;
 }
 
-/** A handle that is not (or no longer) known to the executor. */
-export class UnknownHandleError extends Error {
-  constructor(readonly handle: string) {
-    super(`unknown sample handle ${handle}`);
-    this.name = 'UnknownHandleError';
-  }
-}
+export { UnknownHandleError } from '../executor.ts';
 
 /** Loads the pipeline and wraps it; see the file header. */
 export async function createInThreadExecutor(

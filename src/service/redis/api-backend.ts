@@ -115,6 +115,15 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
         requireRedis();
         const waiting = await guarded(o.url, () => queue.getWaitingCount());
         if (waiting >= o.maxQueueSize) throw new QueueFullError(o.maxQueueSize, 5);
+        if (job.controlImage) {
+          // Before the record and the queue entry, so a worker never runs the job without it.
+          const bytes = Buffer.from(
+            job.controlImage.bytes.buffer,
+            job.controlImage.bytes.byteOffset,
+            job.controlImage.bytes.byteLength,
+          );
+          await guarded(o.url, () => client.set(keys.controlImage(job.id), bytes, 'EX', o.historySeconds));
+        }
         await records.save(job);
         // The BullMQ id is the job id: adding it again is a no-op, and a retry writes the same files.
         await guarded(o.url, () =>
@@ -141,7 +150,13 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
           job.finishedAt = new Date();
           job.cancelReason = reason;
           const event = encodeEvent({ type: 'canceled', jobId: job.id, reason, elapsedMs: elapsedMs(job) });
-          await guarded(o.url, () => records.write(client.pipeline(), job).publish(keys.events(job.id), event).exec());
+          await guarded(o.url, () =>
+            records
+              .write(client.pipeline(), job)
+              .del(keys.controlImage(job.id))
+              .publish(keys.events(job.id), event)
+              .exec(),
+          );
           return;
         }
         // A worker holds it (or is about to): the key covers a worker that has not seen the message yet.

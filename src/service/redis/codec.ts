@@ -15,8 +15,9 @@ function reviveImages(images: Wire<StoredImage>[]): StoredImage[] {
 
 /** The stored form of a job (JSON.stringify turns dates into ISO strings). */
 export function encodeJob(job: Job): string {
-  // `cancelRequested` is per-process state; cancellation crosses processes through its own key.
-  const { cancelRequested: _local, ...rest } = job;
+  // `cancelRequested` is per-process state; cancellation crosses processes through its own key. The control image
+  // has its own key too (`controlImage` of redisKeys), written once: records are rewritten at every step.
+  const { cancelRequested: _local, controlImage: _pixels, ...rest } = job;
   return JSON.stringify(rest);
 }
 

@@ -20,6 +20,8 @@ export function redisKeys(prefix: string) {
     job: (id: string) => `${prefix}:job:${id}`,
     /** Sorted set: job ids by creation time (ms), for `jobs`. */
     index: `${prefix}:jobs`,
+    /** Binary string: the control image file of a job (`Job.hasControlImage`), as the API node received it. */
+    controlImage: (id: string) => `${prefix}:control:${id}`,
     /** String: a cancellation request (its reason) for a job an engine may hold. */
     cancel: (id: string) => `${prefix}:cancel:${id}`,
     /** String set with NX: elects the one node that records a job's final failure. */

@@ -18,11 +18,11 @@ import { isTerminalEvent, type JobEvent, JobEventHub } from '../job-events.ts';
 import { elapsedMs, isTerminal, type Job, JobStore } from '../jobs.ts';
 import { MeasuredStats } from '../measured.ts';
 import { createMetrics } from '../metrics.ts';
-import type { StepExecutor } from '../pipeline.ts';
+import { decodeImageBytes, type StepExecutor } from '../pipeline.ts';
 import { Scheduler } from '../scheduler.ts';
 import { HEARTBEAT_MS, type WorkerAdvert } from './adverts.ts';
 import { bullConnection } from './api-backend.ts';
-import { decodeJob, encodeEvent } from './codec.ts';
+import { decodeJob, encodeEvent, encodeJob } from './codec.ts';
 import { createRedis, type RedisSettings, redactUrl, redisKeys } from './connection.ts';
 import { RedisJobRecords } from './job-records.ts';
 
@@ -162,12 +162,13 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     step: 0,
     totalSteps: record.totalSteps,
     images: [],
+    ...(record.hasControlImage ? { hasControlImage: true } : {}),
   };
 
   // Every event goes to Redis in order, the record first, on one connection (so in order on the wire too).
   let chain: Promise<unknown> = Promise.resolve();
   const mirror = (e: Exclude<JobEvent, { type: 'snapshot' }>) => {
-    const snapshot = decodeJob(JSON.stringify(job));
+    const snapshot = decodeJob(encodeJob(job));
     chain = chain
       .then(() => c.records.write(c.client.pipeline(), snapshot).publish(c.keys.events(jobId), encodeEvent(e)).exec())
       .catch((err) => c.o.log(`mirroring an event of job ${jobId} to Redis failed`, err));
@@ -192,6 +193,22 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     });
   }
 
+  if (job.hasControlImage) {
+    // The file the API node received (validated there); decoding it again gives the same pixels.
+    try {
+      const bytes = await c.client.getBuffer(c.keys.controlImage(jobId));
+      if (!bytes) throw new Error('its control image is gone from Redis (older than JOB_HISTORY_S?)');
+      job.controlImage = { image: await decodeImageBytes(bytes, { maxBytes: bytes.length }), bytes };
+    } catch (err) {
+      job.status = 'FAILED';
+      job.finishedAt = new Date();
+      job.error = { code: 'generation_failed', message: `control image: ${(err as Error).message}` };
+      mirror({ type: 'failed', jobId, code: job.error.code, message: job.error.message, elapsedMs: elapsedMs(job) });
+      await chain;
+      return { status: job.status };
+    }
+  }
+
   let stop = () => {};
   const final = new Promise<JobEvent>((resolve) => {
     stop = c.hub.listen(jobId, (e) => {
@@ -208,5 +225,6 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     stop();
     await chain;
   }
+  if (job.hasControlImage && isTerminal(job)) await c.client.del(c.keys.controlImage(jobId)).catch(() => 0);
   return { status: job.status };
 }

@@ -1,6 +1,7 @@
 /**
  * @file Control images from API values (src/pipeline/control-image.ts): uploads, base64, data URLs and http URLs
- * served by a local server on 127.0.0.1, decoded by sharp; every refusal is a ControlImageError naming the field.
+ * served by a local server on 127.0.0.1 (fetched with `allowPrivateAddresses`, which the SSRF guard otherwise refuses),
+ * decoded by sharp; every refusal is a ControlImageError naming the field.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -10,6 +11,7 @@ import {
   ControlImageError,
   decodeImageBytes,
   fetchImageBytes,
+  isPublicAddress,
   loadControlImage,
 } from '../../../src/pipeline/control-image.ts';
 
@@ -49,6 +51,9 @@ beforeAll(async () => {
       case '/redirect':
         res.writeHead(302, { location: '/ok.png' }).end();
         return;
+      case '/redirect-loopback':
+        res.writeHead(302, { location: `http://localhost:${(server.address() as AddressInfo).port}/ok.png` }).end();
+        return;
       case '/redirect-file':
         res.writeHead(302, { location: 'file:///etc/passwd' }).end();
         return;
@@ -82,6 +87,9 @@ afterAll(async () => {
   await new Promise((resolve) => server?.close(resolve));
 });
 
+/** Fetching from the local test server needs the SSRF guard off. */
+const LOCAL = { allowPrivateAddresses: true } as const;
+
 const refused = (code: string, param = 'controlImage') =>
   expect.objectContaining({ name: 'ControlImageError', code, param });
 
@@ -92,8 +100,8 @@ describe('loadControlImage', () => {
     expect(await loadControlImage(png.toString('base64'))).toEqual(expected);
     expect(await loadControlImage(` ${png.toString('base64url')}\n`)).toEqual(expected);
     expect(await loadControlImage(`data:image/png;base64,${png.toString('base64')}`)).toEqual(expected);
-    expect(await loadControlImage(`${base}/ok.png`)).toEqual(expected);
-    expect(await loadControlImage(`${base}/redirect`)).toEqual(expected);
+    expect(await loadControlImage(`${base}/ok.png`, LOCAL)).toEqual(expected);
+    expect(await loadControlImage(`${base}/redirect`, LOCAL)).toEqual(expected);
   });
 
   it('drops alpha, expands grey to RGB and applies the EXIF orientation', async () => {
@@ -122,24 +130,81 @@ describe('loadControlImage', () => {
 
 describe('fetchImageBytes', () => {
   it('fails on HTTP errors, non-images, redirects off http and unreachable hosts', async () => {
-    await expect(fetchImageBytes(`${base}/missing`)).rejects.toEqual(refused('fetch_failed'));
-    await expect(loadControlImage(`${base}/text`)).rejects.toEqual(refused('invalid_image'));
-    await expect(fetchImageBytes(`${base}/redirect-file`)).rejects.toEqual(refused('fetch_failed'));
+    await expect(fetchImageBytes(`${base}/missing`, LOCAL)).rejects.toEqual(refused('fetch_failed'));
+    await expect(loadControlImage(`${base}/text`, LOCAL)).rejects.toEqual(refused('invalid_image'));
+    await expect(fetchImageBytes(`${base}/redirect-file`, LOCAL)).rejects.toEqual(refused('fetch_failed'));
     // A closed port on the loopback interface: connection refused.
     const closed = createServer();
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
     const port = (closed.address() as AddressInfo).port;
     await new Promise((resolve) => closed.close(resolve));
-    await expect(fetchImageBytes(`http://127.0.0.1:${port}/x.png`)).rejects.toEqual(refused('fetch_failed'));
+    await expect(fetchImageBytes(`http://127.0.0.1:${port}/x.png`, LOCAL)).rejects.toEqual(refused('fetch_failed'));
   });
 
   it('enforces the byte limit from the header and while streaming', async () => {
-    await expect(fetchImageBytes(`${base}/declared-big`, { maxBytes: 5000 })).rejects.toEqual(refused('too_large'));
-    await expect(fetchImageBytes(`${base}/chunked-big`, { maxBytes: 5000 })).rejects.toEqual(refused('too_large'));
-    expect((await fetchImageBytes(`${base}/chunked-big`, { maxBytes: 20_000 })).length).toBe(10_000);
+    await expect(fetchImageBytes(`${base}/declared-big`, { ...LOCAL, maxBytes: 5000 })).rejects.toEqual(
+      refused('too_large'),
+    );
+    await expect(fetchImageBytes(`${base}/chunked-big`, { ...LOCAL, maxBytes: 5000 })).rejects.toEqual(
+      refused('too_large'),
+    );
+    expect((await fetchImageBytes(`${base}/chunked-big`, { ...LOCAL, maxBytes: 20_000 })).length).toBe(10_000);
   });
 
   it('gives up on a server that never answers', async () => {
-    await expect(fetchImageBytes(`${base}/hang`, { timeoutMs: 200 })).rejects.toEqual(refused('timeout'));
+    await expect(fetchImageBytes(`${base}/hang`, { ...LOCAL, timeoutMs: 200 })).rejects.toEqual(refused('timeout'));
+  });
+});
+
+describe('SSRF guard', () => {
+  it('refuses loopback, private, link-local, CGNAT and unique-local hosts unless allowed', async () => {
+    const port = (server.address() as AddressInfo).port;
+    for (const host of [
+      '127.0.0.1',
+      'localhost', // a name: refused by what it resolves to
+      '[::1]',
+      '[::ffff:127.0.0.1]',
+      '10.1.2.3',
+      '172.16.0.1',
+      '192.168.1.1',
+      '169.254.169.254',
+      '100.64.0.1',
+      '0.0.0.0',
+      '[fd00::1]',
+      '[fe80::1]',
+    ]) {
+      await expect(loadControlImage(`http://${host}:${port}/ok.png`), host).rejects.toEqual(refused('forbidden_url'));
+    }
+    await expect(fetchImageBytes(`${base}/redirect`)).rejects.toEqual(refused('forbidden_url'));
+    // Allowed: the same hosts are fetched, and a redirect to a name is resolved and followed.
+    expect((await fetchImageBytes(`http://localhost:${port}/ok.png`, LOCAL)).length).toBe(png.length);
+    expect((await fetchImageBytes(`${base}/redirect-loopback`, LOCAL)).length).toBe(png.length);
+  });
+
+  it('classifies addresses, IPv4 embedded in IPv6 included', () => {
+    for (const a of ['8.8.8.8', '1.1.1.1', '172.32.0.1', '100.128.0.1', '2606:4700::1111', '64:ff9b::808:808']) {
+      expect(isPublicAddress(a), a).toBe(true);
+    }
+    for (const a of [
+      '127.0.0.53',
+      '10.0.0.1',
+      '172.31.255.255',
+      '192.168.0.1',
+      '169.254.0.1',
+      '100.127.255.255',
+      '224.0.0.1',
+      '255.255.255.255',
+      '::',
+      '::1',
+      '::ffff:10.0.0.1',
+      '64:ff9b::a00:1', // NAT64 of 10.0.0.1
+      '2002:7f00:1::', // 6to4 of 127.0.0.1
+      'fc00::1',
+      'fe80::1%eth0',
+      'ff02::1',
+      'not-an-ip',
+    ]) {
+      expect(isPublicAddress(a), a).toBe(false);
+    }
   });
 });

@@ -41,4 +41,12 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ MODEL_SIZE: 'huge' })).toThrow(/MODEL_SIZE/);
     expect(() => loadConfig({ PORT: '70000' })).toThrow(/PORT/);
   });
+
+  it('keeps the control image SSRF guard on unless CONTROL_IMAGE_ALLOW_PRIVATE_URLS turns it off', () => {
+    const allow = (v?: string) =>
+      loadConfig(v === undefined ? {} : { CONTROL_IMAGE_ALLOW_PRIVATE_URLS: v }).controlImageAllowPrivateUrls;
+    expect([allow(), allow(''), allow('0'), allow('false'), allow('no')]).toEqual([false, false, false, false, false]);
+    expect([allow('1'), allow('true'), allow(' YES '), allow('on')]).toEqual([true, true, true, true]);
+    expect(() => allow('maybe')).toThrow(/CONTROL_IMAGE_ALLOW_PRIVATE_URLS/);
+  });
 });

@@ -7,6 +7,8 @@ import type { DocumentTypeDecoration } from '@graphql-typed-document-node/core';
 export type GenerateImageInput = {
   /** One of the seed card's ratios (1:1 = 1024x1024, 16:9 = 1280x736, …); default 1:1. */
   aspectRatio?: string | null | undefined;
+  /** Control image for a BFL Control LoRA (FLUX.1-Canny/Depth-dev-lora) in the LoRA set, required exactly when the set holds one: base64 image bytes, a `data:image/png;base64,...` URL or an http(s) URL (any format sharp reads; at most 10 MiB and 16777216 pixels; resized to the output size). Loaded at submission: problems come back as a ValidationError on `controlImage` whose `code` says why (`missing`, `unexpected`, `invalid_input`, `invalid_image`, `unsupported_url`, `forbidden_url` for hosts on loopback/private/link-local networks, `fetch_failed`, `too_large`, `timeout`). */
+  controlImage?: string | null | undefined;
   /** Default 3.5. */
   guidanceScale?: number | null | undefined;
   height?: number | null | undefined;
@@ -66,7 +68,7 @@ export type LoraInput = {
 
 /** Where a latency number comes from. */
 export type SpecOrigin =
-  /** Measured by this server's engine on its own hardware. */
+  /** Measured by this server's engine: live on its own hardware (source `this server`), or by the engine's benchmark on the card named in `hardware` (source: the result file). */
   | 'MEASURED'
   /** Stated on the TheStage seed model card; not measured here. */
   | 'PUBLISHED';

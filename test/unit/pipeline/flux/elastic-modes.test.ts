@@ -10,6 +10,7 @@ import { compileEngine, PlanRequiredError } from '../../../../engines/compiler/c
 import { ModeUnavailableError, resolveModeFor, UnknownModeError } from '../../../../engines/compiler/modes.ts';
 import { FluxPipeline } from '../../../../src/pipeline/flux/pipeline.ts';
 import { relativeChange, stepCacheOf } from '../../../../src/pipeline/flux/step-cache.ts';
+import { THRESHOLD_CANDIDATES } from '../../../../src/pipeline/flux/step-cache-calibration.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
 
 describe('elastic modes (flux-tiny)', () => {
@@ -41,7 +42,10 @@ describe('elastic modes (flux-tiny)', () => {
     expect(m.plan.length).toBeGreaterThan(0);
     expect(m.plan.every((e) => typeof e.error === 'number' && typeof e.gainMs === 'number')).toBe(true);
     expect(m.planSummary!.measuredError).toBeLessThanOrEqual(m.planSummary!.budget);
-    expect(m.stepCache).toMatchObject({ warmupSteps: 1, maxConsecutive: 2 });
+    expect(m.stepCache).toMatchObject({ warmupSteps: 1, maxConsecutive: 1, minPsnr: 30 });
+    // Loading S calibrated its threshold: one of the candidates, or 0 when none keeps the images within minPsnr.
+    const threshold = stepCacheOf(await pipe.engine('S'))!.settings.threshold;
+    expect([0, ...THRESHOLD_CANDIDATES]).toContain(threshold);
     expect((await pipe.engine('S')).stepCache).toBeDefined();
     expect((await pipe.engine('original')).stepCache).toBeUndefined();
   });

@@ -1,0 +1,491 @@
+/**
+ * @file `createCudaExecutor`: the {@link StepExecutor} over the native CUDA engine (`engines/cuda`, a
+ * `fluxql-engine --serve` child process reached through `src/runtime/cuda/`).
+ *
+ * The host does what the ORT pipeline's host does, with the same code, so both engines start from the same
+ * numbers: the project's tokenizers (CLIP 77, T5 `maxSequenceLength`), the sigma schedule of `schedule.ts` (dynamic
+ * shift of the image token count), and the seeded starting noise of `noise.ts` (torch's CPU generator, one per
+ * sample), packed and sent to the engine as explicit latents. The engine runs the encoders, every step and the VAE
+ * on the GPU; only token ids, latents at prepare, and the final RGB8 pixels cross the pipe.
+ *
+ * Batching: one `prepare` call groups its requests by (size, steps, T5 length) into engine jobs of at most
+ * `maxBatch` samples; a sample's handle names its job and index. `step` runs one engine step per job (jobs are
+ * sent back to back and answered in order). Samples of one job always advance together, which is what the
+ * scheduler does (it steps every running handle each turn, and a cancelled sample is released, not left behind);
+ * stepping only some live samples of a job is refused. A job's GPU memory is freed when its last sample is
+ * released.
+ *
+ * Engine failure: if the engine process ends unasked (GPU fault: the engine exits after a CUDA error; crash; kill),
+ * every call pending on it rejects with `CudaEngineExitedError` (so the scheduler fails the jobs of that call
+ * with code `generation_failed` and the engine's message), every sample prepared on it is lost (later calls
+ * naming it get {@link CudaSampleLostError}; `release` forgets it), and a new engine is started and loaded at
+ * once so later requests run normally. A start that fails is retried by the next call, not in a loop.
+ *
+ * LoRA: not supported by the engine. LoRA calls fail with `LoraError` code `unsupported`; the default set is
+ * always empty.
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  CudaEngineClient,
+  type CudaEngineExitedError,
+  type CudaEngineInfo,
+  type CudaPrecision,
+} from '../runtime/cuda/index.ts';
+import { resolveModelRepo } from '../shared/weights/index.ts';
+import { readCudaBenchmarks } from './cuda-benchmarks.ts';
+import {
+  type ExecutorStats,
+  type ModelInfo,
+  type RgbImage,
+  type SampleHandle,
+  type SampleRequest,
+  type StepExecutor,
+  type StepResult,
+  UnknownHandleError,
+} from './executor.ts';
+import { FluxArgumentError, type LatentGrid, latentGrid, packLatents } from './flux/latents.ts';
+import { noiseForSeeds } from './flux/noise.ts';
+import { latentPreviewRgb } from './flux/preview.ts';
+import { groupBy } from './flux/sample-state.ts';
+import { type FlowMatchConfig, fluxSigmas, parseSchedulerConfig } from './flux/schedule.ts';
+import { type FluxTokenizers, loadFluxTokenizers } from './flux/tokenize.ts';
+import { LoraError } from './lora/errors.ts';
+
+/** Options of {@link createCudaExecutor}. */
+export interface CudaExecutorOptions {
+  /** Diffusers model folder (`text_encoder/`, `text_encoder_2/`, `transformer/`, `vae/`, tokenizers, scheduler). */
+  modelDir: string;
+  /** The `fluxql-engine` executable. */
+  engineBin: string;
+  /** @default 'bf16' */
+  precision?: CudaPrecision;
+  /** Largest engine batch. @default 4 */
+  maxBatch?: number;
+  /** `fluxql-engine --bench` results to report in `models` (rows of the loaded precision). */
+  benchResults?: string;
+  /** Environment of the engine process. @default process.env */
+  env?: NodeJS.ProcessEnv;
+  /** Engine log lines (stderr) and executor events. */
+  onLog?: (line: string) => void;
+}
+
+/** The starting latents' channels (FLUX's VAE) and packed features per token. */
+const LATENT_CHANNELS = 16;
+const PACKED_CHANNELS = 64;
+/** Largest side the engine runs. */
+const MAX_SIDE = 2048;
+const DEFAULT_T5_LEN = 512;
+
+/** A sample prepared on an engine that has since ended: it cannot be stepped or decoded. */
+export class CudaSampleLostError extends Error {
+  override name = 'CudaSampleLostError';
+  readonly code = 'engine_exited';
+  constructor(
+    readonly handle: string,
+    cause: CudaEngineExitedError,
+  ) {
+    super(`sample ${handle} was lost with its CUDA engine (${cause.message}); the engine has been restarted`, {
+      cause,
+    });
+  }
+}
+
+/** An executor of this kind, with the engine process exposed for tests and diagnostics. */
+export interface CudaStepExecutor extends StepExecutor {
+  /** The card and engine state as the current engine reports it (starts one when none runs). */
+  engineInfo(): Promise<CudaEngineInfo>;
+  /** Pid of the current engine process, if one runs. */
+  enginePid(): number | undefined;
+}
+
+interface EngineJob {
+  client: CudaEngineClient;
+  id: number;
+  grid: LatentGrid;
+  height: number;
+  width: number;
+  steps: number;
+  step: number;
+  handles: SampleHandle[];
+  live: Set<SampleHandle>;
+  /** Set when the job's engine ended. */
+  lost?: CudaEngineExitedError;
+  /** RGB of every sample once decoded at `decodedAt` steps. */
+  decoded?: { step: number; images: RgbImage[] };
+}
+
+interface Sample {
+  job: EngineJob;
+  index: number;
+}
+
+/** Starts the engine, loads the model on the GPU and returns the executor (fails fast when either fails). */
+export async function createCudaExecutor(options: CudaExecutorOptions): Promise<CudaStepExecutor> {
+  const repo = resolveModelRepo(options.modelDir);
+  if (repo.layout !== 'diffusers') {
+    throw new FluxArgumentError(
+      'modelDir',
+      `the CUDA engine loads diffusers folders only; ${repo.root} is ${repo.layout}`,
+    );
+  }
+  const tokenizers = await loadFluxTokenizers({ clip: repo.tokenizerDir, t5: repo.tokenizer2Dir });
+  const scheduler = parseSchedulerConfig(repo.schedulerConfig, `${repo.schedulerDir}/scheduler_config.json`);
+  const executor = new CudaExecutor(options, repo.root, tokenizers, scheduler);
+  await executor.start();
+  return executor;
+}
+
+class CudaExecutor implements CudaStepExecutor {
+  readonly #o: CudaExecutorOptions;
+  readonly #precision: CudaPrecision;
+  readonly #maxBatch: number;
+  readonly #modelDir: string;
+  readonly #tokenizers: FluxTokenizers;
+  readonly #scheduler: FlowMatchConfig;
+  readonly #samples = new Map<SampleHandle, Sample>();
+  #info: ModelInfo | undefined;
+  #ready: Promise<CudaEngineClient> | undefined;
+  #current: CudaEngineClient | undefined;
+  #closed = false;
+  #starts = 0;
+  #exits = 0;
+
+  constructor(o: CudaExecutorOptions, modelDir: string, tokenizers: FluxTokenizers, scheduler: FlowMatchConfig) {
+    this.#o = o;
+    this.#precision = o.precision ?? 'bf16';
+    this.#maxBatch = o.maxBatch ?? 4;
+    this.#modelDir = modelDir;
+    this.#tokenizers = tokenizers;
+    this.#scheduler = scheduler;
+  }
+
+  /** Starts the first engine and fixes the model info from its answers. */
+  async start(): Promise<void> {
+    const client = await this.#engine();
+    const card = await client.info();
+    const name = this.#modelDir.split(/[\\/]/).filter(Boolean).pop() ?? this.#modelDir;
+    this.#info = {
+      name,
+      path: this.#modelDir,
+      modes: ['original'],
+      device: `cuda: ${card.device} (${this.#precision})`,
+      packedChannels: PACKED_CHANNELS,
+      pixelsPerToken: 16,
+      maxBatch: this.#maxBatch,
+      benchmarks: this.#o.benchResults ? readCudaBenchmarks(this.#o.benchResults, this.#precision, this.#o.onLog) : [],
+    };
+  }
+
+  info(): ModelInfo {
+    if (!this.#info) throw new Error('CUDA executor not started');
+    return this.#info;
+  }
+
+  async engineInfo(): Promise<CudaEngineInfo> {
+    return (await this.#engine()).info();
+  }
+
+  enginePid(): number | undefined {
+    return this.#current?.exitError ? undefined : this.#current?.pid;
+  }
+
+  // ---- engine life cycle -------------------------------------------------------------------------------------
+
+  /** The running, loaded engine; starts one when there is none. */
+  #engine(): Promise<CudaEngineClient> {
+    if (this.#closed) return Promise.reject(new Error('the CUDA executor is closed'));
+    this.#ready ??= this.#startEngine();
+    return this.#ready;
+  }
+
+  #startEngine(): Promise<CudaEngineClient> {
+    let loaded = false;
+    const client = CudaEngineClient.start({
+      bin: this.#o.engineBin,
+      ...(this.#o.env ? { env: this.#o.env } : {}),
+      ...(this.#o.onLog ? { onLog: this.#o.onLog } : {}),
+      onExit: (err) => this.#onExit(client, loaded, err),
+    });
+    this.#starts++;
+    this.#current = client;
+    const ready = (async () => {
+      try {
+        await client.info();
+        const l = await client.load(this.#modelDir, this.#precision);
+        this.#o.onLog?.(
+          `CUDA engine pid ${client.pid} loaded ${this.#modelDir} (${l.precision}, ${(l.weightsBytes / 2 ** 20).toFixed(1)} MiB of weights) on ${l.device} in ${l.ms.toFixed(0)} ms`,
+        );
+        loaded = true;
+        return client;
+      } catch (err) {
+        client.kill('SIGKILL');
+        throw err;
+      }
+    })();
+    // A failed start is not retried here: the next call starts another (no restart loop on a broken setup).
+    ready.catch(() => {
+      if (this.#ready === ready) this.#ready = undefined;
+    });
+    return ready;
+  }
+
+  #onExit(client: CudaEngineClient, wasLoaded: boolean, err: CudaEngineExitedError): void {
+    if (this.#closed) return;
+    this.#exits++;
+    this.#o.onLog?.(`CUDA engine pid ${client.pid} ended: ${err.message}`);
+    for (const s of this.#samples.values()) if (s.job.client === client) s.job.lost ??= err;
+    if (this.#current !== client) return;
+    this.#ready = undefined;
+    this.#current = undefined;
+    // Restart at once so the next request finds a loaded engine; only after an engine that had loaded, so a
+    // setup that cannot load does not spin.
+    if (wasLoaded) {
+      this.#engine().catch((e: unknown) => this.#o.onLog?.(`CUDA engine restart failed: ${(e as Error).message}`));
+    }
+  }
+
+  // ---- StepExecutor ------------------------------------------------------------------------------------------
+
+  async prepare(requests: SampleRequest[]): Promise<SampleHandle[]> {
+    if (requests.length === 0) return [];
+    const checked = requests.map((r) => ({ r, grid: this.#validate(r) }));
+    const client = await this.#engine();
+    const groups = groupBy(
+      checked,
+      ({ r, grid }) => `${grid.h}x${grid.w}|${r.steps}|${r.maxSequenceLength ?? DEFAULT_T5_LEN}`,
+    ).flatMap((g) => chunks(g, this.#maxBatch));
+    const handles = new Map<SampleRequest, SampleHandle>();
+    const made: EngineJob[] = [];
+    const settled = await Promise.allSettled(
+      groups.map(async (group) => {
+        const first = group[0]!;
+        const { grid } = first;
+        const b = group.length;
+        const t5Len = first.r.maxSequenceLength ?? DEFAULT_T5_LEN;
+        const clipIds = Int32Array.from(this.#tokenizers.encodeClip(group.map((x) => x.r.prompt)), Number);
+        const t5Ids = Int32Array.from(
+          this.#tokenizers.encodeT5(
+            group.map((x) => x.r.prompt2 ?? x.r.prompt),
+            t5Len,
+          ),
+          Number,
+        );
+        const per = grid.seqLen * PACKED_CHANNELS;
+        const latents = new Float32Array(b * per);
+        group.forEach(({ r }, i) => {
+          latents.set(
+            r.latents ??
+              packLatents(noiseForSeeds([r.seed], LATENT_CHANNELS, grid.h, grid.w), 1, LATENT_CHANNELS, grid.h, grid.w),
+            i * per,
+          );
+        });
+        const { sigmas } = fluxSigmas(first.r.steps, grid.seqLen, this.#scheduler);
+        const prepared = await client.prepare({
+          batch: b,
+          height: first.r.height,
+          width: first.r.width,
+          clipIds,
+          t5Ids,
+          t5Len,
+          sigmas,
+          guidance: group.map((x) => x.r.guidanceScale),
+          latents,
+        });
+        const job: EngineJob = {
+          client,
+          id: prepared.job,
+          grid,
+          height: first.r.height,
+          width: first.r.width,
+          steps: prepared.steps,
+          step: 0,
+          handles: group.map(() => randomUUID()),
+          live: new Set(),
+        };
+        made.push(job);
+        job.handles.forEach((h, index) => {
+          job.live.add(h);
+          handles.set(group[index]!.r, h);
+        });
+      }),
+    );
+    const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+    if (failed) {
+      // All or nothing: free the batches that were prepared before failing the call.
+      await Promise.all(made.map((job) => job.client.release(job.id).catch(() => undefined)));
+      throw failed.reason;
+    }
+    for (const job of made) {
+      for (const [index, h] of job.handles.entries()) this.#samples.set(h, { job, index });
+    }
+    return requests.map((r) => handles.get(r)!);
+  }
+
+  async step(
+    handles: SampleHandle[],
+    options?: { preview?: boolean },
+  ): Promise<(StepResult & { preview?: RgbImage })[]> {
+    const samples = handles.map((h) => this.#sample(h));
+    const jobs = [...new Set(samples.map((s) => s.job))];
+    for (const job of jobs) {
+      const asked = new Set(handles.filter((h) => this.#samples.get(h)!.job === job));
+      const skipped = [...job.live].filter((h) => !asked.has(h));
+      if (skipped.length > 0 && job.step < job.steps) {
+        throw new Error(
+          `CUDA executor: samples prepared together step together; ${skipped.length} live sample(s) of the batch were not named`,
+        );
+      }
+    }
+    const latents = new Map<EngineJob, Float32Array>();
+    await Promise.all(
+      jobs.map(async (job) => {
+        if (job.step < job.steps) {
+          const p = await job.client.step(job.id, 1);
+          job.step = p.step;
+        }
+        if (options?.preview) latents.set(job, (await job.client.latents(job.id)).data);
+      }),
+    );
+    return samples.map((s, i) => {
+      const lat = latents.get(s.job);
+      const per = s.job.grid.seqLen * PACKED_CHANNELS;
+      return {
+        handle: handles[i]!,
+        step: s.job.step,
+        totalSteps: s.job.steps,
+        ...(lat
+          ? { preview: latentPreviewRgb(lat.subarray(s.index * per, (s.index + 1) * per), s.job.grid.h, s.job.grid.w) }
+          : {}),
+      };
+    });
+  }
+
+  async decode(handles: SampleHandle[]): Promise<RgbImage[]> {
+    const samples = handles.map((h) => this.#sample(h));
+    const jobs = [...new Set(samples.map((s) => s.job))];
+    await Promise.all(
+      jobs.map(async (job) => {
+        if (job.decoded?.step === job.step) return;
+        const img = await job.client.decode(job.id);
+        const per = img.height * img.width * 3;
+        job.decoded = {
+          step: job.step,
+          images: Array.from({ length: img.batch }, (_, i) => ({
+            width: img.width,
+            height: img.height,
+            data: img.data.slice(i * per, (i + 1) * per),
+          })),
+        };
+      }),
+    );
+    return samples.map((s) => s.job.decoded!.images[s.index]!);
+  }
+
+  async release(handles: SampleHandle[]): Promise<void> {
+    const emptied = new Set<EngineJob>();
+    for (const h of handles) {
+      const s = this.#samples.get(h);
+      if (!s) continue;
+      this.#samples.delete(h);
+      s.job.live.delete(h);
+      if (s.job.live.size === 0) emptied.add(s.job);
+    }
+    await Promise.all(
+      [...emptied].map(async (job) => {
+        if (job.lost || job.client.exitError) return;
+        await job.client.release(job.id).catch((err: unknown) => {
+          // The engine died meanwhile (its memory went with it) or already forgot the job: nothing to free.
+          this.#o.onLog?.(`CUDA engine release of job ${job.id} failed: ${(err as Error).message}`);
+        });
+      }),
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#samples.clear();
+    const client = this.#current;
+    this.#current = undefined;
+    this.#ready = undefined;
+    await client?.quit();
+  }
+
+  async loras(): Promise<never> {
+    throw unsupported();
+  }
+
+  async checkLoras(set: { name: string }[]): Promise<never[]> {
+    if (set.length === 0) return [];
+    throw unsupported(set[0]!.name);
+  }
+
+  async loadLora(name: string): Promise<never> {
+    throw unsupported(name);
+  }
+
+  async unloadLora(name: string): Promise<never> {
+    throw unsupported(name);
+  }
+
+  async activeLoras(): Promise<[]> {
+    return [];
+  }
+
+  async stats(): Promise<ExecutorStats> {
+    return { sessionsCreated: 0, engineStarts: this.#starts, engineExits: this.#exits };
+  }
+
+  // ---- helpers -----------------------------------------------------------------------------------------------
+
+  #sample(h: SampleHandle): Sample {
+    const s = this.#samples.get(h);
+    if (!s) throw new UnknownHandleError(h);
+    if (s.job.lost) throw new CudaSampleLostError(h, s.job.lost);
+    return s;
+  }
+
+  /** The ORT pipeline's request checks, plus what the engine cannot do (modes, LoRAs, control, > 2048). */
+  #validate(r: SampleRequest): LatentGrid {
+    if (typeof r.prompt !== 'string') throw new FluxArgumentError('prompt', 'must be a string');
+    if (r.prompt2 !== undefined && typeof r.prompt2 !== 'string') {
+      throw new FluxArgumentError('prompt2', 'must be a string');
+    }
+    if (!Number.isInteger(r.steps) || r.steps < 1 || r.steps > 1000) {
+      throw new FluxArgumentError('steps', `must be an integer in 1..1000, got ${r.steps}`);
+    }
+    if (!Number.isFinite(r.guidanceScale)) {
+      throw new FluxArgumentError('guidanceScale', `must be finite, got ${r.guidanceScale}`);
+    }
+    if (r.mode !== undefined && r.mode !== 'original') {
+      throw new FluxArgumentError('mode', `unknown mode "${r.mode}"; the CUDA engine runs: original`);
+    }
+    if (r.loras && r.loras.length > 0) throw unsupported(r.loras[0]!.name);
+    if (r.controlImage) throw new FluxArgumentError('controlImage', 'the CUDA engine has no control-image path');
+    const grid = latentGrid(r.height, r.width);
+    for (const [param, v] of [
+      ['height', r.height],
+      ['width', r.width],
+    ] as const) {
+      if (v > MAX_SIDE) throw new FluxArgumentError(param, `the CUDA engine runs sides up to ${MAX_SIDE}, got ${v}`);
+    }
+    if (!Number.isSafeInteger(r.seed)) throw new FluxArgumentError('seed', `must be a safe integer, got ${r.seed}`);
+    if (r.latents && r.latents.length !== grid.seqLen * PACKED_CHANNELS) {
+      throw new FluxArgumentError(
+        'latents',
+        `expected ${grid.seqLen * PACKED_CHANNELS} values ([L, C] packed), got ${r.latents.length}`,
+      );
+    }
+    return grid;
+  }
+}
+
+function unsupported(lora?: string): LoraError {
+  return new LoraError('unsupported', 'the CUDA engine does not run LoRAs (use --engine onnx for LoRA requests)', lora);
+}
+
+function chunks<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}

@@ -1,0 +1,43 @@
+/**
+ * @file Errors of the CUDA engine client. Each has a fixed `name` and a machine-readable `code`, so they keep their
+ * meaning across the service layer (which only sees `Error`s) and in logs.
+ */
+
+/** The engine answered a request with an `error` frame (bad request, load failure, CUDA error). */
+export class CudaEngineError extends Error {
+  override name = 'CudaEngineError';
+  readonly code = 'engine_error';
+  constructor(
+    /** The request's `op`. */
+    readonly op: string,
+    message: string,
+    /**
+     * True when the engine ends itself after this error (a CUDA error: the context may be unusable). The process
+     * exit follows the frame; the client then fails the other pending requests with {@link CudaEngineExitedError}.
+     */
+    readonly fatal: boolean,
+  ) {
+    super(`CUDA engine ${op}: ${message}`);
+  }
+}
+
+/**
+ * The engine process is gone (exited, killed, crashed, never started, or its output stopped making sense), so a
+ * request pending on it, or sent to it afterwards, cannot be answered.
+ */
+export class CudaEngineExitedError extends Error {
+  override name = 'CudaEngineExitedError';
+  readonly code = 'engine_exited';
+  constructor(
+    message: string,
+    /** The process's exit code, when it exited. */
+    readonly exitCode: number | null,
+    /** The signal that ended it, e.g. `SIGKILL`. */
+    readonly signal: NodeJS.Signals | null,
+    /** The last lines the engine wrote to stderr (its log). */
+    readonly stderrTail: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}

@@ -1,0 +1,24 @@
+/**
+ * @file The CUDA engine client: spawns `fluxql-engine --serve` (engines/cuda) and speaks its framed protocol.
+ * Runtime layer: imports nothing above `src/shared/`; the pipeline's `cuda-executor.ts` adapts it to the
+ * step-level executor contract. Kept out of `../index.ts` so that a CUDA server does not load onnxruntime-node.
+ */
+export {
+  CudaEngineClient,
+  type CudaEngineClientOptions,
+  type CudaEngineInfo,
+  type CudaLoaded,
+  type CudaPrecision,
+  type CudaPrepareArgs,
+  type CudaProgress,
+} from './engine-client.ts';
+export { CudaEngineError, CudaEngineExitedError } from './errors.ts';
+export {
+  encodeFrame,
+  FRAME_PREFIX_BYTES,
+  type Frame,
+  FrameDecoder,
+  FrameError,
+  type FrameHeader,
+  MAX_HEADER_BYTES,
+} from './frames.ts';
