@@ -25,6 +25,7 @@
  * always empty.
  */
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import {
   CudaEngineClient,
   type CudaEngineExitedError,
@@ -90,6 +91,17 @@ export class CudaSampleLostError extends Error {
   }
 }
 
+/** The engine executable does not exist (not built here, or CUDA_ENGINE_BIN points elsewhere). */
+export class CudaEngineNotFoundError extends Error {
+  override name = 'CudaEngineNotFoundError';
+  readonly code = 'engine_not_found';
+  constructor(readonly bin: string) {
+    super(
+      `no CUDA engine executable at ${bin}: build it on the GPU machine (engines/cuda/README.md) or set CUDA_ENGINE_BIN`,
+    );
+  }
+}
+
 /** An executor of this kind, with the engine process exposed for tests and diagnostics. */
 export interface CudaStepExecutor extends StepExecutor {
   /** The card and engine state as the current engine reports it (starts one when none runs). */
@@ -121,6 +133,7 @@ interface Sample {
 
 /** Starts the engine, loads the model on the GPU and returns the executor (fails fast when either fails). */
 export async function createCudaExecutor(options: CudaExecutorOptions): Promise<CudaStepExecutor> {
+  if (!existsSync(options.engineBin)) throw new CudaEngineNotFoundError(options.engineBin);
   const repo = resolveModelRepo(options.modelDir);
   if (repo.layout !== 'diffusers') {
     throw new FluxArgumentError(
@@ -231,6 +244,8 @@ class CudaExecutor implements CudaStepExecutor {
 
   #onExit(client: CudaEngineClient, wasLoaded: boolean, err: CudaEngineExitedError): void {
     if (this.#closed) return;
+    // A process that never started is reported by the failed start itself.
+    if (client.pid === undefined) return;
     this.#exits++;
     this.#o.onLog?.(`CUDA engine pid ${client.pid} ended: ${err.message}`);
     for (const s of this.#samples.values()) if (s.job.client === client) s.job.lost ??= err;
@@ -240,7 +255,9 @@ class CudaExecutor implements CudaStepExecutor {
     // Restart at once so the next request finds a loaded engine; only after an engine that had loaded, so a
     // setup that cannot load does not spin.
     if (wasLoaded) {
-      this.#engine().catch((e: unknown) => this.#o.onLog?.(`CUDA engine restart failed: ${(e as Error).message}`));
+      this.#engine().catch((e: unknown) => {
+        if (!this.#closed) this.#o.onLog?.(`CUDA engine restart failed: ${(e as Error).message}`);
+      });
     }
   }
 

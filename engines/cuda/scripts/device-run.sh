@@ -2,6 +2,9 @@
 # Build, test and benchmark the engine on the GPU machine in one call.
 #   engines/cuda/scripts/device-run.sh [all|test|bench] [bench args...]
 #   engines/cuda/scripts/device-run.sh exec <engine args...>     (build, then run the engine with these arguments)
+#   engines/cuda/scripts/device-run.sh server                    (build, then the TypeScript side on the GPU: the
+#       checks of test/gpu/ under node:test, and one curl GraphQL generation against `fluxql serve --engine cuda`;
+#       needs Node and node_modules carried in .device-carry/, see engines/cuda/README.md)
 # Expects the fixtures in .device-fixtures/ (engines/cuda/scripts/prepare-fixtures.ts) and writes logs and
 # results under $OUT (or ./out when unset).
 set -uo pipefail
@@ -52,5 +55,14 @@ elif [[ $MODE == all || $MODE == bench ]]; then
 fi
 if [[ $MODE == exec ]]; then
   "$ENGINE" "$@"; rc=$?
+fi
+if [[ $MODE == server ]]; then
+  # shellcheck disable=SC1091
+  source .device-carry/activate.sh || exit 1
+  export CUDA_ENGINE_BIN=$ENGINE FLUXQL_GPU_REPORT=$OUT/gpu-report.jsonl
+  node --import tsx --test-reporter=spec test/gpu/run-node.ts 2>&1 | tee "$OUT/gpu-tests.txt"
+  r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && rc=$r
+  OUT=$OUT/curl bash engines/cuda/scripts/server-check.sh 2>&1 | tee "$OUT/server-check.txt"
+  r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && rc=$r
 fi
 exit $rc

@@ -6,8 +6,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EMBEDDED_MODEL_DIR, loadConfig } from '../../../src/config.ts';
 import { readCudaBenchmarks } from '../../../src/pipeline/cuda-benchmarks.ts';
-import { createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
-import { CudaEngineExitedError } from '../../../src/runtime/cuda/index.ts';
+import { CudaEngineNotFoundError, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
 import { ModelCatalog } from '../../../src/service/models.ts';
 import { REPO_ROOT } from '../../helpers/paths.ts';
 
@@ -77,12 +76,12 @@ describe('CUDA benchmark rows', () => {
 });
 
 describe('CUDA executor without an engine binary', () => {
-  it('fails to start with CudaEngineExitedError naming the binary', async () => {
+  it('fails to start with CudaEngineNotFoundError naming the binary', async () => {
     const err = await createCudaExecutor({
       modelDir: EMBEDDED_MODEL_DIR,
       engineBin: '/nonexistent/fluxql-engine',
     }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(CudaEngineExitedError);
-    expect((err as Error).message).toContain('/nonexistent/fluxql-engine could not be started');
+    expect(err).toBeInstanceOf(CudaEngineNotFoundError);
+    expect((err as Error).message).toContain('no CUDA engine executable at /nonexistent/fluxql-engine');
   });
 });

@@ -1,0 +1,558 @@
+/**
+ * @file The GPU checks of the native CUDA engine, written once with `node:assert` and registered by two runners:
+ * `cuda-server.test.ts` (vitest: CI, where they skip with a line saying why) and `run-node.ts` (`node:test`, for
+ * the GPU machine, whose carried node_modules has no room for vitest).
+ *
+ * What they check, on the embedded flux-tiny model:
+ * - the engine client: the card is reported before loading; a killed engine fails the call in flight with
+ *   `CudaEngineExitedError`;
+ * - the executor: prepare / step (previews) / decode against the ONNX Runtime pipeline's pixels for the same seeds;
+ *   typed refusals (modes, LoRAs, sizes); a killed engine loses its samples with `CudaSampleLostError` and is
+ *   restarted, and the next generation matches ORT again;
+ * - the real server, `node bin/fluxql.js serve --engine cuda` per precision (FLUXQL_CUDA_PRECISIONS, default
+ *   `f32,bf16`): `models` (GPU name, benchmark rows), a GraphQL `generateImage` followed over graphql-ws
+ *   `jobProgress` (every step event, then two PNGs of the requested size, within 2/255 of ORT for f32 and 8/255 for
+ *   bf16), and a request after killing the engine.
+ *
+ * Needs the built engine (CUDA_ENGINE_BIN, default engines/cuda/build/fluxql-engine) and an NVIDIA GPU: otherwise
+ * {@link SKIP} says why. FLUXQL_GPU_REPORT, when set, is a file receiving one JSON line per pixel comparison.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
+import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import { type Client, createClient } from 'graphql-ws';
+import sharp from 'sharp';
+import WebSocket from 'ws';
+import { CudaSampleLostError, type CudaStepExecutor, createCudaExecutor } from '../../src/pipeline/cuda-executor.ts';
+import { FluxArgumentError } from '../../src/pipeline/flux/latents.ts';
+import { loadFluxTokenizers } from '../../src/pipeline/flux/tokenize.ts';
+import { LoraError } from '../../src/pipeline/lora/errors.ts';
+import { CudaEngineClient, CudaEngineExitedError } from '../../src/runtime/cuda/index.ts';
+import { MODEL_DIR, REPO_ROOT } from '../helpers/paths.ts';
+
+export const BIN = process.env.CUDA_ENGINE_BIN
+  ? resolve(process.env.CUDA_ENGINE_BIN)
+  : join(REPO_ROOT, 'engines/cuda/build/fluxql-engine');
+const PRECISIONS = (process.env.FLUXQL_CUDA_PRECISIONS ?? 'f32,bf16').split(',').map((s) => s.trim());
+const REPORT = process.env.FLUXQL_GPU_REPORT;
+
+/** The first GPU's name from nvidia-smi, or undefined when there is none. */
+function gpuName(): string | undefined {
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-gpu=name', '--format=csv,noheader'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    return out.split('\n')[0]?.trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export const GPU = gpuName();
+/** Why the checks cannot run here, or undefined when they can. */
+export const SKIP = !existsSync(BIN)
+  ? `no CUDA engine binary at ${BIN} (it is built on the GPU machine: engines/cuda/scripts/device-run.sh server)`
+  : !GPU
+    ? 'no NVIDIA GPU here (nvidia-smi lists none)'
+    : undefined;
+
+/** A group of checks with its setup, as both runners register it. */
+export interface Suite {
+  name: string;
+  before?: () => Promise<void>;
+  after?: () => Promise<void>;
+  tests: { name: string; fn: () => Promise<void> }[];
+}
+
+const PROMPT = 'a red fox in fresh snow, golden hour';
+const SEED = 1234;
+const WIDTH = 96;
+const HEIGHT = 64;
+const STEPS = 4;
+
+/** ONNX Runtime reference images (CPU) for SEED and SEED + 1: a server job's images 0 and 1. */
+let ortImages: Promise<Uint8Array[]> | undefined;
+function ortReference(): Promise<Uint8Array[]> {
+  ortImages ??= (async () => {
+    // Imported here: only these checks need onnxruntime-node.
+    const { FluxPipeline } = await import('../../src/pipeline/flux/pipeline.ts');
+    const cacheDir = await mkdtemp(join(tmpdir(), 'fluxql-ort-cache-'));
+    const pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir });
+    try {
+      const r = await pipe.generate({
+        prompts: [PROMPT, PROMPT],
+        seed: [SEED, SEED + 1],
+        width: WIDTH,
+        height: HEIGHT,
+        steps: STEPS,
+      });
+      return r.images.map((im) => im.data);
+    } finally {
+      await pipe.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  })();
+  return ortImages;
+}
+
+function maxAbsDiff(a: Uint8Array, b: Uint8Array): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+function report(line: Record<string, unknown>): void {
+  if (REPORT) appendFileSync(REPORT, `${JSON.stringify({ gpu: GPU, ...line })}\n`);
+}
+
+/** Pids of the running engine processes (`BIN --serve`) that are children of `pid` (from /proc, no tools needed). */
+function enginesOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      // After the parenthesised command: state, ppid, ...
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(ppid) !== pid || state === 'Z') continue;
+      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (cmd.some((a) => a.endsWith(basename(BIN))) && cmd.includes('--serve')) out.push(Number(name));
+    } catch {
+      // the process ended while listing
+    }
+  }
+  return out;
+}
+
+/** Polls `check` every 50 ms until it returns a value (the runner's timeout bounds the wait). */
+async function waitFor<T>(check: () => T | undefined): Promise<T> {
+  for (;;) {
+    const v = check();
+    if (v !== undefined) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  assert.fail('expected a rejection');
+}
+
+// ---- engine client -------------------------------------------------------------------------------------------
+
+const clientSuite: Suite = {
+  name: 'CUDA engine client (real engine process)',
+  tests: [
+    {
+      name: 'reports the card before loading; a killed engine fails the call in flight with CudaEngineExitedError',
+      async fn() {
+        const client = CudaEngineClient.start({ bin: BIN });
+        try {
+          const info = await client.info();
+          assert.equal(info.device, GPU);
+          assert.equal(info.loaded, false);
+          assert.ok(info.memoryTotalBytes > 0);
+          const loaded = await client.load(MODEL_DIR, 'f32');
+          assert.equal(loaded.device, GPU);
+          assert.equal(loaded.precision, 'f32');
+          assert.equal((await client.info()).loaded, true);
+          const tok = await loadFluxTokenizers(MODEL_DIR);
+          // 1000 steps in one `step` request: the engine is surely mid-request when the first progress arrives.
+          const steps = 1000;
+          const prepared = await client.prepare({
+            batch: 1,
+            height: 64,
+            width: 64,
+            clipIds: Int32Array.from(tok.encodeClip([PROMPT]), Number),
+            t5Ids: Int32Array.from(tok.encodeT5([PROMPT], 64), Number),
+            t5Len: 64,
+            sigmas: Array.from({ length: steps + 1 }, (_, i) => 1 - i / steps),
+            guidance: [3.5],
+            seed: 7,
+          });
+          assert.equal(prepared.steps, steps);
+          const progress: number[] = [];
+          const err = await rejection(
+            client.step(prepared.job, undefined, (p) => {
+              progress.push(p.step);
+              if (progress.length === 1) client.kill('SIGKILL');
+            }),
+          );
+          assert.ok(err instanceof CudaEngineExitedError, String(err));
+          assert.equal(err.signal, 'SIGKILL');
+          assert.equal(progress[0], 1);
+          assert.ok(progress.length < steps);
+          assert.equal(await rejection(client.info()), err);
+        } finally {
+          client.kill('SIGKILL');
+          await client.exited;
+        }
+      },
+    },
+  ],
+};
+
+// ---- executor ------------------------------------------------------------------------------------------------
+
+function executorSuite(): Suite {
+  let ex: CudaStepExecutor;
+  const request = (seed: number) => ({
+    prompt: PROMPT,
+    height: HEIGHT,
+    width: WIDTH,
+    steps: STEPS,
+    guidanceScale: 3.5,
+    seed,
+  });
+  return {
+    name: 'CUDA executor (real engine process, f32)',
+    async before() {
+      ex = await createCudaExecutor({ modelDir: MODEL_DIR, engineBin: BIN, precision: 'f32', maxBatch: 2 });
+    },
+    async after() {
+      await ex?.close();
+    },
+    tests: [
+      {
+        name: 'prepare / step (with previews) / decode, matching the ORT pipeline within 2/255',
+        async fn() {
+          assert.deepEqual(
+            { ...ex.info(), path: undefined, benchmarks: undefined },
+            {
+              name: 'flux-tiny',
+              path: undefined,
+              modes: ['original'],
+              device: `cuda: ${GPU} (f32)`,
+              packedChannels: 64,
+              pixelsPerToken: 16,
+              maxBatch: 2,
+              benchmarks: undefined,
+            },
+          );
+          const handles = await ex.prepare([request(SEED), request(SEED + 1)]);
+          for (let s = 1; s <= STEPS; s++) {
+            const r = await ex.step(handles, { preview: s === 2 });
+            assert.deepEqual(
+              r.map((x) => [x.step, x.totalSteps]),
+              [
+                [s, STEPS],
+                [s, STEPS],
+              ],
+            );
+            if (s === 2) assert.deepEqual([r[0]!.preview?.width, r[0]!.preview?.height], [WIDTH / 8, HEIGHT / 8]);
+          }
+          const images = await ex.decode(handles);
+          const ort = await ortReference();
+          const diffs = images.map((im, i) => {
+            assert.deepEqual([im.width, im.height], [WIDTH, HEIGHT]);
+            return maxAbsDiff(im.data, ort[i]!);
+          });
+          report({
+            test: 'executor vs ORT',
+            precision: 'f32',
+            size: `${WIDTH}x${HEIGHT}`,
+            steps: STEPS,
+            max_abs_of_255: diffs,
+          });
+          for (const d of diffs) assert.ok(d <= 2, `max abs diff ${d}/255 > 2/255`);
+          await ex.release(handles);
+        },
+      },
+      {
+        name: 'refuses what the engine cannot run with typed errors',
+        async fn() {
+          assert.ok((await rejection(ex.prepare([{ ...request(1), mode: 'S' }]))) instanceof FluxArgumentError);
+          const lora = await rejection(
+            ex.prepare([{ ...request(1), loras: [{ name: 'x.safetensors', strength: 1 }] }]),
+          );
+          assert.ok(lora instanceof LoraError && lora.code === 'unsupported', String(lora));
+          assert.ok((await rejection(ex.loadLora('x.safetensors', 1))) instanceof LoraError);
+          assert.deepEqual(await ex.activeLoras(), []);
+          const size = await rejection(ex.prepare([{ ...request(1), width: 100 }]));
+          assert.equal((size as FluxArgumentError).param, 'width');
+        },
+      },
+      {
+        name: 'a killed engine loses its samples (CudaSampleLostError) and is restarted for later calls',
+        async fn() {
+          const [h] = await ex.prepare([request(5)]);
+          await ex.step([h!]);
+          const before = await ex.stats();
+          const pid = ex.enginePid();
+          assert.ok(pid !== undefined);
+          process.kill(pid, 'SIGKILL');
+          // The executor notices the exit and starts a new engine at once.
+          await waitFor(() => {
+            const p = ex.enginePid();
+            return p !== undefined && p !== pid ? p : undefined;
+          });
+          assert.ok((await rejection(ex.step([h!]))) instanceof CudaSampleLostError);
+          await ex.release([h!]);
+          const [h2] = await ex.prepare([request(SEED)]);
+          for (let s = 0; s < STEPS; s++) await ex.step([h2!]);
+          const [img] = await ex.decode([h2!]);
+          const diff = maxAbsDiff(img!.data, (await ortReference())[0]!);
+          assert.ok(diff <= 2, `after the restart: max abs diff ${diff}/255 > 2/255`);
+          await ex.release([h2!]);
+          const after = await ex.stats();
+          assert.equal(after.engineStarts, (before.engineStarts ?? 0) + 1);
+          assert.equal(after.engineExits, (before.engineExits ?? 0) + 1);
+        },
+      },
+    ],
+  };
+}
+
+// ---- the server ----------------------------------------------------------------------------------------------
+
+interface Server {
+  url: string;
+  proc: ChildProcessWithoutNullStreams;
+  log: string[];
+  stop(): Promise<void>;
+}
+
+/** Starts `node bin/fluxql.js serve --engine cuda` on a free port and waits for its URL. */
+async function startServer(precision: string): Promise<Server> {
+  const imageDir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-images-'));
+  const proc = spawn(process.execPath, [join(REPO_ROOT, 'bin/fluxql.js'), 'serve', '--engine', 'cuda'], {
+    cwd: REPO_ROOT,
+    env: {
+      ...process.env,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      IMAGE_DIR: imageDir,
+      MODEL_REPO: MODEL_DIR,
+      MODEL_BATCH: '4',
+      // A job below the batch size waits this long for companions: time for the check to subscribe before the
+      // job leaves the queue, so every step event is seen.
+      MAX_QUEUE_DELAY_MS: '2000',
+      CUDA_ENGINE_BIN: BIN,
+      CUDA_PRECISION: precision,
+    },
+  });
+  const log: string[] = [];
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    proc.stdout.on('data', (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      log.push(text);
+      const m = /serving .*? at (http:\/\/[^\s)]+)/.exec(text);
+      if (m) resolveUrl(m[1]!);
+    });
+    proc.stderr.on('data', (c: Buffer) => log.push(c.toString('utf8')));
+    proc.once('exit', (code) => reject(new Error(`server exited with code ${code}:\n${log.join('')}`)));
+  });
+  return {
+    url,
+    proc,
+    log,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = new Promise((r) => proc.once('exit', r));
+        proc.kill('SIGTERM');
+        await exited;
+      }
+      await rm(imageDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The fields the operations below select (each event type has a subset). */
+interface ProgressEvent {
+  __typename: string;
+  status?: string;
+  step?: number;
+  totalSteps?: number;
+  images?: { url: string; width: number; height: number; format: string }[];
+  code?: string;
+  message?: string;
+}
+interface ModelsData {
+  models: {
+    id: string;
+    device: string;
+    specs: { origin: string; hardware: string; width: number; height: number; steps: number | null; source: string }[];
+  }[];
+}
+interface GenerateData {
+  generateImage: { __typename: string; data?: { jobId: string } };
+}
+
+async function gql<T>(url: string, query: string, variables: Record<string, unknown> = {}): Promise<T> {
+  const res = await fetch(`${url}/graphql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = (await res.json()) as { data?: unknown; errors?: unknown };
+  if (body.errors) throw new Error(`GraphQL errors: ${JSON.stringify(body.errors)}`);
+  return body.data as T;
+}
+
+const MODELS = 'query { models { id device specs { origin hardware width height steps latencySeconds source } } }';
+const GENERATE = `mutation($input: GenerateImageInput!) { generateImage(input: $input) { __typename
+  ... on MutationGenerateImageSuccess { data { jobId totalSteps } }
+  ... on ValidationError { field message } } }`;
+const PROGRESS = `subscription($id: ID!) { jobProgress(id: $id) { __typename
+  ... on JobSnapshotEvent { status step totalSteps }
+  ... on JobStepEvent { step totalSteps }
+  ... on JobSucceededEvent { images { url width height format } }
+  ... on JobFailedEvent { code message } } }`;
+
+/** Submits a job, follows its jobProgress stream to the end and returns the events. */
+async function generate(url: string, client: Client, input: Record<string, unknown>): Promise<ProgressEvent[]> {
+  const r = await gql<GenerateData>(url, GENERATE, { input });
+  assert.equal(r.generateImage.__typename, 'MutationGenerateImageSuccess', JSON.stringify(r));
+  const jobId = r.generateImage.data!.jobId;
+  return new Promise((resolveEvents, reject) => {
+    const events: ProgressEvent[] = [];
+    client.subscribe(
+      { query: PROGRESS, variables: { id: jobId } },
+      {
+        next: (v) =>
+          v.errors
+            ? reject(new Error(JSON.stringify(v.errors)))
+            : events.push((v.data as { jobProgress: ProgressEvent }).jobProgress),
+        error: reject,
+        complete: () => resolveEvents(events),
+      },
+    );
+  });
+}
+
+async function fetchRgb(imageUrl: string) {
+  const res = await fetch(imageUrl);
+  assert.equal(res.status, 200);
+  const bytes = Buffer.from(await res.arrayBuffer());
+  const meta = await sharp(bytes).metadata();
+  const { data, info } = await sharp(bytes).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  assert.equal(info.channels, 3);
+  return { data: new Uint8Array(data), width: info.width, height: info.height, format: meta.format };
+}
+
+function serverSuite(precision: string): Suite {
+  let server: Server;
+  let client: Client;
+  const tolerance = precision === 'f32' ? 2 : 8;
+  return {
+    name: `fluxql serve --engine cuda (${precision})`,
+    async before() {
+      server = await startServer(precision);
+      client = createClient({
+        url: `${server.url.replace(/^http/, 'ws')}/graphql`,
+        webSocketImpl: WebSocket,
+        lazy: false,
+        retryAttempts: 0,
+      });
+    },
+    async after() {
+      await client?.dispose();
+      await server?.stop();
+    },
+    tests: [
+      {
+        name: 'models reports the GPU and the engine benchmark of this precision',
+        async fn() {
+          const { models } = await gql<ModelsData>(server.url, MODELS);
+          assert.deepEqual(
+            models.map((m) => m.id),
+            ['flux-1-dev-original-bs4'],
+          );
+          assert.equal(models[0]!.device, `cuda: ${GPU} (${precision})`);
+          const bench = models[0]!.specs.filter((s) => s.origin === 'MEASURED' && /cuda-h100\.json/.test(s.source));
+          if (precision === 'bf16') {
+            assert.ok(bench.length > 0);
+            for (const s of bench) {
+              assert.deepEqual([s.hardware, s.width, s.height, s.steps], ['NVIDIA H100 80GB HBM3', 1024, 1024, 28]);
+            }
+          } else {
+            assert.deepEqual(bench, []); // no benchmark at this precision: no other precision's numbers shown
+          }
+        },
+      },
+      {
+        name: `generateImage streams every step over graphql-ws; PNGs match ORT within ${tolerance}/255`,
+        async fn() {
+          const events = await generate(server.url, client, {
+            prompt: PROMPT,
+            seed: SEED,
+            width: WIDTH,
+            height: HEIGHT,
+            steps: STEPS,
+            numImages: 2,
+            outputFormat: 'PNG',
+          });
+          assert.equal(events[0]?.__typename, 'JobSnapshotEvent', JSON.stringify(events[0]));
+          assert.equal(events[0]?.step, 0);
+          const steps = events.filter((e) => e.__typename === 'JobStepEvent');
+          assert.deepEqual(
+            steps.map((e) => e.step),
+            [1, 2, 3, 4],
+          );
+          for (const e of steps) assert.equal(e.totalSteps, STEPS);
+          const last = events.at(-1);
+          assert.equal(last?.__typename, 'JobSucceededEvent', JSON.stringify(last));
+          assert.equal(last?.images?.length, 2);
+          const ort = await ortReference();
+          const diffs: number[] = [];
+          for (const [k, image] of (last?.images ?? []).entries()) {
+            assert.deepEqual([image.width, image.height, image.format], [WIDTH, HEIGHT, 'PNG']);
+            const rgb = await fetchRgb(image.url);
+            assert.deepEqual([rgb.format, rgb.width, rgb.height], ['png', WIDTH, HEIGHT]);
+            diffs.push(maxAbsDiff(rgb.data, ort[k]!));
+          }
+          report({
+            test: 'server vs ORT',
+            precision,
+            size: `${WIDTH}x${HEIGHT}`,
+            steps: STEPS,
+            seeds: [SEED, SEED + 1],
+            max_abs_of_255: diffs,
+          });
+          for (const d of diffs) assert.ok(d <= tolerance, `max abs diff ${d}/255 > ${tolerance}/255`);
+        },
+      },
+      {
+        name: 'after the engine is killed, the server restarts it and the next request succeeds',
+        async fn() {
+          const engines = enginesOf(server.proc.pid!);
+          assert.equal(engines.length, 1, `engine processes: ${engines.join(', ')}`);
+          process.kill(engines[0]!, 'SIGKILL');
+          await waitFor(() => {
+            const now = enginesOf(server.proc.pid!);
+            return now.length === 1 && now[0] !== engines[0] ? now[0] : undefined;
+          });
+          const events = await generate(server.url, client, {
+            prompt: PROMPT,
+            seed: 9,
+            width: 64,
+            height: 64,
+            steps: 2,
+            outputFormat: 'PNG',
+          });
+          const last = events.at(-1);
+          assert.equal(last?.__typename, 'JobSucceededEvent', JSON.stringify(last));
+          assert.deepEqual(
+            events.filter((e) => e.__typename === 'JobStepEvent').map((e) => e.step),
+            [1, 2],
+          );
+          assert.match(server.log.join(''), /CUDA engine pid \d+ ended: .*killed by SIGKILL/);
+        },
+      },
+    ],
+  };
+}
+
+/** Every suite, in run order. */
+export function cudaSuites(): Suite[] {
+  return [clientSuite, executorSuite(), ...PRECISIONS.map(serverSuite)];
+}
