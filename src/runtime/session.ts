@@ -46,6 +46,10 @@ export class Session {
         executionProviders: [provider],
         graphOptimizationLevel: options.graphOptimization ?? 'all',
         ...(options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {}),
+        // Every session owns an intra-op thread pool. With spinning on (ORT's default), a pool that just finished
+        // keeps its threads busy-waiting while the next session (text encoders → transformer → VAE, or the step
+        // cache's head → tail) runs, so the two fight for the same cores: measured 2× slower steps in mode S.
+        extra: { session: { intra_op: { allow_spinning: process.env.FLUXQL_ORT_SPIN === '1' ? '1' : '0' } } },
       });
       return new Session(component, modelPath, session);
     } catch (err) {
