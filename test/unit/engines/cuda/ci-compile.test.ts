@@ -13,9 +13,13 @@ const run = promisify(execFile);
 
 describe('engines/cuda on a machine without a GPU', () => {
   it('compiles the kernel sources for sm_90a, or says clearly why not', { timeout: 900_000 }, async () => {
-    const { stdout } = await run('bash', [join(REPO_ROOT, 'engines/cuda/scripts/ci-compile.sh')], { maxBuffer: 1 << 24 });
+    const { stdout } = await run('bash', [join(REPO_ROOT, 'engines/cuda/scripts/ci-compile.sh')], {
+      maxBuffer: 1 << 24,
+    });
     process.stdout.write(stdout);
-    expect(stdout).toMatch(/engines\/cuda ci-compile: \d+ sources compiled|SKIP engines\/cuda ci-compile: nvcc not found/);
+    expect(stdout).toMatch(
+      /engines\/cuda ci-compile: \d+ sources compiled|SKIP engines\/cuda ci-compile: nvcc not found/,
+    );
     expect(stdout).toMatch(/SKIP engines\/cuda GPU tests/);
   });
 });
