@@ -19,6 +19,7 @@ import { buildT5Graph } from './flux/t5.ts';
 import { parseClipTextConfig, parseT5EncoderConfig } from './flux/text-config.ts';
 import { buildTransformerGraph, type TransformerGraphOptions } from './flux/transformer.ts';
 import { type FluxTransformerConfig, resolveTransformerConfig } from './flux/transformer-config.ts';
+import { buildModulationGraph } from './flux/transformer-modulation.ts';
 import { buildTransformerHead, buildTransformerTail } from './flux/transformer-split.ts';
 import { buildVaeDecoderGraph, vaeDecoderConfigFromJson, vaeScaleFactor } from './flux/vae.ts';
 import { buildVaeEncoderGraph, vaeEncoderConfigFromJson } from './flux/vae-encoder.ts';
@@ -65,7 +66,15 @@ interface Descriptor {
   outputs: IoSpec[];
 }
 
-type ComponentKey = 'clip' | 't5' | 'transformer' | 'vae' | 'vae_encoder' | 'transformer_head' | 'transformer_tail';
+type ComponentKey =
+  | 'clip'
+  | 't5'
+  | 'transformer'
+  | 'vae'
+  | 'vae_encoder'
+  | 'transformer_head'
+  | 'transformer_tail'
+  | 'transformer_modulation';
 
 /** A compressed mode compiled without its plan (the pipeline computes plans first, see `elastic-plan.ts`). */
 export class PlanRequiredError extends Error {
@@ -91,6 +100,8 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
     ...mode.transformer,
     ...(plan ? { linearPolicy: plannedPolicy(planChoices(plan)) } : {}),
   };
+  // XL (not its LoRA variant): modulations of all steps computed up front by `transformer_modulation`.
+  const modulationInput = (mode.precomputedModulation ?? false) && !options.lora;
   const control = options.lora ? (options.controlChannels ?? 0) : 0;
   if (!Number.isInteger(control) || control < 0)
     throw new Error(`controlChannels must be a non-negative integer, got ${options.controlChannels}`);
@@ -113,11 +124,13 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
       weights: c.transformer,
       options: options.lora
         ? { ...transformerKey, lora: true, ...(control ? { controlChannels: control } : {}) }
-        : transformerKey,
+        : modulationInput
+          ? { ...transformerKey, modulationInput: true }
+          : transformerKey,
       build: (b, w) =>
         options.lora
           ? buildLoraTransformerGraph(b, w, transformerConfig, { ...transformerOptions, controlChannels: control })
-          : buildTransformerGraph(b, w, transformerConfig, transformerOptions),
+          : buildTransformerGraph(b, w, transformerConfig, { ...transformerOptions, modulationInput }),
     },
     vae: { weights: c.vae, options: {}, build: (b, w) => buildVaeDecoderGraph(b, w, vaeCfg) },
   };
@@ -128,6 +141,13 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
       weights: c.vae,
       options: { withLogvar: true },
       build: (b, w) => buildVaeEncoderGraph(b, w, encoderCfg, { withLogvar: true }),
+    };
+  }
+  if (modulationInput) {
+    builds.transformer_modulation = {
+      weights: c.transformer,
+      options: transformerKey,
+      build: (b, w) => buildModulationGraph(b, w, transformerConfig, transformerOptions),
     };
   }
   if (mode.stepCache && !options.lora) {
@@ -199,6 +219,15 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
             ...mode.stepCache,
             head: { ...entries.transformer_head, file: relative(engineDir, entries.transformer_head.file) },
             tail: { ...entries.transformer_tail, file: relative(engineDir, entries.transformer_tail.file) },
+          },
+        }
+      : {}),
+    // XL: the modulation vectors of all steps, computed once per sample (see flux/transformer-modulation.ts).
+    ...(entries.transformer_modulation
+      ? {
+          modulation: {
+            ...entries.transformer_modulation,
+            file: relative(engineDir, entries.transformer_modulation.file),
           },
         }
       : {}),

@@ -3,7 +3,8 @@
  *
  * - `original`: exactly the diffusers computation in float32.
  * - `XL`: the mathematically equivalent optimised graph: fused projections (fewer, larger GEMMs), contrib-op attention
- *   and one GEMM for all modulations (`flux/transformer-fused.ts`).
+ *   and one GEMM for all modulations (`flux/transformer-fused.ts`), run once per sample over all its steps
+ *   (`precomputedModulation`).
  * - `L`, `M`, `S`: XL plus per-layer compression chosen by the planner (`planner/`) under an error budget (relative
  *   L2 error of the transformer output against `original` on calibration inputs: 1 %, 1.5 %, 2 %); `S` adds step
  *   caching (First-Block-Cache, `flux/transformer-split.ts`) with its own threshold.
@@ -31,6 +32,12 @@ export interface ModeSpec {
    * candidate whose images stay within `minPsnr` dB of the same engine without skipping (`step-cache-calibration.ts`).
    */
   stepCache?: { threshold: number; warmupSteps: number; maxConsecutive: number; minPsnr: number };
+  /**
+   * XL: the modulation vectors of all of a sample's steps are computed once, before its denoising loop, by the extra
+   * component `transformer_modulation` (one GEMM over `[steps·B, D]` rows); the transformer graph takes them as the
+   * input `modulation` (`modulationInput`, see `flux/transformer-fused.ts`). Not for LoRA engines.
+   */
+  precomputedModulation?: boolean;
 }
 
 const XL_GRAPH: ModeTransformerOptions = { fuseProjections: true, fusedAttention: true, precomputeModulation: true };
@@ -45,6 +52,7 @@ const MODES: Readonly<Record<string, ModeSpec>> = Object.freeze({
     name: 'XL',
     description: 'Mathematically equivalent, optimised: fused projections, fused attention, precomputed modulation.',
     transformer: XL_GRAPH,
+    precomputedModulation: true,
   },
   L: {
     name: 'L',

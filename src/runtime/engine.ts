@@ -13,6 +13,8 @@ export interface Engine {
   sessions: Record<ComponentName, Session>;
   /** Mode S: sessions of the transformer split after its first block (manifest `stepCache`). */
   stepCache?: { head: Session; tail: Session };
+  /** Mode XL: session of the modulation component (manifest `modulation`), run once per sample over all steps. */
+  modulation?: Session;
 }
 
 /** Caches sessions by ONNX path so modes that share a component share its session. */
@@ -30,14 +32,17 @@ export class EngineLoader {
       COMPONENTS.map(async (c) => [c, await this.session(c, componentPath(manifestPath, manifest, c))] as const),
     );
     const sessions = Object.fromEntries(entries) as Record<ComponentName, Session>;
-    const sc = manifest.stepCache;
-    if (!sc) return { manifestPath, manifest, sessions };
     const at = (file: string) => resolve(dirname(manifestPath), file);
+    const engine: Engine = { manifestPath, manifest, sessions };
+    if (manifest.modulation)
+      engine.modulation = await this.session('transformer_modulation', at(manifest.modulation.file));
+    const sc = manifest.stepCache;
+    if (!sc) return engine;
     const [head, tail] = await Promise.all([
       this.session('transformer_head', at(sc.head.file)),
       this.session('transformer_tail', at(sc.tail.file)),
     ]);
-    return { manifestPath, manifest, sessions, stepCache: { head, tail } };
+    return { ...engine, stepCache: { head, tail } };
   }
 
   /**

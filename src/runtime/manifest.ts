@@ -81,6 +81,11 @@ export const manifestSchema = z.object({
       tail: componentSchema,
     })
     .optional(),
+  /**
+   * Mode XL: the `transformer_modulation` component (inputs `timestep`, `guidance`, `pooled_projections` `[N]`;
+   * output `modulation` `[N, M]`); the transformer then takes `modulation` `[B, M]` instead of those inputs.
+   */
+  modulation: componentSchema.optional(),
 });
 
 export type EngineManifest = z.infer<typeof manifestSchema>;
@@ -120,6 +125,10 @@ export function readManifest(path: string): EngineManifest {
     if (entry && !existsSync(resolve(dirname(path), entry.file))) {
       throw new ManifestError(path, `step-cache ${part} file is missing: ${entry.file}`);
     }
+  }
+  const modulation = parsed.data.modulation;
+  if (modulation && !existsSync(resolve(dirname(path), modulation.file))) {
+    throw new ManifestError(path, `modulation component file is missing: ${modulation.file}`);
   }
   return parsed.data;
 }

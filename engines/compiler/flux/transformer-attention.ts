@@ -22,7 +22,8 @@ export function toHeads(ctx: TransformerContext, x: string): string {
 /** RMSNorm over the head dim with the learned weight `<module>.weight` `[Dh]`; x `[B, H, N, Dh]`. */
 export function qkNorm(ctx: TransformerContext, x: string, module: string): string {
   const weight = readChecked(ctx.w, `${module}.weight`, [ctx.cfg.headDim]);
-  if (ctx.normWeight) return ctx.b.op('Mul', [rmsNorm(ctx.b, x, undefined, QK_NORM_EPS, module), ctx.normWeight(ctx.b, module, weight)]);
+  if (ctx.normWeight)
+    return ctx.b.op('Mul', [rmsNorm(ctx.b, x, undefined, QK_NORM_EPS, module), ctx.normWeight(ctx.b, module, weight)]);
   return rmsNorm(ctx.b, x, weight, QK_NORM_EPS, module);
 }
 

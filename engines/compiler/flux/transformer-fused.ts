@@ -11,6 +11,10 @@
  * - Modulation precomputation: every AdaLayerNorm Linear (`norm1.linear`, `norm1_context.linear`, `norm.linear`,
  *   `norm_out.linear`) reads the same `SiLU(temb)` `[B, D]`, so they are one fused layer (`modulation`, one GEMM of
  *   width Σ out) computed before the blocks; the blocks pick their slices by name (`BuildContext.precomputed`).
+ * - Modulation as an input (`modulationInput`, the `XL` engine): the modulations depend only on the timestep, guidance
+ *   and pooled embedding, so the pipeline computes them for every step of a sample at once (one GEMM over
+ *   `[steps·B, D]` rows, the component graph of `transformer-modulation.ts`) and the transformer graph takes the
+ *   fused `[B, Σ out]` vector as its input {@link MODULATION_INPUT} instead of timestep, guidance and pooled.
  *
  * {@link jointAttention} is also the reference path (plain ONNX ops) when the context has no `fusedAttention`.
  */
@@ -127,14 +131,31 @@ export function precomputeModulation(
   siluTemb: string,
   specs: readonly LinearSpec[],
 ): Map<string, string> {
+  return splitModulation(ctx, fuseModulation(ctx, siluTemb, specs), specs);
+}
+
+/** The one GEMM of {@link precomputeModulation}, unsplit: `siluTemb` `[B, D]` → `[B, Σ out]` in `specs` order. */
+export function fuseModulation(ctx: BuildContext, siluTemb: string, specs: readonly LinearSpec[]): string {
   const fused = fuseLinearRows(
     specs.map((s) => ({ name: s.name, weights: readLinearChecked(ctx.w, s.name, s.outFeatures, s.inFeatures) })),
   );
   ctx.linearLayers.push(MODULATION_LAYER);
-  const y = ctx.policy(ctx.b, siluTemb, { name: MODULATION_LAYER, weights: fused.weights, parts: fused.parts });
+  return ctx.policy(ctx.b, siluTemb, { name: MODULATION_LAYER, weights: fused.weights, parts: fused.parts });
+}
+
+/** Name of the transformer graph input holding the fused modulation vector `[B, Σ out]` (`modulationInput`). */
+export const MODULATION_INPUT = 'modulation';
+
+/** Σ out of the modulation Linears `specs`: the width of the fused modulation vector. */
+export function modulationWidth(specs: readonly LinearSpec[]): number {
+  return specs.reduce((n, s) => n + s.outFeatures, 0);
+}
+
+/** Splits a fused modulation vector `[B, Σ out]` back per Linear of `specs` (module name → `[B, out]`). */
+export function splitModulation(ctx: BuildContext, fused: string, specs: readonly LinearSpec[]): Map<string, string> {
   const outs = split(
     ctx.b,
-    y,
+    fused,
     -1,
     specs.map((s) => s.outFeatures),
   );
@@ -147,6 +168,11 @@ export interface FusedGraphOptions {
   fusedAttention?: boolean;
   /** One GEMM for every modulation Linear, see the file header. @default false */
   precomputeModulation?: boolean;
+  /**
+   * Take the fused modulation vector as the graph input {@link MODULATION_INPUT} `[B, Σ out]` instead of timestep,
+   * guidance and pooled (computed by the `transformer-modulation.ts` graph), see the file header. @default false
+   */
+  modulationInput?: boolean;
 }
 
 /**
@@ -164,9 +190,11 @@ export function fusedContext(
   return {
     ...(options.fusedAttention ? { fastGelu: true } : {}),
     ...(options.fusedAttention ? { fusedAttention: fusedAttentionInputs(base.b, base.cfg, ropeCos, ropeSin) } : {}),
-    ...(options.precomputeModulation
-      ? { precomputed: precomputeModulation(base, siluTemb, modulationSpecs(base.cfg, blocks)) }
-      : {}),
+    ...(options.modulationInput
+      ? { precomputed: splitModulation(base, MODULATION_INPUT, modulationSpecs(base.cfg, blocks)) }
+      : options.precomputeModulation
+        ? { precomputed: precomputeModulation(base, siluTemb, modulationSpecs(base.cfg, blocks)) }
+        : {}),
   };
 }
 

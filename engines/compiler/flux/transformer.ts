@@ -8,6 +8,8 @@
  * - `pooled_projections` `[B, pooled_projection_dim]` CLIP pooled
  * - `timestep` `[B]` σ, and `guidance` `[B]` (only with `guidance_embeds`); both ×1000 inside, per sample
  * - `rope_cos`, `rope_sin` `[S, head_dim]`, computed on the CPU (`src/pipeline/flux/rope.ts`), text rows first
+ * - with `modulationInput` (XL): `modulation` `[B, M]` (every modulation Linear's output, fused; computed per sample
+ *   and step by `transformer-modulation.ts`) replaces `pooled_projections`, `timestep` and `guidance`
  *
  * Output: `sample` `[B, L, patch² · out_channels]`, the velocity.
  *
@@ -22,7 +24,14 @@ import { type LinearPolicy, plainLinear } from './linear-policy.ts';
 import { doubleBlock, singleBlock } from './transformer-blocks.ts';
 import { type FluxTransformerConfig, resolveTransformerConfig } from './transformer-config.ts';
 import { conditioningEmbedding } from './transformer-embeddings.ts';
-import { allBlocks, type FusedGraphOptions, fusedContext } from './transformer-fused.ts';
+import {
+  allBlocks,
+  type FusedGraphOptions,
+  fusedContext,
+  MODULATION_INPUT,
+  modulationSpecs,
+  modulationWidth,
+} from './transformer-fused.ts';
 import { applyLinear, type BuildContext, FLUX_NORM_EPS, type TransformerContext } from './transformer-layers.ts';
 
 /** How to build the transformer graph (the XL switches `fusedAttention`, `precomputeModulation`: `transformer-fused.ts`). */
@@ -70,12 +79,25 @@ export function buildTransformerGraph(
 ): TransformerGraphDescriptor {
   const cfg = resolveTransformerConfig(config);
   const { batch: B, image: L, text: T, joint: S } = TRANSFORMER_DIMS;
+  const modulationInput = options.modulationInput ?? false;
+  if (modulationInput && !options.precomputeModulation)
+    throw new Error('buildTransformerGraph: modulationInput needs precomputeModulation');
   const inputs: TensorSpec[] = [
     { name: 'hidden_states', dtype: 'float32', dims: [B, L, cfg.inChannels] },
     { name: 'encoder_hidden_states', dtype: 'float32', dims: [B, T, cfg.jointAttentionDim] },
-    { name: 'pooled_projections', dtype: 'float32', dims: [B, cfg.pooledProjectionDim] },
-    { name: 'timestep', dtype: 'float32', dims: [B] },
-    ...(cfg.guidanceEmbeds ? [{ name: 'guidance', dtype: 'float32' as const, dims: [B] }] : []),
+    ...(modulationInput
+      ? [
+          {
+            name: MODULATION_INPUT,
+            dtype: 'float32' as const,
+            dims: [B, modulationWidth(modulationSpecs(cfg, allBlocks(cfg)))],
+          },
+        ]
+      : [
+          { name: 'pooled_projections', dtype: 'float32' as const, dims: [B, cfg.pooledProjectionDim] },
+          { name: 'timestep', dtype: 'float32' as const, dims: [B] },
+          ...(cfg.guidanceEmbeds ? [{ name: 'guidance', dtype: 'float32' as const, dims: [B] }] : []),
+        ]),
     { name: 'rope_cos', dtype: 'float32', dims: [S, cfg.headDim] },
     { name: 'rope_sin', dtype: 'float32', dims: [S, cfg.headDim] },
   ];
@@ -93,16 +115,19 @@ export function buildTransformerGraph(
   const spec = (name: string, outFeatures: number, inFeatures: number) => ({ name, outFeatures, inFeatures });
 
   let x = applyLinear(base, 'hidden_states', spec('x_embedder', cfg.dim, cfg.inChannels)); // [B, L, D]
-  const temb = conditioningEmbedding(base, {
-    timestep: 'timestep',
-    guidance: cfg.guidanceEmbeds ? 'guidance' : undefined,
-    pooled: 'pooled_projections',
-  }); // [B, D]
+  // With the modulation as an input nothing reads temb: every modulation Linear is in `precomputed`.
+  const temb = modulationInput
+    ? undefined
+    : conditioningEmbedding(base, {
+        timestep: 'timestep',
+        guidance: cfg.guidanceEmbeds ? 'guidance' : undefined,
+        pooled: 'pooled_projections',
+      }); // [B, D]
   let c = applyLinear(base, 'encoder_hidden_states', spec('context_embedder', cfg.dim, cfg.jointAttentionDim)); // [B, T, D]
 
   // [T, L] from the embedded streams' shapes: splits the joint sequence back without fixing either length.
   const seqLen = (v: string) => b.op('Shape', [v], { start: 1, end: 2 });
-  const siluTemb = silu(b, temb);
+  const siluTemb = temb === undefined ? '' : silu(b, temb);
   const ctx: TransformerContext = {
     ...base,
     ropeCos: 'rope_cos',

@@ -9,17 +9,19 @@
  * `generate` chains them for one call. Everything runs on the caller's thread; `executor.ts` hosts it in a worker.
  */
 import { randomUUID } from 'node:crypto';
-import type { EngineManifest, HostTensor, SessionOptions } from '../../runtime/index.ts';
+import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
+import {
+  type FluxTransformerConfig,
+  resolveTransformerConfig,
+} from '../../../engines/compiler/flux/transformer-config.ts';
+import { resolveModeFor } from '../../../engines/compiler/modes.ts';
+import type { EngineManifest, HostTensor, Session, SessionOptions } from '../../runtime/index.ts';
 import { type Engine, EngineLoader, type ExecutionProvider } from '../../runtime/index.ts';
 import type { RgbImage, SampleRequest } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import { createLoraManager, readLoraLayout } from '../lora/engine-layout.ts';
 import type { LoraManager } from '../lora/lora-manager.ts';
 import type { LoraSelection } from '../lora/types.ts';
-import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
-import { resolveModeFor } from '../../../engines/compiler/modes.ts';
-import { resolveTransformerConfig, type FluxTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
-import type { Session } from '../../runtime/index.ts';
 import {
   checkControlRequest,
   concatFeatures,
@@ -29,20 +31,13 @@ import {
 } from './control.ts';
 import { ensurePlan } from './elastic-plan.ts';
 import { defaultCacheDir, ensureEngine, type ModelSource, openModelSource } from './engine-cache.ts';
-import { stepCacheOf } from './step-cache.ts';
-import { calibrateStepCache } from './step-cache-calibration.ts';
 import { FluxArgumentError, imageIds, latentGrid, packLatents, textIds } from './latents.ts';
 import { noiseForSeeds } from './noise.ts';
 import { concatIds, type RopeTables, ropeTables } from './rope.ts';
-import {
-  decodeGroupKey,
-  groupBy,
-  isFinished,
-  type SampleState,
-  stack,
-  stepGroupKey,
-} from './sample-state.ts';
+import { decodeGroupKey, groupBy, isFinished, type SampleState, stack, stepGroupKey } from './sample-state.ts';
 import { eulerStep, type FlowMatchConfig, fluxSigmas, modelTimestep } from './schedule.ts';
+import { stepCacheOf } from './step-cache.ts';
+import { calibrateStepCache } from './step-cache-calibration.ts';
 import { type FluxTokenizers, loadFluxTokenizers } from './tokenize.ts';
 import { latentsForDecode, postprocessDecoded } from './vae-scaling.ts';
 
@@ -262,15 +257,19 @@ export class FluxPipeline {
     const base = resolveTransformerConfig(this.source.repo.components.transformer.config as FluxTransformerConfig);
     const extra = Math.max(0, input.hidden.length / (b * l) - base.inChannels);
     const lora = loras.length > 0 ? await this.loraFeeds(mode, loras, extra) : undefined;
-    const { sessions, manifest } = lora?.engine ?? (await this.engine(mode));
+    const { sessions, manifest, modulation } = lora?.engine ?? (await this.engine(mode));
     const cfg = manifest.config;
     const rope = ropeTables(concatIds(input.txtIds, input.imgIds), cfg.axesDimsRope);
-    const out = await sessions.transformer.run({
-      hidden_states: { data: input.hidden, dims: [b, l, cfg.inChannels] },
-      encoder_hidden_states: { data: input.encoder, dims: [b, t, cfg.jointAttentionDim] },
+    const conditioning: Record<string, HostTensor> = {
       pooled_projections: { data: input.pooled, dims: [b, cfg.pooledProjectionDim] },
       timestep: { data: input.timestep, dims: [b] },
       ...(cfg.guidanceEmbeds ? { guidance: { data: input.guidance ?? new Float32Array(b).fill(3.5), dims: [b] } } : {}),
+    };
+    const out = await sessions.transformer.run({
+      hidden_states: { data: input.hidden, dims: [b, l, cfg.inChannels] },
+      encoder_hidden_states: { data: input.encoder, dims: [b, t, cfg.jointAttentionDim] },
+      // XL: the modulation component turns the conditioning into the transformer's `modulation` input [B, M].
+      ...(modulation ? { modulation: (await modulation.run(conditioning)).modulation! } : conditioning),
       rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
       rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
       ...lora?.feeds,
@@ -279,7 +278,11 @@ export class FluxPipeline {
   }
 
   /** The sigma schedule a `steps` × `height`×`width` request gets (conformance, previews). */
-  async prepareScheduleOnly(steps: number, height: number, width: number): Promise<{ sigmas: Float32Array; timesteps: Float32Array }> {
+  async prepareScheduleOnly(
+    steps: number,
+    height: number,
+    width: number,
+  ): Promise<{ sigmas: Float32Array; timesteps: Float32Array }> {
     const manifest = await this.manifest();
     const grid = latentGrid(height, width, manifest.config.vaeScaleFactor);
     return fluxSigmas(steps, grid.seqLen, this.scheduler);
@@ -290,7 +293,9 @@ export class FluxPipeline {
     if (requests.length === 0) return [];
     // Requests without `loras` take the default set as it is now; the LoRA engine is loaded here, not mid-step.
     const defaults = this.loraManager?.activeSet() ?? [];
-    const withLoras = requests.map((r) => (r.loras === undefined && defaults.length > 0 ? { ...r, loras: defaults } : r));
+    const withLoras = requests.map((r) =>
+      r.loras === undefined && defaults.length > 0 ? { ...r, loras: defaults } : r,
+    );
     // Control: a BFL Control LoRA in the set needs a control image and the control engine, and vice versa.
     const controlOf = new Map<SampleRequest, number>();
     for (const [i, r] of withLoras.entries()) {
@@ -300,7 +305,10 @@ export class FluxPipeline {
       controlOf.set(requests[i]!, control);
       if (set.length > 0) await this.loraFeeds(r.mode ?? 'original', set, control);
     }
-    const byLen = groupBy(requests, (r) => `${r.mode ?? 'original'}|${r.maxSequenceLength ?? DEFAULTS.maxSequenceLength}`);
+    const byLen = groupBy(
+      requests,
+      (r) => `${r.mode ?? 'original'}|${r.maxSequenceLength ?? DEFAULTS.maxSequenceLength}`,
+    );
     const states = new Map<SampleRequest, SampleState>();
     for (const group of byLen) {
       const first = group[0]!;
@@ -334,7 +342,13 @@ export class FluxPipeline {
           : {
               latents:
                 explicit ??
-                packLatents(noiseForSeeds([r.seed], manifest.config.latentChannels, grid.h, grid.w), 1, manifest.config.latentChannels, grid.h, grid.w),
+                packLatents(
+                  noiseForSeeds([r.seed], manifest.config.latentChannels, grid.h, grid.w),
+                  1,
+                  manifest.config.latentChannels,
+                  grid.h,
+                  grid.w,
+                ),
               control: undefined,
             };
         const { sigmas, timesteps } = fluxSigmas(r.steps, grid.seqLen, this.scheduler);
@@ -374,11 +388,14 @@ export class FluxPipeline {
     const lora = set.length > 0 ? await this.loraFeeds(mode, set, control) : undefined;
     const engine = lora?.engine ?? (await this.engine(mode));
     const { sessions, manifest } = engine;
+    await this.ensureModulation(group, engine);
     const feeds = this.feedsFor(group, manifest);
     if (lora) Object.assign(feeds, lora.feeds);
     // Mode S: First-Block-Cache decides per step whether the transformer's tail runs (step-cache.ts).
     const cache = lora ? undefined : stepCacheOf(engine);
-    const v = cache ? await cache.run(group, feeds) : ((await sessions.transformer.run(feeds)).sample!.data as Float32Array); // [B, L, C]
+    const v = cache
+      ? await cache.run(group, feeds)
+      : ((await sessions.transformer.run(feeds)).sample!.data as Float32Array); // [B, L, C]
     const per = first.grid.seqLen * manifest.config.outChannels;
     group.forEach((s, i) => {
       eulerStep(s.latents, v.subarray(i * per, (i + 1) * per), s.sigmas[s.step]!, s.sigmas[s.step + 1]!, s.latents);
@@ -388,7 +405,48 @@ export class FluxPipeline {
 
   /** The full transformer graph's feeds for one step of `group` (samples of one grid and text length) in `mode`. */
   async transformerFeeds(group: SampleState[], mode = 'original'): Promise<Record<string, HostTensor>> {
-    return this.feedsFor(group, (await this.engine(mode)).manifest);
+    const engine = await this.engine(mode);
+    await this.ensureModulation(group, engine);
+    return this.feedsFor(group, engine.manifest);
+  }
+
+  /**
+   * Engines with a modulation component (XL): computes the modulation vectors of every step of each sample of `group`
+   * that lacks them for this engine, in one run over `[Σ steps, …]` rows (timesteps `modelTimestep(timesteps[i])`,
+   * the sample's guidance and pooled embedding); each step then feeds its row (see {@link feedsFor}).
+   */
+  private async ensureModulation(group: SampleState[], engine: Engine): Promise<void> {
+    const session = engine.modulation;
+    const key = engine.manifest.modulation?.key;
+    if (!session || !key) return;
+    const missing = group.filter((s) => s.modulation?.key !== key);
+    if (missing.length === 0) return;
+    const cfg = engine.manifest.config;
+    const counts = missing.map((s) => s.timesteps.length);
+    const n = counts.reduce((a, c) => a + c, 0);
+    const timestep = new Float32Array(n);
+    const guidance = new Float32Array(n);
+    const pooled = new Float32Array(n * cfg.pooledProjectionDim);
+    let row = 0;
+    for (const s of missing) {
+      for (let i = 0; i < s.timesteps.length; i++, row++) {
+        timestep[row] = modelTimestep(s.timesteps[i]!);
+        guidance[row] = s.request.guidanceScale;
+        pooled.set(s.pooled, row * cfg.pooledProjectionDim);
+      }
+    }
+    const out = await session.run({
+      timestep: { data: timestep, dims: [n] },
+      ...(cfg.guidanceEmbeds ? { guidance: { data: guidance, dims: [n] } } : {}),
+      pooled_projections: { data: pooled, dims: [n, cfg.pooledProjectionDim] },
+    });
+    const rows = out.modulation!.data as Float32Array;
+    const width = rows.length / n;
+    let start = 0;
+    missing.forEach((s, i) => {
+      s.modulation = { key, rows: rows.slice(start * width, (start + counts[i]!) * width), width };
+      start += counts[i]!;
+    });
   }
 
   private feedsFor(group: SampleState[], manifest: EngineManifest): Record<string, HostTensor> {
@@ -403,13 +461,30 @@ export class FluxPipeline {
         data: stack(group.map((s) => (s.control ? concatFeatures(s.latents, s.control, l) : s.latents))),
         dims: [b, l, manifest.config.inChannels],
       },
-      encoder_hidden_states: { data: stack(group.map((s) => s.embeds)), dims: [b, t, manifest.config.jointAttentionDim] },
-      pooled_projections: { data: stack(group.map((s) => s.pooled)), dims: [b, manifest.config.pooledProjectionDim] },
-      // FluxPipeline passes t/1000 (float32) of the scheduler timestep, which the model scales back by 1000.
-      timestep: { data: Float32Array.from(group.map((s) => modelTimestep(s.timesteps[s.step]!))), dims: [b] },
+      encoder_hidden_states: {
+        data: stack(group.map((s) => s.embeds)),
+        dims: [b, t, manifest.config.jointAttentionDim],
+      },
       rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
       rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
     };
+    const modulationKey = manifest.modulation?.key;
+    if (modulationKey) {
+      // XL: each sample's row of its current step, computed before its first step (ensureModulation). [B, M]
+      const rows = group.map((s) => {
+        const m = s.modulation;
+        if (m?.key !== modulationKey) throw new Error(`sample ${s.id}: modulation not computed for this engine`);
+        return m.rows.subarray(s.step * m.width, (s.step + 1) * m.width);
+      });
+      feeds.modulation = { data: stack(rows), dims: [b, rows[0]!.length] };
+      return feeds;
+    }
+    feeds.pooled_projections = {
+      data: stack(group.map((s) => s.pooled)),
+      dims: [b, manifest.config.pooledProjectionDim],
+    };
+    // FluxPipeline passes t/1000 (float32) of the scheduler timestep, which the model scales back by 1000.
+    feeds.timestep = { data: Float32Array.from(group.map((s) => modelTimestep(s.timesteps[s.step]!))), dims: [b] };
     if (manifest.config.guidanceEmbeds) {
       feeds.guidance = { data: Float32Array.from(group.map((s) => s.request.guidanceScale)), dims: [b] };
     }
@@ -424,10 +499,17 @@ export class FluxPipeline {
       const { h, w } = group[0]!.grid;
       const b = group.length;
       const c = manifest.config.latentChannels;
-      const z = latentsForDecode(stack(group.map((s) => s.latents)), b, h, w, manifest.config.scalingFactor, manifest.config.shiftFactor);
+      const z = latentsForDecode(
+        stack(group.map((s) => s.latents)),
+        b,
+        h,
+        w,
+        manifest.config.scalingFactor,
+        manifest.config.shiftFactor,
+      );
       const out = await sessions.vae.run({ latent: { data: z, dims: [b, c, h, w] } });
       const img = postprocessDecoded(out.sample!.data as Float32Array);
-      splitBatch(img, b).forEach((im, i) => result.set(group[i]!, im));
+      for (const [i, im] of splitBatch(img, b).entries()) result.set(group[i]!, im);
     }
     return samples.map((s) => result.get(s)!);
   }
@@ -436,7 +518,9 @@ export class FluxPipeline {
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
     const prompts = opts.prompts ?? (opts.prompt !== undefined ? [opts.prompt] : []);
     if (prompts.length === 0) throw new FluxArgumentError('prompt', 'give a prompt or a non-empty prompts list');
-    const prompts2 = Array.isArray(opts.prompt2) ? opts.prompt2 : prompts.map((p) => (opts.prompt2 as string | undefined) ?? p);
+    const prompts2 = Array.isArray(opts.prompt2)
+      ? opts.prompt2
+      : prompts.map((p) => (opts.prompt2 as string | undefined) ?? p);
     if (prompts2.length !== prompts.length) throw new FluxArgumentError('prompt2', 'needs one entry per prompt');
     const height = opts.height ?? DEFAULTS.height;
     const width = opts.width ?? DEFAULTS.width;
@@ -445,7 +529,8 @@ export class FluxPipeline {
     if (seeds.length !== prompts.length) throw new FluxArgumentError('seed', 'needs one seed per prompt');
     const grid = latentGrid(height, width);
     const perSample = opts.latents ? opts.latents.length / prompts.length : 0;
-    if (opts.latents && !Number.isInteger(perSample)) throw new FluxArgumentError('latents', 'length is not a multiple of the batch');
+    if (opts.latents && !Number.isInteger(perSample))
+      throw new FluxArgumentError('latents', 'length is not a multiple of the batch');
     const states = await this.prepare(
       prompts.map((prompt, i) => ({
         prompt,
@@ -466,7 +551,11 @@ export class FluxPipeline {
     const total = states[0]!.sigmas.length - 1;
     while (!states.every(isFinished)) {
       await this.step(states);
-      opts.onStep?.(states[0]!.step, total, states.map((s) => s.latents));
+      opts.onStep?.(
+        states[0]!.step,
+        total,
+        states.map((s) => s.latents),
+      );
     }
     const floatImages = await this.decode(states);
     return {
@@ -486,7 +575,8 @@ export class FluxPipeline {
     if (!Number.isInteger(r.steps) || r.steps < 1 || r.steps > 1000) {
       throw new FluxArgumentError('steps', `must be an integer in 1..1000, got ${r.steps}`);
     }
-    if (!Number.isFinite(r.guidanceScale)) throw new FluxArgumentError('guidanceScale', `must be finite, got ${r.guidanceScale}`);
+    if (!Number.isFinite(r.guidanceScale))
+      throw new FluxArgumentError('guidanceScale', `must be finite, got ${r.guidanceScale}`);
     return latentGrid(r.height, r.width, manifest.config.vaeScaleFactor);
   }
 

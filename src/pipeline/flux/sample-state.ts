@@ -31,6 +31,11 @@ export interface SampleState {
   timesteps: Float32Array;
   /** Steps done so far. */
   step: number;
+  /**
+   * Engines with a modulation component (XL): the modulation vectors of every step, `rows` `[N, width]` (row i feeds
+   * step i), computed once at the sample's first step on that engine; `key` is the component's cache key.
+   */
+  modulation?: { key: string; rows: Float32Array; width: number };
 }
 
 /** True once every denoising step has run. */

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileTransformer } from '../../../../engines/compiler/flux/transformer.ts';
 import type { FluxTransformerConfig } from '../../../../engines/compiler/flux/transformer-config.ts';
 import { MODULATION_LAYER } from '../../../../engines/compiler/flux/transformer-fused.ts';
+import { buildModulationGraph } from '../../../../engines/compiler/flux/transformer-modulation.ts';
 import { buildTransformerHead, buildTransformerTail } from '../../../../engines/compiler/flux/transformer-split.ts';
 import { resolveMode } from '../../../../engines/compiler/modes.ts';
 import { GraphBuilder } from '../../../../engines/compiler/onnx/graph-builder.ts';
@@ -56,6 +57,10 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
   let head: Session;
   let tail: Session;
   let xlLayers: string[];
+  let xlMod: Session;
+  let modulation: Session;
+  let xlModLayers: string[];
+  let modLayers: string[];
   const xlOptions = resolveMode('XL').transformer;
 
   beforeAll(async () => {
@@ -74,10 +79,21 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
     xl = await Session.create('xl', x.modelPath, { threads: 1 });
     head = await Session.create('head', split('head', buildTransformerHead), { threads: 1 });
     tail = await Session.create('tail', split('tail', buildTransformerTail), { threads: 1 });
+    const xm = compileTransformer(weights, config, dir, {
+      fileName: 'xl-mod.onnx',
+      ...xlOptions,
+      modulationInput: true,
+    });
+    xlModLayers = xm.descriptor.linearLayers;
+    xlMod = await Session.create('xl-mod', xm.modelPath, { threads: 1 });
+    const mb = new GraphBuilder({ name: 'transformer_modulation' });
+    modLayers = buildModulationGraph(mb, weights, config).linearLayers;
+    writeFileSync(join(dir, 'modulation.onnx'), mb.encode());
+    modulation = await Session.create('modulation', join(dir, 'modulation.onnx'), { threads: 1 });
   });
 
   afterAll(async () => {
-    for (const s of [plain, xl, head, tail]) await s?.release();
+    for (const s of [plain, xl, head, tail, xlMod, modulation]) await s?.release();
     weights?.close();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
@@ -116,5 +132,54 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
     const again = await head.run({ ...feeds, cached_residual: out.residual! });
     expect(relError(again.cached_sample!.data as Float32Array, full)).toBeLessThan(1e-5);
     expect(h.first_residual!.dims).toEqual([1, 16, 32]);
+  });
+
+  it('with the modulation as an input, the modulation graph + transformer give the full graph output', async () => {
+    const feeds = fixtureFeeds();
+    const full = (await xl.run(feeds)).sample!.data as Float32Array;
+    const { hidden_states, encoder_hidden_states, rope_cos, rope_sin, pooled_projections, timestep, guidance } = feeds;
+    const m = (
+      await modulation.run({ pooled_projections: pooled_projections!, timestep: timestep!, guidance: guidance! })
+    ).modulation!;
+    const out = await xlMod.run({
+      hidden_states: hidden_states!,
+      encoder_hidden_states: encoder_hidden_states!,
+      rope_cos: rope_cos!,
+      rope_sin: rope_sin!,
+      modulation: m,
+    });
+    expect(relError(out.sample!.data as Float32Array, full)).toBeLessThan(1e-6);
+    expect(relError(out.sample!.data as Float32Array, t('output'))).toBeLessThan(1e-4);
+    // The GEMM lives in the modulation graph only; the transformer graph has no conditioning embedding left.
+    expect(modLayers.filter((l) => l === MODULATION_LAYER)).toHaveLength(1);
+    expect(xlModLayers).not.toContain(MODULATION_LAYER);
+    expect(xlModLayers.some((l) => l.startsWith('time_text_embed.'))).toBe(false);
+  });
+
+  it("computes many steps' modulation rows at once, each equal to its row computed alone", async () => {
+    const ts = Float32Array.of(1, 0.75, 0.5, 0.125);
+    const gs = Float32Array.of(3.5, 3.5, 4, 1);
+    const pooled = t('pooled_projections');
+    const pooledN = new Float32Array(ts.length * pooled.length);
+    for (let i = 0; i < ts.length; i++) pooledN.set(pooled, i * pooled.length);
+    const all = (
+      await modulation.run({
+        timestep: { data: ts, dims: [ts.length] },
+        guidance: { data: gs, dims: [ts.length] },
+        pooled_projections: { data: pooledN, dims: [ts.length, pooled.length] },
+      })
+    ).modulation!;
+    const width = all.dims[1] as number;
+    expect(all.dims).toEqual([ts.length, width]);
+    for (let i = 0; i < ts.length; i++) {
+      const one = (
+        await modulation.run({
+          timestep: { data: ts.subarray(i, i + 1), dims: [1] },
+          guidance: { data: gs.subarray(i, i + 1), dims: [1] },
+          pooled_projections: { data: pooled, dims: [1, pooled.length] },
+        })
+      ).modulation!.data as Float32Array;
+      expect(relError((all.data as Float32Array).subarray(i * width, (i + 1) * width), one)).toBeLessThan(1e-6);
+    }
   });
 });

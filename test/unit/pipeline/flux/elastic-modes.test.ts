@@ -81,6 +81,50 @@ describe('elastic modes (flux-tiny)', () => {
     }
   });
 
+  it("XL computes every step's modulation up front and matches original within 1e-4", async () => {
+    const xl = await pipe.engine('XL');
+    expect(xl.manifest.modulation).toBeDefined();
+    expect(xl.modulation).toBeDefined();
+    expect(xl.manifest.components.transformer.inputs.map((i) => i.name)).toContain('modulation');
+    expect(xl.manifest.components.transformer.inputs.map((i) => i.name)).not.toContain('timestep');
+    expect((await pipe.engine('original')).manifest.modulation).toBeUndefined();
+    expect((await pipe.engine('S')).manifest.modulation).toBeUndefined();
+    const ref = await gen('original');
+    const out = await gen('XL');
+    expect(relativeChange(out.latents[0]!, ref.latents[0]!)).toBeLessThan(1e-4);
+    expect(relativeChange(out.floatImages[0]!, ref.floatImages[0]!)).toBeLessThan(1e-4);
+  });
+
+  it('XL: samples batched at different steps carry their own modulation rows and equal running alone', async () => {
+    const request = (prompt: string, seed: number, steps: number, guidanceScale: number) => ({
+      prompt,
+      height: 64,
+      width: 64,
+      steps,
+      guidanceScale,
+      seed,
+      maxSequenceLength: 32,
+      mode: 'XL',
+    });
+    const a = request('a red cube on a blue sphere', 1, 6, 3.5);
+    const b = request('a green cone', 2, 4, 5);
+    // Alone.
+    const [aloneA] = await pipe.prepare([a]);
+    const [aloneB] = await pipe.prepare([b]);
+    while (aloneA!.step < 6) await pipe.step([aloneA!]);
+    while (aloneB!.step < 4) await pipe.step([aloneB!]);
+    // Together: A runs 2 steps first, then both share every transformer run (A at step k+2 beside B at step k).
+    const [sa, sb] = await pipe.prepare([a, b]);
+    await pipe.step([sa!]);
+    await pipe.step([sa!]);
+    expect(sb!.modulation).toBeUndefined();
+    while (sa!.step < 6 || sb!.step < 4) await pipe.step([sa!, sb!]);
+    expect(sa!.modulation!.rows.length).toBe(6 * sa!.modulation!.width);
+    expect(sb!.modulation!.rows.length).toBe(4 * sb!.modulation!.width);
+    expect(relativeChange(sa!.latents, aloneA!.latents)).toBeLessThan(1e-5);
+    expect(relativeChange(sb!.latents, aloneB!.latents)).toBeLessThan(1e-5);
+  });
+
   it('reports unknown and unavailable modes with typed errors', async () => {
     await expect(pipe.engine('XXL')).rejects.toBeInstanceOf(UnknownModeError);
     await expect(gen('turbo', 1)).rejects.toThrow(/unknown mode "turbo"; available modes: original, XL, L, M, S/);
