@@ -17,6 +17,7 @@ import { LoraError } from '../../src/pipeline/lora/errors.ts';
 import { buildLoraFeeds } from '../../src/pipeline/lora/feeds.ts';
 import { parseLoraFile } from '../../src/pipeline/lora/parse.ts';
 import { type HostTensor, Session } from '../../src/runtime/index.ts';
+import { relativeError } from '../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, writeSafetensors } from '../../src/shared/weights/index.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../helpers/paths.ts';
 import { readSafetensorsF32 } from '../helpers/read-safetensors.ts';
@@ -41,16 +42,6 @@ const CASES = [
   ['lora_2_kohya', 1.0],
 ] as const;
 
-function relError(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let n = 0;
-  let d = 0;
-  for (let i = 0; i < a.length; i++) {
-    n += (a[i]! - b[i]!) ** 2;
-    d += b[i]! ** 2;
-  }
-  return Math.sqrt(n / d);
-}
 const bitwiseEqual = (a: Float32Array, b: Float32Array) =>
   a.length === b.length &&
   Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
@@ -75,12 +66,12 @@ afterAll(async () => {
 describe.each(['original', 'XL'])('fixture LoRAs in mode %s', (mode) => {
   it('match the diffusers reference and unloading restores the base output bit for bit', async () => {
     const base = await pipe.forwardTransformer(input, mode);
-    expect(relError(base, fx.output!.data)).toBeLessThan(1e-4);
+    expect(relativeError(base, fx.output!.data)).toBeLessThan(1e-4);
     for (const [name, strength] of CASES) {
       const out = await pipe.forwardTransformer(input, mode, [{ name, strength }]);
       const expected = readSafetensorsF32(join(FIXTURES_DIR, `${name}_expected.safetensors`)).output!.data;
-      expect(relError(out, expected)).toBeLessThan(1e-4);
-      expect(relError(out, base)).toBeGreaterThan(0.1); // the LoRA really acts
+      expect(relativeError(out, expected)).toBeLessThan(1e-4);
+      expect(relativeError(out, base)).toBeGreaterThan(0.1); // the LoRA really acts
       expect(bitwiseEqual(await pipe.forwardTransformer(input, mode, []), base)).toBe(true);
     }
   });
@@ -97,8 +88,8 @@ describe('switching LoRAs', () => {
     const base = await pipe.forwardTransformer(input, 'original');
     expect(pipe.sessionsCreated).toBe(sessions);
     expect(bitwiseEqual(again, first)).toBe(true);
-    expect(relError(other, first)).toBeGreaterThan(0.1);
-    expect(relError(base, fx.output!.data)).toBeLessThan(1e-4);
+    expect(relativeError(other, first)).toBeGreaterThan(0.1);
+    expect(relativeError(base, fx.output!.data)).toBeLessThan(1e-4);
   });
 });
 
@@ -118,7 +109,7 @@ describe('several LoRAs at once', () => {
       ];
       for (const mode of ['original', 'XL']) {
         const reference = await merged.forwardTransformer(input, mode);
-        expect(relError(await pipe.forwardTransformer(input, mode, set), reference)).toBeLessThan(1e-4);
+        expect(relativeError(await pipe.forwardTransformer(input, mode, set), reference)).toBeLessThan(1e-4);
       }
     } finally {
       await merged.close();
@@ -149,7 +140,7 @@ describe('LoRA sets in the step path', () => {
     expect(bitwiseEqual(x!.latents, xs!.latents)).toBe(true);
     expect(bitwiseEqual(y!.latents, ys!.latents)).toBe(true);
     expect(bitwiseEqual(z!.latents, y!.latents)).toBe(true); // no default set: no LoRA
-    expect(relError(x!.latents, y!.latents)).toBeGreaterThan(1e-3);
+    expect(relativeError(x!.latents, y!.latents)).toBeGreaterThan(1e-3);
 
     pipe.loras.load('lora_1_xlabs', 0.8);
     try {
@@ -199,7 +190,7 @@ describe('control-capable engine (x_embedder widened to 128 inputs)', () => {
       ...extra,
     });
     const none = await session.run(feeds(buildLoraFeeds(desc.lora, [], baseNorms)));
-    expect(relError(none.sample!.data as Float32Array, fx.output!.data)).toBeLessThan(1e-4);
+    expect(relativeError(none.sample!.data as Float32Array, fx.output!.data)).toBeLessThan(1e-4);
 
     const tensors = makeBflControlLora(TINY_CONFIG, { rank: 4, seed: 5, imgInChannels: 128 });
     writeSafetensors(join(loraDir, 'wide.safetensors'), tensors);
@@ -223,7 +214,11 @@ describe('control-capable engine (x_embedder widened to 128 inputs)', () => {
     const refSession = await Session.create('transformer', ref.modelPath);
     const expected = await refSession.run(feeds({}));
     await refSession.release();
-    expect(relError(withLora.sample!.data as Float32Array, expected.sample!.data as Float32Array)).toBeLessThan(1e-4);
-    expect(relError(withLora.sample!.data as Float32Array, none.sample!.data as Float32Array)).toBeGreaterThan(0.01);
+    expect(relativeError(withLora.sample!.data as Float32Array, expected.sample!.data as Float32Array)).toBeLessThan(
+      1e-4,
+    );
+    expect(relativeError(withLora.sample!.data as Float32Array, none.sample!.data as Float32Array)).toBeGreaterThan(
+      0.01,
+    );
   });
 });

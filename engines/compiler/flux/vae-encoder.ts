@@ -17,7 +17,13 @@
  */
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { silu, split, type WeightReader } from '../onnx/nn.ts';
-import { type GraphDescriptor, type GraphTensorSpec, VaeConfigError, vaeDecoderConfigFromJson } from './vae.ts';
+import {
+  checkVaeConfigFields,
+  type GraphDescriptor,
+  type GraphTensorSpec,
+  VaeConfigError,
+  vaeDecoderConfigFromJson,
+} from './vae.ts';
 import { conv2d, groupNorm, midAttention, readChecked, resnetBlock, VaeWeightError } from './vae-blocks.ts';
 
 /** The encoder-relevant fields of a diffusers `AutoencoderKL` config. */
@@ -106,24 +112,16 @@ export function downsample(b: GraphBuilder, w: WeightReader, x: string, prefix: 
 }
 
 function checkConfig(config: VaeEncoderConfig): void {
-  const ints: [string, number][] = [
-    ['in_channels', config.inChannels],
-    ['latent_channels', config.latentChannels],
-    ['layers_per_block', config.layersPerBlock],
-    ['norm_num_groups', config.normNumGroups],
-  ];
-  for (const [key, v] of ints) {
-    if (!Number.isInteger(v) || v < 1) throw new VaeConfigError(key, `must be a positive integer, got ${v}`);
-  }
-  if (config.blockOutChannels.length === 0) throw new VaeConfigError('block_out_channels', 'must not be empty');
-  for (const c of config.blockOutChannels) {
-    if (!Number.isInteger(c) || c < 1 || c % config.normNumGroups !== 0) {
-      throw new VaeConfigError(
-        'block_out_channels',
-        `${c} is not a positive multiple of norm_num_groups ${config.normNumGroups}`,
-      );
-    }
-  }
+  checkVaeConfigFields(
+    [
+      ['in_channels', config.inChannels],
+      ['latent_channels', config.latentChannels],
+      ['layers_per_block', config.layersPerBlock],
+      ['norm_num_groups', config.normNumGroups],
+    ],
+    config.blockOutChannels,
+    config.normNumGroups,
+  );
 }
 
 /**

@@ -130,22 +130,37 @@ export function vaeScaleFactor(config: VaeDecoderConfig): number {
 }
 
 function checkConfig(config: VaeDecoderConfig): void {
-  const ints: [string, number][] = [
-    ['latent_channels', config.latentChannels],
-    ['out_channels', config.outChannels],
-    ['layers_per_block', config.layersPerBlock],
-    ['norm_num_groups', config.normNumGroups],
-  ];
+  checkVaeConfigFields(
+    [
+      ['latent_channels', config.latentChannels],
+      ['out_channels', config.outChannels],
+      ['layers_per_block', config.layersPerBlock],
+      ['norm_num_groups', config.normNumGroups],
+    ],
+    config.blockOutChannels,
+    config.normNumGroups,
+  );
+}
+
+/**
+ * Checks the integer fields of a VAE config (decoder or encoder) and that every block width holds whole GroupNorm
+ * groups. @throws VaeConfigError naming the field.
+ */
+export function checkVaeConfigFields(
+  ints: readonly [string, number][],
+  blockOutChannels: readonly number[],
+  normNumGroups: number,
+): void {
   for (const [key, v] of ints) {
     if (!Number.isInteger(v) || v < 1) throw new VaeConfigError(key, `must be a positive integer, got ${v}`);
   }
-  if (config.blockOutChannels.length === 0) throw new VaeConfigError('block_out_channels', 'must not be empty');
-  for (const c of config.blockOutChannels) {
+  if (blockOutChannels.length === 0) throw new VaeConfigError('block_out_channels', 'must not be empty');
+  for (const c of blockOutChannels) {
     // GroupNorm needs whole groups on every normalised width.
-    if (!Number.isInteger(c) || c < 1 || c % config.normNumGroups !== 0) {
+    if (!Number.isInteger(c) || c < 1 || c % normNumGroups !== 0) {
       throw new VaeConfigError(
         'block_out_channels',
-        `${c} is not a positive multiple of norm_num_groups ${config.normNumGroups}`,
+        `${c} is not a positive multiple of norm_num_groups ${normNumGroups}`,
       );
     }
   }

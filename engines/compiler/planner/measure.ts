@@ -13,6 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type HostTensor, Session } from '../../../src/runtime/index.ts';
+import { relativeError } from '../../../src/shared/tensor-metrics.ts';
 import { buildTransformerGraph, type TransformerGraphOptions } from '../flux/transformer.ts';
 import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
 import { ExternalDataWriter } from '../onnx/external-data.ts';
@@ -23,19 +24,6 @@ import { GATE_INPUT, type GateLayout, gatedPolicy, gateFor, gateIndex } from './
 
 /** Feeds of the full transformer graph (all samples of the calibration set in one batch). */
 export type TransformerFeeds = Record<string, HostTensor>;
-
-/** ‖a − b‖ / ‖b‖. */
-export function relError(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i]! - b[i]!;
-    num += d * d;
-    den += b[i]! * b[i]!;
-  }
-  const r = Math.sqrt(num / (den || 1));
-  return Number.isFinite(r) ? r : Number.POSITIVE_INFINITY;
-}
 
 /** A loaded calibration graph: the transformer with every Linear gated between fp32 and `algorithms`. */
 export class CalibrationGraph {
@@ -82,7 +70,7 @@ export class CalibrationGraph {
   async layerError(feeds: TransformerFeeds, ref: Float32Array, i: number, algorithm: Algorithm): Promise<number> {
     const gate = new Float32Array(this.layout.layers.length * this.layout.algorithms.length);
     gate[gateIndex(this.layout, i, algorithm)] = 1;
-    return relError(await this.run(feeds, gate), ref);
+    return relativeError(await this.run(feeds, gate), ref);
   }
 
   /** Relative output error of a whole plan (`layer → algorithm`; every algorithm must be in this graph). */
@@ -91,7 +79,7 @@ export class CalibrationGraph {
     ref: Float32Array,
     choices: Readonly<Record<string, string>>,
   ): Promise<number> {
-    return relError(await this.run(feeds, gateFor(this.layout, choices)), ref);
+    return relativeError(await this.run(feeds, gateFor(this.layout, choices)), ref);
   }
 
   async close(): Promise<void> {

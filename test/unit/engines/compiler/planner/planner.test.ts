@@ -11,7 +11,7 @@ import { compileTransformer } from '../../../../../engines/compiler/flux/transfo
 import type { FluxTransformerConfig } from '../../../../../engines/compiler/flux/transformer-config.ts';
 import { resolveMode } from '../../../../../engines/compiler/modes.ts';
 import { type Algorithm, COMPRESSIONS, plannedPolicy } from '../../../../../engines/compiler/planner/algorithms.ts';
-import { CalibrationGraph, type LinearShape, relError } from '../../../../../engines/compiler/planner/measure.ts';
+import { CalibrationGraph, type LinearShape } from '../../../../../engines/compiler/planner/measure.ts';
 import { optimizePlan, planTime, uniformPlan } from '../../../../../engines/compiler/planner/optimize.ts';
 import {
   type Measurements,
@@ -22,6 +22,7 @@ import {
 import { type ModePlan, planChoices } from '../../../../../engines/compiler/planner/plan-types.ts';
 import { concatIds, ropeTables } from '../../../../../src/pipeline/flux/rope.ts';
 import { type HostTensor, Session } from '../../../../../src/runtime/index.ts';
+import { relativeError } from '../../../../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, type WeightSource } from '../../../../../src/shared/weights/weight-source.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../../../helpers/paths.ts';
 import { readSafetensorsF32 } from '../../../../helpers/read-safetensors.ts';
@@ -117,8 +118,8 @@ describe('per-layer planner (flux-tiny XL)', () => {
         const s = await Session.create(name, compiled.modelPath, { threads: 1 });
         const out = (await s.run(input.feeds)).sample!.data as Float32Array;
         await s.release();
-        expect(relError(out, fp)).toBeLessThanOrEqual(budget);
-        expect(relError(out, fp)).toBeCloseTo(plan.measuredError, 5);
+        expect(relativeError(out, fp)).toBeLessThanOrEqual(budget);
+        expect(relativeError(out, fp)).toBeCloseTo(plan.measuredError, 5);
       }
       // A looser budget never makes the plan slower.
       expect(planTime(measured.layers, planChoices(plans.loose!))).toBeLessThanOrEqual(
