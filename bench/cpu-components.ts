@@ -8,11 +8,10 @@
  *
  *   npm run bench:cpu -- [--size 512] [--steps 4] [--repeats 3] [--only tiny|synthetic]
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
+import { describeMachine, writeResults } from './lib/results.ts';
 import { BENCH_CPU_CONFIG, writeSyntheticModel } from './lib/synthetic-model.ts';
 
 const REPO = new URL('..', import.meta.url).pathname;
@@ -93,15 +92,8 @@ if (values.only !== 'tiny') {
   results.push(await benchModel(`synthetic ${BENCH_CPU_CONFIG.name}`, dir));
 }
 
-const machine = {
-  cpu: cpus()[0]?.model ?? 'unknown',
-  cores: cpus().length,
-  memoryGiB: Math.round(totalmem() / 2 ** 30),
-  node: process.version,
-};
+const machine = describeMachine();
 const date = new Date().toISOString();
-const outDir = join(REPO, 'bench/results');
-mkdirSync(outDir, { recursive: true });
 const report = {
   benchmark: 'cpu-components',
   date,
@@ -112,7 +104,6 @@ const report = {
   machine,
   results,
 };
-writeFileSync(join(outDir, 'cpu-components.json'), `${JSON.stringify(report, null, 2)}\n`);
 const md = [
   `# CPU per-component timings (${date.slice(0, 10)})`,
   '',
@@ -128,5 +119,5 @@ const md = [
     '',
   ]),
 ].join('\n');
-writeFileSync(join(outDir, 'cpu-components.md'), md);
+writeResults(REPO, 'cpu-components', report, md);
 process.stdout.write(`${md}\n`);

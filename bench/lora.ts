@@ -13,14 +13,15 @@
  *
  *   npm run bench:lora -- [--size 256] [--text 128] [--repeats 5] [--ranks 4,32,256] [--modes original,XL] [--only tiny|synthetic]
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { FluxTransformerConfig } from '../engines/compiler/flux/transformer-config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { loraModelSpec } from '../src/pipeline/lora/model-layers.ts';
 import { type TensorInput, writeSafetensors } from '../src/shared/weights/index.ts';
+import { describeMachine, writeResults } from './lib/results.ts';
 import { BENCH_CPU_CONFIG, writeSyntheticModel } from './lib/synthetic-model.ts';
 
 const REPO = new URL('..', import.meta.url).pathname;
@@ -183,15 +184,8 @@ if (values.only !== 'tiny') {
   models.push(await benchModel(`synthetic ${BENCH_CPU_CONFIG.name}`, dir, REPEATS));
 }
 
-const machine = {
-  cpu: cpus()[0]?.model ?? 'unknown',
-  cores: cpus().length,
-  memoryGiB: Math.round(totalmem() / 2 ** 30),
-  node: process.version,
-};
+const machine = describeMachine();
 const date = new Date().toISOString();
-const outDir = join(REPO, 'bench/results');
-mkdirSync(outDir, { recursive: true });
 const report = {
   benchmark: 'lora',
   date,
@@ -202,7 +196,6 @@ const report = {
   machine,
   models,
 };
-writeFileSync(join(outDir, 'lora.json'), `${JSON.stringify(report, null, 2)}\n`);
 const f = (n: number) => n.toFixed(1);
 const md = [
   `# LoRA latency on the CPU (${date.slice(0, 10)})`,
@@ -230,5 +223,5 @@ const md = [
     '',
   ]),
 ].join('\n');
-writeFileSync(join(outDir, 'lora.md'), md);
+writeResults(REPO, 'lora', report, md);
 process.stdout.write(`${md}\n`);
