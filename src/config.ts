@@ -61,6 +61,11 @@ export interface ServerConfig {
   /** The native engine's benchmark, shown by `models`. CUDA_BENCH_RESULTS. @default `bench/results/cuda-h100.json` */
   cudaBenchResults: string;
   /**
+   * The mode benchmark's results (latency, PSNR/SSIM vs original, planner summary per mode), shown by `models`
+   * for the served model. A missing or malformed file shows none. MODES_RESULTS. @default `bench/results/modes.json`
+   */
+  modesResults: string;
+  /**
    * Fetch `controlImage` URLs whose host is or resolves to a loopback, private, link-local, CGNAT or unique-local
    * address. Off, such URLs are refused (SSRF guard). CONTROL_IMAGE_ALLOW_PRIVATE_URLS (`1`/`true`). @default false
    */
@@ -132,6 +137,7 @@ const ENV_SCHEMA = {
   CUDA_ENGINE_BIN: z.string().min(1).optional(),
   CUDA_PRECISION: z.enum(['f32', 'bf16', 'fp8']).optional(),
   CUDA_BENCH_RESULTS: z.string().min(1).optional(),
+  MODES_RESULTS: z.string().min(1).optional(),
   CONTROL_IMAGE_ALLOW_PRIVATE_URLS: flag().optional(),
 } as const;
 
@@ -174,6 +180,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     cudaBenchResults: v.CUDA_BENCH_RESULTS
       ? resolve(v.CUDA_BENCH_RESULTS)
       : resolve(REPO_ROOT, 'bench/results/cuda-h100.json'),
+    modesResults: v.MODES_RESULTS ? resolve(v.MODES_RESULTS) : resolve(REPO_ROOT, 'bench/results/modes.json'),
     controlImageAllowPrivateUrls: v.CONTROL_IMAGE_ALLOW_PRIVATE_URLS ?? false,
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),

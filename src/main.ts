@@ -36,6 +36,7 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       maxQueueSize: config.maxQueueSize,
       images: imageOptions(config),
       controlImages: { allowPrivateUrls: config.controlImageAllowPrivateUrls },
+      modeResults: config.modesResults,
     });
   } catch (err) {
     // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
@@ -55,6 +56,7 @@ export async function startApiNode(config: ServerConfig): Promise<StartedServer>
   const service = await createGenerationService({
     images: imageOptions(config),
     controlImages: { allowPrivateUrls: config.controlImageAllowPrivateUrls },
+    modeResults: config.modesResults,
     backend: () =>
       createRedisApiBackend({
         url: redisUrl,

@@ -25,6 +25,7 @@ import {
 import { createLocalBackend } from './local-backend.ts';
 import { type MeasuredLatency, MeasuredStats } from './measured.ts';
 import { createMetrics, type ServerMetrics } from './metrics.ts';
+import { type ModeResults, readModeResults } from './mode-results.ts';
 import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.ts';
 import {
   ControlImageError,
@@ -54,6 +55,11 @@ interface CommonOptions {
   limits?: Partial<GenerationLimits>;
   /** How `controlImage` values are loaded. */
   controlImages?: ControlImageSettings;
+  /**
+   * The mode benchmark's result file (`bench/results/modes.json`, MODES_RESULTS), read once here: its latency,
+   * quality and plan rows for the served model appear in `models`. Missing or malformed: no rows.
+   */
+  modeResults?: string;
   log?: (message: string, err: unknown) => void;
 }
 
@@ -104,6 +110,7 @@ export class GenerationService {
   readonly #backend: JobBackend;
   readonly #measured: MeasuredStats;
   readonly #limits: Partial<GenerationLimits> | undefined;
+  readonly #modeResults: ModeResults | undefined;
   readonly #controlImages: ControlImageOptions;
   #catalog: { offer: EngineOffer; catalog: ModelCatalog } | undefined;
   #closed = false;
@@ -114,6 +121,9 @@ export class GenerationService {
     this.metrics = deps.metrics;
     this.#measured = deps.measured;
     this.#limits = options.limits;
+    this.#modeResults = options.modeResults
+      ? readModeResults(options.modeResults, (message) => options.log?.(message, undefined))
+      : undefined;
     const c = options.controlImages ?? {};
     this.#controlImages = {
       maxBytes: c.maxBytes ?? MAX_CONTROL_IMAGE_BYTES,
@@ -163,6 +173,7 @@ export class GenerationService {
         batchSize: offer.batchSize,
         defaultSize: offer.defaultSize,
         ...(this.#limits ? { limits: this.#limits } : {}),
+        ...(this.#modeResults ? { modeResults: this.#modeResults } : {}),
       });
       this.#catalog = { offer, catalog };
     }

@@ -28,6 +28,7 @@ export { isTerminalEvent, type JobEvent } from './job-events.ts';
 export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
 export type { MeasuredLatency } from './measured.ts';
 export type { ServerMetrics } from './metrics.ts';
+export type { ModePlanSummary, ModeQuality } from './mode-results.ts';
 export type { PublishedLatency } from './model-specs.ts';
 export { ASPECT_RATIOS, PUBLISHED_SPEC_SOURCE } from './model-specs.ts';
 export { DEFAULT_LIMITS, type GenerationLimits, type ModelEntry, modelId } from './models.ts';

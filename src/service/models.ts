@@ -3,6 +3,7 @@
  * published/measured speed. Built once from the executor's {@link ModelInfo} and the config.
  */
 import { UnknownModelError } from './errors.ts';
+import type { ModePlanSummary, ModeQuality, ModeResults } from './mode-results.ts';
 import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './model-specs.ts';
 import { type BenchmarkLatency, LORA_FORMATS, MAX_LORA_RANK, type ModelInfo } from './pipeline.ts';
 
@@ -49,6 +50,12 @@ export interface ModelEntry {
   published: PublishedLatency[];
   /** Latencies the engine's own benchmark measured for this mode (CUDA engine); empty for ORT. */
   benchmarks: BenchmarkLatency[];
+  /** Latency rows of the mode benchmark (`bench/results/modes.json`) for this model and mode; empty without. */
+  modeBenchmarks: BenchmarkLatency[];
+  /** Quality against `original` recorded by the mode benchmark; null without. */
+  quality: ModeQuality | null;
+  /** The compression planner's summary recorded by the mode benchmark; null for unplanned modes or without. */
+  plan: ModePlanSummary | null;
   limits: GenerationLimits;
   /** Smallest and largest LoRA rank the engine takes (per layer). */
   loraRanks: number[];
@@ -85,24 +92,36 @@ export class ModelCatalog {
 
   constructor(
     info: ModelInfo,
-    options: { batchSize: number; defaultSize: string; limits?: Partial<GenerationLimits> },
+    options: {
+      batchSize: number;
+      defaultSize: string;
+      limits?: Partial<GenerationLimits>;
+      /** The mode benchmark's results (`bench/results/modes.json`), looked up by `info.name`. */
+      modeResults?: ModeResults;
+    },
   ) {
     const limits: GenerationLimits = { ...DEFAULT_LIMITS, maxImages: options.batchSize, ...options.limits };
-    this.entries = info.modes.map((mode) => ({
-      id: modelId(mode, options.batchSize),
-      mode,
-      size: sizeOfMode(mode),
-      modelName: info.name,
-      description: MODE_DESCRIPTIONS[sizeOfMode(mode)] ?? `Mode ${mode} of ${info.name}`,
-      device: info.device,
-      batchSize: options.batchSize,
-      isDefault: sizeOfMode(mode) === options.defaultSize.toLowerCase(),
-      published: publishedLatencies(mode),
-      benchmarks: (info.benchmarks ?? []).filter((b) => b.mode === mode),
-      limits,
-      loraRanks: [1, MAX_LORA_RANK],
-      loraFormats: [...LORA_FORMATS],
-    }));
+    this.entries = info.modes.map((mode) => {
+      const recorded = options.modeResults?.forMode(info.name, mode);
+      return {
+        id: modelId(mode, options.batchSize),
+        mode,
+        size: sizeOfMode(mode),
+        modelName: info.name,
+        description: MODE_DESCRIPTIONS[sizeOfMode(mode)] ?? `Mode ${mode} of ${info.name}`,
+        device: info.device,
+        batchSize: options.batchSize,
+        isDefault: sizeOfMode(mode) === options.defaultSize.toLowerCase(),
+        published: publishedLatencies(mode),
+        benchmarks: (info.benchmarks ?? []).filter((b) => b.mode === mode),
+        modeBenchmarks: recorded?.benchmark ? [recorded.benchmark] : [],
+        quality: recorded?.quality ?? null,
+        plan: recorded?.plan ?? null,
+        limits,
+        loraRanks: [1, MAX_LORA_RANK],
+        loraFormats: [...LORA_FORMATS],
+      };
+    });
     const byDefault = this.entries.find((e) => e.isDefault);
     if (!byDefault) {
       // Fail at startup, not on the first request: MODEL_SIZE names a mode the engine cannot run.

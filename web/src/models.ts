@@ -35,6 +35,11 @@ function specSummary(m: Model): string {
     .filter((s) => s.origin === 'MEASURED')
     .map((s) => `${s.width}×${s.height}${s.steps ? `, ${s.steps} steps` : ''}: ${seconds(s)}`);
   const parts = [`${m.description}`, `Published latency (1024×1024): ${published.join(' · ') || 'none'}.`];
+  if (m.quality && m.mode !== 'original') {
+    parts.push(
+      `Measured quality vs original: PSNR ${m.quality.psnr.toFixed(1)} dB, SSIM ${m.quality.ssim.toFixed(4)}.`,
+    );
+  }
   parts.push(measured.length ? `Measured here on ${m.device}: ${measured.join(' · ')}.` : `Not measured here yet.`);
   return `${m.name}: ${parts.join(' ')}`;
 }

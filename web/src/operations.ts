@@ -34,6 +34,10 @@ export const WebModelsQuery = graphql(`
         latencySeconds
         meanStepMs
       }
+      quality {
+        psnr
+        ssim
+      }
     }
   }
 `);

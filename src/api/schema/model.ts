@@ -2,13 +2,24 @@
  * @file `Model`: every servable mode with its limits, the seed card's published latency and what this server
  * measured; and the `models` query.
  */
-import { ASPECT_RATIOS, type ModelEntry, PUBLISHED_SPEC_SOURCE } from '../../service/index.ts';
+import {
+  ASPECT_RATIOS,
+  type ModelEntry,
+  type ModePlanSummary,
+  type ModeQuality,
+  PUBLISHED_SPEC_SOURCE,
+} from '../../service/index.ts';
 import { builder } from '../builder.ts';
 
 const SpecOrigin = builder.enumType('SpecOrigin', {
   description: 'Where a latency number comes from.',
   values: {
     PUBLISHED: { description: 'Stated on the TheStage seed model card; not measured here.' },
+    BENCHMARK: {
+      description:
+        "Measured by the repository's mode benchmark (`bench/results/modes.json`, MODES_RESULTS) on the machine " +
+        'named in `hardware`, not live by this server.',
+    },
     MEASURED: {
       description:
         "Measured by this server's engine: live on its own hardware (source `this server`), or by the engine's " +
@@ -18,7 +29,7 @@ const SpecOrigin = builder.enumType('SpecOrigin', {
 });
 
 interface LatencySpecShape {
-  origin: 'PUBLISHED' | 'MEASURED';
+  origin: 'PUBLISHED' | 'BENCHMARK' | 'MEASURED';
   hardware: string;
   width: number;
   height: number;
@@ -63,6 +74,50 @@ const ModelLimits = builder.simpleObject('ModelLimits', {
   }),
 });
 
+const ModeQualityRef = builder.objectRef<ModeQuality>('ModeQuality').implement({
+  description: "Quality of a mode's images against the reference mode's, as the mode benchmark measured it.",
+  fields: (t) => ({
+    psnr: t.exposeFloat('psnr', { description: 'Mean PSNR in dB (100 for identical images).' }),
+    ssim: t.exposeFloat('ssim', { description: 'Mean SSIM (1 for identical images).' }),
+    reference: t.exposeString('reference', { description: 'The mode compared with: `original`.' }),
+    source: t.exposeString('source'),
+  }),
+});
+
+const PlanAlgorithm = builder.objectRef<ModePlanSummary['algorithms'][number]>('PlanAlgorithm').implement({
+  description: 'One compression algorithm of a plan and how many layers use it.',
+  fields: (t) => ({
+    algorithm: t.exposeString('algorithm', { description: 'e.g. `fp32` (kept), `int8-dyn`, `int8-b128`.' }),
+    layers: t.exposeInt('layers'),
+  }),
+});
+
+const StepCacheRef = builder.objectRef<NonNullable<ModePlanSummary['stepCache']>>('StepCachePlan').implement({
+  description: 'Step caching (reuse of the residual of unchanged steps) as planned for a mode.',
+  fields: (t) => ({
+    threshold: t.exposeFloat('threshold'),
+    fullSteps: t.exposeInt('fullSteps', { description: 'Steps run through the whole transformer.' }),
+    cachedSteps: t.exposeInt('cachedSteps', { description: 'Steps that reused the cached residual.' }),
+  }),
+});
+
+const ModePlanRef = builder.objectRef<ModePlanSummary>('ModePlan').implement({
+  description: "The compression planner's choice for a mode (summary; per-layer entries live in the engine manifest).",
+  fields: (t) => ({
+    errorBudget: t.exposeFloat('errorBudget', {
+      nullable: true,
+      description: 'Error budget relative to `original`.',
+    }),
+    measuredError: t.exposeFloat('measuredError', {
+      nullable: true,
+      description: "The chosen layers' measured error.",
+    }),
+    algorithms: t.field({ type: [PlanAlgorithm], resolve: (p) => p.algorithms }),
+    stepCache: t.field({ type: StepCacheRef, nullable: true, resolve: (p) => p.stepCache }),
+    source: t.exposeString('source'),
+  }),
+});
+
 /** GraphQL type of a {@link ModelEntry}. */
 export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
   description: 'One servable (model, mode) pair.',
@@ -81,7 +136,9 @@ export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
     }),
     specs: t.field({
       type: [LatencySpec],
-      description: "Published rows (seed card) first, then the engine's benchmark rows, then rows measured here.",
+      description:
+        "Published rows (seed card) first, then the engine's benchmark rows, the mode benchmark's row, then rows " +
+        'measured here.',
       resolve: (m, _args, ctx) => [
         ...m.published.map(
           (p): LatencySpecShape => ({
@@ -109,6 +166,19 @@ export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
             source: b.source,
           }),
         ),
+        ...m.modeBenchmarks.map(
+          (b): LatencySpecShape => ({
+            origin: 'BENCHMARK',
+            hardware: b.hardware,
+            width: b.width,
+            height: b.height,
+            steps: b.steps,
+            latencySeconds: b.latencySeconds,
+            meanStepMs: b.meanStepMs,
+            jobs: b.runs,
+            source: b.source,
+          }),
+        ),
         ...ctx.service.measured(m.mode).map(
           (r): LatencySpecShape => ({
             origin: 'MEASURED',
@@ -123,6 +193,18 @@ export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
           }),
         ),
       ],
+    }),
+    quality: t.field({
+      type: ModeQualityRef,
+      nullable: true,
+      description: 'PSNR/SSIM against `original` from the mode benchmark; null when not recorded.',
+      resolve: (m) => m.quality,
+    }),
+    plan: t.field({
+      type: ModePlanRef,
+      nullable: true,
+      description: "The planner's summary for this mode from the mode benchmark; null for unplanned modes.",
+      resolve: (m) => m.plan,
     }),
     loraRanks: t.exposeIntList('loraRanks', {
       description: 'Smallest and largest LoRA rank the engine takes; LoRAs are listed by the `loras` query.',

@@ -68,6 +68,8 @@ export type LoraInput = {
 
 /** Where a latency number comes from. */
 export type SpecOrigin =
+  /** Measured by the repository's mode benchmark (`bench/results/modes.json`, MODES_RESULTS) on the machine named in `hardware`, not live by this server. */
+  | 'BENCHMARK'
   /** Measured by this server's engine: live on its own hardware (source `this server`), or by the engine's benchmark on the card named in `hardware` (source: the result file). */
   | 'MEASURED'
   /** Stated on the TheStage seed model card; not measured here. */
@@ -76,7 +78,7 @@ export type SpecOrigin =
 export type WebModelsQueryVariables = Exact<{ [key: string]: never; }>;
 
 
-export type WebModelsQuery = { models: Array<{ id: string, mode: string, name: string, description: string, device: string, isDefault: boolean, limits: { minSide: number, maxSide: number, sideMultiple: number, minSteps: number, maxSteps: number, minGuidance: number, maxGuidance: number, aspectRatios: Array<string> }, specs: Array<{ origin: SpecOrigin, hardware: string, width: number, height: number, steps: number | null, latencySeconds: number | null, meanStepMs: number | null }> }> };
+export type WebModelsQuery = { models: Array<{ id: string, mode: string, name: string, description: string, device: string, isDefault: boolean, limits: { minSide: number, maxSide: number, sideMultiple: number, minSteps: number, maxSteps: number, minGuidance: number, maxGuidance: number, aspectRatios: Array<string> }, specs: Array<{ origin: SpecOrigin, hardware: string, width: number, height: number, steps: number | null, latencySeconds: number | null, meanStepMs: number | null }>, quality: { psnr: number, ssim: number } | null }> };
 
 export type WebGenerateMutationVariables = Exact<{
   input: GenerateImageInput;
@@ -183,6 +185,10 @@ export const WebModelsDocument = new TypedDocumentString(`
       steps
       latencySeconds
       meanStepMs
+    }
+    quality {
+      psnr
+      ssim
     }
   }
 }
