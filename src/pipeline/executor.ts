@@ -119,6 +119,21 @@ export interface ExecutorStats {
   engineExits?: number;
 }
 
+/**
+ * One layer of a compressed mode's plan (the engine manifest's `plan` entries): the algorithm the planner chose for
+ * it, with the measurements behind the choice.
+ */
+export interface PlanLayer {
+  /** Linear layer of the XL graph, diffusers-style (fused names, e.g. `transformer_blocks.0.attn.to_qkv`). */
+  layer: string;
+  /** e.g. `fp32` (kept), `int8-dyn`, `int8-b128`. */
+  algorithm: string;
+  /** Relative transformer output error when only this layer uses `algorithm`. */
+  error?: number;
+  /** Time this choice saves against float32, ms per transformer forward on the benchmark configuration. */
+  gainMs?: number;
+}
+
 /** A handle that is not (or no longer) known to the executor. */
 export class UnknownHandleError extends Error {
   constructor(readonly handle: string) {
@@ -161,4 +176,9 @@ export interface StepExecutor {
   activeLoras(): Promise<LoraSelection[]>;
   /** Runtime counters. */
   stats(): Promise<ExecutorStats>;
+  /**
+   * Per-layer plans of the planned modes (L, M, S) whose plan is already cached or compiled, by mode; a mode not
+   * planned yet is absent. Never plans or compiles anything. Absent where the engine has no such plans (CUDA).
+   */
+  modePlans?(): Promise<Record<string, PlanLayer[]>>;
 }

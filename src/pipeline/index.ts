@@ -16,6 +16,7 @@ export type {
   BenchmarkLatency,
   ExecutorStats,
   ModelInfo,
+  PlanLayer,
   RgbImage,
   SampleHandle,
   SampleRequest,

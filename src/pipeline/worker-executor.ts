@@ -67,6 +67,7 @@ export async function createFluxExecutor(options: FluxExecutorOptions): Promise<
     unloadLora: (name) => call('unloadLora', [name]),
     activeLoras: () => call('activeLoras', []),
     stats: () => call('stats', []),
+    modePlans: () => call('modePlans', []),
     async close() {
       if (!dead) await call('close', []).catch(() => undefined);
       await worker.terminate();

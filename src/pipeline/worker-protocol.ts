@@ -17,7 +17,8 @@ export type WorkerMethod =
   | 'loadLora'
   | 'unloadLora'
   | 'activeLoras'
-  | 'stats';
+  | 'stats'
+  | 'modePlans';
 
 export interface WorkerRequest {
   id: number;

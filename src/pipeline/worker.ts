@@ -20,7 +20,9 @@ ready.then(
 port.on('message', async (msg: WorkerRequest) => {
   try {
     const ex = await ready;
-    const value = await (ex[msg.method] as (...a: unknown[]) => Promise<unknown>)(...msg.args);
+    const method = ex[msg.method] as ((...a: unknown[]) => Promise<unknown>) | undefined;
+    if (!method) throw new Error(`the pipeline executor has no method ${msg.method}`);
+    const value = await method.apply(ex, msg.args);
     const transfer = collectTransfers(value);
     port.postMessage({ id: msg.id, ok: true, value } satisfies WorkerResponse, transfer);
     if (msg.method === 'close') port.close();

@@ -34,6 +34,7 @@ import {
   type LoraScan,
   type LoraSelection,
   loadControlImageSource,
+  type PlanLayer,
   type StepExecutor,
 } from './pipeline.ts';
 import type { BackendHealth, EngineOffer, JobBackend, LoraControl } from './ports.ts';
@@ -46,6 +47,11 @@ import {
   MAX_LORA_NAME_CHARS,
   parseGenerateInput,
 } from './request.ts';
+
+/** How long the engine's per-layer plans are reused before `models` asks the engine again. */
+const PLAN_LAYERS_TTL_MS = 3000;
+/** How long `models` waits for a busy engine's answer about the plans before showing the last one it has. */
+const PLAN_LAYERS_WAIT_MS = 500;
 
 /** Options of both modes. */
 interface CommonOptions {
@@ -113,6 +119,9 @@ export class GenerationService {
   readonly #modeResults: ModeResults | undefined;
   readonly #controlImages: ControlImageOptions;
   #catalog: { offer: EngineOffer; catalog: ModelCatalog } | undefined;
+  readonly #log: ((message: string, err: unknown) => void) | undefined;
+  /** The engine's per-layer plans by mode (`refreshPlanLayers`), when last read and the read under way. */
+  #planLayers: { byMode: Record<string, PlanLayer[]>; at: number; pending?: Promise<void> } = { byMode: {}, at: 0 };
   #closed = false;
 
   private constructor(backend: JobBackend, deps: BackendDeps, options: CommonOptions) {
@@ -121,6 +130,7 @@ export class GenerationService {
     this.metrics = deps.metrics;
     this.#measured = deps.measured;
     this.#limits = options.limits;
+    this.#log = options.log;
     this.#modeResults = options.modeResults
       ? readModeResults(options.modeResults, (message) => options.log?.(message, undefined))
       : undefined;
@@ -190,9 +200,48 @@ export class GenerationService {
     return this.#closed ? { ready: false, reason: 'shutting down' } : this.#backend.health();
   }
 
-  /** Every servable model/mode (none while no engine is known). */
+  /**
+   * Every servable model/mode (none while no engine is known); a planned mode's `plan.layers` holds the engine's
+   * per-layer plan as last read by {@link refreshPlanLayers} (empty until then, or without a local engine).
+   */
   models(): readonly ModelEntry[] {
-    return this.#backend.offer() ? this.catalog.entries : [];
+    if (!this.#backend.offer()) return [];
+    const byMode = this.#planLayers.byMode;
+    return this.catalog.entries.map((e) =>
+      e.plan && byMode[e.mode] ? { ...e, plan: { ...e.plan, layers: byMode[e.mode] ?? [] } } : e,
+    );
+  }
+
+  /**
+   * Re-reads the engine's per-layer plans (cached or compiled ones only; the engine never plans for this) when the
+   * last read is older than a few seconds. Waits at most half a second for a busy engine; the read then finishes
+   * in the background and a later call shows it. Does nothing without a local engine (scale-out API node).
+   */
+  async refreshPlanLayers(): Promise<void> {
+    const backend = this.#backend;
+    const state = this.#planLayers;
+    if (!backend.modePlans || this.#closed || (state.at > 0 && Date.now() - state.at < PLAN_LAYERS_TTL_MS)) return;
+    state.pending ??= backend
+      .modePlans()
+      .then(
+        (byMode) => {
+          state.byMode = byMode;
+        },
+        (err) => this.#log?.('could not read the per-layer plans of the modes', err),
+      )
+      .finally(() => {
+        state.at = Date.now();
+        state.pending = undefined;
+      });
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      state.pending,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, PLAN_LAYERS_WAIT_MS);
+        timer.unref();
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   /** What this server measured for a mode. */

@@ -56,6 +56,8 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
   let closed = false;
   return {
     loras: createLoraControl(o.executor, offer.info.packedChannels),
+    // A call into the worker: it answers between engine runs.
+    ...(o.executor.modePlans ? { modePlans: () => o.executor.modePlans?.() ?? Promise.resolve({}) } : {}),
     jobs: {
       get: async (id) => store.get(id),
       list: async (statuses) => store.list(statuses),

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { relative } from 'node:path';
 import { z } from 'zod';
-import type { BenchmarkLatency } from './pipeline.ts';
+import type { BenchmarkLatency, PlanLayer } from './pipeline.ts';
 
 const num = z.number().finite();
 
@@ -95,6 +95,11 @@ export interface ModePlanSummary {
   /** Step caching (mode S), when on. */
   stepCache: { threshold: number; fullSteps: number; cachedSteps: number } | null;
   source: string;
+  /**
+   * Per-layer choices of this server's engine for the mode (its cached plan, as compiled into the engine manifest);
+   * empty when unknown: not planned yet, or no local engine (scale-out API node). Filled by the service.
+   */
+  layers: PlanLayer[];
 }
 
 /** What the mode benchmark recorded for one (model, mode). */
@@ -167,6 +172,7 @@ export class ModeResults {
                 }
               : null,
             source: `${this.shown}${updatedAt ? ` (${updatedAt})` : ''}: planner summary of the compiled engine`,
+            layers: [],
           }
         : null;
     return { benchmark, quality, plan };

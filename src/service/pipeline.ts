@@ -9,6 +9,7 @@ export type {
   LoraScan,
   LoraSelection,
   ModelInfo,
+  PlanLayer,
   RgbImage,
   SampleHandle,
   SampleRequest,

@@ -6,7 +6,7 @@
  */
 import type { JobEvent } from './job-events.ts';
 import type { Job, JobStatus } from './jobs.ts';
-import type { LoraInfo, LoraScan, LoraSelection, ModelInfo } from './pipeline.ts';
+import type { LoraInfo, LoraScan, LoraSelection, ModelInfo, PlanLayer } from './pipeline.ts';
 
 /** Job records, readable by every API node. */
 export interface JobRepository {
@@ -83,6 +83,11 @@ export interface JobBackend {
   events: JobEventBus;
   /** LoRA management; absent where the backend has no engine of its own (scale-out API node). */
   loras?: LoraControl;
+  /**
+   * Per-layer plans of the planned modes already cached or compiled by the engine (never plans or compiles); absent
+   * where the backend has no engine of its own (scale-out API node) or the engine has no such plans.
+   */
+  modePlans?(): Promise<Record<string, PlanLayer[]>>;
   /** The model served; undefined while no engine is known (no worker has registered yet). */
   offer(): EngineOffer | undefined;
   health(): BackendHealth;

@@ -1,14 +1,18 @@
 /**
  * `models` shows the mode benchmark's numbers (`bench/results/modes.json`: latency, PSNR/SSIM against original,
  * the planner's summary) for the served model, over real HTTP against the real pipeline (models/flux-tiny), server
- * on port 0; a missing result file gives nulls and the server keeps answering.
+ * on port 0; a missing result file gives nulls and the server keeps answering. After a generation in M, M's plan
+ * also lists the engine's per-layer choices, the same as the planner's cached plan file.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { EMBEDDED_MODEL_DIR } from '../../src/config.ts';
+import { planPath } from '../../src/pipeline/flux/elastic-plan.ts';
+import { defaultCacheDir, openModelSource } from '../../src/pipeline/flux/engine-cache.ts';
 import { REPO_ROOT } from '../helpers/paths.ts';
-import { ModelsDocument } from '../utils/gql/graphql.ts';
-import { disposeLeftovers, gqlData, startTestServer } from '../utils/test-server.ts';
+import { GenerateImageDocument, JobDocument, ModelsDocument } from '../utils/gql/graphql.ts';
+import { disposeLeftovers, eventually, gqlData, startTestServer } from '../utils/test-server.ts';
 
 afterAll(disposeLeftovers);
 
@@ -55,6 +59,49 @@ describe('models: measured quality and plan', () => {
     const original = models.find((x) => x.mode === 'original');
     expect(original?.plan).toBeNull();
     expect(original?.quality?.reference).toBe('original');
+  });
+
+  it("lists M's per-layer plan after a generation in M, as the planner's cached plan holds it", async () => {
+    const { url } = await startTestServer({ modelBatch: 2, modesResults: RESULTS });
+    const { generateImage: r } = await gqlData(url, GenerateImageDocument, {
+      input: { prompt: 'a lighthouse on a cliff at dawn', seed: 7, width: 64, height: 64, steps: 2, mode: 'M' },
+    });
+    if (r.__typename !== 'MutationGenerateImageSuccess') throw new Error(`submit failed: ${JSON.stringify(r)}`);
+    await eventually(async () => {
+      const { job } = await gqlData(url, JobDocument, { id: r.data.id });
+      expect(job.__typename === 'QueryJobSuccess' && job.data.status).toBe('SUCCEEDED');
+    });
+    // The plan M was compiled from (written by the planner on first use; the server shares this process's cache).
+    const planFile = JSON.parse(
+      readFileSync(planPath(defaultCacheDir(), { source: openModelSource(EMBEDDED_MODEL_DIR) }), 'utf8'),
+    ) as { plans: Record<string, { entries: { layer: string; algorithm: string; error: number; gainMs: number }[] }> };
+    const entries = planFile.plans.M?.entries ?? [];
+    expect(entries.length).toBeGreaterThan(0);
+    const counts = (list: { algorithm: string }[]) => {
+      const out: Record<string, number> = {};
+      for (const e of list) out[e.algorithm] = (out[e.algorithm] ?? 0) + 1;
+      return out;
+    };
+    // Read at most every few seconds: poll until this generation's plan shows.
+    const m = await eventually(async () => {
+      const { models } = await gqlData(url, ModelsDocument, {});
+      const found = models.find((x) => x.mode === 'M');
+      expect(found?.plan?.layers.length).toBe(entries.length);
+      return found;
+    });
+    const layers = m?.plan?.layers ?? [];
+    expect(counts(layers)).toEqual(counts(entries));
+    expect(layers).toEqual(
+      entries.map((e) => ({ layer: e.layer, algorithm: e.algorithm, error: e.error, gainMs: e.gainMs })),
+    );
+    for (const l of layers) {
+      // Diffusers module paths of the (fused) XL graph, e.g. `transformer_blocks.0.attn.to_qkv`.
+      expect(l.layer).toMatch(/^[a-z_]+(\.(\d+|[a-z][a-z0-9_]*))*$/);
+    }
+    expect(layers.some((l) => /^transformer_blocks\.0\.attn\.to_q/.test(l.layer))).toBe(true);
+    // Unplanned modes have no per-layer plan.
+    const { models } = await gqlData(url, ModelsDocument, {});
+    expect(models.find((x) => x.mode === 'XL')?.plan?.layers ?? []).toEqual([]);
   });
 
   it('gives nulls when the result file is missing and still answers', async () => {

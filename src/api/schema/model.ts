@@ -101,8 +101,28 @@ const StepCacheRef = builder.objectRef<NonNullable<ModePlanSummary['stepCache']>
   }),
 });
 
+const PlanLayerRef = builder.objectRef<ModePlanSummary['layers'][number]>('PlanLayer').implement({
+  description: "One layer of a mode's plan: the algorithm the planner chose for it and the measurements behind it.",
+  fields: (t) => ({
+    layer: t.exposeString('layer', {
+      description: 'Linear layer of the XL graph, diffusers-style (fused, e.g. `transformer_blocks.0.attn.to_qkv`).',
+    }),
+    algorithm: t.exposeString('algorithm', { description: 'e.g. `fp32` (kept), `int8-dyn`, `int8-b128`.' }),
+    error: t.float({
+      nullable: true,
+      description: 'Relative transformer output error when only this layer uses `algorithm`.',
+      resolve: (l) => l.error ?? null,
+    }),
+    gainMs: t.float({
+      nullable: true,
+      description: 'Time saved against float32, ms per transformer forward on the benchmark configuration.',
+      resolve: (l) => l.gainMs ?? null,
+    }),
+  }),
+});
+
 const ModePlanRef = builder.objectRef<ModePlanSummary>('ModePlan').implement({
-  description: "The compression planner's choice for a mode (summary; per-layer entries live in the engine manifest).",
+  description: "The compression planner's choice for a mode: the benchmark's summary and this engine's per-layer plan.",
   fields: (t) => ({
     errorBudget: t.exposeFloat('errorBudget', {
       nullable: true,
@@ -115,6 +135,13 @@ const ModePlanRef = builder.objectRef<ModePlanSummary>('ModePlan').implement({
     algorithms: t.field({ type: [PlanAlgorithm], resolve: (p) => p.algorithms }),
     stepCache: t.field({ type: StepCacheRef, nullable: true, resolve: (p) => p.stepCache }),
     source: t.exposeString('source'),
+    layers: t.field({
+      type: [PlanLayerRef],
+      description:
+        "This server's engine plan for the mode, one entry per layer (as stored in the engine manifest); empty when " +
+        'the mode is not planned yet here or the server has no local engine (scale-out API node).',
+      resolve: (p) => p.layers,
+    }),
   }),
 });
 
@@ -219,6 +246,9 @@ builder.queryField('models', (t) =>
   t.field({
     type: [ModelRef],
     description: 'Every mode of every loaded model.',
-    resolve: (_root, _args, ctx) => [...ctx.service.models()],
+    resolve: async (_root, _args, ctx) => {
+      await ctx.service.refreshPlanLayers();
+      return [...ctx.service.models()];
+    },
   }),
 );

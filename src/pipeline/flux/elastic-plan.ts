@@ -82,6 +82,27 @@ export function planPath(cacheDir: string, pipe: Pick<CalibrationSource, 'source
   return join(cacheDir, 'plans', `${pipe.source.name}-${key}.json`);
 }
 
+/**
+ * The plans already cached for `pipe`'s model under `cacheDir`, by mode (only those `ensurePlan` would reuse: a
+ * planned mode with the same budget); `{}` without a cache file or when it cannot be read. Never plans.
+ */
+export function cachedPlans(pipe: Pick<CalibrationSource, 'source'>, cacheDir: string): Record<string, ModePlan> {
+  const path = planPath(cacheDir, pipe);
+  if (!existsSync(path)) return {};
+  let file: PlanFile;
+  try {
+    file = JSON.parse(readFileSync(path, 'utf8')) as PlanFile;
+  } catch {
+    return {};
+  }
+  const out: Record<string, ModePlan> = {};
+  for (const spec of MODE_NAMES.map(resolveMode).filter(isPlannedMode)) {
+    const plan = file.plans?.[spec.name];
+    if (plan && plan.budget === spec.errorBudget) out[spec.name] = plan;
+  }
+  return out;
+}
+
 /** Calibration feeds: one batch of the recorded samples (see the file header). */
 async function calibrationFeeds(pipe: CalibrationSource): Promise<Record<string, HostTensor>> {
   const states = await pipe.prepare(

@@ -4,6 +4,7 @@
  */
 import {
   type ModelInfo,
+  type PlanLayer,
   type RgbImage,
   type SampleHandle,
   type SampleRequest,
@@ -13,6 +14,8 @@ import {
 } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import type { LoraInfo, LoraSelection } from '../lora/index.ts';
+import { cachedPlans } from './elastic-plan.ts';
+import { defaultCacheDir } from './engine-cache.ts';
 import { FluxArgumentError } from './latents.ts';
 import { FluxPipeline, type FluxPipelineOptions } from './pipeline.ts';
 import { latentPreviewRgb } from './preview.ts';
@@ -114,5 +117,17 @@ export async function createInThreadExecutor(
     unloadLora: async (name) => pipeline.loras.unload(name),
     activeLoras: async () => pipeline.loras.activeSet(),
     stats: async () => ({ sessionsCreated: pipeline.sessionsCreated }),
+    // Reads the plan cache (what the planned modes' engines are compiled from); never plans or compiles.
+    async modePlans(): Promise<Record<string, PlanLayer[]>> {
+      const plans = cachedPlans(pipeline, options.cacheDir ?? defaultCacheDir());
+      return Object.fromEntries(
+        Object.entries(plans)
+          .filter(([mode]) => info.modes.includes(mode))
+          .map(([mode, plan]) => [
+            mode,
+            plan.entries.map((e) => ({ layer: e.layer, algorithm: e.algorithm, error: e.error, gainMs: e.gainMs })),
+          ]),
+      );
+    },
   };
 }
