@@ -40,6 +40,21 @@ interface LatencySpecShape {
   source: string;
 }
 
+/** A benchmark-file row (the CUDA engine's, MEASURED; the elastic-mode benchmark's, BENCHMARK) as a spec row. */
+function benchmarkSpec(origin: LatencySpecShape['origin'], b: ModelEntry['benchmarks'][number]): LatencySpecShape {
+  return {
+    origin,
+    hardware: b.hardware,
+    width: b.width,
+    height: b.height,
+    steps: b.steps,
+    latencySeconds: b.latencySeconds,
+    meanStepMs: b.meanStepMs,
+    jobs: b.runs,
+    source: b.source,
+  };
+}
+
 const LatencySpec = builder.objectRef<LatencySpecShape>('LatencySpec').implement({
   description: 'Seconds for one image of the given size, published or measured.',
   fields: (t) => ({
@@ -180,32 +195,8 @@ export const ModelRef = builder.objectRef<ModelEntry>('Model').implement({
             source: PUBLISHED_SPEC_SOURCE,
           }),
         ),
-        ...m.benchmarks.map(
-          (b): LatencySpecShape => ({
-            origin: 'MEASURED',
-            hardware: b.hardware,
-            width: b.width,
-            height: b.height,
-            steps: b.steps,
-            latencySeconds: b.latencySeconds,
-            meanStepMs: b.meanStepMs,
-            jobs: b.runs,
-            source: b.source,
-          }),
-        ),
-        ...m.modeBenchmarks.map(
-          (b): LatencySpecShape => ({
-            origin: 'BENCHMARK',
-            hardware: b.hardware,
-            width: b.width,
-            height: b.height,
-            steps: b.steps,
-            latencySeconds: b.latencySeconds,
-            meanStepMs: b.meanStepMs,
-            jobs: b.runs,
-            source: b.source,
-          }),
-        ),
+        ...m.benchmarks.map((b) => benchmarkSpec('MEASURED', b)),
+        ...m.modeBenchmarks.map((b) => benchmarkSpec('BENCHMARK', b)),
         ...ctx.service.measured(m.mode).map(
           (r): LatencySpecShape => ({
             origin: 'MEASURED',

@@ -27,7 +27,8 @@ export interface Limits {
 }
 export const REFERENCE_LIMITS: Limits = { rel: 1e-4, image: 2 / 255 };
 
-const result = (name: string, metric: CaseResult['metric'], value: number, limit: number): CaseResult => ({
+/** One checked quantity: ok when `value` is at most `limit`. */
+export const result = (name: string, metric: CaseResult['metric'], value: number, limit: number): CaseResult => ({
   name,
   metric,
   value,
@@ -105,24 +106,23 @@ export async function transformerCase(
   limits: Limits,
 ): Promise<CaseResult[]> {
   if (!index.transformer_case) return [];
-  const f = openSafetensors(join(dir, index.transformer_case.file));
-  try {
-    const out = await pipe.forwardTransformer(
-      {
-        hidden: f.readF32('hidden_states'),
-        encoder: f.readF32('encoder_hidden_states'),
-        pooled: f.readF32('pooled_projections'),
-        timestep: f.readF32('timestep'),
-        guidance: f.names().includes('guidance') ? f.readF32('guidance') : undefined,
-        txtIds: f.readF32('txt_ids'),
-        imgIds: f.readF32('img_ids'),
-      },
-      mode,
-    );
-    return [result('transformer', 'rel_error', relativeError(out, f.readF32('output')), limits.rel)];
-  } finally {
-    f.close();
-  }
+  const path = join(dir, index.transformer_case.file);
+  const out = await pipe.forwardTransformer(readTransformerInputs(path), mode);
+  const expected = withFile(path, (f) => f.readF32('output'));
+  return [result('transformer', 'rel_error', relativeError(out, expected), limits.rel)];
+}
+
+/** The raw transformer inputs of a fixture file (`hidden_states`, `encoder_hidden_states`, ... as diffusers names them). */
+export function readTransformerInputs(path: string): Parameters<FluxPipeline['forwardTransformer']>[0] {
+  return withFile(path, (f) => ({
+    hidden: f.readF32('hidden_states'),
+    encoder: f.readF32('encoder_hidden_states'),
+    pooled: f.readF32('pooled_projections'),
+    timestep: f.readF32('timestep'),
+    guidance: f.names().includes('guidance') ? f.readF32('guidance') : undefined,
+    txtIds: f.readF32('txt_ids'),
+    imgIds: f.readF32('img_ids'),
+  }));
 }
 
 /** A whole generation from explicit starting noise: sigmas, every step's latents, the decoded image. */

@@ -13,9 +13,11 @@ import type { FluxTransformerConfig } from '../../../engines/compiler/flux/trans
 import { FluxPipeline } from '../../pipeline/flux/pipeline.ts';
 import { mismatches, relativeError } from '../../shared/tensor-metrics.ts';
 import { openSafetensors, writeSafetensors } from '../../shared/weights/index.ts';
-import type { CaseResult, Limits } from './cases.ts';
+import { type CaseResult, type Limits, readTransformerInputs, result } from './cases.ts';
 import type { FixtureIndex } from './fixture-index.ts';
 import { makeBflControlLora, mergeBflControl, writeMergedModel } from './lora-reference.ts';
+
+type Inputs = ReturnType<typeof readTransformerInputs>;
 
 /** Name of the constructed BFL Control LoRA inside the LoRA folder, and its strength and rank. */
 export const CONTROL_LORA = { file: 'constructed_bfl_control.safetensors', strength: 0.7, rank: 4 } as const;
@@ -37,33 +39,6 @@ export function prepareLoraDir(
 
 function transformerConfig(model: string): FluxTransformerConfig {
   return JSON.parse(readFileSync(join(model, 'transformer', 'config.json'), 'utf8')) as FluxTransformerConfig;
-}
-
-const result = (name: string, metric: CaseResult['metric'], value: number, limit: number): CaseResult => ({
-  name,
-  metric,
-  value,
-  limit,
-  ok: value <= limit,
-});
-
-type Inputs = Parameters<FluxPipeline['forwardTransformer']>[0];
-
-function readInputs(path: string): Inputs {
-  const f = openSafetensors(path);
-  try {
-    return {
-      hidden: f.readF32('hidden_states'),
-      encoder: f.readF32('encoder_hidden_states'),
-      pooled: f.readF32('pooled_projections'),
-      timestep: f.readF32('timestep'),
-      guidance: f.names().includes('guidance') ? f.readF32('guidance') : undefined,
-      txtIds: f.readF32('txt_ids'),
-      imgIds: f.readF32('img_ids'),
-    };
-  } finally {
-    f.close();
-  }
 }
 
 function readOutput(path: string): Float32Array {
@@ -92,7 +67,7 @@ export async function loraCases(
   const inputs = (file: string) => {
     const hit = inputsCache.get(file);
     if (hit) return hit;
-    const v = readInputs(join(fixtures, file));
+    const v = readTransformerInputs(join(fixtures, file));
     inputsCache.set(file, v);
     return v;
   };

@@ -7,47 +7,23 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileTransformer } from '../../../../engines/compiler/flux/transformer.ts';
-import type { FluxTransformerConfig } from '../../../../engines/compiler/flux/transformer-config.ts';
 import { MODULATION_LAYER } from '../../../../engines/compiler/flux/transformer-fused.ts';
 import { buildModulationGraph } from '../../../../engines/compiler/flux/transformer-modulation.ts';
 import { buildTransformerHead, buildTransformerTail } from '../../../../engines/compiler/flux/transformer-split.ts';
 import { resolveMode } from '../../../../engines/compiler/modes.ts';
 import { GraphBuilder } from '../../../../engines/compiler/onnx/graph-builder.ts';
-import { concatIds, ropeTables } from '../../../../src/pipeline/flux/rope.ts';
-import { type HostTensor, Session } from '../../../../src/runtime/index.ts';
+import { Session } from '../../../../src/runtime/index.ts';
+import { relativeError } from '../../../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
-import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
-import { readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';
+import {
+  fixtureTensor,
+  fixtureTransformerFeeds,
+  TRANSFORMER_DIR,
+  transformerConfig,
+} from '../../../helpers/transformer-fixture.ts';
 
-const TRANSFORMER_DIR = join(MODEL_DIR, 'transformer');
-const config = JSON.parse(readFileSync(join(TRANSFORMER_DIR, 'config.json'), 'utf8')) as FluxTransformerConfig;
-const fixture = readSafetensorsF32(join(FIXTURES_DIR, 'transformer_case.safetensors'));
-const t = (name: string) => fixture[name]!.data;
-
-function relError(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
-/** The fixture's transformer inputs (B 1, L 16, T 24) as graph feeds. */
-function fixtureFeeds(): Record<string, HostTensor> {
-  const rope = ropeTables(concatIds(t('txt_ids'), t('img_ids')), config.axes_dims_rope!);
-  return {
-    hidden_states: { data: t('hidden_states'), dims: [1, 16, 64] },
-    encoder_hidden_states: { data: t('encoder_hidden_states'), dims: [1, 24, 32] },
-    pooled_projections: { data: t('pooled_projections'), dims: [1, 32] },
-    timestep: { data: t('timestep'), dims: [1] },
-    guidance: { data: t('guidance'), dims: [1] },
-    rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
-    rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
-  };
-}
+const config = transformerConfig;
+const t = fixtureTensor;
 
 describe('XL transformer graph and step-cache split (flux-tiny)', () => {
   let dir: string;
@@ -99,10 +75,10 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
   });
 
   it('computes the reference values within float rounding (and diffusers within 1e-4)', async () => {
-    const ref = (await plain.run(fixtureFeeds())).sample!.data as Float32Array;
-    const out = (await xl.run(fixtureFeeds())).sample!.data as Float32Array;
-    expect(relError(out, ref)).toBeLessThan(1e-5);
-    expect(relError(out, t('output'))).toBeLessThan(1e-4);
+    const ref = (await plain.run(fixtureTransformerFeeds())).sample!.data as Float32Array;
+    const out = (await xl.run(fixtureTransformerFeeds())).sample!.data as Float32Array;
+    expect(relativeError(out, ref)).toBeLessThan(1e-5);
+    expect(relativeError(out, t('output'))).toBeLessThan(1e-4);
   });
 
   it('emits contrib attention and one modulation layer holding every AdaLayerNorm Linear', () => {
@@ -116,7 +92,7 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
   });
 
   it('head then tail gives the full graph output, and the cached path reproduces it from the tail residual', async () => {
-    const feeds = fixtureFeeds();
+    const feeds = fixtureTransformerFeeds();
     const full = (await xl.run(feeds)).sample!.data as Float32Array;
     const zeros = { data: new Float32Array(16 * 32), dims: [1, 16, 32] };
     const h = await head.run({ ...feeds, cached_residual: zeros });
@@ -127,15 +103,15 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
       rope_cos: feeds.rope_cos!,
       rope_sin: feeds.rope_sin!,
     });
-    expect(relError(out.sample!.data as Float32Array, full)).toBeLessThan(1e-6);
+    expect(relativeError(out.sample!.data as Float32Array, full)).toBeLessThan(1e-6);
     // Reusing this step's own tail residual must give this step's output: hidden + residual = final image stream.
     const again = await head.run({ ...feeds, cached_residual: out.residual! });
-    expect(relError(again.cached_sample!.data as Float32Array, full)).toBeLessThan(1e-5);
+    expect(relativeError(again.cached_sample!.data as Float32Array, full)).toBeLessThan(1e-5);
     expect(h.first_residual!.dims).toEqual([1, 16, 32]);
   });
 
   it('with the modulation as an input, the modulation graph + transformer give the full graph output', async () => {
-    const feeds = fixtureFeeds();
+    const feeds = fixtureTransformerFeeds();
     const full = (await xl.run(feeds)).sample!.data as Float32Array;
     const { hidden_states, encoder_hidden_states, rope_cos, rope_sin, pooled_projections, timestep, guidance } = feeds;
     const m = (
@@ -148,8 +124,8 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
       rope_sin: rope_sin!,
       modulation: m,
     });
-    expect(relError(out.sample!.data as Float32Array, full)).toBeLessThan(1e-6);
-    expect(relError(out.sample!.data as Float32Array, t('output'))).toBeLessThan(1e-4);
+    expect(relativeError(out.sample!.data as Float32Array, full)).toBeLessThan(1e-6);
+    expect(relativeError(out.sample!.data as Float32Array, t('output'))).toBeLessThan(1e-4);
     // The GEMM lives in the modulation graph only; the transformer graph has no conditioning embedding left.
     expect(modLayers.filter((l) => l === MODULATION_LAYER)).toHaveLength(1);
     expect(xlModLayers).not.toContain(MODULATION_LAYER);
@@ -179,7 +155,7 @@ describe('XL transformer graph and step-cache split (flux-tiny)', () => {
           pooled_projections: { data: pooled, dims: [1, pooled.length] },
         })
       ).modulation!.data as Float32Array;
-      expect(relError((all.data as Float32Array).subarray(i * width, (i + 1) * width), one)).toBeLessThan(1e-6);
+      expect(relativeError((all.data as Float32Array).subarray(i * width, (i + 1) * width), one)).toBeLessThan(1e-6);
     }
   });
 });

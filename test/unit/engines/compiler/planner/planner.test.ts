@@ -3,12 +3,11 @@
  * from a deterministic cost model (multiply-adds × a per-algorithm factor) so the comparisons do not depend on the
  * machine's timing noise; the errors are measured.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileTransformer } from '../../../../../engines/compiler/flux/transformer.ts';
-import type { FluxTransformerConfig } from '../../../../../engines/compiler/flux/transformer-config.ts';
 import { resolveMode } from '../../../../../engines/compiler/modes.ts';
 import { type Algorithm, COMPRESSIONS, plannedPolicy } from '../../../../../engines/compiler/planner/algorithms.ts';
 import { CalibrationGraph, type LinearShape } from '../../../../../engines/compiler/planner/measure.ts';
@@ -20,17 +19,18 @@ import {
   planModes,
 } from '../../../../../engines/compiler/planner/plan.ts';
 import { type ModePlan, planChoices } from '../../../../../engines/compiler/planner/plan-types.ts';
-import { concatIds, ropeTables } from '../../../../../src/pipeline/flux/rope.ts';
-import { type HostTensor, Session } from '../../../../../src/runtime/index.ts';
+import { Session } from '../../../../../src/runtime/index.ts';
 import { relativeError } from '../../../../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, type WeightSource } from '../../../../../src/shared/weights/weight-source.ts';
-import { FIXTURES_DIR, MODEL_DIR } from '../../../../helpers/paths.ts';
-import { readSafetensorsF32 } from '../../../../helpers/read-safetensors.ts';
+import {
+  fixtureTensor,
+  fixtureTransformerFeeds,
+  TRANSFORMER_DIR,
+  transformerConfig,
+} from '../../../../helpers/transformer-fixture.ts';
 
-const TRANSFORMER_DIR = join(MODEL_DIR, 'transformer');
-const config = JSON.parse(readFileSync(join(TRANSFORMER_DIR, 'config.json'), 'utf8')) as FluxTransformerConfig;
-const fixture = readSafetensorsF32(join(FIXTURES_DIR, 'transformer_case.safetensors'));
-const t = (name: string) => fixture[name]!.data;
+const config = transformerConfig;
+const _t = fixtureTensor;
 const XL = resolveMode('XL').transformer;
 
 /** Multiply-adds × factor: int8 GEMMs cheapest, 4-bit block formats between (as measured on AVX512-VNNI CPUs). */
@@ -43,19 +43,6 @@ const FACTOR: Record<Algorithm, number> = {
 };
 const costModel = async (s: LinearShape, alg: Algorithm) =>
   s.tokens * s.inFeatures * s.outFeatures * FACTOR[alg] * 1e-6;
-
-function feeds(): Record<string, HostTensor> {
-  const rope = ropeTables(concatIds(t('txt_ids'), t('img_ids')), config.axes_dims_rope!);
-  return {
-    hidden_states: { data: t('hidden_states'), dims: [1, 16, 64] },
-    encoder_hidden_states: { data: t('encoder_hidden_states'), dims: [1, 24, 32] },
-    pooled_projections: { data: t('pooled_projections'), dims: [1, 32] },
-    timestep: { data: t('timestep'), dims: [1] },
-    guidance: { data: t('guidance'), dims: [1] },
-    rope_cos: { data: rope.cos, dims: [rope.seqLen, rope.dim] },
-    rope_sin: { data: rope.sin, dims: [rope.seqLen, rope.dim] },
-  };
-}
 
 describe('per-layer planner (flux-tiny XL)', () => {
   let weights: WeightSource;
@@ -72,7 +59,7 @@ describe('per-layer planner (flux-tiny XL)', () => {
       weights,
       config,
       graph: { ...XL },
-      feeds: feeds(),
+      feeds: fixtureTransformerFeeds(),
       timing: { image: 16, text: 24 },
       costModel,
       threads: 1,
