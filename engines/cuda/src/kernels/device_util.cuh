@@ -37,6 +37,19 @@ __device__ __forceinline__ float block_sum(float v, float* sh /* >= 33 floats */
   t = warp_sum(t);
   return t;
 }
+// Two-pass LayerNorm statistics of one row `xr[0, D)` held in global memory, shared by the LayerNorm kernels that
+// write bf16/fp32 and the fp8 path's stats pass: mean, then the variance around it (more stable than E[x²] − mean²).
+__device__ __forceinline__ void row_mean_rstd(const float* xr, int D, float eps, float* sh, float& mean, float& rstd) {
+  float s = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
+  mean = block_sum(s, sh) / float(D);
+  float v = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float d = xr[i] - mean;
+    v += d * d;
+  }
+  rstd = rsqrtf(block_sum(v, sh) / float(D) + eps);
+}
 __device__ __forceinline__ float block_max(float v, float* sh) {
   int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
   v = warp_max(v);

@@ -42,15 +42,8 @@ __global__ void ln_stats_kernel(const float* x, int D, int rows_per_batch, const
   __shared__ float sh[33];
   int r = blockIdx.x;
   const float* xr = x + int64_t(r) * D;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
-  float mean = block_sum(s, sh) / float(D);
-  float v = 0.f;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) {
-    float d = xr[i] - mean;
-    v += d * d;
-  }
-  float rstd = rsqrtf(block_sum(v, sh) / float(D) + eps);
+  float mean, rstd;
+  row_mean_rstd(xr, D, eps, sh, mean, rstd);
   int b = r / rows_per_batch;
   const float* sh_b = shift + int64_t(b) * mod_stride;
   const float* sc_b = scale + int64_t(b) * mod_stride;

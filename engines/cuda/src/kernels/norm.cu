@@ -17,15 +17,8 @@ __global__ void layernorm_kernel(const float* x, int D, int rows_per_batch, cons
   __shared__ float sh[33];
   int r = blockIdx.x;
   const float* xr = x + int64_t(r) * D;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
-  float mean = block_sum(s, sh) / float(D);
-  float v = 0.f;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) {
-    float d = xr[i] - mean;
-    v += d * d;
-  }
-  float rstd = rsqrtf(block_sum(v, sh) / float(D) + eps);
+  float mean, rstd;
+  row_mean_rstd(xr, D, eps, sh, mean, rstd);
   int b = r / rows_per_batch;
   const float* sh_b = shift ? shift + int64_t(b) * mod_stride : nullptr;
   const float* sc_b = scale ? scale + int64_t(b) * mod_stride : nullptr;
