@@ -237,7 +237,9 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
     CUDA_CHECK(cudaFree(dimg));
   }
   js << "\n  ],\n  \"gpu_mem_before_load_gb\": " << base_mem / 1e9 << ", \"gpu_mem_after_load_gb\": "
-     << weights_mem / 1e9 << ",\n  \"gemm_fallbacks\": " << e.gemm.fallbacks() << "\n  }";
+     << weights_mem / 1e9 << ",\n  \"gemm_fallbacks\": " << e.gemm.fallbacks() << ", \"gemm_tuned_plans\": "
+     << e.gemm.tuned() << "\n  }";
+  fprintf(stderr, "[bench] %s: %d GEMM plans tuned by timing\n", precision.c_str(), e.gemm.tuned());
   notes.push_back(precision + ": weights " + std::to_string(e.weights.bytes() / 1e9).substr(0, 5) + " GB");
 }
 

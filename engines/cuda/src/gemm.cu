@@ -1,5 +1,6 @@
 #include "gemm.h"
 
+#include <cstdlib>
 #include <string>
 
 #include "kernels/kernels.h"
@@ -35,8 +36,17 @@ Gemm::Gemm() {
   BLAS_CHECK(cublasCreate(&blas_));
   // Default math: fp32 GEMMs stay fp32 (no TF32) unless a caller opts in; conformance depends on it.
   BLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
-  CUDA_CHECK(cudaMalloc(&ws_, ws_bytes_));
-  BLAS_CHECK(cublasSetWorkspace(blas_, ws_, ws_bytes_));
+  const char* tune = getenv("FQ_GEMM_TUNE");
+  tune_on_ = !(tune && std::string(tune) == "0");
+}
+
+void* Gemm::workspace(cudaStream_t st) {
+  auto it = ws_.find(st);
+  if (it != ws_.end()) return it->second;
+  void* w;
+  CUDA_CHECK(cudaMalloc(&w, ws_bytes_));
+  ws_[st] = w;
+  return w;
 }
 
 Gemm::~Gemm() {
@@ -47,7 +57,7 @@ Gemm::~Gemm() {
     if (p.b) cublasLtMatrixLayoutDestroy(p.b);
     if (p.c) cublasLtMatrixLayoutDestroy(p.c);
   }
-  if (ws_) cudaFree(ws_);
+  for (auto& [s, w] : ws_) cudaFree(w);
   if (blas_) cublasDestroy(blas_);
   if (lt_) cublasLtDestroy(lt_);
 }
@@ -89,12 +99,15 @@ Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType y
   for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
     BLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &al, sizeof al));
-  cublasLtMatmulHeuristicResult_t res;
+  // Up to 16 candidates, best first by cuBLASLt's own estimate; tune() may pick another by timing.
+  cublasLtMatmulHeuristicResult_t res[16];
   int n = 0;
-  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n);
+  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.c, p.c, pref, 16, res, &n);
   cublasLtMatmulPreferenceDestroy(pref);
   p.ok = s == CUBLAS_STATUS_SUCCESS && n > 0;
-  if (p.ok) p.algo = res.algo;
+  if (p.ok) p.algo = res[0].algo;
+  for (int i = 0; i < n; i++)
+    if (res[i].state == CUBLAS_STATUS_SUCCESS) p.cands.push_back(res[i]);
   return p;
 }
 
@@ -140,19 +153,59 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof x_scale));
   }
+  // Large reduced-precision products: time the candidates once (the fp32 conformance path keeps the heuristic's
+  // first choice, and small products are not worth the timing).
+  if (tune_on_ && !p->tuned && wt != DType::F32 && 2.0 * M * N * K >= 2e9) tune(*p, st, M, ldy, yt, X, W, beta);
+  p->tuned = true;
   float alpha = 1.f;
   prof_begin(kProfGemm, st);
   // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).
-  BLAS_CHECK(cublasLtMatmul(lt_, p->op, &alpha, W, p->a, X, p->b, &beta, C ? C : Y, p->c, Y, p->c, &p->algo, ws_,
-                            ws_bytes_, st));
+  BLAS_CHECK(cublasLtMatmul(lt_, p->op, &alpha, W, p->a, X, p->b, &beta, C ? C : Y, p->c, Y, p->c, &p->algo,
+                            workspace(st), ws_bytes_, st));
   if (bias_after && bias) add_bias(Y, yt, bias, M, N, ldy, st);
   if (gelu_after) activation(Y, yt, M, N, ldy, Act::GeluTanh, st);
   prof_end(kProfGemm, st, 2.0 * M * N * K);
 }
 
+void Gemm::tune(Plan& p, cudaStream_t st, int M, int ldy, DType yt, const void* X, const void* W, float beta) {
+  if (p.cands.size() < 2) return;
+  // D (and C when beta != 0) go to a scratch buffer: the caller's Y may be a residual stream updated in place.
+  void* d;
+  CUDA_CHECK(cudaMalloc(&d, size_t(M) * ldy * dsize(yt)));
+  CUDA_CHECK(cudaMemsetAsync(d, 0, size_t(M) * ldy * dsize(yt), st));
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  const float alpha = 1.f;
+  float best = 1e30f;
+  for (auto& cand : p.cands) {
+    auto run = [&] {
+      return cublasLtMatmul(lt_, p.op, &alpha, W, p.a, X, p.b, &beta, d, p.c, d, p.c, &cand.algo, workspace(st),
+                            ws_bytes_, st);
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run here is skipped
+    CUDA_CHECK(cudaEventRecord(a, st));
+    const int reps = 5;
+    for (int i = 0; i < reps; i++) BLAS_CHECK(run());
+    CUDA_CHECK(cudaEventRecord(b, st));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    if (ms < best) {
+      best = ms;
+      p.algo = cand.algo;
+    }
+  }
+  CUDA_CHECK(cudaEventDestroy(a));
+  CUDA_CHECK(cudaEventDestroy(b));
+  CUDA_CHECK(cudaFree(d));
+  tuned_++;
+}
+
 void Gemm::matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at,
                   int lda, const void* B, DType bt, int ldb, float beta, void* C, DType ct, int ldc) {
   BLAS_CHECK(cublasSetStream(blas_, st));
+  BLAS_CHECK(cublasSetWorkspace(blas_, workspace(st), ws_bytes_));
   prof_begin(kProfGemm, st);
   // Row-major C = op(A) op(B)  <=>  column-major C^T = op(B)^T op(A)^T.
   BLAS_CHECK(cublasGemmEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,

@@ -8,6 +8,7 @@
 
 #include <map>
 #include <tuple>
+#include <vector>
 
 #include "common.h"
 
@@ -37,6 +38,7 @@ class Gemm {
 
   size_t workspace_bytes() const { return ws_bytes_; }
   int fallbacks() const { return fallbacks_; }  // calls that needed the no-epilogue fallback
+  int tuned() const { return tuned_; }          // plans whose algorithm was chosen by timing (autotune)
 
  private:
   struct Plan {
@@ -44,16 +46,25 @@ class Gemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo;
     bool ok = false;
+    // Autotune: the heuristic's candidates, timed once on the first call with real operands (see tune()).
+    std::vector<cublasLtMatmulHeuristicResult_t> cands;
+    bool tuned = false;
   };
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   Plan& plan(int M, int N, int K, DType xt, int ldx, DType wt, DType yt, int ldy, int epi, int align,
              const float* bias);
   // cuBLASLt adds a bias of D's type: bf16 copies of the fp32 biases, made on first use and kept.
   const void* bias_for(const float* bias, int n, DType yt, cudaStream_t st);
+  // One workspace per stream, so GEMMs enqueued on different streams never share one.
+  void* workspace(cudaStream_t st);
+  // Times every candidate algorithm of p on the caller's X and W with a scratch D (and C), keeps the fastest.
+  void tune(Plan& p, cudaStream_t st, int M, int ldy, DType yt, const void* X, const void* W, float beta);
+  std::map<cudaStream_t, void*> ws_;
+  bool tune_on_ = true;
+  int tuned_ = 0;
   std::map<const float*, void*> bias_bf16_;
   cublasLtHandle_t lt_ = nullptr;
   cublasHandle_t blas_ = nullptr;
-  void* ws_ = nullptr;
   size_t ws_bytes_ = 64ull << 20;
   std::map<Key, Plan> plans_;
   int fallbacks_ = 0;
