@@ -30,6 +30,8 @@ import {
   CudaEngineClient,
   type CudaEngineExitedError,
   type CudaEngineInfo,
+  cudaLoadSpec,
+  type CudaLoadSpec,
   type CudaPrecision,
 } from '../runtime/cuda/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
@@ -134,16 +136,12 @@ interface Sample {
 /** Starts the engine, loads the model on the GPU and returns the executor (fails fast when either fails). */
 export async function createCudaExecutor(options: CudaExecutorOptions): Promise<CudaStepExecutor> {
   if (!existsSync(options.engineBin)) throw new CudaEngineNotFoundError(options.engineBin);
+  // Layout, key maps and configs are resolved here, by the same code as the ORT path; the engine gets a load spec.
   const repo = resolveModelRepo(options.modelDir);
-  if (repo.layout !== 'diffusers') {
-    throw new FluxArgumentError(
-      'modelDir',
-      `the CUDA engine loads diffusers folders only; ${repo.root} is ${repo.layout}`,
-    );
-  }
+  const spec = cudaLoadSpec(repo);
   const tokenizers = await loadFluxTokenizers({ clip: repo.tokenizerDir, t5: repo.tokenizer2Dir });
   const scheduler = parseSchedulerConfig(repo.schedulerConfig, `${repo.schedulerDir}/scheduler_config.json`);
-  const executor = new CudaExecutor(options, repo.root, tokenizers, scheduler);
+  const executor = new CudaExecutor(options, repo.root, spec, tokenizers, scheduler);
   await executor.start();
   return executor;
 }
@@ -153,6 +151,7 @@ class CudaExecutor implements CudaStepExecutor {
   readonly #precision: CudaPrecision;
   readonly #maxBatch: number;
   readonly #modelDir: string;
+  readonly #spec: CudaLoadSpec;
   readonly #tokenizers: FluxTokenizers;
   readonly #scheduler: FlowMatchConfig;
   readonly #samples = new Map<SampleHandle, Sample>();
@@ -163,11 +162,18 @@ class CudaExecutor implements CudaStepExecutor {
   #starts = 0;
   #exits = 0;
 
-  constructor(o: CudaExecutorOptions, modelDir: string, tokenizers: FluxTokenizers, scheduler: FlowMatchConfig) {
+  constructor(
+    o: CudaExecutorOptions,
+    modelDir: string,
+    spec: CudaLoadSpec,
+    tokenizers: FluxTokenizers,
+    scheduler: FlowMatchConfig,
+  ) {
     this.#o = o;
     this.#precision = o.precision ?? 'bf16';
     this.#maxBatch = o.maxBatch ?? 4;
     this.#modelDir = modelDir;
+    this.#spec = spec;
     this.#tokenizers = tokenizers;
     this.#scheduler = scheduler;
   }
@@ -224,9 +230,9 @@ class CudaExecutor implements CudaStepExecutor {
     const ready = (async () => {
       try {
         await client.info();
-        const l = await client.load(this.#modelDir, this.#precision);
+        const l = await client.load(this.#spec, this.#precision);
         this.#o.onLog?.(
-          `CUDA engine pid ${client.pid} loaded ${this.#modelDir} (${l.precision}, ${(l.weightsBytes / 2 ** 20).toFixed(1)} MiB of weights) on ${l.device} in ${l.ms.toFixed(0)} ms`,
+          `CUDA engine pid ${client.pid} loaded ${this.#modelDir} (${this.#spec.layout}, ${l.precision}, ${(l.weightsBytes / 2 ** 20).toFixed(1)} MiB of weights) on ${l.device} in ${l.ms.toFixed(0)} ms`,
         );
         loaded = true;
         return client;

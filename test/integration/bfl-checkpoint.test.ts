@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
 import { MODEL_DIR } from '../helpers/paths.ts';
-import { loadDiffusers, transformerToBfl, vaeToBfl, writeTensors } from '../unit/shared/weights/bfl-fixtures.ts';
+import { writeBflCheckpoints } from '../helpers/bfl-checkpoint.ts';
 
 const cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-bfl-cache-'));
 afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
@@ -20,8 +20,7 @@ function bflRepo(dtype: 'F32' | 'BF16'): string {
   }
   // Only the configs of the diffusers folders: the tiny head (16) needs axes_dims_rope, which shapes cannot tell.
   for (const c of ['transformer', 'vae']) cpSync(join(MODEL_DIR, c, 'config.json'), join(dir, c, 'config.json'));
-  writeTensors(join(dir, 'flux1-dev.safetensors'), transformerToBfl(loadDiffusers('transformer')), dtype);
-  writeTensors(join(dir, 'ae.safetensors'), vaeToBfl(loadDiffusers('vae')), dtype);
+  writeBflCheckpoints(dir, dtype);
   return dir;
 }
 

@@ -41,6 +41,10 @@ if [[ $MODE == all || $MODE == test ]]; then
   FQ_ATTENTION=own "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >"$OUT/selftest-own.txt" 2>&1; r=$?
   [[ $r -ne 0 ]] && rc=$r
   echo "own flash kernel:"; grep -E "transformer_forward|latents|image|failed" "$OUT/selftest-own.txt" | grep -v '^{'
+  # The same checks on the BFL single-file layout, loaded through the load spec the server would send.
+  "$ENGINE" --selftest "$FIX" "$FIX/flux-tiny-bfl/load-spec.json" both >"$OUT/selftest-bfl.txt" 2>&1; r=$?
+  [[ $r -ne 0 ]] && rc=$r
+  echo "BFL single files (load spec):"; grep -E "^(clip|t5|transformer|pipeline)|failed" "$OUT/selftest-bfl.txt" | grep -v '^{'
   for p in f32 bf16; do
     python3 engines/cuda/tests/protocol_test.py "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -3 | tee -a "$OUT/protocol.txt"
     [[ ${PIPESTATUS[0]} -ne 0 ]] && rc=1

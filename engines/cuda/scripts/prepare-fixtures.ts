@@ -2,12 +2,20 @@
  * Copies the flux-tiny reference fixtures the engine's self-test needs into a folder that travels to the GPU
  * machine (`../shared` does not), and writes `pipeline_tokens.json`: the CLIP and T5 ids of every pipeline-case
  * prompt, produced by the project's own tokenizer (the fixtures hold ids only for `tokenizer_cases.json`).
+ * Also writes `flux-tiny-bfl/`: the embedded model's transformer and VAE as BFL single files (F32, so the f32
+ * conformance limits hold) with `load-spec.json`, the spec the server would send for that layout (file paths
+ * relative to that folder; the text encoders are the repository's `models/flux-tiny` ones).
  *
  * Usage: npx tsx engines/cuda/scripts/prepare-fixtures.ts <fixtures dir> <out dir>
  */
+import { cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join, relative, resolve } from 'node:path';
 import { loadFluxTokenizers } from '../../../src/pipeline/flux/tokenize.ts';
+import { cudaLoadSpec } from '../../../src/runtime/cuda/load-spec.ts';
+import { resolveModelRepo } from '../../../src/shared/weights/index.ts';
+import { writeBflCheckpoints } from '../../../test/helpers/bfl-checkpoint.ts';
 
 const [src = '../shared/fixtures/flux-tiny-reference', out = '.device-fixtures'] = process.argv.slice(2);
 const files = [
@@ -46,4 +54,36 @@ for (const pc of index.pipeline_cases) {
   }
 }
 await writeFile(join(out, 'pipeline_tokens.json'), JSON.stringify(prompts));
-console.log(`fixtures in ${out}: ${files.length} files + pipeline_tokens.json (${Object.keys(prompts).length} prompts)`);
+
+// BFL layout: the checkpoints go into the fixture folder; a scratch repo links them beside the embedded model's
+// text encoders, tokenizers and scheduler (and the transformer/VAE configs: the tiny head size needs
+// axes_dims_rope), so the spec comes from the same resolution the server runs.
+const model = resolve('models/flux-tiny');
+const bflDir = resolve(out, 'flux-tiny-bfl');
+mkdirSync(bflDir, { recursive: true });
+writeBflCheckpoints(bflDir, 'F32');
+const scratch = mkdtempSync(join(tmpdir(), 'fluxql-bfl-spec-'));
+try {
+  for (const sub of ['text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'scheduler'])
+    symlinkSync(join(model, sub), join(scratch, sub));
+  for (const c of ['transformer', 'vae']) {
+    mkdirSync(join(scratch, c));
+    cpSync(join(model, c, 'config.json'), join(scratch, c, 'config.json'));
+  }
+  for (const f of ['flux1-dev.safetensors', 'ae.safetensors']) symlinkSync(join(bflDir, f), join(scratch, f));
+  const spec = cudaLoadSpec(resolveModelRepo(scratch));
+  // Paths relative to the spec's folder, through the links, so they hold on the GPU machine's copy of the tree.
+  const components = Object.fromEntries(
+    Object.entries(spec.components).map(([name, c]) => [
+      name,
+      { ...c, files: c.files.map((f) => relative(bflDir, realpathSync(f))) },
+    ]),
+  );
+  await writeFile(join(bflDir, 'load-spec.json'), JSON.stringify({ ...spec, components }));
+} finally {
+  rmSync(scratch, { recursive: true, force: true });
+}
+console.log(
+  `fixtures in ${out}: ${files.length} files + pipeline_tokens.json (${Object.keys(prompts).length} prompts) + ` +
+    'flux-tiny-bfl/ (BFL checkpoints, load-spec.json)',
+);

@@ -1,5 +1,6 @@
 // The engine: all four components resident on one GPU, and a request's life cycle (prepare, steps, decode).
 #pragma once
+#include <array>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -45,13 +46,22 @@ class Engine {
   const bool fp8;
   std::string precision() const { return fp8 ? "fp8" : dname(dt); }
   ~Engine();
+  struct Component {
+    Json config;
+    std::unique_ptr<ComponentFiles> files;
+  };
   void load_dir(const std::string& dir);  // diffusers layout: text_encoder/, text_encoder_2/, transformer/, vae/
+  // A load spec (PROTOCOL.md): per component its files, config and diffusers-name map, as the host resolved them
+  // (BFL single files, sharded or prefixed checkpoints). Relative file paths are taken from `base`.
+  void load_spec(const Json& spec, const std::string& base);
+  void load_model(const std::string& path);  // a diffusers folder, or a load-spec .json file
   void load_synthetic(uint64_t seed);     // FLUX.1-dev sizes, random weights generated on the GPU
   std::unique_ptr<Job> prepare(const Request& r);
   void step(Job& j);
   void decode(Job& j, float* chw, uint8_t* rgb);  // device outputs, either may be null
   Ctx ctx() { return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr}; }
 
+  void load_components(std::array<Component, 4>& parts);
   const DType dt;
   ModelConfig cfg;
   DeviceArena weights;

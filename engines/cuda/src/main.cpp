@@ -1,6 +1,6 @@
 // fluxql-engine: the native CUDA engine of fluxql.
 //   fluxql-engine [--serve]                       framed protocol on stdin/stdout (PROTOCOL.md)
-//   fluxql-engine --selftest <fixtures> <model> [f32|bf16|fp8|both|all]
+//   fluxql-engine --selftest <fixtures> <model dir or load-spec .json> [f32|bf16|fp8|both|all]
 //   fluxql-engine --bench [--size N|WxH] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
 //                         [--out prefix]
 #include <cstdio>
@@ -14,7 +14,9 @@ int main(int argc, char** argv) {
     std::string mode = argc > 1 ? argv[1] : "--serve";
     if (mode == "--selftest") {
       if (argc < 4) {
-        fprintf(stderr, "usage: fluxql-engine --selftest <fixtures dir> <model dir> [f32|bf16|both]\n");
+        fprintf(stderr,
+                "usage: fluxql-engine --selftest <fixtures dir> <model dir or load-spec .json> "
+                "[f32|bf16|fp8|both|all]\n");
         return 2;
       }
       return fq::run_selftest(argv[2], argv[3], argc > 4 ? argv[4] : "both");

@@ -107,7 +107,49 @@ ComponentFiles::ComponentFiles(const std::string& d, std::vector<std::string> pr
   for (auto& n : names) files_.push_back(std::make_unique<SafetensorsFile>(dir + "/" + n));
 }
 
+ComponentFiles::ComponentFiles(const std::vector<std::string>& files, std::map<std::string, MappedName> map)
+    : dir(files.empty() ? "" : files[0]), prefixes_{""}, map_(std::move(map)) {
+  if (files.empty()) throw std::runtime_error("a component needs at least one weight file");
+  for (auto& f : files) files_.push_back(std::make_unique<SafetensorsFile>(f));
+}
+
 const StTensor* ComponentFiles::find(const std::string& name) const {
+  if (map_.empty()) return find_stored(name);
+  auto done = mapped_.find(name);
+  if (done != mapped_.end()) return &done->second;
+  auto m = map_.find(name);
+  if (m == map_.end()) return nullptr;
+  const StTensor* src = find_stored(m->second.source);
+  if (!src) throw std::runtime_error("mapped tensor " + name + ": stored tensor " + m->second.source + " not in " + dir);
+  if (m->second.rows.empty()) return &(mapped_[name] = *src);
+  int64_t R = src->shape.empty() ? 0 : src->shape[0];
+  if (R <= 0 || src->bytes % size_t(R)) throw std::runtime_error("cannot take rows of " + m->second.source);
+  const size_t row = src->bytes / size_t(R);
+  StTensor t = *src;
+  t.shape[0] = 0;
+  for (auto [r0, r1] : m->second.rows) {
+    if (r0 < 0 || r1 > R || r0 >= r1)
+      throw std::runtime_error("rows [" + std::to_string(r0) + ", " + std::to_string(r1) + ") out of range for " +
+                               m->second.source);
+    t.shape[0] += r1 - r0;
+  }
+  t.bytes = size_t(t.shape[0]) * row;
+  if (m->second.rows.size() == 1) {
+    t.data = src->data + size_t(m->second.rows[0].first) * row;
+  } else {
+    auto& buf = copies_[name];
+    buf.resize(t.bytes);
+    size_t at = 0;
+    for (auto [r0, r1] : m->second.rows) {
+      memcpy(buf.data() + at, src->data + size_t(r0) * row, size_t(r1 - r0) * row);
+      at += size_t(r1 - r0) * row;
+    }
+    t.data = buf.data();
+  }
+  return &(mapped_[name] = t);
+}
+
+const StTensor* ComponentFiles::find_stored(const std::string& name) const {
   for (auto& p : prefixes_)
     for (auto& f : files_)
       if (const StTensor* t = f->find(p + name)) return t;

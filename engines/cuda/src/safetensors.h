@@ -34,19 +34,34 @@ class SafetensorsFile {
 
 std::vector<float> st_to_f32(const StTensor& t);
 
-// A diffusers component folder (transformer/, vae/, text_encoder/, text_encoder_2/): every *.safetensors shard it
-// holds, looked up by name. `prefixes` are tried in turn in front of a name ("text_model." for CLIP exports that
-// keep it), so callers write names without them.
+// How one diffusers-named tensor is made from a stored one (BFL checkpoints, text-encoder spellings): the stored
+// tensor's rows [r0, r1) along dim 0, concatenated in order; no ranges: the whole tensor. Rows of a row-major
+// tensor are contiguous bytes, so one range is a view into the mapping and several are copied once.
+struct MappedName {
+  std::string source;
+  std::vector<std::pair<int64_t, int64_t>> rows;
+};
+
+// One component's weights, looked up by diffusers name. Either a diffusers component folder (transformer/, vae/,
+// text_encoder/, text_encoder_2/: every *.safetensors shard it holds; `prefixes` are tried in turn in front of a
+// name, "text_model." for CLIP exports that keep it), or explicit files with a name map (a load spec: the host
+// resolves the layout and sends the map, see PROTOCOL.md), which then answers mapped names only.
 class ComponentFiles {
  public:
   ComponentFiles(const std::string& dir, std::vector<std::string> prefixes = {""});
+  ComponentFiles(const std::vector<std::string>& files, std::map<std::string, MappedName> map);
   const StTensor* find(const std::string& name) const;
   const StTensor& get(const std::string& name) const;  // throws with the name when absent
-  std::string dir;
+  std::string dir;  // for messages: the folder, or the first file
 
  private:
+  const StTensor* find_stored(const std::string& name) const;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::vector<std::string> prefixes_;
+  std::map<std::string, MappedName> map_;
+  // Mapped tensors made so far (views or copies of the stored rows) and the bytes of the copies.
+  mutable std::map<std::string, StTensor> mapped_;
+  mutable std::map<std::string, std::vector<uint8_t>> copies_;
 };
 
 }  // namespace fq

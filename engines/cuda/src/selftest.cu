@@ -1,5 +1,6 @@
-// `fluxql-engine --selftest <fixtures> <model>`: the engine against diffusers' float32 reference outputs for the
-// flux-tiny model, plus unit checks of the GEMM wrapper and the flash-attention kernel on random data.
+// `fluxql-engine --selftest <fixtures> <model dir or load-spec .json>`: the engine against diffusers' float32
+// reference outputs for the flux-tiny model, plus unit checks of the GEMM wrapper and the flash-attention kernel
+// on random data.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -215,7 +216,7 @@ void unit_cudnn(Engine& e) {
 void run_precision(const std::string& fx, const std::string& model, DType dt, bool fp8 = false) {
   Engine e(dt, fp8);
   auto t0 = std::chrono::steady_clock::now();
-  e.load_dir(model);
+  e.load_model(model);
   double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   fprintf(stderr, "[selftest] %s: model loaded in %.0f ms\n", dname(dt), load_ms);
   const bool f32 = dt == DType::F32;

@@ -103,6 +103,7 @@ int run_serve() {
         eng.reset();
         eng = std::make_unique<Engine>(prec == "f32" ? DType::F32 : DType::BF16, prec == "fp8");
         if (req.has("synthetic")) eng->load_synthetic(uint64_t(req.num("seed", 42)));
+        else if (req.has("spec")) eng->load_spec(req["spec"], "");
         else eng->load_dir(req.str("model", ""));
         send("{\"op\":\"loaded\",\"id\":" + id + ",\"device\":" + json_escape(device_name()) +
              ",\"precision\":\"" + prec + "\",\"weights_bytes\":" + std::to_string(eng->weights.bytes()) +

@@ -13,6 +13,7 @@ import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { CudaEngineError, CudaEngineExitedError } from './errors.ts';
 import { encodeFrame, type Frame, FrameDecoder, type FrameHeader } from './frames.ts';
+import type { CudaLoadSpec } from './load-spec.ts';
 
 /** Numeric precision of a loaded model. */
 export type CudaPrecision = 'f32' | 'bf16' | 'fp8';
@@ -194,9 +195,13 @@ export class CudaEngineClient {
     };
   }
 
-  /** Loads a diffusers model folder onto the GPU (dropping any previous model and its jobs). */
-  async load(model: string, precision: CudaPrecision): Promise<CudaLoaded> {
-    const { header: h } = await this.request({ op: 'load', model, precision });
+  /**
+   * Loads a model onto the GPU (dropping any previous model and its jobs): a diffusers folder by path, or any layout
+   * the host resolved, as a load spec ({@link cudaLoadSpec}).
+   */
+  async load(model: string | CudaLoadSpec, precision: CudaPrecision): Promise<CudaLoaded> {
+    const source = typeof model === 'string' ? { model } : { spec: model };
+    const { header: h } = await this.request({ op: 'load', ...source, precision });
     return {
       device: String(h.device),
       precision: h.precision as CudaPrecision,

@@ -13,6 +13,7 @@ export {
   type CudaProgress,
 } from './engine-client.ts';
 export { CudaEngineError, CudaEngineExitedError } from './errors.ts';
+export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';
 export {
   encodeFrame,
   FRAME_PREFIX_BYTES,

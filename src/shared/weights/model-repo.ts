@@ -13,12 +13,13 @@
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { isBflTransformer, isBflVae, openBflTransformer, openBflVae } from './bfl-keymap.ts';
+import { bflTransformerKeyMap, bflVaeKeyMap, isBflTransformer, isBflVae } from './bfl-keymap.ts';
 import { WeightsError } from './errors.ts';
 import { fingerprintWeights } from './fingerprint.ts';
 import { type ComponentConfig, inferTransformerConfig, inferVaeConfig } from './infer-config.ts';
 import { openSafetensors } from './safetensors.ts';
-import { openTextEncoderWeights } from './text-encoder-keys.ts';
+import { createMappedSource, type MappedTensor } from './mapped-source.ts';
+import { textEncoderKeyMap } from './text-encoder-keys.ts';
 import { locateComponentWeights, openComponentFiles, type WeightSource } from './weight-source.ts';
 
 /** The weight-bearing components of a FLUX pipeline. */
@@ -42,6 +43,38 @@ export interface ComponentWeights {
   readonly fingerprint: string;
   /** Opens a fresh source over the files, answering to diffusers names; the caller closes it. */
   open(): WeightSource;
+  /**
+   * The diffusers-name → stored-tensor map that `open()` applies (BFL names, text-encoder spellings), read from the
+   * headers; undefined when the files already use the names consumers ask for. The CUDA engine loads through it.
+   */
+  keyMap(): ReadonlyMap<string, MappedTensor> | undefined;
+}
+
+/** How stored names become diffusers names, from a source's header. */
+type KeyMapper = (source: WeightSource) => Map<string, MappedTensor>;
+
+/** Runs `fn` on a freshly opened source and closes it. */
+function withSource<T>(open: () => WeightSource, fn: (s: WeightSource) => T): T {
+  const s = open();
+  try {
+    return fn(s);
+  } finally {
+    s.close();
+  }
+}
+
+/** `open` seen through `mapper` (when there is one): the mapped source owns, and closes, the raw one. */
+function mappedOpener(openRaw: () => WeightSource, mapper: KeyMapper | undefined): () => WeightSource {
+  if (!mapper) return openRaw;
+  return () => {
+    const raw = openRaw();
+    try {
+      return createMappedSource(raw, mapper(raw));
+    } catch (err) {
+      raw.close();
+      throw err;
+    }
+  };
 }
 
 /** A resolved model: components plus tokenizer and scheduler folders. */
@@ -99,20 +132,14 @@ function makeComponent(
   name: ComponentName,
   format: WeightFormat,
   files: readonly string[],
-  open: () => WeightSource,
+  openRaw: () => WeightSource,
+  mapper: KeyMapper | undefined,
   config: ComponentConfig | ((s: WeightSource) => ComponentConfig),
   configSource: string,
   overrides: Record<string, unknown> | undefined,
 ): ComponentWeights {
-  let base: ComponentConfig;
-  if (typeof config === 'function') {
-    const s = open();
-    try {
-      base = config(s);
-    } finally {
-      s.close();
-    }
-  } else base = config;
+  const open = mappedOpener(openRaw, mapper);
+  const base = typeof config === 'function' ? withSource(open, config) : config;
   const merged = Object.freeze({ ...base, ...overrides });
   return {
     name,
@@ -122,6 +149,7 @@ function makeComponent(
     configSource,
     fingerprint: fingerprintWeights(format, files, merged),
     open,
+    keyMap: () => (mapper ? withSource(openRaw, mapper) : undefined),
   };
 }
 
@@ -129,13 +157,17 @@ function makeComponent(
 function diffusersComponent(name: ComponentName, dir: string, overrides?: Record<string, unknown>): ComponentWeights {
   const located = locateComponentWeights(dir);
   const isText = name === 'text_encoder' || name === 'text_encoder_2';
-  const open = () => (isText ? openTextEncoderWeights(openComponentFiles(located)) : openComponentFiles(located));
+  const openRaw = () => openComponentFiles(located);
+  const mapper = isText ? textEncoderKeyMap : undefined;
   const configPath = join(dir, 'config.json');
-  if (existsSync(configPath))
-    return makeComponent(name, 'diffusers', located.files, open, readJson(configPath), configPath, overrides);
+  if (existsSync(configPath)) {
+    const config = readJson(configPath);
+    return makeComponent(name, 'diffusers', located.files, openRaw, mapper, config, configPath, overrides);
+  }
   if (isText) throw new WeightsError(configPath, `text encoder config is missing`);
   const infer = name === 'transformer' ? inferTransformerConfig : inferVaeConfig;
-  return makeComponent(name, 'diffusers', located.files, open, (s) => infer(s, overrides), 'inferred', overrides);
+  const inferred = (s: WeightSource) => infer(s, overrides);
+  return makeComponent(name, 'diffusers', located.files, openRaw, mapper, inferred, 'inferred', overrides);
 }
 
 /** A single-file transformer or VAE (BFL or diffusers names); `hintDir` may hold a matching diffusers config. */
@@ -149,16 +181,14 @@ function singleFileComponent(
   const names = probe.names();
   probe.close();
   const bfl = name === 'transformer' ? isBflTransformer(names) : isBflVae(names);
-  const open = (): WeightSource => {
-    const raw = openSafetensors(file);
-    if (!bfl) return raw;
-    return name === 'transformer' ? openBflTransformer(raw) : openBflVae(raw);
-  };
+  const mapper = bfl ? (name === 'transformer' ? bflTransformerKeyMap : bflVaeKeyMap) : undefined;
+  const openRaw = () => openSafetensors(file);
   // A diffusers config beside the file describes the same architecture and supplies what shapes cannot tell.
   const hintPath = join(hintDir, name, 'config.json');
   const hint = { ...(existsSync(hintPath) ? readJson(hintPath) : {}), ...overrides };
   const infer = name === 'transformer' ? inferTransformerConfig : inferVaeConfig;
-  return makeComponent(name, bfl ? 'bfl' : 'diffusers', [file], open, (s) => infer(s, hint), 'inferred', overrides);
+  const inferred = (s: WeightSource) => infer(s, hint);
+  return makeComponent(name, bfl ? 'bfl' : 'diffusers', [file], openRaw, mapper, inferred, 'inferred', overrides);
 }
 
 /** The BFL transformer file of a folder: `flux1-dev.safetensors`, else the only `flux1-*.safetensors`. */

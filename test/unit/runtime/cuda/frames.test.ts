@@ -11,7 +11,7 @@ import {
   type Frame,
   FrameDecoder,
   FrameError,
-} from '../../../src/runtime/cuda/index.ts';
+} from '../../../../src/runtime/cuda/index.ts';
 
 /** Decodes `bytes` pushed in pieces of `size` bytes. */
 function decodeInPieces(bytes: Uint8Array, size: number): Frame[] {
