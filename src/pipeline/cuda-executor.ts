@@ -30,9 +30,9 @@ import {
   CudaEngineClient,
   type CudaEngineExitedError,
   type CudaEngineInfo,
-  cudaLoadSpec,
   type CudaLoadSpec,
   type CudaPrecision,
+  cudaLoadSpec,
 } from '../runtime/cuda/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';

@@ -13,7 +13,6 @@ export {
   type CudaProgress,
 } from './engine-client.ts';
 export { CudaEngineError, CudaEngineExitedError } from './errors.ts';
-export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';
 export {
   encodeFrame,
   FRAME_PREFIX_BYTES,
@@ -23,3 +22,4 @@ export {
   type FrameHeader,
   MAX_HEADER_BYTES,
 } from './frames.ts';
+export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';

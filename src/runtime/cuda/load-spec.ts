@@ -19,7 +19,9 @@ export interface CudaLoadComponent {
 }
 
 /** `[diffusers name, stored name]` or with row ranges `[r0, r1)` of the stored tensor. */
-export type CudaMapEntry = readonly [string, string] | readonly [string, string, readonly (readonly [number, number])[]];
+export type CudaMapEntry =
+  | readonly [string, string]
+  | readonly [string, string, readonly (readonly [number, number])[]];
 
 export interface CudaLoadSpec {
   readonly format: 'fluxql-load-spec';

@@ -17,8 +17,8 @@ import { bflTransformerKeyMap, bflVaeKeyMap, isBflTransformer, isBflVae } from '
 import { WeightsError } from './errors.ts';
 import { fingerprintWeights } from './fingerprint.ts';
 import { type ComponentConfig, inferTransformerConfig, inferVaeConfig } from './infer-config.ts';
-import { openSafetensors } from './safetensors.ts';
 import { createMappedSource, type MappedTensor } from './mapped-source.ts';
+import { openSafetensors } from './safetensors.ts';
 import { textEncoderKeyMap } from './text-encoder-keys.ts';
 import { locateComponentWeights, openComponentFiles, type WeightSource } from './weight-source.ts';
 
