@@ -14,6 +14,10 @@
 #include "selftest.h"
 
 namespace fq {
+
+// bench_floor.cu: the step's GEMM + attention sequence alone, sustained and one op at a time (JSON object).
+std::string gemm_attention_floor(Engine& e, int L, int T, int steps, bool bf16_out);
+
 namespace {
 
 using clk = std::chrono::steady_clock;
@@ -168,13 +172,19 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
   fprintf(stderr, "[bench] %s: synthetic FLUX.1-dev weights: %.2f GB in %.0f ms\n", precision.c_str(),
           e.weights.bytes() / 1e9, load_ms);
   std::string micro = attention_micro(e, 512 + (width / 16) * (height / 16));
+  // The floor uses the bf16 GEMMs only; the fp8 engine's LN-fed GEMMs differ.
+  std::string floor = "null";
+  if (precision == "bf16") {
+    const int L = (width / 16) * (height / 16);
+    floor = "[" + gemm_attention_floor(e, L, 512, steps, false) + ", " + gemm_attention_floor(e, L, 512, steps, true) + "]";
+  }
   std::mt19937 rng(5);
   js << "  {\n  \"precision\": \"" << precision << "\",\n  \"precision_detail\": \""
      << (precision == "fp8" ? "bf16 activations; q/k/v and MLP-in GEMMs in fp8 E4M3 with per-tensor scales (LN "
                               "writes fp8), other GEMMs bf16; fp32 accumulation, fp32 residual streams"
                             : "bf16 weights/activations, fp32 accumulation, fp32 residual streams")
      << "\",\n  \"transformer_attention\": \"" << (e.use_cudnn ? "cuDNN SDPA (backend API)" : "own flash kernel (mma.sync)")
-     << "\",\n  \"attention_micro\": " << micro << ",\n"
+     << "\",\n  \"attention_micro\": " << micro << ",\n  \"gemm_attention_floor_b1\": " << floor << ",\n"
      << "  \"weights_gb\": " << e.weights.bytes() / 1e9 << ", \"load_ms\": " << load_ms << ",\n  \"runs\": [\n";
   std::istringstream bs(batches);
   std::string tok;
