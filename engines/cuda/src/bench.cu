@@ -209,12 +209,25 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
       dec += t.decode / iters;
       mem = std::max(mem, t.mem);
     }
-    // Breakdown run: events around every GEMM / attention during the denoising steps only.
-    auto job = e.prepare(r);
-    CUDA_CHECK(cudaStreamSynchronize(e.st));
+    // Breakdown run: events around every GEMM / attention; prepare and decode profiled on their own.
     cudaEvent_t a, b;
     CUDA_CHECK(cudaEventCreate(&a));
     CUDA_CHECK(cudaEventCreate(&b));
+    auto phase = [&](const char* name, auto&& fn) {
+      prof_enable(true);
+      CUDA_CHECK(cudaEventRecord(a, e.st));
+      fn();
+      CUDA_CHECK(cudaEventRecord(b, e.st));
+      ProfTotals t = prof_collect();
+      prof_enable(false);
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      fprintf(stderr, "[bench] batch %d %s: %.1f ms (GEMM %.1f, attention %.1f, other kernels %.1f)\n", B, name, ms,
+              t.ms[kProfGemm], t.ms[kProfAttn], ms - t.ms[kProfGemm] - t.ms[kProfAttn]);
+    };
+    std::unique_ptr<Job> job;
+    phase("prepare", [&] { job = e.prepare(r); });
+    CUDA_CHECK(cudaStreamSynchronize(e.st));
     prof_enable(true);
     CUDA_CHECK(cudaEventRecord(a, e.st));
     while (job->step < job->steps) e.step(*job);
@@ -223,6 +236,7 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
     prof_enable(false);
     float steps_ms = 0;
     CUDA_CHECK(cudaEventElapsedTime(&steps_ms, a, b));
+    phase("decode", [&] { e.decode(*job, nullptr, dimg); });
     job.reset();
     double gemm = pt.ms[kProfGemm] / steps, attn = pt.ms[kProfAttn] / steps, step_ev = steps_ms / steps;
     double gemm_tf = pt.flop[kProfGemm] / (pt.ms[kProfGemm] * 1e9), attn_tf = pt.flop[kProfAttn] / (pt.ms[kProfAttn] * 1e9);

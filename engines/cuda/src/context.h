@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "cudnn_attention.h"
+#include "cudnn_conv.h"
 #include "gemm.h"
 
 namespace fq {
@@ -46,6 +47,7 @@ struct Ctx {
   cudaStream_t st;
   DType dt;  // activation / matrix-weight type: F32 (conformance) or BF16 (fast path)
   CudnnAttention* cudnn = nullptr;  // fused bf16 attention when available; null: the engine's own kernels
+  CudnnConv* conv = nullptr;        // bf16 VAE convolutions when available; null: im2col + GEMM
   void* buf(const std::string& name, size_t elems) { return scratch.get(name, elems * dsize(dt)); }
   float* f32(const std::string& name, size_t elems) { return scratch.getT<float>(name, elems); }
 };

@@ -20,6 +20,8 @@ Engine::Engine(DType dt_, bool fp8_) : dt(dt_), fp8(fp8_ && dt_ == DType::BF16) 
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   const char* pref = getenv("FQ_ATTENTION");
   use_cudnn = dt == DType::BF16 && cudnn.available() && !(pref && std::string(pref) == "own");
+  const char* conv = getenv("FQ_CONV");
+  use_cudnn_conv = dt == DType::BF16 && cudnn_conv.available() && !(conv && std::string(conv) == "im2col");
 }
 
 Engine::~Engine() {

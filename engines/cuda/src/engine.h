@@ -59,7 +59,9 @@ class Engine {
   std::unique_ptr<Job> prepare(const Request& r);
   void step(Job& j);
   void decode(Job& j, float* chw, uint8_t* rgb);  // device outputs, either may be null
-  Ctx ctx() { return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr}; }
+  Ctx ctx() {
+    return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr, use_cudnn_conv ? &cudnn_conv : nullptr};
+  }
 
   void load_components(std::array<Component, 4>& parts);
   const DType dt;
@@ -69,6 +71,8 @@ class Engine {
   Scratch scratch;
   CudnnAttention cudnn;
   bool use_cudnn = false;
+  CudnnConv cudnn_conv;
+  bool use_cudnn_conv = false;  // bf16 and cuDNN available, unless FQ_CONV=im2col
   std::map<std::tuple<int, int, int>, std::vector<float>> rope_cache_;  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;

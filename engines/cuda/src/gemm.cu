@@ -215,3 +215,20 @@ void Gemm::matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float 
 }
 
 }  // namespace fq
+
+namespace fq {
+
+void Gemm::matmul_batched(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A,
+                          DType at, int lda, int64_t sa, const void* B, DType bt, int ldb, int64_t sb, float beta,
+                          void* C, DType ct, int ldc, int64_t sc, int batch) {
+  BLAS_CHECK(cublasSetStream(blas_, st));
+  BLAS_CHECK(cublasSetWorkspace(blas_, workspace(st), ws_bytes_));
+  prof_begin(kProfGemm, st);
+  // Row-major C_i = op(A_i) op(B_i)  <=>  column-major C_i^T = op(B_i)^T op(A_i)^T, as in matmul().
+  BLAS_CHECK(cublasGemmStridedBatchedEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                                        K, &alpha, B, cuda_type(bt), ldb, sb, A, cuda_type(at), lda, sa, &beta, C,
+                                        cuda_type(ct), ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  prof_end(kProfGemm, st, 2.0 * M * N * K * batch);
+}
+
+}  // namespace fq

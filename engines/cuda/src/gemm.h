@@ -36,6 +36,11 @@ class Gemm {
   void matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at, int lda,
               const void* B, DType bt, int ldb, float beta, void* C, DType ct, int ldc);
 
+  // The same for `batch` independent products, operand i at A + i*sa, B + i*sb, C + i*sc (elements).
+  void matmul_batched(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at,
+                      int lda, int64_t sa, const void* B, DType bt, int ldb, int64_t sb, float beta, void* C,
+                      DType ct, int ldc, int64_t sc, int batch);
+
   size_t workspace_bytes() const { return ws_bytes_; }
   int fallbacks() const { return fallbacks_; }  // calls that needed the no-epilogue fallback
   int tuned() const { return tuned_; }          // plans whose algorithm was chosen by timing (autotune)

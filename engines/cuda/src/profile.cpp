@@ -12,6 +12,7 @@ struct Mark {
   double flop;
 };
 bool g_on = false;
+int g_depth = 0;  // marks opened and not closed: a nested mark (a GEMM inside a timed region) is not counted twice
 std::vector<Mark> g_marks;
 std::vector<cudaEvent_t> g_pool;
 cudaEvent_t take() {
@@ -31,13 +32,15 @@ bool prof_on() { return g_on; }
 
 void prof_begin(ProfCat c, cudaStream_t st) {
   if (!g_on) return;
+  if (g_depth++ > 0) return;
   Mark m{c, take(), take(), 0};
   CUDA_CHECK(cudaEventRecord(m.a, st));
   g_marks.push_back(m);
 }
 
 void prof_end(ProfCat c, cudaStream_t st, double flop) {
-  if (!g_on || g_marks.empty()) return;
+  if (!g_on || g_depth == 0) return;
+  if (--g_depth > 0 || g_marks.empty()) return;
   Mark& m = g_marks.back();
   m.flop = flop;
   (void)c;
@@ -56,6 +59,7 @@ ProfTotals prof_collect() {
     g_pool.push_back(m.b);
   }
   g_marks.clear();
+  g_depth = 0;
   return t;
 }
 

@@ -1,5 +1,5 @@
 // Optional per-category GPU timing (GEMMs, attention) with CUDA events, for the benchmark's per-step breakdown.
-// Off by default: when off, marks cost one branch.
+// Off by default: when off, marks cost one branch. A mark opened inside another counts toward the outer one only.
 #pragma once
 #include <cuda_runtime.h>
 

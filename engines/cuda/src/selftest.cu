@@ -213,6 +213,68 @@ void unit_cudnn(Engine& e) {
   }
 }
 
+// cuDNN 3x3 convolution (NHWC, KRSC filter) + the VAE's nearest x2 upsampling + bias + residual, against a float64
+// host convolution of the same bf16-rounded inputs.
+void unit_cudnn_conv(Engine& e) {
+  if (e.dt != DType::BF16) return;
+  if (!e.cudnn_conv.available()) {
+    printf("{\"case\":\"unit.cudnn_conv\",\"skipped\":%s}\n", json_escape(e.cudnn_conv.why_not()).c_str());
+    return;
+  }
+  std::mt19937 rng(55);
+  struct Cfg {
+    int B, H, W, cin, cout;
+    bool up2, resid;
+  };
+  for (Cfg g : {Cfg{2, 12, 10, 32, 16, true, true}, Cfg{1, 9, 14, 16, 8, false, false}}) {
+    const int Ho = g.up2 ? 2 * g.H : g.H, Wo = g.up2 ? 2 * g.W : g.W;
+    const size_t nx = size_t(g.B) * g.H * g.W * g.cin, ny = size_t(g.B) * Ho * Wo * g.cout;
+    auto x = quantize(randn(nx, rng), DType::BF16);
+    auto w = quantize(randn(size_t(g.cout) * 9 * g.cin, rng, 0.1f), DType::BF16);
+    auto bias = randn(g.cout, rng), r = quantize(randn(ny, rng), DType::BF16);
+    void* dx = upload_any(x, DType::BF16);
+    void* dw = upload_any(w, DType::BF16);
+    void* dr = upload_any(r, DType::BF16);
+    float* db = static_cast<float*>(upload_any(bias, DType::F32));
+    void *du, *dy;
+    CUDA_CHECK(cudaMalloc(&du, size_t(g.B) * Ho * Wo * g.cin * 2));
+    CUDA_CHECK(cudaMalloc(&dy, ny * 2));
+    const void* src = dx;
+    if (g.up2) {
+      upsample_nearest2x(dx, DType::BF16, g.B, g.H, g.W, g.cin, du, e.st);
+      src = du;
+    }
+    bool ran = e.cudnn_conv.run(src, dw, dy, g.B, Ho, Wo, g.cin, g.cout, 3, e.st);
+    if (ran) add_bias_residual(dy, DType::BF16, db, g.resid ? dr : nullptr, int64_t(g.B) * Ho * Wo, g.cout, e.st);
+    auto y = download_any(dy, DType::BF16, ny);
+    std::vector<float> ref(ny);
+    for (int b = 0; b < g.B; b++)
+      for (int yo = 0; yo < Ho; yo++)
+        for (int xo = 0; xo < Wo; xo++)
+          for (int o = 0; o < g.cout; o++) {
+            size_t at = ((size_t(b) * Ho + yo) * Wo + xo) * g.cout + o;
+            double s = bias[o] + (g.resid ? r[at] : 0.f);
+            for (int ky = 0; ky < 3; ky++)
+              for (int kx = 0; kx < 3; kx++) {
+                int yy = yo + ky - 1, xx = xo + kx - 1;
+                if (yy < 0 || yy >= Ho || xx < 0 || xx >= Wo) continue;
+                if (g.up2) {
+                  yy /= 2;
+                  xx /= 2;
+                }
+                const float* xi = x.data() + ((size_t(b) * g.H + yy) * g.W + xx) * g.cin;
+                const float* wi = w.data() + ((size_t(o) * 3 + ky) * 3 + kx) * g.cin;
+                for (int ci = 0; ci < g.cin; ci++) s += double(xi[ci]) * wi[ci];
+              }
+            ref[at] = float(s);
+          }
+    report(std::string("unit.cudnn_conv3x3") + (g.up2 ? "_up2_residual" : ""), "bf16", "rel_err",
+           ran ? rel_err(y, ref.data(), ny) : INFINITY, 1e-2, true);
+    if (!ran) printf("{\"case\":\"unit.cudnn_conv\",\"why\":%s}\n", json_escape(e.cudnn_conv.why_not()).c_str());
+    for (void* p : {dx, dw, dr, static_cast<void*>(db), du, dy}) cudaFree(p);
+  }
+}
+
 void run_precision(const std::string& fx, const std::string& model, DType dt, bool fp8 = false) {
   Engine e(dt, fp8);
   auto t0 = std::chrono::steady_clock::now();
@@ -230,9 +292,12 @@ void run_precision(const std::string& fx, const std::string& model, DType dt, bo
     unit_gemm(e);
     unit_flash(e);
     unit_cudnn(e);
+    unit_cudnn_conv(e);
   }
   fprintf(stderr, "[selftest] %s: transformer attention: %s\n", dname(dt),
           e.use_cudnn ? "cuDNN SDPA" : (dt == DType::BF16 ? "own flash kernel" : "own fp32 kernel"));
+  fprintf(stderr, "[selftest] %s: VAE 3x3 convolutions: %s\n", dname(dt),
+          e.use_cudnn_conv ? "cuDNN" : "im2col + GEMM");
 
   // Text encoders on all tokenizer cases, batched.
   {

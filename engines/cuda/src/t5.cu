@@ -82,14 +82,27 @@ void T5Encoder::encode(Ctx& c, const std::vector<int>& ids, int B, int S, float*
   void* a = c.buf("t5.a", size_t(R) * I);
   void* ff = c.buf("t5.ff", size_t(R) * 2 * cfg.d_ff);
   void* g = c.buf("t5.g", size_t(R) * cfg.d_ff);
+  // Attention in fp32 (T5's unscaled scores plus bias stay far from any overflow): q/k/v widened once per layer,
+  // scores [H, S, S] = bias + q_h k_h^T and out_h = softmax(scores_h) v_h as head-batched cuBLAS products.
+  const bool f32 = c.dt == DType::F32;
+  float* qkv32 = f32 ? static_cast<float*>(qkv) : c.f32("t5.qkv32", size_t(R) * 3 * I);
+  float* a32 = f32 ? static_cast<float*>(a) : c.f32("t5.a32", size_t(R) * I);
+  float* scores = c.f32("t5.scores", size_t(H) * S * S);
   embed_rows(emb_, d_ids, nullptr, R, S, D, x, c.st);
-  size_t es = dsize(c.dt);
   for (auto& l : layers_) {
     rmsnorm(x, R, D, l.ln1, cfg.eps, h, c.dt, c.st);
     run_lin(c, l.qkv, R, h, c.dt, qkv, c.dt, Epi::None);
-    const char* base = static_cast<const char*>(qkv);
-    attention_rows(base, base + I * es, base + 2 * I * es, c.dt, 3 * I, 3 * I, 3 * I, int64_t(S) * 3 * I,
-                   int64_t(S) * 3 * I, B, S, S, H, dk, 1.f, false, d_bias, OutMap{nullptr, a, 0, I}, c.st);
+    if (!f32) cast(qkv, c.dt, qkv32, DType::F32, int64_t(R) * 3 * I, c.st);
+    for (int b = 0; b < B; b++) {
+      const float* q = qkv32 + size_t(b) * S * 3 * I;  // head hh: columns [hh*dk, (hh+1)*dk) of q, k (+I), v (+2I)
+      CUDA_CHECK(cudaMemcpyAsync(scores, d_bias, size_t(H) * S * S * 4, cudaMemcpyDeviceToDevice, c.st));
+      c.gemm.matmul_batched(c.st, false, true, S, S, dk, 1.f, q, DType::F32, 3 * I, dk, q + I, DType::F32, 3 * I, dk,
+                            1.f, scores, DType::F32, S, int64_t(S) * S, H);
+      softmax_rows(scores, H * S, S, 1.f, scores, DType::F32, c.st);
+      c.gemm.matmul_batched(c.st, false, false, S, dk, S, 1.f, scores, DType::F32, S, int64_t(S) * S, q + 2 * I,
+                            DType::F32, 3 * I, dk, 0.f, a32 + size_t(b) * S * I, DType::F32, I, dk, H);
+    }
+    if (!f32) cast(a32, DType::F32, a, c.dt, int64_t(R) * I, c.st);
     run_lin(c, l.o, R, a, c.dt, x, DType::F32, Epi::None, x);  // x += o(a), accumulated in fp32
     rmsnorm(x, R, D, l.ln2, cfg.eps, h, c.dt, c.st);
     run_lin(c, l.wi, R, h, c.dt, ff, c.dt, Epi::None);

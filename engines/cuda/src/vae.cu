@@ -105,6 +105,20 @@ void VaeDecoder::conv(Ctx& c, const Conv& cv, const void* x, int B, int H, int W
                   resid, resid ? 1.f : 0.f);
     return;
   }
+  if (c.conv) {
+    // cuDNN: the upsampled input is materialised (4x the input, far less than an im2col matrix), then bias and
+    // residual in one pass over the output.
+    const void* src = x;
+    if (up2) {
+      void* u = c.buf("vae.up", size_t(B) * P * cv.cin);
+      upsample_nearest2x(x, c.dt, B, H, W, cv.cin, u, c.st);
+      src = u;
+    }
+    if (c.conv->run(src, cv.w, y, B, Ho, Wo, cv.cin, cv.cout, cv.k, c.st)) {
+      add_bias_residual(y, c.dt, cv.b, resid, B * P, cv.cout, c.st);
+      return;
+    }
+  }
   const int64_t K = 9 * int64_t(cv.cin);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(P, int64_t(kIm2colBytes / (K * es))));
   void* col = c.buf("vae.col", size_t(chunk * K));

@@ -38,6 +38,27 @@ __global__ void im2col_kernel(const T* x, int H, int W, int C, bool up2, int64_t
   }
 }
 
+// One thread per output pixel and 16-byte channel group (VEC elements), or per channel when C % VEC != 0.
+template <typename T, int VEC>
+__global__ void upsample2x_kernel(const T* x, int B, int H, int W, int C, T* y) {
+  const int cg = C / VEC, Wo = 2 * W;
+  const int64_t n = int64_t(B) * 2 * H * Wo * cg;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int c = int(i % cg) * VEC;
+    int64_t p = i / cg;  // output pixel (b, yo, xo)
+    int xo = int(p % Wo), yo = int((p / Wo) % (2 * H));
+    int64_t b = p / (int64_t(Wo) * 2 * H);
+    const T* src = x + ((b * H + yo / 2) * W + xo / 2) * C + c;
+    T* dst = y + p * C + c;
+    if constexpr (VEC * sizeof(T) == 16) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; e++) dst[e] = src[e];
+    }
+  }
+}
+
 }  // namespace
 
 void im2col3x3(const void* x, DType dt, int H, int W, int C, bool up2, int64_t p0, int64_t np, void* col,
@@ -54,6 +75,19 @@ void im2col3x3(const void* x, DType dt, int H, int W, int C, bool up2, int64_t p
       im2col_kernel<T, 1><<<grid, 256, 0, st>>>(static_cast<const T*>(x), H, W, C, up2, p0, np,
                                                 static_cast<T*>(col));
   });
+  LAUNCH_CHECK();
+}
+
+void upsample_nearest2x(const void* x, DType dt, int B, int H, int W, int C, void* y, cudaStream_t st) {
+  const int64_t px = int64_t(B) * 4 * H * W;
+  if (dt == DType::BF16 && C % 8 == 0) {
+    upsample2x_kernel<__nv_bfloat16, 8><<<grid_for(px * (C / 8)), kThreads, 0, st>>>(
+        static_cast<const __nv_bfloat16*>(x), B, H, W, C, static_cast<__nv_bfloat16*>(y));
+  } else {
+    FQ_DISPATCH(dt, T,
+                upsample2x_kernel<T, 1><<<grid_for(px * C), kThreads, 0, st>>>(static_cast<const T*>(x), B, H, W, C,
+                                                                               static_cast<T*>(y)));
+  }
   LAUNCH_CHECK();
 }
 

@@ -2,7 +2,17 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <cstdint>
+
 namespace fq {
+
+// Grid-stride launches: 256 threads a block, at most 2^20 blocks.
+constexpr int kThreads = 256;
+inline unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20)); }
+
+#define GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 __device__ __forceinline__ float tof(float x) { return x; }
 __device__ __forceinline__ float tof(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -7,11 +7,6 @@
 namespace fq {
 namespace {
 
-constexpr int kThreads = 256;
-inline unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20)); }
-
-#define GRID_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 template <typename TI, typename TO>
 __global__ void cast_kernel(const TI* in, TO* out, int64_t n) {
@@ -47,6 +42,15 @@ __global__ void bias_kernel(T* y, const float* b, int rows, int cols, int ld) {
   GRID_LOOP(i, n) {
     int64_t r = i / cols, c = i % cols;
     y[r * ld + c] = fromf<T>(tof(y[r * ld + c]) + b[c]);
+  }
+}
+
+template <typename T>
+__global__ void bias_residual_kernel(T* y, const float* b, const T* r, int64_t n, int cols) {
+  GRID_LOOP(i, n) {
+    float v = tof(y[i]) + b[i % cols];
+    if (r) v += tof(r[i]);
+    y[i] = fromf<T>(v);
   }
 }
 
@@ -130,6 +134,15 @@ void add_bias(void* y, DType dt, const float* bias, int rows, int cols, int ld, 
   FQ_DISPATCH(dt, T,
               bias_kernel<T><<<grid_for(int64_t(rows) * cols), kThreads, 0, st>>>(static_cast<T*>(y), bias, rows,
                                                                                   cols, ld));
+  LAUNCH_CHECK();
+}
+
+void add_bias_residual(void* y, DType dt, const float* bias, const void* resid, int64_t rows, int cols,
+                       cudaStream_t st) {
+  const int64_t n = rows * cols;
+  FQ_DISPATCH(dt, T,
+              bias_residual_kernel<T><<<grid_for(n), kThreads, 0, st>>>(static_cast<T*>(y), bias,
+                                                                        static_cast<const T*>(resid), n, cols));
   LAUNCH_CHECK();
 }
 

@@ -19,6 +19,9 @@ void activation(void* x, DType dt, int rows, int cols, int ld, Act a, cudaStream
 // out[r, f] = gelu_tanh(h[r, f]) * h[r, F + f]  (T5 gated-GELU; h = [wi_0 x ; wi_1 x]).
 void gated_gelu(const void* h, void* out, DType dt, int rows, int F, cudaStream_t st);
 void add_bias(void* y, DType dt, const float* bias, int rows, int cols, int ld, cudaStream_t st);
+// y[r, c] += bias[c] (+ resid[r, c] when resid is not null); y and resid contiguous [rows, cols] of type dt.
+void add_bias_residual(void* y, DType dt, const float* bias, const void* resid, int64_t rows, int cols,
+                       cudaStream_t st);
 // out[b, :] = [cos(mult*v[b]*f_k), sin(mult*v[b]*f_k)], f_k = 10000^(-k/half), k < half = dim/2 (cos first).
 void timestep_sinus(const float* v, int B, float mult, int dim, float* out, cudaStream_t st);
 // lat += dt * vel  (fp32 Euler step of the flow-matching scheduler).
@@ -86,6 +89,8 @@ bool flash_attention(const void* q, const void* k, const void* v, int B, int S, 
 
 // conv.cu: im2col of a 3x3, pad-1 convolution over one NHWC image [H, W, C] (optionally nearest-upsampled x2 first),
 // for output pixels [p0, p0 + np): col[p - p0, (ky*3 + kx)*C + c].
+// Nearest x2 upsampling of NHWC images: y[B, 2H, 2W, C].
+void upsample_nearest2x(const void* x, DType dt, int B, int H, int W, int C, void* y, cudaStream_t st);
 void im2col3x3(const void* x, DType dt, int H, int W, int C, bool up2, int64_t p0, int64_t np, void* col,
                cudaStream_t st);
 

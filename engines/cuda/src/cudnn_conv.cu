@@ -1,0 +1,114 @@
+#include "cudnn_conv.h"
+
+#include "profile.h"
+
+#ifdef FQ_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+namespace fq {
+
+#ifndef FQ_HAVE_CUDNN
+
+struct CudnnConv::Plan {};
+CudnnConv::CudnnConv() : why_("built without cuDNN") {}
+CudnnConv::~CudnnConv() = default;
+bool CudnnConv::run(const void*, const void*, void*, int, int, int, int, int, int, cudaStream_t) { return false; }
+
+#else
+
+namespace {
+#define DNN_OK(x) ((x) == CUDNN_STATUS_SUCCESS)
+}  // namespace
+
+// Descriptors of one shape and the algorithm cudnnFind chose for it (legacy convolution API: it takes NHWC bf16
+// tensors and KRSC filters directly, which is the VAE's layout).
+struct CudnnConv::Plan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnConvolutionFwdAlgo_t algo{};
+  size_t ws = 0;
+  bool ok = false;
+  ~Plan() {
+    if (x) cudnnDestroyTensorDescriptor(x);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    if (conv) cudnnDestroyConvolutionDescriptor(conv);
+  }
+};
+
+CudnnConv::CudnnConv() {
+  cudnnHandle_t h = nullptr;
+  cudnnStatus_t s = cudnnCreate(&h);
+  if (!DNN_OK(s)) {
+    why_ = std::string("cudnnCreate: ") + cudnnGetErrorString(s);
+    return;
+  }
+  handle_ = h;
+  ok_ = true;
+}
+
+CudnnConv::~CudnnConv() {
+  for (auto& [k, p] : plans_) delete p;
+  if (ws_) cudaFree(ws_);
+  if (handle_) cudnnDestroy(static_cast<cudnnHandle_t>(handle_));
+}
+
+bool CudnnConv::run(const void* x, const void* w, void* y, int B, int H, int W, int cin, int cout, int k,
+                    cudaStream_t st) {
+  if (!ok_) return false;
+  auto h = static_cast<cudnnHandle_t>(handle_);
+  auto key = std::make_tuple(B, H, W, cin, cout, k);
+  auto it = plans_.find(key);
+  if (it == plans_.end()) {
+    Plan* p = new Plan;
+    it = plans_.emplace(key, p).first;
+    const int pad = k / 2;
+    bool ok = DNN_OK(cudnnCreateTensorDescriptor(&p->x)) && DNN_OK(cudnnCreateTensorDescriptor(&p->y)) &&
+              DNN_OK(cudnnCreateFilterDescriptor(&p->w)) && DNN_OK(cudnnCreateConvolutionDescriptor(&p->conv)) &&
+              DNN_OK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, B, cin, H, W)) &&
+              DNN_OK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, B, cout, H, W)) &&
+              DNN_OK(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC, cout, cin, k, k)) &&
+              DNN_OK(cudnnSetConvolution2dDescriptor(p->conv, pad, pad, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                     CUDNN_DATA_FLOAT)) &&
+              DNN_OK(cudnnSetConvolutionMathType(p->conv, CUDNN_TENSOR_OP_MATH));
+    // cudnnFind times every algorithm on scratch buffers of its own and returns them fastest first.
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int n = 0;
+    if (ok) {
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      ok = DNN_OK(cudnnFindConvolutionForwardAlgorithm(h, p->x, p->w, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                       &n, perf));
+    }
+    for (int i = 0; ok && i < n && !p->ok; i++) {
+      if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+      p->algo = perf[i].algo;
+      p->ws = perf[i].memory;
+      p->ok = true;
+    }
+    if (!p->ok) why_ = "no cuDNN convolution algorithm for this shape";
+    if (p->ok && p->ws > ws_bytes_) {
+      if (ws_) {
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaFree(ws_));
+      }
+      CUDA_CHECK(cudaMalloc(&ws_, p->ws));
+      ws_bytes_ = p->ws;
+    }
+  }
+  Plan* p = it->second;
+  if (!p->ok) return false;
+  if (!DNN_OK(cudnnSetStream(h, st))) return false;
+  const float alpha = 1.f, beta = 0.f;
+  prof_begin(kProfGemm, st);
+  cudnnStatus_t s = cudnnConvolutionForward(h, &alpha, p->x, x, p->w, w, p->conv, p->algo, ws_, ws_bytes_, &beta,
+                                            p->y, y);
+  prof_end(kProfGemm, st, 2.0 * B * H * W * double(cout) * cin * k * k);
+  if (!DNN_OK(s)) throw std::runtime_error(std::string("cudnnConvolutionForward: ") + cudnnGetErrorString(s));
+  return true;
+}
+
+#endif
+
+}  // namespace fq
