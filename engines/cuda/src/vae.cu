@@ -137,7 +137,7 @@ void VaeDecoder::conv(Ctx& c, const Conv& cv, const void* x, int B, int H, int W
 
 void VaeDecoder::resnet(Ctx& c, const Resnet& r, const void* x, int B, int H, int W, void* out) {
   const int64_t P = int64_t(B) * H * W;
-  double* ws = c.scratch.getT<double>("vae.gn", 2 * size_t(B) * cfg.groups);
+  double* ws = c.scratch.getT<double>("vae.gn", 3 * size_t(B) * cfg.groups);
   void* t = c.buf("vae.t", size_t(P) * std::max(r.c1.cin, r.c1.cout));
   void* h = c.buf("vae.h", size_t(P) * r.c1.cout);
   groupnorm(x, c.dt, B, int64_t(H) * W, r.c1.cin, cfg.groups, r.n1w, r.n1b, 1e-6f, true, t, ws, c.st);
@@ -156,7 +156,7 @@ void VaeDecoder::attention(Ctx& c, const void* x, int B, int H, int W, void* out
   const int C = attn_out_.out;
   const int64_t HW = int64_t(H) * W;
   const size_t es = dsize(c.dt);
-  double* ws = c.scratch.getT<double>("vae.gn", 2 * size_t(B) * cfg.groups);
+  double* ws = c.scratch.getT<double>("vae.gn", 3 * size_t(B) * cfg.groups);
   void* t = c.buf("vae.t", size_t(B * HW) * C);
   void* qkv = c.buf("vae.qkv", size_t(B * HW) * 3 * C);
   void* o = c.buf("vae.ao", size_t(B * HW) * C);
@@ -219,7 +219,7 @@ void VaeDecoder::decode(Ctx& c, const float* packed, int B, int H, int W, float*
       w *= 2;
     }
   }
-  double* ws = c.scratch.getT<double>("vae.gn", 2 * size_t(B) * cfg.groups);
+  double* ws = c.scratch.getT<double>("vae.gn", 3 * size_t(B) * cfg.groups);
   int C = conv_out_.cin;
   groupnorm(a, c.dt, B, int64_t(h) * w, C, cfg.groups, out_nw_, out_nb_, 1e-6f, true, b, ws, c.st);
   void* img = c.buf("vae.img", size_t(B) * h * w * conv_out_.cout);

@@ -54,6 +54,19 @@ __global__ void bias_residual_kernel(T* y, const float* b, const T* r, int64_t n
   }
 }
 
+__global__ void bias_residual_vec_kernel(__nv_bfloat16* y, const float* b, const __nv_bfloat16* r, uint32_t nvec,
+                                         uint32_t vpr /* vectors per row */) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += gridDim.x * blockDim.x) {
+    const uint32_t c0 = (i % vpr) * 8;
+    uint4 yv = reinterpret_cast<uint4*>(y)[i], rv = r ? reinterpret_cast<const uint4*>(r)[i] : make_uint4(0, 0, 0, 0);
+    __nv_bfloat16* ye = reinterpret_cast<__nv_bfloat16*>(&yv);
+    const __nv_bfloat16* re = reinterpret_cast<const __nv_bfloat16*>(&rv);
+#pragma unroll
+    for (int e = 0; e < 8; e++) ye[e] = __float2bfloat16(tof(ye[e]) + b[c0 + e] + (r ? tof(re[e]) : 0.f));
+    reinterpret_cast<uint4*>(y)[i] = yv;
+  }
+}
+
 __global__ void sinus_kernel(const float* v, int B, float mult, int half, float* out) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= B * half) return;
@@ -140,9 +153,16 @@ void add_bias(void* y, DType dt, const float* bias, int rows, int cols, int ld, 
 void add_bias_residual(void* y, DType dt, const float* bias, const void* resid, int64_t rows, int cols,
                        cudaStream_t st) {
   const int64_t n = rows * cols;
-  FQ_DISPATCH(dt, T,
-              bias_residual_kernel<T><<<grid_for(n), kThreads, 0, st>>>(static_cast<T*>(y), bias,
-                                                                        static_cast<const T*>(resid), n, cols));
+  // 16-byte vectors with 32-bit indexing when they fit (every VAE shape), else one element a thread.
+  if (dt == DType::BF16 && cols % 8 == 0 && n / 8 < (int64_t(1) << 31)) {
+    bias_residual_vec_kernel<<<grid_for(n / 8), kThreads, 0, st>>>(
+        static_cast<__nv_bfloat16*>(y), bias, static_cast<const __nv_bfloat16*>(resid), uint32_t(n / 8),
+        uint32_t(cols / 8));
+  } else {
+    FQ_DISPATCH(dt, T,
+                bias_residual_kernel<T><<<grid_for(n), kThreads, 0, st>>>(static_cast<T*>(y), bias,
+                                                                          static_cast<const T*>(resid), n, cols));
+  }
   LAUNCH_CHECK();
 }
 

@@ -54,7 +54,7 @@ bool residual_layernorm(float* x, const void* y, DType yt, int ldy, const float*
 // out = x * rsqrt(mean(x^2) + eps) * w  (T5 layer norm).
 void rmsnorm(const float* x, int rows, int D, const float* w, float eps, void* out, DType ot, cudaStream_t st);
 // GroupNorm over NHWC [B, HW, C] with G groups, statistics in fp64-accumulated fp32; optional SiLU after.
-// `ws` holds 2*B*G doubles.
+// `ws` holds 3*B*G doubles (sums, centred squares, then float mean/rstd).
 void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const float* gamma, const float* beta,
                float eps, bool silu, void* out, double* ws, cudaStream_t st);
 

@@ -93,6 +93,84 @@ __global__ void gn_apply_kernel(const T* x, int64_t HW, int C, int G, const floa
   }
 }
 
+// Vectorised GroupNorm for NHWC rows whose C / VEC 16-byte vectors (V of them) divide the 256-thread block: thread
+// t reads vector t % V of pixels t / V, t / V + 256 / V, ... (coalesced: a warp covers whole pixel rows), keeps fp32
+// partials per element over at most 64 pixels, merges them per group in shared fp64, then into ws. Same two passes as
+// gn_stats_kernel (pass 1 centres on the finished means).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(256) gn_stats_vec_kernel(const T* x, int64_t HW, int C, int G, int pass, double* ws,
+                                                           int BG, int64_t ppb) {
+  __shared__ double gsum[64];
+  const int V = C / VEC, cpg = C / G, b = blockIdx.y;
+  const int v = threadIdx.x % V, c0 = v * VEC, pstep = blockDim.x / V;
+  for (int g = threadIdx.x; g < G; g += blockDim.x) gsum[g] = 0.0;
+  float m[VEC], acc[VEC];
+  const double n = double(HW) * cpg;
+#pragma unroll
+  for (int e = 0; e < VEC; e++) {
+    m[e] = pass ? float(ws[b * G + (c0 + e) / cpg] / n) : 0.f;
+    acc[e] = 0.f;
+  }
+  __syncthreads();
+  const int64_t p0 = blockIdx.x * ppb, p1 = p0 + ppb < HW ? p0 + ppb : HW;
+  const T* xb = x + int64_t(b) * HW * C + c0;
+  for (int64_t p = p0 + threadIdx.x / V; p < p1; p += pstep) {
+    uint4 raw = *reinterpret_cast<const uint4*>(xb + p * C);
+    const T* val = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+      float d = tof(val[e]) - m[e];
+      acc[e] += pass ? d * d : d;
+    }
+  }
+  // Elements of one group are adjacent: one shared atomic per group run.
+  int g = c0 / cpg;
+  float run = 0.f;
+#pragma unroll
+  for (int e = 0; e < VEC; e++) {
+    int ge = (c0 + e) / cpg;
+    if (ge != g) {
+      atomicAdd(&gsum[g], double(run));
+      run = 0.f;
+      g = ge;
+    }
+    run += acc[e];
+  }
+  atomicAdd(&gsum[g], double(run));
+  __syncthreads();
+  for (int k = threadIdx.x; k < G; k += blockDim.x) atomicAdd(&ws[pass * BG + b * G + k], gsum[k]);
+}
+
+// Per (sample, group): mean and rstd as floats for the apply pass.
+__global__ void gn_finalize_kernel(const double* ws, int BG, double n, float eps, float* stats) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= BG) return;
+  stats[i] = float(ws[i] / n);
+  stats[BG + i] = rsqrtf(float(ws[BG + i] / n) + eps);
+}
+
+template <typename T, int VEC>
+__global__ void gn_apply_vec_kernel(const T* x, int64_t HW, int C, int G, const float* gamma, const float* beta,
+                                    bool act, const float* stats, int BG, T* out, int64_t nvec) {
+  const int V = C / VEC, cpg = C / G;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < nvec; i += int64_t(gridDim.x) * blockDim.x) {
+    const int c0 = int(i % V) * VEC;
+    const int b = int(i / V / HW);
+    uint4 raw = *reinterpret_cast<const uint4*>(x + i * VEC);
+    const T* val = reinterpret_cast<const T*>(&raw);
+    uint4 res;
+    T* o = reinterpret_cast<T*>(&res);
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+      const int c = c0 + e, bg = b * G + c / cpg;
+      float y = (tof(val[e]) - stats[bg]) * stats[BG + bg] * gamma[c] + beta[c];
+      if (act) y = silu(y);
+      o[e] = fromf<T>(y);
+    }
+    *reinterpret_cast<uint4*>(out + i * VEC) = res;
+  }
+}
+
 }  // namespace
 
 void layernorm(const float* x, int rows, int D, int rows_per_batch, const float* gamma, const float* beta,
@@ -117,8 +195,39 @@ void rmsnorm(const float* x, int rows, int D, const float* w, float eps, void* o
   LAUNCH_CHECK();
 }
 
+// Vectorised path when the channels split into 16-byte vectors that divide the block (VAE widths: 128-512 channels
+// bf16 or fp32; 32/64 in the tiny model), else the generic kernels.
+template <typename T>
+static bool groupnorm_vec(const T* x, int B, int64_t HW, int C, int G, const float* gamma, const float* beta,
+                          float eps, bool act, T* out, double* ws, cudaStream_t st) {
+  constexpr int VEC = 16 / sizeof(T);
+  const int V = C / VEC;
+  if (C % VEC || V > 256 || 256 % V || G > 64 || C % G) return false;
+  const int BG = B * G, pstep = 256 / V;
+  const int64_t ppb = int64_t(pstep) * 64;
+  dim3 grid(unsigned((HW + ppb - 1) / ppb), unsigned(B));
+  CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(double) * 2 * BG, st));
+  for (int pass = 0; pass < 2; pass++) {
+    gn_stats_vec_kernel<T, VEC><<<grid, 256, 0, st>>>(x, HW, C, G, pass, ws, BG, ppb);
+    LAUNCH_CHECK();
+  }
+  float* stats = reinterpret_cast<float*>(ws + 2 * BG);  // ws holds 2 * BG doubles, then 2 * BG floats
+  gn_finalize_kernel<<<(BG + 127) / 128, 128, 0, st>>>(ws, BG, double(HW) * (C / G), eps, stats);
+  LAUNCH_CHECK();
+  const int64_t nvec = int64_t(B) * HW * V;
+  gn_apply_vec_kernel<T, VEC><<<unsigned(std::min<int64_t>((nvec + 255) / 256, 1 << 20)), 256, 0, st>>>(
+      x, HW, C, G, gamma, beta, act, stats, BG, out, nvec);
+  LAUNCH_CHECK();
+  return true;
+}
+
 void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const float* gamma, const float* beta,
                float eps, bool act, void* out, double* ws, cudaStream_t st) {
+  bool done = false;
+  FQ_DISPATCH(dt, T,
+              done = groupnorm_vec<T>(static_cast<const T*>(x), B, HW, C, G, gamma, beta, eps, act,
+                                      static_cast<T*>(out), ws, st));
+  if (done) return;
   int BG = B * G;
   CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(double) * 2 * BG, st));
   int64_t per = HW * (C / G);
