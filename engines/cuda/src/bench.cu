@@ -213,6 +213,7 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
     cudaEvent_t a, b;
     CUDA_CHECK(cudaEventCreate(&a));
     CUDA_CHECK(cudaEventCreate(&b));
+    std::string phases;  // JSON fields: each profiled phase's total, GEMM, attention and other-kernel ms
     auto phase = [&](const char* name, auto&& fn) {
       prof_enable(true);
       CUDA_CHECK(cudaEventRecord(a, e.st));
@@ -224,6 +225,10 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
       CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
       fprintf(stderr, "[bench] batch %d %s: %.1f ms (GEMM %.1f, attention %.1f, other kernels %.1f)\n", B, name, ms,
               t.ms[kProfGemm], t.ms[kProfAttn], ms - t.ms[kProfGemm] - t.ms[kProfAttn]);
+      char f[256];
+      snprintf(f, sizeof f,
+               ", \"%s_profile\": {\"ms\": %.2f, \"gemm_ms\": %.2f, \"attention_ms\": %.2f, \"other_ms\": %.2f}", name, ms, t.ms[kProfGemm], t.ms[kProfAttn], ms - t.ms[kProfGemm] - t.ms[kProfAttn]);
+      phases += f;
     };
     std::unique_ptr<Job> job;
     phase("prepare", [&] { job = e.prepare(r); });
@@ -260,7 +265,7 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
        << ", \"gemm_ms_per_step\": " << gemm << ", \"gemm_tflops\": " << gemm_tf
        << ", \"attention_ms_per_step\": " << attn << ", \"attention_tflops\": " << attn_tf
        << ", \"rest_ms_per_step\": " << rest << ", \"gpu_mem_used_gb\": " << mem / 1e9
-       << ", \"image_distinct_values\": " << distinct << "}";
+       << ", \"image_distinct_values\": " << distinct << phases << "}";
     char row[512];
     snprintf(row, sizeof row,
              "| %s | %d | %.3f | %.3f | %.3f | %.3f | %.0f | %.1f | %.1f (%.0f) | %.1f (%.0f) | %.1f | %.0f | %.1f |\n",
