@@ -227,7 +227,8 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
               t.ms[kProfGemm], t.ms[kProfAttn], ms - t.ms[kProfGemm] - t.ms[kProfAttn]);
       char f[256];
       snprintf(f, sizeof f,
-               ", \"%s_profile\": {\"ms\": %.2f, \"gemm_ms\": %.2f, \"attention_ms\": %.2f, \"other_ms\": %.2f}", name, ms, t.ms[kProfGemm], t.ms[kProfAttn], ms - t.ms[kProfGemm] - t.ms[kProfAttn]);
+               ", \"%s_profile\": {\"ms\": %.2f, \"gemm_ms\": %.2f, \"attention_ms\": %.2f, \"other_ms\": %.2f}", name,
+               ms, t.ms[kProfGemm], t.ms[kProfAttn], ms - t.ms[kProfGemm] - t.ms[kProfAttn]);
       phases += f;
     };
     std::unique_ptr<Job> job;
