@@ -21,7 +21,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
-import { appendFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
@@ -33,7 +33,7 @@ import { FluxArgumentError } from '../../src/pipeline/flux/latents.ts';
 import { loadFluxTokenizers } from '../../src/pipeline/flux/tokenize.ts';
 import { LoraError } from '../../src/pipeline/lora/errors.ts';
 import { CudaEngineClient, CudaEngineExitedError } from '../../src/runtime/cuda/index.ts';
-import { writeBflCheckpoints } from '../helpers/bfl-checkpoint.ts';
+import { writeBflRepo } from '../helpers/bfl-checkpoint.ts';
 import { MODEL_DIR, REPO_ROOT } from '../helpers/paths.ts';
 
 export const BIN = process.env.CUDA_ENGINE_BIN
@@ -206,16 +206,13 @@ const clientSuite: Suite = {
 
 // ---- executor ------------------------------------------------------------------------------------------------
 
+/** One sample of the checks' standard request. */
+function sampleRequest(seed: number) {
+  return { prompt: PROMPT, height: HEIGHT, width: WIDTH, steps: STEPS, guidanceScale: 3.5, seed };
+}
+
 function executorSuite(): Suite {
   let ex: CudaStepExecutor;
-  const request = (seed: number) => ({
-    prompt: PROMPT,
-    height: HEIGHT,
-    width: WIDTH,
-    steps: STEPS,
-    guidanceScale: 3.5,
-    seed,
-  });
   return {
     name: 'CUDA executor (real engine process, f32)',
     async before() {
@@ -241,7 +238,7 @@ function executorSuite(): Suite {
               benchmarks: undefined,
             },
           );
-          const handles = await ex.prepare([request(SEED), request(SEED + 1)]);
+          const handles = await ex.prepare([sampleRequest(SEED), sampleRequest(SEED + 1)]);
           for (let s = 1; s <= STEPS; s++) {
             const r = await ex.step(handles, { preview: s === 2 });
             assert.deepEqual(
@@ -273,21 +270,21 @@ function executorSuite(): Suite {
       {
         name: 'refuses what the engine cannot run with typed errors',
         async fn() {
-          assert.ok((await rejection(ex.prepare([{ ...request(1), mode: 'S' }]))) instanceof FluxArgumentError);
+          assert.ok((await rejection(ex.prepare([{ ...sampleRequest(1), mode: 'S' }]))) instanceof FluxArgumentError);
           const lora = await rejection(
-            ex.prepare([{ ...request(1), loras: [{ name: 'x.safetensors', strength: 1 }] }]),
+            ex.prepare([{ ...sampleRequest(1), loras: [{ name: 'x.safetensors', strength: 1 }] }]),
           );
           assert.ok(lora instanceof LoraError && lora.code === 'unsupported', String(lora));
           assert.ok((await rejection(ex.loadLora('x.safetensors', 1))) instanceof LoraError);
           assert.deepEqual(await ex.activeLoras(), []);
-          const size = await rejection(ex.prepare([{ ...request(1), width: 100 }]));
+          const size = await rejection(ex.prepare([{ ...sampleRequest(1), width: 100 }]));
           assert.equal((size as FluxArgumentError).param, 'width');
         },
       },
       {
         name: 'a killed engine loses its samples (CudaSampleLostError) and is restarted for later calls',
         async fn() {
-          const [h] = await ex.prepare([request(5)]);
+          const [h] = await ex.prepare([sampleRequest(5)]);
           await ex.step([h!]);
           const before = await ex.stats();
           const pid = ex.enginePid();
@@ -300,7 +297,7 @@ function executorSuite(): Suite {
           });
           assert.ok((await rejection(ex.step([h!]))) instanceof CudaSampleLostError);
           await ex.release([h!]);
-          const [h2] = await ex.prepare([request(SEED)]);
+          const [h2] = await ex.prepare([sampleRequest(SEED)]);
           for (let s = 0; s < STEPS; s++) await ex.step([h2!]);
           const [img] = await ex.decode([h2!]);
           const diff = maxAbsDiff(img!.data, (await ortReference())[0]!);
@@ -317,39 +314,17 @@ function executorSuite(): Suite {
 
 // ---- BFL single files -----------------------------------------------------------------------------------------
 
-/** The embedded model as a BFL single-file repo (F32 `flux1-dev.safetensors` + `ae.safetensors`), in a temp dir. */
-async function bflRepo(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-bfl-'));
-  for (const sub of ['text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'scheduler']) {
-    cpSync(join(MODEL_DIR, sub), join(dir, sub), { recursive: true });
-  }
-  // Configs only: the tiny head size needs axes_dims_rope, which the shapes cannot tell.
-  for (const c of ['transformer', 'vae']) {
-    mkdirSync(join(dir, c));
-    cpSync(join(MODEL_DIR, c, 'config.json'), join(dir, c, 'config.json'));
-  }
-  writeBflCheckpoints(dir, 'F32');
-  return dir;
-}
-
 const bflSuite: Suite = {
   name: 'CUDA executor on BFL single files (real engine process, f32)',
   tests: [
     {
       name: 'loads flux1-dev.safetensors + ae.safetensors through the load spec and matches ORT within 2/255',
       async fn() {
-        const dir = await bflRepo();
+        const dir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-bfl-'));
+        writeBflRepo(dir, 'F32');
         const ex = await createCudaExecutor({ modelDir: dir, engineBin: BIN, precision: 'f32', maxBatch: 2 });
         try {
-          const request = (seed: number) => ({
-            prompt: PROMPT,
-            height: HEIGHT,
-            width: WIDTH,
-            steps: STEPS,
-            guidanceScale: 3.5,
-            seed,
-          });
-          const handles = await ex.prepare([request(SEED), request(SEED + 1)]);
+          const handles = await ex.prepare([sampleRequest(SEED), sampleRequest(SEED + 1)]);
           for (let s = 0; s < STEPS; s++) await ex.step(handles);
           const images = await ex.decode(handles);
           const ort = await ortReference();

@@ -3,6 +3,7 @@
  * hand-written rules (fuse q/k/v, linear1 = [q; k; v; mlp], swap the final modulation halves, rename, reverse VAE
  * up blocks), so the loader's forward mapping is checked against an independent statement of FLUX_SPEC §5.7 / §6.
  */
+import { cpSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { openSafetensors } from '../../src/shared/weights/safetensors.ts';
 import { type FloatTensorInput, writeSafetensors } from '../../src/shared/weights/safetensors-writer.ts';
@@ -165,4 +166,21 @@ export function writeTensors(
 export function writeBflCheckpoints(dir: string, dtype: FloatTensorInput['dtype']): void {
   writeTensors(join(dir, 'flux1-dev.safetensors'), transformerToBfl(loadDiffusers('transformer')), dtype);
   writeTensors(join(dir, 'ae.safetensors'), vaeToBfl(loadDiffusers('vae')), dtype);
+}
+
+/**
+ * Makes `dir` a FLUX repository in BFL's single-file form, as the FLUX.1-dev repository ships it: the embedded model's
+ * text encoders, tokenizers and scheduler (copied), its transformer and VAE as `flux1-dev.safetensors` +
+ * `ae.safetensors`, and only the transformer/VAE `config.json` (the tiny head size needs axes_dims_rope, which shapes
+ * cannot tell).
+ */
+export function writeBflRepo(dir: string, dtype: FloatTensorInput['dtype']): void {
+  for (const sub of ['text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'scheduler', 'model_index.json']) {
+    cpSync(join(MODEL_DIR, sub), join(dir, sub), { recursive: true });
+  }
+  for (const c of ['transformer', 'vae']) {
+    mkdirSync(join(dir, c), { recursive: true });
+    cpSync(join(MODEL_DIR, c, 'config.json'), join(dir, c, 'config.json'));
+  }
+  writeBflCheckpoints(dir, dtype);
 }

@@ -2,25 +2,20 @@
  * A FLUX repository in BFL's single-file form (`flux1-dev.safetensors` + `ae.safetensors` beside the diffusers text
  * encoders, as the FLUX.1-dev repo ships them) generates the same image as the diffusers folders, in F32 and BF16.
  */
-import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
+import { writeBflRepo } from '../helpers/bfl-checkpoint.ts';
 import { MODEL_DIR } from '../helpers/paths.ts';
-import { writeBflCheckpoints } from '../helpers/bfl-checkpoint.ts';
 
 const cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-bfl-cache-'));
 afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
 
 function bflRepo(dtype: 'F32' | 'BF16'): string {
   const dir = mkdtempSync(join(tmpdir(), 'fluxql-bfl-'));
-  for (const sub of ['text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'scheduler', 'model_index.json']) {
-    cpSync(join(MODEL_DIR, sub), join(dir, sub), { recursive: true });
-  }
-  // Only the configs of the diffusers folders: the tiny head (16) needs axes_dims_rope, which shapes cannot tell.
-  for (const c of ['transformer', 'vae']) cpSync(join(MODEL_DIR, c, 'config.json'), join(dir, c, 'config.json'));
-  writeBflCheckpoints(dir, dtype);
+  writeBflRepo(dir, dtype);
   return dir;
 }
 

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "engine.h"
+#include "event_timer.h"
 #include "kernels/kernels.h"
 #include "profile.h"
 #include "selftest.h"
@@ -99,18 +100,11 @@ std::string attention_micro(Engine& e, int S) {
   fill_normal(v, DType::BF16, int64_t(n), 0.f, 1.f, 13, e.st);
   float scale = 1.f / std::sqrt(float(D));
   double flop = 4.0 * B * double(S) * S * H * D;
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
+  EventTimer timer;
   auto time_it = [&](auto&& fn) {
     std::vector<float> ts;
     for (int i = 0; i < 23; i++) {
-      CUDA_CHECK(cudaEventRecord(a, e.st));
-      fn();
-      CUDA_CHECK(cudaEventRecord(b, e.st));
-      CUDA_CHECK(cudaEventSynchronize(b));
-      float ms;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      float ms = timer.ms(e.st, fn);
       if (i >= 3) ts.push_back(ms);
     }
     std::sort(ts.begin(), ts.end());
@@ -210,19 +204,20 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
       mem = std::max(mem, t.mem);
     }
     // Breakdown run: events around every GEMM / attention; prepare and decode profiled on their own.
-    cudaEvent_t a, b;
-    CUDA_CHECK(cudaEventCreate(&a));
-    CUDA_CHECK(cudaEventCreate(&b));
+    EventTimer timer;
+    struct Profiled {
+      float ms;
+      ProfTotals t;
+    };
+    auto profiled = [&](auto&& fn) {
+      prof_enable(true);
+      Profiled r{timer.ms(e.st, fn), prof_collect()};
+      prof_enable(false);
+      return r;
+    };
     std::string phases;  // JSON fields: each profiled phase's total, GEMM, attention and other-kernel ms
     auto phase = [&](const char* name, auto&& fn) {
-      prof_enable(true);
-      CUDA_CHECK(cudaEventRecord(a, e.st));
-      fn();
-      CUDA_CHECK(cudaEventRecord(b, e.st));
-      ProfTotals t = prof_collect();
-      prof_enable(false);
-      float ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      auto [ms, t] = profiled(fn);
       fprintf(stderr, "[bench] batch %d %s: %.1f ms (GEMM %.1f, attention %.1f, other kernels %.1f)\n", B, name, ms,
               t.ms[kProfGemm], t.ms[kProfAttn], ms - t.ms[kProfGemm] - t.ms[kProfAttn]);
       char f[256];
@@ -233,15 +228,9 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
     };
     std::unique_ptr<Job> job;
     phase("prepare", [&] { job = e.prepare(r); });
-    CUDA_CHECK(cudaStreamSynchronize(e.st));
-    prof_enable(true);
-    CUDA_CHECK(cudaEventRecord(a, e.st));
-    while (job->step < job->steps) e.step(*job);
-    CUDA_CHECK(cudaEventRecord(b, e.st));
-    ProfTotals pt = prof_collect();
-    prof_enable(false);
-    float steps_ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&steps_ms, a, b));
+    auto [steps_ms, pt] = profiled([&] {
+      while (job->step < job->steps) e.step(*job);
+    });
     phase("decode", [&] { e.decode(*job, nullptr, dimg); });
     job.reset();
     double gemm = pt.ms[kProfGemm] / steps, attn = pt.ms[kProfAttn] / steps, step_ev = steps_ms / steps;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "event_timer.h"
 #include "kernels/kernels.h"
 #include "selftest.h"
 
@@ -72,22 +73,11 @@ std::string gemm_attention_floor(Engine& e, int L, int T, int steps, bool bf16_o
     else flash_attention(q, k, v, 1, S, H, hd, scale, OutMap{nullptr, o, 0, D}, e.st);
   };
   // One step's ops in order; one_at_a_time: each op timed alone, with a sync after it.
+  EventTimer timer;
   auto step = [&](bool one_at_a_time, double& gemm_ms, double& attn_ms) {
-    cudaEvent_t a, b;
-    CUDA_CHECK(cudaEventCreate(&a));
-    CUDA_CHECK(cudaEventCreate(&b));
     auto timed = [&](auto&& fn, double& acc) {
-      if (!one_at_a_time) {
-        fn();
-        return;
-      }
-      CUDA_CHECK(cudaEventRecord(a, e.st));
-      fn();
-      CUDA_CHECK(cudaEventRecord(b, e.st));
-      CUDA_CHECK(cudaEventSynchronize(b));
-      float ms;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-      acc += ms;
+      if (one_at_a_time) acc += timer.ms(e.st, fn);
+      else fn();
     };
     for (int i = 0; i < f.layers; i++, turn++) {
       for (auto& s : dbl_pre) timed([&] { gemm(s); }, gemm_ms);
@@ -99,25 +89,15 @@ std::string gemm_attention_floor(Engine& e, int L, int T, int steps, bool bf16_o
       timed(attn, attn_ms);
       for (auto& s : sgl_post) timed([&] { gemm(s); }, gemm_ms);
     }
-    CUDA_CHECK(cudaEventDestroy(a));
-    CUDA_CHECK(cudaEventDestroy(b));
   };
   double g0 = 0, a0 = 0;
   step(false, g0, a0);  // warm-up: plans, autotune
   CUDA_CHECK(cudaStreamSynchronize(e.st));
-  cudaEvent_t t0, t1;
-  CUDA_CHECK(cudaEventCreate(&t0));
-  CUDA_CHECK(cudaEventCreate(&t1));
-  CUDA_CHECK(cudaEventRecord(t0, e.st));
-  for (int s = 0; s < steps; s++) step(false, g0, a0);
-  CUDA_CHECK(cudaEventRecord(t1, e.st));
-  CUDA_CHECK(cudaEventSynchronize(t1));
-  float sustained = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&sustained, t0, t1));
+  const float sustained = timer.ms(e.st, [&] {
+    for (int s = 0; s < steps; s++) step(false, g0, a0);
+  });
   double g1 = 0, a1 = 0;
   step(true, g1, a1);
-  CUDA_CHECK(cudaEventDestroy(t0));
-  CUDA_CHECK(cudaEventDestroy(t1));
   for (void* p : bufs) cudaFree(p);
   const double per_step = sustained / steps;
   fprintf(stderr,

@@ -11,7 +11,7 @@ namespace fq {
 #ifndef FQ_HAVE_CUDNN
 
 struct CudnnAttention::Plan {};
-CudnnAttention::CudnnAttention() : why_("built without cuDNN") {}
+CudnnAttention::CudnnAttention() : why_(dnn_.why()) {}
 CudnnAttention::~CudnnAttention() = default;
 bool CudnnAttention::run(const void*, const void*, const void*, void*, int, int, int, int, int, float,
                          cudaStream_t) {
@@ -72,13 +72,10 @@ struct CudnnAttention::Plan {
 };
 
 CudnnAttention::CudnnAttention() {
-  cudnnHandle_t h = nullptr;
-  cudnnStatus_t s = cudnnCreate(&h);
-  if (s != CUDNN_STATUS_SUCCESS) {
-    why_ = "cudnnCreate: " + status_str(s);
+  if (!dnn_.ok()) {
+    why_ = dnn_.why();
     return;
   }
-  handle_ = h;
   if (cudnnGetVersion() < 91300) {
     why_ = "cuDNN " + std::to_string(cudnnGetVersion()) + " has no SDPA forward operation (needs 9.13)";
     return;
@@ -86,16 +83,12 @@ CudnnAttention::CudnnAttention() {
   ok_ = true;
 }
 
-CudnnAttention::~CudnnAttention() {
-  plans_.clear();
-  if (ws_) cudaFree(ws_);
-  if (handle_) cudnnDestroy(static_cast<cudnnHandle_t>(handle_));
-}
+CudnnAttention::~CudnnAttention() = default;
 
 bool CudnnAttention::run(const void* q, const void* k, const void* v, void* o, int B, int S, int H, int D, int ldo,
                          float scale, cudaStream_t st) {
   if (!ok_) return false;
-  auto h = static_cast<cudnnHandle_t>(handle_);
+  auto h = static_cast<cudnnHandle_t>(dnn_.get());
   auto key = std::make_tuple(B, S, H, D, ldo);
   auto it = plans_.find(key);
   if (it == plans_.end()) {
@@ -159,25 +152,18 @@ bool CudnnAttention::run(const void* q, const void* k, const void* v, void* o, i
       p.reset();
     }
     it = plans_.emplace(key, p).first;
-    if (p && size_t(p->ws) > ws_bytes_) {
-      if (ws_) {
-        CUDA_CHECK(cudaDeviceSynchronize());
-        CUDA_CHECK(cudaFree(ws_));
-      }
-      CUDA_CHECK(cudaMalloc(&ws_, size_t(p->ws)));
-      ws_bytes_ = size_t(p->ws);
-    }
   }
   Plan* p = it->second.get();
   if (!p) return false;
   DNN(cudnnSetStream(h, st));
+  void* ws = dnn_.workspace(size_t(p->ws));
   float sc = scale;  // by-value tensor: read from host memory during the call
   int64_t uids[5] = {kQ, kK, kV, kO, kScale};
   void* ptrs[5] = {const_cast<void*>(q), const_cast<void*>(k), const_cast<void*>(v), o, &sc};
   Desc vp(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
   vp.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 5, uids);
   vp.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 5, ptrs);
-  vp.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws_);
+  vp.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
   DNN(cudnnBackendFinalize(vp.d));
   DNN(cudnnBackendExecute(h, p->plan->d, vp.d));
   return true;

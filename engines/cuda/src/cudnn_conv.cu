@@ -11,7 +11,7 @@ namespace fq {
 #ifndef FQ_HAVE_CUDNN
 
 struct CudnnConv::Plan {};
-CudnnConv::CudnnConv() : why_("built without cuDNN") {}
+CudnnConv::CudnnConv() : why_(dnn_.why()) {}
 CudnnConv::~CudnnConv() = default;
 bool CudnnConv::run(const void*, const void*, void*, int, int, int, int, int, int, cudaStream_t) { return false; }
 
@@ -38,27 +38,16 @@ struct CudnnConv::Plan {
   }
 };
 
-CudnnConv::CudnnConv() {
-  cudnnHandle_t h = nullptr;
-  cudnnStatus_t s = cudnnCreate(&h);
-  if (!DNN_OK(s)) {
-    why_ = std::string("cudnnCreate: ") + cudnnGetErrorString(s);
-    return;
-  }
-  handle_ = h;
-  ok_ = true;
-}
+CudnnConv::CudnnConv() : ok_(dnn_.ok()), why_(dnn_.why()) {}
 
 CudnnConv::~CudnnConv() {
   for (auto& [k, p] : plans_) delete p;
-  if (ws_) cudaFree(ws_);
-  if (handle_) cudnnDestroy(static_cast<cudnnHandle_t>(handle_));
 }
 
 bool CudnnConv::run(const void* x, const void* w, void* y, int B, int H, int W, int cin, int cout, int k,
                     cudaStream_t st) {
   if (!ok_) return false;
-  auto h = static_cast<cudnnHandle_t>(handle_);
+  auto h = static_cast<cudnnHandle_t>(dnn_.get());
   auto key = std::make_tuple(B, H, W, cin, cout, k);
   auto it = plans_.find(key);
   if (it == plans_.end()) {
@@ -88,21 +77,14 @@ bool CudnnConv::run(const void* x, const void* w, void* y, int B, int H, int W, 
       p->ok = true;
     }
     if (!p->ok) why_ = "no cuDNN convolution algorithm for this shape";
-    if (p->ok && p->ws > ws_bytes_) {
-      if (ws_) {
-        CUDA_CHECK(cudaDeviceSynchronize());
-        CUDA_CHECK(cudaFree(ws_));
-      }
-      CUDA_CHECK(cudaMalloc(&ws_, p->ws));
-      ws_bytes_ = p->ws;
-    }
   }
   Plan* p = it->second;
   if (!p->ok) return false;
   if (!DNN_OK(cudnnSetStream(h, st))) return false;
+  void* ws = dnn_.workspace(p->ws);
   const float alpha = 1.f, beta = 0.f;
   prof_begin(kProfGemm, st);
-  cudnnStatus_t s = cudnnConvolutionForward(h, &alpha, p->x, x, p->w, w, p->conv, p->algo, ws_, ws_bytes_, &beta,
+  cudnnStatus_t s = cudnnConvolutionForward(h, &alpha, p->x, x, p->w, w, p->conv, p->algo, ws, p->ws, &beta,
                                             p->y, y);
   prof_end(kProfGemm, st, 2.0 * B * H * W * double(cout) * cin * k * k);
   if (!DNN_OK(s)) throw std::runtime_error(std::string("cudnnConvolutionForward: ") + cudnnGetErrorString(s));

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "common.h"
+#include "cudnn_handle.h"
 
 namespace fq {
 
@@ -24,11 +25,9 @@ class CudnnConv {
   bool run(const void* x, const void* w, void* y, int B, int H, int W, int cin, int cout, int k, cudaStream_t st);
 
  private:
+  CudnnHandle dnn_;  // declared first: destroyed after the plans
   struct Plan;
   std::map<std::tuple<int, int, int, int, int, int>, Plan*> plans_;
-  void* handle_ = nullptr;
-  void* ws_ = nullptr;
-  size_t ws_bytes_ = 0;
   bool ok_ = false;
   std::string why_;
 };

@@ -3,14 +3,14 @@
  * The engine (engines/cuda/src/safetensors.cpp) applies it by slicing rows of the stored tensors; here the same
  * rule, applied independently to the raw files, must give every tensor the ORT path reads through `open()`.
  */
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type CudaLoadSpec, cudaLoadSpec } from '../../../../src/runtime/cuda/load-spec.ts';
 import { resolveModelRepo } from '../../../../src/shared/weights/index.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
-import { writeBflCheckpoints } from '../../../helpers/bfl-checkpoint.ts';
+import { writeBflRepo } from '../../../helpers/bfl-checkpoint.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
 
 const dirs: string[] = [];
@@ -22,14 +22,7 @@ afterAll(() => {
 function bflRepo(): string {
   const dir = mkdtempSync(join(tmpdir(), 'fluxql-spec-'));
   dirs.push(dir);
-  for (const sub of ['text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'scheduler']) {
-    cpSync(join(MODEL_DIR, sub), join(dir, sub), { recursive: true });
-  }
-  for (const c of ['transformer', 'vae']) {
-    mkdirSync(join(dir, c));
-    cpSync(join(MODEL_DIR, c, 'config.json'), join(dir, c, 'config.json'));
-  }
-  writeBflCheckpoints(dir, 'F32');
+  writeBflRepo(dir, 'F32');
   return dir;
 }
 
