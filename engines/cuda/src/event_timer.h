@@ -1,4 +1,5 @@
-// Milliseconds of GPU work enqueued on a stream, between two CUDA events (benchmarks only: it synchronises).
+// Milliseconds of GPU work enqueued on a stream, between two CUDA events (benchmarks and GEMM autotuning: it
+// synchronises).
 #pragma once
 #include "common.h"
 

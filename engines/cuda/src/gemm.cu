@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "event_timer.h"
 #include "kernels/kernels.h"
 #include "profile.h"
 
@@ -38,15 +39,8 @@ Gemm::Gemm() {
   BLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
   const char* tune = getenv("FQ_GEMM_TUNE");
   tune_on_ = !(tune && std::string(tune) == "0");
-}
-
-void* Gemm::workspace(cudaStream_t st) {
-  auto it = ws_.find(st);
-  if (it != ws_.end()) return it->second;
-  void* w;
-  CUDA_CHECK(cudaMalloc(&w, ws_bytes_));
-  ws_[st] = w;
-  return w;
+  CUDA_CHECK(cudaMalloc(&ws_, ws_bytes_));
+  BLAS_CHECK(cublasSetWorkspace(blas_, ws_, ws_bytes_));
 }
 
 Gemm::~Gemm() {
@@ -57,7 +51,7 @@ Gemm::~Gemm() {
     if (p.b) cublasLtMatrixLayoutDestroy(p.b);
     if (p.c) cublasLtMatrixLayoutDestroy(p.c);
   }
-  for (auto& [s, w] : ws_) cudaFree(w);
+  if (ws_) cudaFree(ws_);
   if (blas_) cublasDestroy(blas_);
   if (lt_) cublasLtDestroy(lt_);
 }
@@ -161,7 +155,7 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   prof_begin(kProfGemm, st);
   // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).
   BLAS_CHECK(cublasLtMatmul(lt_, p->op, &alpha, W, p->a, X, p->b, &beta, C ? C : Y, p->c, Y, p->c, &p->algo,
-                            workspace(st), ws_bytes_, st));
+                            ws_, ws_bytes_, st));
   if (bias_after && bias) add_bias(Y, yt, bias, M, N, ldy, st);
   if (gelu_after) activation(Y, yt, M, N, ldy, Act::GeluTanh, st);
   prof_end(kProfGemm, st, 2.0 * M * N * K);
@@ -173,31 +167,23 @@ void Gemm::tune(Plan& p, cudaStream_t st, int M, int ldy, DType yt, const void* 
   void* d;
   CUDA_CHECK(cudaMalloc(&d, size_t(M) * ldy * dsize(yt)));
   CUDA_CHECK(cudaMemsetAsync(d, 0, size_t(M) * ldy * dsize(yt), st));
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
+  EventTimer timer;
   const float alpha = 1.f;
   float best = 1e30f;
   for (auto& cand : p.cands) {
     auto run = [&] {
-      return cublasLtMatmul(lt_, p.op, &alpha, W, p.a, X, p.b, &beta, d, p.c, d, p.c, &cand.algo, workspace(st),
-                            ws_bytes_, st);
+      return cublasLtMatmul(lt_, p.op, &alpha, W, p.a, X, p.b, &beta, d, p.c, d, p.c, &cand.algo, ws_, ws_bytes_,
+                            st);
     };
     if (run() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run here is skipped
-    CUDA_CHECK(cudaEventRecord(a, st));
-    const int reps = 5;
-    for (int i = 0; i < reps; i++) BLAS_CHECK(run());
-    CUDA_CHECK(cudaEventRecord(b, st));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    const float ms = timer.ms(st, [&] {
+      for (int i = 0; i < 5; i++) BLAS_CHECK(run());
+    });
     if (ms < best) {
       best = ms;
       p.algo = cand.algo;
     }
   }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
   CUDA_CHECK(cudaFree(d));
   tuned_++;
 }
@@ -205,7 +191,6 @@ void Gemm::tune(Plan& p, cudaStream_t st, int M, int ldy, DType yt, const void* 
 void Gemm::matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at,
                   int lda, const void* B, DType bt, int ldb, float beta, void* C, DType ct, int ldc) {
   BLAS_CHECK(cublasSetStream(blas_, st));
-  BLAS_CHECK(cublasSetWorkspace(blas_, workspace(st), ws_bytes_));
   prof_begin(kProfGemm, st);
   // Row-major C = op(A) op(B)  <=>  column-major C^T = op(B)^T op(A)^T.
   BLAS_CHECK(cublasGemmEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
@@ -222,7 +207,6 @@ void Gemm::matmul_batched(cudaStream_t st, bool ta, bool tb, int M, int N, int K
                           DType at, int lda, int64_t sa, const void* B, DType bt, int ldb, int64_t sb, float beta,
                           void* C, DType ct, int ldc, int64_t sc, int batch) {
   BLAS_CHECK(cublasSetStream(blas_, st));
-  BLAS_CHECK(cublasSetWorkspace(blas_, workspace(st), ws_bytes_));
   prof_begin(kProfGemm, st);
   // Row-major C_i = op(A_i) op(B_i)  <=>  column-major C_i^T = op(B_i)^T op(A_i)^T, as in matmul().
   BLAS_CHECK(cublasGemmStridedBatchedEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,

@@ -60,16 +60,15 @@ class Gemm {
              const float* bias);
   // cuBLASLt adds a bias of D's type: bf16 copies of the fp32 biases, made on first use and kept.
   const void* bias_for(const float* bias, int n, DType yt, cudaStream_t st);
-  // One workspace per stream, so GEMMs enqueued on different streams never share one.
-  void* workspace(cudaStream_t st);
   // Times every candidate algorithm of p on the caller's X and W with a scratch D (and C), keeps the fastest.
   void tune(Plan& p, cudaStream_t st, int M, int ldy, DType yt, const void* X, const void* W, float beta);
-  std::map<cudaStream_t, void*> ws_;
   bool tune_on_ = true;
   int tuned_ = 0;
   std::map<const float*, void*> bias_bf16_;
   cublasLtHandle_t lt_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  // One workspace for cuBLASLt and cuBLAS: the engine enqueues all its products on one stream, so they never overlap.
+  void* ws_ = nullptr;
   size_t ws_bytes_ = 64ull << 20;
   std::map<Key, Plan> plans_;
   int fallbacks_ = 0;

@@ -79,13 +79,7 @@ std::vector<float> download_any(const void* d, DType dt, size_t n) {
 void* upload_any(const std::vector<float>& h, DType dt) {
   void* d;
   CUDA_CHECK(cudaMalloc(&d, h.size() * dsize(dt)));
-  if (dt == DType::F32) {
-    CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
-  } else {
-    std::vector<uint16_t> b(h.size());
-    for (size_t i = 0; i < h.size(); i++) b[i] = f32_to_bf16(h[i]);
-    CUDA_CHECK(cudaMemcpy(d, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
-  }
+  upload_as(d, h, dt);
   return d;
 }
 

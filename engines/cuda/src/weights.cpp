@@ -35,8 +35,7 @@ std::vector<float> WeightLoader::host_stack(const std::vector<std::string>& part
   return h;
 }
 
-void* WeightLoader::upload(const std::vector<float>& h, DType dt) {
-  void* d = arena_.alloc(h.size() * dsize(dt));
+void upload_as(void* d, const std::vector<float>& h, DType dt) {
   if (dt == DType::F32) {
     CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
   } else {
@@ -44,6 +43,11 @@ void* WeightLoader::upload(const std::vector<float>& h, DType dt) {
     for (size_t i = 0; i < h.size(); i++) b[i] = f32_to_bf16(h[i]);
     CUDA_CHECK(cudaMemcpy(d, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
   }
+}
+
+void* WeightLoader::upload(const std::vector<float>& h, DType dt) {
+  void* d = arena_.alloc(h.size() * dsize(dt));
+  upload_as(d, h, dt);
   return d;
 }
 

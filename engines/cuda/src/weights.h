@@ -10,6 +10,9 @@
 
 namespace fq {
 
+// Copies fp32 host values to device memory `d` as `dt` (F32, or BF16 rounded to nearest even).
+void upload_as(void* d, const std::vector<float>& h, DType dt);
+
 // Owns device allocations; frees them all at destruction. Tracks bytes for the memory report.
 class DeviceArena {
  public:
