@@ -1,0 +1,375 @@
+"""Trains flux-mini: stage 1 the VAE, stage 2 the FLUX transformer (rectified flow), on the procedural grammar.
+
+  python3 tools/train-mini/train.py --out RUN_DIR [--vae-minutes 2.5 --dit-minutes 5.5] [--tiny]
+
+- Text encoders: flux-tiny's CLIP and T5, frozen; their outputs for every caption of the grammar are computed once at
+  start (ids from caption_tokens.json, padded as the pipeline pads: CLIP 77, T5 512).
+- VAE: L1 + MSE reconstruction of a posterior sample + a small KL; then latent statistics give
+  shift_factor = mean and scaling_factor = 1 / std (the pipeline decodes z = x / scaling + shift).
+- Transformer: x_t = (1 - s) x0 + s eps, target eps - x0, s = the pipeline's exponential shift (mu of the image's
+  token count) applied to a logit-normal u; packed 2x2 latents, img_ids (0, row, col), txt_ids zeros, guidance
+  uniform in [1, 5] (FLUX feeds 3.5 by default); AdamW, EMA, bf16 autocast on CUDA; multi-resolution buckets.
+- RUN_DIR/state.pt is written every --ckpt-seconds (atomic); rerunning with the same --out resumes. Data for step k
+  is drawn from a generator seeded by (seed, stage, k), so a resumed run sees the same batches.
+- RUN_DIR/loss.csv: stage,step,seconds,loss,lr.
+"""
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data  # noqa: E402
+import flux_model as fm  # noqa: E402
+import grammar as gr  # noqa: E402
+import st  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+TINY_DIR = os.path.join(REPO, "models", "flux-tiny")
+
+# (image side, sampling weight): token count L = (side/16)^2; batch scales so L + 512 text tokens stay ~constant.
+BUCKETS = [(128, 0.15), (192, 0.10), (256, 0.55), (320, 0.07), (384, 0.07), (512, 0.06)]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="run directory (checkpoints, loss.csv); resumes if state.pt exists")
+    ap.add_argument("--vae-minutes", type=float, default=2.5)
+    ap.add_argument("--dit-minutes", type=float, default=5.5)
+    ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke scale: 64x64, tiny nets, a few seconds")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--hidden-heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--axes", default="8,28,28")
+    ap.add_argument("--double", type=int, default=2)
+    ap.add_argument("--single", type=int, default=4)
+    ap.add_argument("--vae-channels", default="32,64,128,128")
+    ap.add_argument("--vae-groups", type=int, default=16)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--vae-lr", type=float, default=4e-4)
+    ap.add_argument("--kl-weight", type=float, default=1e-6)
+    ap.add_argument("--batch", type=int, default=128, help="transformer batch at 256x256 (scaled per bucket)")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--ckpt-seconds", type=float, default=60.0)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--max-vae-steps", type=int, default=0, help="stop stage 1 after N steps too (0: time only)")
+    ap.add_argument("--max-dit-steps", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.tiny:
+        a.hidden_heads, a.head_dim, a.axes = 2, 32, "8,12,12"
+        a.double, a.single = 1, 1
+        a.vae_channels, a.vae_groups = "8,8,16,16", 4
+        a.vae_batch, a.batch, a.warmup, a.log_every = 4, 4, 5, 2
+    return a
+
+
+def transformer_config(a):
+    axes = [int(x) for x in a.axes.split(",")]
+    return {
+        "_class_name": "FluxTransformer2DModel",
+        "_diffusers_version": "0.32.0",
+        "attention_head_dim": a.head_dim,
+        "axes_dims_rope": axes,
+        "guidance_embeds": True,
+        "in_channels": 64,
+        "joint_attention_dim": None,  # filled from the T5 config
+        "num_attention_heads": a.hidden_heads,
+        "num_layers": a.double,
+        "num_single_layers": a.single,
+        "out_channels": None,
+        "patch_size": 1,
+        "pooled_projection_dim": None,  # filled from the CLIP config
+    }
+
+
+def vae_config(a):
+    ch = [int(x) for x in a.vae_channels.split(",")]
+    return {
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": "0.32.0",
+        "act_fn": "silu",
+        "block_out_channels": ch,
+        "down_block_types": ["DownEncoderBlock2D"] * len(ch),
+        "force_upcast": True,
+        "in_channels": 3,
+        "latent_channels": 16,
+        "latents_mean": None,
+        "latents_std": None,
+        "layers_per_block": 1,
+        "mid_block_add_attention": True,
+        "norm_num_groups": a.vae_groups,
+        "out_channels": 3,
+        "sample_size": 256,
+        "scaling_factor": 1.0,  # set from the latent statistics after stage 1
+        "shift_factor": 0.0,
+        "up_block_types": ["UpDecoderBlock2D"] * len(ch),
+        "use_post_quant_conv": False,
+        "use_quant_conv": False,
+    }
+
+
+def init_transformer(model):
+    """adaLN-zero: modulation and output layers start at zero, so every block starts as the identity."""
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if name.endswith("norm1.linear") or name.endswith("norm1_context.linear") or name.endswith("norm.linear") \
+                    or name == "norm_out.linear" or name == "proj_out":
+                mod.weight.zero_()
+                mod.bias.zero_()
+
+
+def encode_text(device, caption_ids, batch=64):
+    """Frozen flux-tiny CLIP pooled [N, Dp] and T5 [N, 512, Dj] for the given caption indices (float32, on device)."""
+    clip_ids, t5_ids = data.load_tokens()
+    ccfg = json.load(open(os.path.join(TINY_DIR, "text_encoder", "config.json")))
+    tcfg = json.load(open(os.path.join(TINY_DIR, "text_encoder_2", "config.json")))
+    clip = fm.CLIPTextModel(ccfg)
+    fm.load_into(clip, st.load(os.path.join(TINY_DIR, "text_encoder", "model.safetensors")))
+    t5 = fm.T5EncoderModel(tcfg)
+    fm.load_into(t5, st.load(os.path.join(TINY_DIR, "text_encoder_2", "model.safetensors")))
+    clip.to(device).eval()
+    t5.to(device).eval()
+    idx = torch.as_tensor(caption_ids)
+    pooled, embeds = [], []
+    with torch.no_grad():
+        for i in range(0, len(idx), batch):
+            j = idx[i: i + batch]
+            pooled.append(clip(clip_ids[j].to(device)).float())
+            embeds.append(t5(t5_ids[j].to(device)).float())
+    return torch.cat(pooled), torch.cat(embeds), ccfg["hidden_size"], tcfg["d_model"]
+
+
+def log_row(path, row):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["stage", "step", "seconds", "loss", "lr"])
+        w.writerow(row)
+
+
+def save_state(path, state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def logit_normal_sigma(u_normal, seq_len):
+    """Training sigmas: the pipeline's exponential shift (mu from the token count) of a logit-normal u."""
+    _, mu = fm.flux_sigmas(1, seq_len)
+    u = torch.sigmoid(u_normal)
+    return math.exp(mu) / (math.exp(mu) + (1.0 / u.clamp(1e-5, 1 - 1e-5) - 1.0))
+
+
+def pick_bucket(gen, tiny):
+    if tiny:
+        return 64
+    r = float(torch.rand(1, generator=gen))
+    acc = 0.0
+    for side, wgt in BUCKETS:
+        acc += wgt
+        if r < acc:
+            return side
+    return BUCKETS[-1][0]
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(a.seed)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (lambda: torch.autocast("cpu", enabled=False))
+    state_path = os.path.join(a.out, "state.pt")
+    csv_path = os.path.join(a.out, "loss.csv")
+    t_start = time.time()
+
+    # Captions: all of the grammar (tiny: a fixed random subset, to keep CPU text encoding short).
+    if a.tiny:
+        g = torch.Generator().manual_seed(a.seed)
+        captions = torch.randperm(len(gr.ALL), generator=g)[:24].sort().values
+    else:
+        captions = torch.arange(len(gr.ALL))
+    pooled, embeds, clip_dim, t5_dim = encode_text(dev, captions)
+    row_of = {int(c): i for i, c in enumerate(captions)}
+    print(f"[text] {len(captions)} captions encoded in {time.time() - t_start:.1f}s on {dev}", flush=True)
+
+    tcfg = transformer_config(a)
+    tcfg["joint_attention_dim"], tcfg["pooled_projection_dim"] = t5_dim, clip_dim
+    vcfg = vae_config(a)
+    vae = fm.AutoencoderKL(vcfg).to(dev)
+    dit = fm.FluxTransformer2DModel(tcfg).to(dev)
+    init_transformer(dit)
+    ema = copy.deepcopy(dit).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    vopt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    dopt = torch.optim.AdamW(dit.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    S = {"stage": "vae", "vae_step": 0, "vae_seconds": 0.0, "dit_step": 0, "dit_seconds": 0.0, "stats": None,
+         "args": vars(a), "transformer_config": tcfg, "vae_config": vcfg}
+    if os.path.exists(state_path):
+        ck = torch.load(state_path, map_location=dev)
+        vae.load_state_dict(ck["vae"])
+        dit.load_state_dict(ck["dit"])
+        ema.load_state_dict(ck["ema"])
+        vopt.load_state_dict(ck["vopt"])
+        dopt.load_state_dict(ck["dopt"])
+        S = ck["S"]
+        print(f"[resume] {state_path}: stage {S['stage']}, vae step {S['vae_step']}, dit step {S['dit_step']}",
+              flush=True)
+    n_dit = sum(p.numel() for p in dit.parameters())
+    n_vae = sum(p.numel() for p in vae.parameters())
+    print(f"[model] transformer {n_dit / 1e6:.2f}M params, VAE {n_vae / 1e6:.2f}M params", flush=True)
+
+    def checkpoint():
+        save_state(state_path, {"S": S, "vae": vae.state_dict(), "dit": dit.state_dict(), "ema": ema.state_dict(),
+                                "vopt": vopt.state_dict(), "dopt": dopt.state_dict()})
+
+    def subset_idx(gen, n):
+        # Caption indices restricted to the encoded set; returns (grammar index, row in the text caches).
+        rows = torch.randint(0, len(captions), (n,), generator=gen)
+        return captions[rows], rows
+
+    # ---------------- stage 1: VAE ----------------
+    vae_budget = a.vae_minutes * 60
+    last_ck = time.time()
+    if S["stage"] == "vae":
+        vae.train()
+        acc, nacc = 0.0, 0
+        while S["vae_seconds"] < vae_budget and not (a.max_vae_steps and S["vae_step"] >= a.max_vae_steps):
+            t0 = time.time()
+            k = S["vae_step"]
+            gen = torch.Generator().manual_seed(a.seed * 1_000_003 + k)
+            side = 64 if a.tiny else (256 if k % 3 else 128)
+            bs = a.vae_batch if side == 256 or a.tiny else a.vae_batch * 4
+            idx, _ = subset_idx(gen, bs)
+            x = data.render(idx, side, gen, device=dev)
+            lr = a.vae_lr * min(1.0, (k + 1) / max(1, a.warmup))
+            for g_ in vopt.param_groups:
+                g_["lr"] = lr
+            with amp():
+                mean, logvar = vae.encode_moments(x)
+                z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+                rec = vae.decode(z)
+            rec = rec.float()
+            mean, logvar = mean.float(), logvar.float()
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+            loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + a.kl_weight * kl
+            vopt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            vopt.step()
+            if cuda:
+                torch.cuda.synchronize()
+            S["vae_step"] += 1
+            S["vae_seconds"] += time.time() - t0
+            acc += float(loss)
+            nacc += 1
+            if S["vae_step"] % a.log_every == 0:
+                log_row(csv_path, ["vae", S["vae_step"], round(S["vae_seconds"], 2), acc / nacc, lr])
+                print(f"[vae] step {S['vae_step']} {S['vae_seconds']:.0f}s loss {acc / nacc:.5f} "
+                      f"kl {float(kl):.2f}", flush=True)
+                acc, nacc = 0.0, 0
+            if time.time() - last_ck > a.ckpt_seconds:
+                checkpoint()
+                last_ck = time.time()
+        # Latent statistics of posterior samples at the native size -> scaling/shift of vae/config.json.
+        vae.eval()
+        zs = []
+        with torch.no_grad():
+            for k in range(4 if a.tiny else 16):
+                gen = torch.Generator().manual_seed(a.seed * 7 + k)
+                idx, _ = subset_idx(gen, 8 if a.tiny else 64)
+                with amp():
+                    mean, logvar = vae.encode_moments(data.render(idx, 64 if a.tiny else 256, gen, device=dev))
+                zs.append((mean.float() + torch.exp(0.5 * logvar.float()) * torch.randn_like(mean.float())).cpu())
+        zs = torch.cat(zs)
+        S["stats"] = {"shift_factor": float(zs.mean()), "scaling_factor": float(1.0 / zs.std())}
+        S["stage"] = "dit"
+        print(f"[vae] done: {S['vae_step']} steps; latent stats {S['stats']}", flush=True)
+        checkpoint()
+        last_ck = time.time()
+
+    # ---------------- stage 2: transformer ----------------
+    vae.eval()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    shift, scale = S["stats"]["shift_factor"], S["stats"]["scaling_factor"]
+    dit_budget = a.dit_minutes * 60
+    rope_cache = {}
+    T = embeds.shape[1]
+    txt_ids = torch.zeros(T, 3, device=dev)
+    dit.train()
+    acc, nacc = 0.0, 0
+    while S["dit_seconds"] < dit_budget and not (a.max_dit_steps and S["dit_step"] >= a.max_dit_steps):
+        t0 = time.time()
+        k = S["dit_step"]
+        gen = torch.Generator().manual_seed(a.seed * 2_000_003 + k)
+        side = pick_bucket(gen, a.tiny)
+        h = w = side // 8
+        L = (h // 2) * (w // 2)
+        bs = a.batch if a.tiny else max(8, int(round(a.batch * (256 + T) / (L + T))))
+        idx, rows = subset_idx(gen, bs)
+        x = data.render(idx, side, gen, device=dev)
+        with torch.no_grad(), amp():
+            mean, logvar = vae.encode_moments(x)
+        mean, logvar = mean.float(), logvar.float()
+        dgen = torch.Generator(device=dev).manual_seed(a.seed * 3_000_017 + k)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=dgen, device=dev)
+        x0 = fm.pack((z - shift) * scale)  # [B, L, 64]
+        eps = torch.randn(x0.shape, generator=dgen, device=dev)
+        sig = logit_normal_sigma(torch.randn(bs, generator=dgen, device=dev), L)
+        xt = (1 - sig[:, None, None]) * x0 + sig[:, None, None] * eps
+        guidance = 1.0 + 4.0 * torch.rand(bs, generator=dgen, device=dev)
+        if side not in rope_cache:
+            rope_cache[side] = fm.rope_tables(torch.cat([txt_ids, fm.img_ids(h, w, dev)], 0), dit.axes)
+        lr = a.lr * min(1.0, (k + 1) / max(1, a.warmup))
+        for g_ in dopt.param_groups:
+            g_["lr"] = lr
+        rows_d = rows.to(dev)
+        with amp():
+            pred = dit(xt, embeds[rows_d], pooled[rows_d], sig, guidance, None, None, rope=rope_cache[side])
+        loss = F.mse_loss(pred.float(), eps - x0)
+        dopt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        dopt.step()
+        d = min(a.ema, (1 + k) / (10 + k))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), dit.parameters()):
+                pe.lerp_(pm.detach(), 1 - d)
+        if cuda:
+            torch.cuda.synchronize()
+        S["dit_step"] += 1
+        S["dit_seconds"] += time.time() - t0
+        acc += float(loss)
+        nacc += 1
+        if S["dit_step"] % a.log_every == 0:
+            log_row(csv_path, ["dit", S["dit_step"], round(S["dit_seconds"], 2), acc / nacc, lr])
+            print(f"[dit] step {S['dit_step']} {S['dit_seconds']:.0f}s loss {acc / nacc:.5f} (side {side}, "
+                  f"batch {bs})", flush=True)
+            acc, nacc = 0.0, 0
+        if time.time() - last_ck > a.ckpt_seconds:
+            checkpoint()
+            last_ck = time.time()
+    S["stage"] = "done"
+    checkpoint()
+    print(f"[done] vae {S['vae_step']} steps / {S['vae_seconds']:.0f}s, transformer {S['dit_step']} steps / "
+          f"{S['dit_seconds']:.0f}s, wall {time.time() - t_start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
