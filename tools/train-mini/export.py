@@ -51,11 +51,8 @@ def write_weights(tensors, folder, stem, dtype="BF16", shard_bytes=15 * 2**20):
     return files
 
 
-def export(run_dir, out_dir, use_ema=True, dtype="BF16"):
-    ck = torch.load(os.path.join(run_dir, "state.pt"), map_location="cpu")
-    S = ck["S"]
-    if S["stats"] is None:
-        raise SystemExit("the run has not finished the VAE stage: no latent statistics yet")
+def copy_static(out_dir):
+    """The parts of the model that training does not change, from models/flux-tiny."""
     os.makedirs(out_dir, exist_ok=True)
     for name in COPIED:
         src, dst = os.path.join(TINY_DIR, name), os.path.join(out_dir, name)
@@ -64,6 +61,14 @@ def export(run_dir, out_dir, use_ema=True, dtype="BF16"):
             shutil.copytree(src, dst)
         else:
             shutil.copy2(src, dst)
+
+
+def export(run_dir, out_dir, use_ema=True, dtype="BF16"):
+    ck = torch.load(os.path.join(run_dir, "state.pt"), map_location="cpu", weights_only=False)
+    S = ck["S"]
+    if S["stats"] is None:
+        raise SystemExit("the run has not finished the VAE stage: no latent statistics yet")
+    copy_static(out_dir)
     tdir, vdir = os.path.join(out_dir, "transformer"), os.path.join(out_dir, "vae")
     for d in (tdir, vdir):
         shutil.rmtree(d, ignore_errors=True)
@@ -89,11 +94,18 @@ def export(run_dir, out_dir, use_ema=True, dtype="BF16"):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", help="train.py run directory (state.pt)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--static-only", action="store_true",
+                    help="only copy model_index/scheduler/text encoders/tokenizers from flux-tiny into --out")
     ap.add_argument("--no-ema", action="store_true")
     ap.add_argument("--fp32", action="store_true", help="float32 weights instead of bf16")
     a = ap.parse_args()
+    if a.static_only:
+        copy_static(a.out)
+        return
+    if not a.run:
+        ap.error("--run is required")
     export(a.run, a.out, use_ema=not a.no_ema, dtype="F32" if a.fp32 else "BF16")
 
 

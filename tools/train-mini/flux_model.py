@@ -274,12 +274,19 @@ class FluxTransformer2DModel(nn.Module):
 # VAE
 # ----------------------------------------------------------------------------------------------------------------
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the autocast policy (CPU autocast in torch 1.13 has none for it)."""
+
+    def forward(self, x):
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
 class Resnet(nn.Module):
     def __init__(self, cin, cout, groups):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=1e-6)
+        self.norm1 = GroupNorm32(groups, cin, eps=1e-6)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=1e-6)
+        self.norm2 = GroupNorm32(groups, cout, eps=1e-6)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
@@ -294,7 +301,7 @@ class MidAttention(nn.Module):
 
     def __init__(self, c, groups):
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, c, eps=1e-6)
+        self.group_norm = GroupNorm32(groups, c, eps=1e-6)
         self.to_q = nn.Linear(c, c)
         self.to_k = nn.Linear(c, c)
         self.to_v = nn.Linear(c, c)
@@ -355,7 +362,7 @@ class Encoder(nn.Module):
             self.down_blocks.append(blk)
             prev = c
         self.mid_block = MidBlock(ch[-1], g, cfg.get("mid_block_add_attention", True))
-        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=1e-6)
+        self.conv_norm_out = GroupNorm32(g, ch[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg["latent_channels"], 3, padding=1)
 
     def forward(self, x):
@@ -384,7 +391,7 @@ class Decoder(nn.Module):
                 blk.upsamplers = nn.ModuleList([Up(c)])
             self.up_blocks.append(blk)
             prev = c
-        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=1e-6)
+        self.conv_norm_out = GroupNorm32(g, ch[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[-1], cfg.get("out_channels", 3), 3, padding=1)
 
     def forward(self, z):

@@ -46,12 +46,13 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke scale: 64x64, tiny nets, a few seconds")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--caption-subset", type=int, default=0, help="train on N random captions only (0: all 3024)")
     ap.add_argument("--hidden-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--axes", default="8,28,28")
     ap.add_argument("--double", type=int, default=2)
     ap.add_argument("--single", type=int, default=4)
-    ap.add_argument("--vae-channels", default="32,64,128,128")
+    ap.add_argument("--vae-channels", default="32,64,96,96")
     ap.add_argument("--vae-groups", type=int, default=16)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=4e-4)
@@ -64,12 +65,15 @@ def parse_args(argv=None):
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--max-vae-steps", type=int, default=0, help="stop stage 1 after N steps too (0: time only)")
     ap.add_argument("--max-dit-steps", type=int, default=0)
+    ap.add_argument("--wall-seconds", type=float, default=0,
+                    help="stop this invocation after N wall seconds (0: no limit); a rerun resumes")
     a = ap.parse_args(argv)
     if a.tiny:
         a.hidden_heads, a.head_dim, a.axes = 2, 32, "8,12,12"
         a.double, a.single = 1, 1
         a.vae_channels, a.vae_groups = "8,8,16,16", 4
         a.vae_batch, a.batch, a.warmup, a.log_every = 4, 4, 5, 2
+        a.caption_subset = a.caption_subset or 24
     return a
 
 
@@ -198,13 +202,12 @@ def main(argv=None):
     t_start = time.time()
 
     # Captions: all of the grammar (tiny: a fixed random subset, to keep CPU text encoding short).
-    if a.tiny:
+    if a.caption_subset:
         g = torch.Generator().manual_seed(a.seed)
-        captions = torch.randperm(len(gr.ALL), generator=g)[:24].sort().values
+        captions = torch.randperm(len(gr.ALL), generator=g)[: a.caption_subset].sort().values
     else:
         captions = torch.arange(len(gr.ALL))
     pooled, embeds, clip_dim, t5_dim = encode_text(dev, captions)
-    row_of = {int(c): i for i, c in enumerate(captions)}
     print(f"[text] {len(captions)} captions encoded in {time.time() - t_start:.1f}s on {dev}", flush=True)
 
     tcfg = transformer_config(a)
@@ -221,7 +224,7 @@ def main(argv=None):
     S = {"stage": "vae", "vae_step": 0, "vae_seconds": 0.0, "dit_step": 0, "dit_seconds": 0.0, "stats": None,
          "args": vars(a), "transformer_config": tcfg, "vae_config": vcfg}
     if os.path.exists(state_path):
-        ck = torch.load(state_path, map_location=dev)
+        ck = torch.load(state_path, map_location=dev, weights_only=False)
         vae.load_state_dict(ck["vae"])
         dit.load_state_dict(ck["dit"])
         ema.load_state_dict(ck["ema"])
@@ -238,6 +241,12 @@ def main(argv=None):
         save_state(state_path, {"S": S, "vae": vae.state_dict(), "dit": dit.state_dict(), "ema": ema.state_dict(),
                                 "vopt": vopt.state_dict(), "dopt": dopt.state_dict()})
 
+    def out_of_wall():
+        if a.wall_seconds and time.time() - t_start > a.wall_seconds:
+            print(f"[wall] {a.wall_seconds:.0f}s wall limit reached: checkpointing; rerun to resume", flush=True)
+            return True
+        return False
+
     def subset_idx(gen, n):
         # Caption indices restricted to the encoded set; returns (grammar index, row in the text caches).
         rows = torch.randint(0, len(captions), (n,), generator=gen)
@@ -250,6 +259,9 @@ def main(argv=None):
         vae.train()
         acc, nacc = 0.0, 0
         while S["vae_seconds"] < vae_budget and not (a.max_vae_steps and S["vae_step"] >= a.max_vae_steps):
+            if out_of_wall():
+                checkpoint()
+                return 2
             t0 = time.time()
             k = S["vae_step"]
             gen = torch.Generator().manual_seed(a.seed * 1_000_003 + k)
@@ -315,6 +327,9 @@ def main(argv=None):
     dit.train()
     acc, nacc = 0.0, 0
     while S["dit_seconds"] < dit_budget and not (a.max_dit_steps and S["dit_step"] >= a.max_dit_steps):
+        if out_of_wall():
+            checkpoint()
+            return 2
         t0 = time.time()
         k = S["dit_step"]
         gen = torch.Generator().manual_seed(a.seed * 2_000_003 + k)
@@ -372,4 +387,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main() or 0)
