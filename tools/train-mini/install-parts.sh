@@ -13,6 +13,8 @@ cat "$P"/flux-mini.tar.part-* | tar -x -C "$M"
 for x in model_index.json scheduler text_encoder text_encoder_2 tokenizer tokenizer_2; do
   rm -rf "${M:?}/$x" && cp -r "models/flux-tiny/$x" "$M/$x"
 done
+# The model card skeleton (placeholders {{...}} to fill from results/); an existing card is kept.
+[ -f "$M/README.md" ] || cp tools/train-mini/MODEL_CARD.md "$M/README.md"
 R=tools/train-mini/results
 mkdir -p "$R"
 for f in loss.csv eval.json samples.png samples_512.png train.log; do
