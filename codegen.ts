@@ -1,6 +1,6 @@
 /**
  * @file GraphQL codegen (`npx tsx codegen.ts`): prints the committed `schema/schema.graphql` from the code-first
- * schema and types the test operations (`test/utils/operations.graphql` → `test/utils/gql/`). The schema test
+ * schema and types the test operations (`test/helpers/operations.graphql` → `test/helpers/gql/`). The schema test
  * runs the same config in memory and fails when the committed files are stale.
  */
 import { createRequire } from 'node:module';
@@ -14,11 +14,11 @@ const { printSchema } = createRequire(import.meta.url)('graphql') as typeof impo
 /** The codegen configuration (schema given as SDL, so no loader has to import TypeScript). */
 export const codegenConfig: CodegenConfig = {
   schema: printSchema(schema),
-  documents: ['test/utils/operations.graphql'],
+  documents: ['test/helpers/operations.graphql'],
   silent: true,
   generates: {
     'schema/schema.graphql': { plugins: ['schema-ast'] },
-    'test/utils/gql/': {
+    'test/helpers/gql/': {
       preset: 'client',
       presetConfig: { fragmentMasking: false },
       config: { useTypeImports: true, enumsAsTypes: true, importExtension: '.ts', emitLegacyCommonJSImports: false },
@@ -26,7 +26,7 @@ export const codegenConfig: CodegenConfig = {
     // The web page's operations (`graphql()` calls in web/src). Root documents are merged into every output, so
     // the test operations are excluded here. String documents: the browser bundle needs no GraphQL parser.
     'web/src/gql/': {
-      documents: ['web/src/**/*.ts', '!test/utils/operations.graphql'],
+      documents: ['web/src/**/*.ts', '!test/helpers/operations.graphql'],
       preset: 'client',
       presetConfig: { fragmentMasking: false },
       config: {

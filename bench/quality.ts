@@ -1,7 +1,7 @@
 /**
  * @file `npm run bench:quality`: PSNR and SSIM of every elastic mode's images against the `original` mode's, on a
  * fixed subset of PartiPrompts (bench/data/partiprompts-subset.tsv: the first two prompts of each of the 12
- * categories of ../shared/datasets/PartiPrompts.tsv, in file order), same seed per prompt (1000 + its index) in every
+ * categories of PartiPrompts.tsv (google-research/parti), in file order), same seed per prompt (1000 + its index) in every
  * mode. Reports per-category and overall means, and plots latency against PSNR.
  *
  * Defaults for two CPU cores: 128×128 pixels, 8 steps, 64 T5 tokens; all 24 prompts on flux-tiny and the first prompt

@@ -1,7 +1,9 @@
 /**
- * @file `fluxql conformance --fixtures DIR`: runs every case listed in `DIR/index.json` against `DIR/flux-tiny` (or
- * `--model`) and prints one JSON line `{"passed","failed","cases":[...]}`; exits 1 when a case fails.
+ * @file `fluxql conformance [--fixtures DIR]`: runs every case listed in `DIR/index.json` (default: the repository's
+ * `test/fixtures/flux-tiny-reference`) against `--model`, else `DIR/flux-tiny`, else the embedded model, and prints
+ * one JSON line `{"passed","failed","cases":[...]}`; exits 1 when a case fails.
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import {
@@ -14,11 +16,13 @@ import {
 } from './conformance/cases.ts';
 import { readFixtureIndex } from './conformance/fixture-index.ts';
 import { loraCases, prepareLoraDir } from './conformance/lora-cases.ts';
+import { DEFAULT_MODEL_DIR } from './defaults.ts';
 
 /** Runs the cases and returns the report (also used by tests). */
 export async function conformanceReport(fixtures: string, model: string | undefined, mode = 'original') {
   const index = readFixtureIndex(fixtures);
-  const modelDir = model ?? join(fixtures, 'flux-tiny');
+  // The repository's fixtures leave out their model copy: it is the embedded model.
+  const modelDir = model ?? (existsSync(join(fixtures, 'flux-tiny')) ? join(fixtures, 'flux-tiny') : DEFAULT_MODEL_DIR);
   // LoRAs are read only from a LoRA folder: the fixture LoRAs (and a constructed BFL Control LoRA) are staged in one.
   const loraDir = index.lora_cases.length > 0 ? prepareLoraDir(fixtures, index, modelDir) : undefined;
   const pipe = await FluxPipeline.fromPretrained(modelDir, { modes: [mode], loraDir: loraDir?.dir });

@@ -2,8 +2,13 @@
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
 /** The embedded flux-tiny model shipped in the repository. */
-export const DEFAULT_MODEL_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../../models/flux-tiny');
+export const DEFAULT_MODEL_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
+
+/** The diffusers reference fixtures for the embedded model, shipped in the repository (without its model copy). */
+export const DEFAULT_FIXTURES_DIR = resolve(REPO_ROOT, 'test/fixtures/flux-tiny-reference');
 
 /** Parses `WxH`. */
 export function parseSize(size: string): { width: number; height: number } {

@@ -5,7 +5,7 @@
 import { Command, Option } from 'commander';
 import { runCompile } from './compile-command.ts';
 import { runConformance } from './conformance-command.ts';
-import { DEFAULT_MODEL_DIR } from './defaults.ts';
+import { DEFAULT_FIXTURES_DIR, DEFAULT_MODEL_DIR } from './defaults.ts';
 import { runGenerate } from './generate-command.ts';
 import { runServe } from './serve-command.ts';
 
@@ -32,8 +32,8 @@ program
 program
   .command('conformance')
   .description('check the pipeline against a directory of diffusers reference outputs (index.json)')
-  .requiredOption('-f, --fixtures <dir>', 'fixture directory with index.json and flux-tiny/')
-  .option('-m, --model <dir>', 'model to test (default: <fixtures>/flux-tiny)')
+  .option('-f, --fixtures <dir>', 'fixture directory with index.json (and optionally flux-tiny/)', DEFAULT_FIXTURES_DIR)
+  .option('-m, --model <dir>', 'model to test (default: <fixtures>/flux-tiny if present, else the embedded model)')
   .option('--mode <mode>', 'engine mode', 'original')
   .action(runConformance);
 

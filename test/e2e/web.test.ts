@@ -15,9 +15,9 @@ import { type BrowserContext, chromium, type Page } from 'playwright-core';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ensureWebBuilt } from '../../web/build.ts';
+import { GenerateWithLorasDocument, LoadLoraDocument, LoraJobDocument } from '../helpers/gql/graphql.ts';
 import { FIXTURES_DIR } from '../helpers/paths.ts';
-import { GenerateWithLorasDocument, LoadLoraDocument, LoraJobDocument } from '../utils/gql/graphql.ts';
-import { disposeLeftovers, eventually, gqlData, startTestServer } from '../utils/test-server.ts';
+import { disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const HAS_CHROMIUM = existsSync(CHROMIUM);

@@ -16,10 +16,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts';
 import { loadConfig } from '../../src/config.ts';
 import { writeSafetensors } from '../../src/shared/weights/index.ts';
+import { type GenerateImageInput, GenerateWithControlDocument, LoraJobDocument } from '../helpers/gql/graphql.ts';
+import { TINY_CONFIG } from '../helpers/lora.ts';
 import { FIXTURES_DIR } from '../helpers/paths.ts';
-import { TINY_CONFIG } from '../unit/pipeline/lora/helpers.ts';
-import { type GenerateImageInput, GenerateWithControlDocument, LoraJobDocument } from '../utils/gql/graphql.ts';
-import { disposeLeftovers, eventually, gqlData, startTestServer } from '../utils/test-server.ts';
+import { disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-control-api-'));
 const loraDir = join(tmp, 'loras');

@@ -16,8 +16,8 @@ import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
 import { eulerStep, fluxSigmas, modelTimestep } from '../../src/pipeline/flux/schedule.ts';
 import { maxAbsDiff, relativeError } from '../../src/shared/tensor-metrics.ts';
 import { writeSafetensors } from '../../src/shared/weights/index.ts';
+import { TINY_CONFIG } from '../helpers/lora.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../helpers/paths.ts';
-import { TINY_CONFIG } from '../unit/pipeline/lora/helpers.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-control-it-'));
 const cacheDir = join(tmp, 'cache');

@@ -14,7 +14,7 @@ import {
   type JobProgressSubscription,
   JobsDocument,
   ModelsDocument,
-} from '../utils/gql/graphql.ts';
+} from '../helpers/gql/graphql.ts';
 import {
   collectSse,
   collectWs,
@@ -24,7 +24,7 @@ import {
   metricValue,
   startTestServer,
   wsClient,
-} from '../utils/test-server.ts';
+} from '../helpers/test-server.ts';
 
 let url: string;
 

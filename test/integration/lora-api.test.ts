@@ -9,8 +9,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FIXTURES_DIR } from '../helpers/paths.ts';
-import { D, t, writeLora } from '../unit/pipeline/lora/helpers.ts';
 import {
   ActiveLorasDocument,
   type GenerateImageInput,
@@ -19,8 +17,10 @@ import {
   LoraJobDocument,
   LorasDocument,
   UnloadLoraDocument,
-} from '../utils/gql/graphql.ts';
-import { disposeLeftovers, eventually, gqlData, metricValue, startTestServer } from '../utils/test-server.ts';
+} from '../helpers/gql/graphql.ts';
+import { D, t, writeLora } from '../helpers/lora.ts';
+import { FIXTURES_DIR } from '../helpers/paths.ts';
+import { disposeLeftovers, eventually, gqlData, metricValue, startTestServer } from '../helpers/test-server.ts';
 
 const FIXTURE_LORAS = ['lora_0_diffusers', 'lora_1_xlabs', 'lora_2_kohya'] as const;
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-lora-api-'));

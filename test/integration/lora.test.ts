@@ -19,9 +19,9 @@ import { parseLoraFile } from '../../src/pipeline/lora/parse.ts';
 import { type HostTensor, Session } from '../../src/runtime/index.ts';
 import { relativeError } from '../../src/shared/tensor-metrics.ts';
 import { openComponentWeights, writeSafetensors } from '../../src/shared/weights/index.ts';
+import { noise, TINY_CONFIG, TINY_SPEC } from '../helpers/lora.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../helpers/paths.ts';
 import { readSafetensorsF32 } from '../helpers/read-safetensors.ts';
-import { noise, TINY_CONFIG, TINY_SPEC } from '../unit/pipeline/lora/helpers.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-lora-it-'));
 const cacheDir = join(tmp, 'cache');

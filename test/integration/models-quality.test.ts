@@ -10,9 +10,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { EMBEDDED_MODEL_DIR } from '../../src/config.ts';
 import { planPath } from '../../src/pipeline/flux/elastic-plan.ts';
 import { defaultCacheDir, openModelSource } from '../../src/pipeline/flux/engine-cache.ts';
+import { GenerateImageDocument, JobDocument, ModelsDocument } from '../helpers/gql/graphql.ts';
 import { REPO_ROOT } from '../helpers/paths.ts';
-import { GenerateImageDocument, JobDocument, ModelsDocument } from '../utils/gql/graphql.ts';
-import { disposeLeftovers, eventually, gqlData, startTestServer } from '../utils/test-server.ts';
+import { disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
 afterAll(disposeLeftovers);
 

@@ -3,8 +3,8 @@
  * MAX_QUEUE_SIZE=1 (one job runs, one waits, the rest are refused).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CancelJobDocument, JobDocument, JobProgressDocument } from '../utils/gql/graphql.ts';
-import { collectSse, disposeLeftovers, eventually, gqlData, startTestServer } from '../utils/test-server.ts';
+import { CancelJobDocument, JobDocument, JobProgressDocument } from '../helpers/gql/graphql.ts';
+import { collectSse, disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
 let url: string;
 

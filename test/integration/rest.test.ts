@@ -5,8 +5,8 @@
 import OpenAI from 'openai';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ModelsDocument } from '../utils/gql/graphql.ts';
-import { collectWs, disposeLeftovers, metricValue, startTestServer, wsClient } from '../utils/test-server.ts';
+import { ModelsDocument } from '../helpers/gql/graphql.ts';
+import { collectWs, disposeLeftovers, metricValue, startTestServer, wsClient } from '../helpers/test-server.ts';
 
 const TOKEN = 'test-token-123';
 let url: string;

@@ -12,7 +12,6 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts';
 import { writeSafetensors } from '../../src/shared/weights/index.ts';
-import { TINY_CONFIG } from '../unit/pipeline/lora/helpers.ts';
 import {
   disposeCluster,
   findRedisServer,
@@ -20,7 +19,7 @@ import {
   startApi,
   startRedis,
   startWorker,
-} from '../utils/cluster.ts';
+} from '../helpers/cluster.ts';
 import {
   GenerateImageDocument,
   type GenerateImageInput,
@@ -29,8 +28,9 @@ import {
   JobProgressDocument,
   type JobProgressSubscription,
   JobsDocument,
-} from '../utils/gql/graphql.ts';
-import { collectWs, disposeLeftovers, eventually, gqlData, wsClient } from '../utils/test-server.ts';
+} from '../helpers/gql/graphql.ts';
+import { TINY_CONFIG } from '../helpers/lora.ts';
+import { collectWs, disposeLeftovers, eventually, gqlData, wsClient } from '../helpers/test-server.ts';
 
 const redisBin = findRedisServer();
 if (!redisBin) console.warn('[scale-out.test] redis-server not found on PATH: skipping the scale-out suite');

@@ -1,5 +1,5 @@
 /**
- * The committed schema (`schema/schema.graphql`) and typed operations (`test/utils/gql/`) must match what
+ * The committed schema (`schema/schema.graphql`) and typed operations (`test/helpers/gql/`) must match what
  * `codegen.ts` produces from the code-first schema: run `npx tsx codegen.ts` after changing the schema.
  */
 import { readFile } from 'node:fs/promises';
@@ -11,7 +11,7 @@ describe('codegen output', () => {
   it('is up to date (run `npx tsx codegen.ts` when this fails)', async () => {
     const files = await runCodegen(false);
     expect(files.map((f) => f.filename)).toEqual(
-      expect.arrayContaining(['schema/schema.graphql', 'test/utils/gql/graphql.ts']),
+      expect.arrayContaining(['schema/schema.graphql', 'test/helpers/gql/graphql.ts']),
     );
     for (const f of files) {
       const committed = await readFile(resolve(f.filename), 'utf8');

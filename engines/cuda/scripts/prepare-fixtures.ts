@@ -1,12 +1,13 @@
 /**
  * Copies the flux-tiny reference fixtures the engine's self-test needs into a folder that travels to the GPU
- * machine (`../shared` does not), and writes `pipeline_tokens.json`: the CLIP and T5 ids of every pipeline-case
+ * machine, and writes `pipeline_tokens.json`: the CLIP and T5 ids of every pipeline-case
  * prompt, produced by the project's own tokenizer (the fixtures hold ids only for `tokenizer_cases.json`).
  * Also writes `flux-tiny-bfl/`: the embedded model's transformer and VAE as BFL single files (F32, so the f32
  * conformance limits hold) with `load-spec.json`, the spec the server would send for that layout (file paths
  * relative to that folder; the text encoders are the repository's `models/flux-tiny` ones).
  *
- * Usage: npx tsx engines/cuda/scripts/prepare-fixtures.ts <fixtures dir> <out dir>
+ * Usage: npx tsx engines/cuda/scripts/prepare-fixtures.ts [fixtures dir] [out dir]
+ * (defaults: the repository's test/fixtures/flux-tiny-reference, .device-fixtures)
  */
 import { cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -17,7 +18,7 @@ import { cudaLoadSpec } from '../../../src/runtime/cuda/load-spec.ts';
 import { resolveModelRepo } from '../../../src/shared/weights/index.ts';
 import { writeBflCheckpoints } from '../../../test/helpers/bfl-checkpoint.ts';
 
-const [src = '../shared/fixtures/flux-tiny-reference', out = '.device-fixtures'] = process.argv.slice(2);
+const [src = 'test/fixtures/flux-tiny-reference', out = '.device-fixtures'] = process.argv.slice(2);
 const files = [
   'index.json',
   'tokenizer_cases.json',

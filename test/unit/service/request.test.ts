@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { UnknownModelError, ValidationError } from '../../../src/service/errors.ts';
 import { ModelCatalog } from '../../../src/service/models.ts';
 import { parseGenerateInput } from '../../../src/service/request.ts';
-import { createFakeExecutor } from '../../fixtures/fake-executor.ts';
+import { createFakeExecutor } from '../../helpers/fake-executor.ts';
 
 const catalog = new ModelCatalog(createFakeExecutor({ modes: ['original', 'S'] }).info(), {
   batchSize: 4,

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { QueueFullError } from '../../../src/service/errors.ts';
 import { createGenerationService, type GenerationService } from '../../../src/service/generation-service.ts';
 import type { JobEvent } from '../../../src/service/job-events.ts';
-import { createFakeExecutor, createGate, type FakeExecutorOptions } from '../../fixtures/fake-executor.ts';
+import { createFakeExecutor, createGate, type FakeExecutorOptions } from '../../helpers/fake-executor.ts';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {

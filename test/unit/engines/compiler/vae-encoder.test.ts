@@ -22,9 +22,9 @@ import { relativeError } from '../../../../src/shared/tensor-metrics.ts';
 import { openBflVae } from '../../../../src/shared/weights/bfl-keymap.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
+import { loadDiffusers, vaeToBfl, writeTensors } from '../../../helpers/bfl-fixtures.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
 import { encodeReference } from '../../../helpers/vae-encoder-reference.ts';
-import { loadDiffusers, vaeToBfl, writeTensors } from '../../shared/weights/bfl-fixtures.ts';
 
 const VAE_DIR = join(MODEL_DIR, 'vae');
 const vaeJson = JSON.parse(readFileSync(join(VAE_DIR, 'config.json'), 'utf8')) as Record<string, unknown>;

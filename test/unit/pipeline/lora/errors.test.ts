@@ -9,8 +9,8 @@ import { LoraError, type LoraErrorCode } from '../../../../src/pipeline/lora/err
 import { LoraManager } from '../../../../src/pipeline/lora/lora-manager.ts';
 import { parseLoraFile } from '../../../../src/pipeline/lora/parse.ts';
 import type { TensorInput } from '../../../../src/shared/weights/index.ts';
+import { D, TINY_SPEC, t, useTempDir, writeLora } from '../../../helpers/lora.ts';
 import { FIXTURES_DIR } from '../../../helpers/paths.ts';
-import { D, TINY_SPEC, t, useTempDir, writeLora } from './helpers.ts';
 
 const tempDir = useTempDir('lora-errors');
 

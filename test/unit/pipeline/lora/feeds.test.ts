@@ -9,7 +9,7 @@ import { LoraError } from '../../../../src/pipeline/lora/errors.ts';
 import { buildLoraFeeds } from '../../../../src/pipeline/lora/feeds.ts';
 import type { LoraFactor, ParsedLora } from '../../../../src/pipeline/lora/types.ts';
 import type { HostTensor } from '../../../../src/runtime/index.ts';
-import { noise } from './helpers.ts';
+import { noise } from '../../../helpers/lora.ts';
 
 function f(
   module: string,

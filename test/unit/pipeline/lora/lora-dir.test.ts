@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LoraError } from '../../../../src/pipeline/lora/errors.ts';
 import { listLoraFiles, resolveLoraFile } from '../../../../src/pipeline/lora/lora-dir.ts';
-import { useTempDir } from './helpers.ts';
+import { useTempDir } from '../../../helpers/lora.ts';
 
 const tempDir = useTempDir('lora-dir');
 

@@ -8,8 +8,8 @@ import { makeBflControlLora } from '../../../../src/cli/conformance/lora-referen
 import { detectLoraFormat, parseLoraFile } from '../../../../src/pipeline/lora/parse.ts';
 import { describeLora, type LoraFactor } from '../../../../src/pipeline/lora/types.ts';
 import { openSafetensors } from '../../../../src/shared/weights/index.ts';
+import { D, MLP, scalar, TINY_CONFIG, TINY_SPEC, t, useTempDir, writeLora } from '../../../helpers/lora.ts';
 import { FIXTURES_DIR } from '../../../helpers/paths.ts';
-import { D, MLP, scalar, TINY_CONFIG, TINY_SPEC, t, useTempDir, writeLora } from './helpers.ts';
 
 const tempDir = useTempDir('lora-parse');
 const fixture = (name: string) => join(FIXTURES_DIR, `${name}.safetensors`);

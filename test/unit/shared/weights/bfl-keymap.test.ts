@@ -12,7 +12,6 @@ import { WeightsError } from '../../../../src/shared/weights/errors.ts';
 import { inferTransformerConfig, inferVaeConfig } from '../../../../src/shared/weights/infer-config.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import type { WeightSource } from '../../../../src/shared/weights/weight-source.ts';
-import { MODEL_DIR } from '../../../helpers/paths.ts';
 import {
   expectF32Equal,
   loadDiffusers,
@@ -20,8 +19,9 @@ import {
   transformerToBfl,
   vaeToBfl,
   writeTensors,
-} from './bfl-fixtures.ts';
-import { useTempDir } from './temp-dir.ts';
+} from '../../../helpers/bfl-fixtures.ts';
+import { MODEL_DIR } from '../../../helpers/paths.ts';
+import { useTempDir } from '../../../helpers/temp-dir.ts';
 
 const tempDir = useTempDir('bfl');
 

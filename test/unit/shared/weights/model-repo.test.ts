@@ -4,9 +4,15 @@ import { describe, expect, it } from 'vitest';
 import { WeightsError } from '../../../../src/shared/weights/errors.ts';
 import { type ModelRepo, resolveModelRepo } from '../../../../src/shared/weights/model-repo.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
+import {
+  expectF32Equal,
+  loadDiffusers,
+  transformerToBfl,
+  vaeToBfl,
+  writeTensors,
+} from '../../../helpers/bfl-fixtures.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
-import { expectF32Equal, loadDiffusers, transformerToBfl, vaeToBfl, writeTensors } from './bfl-fixtures.ts';
-import { useTempDir } from './temp-dir.ts';
+import { useTempDir } from '../../../helpers/temp-dir.ts';
 
 const tempDir = useTempDir('model-repo');
 const SHARED_PARTS = ['text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2', 'scheduler'];

@@ -5,7 +5,7 @@ import { f32ToBf16 } from '../../../../src/shared/weights/dtype.ts';
 import { WeightsError } from '../../../../src/shared/weights/errors.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import { writeSafetensors } from '../../../../src/shared/weights/safetensors-writer.ts';
-import { useTempDir } from './temp-dir.ts';
+import { useTempDir } from '../../../helpers/temp-dir.ts';
 
 const tempDir = useTempDir('safetensors');
 

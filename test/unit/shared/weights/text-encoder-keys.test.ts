@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import { writeSafetensors } from '../../../../src/shared/weights/safetensors-writer.ts';
 import { openTextEncoderWeights } from '../../../../src/shared/weights/text-encoder-keys.ts';
-import { useTempDir } from './temp-dir.ts';
+import { useTempDir } from '../../../helpers/temp-dir.ts';
 
 const tempDir = useTempDir('text-encoder-keys');
 const vec = (n: number, base: number) => ({

@@ -5,9 +5,9 @@ import { WeightsError } from '../../../../src/shared/weights/errors.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
 import { type TensorInput, writeSafetensors } from '../../../../src/shared/weights/safetensors-writer.ts';
 import { locateComponentWeights, openComponentWeights } from '../../../../src/shared/weights/weight-source.ts';
+import { expectF32Equal } from '../../../helpers/bfl-fixtures.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
-import { expectF32Equal } from './bfl-fixtures.ts';
-import { useTempDir } from './temp-dir.ts';
+import { useTempDir } from '../../../helpers/temp-dir.ts';
 
 const tempDir = useTempDir('weight-source');
 const TRANSFORMER = join(MODEL_DIR, 'transformer/diffusion_pytorch_model.safetensors');

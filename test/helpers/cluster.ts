@@ -5,7 +5,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
-import { REPO_ROOT } from '../helpers/paths.ts';
+import { REPO_ROOT } from './paths.ts';
 
 const started: ChildProcess[] = [];
 

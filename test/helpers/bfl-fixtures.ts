@@ -11,7 +11,7 @@ export {
   vaeToBfl,
   writeBflCheckpoints,
   writeTensors,
-} from '../../../helpers/bfl-checkpoint.ts';
+} from './bfl-checkpoint.ts';
 
 /** Bit-exact float32 equality; byte comparison first because element-wise `toEqual` is slow on large arrays. */
 export function expectF32Equal(actual: Float32Array, expected: Float32Array, label: string): void {

@@ -6,10 +6,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
-import type { FluxTransformerConfig } from '../../../../engines/compiler/flux/transformer-config.ts';
-import { loraModelSpec } from '../../../../src/pipeline/lora/model-layers.ts';
-import { type TensorInput, writeSafetensors } from '../../../../src/shared/weights/index.ts';
-import { MODEL_DIR } from '../../../helpers/paths.ts';
+import type { FluxTransformerConfig } from '../../engines/compiler/flux/transformer-config.ts';
+import { loraModelSpec } from '../../src/pipeline/lora/model-layers.ts';
+import { type TensorInput, writeSafetensors } from '../../src/shared/weights/index.ts';
+import { MODEL_DIR } from './paths.ts';
 
 /** flux-tiny's transformer config: hidden 32 (2 heads × 16), 2 double + 3 single blocks, in_channels 64. */
 export const TINY_CONFIG = JSON.parse(
