@@ -36,10 +36,12 @@ export interface ServerConfig {
   provider: 'cpu' | 'webgpu' | 'cuda';
   /** Intra-op threads of the pipeline. THREADS. */
   threads?: number;
-  /** Compiled-engine cache. CACHE_DIR. */
+  /** Compiled-engine cache. CACHE_DIR (alias FLUXQL_CACHE_DIR). @default `<repo>/.cache/engines` */
   cacheDir?: string;
   /** The only directory LoRA files are read from (`loras`, `loadLora`, per-request `loras`). LORA_DIR. */
   loraDir?: string;
+  /** Let ONNX Runtime's intra-op threads spin-wait between runs (ORT's default; off here). FLUXQL_ORT_SPIN. */
+  ortSpin: boolean;
   /** Scale-out roles (`api`, `worker`) only: the shared Redis. REDIS_URL. */
   redisUrl?: string;
   /** Prefix of every Redis key, channel and queue of this deployment. REDIS_PREFIX. @default 'fluxql' */
@@ -120,7 +122,9 @@ const ENV_SCHEMA = {
   PROVIDER: z.enum(['cpu', 'webgpu', 'cuda']).optional(),
   THREADS: int(1, 1024).optional(),
   CACHE_DIR: z.string().min(1).optional(),
+  FLUXQL_CACHE_DIR: z.string().min(1).optional(),
   LORA_DIR: z.string().min(1).optional(),
+  FLUXQL_ORT_SPIN: flag().optional(),
   REDIS_URL: z
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
@@ -142,20 +146,48 @@ const ENV_SCHEMA = {
 } as const;
 
 type EnvKey = keyof typeof ENV_SCHEMA;
+type EnvValues = { [K in EnvKey]?: z.output<(typeof ENV_SCHEMA)[K]> };
 
-/**
- * Reads the configuration from `env` (empty strings count as unset), applying `overrides` last.
- * @throws ConfigError naming the first bad variable.
- */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<ServerConfig> = {}): ServerConfig {
-  const v: { [K in EnvKey]?: z.output<(typeof ENV_SCHEMA)[K]> } = {};
-  for (const key of Object.keys(ENV_SCHEMA) as EnvKey[]) {
+/** Parses `keys` of `env` (empty strings count as unset). @throws ConfigError naming the first bad variable. */
+function parseEnv(env: NodeJS.ProcessEnv, keys: readonly EnvKey[]): EnvValues {
+  const v: EnvValues = {};
+  for (const key of keys) {
     const raw = env[key];
     if (raw === undefined || raw === '') continue;
     const parsed = ENV_SCHEMA[key].safeParse(raw);
     if (!parsed.success) throw new ConfigError(key, parsed.error.issues[0]?.message ?? 'invalid value');
     (v as Record<string, unknown>)[key] = parsed.data;
   }
+  return v;
+}
+
+/** What every command that runs the ONNX pipeline (serve, compile, generate, conformance) takes from the environment. */
+export type PipelineSettings = Pick<ServerConfig, 'cacheDir' | 'loraDir' | 'ortSpin'>;
+
+function pipelineSettings(v: EnvValues): PipelineSettings {
+  // One cache setting: CACHE_DIR, with FLUXQL_CACHE_DIR (the name `fluxql compile` once read) as an alias.
+  const cacheDir = v.CACHE_DIR ?? v.FLUXQL_CACHE_DIR;
+  return {
+    ortSpin: v.FLUXQL_ORT_SPIN ?? false,
+    ...(cacheDir ? { cacheDir: resolve(cacheDir) } : {}),
+    ...(v.LORA_DIR ? { loraDir: resolve(v.LORA_DIR) } : {}),
+  };
+}
+
+/**
+ * The pipeline settings alone (CACHE_DIR / FLUXQL_CACHE_DIR, LORA_DIR, FLUXQL_ORT_SPIN), for the CLI's tools.
+ * @throws ConfigError naming the first bad variable.
+ */
+export function loadPipelineSettings(env: NodeJS.ProcessEnv = process.env): PipelineSettings {
+  return pipelineSettings(parseEnv(env, ['CACHE_DIR', 'FLUXQL_CACHE_DIR', 'LORA_DIR', 'FLUXQL_ORT_SPIN']));
+}
+
+/**
+ * Reads the configuration from `env` (empty strings count as unset), applying `overrides` last.
+ * @throws ConfigError naming the first bad variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<ServerConfig> = {}): ServerConfig {
+  const v = parseEnv(env, Object.keys(ENV_SCHEMA) as EnvKey[]);
   const config: ServerConfig = {
     modelRepo: resolve(v.MODEL_REPO ?? EMBEDDED_MODEL_DIR),
     modelSize: v.MODEL_SIZE ?? 'original',
@@ -187,8 +219,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),
     ...(v.PUBLIC_URL ? { publicUrl: v.PUBLIC_URL.replace(/\/+$/, '') } : {}),
     ...(v.THREADS ? { threads: v.THREADS } : {}),
-    ...(v.CACHE_DIR ? { cacheDir: v.CACHE_DIR } : {}),
-    ...(v.LORA_DIR ? { loraDir: resolve(v.LORA_DIR) } : {}),
+    ...pipelineSettings(v),
   };
   return { ...config, ...overrides };
 }

@@ -142,6 +142,7 @@ async function createExecutor(config: ServerConfig): Promise<StepExecutor> {
     ...(config.threads ? { threads: config.threads } : {}),
     ...(config.cacheDir ? { cacheDir: config.cacheDir } : {}),
     ...(config.loraDir ? { loraDir: config.loraDir } : {}),
+    ortSpin: config.ortSpin,
   });
 }
 

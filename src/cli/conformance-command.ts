@@ -5,6 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { loadPipelineSettings } from '../config.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import {
   type CaseResult,
@@ -25,7 +26,8 @@ export async function conformanceReport(fixtures: string, model: string | undefi
   const modelDir = model ?? (existsSync(join(fixtures, 'flux-tiny')) ? join(fixtures, 'flux-tiny') : DEFAULT_MODEL_DIR);
   // LoRAs are read only from a LoRA folder: the fixture LoRAs (and a constructed BFL Control LoRA) are staged in one.
   const loraDir = index.lora_cases.length > 0 ? prepareLoraDir(fixtures, index, modelDir) : undefined;
-  const pipe = await FluxPipeline.fromPretrained(modelDir, { modes: [mode], loraDir: loraDir?.dir });
+  const { cacheDir, ortSpin } = loadPipelineSettings();
+  const pipe = await FluxPipeline.fromPretrained(modelDir, { cacheDir, ortSpin, modes: [mode], loraDir: loraDir?.dir });
   try {
     const cases: CaseResult[] = [
       ...tokenizerCases(pipe, fixtures, index),

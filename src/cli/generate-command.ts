@@ -2,6 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { SingleBar } from 'cli-progress';
+import { loadPipelineSettings } from '../config.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import { encodeImage, type ImageFormat } from '../pipeline/image.ts';
 import { parseProvider } from '../runtime/index.ts';
@@ -31,6 +32,7 @@ export async function runGenerate(args: GenerateArgs): Promise<void> {
   if (!Number.isFinite(guidanceScale)) throw new Error(`--guidance must be a number, got "${args.guidance}"`);
   const t0 = performance.now();
   const pipe = await FluxPipeline.fromPretrained(args.model, {
+    ...loadPipelineSettings(),
     provider: parseProvider(args.provider),
     modes: [args.mode],
     onLog: (m) => process.stderr.write(`${m}\n`),

@@ -19,6 +19,8 @@ export interface SessionOptions {
   threads?: number;
   /** ORT graph optimisation level. @default 'all' */
   graphOptimization?: 'disabled' | 'basic' | 'extended' | 'all';
+  /** Let intra-op threads spin-wait between runs (ORT's own default; FLUXQL_ORT_SPIN). @default false */
+  spin?: boolean;
 }
 
 /** Thrown when a component fails to load or run. */
@@ -49,7 +51,7 @@ export class Session {
         // Every session owns an intra-op thread pool. With spinning on (ORT's default), a pool that just finished
         // keeps its threads busy-waiting while the next session (text encoders → transformer → VAE, or the step
         // cache's head → tail) runs, so the two fight for the same cores: measured 2× slower steps in mode S.
-        extra: { session: { intra_op: { allow_spinning: process.env.FLUXQL_ORT_SPIN === '1' ? '1' : '0' } } },
+        extra: { session: { intra_op: { allow_spinning: options.spin ? '1' : '0' } } },
       });
       return new Session(component, modelPath, session);
     } catch (err) {

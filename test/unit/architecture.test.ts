@@ -35,6 +35,14 @@ describe('architecture', () => {
     expect(bad.map((b) => b.file)).toEqual([]);
   });
 
+  it('reads the environment only in src/config.ts (everything else is passed the settings)', () => {
+    const bad = files(SRC)
+      .filter((f) => relative(SRC, f) !== 'config.ts')
+      .filter((f) => /process\.env(\.[A-Za-z_]|\[)/.test(readFileSync(f, 'utf8')))
+      .map((f) => relative(SRC, f));
+    expect(bad).toEqual([]);
+  });
+
   it('never imports an upper layer from a lower one', () => {
     const rank: Record<string, number> = { api: 3, service: 2, pipeline: 1, runtime: 0, shared: -1 };
     const bad: string[] = [];

@@ -27,9 +27,9 @@ export interface ModelSource {
 /** Repository root of fluxql (for the default cache location). */
 const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
-/** The engine cache folder: FLUXQL_CACHE_DIR or `<project>/.cache/engines`. */
+/** The engine cache folder when none is given: `<project>/.cache/engines` (CACHE_DIR is read by `config.ts`). */
 export function defaultCacheDir(): string {
-  return process.env.FLUXQL_CACHE_DIR ?? resolve(PROJECT_ROOT, '.cache/engines');
+  return resolve(PROJECT_ROOT, '.cache/engines');
 }
 
 /** Resolves a model path (diffusers folder, BFL folder or BFL transformer file). */

@@ -47,14 +47,16 @@ export interface FluxPipelineOptions {
   provider?: ExecutionProvider;
   /** ORT intra-op threads. */
   threads?: number;
-  /** Where compiled engines are cached. @default `<repo>/.cache/engines` or FLUXQL_CACHE_DIR */
+  /** Where compiled engines are cached (CACHE_DIR in `config.ts`). @default `<repo>/.cache/engines` */
   cacheDir?: string;
   /** Modes to load up front. @default ['original'] */
   modes?: string[];
   /** Reports compile progress (first load only). */
   onLog?: (message: string) => void;
-  /** The only folder LoRA files are read from. @default process.env.LORA_DIR */
+  /** The only folder LoRA files are read from (LORA_DIR in `config.ts`). Absent: every LoRA is `not_found`. */
   loraDir?: string;
+  /** ORT intra-op threads spin-wait between runs (FLUXQL_ORT_SPIN in `config.ts`). @default false */
+  ortSpin?: boolean;
 }
 
 /** Arguments of {@link FluxPipeline.generate}. */
@@ -110,7 +112,11 @@ export class FluxPipeline {
   static async fromPretrained(modelPath: string, options: FluxPipelineOptions = {}): Promise<FluxPipeline> {
     const source = openModelSource(modelPath);
     const tokenizers = await loadFluxTokenizers(source.tokenizerPaths);
-    const sessionOptions: SessionOptions = { provider: options.provider ?? 'cpu', threads: options.threads };
+    const sessionOptions: SessionOptions = {
+      provider: options.provider ?? 'cpu',
+      threads: options.threads,
+      spin: options.ortSpin ?? false,
+    };
     const pipe = new FluxPipeline(source, tokenizers, source.scheduler, new EngineLoader(sessionOptions), options);
     for (const mode of options.modes ?? ['original']) await pipe.engine(mode);
     return pipe;
@@ -167,7 +173,7 @@ export class FluxPipeline {
 
   /** The LoRA set manager (files from `loraDir` / LORA_DIR, default set, feeds). */
   get loras(): LoraManager {
-    this.loraManager ??= createLoraManager(this.source.repo, this.options.loraDir ?? process.env.LORA_DIR);
+    this.loraManager ??= createLoraManager(this.source.repo, this.options.loraDir);
     return this.loraManager;
   }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, EMBEDDED_MODEL_DIR, loadConfig } from '../../../src/config.ts';
+import { ConfigError, EMBEDDED_MODEL_DIR, loadConfig, loadPipelineSettings } from '../../../src/config.ts';
 
 describe('loadConfig', () => {
   it('defaults to the embedded model, batch 4, port 8000', () => {
@@ -48,5 +48,32 @@ describe('loadConfig', () => {
     expect([allow(), allow(''), allow('0'), allow('false'), allow('no')]).toEqual([false, false, false, false, false]);
     expect([allow('1'), allow('true'), allow(' YES '), allow('on')]).toEqual([true, true, true, true]);
     expect(() => allow('maybe')).toThrow(/CONTROL_IMAGE_ALLOW_PRIVATE_URLS/);
+  });
+
+  it('has one engine cache setting: CACHE_DIR, with FLUXQL_CACHE_DIR as its alias, the same for server and tools', () => {
+    expect(loadConfig({}).cacheDir).toBeUndefined();
+    expect(loadConfig({ CACHE_DIR: '/c/a' }).cacheDir).toBe('/c/a');
+    expect(loadConfig({ FLUXQL_CACHE_DIR: '/c/b' }).cacheDir).toBe('/c/b');
+    expect(loadConfig({ CACHE_DIR: '/c/a', FLUXQL_CACHE_DIR: '/c/b' }).cacheDir).toBe('/c/a');
+    for (const env of [{ CACHE_DIR: '/c/a' }, { FLUXQL_CACHE_DIR: '/c/b' }, { LORA_DIR: '/l', FLUXQL_ORT_SPIN: '1' }]) {
+      const c = loadConfig(env);
+      expect(loadPipelineSettings(env)).toEqual({
+        ortSpin: c.ortSpin,
+        ...(c.cacheDir ? { cacheDir: c.cacheDir } : {}),
+        ...(c.loraDir ? { loraDir: c.loraDir } : {}),
+      });
+    }
+  });
+
+  it('reads LORA_DIR and FLUXQL_ORT_SPIN (off unless set)', () => {
+    expect(loadConfig({}).ortSpin).toBe(false);
+    expect(loadConfig({}).loraDir).toBeUndefined();
+    expect(loadConfig({ FLUXQL_ORT_SPIN: '1', LORA_DIR: '/loras' })).toMatchObject({
+      ortSpin: true,
+      loraDir: '/loras',
+    });
+    expect(() => loadPipelineSettings({ FLUXQL_ORT_SPIN: 'sometimes' })).toThrow(/FLUXQL_ORT_SPIN/);
+    // The tools read only their own variables: a bad PORT does not stop `fluxql compile`.
+    expect(loadPipelineSettings({ PORT: 'x', CACHE_DIR: '/c' })).toEqual({ ortSpin: false, cacheDir: '/c' });
   });
 });
