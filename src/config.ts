@@ -42,6 +42,13 @@ export interface ServerConfig {
   loraDir?: string;
   /** Let ONNX Runtime's intra-op threads spin-wait between runs (ORT's default; off here). FLUXQL_ORT_SPIN. */
   ortSpin: boolean;
+  /**
+   * Modes whose engines are planned, compiled and loaded in the background from startup, besides the default mode
+   * (always warmed first; `/readyz` waits for it): `all`, or a comma list such as `xl,s` (`default`: none other).
+   * A mode not warmed yet is warmed when its first request arrives; that request waits, other modes keep serving.
+   * WARM_MODES. @default 'all'
+   */
+  warmModes: 'all' | string[];
   /** Scale-out roles (`api`, `worker`) only: the shared Redis. REDIS_URL. */
   redisUrl?: string;
   /** Prefix of every Redis key, channel and queue of this deployment. REDIS_PREFIX. @default 'fluxql' */
@@ -125,6 +132,19 @@ const ENV_SCHEMA = {
   FLUXQL_CACHE_DIR: z.string().min(1).optional(),
   LORA_DIR: z.string().min(1).optional(),
   FLUXQL_ORT_SPIN: flag().optional(),
+  WARM_MODES: z
+    .string()
+    .transform((s) => s.trim().toLowerCase())
+    .pipe(
+      z.union([
+        z.enum(['all', 'default']),
+        z
+          .string()
+          .transform((s) => s.split(',').map((m) => m.trim()))
+          .pipe(z.array(z.enum(['original', 'xl', 'l', 'm', 's'], { error: 'modes are original, xl, l, m, s' }))),
+      ]),
+    )
+    .optional(),
   REDIS_URL: z
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
@@ -214,6 +234,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
       : resolve(REPO_ROOT, 'bench/results/cuda-h100.json'),
     modesResults: v.MODES_RESULTS ? resolve(v.MODES_RESULTS) : resolve(REPO_ROOT, 'bench/results/modes.json'),
     controlImageAllowPrivateUrls: v.CONTROL_IMAGE_ALLOW_PRIVATE_URLS ?? false,
+    warmModes:
+      v.WARM_MODES === undefined || v.WARM_MODES === 'all' ? 'all' : v.WARM_MODES === 'default' ? [] : v.WARM_MODES,
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),

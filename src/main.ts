@@ -37,6 +37,7 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       images: imageOptions(config),
       controlImages: { allowPrivateUrls: config.controlImageAllowPrivateUrls },
       modeResults: config.modesResults,
+      warmModes: config.warmModes,
     });
   } catch (err) {
     // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
@@ -96,6 +97,7 @@ export async function startWorkerNode(config: ServerConfig, deps: StartServerDep
       lockMs: config.workerLockMs,
       retries: config.jobRetries,
       ...(config.workerId ? { workerId: config.workerId } : {}),
+      warmModes: config.warmModes,
       images: imageOptions(config),
       log,
     });

@@ -1,13 +1,27 @@
-/** @file `fluxql compile`: builds (or finds cached) engines for the given modes and prints their manifests. */
+/**
+ * @file `fluxql compile`: makes every given mode ready to serve ahead of time and prints one JSON line per mode with
+ * its manifest. Compressed modes (L, M, S) are planned first (per-layer measurements on the original engine, once
+ * per model), then compiled from the plan; S also calibrates its step-cache threshold. All of it lands in the cache
+ * (CACHE_DIR), so a server started on the same cache loads these engines without planning or compiling.
+ */
 import { loadPipelineSettings } from '../config.ts';
-import { defaultCacheDir, ensureEngine, openModelSource } from '../pipeline/flux/engine-cache.ts';
+import { defaultCacheDir } from '../pipeline/flux/engine-cache.ts';
+import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 
-export async function runCompile(args: { model: string; mode: string[]; force?: boolean }): Promise<void> {
-  const cacheDir = loadPipelineSettings().cacheDir ?? defaultCacheDir();
-  const source = openModelSource(args.model);
-  for (const mode of args.mode) {
-    const t0 = performance.now();
-    const manifest = await ensureEngine(source, { mode, cacheDir, onLog: (m) => process.stderr.write(`${m}\n`) });
-    process.stdout.write(`${JSON.stringify({ mode, manifest, seconds: (performance.now() - t0) / 1000, cacheDir })}\n`);
+export async function runCompile(args: { model: string; mode: string[] }): Promise<void> {
+  const settings = loadPipelineSettings();
+  const cacheDir = settings.cacheDir ?? defaultCacheDir();
+  const onLog = (m: string) => process.stderr.write(`${m}\n`);
+  // The same path a server takes on its first request for a mode, so what is cached here is what it loads.
+  const pipe = await FluxPipeline.fromPretrained(args.model, { ...settings, cacheDir, modes: [], onLog });
+  try {
+    for (const mode of args.mode) {
+      const t0 = performance.now();
+      const { manifestPath } = await pipe.engine(mode);
+      const seconds = (performance.now() - t0) / 1000;
+      process.stdout.write(`${JSON.stringify({ mode, manifest: manifestPath, seconds, cacheDir })}\n`);
+    }
+  } finally {
+    await pipe.close();
   }
 }

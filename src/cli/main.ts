@@ -39,10 +39,9 @@ program
 
 program
   .command('compile')
-  .description('compile (or verify the cache of) the ONNX engines of a model')
+  .description('plan, compile and calibrate (or find cached) the ONNX engines of a model, ahead of serving')
   .option('-m, --model <dir>', 'model repository', DEFAULT_MODEL_DIR)
-  .option('--mode <modes...>', 'modes to compile', ['original'])
-  .option('--force', 'rebuild even when cached')
+  .option('--mode <modes...>', 'modes to build (planned ones are planned first): original XL L M S', ['original'])
   .action(runCompile);
 
 program

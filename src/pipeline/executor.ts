@@ -181,4 +181,11 @@ export interface StepExecutor {
    * planned yet is absent. Never plans or compiles anything. Absent where the engine has no such plans (CUDA).
    */
   modePlans?(): Promise<Record<string, PlanLayer[]>>;
+  /**
+   * Makes `mode` ready to serve: plans, compiles, calibrates and loads its engine when that has not happened yet,
+   * so `prepare` for the mode does none of it. The service calls it in the background (startup warm-up, or the
+   * first request for a cold mode) and admits the mode's jobs once it resolves; steps of other modes keep running
+   * meanwhile. Absent where every mode is ready once the executor exists (CUDA).
+   */
+  warm?(mode: string): Promise<void>;
 }

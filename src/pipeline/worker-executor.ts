@@ -68,6 +68,7 @@ export async function createFluxExecutor(options: FluxExecutorOptions): Promise<
     activeLoras: () => call('activeLoras', []),
     stats: () => call('stats', []),
     modePlans: () => call('modePlans', []),
+    warm: (mode) => call('warm', [mode]),
     async close() {
       if (!dead) await call('close', []).catch(() => undefined);
       await worker.terminate();

@@ -18,7 +18,8 @@ export type WorkerMethod =
   | 'unloadLora'
   | 'activeLoras'
   | 'stats'
-  | 'modePlans';
+  | 'modePlans'
+  | 'warm';
 
 export interface WorkerRequest {
   id: number;

@@ -26,6 +26,7 @@ import { createLocalBackend } from './local-backend.ts';
 import { type MeasuredLatency, MeasuredStats } from './measured.ts';
 import { createMetrics, type ServerMetrics } from './metrics.ts';
 import { type ModeResults, readModeResults } from './mode-results.ts';
+import type { WarmModes } from './mode-warmup.ts';
 import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.ts';
 import {
   ControlImageError,
@@ -105,6 +106,8 @@ export type GenerationServiceOptions = CommonOptions &
         maxQueueSize?: number;
         /** Finished jobs kept in memory. @default 1000 */
         maxFinishedJobs?: number;
+        /** Modes warmed in the background from the start besides the default one (WARM_MODES). @default 'all' */
+        warmModes?: WarmModes;
       }
     | { backend: (deps: BackendDeps) => JobBackend | Promise<JobBackend> }
   );
@@ -156,6 +159,7 @@ export class GenerationService {
             maxQueueDelayMs: options.maxQueueDelayMs ?? 20,
             maxQueueSize: options.maxQueueSize ?? 64,
             ...(options.maxFinishedJobs !== undefined ? { maxFinishedJobs: options.maxFinishedJobs } : {}),
+            ...(options.warmModes !== undefined ? { warmModes: options.warmModes } : {}),
             ...deps,
             ...(options.log ? { log: options.log } : {}),
           })

@@ -29,6 +29,7 @@ export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImag
 export type { MeasuredLatency } from './measured.ts';
 export type { ServerMetrics } from './metrics.ts';
 export type { ModePlanSummary, ModeQuality } from './mode-results.ts';
+export { type ModeState, type WarmModes, warmOrder } from './mode-warmup.ts';
 export type { PublishedLatency } from './model-specs.ts';
 export { ASPECT_RATIOS, PUBLISHED_SPEC_SOURCE } from './model-specs.ts';
 export { DEFAULT_LIMITS, type GenerationLimits, type ModelEntry, modelId } from './models.ts';

@@ -9,6 +9,7 @@ import { JobEventHub } from './job-events.ts';
 import { type Job, JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
+import { type WarmModes, warmOrder } from './mode-warmup.ts';
 import type { LoraInfo, LoraSelection, StepExecutor } from './pipeline.ts';
 import type { EngineOffer, JobBackend, LoraControl } from './ports.ts';
 import { Scheduler } from './scheduler.ts';
@@ -25,13 +26,18 @@ export interface LocalBackendOptions {
   metrics: ServerMetrics;
   measured: MeasuredStats;
   log?: (message: string, err: unknown) => void;
+  /** Modes warmed in the background from the start besides the default one (which always is). @default 'all' */
+  warmModes?: WarmModes;
 }
 
 /** The scheduler over one executor, with jobs and events in memory. Closing it closes the executor. */
 export function createLocalBackend(o: LocalBackendOptions): JobBackend {
   const store = new JobStore(o.maxFinishedJobs);
   const hub = new JobEventHub();
+  const info = o.executor.info();
+  const warm = warmOrder(info.modes, o.defaultSize, o.warmModes);
   const scheduler = new Scheduler({
+    warmModes: warm,
     executor: o.executor,
     store,
     events: hub,
@@ -42,7 +48,7 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
     maxQueueSize: o.maxQueueSize,
     ...(o.log ? { log: o.log } : {}),
   });
-  const offer: EngineOffer = { info: o.executor.info(), batchSize: o.batchSize, defaultSize: o.defaultSize };
+  const offer: EngineOffer = { info, batchSize: o.batchSize, defaultSize: o.defaultSize };
   // Read at scrape time (a call into the worker: it answers between engine runs).
   new Gauge({
     name: 'fluxql_ort_sessions_created',
@@ -78,7 +84,13 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
       subscribe: async (jobId, listener) => hub.listen(jobId, listener),
     },
     offer: () => offer,
-    health: () => (closed ? { ready: false, reason: 'shutting down' } : { ready: true }),
+    // Ready once the default mode is warm; the other modes may still be warming (their jobs wait for them).
+    health() {
+      if (closed) return { ready: false, reason: 'shutting down' };
+      const modes = scheduler.modeStates();
+      const waiting = warm[0] !== undefined && !scheduler.isModeReady(warm[0]);
+      return waiting ? { ready: false, reason: `warming the default mode ${warm[0]}`, modes } : { ready: true, modes };
+    },
     async close() {
       closed = true;
       await scheduler.close();

@@ -51,6 +51,8 @@ export interface BackendHealth {
   ready: boolean;
   /** Why not ready, e.g. `Redis at redis://… is unreachable`. */
   reason?: string;
+  /** Engine warm-up of each mode seen so far (`queued`, `warming`, `ready`, `cold`), where the engine is local. */
+  modes?: Record<string, string>;
   /** Scale-out: engine workers alive. */
   workers?: number;
 }

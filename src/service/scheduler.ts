@@ -12,6 +12,8 @@
  *   step. Encoding and writing the images runs off the loop so the next step is not delayed.
  * - A queued job is cancelled at once; a running one at the next step boundary. Engine errors fail the jobs of
  *   the failing call only; the loop goes on.
+ * - Modes are warmed off this loop ({@link ModeWarmup}): the policy sees only the queued jobs of ready modes, so a
+ *   job whose mode is still compiling waits in the queue without holding back the jobs (and batches) of ready ones.
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -22,6 +24,7 @@ import type { JobEventHub } from './job-events.ts';
 import { elapsedMs, etaMs, isTerminal, type Job, type JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
+import { type ModeState, ModeWarmup } from './mode-warmup.ts';
 import type { SampleHandle, SampleRequest, StepExecutor } from './pipeline.ts';
 
 /** What the scheduler needs. */
@@ -37,7 +40,12 @@ export interface SchedulerOptions {
   maxQueueSize: number;
   /** Where unexpected errors go. @default console.error */
   log?: (message: string, err: unknown) => void;
+  /** Modes to warm in the background from the start, in order (the default mode first). Others warm on demand. */
+  warmModes?: readonly string[];
 }
+
+/** A queued job as the scheduler keeps it: the policy's entry plus the mode it waits for. */
+type Queued = QueueEntry & { mode: string };
 
 interface RunningJob {
   job: Job;
@@ -49,7 +57,7 @@ interface RunningJob {
 /** See the file comment. */
 export class Scheduler {
   readonly #o: SchedulerOptions;
-  readonly #queue: QueueEntry[] = [];
+  readonly #queue: Queued[] = [];
   readonly #running = new Map<string, RunningJob>();
   #runningKey: string | null = null;
   /** Id of the running batch (`<scheduler>-<n>`), recorded on each job it admits. */
@@ -61,10 +69,26 @@ export class Scheduler {
   readonly #loop: Promise<void>;
   readonly #background = new Set<Promise<void>>();
   #meanStepMs = 0;
+  readonly #warmup: ModeWarmup;
 
   constructor(options: SchedulerOptions) {
     this.#o = options;
+    this.#warmup = new ModeWarmup(options.executor, {
+      ready: () => this.#wake?.(),
+      failed: (mode, err) => this.#failQueued(mode, err),
+    });
+    this.#warmup.warm(options.warmModes ?? []);
     this.#loop = this.#run();
+  }
+
+  /** Whether `mode`'s engine is warm (its jobs can be admitted). */
+  isModeReady(mode: string): boolean {
+    return this.#warmup.isReady(mode);
+  }
+
+  /** The warm-up state of every mode it has seen. */
+  modeStates(): Record<string, ModeState> {
+    return this.#warmup.states();
   }
 
   /**
@@ -78,8 +102,10 @@ export class Scheduler {
       throw new QueueFullError(this.#o.maxQueueSize, Math.max(1, Math.ceil(eta)));
     }
     const r = job.request;
+    this.#warmup.request(r.model.mode);
     this.#queue.push({
       jobId: job.id,
+      mode: r.model.mode,
       key: batchKey({
         mode: r.model.mode,
         width: r.width,
@@ -128,6 +154,7 @@ export class Scheduler {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#warmup.close();
     for (const e of this.#queue.splice(0)) {
       const job = this.#o.store.get(e.jobId);
       if (job) this.#finish(job, 'CANCELED', { reason: 'server shutting down' });
@@ -157,7 +184,9 @@ export class Scheduler {
     await this.#dropCancelled();
     const running =
       this.#running.size > 0 && this.#runningKey ? { key: this.#runningKey, samples: this.#samples() } : null;
-    const decision = nextBatch(this.#queue, running, this.#o.policy, Date.now());
+    // Jobs of modes still warming stay queued, invisible to the policy (see the file comment).
+    const ready = this.#queue.filter((e) => this.#warmup.isReady(e.mode));
+    const decision = nextBatch(ready, running, this.#o.policy, Date.now());
     if (decision.kind === 'admit') {
       if (running) this.#o.metrics.joins.inc(decision.jobIds.length);
       else {
@@ -333,6 +362,17 @@ export class Scheduler {
     }
     this.#afterRemoval();
     await this.#release(gone.flatMap((r) => r.handles));
+  }
+
+  /** A mode's warm-up failed: the jobs queued for it fail with that error (a later request warms it again). */
+  #failQueued(mode: string, err: unknown): void {
+    for (const e of this.#queue.filter((q) => q.mode === mode)) {
+      this.#queue.splice(this.#queue.indexOf(e), 1);
+      const job = this.#o.store.get(e.jobId);
+      if (job) this.#finish(job, 'FAILED', { err });
+    }
+    this.#gauges();
+    this.#wake?.();
   }
 
   async #failRunning(err: unknown): Promise<void> {

@@ -101,7 +101,8 @@ export async function startWorker(env: NodeJS.ProcessEnv): Promise<NodeProcess &
   const p = await spawnUntil(
     process.execPath,
     [resolve(REPO_ROOT, 'bin/fluxql.js'), 'serve', '--role', 'worker'],
-    { ...process.env, ...env },
+    // Only the default mode is warmed from the start unless a test asks for more (the others warm on demand).
+    { ...process.env, WARM_MODES: 'default', ...env },
     /worker (\S+) serving/,
   );
   return { ...p, id: p.match[1] as string };

@@ -20,7 +20,11 @@ export async function disposeLeftovers(): Promise<void> {
   for (const dispose of leftovers.splice(0).reverse()) await dispose();
 }
 
-/** A server on 127.0.0.1 and a free port, with a fresh image directory; disposed by {@link disposeLeftovers}. */
+/**
+ * A server on 127.0.0.1 and a free port, with a fresh image directory; disposed by {@link disposeLeftovers}.
+ * Only the default mode is warmed from the start (the others warm when a test asks for them), and it resolves once
+ * `/readyz` says ready (the default mode is warm).
+ */
 export async function startTestServer(
   overrides: Partial<ServerConfig> = {},
   deps: StartServerDeps = {},
@@ -34,6 +38,7 @@ export async function startTestServer(
       host: '127.0.0.1',
       imageDir,
       maxQueueDelayMs: 20,
+      warmModes: [],
       ...(process.env.FLUXQL_TEST_THREADS ? { threads: Number(process.env.FLUXQL_TEST_THREADS) } : {}),
       ...overrides,
     },
@@ -43,6 +48,13 @@ export async function startTestServer(
     await server.stop();
     await rm(imageDir, { recursive: true, force: true });
   });
+  await vi.waitFor(
+    async () => {
+      const res = await fetch(`${server.url}/readyz`);
+      if (res.status !== 200) throw new Error(`not ready: ${await res.text()}`);
+    },
+    { timeout: 120_000, interval: 20 },
+  );
   return { ...server, config };
 }
 

@@ -1,6 +1,6 @@
 /** The `fluxql` command line as a user runs it: generate writes real images; bad options fail with a clear message. */
 import { execFile } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -59,5 +59,38 @@ describe('fluxql generate', () => {
     ).rejects.toMatchObject({
       stderr: expect.stringMatching(/--out must end in/),
     });
+  });
+});
+
+describe('fluxql compile', () => {
+  it('builds every mode ahead of serving, planned ones included, into CACHE_DIR (alias FLUXQL_CACHE_DIR)', async () => {
+    const cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-compile-'));
+    const compile = (env: NodeJS.ProcessEnv) =>
+      run(process.execPath, [CLI, 'compile', '--mode', 'original', 'XL', 'L', 'M', 'S'], {
+        env: { ...process.env, CACHE_DIR: '', FLUXQL_CACHE_DIR: '', ...env },
+      });
+    const lines = (stdout: string) =>
+      stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { mode: string; manifest: string; cacheDir: string });
+    const first = lines((await compile({ CACHE_DIR: cacheDir })).stdout);
+    expect(first.map((l) => l.mode)).toEqual(['original', 'XL', 'L', 'M', 'S']);
+    for (const l of first) {
+      expect(l.cacheDir).toBe(cacheDir);
+      expect(l.manifest.startsWith(join(cacheDir, 'engines'))).toBe(true);
+      expect(existsSync(l.manifest)).toBe(true);
+    }
+    // Planned modes carry their plan in the manifest; S's step-cache threshold is calibrated and cached.
+    for (const l of first.filter((l) => ['L', 'M', 'S'].includes(l.mode))) {
+      expect(readFileSync(l.manifest, 'utf8')).toMatch(/"planSummary"/);
+    }
+    const plans = readdirSync(join(cacheDir, 'plans'));
+    expect(plans.some((f) => f.endsWith('-stepcache.json'))).toBe(true);
+    // The alias reads the same cache: everything is found, nothing is planned or compiled again.
+    const again = await compile({ FLUXQL_CACHE_DIR: cacheDir });
+    expect(lines(again.stdout).map((l) => l.manifest)).toEqual(first.map((l) => l.manifest));
+    expect(again.stderr).not.toMatch(/compiling|planning/);
+    rmSync(cacheDir, { recursive: true, force: true });
   });
 });

@@ -117,6 +117,12 @@ export async function createInThreadExecutor(
     unloadLora: async (name) => pipeline.loras.unload(name),
     activeLoras: async () => pipeline.loras.activeSet(),
     stats: async () => ({ sessionsCreated: pipeline.sessionsCreated }),
+    async warm(mode: string): Promise<void> {
+      if (!info.modes.includes(mode)) {
+        throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${info.modes.join(', ')}`);
+      }
+      await pipeline.engine(mode);
+    },
     // Reads the plan cache (what the planned modes' engines are compiled from); never plans or compiles.
     async modePlans(): Promise<Record<string, PlanLayer[]>> {
       const plans = cachedPlans(pipeline, options.cacheDir ?? defaultCacheDir());

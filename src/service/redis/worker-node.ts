@@ -18,6 +18,7 @@ import { isTerminalEvent, type JobEvent, JobEventHub } from '../job-events.ts';
 import { elapsedMs, isTerminal, type Job, JobStore } from '../jobs.ts';
 import { MeasuredStats } from '../measured.ts';
 import { createMetrics } from '../metrics.ts';
+import { type WarmModes, warmOrder } from '../mode-warmup.ts';
 import { decodeImageBytes, type StepExecutor } from '../pipeline.ts';
 import { Scheduler } from '../scheduler.ts';
 import { HEARTBEAT_MS, type WorkerAdvert } from './adverts.ts';
@@ -42,6 +43,8 @@ export interface RedisWorkerOptions extends RedisSettings {
   workerId?: string;
   /** The shared image directory (IMAGE_DIR, mounted on every node). */
   images: ImageStoreOptions;
+  /** Modes warmed in the background from the start besides the default one (WARM_MODES). @default 'all' */
+  warmModes?: WarmModes;
   log: (message: string, err?: unknown) => void;
 }
 
@@ -63,6 +66,7 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   const hub = new JobEventHub();
   const images = await ImageStore.create(o.images);
   const scheduler = new Scheduler({
+    warmModes: warmOrder(o.executor.info().modes, o.defaultSize, o.warmModes),
     executor: o.executor,
     store,
     events: hub,

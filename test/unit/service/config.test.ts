@@ -76,4 +76,12 @@ describe('loadConfig', () => {
     // The tools read only their own variables: a bad PORT does not stop `fluxql compile`.
     expect(loadPipelineSettings({ PORT: 'x', CACHE_DIR: '/c' })).toEqual({ ortSpin: false, cacheDir: '/c' });
   });
+
+  it('warms every mode from the start unless WARM_MODES narrows it', () => {
+    expect(loadConfig({}).warmModes).toBe('all');
+    expect(loadConfig({ WARM_MODES: 'ALL' }).warmModes).toBe('all');
+    expect(loadConfig({ WARM_MODES: 'default' }).warmModes).toEqual([]);
+    expect(loadConfig({ WARM_MODES: 'xl, S' }).warmModes).toEqual(['xl', 's']);
+    expect(() => loadConfig({ WARM_MODES: 'xl,huge' })).toThrow(/WARM_MODES/);
+  });
 });
