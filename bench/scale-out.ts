@@ -11,7 +11,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { disposeCluster, findRedisServer, startApi, startRedis, startWorker } from '../test/helpers/cluster.ts';
+import { disposeCluster, findRedisServer, startApi, startRedis, startWorker } from '../tools/cluster.ts';
 
 const LEVELS = (process.env.BENCH_WORKERS ?? '1,2,4').split(',').map(Number);
 const JOBS = Number(process.env.BENCH_JOBS ?? 24);

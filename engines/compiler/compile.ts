@@ -12,22 +12,25 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
+import { isPlannedMode, resolveMode } from '../../src/shared/vocabulary/modes.ts';
+import { type ModePlan, planChoices, planKey } from '../../src/shared/vocabulary/plan-types.ts';
+import {
+  type FluxTransformerConfig,
+  resolveTransformerConfig,
+} from '../../src/shared/vocabulary/transformer-config.ts';
 import type { ComponentWeights, ModelRepo } from '../../src/shared/weights/index.ts';
 import { buildClipGraph } from './flux/clip.ts';
 import { buildLoraTransformerGraph } from './flux/lora-transformer.ts';
 import { buildT5Graph } from './flux/t5.ts';
 import { parseClipTextConfig, parseT5EncoderConfig } from './flux/text-config.ts';
 import { buildTransformerGraph, type TransformerGraphOptions } from './flux/transformer.ts';
-import { type FluxTransformerConfig, resolveTransformerConfig } from './flux/transformer-config.ts';
 import { buildModulationGraph } from './flux/transformer-modulation.ts';
 import { buildTransformerHead, buildTransformerTail } from './flux/transformer-split.ts';
 import { buildVaeDecoderGraph, vaeDecoderConfigFromJson, vaeScaleFactor } from './flux/vae.ts';
 import { buildVaeEncoderGraph, vaeEncoderConfigFromJson } from './flux/vae-encoder.ts';
-import { isPlannedMode, resolveMode } from './modes.ts';
 import { ExternalDataWriter } from './onnx/external-data.ts';
 import { GraphBuilder } from './onnx/graph-builder.ts';
 import { plannedPolicy } from './planner/algorithms.ts';
-import { type ModePlan, planChoices, planKey } from './planner/plan-types.ts';
 
 /** Bump when graphs change in a way that must invalidate cached engines. */
 export const COMPILER_VERSION = '2';

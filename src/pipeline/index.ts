@@ -3,7 +3,7 @@
  * `engines/compiler/`; never the service or API layers. The service layer imports only this file.
  */
 
-export { MODE_NAMES, UnknownModeError } from '../../engines/compiler/modes.ts';
+export { MODE_NAMES, UnknownModeError } from '../shared/vocabulary/modes.ts';
 export {
   ControlImageError,
   type ControlImageErrorCode,

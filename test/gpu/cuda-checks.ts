@@ -33,7 +33,7 @@ import { FluxArgumentError } from '../../src/pipeline/flux/latents.ts';
 import { loadFluxTokenizers } from '../../src/pipeline/flux/tokenize.ts';
 import { LoraError } from '../../src/pipeline/lora/errors.ts';
 import { CudaEngineClient, CudaEngineExitedError } from '../../src/runtime/cuda/index.ts';
-import { writeBflRepo } from '../helpers/bfl-checkpoint.ts';
+import { writeBflRepo } from '../../tools/bfl-checkpoint.ts';
 import { MODEL_DIR, REPO_ROOT } from '../helpers/paths.ts';
 
 export const BIN = process.env.CUDA_ENGINE_BIN

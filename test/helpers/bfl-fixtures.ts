@@ -1,5 +1,5 @@
 /**
- * @file BFL checkpoint fixtures for the weight tests: the builders live in `test/helpers/bfl-checkpoint.ts` (no
+ * @file BFL checkpoint fixtures for the weight tests: the builders live in `tools/bfl-checkpoint.ts` (no
  * vitest there, so scripts can use them too); this adds the vitest assertion they share.
  */
 import { expect } from 'vitest';
@@ -11,7 +11,7 @@ export {
   vaeToBfl,
   writeBflCheckpoints,
   writeTensors,
-} from './bfl-checkpoint.ts';
+} from '../../tools/bfl-checkpoint.ts';
 
 /** Bit-exact float32 equality; byte comparison first because element-wise `toEqual` is slow on large arrays. */
 export function expectF32Equal(actual: Float32Array, expected: Float32Array, label: string): void {

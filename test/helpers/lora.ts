@@ -6,8 +6,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
-import type { FluxTransformerConfig } from '../../engines/compiler/flux/transformer-config.ts';
 import { loraModelSpec } from '../../src/pipeline/lora/model-layers.ts';
+import type { FluxTransformerConfig } from '../../src/shared/vocabulary/transformer-config.ts';
 import { type TensorInput, writeSafetensors } from '../../src/shared/weights/index.ts';
 import { MODEL_DIR } from './paths.ts';
 

@@ -5,9 +5,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { FluxTransformerConfig } from '../../engines/compiler/flux/transformer-config.ts';
 import { concatIds, ropeTables } from '../../src/pipeline/flux/rope.ts';
 import type { HostTensor } from '../../src/runtime/index.ts';
+import type { FluxTransformerConfig } from '../../src/shared/vocabulary/transformer-config.ts';
 import { FIXTURES_DIR, MODEL_DIR } from './paths.ts';
 import { readSafetensorsF32 } from './read-safetensors.ts';
 

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
-import { writeBflRepo } from '../helpers/bfl-checkpoint.ts';
+import { writeBflRepo } from '../../tools/bfl-checkpoint.ts';
 import { MODEL_DIR } from '../helpers/paths.ts';
 
 const cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-bfl-cache-'));

@@ -19,7 +19,7 @@ import {
   startApi,
   startRedis,
   startWorker,
-} from '../helpers/cluster.ts';
+} from '../../tools/cluster.ts';
 import {
   GenerateImageDocument,
   type GenerateImageInput,

@@ -1,60 +1,169 @@
 /**
- * Layer boundaries (ARCHITECTURE.md): onnxruntime-node only under src/runtime/, GraphQL libraries only under
- * src/api/, and data flowing one way: api → service → pipeline → runtime.
+ * Import rules of the whole repository (`src/`, `engines/`, `bench/`, `tools/`, `test/`):
+ * - src/ layers (ARCHITECTURE.md): onnxruntime-node only under src/runtime/, GraphQL libraries only under src/api/,
+ *   data flowing one way (api → service → pipeline → runtime), the environment read only in src/config.ts.
+ * - `engines/compiler` is a build-time tool: src/ reaches it only through `engines/compiler/index.ts`, from the build
+ *   path (`BUILD_PATH`); everything else the two share is the vocabulary in src/shared/vocabulary/ and the
+ *   manifests. The compiler reaches back only into src/shared/ and the runtime's public API (src/runtime/index.ts).
+ * - Nothing outside test/ imports test/; src/ imports nothing outside src/ but the compiler's entry point.
+ * Each rule is a function over the import graph, checked against the real tree and against a graph that breaks it.
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../helpers/paths.ts';
 
+/** One file's import specifiers (static, side-effect and dynamic), relative ones resolved to repository paths. */
+interface FileImports {
+  file: string;
+  specs: { spec: string; target?: string }[];
+}
+
 function files(dir: string): string[] {
+  if (!existsSync(dir)) return [];
   return readdirSync(dir).flatMap((n) => {
     const p = join(dir, n);
-    return statSync(p).isDirectory() ? files(p) : /\.(ts|mjs)$/.test(n) ? [p] : [];
+    if (n === 'node_modules' || n === 'build' || n === 'gql') return [];
+    return statSync(p).isDirectory() ? files(p) : /\.(ts|mts|mjs|js)$/.test(n) ? [p] : [];
   });
 }
 
-const SRC = join(REPO_ROOT, 'src');
-const imports = files(SRC).map((f) => ({
-  file: relative(SRC, f),
-  specs: [...readFileSync(f, 'utf8').matchAll(/(?:from\s+|import\s*\(\s*)['"]([^'"]+)['"]/g)].map((m) => m[1]!),
-}));
-const layerOf = (file: string) => file.split('/')[0]!;
+const IMPORT = /(?:\bfrom\s+|\bimport\s*\(\s*|^\s*import\s+)['"]([^'"]+)['"]/gm;
+
+function readImports(path: string): FileImports {
+  const file = relative(REPO_ROOT, path);
+  const specs = [...readFileSync(path, 'utf8').matchAll(IMPORT)].map((m) => {
+    const spec = m[1]!;
+    return spec.startsWith('.') ? { spec, target: relative(REPO_ROOT, join(dirname(path), spec)) } : { spec };
+  });
+  return { file, specs };
+}
+
+const ROOTS = ['src', 'engines', 'bench', 'tools', 'test', 'bin', 'web/src'];
+const graph: FileImports[] = ROOTS.flatMap((r) => files(join(REPO_ROOT, r))).map(readImports);
+
+const under = (path: string, dir: string) => path === dir || path.startsWith(`${dir}/`);
+const edges = (g: FileImports[]) => g.flatMap((f) => f.specs.map((s) => ({ file: f.file, ...s })));
+const show = (e: { file: string; spec: string }) => `${e.file} → ${e.spec}`;
+
+/** The only src/ files that run the compiler (through its entry point): `fluxql compile` and the mode warm-up. */
+const BUILD_PATH = ['src/pipeline/flux/engine-cache.ts', 'src/pipeline/flux/elastic-plan.ts'];
+const COMPILER_ENTRY = 'engines/compiler/index.ts';
+
+/** src/ ↔ engines/compiler only through the entry point (from the build path), the vocabulary and the manifests. */
+function compilerBoundary(g: FileImports[]): string[] {
+  return edges(g)
+    .filter((e) => e.target)
+    .filter((e) => {
+      if (under(e.file, 'src') && under(e.target!, 'engines')) {
+        return !(e.target === COMPILER_ENTRY && BUILD_PATH.includes(e.file));
+      }
+      if (under(e.file, 'engines/compiler') && under(e.target!, 'src')) {
+        return !(under(e.target!, 'src/shared') || e.target === 'src/runtime/index.ts');
+      }
+      return false;
+    })
+    .map(show);
+}
+
+/** test/ is imported only by test/ (its helpers are no library: shared helpers live in tools/). */
+function testImports(g: FileImports[]): string[] {
+  return edges(g)
+    .filter((e) => e.target && !under(e.file, 'test') && under(e.target, 'test'))
+    .map(show);
+}
+
+/** src/ imports nothing else of the repository but the compiler's entry point. */
+function srcSelfContained(g: FileImports[]): string[] {
+  return edges(g)
+    .filter((e) => e.target && under(e.file, 'src') && !under(e.target, 'src') && e.target !== COMPILER_ENTRY)
+    .map(show);
+}
+
+const layerOf = (file: string) => file.split('/')[1]!; // src/<layer>/...
+
+function layerOrder(g: FileImports[]): string[] {
+  const rank: Record<string, number> = { api: 3, service: 2, pipeline: 1, runtime: 0, shared: -1 };
+  return edges(g)
+    .filter((e) => e.target && under(e.file, 'src') && under(e.target, 'src'))
+    .filter((e) => {
+      const own = rank[layerOf(e.file)];
+      const r = rank[layerOf(e.target!)];
+      // cli/, main.ts, config.ts: composition roots
+      return own !== undefined && r !== undefined && r > own;
+    })
+    .map(show);
+}
 
 describe('architecture', () => {
   it('imports onnxruntime-node only in src/runtime', () => {
-    const bad = imports.filter(
-      (i) => layerOf(i.file) !== 'runtime' && i.specs.some((s) => s.startsWith('onnxruntime')),
+    const bad = edges(graph).filter(
+      (e) => e.spec.startsWith('onnxruntime') && !under(e.file, 'src/runtime') && !under(e.file, 'test'),
     );
-    expect(bad.map((b) => b.file)).toEqual([]);
+    expect(bad.map(show)).toEqual([]);
   });
 
   it('imports GraphQL libraries only in src/api', () => {
     const gql = /^(graphql|graphql-yoga|graphql-ws|@pothos\/|@graphql-yoga\/|dataloader)/;
-    const bad = imports.filter((i) => layerOf(i.file) !== 'api' && i.specs.some((s) => gql.test(s)));
-    expect(bad.map((b) => b.file)).toEqual([]);
+    const bad = edges(graph).filter((e) => under(e.file, 'src') && !under(e.file, 'src/api') && gql.test(e.spec));
+    expect(bad.map(show)).toEqual([]);
   });
 
   it('reads the environment only in src/config.ts (everything else is passed the settings)', () => {
-    const bad = files(SRC)
-      .filter((f) => relative(SRC, f) !== 'config.ts')
-      .filter((f) => /process\.env(\.[A-Za-z_]|\[)/.test(readFileSync(f, 'utf8')))
-      .map((f) => relative(SRC, f));
+    const bad = graph
+      .filter((f) => under(f.file, 'src') && f.file !== 'src/config.ts')
+      .filter((f) => /process\.env(\.[A-Za-z_]|\[)/.test(readFileSync(join(REPO_ROOT, f.file), 'utf8')))
+      .map((f) => f.file);
     expect(bad).toEqual([]);
   });
 
   it('never imports an upper layer from a lower one', () => {
-    const rank: Record<string, number> = { api: 3, service: 2, pipeline: 1, runtime: 0, shared: -1 };
-    const bad: string[] = [];
-    for (const i of imports) {
-      const own = rank[layerOf(i.file)];
-      if (own === undefined) continue; // cli/, main.ts, config.ts: composition roots
-      for (const s of i.specs.filter((s) => s.startsWith('.'))) {
-        const target = relative(SRC, join(SRC, i.file, '..', s)).split('/')[0]!;
-        const r = rank[target];
-        if (r !== undefined && r > own) bad.push(`${i.file} → ${s}`);
-      }
-    }
-    expect(bad).toEqual([]);
+    expect(layerOrder(graph)).toEqual([]);
+    expect(
+      layerOrder([{ file: 'src/runtime/x.ts', specs: [{ spec: '../service/y.ts', target: 'src/service/y.ts' }] }]),
+    ).toHaveLength(1);
+  });
+
+  it('reaches engines/compiler from src/ only through its entry point, the vocabulary and the manifests', () => {
+    expect(compilerBoundary(graph)).toEqual([]);
+    // What the rule catches: a deep import either way, and the entry point from outside the build path.
+    const broken: FileImports[] = [
+      { file: 'src/pipeline/lora/feeds.ts', specs: [{ spec: 'x', target: 'engines/compiler/flux/lora-policy.ts' }] },
+      { file: 'src/service/models.ts', specs: [{ spec: 'x', target: COMPILER_ENTRY }] },
+      { file: 'engines/compiler/compile.ts', specs: [{ spec: 'x', target: 'src/pipeline/flux/pipeline.ts' }] },
+      { file: 'engines/compiler/planner/measure.ts', specs: [{ spec: 'x', target: 'src/runtime/session.ts' }] },
+    ];
+    expect(compilerBoundary(broken)).toHaveLength(4);
+    const allowed: FileImports[] = [
+      { file: BUILD_PATH[0]!, specs: [{ spec: 'x', target: COMPILER_ENTRY }] },
+      { file: 'engines/compiler/compile.ts', specs: [{ spec: 'x', target: 'src/shared/vocabulary/modes.ts' }] },
+      { file: 'engines/compiler/planner/measure.ts', specs: [{ spec: 'x', target: 'src/runtime/index.ts' }] },
+    ];
+    expect(compilerBoundary(allowed)).toEqual([]);
+  });
+
+  it('imports test/ only from tests, and nothing outside src/ from src/', () => {
+    expect(testImports(graph)).toEqual([]);
+    expect(srcSelfContained(graph)).toEqual([]);
+    const broken: FileImports[] = [
+      { file: 'bench/scale-out.ts', specs: [{ spec: 'x', target: 'test/helpers/cluster.ts' }] },
+      { file: 'engines/cuda/scripts/prepare-fixtures.ts', specs: [{ spec: 'x', target: 'test/helpers/paths.ts' }] },
+    ];
+    expect(testImports(broken)).toHaveLength(2);
+    expect(
+      srcSelfContained([{ file: 'src/main.ts', specs: [{ spec: 'x', target: 'tools/cluster.ts' }] }]),
+    ).toHaveLength(1);
+  });
+
+  it('sees every kind of import (the rules are only as good as this parse)', () => {
+    const parsed = [
+      ...`import { a } from './a.ts';\nimport type { B } from "../b.ts";\nimport './side.ts';\nconst m = await import('./lazy.ts');\n} from '../multi.ts';`.matchAll(
+        IMPORT,
+      ),
+    ].map((m) => m[1]);
+    expect(parsed).toEqual(['./a.ts', '../b.ts', './side.ts', './lazy.ts', '../multi.ts']);
+    expect(
+      graph.some((f) => f.file === 'src/main.ts' && f.specs.some((s) => s.target === 'src/pipeline/index.ts')),
+    ).toBe(true); // main.ts's dynamic import of the pipeline
   });
 });

@@ -18,44 +18,16 @@
  * The QK-norm weights become inputs `lora_norm.<module>` `[Dh]` through the graph builder's norm hook, because BFL
  * Control LoRAs replace them outright (they are not deltas); the host feeds the base values when no LoRA does.
  */
+
+import {
+  type LoraEngineLayout,
+  type LoraLayerLayout,
+  loraInputNames,
+  loraNormInputName,
+  loraRankDim,
+} from '../../../src/shared/vocabulary/lora-layout.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import type { LinearPolicy } from './linear-policy.ts';
-
-/** One LoRA-capable Linear of a compiled engine, as the host must feed it. */
-export interface LoraLayerLayout {
-  /** Layer name as the policy saw it (diffusers module, or fused name). */
-  name: string;
-  inFeatures: number;
-  outFeatures: number;
-  /** For fused layers: the diffusers modules and their row ranges. */
-  parts?: { name: string; offset: number; outFeatures: number }[];
-}
-
-/** What a LoRA engine's transformer takes besides the base inputs. */
-export interface LoraEngineLayout {
-  /** Format tag of this record. */
-  version: 1;
-  layers: LoraLayerLayout[];
-  /** QK-norm modules whose weight is the input `lora_norm.<module>` `[dim]`. */
-  norms: { module: string; dim: number }[];
-  /** `hidden_states` width of this engine (128 on a control-capable engine of a 64-channel model). */
-  inChannels: number;
-  /** `in_channels` of the model the engine was compiled from. */
-  baseInChannels: number;
-}
-
-/** Graph-input names of one layer. */
-export const loraInputNames = (layer: string) => ({
-  a: `lora_a.${layer}`,
-  b: `lora_b.${layer}`,
-  bias: `lora_bias.${layer}`,
-});
-
-/** Graph-input name of a replaceable norm weight. */
-export const loraNormInputName = (module: string) => `lora_norm.${module}`;
-
-/** Symbolic rank dim of one layer (distinct per layer: ranks differ between layers and between LoRA sets). */
-export const loraRankDim = (layer: string) => `r.${layer}`;
 
 /** Collects the layout while the graph is built; pass {@link LoraRecorder.policy} as the linear policy. */
 export class LoraRecorder {

@@ -8,12 +8,17 @@
  * computes exactly the base model whatever the extra channels hold, and a control LoRA adds its delta on the full
  * width through the ordinary `lora_a.x_embedder` `[r, in + extra]` input.
  */
+
+import type { LoraEngineLayout } from '../../../src/shared/vocabulary/lora-layout.ts';
+import {
+  type FluxTransformerConfig,
+  resolveTransformerConfig,
+} from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import type { WeightReader } from '../onnx/nn.ts';
 import { type LinearPolicy, plainLinear } from './linear-policy.ts';
-import { type LoraEngineLayout, LoraRecorder } from './lora-policy.ts';
+import { LoraRecorder } from './lora-policy.ts';
 import { buildTransformerGraph, type TransformerGraphDescriptor } from './transformer.ts';
-import { type FluxTransformerConfig, resolveTransformerConfig } from './transformer-config.ts';
 
 /** Options of {@link buildLoraTransformerGraph}. */
 export interface LoraTransformerOptions {

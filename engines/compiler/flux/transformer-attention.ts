@@ -6,7 +6,7 @@
  * the RoPE tables `[S, Dh]` then broadcast over `[B, H]` without any reshape, and SDPA wants this layout anyway.
  */
 import { reshape, rmsNorm, sdpa } from '../onnx/nn.ts';
-import { readChecked } from './transformer-config.ts';
+import { readChecked } from './checked-weights.ts';
 import type { TransformerContext } from './transformer-layers.ts';
 
 /** RMSNorm epsilon of the QK norms (diffusers `RMSNorm(dim_head, eps=1e-6)`). */

@@ -3,9 +3,10 @@
  * `CombinedTimestepTextProjEmbeddings`, FLUX_SPEC §5.2 step 2), computed in the graph from the per-sample `timestep`
  * and `guidance` inputs so a batch may hold samples at different steps.
  */
+
+import { TIME_PROJ_DIM } from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { silu } from '../onnx/nn.ts';
-import { TIME_PROJ_DIM } from './transformer-config.ts';
 import { applyLinear, type BuildContext } from './transformer-layers.ts';
 
 /** Both σ and the guidance scale enter the model ×1000 (FLUX_SPEC §9 pitfall 5). */

@@ -18,11 +18,13 @@
  *
  * {@link jointAttention} is also the reference path (plain ONNX ops) when the context has no `fusedAttention`.
  */
+
+import type { ResolvedTransformerConfig } from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { reshape, split } from '../onnx/nn.ts';
+import { readChecked, readLinearChecked } from './checked-weights.ts';
 import { fuseLinearRows } from './linear-policy.ts';
 import { applyRope, attend, qkNorm, toHeads } from './transformer-attention.ts';
-import { type ResolvedTransformerConfig, readChecked, readLinearChecked } from './transformer-config.ts';
 import type { BuildContext, LinearSpec, TransformerContext } from './transformer-layers.ts';
 
 const MS = 'com.microsoft';

@@ -4,10 +4,12 @@
  *
  * Shape letters: B batch, L image tokens, T text tokens, S = T + L, D model width, H heads, Dh head dim.
  */
+
+import type { ResolvedTransformerConfig } from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { geluTanh, layerNorm, split, type WeightReader } from '../onnx/nn.ts';
+import { readLinearChecked } from './checked-weights.ts';
 import { fuseLinearRows, type LinearPolicy } from './linear-policy.ts';
-import { type ResolvedTransformerConfig, readLinearChecked } from './transformer-config.ts';
 
 /** LayerNorm epsilon of every norm in the FLUX transformer (no affine parameters). */
 export const FLUX_NORM_EPS = 1e-6;

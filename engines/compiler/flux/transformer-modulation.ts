@@ -9,11 +9,15 @@
  * `[N, pooled_projection_dim]`. Output: `modulation` `[N, M]`, M = Σ out of the modulation Linears, in
  * `modulationSpecs` order — the same embedding, SiLU and fused GEMM builders as the full graph, so the same values.
  */
+
+import {
+  type FluxTransformerConfig,
+  resolveTransformerConfig,
+} from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { silu, type WeightReader } from '../onnx/nn.ts';
 import { type LinearPolicy, plainLinear } from './linear-policy.ts';
 import type { TensorSpec, TransformerGraphDescriptor } from './transformer.ts';
-import { type FluxTransformerConfig, resolveTransformerConfig } from './transformer-config.ts';
 import { conditioningEmbedding } from './transformer-embeddings.ts';
 import { allBlocks, fuseModulation, MODULATION_INPUT, modulationSpecs, modulationWidth } from './transformer-fused.ts';
 import type { BuildContext } from './transformer-layers.ts';

@@ -16,18 +16,19 @@
  * Both are built with the same block builders, options and Linear policy as the full graph (`transformer.ts`), so a
  * tail run followed by nothing else gives exactly the full graph's `sample`.
  */
+
+import {
+  type FluxTransformerConfig,
+  type ResolvedTransformerConfig,
+  resolveTransformerConfig,
+  TransformerCompileError,
+} from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { layerNorm, silu, split, type WeightReader } from '../onnx/nn.ts';
 import { type LinearPolicy, plainLinear } from './linear-policy.ts';
 import type { TensorSpec, TransformerGraphOptions } from './transformer.ts';
 import { TRANSFORMER_DIMS } from './transformer.ts';
 import { doubleBlock, singleBlock } from './transformer-blocks.ts';
-import {
-  type FluxTransformerConfig,
-  type ResolvedTransformerConfig,
-  resolveTransformerConfig,
-  TransformerCompileError,
-} from './transformer-config.ts';
 import { conditioningEmbedding } from './transformer-embeddings.ts';
 import { fusedContext } from './transformer-fused.ts';
 import { applyLinear, type BuildContext, FLUX_NORM_EPS, type TransformerContext } from './transformer-layers.ts';

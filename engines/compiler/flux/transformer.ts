@@ -17,12 +17,15 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import {
+  type FluxTransformerConfig,
+  resolveTransformerConfig,
+} from '../../../src/shared/vocabulary/transformer-config.ts';
 import { ExternalDataWriter } from '../onnx/external-data.ts';
 import { type Dim, type DType, GraphBuilder } from '../onnx/graph-builder.ts';
 import { layerNorm, silu, split, type WeightReader } from '../onnx/nn.ts';
 import { type LinearPolicy, plainLinear } from './linear-policy.ts';
 import { doubleBlock, singleBlock } from './transformer-blocks.ts';
-import { type FluxTransformerConfig, resolveTransformerConfig } from './transformer-config.ts';
 import { conditioningEmbedding } from './transformer-embeddings.ts';
 import {
   allBlocks,

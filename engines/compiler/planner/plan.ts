@@ -12,15 +12,15 @@
  *    layer where it saves time) are measured too; the fastest candidate within budget wins, all-fp32 is the fallback.
  */
 
+import type { ModePlan, PlanEntry } from '../../../src/shared/vocabulary/plan-types.ts';
+import type { FluxTransformerConfig } from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { TransformerGraphOptions } from '../flux/transformer.ts';
 import { buildTransformerGraph } from '../flux/transformer.ts';
-import type { FluxTransformerConfig } from '../flux/transformer-config.ts';
 import { GraphBuilder } from '../onnx/graph-builder.ts';
 import type { WeightReader } from '../onnx/nn.ts';
 import { type Algorithm, COMPRESSIONS } from './algorithms.ts';
 import { CalibrationGraph, type LinearShape, type TransformerFeeds, timeLinear, tokensOf } from './measure.ts';
 import { type LayerChoices, optimizePlan, planTime, uniformPlan } from './optimize.ts';
-import type { ModePlan, PlanEntry } from './plan-types.ts';
 
 /** Prices a Linear shape under an algorithm (ms); {@link timeLinear} by default. */
 export type CostModel = (shape: LinearShape, algorithm: Algorithm) => Promise<number>;

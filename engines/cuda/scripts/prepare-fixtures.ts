@@ -16,7 +16,7 @@ import { join, relative, resolve } from 'node:path';
 import { loadFluxTokenizers } from '../../../src/pipeline/flux/tokenize.ts';
 import { cudaLoadSpec } from '../../../src/runtime/cuda/load-spec.ts';
 import { resolveModelRepo } from '../../../src/shared/weights/index.ts';
-import { writeBflCheckpoints } from '../../../test/helpers/bfl-checkpoint.ts';
+import { writeBflCheckpoints } from '../../../tools/bfl-checkpoint.ts';
 
 const [src = 'test/fixtures/flux-tiny-reference', out = '.device-fixtures'] = process.argv.slice(2);
 const files = [

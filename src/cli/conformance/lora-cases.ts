@@ -9,9 +9,9 @@
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { FluxTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
 import { FluxPipeline } from '../../pipeline/flux/pipeline.ts';
 import { mismatches, relativeError } from '../../shared/tensor-metrics.ts';
+import type { FluxTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
 import { openSafetensors, writeSafetensors } from '../../shared/weights/index.ts';
 import { type CaseResult, type Limits, readTransformerInputs, result } from './cases.ts';
 import type { FixtureIndex } from './fixture-index.ts';

@@ -8,10 +8,7 @@
  */
 import { cpSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import {
-  type FluxTransformerConfig,
-  resolveTransformerConfig,
-} from '../../../engines/compiler/flux/transformer-config.ts';
+import { type FluxTransformerConfig, resolveTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
 import { type FloatTensorInput, openComponentWeights, writeSafetensors } from '../../shared/weights/index.ts';
 
 /** A BFL module of the reference mapping: its diffusers targets as `[module, first BFL row]`, rows per target. */

@@ -11,17 +11,17 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { COMPILER_VERSION } from '../../../engines/compiler/compile.ts';
-import type { FluxTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
-import { isPlannedMode, MODE_NAMES, type ModeSpec, resolveMode } from '../../../engines/compiler/modes.ts';
 import {
+  COMPILER_VERSION,
   type Measurements,
   measureLayers,
   type PlannerInput,
   planModes,
-} from '../../../engines/compiler/planner/plan.ts';
-import type { ModePlan } from '../../../engines/compiler/planner/plan-types.ts';
+} from '../../../engines/compiler/index.ts';
 import type { HostTensor } from '../../runtime/index.ts';
+import { isPlannedMode, MODE_NAMES, type ModeSpec, resolveMode } from '../../shared/vocabulary/modes.ts';
+import type { ModePlan } from '../../shared/vocabulary/plan-types.ts';
+import type { FluxTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
 import type { SampleState } from './sample-state.ts';
 
 /** Bump when measurement or planning changes in a way that must invalidate cached plans. */

@@ -4,9 +4,9 @@
  */
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { compileEngine } from '../../../engines/compiler/compile.ts';
-import { MODE_NAMES } from '../../../engines/compiler/modes.ts';
-import type { ModePlan } from '../../../engines/compiler/planner/plan-types.ts';
+import { compileEngine } from '../../../engines/compiler/index.ts';
+import { MODE_NAMES } from '../../shared/vocabulary/modes.ts';
+import type { ModePlan } from '../../shared/vocabulary/plan-types.ts';
 import { type ModelRepo, resolveModelRepo } from '../../shared/weights/index.ts';
 import { type FlowMatchConfig, parseSchedulerConfig } from './schedule.ts';
 import type { FluxTokenizerPaths } from './tokenize.ts';

@@ -9,14 +9,11 @@
  * `generate` chains them for one call. Everything runs on the caller's thread; `executor.ts` hosts it in a worker.
  */
 import { randomUUID } from 'node:crypto';
-import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
-import {
-  type FluxTransformerConfig,
-  resolveTransformerConfig,
-} from '../../../engines/compiler/flux/transformer-config.ts';
-import { resolveModeFor } from '../../../engines/compiler/modes.ts';
 import type { EngineManifest, HostTensor, Session, SessionOptions } from '../../runtime/index.ts';
 import { type Engine, EngineLoader, type ExecutionProvider } from '../../runtime/index.ts';
+import type { LoraEngineLayout } from '../../shared/vocabulary/lora-layout.ts';
+import { resolveModeFor } from '../../shared/vocabulary/modes.ts';
+import { type FluxTransformerConfig, resolveTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
 import type { RgbImage, SampleRequest } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import { createLoraManager, readLoraLayout } from '../lora/engine-layout.ts';

@@ -5,8 +5,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
-import type { FluxTransformerConfig } from '../../../engines/compiler/flux/transformer-config.ts';
+import type { LoraEngineLayout } from '../../shared/vocabulary/lora-layout.ts';
+import type { FluxTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
 import type { ModelRepo } from '../../shared/weights/index.ts';
 import { LoraError } from './errors.ts';
 import { LoraManager } from './lora-manager.ts';

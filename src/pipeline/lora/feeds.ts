@@ -14,9 +14,10 @@
  * down factor (kohya / XLabs / BFL `qkv` splits) share one column block, so the fused layer runs at the original
  * rank, not three times it.
  */
-import type { LoraEngineLayout, LoraLayerLayout } from '../../../engines/compiler/flux/lora-policy.ts';
-import { loraInputNames, loraNormInputName } from '../../../engines/compiler/flux/lora-policy.ts';
+
 import type { HostTensor } from '../../runtime/index.ts';
+import type { LoraEngineLayout, LoraLayerLayout } from '../../shared/vocabulary/lora-layout.ts';
+import { loraInputNames, loraNormInputName } from '../../shared/vocabulary/lora-layout.ts';
 import { LoraError } from './errors.ts';
 import type { LoraFactor, ParsedLora } from './types.ts';
 

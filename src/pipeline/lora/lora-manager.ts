@@ -5,8 +5,9 @@
  * Invariants: a LoRA is parsed and fully validated before any state changes, so a malformed file leaves the
  * default set as it was; switching sets never touches ORT sessions, it only builds (or reuses) host arrays.
  */
-import type { LoraEngineLayout } from '../../../engines/compiler/flux/lora-policy.ts';
+
 import type { HostTensor } from '../../runtime/index.ts';
+import type { LoraEngineLayout } from '../../shared/vocabulary/lora-layout.ts';
 import { LoraError, type LoraErrorCode } from './errors.ts';
 import { type ActiveLora, buildLoraFeeds } from './feeds.ts';
 import { type LoraFile, listLoraFiles, resolveLoraFile } from './lora-dir.ts';

@@ -3,10 +3,7 @@
  * `[out, in]` size, the QK-norm weights BFL Control LoRAs replace, and the BFL module names (FLUX_SPEC §5.7) that
  * kohya and BFL Control files use, with how each maps onto diffusers modules (fused rows, swapped halves).
  */
-import {
-  type FluxTransformerConfig,
-  resolveTransformerConfig,
-} from '../../../engines/compiler/flux/transformer-config.ts';
+import { type FluxTransformerConfig, resolveTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
 
 /** `[out, in]` of one Linear. */
 export interface LinearShape {

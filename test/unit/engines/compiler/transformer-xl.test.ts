@@ -10,10 +10,10 @@ import { compileTransformer } from '../../../../engines/compiler/flux/transforme
 import { MODULATION_LAYER } from '../../../../engines/compiler/flux/transformer-fused.ts';
 import { buildModulationGraph } from '../../../../engines/compiler/flux/transformer-modulation.ts';
 import { buildTransformerHead, buildTransformerTail } from '../../../../engines/compiler/flux/transformer-split.ts';
-import { resolveMode } from '../../../../engines/compiler/modes.ts';
 import { GraphBuilder } from '../../../../engines/compiler/onnx/graph-builder.ts';
 import { Session } from '../../../../src/runtime/index.ts';
 import { relativeError } from '../../../../src/shared/tensor-metrics.ts';
+import { resolveMode } from '../../../../src/shared/vocabulary/modes.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
 import {
   fixtureTensor,

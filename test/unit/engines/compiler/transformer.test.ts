@@ -8,14 +8,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LinearLayer, type LinearPolicy, plainLinear } from '../../../../engines/compiler/flux/linear-policy.ts';
 import { compileTransformer } from '../../../../engines/compiler/flux/transformer.ts';
-import {
-  type FluxTransformerConfig,
-  TransformerCompileError,
-} from '../../../../engines/compiler/flux/transformer-config.ts';
 import type { WeightReader } from '../../../../engines/compiler/onnx/nn.ts';
 import { concatIds, ropeTables } from '../../../../src/pipeline/flux/rope.ts';
 import { type HostTensor, Session } from '../../../../src/runtime/index.ts';
 import { relativeError } from '../../../../src/shared/tensor-metrics.ts';
+import {
+  type FluxTransformerConfig,
+  TransformerCompileError,
+} from '../../../../src/shared/vocabulary/transformer-config.ts';
 import { openComponentWeights, type WeightSource } from '../../../../src/shared/weights/weight-source.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../../helpers/paths.ts';
 import { type F32Tensor, readSafetensorsF32 } from '../../../helpers/read-safetensors.ts';

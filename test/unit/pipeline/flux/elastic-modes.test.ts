@@ -7,10 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileEngine, PlanRequiredError } from '../../../../engines/compiler/compile.ts';
-import { ModeUnavailableError, resolveModeFor, UnknownModeError } from '../../../../engines/compiler/modes.ts';
 import { FluxPipeline } from '../../../../src/pipeline/flux/pipeline.ts';
 import { relativeChange, stepCacheOf } from '../../../../src/pipeline/flux/step-cache.ts';
 import { THRESHOLD_CANDIDATES } from '../../../../src/pipeline/flux/step-cache-calibration.ts';
+import { ModeUnavailableError, resolveModeFor, UnknownModeError } from '../../../../src/shared/vocabulary/modes.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
 
 describe('elastic modes (flux-tiny)', () => {

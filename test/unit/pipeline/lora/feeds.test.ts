@@ -4,11 +4,11 @@
  * zero-padding onto a widened input, and QK-norm replacement.
  */
 import { describe, expect, it } from 'vitest';
-import type { LoraEngineLayout } from '../../../../engines/compiler/flux/lora-policy.ts';
 import { LoraError } from '../../../../src/pipeline/lora/errors.ts';
 import { buildLoraFeeds } from '../../../../src/pipeline/lora/feeds.ts';
 import type { LoraFactor, ParsedLora } from '../../../../src/pipeline/lora/types.ts';
 import type { HostTensor } from '../../../../src/runtime/index.ts';
+import type { LoraEngineLayout } from '../../../../src/shared/vocabulary/lora-layout.ts';
 import { noise } from '../../../helpers/lora.ts';
 
 function f(

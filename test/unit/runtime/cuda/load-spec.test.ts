@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { type CudaLoadSpec, cudaLoadSpec } from '../../../../src/runtime/cuda/load-spec.ts';
 import { resolveModelRepo } from '../../../../src/shared/weights/index.ts';
 import { openSafetensors } from '../../../../src/shared/weights/safetensors.ts';
-import { writeBflRepo } from '../../../helpers/bfl-checkpoint.ts';
+import { writeBflRepo } from '../../../../tools/bfl-checkpoint.ts';
 import { MODEL_DIR } from '../../../helpers/paths.ts';
 
 const dirs: string[] = [];

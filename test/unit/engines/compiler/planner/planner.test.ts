@@ -8,7 +8,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileTransformer } from '../../../../../engines/compiler/flux/transformer.ts';
-import { resolveMode } from '../../../../../engines/compiler/modes.ts';
 import { type Algorithm, COMPRESSIONS, plannedPolicy } from '../../../../../engines/compiler/planner/algorithms.ts';
 import { CalibrationGraph, type LinearShape } from '../../../../../engines/compiler/planner/measure.ts';
 import { optimizePlan, planTime, uniformPlan } from '../../../../../engines/compiler/planner/optimize.ts';
@@ -18,9 +17,10 @@ import {
   type PlannerInput,
   planModes,
 } from '../../../../../engines/compiler/planner/plan.ts';
-import { type ModePlan, planChoices } from '../../../../../engines/compiler/planner/plan-types.ts';
 import { Session } from '../../../../../src/runtime/index.ts';
 import { relativeError } from '../../../../../src/shared/tensor-metrics.ts';
+import { resolveMode } from '../../../../../src/shared/vocabulary/modes.ts';
+import { type ModePlan, planChoices } from '../../../../../src/shared/vocabulary/plan-types.ts';
 import { openComponentWeights, type WeightSource } from '../../../../../src/shared/weights/weight-source.ts';
 import {
   fixtureTensor,

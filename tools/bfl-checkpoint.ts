@@ -1,13 +1,13 @@
 /**
- * @file Test-only inverse of the BFL key map: builds BFL-format checkpoints from the embedded diffusers flux-tiny, by
- * hand-written rules (fuse q/k/v, linear1 = [q; k; v; mlp], swap the final modulation halves, rename, reverse VAE
+ * @file The inverse of the BFL key map, for tests and the CUDA engine's fixtures (never for the server): builds
+ * BFL-format checkpoints from the embedded diffusers flux-tiny, by hand-written rules (fuse q/k/v, linear1 = [q; k; v; mlp], swap the final modulation halves, rename, reverse VAE
  * up blocks), so the loader's forward mapping is checked against an independent statement of FLUX_SPEC §5.7 / §6.
  */
 import { cpSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { openSafetensors } from '../../src/shared/weights/safetensors.ts';
-import { type FloatTensorInput, writeSafetensors } from '../../src/shared/weights/safetensors-writer.ts';
-import { MODEL_DIR } from './paths.ts';
+import { EMBEDDED_MODEL_DIR as MODEL_DIR } from '../src/config.ts';
+import { openSafetensors } from '../src/shared/weights/safetensors.ts';
+import { type FloatTensorInput, writeSafetensors } from '../src/shared/weights/safetensors-writer.ts';
 
 /** A float32 tensor held in memory. */
 export interface Tensor {

@@ -3,11 +3,11 @@
  *
  * - `original`: exactly the diffusers computation in float32.
  * - `XL`: the mathematically equivalent optimised graph: fused projections (fewer, larger GEMMs), contrib-op attention
- *   and one GEMM for all modulations (`flux/transformer-fused.ts`), run once per sample over all its steps
+ *   and one GEMM for all modulations (`engines/compiler/flux/transformer-fused.ts`), run once per sample over all its steps
  *   (`precomputedModulation`).
- * - `L`, `M`, `S`: XL plus per-layer compression chosen by the planner (`planner/`) under an error budget (relative
+ * - `L`, `M`, `S`: XL plus per-layer compression chosen by the planner (`engines/compiler/planner/`) under an error budget (relative
  *   L2 error of the transformer output against `original` on calibration inputs: 1 %, 1.5 %, 2 %); `S` adds step
- *   caching (First-Block-Cache, `flux/transformer-split.ts`) with its own threshold.
+ *   caching (First-Block-Cache, `engines/compiler/flux/transformer-split.ts`) with its own threshold.
  */
 
 /** Transformer graph switches of one mode (JSON-serialisable: they are part of the compile cache key). */
@@ -35,7 +35,7 @@ export interface ModeSpec {
   /**
    * XL: the modulation vectors of all of a sample's steps are computed once, before its denoising loop, by the extra
    * component `transformer_modulation` (one GEMM over `[steps·B, D]` rows); the transformer graph takes them as the
-   * input `modulation` (`modulationInput`, see `flux/transformer-fused.ts`). Not for LoRA engines.
+   * input `modulation` (`modulationInput`, see `engines/compiler/flux/transformer-fused.ts`). Not for LoRA engines.
    */
   precomputedModulation?: boolean;
 }

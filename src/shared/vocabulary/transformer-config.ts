@@ -1,9 +1,9 @@
 /**
  * @file The FLUX transformer's configuration (diffusers `transformer/config.json`, FLUX_SPEC §1.1) resolved to the
- * sizes the graph builder needs, and weight readers that check every tensor against those sizes, so a checkpoint
- * that does not match its config fails at compile time with the tensor's name instead of deep inside ORT.
+ * sizes the graph builder needs (and the LoRA layer layout, the CUDA load spec); the compiler's weight readers
+ * check every tensor against those sizes (`engines/compiler/flux/checked-weights.ts`), so a checkpoint that does
+ * not match its config fails at compile time with the tensor's name instead of deep inside ORT.
  */
-import type { LinearWeights, WeightReader } from '../onnx/nn.ts';
 
 /** `transformer/config.json` of `FluxTransformer2DModel` as diffusers writes it; absent fields take diffusers' defaults. */
 export interface FluxTransformerConfig {
@@ -104,39 +104,4 @@ export function resolveTransformerConfig(config: FluxTransformerConfig): Resolve
     guidanceEmbeds: config.guidance_embeds ?? false,
     axesDimsRope: [...axes],
   };
-}
-
-function shapeStr(shape: readonly number[]): string {
-  return `[${shape.join(', ')}]`;
-}
-
-/**
- * Reads a float32 tensor after checking it exists with exactly `shape`.
- * @throws TransformerCompileError naming the tensor when it is missing or its shape differs.
- */
-export function readChecked(w: WeightReader, name: string, shape: readonly number[]): Float32Array {
-  if (!w.has(name)) throw new TransformerCompileError(name, `missing from the transformer weights`);
-  const actual = w.info(name).shape;
-  if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
-    throw new TransformerCompileError(
-      name,
-      `shape ${shapeStr(actual)} does not match the config, expected ${shapeStr(shape)}`,
-    );
-  }
-  return w.readF32(name);
-}
-
-/**
- * Reads the Linear `<module>.weight` `[outFeatures, inFeatures]` and its optional `<module>.bias` `[outFeatures]`.
- * @throws TransformerCompileError naming the tensor when the weight is missing or either shape differs.
- */
-export function readLinearChecked(
-  w: WeightReader,
-  module: string,
-  outFeatures: number,
-  inFeatures: number,
-): LinearWeights {
-  const weight = readChecked(w, `${module}.weight`, [outFeatures, inFeatures]);
-  const bias = w.has(`${module}.bias`) ? readChecked(w, `${module}.bias`, [outFeatures]) : undefined;
-  return { weight, outFeatures, inFeatures, bias };
 }
