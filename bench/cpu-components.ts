@@ -10,6 +10,7 @@
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { describeMachine, writeResults } from './lib/results.ts';
 import { BENCH_CPU_CONFIG, writeSyntheticModel } from './lib/synthetic-model.ts';
@@ -49,7 +50,10 @@ async function benchModel(
   modelDir: string,
 ): Promise<{ label: string; modelDir: string; timings: Timing[] }> {
   process.stderr.write(`[${label}] loading ${modelDir} (compiles engines on first use)\n`);
-  const pipe = await FluxPipeline.fromPretrained(modelDir, { onLog: (m) => process.stderr.write(`  ${m}\n`) });
+  const pipe = await FluxPipeline.fromPretrained(modelDir, {
+    ...loadPipelineSettings(),
+    onLog: (m) => process.stderr.write(`  ${m}\n`),
+  });
   const { sessions } = await pipe.engine('original');
   const prompt = 'A photograph of a red fox in a snowy forest at dawn';
   const clipIds = pipe.tokenizers.encodeClip([prompt]);

@@ -17,6 +17,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { loraModelSpec } from '../src/pipeline/lora/model-layers.ts';
 import type { FluxTransformerConfig } from '../src/shared/vocabulary/transformer-config.ts';
@@ -103,6 +104,7 @@ async function benchModel(
       writeFullLora(join(loraDir, `switch_${n}.safetensors`), config, 32, n.charCodeAt(0));
     process.stderr.write(`[${label}] loading ${modelDir} (compiles engines on first use)\n`);
     const pipe = await FluxPipeline.fromPretrained(modelDir, {
+      ...loadPipelineSettings(),
       loraDir,
       modes: [],
       onLog: (m) => process.stderr.write(`  ${m}\n`),
