@@ -29,9 +29,13 @@ const file = JSON.parse(readFileSync(RESULTS, 'utf8')) as {
   models: Record<string, { modes: Record<string, FileMode> }>;
 };
 
+/** One server for the tests that read the real result file (started by the first that needs it). */
+let withResults: Promise<{ url: string }> | undefined;
+const serverWithResults = () => (withResults ??= startTestServer({ modelBatch: 2, modesResults: RESULTS }));
+
 describe('models: measured quality and plan', () => {
   it('shows the quality and plan of every mode of flux-tiny from the result file', async () => {
-    const { url } = await startTestServer({ modelBatch: 2, modesResults: RESULTS });
+    const { url } = await serverWithResults();
     const { models } = await gqlData(url, ModelsDocument, {});
     const recorded = file.models['flux-tiny']?.modes;
     if (!recorded) throw new Error('modes.json has no flux-tiny');
@@ -62,7 +66,7 @@ describe('models: measured quality and plan', () => {
   });
 
   it("lists M's per-layer plan after a generation in M, as the planner's cached plan holds it", async () => {
-    const { url } = await startTestServer({ modelBatch: 2, modesResults: RESULTS });
+    const { url } = await serverWithResults();
     const { generateImage: r } = await gqlData(url, GenerateImageDocument, {
       input: { prompt: 'a lighthouse on a cliff at dawn', seed: 7, width: 64, height: 64, steps: 2, mode: 'M' },
     });
