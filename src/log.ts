@@ -34,6 +34,8 @@ export function createLogger(options: LogOptions = {}): Logger {
       base: { pid: process.pid },
       formatters: { level: (label) => ({ level: label }) },
       timestamp: pino.stdTimeFunctions.isoTime,
+      // Request lines carry the request's headers: never the bearer token or cookies.
+      redact: { paths: ['req.headers.authorization', 'req.headers.cookie'], censor: '[redacted]' },
     },
     destination,
   );

@@ -44,6 +44,11 @@ function originOf(req: IncomingMessage, publicUrl?: string): string {
   return `${proto}://${req.headers.host ?? 'localhost'}`;
 }
 
+function withJobId(res: ServerResponse, val: Record<string, unknown>): Record<string, unknown> {
+  const jobId = res.getHeader('x-job-id');
+  return typeof jobId === 'string' ? { ...val, jobId } : val;
+}
+
 /** Builds the HTTP server (not listening yet). */
 export function buildApp(options: AppOptions) {
   const { service, logger } = options;
@@ -62,6 +67,9 @@ export function buildApp(options: AppOptions) {
     // Probes and scrapes every few seconds would drown the rest.
     autoLogging: { ignore: (req) => ['/healthz', '/readyz', '/metrics'].includes(req.url ?? '') },
     customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : 'info'),
+    // The job a generation request made (REST sets X-Job-Id), so a request id leads to the job's own lines.
+    customSuccessObject: (_req, res, val: Record<string, unknown>) => withJobId(res, val),
+    customErrorObject: (_req, res, _err, val: Record<string, unknown>) => withJobId(res, val),
     quietReqLogger: true,
   });
 
