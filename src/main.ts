@@ -78,6 +78,7 @@ export async function startApiNode(
         maxQueueSize: config.maxQueueSize,
         historySeconds: config.jobHistorySeconds,
         log,
+        logger,
       }),
   });
   return serveHttp(service, config, logger);
