@@ -254,6 +254,21 @@ describe('queue API: positions, cancel and failures (fake executor holding steps
   });
 });
 
+describe('queue API: auth', () => {
+  it('needs the bearer token like the other /v1 routes', async () => {
+    const { url } = await startTestServer({ authToken: 'queue-token' }, { executor: createFakeExecutor() });
+    const denied = await post(url, { prompt: 'x', size: '64x64', num_inference_steps: 1 });
+    expect(denied.status).toBe(401);
+    expect((await getJson(`${url}/v1/queue/requests/x/status`)).status).toBe(401);
+    const res = await fetch(`${url}/v1/queue/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer queue-token' },
+      body: JSON.stringify({ prompt: 'x', size: '64x64', num_inference_steps: 1 }),
+    });
+    expect(res.status).toBe(202);
+  });
+});
+
 describe('queue API: webhook URL guard', () => {
   it('refuses loopback and private webhook URLs unless allowed, and webhooks without a secret', async () => {
     const executor = createFakeExecutor();
