@@ -105,4 +105,20 @@ describe.skipIf(!redisBin)('queue API over Redis', () => {
     expect(events(a.output())).toEqual(['job.queued']);
     await eventually(() => expect(events(worker.output())).toEqual(['job.started', 'job.succeeded']));
   });
+  it('stops an API node on SIGTERM while a request with a webhook has not ended', { timeout: 60_000 }, async () => {
+    const hookUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/late`;
+    // Large and long enough to still run when node B stops.
+    const res = await fetch(`${b.url}/v1/queue/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'slow', size: '1024x1024', num_inference_steps: 50, webhook_url: hookUrl }),
+    });
+    expect(res.status).toBe(202);
+    const { status_url: statusUrl } = (await res.json()) as { status_url: string };
+    expect(['IN_QUEUE', 'IN_PROGRESS']).toContain(
+      ((await (await fetch(statusUrl)).json()) as { status: string }).status,
+    );
+    await b.kill('SIGTERM');
+    expect(await b.exited).toBe(0);
+  });
 });

@@ -158,6 +158,8 @@ export async function handleImageGeneration(
     if (!parsed) service.countError(err);
     throw toHttpError(err, parsed?.fromSize ?? body.size !== undefined);
   }
+  // On every answer from here on, errors included (and so in the request's log line).
+  res.setHeader('x-job-id', jobId);
   // A client that hangs up no longer wants the image: free its slot (vLLM/TGI abort-on-disconnect).
   const onClose = () => {
     if (!res.writableEnded) service.cancel(jobId, 'client disconnected').catch(() => {});

@@ -123,8 +123,10 @@ export class WebhookDispatcher {
   }
 
   async #deliver(url: URL, jobId: string, build: () => Promise<Omit<WebhookBody, 'timestamp'>>): Promise<void> {
-    const content = await build();
-    if (this.#stop.signal.aborted) return;
+    // Waiting for the job's end must not hold up `close`: a scale-out API node stops its Redis clients first, after
+    // which the job's end would never be seen.
+    const content = await untilAborted(build(), this.#stop.signal);
+    if (content === undefined) return;
     const where = `${url.origin}${url.pathname}`;
     for (let attempt = 1; attempt <= this.#s.maxAttempts; attempt++) {
       if (attempt > 1) {
@@ -202,6 +204,25 @@ async function resolveAll(host: string): Promise<string[] | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/** `promise`'s value, or undefined as soon as `signal` aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
+  if (signal.aborted) return Promise.resolve(undefined);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
 }
 
 /** Resolves true after `ms`, or false at once when `signal` aborts. */
