@@ -4,8 +4,10 @@
  * private webhook URLs, and, with the fake executor holding or failing steps, queue positions, cancel and failure.
  */
 import { createHmac } from 'node:crypto';
+import { readdir, rm } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createFakeExecutor } from '../fixtures/fake-executor.ts';
@@ -71,8 +73,12 @@ afterAll(disposeLeftovers);
 
 describe('queue API on the real pipeline', () => {
   let url: string;
+  let imageDir: string;
   beforeAll(async () => {
-    ({ url } = await startTestServer({
+    ({
+      url,
+      config: { imageDir },
+    } = await startTestServer({
       webhookSecret: SECRET,
       webhookAllowPrivateUrls: true,
       webhookRetryBaseMs: 50,
@@ -154,6 +160,17 @@ describe('queue API on the real pipeline', () => {
     } finally {
       await receiver.close();
     }
+  });
+
+  it('answers 410 image_expired once the image cleanup removed the files', async () => {
+    const { json } = await post(url, { prompt: 'short-lived', size: '64x64', num_inference_steps: 1 });
+    await eventually(async () => expect((await getJson(json.status_url as string)).json.status).toBe('COMPLETED'));
+    for (const name of await readdir(imageDir)) {
+      if (name.startsWith(json.request_id as string)) await rm(join(imageDir, name));
+    }
+    const gone = await getJson(json.response_url as string);
+    expect(gone.status).toBe(410);
+    expect(gone.json.error).toMatchObject({ code: 'image_expired' });
   });
 
   it('answers 404 for an unknown request and 405 for a wrong method', async () => {

@@ -12,6 +12,8 @@
  *   answers what the synchronous route would have: 500 with the job's error code, 409 `canceled` for a cancelled one.
  *   `data` holds `b64_json` unless the submission asked for `response_format: "url"`; the response URL carries that
  *   choice in its query, so any API node (scale-out) answers it without state of its own.
+ *   Results stay available while the job record does (the last 1000 finished jobs in one process, JOB_HISTORY_S in
+ *   scale-out) and its images exist (410 `image_expired` after the image cleanup).
  * - `PUT` or `POST /v1/queue/requests/{id}/cancel`: 202 `{status: "CANCELLATION_REQUESTED"}` (queued: cancelled at
  *   once; running: at the next step boundary), 400 `{status: "ALREADY_COMPLETED"}` when it had ended.
  * - Webhooks (`webhooks.ts`): the API node that accepted the request waits for its end and POSTs the result once
@@ -157,7 +159,19 @@ async function sendResult(res: ServerResponse, job: Job, c: QueueContext, format
     const e = errorOf(job);
     throw new HttpError(500, e.message, 'server_error', e.code);
   }
-  sendJson(res, 200, await openAiResult(job, c.service, format, c.baseUrl), { 'x-job-id': job.id });
+  const result = await openAiResult(job, c.service, format, c.baseUrl).catch((err: NodeJS.ErrnoException) => {
+    // The image cleanup (IMAGE_MAX_AGE_S, IMAGE_MAX_BYTES) removed the files while the record lives on.
+    if (err.code === 'ENOENT') {
+      throw new HttpError(
+        410,
+        'The images of this request were removed by the cleanup',
+        'invalid_request_error',
+        'image_expired',
+      );
+    }
+    throw err;
+  });
+  sendJson(res, 200, result, { 'x-job-id': job.id });
 }
 
 async function cancel(res: ServerResponse, c: QueueContext, id: string): Promise<void> {
