@@ -271,6 +271,49 @@ describe('queue API: positions, cancel and failures (fake executor holding steps
   });
 });
 
+describe('queue API: status stream', () => {
+  it('streams the status at once, at every step, and ends after COMPLETED', async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    let calls = 0;
+    // The first step waits until the stream is open; the others run freely.
+    const executor = createFakeExecutor({ gate: () => (calls++ === 0 ? held : Promise.resolve()) });
+    const { url } = await startTestServer({}, { executor });
+    const { json } = await post(url, { prompt: 'streamed', size: '64x64', num_inference_steps: 3 });
+    const res = await fetch(`${json.status_url}/stream`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const statuses: { status: string; step?: number }[] = [];
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      for (let i = buffer.indexOf('\n\n'); i >= 0; i = buffer.indexOf('\n\n')) {
+        statuses.push(JSON.parse(buffer.slice(0, i).replace(/^data: /, '')));
+        buffer = buffer.slice(i + 2);
+      }
+      if (statuses.length === 1) release();
+    }
+    // Opened while queued or just started (the snapshot), then every change once, in order.
+    const seq = statuses.map((x) => `${x.status}${x.step ?? ''}`);
+    expect(seq[0] === 'IN_QUEUE' ? seq.slice(1) : seq).toEqual([
+      'IN_PROGRESS0',
+      'IN_PROGRESS1',
+      'IN_PROGRESS2',
+      'IN_PROGRESS3',
+      'COMPLETED',
+    ]);
+    expect(statuses.at(-1)).toMatchObject({
+      request_id: json.request_id,
+      metrics: { inference_time: expect.any(Number) },
+    });
+    const missing = await fetch(`${url}/v1/queue/requests/nope/status/stream`);
+    expect(missing.status).toBe(404);
+  });
+});
+
 describe('queue API: auth', () => {
   it('needs the bearer token like the other /v1 routes', async () => {
     const { url } = await startTestServer({ authToken: 'queue-token' }, { executor: createFakeExecutor() });

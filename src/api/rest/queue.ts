@@ -7,6 +7,7 @@
  * - `GET /v1/queue/requests/{id}/status`: `IN_QUEUE` (`queue_position`: requests ahead, 0 = next), `IN_PROGRESS`
  *   (`step`, `total_steps`), `COMPLETED`, or `FAILED` (`error: {code, message}`; a cancelled job is `FAILED` with code
  *   `canceled`).
+ * - `GET /v1/queue/requests/{id}/status/stream`: the same bodies as Server-Sent Events at every change, until the end.
  * - `GET /v1/queue/requests/{id}` (the response URL): the OpenAI-shaped result once COMPLETED. Before that, as fal
  *   does, 400 with code `request_in_progress` ("Request is still in progress"; poll the status URL). A failed job
  *   answers what the synchronous route would have: 500 with the job's error code, 409 `canceled` for a cancelled one.
@@ -30,7 +31,7 @@ import type { WebhookBody, WebhookDispatcher } from './webhooks.ts';
 /** Prefix of every queue route. */
 export const QUEUE_PREFIX = '/v1/queue/';
 const SUBMIT_PATH = '/v1/queue/images/generations';
-const REQUEST_PATH = /^\/v1\/queue\/requests\/([A-Za-z0-9-]{1,100})(\/status|\/cancel)?$/;
+const REQUEST_PATH = /^\/v1\/queue\/requests\/([A-Za-z0-9-]{1,100})(\/status\/stream|\/status|\/cancel)?$/;
 
 /** What the queue routes need. */
 export interface QueueContext {
@@ -61,6 +62,7 @@ export async function handleQueueRoute(req: IncomingMessage, res: ServerResponse
   if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, url.pathname);
   const job = await requireJob(c.service, id);
   if (tail === '/status') return sendJson(res, 200, await statusOf(job, c));
+  if (tail === '/status/stream') return streamStatus(res, job, c);
   const format = url.searchParams.get('response_format') === 'url' ? 'url' : 'b64_json';
   return sendResult(res, job, c, format);
 }
@@ -144,6 +146,45 @@ function inferenceSeconds(job: Job): number | null {
 function errorOf(job: Job): { code: string; message: string } {
   if (job.status === 'CANCELED') return { code: 'canceled', message: job.cancelReason ?? 'canceled' };
   return { code: job.error?.code ?? 'generation_failed', message: job.error?.message ?? 'generation failed' };
+}
+
+/**
+ * `GET .../status/stream` (fal's status stream): Server-Sent Events, one `data:` line with the status body (as
+ * `/status` answers it) at once and at every change (each denoising step while IN_PROGRESS), ending after COMPLETED or
+ * FAILED. A client that closes the stream just stops listening; the request goes on.
+ */
+async function streamStatus(res: ServerResponse, job: Job, c: QueueContext): Promise<void> {
+  const events = await c.service.watch(job.id);
+  res.once('close', () => void events.return?.());
+  res.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-store',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no', // nginx: pass events on at once
+    'x-job-id': job.id,
+  });
+  const send = (body: Record<string, unknown>) => {
+    if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify(body)}\n\n`);
+  };
+  const base = { request_id: job.id, ...urlsOf(job.id, c.baseUrl, 'b64_json') };
+  try {
+    for await (const e of events) {
+      if (e.type === 'snapshot') send(await statusOf(e.job, c));
+      else if (e.type === 'started' || e.type === 'retrying') {
+        send({ ...base, status: 'IN_PROGRESS', step: 0, total_steps: job.totalSteps });
+      } else if (e.type === 'step') {
+        send({ ...base, status: 'IN_PROGRESS', step: e.step, total_steps: e.totalSteps });
+      } else {
+        // Terminal: the record has the final state (times, error).
+        send(await statusOf((await c.service.get(job.id)) ?? job, c));
+      }
+    }
+  } catch (err) {
+    // The head is sent: an error can only end the stream (the client sees no terminal status and may poll).
+    c.log.warn({ err, jobId: job.id }, 'status stream ended early');
+  } finally {
+    res.end();
+  }
 }
 
 async function sendResult(res: ServerResponse, job: Job, c: QueueContext, format: 'b64_json' | 'url'): Promise<void> {
