@@ -12,6 +12,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
+import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { BENCH_MODES, benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
 import { createProgress } from './lib/progress.ts';
@@ -100,6 +101,7 @@ const results: { model: string; file: string; meanMsByMode: Record<string, numbe
 for (const m of benchModels(values.only)) {
   progress.log(`[${m.label}] loading every mode (compiles engines and plans on first use)`);
   const pipe = await FluxPipeline.fromPretrained(m.dir, {
+    ...loadPipelineSettings(),
     modes: [...BENCH_MODES],
     onLog: (x) => progress.log(`  ${x}`),
   });

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../helpers/paths.ts';
-import { eventually } from '../utils/test-server.ts';
+import { eventually } from '../helpers/test-server.ts';
 
 const TOKEN = 'log-test-token-5678';
 let proc: ChildProcess;

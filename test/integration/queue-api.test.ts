@@ -10,8 +10,8 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createFakeExecutor } from '../fixtures/fake-executor.ts';
-import { disposeLeftovers, eventually, startTestServer } from '../utils/test-server.ts';
+import { createFakeExecutor } from '../helpers/fake-executor.ts';
+import { disposeLeftovers, eventually, startTestServer } from '../helpers/test-server.ts';
 
 const SECRET = 'queue-test-secret-0123456789';
 
@@ -294,7 +294,8 @@ describe('queue API: status stream', () => {
         statuses.push(JSON.parse(buffer.slice(0, i).replace(/^data: /, '')));
         buffer = buffer.slice(i + 2);
       }
-      if (statuses.length === 1) release();
+      // Idempotent; the first chunk may carry several events.
+      if (statuses.length > 0) release();
     }
     // Opened while queued or just started (the snapshot), then every change once, in order.
     const seq = statuses.map((x) => `${x.status}${x.step ?? ''}`);

@@ -18,8 +18,8 @@ import {
   startApi,
   startRedis,
   startWorker,
-} from '../utils/cluster.ts';
-import { eventually } from '../utils/test-server.ts';
+} from '../../tools/cluster.ts';
+import { eventually } from '../helpers/test-server.ts';
 
 const redisBin = findRedisServer();
 const SECRET = 'scale-out-webhook-secret-42';
