@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
+import { createProgress } from './lib/progress.ts';
 import { describeMachine, writeResults } from './lib/results.ts';
 import { BENCH_CPU_CONFIG, writeSyntheticModel } from './lib/synthetic-model.ts';
 
@@ -28,13 +29,17 @@ const SIZE = Number(values.size);
 const STEPS = Number(values.steps);
 const REPEATS = Number(values.repeats);
 
+const progress = createProgress();
+/** Components timed per model (the `time` calls in {@link benchModel}). */
+const COMPONENTS = 6;
+
 interface Timing {
   component: string;
   meanMs: number;
   minMs: number;
 }
 
-async function time(component: string, fn: () => Promise<unknown>): Promise<Timing> {
+async function timeComponent(component: string, fn: () => Promise<unknown>): Promise<Timing> {
   await fn(); // warm-up: first-run allocations and ORT's lazy initialisation stay out of the numbers
   const ms: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
@@ -49,11 +54,18 @@ async function benchModel(
   label: string,
   modelDir: string,
 ): Promise<{ label: string; modelDir: string; timings: Timing[] }> {
-  process.stderr.write(`[${label}] loading ${modelDir} (compiles engines on first use)\n`);
+  progress.log(`[${label}] loading ${modelDir} (compiles engines on first use)`);
   const pipe = await FluxPipeline.fromPretrained(modelDir, {
     ...loadPipelineSettings(),
-    onLog: (m) => process.stderr.write(`  ${m}\n`),
+    onLog: (m) => progress.log(`  ${m}`),
   });
+  const bar = progress.bar(label, COMPONENTS);
+  const time = async (component: string, fn: () => Promise<unknown>): Promise<Timing> => {
+    bar.task(component);
+    const t = await timeComponent(component, fn);
+    bar.tick();
+    return t;
+  };
   const { sessions } = await pipe.engine('original');
   const prompt = 'A photograph of a red fox in a snowy forest at dawn';
   const clipIds = pipe.tokenizers.encodeClip([prompt]);
@@ -82,8 +94,8 @@ async function benchModel(
       pipe.generate({ prompt, height: SIZE, width: SIZE, steps: STEPS, seed: 1 }),
     ),
   );
+  bar.done();
   await pipe.close();
-  for (const t of timings) process.stderr.write(`  ${t.component.padEnd(34)} ${t.meanMs.toFixed(1).padStart(10)} ms\n`);
   return { label, modelDir, timings };
 }
 
@@ -91,7 +103,7 @@ const results = [];
 if (values.only !== 'synthetic') results.push(await benchModel('flux-tiny (embedded)', join(REPO, 'models/flux-tiny')));
 if (values.only !== 'tiny') {
   const dir = join(REPO, '.cache/synthetic', BENCH_CPU_CONFIG.name);
-  process.stderr.write(`writing synthetic model to ${dir} (once)\n`);
+  progress.log(`writing synthetic model to ${dir} (once)`);
   writeSyntheticModel(dir, BENCH_CPU_CONFIG, join(REPO, 'models/flux-tiny'));
   results.push(await benchModel(`synthetic ${BENCH_CPU_CONFIG.name}`, dir));
 }
@@ -124,4 +136,5 @@ const md = [
   ]),
 ].join('\n');
 writeResults(REPO, 'cpu-components', report, md);
+progress.stop();
 process.stdout.write(`${md}\n`);

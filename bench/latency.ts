@@ -20,6 +20,7 @@ import { parseArgs } from 'node:util';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
+import { renderCharts } from './lib/charts.ts';
 import {
   BENCH_MODES,
   benchModels,
@@ -31,6 +32,7 @@ import {
   providerInfo,
   RESULTS_DIR,
 } from './lib/modes-report.ts';
+import { createProgress } from './lib/progress.ts';
 
 const { values } = parseArgs({
   options: {
@@ -54,7 +56,8 @@ const settings = {
   seed: 0,
 };
 const threads = values.threads ? Number(values.threads) : undefined;
-const log = (m: string) => process.stderr.write(`${m}\n`);
+const progress = createProgress();
+const log = (m: string) => progress.log(m);
 
 interface Row {
   mode: string;
@@ -78,6 +81,8 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
     onLog: (m) => log(`  ${m}`),
   });
   const rows: Row[] = [];
+  // Warm-up and timed generations, then the forward rounds.
+  const bar = progress.bar(label, BENCH_MODES.length * (2 * settings.warmup + 2 * settings.runs));
   try {
     const gen = (mode: string) =>
       pipe.generate({
@@ -92,7 +97,10 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
     const engines = new Map<string, Awaited<ReturnType<typeof pipe.engine>>>();
     for (const mode of BENCH_MODES) {
       engines.set(mode, await pipe.engine(mode));
-      for (let i = 0; i < settings.warmup; i++) await gen(mode);
+      for (let i = 0; i < settings.warmup; i++) {
+        await gen(mode);
+        bar.tick(`warm-up ${mode}`);
+      }
     }
     const before = new Map(
       BENCH_MODES.map((m) => [m, { ...(stepCacheOf(engines.get(m)!)?.stats ?? { full: 0, cached: 0 }) }]),
@@ -106,6 +114,7 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
         const t0 = performance.now();
         await gen(mode);
         ms.get(mode)!.push(performance.now() - t0);
+        bar.tick(`generate ${mode}, round ${r + 1}/${settings.runs}`);
       }
     }
     // One transformer forward per mode, same rounds: isolates the graph from encoders, VAE and step caching.
@@ -130,6 +139,7 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
         const t0 = performance.now();
         await engines.get(mode)!.sessions.transformer.run(feeds.get(mode)!);
         if (r >= settings.warmup) forward.get(mode)!.push(performance.now() - t0);
+        bar.tick(`transformer forward ${mode}`);
       }
     }
     for (const mode of BENCH_MODES) {
@@ -158,6 +168,7 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
       log(`  ${mode.padEnd(8)} ${mean.toFixed(1).padStart(9)} ms ± ${std.toFixed(1)}`);
     }
   } finally {
+    bar.done();
     await pipe.close();
   }
   const base = rows.find((r) => r.mode === 'original')!.meanMs;
@@ -208,6 +219,7 @@ const md = [
   `Provider: ${provider}; intra-op threads: ${threads ?? 'ORT default'}.`,
   `Method: batch 1, prompt "${settings.prompt}", seed ${settings.seed}, ${settings.size}×${settings.size}, ${settings.steps} steps, ` +
     `${settings.textTokens} T5 tokens; ${settings.warmup} warm-up runs per mode, then mean ± std of ${settings.runs} timed \`generate\` calls per mode, in rotated rounds.`,
+  'Chart: charts/latency-per-mode.svg.',
   '',
   ...results.flatMap((r) => [
     `## ${r.model}`,
@@ -225,4 +237,6 @@ const md = [
   ]),
 ].join('\n');
 writeFileSync(join(RESULTS_DIR, 'latency.md'), md);
+await renderCharts(RESULTS_DIR, 'latency.json');
+progress.stop();
 process.stdout.write(`${md}\n`);

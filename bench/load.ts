@@ -4,21 +4,29 @@
  * free port with the embedded model (or MODEL_REPO). Also samples the latency of a `models` query under load,
  * which shows whether the event loop stays free.
  *
- * Run: `node --import tsx bench/load.ts` (knobs: BENCH_SIZE=128, BENCH_STEPS=8, BENCH_PER_CLIENT=3,
- * BENCH_LEVELS=1,4,16, BENCH_BATCH=4, THREADS).
+ * Writes `bench/results/load.{json,md}` and `charts/throughput-vs-clients.svg`.
+ *
+ * Run: `npm run bench:load` (knobs: BENCH_SIZE=128, BENCH_STEPS=8, BENCH_PER_CLIENT=3, BENCH_LEVELS=1,4,16,
+ * BENCH_BATCH=4, THREADS).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../src/config.ts';
 import { startServer } from '../src/main.ts';
+import { renderCharts } from './lib/charts.ts';
+import { type Bar, createProgress } from './lib/progress.ts';
+import { describeMachine, writeResults } from './lib/results.ts';
 
 const SIZE = Number(process.env.BENCH_SIZE ?? 128);
 const STEPS = Number(process.env.BENCH_STEPS ?? 8);
 const PER_CLIENT = Number(process.env.BENCH_PER_CLIENT ?? 3);
 const LEVELS = (process.env.BENCH_LEVELS ?? '1,4,16').split(',').map(Number);
 const BATCH = Number(process.env.BENCH_BATCH ?? 4);
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const progress = createProgress();
 
 interface Row {
   batching: string;
@@ -64,7 +72,7 @@ async function one(url: string, seed: number): Promise<number> {
   return performance.now() - t0;
 }
 
-async function level(url: string, batching: string, clients: number): Promise<Row> {
+async function level(url: string, batching: string, clients: number, bar: Bar): Promise<Row> {
   const latencies: number[] = [];
   const modelsMs: number[] = [];
   let failed = 0;
@@ -92,6 +100,7 @@ async function level(url: string, batching: string, clients: number): Promise<Ro
         } catch {
           failed++;
         }
+        bar.tick(`batching ${batching}, ${clients} clients`);
       }
     }),
   );
@@ -123,30 +132,53 @@ async function run(batch: number): Promise<Row[]> {
     modelBatch: batch,
     imageDir,
     maxQueueSize: 256,
+    // Request and job log lines would interleave with the bars.
+    logLevel: 'warn',
   });
   const server = await startServer(config);
+  const label = batch > 1 ? `on (bs${batch})` : 'off (bs1)';
+  const bar = progress.bar(
+    `batching ${label}`,
+    LEVELS.reduce((n, c) => n + c * PER_CLIENT, 0),
+  );
   try {
+    bar.task('warm-up');
     await one(server.url, 0); // warm-up: first-call allocations and caches
     const rows: Row[] = [];
-    for (const clients of LEVELS) {
-      rows.push(await level(server.url, batch > 1 ? `on (bs${batch})` : 'off (bs1)', clients));
-      console.error(`done: batch ${batch}, ${clients} clients`);
-    }
+    for (const clients of LEVELS) rows.push(await level(server.url, label, clients, bar));
     return rows;
   } finally {
+    bar.done();
     await server.stop();
     await rm(imageDir, { recursive: true, force: true });
   }
 }
 
+const date = new Date().toISOString();
+// Other processes on the machine skew the numbers: record how busy it was when the run started.
+const loadBefore = Number((loadavg()[0] ?? 0).toFixed(2));
 const rows = [...(await run(BATCH)), ...(await run(1))];
-console.log(`\nPOST /v1/images/generations, ${SIZE}x${SIZE}, ${STEPS} steps, ${PER_CLIENT} requests per client\n`);
-console.log(
+const machine = { ...describeMachine(), loadBefore };
+const settings = { size: SIZE, steps: STEPS, perClient: PER_CLIENT, levels: LEVELS, batch: BATCH };
+const md = [
+  `# REST load: throughput and latency against concurrent clients (${date.slice(0, 10)})`,
+  '',
+  `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; embedded model unless MODEL_REPO; ` +
+    `1-minute load average at the start: ${loadBefore} (above the core count, other processes competed for the cores).`,
+  `Method: \`POST /v1/images/generations\`, ${SIZE}x${SIZE}, ${STEPS} steps, ${PER_CLIENT} requests per client, clients in ` +
+    `parallel, after one warm-up request; a \`models\` GraphQL query every 200 ms meanwhile measures how free the event loop stays.`,
+  'Chart: charts/throughput-vs-clients.svg.',
+  '',
   '| batching | clients | requests | failed | img/s | p50 s | p99 s | engine batches | models p50 ms | models max ms |',
-);
-console.log('|---|---|---|---|---|---|---|---|---|---|');
-for (const r of rows) {
-  console.log(
-    `| ${r.batching} | ${r.clients} | ${r.requests} | ${r.failed} | ${r.throughput.toFixed(2)} | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.batches} | ${r.modelsP50.toFixed(1)} | ${r.modelsMax.toFixed(1)} |`,
-  );
-}
+  '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ...rows.map(
+    (r) =>
+      `| ${r.batching} | ${r.clients} | ${r.requests} | ${r.failed} | ${r.throughput.toFixed(2)} | ${r.p50.toFixed(2)} | ` +
+      `${r.p99.toFixed(2)} | ${r.batches} | ${r.modelsP50.toFixed(1)} | ${r.modelsMax.toFixed(1)} |`,
+  ),
+  '',
+].join('\n');
+writeResults(REPO, 'load', { benchmark: 'load', date, machine, settings, rows }, md);
+await renderCharts(join(REPO, 'bench/results'), 'load.json');
+progress.stop();
+process.stdout.write(`${md}\n`);

@@ -22,6 +22,7 @@ import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { loraModelSpec } from '../src/pipeline/lora/model-layers.ts';
 import type { FluxTransformerConfig } from '../src/shared/vocabulary/transformer-config.ts';
 import { type TensorInput, writeSafetensors } from '../src/shared/weights/index.ts';
+import { createProgress } from './lib/progress.ts';
 import { describeMachine, writeResults } from './lib/results.ts';
 import { BENCH_CPU_CONFIG, writeSyntheticModel } from './lib/synthetic-model.ts';
 
@@ -41,6 +42,7 @@ const TEXT = Number(values.text);
 const REPEATS = Number(values.repeats);
 const RANKS = values.ranks.split(',').map(Number);
 const MODES = values.modes.split(',');
+const progress = createProgress();
 
 interface Timing {
   meanMs: number;
@@ -102,12 +104,12 @@ async function benchModel(
     for (const r of RANKS) writeFullLora(join(loraDir, `rank${r}.safetensors`), config, r, r);
     for (const n of ['a', 'b', 'c'])
       writeFullLora(join(loraDir, `switch_${n}.safetensors`), config, 32, n.charCodeAt(0));
-    process.stderr.write(`[${label}] loading ${modelDir} (compiles engines on first use)\n`);
+    progress.log(`[${label}] loading ${modelDir} (compiles engines on first use)`);
     const pipe = await FluxPipeline.fromPretrained(modelDir, {
       ...loadPipelineSettings(),
       loraDir,
       modes: [],
-      onLog: (m) => process.stderr.write(`  ${m}\n`),
+      onLog: (m) => progress.log(`  ${m}`),
     });
     const request = (loras: { name: string; strength: number }[]) => ({
       prompt: 'A photograph of a red fox in a snowy forest at dawn',
@@ -120,6 +122,8 @@ async function benchModel(
       loras,
     });
     const results: ModeResult[] = [];
+    // Per mode: one warm-up step and `repeats` timed steps per variant (base and each rank).
+    const bar = progress.bar(label, MODES.length * (RANKS.length + 1) * (repeats + 1));
     for (const mode of MODES) {
       // Base and every rank are timed in interleaved rounds, so load from other processes on the machine hits all
       // variants alike; overhead compares the minima (the least disturbed runs).
@@ -129,6 +133,7 @@ async function benchModel(
         const [s] = await pipe.prepare([{ ...request(v.name ? [{ name: v.name, strength: 1 }] : []), mode }]);
         await pipe.step([s!]); // warm-up
         states.push(s!);
+        bar.tick(`${mode} warm-up ${v.name || 'base'}`);
       }
       const ms: number[][] = variants.map(() => []);
       for (let round = 0; round < repeats; round++) {
@@ -136,6 +141,7 @@ async function benchModel(
           const t0 = performance.now();
           await pipe.step([s]);
           ms[i]!.push(performance.now() - t0);
+          bar.tick(`${mode} round ${round + 1}/${repeats}`);
         }
       }
       const timing = (xs: number[]): Timing => ({
@@ -145,9 +151,6 @@ async function benchModel(
       const baseStep = timing(ms[0]!);
       const ranks = RANKS.map((rank, i) => {
         const step = timing(ms[i + 1]!);
-        process.stderr.write(
-          `  ${mode} rank ${rank}: ${step.minMs.toFixed(1)} ms vs ${baseStep.minMs.toFixed(1)} ms (min)\n`,
-        );
         return { rank, step, overheadPct: (step.minMs / baseStep.minMs - 1) * 100 };
       });
       // Switching: the LoRA engine is loaded by now; a switch must only build (or reuse) host arrays.
@@ -170,6 +173,7 @@ async function benchModel(
         sessionsCreatedWhileSwitching: pipe.sessionsCreated - sessions,
       });
     }
+    bar.done();
     await pipe.close();
     return { label, results };
   } finally {
@@ -226,4 +230,5 @@ const md = [
   ]),
 ].join('\n');
 writeResults(REPO, 'lora', report, md);
+progress.stop();
 process.stdout.write(`${md}\n`);

@@ -7,7 +7,7 @@
  * Defaults for two CPU cores: 128×128 pixels, 8 steps, 64 T5 tokens; all 24 prompts on flux-tiny and the first prompt
  * of each category (12) on the synthetic benchmark model (`--per-category` overrides both).
  *
- * Writes bench/results/quality.json, quality.md, quality.svg and merges the means into bench/results/modes.json.
+ * Writes bench/results/quality.json, quality.md, charts/quality-vs-latency.svg and merges the means into bench/results/modes.json.
  *
  *   npm run bench:quality -- [--size 128] [--steps 8] [--text 64] [--per-category N] [--only tiny|synthetic]
  */
@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { psnr, ssim } from '../src/shared/image-metrics.ts';
+import { renderCharts } from './lib/charts.ts';
 import {
   BENCH_MODES,
   benchModels,
@@ -26,7 +27,7 @@ import {
   REPO,
   RESULTS_DIR,
 } from './lib/modes-report.ts';
-import { scatterSvg } from './lib/plot.ts';
+import { createProgress } from './lib/progress.ts';
 
 const { values } = parseArgs({
   options: {
@@ -42,7 +43,8 @@ const size = Number(values.size);
 const steps = Number(values.steps);
 const textTokens = Number(values.text);
 const threads = values.threads ? Number(values.threads) : undefined;
-const log = (m: string) => process.stderr.write(`${m}\n`);
+const progress = createProgress();
+const log = (m: string) => progress.log(m);
 
 interface Prompt {
   index: number;
@@ -87,6 +89,7 @@ async function benchModel(label: string, dir: string, prompts: Prompt[]): Promis
     onLog: (m) => log(`  ${m}`),
   });
   const rows: ModeQuality[] = [];
+  const bar = progress.bar(label, BENCH_MODES.length * prompts.length);
   try {
     const images = new Map<string, { image: Float32Array; ms: number }[]>();
     for (const mode of BENCH_MODES) {
@@ -103,9 +106,9 @@ async function benchModel(label: string, dir: string, prompts: Prompt[]): Promis
           mode,
         });
         out.push({ image: r.floatImages[0]!, ms: performance.now() - t0 });
+        bar.tick(`${mode}: ${p.category}`);
       }
       images.set(mode, out);
-      log(`  [${label}] ${mode}: ${prompts.length} images`);
     }
     const ref = images.get('original')!;
     for (const mode of BENCH_MODES) {
@@ -121,6 +124,7 @@ async function benchModel(label: string, dir: string, prompts: Prompt[]): Promis
       rows.push({ mode, psnr: mean(ps), ssim: mean(ss), meanMs: mean(imgs.map((x) => x.ms)), byCategory });
     }
   } finally {
+    bar.done();
     await pipe.close();
   }
   return rows;
@@ -132,7 +136,6 @@ const results: { model: string; prompts: number; rows: ModeQuality[] }[] = [];
 for (const m of benchModels(values.only)) {
   const n = values['per-category'] ? Number(values['per-category']) : m.label === 'flux-tiny' ? 2 : 1;
   const prompts = perCategory(all, n);
-  log(`[${m.label}] ${prompts.length} prompts × ${BENCH_MODES.length} modes`);
   const rows = await benchModel(m.label, m.dir, prompts);
   results.push({ model: m.label, prompts: prompts.length, rows });
   mergeModes(
@@ -149,15 +152,6 @@ writeFileSync(
   join(RESULTS_DIR, 'quality.json'),
   `${JSON.stringify({ benchmark: 'quality', date, provider, machine, settings: { size, steps, textTokens }, results }, null, 2)}\n`,
 );
-writeFileSync(
-  join(RESULTS_DIR, 'quality.svg'),
-  scatterSvg(
-    'Elastic modes: latency vs PSNR against original',
-    'mean generation latency (fraction of the slowest mode)',
-    'PSNR vs original (dB, capped at 100)',
-    results.map((r) => ({ name: r.model, points: r.rows.map((x) => ({ label: x.mode, x: x.meanMs, y: x.psnr })) })),
-  ),
-);
 const cats = [...new Set(all.map((p) => p.category))];
 const md = [
   `# Elastic modes: quality against original (${date.slice(0, 10)})`,
@@ -165,7 +159,7 @@ const md = [
   `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; ${provider}.`,
   `Method: PartiPrompts subset (bench/data/partiprompts-subset.tsv), seed 1000 + prompt index, ${size}×${size}, ${steps} steps, ` +
     `${textTokens} T5 tokens; PSNR (capped at 100 dB) and SSIM (11×11 Gaussian, σ 1.5) of each mode's image against original's.`,
-  'Plot: quality.svg (latency here is the mean per-image time of this run, not the latency benchmark).',
+  'Chart: charts/quality-vs-latency.svg (latency here is the mean per-image time of this run, not the latency benchmark).',
   '',
   ...results.flatMap((r) => [
     `## ${r.model} (${r.prompts} prompts)`,
@@ -188,4 +182,6 @@ const md = [
   ]),
 ].join('\n');
 writeFileSync(join(RESULTS_DIR, 'quality.md'), md);
+await renderCharts(RESULTS_DIR, 'quality.json');
+progress.stop();
 process.stdout.write(`${md}\n`);

@@ -2,7 +2,7 @@
  * @file Scale-out benchmark (not a test): throughput in jobs/minute of one API node with 1, 2 and 4 CPU worker
  * processes sharing a private redis-server, on the embedded flux-tiny model (or MODEL_REPO). Every level starts
  * fresh processes, warms each worker up, then sends BENCH_JOBS concurrent `POST /v1/images/generations`.
- * Writes `bench/results/scale-out.{json,md}`.
+ * Writes `bench/results/scale-out.{json,md}` and `charts/throughput-vs-workers.svg`.
  *
  * Run: `npm run bench:scale` (knobs: BENCH_WORKERS=1,2,4, BENCH_JOBS=24, BENCH_SIZE=256, BENCH_STEPS=8,
  * BENCH_BATCH=2, THREADS=1 per worker). Needs redis-server on PATH.
@@ -12,6 +12,8 @@ import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { disposeCluster, findRedisServer, startApi, startRedis, startWorker } from '../tools/cluster.ts';
+import { renderCharts } from './lib/charts.ts';
+import { type Bar, createProgress } from './lib/progress.ts';
 
 const LEVELS = (process.env.BENCH_WORKERS ?? '1,2,4').split(',').map(Number);
 const JOBS = Number(process.env.BENCH_JOBS ?? 24);
@@ -19,6 +21,7 @@ const SIZE = Number(process.env.BENCH_SIZE ?? 256);
 const STEPS = Number(process.env.BENCH_STEPS ?? 8);
 const BATCH = process.env.BENCH_BATCH ?? '2';
 const THREADS = process.env.THREADS ?? '1';
+const progress = createProgress();
 
 interface Row {
   workers: number;
@@ -58,7 +61,7 @@ async function waitForWorkers(url: string, n: number): Promise<void> {
   }
 }
 
-async function level(redisBin: string, workers: number): Promise<Row> {
+async function level(redisBin: string, workers: number, bar: Bar): Promise<Row> {
   const loadBefore = Number((loadavg()[0] ?? 0).toFixed(2));
   const redis = await startRedis(redisBin);
   const imageDir = await mkdtemp(join(tmpdir(), 'fluxql-bench-scale-'));
@@ -68,11 +71,16 @@ async function level(redisBin: string, workers: number): Promise<Row> {
       startApi(env),
       ...Array.from({ length: workers }, (_, k) => startWorker({ ...env, WORKER_ID: `bench-${k + 1}` })),
     ]);
+    bar.task(`${workers} workers: starting`);
     await waitForWorkers(api.url, workers);
+    bar.task(`${workers} workers: warm-up`);
     // Warm-up: every worker loads its engines' first run.
     await Promise.all(Array.from({ length: workers * Number(BATCH) }, (_, k) => generate(api.url, 10_000 + k)));
     const t0 = performance.now();
-    const results = await Promise.allSettled(Array.from({ length: JOBS }, (_, k) => generate(api.url, k)));
+    bar.task(`${workers} workers: ${JOBS} jobs`);
+    const results = await Promise.allSettled(
+      Array.from({ length: JOBS }, (_, k) => generate(api.url, k).finally(() => bar.tick())),
+    );
     const seconds = (performance.now() - t0) / 1000;
     const ok = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : [])).sort((a, b) => a - b);
     return {
@@ -97,11 +105,9 @@ if (!redisBin) {
   process.exit(1);
 }
 const rows: Row[] = [];
-for (const n of LEVELS) {
-  const row = await level(redisBin, n);
-  console.log(JSON.stringify(row));
-  rows.push(row);
-}
+const bar = progress.bar('scale-out', LEVELS.length * JOBS);
+for (const n of LEVELS) rows.push(await level(redisBin, n, bar));
+bar.done();
 const machine = { cpus: availableParallelism(), cpuModel: cpus()[0]?.model ?? 'unknown', node: process.version };
 const settings = {
   size: `${SIZE}x${SIZE}`,
@@ -135,6 +141,10 @@ const md = [
     'throughput stops scaling there; on GPUs each worker owns its device. A load average above the core count ' +
     'means other processes were competing for the same cores during the run.',
   '',
+  'Chart: charts/throughput-vs-workers.svg.',
+  '',
 ].join('\n');
 await writeFile(join(out, 'scale-out.md'), md);
+await renderCharts(out, 'scale-out.json');
+progress.stop();
 console.log(md);

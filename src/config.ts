@@ -5,6 +5,7 @@
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { LOG_LEVELS, type LogLevel } from './log.ts';
 
 /** Everything `startServer` needs. */
 export interface ServerConfig {
@@ -79,6 +80,18 @@ export interface ServerConfig {
    * address. Off, such URLs are refused (SSRF guard). CONTROL_IMAGE_ALLOW_PRIVATE_URLS (`1`/`true`). @default false
    */
   controlImageAllowPrivateUrls: boolean;
+  /** Minimum level of the JSON log lines on stdout. LOG_LEVEL. @default 'info' */
+  logLevel: LogLevel;
+  /** Human-readable log lines (pino-pretty) instead of JSON. LOG_PRETTY (`1`/`true`). @default false */
+  logPretty: boolean;
+  /** HMAC-SHA256 key signing queue-API webhooks; without it `webhook_url` is refused. WEBHOOK_SECRET. */
+  webhookSecret?: string;
+  /** Call webhook URLs on loopback/private/link-local/... hosts too (SSRF guard off). WEBHOOK_ALLOW_PRIVATE_URLS. @default false */
+  webhookAllowPrivateUrls: boolean;
+  /** Webhook attempts in all (first included). WEBHOOK_MAX_ATTEMPTS. @default 5 */
+  webhookMaxAttempts: number;
+  /** Delay before the second webhook attempt, doubling after each. WEBHOOK_RETRY_BASE_MS. @default 1000 */
+  webhookRetryBaseMs: number;
 }
 
 /** An environment variable with a bad value. */
@@ -163,6 +176,16 @@ const ENV_SCHEMA = {
   CUDA_BENCH_RESULTS: z.string().min(1).optional(),
   MODES_RESULTS: z.string().min(1).optional(),
   CONTROL_IMAGE_ALLOW_PRIVATE_URLS: flag().optional(),
+  LOG_LEVEL: z
+    .string()
+    .transform((s) => s.trim().toLowerCase())
+    .pipe(z.enum(LOG_LEVELS))
+    .optional(),
+  LOG_PRETTY: flag().optional(),
+  WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
+  WEBHOOK_ALLOW_PRIVATE_URLS: flag().optional(),
+  WEBHOOK_MAX_ATTEMPTS: int(1, 20).optional(),
+  WEBHOOK_RETRY_BASE_MS: int(1, 3_600_000).optional(),
 } as const;
 
 type EnvKey = keyof typeof ENV_SCHEMA;
@@ -236,6 +259,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     controlImageAllowPrivateUrls: v.CONTROL_IMAGE_ALLOW_PRIVATE_URLS ?? false,
     warmModes:
       v.WARM_MODES === undefined || v.WARM_MODES === 'all' ? 'all' : v.WARM_MODES === 'default' ? [] : v.WARM_MODES,
+    logLevel: v.LOG_LEVEL ?? 'info',
+    logPretty: v.LOG_PRETTY ?? false,
+    webhookAllowPrivateUrls: v.WEBHOOK_ALLOW_PRIVATE_URLS ?? false,
+    webhookMaxAttempts: v.WEBHOOK_MAX_ATTEMPTS ?? 5,
+    webhookRetryBaseMs: v.WEBHOOK_RETRY_BASE_MS ?? 1000,
+    ...(v.WEBHOOK_SECRET ? { webhookSecret: v.WEBHOOK_SECRET } : {}),
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),

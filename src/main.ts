@@ -6,6 +6,7 @@
  */
 import { buildApp } from './api/index.ts';
 import { ConfigError, loadConfig, type ServerConfig } from './config.ts';
+import { createLogger, type Logger } from './log.ts';
 import { createGenerationService, type GenerationService, type StepExecutor } from './service/index.ts';
 
 /** A running server. */
@@ -21,11 +22,14 @@ export interface StartedServer {
 export interface StartServerDeps {
   /** Use this executor instead of loading `config.modelRepo` (it is closed on `stop`). */
   executor?: StepExecutor;
+  /** Log here instead of a logger made from `config` (LOG_LEVEL, LOG_PRETTY) writing to stdout. */
+  logger?: Logger;
 }
 
 /** Loads the model, starts the scheduler and serves HTTP/WebSocket on `config.host:config.port`. */
 export async function startServer(config: ServerConfig, deps: StartServerDeps = {}): Promise<StartedServer> {
-  const executor = deps.executor ?? (await createExecutor(config));
+  const logger = deps.logger ?? loggerOf(config);
+  const executor = deps.executor ?? (await createExecutor(config, logger));
   let service: GenerationService;
   try {
     service = await createGenerationService({
@@ -38,26 +42,35 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       controlImages: { allowPrivateUrls: config.controlImageAllowPrivateUrls },
       modeResults: config.modesResults,
       warmModes: config.warmModes,
+      log: errorLog(logger),
+      logger,
     });
   } catch (err) {
     // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
     await executor.close();
     throw err;
   }
-  return serveHttp(service, config);
+  return serveHttp(service, config, logger);
 }
 
 /**
  * Scale-out API node (`--role api`): GraphQL/REST over the jobs in Redis; no engine. Starts even while Redis is
  * down (readiness false, requests get ServiceUnavailableError) and recovers when it comes back.
  */
-export async function startApiNode(config: ServerConfig): Promise<StartedServer> {
+export async function startApiNode(
+  config: ServerConfig,
+  deps: Pick<StartServerDeps, 'logger'> = {},
+): Promise<StartedServer> {
+  const logger = deps.logger ?? loggerOf(config);
+  const log = errorLog(logger);
   const redisUrl = requireRedisUrl(config, 'api');
   const { createRedisApiBackend } = await import('./service/redis/index.ts');
   const service = await createGenerationService({
     images: imageOptions(config),
     controlImages: { allowPrivateUrls: config.controlImageAllowPrivateUrls },
     modeResults: config.modesResults,
+    log,
+    logger,
     backend: () =>
       createRedisApiBackend({
         url: redisUrl,
@@ -65,9 +78,10 @@ export async function startApiNode(config: ServerConfig): Promise<StartedServer>
         maxQueueSize: config.maxQueueSize,
         historySeconds: config.jobHistorySeconds,
         log,
+        logger,
       }),
   });
-  return serveHttp(service, config);
+  return serveHttp(service, config, logger);
 }
 
 /** A running worker node. */
@@ -81,9 +95,11 @@ export interface StartedWorker {
  * time, writing images to the shared IMAGE_DIR. Serves no HTTP.
  */
 export async function startWorkerNode(config: ServerConfig, deps: StartServerDeps = {}): Promise<StartedWorker> {
+  const logger = deps.logger ?? loggerOf(config);
+  const log = errorLog(logger);
   const redisUrl = requireRedisUrl(config, 'worker');
   const { startRedisWorker } = await import('./service/redis/index.ts');
-  const executor = deps.executor ?? (await createExecutor(config));
+  const executor = deps.executor ?? (await createExecutor(config, logger));
   let worker: Awaited<ReturnType<typeof startRedisWorker>>;
   try {
     worker = await startRedisWorker({
@@ -100,6 +116,7 @@ export async function startWorkerNode(config: ServerConfig, deps: StartServerDep
       warmModes: config.warmModes,
       images: imageOptions(config),
       log,
+      logger,
     });
   } catch (err) {
     await executor.close();
@@ -108,9 +125,13 @@ export async function startWorkerNode(config: ServerConfig, deps: StartServerDep
   return { workerId: worker.id, stop: () => worker.close() };
 }
 
-function log(message: string, err?: unknown): void {
-  if (err === undefined) console.error(`[fluxql] ${message}`);
-  else console.error(`[fluxql] ${message}:`, err);
+function loggerOf(config: ServerConfig): Logger {
+  return createLogger({ level: config.logLevel, pretty: config.logPretty });
+}
+
+/** The `(message, err)` callback the service and Redis clients report unexpected errors through. */
+function errorLog(logger: Logger): (message: string, err?: unknown) => void {
+  return (message, err) => (err === undefined ? logger.warn(message) : logger.error({ err }, message));
 }
 
 function requireRedisUrl(config: ServerConfig, role: string): string {
@@ -123,7 +144,7 @@ function imageOptions(config: ServerConfig) {
 }
 
 // Imported lazily so an injected executor (tests) and API nodes do not load the ONNX pipeline at all.
-async function createExecutor(config: ServerConfig): Promise<StepExecutor> {
+async function createExecutor(config: ServerConfig, logger: Logger): Promise<StepExecutor> {
   if (config.engine === 'cuda') {
     // The native engine (engines/cuda) as a child process; this path never loads onnxruntime-node.
     const { createCudaExecutor } = await import('./pipeline/cuda-executor.ts');
@@ -133,7 +154,7 @@ async function createExecutor(config: ServerConfig): Promise<StepExecutor> {
       precision: config.cudaPrecision,
       maxBatch: config.modelBatch,
       benchResults: config.cudaBenchResults,
-      onLog: (line) => console.error(`[fluxql-engine] ${line}`),
+      onLog: (line) => logger.info({ component: 'cuda-engine' }, line),
     });
   }
   const { createFluxExecutor } = await import('./pipeline/index.ts');
@@ -148,9 +169,16 @@ async function createExecutor(config: ServerConfig): Promise<StepExecutor> {
   });
 }
 
-async function serveHttp(service: GenerationService, config: ServerConfig): Promise<StartedServer> {
+async function serveHttp(service: GenerationService, config: ServerConfig, logger: Logger): Promise<StartedServer> {
   const app = buildApp({
     service,
+    logger,
+    webhooks: {
+      allowPrivateUrls: config.webhookAllowPrivateUrls,
+      maxAttempts: config.webhookMaxAttempts,
+      retryBaseMs: config.webhookRetryBaseMs,
+      ...(config.webhookSecret ? { secret: config.webhookSecret } : {}),
+    },
     ...(config.authToken ? { authToken: config.authToken } : {}),
     ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),
   });
@@ -198,21 +226,28 @@ export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedS
     throw new Error(`--engine ${options.engine} is not supported; use onnx or cuda`);
   }
   const config = loadConfig(process.env, options.engine ? { engine: options.engine as 'onnx' | 'cuda' } : {});
+  const logger = loggerOf(config);
   let node: StartedServer | StartedWorker;
   if (role === 'worker') {
-    node = await startWorkerNode(config);
-    console.log(`[fluxql] worker ${node.workerId} serving ${config.modelRepo}, taking jobs from Redis`);
+    node = await startWorkerNode(config, { logger });
+    logger.info(
+      { role, workerId: node.workerId, model: config.modelRepo },
+      `worker ${node.workerId} serving ${config.modelRepo}, taking jobs from Redis`,
+    );
   } else {
-    node = role === 'api' ? await startApiNode(config) : await startServer(config);
+    node = role === 'api' ? await startApiNode(config, { logger }) : await startServer(config, { logger });
     const what = role === 'api' ? 'API node' : `serving ${config.modelRepo} on engine ${config.engine}`;
-    console.log(`[fluxql] ${what} at ${node.url} (GraphQL and GraphiQL at ${node.url}/graphql)`);
+    logger.info(
+      { role, url: node.url, model: role === 'api' ? undefined : config.modelRepo },
+      `${what} at ${node.url} (GraphQL and GraphiQL at ${node.url}/graphql)`,
+    );
   }
   const shutdown = (signal: string) => {
-    console.log(`[fluxql] ${signal}: starting graceful shutdown`);
+    logger.info({ signal }, `${signal}: starting graceful shutdown`);
     node.stop().then(
       () => process.exit(0),
       (err) => {
-        console.error('[fluxql] shutdown failed:', err);
+        logger.error({ err }, 'shutdown failed');
         process.exit(1);
       },
     );

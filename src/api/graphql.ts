@@ -4,6 +4,7 @@
  * does (`getEnveloped` per operation, so both transports share plugins, context and masking).
  */
 import type { IncomingMessage, Server } from 'node:http';
+import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { OperationResult } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
@@ -25,12 +26,21 @@ export interface GraphqlOptions {
   authToken?: string;
 }
 
+let graphiqlPage: string | undefined;
+
 /** The yoga instance (a Node request listener). */
 export function createGraphqlHandler(options: GraphqlOptions): YogaServerInstance<Record<string, unknown>, ApiContext> {
   return createYoga<Record<string, unknown>, ApiContext>({
     schema,
     graphqlEndpoint: GRAPHQL_PATH,
     graphiql: { title: 'fluxql', subscriptionsProtocol: 'WS' },
+    // GraphiQL from the package (scripts, styles and editor workers inlined in one page), not yoga's default page
+    // that loads them from a CDN: it works with no network. The options never change, so the page (about 9 MB)
+    // is rendered once.
+    renderGraphiQL: (opts) => {
+      graphiqlPage ??= renderGraphiQL(opts);
+      return graphiqlPage;
+    },
     landingPage: false,
     // Unexpected errors are masked; typed failures travel as data, never as thrown errors. A down dependency
     // (scale-out: Redis) is not a bug: fields without an error union say so in clear, with a stable code.

@@ -3,14 +3,19 @@
  * upgrade), the REST routes, image files, health and metrics. `buildApp` returns `{ start, stop }` in the manner
  * of yoga's graphql-ws example; `stop` closes sockets so tests and SIGTERM end cleanly.
  */
+import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { pinoHttp } from 'pino-http';
 import type { GenerationService } from '../service/index.ts';
 import { attachGraphqlWs, createGraphqlHandler, GRAPHQL_PATH } from './graphql.ts';
 import { handleImageFile, IMAGES_PREFIX } from './rest/files.ts';
 import { HttpError, isAuthorized, sendError, sendJson, unauthorized } from './rest/http.ts';
 import { handleImageGeneration, handleListModels, toHttpError } from './rest/images.ts';
+import { handleQueueRoute, QUEUE_PREFIX } from './rest/queue.ts';
 import { handleWebAsset } from './rest/web.ts';
+import { WebhookDispatcher, type WebhookSettings } from './rest/webhooks.ts';
 
 /** What the API needs. */
 export interface AppOptions {
@@ -19,6 +24,10 @@ export interface AppOptions {
   authToken?: string;
   /** Fixed origin for absolute image URLs. */
   publicUrl?: string;
+  /** The process's logger (`src/log.ts`); each request logs through a child carrying its request id. */
+  logger: Logger;
+  /** Queue-API webhooks (signing key, SSRF guard, retries). */
+  webhooks?: WebhookSettings;
 }
 
 /** A started server. */
@@ -35,12 +44,36 @@ function originOf(req: IncomingMessage, publicUrl?: string): string {
   return `${proto}://${req.headers.host ?? 'localhost'}`;
 }
 
+function withJobId(res: ServerResponse, val: Record<string, unknown>): Record<string, unknown> {
+  const jobId = res.getHeader('x-job-id');
+  return typeof jobId === 'string' ? { ...val, jobId } : val;
+}
+
 /** Builds the HTTP server (not listening yet). */
 export function buildApp(options: AppOptions) {
-  const { service } = options;
+  const { service, logger } = options;
   const yoga = createGraphqlHandler(options);
+  const webhooks = new WebhookDispatcher(options.webhooks ?? {}, logger);
+  // One line per finished request, with its id: the client's X-Request-Id when it is a sane token, else a new
+  // UUID; echoed in the response either way so clients and logs can be matched.
+  const httpLog = pinoHttp({
+    logger,
+    genReqId: (req, res) => {
+      const given = req.headers['x-request-id'];
+      const id = typeof given === 'string' && /^[\w.:@-]{1,128}$/.test(given) ? given : randomUUID();
+      res.setHeader('x-request-id', id);
+      return id;
+    },
+    // Probes and scrapes every few seconds would drown the rest.
+    autoLogging: { ignore: (req) => ['/healthz', '/readyz', '/metrics'].includes(req.url ?? '') },
+    customLogLevel: (_req, res, err) => (err || res.statusCode >= 500 ? 'error' : 'info'),
+    // The job a generation request made (REST sets X-Job-Id), so a request id leads to the job's own lines.
+    customSuccessObject: (_req, res, val: Record<string, unknown>) => withJobId(res, val),
+    customErrorObject: (_req, res, _err, val: Record<string, unknown>) => withJobId(res, val),
+    quietReqLogger: true,
+  });
 
-  const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+  const route = async (req: IncomingMessage, res: ServerResponse, log: Logger): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const path = url.pathname;
     const method = req.method ?? 'GET';
@@ -68,6 +101,10 @@ export function buildApp(options: AppOptions) {
       await handleImageFile(req, res, service, path);
       return;
     }
+    if (path.startsWith(QUEUE_PREFIX)) {
+      if (!isAuthorized(req, options.authToken)) throw unauthorized();
+      return handleQueueRoute(req, res, { service, webhooks, baseUrl: originOf(req, options.publicUrl), log });
+    }
     if (path === '/v1/images/generations' || path === '/v1/models') {
       if (!isAuthorized(req, options.authToken)) throw unauthorized();
       if (path === '/v1/models' && method === 'GET') return handleListModels(res, service);
@@ -82,11 +119,12 @@ export function buildApp(options: AppOptions) {
   };
 
   const server = createServer((req, res) => {
-    route(req, res).catch((err: unknown) => {
+    httpLog(req, res);
+    route(req, res, req.log).catch((err: unknown) => {
       const httpErr = toHttpError(err);
       if (httpErr.status === 401) service.countError({ code: 'unauthorized' });
       // Unknown errors are logged here and masked in the reply; the server keeps serving.
-      if (!(err instanceof HttpError) && httpErr.status === 500) console.error('[fluxql] request failed:', err);
+      if (!(err instanceof HttpError) && httpErr.status === 500) req.log.error({ err }, 'request failed');
       sendError(res, httpErr);
     });
   });
@@ -110,6 +148,7 @@ export function buildApp(options: AppOptions) {
             port: addr.port,
             stop: async () => {
               await disposeWs();
+              await webhooks.close();
               server.closeAllConnections();
               await new Promise<void>((r) => server.close(() => r()));
             },

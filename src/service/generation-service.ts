@@ -13,6 +13,7 @@ import {
 } from './errors.ts';
 import { ImageStore, type ImageStoreOptions } from './image-store.ts';
 import { Channel, isTerminalEvent, type JobEvent } from './job-events.ts';
+import { logJobTransition, type ServiceLogger } from './job-log.ts';
 import {
   type ControlImageData,
   elapsedMs,
@@ -68,6 +69,8 @@ interface CommonOptions {
    */
   modeResults?: string;
   log?: (message: string, err: unknown) => void;
+  /** Gets one line per job transition (`job-log.ts`): `queued` here, the others from the scheduler. */
+  logger?: ServiceLogger;
 }
 
 /** Limits of control image loading (see `pipeline/control-image.ts`). */
@@ -91,6 +94,7 @@ export interface BackendDeps {
   images: ImageStore;
   metrics: ServerMetrics;
   measured: MeasuredStats;
+  logger?: ServiceLogger;
 }
 
 /** How the service is set up: over one local executor (single process) or over a backend (scale-out). */
@@ -123,6 +127,7 @@ export class GenerationService {
   readonly #controlImages: ControlImageOptions;
   #catalog: { offer: EngineOffer; catalog: ModelCatalog } | undefined;
   readonly #log: ((message: string, err: unknown) => void) | undefined;
+  readonly #logger: ServiceLogger | undefined;
   /** The engine's per-layer plans by mode (`refreshPlanLayers`), when last read and the read under way. */
   #planLayers: { byMode: Record<string, PlanLayer[]>; at: number; pending?: Promise<void> } = { byMode: {}, at: 0 };
   #closed = false;
@@ -134,6 +139,7 @@ export class GenerationService {
     this.#measured = deps.measured;
     this.#limits = options.limits;
     this.#log = options.log;
+    this.#logger = options.logger;
     this.#modeResults = options.modeResults
       ? readModeResults(options.modeResults, (message) => options.log?.(message, undefined))
       : undefined;
@@ -149,7 +155,12 @@ export class GenerationService {
   /** @internal use {@link createGenerationService}. */
   static async create(options: GenerationServiceOptions): Promise<GenerationService> {
     const images = await ImageStore.create(options.images);
-    const deps: BackendDeps = { images, metrics: createMetrics(), measured: new MeasuredStats() };
+    const deps: BackendDeps = {
+      images,
+      metrics: createMetrics(),
+      measured: new MeasuredStats(),
+      ...(options.logger ? { logger: options.logger } : {}),
+    };
     const backend =
       'executor' in options
         ? createLocalBackend({
@@ -276,6 +287,7 @@ export class GenerationService {
         ...(controlImage ? { controlImage, hasControlImage: true } : {}),
       };
       await this.#backend.queue.enqueue(job);
+      logJobTransition(this.#logger, job, 'queued');
       return job;
     } catch (err) {
       this.countError(err);

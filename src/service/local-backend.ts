@@ -6,6 +6,7 @@ import { Gauge } from 'prom-client';
 import { LoraRequestError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
 import { JobEventHub } from './job-events.ts';
+import type { ServiceLogger } from './job-log.ts';
 import { type Job, JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
@@ -28,6 +29,7 @@ export interface LocalBackendOptions {
   log?: (message: string, err: unknown) => void;
   /** Modes warmed in the background from the start besides the default one (which always is). @default 'all' */
   warmModes?: WarmModes;
+  logger?: ServiceLogger;
 }
 
 /** The scheduler over one executor, with jobs and events in memory. Closing it closes the executor. */
@@ -47,6 +49,7 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
     policy: { maxBatch: o.batchSize, maxQueueDelayMs: o.maxQueueDelayMs },
     maxQueueSize: o.maxQueueSize,
     ...(o.log ? { log: o.log } : {}),
+    ...(o.logger ? { logger: o.logger } : {}),
   });
   const offer: EngineOffer = { info, batchSize: o.batchSize, defaultSize: o.defaultSize };
   // Read at scrape time (a call into the worker: it answers between engine runs).

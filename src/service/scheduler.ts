@@ -21,6 +21,7 @@ import { type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batche
 import { QueueFullError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
 import type { JobEventHub } from './job-events.ts';
+import { logJobTransition, type ServiceLogger } from './job-log.ts';
 import { elapsedMs, etaMs, isTerminal, type Job, type JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
@@ -42,6 +43,8 @@ export interface SchedulerOptions {
   log?: (message: string, err: unknown) => void;
   /** Modes to warm in the background from the start, in order (the default mode first). Others warm on demand. */
   warmModes?: readonly string[];
+  /** Gets one line per job start and end (`job-log.ts`). */
+  logger?: ServiceLogger;
 }
 
 /** A queued job as the scheduler keeps it: the policy's entry plus the mode it waits for. */
@@ -232,6 +235,7 @@ export class Scheduler {
         ...(control ? { controlImage: control } : {}),
       }));
       admitted.push({ job, key: entry.key, requests });
+      logJobTransition(this.#o.logger, job, 'started');
       this.#o.events.publish(job.id, {
         type: 'started',
         jobId: job.id,
@@ -409,6 +413,11 @@ export class Scheduler {
       this.#log(`job ${job.id} failed`, extra.err);
       this.#o.events.publish(job.id, { type: 'failed', ...base, code: job.error.code, message });
     }
+    logJobTransition(
+      this.#o.logger,
+      job,
+      status === 'SUCCEEDED' ? 'succeeded' : status === 'FAILED' ? 'failed' : 'canceled',
+    );
     this.#o.store.prune();
   }
 

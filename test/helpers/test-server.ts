@@ -39,6 +39,8 @@ export async function startTestServer(
       imageDir,
       maxQueueDelayMs: 20,
       warmModes: [],
+      // Request and job log lines would bury the test report; FLUXQL_TEST_LOG_LEVEL=info shows them.
+      logLevel: (process.env.FLUXQL_TEST_LOG_LEVEL as ServerConfig['logLevel'] | undefined) ?? 'silent',
       ...(process.env.FLUXQL_TEST_THREADS ? { threads: Number(process.env.FLUXQL_TEST_THREADS) } : {}),
       ...overrides,
     },

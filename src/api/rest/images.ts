@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import {
   type GenerateInput,
   type GenerationService,
+  type Job,
   LoraRequestError,
   MAX_CONTROL_IMAGE_CHARS,
   QueueFullError,
@@ -47,9 +48,9 @@ const PARAM_OF: Record<string, string> = {
 };
 
 /** Largest body: a base64 control image of the largest size allowed, and the rest of the request. */
-const MAX_BODY_BYTES = MAX_CONTROL_IMAGE_CHARS + 1024 * 1024;
+export const MAX_BODY_BYTES = MAX_CONTROL_IMAGE_CHARS + 1024 * 1024;
 
-interface Parsed {
+export interface Parsed {
   input: GenerateInput;
   openai: boolean;
   responseFormat: 'b64_json' | 'url';
@@ -64,7 +65,7 @@ function num(body: Record<string, unknown>, key: string): number | undefined {
   return v as number;
 }
 
-function parseRequest(req: IncomingMessage, body: Record<string, unknown>): Parsed {
+export function parseRequest(req: IncomingMessage, body: Record<string, unknown>): Parsed {
   const accept = req.headers.accept ?? '';
   const openai = OPENAI_FIELDS.some((k) => body[k] !== undefined) || /application\/json/i.test(accept);
   const header = req.headers['x-model-name'];
@@ -157,6 +158,8 @@ export async function handleImageGeneration(
     if (!parsed) service.countError(err);
     throw toHttpError(err, parsed?.fromSize ?? body.size !== undefined);
   }
+  // On every answer from here on, errors included (and so in the request's log line).
+  res.setHeader('x-job-id', jobId);
   // A client that hangs up no longer wants the image: free its slot (vLLM/TGI abort-on-disconnect).
   const onClose = () => {
     if (!res.writableEnded) service.cancel(jobId, 'client disconnected').catch(() => {});
@@ -188,9 +191,19 @@ export async function handleImageGeneration(
     res.end(bytes);
     return;
   }
+  sendJson(res, 200, await openAiResult(job, service, parsed.responseFormat, baseUrl), { 'x-job-id': job.id });
+}
+
+/** A finished job's images in OpenAI's response shape (`data` as b64_json or URLs); shared with the queue API. */
+export async function openAiResult(
+  job: Job,
+  service: GenerationService,
+  responseFormat: 'b64_json' | 'url',
+  baseUrl: string,
+): Promise<Record<string, unknown>> {
   const data = await Promise.all(
-    images.map(async (img) =>
-      parsed.responseFormat === 'url'
+    job.images.map(async (img) =>
+      responseFormat === 'url'
         ? { url: `${baseUrl}${urlPathOf(img.fileName)}`, revised_prompt: job.request.prompt }
         : {
             b64_json: (await readFile(join(service.images.dir, img.fileName))).toString('base64'),
@@ -198,17 +211,12 @@ export async function handleImageGeneration(
           },
     ),
   );
-  sendJson(
-    res,
-    200,
-    {
-      created: Math.floor((job.finishedAt ?? new Date()).getTime() / 1000),
-      data,
-      output_format: job.request.outputFormat,
-      size: `${job.request.width}x${job.request.height}`,
-    },
-    { 'x-job-id': job.id },
-  );
+  return {
+    created: Math.floor((job.finishedAt ?? new Date()).getTime() / 1000),
+    data,
+    output_format: job.request.outputFormat,
+    size: `${job.request.width}x${job.request.height}`,
+  };
 }
 
 /** `GET /v1/models`, OpenAI list shape. */

@@ -5,6 +5,7 @@
  */
 import { Queue, QueueEvents } from 'bullmq';
 import { QueueFullError, ServiceUnavailableError } from '../errors.ts';
+import { logJobTransition, type ServiceLogger } from '../job-log.ts';
 import { elapsedMs, isTerminal, type Job } from '../jobs.ts';
 import type { BackendHealth, EngineOffer, JobBackend } from '../ports.ts';
 import { liveAdverts, offerOf } from './adverts.ts';
@@ -20,6 +21,8 @@ export interface RedisApiOptions extends RedisSettings {
   /** Seconds job records and finished BullMQ entries are kept (JOB_HISTORY_S). */
   historySeconds: number;
   log: (message: string, err?: unknown) => void;
+  /** Gets the transition lines of jobs that end on the API node (cancelled before a worker took them, lost). */
+  logger?: ServiceLogger;
 }
 
 /** BullMQ connection options: fail fast for producers, never give up on blocking readers. */
@@ -63,6 +66,7 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
         elapsedMs: elapsedMs(job),
       });
       await records.write(client.pipeline(), job).publish(keys.events(jobId), event).exec();
+      logJobTransition(o.logger, job, 'failed');
     })().catch((err) => o.log(`recording the failure of job ${jobId} failed`, err));
   });
 
@@ -157,6 +161,7 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
               .publish(keys.events(job.id), event)
               .exec(),
           );
+          logJobTransition(o.logger, job, 'canceled');
           return;
         }
         // A worker holds it (or is about to): the key covers a worker that has not seen the message yet.

@@ -15,6 +15,7 @@ import { hostname } from 'node:os';
 import { type Job as BullJob, Worker } from 'bullmq';
 import { ImageStore, type ImageStoreOptions } from '../image-store.ts';
 import { isTerminalEvent, type JobEvent, JobEventHub } from '../job-events.ts';
+import type { ServiceLogger } from '../job-log.ts';
 import { elapsedMs, isTerminal, type Job, JobStore } from '../jobs.ts';
 import { MeasuredStats } from '../measured.ts';
 import { createMetrics } from '../metrics.ts';
@@ -46,6 +47,8 @@ export interface RedisWorkerOptions extends RedisSettings {
   /** Modes warmed in the background from the start besides the default one (WARM_MODES). @default 'all' */
   warmModes?: WarmModes;
   log: (message: string, err?: unknown) => void;
+  /** Gets one line per job start and end (`job-log.ts`). */
+  logger?: ServiceLogger;
 }
 
 /** A running worker. */
@@ -77,6 +80,7 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
     // BullMQ concurrency already bounds what this worker holds.
     maxQueueSize: Number.MAX_SAFE_INTEGER,
     log: o.log,
+    ...(o.logger ? { logger: o.logger } : {}),
   });
 
   // Cancellation requests from API nodes, for jobs this worker holds.

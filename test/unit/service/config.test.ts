@@ -84,4 +84,35 @@ describe('loadConfig', () => {
     expect(loadConfig({ WARM_MODES: 'xl, S' }).warmModes).toEqual(['xl', 's']);
     expect(() => loadConfig({ WARM_MODES: 'xl,huge' })).toThrow(/WARM_MODES/);
   });
+
+  it('reads the log and webhook settings, with safe defaults', () => {
+    expect(loadConfig({})).toMatchObject({
+      logLevel: 'info',
+      logPretty: false,
+      webhookAllowPrivateUrls: false,
+      webhookMaxAttempts: 5,
+      webhookRetryBaseMs: 1000,
+    });
+    expect(loadConfig({}).webhookSecret).toBeUndefined();
+    expect(
+      loadConfig({
+        LOG_LEVEL: ' Debug ',
+        LOG_PRETTY: '1',
+        WEBHOOK_SECRET: 's'.repeat(16),
+        WEBHOOK_ALLOW_PRIVATE_URLS: 'yes',
+        WEBHOOK_MAX_ATTEMPTS: '3',
+        WEBHOOK_RETRY_BASE_MS: '250',
+      }),
+    ).toMatchObject({
+      logLevel: 'debug',
+      logPretty: true,
+      webhookSecret: 's'.repeat(16),
+      webhookAllowPrivateUrls: true,
+      webhookMaxAttempts: 3,
+      webhookRetryBaseMs: 250,
+    });
+    expect(() => loadConfig({ LOG_LEVEL: 'verbose' })).toThrow(/LOG_LEVEL/);
+    expect(() => loadConfig({ WEBHOOK_SECRET: 'short' })).toThrow(/WEBHOOK_SECRET/);
+    expect(() => loadConfig({ WEBHOOK_MAX_ATTEMPTS: '0' })).toThrow(/WEBHOOK_MAX_ATTEMPTS/);
+  });
 });

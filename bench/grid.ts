@@ -1,0 +1,174 @@
+/**
+ * @file `npm run bench:grid`: the image grid per elastic mode: the same prompts and seeds (1000 + prompt index, as
+ * `bench:quality`) generated in every mode, one row per prompt and one column per mode, so the modes' differences
+ * can be seen. Prompts: the first of each of the first `--prompts` categories of bench/data/partiprompts-subset.tsv.
+ *
+ * Writes bench/results/charts/grid-<model>.webp, and grid.json + grid.md (prompts, seeds, per-image time) under
+ * bench/results/.
+ *
+ *   npm run bench:grid -- [--size 128] [--steps 8] [--text 64] [--prompts 4] [--only tiny|synthetic]
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+import { loadPipelineSettings } from '../src/config.ts';
+import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
+import { BENCH_MODES, benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
+import { createProgress } from './lib/progress.ts';
+import { writeResults } from './lib/results.ts';
+
+const { values } = parseArgs({
+  options: {
+    size: { type: 'string', default: '128' },
+    steps: { type: 'string', default: '8' },
+    text: { type: 'string', default: '64' },
+    prompts: { type: 'string', default: '4' },
+    only: { type: 'string' },
+  },
+});
+const size = Number(values.size);
+const steps = Number(values.steps);
+const textTokens = Number(values.text);
+const progress = createProgress();
+
+interface Prompt {
+  index: number;
+  prompt: string;
+  category: string;
+}
+
+/** The first prompt of each of the first `n` categories, with its index in the subset file (its seed is 1000 + it). */
+function gridPrompts(n: number): Prompt[] {
+  const lines = readFileSync(join(REPO, 'bench/data/partiprompts-subset.tsv'), 'utf8').trim().split('\n').slice(1);
+  const seen = new Set<string>();
+  const out: Prompt[] = [];
+  lines.forEach((l, index) => {
+    const [prompt, category] = l.split('\t') as [string, string];
+    if (seen.has(category) || out.length >= n) return;
+    seen.add(category);
+    out.push({ index, prompt, category });
+  });
+  return out;
+}
+
+const LABEL_W = 190;
+const HEADER_H = 28;
+const GAP = 4;
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+/** Composes the cells (rows × modes, RGB `[H, W, 3]` each) with mode names on top and categories on the left. */
+async function composeGrid(cells: Uint8Array[][], prompts: Prompt[], title: string): Promise<Buffer> {
+  const width = LABEL_W + BENCH_MODES.length * (size + GAP);
+  const height = HEADER_H * 2 + prompts.length * (size + GAP);
+  const labels = [
+    `<text x="8" y="20" font-size="15" font-weight="bold">${esc(title)}</text>`,
+    ...BENCH_MODES.map(
+      (m, c) =>
+        `<text x="${LABEL_W + c * (size + GAP) + size / 2}" y="${HEADER_H * 2 - 8}" text-anchor="middle" font-size="14">${m}</text>`,
+    ),
+    ...prompts.map(
+      (p, r) =>
+        `<text x="8" y="${HEADER_H * 2 + r * (size + GAP) + size / 2}" font-size="12">${esc(p.category)} (seed ${1000 + p.index})</text>`,
+    ),
+  ];
+  const overlay = Buffer.from(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">${labels.join('')}</svg>`,
+  );
+  const tiles = await Promise.all(
+    cells.flatMap((row, r) =>
+      row.map(async (data, c) => ({
+        input: await sharp(data, { raw: { width: size, height: size, channels: 3 } })
+          .png()
+          .toBuffer(),
+        left: LABEL_W + c * (size + GAP),
+        top: HEADER_H * 2 + r * (size + GAP),
+      })),
+    ),
+  );
+  return sharp({ create: { width, height, channels: 3, background: '#ffffff' } })
+    .composite([{ input: overlay, left: 0, top: 0 }, ...tiles])
+    .png()
+    .toBuffer();
+}
+
+const prompts = gridPrompts(Number(values.prompts));
+const chartsDir = join(RESULTS_DIR, 'charts');
+mkdirSync(chartsDir, { recursive: true });
+const date = new Date().toISOString();
+const results: { model: string; file: string; meanMsByMode: Record<string, number> }[] = [];
+for (const m of benchModels(values.only)) {
+  progress.log(`[${m.label}] loading every mode (compiles engines and plans on first use)`);
+  const pipe = await FluxPipeline.fromPretrained(m.dir, {
+    ...loadPipelineSettings(),
+    modes: [...BENCH_MODES],
+    onLog: (x) => progress.log(`  ${x}`),
+  });
+  const bar = progress.bar(m.label, prompts.length * BENCH_MODES.length);
+  const cells: Uint8Array[][] = prompts.map(() => []);
+  const ms: Record<string, number[]> = Object.fromEntries(BENCH_MODES.map((mode) => [mode, []]));
+  try {
+    for (const [r, p] of prompts.entries()) {
+      for (const mode of BENCH_MODES) {
+        const t0 = performance.now();
+        const out = await pipe.generate({
+          prompt: p.prompt,
+          height: size,
+          width: size,
+          steps,
+          seed: 1000 + p.index,
+          maxSequenceLength: textTokens,
+          mode,
+        });
+        ms[mode]?.push(performance.now() - t0);
+        const image = out.images[0];
+        if (!image) throw new Error(`no image for ${mode}`);
+        cells[r]?.push(image.data);
+        bar.tick(`${p.category}: ${mode}`);
+      }
+    }
+  } finally {
+    bar.done();
+    await pipe.close();
+  }
+  const file = `charts/grid-${m.label}.webp`;
+  const png = await composeGrid(cells, prompts, `${m.label}: ${size}×${size}, ${steps} steps, same seed per row`);
+  // Lossy WebP: noise-like images (random-weight models) do not compress losslessly (about 3 MB as PNG).
+  await sharp(png).webp({ quality: 85 }).toFile(join(RESULTS_DIR, file));
+  const meanMsByMode = Object.fromEntries(
+    Object.entries(ms).map(([mode, xs]) => [mode, xs.reduce((a, b) => a + b, 0) / xs.length]),
+  );
+  results.push({ model: m.label, file, meanMsByMode });
+}
+
+const machine = machineInfo();
+const provider = providerInfo();
+const md = [
+  `# Image grid per elastic mode (${date.slice(0, 10)})`,
+  '',
+  `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; ${provider}.`,
+  `Method: ${size}×${size}, ${steps} steps, ${textTokens} T5 tokens; each row one prompt with seed 1000 + its index in ` +
+    'bench/data/partiprompts-subset.tsv, each column one mode.',
+  '',
+  '| category | prompt | seed |',
+  '| --- | --- | ---: |',
+  ...prompts.map((p) => `| ${p.category} | ${p.prompt.replace(/\|/g, '\\|')} | ${1000 + p.index} |`),
+  '',
+  ...results.flatMap((r) => [
+    `## ${r.model}`,
+    '',
+    `![${r.model} grid](${r.file})`,
+    '',
+    `Mean ms per image: ${BENCH_MODES.map((mode) => `${mode} ${r.meanMsByMode[mode]?.toFixed(0)}`).join(', ')}.`,
+    '',
+  ]),
+].join('\n');
+writeResults(
+  REPO,
+  'grid',
+  { benchmark: 'grid', date, provider, machine, settings: { size, steps, textTokens }, prompts, results },
+  md,
+);
+progress.stop();
+process.stdout.write(`${md}\n`);
