@@ -14,7 +14,8 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
-import { BENCH_MODES, benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
+import { MODE_NAMES } from '../src/shared/vocabulary.ts';
+import { benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
 import { createProgress } from './lib/progress.ts';
 import { writeResults } from './lib/results.ts';
 
@@ -60,11 +61,11 @@ const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
 
 /** Composes the cells (rows × modes, RGB `[H, W, 3]` each) with mode names on top and categories on the left. */
 async function composeGrid(cells: Uint8Array[][], prompts: Prompt[], title: string): Promise<Buffer> {
-  const width = LABEL_W + BENCH_MODES.length * (size + GAP);
+  const width = LABEL_W + MODE_NAMES.length * (size + GAP);
   const height = HEADER_H * 2 + prompts.length * (size + GAP);
   const labels = [
     `<text x="8" y="20" font-size="15" font-weight="bold">${esc(title)}</text>`,
-    ...BENCH_MODES.map(
+    ...MODE_NAMES.map(
       (m, c) =>
         `<text x="${LABEL_W + c * (size + GAP) + size / 2}" y="${HEADER_H * 2 - 8}" text-anchor="middle" font-size="14">${m}</text>`,
     ),
@@ -102,15 +103,15 @@ for (const m of benchModels(values.only)) {
   progress.log(`[${m.label}] loading every mode (compiles engines and plans on first use)`);
   const pipe = await FluxPipeline.fromPretrained(m.dir, {
     ...loadPipelineSettings(),
-    modes: [...BENCH_MODES],
+    modes: [...MODE_NAMES],
     onLog: (x) => progress.log(`  ${x}`),
   });
-  const bar = progress.bar(m.label, prompts.length * BENCH_MODES.length);
+  const bar = progress.bar(m.label, prompts.length * MODE_NAMES.length);
   const cells: Uint8Array[][] = prompts.map(() => []);
-  const ms: Record<string, number[]> = Object.fromEntries(BENCH_MODES.map((mode) => [mode, []]));
+  const ms: Record<string, number[]> = Object.fromEntries(MODE_NAMES.map((mode) => [mode, []]));
   try {
     for (const [r, p] of prompts.entries()) {
-      for (const mode of BENCH_MODES) {
+      for (const mode of MODE_NAMES) {
         const t0 = performance.now();
         const out = await pipe.generate({
           prompt: p.prompt,
@@ -160,7 +161,7 @@ const md = [
     '',
     `![${r.model} grid](${r.file})`,
     '',
-    `Mean ms per image: ${BENCH_MODES.map((mode) => `${mode} ${r.meanMsByMode[mode]?.toFixed(0)}`).join(', ')}.`,
+    `Mean ms per image: ${MODE_NAMES.map((mode) => `${mode} ${r.meanMsByMode[mode]?.toFixed(0)}`).join(', ')}.`,
     '',
   ]),
 ].join('\n');

@@ -21,8 +21,8 @@ import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
 import { renderCharts } from './lib/charts.ts';
+import { MODE_NAMES } from '../src/shared/vocabulary.ts';
 import {
-  BENCH_MODES,
   benchModels,
   machineInfo,
   meanStd,
@@ -76,13 +76,13 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
   log(`[${label}] loading every mode (compiles engines and plans on first use)`);
   const pipe = await FluxPipeline.fromPretrained(dir, {
     ...loadPipelineSettings(),
-    modes: [...BENCH_MODES],
+    modes: [...MODE_NAMES],
     threads,
     onLog: (m) => log(`  ${m}`),
   });
   const rows: Row[] = [];
   // Warm-up and timed generations, then the forward rounds.
-  const bar = progress.bar(label, BENCH_MODES.length * (2 * settings.warmup + 2 * settings.runs));
+  const bar = progress.bar(label, MODE_NAMES.length * (2 * settings.warmup + 2 * settings.runs));
   try {
     const gen = (mode: string) =>
       pipe.generate({
@@ -95,7 +95,7 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
         mode,
       });
     const engines = new Map<string, Awaited<ReturnType<typeof pipe.engine>>>();
-    for (const mode of BENCH_MODES) {
+    for (const mode of MODE_NAMES) {
       engines.set(mode, await pipe.engine(mode));
       for (let i = 0; i < settings.warmup; i++) {
         await gen(mode);
@@ -103,14 +103,14 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
       }
     }
     const before = new Map(
-      BENCH_MODES.map((m) => [m, { ...(stepCacheOf(engines.get(m)!)?.stats ?? { full: 0, cached: 0 }) }]),
+      MODE_NAMES.map((m) => [m, { ...(stepCacheOf(engines.get(m)!)?.stats ?? { full: 0, cached: 0 }) }]),
     );
     // Rounds of every mode, order rotated each round: load from other processes on a shared machine then hits
     // every mode alike instead of whichever mode happened to be running.
-    const ms = new Map<string, number[]>(BENCH_MODES.map((m) => [m, []]));
+    const ms = new Map<string, number[]>(MODE_NAMES.map((m) => [m, []]));
     for (let r = 0; r < settings.runs; r++) {
-      for (let k = 0; k < BENCH_MODES.length; k++) {
-        const mode = BENCH_MODES[(r + k) % BENCH_MODES.length]!;
+      for (let k = 0; k < MODE_NAMES.length; k++) {
+        const mode = MODE_NAMES[(r + k) % MODE_NAMES.length]!;
         const t0 = performance.now();
         await gen(mode);
         ms.get(mode)!.push(performance.now() - t0);
@@ -131,18 +131,18 @@ async function benchModel(label: string, dir: string): Promise<Row[]> {
     ]);
     // Per mode: XL takes the precomputed modulation row instead of timestep/guidance/pooled (computed once here).
     const feeds = new Map<string, Awaited<ReturnType<typeof pipe.transformerFeeds>>>();
-    for (const mode of BENCH_MODES) feeds.set(mode, await pipe.transformerFeeds([state!], mode));
-    const forward = new Map<string, number[]>(BENCH_MODES.map((m) => [m, []]));
+    for (const mode of MODE_NAMES) feeds.set(mode, await pipe.transformerFeeds([state!], mode));
+    const forward = new Map<string, number[]>(MODE_NAMES.map((m) => [m, []]));
     for (let r = 0; r < settings.warmup + settings.runs; r++) {
-      for (let k = 0; k < BENCH_MODES.length; k++) {
-        const mode = BENCH_MODES[(r + k) % BENCH_MODES.length]!;
+      for (let k = 0; k < MODE_NAMES.length; k++) {
+        const mode = MODE_NAMES[(r + k) % MODE_NAMES.length]!;
         const t0 = performance.now();
         await engines.get(mode)!.sessions.transformer.run(feeds.get(mode)!);
         if (r >= settings.warmup) forward.get(mode)!.push(performance.now() - t0);
         bar.tick(`transformer forward ${mode}`);
       }
     }
-    for (const mode of BENCH_MODES) {
+    for (const mode of MODE_NAMES) {
       const engine = engines.get(mode)!;
       const cache = stepCacheOf(engine);
       const b0 = before.get(mode)!;

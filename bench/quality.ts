@@ -19,7 +19,6 @@ import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { psnr, ssim } from '../src/shared/image-metrics.ts';
 import { renderCharts } from './lib/charts.ts';
 import {
-  BENCH_MODES,
   benchModels,
   machineInfo,
   mergeModes,
@@ -28,6 +27,7 @@ import {
   RESULTS_DIR,
 } from './lib/modes-report.ts';
 import { createProgress } from './lib/progress.ts';
+import { MODE_NAMES } from '../src/shared/vocabulary.ts';
 
 const { values } = parseArgs({
   options: {
@@ -84,15 +84,15 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 async function benchModel(label: string, dir: string, prompts: Prompt[]): Promise<ModeQuality[]> {
   const pipe = await FluxPipeline.fromPretrained(dir, {
     ...loadPipelineSettings(),
-    modes: [...BENCH_MODES],
+    modes: [...MODE_NAMES],
     threads,
     onLog: (m) => log(`  ${m}`),
   });
   const rows: ModeQuality[] = [];
-  const bar = progress.bar(label, BENCH_MODES.length * prompts.length);
+  const bar = progress.bar(label, MODE_NAMES.length * prompts.length);
   try {
     const images = new Map<string, { image: Float32Array; ms: number }[]>();
-    for (const mode of BENCH_MODES) {
+    for (const mode of MODE_NAMES) {
       const out: { image: Float32Array; ms: number }[] = [];
       for (const p of prompts) {
         const t0 = performance.now();
@@ -111,7 +111,7 @@ async function benchModel(label: string, dir: string, prompts: Prompt[]): Promis
       images.set(mode, out);
     }
     const ref = images.get('original')!;
-    for (const mode of BENCH_MODES) {
+    for (const mode of MODE_NAMES) {
       const imgs = images.get(mode)!;
       // Identical images have infinite PSNR; cap at 100 dB so means stay finite (XL sits far above 45 either way).
       const ps = imgs.map((x, i) => Math.min(100, psnr(x.image, ref[i]!.image)));

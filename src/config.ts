@@ -6,6 +6,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
+import { EXECUTION_PROVIDERS, type ExecutionProvider, MODE_SIZES } from './shared/vocabulary.ts';
 
 /** Everything `startServer` needs. */
 export interface ServerConfig {
@@ -34,7 +35,7 @@ export interface ServerConfig {
   /** Base of absolute image URLs (e.g. behind a proxy). PUBLIC_URL. @default from the request's Host */
   publicUrl?: string;
   /** Execution provider of the pipeline. PROVIDER. @default 'cpu' */
-  provider: 'cpu' | 'webgpu' | 'cuda';
+  provider: ExecutionProvider;
   /** Intra-op threads of the pipeline. THREADS. */
   threads?: number;
   /** Compiled-engine cache. CACHE_DIR (alias FLUXQL_CACHE_DIR). @default `<repo>/.cache/engines` */
@@ -127,7 +128,7 @@ const ENV_SCHEMA = {
   MODEL_SIZE: z
     .string()
     .transform((s) => s.toLowerCase())
-    .pipe(z.enum(['original', 'xl', 'l', 'm', 's']))
+    .pipe(z.enum(MODE_SIZES))
     .optional(),
   MODEL_BATCH: int(1, 64).optional(),
   AUTH_TOKEN: z.string().optional(),
@@ -139,7 +140,7 @@ const ENV_SCHEMA = {
   IMAGE_MAX_AGE_S: int(1).optional(),
   IMAGE_MAX_BYTES: int(1).optional(),
   PUBLIC_URL: z.url().optional(),
-  PROVIDER: z.enum(['cpu', 'webgpu', 'cuda']).optional(),
+  PROVIDER: z.enum(EXECUTION_PROVIDERS).optional(),
   THREADS: int(1, 1024).optional(),
   CACHE_DIR: z.string().min(1).optional(),
   FLUXQL_CACHE_DIR: z.string().min(1).optional(),

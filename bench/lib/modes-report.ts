@@ -25,8 +25,6 @@ import { BENCH_CPU_CONFIG, writeSyntheticModel } from './synthetic-model.ts';
 export const REPO = new URL('../..', import.meta.url).pathname;
 export const RESULTS_DIR = join(REPO, 'bench/results');
 export const MODES_FILE = join(RESULTS_DIR, 'modes.json');
-/** Every mode, reference first. */
-export const BENCH_MODES = ['original', 'XL', 'L', 'M', 'S'] as const;
 
 /** The machine the numbers come from. */
 export function machineInfo() {

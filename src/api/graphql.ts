@@ -11,7 +11,9 @@ import { useServer } from 'graphql-ws/use/ws';
 import { createGraphQLError, createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import { WebSocketServer } from 'ws';
 import { type GenerationService, ServiceUnavailableError } from '../service/index.ts';
+import { isAuthorizedBearer } from './auth.ts';
 import type { ApiContext } from './builder.ts';
+import { originOf } from './origin.ts';
 import { schema } from './schema/index.ts';
 
 /** Path of the GraphQL endpoint (HTTP, SSE, WebSocket) and of GraphiQL. */
@@ -64,16 +66,9 @@ export function createGraphqlHandler(options: GraphqlOptions): YogaServerInstanc
   });
 }
 
-function originOf(req: IncomingMessage, publicUrl?: string): string {
-  if (publicUrl) return publicUrl;
-  const proto = (req.headers['x-forwarded-proto'] as string | undefined)?.split(',')[0] ?? 'http';
-  return `${proto}://${req.headers.host ?? 'localhost'}`;
-}
-
-/** The bearer token a WebSocket client sent, from `connection_init` params or the upgrade request. */
-function bearerOf(params: Readonly<Record<string, unknown>> | undefined, req: IncomingMessage): string | undefined {
-  const raw = params?.authorization ?? params?.Authorization ?? req.headers.authorization;
-  return typeof raw === 'string' ? raw.replace(/^Bearer\s+/i, '') : undefined;
+/** The `Authorization` a WebSocket client sent, from `connection_init` params or the upgrade request. */
+function authorizationOf(params: Readonly<Record<string, unknown>> | undefined, req: IncomingMessage): unknown {
+  return params?.authorization ?? params?.Authorization ?? req.headers.authorization;
 }
 
 /**
@@ -92,7 +87,8 @@ export function attachGraphqlWs(
       execute: (args: ExecutionArgs) => (args.rootValue as EnvelopedRoot).execute(args),
       subscribe: (args: ExecutionArgs) => (args.rootValue as EnvelopedRoot).subscribe(args),
       // Returning false closes with 4403 Forbidden, as the protocol prescribes for failed auth.
-      onConnect: (ctx) => !options.authToken || bearerOf(ctx.connectionParams, ctx.extra.request) === options.authToken,
+      onConnect: (ctx) =>
+        isAuthorizedBearer(authorizationOf(ctx.connectionParams, ctx.extra.request), options.authToken, true),
       onSubscribe: async (ctx, _id, payload) => {
         const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,

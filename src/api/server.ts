@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
 import type { GenerationService } from '../service/index.ts';
 import { attachGraphqlWs, createGraphqlHandler, GRAPHQL_PATH } from './graphql.ts';
+import { originOf } from './origin.ts';
 import { handleImageFile, IMAGES_PREFIX } from './rest/files.ts';
 import { HttpError, isAuthorized, sendError, sendJson, unauthorized } from './rest/http.ts';
 import { handleImageGeneration, handleListModels, toHttpError } from './rest/images.ts';
@@ -36,12 +37,6 @@ export interface RunningApp {
   url: string;
   port: number;
   stop(): Promise<void>;
-}
-
-function originOf(req: IncomingMessage, publicUrl?: string): string {
-  if (publicUrl) return publicUrl;
-  const proto = (req.headers['x-forwarded-proto'] as string | undefined)?.split(',')[0] ?? 'http';
-  return `${proto}://${req.headers.host ?? 'localhost'}`;
 }
 
 function withJobId(res: ServerResponse, val: Record<string, unknown>): Record<string, unknown> {

@@ -29,10 +29,11 @@ export async function conformanceReport(fixtures: string, model: string | undefi
   const { cacheDir, ortSpin } = loadPipelineSettings();
   const pipe = await FluxPipeline.fromPretrained(modelDir, { cacheDir, ortSpin, modes: [mode], loraDir: loraDir?.dir });
   try {
+    const run = { pipe, dir: fixtures, index, mode, limits: REFERENCE_LIMITS };
     const cases: CaseResult[] = [
-      ...tokenizerCases(pipe, fixtures, index),
-      ...(await textEncoderCases(pipe, fixtures, index, mode, REFERENCE_LIMITS)),
-      ...(await transformerCase(pipe, fixtures, index, mode, REFERENCE_LIMITS)),
+      ...tokenizerCases(run),
+      ...(await textEncoderCases(run)),
+      ...(await transformerCase(run)),
     ];
     for (const [i, c] of index.pipeline_cases.entries())
       cases.push(...(await pipelineCase(pipe, fixtures, c, i, mode, REFERENCE_LIMITS)));

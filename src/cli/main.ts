@@ -3,6 +3,7 @@
  * file; this one only declares them.
  */
 import { Command, Option } from 'commander';
+import { EXECUTION_PROVIDERS, REFERENCE_MODE } from '../shared/vocabulary.ts';
 import { runCompile } from './compile-command.ts';
 import { runConformance } from './conformance-command.ts';
 import { DEFAULT_FIXTURES_DIR, DEFAULT_MODEL_DIR } from './defaults.ts';
@@ -11,7 +12,7 @@ import { runServe } from './serve-command.ts';
 
 const program = new Command('fluxql').description('FLUX.1 inference server and tools').showHelpAfterError();
 const provider = new Option('--provider <name>', 'ONNX Runtime execution provider')
-  .choices(['cpu', 'webgpu', 'cuda'])
+  .choices(EXECUTION_PROVIDERS)
   .default('cpu');
 
 program
@@ -24,7 +25,7 @@ program
   .option('--steps <n>', 'denoising steps', '28')
   .option('--guidance <g>', 'guidance scale', '3.5')
   .option('--seed <n>', 'seed', '0')
-  .option('--mode <mode>', 'engine mode', 'original')
+  .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
   .option('--max-sequence-length <n>', 'T5 tokens', '512')
   .addOption(provider)
   .action(runGenerate);
@@ -34,14 +35,14 @@ program
   .description('check the pipeline against a directory of diffusers reference outputs (index.json)')
   .option('-f, --fixtures <dir>', 'fixture directory with index.json (and optionally flux-tiny/)', DEFAULT_FIXTURES_DIR)
   .option('-m, --model <dir>', 'model to test (default: <fixtures>/flux-tiny if present, else the embedded model)')
-  .option('--mode <mode>', 'engine mode', 'original')
+  .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
   .action(runConformance);
 
 program
   .command('compile')
   .description('plan, compile and calibrate (or find cached) the ONNX engines of a model, ahead of serving')
   .option('-m, --model <dir>', 'model repository', DEFAULT_MODEL_DIR)
-  .option('--mode <modes...>', 'modes to build (planned ones are planned first): original XL L M S', ['original'])
+  .option('--mode <modes...>', 'modes to build (planned ones are planned first): original XL L M S', [REFERENCE_MODE])
   .action(runCompile);
 
 program

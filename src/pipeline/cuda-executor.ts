@@ -46,13 +46,14 @@ import {
   type StepResult,
   UnknownHandleError,
 } from './executor.ts';
-import { FluxArgumentError, type LatentGrid, latentGrid, packLatents } from './flux/latents.ts';
+import { FluxArgumentError, type LatentGrid, packLatents } from './flux/latents.ts';
 import { noiseForSeeds } from './flux/noise.ts';
 import { latentPreviewRgb } from './flux/preview.ts';
 import { groupBy } from './flux/sample-state.ts';
 import { type FlowMatchConfig, fluxSigmas, parseSchedulerConfig } from './flux/schedule.ts';
 import { type FluxTokenizers, loadFluxTokenizers } from './flux/tokenize.ts';
 import { LoraError } from './lora/errors.ts';
+import { checkSampleRequest } from './sample-checks.ts';
 
 /** Options of {@link createCudaExecutor}. */
 export interface CudaExecutorOptions {
@@ -468,36 +469,19 @@ class CudaExecutor implements CudaStepExecutor {
     return s;
   }
 
-  /** The ORT pipeline's request checks, plus what the engine cannot do (modes, LoRAs, control, > 2048). */
+  /** Every executor's request checks, plus what the engine cannot do (modes, LoRAs, control, > 2048). */
   #validate(r: SampleRequest): LatentGrid {
-    if (typeof r.prompt !== 'string') throw new FluxArgumentError('prompt', 'must be a string');
-    if (r.prompt2 !== undefined && typeof r.prompt2 !== 'string') {
-      throw new FluxArgumentError('prompt2', 'must be a string');
-    }
-    if (!Number.isInteger(r.steps) || r.steps < 1 || r.steps > 1000) {
-      throw new FluxArgumentError('steps', `must be an integer in 1..1000, got ${r.steps}`);
-    }
-    if (!Number.isFinite(r.guidanceScale)) {
-      throw new FluxArgumentError('guidanceScale', `must be finite, got ${r.guidanceScale}`);
-    }
+    const grid = checkSampleRequest(r, PACKED_CHANNELS);
     if (r.mode !== undefined && r.mode !== 'original') {
       throw new FluxArgumentError('mode', `unknown mode "${r.mode}"; the CUDA engine runs: original`);
     }
     if (r.loras && r.loras.length > 0) throw unsupported(r.loras[0]!.name);
     if (r.controlImage) throw new FluxArgumentError('controlImage', 'the CUDA engine has no control-image path');
-    const grid = latentGrid(r.height, r.width);
     for (const [param, v] of [
       ['height', r.height],
       ['width', r.width],
     ] as const) {
       if (v > MAX_SIDE) throw new FluxArgumentError(param, `the CUDA engine runs sides up to ${MAX_SIDE}, got ${v}`);
-    }
-    if (!Number.isSafeInteger(r.seed)) throw new FluxArgumentError('seed', `must be a safe integer, got ${r.seed}`);
-    if (r.latents && r.latents.length !== grid.seqLen * PACKED_CHANNELS) {
-      throw new FluxArgumentError(
-        'latents',
-        `expected ${grid.seqLen * PACKED_CHANNELS} values ([L, C] packed), got ${r.latents.length}`,
-      );
     }
     return grid;
   }

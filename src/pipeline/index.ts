@@ -31,12 +31,18 @@ export {
   LORA_FORMATS,
   LoraError,
   type LoraErrorCode,
+  type LoraErrorData,
   type LoraFormat,
   type LoraInfo,
   LoraManager,
   type LoraScan,
   type LoraSelection,
+  loraFileName,
+  loraSetKey,
+  loraStrengthProblem,
   MAX_LORA_RANK,
+  MAX_LORA_STRENGTH,
+  sortedLoraSet,
 } from './lora/index.ts';
 export { createFluxExecutor } from './worker-executor.ts';
 export { ExecutorError } from './worker-protocol.ts';

@@ -6,10 +6,9 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
+import { EXECUTION_PROVIDERS, type ExecutionProvider } from '../shared/vocabulary.ts';
 
-/** Providers a user may name. `cuda` needs ORT's CUDA binaries (`ONNXRUNTIME_NODE_INSTALL=cuda12` at install). */
-export const EXECUTION_PROVIDERS = Object.freeze(['cpu', 'webgpu', 'cuda'] as const);
-export type ExecutionProvider = (typeof EXECUTION_PROVIDERS)[number];
+export { EXECUTION_PROVIDERS, type ExecutionProvider };
 
 /** A provider that was asked for but is not usable here. */
 export class ProviderUnavailableError extends Error {

@@ -11,6 +11,7 @@
  *   compatible and fit. The first incompatible job stops joining, so a steady stream of one group cannot
  *   starve an older job of another group: the running batch drains and the older job goes next.
  */
+import { type LoraSelection, loraSetKey, sortedLoraSet } from './pipeline.ts';
 
 /** What the policy needs to know about a queued job. */
 export interface QueueEntry {
@@ -46,15 +47,18 @@ export type BatchDecision =
   /** Admit these jobs, in order: a new batch when nothing runs, else they join the running one. */
   | { kind: 'admit'; jobIds: string[] };
 
-/** Requests batch together only when the engine can step them as one tensor: same mode, size, steps, LoRAs. */
+/**
+ * Requests batch together only when the engine can step them as one tensor: same mode, size, steps, LoRA set (names
+ * and strengths: a strength changes the output; in any order: the deltas add up).
+ */
 export function batchKey(parts: {
   mode: string;
   width: number;
   height: number;
   steps: number;
-  loras?: string[];
+  loras?: readonly LoraSelection[];
 }): string {
-  const loras = parts.loras && parts.loras.length > 0 ? [...parts.loras].sort().join(',') : '-';
+  const loras = loraSetKey(sortedLoraSet(parts.loras ?? []));
   return `${parts.mode}|${parts.width}x${parts.height}|${parts.steps}|${loras}`;
 }
 

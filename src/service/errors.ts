@@ -2,6 +2,7 @@
  * @file Domain errors of the service layer. They carry plain data only; `api/` maps them onto GraphQL result
  * unions (Pothos errors plugin) and onto HTTP status codes / OpenAI error bodies.
  */
+import type { LoraErrorData } from './pipeline.ts';
 
 /** Base class so transports can tell expected, typed failures from bugs. */
 export abstract class ServiceError extends Error {
@@ -116,6 +117,11 @@ export class LoraRequestError extends ServiceError {
     this.name = 'LoraRequestError';
   }
 
+  /** The service error of a LoRA layer error's data (see {@link LoraErrorData}). */
+  static of(data: LoraErrorData): LoraRequestError {
+    return new LoraRequestError(data.code, data.message, data.lora ?? null, [...data.keys]);
+  }
+
   /**
    * The typed form of a LoRA layer error (a `LoraError` thrown in-thread, or one restored from the pipeline worker
    * with its `code`); any other error is returned unchanged.
@@ -124,11 +130,11 @@ export class LoraRequestError extends ServiceError {
     if (!(err instanceof Error) || err.name !== 'LoraError') return err;
     const e = err as Error & { code?: unknown; lora?: unknown; keys?: unknown };
     if (typeof e.code !== 'string') return err;
-    return new LoraRequestError(
-      e.code,
-      e.message,
-      typeof e.lora === 'string' ? e.lora : null,
-      Array.isArray(e.keys) ? e.keys.map(String) : [],
-    );
+    return LoraRequestError.of({
+      code: e.code as LoraErrorData['code'],
+      message: e.message,
+      ...(typeof e.lora === 'string' ? { lora: e.lora } : {}),
+      keys: Array.isArray(e.keys) ? e.keys.map(String) : [],
+    });
   }
 }

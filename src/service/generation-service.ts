@@ -12,7 +12,7 @@ import {
   ValidationError,
 } from './errors.ts';
 import { ImageStore, type ImageStoreOptions } from './image-store.ts';
-import { Channel, isTerminalEvent, type JobEvent } from './job-events.ts';
+import { Channel, isTerminalEvent, type JobEvent, terminalEvent } from './job-events.ts';
 import { logJobTransition, type ServiceLogger } from './job-log.ts';
 import {
   type ControlImageData,
@@ -43,10 +43,10 @@ import type { BackendHealth, EngineOffer, JobBackend, LoraControl } from './port
 import {
   type GenerateInput,
   type GenerationRequest,
+  loraName,
   loraStrength,
   MAX_CONTROL_IMAGE_BYTES,
   MAX_CONTROL_IMAGE_PIXELS,
-  MAX_LORA_NAME_CHARS,
   parseGenerateInput,
 } from './request.ts';
 
@@ -522,20 +522,8 @@ export class GenerationService {
 }
 
 function checkLoraName(name: string): void {
-  if (typeof name !== 'string' || name.trim() === '') {
-    throw new ValidationError('name', 'a LoRA name must not be empty');
-  }
-  if (name.length > MAX_LORA_NAME_CHARS) {
-    throw new ValidationError('name', `a LoRA name must be at most ${MAX_LORA_NAME_CHARS} characters`);
-  }
-}
-
-/** The terminal event matching a terminal job's record. */
-export function terminalEvent(job: Job): JobEvent {
-  const base = { jobId: job.id, elapsedMs: elapsedMs(job) };
-  if (job.status === 'SUCCEEDED') return { type: 'succeeded', ...base, images: job.images };
-  if (job.status === 'CANCELED') return { type: 'canceled', ...base, reason: job.cancelReason ?? 'canceled' };
-  return { type: 'failed', ...base, code: job.error?.code ?? 'generation_failed', message: job.error?.message ?? '' };
+  const n = loraName().safeParse(name);
+  if (!n.success) throw new ValidationError('name', n.error.issues[0]?.message ?? 'invalid LoRA name');
 }
 
 /** Creates the service (the image directory is created if needed). */

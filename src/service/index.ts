@@ -21,10 +21,16 @@ export {
   createGenerationService,
   GenerationService,
   type GenerationServiceOptions,
-  terminalEvent,
 } from './generation-service.ts';
 export { ImageStore, type ImageStoreOptions, urlPathOf } from './image-store.ts';
-export { isTerminalEvent, type JobEvent } from './job-events.ts';
+export {
+  finishJob,
+  isTerminalEvent,
+  type JobEvent,
+  type JobOutcome,
+  type TerminalJobEvent,
+  terminalEvent,
+} from './job-events.ts';
 export { type JobTransition, logJobTransition, type ServiceLogger } from './job-log.ts';
 export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
 export type { MeasuredLatency } from './measured.ts';

@@ -2,7 +2,7 @@
  * @file Progress events of jobs and a tiny in-process pub/sub for them. Each subscriber gets its own unbounded
  * buffer: steps are few (tens per job), so slow readers cost little, and nothing is dropped.
  */
-import type { Job, StoredImage } from './jobs.ts';
+import { elapsedMs, type Job, type StoredImage } from './jobs.ts';
 
 /** What `jobProgress` streams. `snapshot` comes first; a terminal event comes last. */
 export type JobEvent =
@@ -24,9 +24,38 @@ export type JobEvent =
   | { type: 'failed'; jobId: string; code: string; message: string; elapsedMs: number }
   | { type: 'canceled'; jobId: string; reason: string; elapsedMs: number };
 
+/** An event that ends its job's stream. */
+export type TerminalJobEvent = Extract<JobEvent, { type: 'succeeded' | 'failed' | 'canceled' }>;
+
 /** Whether an event ends its job's stream. */
-export function isTerminalEvent(e: JobEvent): boolean {
+export function isTerminalEvent(e: JobEvent): e is TerminalJobEvent {
   return e.type === 'succeeded' || e.type === 'failed' || e.type === 'canceled';
+}
+
+/** How a job ends. */
+export type JobOutcome =
+  | { status: 'SUCCEEDED' }
+  | { status: 'CANCELED'; reason: string }
+  | { status: 'FAILED'; code: string; message: string };
+
+/**
+ * Records `outcome` on `job` (status, end time, and the cancel reason or error) and returns the event announcing
+ * it: every backend ends jobs through here, so the record and the event cannot disagree.
+ */
+export function finishJob(job: Job, outcome: JobOutcome): TerminalJobEvent {
+  job.status = outcome.status;
+  job.finishedAt = new Date();
+  if (outcome.status === 'CANCELED') job.cancelReason = outcome.reason;
+  if (outcome.status === 'FAILED') job.error = { code: outcome.code, message: outcome.message };
+  return terminalEvent(job);
+}
+
+/** The terminal event matching a terminal job's record. */
+export function terminalEvent(job: Job): TerminalJobEvent {
+  const base = { jobId: job.id, elapsedMs: elapsedMs(job) };
+  if (job.status === 'SUCCEEDED') return { type: 'succeeded', ...base, images: job.images };
+  if (job.status === 'CANCELED') return { type: 'canceled', ...base, reason: job.cancelReason ?? 'canceled' };
+  return { type: 'failed', ...base, code: job.error?.code ?? 'generation_failed', message: job.error?.message ?? '' };
 }
 
 /**

@@ -9,6 +9,8 @@
  * RTX 5090; we keep the revision cited above.
  */
 
+import { MODE_NAMES, sizeOfMode } from '../shared/vocabulary.ts';
+
 /** Where a published number comes from. */
 export const PUBLISHED_SPEC_SOURCE =
   'https://huggingface.co/TheStageAI/Elastic-FLUX.1-dev (model card, latency table, revision 5c8f62f)';
@@ -21,20 +23,19 @@ export interface PublishedLatency {
 }
 
 const GPUS = ['H100', 'L40s', 'B200', 'RTX 5090'] as const;
-const MODES = ['S', 'M', 'L', 'XL', 'original'] as const;
-// Rows in GPUS order, columns in MODES order.
+// Rows in GPUS order, columns in MODE_NAMES order (original, XL, L, M, S: the card's columns reversed).
 const TABLE: (number | null)[][] = [
-  [2.88, 3.06, 3.25, 4.18, 6.46],
-  [9.22, 10.07, 10.67, 14.39, 16],
-  [1.96, 2.09, 2.22, 2.13, 4.4],
-  [5.53, null, null, null, null],
+  [6.46, 4.18, 3.25, 3.06, 2.88],
+  [16, 14.39, 10.67, 10.07, 9.22],
+  [4.4, 2.13, 2.22, 2.09, 1.96],
+  [null, null, null, null, 5.53],
 ];
 
 /** The published latency of every GPU for one mode (case-insensitive), in GPU order. */
 export function publishedLatencies(mode: string): PublishedLatency[] {
-  const col = MODES.findIndex((m) => m.toLowerCase() === mode.toLowerCase());
+  const col = MODE_NAMES.findIndex((m) => sizeOfMode(m) === sizeOfMode(mode));
   if (col < 0) return [];
-  return GPUS.map((gpu, row) => ({ gpu, mode: MODES[col] as string, latencySeconds: TABLE[row]?.[col] ?? null }));
+  return GPUS.map((gpu, row) => ({ gpu, mode: MODE_NAMES[col] as string, latencySeconds: TABLE[row]?.[col] ?? null }));
 }
 
 /** The seed card's aspect ratios and the pixel size each maps to. */

@@ -2,6 +2,7 @@
  * @file The model catalogue: which `flux-1-dev-<size>-bs<batch>` ids this server answers to, their limits and
  * published/measured speed. Built once from the executor's {@link ModelInfo} and the config.
  */
+import { sizeOfMode } from '../shared/vocabulary.ts';
 import { UnknownModelError } from './errors.ts';
 import type { ModePlanSummary, ModeQuality, ModeResults } from './mode-results.ts';
 import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './model-specs.ts';
@@ -74,11 +75,6 @@ export const DEFAULT_LIMITS: Omit<GenerationLimits, 'maxImages'> = Object.freeze
   minGuidance: 0,
   maxGuidance: 30,
 });
-
-/** Lower-case size token of a mode (`XL` → `xl`). */
-export function sizeOfMode(mode: string): string {
-  return mode.toLowerCase();
-}
 
 /** The public id of a mode at a batch size. */
 export function modelId(mode: string, batch: number): string {

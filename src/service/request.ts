@@ -8,12 +8,18 @@ import { z } from 'zod';
 import { ValidationError } from './errors.ts';
 import { ASPECT_RATIOS } from './model-specs.ts';
 import type { GenerationLimits, ModelCatalog, ModelEntry } from './models.ts';
-import { IMAGE_FORMATS, type ImageFormat, type LoraSelection } from './pipeline.ts';
+import {
+  IMAGE_FORMATS,
+  type ImageFormat,
+  type LoraSelection,
+  loraFileName,
+  loraStrengthProblem,
+  MAX_LORA_STRENGTH,
+} from './pipeline.ts';
 
 /** LoRAs one request may combine. */
 export const MAX_LORAS_PER_REQUEST = 8;
-/** Largest |strength| of a LoRA (beyond it the delta swamps the base weights). */
-export const MAX_LORA_STRENGTH = 10;
+export { MAX_LORA_STRENGTH };
 /** Longest LoRA name (a path relative to LORA_DIR). */
 export const MAX_LORA_NAME_CHARS = 500;
 /** Largest control image file (upload, base64 payload or download), in bytes. */
@@ -141,18 +147,12 @@ export function createInputSchema(limits: GenerationLimits) {
       loras: z
         .array(
           z.object({
-            name: z
-              .string()
-              .refine((n) => n.trim().length > 0, 'a LoRA name must not be empty')
-              .refine(
-                (n) => n.length <= MAX_LORA_NAME_CHARS,
-                `a LoRA name must be at most ${MAX_LORA_NAME_CHARS} characters`,
-              ),
+            name: loraName(),
             strength: loraStrength().nullish(),
           }),
         )
         .max(MAX_LORAS_PER_REQUEST, `at most ${MAX_LORAS_PER_REQUEST} LoRAs per request`)
-        .refine((l) => new Set(l.map((x) => loraKey(x.name))).size === l.length, 'a LoRA appears twice in loras')
+        .refine((l) => new Set(l.map((x) => loraFileName(x.name))).size === l.length, 'a LoRA appears twice in loras')
         .nullish(),
       controlImage: z
         .string()
@@ -177,17 +177,20 @@ export function createInputSchema(limits: GenerationLimits) {
     });
 }
 
-/** The rule of a LoRA strength (also used by `loadLora`). */
+/** The rule of a LoRA strength (also used by `loadLora`): the LoRA layer's {@link loraStrengthProblem}. */
 export function loraStrength() {
-  return z
-    .number()
-    .min(-MAX_LORA_STRENGTH, `strength must be at least -${MAX_LORA_STRENGTH}`)
-    .max(MAX_LORA_STRENGTH, `strength must be at most ${MAX_LORA_STRENGTH}`);
+  return z.number().superRefine((v, ctx) => {
+    const problem = loraStrengthProblem(v);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  });
 }
 
-/** A LoRA name as the LoRA layer files it (`style` and `style.safetensors` are one file). */
-function loraKey(name: string): string {
-  return name.endsWith('.safetensors') ? name : `${name}.safetensors`;
+/** The rule of a LoRA name (a path relative to LORA_DIR; also used by `loadLora` / `unloadLora`). */
+export function loraName() {
+  return z
+    .string()
+    .refine((n) => n.trim().length > 0, 'a LoRA name must not be empty')
+    .refine((n) => n.length <= MAX_LORA_NAME_CHARS, `a LoRA name must be at most ${MAX_LORA_NAME_CHARS} characters`);
 }
 
 /** Converts the first zod issue to a {@link ValidationError}. */

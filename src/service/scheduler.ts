@@ -20,7 +20,7 @@ import { performance } from 'node:perf_hooks';
 import { type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batcher.ts';
 import { QueueFullError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
-import type { JobEventHub } from './job-events.ts';
+import { finishJob, type JobEventHub, type TerminalJobEvent } from './job-events.ts';
 import { logJobTransition, type ServiceLogger } from './job-log.ts';
 import { elapsedMs, etaMs, isTerminal, type Job, type JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
@@ -114,8 +114,7 @@ export class Scheduler {
         width: r.width,
         height: r.height,
         steps: r.steps,
-        // Names AND strengths: a strength changes the output, so it is part of what one engine run can share.
-        ...(r.loras ? { loras: r.loras.map((l) => `${l.name}@${l.strength}`) } : {}),
+        ...(r.loras ? { loras: r.loras } : {}),
       }),
       samples: r.numImages,
       enqueuedAt: job.createdAt.getTime(),
@@ -395,24 +394,19 @@ export class Scheduler {
   #finish(job: Job, status: 'SUCCEEDED' | 'FAILED' | 'CANCELED', extra: { reason?: string; err?: unknown }): void {
     if (isTerminal(job)) return;
     delete job.controlImage; // a queued job cancelled or failed: the pixels are not needed any more
-    job.status = status;
-    job.finishedAt = new Date();
     const m = this.#o.metrics;
-    m.jobs.inc({ status });
-    m.jobLatencySeconds.observe({ status }, elapsedMs(job) / 1000);
-    const base = { jobId: job.id, elapsedMs: elapsedMs(job) };
-    if (status === 'SUCCEEDED') {
-      this.#o.events.publish(job.id, { type: 'succeeded', ...base, images: job.images });
-    } else if (status === 'CANCELED') {
-      job.cancelReason = extra.reason ?? 'canceled';
-      this.#o.events.publish(job.id, { type: 'canceled', ...base, reason: job.cancelReason });
-    } else {
+    let event: TerminalJobEvent;
+    if (status === 'FAILED') {
       const message = extra.err instanceof Error ? extra.err.message : String(extra.err);
-      job.error = { code: 'generation_failed', message };
+      event = finishJob(job, { status, code: 'generation_failed', message });
       m.errors.inc({ code: 'generation_failed' });
       this.#log(`job ${job.id} failed`, extra.err);
-      this.#o.events.publish(job.id, { type: 'failed', ...base, code: job.error.code, message });
+    } else {
+      event = finishJob(job, status === 'CANCELED' ? { status, reason: extra.reason ?? 'canceled' } : { status });
     }
+    m.jobs.inc({ status });
+    m.jobLatencySeconds.observe({ status }, elapsedMs(job) / 1000);
+    this.#o.events.publish(job.id, event);
     logJobTransition(
       this.#o.logger,
       job,

@@ -3,6 +3,7 @@
  * the bearer check shared with GraphQL.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isAuthorizedBearer } from '../auth.ts';
 
 /** An error to answer with a status and OpenAI's `{ error: { message, type, param, code } }` body. */
 export class HttpError extends Error {
@@ -76,10 +77,7 @@ export function sendError(res: ServerResponse, err: HttpError): void {
 
 /** Whether the request carries `Authorization: Bearer <token>` (always true when no token is configured). */
 export function isAuthorized(req: IncomingMessage, token: string | undefined): boolean {
-  if (!token) return true;
-  const header = req.headers.authorization ?? '';
-  const m = /^Bearer\s+(.+)$/i.exec(header);
-  return m?.[1]?.trim() === token;
+  return isAuthorizedBearer(req.headers.authorization, token);
 }
 
 /** The 401 every protected route answers. */

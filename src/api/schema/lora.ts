@@ -144,7 +144,7 @@ builder.queryField('loras', (t) =>
             kind: 'invalid',
             name: f.name,
             sizeBytes: f.sizeBytes,
-            error: { [LORA_ERROR_PAYLOAD]: true, code: f.code, message: f.message, lora: f.name, keys: [] },
+            error: { [LORA_ERROR_PAYLOAD]: true, ...f.error, lora: f.error.lora ?? f.name },
           }),
         ),
       ].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));

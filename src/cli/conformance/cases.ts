@@ -51,8 +51,17 @@ function readTokenizerCases(dir: string, index: FixtureIndex) {
   return tokenizerCaseSchema.parse(JSON.parse(readFileSync(path, 'utf8')));
 }
 
+/** What the fixture cases read: the pipeline under test, the fixture folder and its index, the mode, the limits. */
+export interface FixtureRun {
+  pipe: FluxPipeline;
+  dir: string;
+  index: FixtureIndex;
+  mode: string;
+  limits: Limits;
+}
+
 /** Token ids of every prompt, CLIP and T5, exact. */
-export function tokenizerCases(pipe: FluxPipeline, dir: string, index: FixtureIndex): CaseResult[] {
+export function tokenizerCases({ pipe, dir, index }: FixtureRun): CaseResult[] {
   return readTokenizerCases(dir, index).flatMap((c, i) => {
     const clip = pipe.tokenizers.encodeClip([c.prompt]);
     const t5 = pipe.tokenizers.encodeT5([c.prompt], c.t5_input_ids.length);
@@ -64,13 +73,7 @@ export function tokenizerCases(pipe: FluxPipeline, dir: string, index: FixtureIn
 }
 
 /** CLIP pooled and T5 hidden states of every tokenizer prompt, in one batched run each. */
-export async function textEncoderCases(
-  pipe: FluxPipeline,
-  dir: string,
-  index: FixtureIndex,
-  mode: string,
-  limits: Limits,
-): Promise<CaseResult[]> {
+export async function textEncoderCases({ pipe, dir, index, mode, limits }: FixtureRun): Promise<CaseResult[]> {
   if (!index.text_encoders) return [];
   const prompts = readTokenizerCases(dir, index).map((c) => c.prompt);
   const { pooledRef, embedsRef, t } = withFile(join(dir, index.text_encoders), (f) => ({
@@ -81,30 +84,24 @@ export async function textEncoderCases(
   const enc = await pipe.encodePrompts(prompts, prompts, t, mode);
   const p = pooledRef.length / prompts.length;
   const e = embedsRef.length / prompts.length;
-  return prompts.flatMap((_, i) => [
-    result(
-      `text_encoders[${i}].clip_pooled`,
-      'rel_error',
-      relativeError(enc.pooled[i]!, pooledRef.subarray(i * p, (i + 1) * p)),
-      limits.rel,
+  const outputs = [
+    { name: 'clip_pooled', got: enc.pooled, ref: pooledRef, per: p },
+    { name: 't5', got: enc.embeds, ref: embedsRef, per: e },
+  ];
+  return prompts.flatMap((_, i) =>
+    outputs.map((o) =>
+      result(
+        `text_encoders[${i}].${o.name}`,
+        'rel_error',
+        relativeError(o.got[i]!, o.ref.subarray(i * o.per, (i + 1) * o.per)),
+        limits.rel,
+      ),
     ),
-    result(
-      `text_encoders[${i}].t5`,
-      'rel_error',
-      relativeError(enc.embeds[i]!, embedsRef.subarray(i * e, (i + 1) * e)),
-      limits.rel,
-    ),
-  ]);
+  );
 }
 
 /** One raw transformer forward. */
-export async function transformerCase(
-  pipe: FluxPipeline,
-  dir: string,
-  index: FixtureIndex,
-  mode: string,
-  limits: Limits,
-): Promise<CaseResult[]> {
+export async function transformerCase({ pipe, dir, index, mode, limits }: FixtureRun): Promise<CaseResult[]> {
   if (!index.transformer_case) return [];
   const path = join(dir, index.transformer_case.file);
   const out = await pipe.forwardTransformer(readTransformerInputs(path), mode);

@@ -18,7 +18,9 @@ import type { RgbImage, SampleRequest } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import { createLoraManager, readLoraLayout } from '../lora/engine-layout.ts';
 import type { LoraManager } from '../lora/lora-manager.ts';
+import { loraSetKey } from '../lora/selection.ts';
 import type { LoraSelection } from '../lora/types.ts';
+import { checkSampleRequest } from '../sample-checks.ts';
 import {
   checkControlRequest,
   concatFeatures,
@@ -317,7 +319,7 @@ export class FluxPipeline {
       const first = group[0]!;
       const mode = first.mode ?? 'original';
       const manifest = await this.manifest(mode);
-      const grids = group.map((r) => this.validate(r, manifest));
+      const grids = group.map((r) => checkSampleRequest(r, manifest.config.inChannels, manifest.config.vaeScaleFactor));
       const enc = await this.encodePrompts(
         group.map((r) => r.prompt),
         group.map((r) => r.prompt2 ?? r.prompt),
@@ -326,8 +328,7 @@ export class FluxPipeline {
       );
       for (const [i, r] of group.entries()) {
         const grid = grids[i]!;
-        const packedChannels = manifest.config.inChannels;
-        const explicit = r.latents ? checkedLatents(r.latents, grid.seqLen * packedChannels) : undefined;
+        const explicit = r.latents ? Float32Array.from(r.latents) : undefined; // checked above
         const controlChannels = controlOf.get(r) ?? 0;
         // Control samples draw the control latent's noise, then the starting noise, from one generator (control.ts).
         const { latents, control } = controlChannels
@@ -573,16 +574,6 @@ export class FluxPipeline {
     await this.loader.close();
   }
 
-  private validate(r: SampleRequest, manifest: EngineManifest) {
-    if (typeof r.prompt !== 'string') throw new FluxArgumentError('prompt', 'must be a string');
-    if (!Number.isInteger(r.steps) || r.steps < 1 || r.steps > 1000) {
-      throw new FluxArgumentError('steps', `must be an integer in 1..1000, got ${r.steps}`);
-    }
-    if (!Number.isFinite(r.guidanceScale))
-      throw new FluxArgumentError('guidanceScale', `must be finite, got ${r.guidanceScale}`);
-    return latentGrid(r.height, r.width, manifest.config.vaeScaleFactor);
-  }
-
   private rope(textLen: number, h: number, w: number, axes: number[]): RopeTables {
     const key = `${textLen}|${h}x${w}|${axes.join(',')}`;
     let r = this.ropeCache.get(key);
@@ -596,20 +587,8 @@ export class FluxPipeline {
   }
 }
 
-/** Key of a LoRA set for grouping (order kept: it fixes the rank-concatenation order of the feeds). */
-function loraSetKey(loras: SampleRequest['loras']): string {
-  return loras && loras.length > 0 ? loras.map((l) => `${l.name}:${l.strength}`).join(',') : '-';
-}
-
 /** Splits a `[B, ...]` array into B views. */
 function splitBatch(data: Float32Array, b: number): Float32Array[] {
   const per = data.length / b;
   return Array.from({ length: b }, (_, i) => data.slice(i * per, (i + 1) * per));
-}
-
-function checkedLatents(latents: Float32Array, expected: number): Float32Array {
-  if (latents.length !== expected) {
-    throw new FluxArgumentError('latents', `expected ${expected} values ([L, C] packed), got ${latents.length}`);
-  }
-  return Float32Array.from(latents);
 }

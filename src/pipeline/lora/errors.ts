@@ -24,8 +24,21 @@ export type LoraErrorCode =
   /** A strength that is not a finite number, or a set that names one LoRA twice. */
   | 'bad_argument';
 
+/**
+ * A LoRA error as plain data: the one shape every layer passes on (a scan's invalid files, the worker protocol, the
+ * service's `LoraRequestError`, the API's `LoraError` type).
+ */
+export interface LoraErrorData {
+  code: LoraErrorCode;
+  message: string;
+  /** The LoRA (name or path) at fault, when there is one. */
+  lora?: string;
+  /** The offending tensor keys, for `unmatched_keys` / `shape_mismatch` / `non_finite`. */
+  keys: readonly string[];
+}
+
 /** A LoRA file or LoRA set that cannot be used. */
-export class LoraError extends Error {
+export class LoraError extends Error implements LoraErrorData {
   constructor(
     readonly code: LoraErrorCode,
     message: string,
@@ -37,6 +50,11 @@ export class LoraError extends Error {
   ) {
     super(lora ? `${lora}: ${message}` : message, options);
     this.name = 'LoraError';
+  }
+
+  /** This error as {@link LoraErrorData}. */
+  toData(): LoraErrorData {
+    return { code: this.code, message: this.message, ...(this.lora ? { lora: this.lora } : {}), keys: this.keys };
   }
 }
 

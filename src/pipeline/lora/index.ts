@@ -5,11 +5,19 @@
 
 export { MAX_RANK as MAX_LORA_RANK } from './collect.ts';
 export { createLoraManager, readLoraLayout } from './engine-layout.ts';
-export { LoraError, type LoraErrorCode } from './errors.ts';
-export { LORA_EXTENSION, type LoraFile, listLoraFiles, resolveLoraFile } from './lora-dir.ts';
+export { LoraError, type LoraErrorCode, type LoraErrorData } from './errors.ts';
+export { type LoraFile, listLoraFiles, resolveLoraFile } from './lora-dir.ts';
 export { LoraManager, type LoraManagerOptions, type LoraScan } from './lora-manager.ts';
 export { type LoraModelSpec, loraModelSpec } from './model-layers.ts';
 export { detectLoraFormat, parseLoraFile, parseLoraTensors } from './parse.ts';
+export {
+  LORA_EXTENSION,
+  loraFileName,
+  loraSetKey,
+  loraStrengthProblem,
+  MAX_LORA_STRENGTH,
+  sortedLoraSet,
+} from './selection.ts';
 export {
   describeLora,
   LORA_FORMATS,

@@ -6,9 +6,7 @@
 import { existsSync, lstatSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { LoraError } from './errors.ts';
-
-/** The file extension of LoRA files; a name without it gets it appended. */
-export const LORA_EXTENSION = '.safetensors';
+import { LORA_EXTENSION, loraFileName } from './selection.ts';
 
 /** A LoRA file inside LORA_DIR. */
 export interface LoraFile {
@@ -39,7 +37,7 @@ export function resolveLoraFile(dir: string, name: string): LoraFile {
   if (name.split(/[\\/]/).some((seg) => seg === '..')) {
     throw new LoraError('forbidden_path', "'..' is refused; name a file inside LORA_DIR", name);
   }
-  const fileName = name.endsWith(LORA_EXTENSION) ? name : `${name}${LORA_EXTENSION}`;
+  const fileName = loraFileName(name);
   let root: string;
   try {
     root = realpathSync(dir);

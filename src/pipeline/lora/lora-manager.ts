@@ -8,11 +8,12 @@
 
 import type { HostTensor } from '../../runtime/index.ts';
 import type { LoraEngineLayout } from '../../shared/vocabulary/lora-layout.ts';
-import { LoraError, type LoraErrorCode } from './errors.ts';
+import { LoraError, type LoraErrorData } from './errors.ts';
 import { type ActiveLora, buildLoraFeeds } from './feeds.ts';
 import { type LoraFile, listLoraFiles, resolveLoraFile } from './lora-dir.ts';
 import type { LoraModelSpec } from './model-layers.ts';
 import { parseLoraFile } from './parse.ts';
+import { loraFileName, loraSetKey, loraStrengthProblem } from './selection.ts';
 import { describeLora, type LoraInfo, type LoraSelection, type ParsedLora } from './types.ts';
 
 /** Options of a {@link LoraManager}. */
@@ -40,7 +41,7 @@ interface CachedLora {
 export interface LoraScan {
   loras: LoraInfo[];
   /** Files that do not parse for this model, with the reason. */
-  invalid: { name: string; sizeBytes: number; code: LoraErrorCode; message: string }[];
+  invalid: { name: string; sizeBytes: number; error: LoraErrorData }[];
 }
 
 const FEED_CACHE_SIZE = 8;
@@ -70,7 +71,7 @@ export class LoraManager {
         out.loras.push(this.get(f.name).info);
       } catch (err) {
         if (!(err instanceof LoraError)) throw err;
-        out.invalid.push({ name: f.name, sizeBytes: f.sizeBytes, code: err.code, message: err.message });
+        out.invalid.push({ name: f.name, sizeBytes: f.sizeBytes, error: err.toData() });
       }
     }
     return out;
@@ -91,8 +92,7 @@ export class LoraManager {
 
   /** Removes `name` from the default set; false when it was not there. */
   unload(name: string): boolean {
-    const key = name.endsWith('.safetensors') ? name : `${name}.safetensors`;
-    return this.defaults.delete(key);
+    return this.defaults.delete(loraFileName(name));
   }
 
   /** The default set, in load order. */
@@ -114,7 +114,8 @@ export class LoraManager {
    */
   feeds(layout: LoraEngineLayout, layoutKey: string, set: readonly LoraSelection[]): Record<string, HostTensor> {
     const members = this.resolveCached(set);
-    const key = `${layoutKey}#${members.map(({ c, strength }) => `${c.file.name}@${c.version}:${strength}`).join('|')}`;
+    // File versions in the names: a LoRA file re-parsed since is another set.
+    const key = `${layoutKey}#${loraSetKey(members.map(({ c, strength }) => ({ name: `${c.file.name}@${c.version}`, strength })))}`;
     const hit = this.feedCache.get(key);
     if (hit) {
       this.feedCache.delete(key); // re-insert: most recently used last
@@ -171,7 +172,6 @@ export class LoraManager {
 }
 
 function checkStrength(name: string, strength: number): void {
-  if (typeof strength !== 'number' || !Number.isFinite(strength)) {
-    throw new LoraError('bad_argument', `strength must be a finite number, got ${strength}`, name);
-  }
+  const problem = loraStrengthProblem(strength);
+  if (problem) throw new LoraError('bad_argument', problem, name);
 }

@@ -5,6 +5,7 @@
  */
 import { Queue, QueueEvents } from 'bullmq';
 import { QueueFullError, ServiceUnavailableError } from '../errors.ts';
+import { finishJob } from '../job-events.ts';
 import { logJobTransition, type ServiceLogger } from '../job-log.ts';
 import { elapsedMs, isTerminal, type Job } from '../jobs.ts';
 import type { BackendHealth, EngineOffer, JobBackend } from '../ports.ts';
@@ -55,16 +56,13 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
       if (!job || isTerminal(job)) return;
       const elected = await client.set(keys.finalized(jobId), '1', 'EX', o.historySeconds, 'NX');
       if (elected !== 'OK') return;
-      job.status = 'FAILED';
-      job.finishedAt = new Date();
-      job.error = { code: 'worker_lost', message: `The job's workers were lost: ${failedReason}` };
-      const event = encodeEvent({
-        type: 'failed',
-        jobId,
-        code: job.error.code,
-        message: job.error.message,
-        elapsedMs: elapsedMs(job),
-      });
+      const event = encodeEvent(
+        finishJob(job, {
+          status: 'FAILED',
+          code: 'worker_lost',
+          message: `The job's workers were lost: ${failedReason}`,
+        }),
+      );
       await records.write(client.pipeline(), job).publish(keys.events(jobId), event).exec();
       logJobTransition(o.logger, job, 'failed');
     })().catch((err) => o.log(`recording the failure of job ${jobId} failed`, err));
@@ -150,10 +148,7 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
           );
         }
         if (removed) {
-          job.status = 'CANCELED';
-          job.finishedAt = new Date();
-          job.cancelReason = reason;
-          const event = encodeEvent({ type: 'canceled', jobId: job.id, reason, elapsedMs: elapsedMs(job) });
+          const event = encodeEvent(finishJob(job, { status: 'CANCELED', reason }));
           await guarded(o.url, () =>
             records
               .write(client.pipeline(), job)

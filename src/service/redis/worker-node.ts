@@ -14,7 +14,7 @@
 import { hostname } from 'node:os';
 import { type Job as BullJob, Worker } from 'bullmq';
 import { ImageStore, type ImageStoreOptions } from '../image-store.ts';
-import { isTerminalEvent, type JobEvent, JobEventHub } from '../job-events.ts';
+import { finishJob, isTerminalEvent, type JobEvent, JobEventHub } from '../job-events.ts';
 import type { ServiceLogger } from '../job-log.ts';
 import { elapsedMs, isTerminal, type Job, JobStore } from '../jobs.ts';
 import { MeasuredStats } from '../measured.ts';
@@ -184,10 +184,7 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
 
   const cancelReason = await c.client.get(c.keys.cancel(jobId));
   if (cancelReason) {
-    job.status = 'CANCELED';
-    job.finishedAt = new Date();
-    job.cancelReason = cancelReason;
-    mirror({ type: 'canceled', jobId, reason: cancelReason, elapsedMs: elapsedMs(job) });
+    mirror(finishJob(job, { status: 'CANCELED', reason: cancelReason }));
     await chain;
     return { status: job.status };
   }
@@ -208,10 +205,8 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
       if (!bytes) throw new Error('its control image is gone from Redis (older than JOB_HISTORY_S?)');
       job.controlImage = { image: await decodeImageBytes(bytes, { maxBytes: bytes.length }), bytes };
     } catch (err) {
-      job.status = 'FAILED';
-      job.finishedAt = new Date();
-      job.error = { code: 'generation_failed', message: `control image: ${(err as Error).message}` };
-      mirror({ type: 'failed', jobId, code: job.error.code, message: job.error.message, elapsedMs: elapsedMs(job) });
+      const message = `control image: ${(err as Error).message}`;
+      mirror(finishJob(job, { status: 'FAILED', code: 'generation_failed', message }));
       await chain;
       return { status: job.status };
     }

@@ -10,6 +10,8 @@
  *   caching (First-Block-Cache, `engines/compiler/flux/transformer-split.ts`) with its own threshold.
  */
 
+import { type ModeName, MODE_NAMES as SHARED_MODE_NAMES } from '../vocabulary.ts';
+
 /** Transformer graph switches of one mode (JSON-serialisable: they are part of the compile cache key). */
 export interface ModeTransformerOptions {
   fuseProjections: boolean;
@@ -42,7 +44,8 @@ export interface ModeSpec {
 
 const XL_GRAPH: ModeTransformerOptions = { fuseProjections: true, fusedAttention: true, precomputeModulation: true };
 
-const MODES: Readonly<Record<string, ModeSpec>> = Object.freeze({
+// Keyed by the shared mode list: a mode added there without its build spec here fails to compile.
+const MODES: Readonly<Record<ModeName, ModeSpec>> = Object.freeze({
   original: {
     name: 'original',
     description: 'Reference graph: exactly the diffusers computation in float32.',
@@ -75,8 +78,8 @@ const MODES: Readonly<Record<string, ModeSpec>> = Object.freeze({
   },
 });
 
-/** Names of the modes this compiler can build, slowest (reference) first. */
-export const MODE_NAMES: readonly string[] = Object.freeze(Object.keys(MODES));
+/** Names of the modes this compiler can build, slowest (reference) first (`src/shared/vocabulary.ts`). */
+export const MODE_NAMES: readonly string[] = SHARED_MODE_NAMES;
 
 /** A mode name that is not known. */
 export class UnknownModeError extends Error {
@@ -102,7 +105,7 @@ export class ModeUnavailableError extends Error {
 
 /** The spec of `name` (case-sensitive, as the API spells modes). */
 export function resolveMode(name: string): ModeSpec {
-  const m = MODES[name];
+  const m = (MODES as Readonly<Record<string, ModeSpec | undefined>>)[name];
   if (!m) throw new UnknownModeError(name);
   return m;
 }

@@ -10,6 +10,7 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { bytesToF32, DTYPE_BYTES, type DType, isDType, isFloatDType } from './dtype.ts';
 import { WeightsError } from './errors.ts';
+import type { WeightSource } from './weight-source.ts';
 
 /** Shape and size of one stored tensor. */
 export interface TensorInfo {
@@ -21,31 +22,17 @@ export interface TensorInfo {
   readonly byteLength: number;
 }
 
-/** An open safetensors file. Reads are synchronous and positioned; call {@link SafetensorsFile.close} when done. */
-export interface SafetensorsFile {
-  /** The file this reads. */
-  readonly path: string;
+/**
+ * An open safetensors file: a {@link WeightSource} (names in header order; reads are synchronous and positioned and
+ * throw after `close`), plus its header. Call {@link SafetensorsFile.close} when done.
+ */
+export interface SafetensorsFile extends WeightSource {
   /** The `__metadata__` string map (empty when absent). */
   readonly metadata: Readonly<Record<string, string>>;
   /** Size of the whole file in bytes. */
   readonly fileSize: number;
   /** The raw header: the 8 length bytes followed by the JSON (what fingerprints hash). */
   readonly headerBytes: Buffer;
-  /** Tensor names, in header order. */
-  names(): string[];
-  /** Whether the file holds tensor `name`. */
-  has(name: string): boolean;
-  /** Dtype, shape and byte size of `name`. @throws WeightsError when absent. */
-  info(name: string): TensorInfo;
-  /**
-   * Raw little-endian bytes of `name`, or of its byte range [begin, end) when given. The result owns its memory and
-   * starts at offset 0 of its ArrayBuffer, so typed-array views over it are aligned.
-   */
-  readBytes(name: string, begin?: number, end?: number): Buffer;
-  /** `name` widened to float32 (F32/F16/BF16/F64/F8 only). @throws WeightsError for integer dtypes. */
-  readF32(name: string): Float32Array;
-  /** Closes the fd; idempotent. Later reads throw. */
-  close(): void;
 }
 
 interface Entry extends TensorInfo {

@@ -10,14 +10,16 @@ const entry = (jobId: string, key = A, samples = 1, enqueuedAt = 0): QueueEntry 
   enqueuedAt,
 });
 const policy = { maxBatch: 4, maxQueueDelayMs: 50 };
+const sel = (name: string, strength = 1) => ({ name, strength });
 
 describe('batchKey', () => {
   it('separates modes, sizes, steps and LoRA sets but not LoRA order', () => {
     const base = { mode: 'original', width: 64, height: 64, steps: 4 };
     expect(batchKey(base)).not.toBe(batchKey({ ...base, mode: 'S' }));
     expect(batchKey(base)).not.toBe(batchKey({ ...base, steps: 5 }));
-    expect(batchKey({ ...base, loras: ['a', 'b'] })).toBe(batchKey({ ...base, loras: ['b', 'a'] }));
-    expect(batchKey({ ...base, loras: ['a'] })).not.toBe(batchKey(base));
+    expect(batchKey({ ...base, loras: [sel('a'), sel('b')] })).toBe(batchKey({ ...base, loras: [sel('b'), sel('a')] }));
+    expect(batchKey({ ...base, loras: [sel('a')] })).not.toBe(batchKey(base));
+    expect(batchKey({ ...base, loras: [sel('a', 0.5)] })).not.toBe(batchKey({ ...base, loras: [sel('a')] }));
   });
 });
 

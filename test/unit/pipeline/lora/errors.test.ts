@@ -155,7 +155,7 @@ describe('LoraManager', () => {
   it('lists valid files with metadata and invalid ones with the reason', () => {
     const scan = manager().scan();
     expect(scan.loras.map((l) => [l.name, l.format, l.rank])).toEqual([['good.safetensors', 'diffusers', 4]]);
-    expect(scan.invalid.map((i) => [i.name, i.code]).sort()).toEqual([
+    expect(scan.invalid.map((i) => [i.name, i.error.code]).sort()).toEqual([
       ['nan.safetensors', 'non_finite'],
       ['rank512.safetensors', 'bad_rank'],
       ['truncated.safetensors', 'invalid_file'],
