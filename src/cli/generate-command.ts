@@ -4,8 +4,8 @@ import { extname } from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { loadPipelineSettings } from '../config.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
-import { encodeImage, type ImageFormat } from '../pipeline/image.ts';
 import { parseProvider } from '../runtime/index.ts';
+import { encodeImage, type ImageFormat } from '../service/media/image-codec.ts';
 import { parseIntOption, parseSize } from './defaults.ts';
 
 interface GenerateArgs {

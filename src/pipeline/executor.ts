@@ -41,7 +41,7 @@ export interface SampleRequest {
   /**
    * Control image for a BFL Control LoRA (FLUX.1-Canny/Depth-dev-lora) in `loras`: resized to `width × height` and
    * VAE-encoded as the control input. Required exactly when the set holds such a LoRA (`param: 'controlImage'`
-   * errors otherwise). Build it from an upload or URL with `src/pipeline/control-image.ts`. The worker-thread
+   * errors otherwise). The service builds it from an upload or URL (`src/service/media/control-image.ts`). The worker-thread
    * executor (`createFluxExecutor`) transfers its buffer to the worker: after `prepare` the caller's copy is
    * detached (empty) whenever the buffer could move (an `ArrayBuffer` of its own), so do not reuse it.
    */

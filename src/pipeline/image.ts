@@ -1,21 +1,8 @@
 /**
- * @file Decoded pixels → bytes: quantising the VAE's float output to 8-bit RGB exactly as diffusers'
- * `VaeImageProcessor` does, and encoding an {@link RgbImage} to PNG, WebP or JPEG with `sharp`.
+ * @file The VAE's float output → 8-bit RGB, quantised exactly as diffusers' `VaeImageProcessor` does. Encoding the
+ * pixels to image files (PNG, WebP, JPEG) is the service's job (`src/service/media/image-codec.ts`).
  */
-import sharp from 'sharp';
 import type { RgbImage } from './executor.ts';
-
-/** Output formats the server can encode. */
-export const IMAGE_FORMATS = ['png', 'webp', 'jpeg'] as const;
-/** One of {@link IMAGE_FORMATS}. */
-export type ImageFormat = (typeof IMAGE_FORMATS)[number];
-
-/** How to encode an image. */
-export interface EncodeImageOptions {
-  format: ImageFormat;
-  /** Lossy quality 1–100 for `webp` and `jpeg`; ignored by lossless `png`. @default sharp's (80) */
-  quality?: number;
-}
 
 /** An image, format or parameter that cannot be encoded; `param` names the culprit. */
 export class ImageEncodeError extends Error {
@@ -28,70 +15,10 @@ export class ImageEncodeError extends Error {
   }
 }
 
-const CONTENT_TYPES: Record<ImageFormat, string> = { png: 'image/png', webp: 'image/webp', jpeg: 'image/jpeg' };
-const EXTENSIONS: Record<ImageFormat, string> = { png: 'png', webp: 'webp', jpeg: 'jpg' };
-
-/** Type guard: is `value` one of {@link IMAGE_FORMATS}? */
-export function isImageFormat(value: unknown): value is ImageFormat {
-  return typeof value === 'string' && (IMAGE_FORMATS as readonly string[]).includes(value);
-}
-
-function checkFormat(format: unknown): ImageFormat {
-  if (!isImageFormat(format)) {
-    throw new ImageEncodeError(
-      `format must be one of ${IMAGE_FORMATS.join(', ')}, got ${JSON.stringify(format)}`,
-      'format',
-    );
-  }
-  return format;
-}
-
-/** MIME type of a format, e.g. `image/png`. */
-export function contentTypeOf(format: ImageFormat): string {
-  return CONTENT_TYPES[checkFormat(format)];
-}
-
-/** File extension of a format without the dot, e.g. `png`, `jpg`. */
-export function extensionOf(format: ImageFormat): string {
-  return EXTENSIONS[checkFormat(format)];
-}
-
-function checkDimension(value: number, param: string): void {
+/** Throws unless `value` is a positive integer; `param` names it. */
+export function checkDimension(value: number, param: string): void {
   if (!Number.isInteger(value) || value < 1) {
     throw new ImageEncodeError(`${param} must be a positive integer, got ${value}`, param);
-  }
-}
-
-/**
- * Encodes interleaved 8-bit RGB to image file bytes.
- * @throws ImageEncodeError for a bad format, quality, size or pixel buffer.
- */
-export async function encodeImage(img: RgbImage, options: EncodeImageOptions): Promise<Buffer> {
-  const format = checkFormat(options?.format);
-  checkDimension(img.width, 'img.width');
-  checkDimension(img.height, 'img.height');
-  const expected = img.width * img.height * 3; // [H, W, 3]
-  if (!(img.data instanceof Uint8Array) || img.data.length !== expected) {
-    throw new ImageEncodeError(
-      `img.data must be a Uint8Array of width*height*3 = ${expected} bytes, got ${img.data?.length ?? typeof img.data}`,
-      'img.data',
-    );
-  }
-  const { quality } = options;
-  if (quality !== undefined && (!Number.isInteger(quality) || quality < 1 || quality > 100)) {
-    throw new ImageEncodeError(`quality must be an integer in 1…100, got ${quality}`, 'quality');
-  }
-
-  // A view, not a copy: sharp reads the raw pixels once.
-  const raw = Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength);
-  const pipeline = sharp(raw, { raw: { width: img.width, height: img.height, channels: 3 } });
-  switch (format) {
-    case 'png':
-      return pipeline.png().toBuffer();
-    case 'webp':
-      return pipeline.webp(quality === undefined ? {} : { quality }).toBuffer();
-    case 'jpeg':
-      return pipeline.jpeg(quality === undefined ? {} : { quality }).toBuffer();
   }
 }
 

@@ -4,14 +4,6 @@
  */
 
 export { MODE_NAMES, UnknownModeError } from '../shared/vocabulary/modes.ts';
-export {
-  ControlImageError,
-  type ControlImageErrorCode,
-  type ControlImageOptions,
-  decodeImageBytes,
-  isPublicAddress,
-  loadControlImageSource,
-} from './control-image.ts';
 export type {
   BenchmarkLatency,
   ExecutorStats,
@@ -23,10 +15,11 @@ export type {
   StepExecutor,
   StepResult,
 } from './executor.ts';
+export { ControlImageError, type ControlImageErrorCode } from './flux/control.ts';
 export { createInThreadExecutor, type FluxExecutorOptions, UnknownHandleError } from './flux/executor.ts';
 export { FluxArgumentError, InvalidSizeError } from './flux/latents.ts';
 export { FluxPipeline, type FluxPipelineOptions, type GenerateOptions, type GenerateResult } from './flux/pipeline.ts';
-export { contentTypeOf, encodeImage, extensionOf, IMAGE_FORMATS, type ImageFormat, isImageFormat } from './image.ts';
+export { checkDimension, floatImageToRgb, ImageEncodeError } from './image.ts';
 export {
   LORA_FORMATS,
   LoraError,

@@ -25,17 +25,16 @@ import {
 } from './jobs.ts';
 import { createLocalBackend } from './local-backend.ts';
 import { type MeasuredLatency, MeasuredStats } from './measured.ts';
+import { type ControlImageOptions, loadControlImageSource } from './media/control-image.ts';
 import { createMetrics, type ServerMetrics } from './metrics.ts';
 import { type ModeResults, readModeResults } from './mode-results.ts';
 import type { WarmModes } from './mode-warmup.ts';
 import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.ts';
 import {
   ControlImageError,
-  type ControlImageOptions,
   type LoraInfo,
   type LoraScan,
   type LoraSelection,
-  loadControlImageSource,
   type PlanLayer,
   type StepExecutor,
 } from './pipeline.ts';
@@ -73,7 +72,7 @@ interface CommonOptions {
   logger?: ServiceLogger;
 }
 
-/** Limits of control image loading (see `pipeline/control-image.ts`). */
+/** Limits of control image loading (see `media/control-image.ts`). */
 export interface ControlImageSettings {
   /**
    * Fetch URLs whose host is or resolves to a loopback, private, link-local, CGNAT or unique-local address

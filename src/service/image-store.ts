@@ -6,7 +6,8 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StoredImage } from './jobs.ts';
-import { contentTypeOf, encodeImage, extensionOf, type ImageFormat, type RgbImage } from './pipeline.ts';
+import { contentTypeOf, encodeImage, extensionOf, type ImageFormat } from './media/image-codec.ts';
+import type { RgbImage } from './pipeline.ts';
 
 /** Where and how long images live. */
 export interface ImageStoreOptions {

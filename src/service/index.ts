@@ -34,20 +34,35 @@ export {
 export { type JobTransition, logJobTransition, type ServiceLogger } from './job-log.ts';
 export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
 export type { MeasuredLatency } from './measured.ts';
+export {
+  type ControlImageOptions,
+  decodeImageBytes,
+  fetchImageBytes,
+  isPublicAddress,
+  loadControlImage,
+  loadControlImageSource,
+} from './media/control-image.ts';
+export {
+  contentTypeOf,
+  type EncodeImageOptions,
+  encodeImage,
+  extensionOf,
+  IMAGE_FORMATS,
+  type ImageFormat,
+  isImageFormat,
+} from './media/image-codec.ts';
 export type { ServerMetrics } from './metrics.ts';
 export type { ModePlanSummary, ModeQuality } from './mode-results.ts';
 export { type ModeState, type WarmModes, warmOrder } from './mode-warmup.ts';
 export type { PublishedLatency } from './model-specs.ts';
 export { ASPECT_RATIOS, PUBLISHED_SPEC_SOURCE } from './model-specs.ts';
 export { DEFAULT_LIMITS, type GenerationLimits, type ModelEntry, modelId } from './models.ts';
-export {
-  type ExecutorStats,
-  IMAGE_FORMATS,
-  type ImageFormat,
-  type LoraInfo,
-  type LoraScan,
-  type LoraSelection,
-  type StepExecutor,
+export type {
+  ExecutorStats,
+  LoraInfo,
+  LoraScan,
+  LoraSelection,
+  StepExecutor,
 } from './pipeline.ts';
 export type {
   BackendHealth,

@@ -3,7 +3,8 @@
  * finished together. The scheduler is the only writer of a job's mutable fields; transports read them.
  */
 import { NotFoundError } from './errors.ts';
-import type { ImageFormat, RgbImage } from './pipeline.ts';
+import type { ImageFormat } from './media/image-codec.ts';
+import type { RgbImage } from './pipeline.ts';
 import type { GenerationRequest } from './request.ts';
 
 /** Lifecycle: QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELED (QUEUED may go straight to CANCELED). */

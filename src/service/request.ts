@@ -6,16 +6,10 @@
 import { randomInt } from 'node:crypto';
 import { z } from 'zod';
 import { ValidationError } from './errors.ts';
+import { IMAGE_FORMATS, type ImageFormat } from './media/image-codec.ts';
 import { ASPECT_RATIOS } from './model-specs.ts';
 import type { GenerationLimits, ModelCatalog, ModelEntry } from './models.ts';
-import {
-  IMAGE_FORMATS,
-  type ImageFormat,
-  type LoraSelection,
-  loraFileName,
-  loraStrengthProblem,
-  MAX_LORA_STRENGTH,
-} from './pipeline.ts';
+import { type LoraSelection, loraFileName, loraStrengthProblem, MAX_LORA_STRENGTH } from './pipeline.ts';
 
 /** LoRAs one request may combine. */
 export const MAX_LORAS_PER_REQUEST = 8;

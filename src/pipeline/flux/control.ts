@@ -36,7 +36,7 @@ export type ControlImageErrorCode =
   | 'unexpected'
   /** Not a decodable image, or a malformed RGB buffer. */
   | 'invalid_image'
-  /** Neither an http(s) URL, a data URL nor base64 (see `control-image.ts`). */
+  /** Neither an http(s) URL, a data URL nor base64 (see `src/service/media/control-image.ts`). */
   | 'invalid_input'
   /** A URL scheme other than http and https. */
   | 'unsupported_url'

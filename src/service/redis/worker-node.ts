@@ -18,9 +18,10 @@ import { finishJob, isTerminalEvent, type JobEvent, JobEventHub } from '../job-e
 import type { ServiceLogger } from '../job-log.ts';
 import { elapsedMs, isTerminal, type Job, JobStore } from '../jobs.ts';
 import { MeasuredStats } from '../measured.ts';
+import { decodeImageBytes } from '../media/control-image.ts';
 import { createMetrics } from '../metrics.ts';
 import { type WarmModes, warmOrder } from '../mode-warmup.ts';
-import { decodeImageBytes, type StepExecutor } from '../pipeline.ts';
+import type { StepExecutor } from '../pipeline.ts';
 import { Scheduler } from '../scheduler.ts';
 import { HEARTBEAT_MS, type WorkerAdvert } from './adverts.ts';
 import { bullConnection } from './api-backend.ts';

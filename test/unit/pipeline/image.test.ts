@@ -1,20 +1,19 @@
 /**
- * @file Quantising decoded floats to 8-bit RGB (numpy's rounding) and encoding PNG/WebP/JPEG, checked by decoding
+ * @file Quantising decoded floats to 8-bit RGB (numpy's rounding) and encoding PNG/WebP/JPEG (the service's image codec), checked by decoding
  * the bytes back with sharp.
  */
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import type { RgbImage } from '../../../src/pipeline/executor.ts';
+import { floatImageToRgb, ImageEncodeError } from '../../../src/pipeline/image.ts';
 import {
   contentTypeOf,
   encodeImage,
   extensionOf,
-  floatImageToRgb,
   IMAGE_FORMATS,
-  ImageEncodeError,
   isImageFormat,
-} from '../../../src/pipeline/image.ts';
+} from '../../../src/service/media/image-codec.ts';
 import { FIXTURES_DIR } from '../../helpers/paths.ts';
 import { readSafetensorsF32 } from '../../helpers/read-safetensors.ts';
 

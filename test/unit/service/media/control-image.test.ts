@@ -1,5 +1,5 @@
 /**
- * @file Control images from API values (src/pipeline/control-image.ts): uploads, base64, data URLs and http URLs
+ * @file Control images from API values (src/service/media/control-image.ts): uploads, base64, data URLs and http URLs
  * served by a local server on 127.0.0.1 (fetched with `allowPrivateAddresses`, which the SSRF guard otherwise refuses),
  * decoded by sharp; every refusal is a ControlImageError naming the field.
  */
@@ -13,7 +13,7 @@ import {
   fetchImageBytes,
   isPublicAddress,
   loadControlImage,
-} from '../../../src/pipeline/control-image.ts';
+} from '../../../../src/service/media/control-image.ts';
 
 /** A 3×2 RGB image with distinct pixels, `[H, W, 3]`. */
 const PIXELS = Uint8Array.from([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30, 40, 50, 60, 70, 80, 90]);

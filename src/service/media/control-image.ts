@@ -9,7 +9,8 @@
  * followed by hand, each hop checked the same way. Decoding is sharp's:
  * any format it reads (PNG, JPEG, WebP, GIF, TIFF, AVIF...), oriented by its EXIF tag and converted to 8-bit sRGB
  * without alpha, as diffusers' `load_image` does (`exif_transpose`, then `convert("RGB")`). Resizing to the output
- * size happens later, in the pipeline (`flux/control.ts`).
+ * size happens later, in the pipeline (`src/pipeline/flux/control.ts`): this service-side module hands it decoded
+ * pixels, so the pipeline layer does no network or file I/O for control images.
  *
  * Every failure is a {@link ControlImageError} with a `code` and `param` (the request field, `controlImage` unless
  * the caller names another).
@@ -18,12 +19,11 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { isIP } from 'node:net';
 import sharp from 'sharp';
-import { ForbiddenAddressError, guardedLookup, isPublicAddress } from '../shared/address-guard.ts';
-import type { RgbImage } from './executor.ts';
-import { ControlImageError } from './flux/control.ts';
+import { ForbiddenAddressError, guardedLookup, isPublicAddress } from '../../shared/address-guard.ts';
+import { ControlImageError, type RgbImage } from '../pipeline.ts';
 
-export { isPublicAddress } from '../shared/address-guard.ts';
-export { ControlImageError, type ControlImageErrorCode } from './flux/control.ts';
+export { isPublicAddress } from '../../shared/address-guard.ts';
+export { ControlImageError, type ControlImageErrorCode } from '../pipeline.ts';
 
 /** Limits of {@link loadControlImage}. */
 export interface ControlImageOptions {
