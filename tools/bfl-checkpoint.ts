@@ -1,7 +1,7 @@
 /**
  * @file The inverse of the BFL key map, for tests and the CUDA engine's fixtures (never for the server): builds
  * BFL-format checkpoints from the embedded diffusers flux-tiny, by hand-written rules (fuse q/k/v, linear1 = [q; k; v; mlp], swap the final modulation halves, rename, reverse VAE
- * up blocks), so the loader's forward mapping is checked against an independent statement of FLUX_SPEC §5.7 / §6.
+ * up blocks), so the loader's forward mapping is checked against an independent statement of docs/FLUX_SPEC.md §5.7 / §6.
  */
 import { cpSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';

@@ -50,7 +50,7 @@ export interface CompileOptions {
   lora?: boolean;
   /**
    * With `lora`: widen the transformer input by this many channels for BFL Control LoRAs (64 for FLUX: noisy +
-   * packed control latents, FLUX_SPEC §7.6), and add the VAE encoder as a fifth component (`vae_encoder`) to encode
+   * packed control latents, docs/FLUX_SPEC.md §7.6), and add the VAE encoder as a fifth component (`vae_encoder`) to encode
    * the control image. Part of the cache key; 0 builds the ordinary LoRA engine. @default 0
    */
   controlChannels?: number;

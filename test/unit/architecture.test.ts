@@ -1,6 +1,6 @@
 /**
  * Import rules of the whole repository (`src/`, `engines/`, `bench/`, `tools/`, `test/`):
- * - src/ layers (ARCHITECTURE.md): onnxruntime-node only under src/runtime/, GraphQL libraries only under src/api/,
+ * - src/ layers (docs/ARCHITECTURE.md): onnxruntime-node only under src/runtime/, GraphQL libraries only under src/api/,
  *   data flowing one way (api → service → pipeline → runtime), the environment read only in src/config.ts.
  * - `engines/compiler` is a build-time tool: src/ reaches it only through `engines/compiler/index.ts`, from the build
  *   path (`BUILD_PATH`); everything else the two share is the vocabulary in src/shared/vocabulary/ and the

@@ -2,7 +2,7 @@
  * @file The LoRA-enabled transformer graph: {@link buildTransformerGraph} with the {@link LoraRecorder} policy and
  * norm hook, optionally widened for BFL Control LoRAs.
  *
- * Control widening (FLUX_SPEC §7.6): a control LoRA's `img_in.lora_A` is `[r, 2·in_channels]`, because the model
+ * Control widening (docs/FLUX_SPEC.md §7.6): a control LoRA's `img_in.lora_A` is `[r, 2·in_channels]`, because the model
  * input becomes `concat(noisy latents, packed control latents)` on the feature axis. The engine is compiled with
  * `x_embedder.weight` zero-padded from `[D, in]` to `[D, in + extra]` (bias unchanged), so with zero LoRA factors it
  * computes exactly the base model whatever the extra channels hold, and a control LoRA adds its delta on the full

@@ -1,5 +1,5 @@
 /**
- * @file The attention pieces of the FLUX blocks (FLUX_SPEC §5.3–5.4): head split, QK RMSNorm, interleaved-pair
+ * @file The attention pieces of the FLUX blocks (docs/FLUX_SPEC.md §5.3–5.4): head split, QK RMSNorm, interleaved-pair
  * RoPE and the attention core.
  *
  * Heads are kept in `[B, H, N, Dh]` layout from the moment they are split: RMSNorm works on the last axis either way,

@@ -1,5 +1,5 @@
 /**
- * @file The two block types of the FLUX transformer (FLUX_SPEC §5.5–5.6), as diffusers' `FluxTransformerBlock` and
+ * @file The two block types of the FLUX transformer (docs/FLUX_SPEC.md §5.5–5.6), as diffusers' `FluxTransformerBlock` and
  * `FluxSingleTransformerBlock` compute them in float32.
  *
  * Shape letters: B batch, L image tokens, T text tokens, S = T + L, D model width, H heads, Dh head dim.

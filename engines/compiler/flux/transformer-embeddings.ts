@@ -1,6 +1,6 @@
 /**
  * @file The conditioning vector of the FLUX transformer (diffusers `CombinedTimestepGuidanceTextProjEmbeddings` /
- * `CombinedTimestepTextProjEmbeddings`, FLUX_SPEC §5.2 step 2), computed in the graph from the per-sample `timestep`
+ * `CombinedTimestepTextProjEmbeddings`, docs/FLUX_SPEC.md §5.2 step 2), computed in the graph from the per-sample `timestep`
  * and `guidance` inputs so a batch may hold samples at different steps.
  */
 
@@ -9,7 +9,7 @@ import type { GraphBuilder } from '../onnx/graph-builder.ts';
 import { silu } from '../onnx/nn.ts';
 import { applyLinear, type BuildContext } from './transformer-layers.ts';
 
-/** Both σ and the guidance scale enter the model ×1000 (FLUX_SPEC §9 pitfall 5). */
+/** Both σ and the guidance scale enter the model ×1000 (docs/FLUX_SPEC.md §9 pitfall 5). */
 const TIME_SCALE = 1000;
 
 /** Period bound of the sinusoid (diffusers `max_period=10000`). */

@@ -1,5 +1,5 @@
 /**
- * @file The ONNX graph of the FLUX transformer (diffusers `FluxTransformer2DModel`, FLUX_SPEC §5), built straight
+ * @file The ONNX graph of the FLUX transformer (diffusers `FluxTransformer2DModel`, docs/FLUX_SPEC.md §5), built straight
  * from its safetensors weights, in float32, computing exactly what diffusers computes (the `original` engine).
  *
  * Graph inputs (B, L, T dynamic; S = T + L):
@@ -146,7 +146,7 @@ export function buildTransformerGraph(
   for (let j = 0; j < cfg.numSingleLayers; j++) z = singleBlock(ctx, j, z);
   const [, img] = b.node('Split', [z, ctx.seqSplit], { axis: 1 }, { outputs: 2 }) as [string, string]; // [B, L, D]
 
-  // norm_out (AdaLayerNormContinuous): emb [B, 2D] chunks in the order scale, shift (FLUX_SPEC §9 pitfall 1).
+  // norm_out (AdaLayerNormContinuous): emb [B, 2D] chunks in the order scale, shift (docs/FLUX_SPEC.md §9 pitfall 1).
   const sample = b.scope('norm_out', () => {
     const emb = applyLinear(ctx, ctx.siluTemb, spec('norm_out.linear', 2 * cfg.dim, cfg.dim));
     const [scale, shift] = split(b, b.op('Unsqueeze', [emb, b.constI64([1])]), -1, [cfg.dim, cfg.dim]) as [

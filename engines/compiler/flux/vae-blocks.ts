@@ -1,5 +1,5 @@
 /**
- * @file The building blocks of the AutoencoderKL decoder (FLUX_SPEC §6) as ONNX subgraphs: GroupNorm, 2-D
+ * @file The building blocks of the AutoencoderKL decoder (docs/FLUX_SPEC.md §6) as ONNX subgraphs: GroupNorm, 2-D
  * convolution, ResnetBlock2D, the mid block's single-head spatial attention and the nearest ×2 upsampler.
  *
  * Every block reproduces the diffusers float32 computation exactly; all activations are NCHW `[B, C, H, W]` with B,

@@ -1,7 +1,7 @@
 /**
- * @file ONNX graph of the FLUX VAE encoder (`AutoencoderKL.encoder`, the mirror of the decoder of FLUX_SPEC §6).
+ * @file ONNX graph of the FLUX VAE encoder (`AutoencoderKL.encoder`, the mirror of the decoder of docs/FLUX_SPEC.md §6).
  *
- * Needed only to encode images (BFL Control LoRA control images, FLUX_SPEC §7.6), so it is compiled on demand as an
+ * Needed only to encode images (BFL Control LoRA control images, docs/FLUX_SPEC.md §7.6), so it is compiled on demand as an
  * extra component, never for text-to-image. Order of the network, for `block_out_channels = [c0, c1, c2, c3]`
  * (FLUX.1-dev: 128, 256, 512, 512), all NCHW:
  *

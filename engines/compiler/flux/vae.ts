@@ -1,5 +1,5 @@
 /**
- * @file ONNX graph of the FLUX VAE decoder (`AutoencoderKL.decoder`, FLUX_SPEC §1.2 and §6).
+ * @file ONNX graph of the FLUX VAE decoder (`AutoencoderKL.decoder`, docs/FLUX_SPEC.md §1.2 and §6).
  *
  * The graph takes the latent already scaled for decoding (`z / scaling + shift`, NCHW) and returns the raw decoder
  * output in ≈[-1, 1]; unpacking, scaling and postprocessing stay on the TypeScript side
@@ -32,7 +32,7 @@ export interface VaeDecoderConfig {
   midBlockAddAttention: boolean;
 }
 
-/** FLUX.1-dev's VAE decoder (FLUX_SPEC §1.2). */
+/** FLUX.1-dev's VAE decoder (docs/FLUX_SPEC.md §1.2). */
 export const FLUX_VAE_DECODER_CONFIG: VaeDecoderConfig = Object.freeze({
   latentChannels: 16,
   outChannels: 3,

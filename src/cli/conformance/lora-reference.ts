@@ -1,5 +1,5 @@
 /**
- * @file A BFL Control LoRA built from the spec (FLUX_SPEC §7.6), and an independent reference for it: the LoRA
+ * @file A BFL Control LoRA built from the spec (docs/FLUX_SPEC.md §7.6), and an independent reference for it: the LoRA
  * merged into the base weights (`W' = W + s·B·A`, `b' = b + s·b_B`, norms replaced), written as a model folder that
  * the plain engine runs. The runtime path (parser → feeds → LoRA engine) is checked against that merge.
  *

@@ -1,5 +1,5 @@
 /**
- * @file The control input of BFL Control LoRAs (FLUX.1-Canny/Depth-dev-lora, FLUX_SPEC §7.6), as diffusers'
+ * @file The control input of BFL Control LoRAs (FLUX.1-Canny/Depth-dev-lora, docs/FLUX_SPEC.md §7.6), as diffusers'
  * `FluxControlPipeline` builds it:
  *
  *   control image (RGB, any size) → resize to the output W×H → [0, 1] → [−1, 1], NCHW [1, 3, H, W]

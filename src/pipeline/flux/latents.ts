@@ -1,5 +1,5 @@
 /**
- * @file Latent geometry of FLUX (FLUX_SPEC §3): the latent grid of an image size, 2×2 patch packing of NCHW latents
+ * @file Latent geometry of FLUX (docs/FLUX_SPEC.md §3): the latent grid of an image size, 2×2 patch packing of NCHW latents
  * into transformer tokens and back, and the position ids of text and image tokens.
  *
  * Conventions: `h = H/8`, `w = W/8` is the latent grid (VAE ×8), the transformer sees `(h/2)·(w/2)` tokens of
@@ -79,7 +79,7 @@ export function checkLength(param: string, data: ArrayLike<number>, expected: nu
 
 /**
  * Packs NCHW latents into transformer tokens: `[B, C, h, w]` → `[B, (h/2)·(w/2), 4C]`. Token `r·(w/2) + c` holds the
- * 2×2 patch at rows `2r..2r+1`, columns `2c..2c+1`; feature index is `ch·4 + dy·2 + dx` (FLUX_SPEC §3.2).
+ * 2×2 patch at rows `2r..2r+1`, columns `2c..2c+1`; feature index is `ch·4 + dy·2 + dx` (docs/FLUX_SPEC.md §3.2).
  * @returns a new array.
  */
 export function packLatents(x: Float32Array, b: number, c: number, h: number, w: number): Float32Array {

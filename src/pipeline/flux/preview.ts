@@ -48,7 +48,7 @@ export function latentPreviewRgb(packed: Float32Array, h: number, w: number): Rg
   const [br, bg, bb] = FLUX_LATENT_RGB_BIAS;
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
-      // Cell (y, x) is feature ch·4 + dy·2 + dx of token (y/2)·(w/2) + x/2 (FLUX_SPEC §3.2).
+      // Cell (y, x) is feature ch·4 + dy·2 + dx of token (y/2)·(w/2) + x/2 (docs/FLUX_SPEC.md §3.2).
       const base = ((y >> 1) * (w / 2) + (x >> 1)) * f + (y & 1) * 2 + (x & 1);
       let r = br;
       let g = bg;

@@ -1,5 +1,5 @@
 /**
- * @file Rotary position tables of FLUX (diffusers' FluxPosEmbed, FLUX_SPEC §5.3), computed on the CPU and fed to the
+ * @file Rotary position tables of FLUX (diffusers' FluxPosEmbed, docs/FLUX_SPEC.md §5.3), computed on the CPU and fed to the
  * compiled transformer graph as the `rope_cos` / `rope_sin` inputs.
  *
  * For axis `a` of width `d_a` and position `p = ids[s, a]`, frequency `ω_j = θ^(−2j/d_a)` (j < d_a/2) gives the

@@ -1,6 +1,6 @@
 /**
  * @file The flow-matching Euler sampler as diffusers' FluxPipeline drives FlowMatchEulerDiscreteScheduler
- * (FLUX_SPEC §4): the typed scheduler config, the resolution-dependent shift `mu`, the sigma / timestep schedule and
+ * (docs/FLUX_SPEC.md §4): the typed scheduler config, the resolution-dependent shift `mu`, the sigma / timestep schedule and
  * one Euler step.
  *
  * Float precision follows diffusers so the schedule matches to float32 rounding: FluxPipeline builds the base sigmas
@@ -51,7 +51,7 @@ const RawSchedulerConfig = z
   })
   .loose();
 
-/** Typed FlowMatchEulerDiscreteScheduler config (FLUX_SPEC §1.3). */
+/** Typed FlowMatchEulerDiscreteScheduler config (docs/FLUX_SPEC.md §1.3). */
 export interface FlowMatchConfig {
   numTrainTimesteps: number;
   /** Static shift; ignored when `useDynamicShifting` (FLUX.1-dev ships 3.0 and ignores it). */
@@ -154,7 +154,7 @@ export interface FluxSchedule {
 }
 
 /**
- * The schedule FluxPipeline runs for `steps` denoising steps over `imageSeqLen` image tokens (FLUX_SPEC §4.1).
+ * The schedule FluxPipeline runs for `steps` denoising steps over `imageSeqLen` image tokens (docs/FLUX_SPEC.md §4.1).
  * @throws FluxArgumentError naming `steps` or `imageSeqLen` when not a positive integer.
  */
 export function fluxSigmas(steps: number, imageSeqLen: number, cfg: FlowMatchConfig): FluxSchedule {

@@ -1,5 +1,5 @@
 /**
- * @file The latent ↔ VAE boundary of FLUX (FLUX_SPEC §3.4): packed transformer latents to the VAE decoder's input
+ * @file The latent ↔ VAE boundary of FLUX (docs/FLUX_SPEC.md §3.4): packed transformer latents to the VAE decoder's input
  * `z = unpack(latents) / scaling + shift`, and the decoder's `[-1, 1]` output to `[0, 1]` and to 8-bit RGB, with
  * diffusers' float32 rounding and numpy's round-half-to-even.
  */

@@ -1,6 +1,6 @@
 /**
  * @file Row/column surgery on LoRA factors: splitting a fused BFL module's factors into its diffusers parts
- * (FLUX_SPEC §7.4–7.6) and swapping the final layer's modulation halves. All matrices are row-major float32.
+ * (docs/FLUX_SPEC.md §7.4–7.6) and swapping the final layer's modulation halves. All matrices are row-major float32.
  */
 import type { BflModule } from './model-layers.ts';
 

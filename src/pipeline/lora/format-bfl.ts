@@ -1,5 +1,5 @@
 /**
- * @file LoRA files named after the BFL modules (FLUX_SPEC §5.7): kohya / sd-scripts / ComfyUI (§7.4) and BFL
+ * @file LoRA files named after the BFL modules (docs/FLUX_SPEC.md §5.7): kohya / sd-scripts / ComfyUI (§7.4) and BFL
  * Control LoRAs (§7.6). Both map a BFL module to one or more diffusers modules through {@link LoraModelSpec.bfl},
  * splitting fused `qkv` / `linear1` rows and swapping the final layer's modulation halves.
  */

@@ -1,5 +1,5 @@
 /**
- * @file diffusers / PEFT LoRA files (FLUX_SPEC §7.1–7.2): `transformer.<module>.lora_A.weight [r, in]`,
+ * @file diffusers / PEFT LoRA files (docs/FLUX_SPEC.md §7.1–7.2): `transformer.<module>.lora_A.weight [r, in]`,
  * `…lora_B.weight [out, r]`, optional `…lora_B.bias`, alphas from `<module>.alpha` keys (network alphas) or from
  * the `lora_adapter_metadata` header entry (PEFT `LoraConfig`: `r`, `lora_alpha`, `alpha_pattern`, `use_rslora`).
  * Also XLabs files (§7.5), whose `processor.*_lora*` pairs are PEFT-like without alphas.

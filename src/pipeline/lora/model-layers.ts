@@ -1,6 +1,6 @@
 /**
  * @file The LoRA-targetable layers of a FLUX transformer, from its config: every diffusers Linear with its
- * `[out, in]` size, the QK-norm weights BFL Control LoRAs replace, and the BFL module names (FLUX_SPEC §5.7) that
+ * `[out, in]` size, the QK-norm weights BFL Control LoRAs replace, and the BFL module names (docs/FLUX_SPEC.md §5.7) that
  * kohya and BFL Control files use, with how each maps onto diffusers modules (fused rows, swapped halves).
  */
 import { type FluxTransformerConfig, resolveTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
@@ -73,7 +73,7 @@ export function loraModelSpec(config: FluxTransformerConfig): LoraModelSpec {
       lin(`${p}.${ff}.net.2`, d, mlp);
     }
     for (const n of ['norm_q', 'norm_k', 'norm_added_q', 'norm_added_k']) norms.set(`${p}.attn.${n}`, headDim);
-    // Image stream (img_*) and text stream (txt_*), FLUX_SPEC §5.7.
+    // Image stream (img_*) and text stream (txt_*), docs/FLUX_SPEC.md §5.7.
     for (const [s, qkv, proj, ff, mod, nq, nk] of [
       ['img', ['to_q', 'to_k', 'to_v'], 'to_out.0', 'ff', 'norm1', 'norm_q', 'norm_k'],
       [

@@ -1,5 +1,5 @@
 /**
- * @file Reads a LoRA safetensors file, detects its format from the keys (FLUX_SPEC §7.3 order), maps it onto the
+ * @file Reads a LoRA safetensors file, detects its format from the keys (docs/FLUX_SPEC.md §7.3 order), maps it onto the
  * model's diffusers modules and validates everything against the model before anything is used: every key
  * understood, shapes equal to the target layers, ranks 1..256, all values finite. Any failure is a
  * {@link LoraError}; nothing is returned half-parsed.
@@ -67,7 +67,7 @@ export function parseLoraTensors(reader: TensorReader, spec: LoraModelSpec): Par
 
 /**
  * Checks every factor and norm against the model; returns the input width the LoRA needs (the model's, or wider
- * when a control LoRA's `x_embedder` down factor is, FLUX_SPEC §7.6).
+ * when a control LoRA's `x_embedder` down factor is, docs/FLUX_SPEC.md §7.6).
  */
 function validate(label: string, c: FactorCollector, spec: LoraModelSpec): number {
   let inChannels = spec.inChannels;

@@ -1,9 +1,9 @@
 /**
  * @file The LoRA vocabulary shared by the parsers, the set manager and the feed builder: every format is reduced to
- * per-diffusers-module factors, the semantics of FLUX_SPEC §7.1 (`y = W x + b + s·scale·B(A x) [+ s·scale·b_B]`).
+ * per-diffusers-module factors, the semantics of docs/FLUX_SPEC.md §7.1 (`y = W x + b + s·scale·B(A x) [+ s·scale·b_B]`).
  */
 
-/** The file formats we recognise (FLUX_SPEC §7.2–7.6). */
+/** The file formats we recognise (docs/FLUX_SPEC.md §7.2–7.6). */
 export type LoraFormat = 'diffusers' | 'kohya' | 'xlabs' | 'bfl-control';
 
 /** Every {@link LoraFormat}, for capability reports (`models { loraFormats }`). */

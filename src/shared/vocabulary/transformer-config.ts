@@ -1,5 +1,5 @@
 /**
- * @file The FLUX transformer's configuration (diffusers `transformer/config.json`, FLUX_SPEC §1.1) resolved to the
+ * @file The FLUX transformer's configuration (diffusers `transformer/config.json`, docs/FLUX_SPEC.md §1.1) resolved to the
  * sizes the graph builder needs (and the LoRA layer layout, the CUDA load spec); the compiler's weight readers
  * check every tensor against those sizes (`engines/compiler/flux/checked-weights.ts`), so a checkpoint that does
  * not match its config fails at compile time with the tensor's name instead of deep inside ORT.

@@ -1,6 +1,6 @@
 /**
  * @file BFL (black-forest-labs/flux) checkpoint names → diffusers names, for the transformer (`flux1-*.safetensors`,
- * FLUX_SPEC §5.7) and the autoencoder (`ae.safetensors`, FLUX_SPEC §6), as lazy {@link WeightSource}s.
+ * docs/FLUX_SPEC.md §5.7) and the autoencoder (`ae.safetensors`, docs/FLUX_SPEC.md §6), as lazy {@link WeightSource}s.
  *
  * The fused BFL tensors are split by rows, with every size taken from the tensors' own shapes (so tiny test models
  * map the same way as FLUX.1-dev):

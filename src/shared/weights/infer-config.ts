@@ -4,7 +4,7 @@
  * through its key map (see `bfl-keymap.ts`) as well as on a bare diffusers file.
  *
  * Shapes fix every size; what shapes cannot tell (RoPE axes, VAE group-norm count, scaling factors) comes from a
- * hint config when one is at hand, else from FLUX.1-dev's values (FLUX_SPEC §1.1, §1.2).
+ * hint config when one is at hand, else from FLUX.1-dev's values (docs/FLUX_SPEC.md §1.1, §1.2).
  */
 import { WeightsError } from './errors.ts';
 import type { WeightSource } from './weight-source.ts';
@@ -12,10 +12,10 @@ import type { WeightSource } from './weight-source.ts';
 /** A component config as parsed JSON. */
 export type ComponentConfig = Readonly<Record<string, unknown>>;
 
-/** FLUX.1-dev's RoPE split of the 128-wide attention head (FLUX_SPEC §5.3). */
+/** FLUX.1-dev's RoPE split of the 128-wide attention head (docs/FLUX_SPEC.md §5.3). */
 export const FLUX_AXES_DIMS_ROPE: readonly number[] = Object.freeze([16, 56, 56]);
 
-/** FLUX.1-dev's `vae/config.json` (FLUX_SPEC §1.2), the base for an inferred VAE config. */
+/** FLUX.1-dev's `vae/config.json` (docs/FLUX_SPEC.md §1.2), the base for an inferred VAE config. */
 export const FLUX_VAE_CONFIG: ComponentConfig = Object.freeze({
   _class_name: 'AutoencoderKL',
   in_channels: 3,

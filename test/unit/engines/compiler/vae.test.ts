@@ -39,7 +39,7 @@ interface PipelineCase {
 const index = JSON.parse(readFileSync(join(FIXTURES_DIR, 'index.json'), 'utf8')) as { pipeline_cases: PipelineCase[] };
 const vaeJson = JSON.parse(readFileSync(join(VAE_DIR, 'config.json'), 'utf8')) as Record<string, unknown>;
 
-/** FLUX_SPEC §3.4, done here so the test does not depend on the pipeline's own scaling code. */
+/** docs/FLUX_SPEC.md §3.4, done here so the test does not depend on the pipeline's own scaling code. */
 function latentForDecode(packed: Float32Array, batch: number, h: number, w: number): Float32Array {
   const z = unpackLatents(packed, batch, 16, h, w); // [B, 16, h, w]
   const scaling = vaeJson.scaling_factor as number;
