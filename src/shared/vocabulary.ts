@@ -8,8 +8,8 @@
 export const MODE_NAMES = Object.freeze(['original', 'XL', 'L', 'M', 'S'] as const);
 /** One of {@link MODE_NAMES}. */
 export type ModeName = (typeof MODE_NAMES)[number];
-/** The reference mode: the exact diffusers computation, and the default. */
-export const REFERENCE_MODE: ModeName = 'original';
+/** The reference mode: the exact diffusers computation, and the default (typed `string`: modes arrive as text). */
+export const REFERENCE_MODE: string = MODE_NAMES[0];
 
 /** A mode's lower-case size token, as model ids (`flux-1-dev-xl-bs4`) and MODEL_SIZE spell it. */
 export function sizeOfMode(mode: string): string {

@@ -14,6 +14,7 @@ import {
   UnknownModelError,
   ValidationError,
 } from '../../service/index.ts';
+import { MODE_NAMES } from '../../shared/vocabulary.ts';
 import { builder } from '../builder.ts';
 import { ImageFormatEnum, ImageJobRef } from './job.ts';
 import { LoraInputRef } from './lora.ts';
@@ -25,7 +26,7 @@ const GenerateImageInput = builder.inputType('GenerateImageInput', {
   validate: inputSchema,
   fields: (t) => ({
     prompt: t.string({ required: true }),
-    mode: t.string({ description: 'Mode (`original`, `XL`, `L`, `M`, `S`); default: MODEL_SIZE.' }),
+    mode: t.string({ description: `Mode (${MODE_NAMES.map((m) => `\`${m}\``).join(', ')}); default: MODEL_SIZE.` }),
     model: t.string({ description: 'Model id `flux-1-dev-<size>-bs<batch>`; an alternative to `mode`.' }),
     seed: t.int({ description: 'Random when absent; image k of the job uses seed + k.' }),
     aspectRatio: t.string({

@@ -4,6 +4,7 @@
  * on a loaded pipeline's engines; serving never calls them.
  */
 import type { HostTensor } from '../../runtime/index.ts';
+import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
 import type { LoraSelection } from '../lora/types.ts';
 import type { EngineRegistry } from './engine-registry.ts';
 import { latentGrid } from './latents.ts';
@@ -37,7 +38,7 @@ export async function forwardTransformer(
   engines: EngineRegistry,
   loraEngines: LoraEngines,
   input: TransformerInputs,
-  mode = 'original',
+  mode = REFERENCE_MODE,
   loras: readonly LoraSelection[] = [],
 ): Promise<Float32Array> {
   const b = input.timestep.length;

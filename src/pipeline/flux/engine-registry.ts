@@ -6,6 +6,7 @@
  */
 import type { Engine, EngineLoader, EngineManifest, Session } from '../../runtime/index.ts';
 import { type ModePlan, type ModeSpec, resolveModeFor } from '../../shared/vocabulary/index.ts';
+import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
 import { ensureEngine, type ModelSource } from './engine-cache.ts';
 
 /** Which engine of a mode: the plain one, or the LoRA-enabled one (optionally control-capable, BFL Control LoRAs). */
@@ -44,7 +45,7 @@ export class EngineRegistry {
    * variant (a separate engine, used only while a LoRA set is non-empty; encoders and VAE sessions are shared);
    * `controlChannels` with it the control-capable one (widened input, plus the VAE encoder; BFL Control LoRAs).
    */
-  engine(mode = 'original', variant: EngineVariant = {}): Promise<Engine> {
+  engine(mode = REFERENCE_MODE, variant: EngineVariant = {}): Promise<Engine> {
     const control = variant.lora ? (variant.controlChannels ?? 0) : 0;
     const key = variant.lora ? `${mode}+lora${control ? `+control${control}` : ''}` : mode;
     let e = this.engines.get(key);
@@ -79,7 +80,7 @@ export class EngineRegistry {
   }
 
   /** Manifest of a loaded mode. */
-  async manifest(mode = 'original'): Promise<EngineManifest> {
+  async manifest(mode = REFERENCE_MODE): Promise<EngineManifest> {
     return (await this.engine(mode)).manifest;
   }
 

@@ -17,6 +17,7 @@ import {
   type SessionOptions,
 } from '../../runtime/index.ts';
 import type { ModeSpec } from '../../shared/vocabulary/index.ts';
+import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
 import type { RgbImage, SampleRequest } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import type { LoraManager } from '../lora/lora-manager.ts';
@@ -41,7 +42,7 @@ export interface FluxPipelineOptions {
   threads?: number;
   /** Where compiled engines are cached (CACHE_DIR in `config.ts`). @default `<repo>/.cache/engines` */
   cacheDir?: string;
-  /** Modes to load up front. @default ['original'] */
+  /** Modes to load up front. @default [REFERENCE_MODE] */
   modes?: string[];
   /** Reports compile progress (first load only). */
   onLog?: (message: string) => void;
@@ -113,7 +114,7 @@ export class FluxPipeline {
     const loraEngines = new LoraEngines(source, engines, options.loraDir);
     const steps = new FluxSteps(tokenizers, source.scheduler, engines, loraEngines);
     pipe = new FluxPipeline(source, tokenizers, source.scheduler, engines, loraEngines, steps);
-    for (const mode of options.modes ?? ['original']) await pipe.engine(mode);
+    for (const mode of options.modes ?? [REFERENCE_MODE]) await pipe.engine(mode);
     return pipe;
   }
 
@@ -123,12 +124,12 @@ export class FluxPipeline {
   }
 
   /** The loaded (or loading) engine of `mode` and variant (see {@link EngineRegistry.engine}). */
-  engine(mode = 'original', variant: EngineVariant = {}): Promise<Engine> {
+  engine(mode = REFERENCE_MODE, variant: EngineVariant = {}): Promise<Engine> {
     return this.engines.engine(mode, variant);
   }
 
   /** Manifest of a loaded mode. */
-  manifest(mode = 'original'): Promise<EngineManifest> {
+  manifest(mode = REFERENCE_MODE): Promise<EngineManifest> {
     return this.engines.manifest(mode);
   }
 
@@ -161,13 +162,13 @@ export class FluxPipeline {
     prompts: string[],
     prompts2: string[],
     maxSequenceLength: number,
-    mode = 'original',
+    mode = REFERENCE_MODE,
   ): Promise<{ pooled: Float32Array[]; embeds: Float32Array[]; textLen: number }> {
     return this.steps.encodePrompts(prompts, prompts2, maxSequenceLength, mode);
   }
 
   /** One raw transformer forward (conformance, benchmarks; see {@link forwardTransformer}). */
-  forwardTransformer(input: TransformerInputs, mode = 'original', loras: readonly LoraSelection[] = []) {
+  forwardTransformer(input: TransformerInputs, mode = REFERENCE_MODE, loras: readonly LoraSelection[] = []) {
     return forwardTransformer(this.engines, this.loraEngines, input, mode, loras);
   }
 
@@ -187,7 +188,7 @@ export class FluxPipeline {
   }
 
   /** The full transformer graph's feeds for one step of `group` (one grid and text length) in `mode`. */
-  transformerFeeds(group: SampleState[], mode = 'original'): Promise<Record<string, HostTensor>> {
+  transformerFeeds(group: SampleState[], mode = REFERENCE_MODE): Promise<Record<string, HostTensor>> {
     return this.steps.transformerFeeds(group, mode);
   }
 

@@ -8,6 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Engine, EngineManifest, HostTensor } from '../../runtime/index.ts';
+import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
 import type { SampleRequest } from '../executor.ts';
 import { loraSetKey } from '../lora/selection.ts';
 import { checkSampleRequest } from '../sample-checks.ts';
@@ -51,7 +52,7 @@ export class FluxSteps {
     prompts: string[],
     prompts2: string[],
     maxSequenceLength: number,
-    mode = 'original',
+    mode = REFERENCE_MODE,
   ): Promise<{ pooled: Float32Array[]; embeds: Float32Array[]; textLen: number }> {
     const { sessions } = await this.engines.engine(mode);
     const b = prompts.length;
@@ -81,16 +82,16 @@ export class FluxSteps {
       const control = this.loraEngines.controlChannelsFor(set);
       checkControlRequest(r.controlImage, control);
       controlOf.set(requests[i]!, control);
-      if (set.length > 0) await this.loraEngines.feeds(r.mode ?? 'original', set, control);
+      if (set.length > 0) await this.loraEngines.feeds(r.mode ?? REFERENCE_MODE, set, control);
     }
     const byLen = groupBy(
       requests,
-      (r) => `${r.mode ?? 'original'}|${r.maxSequenceLength ?? SAMPLE_DEFAULTS.maxSequenceLength}`,
+      (r) => `${r.mode ?? REFERENCE_MODE}|${r.maxSequenceLength ?? SAMPLE_DEFAULTS.maxSequenceLength}`,
     );
     const states = new Map<SampleRequest, SampleState>();
     for (const group of byLen) {
       const first = group[0]!;
-      const mode = first.mode ?? 'original';
+      const mode = first.mode ?? REFERENCE_MODE;
       const manifest = await this.engines.manifest(mode);
       const grids = group.map((r) => checkSampleRequest(r, manifest.config.inChannels, manifest.config.vaeScaleFactor));
       const enc = await this.encodePrompts(
@@ -158,7 +159,7 @@ export class FluxSteps {
 
   private async stepGroup(group: SampleState[]): Promise<void> {
     const first = group[0]!;
-    const mode = first.request.mode ?? 'original';
+    const mode = first.request.mode ?? REFERENCE_MODE;
     const set = first.request.loras ?? [];
     // Control samples (only ever grouped with each other: same LoRA set) run on the control engine.
     const control = first.control ? first.control.length / first.grid.seqLen : 0;
@@ -181,7 +182,7 @@ export class FluxSteps {
   }
 
   /** The full transformer graph's feeds for one step of `group` (samples of one grid and text length) in `mode`. */
-  async transformerFeeds(group: SampleState[], mode = 'original'): Promise<Record<string, HostTensor>> {
+  async transformerFeeds(group: SampleState[], mode = REFERENCE_MODE): Promise<Record<string, HostTensor>> {
     const engine = await this.engines.engine(mode);
     await this.ensureModulation(group, engine);
     return this.feedsFor(group, engine.manifest);
@@ -272,7 +273,7 @@ export class FluxSteps {
   async decode(samples: SampleState[]): Promise<Float32Array[]> {
     const result = new Map<SampleState, Float32Array>();
     for (const group of groupBy(samples, decodeGroupKey)) {
-      const { sessions, manifest } = await this.engines.engine(group[0]!.request.mode ?? 'original');
+      const { sessions, manifest } = await this.engines.engine(group[0]!.request.mode ?? REFERENCE_MODE);
       const { h, w } = group[0]!.grid;
       const b = group.length;
       const c = manifest.config.latentChannels;
