@@ -12,15 +12,11 @@ import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
 import { type WarmModes, warmOrder } from './mode-warmup.ts';
 import type { LoraInfo, LoraSelection, StepExecutor } from './pipeline.ts';
-import type { EngineOffer, JobBackend, LoraControl } from './ports.ts';
+import type { EngineOffer, JobBackend, LoraControl, ServedEngine } from './ports.ts';
 import { Scheduler } from './scheduler.ts';
 
 /** What the local backend needs. */
-export interface LocalBackendOptions {
-  executor: StepExecutor;
-  batchSize: number;
-  defaultSize: string;
-  maxQueueDelayMs: number;
+export interface LocalBackendOptions extends ServedEngine {
   maxQueueSize: number;
   maxFinishedJobs?: number;
   images: ImageStore;

@@ -6,7 +6,7 @@
  */
 import type { JobEvent } from './job-events.ts';
 import type { Job, JobStatus } from './jobs.ts';
-import type { LoraInfo, LoraScan, LoraSelection, ModelInfo, PlanLayer } from './pipeline.ts';
+import type { LoraInfo, LoraScan, LoraSelection, ModelInfo, PlanLayer, StepExecutor } from './pipeline.ts';
 
 /** Job records, readable by every API node. */
 export interface JobRepository {
@@ -35,6 +35,17 @@ export interface JobEventBus {
    * `onResync` runs when the bus may have missed events (a reconnect): the caller re-reads the job.
    */
   subscribe(jobId: string, listener: (e: JobEvent) => void, onResync?: () => void): Promise<() => void>;
+}
+
+/** An engine a scheduler drives: its executor, the batch size and default mode it offers, the batching delay. */
+export interface ServedEngine {
+  executor: StepExecutor;
+  /** Samples per engine batch (MODEL_BATCH). */
+  batchSize: number;
+  /** Default mode's size token (MODEL_SIZE). */
+  defaultSize: string;
+  /** How long a partial batch waits for companions (MAX_QUEUE_DELAY_MS). */
+  maxQueueDelayMs: number;
 }
 
 /** What the engines behind a backend serve: one model, at one batch size. */

@@ -157,14 +157,9 @@ export class FluxPipeline {
     return this.loraEngines.controlEncoder(mode, controlChannels);
   }
 
-  /** CLIP pooled `[B, P]` and T5 `[B, T, D]` embeddings of a batch of prompts, per sample. */
-  encodePrompts(
-    prompts: string[],
-    prompts2: string[],
-    maxSequenceLength: number,
-    mode = REFERENCE_MODE,
-  ): Promise<{ pooled: Float32Array[]; embeds: Float32Array[]; textLen: number }> {
-    return this.steps.encodePrompts(prompts, prompts2, maxSequenceLength, mode);
+  /** CLIP pooled `[B, P]` and T5 `[B, T, D]` embeddings of a batch of prompts, per sample (see {@link FluxSteps}). */
+  encodePrompts(...args: Parameters<FluxSteps['encodePrompts']>): ReturnType<FluxSteps['encodePrompts']> {
+    return this.steps.encodePrompts(...args);
   }
 
   /** One raw transformer forward (conformance, benchmarks; see {@link forwardTransformer}). */

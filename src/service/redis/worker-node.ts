@@ -22,6 +22,7 @@ import { decodeImageBytes } from '../media/control-image.ts';
 import { createMetrics } from '../metrics.ts';
 import { type WarmModes, warmOrder } from '../mode-warmup.ts';
 import type { StepExecutor } from '../pipeline.ts';
+import type { ServedEngine } from '../ports.ts';
 import { Scheduler } from '../scheduler.ts';
 import { HEARTBEAT_MS, type WorkerAdvert } from './adverts.ts';
 import { bullConnection } from './api-backend.ts';
@@ -30,11 +31,7 @@ import { createRedis, type RedisSettings, redactUrl, redisKeys } from './connect
 import { RedisJobRecords } from './job-records.ts';
 
 /** Options of a worker process. */
-export interface RedisWorkerOptions extends RedisSettings {
-  executor: StepExecutor;
-  batchSize: number;
-  defaultSize: string;
-  maxQueueDelayMs: number;
+export interface RedisWorkerOptions extends RedisSettings, ServedEngine {
   /** Seconds records are kept (JOB_HISTORY_S). */
   historySeconds: number;
   /** BullMQ lock: a dead worker's jobs come back after about this long (WORKER_LOCK_MS). @default 30000 */
