@@ -37,7 +37,7 @@ export async function conformanceReport(fixtures: string, model: string | undefi
     ];
     for (const [i, c] of index.pipeline_cases.entries())
       cases.push(...(await pipelineCase(pipe, fixtures, c, i, mode, REFERENCE_LIMITS)));
-    cases.push(...(await loraCases(pipe, fixtures, index, modelDir, mode, REFERENCE_LIMITS)));
+    cases.push(...(await loraCases(run, modelDir)));
     const failed = cases.filter((c) => !c.ok).length;
     return { passed: cases.length - failed, failed, cases };
   } finally {

@@ -13,7 +13,7 @@ import { FluxPipeline } from '../../pipeline/flux/pipeline.ts';
 import { mismatches, relativeError } from '../../shared/tensor-metrics.ts';
 import type { FluxTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
 import { openSafetensors, writeSafetensors } from '../../shared/weights/index.ts';
-import { type CaseResult, type Limits, readTransformerInputs, result } from './cases.ts';
+import { type CaseResult, type FixtureRun, readTransformerInputs, result } from './cases.ts';
 import type { FixtureIndex } from './fixture-index.ts';
 import { makeBflControlLora, mergeBflControl, writeMergedModel } from './lora-reference.ts';
 
@@ -54,14 +54,8 @@ function readOutput(path: string): Float32Array {
  * Every `lora_cases` entry through the server-wide default set (`load` → forward → `unload` → forward), the
  * control LoRA per request; `pipe` must read LoRAs from a folder made by {@link prepareLoraDir}.
  */
-export async function loraCases(
-  pipe: FluxPipeline,
-  fixtures: string,
-  index: FixtureIndex,
-  model: string,
-  mode: string,
-  limits: Limits,
-): Promise<CaseResult[]> {
+export async function loraCases(run: FixtureRun, model: string): Promise<CaseResult[]> {
+  const { pipe, dir: fixtures, index, mode, limits } = run;
   const out: CaseResult[] = [];
   const inputsCache = new Map<string, Inputs>();
   const inputs = (file: string) => {
@@ -84,18 +78,12 @@ export async function loraCases(
   }
   // The constructed control LoRA runs with the fixture LoRAs (a directory without LoRA cases is not a LoRA suite).
   if (index.transformer_case && index.lora_cases.length > 0)
-    out.push(...(await controlCase(pipe, inputs(index.transformer_case.file), model, mode, limits)));
+    out.push(...(await controlCase(run, inputs(index.transformer_case.file), model)));
   return out;
 }
 
 /** The constructed BFL Control LoRA against the merged-weights model (compiled as a plain engine of the same mode). */
-async function controlCase(
-  pipe: FluxPipeline,
-  x: Inputs,
-  model: string,
-  mode: string,
-  limits: Limits,
-): Promise<CaseResult[]> {
+async function controlCase({ pipe, mode, limits }: FixtureRun, x: Inputs, model: string): Promise<CaseResult[]> {
   const config = transformerConfig(model);
   const dir = mkdtempSync(join(tmpdir(), 'fluxql-merged-'));
   try {

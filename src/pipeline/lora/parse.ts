@@ -117,13 +117,16 @@ function allFinite(a: Float32Array): boolean {
 
 /** Opens `path` and parses it (see {@link parseLoraTensors}); `label` names it in errors. @throws LoraError */
 export function parseLoraFile(path: string, spec: LoraModelSpec, label = path): ParsedLora {
+  // A file the safetensors reader refuses (truncated, bad header, unsupported dtype) is an invalid LoRA file.
+  const typed = (err: unknown) =>
+    err instanceof WeightsError
+      ? new LoraError('invalid_file', err.message.replace(`${path}: `, ''), label, [], { cause: err })
+      : err;
   let file: ReturnType<typeof openSafetensors>;
   try {
     file = openSafetensors(path);
   } catch (err) {
-    if (err instanceof WeightsError)
-      throw new LoraError('invalid_file', err.message.replace(`${path}: `, ''), label, [], { cause: err });
-    throw err;
+    throw typed(err);
   }
   try {
     const reader: TensorReader = {
@@ -135,9 +138,7 @@ export function parseLoraFile(path: string, spec: LoraModelSpec, label = path): 
     };
     return parseLoraTensors(reader, spec);
   } catch (err) {
-    if (err instanceof WeightsError)
-      throw new LoraError('invalid_file', err.message.replace(`${path}: `, ''), label, [], { cause: err });
-    throw err;
+    throw typed(err);
   } finally {
     file.close();
   }
