@@ -8,6 +8,11 @@ import type { LoraErrorData } from './pipeline.ts';
 export abstract class ServiceError extends Error {
   /** Stable machine-readable code, also used as the OpenAI `code` and as the metrics label. */
   abstract readonly code: string;
+
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name; // the subclass's own name, e.g. `QueueFullError`
+  }
 }
 
 /**
@@ -22,7 +27,6 @@ export class ValidationError extends ServiceError {
     readonly code: string = 'invalid_value',
   ) {
     super(message);
-    this.name = 'ValidationError';
   }
 }
 
@@ -35,7 +39,6 @@ export class QueueFullError extends ServiceError {
     readonly retryAfterSeconds: number,
   ) {
     super(`The queue is full (${maxQueueSize} jobs); retry in about ${retryAfterSeconds} s`);
-    this.name = 'QueueFullError';
   }
 }
 
@@ -47,7 +50,6 @@ export class NotFoundError extends ServiceError {
     readonly id: string,
   ) {
     super(`${resource} ${JSON.stringify(id)} not found`);
-    this.name = 'NotFoundError';
   }
 }
 
@@ -59,7 +61,6 @@ export class UnknownModelError extends ServiceError {
     readonly available: readonly string[],
   ) {
     super(`Unknown model ${JSON.stringify(model)}; available: ${available.join(', ')}`);
-    this.name = 'UnknownModelError';
   }
 }
 
@@ -71,7 +72,6 @@ export class JobCanceledError extends ServiceError {
     readonly reason: string,
   ) {
     super(`Job ${jobId} was canceled: ${reason}`);
-    this.name = 'JobCanceledError';
   }
 }
 
@@ -83,7 +83,6 @@ export class JobFailedError extends ServiceError {
     message: string,
   ) {
     super(message);
-    this.name = 'JobFailedError';
   }
 }
 
@@ -96,7 +95,6 @@ export class ServiceUnavailableError extends ServiceError {
     readonly retryAfterSeconds = 5,
   ) {
     super(message);
-    this.name = 'ServiceUnavailableError';
   }
 }
 
@@ -114,7 +112,6 @@ export class LoraRequestError extends ServiceError {
     readonly keys: readonly string[] = [],
   ) {
     super(message);
-    this.name = 'LoraRequestError';
   }
 
   /** The service error of a LoRA layer error's data (see {@link LoraErrorData}). */
