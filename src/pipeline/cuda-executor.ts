@@ -34,6 +34,7 @@ import {
   type CudaPrecision,
   cudaLoadSpec,
 } from '../runtime/cuda/index.ts';
+import { REFERENCE_MODE } from '../shared/vocabulary.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
 import {
@@ -53,7 +54,7 @@ import { groupBy } from './flux/sample-state.ts';
 import { type FlowMatchConfig, fluxSigmas, parseSchedulerConfig } from './flux/schedule.ts';
 import { type FluxTokenizers, loadFluxTokenizers } from './flux/tokenize.ts';
 import { LoraError } from './lora/errors.ts';
-import { checkSampleRequest } from './sample-checks.ts';
+import { checkMode, checkSampleRequest } from './sample-checks.ts';
 
 /** Options of {@link createCudaExecutor}. */
 export interface CudaExecutorOptions {
@@ -78,6 +79,8 @@ const LATENT_CHANNELS = 16;
 const PACKED_CHANNELS = 64;
 /** Largest side the engine runs. */
 const MAX_SIDE = 2048;
+/** The engine runs the reference graph only. */
+const CUDA_MODES = [REFERENCE_MODE];
 const DEFAULT_T5_LEN = 512;
 
 /** A sample prepared on an engine that has since ended: it cannot be stepped or decoded. */
@@ -187,7 +190,7 @@ class CudaExecutor implements CudaStepExecutor {
     this.#info = {
       name,
       path: this.#modelDir,
-      modes: ['original'],
+      modes: [...CUDA_MODES],
       device: `cuda: ${card.device} (${this.#precision})`,
       packedChannels: PACKED_CHANNELS,
       pixelsPerToken: 16,
@@ -472,9 +475,7 @@ class CudaExecutor implements CudaStepExecutor {
   /** Every executor's request checks, plus what the engine cannot do (modes, LoRAs, control, > 2048). */
   #validate(r: SampleRequest): LatentGrid {
     const grid = checkSampleRequest(r, PACKED_CHANNELS);
-    if (r.mode !== undefined && r.mode !== 'original') {
-      throw new FluxArgumentError('mode', `unknown mode "${r.mode}"; the CUDA engine runs: original`);
-    }
+    checkMode(r.mode, CUDA_MODES);
     if (r.loras && r.loras.length > 0) throw unsupported(r.loras[0]!.name);
     if (r.controlImage) throw new FluxArgumentError('controlImage', 'the CUDA engine has no control-image path');
     for (const [param, v] of [

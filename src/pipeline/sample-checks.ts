@@ -36,3 +36,10 @@ export function checkSampleRequest(r: SampleRequest, packedChannels: number, vae
   }
   return grid;
 }
+
+/** Throws unless `mode` (absent: the default) is one of the `modes` an executor runs. */
+export function checkMode(mode: string | undefined, modes: readonly string[]): void {
+  if (mode !== undefined && !modes.includes(mode)) {
+    throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${modes.join(', ')}`);
+  }
+}

@@ -14,9 +14,9 @@ import {
 } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import type { LoraInfo, LoraSelection } from '../lora/index.ts';
+import { checkMode } from '../sample-checks.ts';
 import { cachedPlans } from './elastic-plan.ts';
 import { defaultCacheDir } from './engine-cache.ts';
-import { FluxArgumentError } from './latents.ts';
 import { FluxPipeline, type FluxPipelineOptions } from './pipeline.ts';
 import { latentPreviewRgb } from './preview.ts';
 import type { SampleState } from './sample-state.ts';
@@ -59,11 +59,7 @@ export async function createInThreadExecutor(
     pipeline,
     info: () => info,
     async prepare(requests: SampleRequest[]): Promise<SampleHandle[]> {
-      for (const r of requests) {
-        if (r.mode && !info.modes.includes(r.mode)) {
-          throw new FluxArgumentError('mode', `unknown mode "${r.mode}"; this model has: ${info.modes.join(', ')}`);
-        }
-      }
+      for (const r of requests) checkMode(r.mode || undefined, info.modes);
       const prepared = await pipeline.prepare(requests);
       for (const s of prepared) states.set(s.id, s);
       return prepared.map((s) => s.id);
@@ -92,9 +88,7 @@ export async function createInThreadExecutor(
     },
     loras: async () => pipeline.loras.scan(),
     async checkLoras(set, mode = loraCheckMode): Promise<LoraInfo[]> {
-      if (!info.modes.includes(mode)) {
-        throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${info.modes.join(', ')}`);
-      }
+      checkMode(mode, info.modes);
       const infos = set.map((s) => pipeline.loras.info(s.name));
       // Builds (and caches) the set's feeds on the mode's LoRA engine: strengths, duplicates, engine support.
       await pipeline.loraFeeds(

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
 import { FluxArgumentError, InvalidSizeError } from '../../../src/pipeline/flux/latents.ts';
-import { checkSampleRequest } from '../../../src/pipeline/sample-checks.ts';
+import { checkMode, checkSampleRequest } from '../../../src/pipeline/sample-checks.ts';
 
 const ok: SampleRequest = { prompt: 'a fox', height: 64, width: 96, steps: 4, guidanceScale: 3.5, seed: 7 };
 
@@ -34,5 +34,14 @@ describe('checkSampleRequest', () => {
     expect(paramOf({ height: 72 })).toBe('height');
     expect(paramOf({ width: 0 })).toBe('width');
     expect(paramOf({ latents: new Float32Array(10) })).toBe('latents');
+  });
+});
+
+describe('checkMode', () => {
+  it('accepts the default and the modes offered, refuses others naming them', () => {
+    expect(() => checkMode(undefined, ['original'])).not.toThrow();
+    expect(() => checkMode('XL', ['original', 'XL'])).not.toThrow();
+    expect(() => checkMode('S', ['original'])).toThrow(FluxArgumentError);
+    expect(() => checkMode('S', ['original', 'XL'])).toThrow('unknown mode "S"; this model has: original, XL');
   });
 });
