@@ -89,7 +89,7 @@ export function conv2d(
 }
 
 /**
- * ResnetBlock2D without time embedding (diffusers `resnet.py`, output scale 1):
+ * ResnetBlock2D without time embedding (docs/FLUX_SPEC.md §6, output scale 1):
  * `shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x))))))`, where the shortcut is a 1×1 `conv_shortcut` when the
  * channel count changes and the identity otherwise. `[B, inC, H, W]` → `[B, outC, H, W]`.
  */

@@ -2,10 +2,9 @@
  * @file A cheap progress preview of a sample mid-denoising: each latent cell becomes one RGB pixel through a fixed
  * linear projection of its 16 channels, so an `H × W` image previews at `H/8 × W/8` with no VAE run.
  *
- * The factors are the published FLUX latent→RGB table of ComfyUI (`comfy/latent_formats.py`, class `Flux`,
- * `latent_rgb_factors` and `latent_rgb_factors_bias`), a least-squares fit from FLUX's 16 latent channels (in the
- * transformer's scaled space, before `/scaling + shift`) to RGB in roughly `[-1, 1]`. The preview is mapped to bytes
- * as ComfyUI does: `clamp((rgb + 1) / 2, 0, 1) · 255`.
+ * The factors are the published FLUX latent→RGB table of ComfyUI (docs/FLUX_SPEC.md §10.2), a least-squares fit
+ * from FLUX's 16 latent channels (in the transformer's scaled space, before `/scaling + shift`) to RGB in roughly
+ * `[-1, 1]`. The preview is mapped to bytes as ComfyUI does: `clamp((rgb + 1) / 2, 0, 1) · 255`.
  */
 import type { RgbImage } from '../executor.ts';
 import { checkDim, checkLength } from './latents.ts';

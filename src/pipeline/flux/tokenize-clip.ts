@@ -10,7 +10,7 @@ import type { TokenizerSettings } from './tokenize-files.ts';
 import { readJsonObject, readTextFile, TokenizerError } from './tokenize-files.ts';
 
 /**
- * CLIP's pre-tokenization regex (openai/CLIP `simple_tokenizer.py`): contractions, letter runs, single digits,
+ * CLIP's pre-tokenization regex (docs/FLUX_SPEC.md §10.1): contractions, letter runs, single digits,
  * and runs of other non-space characters. Whitespace is never part of a match, so it disappears.
  */
 const CLIP_SPLIT_REGEX = "'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+";
