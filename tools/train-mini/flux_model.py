@@ -1,6 +1,6 @@
 """PyTorch modules with FLUX.1-dev's architecture and diffusers/transformers parameter names.
 
-Written from the project's FLUX spec (/work/shared/docs/FLUX_SPEC.md) and the TS graph builders in
+Written from the project's FLUX spec (docs/FLUX_SPEC.md) and the TS graph builders in
 engines/compiler/flux/*.ts, so `state_dict()` is exactly what our TS loader reads:
   - FluxTransformer2DModel (guidance embedding, double + single stream blocks, 3-axis interleaved RoPE,
     AdaLayerNormContinuous output with (scale, shift) order),
@@ -583,7 +583,7 @@ class T5EncoderModel(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Pipeline helpers (FLUX_SPEC §3, §4)
+# Pipeline helpers (docs/FLUX_SPEC.md §3, §4)
 # ----------------------------------------------------------------------------------------------------------------
 
 def pack(z):

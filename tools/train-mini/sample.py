@@ -2,7 +2,7 @@
 
   python3 tools/train-mini/sample.py --model models/flux-mini --out-dir DIR [--n 96 --size 256 --steps 28]
 
-Euler flow sampling with FLUX's dynamic-shift schedule (FLUX_SPEC §4), starting noise
+Euler flow sampling with FLUX's dynamic-shift schedule (docs/FLUX_SPEC.md §4), starting noise
 torch.randn([B, 16, h, w], generator=CPU Generator.manual_seed(seed)) drawn per image (batch 1 semantics: image i
 uses seed base_seed + i, like the CLI's --seed), guidance 3.5, T5 padded to 512. Reads the weights exactly as
 shipped (bf16 files), so the accuracy printed is the accuracy of the exported artifact.
