@@ -4,7 +4,7 @@
  * benchmarks cannot disagree; what a mode *builds* stays in `engines/compiler/modes.ts`.
  */
 
-/** The elastic modes, reference first, then fastest last (`original` ⊃ `XL` ⊃ `L` ⊃ `M` ⊃ `S`). */
+/** The elastic modes, slowest (the reference) first and fastest last. */
 export const MODE_NAMES = Object.freeze(['original', 'XL', 'L', 'M', 'S'] as const);
 /** One of {@link MODE_NAMES}. */
 export type ModeName = (typeof MODE_NAMES)[number];
