@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
-import { MODE_NAMES } from '../src/shared/vocabulary.ts';
+import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
 import { benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
 import { createProgress } from './lib/progress.ts';
 import { writeResults } from './lib/results.ts';

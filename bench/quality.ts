@@ -27,7 +27,7 @@ import {
   RESULTS_DIR,
 } from './lib/modes-report.ts';
 import { createProgress } from './lib/progress.ts';
-import { MODE_NAMES } from '../src/shared/vocabulary.ts';
+import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
 
 const { values } = parseArgs({
   options: {

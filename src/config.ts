@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
-import { EXECUTION_PROVIDERS, type ExecutionProvider, MODE_SIZES } from './shared/vocabulary.ts';
+import { EXECUTION_PROVIDERS, type ExecutionProvider, MODE_SIZES } from './shared/vocabulary/index.ts';
 
 /** Everything `startServer` needs. */
 export interface ServerConfig {

@@ -3,7 +3,7 @@
  * file; this one only declares them.
  */
 import { Command, Option } from 'commander';
-import { EXECUTION_PROVIDERS, REFERENCE_MODE } from '../shared/vocabulary.ts';
+import { EXECUTION_PROVIDERS, MODE_NAMES, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { runCompile } from './compile-command.ts';
 import { runConformance } from './conformance-command.ts';
 import { DEFAULT_FIXTURES_DIR, DEFAULT_MODEL_DIR } from './defaults.ts';
@@ -42,7 +42,9 @@ program
   .command('compile')
   .description('plan, compile and calibrate (or find cached) the ONNX engines of a model, ahead of serving')
   .option('-m, --model <dir>', 'model repository', DEFAULT_MODEL_DIR)
-  .option('--mode <modes...>', 'modes to build (planned ones are planned first): original XL L M S', [REFERENCE_MODE])
+  .option('--mode <modes...>', `modes to build (planned ones are planned first): ${MODE_NAMES.join(' ')}`, [
+    REFERENCE_MODE,
+  ])
   .action(runCompile);
 
 program

@@ -34,7 +34,7 @@ import {
   type CudaPrecision,
   cudaLoadSpec,
 } from '../runtime/cuda/index.ts';
-import { REFERENCE_MODE } from '../shared/vocabulary.ts';
+import { REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
 import {

@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
-import { EXECUTION_PROVIDERS, type ExecutionProvider } from '../shared/vocabulary.ts';
+import { EXECUTION_PROVIDERS, type ExecutionProvider } from '../shared/vocabulary/index.ts';
 
 export { EXECUTION_PROVIDERS, type ExecutionProvider };
 

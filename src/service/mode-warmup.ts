@@ -8,7 +8,7 @@
  * A failed warm-up reports its error once (the scheduler fails the jobs waiting for it) and the mode goes back to
  * cold, so a later request tries again.
  */
-import { sizeOfMode } from './models.ts';
+import { sizeOfMode } from '../shared/vocabulary/index.ts';
 import type { StepExecutor } from './pipeline.ts';
 
 /** Which modes a server warms at startup besides its default one: every mode it serves, or those listed. */

@@ -9,7 +9,7 @@
  * RTX 5090; we keep the revision cited above.
  */
 
-import { MODE_NAMES, sizeOfMode } from '../shared/vocabulary.ts';
+import { MODE_NAMES, sizeOfMode } from '../shared/vocabulary/index.ts';
 
 /** Where a published number comes from. */
 export const PUBLISHED_SPEC_SOURCE =

@@ -2,7 +2,7 @@
  * @file The model catalogue: which `flux-1-dev-<size>-bs<batch>` ids this server answers to, their limits and
  * published/measured speed. Built once from the executor's {@link ModelInfo} and the config.
  */
-import { sizeOfMode } from '../shared/vocabulary.ts';
+import { sizeOfMode } from '../shared/vocabulary/index.ts';
 import { UnknownModelError } from './errors.ts';
 import type { ModePlanSummary, ModeQuality, ModeResults } from './mode-results.ts';
 import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './model-specs.ts';

@@ -14,7 +14,7 @@ import {
   UnknownModelError,
   ValidationError,
 } from '../../service/index.ts';
-import { MODE_NAMES } from '../../shared/vocabulary.ts';
+import { MODE_NAMES } from '../../shared/vocabulary/index.ts';
 import { builder } from '../builder.ts';
 import { ImageFormatEnum, ImageJobRef } from './job.ts';
 import { LoraInputRef } from './lora.ts';

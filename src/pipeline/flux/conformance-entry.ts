@@ -4,7 +4,7 @@
  * on a loaded pipeline's engines; serving never calls them.
  */
 import type { HostTensor } from '../../runtime/index.ts';
-import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
+import { REFERENCE_MODE } from '../../shared/vocabulary/index.ts';
 import type { LoraSelection } from '../lora/types.ts';
 import type { EngineRegistry } from './engine-registry.ts';
 import { latentGrid } from './latents.ts';

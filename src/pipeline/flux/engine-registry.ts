@@ -5,8 +5,7 @@
  * {@link FluxPipeline}; this file only orders the build and keeps the results.
  */
 import type { Engine, EngineLoader, EngineManifest, Session } from '../../runtime/index.ts';
-import { type ModePlan, type ModeSpec, resolveModeFor } from '../../shared/vocabulary/index.ts';
-import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
+import { type ModePlan, type ModeSpec, REFERENCE_MODE, resolveModeFor } from '../../shared/vocabulary/index.ts';
 import { ensureEngine, type ModelSource } from './engine-cache.ts';
 
 /** Which engine of a mode: the plain one, or the LoRA-enabled one (optionally control-capable, BFL Control LoRAs). */

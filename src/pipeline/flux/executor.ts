@@ -112,9 +112,7 @@ export async function createInThreadExecutor(
     activeLoras: async () => pipeline.loras.activeSet(),
     stats: async () => ({ sessionsCreated: pipeline.sessionsCreated }),
     async warm(mode: string): Promise<void> {
-      if (!info.modes.includes(mode)) {
-        throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${info.modes.join(', ')}`);
-      }
+      checkMode(mode, info.modes);
       await pipeline.engine(mode);
     },
     // Reads the plan cache (what the planned modes' engines are compiled from); never plans or compiles.

@@ -17,7 +17,7 @@ import {
   type SessionOptions,
 } from '../../runtime/index.ts';
 import type { ModeSpec } from '../../shared/vocabulary/index.ts';
-import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
+import { REFERENCE_MODE } from '../../shared/vocabulary/index.ts';
 import type { RgbImage, SampleRequest } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import type { LoraManager } from '../lora/lora-manager.ts';

@@ -8,7 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Engine, EngineManifest, HostTensor } from '../../runtime/index.ts';
-import { REFERENCE_MODE } from '../../shared/vocabulary.ts';
+import { REFERENCE_MODE } from '../../shared/vocabulary/index.ts';
 import type { SampleRequest } from '../executor.ts';
 import { loraSetKey } from '../lora/selection.ts';
 import { checkSampleRequest } from '../sample-checks.ts';

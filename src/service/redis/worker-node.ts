@@ -21,7 +21,6 @@ import { MeasuredStats } from '../measured.ts';
 import { decodeImageBytes } from '../media/control-image.ts';
 import { createMetrics } from '../metrics.ts';
 import { type WarmModes, warmOrder } from '../mode-warmup.ts';
-import type { StepExecutor } from '../pipeline.ts';
 import type { ServedEngine } from '../ports.ts';
 import { Scheduler } from '../scheduler.ts';
 import { HEARTBEAT_MS, type WorkerAdvert } from './adverts.ts';

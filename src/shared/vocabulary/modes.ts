@@ -8,9 +8,25 @@
  * - `L`, `M`, `S`: XL plus per-layer compression chosen by the planner (`engines/compiler/planner/`) under an error budget (relative
  *   L2 error of the transformer output against `original` on calibration inputs: 1 %, 1.5 %, 2 %); `S` adds step
  *   caching (First-Block-Cache, `engines/compiler/flux/transformer-split.ts`) with its own threshold.
+ *
+ * The one list of modes: the config (MODEL_SIZE), the CLI, the catalogue, the compiler and the benchmarks read it.
  */
 
-import { type ModeName, MODE_NAMES as SHARED_MODE_NAMES } from '../vocabulary.ts';
+/** The elastic modes, slowest (the reference) first and fastest last. */
+const MODE_LIST = ['original', 'XL', 'L', 'M', 'S'] as const;
+/** One of the elastic modes. */
+export type ModeName = (typeof MODE_LIST)[number];
+
+/** The reference mode: the exact diffusers computation, and the default. */
+export const REFERENCE_MODE: string = MODE_LIST[0];
+
+/** A mode's lower-case size token, as model ids (`flux-1-dev-xl-bs4`) and MODEL_SIZE spell it. */
+export function sizeOfMode(mode: string): string {
+  return mode.toLowerCase();
+}
+
+/** Every size token, in mode order. */
+export const MODE_SIZES = Object.freeze(MODE_LIST.map(sizeOfMode)) as readonly Lowercase<ModeName>[];
 
 /** Transformer graph switches of one mode (JSON-serialisable: they are part of the compile cache key). */
 export interface ModeTransformerOptions {
@@ -44,7 +60,7 @@ export interface ModeSpec {
 
 const XL_GRAPH: ModeTransformerOptions = { fuseProjections: true, fusedAttention: true, precomputeModulation: true };
 
-// Keyed by the shared mode list: a mode added there without its build spec here fails to compile.
+// Keyed by the mode list: a mode added there without its build spec here fails to compile.
 const MODES: Readonly<Record<ModeName, ModeSpec>> = Object.freeze({
   original: {
     name: 'original',
@@ -78,8 +94,8 @@ const MODES: Readonly<Record<ModeName, ModeSpec>> = Object.freeze({
   },
 });
 
-/** Names of the modes this compiler can build, slowest (reference) first (`src/shared/vocabulary.ts`). */
-export const MODE_NAMES: readonly string[] = SHARED_MODE_NAMES;
+/** Names of the modes, slowest (the reference) first. */
+export const MODE_NAMES: readonly string[] = Object.freeze([...MODE_LIST]);
 
 /** A mode name that is not known. */
 export class UnknownModeError extends Error {
