@@ -20,8 +20,8 @@ import { parseArgs } from 'node:util';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
-import { renderCharts } from './lib/charts.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
+import { renderCharts } from './lib/charts.ts';
 import {
   benchModels,
   machineInfo,

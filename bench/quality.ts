@@ -17,17 +17,10 @@ import { parseArgs } from 'node:util';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { psnr, ssim } from '../src/shared/image-metrics.ts';
-import { renderCharts } from './lib/charts.ts';
-import {
-  benchModels,
-  machineInfo,
-  mergeModes,
-  providerInfo,
-  REPO,
-  RESULTS_DIR,
-} from './lib/modes-report.ts';
-import { createProgress } from './lib/progress.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
+import { renderCharts } from './lib/charts.ts';
+import { benchModels, machineInfo, mergeModes, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
+import { createProgress } from './lib/progress.ts';
 
 const { values } = parseArgs({
   options: {

@@ -7,7 +7,7 @@ import { Queue, QueueEvents } from 'bullmq';
 import { QueueFullError, ServiceUnavailableError } from '../errors.ts';
 import { finishJob } from '../job-events.ts';
 import { logJobTransition, type ServiceLogger } from '../job-log.ts';
-import { elapsedMs, isTerminal, type Job } from '../jobs.ts';
+import { isTerminal, type Job } from '../jobs.ts';
 import type { BackendHealth, EngineOffer, JobBackend } from '../ports.ts';
 import { liveAdverts, offerOf } from './adverts.ts';
 import { encodeEvent } from './codec.ts';
