@@ -163,7 +163,7 @@ export function attachGraphqlWs(
         try {
           document = parse(payload.query);
         } catch (err) {
-          // A syntax error from yoga's parser (possibly another graphql realm, so no instanceof check).
+          // A syntax error from yoga's parser, or a refused document (token limit).
           return [err as GraphQLError];
         }
         const errors = validate(schema, document);

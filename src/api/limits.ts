@@ -9,8 +9,8 @@ import { maxAliasesPlugin } from '@escape.tech/graphql-armor-max-aliases';
 import { maxDepthPlugin } from '@escape.tech/graphql-armor-max-depth';
 import { maxDirectivesPlugin } from '@escape.tech/graphql-armor-max-directives';
 import { maxTokensPlugin } from '@escape.tech/graphql-armor-max-tokens';
-import { GraphQLError, type ValidationContext, type ValidationRule } from 'graphql';
-import type { Plugin } from 'graphql-yoga';
+import type { GraphQLError, ValidationContext, ValidationRule } from 'graphql';
+import { createGraphQLError, type Plugin } from 'graphql-yoga';
 
 /** The limits (see `config.ts`). */
 export interface DocumentLimits {
@@ -60,8 +60,9 @@ function maxGenerationsRule(max: number): ValidationRule {
         count++;
         if (count > max && !reported) {
           reported = true;
+          // yoga's helper: the error must be of the graphql copy graphql-ws checks with `instanceof`.
           context.reportError(
-            new GraphQLError(
+            createGraphQLError(
               `At most ${max} generateImage fields per operation (MAX_GENERATIONS_PER_OPERATION); send more operations instead`,
               { nodes: [node], extensions: { code: 'TOO_MANY_GENERATIONS', http: { status: 400 } } },
             ),
@@ -72,9 +73,32 @@ function maxGenerationsRule(max: number): ValidationRule {
   };
 }
 
+/** Codes of refused documents. */
+const LIMIT_CODES = new Set([
+  'MAX_TOKENS',
+  'MAX_DEPTH',
+  'MAX_ALIASES',
+  'MAX_COST',
+  'MAX_DIRECTIVES',
+  'TOO_MANY_GENERATIONS',
+]);
+
+/**
+ * Yoga answers parse errors with 200 for `Accept: application/json` (GraphQL over HTTP's legacy rule), which would
+ * hide a refused document among successful replies; a status on the result itself takes precedence.
+ */
+const refusedIs400: Plugin = {
+  onResultProcess({ result, setResult }) {
+    if (Array.isArray(result) || !('errors' in result) || !result.errors) return;
+    const refused = result.errors.some((e) => LIMIT_CODES.has(String(e.extensions?.code)));
+    if (refused) setResult({ ...result, extensions: { ...result.extensions, http: { status: 400 } } });
+  },
+};
+
 /** The envelop plugins enforcing `limits`. */
 export function documentLimitPlugins(limits: DocumentLimits): Plugin[] {
   return [
+    refusedIs400,
     maxTokensPlugin({ n: limits.maxTokens, ...typed('MAX_TOKENS') }),
     maxDepthPlugin({ n: limits.maxDepth, ...typed('MAX_DEPTH') }),
     maxAliasesPlugin({ n: limits.maxAliases, ...typed('MAX_ALIASES') }),
