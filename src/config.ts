@@ -260,7 +260,7 @@ const ENV_SCHEMA = {
 } as const;
 
 const API_KEYS_SCHEMA = z.record(
-  z.string().min(8, 'keys must be at least 8 characters'),
+  z.string(),
   z.union([
     z.string().min(1),
     z.object({ name: z.string().min(1), role: z.enum(['admin', 'user']).optional() }).strict(),
@@ -280,6 +280,8 @@ export function parseApiKeys(text: string, variable: string): ApiKey[] {
     const issue = parsed.error.issues[0];
     throw new ConfigError(variable, `${issue?.path.join('.') || 'value'}: ${issue?.message ?? 'invalid'}`);
   }
+  const short = Object.keys(parsed.data).find((k) => k.length < 8);
+  if (short !== undefined) throw new ConfigError(variable, 'keys must be at least 8 characters');
   return Object.entries(parsed.data).map(([key, v]) =>
     typeof v === 'string' ? { key, name: v, admin: false } : { key, name: v.name, admin: v.role === 'admin' },
   );
