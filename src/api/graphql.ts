@@ -164,10 +164,16 @@ export function attachGraphqlWs(
           document = parse(payload.query);
         } catch (err) {
           // A syntax error from yoga's parser, or a refused document (token limit).
-          return [err as GraphQLError];
+          return [sameRealm(err as GraphQLError)];
         }
-        const errors = validate(schema, document);
-        if (errors.length > 0) return errors;
+        let errors: readonly GraphQLError[];
+        try {
+          errors = validate(schema, document);
+        } catch (err) {
+          // graphql-armor's rules throw the error of a refused document.
+          return [sameRealm(err as GraphQLError)];
+        }
+        if (errors.length > 0) return errors.map(sameRealm);
         const base = await contextFactory();
         const contextValue: ApiContext = {
           ...base,
@@ -190,6 +196,21 @@ export function attachGraphqlWs(
     await disposable.dispose();
     await new Promise<void>((resolve) => wss.close(() => resolve()));
   };
+}
+
+/**
+ * The error rebuilt by yoga's helper: graphql-ws accepts only errors that are `instanceof` its GraphQLError, and
+ * CommonJS plugins (graphql-armor) may create theirs from another copy of graphql. The HTTP-only `http` extension
+ * is dropped.
+ */
+function sameRealm(err: GraphQLError): GraphQLError {
+  const { http: _http, ...extensions } = (err.extensions ?? {}) as Record<string, unknown>;
+  return createGraphQLError(err.message, {
+    ...(err.nodes ? { nodes: err.nodes } : {}),
+    ...(err.source ? { source: err.source } : {}),
+    ...(err.positions ? { positions: err.positions } : {}),
+    extensions,
+  });
 }
 
 interface EnvelopedRoot {

@@ -199,9 +199,13 @@ export function buildApp(options: AppOptions) {
       if (httpErr.status === 401) service.countError({ code: 'unauthorized' });
       // Unknown errors are logged here and masked in the reply; the server keeps serving.
       if (!(err instanceof HttpError) && httpErr.status === 500) req.log.error({ err }, 'request failed');
+      // A refused body need not be read to its end: the reply says the connection closes (so no client reuses
+      // it), and it is closed once the reply is out.
+      if (!req.complete && !res.headersSent) {
+        res.setHeader('connection', 'close');
+        res.once('finish', () => req.destroy());
+      }
       sendError(res, httpErr);
-      // A refused body need not be read to its end: close the connection after the reply instead.
-      if (!req.complete) res.once('finish', () => req.destroy());
     });
   });
   // These bound receiving the request (a slow-loris client), not the reply: a REST client waits for its job after
