@@ -192,7 +192,8 @@ export function buildApp(options: AppOptions) {
     throw new HttpError(404, `No route ${method} ${path}`, 'invalid_request_error', 'not_found');
   };
 
-  const server = createServer((req, res) => {
+  // Timeouts are checked every second (Node's default, 30 s, would let them run up to 30 s late).
+  const server = createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     httpLog(req, res);
     route(req, res, req.log).catch((err: unknown) => {
       const httpErr = toHttpError(err);

@@ -4,6 +4,7 @@
  * WebSocket messages over WS_MAX_PAYLOAD close the socket (1009); a wrong token on the upgrade is refused before
  * any frame; JOB_TIMEOUT_S fails a job with code `timeout` (GraphQL and REST).
  */
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { disposeLeftovers, eventually, metricValue, startTestServer } from '../utils/test-server.ts';
@@ -186,5 +187,33 @@ describe('JOB_TIMEOUT_S', () => {
     expect(rest.status).toBe(504);
     expect(((await rest.json()) as { error: { code: string } }).error.code).toBe('timeout');
     expect(await metricValue(slow, 'fluxql_errors_total')).toBeGreaterThanOrEqual(2);
+  });
+});
+
+describe('HTTP timeouts', () => {
+  it('closes a client that never finishes its headers, but lets a REST client wait for its image', async () => {
+    const { url: timed } = await startTestServer({
+      httpHeadersTimeoutSeconds: 1,
+      httpRequestTimeoutSeconds: 1,
+      modelBatch: 1,
+    });
+    const { port } = new URL(timed);
+    const socket = connect(Number(port), '127.0.0.1');
+    socket.write('POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n'); // and nothing more
+    let reply = '';
+    socket.on('data', (d) => {
+      reply += String(d);
+    });
+    const t0 = Date.now();
+    await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    expect(reply).toMatch(/^HTTP\/1\.1 408/);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    // The request is complete at once; the reply (a job of a few seconds) is not cut by the 1 s timeout.
+    const res = await fetch(`${timed}/v1/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'slow', width: 256, height: 256, num_inference_steps: 50 }),
+    });
+    expect(res.status).toBe(200);
   });
 });
