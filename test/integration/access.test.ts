@@ -15,8 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts';
 import { writeSafetensors } from '../../src/shared/weights/index.ts';
-import { TINY_CONFIG } from '../unit/pipeline/lora/helpers.ts';
-import { collectSse, disposeLeftovers, eventually, metricValue, startTestServer } from '../utils/test-server.ts';
+import { TINY_CONFIG } from '../helpers/lora.ts';
+import { collectSse, disposeLeftovers, eventually, metricValue, startTestServer } from '../helpers/test-server.ts';
 
 const KEYS = [
   { key: 'alice-key-0001', name: 'alice', admin: false },

@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts';
 import { writeSafetensors } from '../../src/shared/weights/index.ts';
-import { D, TINY_CONFIG, t, useTempDir, writeLora } from '../unit/pipeline/lora/helpers.ts';
-import { disposeLeftovers, eventually, startTestServer } from '../utils/test-server.ts';
+import { D, TINY_CONFIG, t, useTempDir, writeLora } from '../helpers/lora.ts';
+import { disposeLeftovers, eventually, startTestServer } from '../helpers/test-server.ts';
 
 const KEY = 'corpus-key-0001';
 const AUTH = { authorization: `Bearer ${KEY}` };

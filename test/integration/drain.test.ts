@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'graphql';
 import { afterAll, describe, expect, it } from 'vitest';
-import { disposeCluster, startServe } from '../utils/cluster.ts';
-import { collectSse, eventually } from '../utils/test-server.ts';
+import { disposeCluster, startServe } from '../../tools/cluster.ts';
+import { collectSse, eventually } from '../helpers/test-server.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-drain-'));
 afterAll(async () => {

@@ -7,7 +7,7 @@
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { disposeLeftovers, eventually, metricValue, startTestServer } from '../utils/test-server.ts';
+import { disposeLeftovers, eventually, metricValue, startTestServer } from '../helpers/test-server.ts';
 
 let url: string;
 const TOKEN = 'edge-limits-token';

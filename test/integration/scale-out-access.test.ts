@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { disposeCluster, findRedisServer, startApi, startRedis, startWorker } from '../utils/cluster.ts';
+import { disposeCluster, findRedisServer, startApi, startRedis, startWorker } from '../../tools/cluster.ts';
 
 const redisBin = findRedisServer();
 const KEYS = JSON.stringify({

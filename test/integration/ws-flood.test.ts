@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { disposeCluster, residentBytes, startServe } from '../utils/cluster.ts';
+import { disposeCluster, residentBytes, startServe } from '../../tools/cluster.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-ws-flood-'));
 afterAll(async () => {

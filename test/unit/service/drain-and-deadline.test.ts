@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { LoraError } from '../../../src/pipeline/index.ts';
 import { ServiceUnavailableError } from '../../../src/service/errors.ts';
 import { createGenerationService } from '../../../src/service/generation-service.ts';
-import { createFakeExecutor, createGate, type FakeExecutorOptions } from '../../fixtures/fake-executor.ts';
+import { createFakeExecutor, createGate, type FakeExecutorOptions } from '../../helpers/fake-executor.ts';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
