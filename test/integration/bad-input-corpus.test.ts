@@ -710,9 +710,12 @@ describe('bad-input corpus', () => {
     };
     let healthChecks = 0;
     const health = setInterval(() => {
-      void fetch(`${url}/healthz`).then((r) => {
-        if (r.status === 200) healthChecks++;
-      });
+      fetch(`${url}/healthz`).then(
+        (r) => {
+          if (r.status === 200) healthChecks++;
+        },
+        () => {},
+      );
     }, 200);
     await Promise.all(Array.from({ length: 6 }, worker));
     clearInterval(health);

@@ -47,7 +47,10 @@ it('stays within 150 MB of its start and keeps answering', async () => {
   const healthMs: number[] = [];
   const prober = setInterval(() => {
     const t0 = performance.now();
-    void fetch(`${server.url}/healthz`).then(() => healthMs.push(performance.now() - t0));
+    fetch(`${server.url}/healthz`).then(
+      () => healthMs.push(performance.now() - t0),
+      () => {}, // in flight when the server is killed at the end
+    );
   }, 100);
 
   const big = Buffer.alloc(90 * MB, JSON.stringify({ type: 'connection_init', payload: { authorization: 'x' } }));
@@ -73,7 +76,14 @@ it('stays within 150 MB of its start and keeps answering', async () => {
     `ws flood: RSS start ${(start / MB).toFixed(0)} MB, peak ${(peak / MB).toFixed(0)} MB (+${growthMb.toFixed(0)} MB); ` +
       `healthz max ${Math.max(...healthMs).toFixed(0)} ms over ${healthMs.length} probes`,
   );
-  expect(new Set(codes)).toEqual(new Set([1009, 401]));
+  // 1009: refused at the frame header; 401: refused on the upgrade; 4408: the frame was still arriving when the
+  // 3 s connection_init timeout closed the socket (a loaded machine sends slowly). Never an accepted connection.
+  expect(
+    codes.every((c) => [1009, 401, 4408].includes(c)),
+    String(codes),
+  ).toBe(true);
+  expect(codes).toContain(1009);
+  expect(codes).toContain(401);
   expect(growthMb).toBeLessThan(150);
   expect(healthMs.length).toBeGreaterThan(0);
   const health = await fetch(`${server.url}/healthz`);
