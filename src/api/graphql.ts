@@ -4,8 +4,8 @@
  * does (`getEnveloped` per operation, so both transports share plugins, context and masking).
  */
 import type { IncomingMessage, Server } from 'node:http';
-import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import type { Duplex } from 'node:stream';
+import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { OperationResult } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
