@@ -2,6 +2,7 @@
  * @file Server configuration from the environment, TheStage container style (MODEL_REPO, MODEL_SIZE,
  * MODEL_BATCH, AUTH_TOKEN, PORT, HOST) plus our own knobs. Bad values fail at startup with the variable named.
  */
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
@@ -93,6 +94,53 @@ export interface ServerConfig {
   webhookMaxAttempts: number;
   /** Delay before the second webhook attempt, doubling after each. WEBHOOK_RETRY_BASE_MS. @default 1000 */
   webhookRetryBaseMs: number;
+  /**
+   * API keys (key -> name, optional role `admin`), from API_KEYS (JSON) and API_KEYS_FILE (a JSON file of the same
+   * shape): `{"<key>": "alice"}` or `{"<key>": {"name": "ops", "role": "admin"}}`. Each job belongs to the key's
+   * name; only that name (and admins) see it. AUTH_TOKEN is an admin key. @default none
+   */
+  apiKeys: ApiKey[];
+  /** When set, `/metrics` needs `Authorization: Bearer <token>`. METRICS_TOKEN. */
+  metricsToken?: string;
+  /** Origins allowed by CORS (exact `scheme://host[:port]`); unset: any origin, never with credentials. CORS_ORIGINS. */
+  corsOrigins?: string[];
+  /** Largest WebSocket message in bytes (`connection_init` included). WS_MAX_PAYLOAD. @default 65536 */
+  wsMaxPayload: number;
+  /** GraphQL limits (graphql-armor): depth, aliases, tokens, cost, directives. GRAPHQL_MAX_*. */
+  graphqlLimits: GraphqlLimits;
+  /** Most `generateImage` fields in one GraphQL operation. MAX_GENERATIONS_PER_OPERATION. @default 4 */
+  maxGenerationsPerOperation: number;
+  /** Time to receive a whole request (headers and body), seconds. HTTP_REQUEST_TIMEOUT_S. @default 60 */
+  httpRequestTimeoutSeconds: number;
+  /** Time to receive the request headers, seconds. HTTP_HEADERS_TIMEOUT_S. @default 20 */
+  httpHeadersTimeoutSeconds: number;
+  /** A job not finished this long after submission fails with code `timeout`. JOB_TIMEOUT_S. @default none */
+  jobTimeoutSeconds?: number;
+  /** On SIGTERM, how long running and queued jobs may take before they are cancelled. SHUTDOWN_GRACE_S. @default 30 */
+  shutdownGraceSeconds: number;
+}
+
+/** One API key. */
+export interface ApiKey {
+  key: string;
+  /** Owner name of the jobs made with it. */
+  name: string;
+  /** Admins see and cancel every job. */
+  admin: boolean;
+}
+
+/** GraphQL document limits; a document over any of them is refused before execution (HTTP 400). */
+export interface GraphqlLimits {
+  /** GRAPHQL_MAX_DEPTH. @default 12 */
+  maxDepth: number;
+  /** GRAPHQL_MAX_ALIASES. @default 15 */
+  maxAliases: number;
+  /** Lexical tokens, checked while parsing. GRAPHQL_MAX_TOKENS. @default 2000 */
+  maxTokens: number;
+  /** graphql-armor's cost (objects 2, scalars 1, times depth). GRAPHQL_MAX_COST. @default 5000 */
+  maxCost: number;
+  /** GRAPHQL_MAX_DIRECTIVES. @default 50 */
+  maxDirectives: number;
 }
 
 /** An environment variable with a bad value. */
@@ -187,7 +235,73 @@ const ENV_SCHEMA = {
   WEBHOOK_ALLOW_PRIVATE_URLS: flag().optional(),
   WEBHOOK_MAX_ATTEMPTS: int(1, 20).optional(),
   WEBHOOK_RETRY_BASE_MS: int(1, 3_600_000).optional(),
+  API_KEYS: z.string().optional(),
+  API_KEYS_FILE: z.string().min(1).optional(),
+  METRICS_TOKEN: z.string().optional(),
+  CORS_ORIGINS: z
+    .string()
+    .transform((s) =>
+      s
+        .split(',')
+        .map((o) => o.trim().replace(/\/+$/, ''))
+        .filter(Boolean),
+    )
+    .pipe(z.array(z.string().regex(/^https?:\/\/[^/\s]+$/, 'a comma-separated list of http(s)://host[:port] origins'))),
+  WS_MAX_PAYLOAD: int(1024, 256 * 1024 * 1024).optional(),
+  GRAPHQL_MAX_DEPTH: int(1, 1000).optional(),
+  GRAPHQL_MAX_ALIASES: int(0, 10_000).optional(),
+  GRAPHQL_MAX_TOKENS: int(10, 1_000_000).optional(),
+  GRAPHQL_MAX_COST: int(1, 100_000_000).optional(),
+  GRAPHQL_MAX_DIRECTIVES: int(0, 10_000).optional(),
+  MAX_GENERATIONS_PER_OPERATION: int(1, 1000).optional(),
+  HTTP_REQUEST_TIMEOUT_S: int(1, 3600).optional(),
+  HTTP_HEADERS_TIMEOUT_S: int(1, 3600).optional(),
+  JOB_TIMEOUT_S: int(1).optional(),
+  SHUTDOWN_GRACE_S: int(0, 86_400).optional(),
 } as const;
+
+const API_KEYS_SCHEMA = z.record(
+  z.string(),
+  z.union([
+    z.string().min(1),
+    z.object({ name: z.string().min(1), role: z.enum(['admin', 'user']).optional() }).strict(),
+  ]),
+);
+
+/** Parses API_KEYS / API_KEYS_FILE JSON. @throws ConfigError naming `variable` */
+export function parseApiKeys(text: string, variable: string): ApiKey[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(variable, `not JSON: ${(err as Error).message}`);
+  }
+  const parsed = API_KEYS_SCHEMA.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ConfigError(variable, `${issue?.path.join('.') || 'value'}: ${issue?.message ?? 'invalid'}`);
+  }
+  const short = Object.keys(parsed.data).find((k) => k.length < 8);
+  if (short !== undefined) throw new ConfigError(variable, 'keys must be at least 8 characters');
+  return Object.entries(parsed.data).map(([key, v]) =>
+    typeof v === 'string' ? { key, name: v, admin: false } : { key, name: v.name, admin: v.role === 'admin' },
+  );
+}
+
+function readApiKeys(v: { API_KEYS?: string; API_KEYS_FILE?: string }): ApiKey[] {
+  const keys: ApiKey[] = [];
+  if (v.API_KEYS_FILE) {
+    let text: string;
+    try {
+      text = readFileSync(v.API_KEYS_FILE, 'utf8');
+    } catch (err) {
+      throw new ConfigError('API_KEYS_FILE', `cannot read ${v.API_KEYS_FILE}: ${(err as Error).message}`);
+    }
+    keys.push(...parseApiKeys(text, 'API_KEYS_FILE'));
+  }
+  if (v.API_KEYS) keys.push(...parseApiKeys(v.API_KEYS, 'API_KEYS'));
+  return keys;
+}
 
 type EnvKey = keyof typeof ENV_SCHEMA;
 type EnvValues = { [K in EnvKey]?: z.output<(typeof ENV_SCHEMA)[K]> };
@@ -266,6 +380,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     webhookMaxAttempts: v.WEBHOOK_MAX_ATTEMPTS ?? 5,
     webhookRetryBaseMs: v.WEBHOOK_RETRY_BASE_MS ?? 1000,
     ...(v.WEBHOOK_SECRET ? { webhookSecret: v.WEBHOOK_SECRET } : {}),
+    apiKeys: readApiKeys(v),
+    wsMaxPayload: v.WS_MAX_PAYLOAD ?? 64 * 1024,
+    graphqlLimits: {
+      maxDepth: v.GRAPHQL_MAX_DEPTH ?? 12,
+      maxAliases: v.GRAPHQL_MAX_ALIASES ?? 15,
+      maxTokens: v.GRAPHQL_MAX_TOKENS ?? 2000,
+      maxCost: v.GRAPHQL_MAX_COST ?? 5000,
+      maxDirectives: v.GRAPHQL_MAX_DIRECTIVES ?? 50,
+    },
+    maxGenerationsPerOperation: v.MAX_GENERATIONS_PER_OPERATION ?? 4,
+    httpRequestTimeoutSeconds: v.HTTP_REQUEST_TIMEOUT_S ?? 60,
+    httpHeadersTimeoutSeconds: Math.min(v.HTTP_HEADERS_TIMEOUT_S ?? 20, v.HTTP_REQUEST_TIMEOUT_S ?? 60),
+    shutdownGraceSeconds: v.SHUTDOWN_GRACE_S ?? 30,
+    ...(v.JOB_TIMEOUT_S ? { jobTimeoutSeconds: v.JOB_TIMEOUT_S } : {}),
+    ...(v.METRICS_TOKEN ? { metricsToken: v.METRICS_TOKEN } : {}),
+    ...(v.CORS_ORIGINS && v.CORS_ORIGINS.length > 0 ? { corsOrigins: v.CORS_ORIGINS } : {}),
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),

@@ -4,7 +4,7 @@
  * scale-out over Redis, an API node ({@link startApiNode}) or an engine worker ({@link startWorkerNode}). Tests
  * call them with port 0.
  */
-import { buildApp } from './api/index.ts';
+import { Authenticator, buildApp } from './api/index.ts';
 import { ConfigError, loadConfig, type ServerConfig } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createGenerationService, type GenerationService, type StepExecutor } from './service/index.ts';
@@ -16,6 +16,12 @@ export interface StartedServer {
   port: number;
   /** Stops accepting, cancels queued jobs, closes sockets and the executor's worker. */
   stop(): Promise<void>;
+  /**
+   * Graceful shutdown (SIGTERM): refuses new jobs (REST 503 with Retry-After, GraphQL `ServiceUnavailableError`),
+   * lets queued and running jobs finish for at most `graceMs` (SHUTDOWN_GRACE_S), cancels what is left with a
+   * reason saying so, lets the replies under way be written, then stops like {@link stop}.
+   */
+  drain(graceMs: number): Promise<{ finished: number; canceled: number }>;
 }
 
 /** Test and embedding hooks. */
@@ -44,6 +50,7 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       warmModes: config.warmModes,
       log: errorLog(logger),
       logger,
+      ...jobTimeout(config),
     });
   } catch (err) {
     // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
@@ -71,6 +78,7 @@ export async function startApiNode(
     modeResults: config.modesResults,
     log,
     logger,
+    ...jobTimeout(config),
     backend: () =>
       createRedisApiBackend({
         url: redisUrl,
@@ -139,6 +147,18 @@ function requireRedisUrl(config: ServerConfig, role: string): string {
   return config.redisUrl;
 }
 
+function jobTimeout(config: ServerConfig): { jobTimeoutMs?: number } {
+  return config.jobTimeoutSeconds ? { jobTimeoutMs: config.jobTimeoutSeconds * 1000 } : {};
+}
+
+/** The API keys of a configuration: API_KEYS / API_KEYS_FILE, and AUTH_TOKEN as an admin key named `admin`. */
+export function authenticatorOf(config: ServerConfig): Authenticator {
+  return new Authenticator([
+    ...config.apiKeys,
+    ...(config.authToken ? [{ key: config.authToken, name: 'admin', admin: true }] : []),
+  ]);
+}
+
 function imageOptions(config: ServerConfig) {
   return { dir: config.imageDir, maxAgeMs: config.imageMaxAgeSeconds * 1000, maxBytes: config.imageMaxBytes };
 }
@@ -179,8 +199,14 @@ async function serveHttp(service: GenerationService, config: ServerConfig, logge
       retryBaseMs: config.webhookRetryBaseMs,
       ...(config.webhookSecret ? { secret: config.webhookSecret } : {}),
     },
-    ...(config.authToken ? { authToken: config.authToken } : {}),
+    auth: authenticatorOf(config),
     ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),
+    ...(config.metricsToken ? { metricsToken: config.metricsToken } : {}),
+    ...(config.corsOrigins ? { corsOrigins: config.corsOrigins } : {}),
+    limits: { ...config.graphqlLimits, maxGenerations: config.maxGenerationsPerOperation },
+    wsMaxPayload: config.wsMaxPayload,
+    requestTimeoutMs: config.httpRequestTimeoutSeconds * 1000,
+    headersTimeoutMs: config.httpHeadersTimeoutSeconds * 1000,
   });
   let running: Awaited<ReturnType<typeof app.start>>;
   try {
@@ -190,15 +216,22 @@ async function serveHttp(service: GenerationService, config: ServerConfig, logge
     throw err;
   }
   let stopping: Promise<void> | undefined;
+  const stop = (replyGraceMs = 0) => {
+    stopping ??= (async () => {
+      await service.close();
+      await running.stop(replyGraceMs);
+    })();
+    return stopping;
+  };
   return {
     url: running.url,
     port: running.port,
-    stop: () => {
-      stopping ??= (async () => {
-        await service.close();
-        await running.stop();
-      })();
-      return stopping;
+    stop: () => stop(),
+    drain: async (graceMs) => {
+      const result = await service.drain(graceMs);
+      // The jobs are over; give the REST replies and SSE streams of their ends a moment to go out.
+      await stop(5000);
+      return result;
     },
   };
 }
@@ -216,7 +249,8 @@ export interface ServeOptions {
 
 /**
  * `fluxql serve`: reads the environment (see `config.ts`), starts the server, logs its URL and stops cleanly on
- * SIGINT/SIGTERM (queued jobs are cancelled, the running step finishes).
+ * SIGINT/SIGTERM: an HTTP node drains (new jobs refused, accepted ones finish within SHUTDOWN_GRACE_S, the rest are
+ * cancelled), a worker stops (its queued jobs are cancelled, the running step finishes).
  */
 export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedServer | StartedWorker> {
   const role = options.role ?? 'all';
@@ -244,7 +278,13 @@ export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedS
   }
   const shutdown = (signal: string) => {
     logger.info({ signal }, `${signal}: starting graceful shutdown`);
-    node.stop().then(
+    const done =
+      'drain' in node
+        ? node.drain(config.shutdownGraceSeconds * 1000).then(({ finished, canceled }) => {
+            logger.info({ finished, canceled }, `drained: ${finished} jobs finished, ${canceled} cancelled`);
+          })
+        : node.stop();
+    done.then(
       () => process.exit(0),
       (err) => {
         logger.error({ err }, 'shutdown failed');

@@ -1,8 +1,9 @@
 /**
- * @file Scale-out test harness: a private `redis-server` on a free port and real `fluxql serve --role …`
+ * @file Process test harness: a private `redis-server` on a free port and real `fluxql serve [--role …]`
  * processes. Everything started here is killed by {@link disposeCluster}.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,6 +97,26 @@ export async function startApi(env: NodeJS.ProcessEnv): Promise<NodeProcess & { 
     /API node at (http\S+)/,
   );
   return { ...p, url: p.match[1] as string };
+}
+
+/** `fluxql serve` (one process: API and engine) on a free port; resolves with its URL once it listens. */
+export async function startServe(env: NodeJS.ProcessEnv): Promise<NodeProcess & { url: string }> {
+  const port = await freePort();
+  const p = await spawnUntil(
+    process.execPath,
+    [resolve(REPO_ROOT, 'bin/fluxql.js'), 'serve'],
+    { ...process.env, ...env, PORT: String(port), HOST: '127.0.0.1' },
+    /serving \S+ on engine \S+ at (http:\/\/[\d.:]+)/,
+  );
+  return { ...p, url: p.match[1] as string };
+}
+
+/** Resident memory of a process in bytes (Linux `/proc/<pid>/status`). */
+export function residentBytes(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = /^VmRSS:\s+(\d+) kB/m.exec(status)?.[1];
+  if (!kb) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(kb) * 1024;
 }
 
 /** `fluxql serve --role worker`; resolves once it takes jobs. */

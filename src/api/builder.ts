@@ -8,13 +8,17 @@ import ErrorsPlugin from '@pothos/plugin-errors';
 import RelayPlugin from '@pothos/plugin-relay';
 import SimpleObjectsPlugin from '@pothos/plugin-simple-objects';
 import ValidationPlugin from '@pothos/plugin-validation';
-import { type GenerationService, toValidationError } from '../service/index.ts';
+import { type Caller, type GenerationService, toValidationError } from '../service/index.ts';
 
 /** Per-request (or per-WebSocket-operation) context. */
 export interface ApiContext {
   service: GenerationService;
   /** Origin used to turn image paths into absolute URLs, e.g. `http://127.0.0.1:8000`. */
   baseUrl: string;
+  /** Who asks (from the API key); absent when the server has no keys. Jobs are scoped to it. */
+  caller?: Caller;
+  /** The absolute URL of a stored image path, signed when keys are on (see `auth.ts`). */
+  urlOf(path: string): string;
 }
 
 /** The builder; see the file comment. */

@@ -4,15 +4,17 @@
  * does (`getEnveloped` per operation, so both transports share plugins, context and masking).
  */
 import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { renderGraphiQL } from '@graphql-yoga/render-graphiql';
 import type { ExecutionArgs, GraphQLError } from 'graphql';
 import type { OperationResult } from 'graphql-ws';
 import { useServer } from 'graphql-ws/use/ws';
 import { createGraphQLError, createYoga, maskError, type YogaServerInstance } from 'graphql-yoga';
 import { WebSocketServer } from 'ws';
-import { type GenerationService, ServiceUnavailableError } from '../service/index.ts';
-import { isAuthorizedBearer } from './auth.ts';
+import { type Caller, type GenerationService, ServiceUnavailableError } from '../service/index.ts';
+import { type Authenticator, bearerToken, callerOf, setCaller } from './auth.ts';
 import type { ApiContext } from './builder.ts';
+import { DEFAULT_DOCUMENT_LIMITS, type DocumentLimits, documentLimitPlugins } from './limits.ts';
 import { originOf } from './origin.ts';
 import { schema } from './schema/index.ts';
 
@@ -24,8 +26,15 @@ export interface GraphqlOptions {
   service: GenerationService;
   /** Fixed origin for image URLs; otherwise taken from the request's Host. */
   publicUrl?: string;
-  /** When set, WebSocket clients must send `{ authorization: 'Bearer <token>' }` in `connection_init`. */
-  authToken?: string;
+  /**
+   * API keys. When on, WebSocket clients authenticate on the upgrade (an `Authorization` header or a `token` query
+   * parameter) or else in `connection_init` (`{ authorization: 'Bearer <token>' }`).
+   */
+  auth: Authenticator;
+  /** Depth, alias, token, cost, directive and `generateImage` limits. @default {@link DEFAULT_DOCUMENT_LIMITS} */
+  limits?: DocumentLimits;
+  /** Largest WebSocket message (WS_MAX_PAYLOAD): bigger frames close the socket (1009) before being buffered. */
+  wsMaxPayload?: number;
 }
 
 let graphiqlPage: string | undefined;
@@ -44,6 +53,9 @@ export function createGraphqlHandler(options: GraphqlOptions): YogaServerInstanc
       return graphiqlPage;
     },
     landingPage: false,
+    // CORS is answered by the router for every route (rest/cors.ts), before authentication.
+    cors: false,
+    plugins: documentLimitPlugins(options.limits ?? DEFAULT_DOCUMENT_LIMITS),
     // Unexpected errors are masked; typed failures travel as data, never as thrown errors. A down dependency
     // (scale-out: Redis) is not a bug: fields without an error union say so in clear, with a stable code.
     maskedErrors: {
@@ -59,16 +71,36 @@ export function createGraphqlHandler(options: GraphqlOptions): YogaServerInstanc
       },
     },
     // Over graphql-ws there is no Fetch `request`; `attachGraphqlWs` sets baseUrl from the upgrade request.
-    context: ({ request }: { request?: Request }) => ({
-      service: options.service,
-      baseUrl: options.publicUrl ?? (request ? new URL(request.url).origin : 'http://localhost'),
-    }),
+    context: ({ request, req }: { request?: Request; req?: IncomingMessage }) =>
+      apiContext(
+        options,
+        options.publicUrl ?? (request ? new URL(request.url).origin : 'http://localhost'),
+        callerOf(req),
+      ),
   });
 }
 
-/** The `Authorization` a WebSocket client sent, from `connection_init` params or the upgrade request. */
-function authorizationOf(params: Readonly<Record<string, unknown>> | undefined, req: IncomingMessage): unknown {
-  return params?.authorization ?? params?.Authorization ?? req.headers.authorization;
+function apiContext(options: GraphqlOptions, baseUrl: string, caller: Caller | undefined): ApiContext {
+  return {
+    service: options.service,
+    baseUrl,
+    ...(caller ? { caller } : {}),
+    urlOf: (path) => `${baseUrl}${options.auth.signPath(path)}`,
+  };
+}
+
+/** The token a WebSocket upgrade carries: the `Authorization` header, else a `token` query parameter (browsers). */
+function upgradeToken(req: IncomingMessage): string | undefined {
+  const header = bearerToken(req.headers.authorization);
+  if (header) return header;
+  const query = new URL(req.url ?? '/', 'http://localhost').searchParams.get('token');
+  return query || undefined;
+}
+
+/** Refuses an upgrade with a plain HTTP status before any WebSocket frame is read. */
+function refuseUpgrade(socket: Duplex, status: number, text: string): void {
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+  socket.destroy();
 }
 
 /**
@@ -80,15 +112,41 @@ export function attachGraphqlWs(
   yoga: YogaServerInstance<Record<string, unknown>, ApiContext>,
   options: GraphqlOptions,
 ): () => Promise<void> {
-  const wss = new WebSocketServer({ server, path: GRAPHQL_PATH });
+  // No `server` option: upgrades are checked here first (path, then a token given on the upgrade), so a wrong
+  // token costs one HTTP reply, never a buffered message. Every message is capped by maxPayload.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: options.wsMaxPayload ?? 64 * 1024 });
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    if (new URL(req.url ?? '/', 'http://localhost').pathname !== GRAPHQL_PATH) {
+      return refuseUpgrade(socket, 404, 'Not Found');
+    }
+    const token = upgradeToken(req);
+    if (token !== undefined || !options.auth.enabled) {
+      const result = options.auth.authenticate(token);
+      if (!result.ok) return refuseUpgrade(socket, 401, 'Unauthorized');
+      setCaller(req, result.caller);
+      upgraded.add(req);
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+  };
+  /** Upgrade requests already authenticated (or needing no key): `connection_init` needs no token then. */
+  const upgraded = new WeakSet<IncomingMessage>();
+  server.on('upgrade', onUpgrade);
   const disposable = useServer(
     {
       // The enveloped execute/subscribe travel in rootValue (yoga's graphql-ws example does the same).
       execute: (args: ExecutionArgs) => (args.rootValue as EnvelopedRoot).execute(args),
       subscribe: (args: ExecutionArgs) => (args.rootValue as EnvelopedRoot).subscribe(args),
       // Returning false closes with 4403 Forbidden, as the protocol prescribes for failed auth.
-      onConnect: (ctx) =>
-        isAuthorizedBearer(authorizationOf(ctx.connectionParams, ctx.extra.request), options.authToken, true),
+      onConnect: (ctx) => {
+        const req = ctx.extra.request;
+        if (upgraded.has(req)) return true;
+        const params = ctx.connectionParams;
+        const result = options.auth.authenticate(bearerToken(params?.authorization ?? params?.Authorization));
+        if (!result.ok) return false;
+        setCaller(req, result.caller);
+        return true;
+      },
       onSubscribe: async (ctx, _id, payload) => {
         const { schema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,
@@ -100,16 +158,21 @@ export function attachGraphqlWs(
         try {
           document = parse(payload.query);
         } catch (err) {
-          // A syntax error from yoga's parser (possibly another graphql realm, so no instanceof check).
-          return [err as GraphQLError];
+          // A syntax error from yoga's parser, or a refused document (token limit).
+          return [sameRealm(err as GraphQLError)];
         }
-        const errors = validate(schema, document);
-        if (errors.length > 0) return errors;
+        let errors: readonly GraphQLError[];
+        try {
+          errors = validate(schema, document);
+        } catch (err) {
+          // graphql-armor's rules throw the error of a refused document.
+          return [sameRealm(err as GraphQLError)];
+        }
+        if (errors.length > 0) return errors.map(sameRealm);
         const base = await contextFactory();
         const contextValue: ApiContext = {
           ...base,
-          service: options.service,
-          baseUrl: originOf(ctx.extra.request, options.publicUrl),
+          ...apiContext(options, originOf(ctx.extra.request, options.publicUrl), callerOf(ctx.extra.request)),
         };
         return {
           schema,
@@ -124,9 +187,25 @@ export function attachGraphqlWs(
     wss,
   );
   return async () => {
+    server.off('upgrade', onUpgrade);
     await disposable.dispose();
     await new Promise<void>((resolve) => wss.close(() => resolve()));
   };
+}
+
+/**
+ * The error rebuilt by yoga's helper: graphql-ws accepts only errors that are `instanceof` its GraphQLError, and
+ * CommonJS plugins (graphql-armor) may create theirs from another copy of graphql. The HTTP-only `http` extension
+ * is dropped.
+ */
+function sameRealm(err: GraphQLError): GraphQLError {
+  const { http: _http, ...extensions } = (err.extensions ?? {}) as Record<string, unknown>;
+  return createGraphQLError(err.message, {
+    ...(err.nodes ? { nodes: err.nodes } : {}),
+    ...(err.source ? { source: err.source } : {}),
+    ...(err.positions ? { positions: err.positions } : {}),
+    extensions,
+  });
 }
 
 interface EnvelopedRoot {

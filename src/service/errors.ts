@@ -86,6 +86,28 @@ export class JobFailedError extends ServiceError {
   }
 }
 
+/** A job ran past its deadline (JOB_TIMEOUT_S) and was stopped. */
+export class JobTimeoutError extends ServiceError {
+  readonly code = 'timeout';
+  constructor(
+    readonly jobId: string,
+    readonly timeoutMs: number,
+  ) {
+    super(`Job ${jobId} did not finish within JOB_TIMEOUT_S (${timeoutMs / 1000} s)`);
+    this.name = 'JobTimeoutError';
+  }
+}
+
+/**
+ * The stable code a failed job records: a service error's own code, a LoRA layer's code (from the engine, which
+ * may run in a worker thread or process), else `generation_failed`.
+ */
+export function failureCodeOf(err: unknown): string {
+  const typed = LoraRequestError.from(err);
+  if (typed instanceof ServiceError) return typed.code;
+  return 'generation_failed';
+}
+
 /** A dependency the request needs is down (Redis unreachable, no engine worker registered); retry later. */
 export class ServiceUnavailableError extends ServiceError {
   readonly code = 'unavailable';

@@ -15,7 +15,9 @@ import { ImageStore, type ImageStoreOptions } from './image-store.ts';
 import { Channel, isTerminalEvent, type JobEvent, terminalEvent } from './job-events.ts';
 import { logJobTransition, type ServiceLogger } from './job-log.ts';
 import {
+  type Caller,
   type ControlImageData,
+  canAccess,
   elapsedMs,
   etaMs,
   isTerminal,
@@ -67,9 +69,25 @@ interface CommonOptions {
    * quality and plan rows for the served model appear in `models`. Missing or malformed: no rows.
    */
   modeResults?: string;
+  /** JOB_TIMEOUT_S in ms: a job not finished this long after submission fails with code `timeout`. */
+  jobTimeoutMs?: number;
   log?: (message: string, err: unknown) => void;
   /** Gets one line per job transition (`job-log.ts`): `queued` here, the others from the scheduler. */
   logger?: ServiceLogger;
+}
+
+/** Who submits, and a signal that withdraws the request while it is still being loaded (a client that left). */
+export interface SubmitOptions {
+  caller?: Caller;
+  signal?: AbortSignal;
+}
+
+/** How a drain ended (see {@link GenerationService.drain}). */
+export interface DrainResult {
+  /** Jobs that were queued or running when the drain began and finished on their own. */
+  finished: number;
+  /** Jobs cancelled because the grace period ran out. */
+  canceled: number;
 }
 
 /** Limits of control image loading (see `media/control-image.ts`). */
@@ -130,9 +148,16 @@ export class GenerationService {
   /** The engine's per-layer plans by mode (`refreshPlanLayers`), when last read and the read under way. */
   #planLayers: { byMode: Record<string, PlanLayer[]>; at: number; pending?: Promise<void> } = { byMode: {}, at: 0 };
   #closed = false;
+  /** Set by {@link startDrain}: no new jobs. */
+  #draining = false;
+  /** Whether jobs run in this process (single process), so a drain waits for them. */
+  readonly #runsJobs: boolean;
+  readonly #jobTimeoutMs: number | undefined;
 
-  private constructor(backend: JobBackend, deps: BackendDeps, options: CommonOptions) {
+  private constructor(backend: JobBackend, deps: BackendDeps, options: CommonOptions, runsJobs: boolean) {
     this.#backend = backend;
+    this.#runsJobs = runsJobs;
+    this.#jobTimeoutMs = options.jobTimeoutMs;
     this.images = deps.images;
     this.metrics = deps.metrics;
     this.#measured = deps.measured;
@@ -174,7 +199,7 @@ export class GenerationService {
             ...(options.log ? { log: options.log } : {}),
           })
         : await options.backend(deps);
-    const service = new GenerationService(backend, deps, options);
+    const service = new GenerationService(backend, deps, options, 'executor' in options);
     try {
       // Fail at startup, not on the first request, when MODEL_SIZE names a mode the engine lacks.
       if (backend.offer()) void service.catalog;
@@ -211,7 +236,43 @@ export class GenerationService {
 
   /** Readiness, with the reason when not ready. */
   health(): BackendHealth {
-    return this.#closed ? { ready: false, reason: 'shutting down' } : this.#backend.health();
+    if (this.#closed) return { ready: false, reason: 'shutting down' };
+    if (this.#draining) return { ready: false, reason: 'draining: finishing accepted jobs before shutting down' };
+    return this.#backend.health();
+  }
+
+  /** Whether {@link startDrain} was called: new jobs are refused. */
+  get draining(): boolean {
+    return this.#draining || this.#closed;
+  }
+
+  /** Stops accepting jobs: `submit` throws ServiceUnavailableError from now on, and readiness turns false. */
+  startDrain(): void {
+    this.#draining = true;
+  }
+
+  /**
+   * Graceful shutdown, first half: stops accepting, lets the jobs queued or running in this process finish for at
+   * most `graceMs`, then cancels what is left with a reason that says so, and waits (briefly) for the running ones
+   * to stop at their next step. A scale-out API node runs no jobs: it only stops accepting.
+   */
+  async drain(graceMs: number): Promise<DrainResult> {
+    this.startDrain();
+    if (!this.#runsJobs) return { finished: 0, canceled: 0 };
+    const open = () => this.#backend.jobs.list(['QUEUED', 'RUNNING']);
+    const initial = (await open()).length;
+    const deadline = Date.now() + graceMs;
+    let left = await open();
+    while (left.length > 0 && Date.now() < deadline) {
+      await sleep(Math.min(100, Math.max(1, deadline - Date.now())));
+      left = await open();
+    }
+    const reason = `server shutting down: not finished within SHUTDOWN_GRACE_S (${graceMs / 1000} s)`;
+    for (const job of left) await this.#backend.queue.cancel(job, reason);
+    // Running jobs stop at their next step boundary; do not wait forever on a stuck engine.
+    const stopBy = Date.now() + 10_000;
+    while ((await open()).length > 0 && Date.now() < stopBy) await sleep(50);
+    return { finished: initial - left.length, canceled: left.length };
   }
 
   /**
@@ -268,13 +329,17 @@ export class GenerationService {
    * URLs fetched), so a bad one is a ValidationError on `controlImage`, never a failed job.
    * @throws ValidationError, UnknownModelError, QueueFullError, ServiceUnavailableError, LoraRequestError
    */
-  async submit(input: GenerateInput): Promise<Job> {
+  async submit(input: GenerateInput, options: SubmitOptions = {}): Promise<Job> {
     try {
+      this.#refuseWhileDraining();
       const parsed = parseGenerateInput(input, this.catalog);
       const request: GenerationRequest = { ...parsed, loras: await this.#lorasOf(parsed) };
       const source = input.controlImage ?? undefined; // a validated string by now
       this.#checkControlPresence(request.loras ?? [], source !== undefined);
-      const controlImage = source === undefined ? undefined : await this.#loadControlImage(source);
+      const controlImage = source === undefined ? undefined : await this.#loadControlImage(source, options.signal);
+      // The client left while its request was loading (a control image download): it gets no job.
+      options.signal?.throwIfAborted();
+      this.#refuseWhileDraining();
       const job: Job = {
         id: randomUUID(),
         request,
@@ -284,6 +349,8 @@ export class GenerationService {
         totalSteps: request.steps,
         images: [],
         ...(controlImage ? { controlImage, hasControlImage: true } : {}),
+        ...(options.caller ? { owner: options.caller.name } : {}),
+        ...(this.#jobTimeoutMs !== undefined ? { timeoutMs: this.#jobTimeoutMs } : {}),
       };
       await this.#backend.queue.enqueue(job);
       logJobTransition(this.#logger, job, 'queued');
@@ -331,9 +398,12 @@ export class GenerationService {
   }
 
   /** Decodes (and for URLs, downloads) a control image. @throws ValidationError on `controlImage` with its code */
-  async #loadControlImage(source: string): Promise<ControlImageData> {
+  async #loadControlImage(source: string, signal?: AbortSignal): Promise<ControlImageData> {
     try {
-      const { image, bytes } = await loadControlImageSource(source, this.#controlImages);
+      const { image, bytes } = await loadControlImageSource(source, {
+        ...this.#controlImages,
+        ...(signal ? { signal } : {}),
+      });
       return { image, bytes };
     } catch (err) {
       if (err instanceof ControlImageError) throw new ValidationError('controlImage', err.message, err.code);
@@ -396,14 +466,16 @@ export class GenerationService {
     return control;
   }
 
-  /** A job, or undefined when unknown or evicted. */
-  get(id: string): Promise<Job | undefined> {
-    return this.#backend.jobs.get(id);
+  /** A job, or undefined when unknown, evicted, or not `caller`'s (see {@link canAccess}). */
+  async get(id: string, caller?: Caller): Promise<Job | undefined> {
+    const job = await this.#backend.jobs.get(id);
+    return job && canAccess(job, caller) ? job : undefined;
   }
 
-  /** Jobs newest first, optionally filtered by status. */
-  list(statuses?: readonly JobStatus[]): Promise<Job[]> {
-    return this.#backend.jobs.list(statuses);
+  /** Jobs newest first, optionally filtered by status; only `caller`'s own unless it is an admin. */
+  async list(statuses?: readonly JobStatus[], caller?: Caller): Promise<Job[]> {
+    const jobs = await this.#backend.jobs.list(statuses);
+    return caller && !caller.admin ? jobs.filter((j) => canAccess(j, caller)) : jobs;
   }
 
   /** Images of several jobs at once (the dataloader's batch function). */
@@ -421,8 +493,8 @@ export class GenerationService {
    * terminal jobs are returned unchanged).
    * @throws NotFoundError
    */
-  async cancel(id: string, reason = 'canceled by client'): Promise<Job> {
-    const job = await this.#require(id);
+  async cancel(id: string, reason = 'canceled by client', caller?: Caller): Promise<Job> {
+    const job = await this.#require(id, caller);
     if (isTerminal(job)) return job;
     await this.#backend.queue.cancel(job, reason);
     return (await this.get(id)) ?? job;
@@ -432,9 +504,9 @@ export class GenerationService {
    * The job's events: a snapshot first, then live events, ending after the terminal one. Closing the iterator
    * (`return()`) unsubscribes at once. Events the snapshot already reflects are skipped, so every step arrives
    * once, in order (after a `retrying` event, steps start again from 1).
-   * @throws NotFoundError
+   * @throws NotFoundError (also for another caller's job)
    */
-  async watch(id: string): Promise<AsyncIterableIterator<JobEvent>> {
+  async watch(id: string, caller?: Caller): Promise<AsyncIterableIterator<JobEvent>> {
     let stop = () => {};
     const channel = new Channel<JobEvent>(() => stop());
     let lastStep = 0;
@@ -463,7 +535,7 @@ export class GenerationService {
     stop = await this.#backend.events.subscribe(id, (e) => (pending ? pending.push(e) : deliver(e)), resync);
     let job: Job;
     try {
-      job = await this.#require(id);
+      job = await this.#require(id, caller);
     } catch (err) {
       stop();
       throw err;
@@ -513,11 +585,21 @@ export class GenerationService {
     this.images.close();
   }
 
-  async #require(id: string): Promise<Job> {
-    const job = await this.get(id);
+  #refuseWhileDraining(): void {
+    if (this.draining) {
+      throw new ServiceUnavailableError('The server is shutting down and accepts no new jobs; retry elsewhere', 5);
+    }
+  }
+
+  async #require(id: string, caller?: Caller): Promise<Job> {
+    const job = await this.get(id, caller);
     if (!job) throw new NotFoundError('Job', id);
     return job;
   }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function checkLoraName(name: string): void {

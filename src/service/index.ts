@@ -5,8 +5,10 @@
  */
 export { type BatchDecision, type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batcher.ts';
 export {
+  failureCodeOf,
   JobCanceledError,
   JobFailedError,
+  JobTimeoutError,
   LoraRequestError,
   NotFoundError,
   QueueFullError,
@@ -19,8 +21,10 @@ export {
   type BackendDeps,
   type ControlImageSettings,
   createGenerationService,
+  type DrainResult,
   GenerationService,
   type GenerationServiceOptions,
+  type SubmitOptions,
 } from './generation-service.ts';
 export { ImageStore, type ImageStoreOptions, urlPathOf } from './image-store.ts';
 export {
@@ -32,7 +36,16 @@ export {
   terminalEvent,
 } from './job-events.ts';
 export { type JobTransition, logJobTransition, type ServiceLogger } from './job-log.ts';
-export { elapsedMs, etaMs, isTerminal, type Job, type JobStatus, type StoredImage } from './jobs.ts';
+export {
+  type Caller,
+  canAccess,
+  elapsedMs,
+  etaMs,
+  isTerminal,
+  type Job,
+  type JobStatus,
+  type StoredImage,
+} from './jobs.ts';
 export type { MeasuredLatency } from './measured.ts';
 export {
   type ControlImageOptions,

@@ -73,6 +73,29 @@ export interface Job {
    * hold jobs of one compatibility key (mode, size, steps, LoRA set with strengths).
    */
   batchId?: string;
+  /** Name of the API key that made the job (see {@link Caller}); absent when the server has no keys. */
+  owner?: string;
+  /** JOB_TIMEOUT_S: the job fails with code `timeout` when not finished this long after `createdAt`. */
+  timeoutMs?: number;
+}
+
+/**
+ * Who is asking: the name jobs are recorded under and whether it sees every job (an admin key, AUTH_TOKEN, or a
+ * server without keys). Transports resolve it from the bearer token; the service scopes jobs with it.
+ */
+export interface Caller {
+  name: string;
+  admin: boolean;
+}
+
+/** Whether `caller` may see (and cancel) `job`: admins and internal calls (no caller) see all, others their own. */
+export function canAccess(job: Job, caller: Caller | undefined): boolean {
+  return caller === undefined || caller.admin || job.owner === caller.name;
+}
+
+/** Whether a job has run past its deadline (JOB_TIMEOUT_S). */
+export function pastDeadline(job: Job, now = Date.now()): boolean {
+  return job.timeoutMs !== undefined && now - job.createdAt.getTime() > job.timeoutMs;
 }
 
 /** Whether a job has finished one way or another. */

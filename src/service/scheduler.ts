@@ -18,11 +18,11 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batcher.ts';
-import { QueueFullError } from './errors.ts';
+import { failureCodeOf, JobTimeoutError, QueueFullError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
 import { finishJob, type JobEventHub, type TerminalJobEvent } from './job-events.ts';
 import { logJobTransition, type ServiceLogger } from './job-log.ts';
-import { elapsedMs, etaMs, isTerminal, type Job, type JobStore } from './jobs.ts';
+import { elapsedMs, etaMs, isTerminal, type Job, type JobStore, pastDeadline } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
 import { type ModeState, ModeWarmup } from './mode-warmup.ts';
@@ -183,6 +183,7 @@ export class Scheduler {
   }
 
   async #turn(): Promise<void> {
+    this.#expireQueued();
     await this.#dropCancelled();
     const running =
       this.#running.size > 0 && this.#runningKey ? { key: this.#runningKey, samples: this.#samples() } : null;
@@ -356,12 +357,27 @@ export class Scheduler {
     }
   }
 
+  /** Fails queued jobs past their deadline (JOB_TIMEOUT_S); running ones leave in {@link #dropCancelled}. */
+  #expireQueued(): void {
+    const now = Date.now();
+    for (const e of [...this.#queue]) {
+      const job = this.#o.store.get(e.jobId);
+      if (!job || !pastDeadline(job, now)) continue;
+      this.#queue.splice(this.#queue.indexOf(e), 1);
+      this.#finish(job, 'FAILED', { err: new JobTimeoutError(job.id, job.timeoutMs ?? 0) });
+    }
+    this.#gauges();
+  }
+
+  /** Drops running jobs that were cancelled or ran past their deadline, at a step boundary. */
   async #dropCancelled(): Promise<void> {
-    const gone = [...this.#running.values()].filter((r) => r.job.cancelRequested);
+    const now = Date.now();
+    const gone = [...this.#running.values()].filter((r) => r.job.cancelRequested || pastDeadline(r.job, now));
     if (gone.length === 0) return;
     for (const r of gone) {
       this.#running.delete(r.job.id);
-      this.#finish(r.job, 'CANCELED', { reason: r.job.cancelRequested ?? 'canceled' });
+      if (r.job.cancelRequested) this.#finish(r.job, 'CANCELED', { reason: r.job.cancelRequested });
+      else this.#finish(r.job, 'FAILED', { err: new JobTimeoutError(r.job.id, r.job.timeoutMs ?? 0) });
     }
     this.#afterRemoval();
     await this.#release(gone.flatMap((r) => r.handles));
@@ -398,9 +414,11 @@ export class Scheduler {
     let event: TerminalJobEvent;
     if (status === 'FAILED') {
       const message = extra.err instanceof Error ? extra.err.message : String(extra.err);
-      event = finishJob(job, { status, code: 'generation_failed', message });
-      m.errors.inc({ code: 'generation_failed' });
-      this.#log(`job ${job.id} failed`, extra.err);
+      // Typed failures (a LoRA the engine refused, a deadline) keep their code; anything else is generation_failed.
+      const code = failureCodeOf(extra.err);
+      event = finishJob(job, { status, code, message });
+      m.errors.inc({ code });
+      if (code === 'generation_failed') this.#log(`job ${job.id} failed`, extra.err);
     } else {
       event = finishJob(job, status === 'CANCELED' ? { status, reason: extra.reason ?? 'canceled' } : { status });
     }

@@ -1,9 +1,8 @@
 /**
  * @file Small HTTP helpers for the REST routes: bounded body reading, JSON replies, OpenAI-shaped errors, and
- * the bearer check shared with GraphQL.
+ * the 401 of protected routes (tokens are checked in `../auth.ts`).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { isAuthorizedBearer } from '../auth.ts';
 
 /** An error to answer with a status and OpenAI's `{ error: { message, type, param, code } }` body. */
 export class HttpError extends Error {
@@ -75,16 +74,11 @@ export function sendError(res: ServerResponse, err: HttpError): void {
   );
 }
 
-/** Whether the request carries `Authorization: Bearer <token>` (always true when no token is configured). */
-export function isAuthorized(req: IncomingMessage, token: string | undefined): boolean {
-  return isAuthorizedBearer(req.headers.authorization, token);
-}
-
 /** The 401 every protected route answers. */
 export function unauthorized(): HttpError {
   return new HttpError(
     401,
-    'Missing or invalid bearer token (Authorization: Bearer <AUTH_TOKEN>)',
+    'Missing or invalid bearer token (Authorization: Bearer <API key or AUTH_TOKEN>)',
     'invalid_request_error',
     'invalid_api_key',
     null,

@@ -16,6 +16,7 @@ import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import {
+  type Caller,
   type GenerateInput,
   type GenerationService,
   type Job,
@@ -137,26 +138,78 @@ export function toHttpError(err: unknown, fromSize = false): HttpError {
   return new HttpError(500, 'Internal server error', 'server_error', 'internal_error');
 }
 
+/** Codes of the LoRA layer: a job that failed with one (found by a scale-out worker) was a bad request. */
+const LORA_CODES = new Set([
+  'not_found',
+  'forbidden_path',
+  'invalid_file',
+  'unmatched_keys',
+  'shape_mismatch',
+  'bad_rank',
+  'non_finite',
+  'unsupported',
+  'bad_argument',
+]);
+
+/** The HTTP error of a job that ended without images, keeping the job's typed code. */
+function jobFailure(error: { code: string; message: string } | undefined): HttpError {
+  const code = error?.code ?? 'generation_failed';
+  const message = error?.message ?? 'generation failed';
+  if (code === 'timeout') return new HttpError(504, message, 'server_error', code);
+  if (LORA_CODES.has(code)) return new HttpError(400, message, 'invalid_request_error', code, 'loras');
+  return new HttpError(500, message, 'server_error', code);
+}
+
+/** What the route needs besides the service. */
+export interface GenerationRoute {
+  service: GenerationService;
+  /** Origin of absolute image URLs. */
+  baseUrl: string;
+  /** The API key's owner (jobs are recorded under it); absent without keys. */
+  caller?: Caller;
+  /** Signs an image path for `response_format: "url"` (see `auth.ts`). */
+  signPath(path: string): string;
+}
+
 /** Handles `POST /v1/images/generations`; errors are thrown as {@link HttpError} for the router to send. */
 export async function handleImageGeneration(
   req: IncomingMessage,
   res: ServerResponse,
-  service: GenerationService,
-  baseUrl: string,
+  route: GenerationRoute,
 ): Promise<void> {
+  const { service, baseUrl } = route;
   const body = await readJsonObject(req, MAX_BODY_BYTES).catch((err: HttpError) => {
     service.countError({ code: err.code });
     throw err;
   });
+  // A client that leaves while its request loads (a control image download) withdraws it: no job is made.
+  const withdrawn = new AbortController();
+  const onEarlyClose = () => {
+    if (!res.writableEnded) withdrawn.abort(new Error('client disconnected'));
+  };
+  res.once('close', onEarlyClose);
   let parsed: Parsed | undefined;
   let jobId: string;
   try {
     parsed = parseRequest(req, body);
-    jobId = (await service.submit(parsed.input)).id;
+    jobId = (
+      await service.submit(parsed.input, {
+        signal: withdrawn.signal,
+        ...(route.caller ? { caller: route.caller } : {}),
+      })
+    ).id;
   } catch (err) {
+    // Nobody to answer; not a server error either.
+    if (withdrawn.signal.aborted) throw new HttpError(499, 'client disconnected', 'invalid_request_error', 'canceled');
     // submit() counts its own errors; count only the ones parsing raised before it.
     if (!parsed) service.countError(err);
     throw toHttpError(err, parsed?.fromSize ?? body.size !== undefined);
+  } finally {
+    res.off('close', onEarlyClose);
+  }
+  if (withdrawn.signal.aborted || res.destroyed) {
+    await service.cancel(jobId, 'client disconnected').catch(() => {});
+    return;
   }
   // On every answer from here on, errors included (and so in the request's log line).
   res.setHeader('x-job-id', jobId);
@@ -172,9 +225,7 @@ export async function handleImageGeneration(
   if (job.status === 'CANCELED') {
     throw new HttpError(409, job.cancelReason ?? 'canceled', 'invalid_request_error', 'canceled');
   }
-  if (job.status !== 'SUCCEEDED') {
-    throw new HttpError(500, job.error?.message ?? 'generation failed', 'server_error', 'generation_failed');
-  }
+  if (job.status !== 'SUCCEEDED') throw jobFailure(job.error);
 
   const images = job.images;
   const first = images[0];
@@ -191,7 +242,9 @@ export async function handleImageGeneration(
     res.end(bytes);
     return;
   }
-  sendJson(res, 200, await openAiResult(job, service, parsed.responseFormat, baseUrl), { 'x-job-id': job.id });
+  sendJson(res, 200, await openAiResult(job, service, parsed.responseFormat, baseUrl, route.signPath), {
+    'x-job-id': job.id,
+  });
 }
 
 /** A finished job's images in OpenAI's response shape (`data` as b64_json or URLs); shared with the queue API. */
@@ -200,11 +253,13 @@ export async function openAiResult(
   service: GenerationService,
   responseFormat: 'b64_json' | 'url',
   baseUrl: string,
+  /** Signs image paths when API keys are on (`auth.ts`). */
+  signPath: (path: string) => string = (path) => path,
 ): Promise<Record<string, unknown>> {
   const data = await Promise.all(
     job.images.map(async (img) =>
       responseFormat === 'url'
-        ? { url: `${baseUrl}${urlPathOf(img.fileName)}`, revised_prompt: job.request.prompt }
+        ? { url: `${baseUrl}${signPath(urlPathOf(img.fileName))}`, revised_prompt: job.request.prompt }
         : {
             b64_json: (await readFile(join(service.images.dir, img.fileName))).toString('base64'),
             revised_prompt: job.request.prompt,

@@ -64,6 +64,6 @@ builder.mutationField('generateImage', (t) =>
     description: 'Queues a generation and returns its job at once; follow it with `jobProgress`.',
     errors: { types: [ValidationError, QueueFullError, UnknownModelError, ServiceUnavailableError, LoraRequestError] },
     args: { input: t.arg({ type: GenerateImageInput, required: true }) },
-    resolve: (_root, { input }, ctx) => ctx.service.submit(input),
+    resolve: (_root, { input }, ctx) => ctx.service.submit(input, ctx.caller ? { caller: ctx.caller } : {}),
   }),
 );

@@ -11,7 +11,7 @@ import {
   type StoredImage,
   urlPathOf,
 } from '../../service/index.ts';
-import { builder } from '../builder.ts';
+import { type ApiContext, builder } from '../builder.ts';
 import { LoraSelectionRef } from './lora.ts';
 import { ModelRef } from './model.ts';
 
@@ -29,19 +29,20 @@ export const ImageFormatEnum = builder.enumType('ImageFormat', {
   } as const,
 });
 
-/** An absolute URL for a stored path. */
-export function absoluteUrl(baseUrl: string, path: string): string {
-  return `${baseUrl}${path}`;
-}
-
 /** GraphQL type of a {@link StoredImage}. */
 export const ImageRef = builder.objectRef<StoredImage>('Image').implement({
   description: 'A generated image file, served at a stable URL.',
   fields: (t) => ({
     id: t.exposeID('id'),
     index: t.exposeInt('index'),
-    url: t.string({ resolve: (i, _a, ctx) => absoluteUrl(ctx.baseUrl, urlPathOf(i.fileName)) }),
-    path: t.string({ resolve: (i) => urlPathOf(i.fileName) }),
+    url: t.string({
+      description: "Absolute URL; with API keys it carries a signature, so it works without the key's header.",
+      resolve: (i, _a, ctx) => ctx.urlOf(urlPathOf(i.fileName)),
+    }),
+    path: t.string({
+      description: 'URL path; with API keys, fetching it needs the Authorization header of the owner or an admin.',
+      resolve: (i) => urlPathOf(i.fileName),
+    }),
     format: t.field({ type: ImageFormatEnum, resolve: (i) => i.format }),
     contentType: t.exposeString('contentType'),
     width: t.exposeInt('width'),
@@ -63,7 +64,7 @@ builder.node(ImageJobRef, {
   description: 'One generation request and its progress.',
   id: { resolve: (j) => j.id },
   isTypeOf: (v) => typeof v === 'object' && v !== null && 'request' in v && 'totalSteps' in v,
-  loadOne: async (id, ctx) => (await ctx.service.get(id)) ?? null,
+  loadOne: async (id, ctx) => (await ctx.service.get(id, ctx.caller)) ?? null,
   fields: (t) => ({
     jobId: t.exposeString('id', { description: 'The raw job id (the global `id` decodes to it).' }),
     status: t.field({ type: JobStatusEnum, resolve: (j) => j.status }),
@@ -111,7 +112,7 @@ builder.node(ImageJobRef, {
     }),
     previewUrl: t.string({
       nullable: true,
-      resolve: (j, _a, ctx) => (j.previewPath ? absoluteUrl(ctx.baseUrl, j.previewPath) : null),
+      resolve: (j, _a, ctx) => (j.previewPath ? ctx.urlOf(j.previewPath) : null),
     }),
     error: t.field({ type: JobErrorRef, nullable: true, resolve: (j) => j.error ?? null }),
     cancelReason: t.string({ nullable: true, resolve: (j) => j.cancelReason ?? null }),
@@ -129,8 +130,9 @@ export function toJobId(id: string): string {
   return id;
 }
 
-async function requireJob(id: string, ctx: { service: { get(id: string): Promise<Job | undefined> } }): Promise<Job> {
-  const job = await ctx.service.get(toJobId(id));
+/** The caller's job (admins: any job); another key's job is NotFound, as if it did not exist. */
+async function requireJob(id: string, ctx: ApiContext): Promise<Job> {
+  const job = await ctx.service.get(toJobId(id), ctx.caller);
   if (!job) throw new NotFoundError('Job', id);
   return job;
 }
@@ -147,10 +149,10 @@ builder.queryField('job', (t) =>
 builder.queryField('jobs', (t) =>
   t.connection({
     type: ImageJobRef,
-    description: 'Jobs newest first.',
+    description: "Jobs newest first: the caller's own (an admin key sees every job).",
     args: { status: t.arg({ type: [JobStatusEnum], required: false }) },
     resolve: async (_root, args, ctx) =>
-      resolveArrayConnection({ args }, await ctx.service.list(args.status ?? undefined)),
+      resolveArrayConnection({ args }, await ctx.service.list(args.status ?? undefined, ctx.caller)),
   }),
 );
 
@@ -161,6 +163,7 @@ builder.mutationField('cancelJob', (t) =>
       'Cancels a job: a queued one at once, a running one at the next step. Finished jobs are returned as is.',
     errors: { types: [NotFoundError, ServiceUnavailableError] },
     args: { id: t.arg.id({ required: true }) },
-    resolve: async (_root, { id }, ctx) => ctx.service.cancel((await requireJob(id, ctx)).id, 'canceled by client'),
+    resolve: async (_root, { id }, ctx) =>
+      ctx.service.cancel((await requireJob(id, ctx)).id, 'canceled by client', ctx.caller),
   }),
 );

@@ -5,7 +5,7 @@
 import { type JobEvent, NotFoundError } from '../../service/index.ts';
 import { builder } from '../builder.ts';
 import { ErrorInterface, NOT_FOUND_PAYLOAD } from './errors.ts';
-import { absoluteUrl, ImageJobRef, ImageRef, JobStatusEnum, toJobId } from './job.ts';
+import { ImageJobRef, ImageRef, JobStatusEnum, toJobId } from './job.ts';
 
 type Ev<T extends JobEvent['type']> = Extract<JobEvent, { type: T }>;
 
@@ -46,7 +46,7 @@ const Step = builder.objectRef<Ev<'step'>>('JobStepEvent').implement({
     previewUrl: t.string({
       nullable: true,
       description: 'Low-resolution preview decoded cheaply from the latents; only when the job asked for previews.',
-      resolve: (e, _a, ctx) => (e.previewPath ? absoluteUrl(ctx.baseUrl, e.previewPath) : null),
+      resolve: (e, _a, ctx) => (e.previewPath ? ctx.urlOf(e.previewPath) : null),
     }),
   }),
 });
@@ -113,7 +113,8 @@ builder.subscriptionField('jobProgress', (t) =>
     args: { id: t.arg.id({ required: true, description: 'Global or raw job id.' }) },
     subscribe: async (_root, { id }, ctx): Promise<AsyncIterable<Payload>> => {
       const jobId = toJobId(id);
-      return (await ctx.service.get(jobId)) ? ctx.service.watch(jobId) : notFound(id);
+      // Another key's job is not found, like an unknown id.
+      return (await ctx.service.get(jobId, ctx.caller)) ? ctx.service.watch(jobId, ctx.caller) : notFound(id);
     },
     resolve: (event: Payload) => event,
   }),

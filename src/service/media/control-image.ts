@@ -40,6 +40,8 @@ export interface ControlImageOptions {
    * trusted networks only. @default false
    */
   allowPrivateAddresses?: boolean;
+  /** Aborts a download (the client that asked has gone); the error is then the signal's reason. */
+  signal?: AbortSignal;
 }
 
 const DEFAULTS = { maxBytes: 20 * 1024 * 1024, maxPixels: 50_000_000, timeoutMs: 10_000 } as const;
@@ -136,7 +138,8 @@ export async function fetchImageBytes(url: string, options: ControlImageOptions 
     throw new ControlImageError('invalid_input', `not a valid URL: ${JSON.stringify(url.slice(0, 200))}`, param);
   }
   // One signal for the whole exchange, every hop included: it also aborts a body that trickles in.
-  const signal = AbortSignal.timeout(timeoutMs);
+  const timeout = AbortSignal.timeout(timeoutMs);
+  const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
   for (let hop = 0; ; hop++) {
     if (target.protocol !== 'http:' && target.protocol !== 'https:') {
       const message = `only http and https URLs are fetched, got ${target.protocol}`;
@@ -172,6 +175,7 @@ export async function fetchImageBytes(url: string, options: ControlImageOptions 
           param,
         );
       }
+      options.signal?.throwIfAborted();
       if (signal.aborted) throw new ControlImageError('timeout', `${where} took longer than ${timeoutMs} ms`, param);
       const cause = err instanceof Error ? err.message : String(err);
       throw new ControlImageError('fetch_failed', `${where} could not be fetched: ${cause}`, param);

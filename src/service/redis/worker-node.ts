@@ -168,6 +168,9 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     totalSteps: record.totalSteps,
     images: [],
     ...(record.hasControlImage ? { hasControlImage: true } : {}),
+    // Who owns it (API keys scope every read of the record) and its deadline (JOB_TIMEOUT_S) stay with the job.
+    ...(record.owner !== undefined ? { owner: record.owner } : {}),
+    ...(record.timeoutMs !== undefined ? { timeoutMs: record.timeoutMs } : {}),
   };
 
   // Every event goes to Redis in order, the record first, on one connection (so in order on the wire too).
