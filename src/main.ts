@@ -46,7 +46,7 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       logger,
     });
   } catch (err) {
-    // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
+    // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the engine process running.
     await executor.close();
     throw err;
   }

@@ -3,8 +3,8 @@
  *
  * The scheduler plans work in units of one denoising step, as vLLM and Triton's "iterative sequences" do: a
  * generation is `prepare` (tokenize, encode, seeded noise, sigma schedule) → N × `step` → `decode`. Sample state
- * (text embeddings, latents) stays inside the executor, usually a worker thread, so only small handles and the final
- * pixels cross the thread boundary. Samples in one `step` call may sit at different step indices (each carries its
+ * (text embeddings, latents) stays inside the executor, usually an engine child process, so only small handles and
+ * the final pixels cross the process boundary. Samples in one `step` call may sit at different step indices (each carries its
  * own sigma), which is what lets a request join a running batch at a step boundary.
  *
  * Implementations: the ONNX Runtime pipeline (`src/pipeline/flux/`) and the native CUDA engine client.
@@ -41,9 +41,8 @@ export interface SampleRequest {
   /**
    * Control image for a BFL Control LoRA (FLUX.1-Canny/Depth-dev-lora) in `loras`: resized to `width × height` and
    * VAE-encoded as the control input. Required exactly when the set holds such a LoRA (`param: 'controlImage'`
-   * errors otherwise). Build it from an upload or URL with `src/pipeline/control-image.ts`. The worker-thread
-   * executor (`createFluxExecutor`) transfers its buffer to the worker: after `prepare` the caller's copy is
-   * detached (empty) whenever the buffer could move (an `ArrayBuffer` of its own), so do not reuse it.
+   * errors otherwise). Build it from an upload or URL with `src/pipeline/control-image.ts`. The process executor
+   * (`createFluxExecutor`) copies it into the engine process once per `prepare` call.
    */
   controlImage?: RgbImage;
 }
@@ -142,6 +141,12 @@ export class UnknownHandleError extends Error {
   }
 }
 
+/** Whether an executor's engine is up, with the reason when not (a supervised engine process restarting). */
+export interface EngineHealth {
+  ready: boolean;
+  reason?: string;
+}
+
 /** The step-level pipeline the scheduler drives. All methods may be called concurrently only by one owner. */
 export interface StepExecutor {
   info(): ModelInfo;
@@ -156,10 +161,14 @@ export interface StepExecutor {
   decode(handles: SampleHandle[]): Promise<RgbImage[]>;
   /** Forget samples (finished, cancelled or failed). Unknown handles are ignored. */
   release(handles: SampleHandle[]): Promise<void>;
-  /** Stop worker threads / engine processes. */
+  /** Stop engine processes. */
   close(): Promise<void>;
+  /** Whether the engine is up (a supervised process may be restarting); absent: always up. */
+  health?(): EngineHealth;
+  /** Tells `listener` each time {@link health} changes; returns the unsubscribe function. */
+  onHealth?(listener: (health: EngineHealth) => void): () => void;
 
-  // LoRA management. Errors are `LoraError`s (across a worker: `ExecutorError` with `name` 'LoraError' and `code`).
+  // LoRA management. Errors are `LoraError`s (across a process: `ExecutorError` with `name` 'LoraError' and `code`).
   /** Every LoRA file in LORA_DIR with its metadata; files that do not fit the model are listed with their error. */
   loras(): Promise<LoraScan>;
   /**

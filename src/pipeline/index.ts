@@ -12,8 +12,11 @@ export {
   isPublicAddress,
   loadControlImageSource,
 } from './control-image.ts';
+export { EngineCrashedError, EngineUnavailableError, ExecutorError } from './engine-errors.ts';
+export { createFluxExecutor, type FluxProcessExecutorOptions } from './engine-process/index.ts';
 export type {
   BenchmarkLatency,
+  EngineHealth,
   ExecutorStats,
   ModelInfo,
   PlanLayer,
@@ -38,5 +41,4 @@ export {
   type LoraSelection,
   MAX_LORA_RANK,
 } from './lora/index.ts';
-export { createFluxExecutor } from './worker-executor.ts';
-export { ExecutorError } from './worker-protocol.ts';
+export { type SupervisedExecutor, superviseEngine } from './supervisor.ts';

@@ -132,3 +132,15 @@ export class LoraRequestError extends ServiceError {
     );
   }
 }
+
+/**
+ * The code a failed job records for an engine error: `engine_crashed` when the engine process died holding the job
+ * (the ONNX engine's supervisor, or the CUDA engine's `engine_exited`), `engine_unavailable` when none came back in
+ * time, else `generation_failed`.
+ */
+export function jobErrorCode(err: unknown): string {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (code === 'engine_crashed' || code === 'engine_exited') return 'engine_crashed';
+  if (code === 'engine_unavailable') return 'engine_unavailable';
+  return 'generation_failed';
+}

@@ -87,10 +87,13 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
       subscribe: async (jobId, listener) => hub.listen(jobId, listener),
     },
     offer: () => offer,
-    // Ready once the default mode is warm; the other modes may still be warming (their jobs wait for them).
+    // Not ready while the engine process is down (a supervised engine restarting after a crash), nor until the
+    // default mode is warm; the other modes may still be warming (their jobs wait for them).
     health() {
       if (closed) return { ready: false, reason: 'shutting down' };
       const modes = scheduler.modeStates();
+      const engine = o.executor.health?.() ?? { ready: true };
+      if (!engine.ready) return { ready: false, reason: engine.reason ?? 'the engine is down', modes };
       const waiting = warm[0] !== undefined && !scheduler.isModeReady(warm[0]);
       return waiting ? { ready: false, reason: `warming the default mode ${warm[0]}`, modes } : { ready: true, modes };
     },

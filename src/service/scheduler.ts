@@ -18,7 +18,7 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { type BatchPolicy, batchKey, nextBatch, type QueueEntry } from './batcher.ts';
-import { QueueFullError } from './errors.ts';
+import { jobErrorCode, QueueFullError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
 import type { JobEventHub } from './job-events.ts';
 import { logJobTransition, type ServiceLogger } from './job-log.ts';
@@ -231,7 +231,7 @@ export class Scheduler {
         mode: r.model.mode,
         // The job's own set; absent (only for jobs recorded before LoRA support) means the engine's default set.
         ...(r.loras ? { loras: r.loras } : {}),
-        // One image object for every sample of the job: it crosses to a worker thread once.
+        // One image object for every sample of the job: it crosses to the engine process once.
         ...(control ? { controlImage: control } : {}),
       }));
       admitted.push({ job, key: entry.key, requests });
@@ -408,8 +408,8 @@ export class Scheduler {
       this.#o.events.publish(job.id, { type: 'canceled', ...base, reason: job.cancelReason });
     } else {
       const message = extra.err instanceof Error ? extra.err.message : String(extra.err);
-      job.error = { code: 'generation_failed', message };
-      m.errors.inc({ code: 'generation_failed' });
+      job.error = { code: jobErrorCode(extra.err), message };
+      m.errors.inc({ code: job.error.code });
       this.#log(`job ${job.id} failed`, extra.err);
       this.#o.events.publish(job.id, { type: 'failed', ...base, code: job.error.code, message });
     }

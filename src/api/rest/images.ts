@@ -173,7 +173,13 @@ export async function handleImageGeneration(
     throw new HttpError(409, job.cancelReason ?? 'canceled', 'invalid_request_error', 'canceled');
   }
   if (job.status !== 'SUCCEEDED') {
-    throw new HttpError(500, job.error?.message ?? 'generation failed', 'server_error', 'generation_failed');
+    // The job's own code: `engine_crashed` when the engine process died holding it, else `generation_failed`.
+    throw new HttpError(
+      500,
+      job.error?.message ?? 'generation failed',
+      'server_error',
+      job.error?.code ?? 'generation_failed',
+    );
   }
 
   const images = job.images;

@@ -1,6 +1,6 @@
 /**
  * @file The in-thread {@link StepExecutor} over a {@link FluxPipeline}: keeps each prepared sample's state under an
- * opaque handle. `worker-executor.ts` hosts one of these in a worker thread for the server.
+ * opaque handle. `engine-process/host.ts` hosts one of these in the server's engine child process.
  */
 import {
   type ModelInfo,

@@ -101,6 +101,7 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
       info: o.executor.info(),
       batchSize: o.batchSize,
       defaultSize: o.defaultSize,
+      engineReady: o.executor.health?.().ready ?? true,
       at: Date.now(),
     } satisfies WorkerAdvert);
   await client.hset(keys.workers, id, advert());
@@ -124,12 +125,31 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   worker.on('failed', (job, err) => o.log(`job ${job?.id ?? '?'} failed in BullMQ`, err));
   await worker.waitUntilReady();
 
+  // While the engine process is down (crashed, restarting) take no jobs: BullMQ stops fetching, so the queue's jobs
+  // go to other workers or wait; the jobs this worker holds fail (`engine_crashed`) or wait for the engine inside
+  // the scheduler. Taking jobs resumes when the engine is back. Adverts carry the state at once.
+  let paused = false;
+  const unwatch = o.executor.onHealth?.((h) => {
+    if (closing) return;
+    if (!h.ready && !paused) {
+      paused = true;
+      o.log(`engine down (${h.reason ?? 'no reason given'}): worker ${id} stops taking jobs`);
+      void worker.pause(true).catch((err) => o.log('pausing the BullMQ worker failed', err));
+    } else if (h.ready && paused) {
+      paused = false;
+      o.log(`engine back: worker ${id} takes jobs again`);
+      void worker.resume();
+    }
+    client.hset(keys.workers, id, advert()).catch(() => {});
+  });
+
   let closing: Promise<void> | undefined;
   return {
     id,
     close: () => {
       closing ??= (async () => {
         clearInterval(heartbeat);
+        unwatch?.();
         await worker.close();
         await scheduler.close();
         await o.executor.close();
