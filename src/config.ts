@@ -92,6 +92,11 @@ export interface ServerConfig {
   webhookMaxAttempts: number;
   /** Delay before the second webhook attempt, doubling after each. WEBHOOK_RETRY_BASE_MS. @default 1000 */
   webhookRetryBaseMs: number;
+  /**
+   * First delay before a crashed ONNX engine process is started again; doubled for each process in a row that dies
+   * young or fails to start, up to 30 s. ENGINE_RESTART_MS. @default 200
+   */
+  engineRestartMs: number;
 }
 
 /** An environment variable with a bad value. */
@@ -186,6 +191,7 @@ const ENV_SCHEMA = {
   WEBHOOK_ALLOW_PRIVATE_URLS: flag().optional(),
   WEBHOOK_MAX_ATTEMPTS: int(1, 20).optional(),
   WEBHOOK_RETRY_BASE_MS: int(1, 3_600_000).optional(),
+  ENGINE_RESTART_MS: int(0, 600_000).optional(),
 } as const;
 
 type EnvKey = keyof typeof ENV_SCHEMA;
@@ -265,6 +271,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     webhookMaxAttempts: v.WEBHOOK_MAX_ATTEMPTS ?? 5,
     webhookRetryBaseMs: v.WEBHOOK_RETRY_BASE_MS ?? 1000,
     ...(v.WEBHOOK_SECRET ? { webhookSecret: v.WEBHOOK_SECRET } : {}),
+    engineRestartMs: v.ENGINE_RESTART_MS ?? 200,
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),

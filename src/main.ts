@@ -166,6 +166,8 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
     ...(config.cacheDir ? { cacheDir: config.cacheDir } : {}),
     ...(config.loraDir ? { loraDir: config.loraDir } : {}),
     ortSpin: config.ortSpin,
+    restartBackoffMs: config.engineRestartMs,
+    log: (message) => log(message),
   });
 }
 

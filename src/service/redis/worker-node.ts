@@ -12,7 +12,7 @@
  * - A record already terminal is never run again (a duplicate delivery returns at once).
  */
 import { hostname } from 'node:os';
-import { type Job as BullJob, Worker } from 'bullmq';
+import { type Job as BullJob, WaitingError, Worker } from 'bullmq';
 import { ImageStore, type ImageStoreOptions } from '../image-store.ts';
 import { isTerminalEvent, type JobEvent, JobEventHub } from '../job-events.ts';
 import type { ServiceLogger } from '../job-log.ts';
@@ -85,6 +85,8 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
 
   // Cancellation requests from API nodes, for jobs this worker holds.
   const cancels = createRedis(o.url, { subscriber: true, onError });
+  /** True while the engine is down (see below). */
+  let paused = false;
   cancels.on('message', (_channel: string, jobId: string) => {
     const job = store.get(jobId);
     if (!job || isTerminal(job)) return;
@@ -110,7 +112,15 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   }, HEARTBEAT_MS);
   heartbeat.unref();
 
-  const run = (bullJob: BullJob) => runJob(bullJob, { o, keys, client, records, store, hub, scheduler });
+  const run = async (bullJob: BullJob, token?: string) => {
+    if (paused) {
+      // Pausing cannot stop the fetch already blocked in Redis: it may hand over one job. Give it back at once for
+      // a worker whose engine is up (WaitingError: BullMQ leaves the job in wait).
+      await bullJob.moveToWait(token);
+      throw new WaitingError();
+    }
+    return runJob(bullJob, { o, keys, client, records, store, hub, scheduler });
+  };
   const worker = new Worker(keys.queue, run, {
     connection: bullConnection(o.url, true),
     name: id,
@@ -128,7 +138,6 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   // While the engine process is down (crashed, restarting) take no jobs: BullMQ stops fetching, so the queue's jobs
   // go to other workers or wait; the jobs this worker holds fail (`engine_crashed`) or wait for the engine inside
   // the scheduler. Taking jobs resumes when the engine is back. Adverts carry the state at once.
-  let paused = false;
   const unwatch = o.executor.onHealth?.((h) => {
     if (closing) return;
     if (!h.ready && !paused) {
@@ -211,7 +220,8 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     await chain;
     return { status: job.status };
   }
-  if (bullJob.attemptsStarted > 1) {
+  // Started before (a job handed back unstarted by a worker whose engine was down is not a retry).
+  if (bullJob.attemptsStarted > 1 && record.startedAt) {
     mirror({
       type: 'retrying',
       jobId,
