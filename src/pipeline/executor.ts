@@ -72,18 +72,33 @@ export interface ModelInfo {
   name: string;
   /** Path the model was loaded from. */
   path: string;
-  /** Modes this executor can run. */
-  modes: string[];
+  /** What the executor can run: the service validates requests against this, in one place. */
+  capabilities: ExecutorCapabilities;
   /** Execution provider / engine, e.g. `cpu`, `webgpu`, `cuda-native`. */
   device: string;
   /** Latent channels × 4 (packed feature size), 64 for FLUX. */
   packedChannels: number;
   /** VAE spatial factor × 2 (pixels per latent token side), 16 for FLUX. */
   pixelsPerToken: number;
-  /** Largest batch one `step` call accepts. */
-  maxBatch: number;
   /** Latencies measured offline for this engine (the CUDA engine's benchmark); absent for ORT. */
   benchmarks?: BenchmarkLatency[];
+}
+
+/**
+ * What an executor runs, declared once in its {@link ModelInfo} (and a scale-out worker's advert). Requests outside
+ * it are refused by the service with a typed error before they reach the engine; executors do not repeat the checks.
+ */
+export interface ExecutorCapabilities {
+  /** Modes (compiled engine variants) it runs, e.g. `original`, `XL`. */
+  modes: string[];
+  /** Runs per-request LoRA sets; exactly then the executor has a {@link LoraAdminPort}. */
+  lora: boolean;
+  /** Runs BFL Control LoRAs with a control image (VAE-encoded by the engine). */
+  control: boolean;
+  /** Largest width or height in pixels. */
+  maxSide: number;
+  /** Largest batch one `step` call accepts. */
+  maxBatch: number;
 }
 
 /**
@@ -147,7 +162,31 @@ export interface EngineHealth {
   reason?: string;
 }
 
-/** The step-level pipeline the scheduler drives. All methods may be called concurrently only by one owner. */
+/**
+ * LoRA files and the engine's default LoRA set: a port of its own, since only some engines run LoRAs. Errors are
+ * `LoraError`s (across a process: `ExecutorError` with `name` 'LoraError' and `code`).
+ */
+export interface LoraAdminPort {
+  /** Every LoRA file in LORA_DIR with its metadata; files that do not fit the model are listed with their error. */
+  loras(): Promise<LoraScan>;
+  /**
+   * Validates a LoRA set for `mode` (files, shapes, strengths, duplicates, engine support) without changing any
+   * state, and loads that mode's LoRA engine. Returns each member's metadata in order (canonical names).
+   * @throws LoraError
+   */
+  checkLoras(set: LoraSelection[], mode?: string): Promise<LoraInfo[]>;
+  /** Adds a LoRA to the default set (or changes its strength). @throws LoraError, leaving the set unchanged */
+  loadLora(name: string, strength: number): Promise<LoraInfo>;
+  /** Removes a LoRA from the default set; false when it was not in it. */
+  unloadLora(name: string): Promise<boolean>;
+  /** The default set (applied to requests without `loras`), in load order. */
+  activeLoras(): Promise<LoraSelection[]>;
+}
+
+/**
+ * The step-level pipeline the scheduler drives: prepare / step / decode / release / close, over what
+ * {@link ModelInfo.capabilities} declares; everything else is optional. Calls come from one owner at a time.
+ */
 export interface StepExecutor {
   info(): ModelInfo;
   /** Tokenize, encode, draw noise and compute the sigma schedule for each request; returns one handle each. */
@@ -168,23 +207,10 @@ export interface StepExecutor {
   /** Tells `listener` each time {@link health} changes; returns the unsubscribe function. */
   onHealth?(listener: (health: EngineHealth) => void): () => void;
 
-  // LoRA management. Errors are `LoraError`s (across a process: `ExecutorError` with `name` 'LoraError' and `code`).
-  /** Every LoRA file in LORA_DIR with its metadata; files that do not fit the model are listed with their error. */
-  loras(): Promise<LoraScan>;
-  /**
-   * Validates a LoRA set for `mode` (files, shapes, strengths, duplicates, engine support) without changing any
-   * state, and loads that mode's LoRA engine. Returns each member's metadata in order (canonical names).
-   * @throws LoraError
-   */
-  checkLoras(set: LoraSelection[], mode?: string): Promise<LoraInfo[]>;
-  /** Adds a LoRA to the default set (or changes its strength). @throws LoraError, leaving the set unchanged */
-  loadLora(name: string, strength: number): Promise<LoraInfo>;
-  /** Removes a LoRA from the default set; false when it was not in it. */
-  unloadLora(name: string): Promise<boolean>;
-  /** The default set (applied to requests without `loras`), in load order. */
-  activeLoras(): Promise<LoraSelection[]>;
-  /** Runtime counters. */
-  stats(): Promise<ExecutorStats>;
+  /** LoRA administration; present exactly when `info().capabilities.lora`. */
+  readonly loraAdmin?: LoraAdminPort;
+  /** Runtime counters (diagnostics). */
+  stats?(): Promise<ExecutorStats>;
   /**
    * Per-layer plans of the planned modes (L, M, S) whose plan is already cached or compiled, by mode; a mode not
    * planned yet is absent. Never plans or compiles anything. Absent where the engine has no such plans (CUDA).

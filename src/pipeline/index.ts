@@ -17,7 +17,9 @@ export { createFluxExecutor, type FluxProcessExecutorOptions } from './engine-pr
 export type {
   BenchmarkLatency,
   EngineHealth,
+  ExecutorCapabilities,
   ExecutorStats,
+  LoraAdminPort,
   ModelInfo,
   PlanLayer,
   RgbImage,

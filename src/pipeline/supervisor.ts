@@ -17,6 +17,7 @@ import type { EngineInstance } from './engine-process/client.ts';
 import {
   type EngineHealth,
   type ExecutorStats,
+  type LoraAdminPort,
   type ModelInfo,
   type PlanLayer,
   type RgbImage,
@@ -26,7 +27,7 @@ import {
   type StepResult,
   UnknownHandleError,
 } from './executor.ts';
-import type { LoraInfo, LoraScan, LoraSelection } from './lora/index.ts';
+import type { LoraSelection } from './lora/index.ts';
 
 /** Options of {@link superviseEngine}. */
 export interface SupervisorOptions {
@@ -51,6 +52,7 @@ export interface SupervisedExecutor extends StepExecutor {
   onHealth(listener: (health: EngineHealth) => void): () => void;
   /** Pid of the running engine process; undefined while none is up. */
   enginePid(): number | undefined;
+  stats(): Promise<ExecutorStats>;
 }
 
 /** Starts the first process (failing fast when it cannot load) and supervises it and its successors. */
@@ -67,6 +69,7 @@ interface Inner {
 class Supervisor implements SupervisedExecutor {
   readonly #o: Required<Omit<SupervisorOptions, 'log'>> & Pick<SupervisorOptions, 'log'>;
   readonly #info: ModelInfo;
+  readonly loraAdmin?: LoraAdminPort;
   readonly #handles = new Map<SampleHandle, Inner>();
   readonly #listeners = new Set<(h: EngineHealth) => void>();
   readonly #waiters = new Set<{ resolve: (e: EngineInstance) => void; reject: (e: Error) => void }>();
@@ -94,6 +97,7 @@ class Supervisor implements SupervisedExecutor {
       ...o,
     };
     this.#info = first.info();
+    if (this.#info.capabilities.lora) this.loraAdmin = this.#loraPort();
     this.#adopt(first);
   }
 
@@ -150,7 +154,7 @@ class Supervisor implements SupervisedExecutor {
     let engine: EngineInstance | undefined;
     try {
       engine = await this.#o.start();
-      for (const l of this.#defaults) await engine.loadLora(l.name, l.strength);
+      for (const l of this.#defaults) await engine.loraAdmin?.loadLora(l.name, l.strength);
     } catch (err) {
       engine?.kill('SIGKILL');
       if (this.#closed) return;
@@ -277,33 +281,10 @@ class Supervisor implements SupervisedExecutor {
     await engine?.close();
   }
 
-  async loras(): Promise<LoraScan> {
-    const engine = await this.#up();
-    return this.#on(engine, (e) => e.loras());
-  }
-
-  async checkLoras(set: LoraSelection[], mode?: string): Promise<LoraInfo[]> {
-    const engine = await this.#up();
-    return this.#on(engine, (e) => e.checkLoras(set, mode));
-  }
-
-  loadLora(name: string, strength: number): Promise<LoraInfo> {
-    return this.#changeDefaults((e) => e.loadLora(name, strength));
-  }
-
-  unloadLora(name: string): Promise<boolean> {
-    return this.#changeDefaults((e) => e.unloadLora(name));
-  }
-
-  async activeLoras(): Promise<LoraSelection[]> {
-    const engine = await this.#up();
-    return this.#on(engine, (e) => e.activeLoras());
-  }
-
   async stats(): Promise<ExecutorStats> {
     const engine = await this.#up();
-    const inner = await this.#on(engine, (e) => e.stats());
-    return { ...inner, engineStarts: this.#starts, engineExits: this.#exits };
+    const inner = engine.stats ? await this.#on(engine, (e) => e.stats?.() ?? Promise.resolve(undefined)) : undefined;
+    return { sessionsCreated: inner?.sessionsCreated ?? 0, engineStarts: this.#starts, engineExits: this.#exits };
   }
 
   async modePlans(): Promise<Record<string, PlanLayer[]>> {
@@ -311,16 +292,38 @@ class Supervisor implements SupervisedExecutor {
     return engine.modePlans ? this.#on(engine, (e) => e.modePlans?.() ?? Promise.resolve({})) : {};
   }
 
-  #changeDefaults<T>(fn: (e: EngineInstance) => Promise<T>): Promise<T> {
+  #changeDefaults<T>(fn: (port: LoraAdminPort) => Promise<T>): Promise<T> {
     const run = this.#loraChanges.then(async () => {
       const engine = await this.#up();
+      const port = this.#port(engine);
       try {
-        return await this.#on(engine, fn);
+        return await this.#on(engine, () => fn(port));
       } finally {
-        this.#defaults = await engine.activeLoras().catch(() => this.#defaults);
+        this.#defaults = await port.activeLoras().catch(() => this.#defaults);
       }
     });
     this.#loraChanges = run.catch(() => undefined);
     return run;
+  }
+
+  /** The running process's LoRA port (present whenever the supervisor has one: the capability is fixed). */
+  #port(engine: EngineInstance): LoraAdminPort {
+    if (!engine.loraAdmin) throw new EngineUnavailableError(`the ${this.#o.name} process has no LoRA port`);
+    return engine.loraAdmin;
+  }
+
+  /** The LoRA port over whichever process runs; the default set survives restarts. */
+  #loraPort(): LoraAdminPort {
+    const onPort = async <T>(fn: (port: LoraAdminPort) => Promise<T>): Promise<T> => {
+      const engine = await this.#up();
+      return this.#on(engine, () => fn(this.#port(engine)));
+    };
+    return {
+      loras: () => onPort((p) => p.loras()),
+      checkLoras: (set, mode) => onPort((p) => p.checkLoras(set, mode)),
+      loadLora: (name, strength) => this.#changeDefaults((p) => p.loadLora(name, strength)),
+      unloadLora: (name) => this.#changeDefaults((p) => p.unloadLora(name)),
+      activeLoras: () => onPort((p) => p.activeLoras()),
+    };
   }
 }

@@ -4,7 +4,10 @@
  */
 export type {
   BenchmarkLatency,
+  EngineHealth,
+  ExecutorCapabilities,
   ExecutorStats,
+  LoraAdminPort,
   LoraInfo,
   LoraScan,
   LoraSelection,

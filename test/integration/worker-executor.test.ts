@@ -3,10 +3,10 @@
  * while the engine computes, and typed errors survive the process boundary.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createFluxExecutor, type StepExecutor } from '../../src/pipeline/index.ts';
+import { createFluxExecutor, type SupervisedExecutor } from '../../src/pipeline/index.ts';
 import { MODEL_DIR } from '../helpers/paths.ts';
 
-let ex: StepExecutor;
+let ex: SupervisedExecutor;
 beforeAll(async () => {
   ex = await createFluxExecutor({ modelDir: MODEL_DIR, maxBatch: 4 });
 });
@@ -15,7 +15,8 @@ afterAll(async () => ex?.close());
 describe('createFluxExecutor', () => {
   it('reports the model and its modes', () => {
     expect(ex.info()).toMatchObject({ name: 'flux-tiny', packedChannels: 64, pixelsPerToken: 16, device: 'cpu' });
-    expect(ex.info().modes).toContain('original');
+    expect(ex.info().capabilities).toMatchObject({ lora: true, control: true, maxBatch: 4 });
+    expect(ex.info().capabilities.modes).toContain('original');
   });
 
   it('runs prepare → step → decode across the process boundary with previews', async () => {
@@ -54,15 +55,16 @@ describe('createFluxExecutor', () => {
 
   it("carries a LoraError's code, LoRA name and the unchanged default set across the boundary", async () => {
     // This executor has no LORA_DIR: every LoRA is `not_found`, and nothing changes.
-    expect(await ex.loras()).toEqual({ loras: [], invalid: [] });
-    await expect(ex.loadLora('style', 1)).rejects.toMatchObject({
+    const port = ex.loraAdmin!;
+    expect(await port.loras()).toEqual({ loras: [], invalid: [] });
+    await expect(port.loadLora('style', 1)).rejects.toMatchObject({
       name: 'LoraError',
       code: 'not_found',
       lora: 'style',
     });
-    await expect(ex.checkLoras([{ name: 'style', strength: 1 }])).rejects.toMatchObject({ code: 'not_found' });
-    expect(await ex.activeLoras()).toEqual([]);
-    expect(await ex.unloadLora('style')).toBe(false);
+    await expect(port.checkLoras([{ name: 'style', strength: 1 }])).rejects.toMatchObject({ code: 'not_found' });
+    expect(await port.activeLoras()).toEqual([]);
+    expect(await port.unloadLora('style')).toBe(false);
     expect((await ex.stats()).sessionsCreated).toBeGreaterThan(0);
   });
 

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { decodeMessage, type EngineExitedError, encodeMessage, FramedProcess } from '../../runtime/process/index.ts';
 import { ExecutorError, type SerializedError } from '../engine-errors.ts';
-import type { ModelInfo, StepExecutor } from '../executor.ts';
+import type { LoraAdminPort, ModelInfo, StepExecutor } from '../executor.ts';
 import type { FluxExecutorOptions } from '../flux/executor.ts';
 import type { EngineMethod } from './protocol.ts';
 
@@ -68,11 +68,17 @@ export async function startOnnxEngine(options: OnnxEngineOptions): Promise<Engin
     step: (handles, opts) => call('step', [handles, opts]),
     decode: (handles) => call('decode', [handles]),
     release: (handles) => call('release', [handles]),
-    loras: () => call('loras', []),
-    checkLoras: (set, mode) => call('checkLoras', [set, mode]),
-    loadLora: (name, strength) => call('loadLora', [name, strength]),
-    unloadLora: (name) => call('unloadLora', [name]),
-    activeLoras: () => call('activeLoras', []),
+    ...(info.capabilities.lora
+      ? {
+          loraAdmin: {
+            loras: () => call('loras', []),
+            checkLoras: (set, mode) => call('checkLoras', [set, mode]),
+            loadLora: (name, strength) => call('loadLora', [name, strength]),
+            unloadLora: (name) => call('unloadLora', [name]),
+            activeLoras: () => call('activeLoras', []),
+          } satisfies LoraAdminPort,
+        }
+      : {}),
     stats: () => call('stats', []),
     modePlans: () => call('modePlans', []),
     warm: (mode) => call('warm', [mode]),

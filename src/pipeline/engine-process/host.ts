@@ -8,7 +8,7 @@ import { decodeMessage, encodeMessage, serveFrames } from '../../runtime/process
 import { serializeError } from '../engine-errors.ts';
 import type { StepExecutor } from '../executor.ts';
 import { createInThreadExecutor, type FluxExecutorOptions } from '../flux/executor.ts';
-import { isEngineMethod } from './protocol.ts';
+import { isExecutorMethod, isLoraMethod } from './protocol.ts';
 
 let executor: StepExecutor | undefined;
 
@@ -23,10 +23,14 @@ serveFrames(async (frame) => {
       return encodeMessage('result', id, executor.info());
     }
     if (!executor) throw new Error('the engine process has not been started');
-    if (!isEngineMethod(op)) throw new Error(`the engine process has no method ${op}`);
-    const method = executor[op] as ((...a: unknown[]) => Promise<unknown>) | undefined;
-    if (!method) throw new Error(`this engine has no method ${op}`);
-    const value = await method.apply(executor, args);
+    const target: object | undefined = isExecutorMethod(op)
+      ? executor
+      : isLoraMethod(op)
+        ? executor.loraAdmin
+        : undefined;
+    const method = (target as Record<string, unknown> | undefined)?.[op];
+    if (typeof method !== 'function') throw new Error(`the engine process has no method ${op}`);
+    const value = await (method as (...a: unknown[]) => Promise<unknown>).apply(target, args);
     return encodeMessage('result', id, value ?? null);
   } catch (err) {
     return encodeMessage('error', id, null, { error: serializeError(err) });

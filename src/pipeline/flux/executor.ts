@@ -21,6 +21,12 @@ import { FluxPipeline, type FluxPipelineOptions } from './pipeline.ts';
 import { latentPreviewRgb } from './preview.ts';
 import type { SampleState } from './sample-state.ts';
 
+/**
+ * Largest side the ORT pipeline declares: its attention is query-chunked, but the transformer's and VAE's work
+ * still grows with the pixel count. The service's own limit (1280 by default) applies as well.
+ */
+const MAX_SIDE = 2048;
+
 /** Options of {@link createInThreadExecutor}. */
 export interface FluxExecutorOptions extends FluxPipelineOptions {
   /** Model repository (diffusers folder or BFL files). */
@@ -40,12 +46,18 @@ export async function createInThreadExecutor(
   const info: ModelInfo = {
     name: pipeline.source.name,
     path: pipeline.source.path,
-    modes: pipeline.source.modes,
+    capabilities: {
+      modes: pipeline.source.modes,
+      lora: true,
+      control: true,
+      maxSide: MAX_SIDE,
+      maxBatch: options.maxBatch ?? 4,
+    },
     device: options.provider ?? 'cpu',
     packedChannels: manifest.config.inChannels,
     pixelsPerToken: manifest.config.vaeScaleFactor * 2,
-    maxBatch: options.maxBatch ?? 4,
   };
+  const modes = info.capabilities.modes;
   // The mode a default-set change is checked on: the first one loaded at start.
   const loraCheckMode = options.modes?.[0] ?? 'original';
   const states = new Map<SampleHandle, SampleState>();
@@ -60,8 +72,8 @@ export async function createInThreadExecutor(
     info: () => info,
     async prepare(requests: SampleRequest[]): Promise<SampleHandle[]> {
       for (const r of requests) {
-        if (r.mode && !info.modes.includes(r.mode)) {
-          throw new FluxArgumentError('mode', `unknown mode "${r.mode}"; this model has: ${info.modes.join(', ')}`);
+        if (r.mode && !modes.includes(r.mode)) {
+          throw new FluxArgumentError('mode', `unknown mode "${r.mode}"; this model has: ${modes.join(', ')}`);
         }
       }
       const prepared = await pipeline.prepare(requests);
@@ -90,36 +102,38 @@ export async function createInThreadExecutor(
       states.clear();
       await pipeline.close();
     },
-    loras: async () => pipeline.loras.scan(),
-    async checkLoras(set, mode = loraCheckMode): Promise<LoraInfo[]> {
-      if (!info.modes.includes(mode)) {
-        throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${info.modes.join(', ')}`);
-      }
-      const infos = set.map((s) => pipeline.loras.info(s.name));
-      // Builds (and caches) the set's feeds on the mode's LoRA engine: strengths, duplicates, engine support.
-      await pipeline.loraFeeds(
-        mode,
-        set.map((s, i) => ({ name: infos[i]!.name, strength: s.strength })),
-      );
-      return infos;
+    loraAdmin: {
+      loras: async () => pipeline.loras.scan(),
+      async checkLoras(set, mode = loraCheckMode): Promise<LoraInfo[]> {
+        if (!modes.includes(mode)) {
+          throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${modes.join(', ')}`);
+        }
+        const infos = set.map((s) => pipeline.loras.info(s.name));
+        // Builds (and caches) the set's feeds on the mode's LoRA engine: strengths, duplicates, engine support.
+        await pipeline.loraFeeds(
+          mode,
+          set.map((s, i) => ({ name: infos[i]!.name, strength: s.strength })),
+        );
+        return infos;
+      },
+      async loadLora(name, strength): Promise<LoraInfo> {
+        const manager = pipeline.loras;
+        const lora = manager.info(name);
+        // Check the default set as it would become (e.g. two control LoRAs replacing one norm) before changing it.
+        const current = manager.activeSet();
+        const next: LoraSelection[] = current.some((s) => s.name === lora.name)
+          ? current.map((s) => (s.name === lora.name ? { name: s.name, strength } : s))
+          : [...current, { name: lora.name, strength }];
+        await pipeline.loraFeeds(loraCheckMode, next);
+        return manager.load(lora.name, strength);
+      },
+      unloadLora: async (name) => pipeline.loras.unload(name),
+      activeLoras: async () => pipeline.loras.activeSet(),
     },
-    async loadLora(name, strength): Promise<LoraInfo> {
-      const manager = pipeline.loras;
-      const lora = manager.info(name);
-      // Check the default set as it would become (e.g. two control LoRAs replacing one norm) before changing it.
-      const current = manager.activeSet();
-      const next: LoraSelection[] = current.some((s) => s.name === lora.name)
-        ? current.map((s) => (s.name === lora.name ? { name: s.name, strength } : s))
-        : [...current, { name: lora.name, strength }];
-      await pipeline.loraFeeds(loraCheckMode, next);
-      return manager.load(lora.name, strength);
-    },
-    unloadLora: async (name) => pipeline.loras.unload(name),
-    activeLoras: async () => pipeline.loras.activeSet(),
     stats: async () => ({ sessionsCreated: pipeline.sessionsCreated }),
     async warm(mode: string): Promise<void> {
-      if (!info.modes.includes(mode)) {
-        throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${info.modes.join(', ')}`);
+      if (!modes.includes(mode)) {
+        throw new FluxArgumentError('mode', `unknown mode "${mode}"; this model has: ${modes.join(', ')}`);
       }
       await pipeline.engine(mode);
     },
@@ -128,7 +142,7 @@ export async function createInThreadExecutor(
       const plans = cachedPlans(pipeline, options.cacheDir ?? defaultCacheDir());
       return Object.fromEntries(
         Object.entries(plans)
-          .filter(([mode]) => info.modes.includes(mode))
+          .filter(([mode]) => modes.includes(mode))
           .map(([mode, plan]) => [
             mode,
             plan.entries.map((e) => ({ layer: e.layer, algorithm: e.algorithm, error: e.error, gainMs: e.gainMs })),

@@ -69,7 +69,7 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   const hub = new JobEventHub();
   const images = await ImageStore.create(o.images);
   const scheduler = new Scheduler({
-    warmModes: warmOrder(o.executor.info().modes, o.defaultSize, o.warmModes),
+    warmModes: warmOrder(o.executor.info().capabilities.modes, o.defaultSize, o.warmModes),
     executor: o.executor,
     store,
     events: hub,
