@@ -154,7 +154,6 @@ class Supervisor implements SupervisedExecutor {
     let engine: EngineInstance | undefined;
     try {
       engine = await this.#o.start();
-      for (const l of this.#defaults) await engine.loraAdmin?.loadLora(l.name, l.strength);
     } catch (err) {
       engine?.kill('SIGKILL');
       if (this.#closed) return;
@@ -167,8 +166,23 @@ class Supervisor implements SupervisedExecutor {
       await engine.close();
       return;
     }
+    await this.#replayDefaults(engine);
     this.#o.log?.(`${this.#o.name} restarted (pid ${engine.pid})`);
     this.#adopt(engine);
+  }
+
+  /**
+   * Loads the default LoRA set into a new process. A member that no longer loads (its file was removed meanwhile)
+   * is dropped from the set with a log line; it must not keep the engine from coming back.
+   */
+  async #replayDefaults(engine: EngineInstance): Promise<void> {
+    if (!engine.loraAdmin) return;
+    for (const l of this.#defaults) {
+      await engine.loraAdmin.loadLora(l.name, l.strength).catch((err: unknown) => {
+        this.#o.log?.(`default LoRA ${l.name} dropped: it no longer loads (${(err as Error).message})`);
+      });
+    }
+    this.#defaults = await engine.loraAdmin.activeLoras().catch(() => this.#defaults);
   }
 
   #setHealth(h: EngineHealth): void {
