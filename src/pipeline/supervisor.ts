@@ -82,6 +82,8 @@ class Supervisor implements SupervisedExecutor {
   #closed = false;
   #starts = 0;
   #exits = 0;
+  /** ORT sessions the running (or last) process reported. */
+  #sessionsCreated = 0;
   /** The default LoRA set as the engine last reported it; loaded again into every new process. */
   #defaults: LoraSelection[] = [];
   /** Changes of the default set run one at a time, so the mirror above follows the engine's order. */
@@ -295,14 +297,18 @@ class Supervisor implements SupervisedExecutor {
     await engine?.close();
   }
 
+  /** Never waits for a restart (a metrics scrape must answer): while no process is up, the last counts. */
   async stats(): Promise<ExecutorStats> {
-    const engine = await this.#up();
-    const inner = engine.stats ? await this.#on(engine, (e) => e.stats?.() ?? Promise.resolve(undefined)) : undefined;
-    return { sessionsCreated: inner?.sessionsCreated ?? 0, engineStarts: this.#starts, engineExits: this.#exits };
+    const engine = this.#engine;
+    const inner = engine?.stats ? await engine.stats().catch(() => undefined) : undefined;
+    if (inner) this.#sessionsCreated = inner.sessionsCreated;
+    return { sessionsCreated: this.#sessionsCreated, engineStarts: this.#starts, engineExits: this.#exits };
   }
 
+  /** Never waits for a restart (the `models` query reads it): none while no process is up. */
   async modePlans(): Promise<Record<string, PlanLayer[]>> {
-    const engine = await this.#up();
+    const engine = this.#engine;
+    if (!engine) return {};
     return engine.modePlans ? this.#on(engine, (e) => e.modePlans?.() ?? Promise.resolve({})) : {};
   }
 

@@ -62,6 +62,23 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
       if (stats) this.set(stats.sessionsCreated);
     },
   });
+  new Gauge({
+    name: 'fluxql_engine_ready',
+    help: '1 while the engine process is up, 0 while it is down (crashed, restarting)',
+    registers: [o.metrics.registry],
+    collect() {
+      this.set(o.executor.health?.().ready === false ? 0 : 1);
+    },
+  });
+  new Gauge({
+    name: 'fluxql_engine_exits',
+    help: 'Engine processes that ended unasked (crash, kill) since start',
+    registers: [o.metrics.registry],
+    async collect() {
+      const stats = await o.executor.stats?.().catch(() => undefined);
+      if (stats?.engineExits !== undefined) this.set(stats.engineExits);
+    },
+  });
   let closed = false;
   return {
     // Only an engine with the LoRA port (capabilities.lora) has LoRA management.

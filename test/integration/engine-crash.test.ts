@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { EMBEDDED_MODEL_DIR } from '../../src/config.ts';
 import { createFluxExecutor, type SupervisedExecutor } from '../../src/pipeline/index.ts';
 import { GenerateImageDocument, type GenerateImageInput, JobProgressDocument } from '../helpers/gql/graphql.ts';
-import { collectSse, disposeLeftovers, gqlData, startTestServer } from '../helpers/test-server.ts';
+import { collectSse, disposeLeftovers, gqlData, metricValue, startTestServer } from '../helpers/test-server.ts';
 
 afterAll(disposeLeftovers);
 
@@ -104,5 +104,7 @@ describe('a supervised ONNX engine process', () => {
     expect(JSON.parse(ready[1]!.body)).toMatchObject({ status: 'not ready', reason: expect.stringMatching(/engine/) });
     expect(live.map((r) => r.status)).toEqual([200]);
     expect(await executor.stats()).toMatchObject({ engineStarts: 2, engineExits: 1 });
+    expect(await metricValue(url, 'fluxql_engine_exits')).toBe(1);
+    expect(await metricValue(url, 'fluxql_engine_ready')).toBe(1);
   });
 });
