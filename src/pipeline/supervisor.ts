@@ -82,6 +82,8 @@ class Supervisor implements SupervisedExecutor {
   #closed = false;
   #starts = 0;
   #exits = 0;
+  /** Modes warmed so far: a restarted process warms them again before it counts as up. */
+  readonly #warmed = new Set<string>();
   /** ORT sessions the running (or last) process reported. */
   #sessionsCreated = 0;
   /** The default LoRA set as the engine last reported it; loaded again into every new process. */
@@ -156,6 +158,8 @@ class Supervisor implements SupervisedExecutor {
     let engine: EngineInstance | undefined;
     try {
       engine = await this.#o.start();
+      // The scheduler admits a mode's jobs once it was warmed: the new process must have it warm too.
+      for (const mode of this.#warmed) await engine.warm?.(mode);
     } catch (err) {
       engine?.kill('SIGKILL');
       if (this.#closed) return;
@@ -303,6 +307,14 @@ class Supervisor implements SupervisedExecutor {
     const inner = engine?.stats ? await engine.stats().catch(() => undefined) : undefined;
     if (inner) this.#sessionsCreated = inner.sessionsCreated;
     return { sessionsCreated: this.#sessionsCreated, engineStarts: this.#starts, engineExits: this.#exits };
+  }
+
+  /** Warms a mode on the running process; a restarted process warms the same modes before it counts as up. */
+  async warm(mode: string): Promise<void> {
+    const engine = await this.#up();
+    if (!engine.warm) return;
+    await this.#on(engine, (e) => e.warm?.(mode) ?? Promise.resolve());
+    this.#warmed.add(mode);
   }
 
   /** Never waits for a restart (the `models` query reads it): none while no process is up. */

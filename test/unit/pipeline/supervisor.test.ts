@@ -7,7 +7,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { EngineInstance } from '../../../src/pipeline/engine-process/index.ts';
 import type { EngineHealth } from '../../../src/pipeline/executor.ts';
 import { superviseEngine } from '../../../src/pipeline/supervisor.ts';
-import { createFakeExecutor } from '../../fixtures/fake-executor.ts';
+import { createFakeExecutor } from '../../helpers/fake-executor.ts';
 
 /** A fake engine "process" that dies when told to. */
 function fakeEngine(pid: number, options: { stepGate?: () => Promise<void> } = {}) {
