@@ -196,21 +196,20 @@ export class FramedProcess {
 }
 
 /**
- * The child's side: reads request frames from fd 3 and writes what `handle` returns for each. Requests are handled
- * one at a time, in arrival order (the engine owns one set of sessions). The process exits when the parent closes
- * the socket (or dies).
+ * The child's side: reads request frames from fd 3 and writes what `handle` returns for each, as each finishes
+ * (answers carry the request's id, so their order does not matter). Requests are not serialised here: like calls on
+ * an in-process executor, a slow one (a mode's warm-up compiling its engine) does not hold back the others (the
+ * running batch's steps). The process exits when the parent closes the socket (or dies).
  */
 export function serveFrames(handle: (frame: Frame) => Promise<Buffer>): void {
   const socket = new Socket({ fd: 3, readable: true, writable: true });
   const decoder = new FrameDecoder();
-  let chain: Promise<void> = Promise.resolve();
   socket.on('data', (chunk: Buffer) => {
     for (const frame of decoder.push(chunk)) {
-      chain = chain
-        .then(async () => {
-          socket.write(await handle(frame));
-        })
-        .catch((err: unknown) => console.error('[engine] could not answer a request:', err));
+      handle(frame).then(
+        (answer) => socket.write(answer),
+        (err: unknown) => console.error('[engine] could not answer a request:', err),
+      );
     }
   });
   // The parent is gone or asked us to stop: nothing left to serve.
