@@ -49,7 +49,7 @@ export class Session {
         graphOptimizationLevel: options.graphOptimization ?? 'all',
         // ORT's arena keeps the largest buffers a run needed for the next runs (no page faults). Kept on: measured on
         // the embedded model at 1024² `n: 4` (bench/results/memory.md), turning it off for the text encoders and the
-        // VAE left 0.68 instead of 1.19 GiB after the request but cost 80% more CPU time. What bounds memory is the
+        // VAE left 0.68 instead of 1.0-1.2 GiB after the request but cost 80% more CPU time. What bounds memory is the
         // graphs' query-chunked attention and the per-sample VAE decode.
         enableCpuMemArena: true,
         enableMemPattern: true,
