@@ -167,7 +167,7 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
     ...(config.loraDir ? { loraDir: config.loraDir } : {}),
     ortSpin: config.ortSpin,
     restartBackoffMs: config.engineRestartMs,
-    log: (message) => log(message),
+    log: (message) => logger.warn({ component: 'engine-supervisor' }, message),
   });
 }
 
