@@ -95,6 +95,11 @@ export interface ServerConfig {
   /** Delay before the second webhook attempt, doubling after each. WEBHOOK_RETRY_BASE_MS. @default 1000 */
   webhookRetryBaseMs: number;
   /**
+   * First delay before a crashed ONNX engine process is started again; doubled for each process in a row that dies
+   * young or fails to start, up to 30 s. ENGINE_RESTART_MS. @default 200
+   */
+  engineRestartMs: number;
+  /**
    * API keys (key -> name, optional role `admin`), from API_KEYS (JSON) and API_KEYS_FILE (a JSON file of the same
    * shape): `{"<key>": "alice"}` or `{"<key>": {"name": "ops", "role": "admin"}}`. Each job belongs to the key's
    * name; only that name (and admins) see it. AUTH_TOKEN is an admin key. @default none
@@ -258,6 +263,7 @@ const ENV_SCHEMA = {
   HTTP_HEADERS_TIMEOUT_S: int(1, 3600).optional(),
   JOB_TIMEOUT_S: int(1).optional(),
   SHUTDOWN_GRACE_S: int(0, 86_400).optional(),
+  ENGINE_RESTART_MS: int(0, 600_000).optional(),
 } as const;
 
 const API_KEYS_SCHEMA = z.record(
@@ -396,6 +402,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     ...(v.JOB_TIMEOUT_S ? { jobTimeoutSeconds: v.JOB_TIMEOUT_S } : {}),
     ...(v.METRICS_TOKEN ? { metricsToken: v.METRICS_TOKEN } : {}),
     ...(v.CORS_ORIGINS && v.CORS_ORIGINS.length > 0 ? { corsOrigins: v.CORS_ORIGINS } : {}),
+    engineRestartMs: v.ENGINE_RESTART_MS ?? 200,
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),

@@ -53,7 +53,7 @@ export async function startServer(config: ServerConfig, deps: StartServerDeps = 
       ...jobTimeout(config),
     });
   } catch (err) {
-    // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the worker thread running.
+    // E.g. MODEL_SIZE names a mode the engine lacks: do not leave the engine process running.
     await executor.close();
     throw err;
   }
@@ -186,6 +186,8 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
     ...(config.cacheDir ? { cacheDir: config.cacheDir } : {}),
     ...(config.loraDir ? { loraDir: config.loraDir } : {}),
     ortSpin: config.ortSpin,
+    restartBackoffMs: config.engineRestartMs,
+    log: (message) => logger.warn({ component: 'engine-supervisor' }, message),
   });
 }
 

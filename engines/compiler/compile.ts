@@ -26,11 +26,22 @@ import { parseClipTextConfig, parseT5EncoderConfig } from './flux/text-config.ts
 import { buildTransformerGraph, type TransformerGraphOptions } from './flux/transformer.ts';
 import { buildModulationGraph } from './flux/transformer-modulation.ts';
 import { buildTransformerHead, buildTransformerTail } from './flux/transformer-split.ts';
-import { buildVaeDecoderGraph, vaeDecoderConfigFromJson, vaeScaleFactor } from './flux/vae.ts';
+import {
+  buildVaeDecoderGraph,
+  VAE_ATTENTION_QUERY_CHUNKS,
+  vaeDecoderConfigFromJson,
+  vaeScaleFactor,
+} from './flux/vae.ts';
 import { buildVaeEncoderGraph, vaeEncoderConfigFromJson } from './flux/vae-encoder.ts';
 import { ExternalDataWriter } from './onnx/external-data.ts';
 import { GraphBuilder } from './onnx/graph-builder.ts';
 import { plannedPolicy } from './planner/algorithms.ts';
+
+/**
+ * Query blocks of the reference transformer graph's attention: at 1024² the joint sequence is 4608 tokens, a
+ * `[B, H, 4608, 4608]` float32 score matrix per block (81 MiB per head and sample) that ORT's arena then keeps.
+ */
+const TRANSFORMER_ATTENTION_QUERY_CHUNKS = 16;
 
 /** Bump when graphs change in a way that must invalidate cached engines. */
 export const COMPILER_VERSION = '2';
@@ -95,12 +106,17 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
   const transformerConfig = c.transformer.config as FluxTransformerConfig;
   const tcfg = resolveTransformerConfig(transformerConfig);
   const vaeCfg = vaeDecoderConfigFromJson(c.vae.config);
+  // Part of the VAE components' cache key: engines built before query-chunked attention are rebuilt.
+  const vaeOptions = { attentionQueryChunks: VAE_ATTENTION_QUERY_CHUNKS };
   if (isPlannedMode(mode) && !options.plan) throw new PlanRequiredError(mode.name);
   const plan = isPlannedMode(mode) ? options.plan : undefined;
   // Graph switches + the plan's choices: JSON of this is the transformer components' cache key.
-  const transformerKey = { ...mode.transformer, ...(plan ? { plan: planKey(plan) } : {}) };
+  // The reference graph's attention in query blocks (bounded memory, same numbers); fused attention needs none.
+  const chunking = mode.transformer.fusedAttention ? {} : { attentionQueryChunks: TRANSFORMER_ATTENTION_QUERY_CHUNKS };
+  const transformerKey = { ...mode.transformer, ...chunking, ...(plan ? { plan: planKey(plan) } : {}) };
   const transformerOptions: TransformerGraphOptions = {
     ...mode.transformer,
+    ...chunking,
     ...(plan ? { linearPolicy: plannedPolicy(planChoices(plan)) } : {}),
   };
   // XL (not its LoRA variant): modulations of all steps computed up front by `transformer_modulation`.
@@ -135,15 +151,19 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
           ? buildLoraTransformerGraph(b, w, transformerConfig, { ...transformerOptions, controlChannels: control })
           : buildTransformerGraph(b, w, transformerConfig, { ...transformerOptions, modulationInput }),
     },
-    vae: { weights: c.vae, options: {}, build: (b, w) => buildVaeDecoderGraph(b, w, vaeCfg) },
+    vae: {
+      weights: c.vae,
+      options: vaeOptions,
+      build: (b, w) => buildVaeDecoderGraph(b, w, vaeCfg, vaeOptions),
+    },
   };
   if (control) {
     // Only control engines encode images: text-to-image engines never build (or load) the encoder.
     const encoderCfg = vaeEncoderConfigFromJson(c.vae.config);
     builds.vae_encoder = {
       weights: c.vae,
-      options: { withLogvar: true },
-      build: (b, w) => buildVaeEncoderGraph(b, w, encoderCfg, { withLogvar: true }),
+      options: { withLogvar: true, ...vaeOptions },
+      build: (b, w) => buildVaeEncoderGraph(b, w, encoderCfg, { withLogvar: true, ...vaeOptions }),
     };
   }
   if (modulationInput) {

@@ -17,12 +17,13 @@
  *
  * Engine failure: if the engine process ends unasked (GPU fault: the engine exits after a CUDA error; crash; kill),
  * every call pending on it rejects with `CudaEngineExitedError` (so the scheduler fails the jobs of that call
- * with code `generation_failed` and the engine's message), every sample prepared on it is lost (later calls
- * naming it get {@link CudaSampleLostError}; `release` forgets it), and a new engine is started and loaded at
- * once so later requests run normally. A start that fails is retried by the next call, not in a loop.
+ * with code `engine_crashed` and the engine's message), every sample prepared on it is lost (later calls
+ * naming it get {@link CudaSampleLostError}, also `engine_crashed`; `release` forgets it), `health()` is not ready
+ * until a new engine, started at once, has loaded the model. A start that fails is retried by the next call, not
+ * in a loop. (The ONNX engine's supervisor, `supervisor.ts`, does the same with backoff for its child process.)
  *
- * LoRA: not supported by the engine. LoRA calls fail with `LoraError` code `unsupported`; the default set is
- * always empty.
+ * Capabilities (`info().capabilities`): mode `original`, no LoRA (so no LoRA port), no control image, sides up to
+ * 2048. The service refuses requests outside them before they get here.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -38,6 +39,7 @@ import { REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
 import {
+  type EngineHealth,
   type ExecutorStats,
   type ModelInfo,
   type RgbImage,
@@ -53,8 +55,7 @@ import { latentPreviewRgb } from './flux/preview.ts';
 import { groupBy } from './flux/sample-state.ts';
 import { type FlowMatchConfig, fluxSigmas, parseSchedulerConfig } from './flux/schedule.ts';
 import { type FluxTokenizers, loadFluxTokenizers } from './flux/tokenize.ts';
-import { LoraError } from './lora/errors.ts';
-import { checkMode, checkSampleRequest } from './sample-checks.ts';
+import { checkSampleRequest } from './sample-checks.ts';
 
 /** Options of {@link createCudaExecutor}. */
 export interface CudaExecutorOptions {
@@ -114,6 +115,7 @@ export interface CudaStepExecutor extends StepExecutor {
   engineInfo(): Promise<CudaEngineInfo>;
   /** Pid of the current engine process, if one runs. */
   enginePid(): number | undefined;
+  stats(): Promise<ExecutorStats>;
 }
 
 interface EngineJob {
@@ -165,6 +167,8 @@ class CudaExecutor implements CudaStepExecutor {
   #closed = false;
   #starts = 0;
   #exits = 0;
+  #health: EngineHealth = { ready: false, reason: 'the CUDA engine is starting' };
+  readonly #listeners = new Set<(h: EngineHealth) => void>();
 
   constructor(
     o: CudaExecutorOptions,
@@ -190,11 +194,16 @@ class CudaExecutor implements CudaStepExecutor {
     this.#info = {
       name,
       path: this.#modelDir,
-      modes: [...CUDA_MODES],
+      capabilities: {
+        modes: [...CUDA_MODES],
+        lora: false,
+        control: false,
+        maxSide: MAX_SIDE,
+        maxBatch: this.#maxBatch,
+      },
       device: `cuda: ${card.device} (${this.#precision})`,
       packedChannels: PACKED_CHANNELS,
       pixelsPerToken: 16,
-      maxBatch: this.#maxBatch,
       benchmarks: this.#o.benchResults ? readCudaBenchmarks(this.#o.benchResults, this.#precision, this.#o.onLog) : [],
     };
   }
@@ -202,6 +211,21 @@ class CudaExecutor implements CudaStepExecutor {
   info(): ModelInfo {
     if (!this.#info) throw new Error('CUDA executor not started');
     return this.#info;
+  }
+
+  /** Not ready from an engine's unasked exit until its successor has loaded the model (`/readyz`, workers). */
+  health(): EngineHealth {
+    return this.#closed ? { ready: false, reason: 'the CUDA executor is closed' } : this.#health;
+  }
+
+  onHealth(listener: (health: EngineHealth) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #setHealth(h: EngineHealth): void {
+    this.#health = h;
+    for (const l of this.#listeners) l(h);
   }
 
   async engineInfo(): Promise<CudaEngineInfo> {
@@ -239,9 +263,11 @@ class CudaExecutor implements CudaStepExecutor {
           `CUDA engine pid ${client.pid} loaded ${this.#modelDir} (${this.#spec.layout}, ${l.precision}, ${(l.weightsBytes / 2 ** 20).toFixed(1)} MiB of weights) on ${l.device} in ${l.ms.toFixed(0)} ms`,
         );
         loaded = true;
+        this.#setHealth({ ready: true });
         return client;
       } catch (err) {
         client.kill('SIGKILL');
+        this.#setHealth({ ready: false, reason: `the CUDA engine could not start: ${(err as Error).message}` });
         throw err;
       }
     })();
@@ -262,6 +288,7 @@ class CudaExecutor implements CudaStepExecutor {
     if (this.#current !== client) return;
     this.#ready = undefined;
     this.#current = undefined;
+    this.#setHealth({ ready: false, reason: `the CUDA engine died (${err.message}); restarting` });
     // Restart at once so the next request finds a loaded engine; only after an engine that had loaded, so a
     // setup that cannot load does not spin.
     if (wasLoaded) {
@@ -438,27 +465,6 @@ class CudaExecutor implements CudaStepExecutor {
     await client?.quit();
   }
 
-  async loras(): Promise<never> {
-    throw unsupported();
-  }
-
-  async checkLoras(set: { name: string }[]): Promise<never[]> {
-    if (set.length === 0) return [];
-    throw unsupported(set[0]!.name);
-  }
-
-  async loadLora(name: string): Promise<never> {
-    throw unsupported(name);
-  }
-
-  async unloadLora(name: string): Promise<never> {
-    throw unsupported(name);
-  }
-
-  async activeLoras(): Promise<[]> {
-    return [];
-  }
-
   async stats(): Promise<ExecutorStats> {
     return { sessionsCreated: 0, engineStarts: this.#starts, engineExits: this.#exits };
   }
@@ -472,24 +478,14 @@ class CudaExecutor implements CudaStepExecutor {
     return s;
   }
 
-  /** Every executor's request checks, plus what the engine cannot do (modes, LoRAs, control, > 2048). */
+  /**
+   * What the engine needs to build its job: the latent grid and latents of the right length (every executor's
+   * checks, `sample-checks.ts`). Modes, LoRAs, control images and the largest side are the service's checks, from
+   * `capabilities`.
+   */
   #validate(r: SampleRequest): LatentGrid {
-    const grid = checkSampleRequest(r, PACKED_CHANNELS);
-    checkMode(r.mode, CUDA_MODES);
-    if (r.loras && r.loras.length > 0) throw unsupported(r.loras[0]!.name);
-    if (r.controlImage) throw new FluxArgumentError('controlImage', 'the CUDA engine has no control-image path');
-    for (const [param, v] of [
-      ['height', r.height],
-      ['width', r.width],
-    ] as const) {
-      if (v > MAX_SIDE) throw new FluxArgumentError(param, `the CUDA engine runs sides up to ${MAX_SIDE}, got ${v}`);
-    }
-    return grid;
+    return checkSampleRequest(r, PACKED_CHANNELS);
   }
-}
-
-function unsupported(lora?: string): LoraError {
-  return new LoraError('unsupported', 'the CUDA engine does not run LoRAs (use --engine onnx for LoRA requests)', lora);
 }
 
 function chunks<T>(items: readonly T[], size: number): T[][] {

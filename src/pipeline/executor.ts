@@ -3,8 +3,8 @@
  *
  * The scheduler plans work in units of one denoising step, as vLLM and Triton's "iterative sequences" do: a
  * generation is `prepare` (tokenize, encode, seeded noise, sigma schedule) → N × `step` → `decode`. Sample state
- * (text embeddings, latents) stays inside the executor, usually a worker thread, so only small handles and the final
- * pixels cross the thread boundary. Samples in one `step` call may sit at different step indices (each carries its
+ * (text embeddings, latents) stays inside the executor, usually an engine child process, so only small handles and
+ * the final pixels cross the process boundary. Samples in one `step` call may sit at different step indices (each carries its
  * own sigma), which is what lets a request join a running batch at a step boundary.
  *
  * Implementations: the ONNX Runtime pipeline (`src/pipeline/flux/`) and the native CUDA engine client.
@@ -41,9 +41,8 @@ export interface SampleRequest {
   /**
    * Control image for a BFL Control LoRA (FLUX.1-Canny/Depth-dev-lora) in `loras`: resized to `width × height` and
    * VAE-encoded as the control input. Required exactly when the set holds such a LoRA (`param: 'controlImage'`
-   * errors otherwise). The service builds it from an upload or URL (`src/service/media/control-image.ts`). The worker-thread
-   * executor (`createFluxExecutor`) transfers its buffer to the worker: after `prepare` the caller's copy is
-   * detached (empty) whenever the buffer could move (an `ArrayBuffer` of its own), so do not reuse it.
+   * errors otherwise). The service builds it from an upload or URL (`src/service/media/control-image.ts`). The process executor
+   * (`createFluxExecutor`) copies it into the engine process once per `prepare` call.
    */
   controlImage?: RgbImage;
 }
@@ -73,18 +72,33 @@ export interface ModelInfo {
   name: string;
   /** Path the model was loaded from. */
   path: string;
-  /** Modes this executor can run. */
-  modes: string[];
+  /** What the executor can run: the service validates requests against this, in one place. */
+  capabilities: ExecutorCapabilities;
   /** Execution provider / engine, e.g. `cpu`, `webgpu`, `cuda-native`. */
   device: string;
   /** Latent channels × 4 (packed feature size), 64 for FLUX. */
   packedChannels: number;
   /** VAE spatial factor × 2 (pixels per latent token side), 16 for FLUX. */
   pixelsPerToken: number;
-  /** Largest batch one `step` call accepts. */
-  maxBatch: number;
   /** Latencies measured offline for this engine (the CUDA engine's benchmark); absent for ORT. */
   benchmarks?: BenchmarkLatency[];
+}
+
+/**
+ * What an executor runs, declared once in its {@link ModelInfo} (and a scale-out worker's advert). Requests outside
+ * it are refused by the service with a typed error before they reach the engine; executors do not repeat the checks.
+ */
+export interface ExecutorCapabilities {
+  /** Modes (compiled engine variants) it runs, e.g. `original`, `XL`. */
+  modes: string[];
+  /** Runs per-request LoRA sets; exactly then the executor has a {@link LoraAdminPort}. */
+  lora: boolean;
+  /** Runs BFL Control LoRAs with a control image (VAE-encoded by the engine). */
+  control: boolean;
+  /** Largest width or height in pixels. */
+  maxSide: number;
+  /** Largest batch one `step` call accepts. */
+  maxBatch: number;
 }
 
 /**
@@ -142,24 +156,17 @@ export class UnknownHandleError extends Error {
   }
 }
 
-/** The step-level pipeline the scheduler drives. All methods may be called concurrently only by one owner. */
-export interface StepExecutor {
-  info(): ModelInfo;
-  /** Tokenize, encode, draw noise and compute the sigma schedule for each request; returns one handle each. */
-  prepare(requests: SampleRequest[]): Promise<SampleHandle[]>;
-  /**
-   * Run one Euler step for every handle, batched into as few engine runs as their shapes allow.
-   * @param options.preview when true, also return a small RGB preview per sample made cheaply from the latents.
-   */
-  step(handles: SampleHandle[], options?: { preview?: boolean }): Promise<(StepResult & { preview?: RgbImage })[]>;
-  /** Decode the finished latents of each handle to RGB. */
-  decode(handles: SampleHandle[]): Promise<RgbImage[]>;
-  /** Forget samples (finished, cancelled or failed). Unknown handles are ignored. */
-  release(handles: SampleHandle[]): Promise<void>;
-  /** Stop worker threads / engine processes. */
-  close(): Promise<void>;
+/** Whether an executor's engine is up, with the reason when not (a supervised engine process restarting). */
+export interface EngineHealth {
+  ready: boolean;
+  reason?: string;
+}
 
-  // LoRA management. Errors are `LoraError`s (across a worker: `ExecutorError` with `name` 'LoraError' and `code`).
+/**
+ * LoRA files and the engine's default LoRA set: a port of its own, since only some engines run LoRAs. Errors are
+ * `LoraError`s (across a process: `ExecutorError` with `name` 'LoraError' and `code`).
+ */
+export interface LoraAdminPort {
   /** Every LoRA file in LORA_DIR with its metadata; files that do not fit the model are listed with their error. */
   loras(): Promise<LoraScan>;
   /**
@@ -174,8 +181,36 @@ export interface StepExecutor {
   unloadLora(name: string): Promise<boolean>;
   /** The default set (applied to requests without `loras`), in load order. */
   activeLoras(): Promise<LoraSelection[]>;
-  /** Runtime counters. */
-  stats(): Promise<ExecutorStats>;
+}
+
+/**
+ * The step-level pipeline the scheduler drives: prepare / step / decode / release / close, over what
+ * {@link ModelInfo.capabilities} declares; everything else is optional. Calls come from one owner at a time.
+ */
+export interface StepExecutor {
+  info(): ModelInfo;
+  /** Tokenize, encode, draw noise and compute the sigma schedule for each request; returns one handle each. */
+  prepare(requests: SampleRequest[]): Promise<SampleHandle[]>;
+  /**
+   * Run one Euler step for every handle, batched into as few engine runs as their shapes allow.
+   * @param options.preview when true, also return a small RGB preview per sample made cheaply from the latents.
+   */
+  step(handles: SampleHandle[], options?: { preview?: boolean }): Promise<(StepResult & { preview?: RgbImage })[]>;
+  /** Decode the finished latents of each handle to RGB. */
+  decode(handles: SampleHandle[]): Promise<RgbImage[]>;
+  /** Forget samples (finished, cancelled or failed). Unknown handles are ignored. */
+  release(handles: SampleHandle[]): Promise<void>;
+  /** Stop engine processes. */
+  close(): Promise<void>;
+  /** Whether the engine is up (a supervised process may be restarting); absent: always up. */
+  health?(): EngineHealth;
+  /** Tells `listener` each time {@link health} changes; returns the unsubscribe function. */
+  onHealth?(listener: (health: EngineHealth) => void): () => void;
+
+  /** LoRA administration; present exactly when `info().capabilities.lora`. */
+  readonly loraAdmin?: LoraAdminPort;
+  /** Runtime counters (diagnostics). */
+  stats?(): Promise<ExecutorStats>;
   /**
    * Per-layer plans of the planned modes (L, M, S) whose plan is already cached or compiled, by mode; a mode not
    * planned yet is absent. Never plans or compiles anything. Absent where the engine has no such plans (CUDA).

@@ -4,9 +4,14 @@
  */
 
 export { MODE_NAMES, UnknownModeError } from '../shared/vocabulary/modes.ts';
+export { EngineCrashedError, EngineUnavailableError, ExecutorError } from './engine-errors.ts';
+export { createFluxExecutor, type FluxProcessExecutorOptions } from './engine-process/index.ts';
 export type {
   BenchmarkLatency,
+  EngineHealth,
+  ExecutorCapabilities,
   ExecutorStats,
+  LoraAdminPort,
   ModelInfo,
   PlanLayer,
   RgbImage,
@@ -37,5 +42,4 @@ export {
   MAX_LORA_STRENGTH,
   sortedLoraSet,
 } from './lora/index.ts';
-export { createFluxExecutor } from './worker-executor.ts';
-export { ExecutorError } from './worker-protocol.ts';
+export { type SupervisedExecutor, superviseEngine } from './supervisor.ts';

@@ -47,6 +47,12 @@ export class Session {
       const session = await ort.InferenceSession.create(modelPath, {
         executionProviders: [provider],
         graphOptimizationLevel: options.graphOptimization ?? 'all',
+        // ORT's arena keeps the largest buffers a run needed for the next runs (no page faults). Kept on: measured on
+        // the embedded model at 1024² `n: 4` (bench/results/memory.md), turning it off for the text encoders and the
+        // VAE left 0.68 instead of 1.0-1.2 GiB after the request but cost 80% more CPU time. What bounds memory is the
+        // graphs' query-chunked attention and the per-sample VAE decode.
+        enableCpuMemArena: true,
+        enableMemPattern: true,
         ...(options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {}),
         // Every session owns an intra-op thread pool. With spinning on (ORT's default), a pool that just finished
         // keeps its threads busy-waiting while the next session (text encoders → transformer → VAE, or the step

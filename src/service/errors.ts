@@ -100,11 +100,16 @@ export class JobTimeoutError extends ServiceError {
 
 /**
  * The stable code a failed job records: a service error's own code, a LoRA layer's code (from the engine, which
- * may run in a worker thread or process), else `generation_failed`.
+ * runs in another process), `engine_crashed` when the engine process died holding the job (the ONNX engine's
+ * supervisor, or the CUDA engine's `engine_exited`), `engine_unavailable` when none came back in time, else
+ * `generation_failed`.
  */
 export function failureCodeOf(err: unknown): string {
   const typed = LoraRequestError.from(err);
   if (typed instanceof ServiceError) return typed.code;
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (code === 'engine_crashed' || code === 'engine_exited') return 'engine_crashed';
+  if (code === 'engine_unavailable') return 'engine_unavailable';
   return 'generation_failed';
 }
 

@@ -34,6 +34,7 @@ import type { WarmModes } from './mode-warmup.ts';
 import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.ts';
 import {
   ControlImageError,
+  type ExecutorCapabilities,
   type LoraInfo,
   type LoraScan,
   type LoraSelection,
@@ -333,8 +334,9 @@ export class GenerationService {
     try {
       this.#refuseWhileDraining();
       const parsed = parseGenerateInput(input, this.catalog);
-      const request: GenerationRequest = { ...parsed, loras: await this.#lorasOf(parsed) };
       const source = input.controlImage ?? undefined; // a validated string by now
+      checkCapabilities(this.catalog.capabilities, parsed, source !== undefined);
+      const request: GenerationRequest = { ...parsed, loras: await this.#lorasOf(parsed) };
       this.#checkControlPresence(request.loras ?? [], source !== undefined);
       const controlImage = source === undefined ? undefined : await this.#loadControlImage(source, options.signal);
       // The client left while its request was loading (a control image download): it gets no job.
@@ -610,4 +612,19 @@ function checkLoraName(name: string): void {
 /** Creates the service (the image directory is created if needed). */
 export function createGenerationService(options: GenerationServiceOptions): Promise<GenerationService> {
   return GenerationService.create(options);
+}
+
+/**
+ * Refuses what the engine does not run, from its declared capabilities (modes and sizes are checked by the
+ * catalogue's ids and limits): a LoRA set on an engine without LoRA, a control image on one without control.
+ * @throws LoraRequestError (`unsupported`), ValidationError (`controlImage`, code `unsupported`)
+ */
+function checkCapabilities(caps: ExecutorCapabilities, request: GenerationRequest, hasControlImage: boolean): void {
+  const first = request.loras?.[0];
+  if (!caps.lora && first) {
+    throw new LoraRequestError('unsupported', 'this engine does not run LoRAs (the ONNX engine does)', first.name);
+  }
+  if (!caps.control && hasControlImage) {
+    throw new ValidationError('controlImage', 'this engine has no control-image path', 'unsupported');
+  }
 }

@@ -11,7 +11,7 @@ import { type Job, JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
 import { type WarmModes, warmOrder } from './mode-warmup.ts';
-import type { LoraInfo, LoraSelection, StepExecutor } from './pipeline.ts';
+import type { LoraAdminPort, LoraInfo, LoraSelection, StepExecutor } from './pipeline.ts';
 import type { EngineOffer, JobBackend, LoraControl, ServedEngine } from './ports.ts';
 import { Scheduler } from './scheduler.ts';
 
@@ -33,7 +33,7 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
   const store = new JobStore(o.maxFinishedJobs);
   const hub = new JobEventHub();
   const info = o.executor.info();
-  const warm = warmOrder(info.modes, o.defaultSize, o.warmModes);
+  const warm = warmOrder(info.capabilities.modes, o.defaultSize, o.warmModes);
   const scheduler = new Scheduler({
     warmModes: warm,
     executor: o.executor,
@@ -54,13 +54,31 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
     help: 'ONNX Runtime sessions created since start (LoRA switches add none)',
     registers: [o.metrics.registry],
     async collect() {
-      const stats = await o.executor.stats().catch(() => undefined);
+      const stats = await o.executor.stats?.().catch(() => undefined);
       if (stats) this.set(stats.sessionsCreated);
+    },
+  });
+  new Gauge({
+    name: 'fluxql_engine_ready',
+    help: '1 while the engine process is up, 0 while it is down (crashed, restarting)',
+    registers: [o.metrics.registry],
+    collect() {
+      this.set(o.executor.health?.().ready === false ? 0 : 1);
+    },
+  });
+  new Gauge({
+    name: 'fluxql_engine_exits',
+    help: 'Engine processes that ended unasked (crash, kill) since start',
+    registers: [o.metrics.registry],
+    async collect() {
+      const stats = await o.executor.stats?.().catch(() => undefined);
+      if (stats?.engineExits !== undefined) this.set(stats.engineExits);
     },
   });
   let closed = false;
   return {
-    loras: createLoraControl(o.executor, offer.info.packedChannels),
+    // Only an engine with the LoRA port (capabilities.lora) has LoRA management.
+    ...(o.executor.loraAdmin ? { loras: createLoraControl(o.executor.loraAdmin, offer.info.packedChannels) } : {}),
     // A call into the worker: it answers between engine runs.
     ...(o.executor.modePlans ? { modePlans: () => o.executor.modePlans?.() ?? Promise.resolve({}) } : {}),
     jobs: {
@@ -83,10 +101,13 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
       subscribe: async (jobId, listener) => hub.listen(jobId, listener),
     },
     offer: () => offer,
-    // Ready once the default mode is warm; the other modes may still be warming (their jobs wait for them).
+    // Not ready while the engine process is down (a supervised engine restarting after a crash), nor until the
+    // default mode is warm; the other modes may still be warming (their jobs wait for them).
     health() {
       if (closed) return { ready: false, reason: 'shutting down' };
       const modes = scheduler.modeStates();
+      const engine = o.executor.health?.() ?? { ready: true };
+      if (!engine.ready) return { ready: false, reason: engine.reason ?? 'the engine is down', modes };
       const waiting = warm[0] !== undefined && !scheduler.isModeReady(warm[0]);
       return waiting ? { ready: false, reason: `warming the default mode ${warm[0]}`, modes } : { ready: true, modes };
     },
@@ -99,11 +120,11 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
 }
 
 /**
- * LoRA management over the executor. Changes of the default set run one at a time, and the set is mirrored here
+ * LoRA management over the executor's LoRA port. Changes of the default set run one at a time, and the set is mirrored here
  * after each (the executor starts with an empty one), so `submit` reads it without a call into the busy worker.
  * Likewise which LoRAs are control LoRAs (an input wider than the latents' `baseChannels`), from the metadata seen.
  */
-function createLoraControl(ex: StepExecutor, baseChannels: number): LoraControl {
+function createLoraControl(ex: LoraAdminPort, baseChannels: number): LoraControl {
   let defaults: LoraSelection[] = [];
   const widens = new Map<string, boolean>();
   const remember = (info: LoraInfo) => {

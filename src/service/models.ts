@@ -6,7 +6,13 @@ import { sizeOfMode } from '../shared/vocabulary/index.ts';
 import { UnknownModelError } from './errors.ts';
 import type { ModePlanSummary, ModeQuality, ModeResults } from './mode-results.ts';
 import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './model-specs.ts';
-import { type BenchmarkLatency, LORA_FORMATS, MAX_LORA_RANK, type ModelInfo } from './pipeline.ts';
+import {
+  type BenchmarkLatency,
+  type ExecutorCapabilities,
+  LORA_FORMATS,
+  MAX_LORA_RANK,
+  type ModelInfo,
+} from './pipeline.ts';
 
 /** Request limits every mode shares. */
 export interface GenerationLimits {
@@ -85,6 +91,8 @@ export function modelId(mode: string, batch: number): string {
 export class ModelCatalog {
   readonly entries: readonly ModelEntry[];
   readonly default: ModelEntry;
+  /** What the engines run; requests are checked against it (`GenerationService.submit`). */
+  readonly capabilities: ExecutorCapabilities;
 
   constructor(
     info: ModelInfo,
@@ -96,8 +104,15 @@ export class ModelCatalog {
       modeResults?: ModeResults;
     },
   ) {
-    const limits: GenerationLimits = { ...DEFAULT_LIMITS, maxImages: options.batchSize, ...options.limits };
-    this.entries = info.modes.map((mode) => {
+    const configured: GenerationLimits = { ...DEFAULT_LIMITS, maxImages: options.batchSize, ...options.limits };
+    // The engine's declared capabilities cap the configured limits (e.g. a largest side).
+    const limits: GenerationLimits = {
+      ...configured,
+      maxSide: Math.min(configured.maxSide, info.capabilities.maxSide),
+    };
+    const caps = info.capabilities;
+    this.capabilities = caps;
+    this.entries = caps.modes.map((mode) => {
       const recorded = options.modeResults?.forMode(info.name, mode);
       return {
         id: modelId(mode, options.batchSize),
@@ -114,8 +129,8 @@ export class ModelCatalog {
         quality: recorded?.quality ?? null,
         plan: recorded?.plan ?? null,
         limits,
-        loraRanks: [1, MAX_LORA_RANK],
-        loraFormats: [...LORA_FORMATS],
+        loraRanks: caps.lora ? [1, MAX_LORA_RANK] : [],
+        loraFormats: caps.lora ? LORA_FORMATS.filter((f) => caps.control || f !== 'bfl-control') : [],
       };
     });
     const byDefault = this.entries.find((e) => e.isDefault);

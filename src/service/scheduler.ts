@@ -231,7 +231,7 @@ export class Scheduler {
         mode: r.model.mode,
         // The job's own set; absent (only for jobs recorded before LoRA support) means the engine's default set.
         ...(r.loras ? { loras: r.loras } : {}),
-        // One image object for every sample of the job: it crosses to a worker thread once.
+        // One image object for every sample of the job: it crosses to the engine process once.
         ...(control ? { controlImage: control } : {}),
       }));
       admitted.push({ job, key: entry.key, requests });

@@ -1,12 +1,12 @@
 /**
- * The server's executor: the pipeline in a worker thread. The main thread's event loop keeps turning while the
- * worker computes, and typed errors survive the thread boundary.
+ * The server's executor: the pipeline in a supervised engine child process. The server's event loop keeps turning
+ * while the engine computes, and typed errors survive the process boundary.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createFluxExecutor, type StepExecutor } from '../../src/pipeline/index.ts';
+import { createFluxExecutor, type SupervisedExecutor } from '../../src/pipeline/index.ts';
 import { MODEL_DIR } from '../helpers/paths.ts';
 
-let ex: StepExecutor;
+let ex: SupervisedExecutor;
 beforeAll(async () => {
   ex = await createFluxExecutor({ modelDir: MODEL_DIR, maxBatch: 4 });
 });
@@ -15,10 +15,11 @@ afterAll(async () => ex?.close());
 describe('createFluxExecutor', () => {
   it('reports the model and its modes', () => {
     expect(ex.info()).toMatchObject({ name: 'flux-tiny', packedChannels: 64, pixelsPerToken: 16, device: 'cpu' });
-    expect(ex.info().modes).toContain('original');
+    expect(ex.info().capabilities).toMatchObject({ lora: true, control: true, maxBatch: 4 });
+    expect(ex.info().capabilities.modes).toContain('original');
   });
 
-  it('runs prepare → step → decode across the thread boundary with previews', async () => {
+  it('runs prepare → step → decode across the process boundary with previews', async () => {
     const [h] = await ex.prepare([{ prompt: 'a cat', height: 64, width: 32, steps: 2, guidanceScale: 3.5, seed: 1 }]);
     const r1 = await ex.step([h!], { preview: true });
     expect(r1[0]).toMatchObject({ handle: h, step: 1, totalSteps: 2 });
@@ -54,19 +55,20 @@ describe('createFluxExecutor', () => {
 
   it("carries a LoraError's code, LoRA name and the unchanged default set across the boundary", async () => {
     // This executor has no LORA_DIR: every LoRA is `not_found`, and nothing changes.
-    expect(await ex.loras()).toEqual({ loras: [], invalid: [] });
-    await expect(ex.loadLora('style', 1)).rejects.toMatchObject({
+    const port = ex.loraAdmin!;
+    expect(await port.loras()).toEqual({ loras: [], invalid: [] });
+    await expect(port.loadLora('style', 1)).rejects.toMatchObject({
       name: 'LoraError',
       code: 'not_found',
       lora: 'style',
     });
-    await expect(ex.checkLoras([{ name: 'style', strength: 1 }])).rejects.toMatchObject({ code: 'not_found' });
-    expect(await ex.activeLoras()).toEqual([]);
-    expect(await ex.unloadLora('style')).toBe(false);
+    await expect(port.checkLoras([{ name: 'style', strength: 1 }])).rejects.toMatchObject({ code: 'not_found' });
+    expect(await port.activeLoras()).toEqual([]);
+    expect(await port.unloadLora('style')).toBe(false);
     expect((await ex.stats()).sessionsCreated).toBeGreaterThan(0);
   });
 
-  it('moves a control image buffer to the worker (one shared by two samples too) and copies one it cannot move', async () => {
+  it('sends a control image to the engine (one shared by two samples too), leaving the caller its copy', async () => {
     const request = (controlImage: { width: number; height: number; data: Uint8Array }, seed: number) => ({
       prompt: 'x',
       height: 64,
@@ -76,15 +78,15 @@ describe('createFluxExecutor', () => {
       seed,
       controlImage,
     });
-    // No control LoRA in the set, so the worker refuses it, typed, after receiving it.
+    // No control LoRA in the set, so the engine refuses it, typed, after receiving it.
     const own = { width: 2, height: 2, data: new Uint8Array(12).fill(9) };
     await expect(ex.prepare([request(own, 1), request(own, 2)])).rejects.toMatchObject({
       name: 'ControlImageError',
       code: 'unexpected',
       param: 'controlImage',
     });
-    expect(own.data.byteLength).toBe(0); // transferred: detached here
-    // A view into a larger buffer (e.g. Node's Buffer pool) is copied, and left intact.
+    expect(own.data.byteLength).toBe(12); // copied into the frame: the caller's pixels stay
+    // A view into a larger buffer (e.g. Node's Buffer pool) travels as its own bytes only.
     const pooled = Buffer.from('0123456789abcdef0123456789abcdef');
     const view = { width: 2, height: 2, data: pooled.subarray(4, 16) };
     await expect(ex.prepare([request(view, 1)])).rejects.toMatchObject({ code: 'unexpected' });

@@ -5,7 +5,7 @@
  * Heads are kept in `[B, H, N, Dh]` layout from the moment they are split: RMSNorm works on the last axis either way,
  * the RoPE tables `[S, Dh]` then broadcast over `[B, H]` without any reshape, and SDPA wants this layout anyway.
  */
-import { reshape, rmsNorm, sdpa } from '../onnx/nn.ts';
+import { reshape, rmsNorm, sdpaChunked } from '../onnx/nn.ts';
 import { readChecked } from './checked-weights.ts';
 import type { TransformerContext } from './transformer-layers.ts';
 
@@ -47,7 +47,7 @@ export function applyRope(ctx: TransformerContext, x: string): string {
  */
 export function attend(ctx: TransformerContext, q: string, k: string, v: string): string {
   const { b, cfg } = ctx;
-  const out = sdpa(b, q, k, v, 1 / Math.sqrt(cfg.headDim)); // [B, H, S, Dh]
+  const out = sdpaChunked(b, q, k, v, 1 / Math.sqrt(cfg.headDim), ctx.attentionQueryChunks ?? 1); // [B, H, S, Dh]
   const tokensFirst = b.op('Transpose', [out], { perm: [0, 2, 1, 3] }); // [B, S, H, Dh]
   return reshape(b, tokensFirst, [0, 0, -1]);
 }

@@ -36,6 +36,8 @@ export interface BuildContext {
   readonly precomputed?: ReadonlyMap<string, string>;
   /** XL: GELU(tanh) as ORT's `com.microsoft` FastGelu kernel (same formula), see {@link gelu}. */
   readonly fastGelu?: boolean;
+  /** Query blocks of the reference attention (`sdpaChunked` in `attend`). @default 1 */
+  readonly attentionQueryChunks?: number;
 }
 
 /** Everything the block builders share: the {@link BuildContext} plus graph values computed once up front. */

@@ -55,6 +55,7 @@ function baseContext(
     fuse: options.fuseProjections ?? false,
     linearLayers: [],
     normWeight: options.normWeightPolicy,
+    attentionQueryChunks: options.attentionQueryChunks ?? 1,
   };
 }
 

@@ -39,6 +39,8 @@ import { applyLinear, type BuildContext, FLUX_NORM_EPS, type TransformerContext 
 
 /** How to build the transformer graph (the XL switches `fusedAttention`, `precomputeModulation`: `transformer-fused.ts`). */
 export interface TransformerGraphOptions extends FusedGraphOptions {
+  /** Query blocks of the reference attention (see `sdpaChunked`): same result, 1/N of its memory. @default 1 */
+  attentionQueryChunks?: number;
   /** Emits every Linear layer. @default plainLinear (float32 MatMul) */
   linearPolicy?: LinearPolicy;
   /**
@@ -114,6 +116,7 @@ export function buildTransformerGraph(
     fuse: options.fuseProjections ?? false,
     linearLayers: [],
     normWeight: options.normWeightPolicy,
+    attentionQueryChunks: options.attentionQueryChunks ?? 1,
   };
   const spec = (name: string, outFeatures: number, inFeatures: number) => ({ name, outFeatures, inFeatures });
 

@@ -9,7 +9,7 @@
  * module name, so initializer `decoder.conv_in/weight` holds `decoder.conv_in.weight`.
  */
 import type { GraphBuilder } from '../onnx/graph-builder.ts';
-import { type LinearWeights, linear, reshape, sdpa, silu, type WeightReader } from '../onnx/nn.ts';
+import { type LinearWeights, linear, reshape, sdpaChunked, silu, type WeightReader } from '../onnx/nn.ts';
 
 /** GroupNorm epsilon of every norm in the FLUX VAE (diffusers passes `resnet_eps=1e-6`). */
 export const VAE_NORM_EPS = 1e-6;
@@ -116,8 +116,9 @@ export function resnetBlock(
  * GroupNorm → tokens `[B, H·W, C]` → to_q/to_k/to_v → softmax(q·kᵀ/√C)·v → to_out.0 → back to NCHW, plus `x`.
  *
  * Cost: the score matrix is `[B, 1, H·W, H·W]`. At FLUX.1-dev's 1024² output the latent grid is 128², i.e. 16384
- * tokens and a 16384² float32 matrix of 1 GiB per sample — correct but heavy for ORT, which materialises it; the
- * native CUDA engine computes this attention flash-style instead.
+ * tokens and a 16384² float32 matrix of 1 GiB per sample, which ORT materialises (with its softmax, 2 GiB; 8 GiB for
+ * a batch of 4). `queryChunks` > 1 computes it in blocks of queries ({@link sdpaChunked}: the same numbers, one
+ * block's scores at a time). The native CUDA engine computes this attention flash-style instead.
  */
 export function midAttention(
   b: GraphBuilder,
@@ -126,6 +127,7 @@ export function midAttention(
   prefix: string,
   channels: number,
   groups: number,
+  queryChunks = 1,
 ): string {
   // Each projection is a Linear [C, C] with bias (BFL's 1×1 convs arrive squeezed through the weight mapping).
   const proj = (name: string): LinearWeights => ({
@@ -146,7 +148,7 @@ export function midAttention(
     const q = reshape(b, linear(b, tokens, toQ, 'to_q'), [0, 1, -1, channels]);
     const k = reshape(b, linear(b, tokens, toK, 'to_k'), [0, 1, -1, channels]);
     const v = reshape(b, linear(b, tokens, toV, 'to_v'), [0, 1, -1, channels]);
-    const attn = reshape(b, sdpa(b, q, k, v, 1 / Math.sqrt(channels)), [0, -1, channels]); // [B, H·W, C]
+    const attn = reshape(b, sdpaChunked(b, q, k, v, 1 / Math.sqrt(channels), queryChunks), [0, -1, channels]); // [B, H·W, C]
     const out = linear(b, attn, toOut, 'to_out.0');
     // [B, H·W, C] → [B, C, H·W] → [B, C, H, W] (the shape of x), then the residual.
     const spatial = b.op('Reshape', [b.op('Transpose', [out], { perm: [0, 2, 1] }), b.op('Shape', [x])]);

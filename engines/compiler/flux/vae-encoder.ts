@@ -51,6 +51,8 @@ export interface VaeEncoderGraphOptions {
    * sample the latent rather than take its mean). @default false
    */
   withLogvar?: boolean;
+  /** Query blocks of the mid-block attention (`midAttention`): same result, 1/N of its memory. @default 1 */
+  attentionQueryChunks?: number;
 }
 
 /** diffusers clamps the log-variance to this range before taking `std = exp(logvar / 2)`. */
@@ -171,7 +173,9 @@ export function buildVaeEncoderGraph(
   }
 
   h = resnetBlock(b, w, h, `${p}mid_block.resnets.0`, top, top, groups);
-  if (config.midBlockAddAttention) h = midAttention(b, w, h, `${p}mid_block.attentions.0`, top, groups);
+  if (config.midBlockAddAttention) {
+    h = midAttention(b, w, h, `${p}mid_block.attentions.0`, top, groups, options.attentionQueryChunks);
+  }
   h = resnetBlock(b, w, h, `${p}mid_block.resnets.1`, top, top, groups);
 
   // [B, top, h, w] → moments [B, 2L, h, w] → mean [B, L, h, w], logvar [B, L, h, w]

@@ -71,7 +71,15 @@ export interface GraphDescriptor {
 export interface VaeDecoderGraphOptions {
   /** Prefix of the decoder's tensors in the weight source. @default 'decoder.' (a whole AutoencoderKL checkpoint) */
   prefix?: string;
+  /** Query blocks of the mid-block attention (`midAttention`): same result, 1/N of its memory. @default 1 */
+  attentionQueryChunks?: number;
 }
+
+/**
+ * Query blocks the compiled VAE graphs (decoder and encoder) split their mid-block attention into: at 1024² one
+ * block's scores are 64 MiB per sample instead of 1 GiB.
+ */
+export const VAE_ATTENTION_QUERY_CHUNKS = 16;
 
 function positiveInt(json: Record<string, unknown>, key: string, fallback?: number): number {
   const v = json[key] ?? fallback;
@@ -202,7 +210,9 @@ export function buildVaeDecoderGraph(
   let h = conv2d(b, w, latent, `${p}conv_in`, config.latentChannels, top, 3);
 
   h = resnetBlock(b, w, h, `${p}mid_block.resnets.0`, top, top, groups);
-  if (config.midBlockAddAttention) h = midAttention(b, w, h, `${p}mid_block.attentions.0`, top, groups);
+  if (config.midBlockAddAttention) {
+    h = midAttention(b, w, h, `${p}mid_block.attentions.0`, top, groups, options.attentionQueryChunks);
+  }
   h = resnetBlock(b, w, h, `${p}mid_block.resnets.1`, top, top, groups);
 
   // up_blocks.i: [B, prev, s, s] → [B, out, 2s, 2s] (no upsampling in the last block).

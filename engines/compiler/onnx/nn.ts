@@ -129,3 +129,25 @@ export function sdpa(b: GraphBuilder, q: string, k: string, v: string, scale: nu
   const scores = b.op('MatMul', [b.op('Mul', [q, b.constF32(scale)]), kt]); // [B, H, Sq, Sk]
   return b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), v]);
 }
+
+/**
+ * {@link sdpa} computed in `chunks` blocks of queries: block i holds query rows `[⌊i·Sq/K⌋, ⌊(i+1)·Sq/K⌋)` (bounds
+ * from the runtime `Sq`, so any size works; a block may be empty when Sq < K). Softmax is per query row, so the
+ * result equals {@link sdpa}'s; but only one `[B, H, Sq/K, Sk]` score block lives at a time instead of the whole
+ * `[B, H, Sq, Sk]` matrix (1 GiB per sample for the VAE's 128² latent grid at 1024²). ORT runs the blocks one after
+ * the other (they are emitted in order and nothing joins them before the final Concat), reusing one buffer.
+ */
+export function sdpaChunked(b: GraphBuilder, q: string, k: string, v: string, scale: number, chunks: number): string {
+  if (chunks <= 1) return sdpa(b, q, k, v, scale);
+  const kt = b.op('Transpose', [k], { perm: [0, 1, 3, 2] }); // [B, H, D, Sk]
+  const qs = b.op('Mul', [q, b.constF32(scale)]); // [B, H, Sq, D]
+  const sq = b.op('Slice', [b.op('Shape', [q]), b.constI64([2]), b.constI64([3])]); // [1] int64: Sq
+  const bound = (i: number) => b.op('Div', [b.op('Mul', [sq, b.constI64([i])]), b.constI64([chunks])]);
+  const outs: string[] = [];
+  for (let i = 0; i < chunks; i++) {
+    const qi = b.op('Slice', [qs, bound(i), bound(i + 1), b.constI64([2])]); // [B, H, Sq_i, D]
+    const scores = b.op('MatMul', [qi, kt]); // [B, H, Sq_i, Sk]
+    outs.push(b.op('MatMul', [b.op('Softmax', [scores], { axis: -1 }), v])); // [B, H, Sq_i, D]
+  }
+  return b.op('Concat', outs, { axis: 2 });
+}

@@ -1,6 +1,6 @@
 /**
  * @file The in-thread {@link StepExecutor} over a {@link FluxPipeline}: keeps each prepared sample's state under an
- * opaque handle. `worker-executor.ts` hosts one of these in a worker thread for the server.
+ * opaque handle. `engine-process/host.ts` hosts one of these in the server's engine child process.
  */
 import {
   type ModelInfo,
@@ -21,6 +21,12 @@ import { FluxPipeline, type FluxPipelineOptions } from './pipeline.ts';
 import { latentPreviewRgb } from './preview.ts';
 import type { SampleState } from './sample-state.ts';
 
+/**
+ * Largest side the ORT pipeline declares: its attention is query-chunked, but the transformer's and VAE's work
+ * still grows with the pixel count. The service's own limit (1280 by default) applies as well.
+ */
+const MAX_SIDE = 2048;
+
 /** Options of {@link createInThreadExecutor}. */
 export interface FluxExecutorOptions extends FluxPipelineOptions {
   /** Model repository (diffusers folder or BFL files). */
@@ -40,12 +46,18 @@ export async function createInThreadExecutor(
   const info: ModelInfo = {
     name: pipeline.source.name,
     path: pipeline.source.path,
-    modes: pipeline.source.modes,
+    capabilities: {
+      modes: pipeline.source.modes,
+      lora: true,
+      control: true,
+      maxSide: MAX_SIDE,
+      maxBatch: options.maxBatch ?? 4,
+    },
     device: options.provider ?? 'cpu',
     packedChannels: manifest.config.inChannels,
     pixelsPerToken: manifest.config.vaeScaleFactor * 2,
-    maxBatch: options.maxBatch ?? 4,
   };
+  const modes = info.capabilities.modes;
   // The mode a default-set change is checked on: the first one loaded at start.
   const loraCheckMode = options.modes?.[0] ?? 'original';
   const states = new Map<SampleHandle, SampleState>();
@@ -59,7 +71,7 @@ export async function createInThreadExecutor(
     pipeline,
     info: () => info,
     async prepare(requests: SampleRequest[]): Promise<SampleHandle[]> {
-      for (const r of requests) checkMode(r.mode || undefined, info.modes);
+      for (const r of requests) checkMode(r.mode || undefined, modes);
       const prepared = await pipeline.prepare(requests);
       for (const s of prepared) states.set(s.id, s);
       return prepared.map((s) => s.id);
@@ -86,33 +98,35 @@ export async function createInThreadExecutor(
       states.clear();
       await pipeline.close();
     },
-    loras: async () => pipeline.loras.scan(),
-    async checkLoras(set, mode = loraCheckMode): Promise<LoraInfo[]> {
-      checkMode(mode, info.modes);
-      const infos = set.map((s) => pipeline.loras.info(s.name));
-      // Builds (and caches) the set's feeds on the mode's LoRA engine: strengths, duplicates, engine support.
-      await pipeline.loraFeeds(
-        mode,
-        set.map((s, i) => ({ name: infos[i]!.name, strength: s.strength })),
-      );
-      return infos;
+    loraAdmin: {
+      loras: async () => pipeline.loras.scan(),
+      async checkLoras(set, mode = loraCheckMode): Promise<LoraInfo[]> {
+        checkMode(mode, modes);
+        const infos = set.map((s) => pipeline.loras.info(s.name));
+        // Builds (and caches) the set's feeds on the mode's LoRA engine: strengths, duplicates, engine support.
+        await pipeline.loraFeeds(
+          mode,
+          set.map((s, i) => ({ name: infos[i]!.name, strength: s.strength })),
+        );
+        return infos;
+      },
+      async loadLora(name, strength): Promise<LoraInfo> {
+        const manager = pipeline.loras;
+        const lora = manager.info(name);
+        // Check the default set as it would become (e.g. two control LoRAs replacing one norm) before changing it.
+        const current = manager.activeSet();
+        const next: LoraSelection[] = current.some((s) => s.name === lora.name)
+          ? current.map((s) => (s.name === lora.name ? { name: s.name, strength } : s))
+          : [...current, { name: lora.name, strength }];
+        await pipeline.loraFeeds(loraCheckMode, next);
+        return manager.load(lora.name, strength);
+      },
+      unloadLora: async (name) => pipeline.loras.unload(name),
+      activeLoras: async () => pipeline.loras.activeSet(),
     },
-    async loadLora(name, strength): Promise<LoraInfo> {
-      const manager = pipeline.loras;
-      const lora = manager.info(name);
-      // Check the default set as it would become (e.g. two control LoRAs replacing one norm) before changing it.
-      const current = manager.activeSet();
-      const next: LoraSelection[] = current.some((s) => s.name === lora.name)
-        ? current.map((s) => (s.name === lora.name ? { name: s.name, strength } : s))
-        : [...current, { name: lora.name, strength }];
-      await pipeline.loraFeeds(loraCheckMode, next);
-      return manager.load(lora.name, strength);
-    },
-    unloadLora: async (name) => pipeline.loras.unload(name),
-    activeLoras: async () => pipeline.loras.activeSet(),
     stats: async () => ({ sessionsCreated: pipeline.sessionsCreated }),
     async warm(mode: string): Promise<void> {
-      checkMode(mode, info.modes);
+      checkMode(mode, modes);
       await pipeline.engine(mode);
     },
     // Reads the plan cache (what the planned modes' engines are compiled from); never plans or compiles.
@@ -120,7 +134,7 @@ export async function createInThreadExecutor(
       const plans = cachedPlans(pipeline, options.cacheDir ?? defaultCacheDir());
       return Object.fromEntries(
         Object.entries(plans)
-          .filter(([mode]) => info.modes.includes(mode))
+          .filter(([mode]) => modes.includes(mode))
           .map(([mode, plan]) => [
             mode,
             plan.entries.map((e) => ({ layer: e.layer, algorithm: e.algorithm, error: e.error, gainMs: e.gainMs })),

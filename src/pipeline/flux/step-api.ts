@@ -272,7 +272,9 @@ export class FluxSteps {
   /** Decodes finished samples; returns `[3, H, W]` float images in [0,1], in input order. */
   async decode(samples: SampleState[]): Promise<Float32Array[]> {
     const result = new Map<SampleState, Float32Array>();
-    for (const group of groupBy(samples, decodeGroupKey)) {
+    // One sample per VAE run: its full-resolution activations are the largest buffers of a generation (ORT's
+    // arena keeps what the largest run needed), and per-sample runs cost no more compute than a batched one.
+    for (const group of groupBy(samples, decodeGroupKey).flatMap((g) => g.map((s) => [s]))) {
       const { sessions, manifest } = await this.engines.engine(group[0]!.request.mode ?? REFERENCE_MODE);
       const { h, w } = group[0]!.grid;
       const b = group.length;

@@ -11,8 +11,8 @@
  */
 import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
+import { encodeFrame, type Frame, FrameDecoder, type FrameHeader } from '../process/frames.ts';
 import { CudaEngineError, CudaEngineExitedError } from './errors.ts';
-import { encodeFrame, type Frame, FrameDecoder, type FrameHeader } from './frames.ts';
 import type { CudaLoadSpec } from './load-spec.ts';
 
 /** Numeric precision of a loaded model. */

@@ -3,6 +3,16 @@
  * Runtime layer: imports nothing above `src/shared/`; the pipeline's `cuda-executor.ts` adapts it to the
  * step-level executor contract. Kept out of `../index.ts` so that a CUDA server does not load onnxruntime-node.
  */
+
+export {
+  encodeFrame,
+  FRAME_PREFIX_BYTES,
+  type Frame,
+  FrameDecoder,
+  FrameError,
+  type FrameHeader,
+  MAX_HEADER_BYTES,
+} from '../process/frames.ts';
 export {
   CudaEngineClient,
   type CudaEngineClientOptions,
@@ -13,13 +23,4 @@ export {
   type CudaProgress,
 } from './engine-client.ts';
 export { CudaEngineError, CudaEngineExitedError } from './errors.ts';
-export {
-  encodeFrame,
-  FRAME_PREFIX_BYTES,
-  type Frame,
-  FrameDecoder,
-  FrameError,
-  type FrameHeader,
-  MAX_HEADER_BYTES,
-} from './frames.ts';
 export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';

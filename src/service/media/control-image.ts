@@ -109,8 +109,8 @@ export async function decodeImageBytes(bytes: Uint8Array, options: ControlImageO
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
-    // A copy into an ArrayBuffer of its own: sharp's is external memory, which cannot be transferred to the
-    // pipeline's worker thread (see worker-executor.ts), only copied again there.
+    // A copy into an ArrayBuffer of its own: sharp's buffer is external memory pinned by sharp; the job keeps only
+    // plain pixels until the engine process receives them.
     return { width: info.width, height: info.height, data: new Uint8Array(data) };
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);

@@ -17,6 +17,8 @@ export interface WorkerAdvert {
   info: ModelInfo;
   batchSize: number;
   defaultSize: string;
+  /** False while the worker's engine process is down (it takes no jobs then); absent in older adverts: up. */
+  engineReady?: boolean;
   /** `Date.now()` of the last heartbeat. */
   at: number;
 }

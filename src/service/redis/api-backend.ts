@@ -82,10 +82,16 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
         offer = next;
         offerKey = key;
       }
+      // A worker whose engine process is down (restarting after a crash) is alive but takes no jobs.
+      const up = adverts.filter((a) => a.engineReady !== false).length;
       health =
-        adverts.length > 0
-          ? { ready: true, workers: adverts.length }
-          : { ready: false, workers: 0, reason: 'no engine worker is alive' };
+        up > 0
+          ? { ready: true, workers: up }
+          : {
+              ready: false,
+              workers: 0,
+              reason: adverts.length > 0 ? 'no engine worker has its engine up' : 'no engine worker is alive',
+            };
     } catch (err) {
       health = { ready: false, reason: `Redis at ${where} is unreachable: ${(err as Error).message}` };
     }

@@ -12,7 +12,7 @@
  * - A record already terminal is never run again (a duplicate delivery returns at once).
  */
 import { hostname } from 'node:os';
-import { type Job as BullJob, Worker } from 'bullmq';
+import { type Job as BullJob, WaitingError, Worker } from 'bullmq';
 import { ImageStore, type ImageStoreOptions } from '../image-store.ts';
 import { finishJob, isTerminalEvent, type JobEvent, JobEventHub } from '../job-events.ts';
 import type { ServiceLogger } from '../job-log.ts';
@@ -66,7 +66,7 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   const hub = new JobEventHub();
   const images = await ImageStore.create(o.images);
   const scheduler = new Scheduler({
-    warmModes: warmOrder(o.executor.info().modes, o.defaultSize, o.warmModes),
+    warmModes: warmOrder(o.executor.info().capabilities.modes, o.defaultSize, o.warmModes),
     executor: o.executor,
     store,
     events: hub,
@@ -82,6 +82,8 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
 
   // Cancellation requests from API nodes, for jobs this worker holds.
   const cancels = createRedis(o.url, { subscriber: true, onError });
+  /** True while the engine is down (see below). */
+  let paused = false;
   cancels.on('message', (_channel: string, jobId: string) => {
     const job = store.get(jobId);
     if (!job || isTerminal(job)) return;
@@ -98,6 +100,7 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
       info: o.executor.info(),
       batchSize: o.batchSize,
       defaultSize: o.defaultSize,
+      engineReady: o.executor.health?.().ready ?? true,
       at: Date.now(),
     } satisfies WorkerAdvert);
   await client.hset(keys.workers, id, advert());
@@ -106,7 +109,15 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   }, HEARTBEAT_MS);
   heartbeat.unref();
 
-  const run = (bullJob: BullJob) => runJob(bullJob, { o, keys, client, records, store, hub, scheduler });
+  const run = async (bullJob: BullJob, token?: string) => {
+    if (paused) {
+      // Pausing cannot stop the fetch already blocked in Redis: it may hand over one job. Give it back at once for
+      // a worker whose engine is up (WaitingError: BullMQ leaves the job in wait).
+      await bullJob.moveToWait(token);
+      throw new WaitingError();
+    }
+    return runJob(bullJob, { o, keys, client, records, store, hub, scheduler });
+  };
   const worker = new Worker(keys.queue, run, {
     connection: bullConnection(o.url, true),
     name: id,
@@ -121,12 +132,30 @@ export async function startRedisWorker(o: RedisWorkerOptions): Promise<RunningWo
   worker.on('failed', (job, err) => o.log(`job ${job?.id ?? '?'} failed in BullMQ`, err));
   await worker.waitUntilReady();
 
+  // While the engine process is down (crashed, restarting) take no jobs: BullMQ stops fetching, so the queue's jobs
+  // go to other workers or wait; the jobs this worker holds fail (`engine_crashed`) or wait for the engine inside
+  // the scheduler. Taking jobs resumes when the engine is back. Adverts carry the state at once.
+  const unwatch = o.executor.onHealth?.((h) => {
+    if (closing) return;
+    if (!h.ready && !paused) {
+      paused = true;
+      o.log(`engine down (${h.reason ?? 'no reason given'}): worker ${id} stops taking jobs`);
+      void worker.pause(true).catch((err) => o.log('pausing the BullMQ worker failed', err));
+    } else if (h.ready && paused) {
+      paused = false;
+      o.log(`engine back: worker ${id} takes jobs again`);
+      void worker.resume();
+    }
+    client.hset(keys.workers, id, advert()).catch(() => {});
+  });
+
   let closing: Promise<void> | undefined;
   return {
     id,
     close: () => {
       closing ??= (async () => {
         clearInterval(heartbeat);
+        unwatch?.();
         await worker.close();
         await scheduler.close();
         await o.executor.close();
@@ -188,7 +217,8 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     await chain;
     return { status: job.status };
   }
-  if (bullJob.attemptsStarted > 1) {
+  // Started before (a job handed back unstarted by a worker whose engine was down is not a retry).
+  if (bullJob.attemptsStarted > 1 && record.startedAt) {
     mirror({
       type: 'retrying',
       jobId,

@@ -61,11 +61,10 @@ describe('CUDA benchmark rows', () => {
       {
         name: 'flux-tiny',
         path: EMBEDDED_MODEL_DIR,
-        modes: ['original'],
+        capabilities: { modes: ['original'], lora: false, control: false, maxSide: 2048, maxBatch: 4 },
         device: 'cuda: NVIDIA H100 80GB HBM3 (bf16)',
         packedChannels: 64,
         pixelsPerToken: 16,
-        maxBatch: 4,
         benchmarks,
       },
       { batchSize: 4, defaultSize: 'original' },

@@ -124,6 +124,23 @@ describe('VAE decoder graph (flux-tiny vs diffusers)', () => {
     expect(externalBytes).toBeGreaterThan(100_000); // the conv weights, not inlined in the protobuf
   });
 
+  it('computes the mid-block attention in query blocks with the same result, empty blocks included', async () => {
+    // 16 blocks over 96 tokens (6 each) and 200 blocks over 96 tokens (most of them empty).
+    const latent = Float32Array.from({ length: 2 * 16 * 8 * 12 }, (_, i) => Math.sin(i * 0.37));
+    const reference = await decode(latent, 2, 8, 12);
+    for (const chunks of [16, 200]) {
+      const file = join(dir, `vae_chunked_${chunks}.onnx`);
+      const b = new GraphBuilder({ name: 'vae_decoder' });
+      buildVaeDecoderGraph(b, weights, vaeDecoderConfigFromJson(vaeJson), { attentionQueryChunks: chunks });
+      writeFileSync(file, b.encode());
+      const chunked = await Session.create('vae_decoder', file, { threads: 1 });
+      const out = await chunked.run({ latent: { data: latent, dims: [2, 16, 8, 12] } });
+      await chunked.release();
+      expect(out.sample!.dims).toEqual(reference.dims);
+      expect(maxAbsDiff(out.sample!.data as Float32Array, reference.data)).toBeLessThan(1e-5);
+    }
+  });
+
   for (const [ci, c] of index.pipeline_cases.entries()) {
     it(`case ${ci} (${c.prompts.length}× ${c.height}×${c.width}): matches the diffusers image`, async () => {
       const fx = readSafetensorsF32(join(FIXTURES_DIR, c.file));

@@ -1,35 +1,10 @@
 /**
- * @file Messages between the main thread and the pipeline worker, and how errors cross the boundary: structured
- * clone drops an Error's class, so the name and the typed fields (`param`, `file`, and a `LoraError`'s `code`,
- * `lora`, `keys`) are carried explicitly and restored as {@link ExecutorError}.
+ * @file Errors across the engine process boundary, and the engine's own failures. Frames carry JSON, which drops an
+ * Error's class, so the name and the typed fields (`param`, `file`, and a `LoraError`'s `code`, `lora`, `keys`) are
+ * carried explicitly and restored as {@link ExecutorError}. {@link EngineCrashedError} and
+ * {@link EngineUnavailableError} are what the supervisor (`supervisor.ts`) fails calls with when the engine process
+ * dies or is not back.
  */
-import type { StepExecutor } from './executor.ts';
-
-/** Methods callable across the thread boundary. */
-export type WorkerMethod =
-  | 'prepare'
-  | 'step'
-  | 'decode'
-  | 'release'
-  | 'close'
-  | 'loras'
-  | 'checkLoras'
-  | 'loadLora'
-  | 'unloadLora'
-  | 'activeLoras'
-  | 'stats'
-  | 'modePlans'
-  | 'warm';
-
-export interface WorkerRequest {
-  id: number;
-  method: WorkerMethod & keyof StepExecutor;
-  args: unknown[];
-}
-
-export type WorkerResponse =
-  | { id: number; ok: true; value: unknown }
-  | { id: number; ok: false; error: SerializedError };
 
 export interface SerializedError {
   name: string;
@@ -60,7 +35,7 @@ export function serializeError(err: unknown): SerializedError {
   return { name: 'Error', message: String(err) };
 }
 
-/** An error raised inside the pipeline worker, with its original class name and typed fields. */
+/** An error raised inside the engine process, with its original class name and typed fields. */
 export class ExecutorError extends Error {
   readonly param?: string;
   readonly file?: string;
@@ -81,4 +56,16 @@ export class ExecutorError extends Error {
   get isInvalidInput(): boolean {
     return this.param !== undefined;
   }
+}
+
+/** The engine process died (native crash, out of memory, kill) while holding this call or the samples it names. */
+export class EngineCrashedError extends Error {
+  override name = 'EngineCrashedError';
+  readonly code = 'engine_crashed';
+}
+
+/** No engine process is up (it died and its restart has not succeeded in time, or the executor is closed). */
+export class EngineUnavailableError extends Error {
+  override name = 'EngineUnavailableError';
+  readonly code = 'engine_unavailable';
 }
