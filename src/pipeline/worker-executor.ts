@@ -3,18 +3,18 @@
  * message passing. Calls are answered in order by id; if the worker dies, every pending call fails with the cause
  * and later calls fail at once (the service decides whether to start a new executor).
  */
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { resolveEntryModule } from '../shared/entry-module.ts';
 import type { ModelInfo, SampleRequest, StepExecutor } from './executor.ts';
 import type { FluxExecutorOptions } from './flux/executor.ts';
 import { ExecutorError, type WorkerMethod, type WorkerResponse } from './worker-protocol.ts';
 
 /** Starts the worker and waits until the model is loaded (engines compiled or taken from the cache). */
 export async function createFluxExecutor(options: FluxExecutorOptions): Promise<StepExecutor> {
-  // A compiled build (worker.js) runs directly; from sources, a JS bootstrap registers tsx inside the worker.
-  const jsEntry = new URL('./worker.js', import.meta.url);
-  const entry = existsSync(fileURLToPath(jsEntry)) ? jsEntry : new URL('./worker-entry.mjs', import.meta.url);
+  // A compiled build (dist/…/worker.js) runs directly; from sources, a JS bootstrap registers tsx inside the worker
+  // (loader hooks registered on the main thread do not reach workers on Node 20).
+  const target = resolveEntryModule('./worker.ts', import.meta.url);
+  const entry = target.typescript ? new URL('./worker-entry.mjs', import.meta.url) : target.path;
   const worker = new Worker(entry, { workerData: options });
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   let nextId = 1;

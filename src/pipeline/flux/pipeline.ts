@@ -77,6 +77,8 @@ export interface GenerateOptions {
   controlImage?: RgbImage;
   /** Called after each step with the batch's packed latents. */
   onStep?: (step: number, totalSteps: number, latents: Float32Array[]) => void;
+  /** Called as each phase starts: text encoding, the denoising loop, VAE decoding. */
+  onPhase?: (phase: 'encode' | 'denoise' | 'decode') => void;
 }
 
 /** What {@link FluxPipeline.generate} returns. */
@@ -534,6 +536,7 @@ export class FluxPipeline {
     const perSample = opts.latents ? opts.latents.length / prompts.length : 0;
     if (opts.latents && !Number.isInteger(perSample))
       throw new FluxArgumentError('latents', 'length is not a multiple of the batch');
+    opts.onPhase?.('encode');
     const states = await this.prepare(
       prompts.map((prompt, i) => ({
         prompt,
@@ -552,6 +555,7 @@ export class FluxPipeline {
     );
     void grid;
     const total = states[0]!.sigmas.length - 1;
+    opts.onPhase?.('denoise');
     while (!states.every(isFinished)) {
       await this.step(states);
       opts.onStep?.(
@@ -560,6 +564,7 @@ export class FluxPipeline {
         states.map((s) => s.latents),
       );
     }
+    opts.onPhase?.('decode');
     const floatImages = await this.decode(states);
     return {
       floatImages,
