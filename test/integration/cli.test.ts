@@ -124,6 +124,7 @@ function startServe(env: Record<string, string>) {
     let stdout = '';
     child.stdout.on('data', (d: Buffer) => {
       stdout += d;
+      logs += d;
       const m = /serving (\S+) on engine onnx at (http:\/\/\S+) /.exec(stdout);
       if (m) resolve({ model: m[1]!, url: m[2]! });
     });
@@ -232,8 +233,9 @@ describe('generate --model org/name against a hub (HF_ENDPOINT: a local server s
     try {
       const { url, model } = await server.ready;
       expect(model).toBe('acme/flux-tiny');
-      expect(server.logs()).toMatch(/\[fluxql\] acme\/flux-tiny@main: downloading \d+ files/);
-      expect(server.logs()).toMatch(/\[fluxql\] downloading acme\/flux-tiny: 100% \(/);
+      // JSON log lines (stdout) from the hub layer.
+      expect(server.logs()).toMatch(/"component":"hub".*acme\/flux-tiny@main: downloading \d+ files/);
+      expect(server.logs()).toMatch(/"percent":100,.*downloading acme\/flux-tiny: 100% \(/);
       expect((await fetch(`${url}/healthz`)).status).toBe(200);
     } finally {
       server.child.kill('SIGTERM');
