@@ -1,6 +1,48 @@
 #!/usr/bin/env node
-// Entry point of the `fluxql` command: registers the TypeScript loader (tsx), then runs the CLI.
-import { register } from 'tsx/esm/api';
+// Entry point of the `fluxql` command. Production runs the compiled JavaScript (`npm run build` → dist/); a
+// development checkout whose sources are newer than that build (or that has none) runs the TypeScript sources
+// through tsx, a dev dependency. FLUXQL_FROM_SOURCE=1 forces the sources.
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
-register();
-await import('../src/cli/main.ts');
+const root = fileURLToPath(new URL('..', import.meta.url));
+const compiled = join(root, 'dist', 'src', 'cli', 'main.js');
+// Written by `npm run build` after tsc succeeds (tsc leaves its .tsbuildinfo untouched when nothing changed).
+const stamp = join(root, 'dist', 'BUILD');
+const sources = [join(root, 'src'), join(root, 'engines', 'compiler')];
+
+/** Newest modification time under `dir` (only .ts files count), or 0 when it does not exist. */
+function newestSource(dir) {
+  if (!existsSync(dir)) return 0;
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) newest = Math.max(newest, newestSource(path));
+    else if (entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(path).mtimeMs);
+  }
+  return newest;
+}
+
+function distIsCurrent() {
+  if (process.env.FLUXQL_FROM_SOURCE === '1' || !existsSync(compiled)) return false;
+  if (!existsSync(join(root, 'src'))) return true; // an image that ships dist/ only
+  const built = existsSync(stamp) ? statSync(stamp).mtimeMs : 0;
+  return sources.every((dir) => newestSource(dir) <= built);
+}
+
+if (distIsCurrent()) {
+  await import(pathToFileURL(compiled).href);
+} else {
+  let register;
+  try {
+    ({ register } = await import('tsx/esm/api'));
+  } catch {
+    process.stderr.write(
+      'fluxql: no compiled build (dist/) and no tsx to run the sources: run `npm run build` (or `npm ci` for development)\n',
+    );
+    process.exit(1);
+  }
+  register();
+  await import('../src/cli/main.ts');
+}

@@ -4,21 +4,30 @@
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
+import { defaultHubCacheDir, type HubOptions, isHubModelSpec } from './shared/hub/index.ts';
+import { PACKAGE_ROOT } from './shared/package-root.ts';
 import { EXECUTION_PROVIDERS, type ExecutionProvider, MODE_SIZES } from './shared/vocabulary/index.ts';
 
 /** Everything `startServer` needs. */
 export interface ServerConfig {
-  /** Model directory (diffusers layout). MODEL_REPO. @default the embedded `models/flux-tiny` */
+  /**
+   * Model: a folder (diffusers or BFL layout) or transformer file, as an absolute path, or a Hugging Face id
+   * `org/name[@revision]` (kept as given; `resolveModelPath` turns it into the cache snapshot). MODEL_REPO.
+   * @default the embedded `models/flux-tiny`
+   */
   modelRepo: string;
+  /** The Hugging Face cache and hub (HF_HUB_CACHE, HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE). */
+  hub: HubOptions;
   /** Default mode as its size token: `original`, `xl`, `l`, `m`, `s`. MODEL_SIZE. @default 'original' */
   modelSize: string;
   /** Samples per engine batch; 1 turns batching off. MODEL_BATCH. @default 4 */
   modelBatch: number;
   /** When set, requests need `Authorization: Bearer <token>`. AUTH_TOKEN. */
   authToken?: string;
+  /** Refuse to serve HTTP without AUTH_TOKEN (the Docker images set it). AUTH_REQUIRED. @default false */
+  authRequired: boolean;
   /** 0 picks a free port. PORT. @default 8000 */
   port: number;
   /** HOST. @default '0.0.0.0' */
@@ -159,12 +168,16 @@ export class ConfigError extends Error {
   }
 }
 
-const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
+const REPO_ROOT = PACKAGE_ROOT;
 
 /** The embedded tiny model shipped with the repository. */
 export const EMBEDDED_MODEL_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
 
-const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => {
+  const error =
+    max === Number.MAX_SAFE_INTEGER ? `must be an integer >= ${min}` : `must be an integer from ${min} to ${max}`;
+  return z.coerce.number({ error }).int({ error }).min(min, { error }).max(max, { error });
+};
 const flag = () =>
   z
     .string()
@@ -185,6 +198,7 @@ const ENV_SCHEMA = {
     .optional(),
   MODEL_BATCH: int(1, 64).optional(),
   AUTH_TOKEN: z.string().optional(),
+  AUTH_REQUIRED: flag().optional(),
   PORT: int(0, 65535).optional(),
   HOST: z.string().min(1).optional(),
   IMAGE_DIR: z.string().min(1).optional(),
@@ -264,6 +278,12 @@ const ENV_SCHEMA = {
   JOB_TIMEOUT_S: int(1).optional(),
   SHUTDOWN_GRACE_S: int(0, 86_400).optional(),
   ENGINE_RESTART_MS: int(0, 600_000).optional(),
+  HF_HOME: z.string().min(1).optional(),
+  HF_HUB_CACHE: z.string().min(1).optional(),
+  HF_ENDPOINT: z.url().optional(),
+  HF_TOKEN: z.string().optional(),
+  HUGGINGFACE_ACCESS_TOKEN: z.string().optional(),
+  HF_HUB_OFFLINE: flag().optional(),
 } as const;
 
 const API_KEYS_SCHEMA = z.record(
@@ -309,8 +329,223 @@ function readApiKeys(v: { API_KEYS?: string; API_KEYS_FILE?: string }): ApiKey[]
   return keys;
 }
 
-type EnvKey = keyof typeof ENV_SCHEMA;
+/** A variable this server reads. */
+export type EnvKey = keyof typeof ENV_SCHEMA;
 type EnvValues = { [K in EnvKey]?: z.output<(typeof ENV_SCHEMA)[K]> };
+
+/** What a variable does and its default, for `fluxql serve --help` and the docs. */
+export interface EnvDoc {
+  doc: string;
+  default?: string;
+  /** Roles that read it (`all` runs API and engine in one process). @default every role */
+  roles?: readonly ('all' | 'api' | 'worker')[];
+}
+
+const ENGINE_ROLES = ['all', 'worker'] as const;
+const SCALE_OUT = ['api', 'worker'] as const;
+const HTTP_ROLES = ['all', 'api'] as const;
+
+/**
+ * Every variable of {@link ENV_SCHEMA}, documented. Typed as a record over the schema's keys, so a variable added
+ * to the schema without a line here does not compile, and `serve --help` (generated from this) stays true.
+ */
+export const ENV_DOCS: Readonly<Record<EnvKey, EnvDoc>> = {
+  MODEL_REPO: {
+    doc: 'Model: a folder (diffusers or BFL files), a transformer .safetensors file, or a Hugging Face id org/name[@revision]',
+    default: 'models/flux-tiny',
+    roles: ENGINE_ROLES,
+  },
+  MODEL_SIZE: { doc: 'Default mode: original, xl, l, m, s', default: 'original', roles: ENGINE_ROLES },
+  MODEL_BATCH: { doc: 'Samples per engine batch (1 turns batching off)', default: '4', roles: ENGINE_ROLES },
+  AUTH_TOKEN: { doc: 'When set, requests need "Authorization: Bearer <token>"', roles: ['all', 'api'] },
+  AUTH_REQUIRED: {
+    doc: 'Refuse to start without AUTH_TOKEN (1 in the Docker images; 0 serves an open API)',
+    default: '0',
+    roles: ['all', 'api'],
+  },
+  PORT: { doc: 'HTTP port (0 picks a free one)', default: '8000', roles: ['all', 'api'] },
+  HOST: { doc: 'HTTP listen address', default: '0.0.0.0', roles: ['all', 'api'] },
+  IMAGE_DIR: { doc: 'Where images are written (shared by every node in scale-out)', default: '.cache/images' },
+  MAX_QUEUE_DELAY_MS: {
+    doc: 'Longest wait of the oldest job for batch companions',
+    default: '20',
+    roles: ENGINE_ROLES,
+  },
+  MAX_QUEUE_SIZE: {
+    doc: 'Queued jobs beyond which requests get QueueFullError / 429',
+    default: '64',
+    roles: HTTP_ROLES,
+  },
+  IMAGE_MAX_AGE_S: { doc: 'Images older than this are deleted', default: '86400' },
+  IMAGE_MAX_BYTES: { doc: 'Above this many bytes the oldest images are deleted', default: '2147483648' },
+  PUBLIC_URL: {
+    doc: "Base of absolute image URLs (e.g. behind a proxy); default: the request's Host",
+    roles: HTTP_ROLES,
+  },
+  PROVIDER: { doc: 'ONNX Runtime execution provider: cpu, webgpu, cuda', default: 'cpu', roles: ENGINE_ROLES },
+  THREADS: { doc: 'Intra-op threads of the ONNX pipeline', roles: ENGINE_ROLES },
+  CACHE_DIR: { doc: 'Compiled-engine cache folder', default: '.cache/engines', roles: ENGINE_ROLES },
+  FLUXQL_CACHE_DIR: { doc: 'Alias of CACHE_DIR (CACHE_DIR wins)', roles: ENGINE_ROLES },
+  FLUXQL_ORT_SPIN: {
+    doc: "Let ONNX Runtime's threads spin-wait between runs (ORT's default; off here) (1/0)",
+    default: '0',
+    roles: ENGINE_ROLES,
+  },
+  WARM_MODES: {
+    doc: 'Modes compiled and loaded in the background at start: all, default, or a list such as original,xl',
+    default: 'all',
+    roles: ENGINE_ROLES,
+  },
+  LORA_DIR: { doc: 'The only folder LoRA files are read from', roles: ENGINE_ROLES },
+  REDIS_URL: {
+    doc: 'Shared Redis of a scale-out deployment (redis:// or rediss://); required by api/worker',
+    roles: SCALE_OUT,
+  },
+  REDIS_PREFIX: { doc: 'Prefix of every Redis key, channel and queue', default: 'fluxql', roles: SCALE_OUT },
+  JOB_RETRIES: { doc: 'Times a job is started again after its worker was lost', default: '1', roles: ['worker'] },
+  WORKER_LOCK_MS: {
+    doc: "BullMQ lock: a lost worker's job comes back after about this long",
+    default: '30000',
+    roles: ['worker'],
+  },
+  WORKER_ID: { doc: 'Name of a worker in adverts and BullMQ', default: '<hostname>-<pid>', roles: ['worker'] },
+  JOB_HISTORY_S: { doc: 'Seconds job records stay readable in Redis', default: '86400', roles: SCALE_OUT },
+  ENGINE: {
+    doc: 'onnx (ONNX Runtime) or cuda (the native engine); --engine overrides',
+    default: 'onnx',
+    roles: ENGINE_ROLES,
+  },
+  CUDA_ENGINE_BIN: {
+    doc: "The native engine's executable",
+    default: 'engines/cuda/build/fluxql-engine',
+    roles: ENGINE_ROLES,
+  },
+  CUDA_PRECISION: {
+    doc: 'Precision the native engine loads the model in: f32, bf16, fp8',
+    default: 'bf16',
+    roles: ENGINE_ROLES,
+  },
+  CUDA_BENCH_RESULTS: {
+    doc: "The native engine's benchmark shown by `models`",
+    default: 'bench/results/cuda-h100.json',
+    roles: ENGINE_ROLES,
+  },
+  MODES_RESULTS: {
+    doc: "The mode benchmark's results shown by `models`",
+    default: 'bench/results/modes.json',
+    roles: HTTP_ROLES,
+  },
+  CONTROL_IMAGE_ALLOW_PRIVATE_URLS: {
+    doc: 'Fetch controlImage URLs on private/loopback addresses (1/0)',
+    default: '0',
+    roles: HTTP_ROLES,
+  },
+  LOG_LEVEL: {
+    doc: 'Log level: fatal, error, warn, info, debug, trace, silent (JSON lines on stdout)',
+    default: 'info',
+  },
+  LOG_PRETTY: { doc: 'Human-readable log lines instead of JSON (1/0)', default: '0' },
+  WEBHOOK_SECRET: { doc: 'HMAC-SHA256 key signing queue webhooks (16+ characters)', roles: HTTP_ROLES },
+  WEBHOOK_ALLOW_PRIVATE_URLS: {
+    doc: 'Let webhook URLs point at private/loopback addresses (1/0)',
+    default: '0',
+    roles: HTTP_ROLES,
+  },
+  WEBHOOK_MAX_ATTEMPTS: { doc: 'Webhook delivery attempts', default: '5', roles: HTTP_ROLES },
+  WEBHOOK_RETRY_BASE_MS: { doc: 'First webhook retry delay, doubling', default: '1000', roles: HTTP_ROLES },
+  API_KEYS: {
+    doc: 'API keys as JSON: {"<key>": "<name>"} or {"<key>": {"name": "ops", "role": "admin"}}',
+    roles: HTTP_ROLES,
+  },
+  API_KEYS_FILE: { doc: 'A JSON file of API keys (same shape as API_KEYS)', roles: HTTP_ROLES },
+  METRICS_TOKEN: { doc: 'Bearer token that /metrics requires (unset: open)', roles: HTTP_ROLES },
+  CORS_ORIGINS: {
+    doc: 'Comma-separated origins allowed by CORS (unset: any origin, never with credentials)',
+    roles: HTTP_ROLES,
+  },
+  WS_MAX_PAYLOAD: {
+    doc: 'Largest WebSocket message in bytes (connection_init included)',
+    default: '65536',
+    roles: HTTP_ROLES,
+  },
+  GRAPHQL_MAX_DEPTH: { doc: 'GraphQL document depth limit', default: '12', roles: HTTP_ROLES },
+  GRAPHQL_MAX_ALIASES: { doc: 'GraphQL aliases limit', default: '15', roles: HTTP_ROLES },
+  GRAPHQL_MAX_TOKENS: {
+    doc: 'GraphQL lexical tokens limit (checked while parsing)',
+    default: '2000',
+    roles: HTTP_ROLES,
+  },
+  GRAPHQL_MAX_COST: { doc: 'GraphQL cost limit (graphql-armor)', default: '5000', roles: HTTP_ROLES },
+  GRAPHQL_MAX_DIRECTIVES: { doc: 'GraphQL directives limit', default: '50', roles: HTTP_ROLES },
+  MAX_GENERATIONS_PER_OPERATION: {
+    doc: 'Most generateImage fields in one GraphQL operation',
+    default: '4',
+    roles: HTTP_ROLES,
+  },
+  HTTP_REQUEST_TIMEOUT_S: { doc: 'Seconds to receive a whole request', default: '60', roles: HTTP_ROLES },
+  HTTP_HEADERS_TIMEOUT_S: { doc: 'Seconds to receive the request headers', default: '20', roles: HTTP_ROLES },
+  JOB_TIMEOUT_S: { doc: 'Per-job deadline from submission; past it the job fails with code timeout' },
+  SHUTDOWN_GRACE_S: { doc: 'On SIGTERM, seconds accepted jobs may take before the rest are cancelled', default: '30' },
+  ENGINE_RESTART_MS: {
+    doc: 'First delay before a crashed engine process is restarted (doubling, up to 30 s)',
+    default: '200',
+    roles: ENGINE_ROLES,
+  },
+  HF_HOME: {
+    doc: 'Hugging Face home; the hub cache is <HF_HOME>/hub',
+    default: '~/.cache/huggingface',
+    roles: ENGINE_ROLES,
+  },
+  HF_HUB_CACHE: {
+    doc: 'Hugging Face hub cache folder (models--org--name/...)',
+    default: '<HF_HOME>/hub',
+    roles: ENGINE_ROLES,
+  },
+  HF_ENDPOINT: { doc: 'Hugging Face hub URL', default: 'https://huggingface.co', roles: ENGINE_ROLES },
+  HF_TOKEN: {
+    doc: 'Hugging Face access token for gated/private models (HUGGINGFACE_ACCESS_TOKEN also works)',
+    roles: ENGINE_ROLES,
+  },
+  HUGGINGFACE_ACCESS_TOKEN: { doc: 'Same as HF_TOKEN (HF_TOKEN wins when both are set)', roles: ENGINE_ROLES },
+  HF_HUB_OFFLINE: {
+    doc: 'Never touch the network: serve MODEL_REPO ids from the cache only (1/0)',
+    default: '0',
+    roles: ENGINE_ROLES,
+  },
+};
+
+/** Variables whose values never appear in error messages. */
+const SECRET = /TOKEN|REDIS_URL/;
+
+function hubOptions(v: EnvValues, env: NodeJS.ProcessEnv): HubOptions {
+  const home = v.HF_HOME ? { HF_HOME: resolve(v.HF_HOME) } : {};
+  const cacheDir = v.HF_HUB_CACHE ? resolve(v.HF_HUB_CACHE) : defaultHubCacheDir({ ...env, ...home });
+  const token = v.HF_TOKEN || v.HUGGINGFACE_ACCESS_TOKEN;
+  return {
+    cacheDir,
+    endpoint: v.HF_ENDPOINT ?? 'https://huggingface.co',
+    offline: v.HF_HUB_OFFLINE ?? false,
+    ...(token ? { token } : {}),
+  };
+}
+
+/** Only the Hugging Face settings (for commands such as `generate` that read no server settings). */
+export function loadHubOptions(env: NodeJS.ProcessEnv = process.env): HubOptions {
+  const keys = [
+    'HF_HOME',
+    'HF_HUB_CACHE',
+    'HF_ENDPOINT',
+    'HF_TOKEN',
+    'HUGGINGFACE_ACCESS_TOKEN',
+    'HF_HUB_OFFLINE',
+  ] as const;
+  return hubOptions(parseEnv(env, keys), env);
+}
+
+/** `FLUXQL_DEBUG=1`: the CLI prints stack traces under its one-line errors. Never throws. */
+export function cliDebugEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.FLUXQL_DEBUG !== undefined && env.FLUXQL_DEBUG !== '' && env.FLUXQL_DEBUG !== '0';
+}
 
 /** Parses `keys` of `env` (empty strings count as unset). @throws ConfigError naming the first bad variable. */
 function parseEnv(env: NodeJS.ProcessEnv, keys: readonly EnvKey[]): EnvValues {
@@ -319,7 +554,10 @@ function parseEnv(env: NodeJS.ProcessEnv, keys: readonly EnvKey[]): EnvValues {
     const raw = env[key];
     if (raw === undefined || raw === '') continue;
     const parsed = ENV_SCHEMA[key].safeParse(raw);
-    if (!parsed.success) throw new ConfigError(key, parsed.error.issues[0]?.message ?? 'invalid value');
+    if (!parsed.success) {
+      const got = SECRET.test(key) ? '' : ` (got "${raw}")`;
+      throw new ConfigError(key, `${parsed.error.issues[0]?.message ?? 'invalid value'}${got}`);
+    }
     (v as Record<string, unknown>)[key] = parsed.data;
   }
   return v;
@@ -353,7 +591,9 @@ export function loadPipelineSettings(env: NodeJS.ProcessEnv = process.env): Pipe
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<ServerConfig> = {}): ServerConfig {
   const v = parseEnv(env, Object.keys(ENV_SCHEMA) as EnvKey[]);
   const config: ServerConfig = {
-    modelRepo: resolve(v.MODEL_REPO ?? EMBEDDED_MODEL_DIR),
+    modelRepo:
+      v.MODEL_REPO && isHubModelSpec(v.MODEL_REPO) ? v.MODEL_REPO : resolve(v.MODEL_REPO ?? EMBEDDED_MODEL_DIR),
+    hub: hubOptions(v, env),
     modelSize: v.MODEL_SIZE ?? 'original',
     modelBatch: v.MODEL_BATCH ?? 4,
     port: v.PORT ?? 8000,
@@ -403,6 +643,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     ...(v.METRICS_TOKEN ? { metricsToken: v.METRICS_TOKEN } : {}),
     ...(v.CORS_ORIGINS && v.CORS_ORIGINS.length > 0 ? { corsOrigins: v.CORS_ORIGINS } : {}),
     engineRestartMs: v.ENGINE_RESTART_MS ?? 200,
+    authRequired: v.AUTH_REQUIRED ?? false,
     ...(v.REDIS_URL ? { redisUrl: v.REDIS_URL } : {}),
     ...(v.WORKER_ID ? { workerId: v.WORKER_ID } : {}),
     ...(v.AUTH_TOKEN ? { authToken: v.AUTH_TOKEN } : {}),

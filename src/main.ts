@@ -8,6 +8,7 @@ import { Authenticator, buildApp } from './api/index.ts';
 import { ConfigError, loadConfig, type ServerConfig } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
 import { createGenerationService, type GenerationService, type StepExecutor } from './service/index.ts';
+import { resolveModelPath } from './shared/hub/index.ts';
 
 /** A running server. */
 export interface StartedServer {
@@ -163,13 +164,33 @@ function imageOptions(config: ServerConfig) {
   return { dir: config.imageDir, maxAgeMs: config.imageMaxAgeSeconds * 1000, maxBytes: config.imageMaxBytes };
 }
 
+/** MODEL_REPO as a local path: a Hugging Face id is looked up in (or downloaded into) the hub cache first. */
+async function localModelDir(config: ServerConfig, logger: Logger): Promise<string> {
+  let lastLogged = -1;
+  return resolveModelPath(config.modelRepo, {
+    hub: config.hub,
+    onLog: (m) => logger.info({ component: 'hub', model: config.modelRepo }, m),
+    onProgress: ({ file, bytes, totalBytes }) => {
+      // One line per 5% of the whole download: progress shows in container logs without flooding them.
+      const pct = totalBytes > 0 ? Math.floor((bytes / totalBytes) * 20) * 5 : 100;
+      if (pct === lastLogged) return;
+      lastLogged = pct;
+      logger.info(
+        { component: 'hub', model: config.modelRepo, file, bytes, totalBytes, percent: pct },
+        `downloading ${config.modelRepo}: ${pct}% (${(bytes / 1e6).toFixed(1)} of ${(totalBytes / 1e6).toFixed(1)} MB, ${file})`,
+      );
+    },
+  });
+}
+
 // Imported lazily so an injected executor (tests) and API nodes do not load the ONNX pipeline at all.
 async function createExecutor(config: ServerConfig, logger: Logger): Promise<StepExecutor> {
+  const modelDir = await localModelDir(config, logger);
   if (config.engine === 'cuda') {
     // The native engine (engines/cuda) as a child process; this path never loads onnxruntime-node.
     const { createCudaExecutor } = await import('./pipeline/cuda-executor.ts');
     return createCudaExecutor({
-      modelDir: config.modelRepo,
+      modelDir,
       engineBin: config.cudaEngineBin,
       precision: config.cudaPrecision,
       maxBatch: config.modelBatch,
@@ -179,7 +200,7 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
   }
   const { createFluxExecutor } = await import('./pipeline/index.ts');
   return createFluxExecutor({
-    modelDir: config.modelRepo,
+    modelDir,
     provider: config.provider,
     maxBatch: config.modelBatch,
     ...(config.threads ? { threads: config.threads } : {}),
@@ -257,11 +278,16 @@ export interface ServeOptions {
 export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedServer | StartedWorker> {
   const role = options.role ?? 'all';
   if (!['all', 'api', 'worker'].includes(role))
-    throw new Error(`--role ${role} is not supported; use all, api or worker`);
+    throw new ConfigError('--role', `"${role}" is not supported; use all, api or worker`);
   if (options.engine && options.engine !== 'onnx' && options.engine !== 'cuda') {
-    throw new Error(`--engine ${options.engine} is not supported; use onnx or cuda`);
+    throw new ConfigError('--engine', `"${options.engine}" is not supported; use onnx or cuda`);
   }
   const config = loadConfig(process.env, options.engine ? { engine: options.engine as 'onnx' | 'cuda' } : {});
+  if (role !== 'worker' && config.authRequired && !config.authToken)
+    throw new ConfigError(
+      'AUTH_TOKEN',
+      'required (AUTH_REQUIRED=1): set a secret token, or AUTH_REQUIRED=0 to serve an open API',
+    );
   const logger = loggerOf(config);
   let node: StartedServer | StartedWorker;
   if (role === 'worker') {

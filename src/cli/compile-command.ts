@@ -7,13 +7,15 @@
 import { loadPipelineSettings } from '../config.ts';
 import { defaultCacheDir } from '../pipeline/flux/engine-cache.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
+import { resolveCliModel } from './model-path.ts';
 
 export async function runCompile(args: { model: string; mode: string[] }): Promise<void> {
   const settings = loadPipelineSettings();
   const cacheDir = settings.cacheDir ?? defaultCacheDir();
   const onLog = (m: string) => process.stderr.write(`${m}\n`);
   // The same path a server takes on its first request for a mode, so what is cached here is what it loads.
-  const pipe = await FluxPipeline.fromPretrained(args.model, { ...settings, cacheDir, modes: [], onLog });
+  const model = await resolveCliModel(args.model);
+  const pipe = await FluxPipeline.fromPretrained(model, { ...settings, cacheDir, modes: [], onLog });
   try {
     for (const mode of args.mode) {
       const t0 = performance.now();

@@ -7,6 +7,8 @@ import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import { parseProvider } from '../runtime/index.ts';
 import { encodeImage, type ImageFormat } from '../service/media/image-codec.ts';
 import { parseIntOption, parseSize } from './defaults.ts';
+import { UsageError } from './errors.ts';
+import { resolveCliModel } from './model-path.ts';
 
 interface GenerateArgs {
   prompt: string;
@@ -25,39 +27,64 @@ const FORMATS: Record<string, ImageFormat> = { '.png': 'png', '.webp': 'webp', '
 
 export async function runGenerate(args: GenerateArgs): Promise<void> {
   const format = FORMATS[extname(args.out).toLowerCase()];
-  if (!format) throw new Error(`--out must end in .png, .webp, .jpg or .jpeg, got "${args.out}"`);
+  if (!format) throw new UsageError(`--out must end in .png, .webp, .jpg or .jpeg, got "${args.out}"`);
   const { width, height } = parseSize(args.size);
   const steps = parseIntOption('--steps', args.steps);
   const guidanceScale = Number(args.guidance);
-  if (!Number.isFinite(guidanceScale)) throw new Error(`--guidance must be a number, got "${args.guidance}"`);
+  if (!Number.isFinite(guidanceScale)) throw new UsageError(`--guidance must be a number, got "${args.guidance}"`);
+  const seed = parseIntOption('--seed', args.seed);
+  const maxSequenceLength = parseIntOption('--max-sequence-length', args.maxSequenceLength);
+  const model = await resolveCliModel(args.model);
   const t0 = performance.now();
-  const pipe = await FluxPipeline.fromPretrained(args.model, {
+  const pipe = await FluxPipeline.fromPretrained(model, {
     ...loadPipelineSettings(),
     provider: parseProvider(args.provider),
     modes: [args.mode],
     onLog: (m) => process.stderr.write(`${m}\n`),
   });
   const t1 = performance.now();
-  const bar = new SingleBar({
-    format: 'denoising [{bar}] {value}/{total} steps | {duration_formatted} | eta {eta_formatted}',
-  });
-  bar.start(steps, 0);
+  const progress = phaseProgress(steps);
   const result = await pipe.generate({
     prompt: args.prompt,
     width,
     height,
     steps,
     guidanceScale,
-    seed: parseIntOption('--seed', args.seed),
+    seed,
     mode: args.mode,
-    maxSequenceLength: parseIntOption('--max-sequence-length', args.maxSequenceLength),
-    onStep: (step) => bar.update(step),
+    maxSequenceLength,
+    onPhase: progress.phase,
+    onStep: progress.step,
   });
-  bar.stop();
+  progress.stop();
   writeFileSync(args.out, await encodeImage(result.images[0]!, { format }));
   await pipe.close();
   const t2 = performance.now();
   process.stderr.write(
     `wrote ${args.out} (${width}x${height}, ${steps} steps): load ${((t1 - t0) / 1000).toFixed(2)} s, generate ${((t2 - t1) / 1000).toFixed(2)} s\n`,
   );
+}
+
+/**
+ * The phase shows where the time goes: text encoding, the denoising steps, then VAE decoding. On a terminal, one
+ * progress bar labelled with the phase; elsewhere (logs, pipes) one line per phase, since a bar redrawn with
+ * carriage returns is noise in a log file.
+ */
+function phaseProgress(steps: number) {
+  if (!process.stderr.isTTY) {
+    return {
+      phase: (p: string) => process.stderr.write(`${p}${p === 'denoise' ? ` (${steps} steps)` : ''}\n`),
+      step: () => {},
+      stop: () => {},
+    };
+  }
+  const bar = new SingleBar({
+    format: '{phase} [{bar}] {value}/{total} steps | {duration_formatted} | eta {eta_formatted}',
+  });
+  bar.start(steps, 0, { phase: 'encode ' });
+  return {
+    phase: (p: string) => bar.update({ phase: p.padEnd(7) }),
+    step: (step: number) => bar.update(step),
+    stop: () => bar.stop(),
+  };
 }

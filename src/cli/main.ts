@@ -4,13 +4,19 @@
  */
 import { Command, Option } from 'commander';
 import { EXECUTION_PROVIDERS, MODE_NAMES, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
+import { PACKAGE_VERSION } from '../shared/package-root.ts';
 import { runCompile } from './compile-command.ts';
 import { runConformance } from './conformance-command.ts';
 import { DEFAULT_FIXTURES_DIR, DEFAULT_MODEL_DIR } from './defaults.ts';
+import { formatEnvHelp } from './env-help.ts';
+import { exitWithError } from './errors.ts';
 import { runGenerate } from './generate-command.ts';
 import { runServe } from './serve-command.ts';
 
-const program = new Command('fluxql').description('FLUX.1 inference server and tools').showHelpAfterError();
+const program = new Command('fluxql')
+  .description('FLUX.1 inference server and tools')
+  .version(PACKAGE_VERSION, '-V, --version', 'print the version')
+  .showHelpAfterError();
 const provider = new Option('--provider <name>', 'ONNX Runtime execution provider')
   .choices(EXECUTION_PROVIDERS)
   .default('cpu');
@@ -20,7 +26,11 @@ program
   .description('generate an image from a prompt')
   .requiredOption('-p, --prompt <text>', 'prompt')
   .option('-o, --out <file>', 'output image (.png, .webp, .jpg)', 'out.png')
-  .option('-m, --model <dir>', 'model repository (diffusers folder or BFL files)', DEFAULT_MODEL_DIR)
+  .option(
+    '-m, --model <dir>',
+    'model: a folder (diffusers or BFL files) or a Hugging Face id org/name[@revision]',
+    DEFAULT_MODEL_DIR,
+  )
   .option('-s, --size <WxH>', 'image size, multiples of 16', '512x512')
   .option('--steps <n>', 'denoising steps', '28')
   .option('--guidance <g>', 'guidance scale', '3.5')
@@ -41,7 +51,7 @@ program
 program
   .command('compile')
   .description('plan, compile and calibrate (or find cached) the ONNX engines of a model, ahead of serving')
-  .option('-m, --model <dir>', 'model repository', DEFAULT_MODEL_DIR)
+  .option('-m, --model <dir>', 'model folder or Hugging Face id org/name[@revision]', DEFAULT_MODEL_DIR)
   .option('--mode <modes...>', `modes to build (planned ones are planned first): ${MODE_NAMES.join(' ')}`, [
     REFERENCE_MODE,
   ])
@@ -50,8 +60,17 @@ program
 program
   .command('serve')
   .description('start the GraphQL / REST server')
-  .option('--role <role>', 'process role', 'all')
+  .option(
+    '--role <role>',
+    'process role: all (one process), api (scale-out API node) or worker (scale-out engine)',
+    'all',
+  )
   .option('--engine <engine>', 'onnx (ONNX Runtime) or cuda (native engine)')
+  .addHelpText('after', formatEnvHelp())
   .action(runServe);
 
-await program.parseAsync(process.argv);
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  exitWithError(err);
+}

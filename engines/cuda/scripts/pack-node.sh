@@ -2,7 +2,7 @@
 # Packs Node.js and a production node_modules into .device-carry/ for `device-run.sh server` on the GPU machine
 # (which has no Node), small enough to travel with the working tree (the device tool takes 64 MiB in all):
 # a stripped Node binary; `npm ci --omit=dev` in a temporary folder (the repository's own node_modules is not
-# touched), without the Redis packages (bullmq, ioredis: scale-out roles only, imported lazily) and without vitest
+# touched) plus tsx (a dev dependency; the checks run the sources), without the Redis packages (bullmq, ioredis: scale-out roles only, imported lazily) and without vitest
 # (the GPU checks run under node:test there); only onnxruntime-node's linux-x64 binaries; no type declarations,
 # source maps or docs. Needs the registry (run it here, not on the GPU machine).
 #   engines/cuda/scripts/pack-node.sh        then carry [".device-carry"] and `source .device-carry/activate.sh`
@@ -17,6 +17,8 @@ import json, sys
 p = json.load(open(sys.argv[1]))
 for k in ("bullmq", "ioredis"):
     p["dependencies"].pop(k, None)
+# The GPU checks run the TypeScript sources (`node --import tsx`); tsx is a dev dependency since the build step.
+p["dependencies"]["tsx"] = p["devDependencies"]["tsx"]
 json.dump(p, open(sys.argv[1], "w"), indent=2)
 PY
 (cd "$tmp" && npm install --omit=dev --ignore-scripts --no-audit --no-fund >/dev/null)

@@ -5,12 +5,12 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { extname, resolve, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { extname, join, resolve, sep } from 'node:path';
+import { PACKAGE_ROOT } from '../../shared/package-root.ts';
 import { HttpError } from './http.ts';
 
 /** Where the built page lives. */
-export const WEB_DIST_DIR = fileURLToPath(new URL('../../../web/dist/', import.meta.url));
+export const WEB_DIST_DIR = `${join(PACKAGE_ROOT, 'web', 'dist')}${sep}`;
 
 const CONTENT_TYPES: Readonly<Record<string, string>> = {
   '.html': 'text/html; charset=utf-8',

@@ -79,7 +79,8 @@ export function planPath(cacheDir: string, pipe: Pick<CalibrationSource, 'source
     )
     .digest('hex')
     .slice(0, 16);
-  return join(cacheDir, 'plans', `${pipe.source.name}-${key}.json`);
+  // A hub model's name is `org/name`: keep it one file name.
+  return join(cacheDir, 'plans', `${pipe.source.name.replaceAll('/', '--')}-${key}.json`);
 }
 
 /**

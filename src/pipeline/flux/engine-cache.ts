@@ -2,9 +2,10 @@
  * @file Where the pipeline finds its compiled engines: resolves the model repository once, then asks the engine
  * compiler for the manifest of a mode (built on first use, cached on disk across restarts).
  */
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 import { compileEngine } from '../../../engines/compiler/index.ts';
+import { hubRepoOfSnapshot } from '../../shared/hub/index.ts';
+import { PACKAGE_ROOT } from '../../shared/package-root.ts';
 import { MODE_NAMES } from '../../shared/vocabulary/modes.ts';
 import type { ModePlan } from '../../shared/vocabulary/plan-types.ts';
 import { type ModelRepo, resolveModelRepo } from '../../shared/weights/index.ts';
@@ -25,7 +26,7 @@ export interface ModelSource {
 }
 
 /** Repository root of fluxql (for the default cache location). */
-const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const PROJECT_ROOT = PACKAGE_ROOT;
 
 /** The engine cache folder when none is given: `<project>/.cache/engines` (CACHE_DIR is read by `config.ts`). */
 export function defaultCacheDir(): string {
@@ -36,7 +37,8 @@ export function defaultCacheDir(): string {
 export function openModelSource(path: string): ModelSource {
   const repo = resolveModelRepo(path);
   return {
-    name: repo.root.split(/[\\/]/).filter(Boolean).pop() ?? repo.root,
+    // A hub cache snapshot is named by its repo id, not by its commit-hash folder.
+    name: hubRepoOfSnapshot(repo.root) ?? repo.root.split(/[\\/]/).filter(Boolean).pop() ?? repo.root,
     path: repo.root,
     repo,
     tokenizerPaths: { clip: repo.tokenizerDir, t5: repo.tokenizer2Dir },

@@ -73,6 +73,8 @@ export interface GenerateOptions {
   controlImage?: RgbImage;
   /** Called after each step with the batch's packed latents. */
   onStep?: (step: number, totalSteps: number, latents: Float32Array[]) => void;
+  /** Called as each phase starts: text encoding, the denoising loop, VAE decoding. */
+  onPhase?: (phase: 'encode' | 'denoise' | 'decode') => void;
 }
 
 /** What {@link FluxPipeline.generate} returns. */
@@ -209,6 +211,7 @@ export class FluxPipeline {
     const perSample = opts.latents ? opts.latents.length / prompts.length : 0;
     if (opts.latents && !Number.isInteger(perSample))
       throw new FluxArgumentError('latents', 'length is not a multiple of the batch');
+    opts.onPhase?.('encode');
     const states = await this.prepare(
       prompts.map((prompt, i) => ({
         prompt,
@@ -226,6 +229,7 @@ export class FluxPipeline {
       })),
     );
     const total = states[0]!.sigmas.length - 1;
+    opts.onPhase?.('denoise');
     while (!states.every(isFinished)) {
       await this.step(states);
       opts.onStep?.(
@@ -234,6 +238,7 @@ export class FluxPipeline {
         states.map((s) => s.latents),
       );
     }
+    opts.onPhase?.('decode');
     const floatImages = await this.decode(states);
     return {
       floatImages,
