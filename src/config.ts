@@ -2,14 +2,15 @@
  * @file Server configuration from the environment, TheStage container style (MODEL_REPO, MODEL_SIZE,
  * MODEL_BATCH, AUTH_TOKEN, PORT, HOST) plus our own knobs. Bad values fail at startup with the variable named.
  */
-import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
 
 /** Everything `startServer` needs. */
 export interface ServerConfig {
-  /** Model directory (diffusers layout). MODEL_REPO. @default the embedded `models/flux-tiny` */
+  /** Model directory (diffusers layout). MODEL_REPO. @default {@link EMBEDDED_MODEL_DIR} (flux-mini, else flux-tiny) */
   modelRepo: string;
   /** Default mode as its size token: `original`, `xl`, `l`, `m`, `s`. MODEL_SIZE. @default 'original' */
   modelSize: string;
@@ -107,8 +108,14 @@ export class ConfigError extends Error {
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
 
-/** The embedded tiny model shipped with the repository. */
-export const EMBEDDED_MODEL_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
+/** flux-tiny: FLUX.1-dev's structure with tiny random weights; the model of the conformance fixtures. */
+export const FLUX_TINY_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
+/** flux-mini: FLUX.1-dev's structure trained on the caption grammar (issue 14; tools/train-mini). */
+export const FLUX_MINI_DIR = resolve(REPO_ROOT, 'models/flux-mini');
+/** Whether flux-mini is installed (its weights come from a GPU run; the repository works without them). */
+export const HAS_FLUX_MINI = existsSync(join(FLUX_MINI_DIR, 'model_index.json'));
+/** The embedded model served by default: flux-mini when installed (it draws what the prompt asks), else flux-tiny. */
+export const EMBEDDED_MODEL_DIR = HAS_FLUX_MINI ? FLUX_MINI_DIR : FLUX_TINY_DIR;
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
 const flag = () =>

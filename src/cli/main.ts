@@ -20,7 +20,7 @@ program
   .requiredOption('-p, --prompt <text>', 'prompt')
   .option('-o, --out <file>', 'output image (.png, .webp, .jpg)', 'out.png')
   .option('-m, --model <dir>', 'model repository (diffusers folder or BFL files)', DEFAULT_MODEL_DIR)
-  .option('-s, --size <WxH>', 'image size, multiples of 16', '512x512')
+  .option('-s, --size <WxH>', 'image size, multiples of 16 (default: 256x256 on flux-mini, else 512x512)')
   .option('--steps <n>', 'denoising steps', '28')
   .option('--guidance <g>', 'guidance scale', '3.5')
   .option('--seed <n>', 'seed', '0')

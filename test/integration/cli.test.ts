@@ -13,11 +13,13 @@ const CLI = join(REPO_ROOT, 'bin/fluxql.js');
 const out = mkdtempSync(join(tmpdir(), 'fluxql-cli-'));
 
 describe('fluxql generate', () => {
-  it('generates a 512x512, 28-step PNG with the embedded model', async () => {
+  it('generates a 512x512, 28-step PNG with flux-tiny', async () => {
     const file = join(out, 'kitten.png');
     const { stderr } = await run(process.execPath, [
       CLI,
       'generate',
+      '--model',
+      join(REPO_ROOT, 'models/flux-tiny'),
       '--prompt',
       'Kitten eating a banana',
       '--out',

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { EMBEDDED_MODEL_DIR } from '../../src/config.ts';
+import { FLUX_TINY_DIR } from '../../src/config.ts';
 import { planPath } from '../../src/pipeline/flux/elastic-plan.ts';
 import { defaultCacheDir, openModelSource } from '../../src/pipeline/flux/engine-cache.ts';
 import { GenerateImageDocument, JobDocument, ModelsDocument } from '../helpers/gql/graphql.ts';
@@ -44,7 +44,7 @@ describe('models: measured quality and plan', () => {
       const want = recorded[mode];
       if (!m || !want) throw new Error(`mode ${mode} missing`);
       expect(m.name).toBe('flux-tiny');
-      expect(m.quality).toEqual({ psnr: want.psnr, ssim: want.ssim, reference: 'original' });
+      expect(m.quality).toEqual({ psnr: want.psnr, ssim: want.ssim, reference: 'original', promptFollowing: null });
       const bench = m.specs.find((s) => s.origin === 'BENCHMARK');
       expect(bench?.latencySeconds).toBeCloseTo(want.latencyMs / 1000, 12);
       if (!want.plan && !want.stepCache) {
@@ -77,7 +77,7 @@ describe('models: measured quality and plan', () => {
     });
     // The plan M was compiled from (written by the planner on first use; the server shares this process's cache).
     const planFile = JSON.parse(
-      readFileSync(planPath(defaultCacheDir(), { source: openModelSource(EMBEDDED_MODEL_DIR) }), 'utf8'),
+      readFileSync(planPath(defaultCacheDir(), { source: openModelSource(FLUX_TINY_DIR) }), 'utf8'),
     ) as { plans: Record<string, { entries: { layer: string; algorithm: string; error: number; gainMs: number }[] }> };
     const entries = planFile.plans.M?.entries ?? [];
     expect(entries.length).toBeGreaterThan(0);
