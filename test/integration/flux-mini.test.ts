@@ -38,7 +38,10 @@ describe.skipIf(!HAS_FLUX_MINI)('flux-mini follows grammar prompts', () => {
       });
       const colorsRight = seen.flatMap((s) => [s.judged.background, s.judged.color]).filter(Boolean).length;
       // 8 color judgements; the issue's acceptance allows one miss in twelve, so one miss in eight here.
-      expect(colorsRight, JSON.stringify(seen, null, 1)).toBeGreaterThanOrEqual(7);
+      const report = seen
+        .map((x) => `${x.prompt} -> ${x.detected.color} ${x.detected.shape} on ${x.detected.background}`)
+        .join('; ');
+      expect(colorsRight, report).toBeGreaterThanOrEqual(7);
     } finally {
       await pipe.close();
     }
