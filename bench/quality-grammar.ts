@@ -28,6 +28,7 @@ import { parseArgs } from 'node:util';
 import { EMBEDDED_MODEL_DIR } from '../src/config.ts';
 import type { RgbImage } from '../src/pipeline/executor.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
+import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
 import {
   ATTRIBUTES,
   accuracy,
@@ -97,6 +98,8 @@ interface ModeRow {
   stdMs: number;
   medianMs: number;
   plan: ReturnType<typeof planSummary>;
+  /** Step caching (mode S): steps per image run through the whole transformer and reused from the cache. */
+  stepCache: { threshold: number; fullSteps: number; cachedSteps: number } | null;
   perPrompt: { prompt: string; seed: number; ms: number; judgement: Judgement; detected: ReturnType<typeof detect> }[];
 }
 
@@ -126,6 +129,9 @@ try {
         mode,
       });
     for (let w = 0; w < settings.warmup; w++) await gen(0);
+    const engine = await pipe.engine(mode);
+    const cache = stepCacheOf(engine);
+    const before = { ...(cache?.stats ?? { full: 0, cached: 0 }) };
     const perPrompt: ModeRow['perPrompt'] = [];
     const floats: Float32Array[] = [];
     const grid: RgbImage[] = [];
@@ -160,7 +166,14 @@ try {
       meanMs: meanStd(times).mean,
       stdMs: meanStd(times).std,
       medianMs: median(times),
-      plan: planSummary((await pipe.engine(mode)).manifest),
+      plan: planSummary(engine.manifest),
+      stepCache: cache
+        ? {
+            threshold: cache.settings.threshold,
+            fullSteps: (cache.stats.full - before.full) / captions.length,
+            cachedSteps: (cache.stats.cached - before.cached) / captions.length,
+          }
+        : null,
       perPrompt,
     };
     rows.push(row);
@@ -278,6 +291,7 @@ if (!values['no-merge']) {
           latencyMedianMs: r.medianMs,
           speedup: slowest / r.meanMs,
           plan: r.plan,
+          stepCache: r.stepCache,
           ...(r.psnr !== null && r.ssim !== null ? { psnr: r.psnr, ssim: r.ssim } : {}),
           promptAccuracy: Object.fromEntries(
             ATTRIBUTES.flatMap((a) => (r.accuracy[a] ? [[a, r.accuracy[a].accuracy]] : [])),
