@@ -11,8 +11,9 @@
  * 1) after one untimed warm-up per mode. The clean renders of the same captions are judged too (the detector's own
  * accuracy, expected 100 %).
  *
- * Writes bench/results/quality-<model>.json and .md, quality-<model>-accuracy.svg and -psnr.svg (quality against
- * latency), quality-<model>-grid.png (one row per mode, the first `--grid` prompts, plus the clean renders), and
+ * Writes bench/results/quality-<model>.json and .md, charts/quality-<model>-accuracy.svg and -psnr.svg (quality
+ * against latency), charts/quality-<model>-grid.png (one row per mode, the first `--grid` prompts, plus the clean
+ * renders), and
  * merges accuracy, PSNR/SSIM, latency and plan summaries into bench/results/modes.json under the model's name
  * (what the `models` query shows for the served model).
  *
@@ -22,10 +23,10 @@
  * Default model: models/flux-mini when installed, else models/flux-tiny (whose random weights follow no prompt:
  * expect chance-level accuracy there).
  */
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { EMBEDDED_MODEL_DIR } from '../src/config.ts';
+import { EMBEDDED_MODEL_DIR, loadPipelineSettings } from '../src/config.ts';
 import type { RgbImage } from '../src/pipeline/executor.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
@@ -39,6 +40,7 @@ import {
 import { caption, sampleCaptions } from '../src/shared/caption-grammar/grammar.ts';
 import { renderCaption } from '../src/shared/caption-grammar/render.ts';
 import { psnr, ssim } from '../src/shared/image-metrics.ts';
+import { renderSvg } from './lib/charts.ts';
 import { imageGridPng } from './lib/image-grid.ts';
 import {
   BENCH_MODES,
@@ -50,7 +52,6 @@ import {
   providerInfo,
   RESULTS_DIR,
 } from './lib/modes-report.ts';
-import { scatterSvg } from './lib/plot.ts';
 
 const { values } = parseArgs({
   options: {
@@ -109,7 +110,12 @@ const meanAccuracy = (acc: Accuracy) => mean(ATTRIBUTES.flatMap((a) => (acc[a] ?
 log(
   `[${model}] ${captions.length} grammar prompts x ${modes.length} modes at ${settings.size}x${settings.size}, ${settings.steps} steps`,
 );
-const pipe = await FluxPipeline.fromPretrained(modelDir, { modes, threads, onLog: (m) => log(`  ${m}`) });
+const pipe = await FluxPipeline.fromPretrained(modelDir, {
+  ...loadPipelineSettings(),
+  modes,
+  threads,
+  onLog: (m) => log(`  ${m}`),
+});
 const rows: ModeRow[] = [];
 const gridRows: { label: string; images: RgbImage[] }[] = [
   { label: 'caption', images: captions.slice(0, gridColumns).map((a, i) => renderCaption(a, i, settings.size)) },
@@ -244,35 +250,68 @@ const report = {
   rows,
 };
 writeFileSync(`${stem}.json`, `${JSON.stringify(report, null, 2)}\n`);
-const latencyLabel = `mean latency per image (fraction of the slowest mode; ${settings.size}x${settings.size}, ${settings.steps} steps)`;
-writeFileSync(
-  `${stem}-accuracy.svg`,
-  scatterSvg(
-    `${model}: prompt following vs latency, per attribute`,
-    latencyLabel,
-    'detector accuracy (%)',
-    // Four series (the plot's palette): the mean over attributes and the three every prompt asks for.
-    [
-      {
-        name: 'mean of attributes',
-        points: rows.map((r) => ({ label: r.mode, x: r.meanMs, y: 100 * r.meanAccuracy })),
-      },
-      ...(['background', 'color', 'shape'] as const).map((a) => ({
-        name: a === 'color' ? 'object color' : a,
-        points: rows.map((r) => ({ label: r.mode, x: r.meanMs, y: 100 * (r.accuracy[a]?.accuracy ?? 0) })),
-      })),
+const charts = join(resolve(values.out), 'charts');
+mkdirSync(charts, { recursive: true });
+const chartStem = join(charts, `quality-${model}`);
+/** One labelled point per mode over mean latency; `series` colours the points (Vega-Lite, rendered by bench/lib/charts.ts). */
+const pointsOverLatency = (
+  title: string,
+  yTitle: string,
+  values: { series: string; mode: string; ms: number; y: number }[],
+) => {
+  const encoding = {
+    x: { field: 'ms', type: 'quantitative', title: 'mean latency per image (ms)', scale: { zero: false } },
+    y: { field: 'y', type: 'quantitative', title: yTitle, scale: { zero: false } },
+    color: { field: 'series', type: 'nominal', title: null },
+  } as const;
+  return renderSvg({
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: {
+      text: title,
+      subtitle: `${captions.length} grammar prompts, ${settings.size}×${settings.size}, ${settings.steps} steps; ${date.slice(0, 10)}`,
+    },
+    data: { values },
+    width: 360,
+    height: 260,
+    layer: [
+      { mark: { type: 'point', filled: true, size: 70 }, encoding },
+      { mark: { type: 'text', dx: 8, dy: -8, align: 'left' }, encoding: { ...encoding, text: { field: 'mode' } } },
     ],
+  });
+};
+writeFileSync(
+  `${chartStem}-accuracy.svg`,
+  await pointsOverLatency(
+    `${model}: prompt following against latency`,
+    'detector accuracy (%)',
+    rows.flatMap((r) => [
+      { series: 'mean of attributes', mode: r.mode, ms: r.meanMs, y: 100 * r.meanAccuracy },
+      ...ATTRIBUTES.flatMap((a) =>
+        r.accuracy[a]
+          ? [
+              {
+                series: a === 'color' ? 'object color' : a,
+                mode: r.mode,
+                ms: r.meanMs,
+                y: 100 * r.accuracy[a].accuracy,
+              },
+            ]
+          : [],
+      ),
+    ]),
   ),
 );
 if (rows.some((r) => r.psnr !== null)) {
   writeFileSync(
-    `${stem}-psnr.svg`,
-    scatterSvg(`${model}: PSNR against original vs latency`, latencyLabel, 'PSNR vs original (dB, capped at 100)', [
-      { name: model, points: rows.map((r) => ({ label: r.mode, x: r.meanMs, y: r.psnr ?? 0 })) },
-    ]),
+    `${chartStem}-psnr.svg`,
+    await pointsOverLatency(
+      `${model}: PSNR against original, over latency`,
+      'PSNR vs original (dB, capped at 100)',
+      rows.flatMap((r) => (r.psnr === null ? [] : [{ series: 'PSNR', mode: r.mode, ms: r.meanMs, y: r.psnr }])),
+    ),
   );
 }
-writeFileSync(`${stem}-grid.png`, await imageGridPng(gridRows, 128));
+writeFileSync(`${chartStem}-grid.png`, await imageGridPng(gridRows, 128));
 
 if (!values['no-merge']) {
   const slowest = rows.find((r) => r.mode === 'original')?.meanMs ?? Math.max(...rows.map((r) => r.meanMs));
@@ -313,8 +352,8 @@ const md = [
     '(src/shared/caption-grammar/detector.ts, the rules of tools/train-mini/detector.py); position and size are ' +
     'judged only on prompts that name them. PSNR (capped at 100 dB) and SSIM against original, same prompt and seed. ' +
     `Latency: wall time of one generate call, mean over the prompts after ${settings.warmup} warm-up.`,
-  `Files: quality-${model}.json (per prompt: detection, judgement, ms), quality-${model}-accuracy.svg, ` +
-    `quality-${model}-psnr.svg, quality-${model}-grid.png (first ${gridColumns} prompts; top row: the clean render ` +
+  `Files: quality-${model}.json (per prompt: detection, judgement, ms), charts/quality-${model}-accuracy.svg, ` +
+    `charts/quality-${model}-psnr.svg, charts/quality-${model}-grid.png (first ${gridColumns} prompts; top row: the clean render ` +
     'of each caption, then one row per mode).',
   '',
   `| mode | ${ATTRIBUTES.join(' | ')} | mean | PSNR dB | SSIM | ms / image (mean ± sd) |`,
