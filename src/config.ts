@@ -2,8 +2,8 @@
  * @file Server configuration from the environment, TheStage container style (MODEL_REPO, MODEL_SIZE,
  * MODEL_BATCH, AUTH_TOKEN, PORT, HOST) plus our own knobs. Bad values fail at startup with the variable named.
  */
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
 import { defaultHubCacheDir, type HubOptions, isHubModelSpec } from './shared/hub/index.ts';
@@ -15,7 +15,7 @@ export interface ServerConfig {
   /**
    * Model: a folder (diffusers or BFL layout) or transformer file, as an absolute path, or a Hugging Face id
    * `org/name[@revision]` (kept as given; `resolveModelPath` turns it into the cache snapshot). MODEL_REPO.
-   * @default the embedded `models/flux-tiny`
+   * @default {@link EMBEDDED_MODEL_DIR} (flux-mini when installed, else flux-tiny)
    */
   modelRepo: string;
   /** The Hugging Face cache and hub (HF_HUB_CACHE, HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE). */
@@ -170,8 +170,14 @@ export class ConfigError extends Error {
 
 const REPO_ROOT = PACKAGE_ROOT;
 
-/** The embedded tiny model shipped with the repository. */
-export const EMBEDDED_MODEL_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
+/** flux-tiny: FLUX.1-dev's structure with tiny random weights; the model of the conformance fixtures. */
+export const FLUX_TINY_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
+/** flux-mini: FLUX.1-dev's structure trained on the caption grammar (issue 14; tools/train-mini). */
+export const FLUX_MINI_DIR = resolve(REPO_ROOT, 'models/flux-mini');
+/** Whether flux-mini is installed (its weights come from a GPU run; the repository works without them). */
+export const HAS_FLUX_MINI = existsSync(join(FLUX_MINI_DIR, 'model_index.json'));
+/** The embedded model served by default: flux-mini when installed (it draws what the prompt asks), else flux-tiny. */
+export const EMBEDDED_MODEL_DIR = HAS_FLUX_MINI ? FLUX_MINI_DIR : FLUX_TINY_DIR;
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => {
   const error =

@@ -5,7 +5,7 @@
  */
 import { cpSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { EMBEDDED_MODEL_DIR as MODEL_DIR } from '../src/config.ts';
+import { FLUX_TINY_DIR as MODEL_DIR } from '../src/config.ts';
 import { openSafetensors } from '../src/shared/weights/safetensors.ts';
 import { type FloatTensorInput, writeSafetensors } from '../src/shared/weights/safetensors-writer.ts';
 

@@ -119,13 +119,14 @@ export function residentBytes(pid: number): number {
   return Number(kb) * 1024;
 }
 
-/** `fluxql serve --role worker`; resolves once it takes jobs. */
+/** `fluxql serve --role worker` (flux-tiny unless `env` names a MODEL_REPO); resolves once it takes jobs. */
 export async function startWorker(env: NodeJS.ProcessEnv): Promise<NodeProcess & { id: string }> {
   const p = await spawnUntil(
     process.execPath,
     [resolve(REPO_ROOT, 'bin/fluxql.js'), 'serve', '--role', 'worker'],
-    // Only the default mode is warmed from the start unless a test asks for more (the others warm on demand).
-    { ...process.env, WARM_MODES: 'default', ...env },
+    // Only the default mode is warmed from the start unless a test asks for more (the others warm on demand). The
+    // tests' timings assume flux-tiny, whichever model is the default (flux-mini when installed).
+    { MODEL_REPO: resolve(REPO_ROOT, 'models/flux-tiny'), ...process.env, WARM_MODES: 'default', ...env },
     /worker (\S+) serving/,
   );
   return { ...p, id: p.match[1] as string };

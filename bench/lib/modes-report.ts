@@ -13,6 +13,8 @@
  *           "latencyMs": mean generation ms, "latencyStdMs", "latencyMedianMs", "speedup": original / mode (means),
  *           "transformerForwardMs": median ms of one full-transformer forward,
  *           "psnr": mean dB vs original, "ssim": mean vs original,
+ *           "promptAccuracy": { background, color, shape, position?, size? } (grammar models: bench/quality-grammar.ts),
+ *           "promptCount": prompts judged,
  *           "plan": { "budget", "measuredError", "algorithms": { "<algorithm>": layer count } } | null,
  *           "stepCache": { "threshold", "fullSteps", "cachedSteps" } | null } } } } }
  */

@@ -1,11 +1,11 @@
 /**
  * @file `fluxql conformance [--fixtures DIR]`: runs every case listed in `DIR/index.json` (default: the repository's
- * `test/fixtures/flux-tiny-reference`) against `--model`, else `DIR/flux-tiny`, else the embedded model, and prints
+ * `test/fixtures/flux-tiny-reference`) against `--model`, else `DIR/flux-tiny`, else models/flux-tiny, and prints
  * one JSON line `{"passed","failed","cases":[...]}`; exits 1 when a case fails.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadPipelineSettings } from '../config.ts';
+import { FLUX_TINY_DIR, loadPipelineSettings } from '../config.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import {
   type CaseResult,
@@ -17,13 +17,12 @@ import {
 } from './conformance/cases.ts';
 import { readFixtureIndex } from './conformance/fixture-index.ts';
 import { loraCases, prepareLoraDir } from './conformance/lora-cases.ts';
-import { DEFAULT_MODEL_DIR } from './defaults.ts';
 
 /** Runs the cases and returns the report (also used by tests). */
 export async function conformanceReport(fixtures: string, model: string | undefined, mode = 'original') {
   const index = readFixtureIndex(fixtures);
-  // The repository's fixtures leave out their model copy: it is the embedded model.
-  const modelDir = model ?? (existsSync(join(fixtures, 'flux-tiny')) ? join(fixtures, 'flux-tiny') : DEFAULT_MODEL_DIR);
+  // The repository's fixtures leave out their model copy: it is models/flux-tiny (never the default flux-mini).
+  const modelDir = model ?? (existsSync(join(fixtures, 'flux-tiny')) ? join(fixtures, 'flux-tiny') : FLUX_TINY_DIR);
   // LoRAs are read only from a LoRA folder: the fixture LoRAs (and a constructed BFL Control LoRA) are staged in one.
   const loraDir = index.lora_cases.length > 0 ? prepareLoraDir(fixtures, index, modelDir) : undefined;
   const { cacheDir, ortSpin } = loadPipelineSettings();

@@ -1,16 +1,26 @@
 /** @file Defaults shared by CLI commands. */
 import { resolve } from 'node:path';
+import { EMBEDDED_MODEL_DIR, FLUX_MINI_DIR } from '../config.ts';
 import { PACKAGE_ROOT } from '../shared/package-root.ts';
 import { UsageError } from './errors.ts';
 
 // From src/cli or dist/src/cli alike (see package-root.ts).
 const REPO_ROOT = PACKAGE_ROOT;
 
-/** The embedded flux-tiny model shipped in the repository. */
-export const DEFAULT_MODEL_DIR = resolve(REPO_ROOT, 'models/flux-tiny');
+/** The embedded model: flux-mini when installed, else flux-tiny (as `npm start` serves). */
+export const DEFAULT_MODEL_DIR = EMBEDDED_MODEL_DIR;
 
-/** The diffusers reference fixtures for the embedded model, shipped in the repository (without its model copy). */
+/** The diffusers reference fixtures for flux-tiny, shipped in the repository (without its model copy). */
 export const DEFAULT_FIXTURES_DIR = resolve(REPO_ROOT, 'test/fixtures/flux-tiny-reference');
+
+/** flux-mini's native size (trained at 256x256); other models keep 512x512. */
+export const FLUX_MINI_SIZE = '256x256';
+const OTHER_SIZE = '512x512';
+
+/** The `--size` a command uses when none is given: the model's native size where known. */
+export function defaultSizeFor(modelDir: string): string {
+  return resolve(modelDir) === FLUX_MINI_DIR ? FLUX_MINI_SIZE : OTHER_SIZE;
+}
 
 /** Parses `WxH`. */
 export function parseSize(size: string): { width: number; height: number } {

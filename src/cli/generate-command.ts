@@ -6,7 +6,7 @@ import { loadPipelineSettings } from '../config.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import { parseProvider } from '../runtime/index.ts';
 import { encodeImage, type ImageFormat } from '../service/media/image-codec.ts';
-import { parseIntOption, parseSize } from './defaults.ts';
+import { defaultSizeFor, parseIntOption, parseSize } from './defaults.ts';
 import { UsageError } from './errors.ts';
 import { resolveCliModel } from './model-path.ts';
 
@@ -14,7 +14,8 @@ interface GenerateArgs {
   prompt: string;
   out: string;
   model: string;
-  size: string;
+  /** Absent: the model's native size ({@link defaultSizeFor}). */
+  size?: string;
   steps: string;
   guidance: string;
   seed: string;
@@ -28,7 +29,7 @@ const FORMATS: Record<string, ImageFormat> = { '.png': 'png', '.webp': 'webp', '
 export async function runGenerate(args: GenerateArgs): Promise<void> {
   const format = FORMATS[extname(args.out).toLowerCase()];
   if (!format) throw new UsageError(`--out must end in .png, .webp, .jpg or .jpeg, got "${args.out}"`);
-  const { width, height } = parseSize(args.size);
+  const { width, height } = parseSize(args.size ?? defaultSizeFor(args.model));
   const steps = parseIntOption('--steps', args.steps);
   const guidanceScale = Number(args.guidance);
   if (!Number.isFinite(guidanceScale)) throw new UsageError(`--guidance must be a number, got "${args.guidance}"`);

@@ -3,8 +3,8 @@
  * file; this one only declares them.
  */
 import { Command, Option } from 'commander';
-import { EXECUTION_PROVIDERS, MODE_NAMES, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { PACKAGE_VERSION } from '../shared/package-root.ts';
+import { EXECUTION_PROVIDERS, MODE_NAMES, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { runCompile } from './compile-command.ts';
 import { runConformance } from './conformance-command.ts';
 import { DEFAULT_FIXTURES_DIR, DEFAULT_MODEL_DIR } from './defaults.ts';
@@ -31,7 +31,7 @@ program
     'model: a folder (diffusers or BFL files) or a Hugging Face id org/name[@revision]',
     DEFAULT_MODEL_DIR,
   )
-  .option('-s, --size <WxH>', 'image size, multiples of 16', '512x512')
+  .option('-s, --size <WxH>', 'image size, multiples of 16 (default: 256x256 on flux-mini, else 512x512)')
   .option('--steps <n>', 'denoising steps', '28')
   .option('--guidance <g>', 'guidance scale', '3.5')
   .option('--seed <n>', 'seed', '0')

@@ -21,6 +21,9 @@ const ModeRow = z
     speedup: num.optional(),
     psnr: num.optional(),
     ssim: num.optional(),
+    /** Grammar-prompt following per attribute (bench:quality on flux-mini), fractions in [0, 1]. */
+    promptAccuracy: z.record(z.string(), num).optional(),
+    promptCount: z.number().int().positive().optional(),
     plan: z
       .object({ budget: num, measuredError: num, algorithms: z.record(z.string(), z.number().int().nonnegative()) })
       .loose()
@@ -80,8 +83,24 @@ export interface ModeQuality {
   ssim: number;
   /** What the images are compared with. */
   reference: 'original';
+  /**
+   * How well the mode's images follow prompts of flux-mini's caption grammar, as the deterministic detector judges
+   * them (`npm run bench:quality`); null when not measured (models without the grammar, e.g. FLUX.1-dev, flux-tiny).
+   */
+  promptFollowing: PromptFollowing | null;
   /** The result file and what was measured. */
   source: string;
+}
+
+/** Accuracy per attribute (fractions in [0, 1]); position and size count only prompts that name them. */
+export interface PromptFollowing {
+  background: number | null;
+  color: number | null;
+  shape: number | null;
+  position: number | null;
+  size: number | null;
+  /** Prompts judged. */
+  prompts: number | null;
 }
 
 /** The compression planner's choice for a mode, summarised. */
@@ -141,7 +160,8 @@ export class ModeResults {
             runs: lat.runs ?? 1,
             source:
               `${this.shown}${lat.date ? ` (${lat.date})` : ''}: mode benchmark on ${provider ?? 'unknown provider'}, ` +
-              `mean generation time of ${lat.runs ?? '?'} runs after a warm-up; step ms = median transformer forward`,
+              `mean generation time of ${lat.runs ?? '?'} runs after a warm-up; step ms = ` +
+              (row.transformerForwardMs !== undefined ? 'median transformer forward' : 'latency / steps'),
           }
         : null;
     const q = model.quality;
@@ -151,6 +171,16 @@ export class ModeResults {
             psnr: row.psnr,
             ssim: row.ssim,
             reference: 'original',
+            promptFollowing: row.promptAccuracy
+              ? {
+                  background: row.promptAccuracy.background ?? null,
+                  color: row.promptAccuracy.color ?? null,
+                  shape: row.promptAccuracy.shape ?? null,
+                  position: row.promptAccuracy.position ?? null,
+                  size: row.promptAccuracy.size ?? null,
+                  prompts: row.promptCount ?? null,
+                }
+              : null,
             source:
               `${this.shown}${q?.date ? ` (${q.date})` : ''}: mean over ${q?.prompts ?? '?'} prompts` +
               `${q?.size ? ` at ${q.size}×${q.size}` : ''}${q?.steps ? `, ${q.steps} steps` : ''}, vs original`,

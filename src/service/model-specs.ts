@@ -13,6 +13,7 @@ import { MODE_NAMES, sizeOfMode } from '../shared/vocabulary/index.ts';
 
 /** Where a published number comes from. */
 export const PUBLISHED_SPEC_SOURCE =
+  'FLUX.1-dev (12B) as published, not measured on the served model: ' +
   'https://huggingface.co/TheStageAI/Elastic-FLUX.1-dev (model card, latency table, revision 5c8f62f)';
 
 /** One published cell: seconds for one 1024x1024 image on `gpu` in `mode`; `null` when the card says N/A. */

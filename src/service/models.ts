@@ -34,7 +34,20 @@ export interface GenerationLimits {
   minGuidance: number;
   /** @default 30 */
   maxGuidance: number;
+  /**
+   * Size of a request that names none: the model's native size ({@link NATIVE_SIDES}), else FLUX.1-dev's 1024
+   * (the `1:1` aspect ratio). @default 1024
+   */
+  defaultWidth: number;
+  /** @default 1024 */
+  defaultHeight: number;
 }
+
+/**
+ * Native (trained) square side of the models known by name: flux-mini is trained at 256x256 (models/flux-mini,
+ * tools/train-mini). Every other model, FLUX.1-dev included, defaults to 1024x1024.
+ */
+export const NATIVE_SIDES: Readonly<Record<string, number>> = Object.freeze({ 'flux-mini': 256 });
 
 /** One servable (model, mode) pair. */
 export interface ModelEntry {
@@ -80,6 +93,8 @@ export const DEFAULT_LIMITS: Omit<GenerationLimits, 'maxImages'> = Object.freeze
   maxPromptChars: 10_000,
   minGuidance: 0,
   maxGuidance: 30,
+  defaultWidth: 1024,
+  defaultHeight: 1024,
 });
 
 /** The public id of a mode at a batch size. */
@@ -104,7 +119,13 @@ export class ModelCatalog {
       modeResults?: ModeResults;
     },
   ) {
-    const configured: GenerationLimits = { ...DEFAULT_LIMITS, maxImages: options.batchSize, ...options.limits };
+    const native = NATIVE_SIDES[info.name];
+    const configured: GenerationLimits = {
+      ...DEFAULT_LIMITS,
+      ...(native ? { defaultWidth: native, defaultHeight: native } : {}),
+      maxImages: options.batchSize,
+      ...options.limits,
+    };
     // The engine's declared capabilities cap the configured limits (e.g. a largest side).
     const limits: GenerationLimits = {
       ...configured,

@@ -207,7 +207,10 @@ export function parseGenerateInput(input: unknown, catalog: ModelCatalog): Gener
   const size =
     v.width != null && v.height != null
       ? { width: v.width, height: v.height }
-      : (ASPECT_RATIOS[v.aspectRatio ?? REQUEST_DEFAULTS.aspectRatio] as { width: number; height: number });
+      : v.aspectRatio != null
+        ? (ASPECT_RATIOS[v.aspectRatio] as { width: number; height: number })
+        : // Neither: the model's native size (flux-mini 256x256; FLUX.1-dev's 1024x1024, the `1:1` ratio, otherwise).
+          { width: model.limits.defaultWidth, height: model.limits.defaultHeight };
   return {
     prompt: v.prompt,
     model,

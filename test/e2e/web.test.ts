@@ -128,7 +128,7 @@ describe.skipIf(!HAS_CHROMIUM)(`web page in headless Chromium (${CHROMIUM})`, ()
     const p = await openPage();
     // The mode options carry the published latency and the quality figure.
     const xl = p.locator('#mode option[value="XL"]');
-    expect(await xl.textContent()).toMatch(/XL — [\d.]+ s on H100 — /);
+    expect(await xl.textContent()).toMatch(/XL — [\d.]+ s on H100 \(FLUX\.1-dev, published\) — /);
 
     await p.getByLabel('Prompt').fill('a lighthouse on a cliff at dawn');
     await p.getByLabel('Mode').selectOption('XL');

@@ -10,7 +10,7 @@ import { type ExecutionResult, print } from 'graphql';
 import { type Client, createClient } from 'graphql-ws';
 import { vi } from 'vitest';
 import WebSocket from 'ws';
-import { EMBEDDED_MODEL_DIR, loadConfig, type ServerConfig } from '../../src/config.ts';
+import { FLUX_TINY_DIR, loadConfig, type ServerConfig } from '../../src/config.ts';
 import { type StartedServer, type StartServerDeps, startServer } from '../../src/main.ts';
 
 const leftovers: (() => Promise<void>)[] = [];
@@ -33,7 +33,7 @@ export async function startTestServer(
   const config = loadConfig(
     {},
     {
-      modelRepo: EMBEDDED_MODEL_DIR,
+      modelRepo: FLUX_TINY_DIR,
       port: 0,
       host: '127.0.0.1',
       imageDir,

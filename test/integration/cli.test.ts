@@ -16,11 +16,13 @@ const CLI = join(REPO_ROOT, 'bin/fluxql.js');
 const out = mkdtempSync(join(tmpdir(), 'fluxql-cli-'));
 
 describe('fluxql generate', () => {
-  it('generates a 512x512, 28-step PNG with the embedded model', async () => {
+  it('generates a 512x512, 28-step PNG with flux-tiny', async () => {
     const file = join(out, 'kitten.png');
     const { stderr } = await run(process.execPath, [
       CLI,
       'generate',
+      '--model',
+      join(REPO_ROOT, 'models/flux-tiny'),
       '--prompt',
       'Kitten eating a banana',
       '--out',
@@ -69,9 +71,14 @@ describe('fluxql compile', () => {
   it('builds every mode ahead of serving, planned ones included, into CACHE_DIR (alias FLUXQL_CACHE_DIR)', async () => {
     const cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-compile-'));
     const compile = (env: NodeJS.ProcessEnv) =>
-      run(process.execPath, [CLI, 'compile', '--mode', 'original', 'XL', 'L', 'M', 'S'], {
-        env: { ...process.env, CACHE_DIR: '', FLUXQL_CACHE_DIR: '', ...env },
-      });
+      // flux-tiny, named: the default model is flux-mini when installed, which plans and compiles for longer.
+      run(
+        process.execPath,
+        [CLI, 'compile', '--model', join(REPO_ROOT, 'models/flux-tiny'), '--mode', 'original', 'XL', 'L', 'M', 'S'],
+        {
+          env: { ...process.env, CACHE_DIR: '', FLUXQL_CACHE_DIR: '', ...env },
+        },
+      );
     const lines = (stdout: string) =>
       stdout
         .trim()

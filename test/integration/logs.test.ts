@@ -30,6 +30,8 @@ beforeAll(async () => {
     cwd: REPO_ROOT,
     env: {
       ...process.env,
+      // flux-tiny, named: the default is flux-mini when installed.
+      MODEL_REPO: resolve(REPO_ROOT, 'models/flux-tiny'),
       PORT: '0',
       HOST: '127.0.0.1',
       IMAGE_DIR: imageDir,

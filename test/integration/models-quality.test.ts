@@ -4,10 +4,11 @@
  * on port 0; a missing result file gives nulls and the server keeps answering. After a generation in M, M's plan
  * also lists the engine's per-layer choices, the same as the planner's cached plan file.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { EMBEDDED_MODEL_DIR } from '../../src/config.ts';
+import { FLUX_TINY_DIR } from '../../src/config.ts';
 import { planPath } from '../../src/pipeline/flux/elastic-plan.ts';
 import { defaultCacheDir, openModelSource } from '../../src/pipeline/flux/engine-cache.ts';
 import { GenerateImageDocument, JobDocument, ModelsDocument } from '../helpers/gql/graphql.ts';
@@ -44,7 +45,7 @@ describe('models: measured quality and plan', () => {
       const want = recorded[mode];
       if (!m || !want) throw new Error(`mode ${mode} missing`);
       expect(m.name).toBe('flux-tiny');
-      expect(m.quality).toEqual({ psnr: want.psnr, ssim: want.ssim, reference: 'original' });
+      expect(m.quality).toEqual({ psnr: want.psnr, ssim: want.ssim, reference: 'original', promptFollowing: null });
       const bench = m.specs.find((s) => s.origin === 'BENCHMARK');
       expect(bench?.latencySeconds).toBeCloseTo(want.latencyMs / 1000, 12);
       if (!want.plan && !want.stepCache) {
@@ -77,7 +78,7 @@ describe('models: measured quality and plan', () => {
     });
     // The plan M was compiled from (written by the planner on first use; the server shares this process's cache).
     const planFile = JSON.parse(
-      readFileSync(planPath(defaultCacheDir(), { source: openModelSource(EMBEDDED_MODEL_DIR) }), 'utf8'),
+      readFileSync(planPath(defaultCacheDir(), { source: openModelSource(FLUX_TINY_DIR) }), 'utf8'),
     ) as { plans: Record<string, { entries: { layer: string; algorithm: string; error: number; gainMs: number }[] }> };
     const entries = planFile.plans.M?.entries ?? [];
     expect(entries.length).toBeGreaterThan(0);
@@ -106,6 +107,47 @@ describe('models: measured quality and plan', () => {
     // Unplanned modes have no per-layer plan.
     const { models } = await gqlData(url, ModelsDocument, {});
     expect(models.find((x) => x.mode === 'XL')?.plan?.layers ?? []).toEqual([]);
+  });
+
+  it("shows the served model's grammar prompt-following rows, never another model's", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fluxql-modes-'));
+    const row = (acc: number) => ({
+      latencyMs: 900,
+      psnr: 40,
+      ssim: 0.99,
+      promptAccuracy: { background: acc, color: acc, shape: acc / 2, position: acc / 4 },
+      promptCount: 48,
+    });
+    const results = join(dir, 'modes.json');
+    writeFileSync(
+      results,
+      JSON.stringify({
+        format: 'fluxql-modes/1',
+        machine: { cpu: 'test cpu', cores: 2 },
+        models: {
+          'flux-tiny': { quality: { size: 256, steps: 28, prompts: 48 }, modes: { S: row(0.5) } },
+          'flux-mini': { quality: { size: 256, steps: 28, prompts: 48 }, modes: { S: row(1), L: row(1) } },
+        },
+      }),
+    );
+    const { url } = await startTestServer({ modelBatch: 2, modesResults: results });
+    const { models } = await gqlData(url, ModelsDocument, {});
+    const s = models.find((x) => x.mode === 'S');
+    expect(s?.name).toBe('flux-tiny');
+    expect(s?.quality?.promptFollowing).toEqual({
+      background: 0.5,
+      color: 0.5,
+      shape: 0.25,
+      position: 0.125,
+      size: null,
+      prompts: 48,
+    });
+    expect(models.find((x) => x.mode === 'L')?.quality).toBeNull();
+    // Published rows are FLUX.1-dev's and say so.
+    const published = s?.specs.filter((x) => x.origin === 'PUBLISHED') ?? [];
+    expect(published.length).toBeGreaterThan(0);
+    for (const p of published)
+      expect(p.source).toMatch(/^FLUX\.1-dev \(12B\) as published, not measured on the served model/);
   });
 
   it('gives nulls when the result file is missing and still answers', async () => {

@@ -21,10 +21,13 @@ function seconds(spec: Spec): string {
   return spec.origin === 'PUBLISHED' ? `${spec.latencySeconds} s` : formatDuration(spec.latencySeconds * 1000);
 }
 
-/** "XL — 4.18 s on H100 — Mathematically equivalent network, optimized by the compiler." */
+/**
+ * "XL — 4.18 s on H100 (FLUX.1-dev, published) — Mathematically equivalent network, optimized by the compiler."
+ * The published figure is FLUX.1-dev's at 1024x1024, never the served model's (flux-mini is far smaller).
+ */
 function optionText(m: Model): string {
   const h100 = m.specs.find((s) => s.origin === 'PUBLISHED' && s.hardware === 'H100');
-  const latency = h100 ? `${seconds(h100)} on H100` : 'latency not published';
+  const latency = h100 ? `${seconds(h100)} on H100 (FLUX.1-dev, published)` : 'latency not published';
   return `${m.mode}${m.isDefault ? ' (default)' : ''} — ${latency} — ${m.description}`;
 }
 
@@ -34,7 +37,10 @@ function specSummary(m: Model): string {
   const measured = m.specs
     .filter((s) => s.origin === 'MEASURED')
     .map((s) => `${s.width}×${s.height}${s.steps ? `, ${s.steps} steps` : ''}: ${seconds(s)}`);
-  const parts = [`${m.description}`, `Published latency (1024×1024): ${published.join(' · ') || 'none'}.`];
+  const parts = [
+    `${m.description}`,
+    `Published FLUX.1-dev latency (1024×1024, not measured on ${m.name}): ${published.join(' · ') || 'none'}.`,
+  ];
   if (m.quality && m.mode !== 'original') {
     parts.push(
       `Measured quality vs original: PSNR ${m.quality.psnr.toFixed(1)} dB, SSIM ${m.quality.ssim.toFixed(4)}.`,
@@ -64,14 +70,26 @@ function applyLimits(m: Model): void {
   });
 }
 
-function fillAspectRatios(ratios: readonly string[]): void {
+/**
+ * Fills the aspect-ratio selector. On first fill it proposes the model's native size: `1:1` for FLUX.1-dev
+ * (1024x1024); for a model trained smaller (flux-mini, 256x256) the custom size, filled in with it.
+ */
+function fillAspectRatios(limits: Model['limits']): void {
   const select = byId('aspectRatio', HTMLSelectElement);
   const previous = select.value;
+  const ratios = limits.aspectRatios;
   select.replaceChildren(
     ...ratios.map((r) => el('option', { value: r }, r)),
     el('option', { value: CUSTOM_SIZE }, 'Custom size…'),
   );
-  select.value = previous && [...ratios, CUSTOM_SIZE].includes(previous) ? previous : (ratios[0] ?? CUSTOM_SIZE);
+  if (previous && [...ratios, CUSTOM_SIZE].includes(previous)) select.value = previous;
+  else if (limits.defaultWidth === 1024 && limits.defaultHeight === 1024 && ratios.includes('1:1'))
+    select.value = '1:1';
+  else {
+    select.value = CUSTOM_SIZE;
+    byId('width', HTMLInputElement).value = String(limits.defaultWidth);
+    byId('height', HTMLInputElement).value = String(limits.defaultHeight);
+  }
   syncCustomSize();
 }
 
@@ -83,7 +101,7 @@ export async function loadModels(): Promise<void> {
   const chosen = models.find((m) => m.isDefault) ?? models[0];
   if (!chosen) return;
   select.value = chosen.mode;
-  fillAspectRatios(chosen.limits.aspectRatios);
+  fillAspectRatios(chosen.limits);
   applyLimits(chosen);
   // A property, not addEventListener: loading again (after a token change) must not stack handlers.
   select.onchange = () => {

@@ -24,6 +24,8 @@ export const WebModelsQuery = graphql(`
         minGuidance
         maxGuidance
         aspectRatios
+        defaultWidth
+        defaultHeight
       }
       specs {
         origin

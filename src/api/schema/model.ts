@@ -14,7 +14,11 @@ import { builder } from '../builder.ts';
 const SpecOrigin = builder.enumType('SpecOrigin', {
   description: 'Where a latency number comes from.',
   values: {
-    PUBLISHED: { description: 'Stated on the TheStage seed model card; not measured here.' },
+    PUBLISHED: {
+      description:
+        "FLUX.1-dev's latency as stated on the TheStage seed model card: not measured here, and not the served " +
+        "model's unless it is FLUX.1-dev (flux-mini and flux-tiny are far smaller).",
+    },
     BENCHMARK: {
       description:
         "Measured by the repository's mode benchmark (`bench/results/modes.json`, MODES_RESULTS) on the machine " +
@@ -86,6 +90,24 @@ const ModelLimits = builder.simpleObject('ModelLimits', {
     minGuidance: t.float(),
     maxGuidance: t.float(),
     aspectRatios: t.stringList(),
+    defaultWidth: t.int({
+      description: "Width of a request that names no size: the model's native size (flux-mini 256), else 1024.",
+    }),
+    defaultHeight: t.int({ description: 'Height of a request that names no size (see `defaultWidth`).' }),
+  }),
+});
+
+const PromptFollowingRef = builder.objectRef<NonNullable<ModeQuality['promptFollowing']>>('PromptFollowing').implement({
+  description:
+    "How often the mode's images show what a prompt of flux-mini's caption grammar asks, per attribute, as the " +
+    'deterministic detector judges them (`npm run bench:quality`). Fractions in [0, 1].',
+  fields: (t) => ({
+    background: t.exposeFloat('background', { nullable: true, description: 'Background color right.' }),
+    color: t.exposeFloat('color', { nullable: true, description: 'Object color right.' }),
+    shape: t.exposeFloat('shape', { nullable: true, description: 'Shape right (circle, square, triangle).' }),
+    position: t.exposeFloat('position', { nullable: true, description: 'Of the prompts that name a position.' }),
+    size: t.exposeFloat('size', { nullable: true, description: 'Of the prompts that name a size.' }),
+    prompts: t.exposeInt('prompts', { nullable: true, description: 'Prompts judged.' }),
   }),
 });
 
@@ -95,6 +117,12 @@ const ModeQualityRef = builder.objectRef<ModeQuality>('ModeQuality').implement({
     psnr: t.exposeFloat('psnr', { description: 'Mean PSNR in dB (100 for identical images).' }),
     ssim: t.exposeFloat('ssim', { description: 'Mean SSIM (1 for identical images).' }),
     reference: t.exposeString('reference', { description: 'The mode compared with: `original`.' }),
+    promptFollowing: t.field({
+      type: PromptFollowingRef,
+      nullable: true,
+      description: 'Grammar-prompt following (flux-mini only); null where not measured.',
+      resolve: (q) => q.promptFollowing,
+    }),
     source: t.exposeString('source'),
   }),
 });

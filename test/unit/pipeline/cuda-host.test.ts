@@ -4,7 +4,7 @@
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { EMBEDDED_MODEL_DIR, loadConfig } from '../../../src/config.ts';
+import { FLUX_TINY_DIR, loadConfig } from '../../../src/config.ts';
 import { readCudaBenchmarks } from '../../../src/pipeline/cuda-benchmarks.ts';
 import { CudaEngineNotFoundError, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
 import { ModelCatalog } from '../../../src/service/models.ts';
@@ -60,7 +60,7 @@ describe('CUDA benchmark rows', () => {
     const catalog = new ModelCatalog(
       {
         name: 'flux-tiny',
-        path: EMBEDDED_MODEL_DIR,
+        path: FLUX_TINY_DIR,
         capabilities: { modes: ['original'], lora: false, control: false, maxSide: 2048, maxBatch: 4 },
         device: 'cuda: NVIDIA H100 80GB HBM3 (bf16)',
         packedChannels: 64,
@@ -77,7 +77,7 @@ describe('CUDA benchmark rows', () => {
 describe('CUDA executor without an engine binary', () => {
   it('fails to start with CudaEngineNotFoundError naming the binary', async () => {
     const err = await createCudaExecutor({
-      modelDir: EMBEDDED_MODEL_DIR,
+      modelDir: FLUX_TINY_DIR,
       engineBin: '/nonexistent/fluxql-engine',
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CudaEngineNotFoundError);

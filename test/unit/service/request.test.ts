@@ -28,6 +28,25 @@ describe('parseGenerateInput', () => {
     expect(Number.isInteger(r.seed)).toBe(true);
   });
 
+  it("gives a request without a size the model's native size: 256x256 on flux-mini", () => {
+    const mini = new ModelCatalog(
+      { ...createFakeExecutor({ modes: ['original'] }).info(), name: 'flux-mini' },
+      { batchSize: 4, defaultSize: 'original' },
+    );
+    expect(mini.default.limits).toMatchObject({ defaultWidth: 256, defaultHeight: 256 });
+    expect(parseGenerateInput({ prompt: 'a red circle on a blue background' }, mini)).toMatchObject({
+      width: 256,
+      height: 256,
+    });
+    // An explicit ratio or size still wins.
+    expect(parseGenerateInput({ prompt: 'x', aspectRatio: '1:1' }, mini)).toMatchObject({ width: 1024, height: 1024 });
+    expect(parseGenerateInput({ prompt: 'x', width: 512, height: 384 }, mini)).toMatchObject({
+      width: 512,
+      height: 384,
+    });
+    expect(catalog.default.limits).toMatchObject({ defaultWidth: 1024, defaultHeight: 1024 });
+  });
+
   it('maps the seed card aspect ratios', () => {
     expect(parseGenerateInput({ prompt: 'x', aspectRatio: '9:21' }, catalog)).toMatchObject({
       width: 544,

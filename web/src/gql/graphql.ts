@@ -72,13 +72,13 @@ export type SpecOrigin =
   | 'BENCHMARK'
   /** Measured by this server's engine: live on its own hardware (source `this server`), or by the engine's benchmark on the card named in `hardware` (source: the result file). */
   | 'MEASURED'
-  /** Stated on the TheStage seed model card; not measured here. */
+  /** FLUX.1-dev's latency as stated on the TheStage seed model card: not measured here, and not the served model's unless it is FLUX.1-dev (flux-mini and flux-tiny are far smaller). */
   | 'PUBLISHED';
 
 export type WebModelsQueryVariables = Exact<{ [key: string]: never; }>;
 
 
-export type WebModelsQuery = { models: Array<{ id: string, mode: string, name: string, description: string, device: string, isDefault: boolean, limits: { minSide: number, maxSide: number, sideMultiple: number, minSteps: number, maxSteps: number, minGuidance: number, maxGuidance: number, aspectRatios: Array<string> }, specs: Array<{ origin: SpecOrigin, hardware: string, width: number, height: number, steps: number | null, latencySeconds: number | null, meanStepMs: number | null }>, quality: { psnr: number, ssim: number } | null }> };
+export type WebModelsQuery = { models: Array<{ id: string, mode: string, name: string, description: string, device: string, isDefault: boolean, limits: { minSide: number, maxSide: number, sideMultiple: number, minSteps: number, maxSteps: number, minGuidance: number, maxGuidance: number, aspectRatios: Array<string>, defaultWidth: number, defaultHeight: number }, specs: Array<{ origin: SpecOrigin, hardware: string, width: number, height: number, steps: number | null, latencySeconds: number | null, meanStepMs: number | null }>, quality: { psnr: number, ssim: number } | null }> };
 
 export type WebGenerateMutationVariables = Exact<{
   input: GenerateImageInput;
@@ -176,6 +176,8 @@ export const WebModelsDocument = new TypedDocumentString(`
       minGuidance
       maxGuidance
       aspectRatios
+      defaultWidth
+      defaultHeight
     }
     specs {
       origin
