@@ -7,6 +7,23 @@ namespace fq {
 namespace {
 std::atomic<bool> g_sticky{false};
 bool g_capturing = false;
+// Errors of a stream capture (an operation that cannot be captured): the capture fails, the context is fine.
+bool capture_error(cudaError_t e) {
+  switch (e) {
+    case cudaErrorStreamCaptureUnsupported:
+    case cudaErrorStreamCaptureInvalidated:
+    case cudaErrorStreamCaptureMerge:
+    case cudaErrorStreamCaptureUnmatched:
+    case cudaErrorStreamCaptureUnjoined:
+    case cudaErrorStreamCaptureIsolation:
+    case cudaErrorStreamCaptureImplicit:
+    case cudaErrorCapturedEvent:
+    case cudaErrorStreamCaptureWrongThread:
+      return true;
+    default:
+      return false;
+  }
+}
 }  // namespace
 
 bool fault_sticky() { return g_sticky.load(); }
@@ -21,7 +38,9 @@ void raise_fault(const char* lib, const std::string& what, const char* expr, con
 
 void raise_library_fault(const char* lib, const std::string& what, const char* expr, const char* file, int line,
                          bool known_device_fault) {
-  bool fault = known_device_fault;
+  // During a stream capture a library refusing to be captured is not a device fault: the capture is abandoned and
+  // the step runs eagerly, where a real fault would show again.
+  bool fault = known_device_fault && !g_capturing;
   if (!fault && !g_capturing) {
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) {
@@ -36,7 +55,7 @@ void check(cudaError_t e, const char* expr, const char* file, int line) {
   if (e == cudaSuccess) return;
   // Out of memory leaves the context usable (the request fails, the engine serves on); every other CUDA error is
   // treated as a device fault, as before.
-  bool fault = e != cudaErrorMemoryAllocation;
+  bool fault = e != cudaErrorMemoryAllocation && !capture_error(e);
   cudaGetLastError();  // clear a non-sticky error so that the next call does not report it again
   raise_fault("CUDA", cudaGetErrorString(e), expr, file, line, fault);
 }
