@@ -12,7 +12,7 @@ export {
   type CudaPrepareArgs,
   type CudaProgress,
 } from './engine-client.ts';
-export { CudaEngineError, CudaEngineExitedError } from './errors.ts';
+export { CudaEngineError, CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
 export {
   encodeFrame,
   FRAME_PREFIX_BYTES,
