@@ -63,7 +63,8 @@ size_t gpu_used() {
 }
 
 struct RunTimes {
-  double total = 0, prepare = 0, steps = 0, decode = 0;
+  double total = 0, prepare = 0, steps = 0, decode = 0, capture = 0;
+  int replays = 0;
   size_t mem = 0;
 };
 
@@ -78,6 +79,8 @@ RunTimes run_once(Engine& e, const Request& r, std::vector<uint8_t>& host_img, u
   while (job->step < job->steps) e.step(*job);
   CUDA_CHECK(cudaStreamSynchronize(e.st));
   t.steps = ms_since(t1);
+  t.capture = job->graph.capture_ms;
+  t.replays = job->replays;
   auto t2 = clk::now();
   e.decode(*job, nullptr, dev_img);
   CUDA_CHECK(cudaMemcpyAsync(host_img.data(), dev_img, host_img.size(), cudaMemcpyDeviceToHost, e.st));
@@ -198,16 +201,25 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
       run_once(e, r, img, dimg);
       runs.clear();
       for (int i = 0; i < iters; i++) runs.push_back(run_once(e, r, img, dimg));
-      double mm = 0, ms = 0;
+      double mm = 0, ms = 0, cap = 0, mn = 1e30, mx = 0;
       for (auto& t : runs) {
         mm += t.total / iters;
         ms += t.steps / iters / steps;
+        cap += t.capture / iters;
+        mn = std::min(mn, t.total);
+        mx = std::max(mx, t.total);
       }
-      fprintf(stderr, "[bench] %s batch %d, CUDA graphs %s: mean %.3f s, step %.2f ms (mean of %d)\n",
-              precision.c_str(), B, m == '1' ? "on" : "off", mm / 1e3, ms, iters);
-      char f[200];
-      snprintf(f, sizeof f, "%s{\"cuda_graph\": %s, \"mean_s\": %.4f, \"step_ms\": %.3f}", modes_js.empty() ? "" : ", ",
-               m == '1' ? "true" : "false", mm / 1e3, ms);
+      fprintf(stderr,
+              "[bench] %s batch %d, CUDA graphs %s: mean %.3f s (min %.3f max %.3f), step %.2f ms incl. capture "
+              "%.1f ms per request, %d of %d steps replayed (mean of %d)\n",
+              precision.c_str(), B, m == '1' ? "on" : "off", mm / 1e3, mn / 1e3, mx / 1e3, ms, cap,
+              runs.back().replays, steps, iters);
+      char f[256];
+      snprintf(f, sizeof f,
+               "%s{\"cuda_graph\": %s, \"mean_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"step_ms\": %.3f, "
+               "\"capture_ms\": %.2f, \"replayed_steps\": %d}",
+               modes_js.empty() ? "" : ", ", m == '1' ? "true" : "false", mm / 1e3, mn / 1e3, mx / 1e3, ms, cap,
+               runs.back().replays);
       modes_js += f;
       char note[160];
       snprintf(note, sizeof note, "%s batch %d with CUDA graphs %s: %.3f s (step %.2f ms)", precision.c_str(), B,

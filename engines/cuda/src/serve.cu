@@ -169,8 +169,8 @@ int run_serve() {
                ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
         } else if (op == "latents") {
           std::vector<float> lat(size_t(j.req.batch) * j.L * 64);
+          CUDA_CHECK(cudaMemcpyAsync(lat.data(), j.lat, lat.size() * 4, cudaMemcpyDeviceToHost, eng->st));
           CUDA_CHECK(cudaStreamSynchronize(eng->st));
-          CUDA_CHECK(cudaMemcpy(lat.data(), j.lat, lat.size() * 4, cudaMemcpyDeviceToHost));
           send("{\"op\":\"latents\",\"id\":" + id + ",\"job\":" + js + ",\"format\":\"f32\",\"shape\":[" +
                    std::to_string(j.req.batch) + "," + std::to_string(j.L) + ",64]}",
                lat.data(), lat.size() * 4);
