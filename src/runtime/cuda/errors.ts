@@ -25,7 +25,7 @@ export class CudaEngineError extends Error {
  * The error an `error` frame stands for. `fatal` comes from the frame's `"fatal": true` (a device fault: the engine
  * exits after answering); engines before that field said so only by starting the message with "CUDA error".
  */
-export function engineErrorFromFrame(op: string, header: { message?: unknown; fatal?: unknown }): CudaEngineError {
+export function engineErrorFromFrame(op: string, header: { readonly [key: string]: unknown }): CudaEngineError {
   const message = String(header.message ?? 'unknown error');
   return new CudaEngineError(op, message, header.fatal === true || message.startsWith('CUDA error'));
 }
