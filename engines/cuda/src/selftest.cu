@@ -353,7 +353,13 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
     float* vel = c.f32("tc.vel", out.size());
     DeviceArena mem;
     FluxStep state = e.flux->alloc_step(mem, 1, L, T, e.st);
+    // The block hook sees every block boundary: before and after embed, each double / single block, final layer.
+    int events = 0;
+    e.flux->hook = [&](const BlockEvent&) { events++; };
     e.flux->forward(c, state, d_hs, ctx0, mods, 1, d_cs, vel);
+    e.flux->hook = nullptr;
+    report("unit.block_hook_events_missing", rdt, "count",
+           std::abs(events - 2 * (2 + e.cfg.flux.layers + e.cfg.flux.single_layers)), 0, true);
     report("transformer_forward", rdt, "rel_err", rel_err(download(vel, out.size()), out.data(), out.size()), tol,
            req);
   }
