@@ -3,7 +3,9 @@
 # kernel; BFL spec), protocol tests, the bf16 benchmark with and without CUDA-graph step replay (1024x1024, 28 steps,
 # batch 1, warm-up + mean of 10 each, same loaded engine), then compute-sanitizer memcheck and racecheck on the
 # selftest. Everything is logged under $OUT in few files (the device tool returns at most 8).
-#   bash <dir>/engines/cuda/scripts/device-foundations.sh [fixtures dir]
+#   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize] [fixtures dir]
+# tests: build, selftests, protocol, benchmark (plus, when FQ_BASELINE names another engines/cuda source folder, that
+# engine's bf16 benchmark on the same card as the baseline); sanitize: build, compute-sanitizer only; all: both.
 # The engine sources are the ones beside this script; the model is the repository's models/flux-tiny.
 set -uo pipefail
 export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
@@ -12,7 +14,8 @@ ROOT=${FQ_ROOT:-$(cd "$HERE/../../../.." && pwd)}  # <repo>/.device-carry/<name>
 [[ -d $ROOT/models/flux-tiny ]] || ROOT=$(cd "$HERE/../.." && pwd)    # or run from the repository itself
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
-FIX=${1:-$HERE/../../fixtures}
+MODE=${1:-all}
+FIX=${2:-$HERE/../../fixtures}
 MODEL=$ROOT/models/flux-tiny
 BUILD=/tmp/fq-build
 LOG=$OUT/summary.txt
@@ -28,6 +31,7 @@ cmake -S "$HERE" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR=
 ENGINE=$BUILD/fluxql-engine
 rc=0
 ST=$OUT/selftest.txt
+if [[ $MODE == all || $MODE == tests ]]; then
 say "selftest f32 + bf16 + fp8 (diffusers folders)"
 "$ENGINE" --selftest "$FIX" "$MODEL" all >"$ST" 2>&1 || rc=1
 grep -E "FAIL|error|required cases|replayed|fallbacks|\[selftest\].*(load|attention)" "$ST" | grep -v '^{' | head -40
@@ -48,13 +52,23 @@ if [[ $rc -ne 0 ]]; then say "tests failed: benchmark skipped"; else
   say "bench bf16 1024x1024 28 steps batch 1, CUDA graphs off then on"
   "$ENGINE" --bench --batches 1 --iters 10 --precisions bf16 --graphs both --out "$OUT/cuda-h100" 2>"$OUT/bench.err" >/dev/null || rc=1
   grep -E "graphs|floor|batch 1:|tuned|weights" "$OUT/bench.err"
+  if [[ -n ${FQ_BASELINE:-} && -d $FQ_BASELINE ]]; then
+    say "baseline: $FQ_BASELINE, bf16 batch 1, same card"
+    cmake -S "$FQ_BASELINE" -B /tmp/fq-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >"$OUT/build-base.log" 2>&1 &&
+      cmake --build /tmp/fq-base -j 16 >>"$OUT/build-base.log" 2>&1 &&
+      /tmp/fq-base/fluxql-engine --bench --batches 1 --iters 10 --precisions bf16 --out /tmp/fq-base/bench 2>"$OUT/bench-base.err" >/dev/null
+    grep -E "batch 1:" "$OUT/bench-base.err"
+  fi
+fi
 fi
 SAN=$OUT/sanitizer.txt
+if [[ $MODE == all || $MODE == sanitize ]]; then
 say "compute-sanitizer memcheck (selftest f32 + bf16)"
 timeout 110 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" both >"$SAN" 2>&1
 echo "memcheck exit $?"; grep -E "ERROR SUMMARY|required cases" "$SAN" | tail -3
 say "compute-sanitizer racecheck (selftest bf16)"
 timeout 110 compute-sanitizer --tool racecheck --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >>"$SAN" 2>&1
 echo "racecheck exit $?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|required cases" "$SAN" | tail -3
+fi
 say "done rc=$rc"
 exit $rc
