@@ -195,6 +195,14 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     fill_normal(j->lat, DType::F32, int64_t(B) * j->L * 64, 0.f, 1.f, r.seed, st);
   else
     CUDA_CHECK(cudaMemcpyAsync(j->lat, r.latents.data(), r.latents.size() * 4, cudaMemcpyHostToDevice, st));
+  // The first job of a geometry plans the step here: one transformer forward (its outputs are discarded: the latents
+  // and the step index are untouched) picks and times the GEMM algorithms and builds the cuDNN plans and workspace,
+  // so every step, the first included, can be captured without allocating or synchronising.
+  auto geo = std::make_tuple(B, j->L, T);
+  if (!planned_.count(geo)) {
+    flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
+    planned_.insert(geo);
+  }
   return j;
 }
 
@@ -206,7 +214,7 @@ void Engine::step_eager(Job& j) {
 }
 
 // Records one step into a CUDA graph. Every input of the step is in device memory (the step index too) and every
-// buffer is the job's or fixed, so the same graph replays for each later step. The first step ran eagerly: GEMM
+// buffer is the job's or fixed, so the same graph replays for each later step. prepare() planned the geometry: GEMM
 // plans are tuned, bias copies and cuDNN plans/workspace exist, so nothing allocates or synchronises here.
 bool Engine::capture_step(Job& j) {
   auto t0 = std::chrono::steady_clock::now();
@@ -247,10 +255,10 @@ bool Engine::capture_step(Job& j) {
 
 void Engine::step(Job& j) {
   if (j.step >= j.steps) throw std::runtime_error("no steps left");
-  // The first step runs eagerly (it tunes and plans); later ones replay a captured step unless graphs are off, a
-  // profiler is timing individual calls, or the capture failed for this job.
+  // Steps replay one captured step unless graphs are off, a profiler is timing individual calls, or the capture
+  // failed for this job (then it runs eagerly).
   bool replay = false;
-  if (use_graphs && j.step > 0 && !j.graph.failed && !prof_on()) {
+  if (use_graphs && !j.graph.failed && !prof_on()) {
     if (j.graph.exec && j.graph.epoch == epoch()) replay = true;
     else if (j.steps - j.step > 1) replay = capture_step(j);  // worth a capture only for two or more replays
   }

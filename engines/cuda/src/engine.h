@@ -2,6 +2,7 @@
 #pragma once
 #include <array>
 #include <map>
+#include <set>
 #include <memory>
 #include <tuple>
 #include <string>
@@ -96,7 +97,8 @@ class Engine {
   bool use_cudnn = false;
   CudnnConv cudnn_conv;
   bool use_cudnn_conv = false;  // bf16 and cuDNN available, unless FQ_CONV=im2col
-  std::map<std::tuple<int, int, int>, std::vector<float>> rope_cache_;  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
+  std::map<std::tuple<int, int, int>, std::vector<float>> rope_cache_;
+  std::set<std::tuple<int, int, int>> planned_;  // (B, L, T) whose GEMM plans, tuning and cuDNN plans exist  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;
   std::unique_ptr<T5Encoder> t5;
