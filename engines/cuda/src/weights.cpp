@@ -27,8 +27,11 @@ std::vector<float> WeightLoader::host_stack(const std::vector<std::string>& part
   h.reserve(size_t(n));
   for (auto& p : parts) {
     const StTensor& t = files_->get(p);
-    bool ok = t.shape.size() == tail.size() + 1;
+    // Trailing singleton dimensions are accepted: BFL's VAE stores its attention projections as 1x1 convolutions
+    // [C, C, 1, 1], which are the [C, C] linears diffusers has.
+    bool ok = t.shape.size() >= tail.size() + 1;
     for (size_t i = 0; ok && i < tail.size(); i++) ok = t.shape[i + 1] == tail[i];
+    for (size_t i = tail.size() + 1; ok && i < t.shape.size(); i++) ok = t.shape[i] == 1;
     if (!ok) {
       std::vector<int64_t> want{-1};
       want.insert(want.end(), tail.begin(), tail.end());
