@@ -16,7 +16,7 @@ for f in src/kernels/*.cu; do
   "$NVCC" -std=c++17 -gencode=arch=compute_90a,code=sm_90a -c "$f" -o "$tmp/$(basename "$f").o"
   n=$((n + 1))
 done
-for f in src/json.cpp src/safetensors.cpp src/profile.cpp src/cudnn_attention.cu src/cudnn_conv.cu src/cudnn_handle.cu; do
+for f in src/json.cpp src/safetensors.cpp src/profile.cpp src/fault.cpp src/precision_plan.cpp src/cudnn_attention.cu src/cudnn_conv.cu src/cudnn_handle.cu; do
   "$NVCC" -std=c++17 -x cu -c "$f" -o "$tmp/$(basename "$f").o"
   n=$((n + 1))
 done

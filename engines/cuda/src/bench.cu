@@ -17,7 +17,7 @@
 namespace fq {
 
 // bench_floor.cu: the step's GEMM + attention sequence alone, sustained and one op at a time (JSON object).
-std::string gemm_attention_floor(Engine& e, int L, int T, int steps, bool bf16_out);
+std::string gemm_attention_floor(Engine& e, Job& job, int steps, bool bf16_out);
 
 namespace {
 
@@ -63,7 +63,8 @@ size_t gpu_used() {
 }
 
 struct RunTimes {
-  double total = 0, prepare = 0, steps = 0, decode = 0;
+  double total = 0, prepare = 0, steps = 0, decode = 0, capture = 0;
+  int replays = 0;
   size_t mem = 0;
 };
 
@@ -78,6 +79,8 @@ RunTimes run_once(Engine& e, const Request& r, std::vector<uint8_t>& host_img, u
   while (job->step < job->steps) e.step(*job);
   CUDA_CHECK(cudaStreamSynchronize(e.st));
   t.steps = ms_since(t1);
+  t.capture = job->graph.capture_ms;
+  t.replays = job->replays;
   auto t2 = clk::now();
   e.decode(*job, nullptr, dev_img);
   CUDA_CHECK(cudaMemcpyAsync(host_img.data(), dev_img, host_img.size(), cudaMemcpyDeviceToHost, e.st));
@@ -155,10 +158,10 @@ namespace {
 
 // One precision: load synthetic weights, run every batch size; appends JSON to js and table rows to md.
 void bench_one(const std::string& precision, int width, int height, int steps, const std::string& batches, int iters,
-               std::ostringstream& js, std::ostringstream& md) {
+               const std::string& graphs, std::ostringstream& js, std::ostringstream& md) {
   std::string dev = device_name();
   size_t base_mem = gpu_used();
-  Engine e(DType::BF16, precision == "fp8");
+  Engine e(PrecisionPlan::named(precision));
   auto tl = clk::now();
   e.load_synthetic(42);
   double load_ms = ms_since(tl);
@@ -168,11 +171,11 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
   std::string micro = attention_micro(e, 512 + (width / 16) * (height / 16));
   // The floor uses the bf16 GEMMs only; the fp8 engine's LN-fed GEMMs differ.
   std::string floor = "null";
-  if (precision == "bf16") {
-    const int L = (width / 16) * (height / 16);
-    floor = "[" + gemm_attention_floor(e, L, 512, steps, false) + ", " + gemm_attention_floor(e, L, 512, steps, true) + "]";
-  }
   std::mt19937 rng(5);
+  if (precision == "bf16") {
+    auto job = e.prepare(make_request(e.cfg, 1, width, height, steps, rng));
+    floor = "[" + gemm_attention_floor(e, *job, steps, false) + ", " + gemm_attention_floor(e, *job, steps, true) + "]";
+  }
   js << "  {\n  \"precision\": \"" << precision << "\",\n  \"precision_detail\": \""
      << (precision == "fp8" ? "bf16 activations; q/k/v and MLP-in GEMMs in fp8 E4M3 with per-tensor scales (LN "
                               "writes fp8), other GEMMs bf16; fp32 accumulation, fp32 residual streams"
@@ -189,9 +192,40 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
     std::vector<uint8_t> img(size_t(B) * width * height * 3);
     uint8_t* dimg;
     CUDA_CHECK(cudaMalloc(&dimg, img.size()));
-    run_once(e, r, img, dimg);  // warm-up: scratch allocation, cuBLASLt heuristics, module loading
+    // Each graph mode: one warm-up (scratch allocation, cuBLASLt heuristics and tuning, module loading), then the
+    // mean of `iters` runs; the last mode's runs fill the table row, every mode's mean goes to the JSON.
     std::vector<RunTimes> runs;
-    for (int i = 0; i < iters; i++) runs.push_back(run_once(e, r, img, dimg));
+    std::string modes_js;
+    for (char m : graphs == "both" ? std::string("01") : graphs == "off" ? std::string("0") : std::string("1")) {
+      e.use_graphs = m == '1';
+      run_once(e, r, img, dimg);
+      runs.clear();
+      for (int i = 0; i < iters; i++) runs.push_back(run_once(e, r, img, dimg));
+      double mm = 0, ms = 0, cap = 0, mn = 1e30, mx = 0;
+      for (auto& t : runs) {
+        mm += t.total / iters;
+        ms += t.steps / iters / steps;
+        cap += t.capture / iters;
+        mn = std::min(mn, t.total);
+        mx = std::max(mx, t.total);
+      }
+      fprintf(stderr,
+              "[bench] %s batch %d, CUDA graphs %s: mean %.3f s (min %.3f max %.3f), step %.2f ms incl. capture "
+              "%.1f ms per request, %d of %d steps replayed (mean of %d)\n",
+              precision.c_str(), B, m == '1' ? "on" : "off", mm / 1e3, mn / 1e3, mx / 1e3, ms, cap,
+              runs.back().replays, steps, iters);
+      char f[256];
+      snprintf(f, sizeof f,
+               "%s{\"cuda_graph\": %s, \"mean_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"step_ms\": %.3f, "
+               "\"capture_ms\": %.2f, \"replayed_steps\": %d}",
+               modes_js.empty() ? "" : ", ", m == '1' ? "true" : "false", mm / 1e3, mn / 1e3, mx / 1e3, ms, cap,
+               runs.back().replays);
+      modes_js += f;
+      char note[160];
+      snprintf(note, sizeof note, "%s batch %d with CUDA graphs %s: %.3f s (step %.2f ms)", precision.c_str(), B,
+               m == '1' ? "on" : "off", mm / 1e3, ms);
+      notes.push_back(note);
+    }
     double mean = 0, mn = 1e30, mx = 0, prep = 0, stp = 0, dec = 0;
     size_t mem = 0;
     for (auto& t : runs) {
@@ -255,7 +289,8 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
        << ", \"gemm_ms_per_step\": " << gemm << ", \"gemm_tflops\": " << gemm_tf
        << ", \"attention_ms_per_step\": " << attn << ", \"attention_tflops\": " << attn_tf
        << ", \"rest_ms_per_step\": " << rest << ", \"gpu_mem_used_gb\": " << mem / 1e9
-       << ", \"image_distinct_values\": " << distinct << phases << "}";
+       << ", \"image_distinct_values\": " << distinct << ", \"cuda_graph\": " << (e.use_graphs ? "true" : "false")
+       << ", \"graph_modes\": [" << modes_js << "]" << phases << "}";
     char row[512];
     snprintf(row, sizeof row,
              "| %s | %d | %.3f | %.3f | %.3f | %.3f | %.0f | %.1f | %.1f (%.0f) | %.1f (%.0f) | %.1f | %.0f | %.1f |\n",
@@ -275,7 +310,7 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
 }  // namespace
 
 int run_bench(const std::string& size, int steps, const std::string& batches, int iters,
-              const std::string& precisions, const std::string& out_prefix) {
+              const std::string& precisions, const std::string& graphs, const std::string& out_prefix) {
   // "1024" or "1280x720" (width x height), multiples of 16.
   size_t xpos = size.find('x');
   int width = std::stoi(size.substr(0, xpos));
@@ -300,7 +335,7 @@ int run_bench(const std::string& size, int steps, const std::string& batches, in
   while (std::getline(ps, p, ',')) {
     if (!first) js << ",\n";
     first = false;
-    bench_one(p, width, height, steps, batches, iters, js, md);
+    bench_one(p, width, height, steps, batches, iters, graphs, js, md);
   }
   js << "\n  ]\n}\n";
   md << "\nGPU memory is `cudaMemGetInfo` used (whole device, this process: weights + activations + cuBLAS/cuDNN "

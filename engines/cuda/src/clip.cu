@@ -22,10 +22,10 @@ ClipConfig ClipConfig::from_json(const Json& j) {
   return c;
 }
 
-ClipText::ClipText(const ClipConfig& cfg_, WeightLoader& L, DType dt) : cfg(cfg_) {
+ClipText::ClipText(const ClipConfig& cfg_, WeightLoader& L) : cfg(cfg_) {
   int D = cfg.hidden;
-  tok_ = L.vec({"embeddings.token_embedding.weight"}, int64_t(cfg.vocab) * D, Init::Embedding);
-  pos_ = L.vec({"embeddings.position_embedding.weight"}, int64_t(cfg.maxpos) * D, Init::Embedding);
+  tok_ = L.table("embeddings.token_embedding.weight", cfg.vocab, D, Init::Embedding);
+  pos_ = L.table("embeddings.position_embedding.weight", cfg.maxpos, D, Init::Embedding);
   for (int i = 0; i < cfg.layers; i++) {
     std::string p = "encoder.layers." + std::to_string(i) + ".";
     Layer l;
@@ -33,10 +33,10 @@ ClipText::ClipText(const ClipConfig& cfg_, WeightLoader& L, DType dt) : cfg(cfg_
     l.ln1_b = L.vec({p + "layer_norm1.bias"}, D, Init::NormBias);
     l.ln2_w = L.vec({p + "layer_norm2.weight"}, D, Init::NormWeight);
     l.ln2_b = L.vec({p + "layer_norm2.bias"}, D, Init::NormBias);
-    l.qkv = load_lin(L, {p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"}, 3 * D, D, dt);
-    l.out = load_lin(L, {p + "self_attn.out_proj"}, D, D, dt);
-    l.fc1 = load_lin(L, {p + "mlp.fc1"}, cfg.inter, D, dt);
-    l.fc2 = load_lin(L, {p + "mlp.fc2"}, D, cfg.inter, dt);
+    l.qkv = L.linear({p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"}, 3 * D, D);
+    l.out = L.linear({p + "self_attn.out_proj"}, D, D);
+    l.fc1 = L.linear({p + "mlp.fc1"}, cfg.inter, D);
+    l.fc2 = L.linear({p + "mlp.fc2"}, D, cfg.inter);
     layers_.push_back(l);
   }
   fin_w_ = L.vec({"final_layer_norm.weight"}, D, Init::NormWeight);
@@ -55,17 +55,17 @@ void ClipText::encode(Ctx& c, const std::vector<int>& ids, int B, float* pooled)
   embed_rows(tok_, d_ids, pos_, R, S, D, x, c.st);
   for (auto& l : layers_) {
     layernorm(x, R, D, R, l.ln1_w, l.ln1_b, nullptr, nullptr, 0, cfg.eps, h, c.dt, c.st);
-    run_lin(c, l.qkv, R, h, c.dt, qkv, c.dt);
+    linear(c, l.qkv, R, In{h, c.dt, D}, Out{qkv, c.dt, 3 * D});
     const char* base = static_cast<const char*>(qkv);
     size_t es = dsize(c.dt);
     attention_rows(base, base + D * es, base + 2 * D * es, c.dt, 3 * D, 3 * D, 3 * D, int64_t(S) * 3 * D,
                    int64_t(S) * 3 * D, B, S, S, H, hd, 1.f / std::sqrt(float(hd)), /*causal=*/true, nullptr,
                    OutMap{nullptr, a, 0, D}, c.st);
-    run_lin(c, l.out, R, a, c.dt, x, DType::F32, Epi::Bias, x);  // x += out_proj(a)
+    linear(c, l.out, R, In{a, c.dt, D}, Out{x, DType::F32, D}, Epi::Bias, x);  // x += out_proj(a)
     layernorm(x, R, D, R, l.ln2_w, l.ln2_b, nullptr, nullptr, 0, cfg.eps, h, c.dt, c.st);
-    run_lin(c, l.fc1, R, h, c.dt, f, c.dt);
+    linear(c, l.fc1, R, In{h, c.dt, D}, Out{f, c.dt, cfg.inter});
     activation(f, c.dt, R, cfg.inter, cfg.inter, cfg.quick_gelu ? Act::QuickGelu : Act::GeluTanh, c.st);
-    run_lin(c, l.fc2, R, f, c.dt, x, DType::F32, Epi::Bias, x);  // x += fc2(f)
+    linear(c, l.fc2, R, In{f, c.dt, cfg.inter}, Out{x, DType::F32, D}, Epi::Bias, x);  // x += fc2(f)
   }
   float* fin = c.f32("clip.final", size_t(R) * D);
   layernorm(x, R, D, R, fin_w_, fin_b_, nullptr, nullptr, 0, cfg.eps, fin, DType::F32, c.st);

@@ -8,16 +8,7 @@
 #include <string>
 #include <vector>
 
-#define CUDA_CHECK(x)                                                                                           \
-  do {                                                                                                          \
-    cudaError_t e_ = (x);                                                                                       \
-    if (e_ != cudaSuccess)                                                                                      \
-      throw std::runtime_error(std::string("CUDA error ") + cudaGetErrorString(e_) + " at " + __FILE__ + ":" + \
-                               std::to_string(__LINE__));                                                       \
-  } while (0)
-
-// Every launch is followed by this: a bad configuration shows up at the launch, not at a later sync.
-#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+#include "fault.h"
 
 namespace fq {
 

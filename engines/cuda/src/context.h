@@ -14,16 +14,21 @@ namespace fq {
 // contents until a larger size is asked for under the same name.
 class Scratch {
  public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
   ~Scratch() {
     for (auto& [k, v] : bufs_) cudaFree(v.first);
   }
   void* get(const std::string& name, size_t bytes) {
     auto& e = bufs_[name];
     if (e.second < bytes) {
+      if (capturing()) throw EngineError("scratch buffer " + name + " grows during a graph capture", false);
       if (e.first) {
         CUDA_CHECK(cudaDeviceSynchronize());  // a kernel may still use the old buffer
         CUDA_CHECK(cudaFree(e.first));
       }
+      generation_++;
       CUDA_CHECK(cudaMalloc(&e.first, bytes));
       total_ += bytes - e.second;
       e.second = bytes;
@@ -35,11 +40,16 @@ class Scratch {
     return static_cast<T*>(get(name, count * sizeof(T)));
   }
   size_t bytes() const { return total_; }
+  // Bumped whenever a buffer moves: a captured graph that read scratch memory is stale after a change.
+  int generation() const { return generation_; }
 
  private:
+  int generation_ = 0;
   std::map<std::string, std::pair<void*, size_t>> bufs_;
   size_t total_ = 0;
 };
+
+struct StepTap;
 
 struct Ctx {
   Gemm& gemm;
@@ -48,19 +58,10 @@ struct Ctx {
   DType dt;  // activation / matrix-weight type: F32 (conformance) or BF16 (fast path)
   CudnnAttention* cudnn = nullptr;  // fused bf16 attention when available; null: the engine's own kernels
   CudnnConv* conv = nullptr;        // bf16 VAE convolutions when available; null: im2col + GEMM
+  StepTap* tap = nullptr;           // observer of linears/attentions (benchmark GEMM list); null: none
   void* buf(const std::string& name, size_t elems) { return scratch.get(name, elems * dsize(dt)); }
   float* f32(const std::string& name, size_t elems) { return scratch.getT<float>(name, elems); }
 };
 
-// A linear layer: weight [out, in] in the compute type, bias [out] in fp32 (nullptr when the layer has none).
-// w8/s8: optional fp8 (E4M3) copy of the weight with its per-tensor dequantisation scale (device float); the fp8
-// path uses it when the layer's input comes in fp8 (per-layer precision).
-struct Lin {
-  void* w = nullptr;
-  float* b = nullptr;
-  int out = 0, in = 0;
-  void* w8 = nullptr;
-  float* s8 = nullptr;
-};
 
 }  // namespace fq

@@ -24,11 +24,11 @@ namespace {
 
 std::string status_str(cudnnStatus_t s) { return std::to_string(int(s)) + " (" + cudnnGetErrorString(s) + ")"; }
 
-#define DNN(x)                                                                         \
-  do {                                                                                 \
-    cudnnStatus_t s_ = (x);                                                            \
-    if (s_ != CUDNN_STATUS_SUCCESS) throw std::runtime_error(std::string(#x) + " -> " + status_str(s_)); \
-  } while (0)
+void check_dnn(cudnnStatus_t s, const char* expr, const char* file, int line) {
+  if (s == CUDNN_STATUS_SUCCESS) return;
+  raise_library_fault("cuDNN", status_str(s), expr, file, line, s == CUDNN_STATUS_EXECUTION_FAILED);
+}
+#define DNN(x) check_dnn((x), #x, __FILE__, __LINE__)
 
 // Owning wrapper of one backend descriptor.
 struct Desc {
@@ -166,6 +166,7 @@ bool CudnnAttention::run(const void* q, const void* k, const void* v, void* o, i
   vp.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
   DNN(cudnnBackendFinalize(vp.d));
   DNN(cudnnBackendExecute(h, p->plan->d, vp.d));
+  after_call("cudnnBackendExecute", __FILE__, __LINE__);
   return true;
 }
 

@@ -20,6 +20,7 @@ class CudnnAttention {
   const std::string& why_not() const { return why_; }
   // q, k, v: [B, S, H, D] bf16 contiguous; o: rows of `ldo` elements, head h at column h*D. False when cuDNN has no
   // engine for this shape (the caller falls back).
+  int workspace_generation() const { return dnn_.generation(); }
   bool run(const void* q, const void* k, const void* v, void* o, int B, int S, int H, int D, int ldo, float scale,
            cudaStream_t st);
 

@@ -87,7 +87,10 @@ bool CudnnConv::run(const void* x, const void* w, void* y, int B, int H, int W, 
   cudnnStatus_t s = cudnnConvolutionForward(h, &alpha, p->x, x, p->w, w, p->conv, p->algo, ws, p->ws, &beta,
                                             p->y, y);
   prof_end(kProfGemm, st, 2.0 * B * H * W * double(cout) * cin * k * k);
-  if (!DNN_OK(s)) throw std::runtime_error(std::string("cudnnConvolutionForward: ") + cudnnGetErrorString(s));
+  if (!DNN_OK(s))
+    raise_library_fault("cuDNN", cudnnGetErrorString(s), "cudnnConvolutionForward", __FILE__, __LINE__,
+                        s == CUDNN_STATUS_EXECUTION_FAILED);
+  after_call("cudnnConvolutionForward", __FILE__, __LINE__);
   return true;
 }
 

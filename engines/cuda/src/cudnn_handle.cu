@@ -28,6 +28,8 @@ CudnnHandle::~CudnnHandle() = default;
 
 void* CudnnHandle::workspace(size_t bytes) {
   if (bytes > ws_bytes_) {
+    if (capturing()) throw EngineError("cuDNN workspace grows during a graph capture", false);
+    generation_++;
     if (ws_) {
       CUDA_CHECK(cudaDeviceSynchronize());
       CUDA_CHECK(cudaFree(ws_));

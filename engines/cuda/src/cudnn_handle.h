@@ -18,11 +18,14 @@ class CudnnHandle {
   void* get() const { return h_; }                  // a cudnnHandle_t
   // A workspace of at least `bytes`; a larger one replaces the old after a device sync (kernels may still use it).
   void* workspace(size_t bytes);
+  int generation() const { return generation_; }  // bumped when the workspace moves
+
 
  private:
   void* h_ = nullptr;
   void* ws_ = nullptr;
   size_t ws_bytes_ = 0;
+  int generation_ = 0;
   std::string why_;
 };
 

@@ -1,10 +1,11 @@
 // Text encoders: CLIP ViT-L/14 text tower (pooled output only) and the T5 v1.1 encoder.
 #pragma once
+#include <map>
 #include <set>
 #include <vector>
 
 #include "json.h"
-#include "layers.h"
+#include "weights.h"
 
 namespace fq {
 
@@ -17,7 +18,7 @@ struct ClipConfig {
 
 class ClipText {
  public:
-  ClipText(const ClipConfig& cfg, WeightLoader& L, DType dt);
+  ClipText(const ClipConfig& cfg, WeightLoader& L);
   // ids: host [B, maxpos]. pooled: device fp32 [B, hidden] = final-LN state at argmax(ids) (the EOS position).
   void encode(Ctx& c, const std::vector<int>& ids, int B, float* pooled);
   const ClipConfig cfg;
@@ -25,7 +26,7 @@ class ClipText {
  private:
   struct Layer {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
-    Lin qkv, out, fc1, fc2;
+    Linear qkv, out, fc1, fc2;
   };
   float *tok_, *pos_, *fin_w_, *fin_b_;
   std::vector<Layer> layers_;
@@ -40,7 +41,7 @@ struct T5Config {
 
 class T5Encoder {
  public:
-  T5Encoder(const T5Config& cfg, WeightLoader& L, DType dt);
+  T5Encoder(const T5Config& cfg, WeightLoader& L);
   // ids: host [B, S]. out: device fp32 [B*S, d_model] (last_hidden_state).
   void encode(Ctx& c, const std::vector<int>& ids, int B, int S, float* out);
   const T5Config cfg;
@@ -48,13 +49,14 @@ class T5Encoder {
  private:
   struct Layer {
     float *ln1, *ln2;
-    Lin qkv, o, wi, wo;  // wi = [wi_0; wi_1] stacked: one GEMM feeds the gated GELU
+    Linear qkv, o, wi, wo;  // wi = [wi_0; wi_1] stacked: one GEMM feeds the gated GELU
   };
   float *emb_, *rel_bias_w_ /* [buckets, heads] */, *fin_;
   std::vector<Layer> layers_;
   std::vector<float> bias_table(int S) const;
   std::vector<float> rel_host_;
   std::set<int> bias_len_;  // lengths whose bias table is already on the device
+  std::map<int, std::vector<float>> bias_host_;  // host tables while their upload is in flight
 };
 
 }  // namespace fq

@@ -1,8 +1,11 @@
 #include "engine.h"
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 
 #include "kernels/kernels.h"
+#include "profile.h"
 
 namespace fq {
 
@@ -16,8 +19,14 @@ std::string device_name() {
   return p.name;
 }
 
-Engine::Engine(DType dt_, bool fp8_) : dt(dt_), fp8(fp8_ && dt_ == DType::BF16) {
+StepGraph::~StepGraph() {
+  if (exec) cudaGraphExecDestroy(exec);
+}
+
+Engine::Engine(const PrecisionPlan& plan_) : plan(plan_), dt(plan_.base) {
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const char* graphs = getenv("FQ_GRAPH");
+  use_graphs = !(graphs && std::string(graphs) == "0");
   const char* pref = getenv("FQ_ATTENTION");
   use_cudnn = dt == DType::BF16 && cudnn.available() && !(pref && std::string(pref) == "own");
   const char* conv = getenv("FQ_CONV");
@@ -83,35 +92,53 @@ void Engine::load_components(std::array<Component, 4>& parts) {
   cfg.t5 = T5Config::from_json(parts[1].config);
   cfg.flux = FluxConfig::from_json(parts[2].config);
   cfg.vae = VaeConfig::from_json(parts[3].config);
-  // Weight-loader seeds 1-4 only matter in synthetic mode; one loader per component.
+  // Weight-loader seeds 1-4 only matter in synthetic mode; one loader per component. Strict: each loader ends with
+  // finish(), which fails on a checkpoint tensor the model did not read, except those the engine never needs.
   {
-    WeightLoader L(parts[0].files.get(), weights, 1);
-    clip = std::make_unique<ClipText>(cfg.clip, L, dt);
+    WeightLoader L(parts[0].files.get(), weights, 1, st, plan, "text_encoder");
+    clip = std::make_unique<ClipText>(cfg.clip, L);
+    L.finish({"*position_ids"});  // a buffer some CLIP exports keep
   }
   {
-    WeightLoader L(parts[1].files.get(), weights, 2);
-    t5 = std::make_unique<T5Encoder>(cfg.t5, L, dt);
+    WeightLoader L(parts[1].files.get(), weights, 2, st, plan, "text_encoder_2");
+    t5 = std::make_unique<T5Encoder>(cfg.t5, L);
+    L.finish({"encoder.embed_tokens.weight"});  // tied to shared.weight, which is read when present
   }
   {
-    WeightLoader L(parts[2].files.get(), weights, 3);
-    flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt, fp8);
+    WeightLoader L(parts[2].files.get(), weights, 3, st, plan, "transformer");
+    flux = std::make_unique<FluxTransformer>(cfg.flux, L);
+    L.finish({});
   }
   {
-    WeightLoader L(parts[3].files.get(), weights, 4);
-    vae = std::make_unique<VaeDecoder>(cfg.vae, L, weights, dt);
+    WeightLoader L(parts[3].files.get(), weights, 4, st, plan, "vae");
+    vae = std::make_unique<VaeDecoder>(cfg.vae, L);
+    L.finish({"encoder.*", "quant_conv.*", "post_quant_conv.*"});  // the decoder only
   }
-  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaStreamSynchronize(st));
 }
 
 void Engine::load_synthetic(uint64_t seed) {
   cfg = flux_dev_config();
-  WeightLoader L(nullptr, weights, seed);
-  clip = std::make_unique<ClipText>(cfg.clip, L, dt);
-  t5 = std::make_unique<T5Encoder>(cfg.t5, L, dt);
-  flux = std::make_unique<FluxTransformer>(cfg.flux, L, dt, fp8);
-  vae = std::make_unique<VaeDecoder>(cfg.vae, L, weights, dt);
-  CUDA_CHECK(cudaDeviceSynchronize());
+  {
+    WeightLoader L(nullptr, weights, seed, st, plan, "text_encoder");
+    clip = std::make_unique<ClipText>(cfg.clip, L);
+  }
+  {
+    WeightLoader L(nullptr, weights, seed + 1, st, plan, "text_encoder_2");
+    t5 = std::make_unique<T5Encoder>(cfg.t5, L);
+  }
+  {
+    WeightLoader L(nullptr, weights, seed + 2, st, plan, "transformer");
+    flux = std::make_unique<FluxTransformer>(cfg.flux, L);
+  }
+  {
+    WeightLoader L(nullptr, weights, seed + 3, st, plan, "vae");
+    vae = std::make_unique<VaeDecoder>(cfg.vae, L);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(st));
 }
+
+int Engine::epoch() const { return scratch.generation() * 4096 + cudnn.workspace_generation(); }
 
 std::unique_ptr<Job> Engine::prepare(const Request& r) {
   auto j = std::make_unique<Job>();
@@ -136,6 +163,9 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   j->cs = f32(size_t(j->S) * cfg.flux.head_dim);
   j->lat = f32(size_t(B) * j->L * 64);
   j->vel = f32(size_t(B) * j->L * 64);
+  j->sigmas = f32(r.sigmas.size());
+  CUDA_CHECK(cudaMemcpyAsync(j->sigmas, r.sigmas.data(), r.sigmas.size() * 4, cudaMemcpyHostToDevice, st));
+  j->state = flux->alloc_step(j->mem, B, j->L, T, st);
   Ctx c = ctx();
   clip->encode(c, r.clip_ids, B, j->pooled);
   t5->encode(c, r.t5_ids, B, T, j->t5);
@@ -165,15 +195,80 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     fill_normal(j->lat, DType::F32, int64_t(B) * j->L * 64, 0.f, 1.f, r.seed, st);
   else
     CUDA_CHECK(cudaMemcpyAsync(j->lat, r.latents.data(), r.latents.size() * 4, cudaMemcpyHostToDevice, st));
+  // The first job of a geometry plans the step here: one transformer forward (its outputs are discarded: the latents
+  // and the step index are untouched) picks and times the GEMM algorithms and builds the cuDNN plans and workspace,
+  // so every step, the first included, can be captured without allocating or synchronising.
+  auto geo = std::make_tuple(B, j->L, T);
+  if (!planned_.count(geo)) {
+    flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
+    planned_.insert(geo);
+  }
   return j;
+}
+
+// One step, enqueued: transformer, then lat += (sigma[i+1] - sigma[i]) * vel and the device step index + 1.
+void Engine::step_eager(Job& j) {
+  Ctx c = ctx();
+  flux->forward(c, j.state, j.lat, j.ctx0, j.mods, j.R, j.cs, j.vel);
+  euler_step_sched(j.lat, j.vel, int64_t(j.req.batch) * j.L * 64, j.sigmas, j.state.step, st);
+}
+
+// Records one step into a CUDA graph. Every input of the step is in device memory (the step index too) and every
+// buffer is the job's or fixed, so the same graph replays for each later step. prepare() planned the geometry: GEMM
+// plans are tuned, bias copies and cuDNN plans/workspace exist, so nothing allocates or synchronises here.
+bool Engine::capture_step(Job& j) {
+  auto t0 = std::chrono::steady_clock::now();
+  cudaGraph_t g = nullptr;
+  CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  set_capturing(true);
+  std::string why;
+  try {
+    step_eager(j);
+  } catch (const EngineError& e) {
+    if (e.device_fault) {
+      set_capturing(false);
+      throw;
+    }
+    why = e.what();
+  }
+  set_capturing(false);
+  cudaError_t e = cudaStreamEndCapture(st, &g);
+  if (why.empty() && e != cudaSuccess) why = std::string("end capture: ") + cudaGetErrorString(e);
+  if (!why.empty()) {
+    cudaGetLastError();
+    if (g) cudaGraphDestroy(g);
+    fprintf(stderr, "[engine] step capture failed, running eagerly: %s\n", why.c_str());
+    j.graph.failed = true;
+    return false;
+  }
+  if (j.graph.exec) {
+    cudaGraphExecDestroy(j.graph.exec);
+    j.graph.exec = nullptr;
+  }
+  cudaError_t ie = cudaGraphInstantiate(&j.graph.exec, g, 0);
+  cudaGraphDestroy(g);
+  CUDA_CHECK(ie);
+  j.graph.epoch = epoch();
+  j.graph.capture_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return true;
 }
 
 void Engine::step(Job& j) {
   if (j.step >= j.steps) throw std::runtime_error("no steps left");
-  Ctx c = ctx();
-  const int B = j.req.batch;
-  flux->forward(c, B, j.L, j.req.t5_len, j.lat, j.ctx0, j.mods, j.R, j.step, j.cs, j.vel);
-  euler_step(j.lat, j.vel, int64_t(B) * j.L * 64, j.req.sigmas[j.step + 1] - j.req.sigmas[j.step], st);
+  // Steps replay one captured step unless graphs are off, a profiler is timing individual calls, or the capture
+  // failed for this job (then it runs eagerly).
+  bool replay = false;
+  if (use_graphs && !j.graph.failed && !prof_on()) {
+    if (j.graph.exec && j.graph.epoch == epoch()) replay = true;
+    else if (j.steps - j.step > 1) replay = capture_step(j);  // worth a capture only for two or more replays
+  }
+  if (replay) {
+    CUDA_CHECK(cudaGraphLaunch(j.graph.exec, st));
+    after_call("cudaGraphLaunch", __FILE__, __LINE__);
+    j.replays++;
+  } else {
+    step_eager(j);
+  }
   j.step++;
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 #include <array>
 #include <map>
+#include <set>
 #include <memory>
 #include <tuple>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "encoders.h"
 #include "flux.h"
+#include "precision_plan.h"
 #include "vae.h"
 
 namespace fq {
@@ -31,20 +33,38 @@ struct Request {
   uint64_t seed = 0;
 };
 
+// A captured denoising step (one per job: it bakes in the job's buffers). Owns the graph and its executable.
+class StepGraph {
+ public:
+  StepGraph() = default;
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+  ~StepGraph();
+  cudaGraphExec_t exec = nullptr;
+  int epoch = -1;      // the engine's workspace epoch at capture: a change (a moved buffer) makes it stale
+  bool failed = false;  // capture failed once for this job: the job runs eagerly
+  double capture_ms = 0;
+};
+
 struct Job {
   Request req;
   int L = 0, S = 0, R = 0, steps = 0, step = 0;
   DeviceArena mem;
   float *pooled = nullptr, *t5 = nullptr, *ctx0 = nullptr, *mods = nullptr, *cs = nullptr, *lat = nullptr,
-        *vel = nullptr;
+        *vel = nullptr, *sigmas = nullptr;
+  FluxStep state;  // the step's buffers and device step index, sized for this job's geometry
+  StepGraph graph;
+  int replays = 0;  // steps run by graph replay
 };
 
 class Engine {
  public:
-  // dt: F32 (conformance) or BF16. fp8: additionally run the transformer's LN-fed GEMMs in fp8 (needs BF16).
-  explicit Engine(DType dt, bool fp8 = false);
-  const bool fp8;
-  std::string precision() const { return fp8 ? "fp8" : dname(dt); }
+  // The plan gives the compute type (F32 conformance or BF16) and each linear layer's weight type.
+  explicit Engine(const PrecisionPlan& plan);
+  const PrecisionPlan plan;
+  std::string precision() const { return plan.name; }
+  // CUDA graphs for steps after the first (FQ_GRAPH=0 turns them off): set at construction, may be changed.
+  bool use_graphs = true;
   ~Engine();
   struct Component {
     Json config;
@@ -58,12 +78,16 @@ class Engine {
   void load_synthetic(uint64_t seed);     // FLUX.1-dev sizes, random weights generated on the GPU
   std::unique_ptr<Job> prepare(const Request& r);
   void step(Job& j);
+  // Workspace epoch: changes when a buffer a captured step may read moves (scratch growth, cuDNN workspace).
+  int epoch() const;
   void decode(Job& j, float* chw, uint8_t* rgb);  // device outputs, either may be null
   Ctx ctx() {
-    return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr, use_cudnn_conv ? &cudnn_conv : nullptr};
+    return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr, use_cudnn_conv ? &cudnn_conv : nullptr, nullptr};
   }
 
   void load_components(std::array<Component, 4>& parts);
+  void step_eager(Job& j);
+  bool capture_step(Job& j);
   const DType dt;
   ModelConfig cfg;
   DeviceArena weights;
@@ -73,7 +97,8 @@ class Engine {
   bool use_cudnn = false;
   CudnnConv cudnn_conv;
   bool use_cudnn_conv = false;  // bf16 and cuDNN available, unless FQ_CONV=im2col
-  std::map<std::tuple<int, int, int>, std::vector<float>> rope_cache_;  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
+  std::map<std::tuple<int, int, int>, std::vector<float>> rope_cache_;
+  std::set<std::tuple<int, int, int>> planned_;  // (B, L, T) whose GEMM plans, tuning and cuDNN plans exist  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;
   std::unique_ptr<T5Encoder> t5;

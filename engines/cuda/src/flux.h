@@ -1,9 +1,13 @@
 // The FLUX transformer (FluxTransformer2DModel): double-stream and single-stream blocks with adaLN modulation.
+// The model is written once, as block functions (embed, double block, single block, final layer) over a step
+// state that the job owns (FluxStep); the modulation layout and the benchmark's GEMM list come from the same
+// definitions, and a hook sees every block boundary (step caching attaches there).
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "json.h"
-#include "layers.h"
+#include "weights.h"
 
 namespace fq {
 
@@ -20,11 +24,32 @@ struct FluxConfig {
 // rounded to float32 as diffusers does. Axis a covers pairs [sum(axes[<a])/2, ...).
 std::vector<float> rope_table(const FluxConfig& cfg, const std::vector<float>& ids, int S, double theta = 10000.0);
 
+// Per-job state of one denoising step, sized for (B, L, T) when the job is prepared and owned by it: residual
+// streams, every GEMM input and output, the step's modulation rows and the step index, all in device memory, so
+// the step touches no shared scratch and can be captured once and replayed (CUDA graph).
+struct FluxStep {
+  int B = 0, L = 0, T = 0;
+  float *x = nullptr, *ctx = nullptr, *z = nullptr, *y = nullptr;  // fp32: image [BL, D], text [BT, D], joint [BS, D], branch
+  void *xn = nullptr, *cn = nullptr;  // LayerNorm outputs [BS, D] in the consumer's type (compute type or fp8)
+  float *xn_scale = nullptr, *cn_scale = nullptr, *xn_ws = nullptr, *cn_ws = nullptr;  // fp8 scale; amax + row stats
+  void *qkv_i = nullptr, *qkv_t = nullptr, *Q = nullptr, *K = nullptr, *V = nullptr, *a = nullptr, *hid = nullptr,
+       *lat_t = nullptr;
+  float* mods = nullptr;  // this step's modulation: block k's rows [B, W_k] at mod_offset(k) * B
+  int* step = nullptr;    // device step index: selects the modulation rows; the engine's Euler update advances it
+};
+
+enum class BlockKind { Embed, Double, Single, Final };
+struct BlockEvent {
+  bool after;  // false: before the block runs, true: after
+  BlockKind kind;
+  int index;   // block index within its kind
+  FluxStep& state;
+};
+using BlockHook = std::function<void(const BlockEvent&)>;
+
 class FluxTransformer {
  public:
-  // fp8: the GEMMs fed by an adaLN LayerNorm (q/k/v, MLP-in) run in fp8 with per-tensor scales; the others bf16.
-  FluxTransformer(const FluxConfig& cfg, WeightLoader& L, DType dt, bool fp8 = false);
-  const bool fp8;
+  FluxTransformer(const FluxConfig& cfg, WeightLoader& L);
   const FluxConfig cfg;
 
   // Width of all modulation vectors of one conditioning row (all blocks + the output norm).
@@ -36,38 +61,60 @@ class FluxTransformer {
                     int B, int nsteps, float* mods);
   // ctx0 = context_embedder(t5) : [B*T, D] fp32 (step-independent).
   void embed_context(Ctx& c, const float* t5, int rows, float* ctx0);
-  // Velocity for latents [B, L, in] at conditioning row block `step`: vel [B*L, out] fp32. cs: rope table on device.
-  void forward(Ctx& c, int B, int L, int T, const float* latents, const float* ctx0, const float* mods, int R,
-               int step, const float* cs, float* vel);
+  // The step state for (B, L, T) in `mem`; its step index starts at 0.
+  FluxStep alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st) const;
+  // Velocity for latents [B, L, in] at the conditioning rows of step *s.step (mods of R rows): vel [B*L, out] fp32.
+  // cs: rope table on device. Enqueues only (no host sync, no allocation once plans exist): capturable.
+  void forward(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R, const float* cs,
+               float* vel);
+  // Called before and after every block of forward() (null: none).
+  BlockHook hook;
+
+  // The model's blocks, exposed for the benchmark and tests.
+  void embed(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R);
+  void double_block(Ctx& c, FluxStep& s, int i, const float* cs);
+  void to_joint(Ctx& c, FluxStep& s);
+  void single_block(Ctx& c, FluxStep& s, int j, const float* cs);
+  void final_layer(Ctx& c, FluxStep& s, float* vel);
 
  private:
   struct Double {
-    Lin mod_img, mod_txt, qkv_img, qkv_txt, out_img, out_txt, ff1_img, ff2_img, ff1_txt, ff2_txt;
+    Linear mod_img, mod_txt, qkv_img, qkv_txt, out_img, out_txt, ff1_img, ff2_img, ff1_txt, ff2_txt;
     float *nq, *nk, *naq, *nak;
   };
   struct Single {
-    Lin mod, qkv, mlp, out;
+    Linear mod, qkv, mlp, out;
     float *nq, *nk;
   };
   void attention(Ctx& c, int B, int S, int T, const void* Q, const void* K, const void* V, OutMap out);
-  // LayerNorm + modulation of `rows` rows into the GEMM input buffer `name` (fp8 with its scale, or dt).
+  // A LayerNorm output as its consumer takes it: pointer, type, fp8 scale.
   struct NormOut {
     void* p;
     DType t;
     float* scale;
+    In in(int ld) const { return In{p, t, ld, scale}; }
   };
-  NormOut norm_in(Ctx& c, const char* name, const float* x, int rows, int rpb, const float* shift,
-                  const float* scale, int W);
-  void mm(Ctx& c, const Lin& l, int rows, const NormOut& in, void* y, DType yt, int ldy, Epi epi);
+  // LayerNorm + modulation of `rows` rows into o (fp8 with its scale when `consumer` is an fp8 layer).
+  NormOut norm_in(Ctx& c, const Linear& consumer, void* o, float* oscale, float* ws, const float* x, int rows,
+                  int rpb, const float* shift, const float* scale, int W);
   // x += gate * y (fp32 y, rows of D); then, when shift != null, the next LayerNorm + modulation, fused.
-  NormOut res_norm(Ctx& c, const char* name, float* x, const float* y, const float* gate, int Wg, int rows, int rpb,
-                   const float* shift, const float* scale, int Wn);
-  Lin x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;
+  NormOut res_norm(Ctx& c, const Linear* consumer, void* o, float* oscale, float* ws, float* x, const float* y,
+                   const float* gate, int Wg, int rows, int rpb, const float* shift, const float* scale, int Wn);
+  const float* modp(const FluxStep& s, size_t k) const { return s.mods + mod_off_[k] * s.B; }
+  void emit(bool after, BlockKind k, int i, FluxStep& s) {
+    if (hook) hook(BlockEvent{after, k, i, s});
+  }
+  DType dt_;
+  Linear x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;
   std::vector<Double> dbl_;
   std::vector<Single> sgl_;
-  std::vector<int64_t> mod_off_;  // per block (double, single, then norm_out): offset in units of R
+  // Modulation layout, derived from the blocks: layer k's outputs (width W_k = its `out`) in order.
+  std::vector<const Linear*> mod_layers_;
+  std::vector<int64_t> mod_off_;  // per modulation layer: offset in units of rows
   std::vector<int> mod_w_;
   int64_t mod_width_ = 0;
+  int64_t* mod_off_dev_ = nullptr;  // the same tables on the device (gathering a step's rows)
+  int* mod_w_dev_ = nullptr;
 };
 
 }  // namespace fq

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "device_buffer.h"
 #include "event_timer.h"
 #include "kernels/kernels.h"
 #include "profile.h"
@@ -10,13 +11,12 @@
 namespace fq {
 namespace {
 
-#define BLAS_CHECK(x)                                                                                        \
-  do {                                                                                                       \
-    cublasStatus_t s_ = (x);                                                                                 \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                                         \
-      throw std::runtime_error(std::string("cuBLAS error ") + std::to_string(int(s_)) + " at " + __FILE__ + \
-                               ":" + std::to_string(__LINE__));                                              \
-  } while (0)
+void check_blas(cublasStatus_t s, const char* expr, const char* file, int line) {
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  raise_library_fault("cuBLAS", std::to_string(int(s)) + " (" + cublasGetStatusString(s) + ")", expr, file, line,
+                      s == CUBLAS_STATUS_EXECUTION_FAILED);
+}
+#define BLAS_CHECK(x) check_blas((x), #x, __FILE__, __LINE__)
 
 cudaDataType_t cuda_type(DType t) {
   return t == DType::F32 ? CUDA_R_32F : t == DType::BF16 ? CUDA_R_16BF : CUDA_R_8F_E4M3;
@@ -109,6 +109,7 @@ const void* Gemm::bias_for(const float* bias, int n, DType yt, cudaStream_t st) 
   if (!bias || yt == DType::F32) return bias;
   auto it = bias_bf16_.find(bias);
   if (it != bias_bf16_.end()) return it->second;
+  if (capturing()) throw EngineError("GEMM bias copy made during a graph capture", false);
   void* b;
   CUDA_CHECK(cudaMalloc(&b, size_t(n) * 2));
   cast(bias, DType::F32, b, DType::BF16, n, st);
@@ -118,7 +119,7 @@ const void* Gemm::bias_for(const float* bias, int n, DType yt, cudaStream_t st) 
 
 void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
                   const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C, float beta,
-                  const float* x_scale, const float* w_scale) {
+                  const float* x_scale, const float* w_scale, const void* bias_y) {
   if (M == 0) return;
   if ((xt == DType::FP8) != (wt == DType::FP8) || (wt == DType::FP8 && (!x_scale || !w_scale)))
     throw std::runtime_error("fp8 GEMM needs fp8 X and W with both scales");
@@ -127,10 +128,11 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   Epi use = gelu_after ? Epi::Bias : epi;
   if (use != Epi::None && !bias) use = Epi::None;
   int align = std::min(std::min(align_of(X), align_of(W)), std::min(align_of(Y), C ? align_of(C) : 256));
-  const void* ebias = use != Epi::None ? bias_for(bias, N, yt, st) : nullptr;
+  const void* ebias =
+      use == Epi::None ? nullptr : (bias_y && yt != DType::F32 ? bias_y : bias_for(bias, N, yt, st));
   Plan* p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, static_cast<const float*>(ebias));
   bool bias_after = false;
-  if (!p->ok && use != Epi::None) {
+  if ((!p->ok || force_fallback_) && use != Epi::None) {
     // No kernel for this epilogue/type mix: plain GEMM, then bias (and GELU) as separate kernels.
     fallbacks_++;
     bias_after = true;
@@ -149,8 +151,10 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   }
   // Large reduced-precision products: time the candidates once (the fp32 conformance path keeps the heuristic's
   // first choice, and small products are not worth the timing).
-  if (tune_on_ && !p->tuned && wt != DType::F32 && 2.0 * M * N * K >= 2e9) tune(*p, st, M, ldy, yt, X, W, beta);
-  p->tuned = true;
+  // Never inside a graph capture (tuning synchronises): a step is captured only after an eager one tuned its plans.
+  if (tune_on_ && !p->tuned && !capturing() && wt != DType::F32 && 2.0 * M * N * K >= 2e9)
+    tune(*p, st, M, ldy, yt, X, W, beta);
+  if (!capturing()) p->tuned = true;
   float alpha = 1.f;
   prof_begin(kProfGemm, st);
   // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).
@@ -158,14 +162,15 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
                             ws_, ws_bytes_, st));
   if (bias_after && bias) add_bias(Y, yt, bias, M, N, ldy, st);
   if (gelu_after) activation(Y, yt, M, N, ldy, Act::GeluTanh, st);
+  after_call("cublasLtMatmul", __FILE__, __LINE__);
   prof_end(kProfGemm, st, 2.0 * M * N * K);
 }
 
 void Gemm::tune(Plan& p, cudaStream_t st, int M, int ldy, DType yt, const void* X, const void* W, float beta) {
   if (p.cands.size() < 2) return;
   // D (and C when beta != 0) go to a scratch buffer: the caller's Y may be a residual stream updated in place.
-  void* d;
-  CUDA_CHECK(cudaMalloc(&d, size_t(M) * ldy * dsize(yt)));
+  DeviceBuffer scratch(size_t(M) * ldy * dsize(yt));
+  void* d = scratch.get();
   CUDA_CHECK(cudaMemsetAsync(d, 0, size_t(M) * ldy * dsize(yt), st));
   EventTimer timer;
   const float alpha = 1.f;
@@ -184,7 +189,7 @@ void Gemm::tune(Plan& p, cudaStream_t st, int M, int ldy, DType yt, const void* 
       p.algo = cand.algo;
     }
   }
-  CUDA_CHECK(cudaFree(d));
+  CUDA_CHECK(cudaStreamSynchronize(st));  // the scratch D is freed on return
   tuned_++;
 }
 
@@ -196,6 +201,7 @@ void Gemm::matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float 
   BLAS_CHECK(cublasGemmEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
                           cuda_type(bt), ldb, A, cuda_type(at), lda, &beta, C, cuda_type(ct), ldc,
                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  after_call("cublasGemmEx", __FILE__, __LINE__);
   prof_end(kProfGemm, st, 2.0 * M * N * K);
 }
 
@@ -212,6 +218,7 @@ void Gemm::matmul_batched(cudaStream_t st, bool ta, bool tb, int M, int N, int K
   BLAS_CHECK(cublasGemmStridedBatchedEx(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
                                         K, &alpha, B, cuda_type(bt), ldb, sb, A, cuda_type(at), lda, sa, &beta, C,
                                         cuda_type(ct), ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  after_call("cublasGemmStridedBatchedEx", __FILE__, __LINE__);
   prof_end(kProfGemm, st, 2.0 * M * N * K * batch);
 }
 

@@ -26,11 +26,13 @@ class Gemm {
   // Y[M, N] = epi(X[M, K] W[N, K]^T + bias) + beta * C, row-major with row strides ldx / ldy; C has Y's type and
   // stride and may alias Y (residual adds). BiasGelu is the tanh GELU; on the fp32 path it runs as a separate
   // kernel so that the conformance path uses only the engine's own, exactly specified GELU.
+  // bias is fp32; bias_y, when given, is the same bias already in Y's type (made at load: see Linear). Without it
+  // a bf16 copy is made on first use (counted by lazy_bias_copies(); never during a graph capture).
   // FP8 operands (xt == wt == FP8) carry per-tensor dequantisation scales x_scale / w_scale (device floats):
   // Y = epi(x_scale * w_scale * X W^T + bias), fp32 accumulation (cuBLASLt fast-accumulation mode).
   void linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
               const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C = nullptr, float beta = 0.f,
-              const float* x_scale = nullptr, const float* w_scale = nullptr);
+              const float* x_scale = nullptr, const float* w_scale = nullptr, const void* bias_y = nullptr);
 
   // Row-major C[M, N] = alpha * op(A) op(B) + beta * C with fp32 compute; op(A) = A^T when ta (A stored [K, M]).
   void matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at, int lda,
@@ -44,6 +46,9 @@ class Gemm {
   size_t workspace_bytes() const { return ws_bytes_; }
   int fallbacks() const { return fallbacks_; }  // calls that needed the no-epilogue fallback
   int tuned() const { return tuned_; }          // plans whose algorithm was chosen by timing (autotune)
+  // Tests: take the no-epilogue fallback (plain GEMM, then bias / GELU kernels) even where an epilogue exists.
+  void force_fallback(bool on) { force_fallback_ = on; }
+  int lazy_bias_copies() const { return int(bias_bf16_.size()); }
 
  private:
   struct Plan {
@@ -72,6 +77,7 @@ class Gemm {
   size_t ws_bytes_ = 64ull << 20;
   std::map<Key, Plan> plans_;
   int fallbacks_ = 0;
+  bool force_fallback_ = false;
 };
 
 }  // namespace fq

@@ -2,7 +2,7 @@
 //   fluxql-engine [--serve]                       framed protocol on stdin/stdout (PROTOCOL.md)
 //   fluxql-engine --selftest <fixtures> <model dir or load-spec .json> [f32|bf16|fp8|both|all]
 //   fluxql-engine --bench [--size N|WxH] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
-//                         [--out prefix]
+//                         [--graphs on|off|both] [--out prefix]
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
     }
     if (mode == "--bench") {
       int steps = 28, iters = 10;
-      std::string size = "1024", batches = "1,2,4", out = "cuda-bench", precisions = "bf16";
+      std::string size = "1024", batches = "1,2,4", out = "cuda-bench", precisions = "bf16", graphs = "on";
       for (int i = 2; i + 1 < argc; i += 2) {
         std::string k = argv[i], v = argv[i + 1];
         if (k == "--size") size = v;
@@ -32,12 +32,13 @@ int main(int argc, char** argv) {
         else if (k == "--batches") batches = v;
         else if (k == "--out") out = v;
         else if (k == "--precisions") precisions = v;
+        else if (k == "--graphs") graphs = v;
         else {
           fprintf(stderr, "unknown option %s\n", k.c_str());
           return 2;
         }
       }
-      return fq::run_bench(size, steps, batches, iters, precisions, out);
+      return fq::run_bench(size, steps, batches, iters, precisions, graphs, out);
     }
     if (mode == "--serve") return fq::run_serve();
     fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench)\n", mode.c_str());

@@ -159,7 +159,25 @@ const StTensor* ComponentFiles::find_stored(const std::string& name) const {
 const StTensor& ComponentFiles::get(const std::string& name) const {
   const StTensor* t = find(name);
   if (!t) throw std::runtime_error("weight not found: " + name + " in " + dir);
+  used_.insert(name);
   return *t;
+}
+
+std::vector<std::string> ComponentFiles::unused() const {
+  std::vector<std::string> out;
+  if (!map_.empty()) {
+    for (auto& [name, m] : map_)
+      if (!used_.count(name)) out.push_back(name);
+    return out;
+  }
+  for (auto& f : files_)
+    for (auto& [stored, t] : f->tensors()) {
+      bool used = false;
+      for (auto& p : prefixes_)
+        if (stored.compare(0, p.size(), p) == 0 && used_.count(stored.substr(p.size()))) used = true;
+      if (!used) out.push_back(stored);
+    }
+  return out;
 }
 
 }  // namespace fq

@@ -2,6 +2,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,7 +52,9 @@ class ComponentFiles {
   ComponentFiles(const std::string& dir, std::vector<std::string> prefixes = {""});
   ComponentFiles(const std::vector<std::string>& files, std::map<std::string, MappedName> map);
   const StTensor* find(const std::string& name) const;
-  const StTensor& get(const std::string& name) const;  // throws with the name when absent
+  const StTensor& get(const std::string& name) const;  // throws with the name when absent; marks the name used
+  // Names never read through get(): mapped names when a map is given, else stored names (prefixes stripped).
+  std::vector<std::string> unused() const;
   std::string dir;  // for messages: the folder, or the first file
 
  private:
@@ -62,6 +65,7 @@ class ComponentFiles {
   // Mapped tensors made so far (views or copies of the stored rows) and the bytes of the copies.
   mutable std::map<std::string, StTensor> mapped_;
   mutable std::map<std::string, std::vector<uint8_t>> copies_;
+  mutable std::set<std::string> used_;
 };
 
 }  // namespace fq

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "engine.h"
+#include "kernel_tests.h"
 #include "kernels/kernels.h"
 #include "selftest.h"
 
@@ -79,7 +80,7 @@ std::vector<float> download_any(const void* d, DType dt, size_t n) {
 void* upload_any(const std::vector<float>& h, DType dt) {
   void* d;
   CUDA_CHECK(cudaMalloc(&d, h.size() * dsize(dt)));
-  upload_as(d, h, dt);
+  upload_as(d, h, dt, nullptr);
   return d;
 }
 
@@ -269,8 +270,10 @@ void unit_cudnn_conv(Engine& e) {
   }
 }
 
-void run_precision(const std::string& fx, const std::string& model, DType dt, bool fp8 = false) {
-  Engine e(dt, fp8);
+void run_precision(const std::string& fx, const std::string& model, const std::string& precision) {
+  Engine e(PrecisionPlan::named(precision));
+  const DType dt = e.dt;
+  const bool fp8 = precision == "fp8";
   auto t0 = std::chrono::steady_clock::now();
   e.load_model(model);
   double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -287,6 +290,7 @@ void run_precision(const std::string& fx, const std::string& model, DType dt, bo
     unit_flash(e);
     unit_cudnn(e);
     unit_cudnn_conv(e);
+    run_kernel_units(e, report);
   }
   fprintf(stderr, "[selftest] %s: transformer attention: %s\n", dname(dt),
           e.use_cudnn ? "cuDNN SDPA" : (dt == DType::BF16 ? "own flash kernel" : "own fp32 kernel"));
@@ -333,9 +337,10 @@ void run_precision(const std::string& fx, const std::string& model, DType dt, bo
     float* d_pooled = c.f32("tc.pooled", pooled.size());
     float* d_enc = c.f32("tc.enc", enc.size());
     float* d_hs = c.f32("tc.hs", hs.size());
-    CUDA_CHECK(cudaMemcpy(d_pooled, pooled.data(), pooled.size() * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(d_enc, enc.data(), enc.size() * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(d_hs, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice));
+    // Uploads on the engine's stream (a plain cudaMemcpy from pageable memory is not ordered with it).
+    upload_as(d_pooled, pooled, DType::F32, e.st);
+    upload_as(d_enc, enc, DType::F32, e.st);
+    upload_as(d_hs, hs, DType::F32, e.st);
     float* mods = c.f32("tc.mods", size_t(e.flux->mod_width()));
     e.flux->conditioning(c, {tstep}, {guid}, d_pooled, 1, 1, mods);
     float* ctx0 = c.f32("tc.ctx0", size_t(T) * D);
@@ -344,9 +349,17 @@ void run_precision(const std::string& fx, const std::string& model, DType dt, bo
     ids.insert(ids.end(), img_ids.begin(), img_ids.end());
     auto cs = rope_table(e.cfg.flux, ids, S);
     float* d_cs = c.f32("tc.cs", cs.size());
-    CUDA_CHECK(cudaMemcpy(d_cs, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
+    upload_as(d_cs, cs, DType::F32, e.st);
     float* vel = c.f32("tc.vel", out.size());
-    e.flux->forward(c, 1, L, T, d_hs, ctx0, mods, 1, 0, d_cs, vel);
+    DeviceArena mem;
+    FluxStep state = e.flux->alloc_step(mem, 1, L, T, e.st);
+    // The block hook sees every block boundary: before and after embed, each double / single block, final layer.
+    int events = 0;
+    e.flux->hook = [&](const BlockEvent&) { events++; };
+    e.flux->forward(c, state, d_hs, ctx0, mods, 1, d_cs, vel);
+    e.flux->hook = nullptr;
+    report("unit.block_hook_events_missing", rdt, "count",
+           std::abs(events - 2 * (2 + e.cfg.flux.layers + e.cfg.flux.single_layers)), 0, true);
     report("transformer_forward", rdt, "rel_err", rel_err(download(vel, out.size()), out.data(), out.size()), tol,
            req);
   }
@@ -379,13 +392,16 @@ void run_precision(const std::string& fx, const std::string& model, DType dt, bo
     }
     std::string name = pc["file"].s.substr(0, pc["file"].s.find('.'));
     report(name + " latents (" + std::to_string(job->steps) + " steps, worst)", rdt, "rel_err", worst, tol, req);
+    fprintf(stderr, "[selftest] %s %s: %d of %d steps replayed from a CUDA graph (capture %.1f ms)\n", rdt.c_str(),
+            name.c_str(), job->replays, job->steps, job->graph.capture_ms);
     auto img_ref = f.to_f32("image");
     float* chw = c.f32("test.chw", img_ref.size());
     e.decode(*job, chw, nullptr);
     report(name + " image", rdt, "max_abs", max_abs(download(chw, img_ref.size()), img_ref.data(), img_ref.size()),
            img_tol, req);
   }
-  fprintf(stderr, "[selftest] %s: gemm fallbacks %d\n", rdt.c_str(), e.gemm.fallbacks());
+  fprintf(stderr, "[selftest] %s: gemm fallbacks %d, lazy bias copies %d\n", rdt.c_str(), e.gemm.fallbacks(),
+          e.gemm.lazy_bias_copies());
 }
 
 }  // namespace
@@ -395,8 +411,7 @@ int run_selftest(const std::string& fx, const std::string& model, const std::str
   for (const char* p : {"f32", "bf16", "fp8"}) {
     if (precisions != "all" && precisions != p && !(precisions == "both" && std::string(p) != "fp8")) continue;
     try {
-      std::string ps = p;
-      run_precision(fx, model, ps == "f32" ? DType::F32 : DType::BF16, ps == "fp8");
+      run_precision(fx, model, p);
     } catch (const std::exception& ex) {
       printf("{\"case\":\"%s run\",\"error\":%s,\"pass\":false}\n", p, json_escape(ex.what()).c_str());
       g_cases.push_back(Case{std::string(p) + " run", p, "error", INFINITY, 0, true});

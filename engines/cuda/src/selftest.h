@@ -5,8 +5,9 @@ namespace fq {
 // Conformance against the flux-tiny reference fixtures; prints a JSON table of cases. Returns the exit code.
 int run_selftest(const std::string& fixtures, const std::string& model, const std::string& precisions);
 // Synthetic FLUX.1-dev-sized benchmark; writes JSON + Markdown to out_prefix.{json,md}. Returns the exit code.
+// graphs: "on", "off" or "both" (CUDA-graph replay of steps 2.., each mode timed on the same loaded engine).
 int run_bench(const std::string& size, int steps, const std::string& batches, int iters,
-              const std::string& precisions, const std::string& out_prefix);
+              const std::string& precisions, const std::string& graphs, const std::string& out_prefix);
 // Framed stdin/stdout protocol (PROTOCOL.md). Returns the exit code.
 int run_serve();
 }  // namespace fq

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -98,15 +99,23 @@ int run_serve() {
              ",\"jobs\":" + std::to_string(jobs.size()) + "}");
       } else if (op == "load") {
         std::string prec = req.str("precision", "bf16");
-        if (prec != "bf16" && prec != "f32" && prec != "fp8") throw std::runtime_error("precision must be f32, bf16 or fp8");
+        // Per-layer precision: the named plan, plus rules from the request ("plan": [[glob, type], ...]) and from
+        // FQ_PRECISION_PLAN ("glob=type;..."), request rules first.
+        std::string rules;
+        for (auto& r : req["plan"].a) {
+          if (r.a.size() != 2) throw std::runtime_error("plan entries are [glob, type]");
+          rules += r[0].s + "=" + r[1].s + ";";
+        }
+        if (const char* env = getenv("FQ_PRECISION_PLAN")) rules += env;
+        PrecisionPlan plan = PrecisionPlan::named(prec, rules);
         jobs.clear();
         eng.reset();
-        eng = std::make_unique<Engine>(prec == "f32" ? DType::F32 : DType::BF16, prec == "fp8");
+        eng = std::make_unique<Engine>(plan);
         if (req.has("synthetic")) eng->load_synthetic(uint64_t(req.num("seed", 42)));
         else if (req.has("spec")) eng->load_spec(req["spec"], "");
         else eng->load_dir(req.str("model", ""));
         send("{\"op\":\"loaded\",\"id\":" + id + ",\"device\":" + json_escape(device_name()) +
-             ",\"precision\":\"" + prec + "\",\"weights_bytes\":" + std::to_string(eng->weights.bytes()) +
+             ",\"precision\":\"" + eng->precision() + "\",\"weights_bytes\":" + std::to_string(eng->weights.bytes()) +
              ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
       } else if (!eng) {
         throw std::runtime_error("no model loaded");
@@ -160,8 +169,8 @@ int run_serve() {
                ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
         } else if (op == "latents") {
           std::vector<float> lat(size_t(j.req.batch) * j.L * 64);
+          CUDA_CHECK(cudaMemcpyAsync(lat.data(), j.lat, lat.size() * 4, cudaMemcpyDeviceToHost, eng->st));
           CUDA_CHECK(cudaStreamSynchronize(eng->st));
-          CUDA_CHECK(cudaMemcpy(lat.data(), j.lat, lat.size() * 4, cudaMemcpyDeviceToHost));
           send("{\"op\":\"latents\",\"id\":" + id + ",\"job\":" + js + ",\"format\":\"f32\",\"shape\":[" +
                    std::to_string(j.req.batch) + "," + std::to_string(j.L) + ",64]}",
                lat.data(), lat.size() * 4);
@@ -184,9 +193,12 @@ int run_serve() {
         }
       }
     } catch (const std::exception& ex) {
-      send("{\"op\":\"error\",\"id\":" + id + ",\"message\":" + json_escape(ex.what()) + "}");
-      // A CUDA error can leave the context unusable: the client restarts the process when it sees fatal.
-      if (std::string(ex.what()).rfind("CUDA error", 0) == 0) return 2;
+      // A device fault (sticky: raised by any CUDA/cuBLAS/cuDNN check, fault.h) can leave the context unusable:
+      // the answer says fatal, the process exits, and the client restarts it. Anything else keeps serving.
+      const bool fatal = fault_sticky();
+      send("{\"op\":\"error\",\"id\":" + id + ",\"message\":" + json_escape(ex.what()) +
+           ",\"fatal\":" + (fatal ? "true" : "false") + "}");
+      if (fatal) return 2;
     }
   }
 }

@@ -23,25 +23,26 @@ T5Config T5Config::from_json(const Json& j) {
   return c;
 }
 
-T5Encoder::T5Encoder(const T5Config& cfg_, WeightLoader& L, DType dt) : cfg(cfg_) {
+T5Encoder::T5Encoder(const T5Config& cfg_, WeightLoader& L) : cfg(cfg_) {
   int D = cfg.d_model, I = cfg.heads * cfg.d_kv;
-  emb_ = L.vec({L.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight"},
-               int64_t(cfg.vocab) * D, Init::Embedding);
+  emb_ = L.table(L.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight", cfg.vocab, D,
+                 Init::Embedding);
   std::string rb = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
-  rel_bias_w_ = L.vec({rb}, int64_t(cfg.buckets) * cfg.heads, Init::Bias);
+  rel_bias_w_ = L.table(rb, cfg.buckets, cfg.heads, Init::Bias);
   rel_host_.resize(size_t(cfg.buckets) * cfg.heads);
-  CUDA_CHECK(cudaMemcpy(rel_host_.data(), rel_bias_w_, rel_host_.size() * 4, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpyAsync(rel_host_.data(), rel_bias_w_, rel_host_.size() * 4, cudaMemcpyDeviceToHost, L.stream()));
+  CUDA_CHECK(cudaStreamSynchronize(L.stream()));
   for (int i = 0; i < cfg.layers; i++) {
     std::string p = "encoder.block." + std::to_string(i) + ".layer.";
     Layer l;
     l.ln1 = L.vec({p + "0.layer_norm.weight"}, D, Init::NormWeight);
     l.ln2 = L.vec({p + "1.layer_norm.weight"}, D, Init::NormWeight);
     std::string a = p + "0.SelfAttention.";
-    l.qkv = load_lin(L, {a + "q", a + "k", a + "v"}, 3 * I, D, dt, false);
-    l.o = load_lin(L, {a + "o"}, D, I, dt, false);
+    l.qkv = L.linear({a + "q", a + "k", a + "v"}, 3 * I, D, false);
+    l.o = L.linear({a + "o"}, D, I, false);
     std::string f = p + "1.DenseReluDense.";
-    l.wi = load_lin(L, {f + "wi_0", f + "wi_1"}, 2 * cfg.d_ff, D, dt, false);
-    l.wo = load_lin(L, {f + "wo"}, D, cfg.d_ff, dt, false);
+    l.wi = L.linear({f + "wi_0", f + "wi_1"}, 2 * cfg.d_ff, D, false);
+    l.wo = L.linear({f + "wo"}, D, cfg.d_ff, false);
     layers_.push_back(l);
   }
   fin_ = L.vec({"encoder.final_layer_norm.weight"}, D, Init::NormWeight);
@@ -71,10 +72,16 @@ void T5Encoder::encode(Ctx& c, const std::vector<int>& ids, int B, int S, float*
   int* d_ids = c.scratch.getT<int>("t5.ids", R);
   CUDA_CHECK(cudaMemcpyAsync(d_ids, ids.data(), R * sizeof(int), cudaMemcpyHostToDevice, c.st));
   // The bias depends only on S: built on the host once per length and kept on the device (64 MB at S = 512).
+  // The upload is ordered on the engine stream (a plain cudaMemcpy ran on the legacy stream, unordered with the
+  // engine's non-blocking stream: the first request at a new length could read a partly written table). The host
+  // table stays alive in bias_host_ until the copy has completed.
   float* d_bias = c.f32("t5.bias." + std::to_string(S), size_t(cfg.heads) * S * S);
-  if (bias_len_.insert(S).second) {
-    std::vector<float> bias = bias_table(S);
-    CUDA_CHECK(cudaMemcpy(d_bias, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice));
+  if (!bias_len_.count(S)) {
+    std::vector<float>& bias = bias_host_[S] = bias_table(S);
+    CUDA_CHECK(cudaMemcpyAsync(d_bias, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice, c.st));
+    CUDA_CHECK(cudaStreamSynchronize(c.st));
+    bias_host_.erase(S);
+    bias_len_.insert(S);
   }
   float* x = c.f32("t5.x", size_t(R) * D);
   void* h = c.buf("t5.h", size_t(R) * D);
@@ -91,7 +98,7 @@ void T5Encoder::encode(Ctx& c, const std::vector<int>& ids, int B, int S, float*
   embed_rows(emb_, d_ids, nullptr, R, S, D, x, c.st);
   for (auto& l : layers_) {
     rmsnorm(x, R, D, l.ln1, cfg.eps, h, c.dt, c.st);
-    run_lin(c, l.qkv, R, h, c.dt, qkv, c.dt, Epi::None);
+    linear(c, l.qkv, R, In{h, c.dt, D}, Out{qkv, c.dt, 3 * I}, Epi::None);
     if (!f32) cast(qkv, c.dt, qkv32, DType::F32, int64_t(R) * 3 * I, c.st);
     for (int b = 0; b < B; b++) {
       const float* q = qkv32 + size_t(b) * S * 3 * I;  // head hh: columns [hh*dk, (hh+1)*dk) of q, k (+I), v (+2I)
@@ -103,11 +110,11 @@ void T5Encoder::encode(Ctx& c, const std::vector<int>& ids, int B, int S, float*
                             DType::F32, 3 * I, dk, 0.f, a32 + size_t(b) * S * I, DType::F32, I, dk, H);
     }
     if (!f32) cast(a32, DType::F32, a, c.dt, int64_t(R) * I, c.st);
-    run_lin(c, l.o, R, a, c.dt, x, DType::F32, Epi::None, x);  // x += o(a), accumulated in fp32
+    linear(c, l.o, R, In{a, c.dt, I}, Out{x, DType::F32, D}, Epi::None, x);  // x += o(a), accumulated in fp32
     rmsnorm(x, R, D, l.ln2, cfg.eps, h, c.dt, c.st);
-    run_lin(c, l.wi, R, h, c.dt, ff, c.dt, Epi::None);
+    linear(c, l.wi, R, In{h, c.dt, D}, Out{ff, c.dt, 2 * cfg.d_ff}, Epi::None);
     gated_gelu(ff, g, c.dt, R, cfg.d_ff, c.st);
-    run_lin(c, l.wo, R, g, c.dt, x, DType::F32, Epi::None, x);  // x += wo(gelu(wi_0 h) * wi_1 h)
+    linear(c, l.wo, R, In{g, c.dt, cfg.d_ff}, Out{x, DType::F32, D}, Epi::None, x);  // x += wo(gelu(wi_0 h) * wi_1 h)
   }
   rmsnorm(x, R, D, fin_, cfg.eps, out, DType::F32, c.st);
 }

@@ -28,69 +28,70 @@ VaeConfig VaeConfig::from_json(const Json& j) {
   return c;
 }
 
-VaeDecoder::Conv VaeDecoder::load_conv(WeightLoader& L, const std::string& name, int cout, int cin, int k,
-                                       DType dt) {
+VaeDecoder::Conv VaeDecoder::load_conv(WeightLoader& L, const std::string& name, int cout, int cin, int k) {
   Conv cv;
   cv.cin = cin;
   cv.cout = cout;
   cv.k = k;
-  cv.w = L.conv(name + ".weight", cout, cin, k, dt);
-  cv.b = L.vec({name + ".bias"}, cout, Init::Bias);
+  void* w = L.conv(name + ".weight", cout, cin, k, L.dt());
+  cv.lin = L.wrap("vae/" + name, w, L.vec({name + ".bias"}, cout, Init::Bias), cout, k * k * cin);
   return cv;
 }
 
-VaeDecoder::Resnet VaeDecoder::load_res(WeightLoader& L, const std::string& p, int cin, int cout, DType dt) {
+VaeDecoder::Resnet VaeDecoder::load_res(WeightLoader& L, const std::string& p, int cin, int cout) {
   Resnet r;
   r.n1w = L.vec({p + "norm1.weight"}, cin, Init::NormWeight);
   r.n1b = L.vec({p + "norm1.bias"}, cin, Init::NormBias);
-  r.c1 = load_conv(L, p + "conv1", cout, cin, 3, dt);
+  r.c1 = load_conv(L, p + "conv1", cout, cin, 3);
   r.n2w = L.vec({p + "norm2.weight"}, cout, Init::NormWeight);
   r.n2b = L.vec({p + "norm2.bias"}, cout, Init::NormBias);
-  r.c2 = load_conv(L, p + "conv2", cout, cout, 3, dt);
-  if (cin != cout) r.sc = load_conv(L, p + "conv_shortcut", cout, cin, 1, dt);
+  r.c2 = load_conv(L, p + "conv2", cout, cout, 3);
+  if (cin != cout) r.sc = load_conv(L, p + "conv_shortcut", cout, cin, 1);
   return r;
 }
 
-VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L, DeviceArena& arena, DType dt) : cfg(cfg_) {
+VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L) : cfg(cfg_) {
+  const DType dt = L.dt();
+  DeviceArena& arena = L.arena();
   std::vector<int> rev(cfg.channels.rbegin(), cfg.channels.rend());
   const std::string d = "decoder.";
   int C = rev[0];
-  conv_in_ = load_conv(L, d + "conv_in", C, cfg.latent, 3, dt);
-  mid0_ = load_res(L, d + "mid_block.resnets.0.", C, C, dt);
+  conv_in_ = load_conv(L, d + "conv_in", C, cfg.latent, 3);
+  mid0_ = load_res(L, d + "mid_block.resnets.0.", C, C);
   std::string a = d + "mid_block.attentions.0.";
   attn_nw_ = L.vec({a + "group_norm.weight"}, C, Init::NormWeight);
   attn_nb_ = L.vec({a + "group_norm.bias"}, C, Init::NormBias);
-  attn_qkv_ = load_lin(L, {a + "to_q", a + "to_k", a + "to_v"}, 3 * C, C, dt);
-  attn_out_ = load_lin(L, {a + "to_out.0"}, C, C, dt);
-  mid1_ = load_res(L, d + "mid_block.resnets.1.", C, C, dt);
+  attn_qkv_ = L.linear({a + "to_q", a + "to_k", a + "to_v"}, 3 * C, C);
+  attn_out_ = L.linear({a + "to_out.0"}, C, C);
+  mid1_ = load_res(L, d + "mid_block.resnets.1.", C, C);
   int prev = C;
   for (size_t k = 0; k < rev.size(); k++) {
     Up up;
     int out = rev[k];
     std::string p = d + "up_blocks." + std::to_string(k) + ".";
     for (int j = 0; j <= cfg.layers_per_block; j++) {
-      up.res.push_back(load_res(L, p + "resnets." + std::to_string(j) + ".", j == 0 ? prev : out, out, dt));
+      up.res.push_back(load_res(L, p + "resnets." + std::to_string(j) + ".", j == 0 ? prev : out, out));
     }
     // The last up block has no upsampler; files say so by omitting the key.
     bool has_up = L.synthetic() ? k + 1 < rev.size() : L.has(p + "upsamplers.0.conv.weight");
-    if (has_up) up.up = load_conv(L, p + "upsamplers.0.conv", out, out, 3, dt);
+    if (has_up) up.up = load_conv(L, p + "upsamplers.0.conv", out, out, 3);
     ups_.push_back(std::move(up));
     prev = out;
   }
   out_nw_ = L.vec({d + "conv_norm_out.weight"}, prev, Init::NormWeight);
   out_nb_ = L.vec({d + "conv_norm_out.bias"}, prev, Init::NormBias);
-  conv_out_ = load_conv(L, d + "conv_out", 3, prev, 3, dt);
+  conv_out_ = load_conv(L, d + "conv_out", 3, prev, 3);
   // Pad the 3 output channels to 8 with zero rows: an output row stride of 3 elements is not 16-byte aligned,
   // which cuBLASLt's tensor-core kernels need. image_out reads the first 3 of every 8.
   const size_t es = dsize(dt), row = size_t(9) * prev * es;
   void* w8 = arena.alloc(8 * row);
   float* b8 = static_cast<float*>(arena.alloc(8 * sizeof(float)));
-  CUDA_CHECK(cudaMemset(w8, 0, 8 * row));
-  CUDA_CHECK(cudaMemset(b8, 0, 8 * sizeof(float)));
-  CUDA_CHECK(cudaMemcpy(w8, conv_out_.w, 3 * row, cudaMemcpyDeviceToDevice));
-  CUDA_CHECK(cudaMemcpy(b8, conv_out_.b, 3 * sizeof(float), cudaMemcpyDeviceToDevice));
-  conv_out_.w = w8;
-  conv_out_.b = b8;
+  cudaStream_t st = L.stream();
+  CUDA_CHECK(cudaMemsetAsync(w8, 0, 8 * row, st));
+  CUDA_CHECK(cudaMemsetAsync(b8, 0, 8 * sizeof(float), st));
+  CUDA_CHECK(cudaMemcpyAsync(w8, conv_out_.lin.w, 3 * row, cudaMemcpyDeviceToDevice, st));
+  CUDA_CHECK(cudaMemcpyAsync(b8, conv_out_.lin.b, 3 * sizeof(float), cudaMemcpyDeviceToDevice, st));
+  conv_out_.lin = L.wrap("vae/" + d + "conv_out (padded to 8)", w8, b8, 8, 9 * prev);
   conv_out_.cout = 8;
 }
 
@@ -101,8 +102,7 @@ void VaeDecoder::conv(Ctx& c, const Conv& cv, const void* x, int B, int H, int W
   const int Ho = up2 ? 2 * H : H, Wo = up2 ? 2 * W : W;
   const int64_t P = int64_t(Ho) * Wo;
   if (cv.k == 1) {
-    c.gemm.linear(c.st, int(B * P), cv.cout, cv.cin, x, c.dt, cv.cin, cv.w, c.dt, cv.b, Epi::Bias, y, c.dt, cv.cout,
-                  resid, resid ? 1.f : 0.f);
+    linear(c, cv.lin, int(B * P), In{x, c.dt, cv.cin}, Out{y, c.dt, cv.cout}, Epi::Bias, resid);
     return;
   }
   if (c.conv) {
@@ -114,8 +114,8 @@ void VaeDecoder::conv(Ctx& c, const Conv& cv, const void* x, int B, int H, int W
       upsample_nearest2x(x, c.dt, B, H, W, cv.cin, u, c.st);
       src = u;
     }
-    if (c.conv->run(src, cv.w, y, B, Ho, Wo, cv.cin, cv.cout, cv.k, c.st)) {
-      add_bias_residual(y, c.dt, cv.b, resid, B * P, cv.cout, c.st);
+    if (c.conv->run(src, cv.lin.w, y, B, Ho, Wo, cv.cin, cv.cout, cv.k, c.st)) {
+      add_bias_residual(y, c.dt, cv.lin.b, resid, B * P, cv.cout, c.st);
       return;
     }
   }
@@ -128,9 +128,8 @@ void VaeDecoder::conv(Ctx& c, const Conv& cv, const void* x, int B, int H, int W
       int64_t np = std::min(chunk, P - p0);
       im2col3x3(xb, c.dt, H, W, cv.cin, up2, p0, np, col, c.st);
       size_t off = (size_t(b) * P + p0) * cv.cout * es;
-      c.gemm.linear(c.st, int(np), cv.cout, int(K), col, c.dt, int(K), cv.w, c.dt, cv.b, Epi::Bias,
-                    static_cast<char*>(y) + off, c.dt, cv.cout,
-                    resid ? static_cast<const char*>(resid) + off : nullptr, resid ? 1.f : 0.f);
+      linear(c, cv.lin, int(np), In{col, c.dt, int(K)}, Out{static_cast<char*>(y) + off, c.dt, cv.cout}, Epi::Bias,
+             resid ? static_cast<const char*>(resid) + off : nullptr);
     }
   }
 }
@@ -144,7 +143,7 @@ void VaeDecoder::resnet(Ctx& c, const Resnet& r, const void* x, int B, int H, in
   conv(c, r.c1, t, B, H, W, false, h, nullptr);
   groupnorm(h, c.dt, B, int64_t(H) * W, r.c1.cout, cfg.groups, r.n2w, r.n2b, 1e-6f, true, t, ws, c.st);
   const void* resid = x;
-  if (r.sc.w) {
+  if (r.sc.present()) {
     void* s = c.buf("vae.sc", size_t(P) * r.c1.cout);
     conv(c, r.sc, x, B, H, W, false, s, nullptr);
     resid = s;
@@ -161,7 +160,7 @@ void VaeDecoder::attention(Ctx& c, const void* x, int B, int H, int W, void* out
   void* qkv = c.buf("vae.qkv", size_t(B * HW) * 3 * C);
   void* o = c.buf("vae.ao", size_t(B * HW) * C);
   groupnorm(x, c.dt, B, HW, C, cfg.groups, attn_nw_, attn_nb_, 1e-6f, false, t, ws, c.st);
-  run_lin(c, attn_qkv_, int(B * HW), t, c.dt, qkv, c.dt);
+  linear(c, attn_qkv_, int(B * HW), In{t, c.dt, C}, Out{qkv, c.dt, 3 * C});
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(HW, int64_t(kScoreBytes / (HW * 4))));
   float* s = c.f32("vae.scores", size_t(chunk * HW));
   void* p = c.buf("vae.probs", size_t(chunk * HW));
@@ -178,7 +177,7 @@ void VaeDecoder::attention(Ctx& c, const void* x, int B, int H, int W, void* out
                     static_cast<char*>(o) + (size_t(b) * HW + q0) * C * es, c.dt, C);
     }
   }
-  run_lin(c, attn_out_, int(B * HW), o, c.dt, out, c.dt, Epi::Bias, x);  // + residual
+  linear(c, attn_out_, int(B * HW), In{o, c.dt, C}, Out{out, c.dt, C}, Epi::Bias, x);  // + residual
 }
 
 void VaeDecoder::decode(Ctx& c, const float* packed, int B, int H, int W, float* chw, uint8_t* rgb) {
@@ -190,7 +189,7 @@ void VaeDecoder::decode(Ctx& c, const float* packed, int B, int H, int W, float*
     for (auto& u : ups_) {
       int out = u.res.back().c2.cout;
       maxe = std::max(maxe, size_t(B) * hh * ww * std::max(prev, out));
-      if (u.up.w) {
+      if (u.up.present()) {
         hh *= 2;
         ww *= 2;
         maxe = std::max(maxe, size_t(B) * hh * ww * out);
@@ -212,7 +211,7 @@ void VaeDecoder::decode(Ctx& c, const float* packed, int B, int H, int W, float*
       resnet(c, r, a, B, h, w, b);
       std::swap(a, b);
     }
-    if (u.up.w) {
+    if (u.up.present()) {
       conv(c, u.up, a, B, h, w, true, b, nullptr);
       std::swap(a, b);
       h *= 2;

@@ -12,7 +12,7 @@
 import { type ChildProcessByStdio, spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { encodeFrame, type Frame, FrameDecoder, type FrameHeader } from '../process/frames.ts';
-import { CudaEngineError, CudaEngineExitedError } from './errors.ts';
+import { CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
 import type { CudaLoadSpec } from './load-spec.ts';
 
 /** Numeric precision of a loaded model. */
@@ -321,8 +321,7 @@ export class CudaEngineClient {
     }
     this.#pending.delete(id);
     if (frame.header.op === 'error') {
-      const message = String(frame.header.message ?? 'unknown error');
-      p.reject(new CudaEngineError(p.op, message, message.startsWith('CUDA error')));
+      p.reject(engineErrorFromFrame(p.op, frame.header));
     } else {
       p.resolve(frame);
     }

@@ -12,13 +12,22 @@ export class CudaEngineError extends Error {
     readonly op: string,
     message: string,
     /**
-     * True when the engine ends itself after this error (a CUDA error: the context may be unusable). The process
+     * True when the engine ends itself after this error (a device fault: the frame says `"fatal": true`). The process
      * exit follows the frame; the client then fails the other pending requests with {@link CudaEngineExitedError}.
      */
     readonly fatal: boolean,
   ) {
     super(`CUDA engine ${op}: ${message}`);
   }
+}
+
+/**
+ * The error an `error` frame stands for. `fatal` comes from the frame's `"fatal": true` (a device fault: the engine
+ * exits after answering); engines before that field said so only by starting the message with "CUDA error".
+ */
+export function engineErrorFromFrame(op: string, header: { readonly [key: string]: unknown }): CudaEngineError {
+  const message = String(header.message ?? 'unknown error');
+  return new CudaEngineError(op, message, header.fatal === true || message.startsWith('CUDA error'));
 }
 
 /**

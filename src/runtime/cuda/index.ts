@@ -22,5 +22,5 @@ export {
   type CudaPrepareArgs,
   type CudaProgress,
 } from './engine-client.ts';
-export { CudaEngineError, CudaEngineExitedError } from './errors.ts';
+export { CudaEngineError, CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
 export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';

@@ -26,6 +26,13 @@ void add_bias_residual(void* y, DType dt, const float* bias, const void* resid, 
 void timestep_sinus(const float* v, int B, float mult, int dim, float* out, cudaStream_t st);
 // lat += dt * vel  (fp32 Euler step of the flow-matching scheduler).
 void euler_step(float* lat, const float* vel, int64_t n, float dt, cudaStream_t st);
+
+// step.cu: per-step scalars read on the device (a captured step replays unchanged).
+// dst = the B rows of step *step of every block k: src holds block k's [R, w[k]] at off[k] * R, dst at off[k] * B.
+void gather_step_rows(const float* src, int64_t R, int B, const int* step, const int64_t* off, const int* w, int nblk,
+                      float* dst, cudaStream_t st);
+// lat += (sigmas[*step + 1] - sigmas[*step]) * vel, then *step += 1.
+void euler_step_sched(float* lat, const float* vel, int64_t n, const float* sigmas, int* step, cudaStream_t st);
 // out[i, :] = table[ids[i], :] (+ pos[i % seqlen, :] when pos != nullptr); fp32.
 void embed_rows(const float* table, const int* ids, const float* pos, int n, int seqlen, int dim, float* out,
                 cudaStream_t st);

@@ -8,6 +8,7 @@ import {
   CudaEngineClient,
   CudaEngineExitedError,
   encodeFrame,
+  engineErrorFromFrame,
   type Frame,
   FrameDecoder,
   FrameError,
@@ -71,6 +72,24 @@ describe('CUDA engine frames', () => {
     const buf = encodeFrame({ op: 'x' }, big.subarray(1, 3));
     const [f] = decodeInPieces(buf, buf.length);
     expect(Array.from(new Float32Array(f!.payload.slice().buffer))).toEqual([1, 2]);
+  });
+
+  it('marks an error fatal from the frame\'s fatal field, or from an older engine\'s "CUDA error" prefix', () => {
+    const device = engineErrorFromFrame('step', {
+      message: 'CUDA error (cuBLAS) 13 (the GPU program failed)',
+      fatal: true,
+    });
+    expect(device.fatal).toBe(true);
+    expect(device.message).toBe('CUDA engine step: CUDA error (cuBLAS) 13 (the GPU program failed)');
+    // A cuBLAS/cuDNN failure that is a device fault need not start with "CUDA error": the field decides.
+    expect(engineErrorFromFrame('step', { message: 'cuDNN error 5000', fatal: true }).fatal).toBe(true);
+    expect(
+      engineErrorFromFrame('load', { message: 'transformer: 1 checkpoint tensor(s) not used', fatal: false }).fatal,
+    ).toBe(false);
+    expect(engineErrorFromFrame('step', { message: 'CUDA error an illegal memory access was encountered' }).fatal).toBe(
+      true,
+    );
+    expect(engineErrorFromFrame('prepare', {}).message).toBe('CUDA engine prepare: unknown error');
   });
 
   it('decodes error frames like any other (the client turns them into CudaEngineError)', () => {

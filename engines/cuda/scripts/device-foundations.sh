@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One GPU call for the engine foundations (issue 19): build, selftest (f32, bf16, fp8 info; bf16 with the own flash
+# kernel; BFL spec), protocol tests, the bf16 benchmark with and without CUDA-graph step replay (1024x1024, 28 steps,
+# batch 1, warm-up + mean of 10 each, same loaded engine), then compute-sanitizer memcheck and racecheck on the
+# selftest. Everything is logged under $OUT in few files (the device tool returns at most 8).
+#   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize] [fixtures dir]
+# tests: build, selftests, protocol, benchmark (plus, when FQ_BASELINE names another engines/cuda source folder, that
+# engine's bf16 benchmark on the same card as the baseline); sanitize: build, compute-sanitizer only; all: both.
+# The engine sources are the ones beside this script; the model is the repository's models/flux-tiny.
+set -uo pipefail
+export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
+HERE=$(cd "$(dirname "$0")/.." && pwd)          # engines/cuda to build
+ROOT=${FQ_ROOT:-$(cd "$HERE/../../../.." && pwd)}  # <repo>/.device-carry/<name>/engines/cuda -> <repo>
+[[ -d $ROOT/models/flux-tiny ]] || ROOT=$(cd "$HERE/../.." && pwd)    # or run from the repository itself
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+MODE=${1:-all}
+FIX=${2:-$HERE/../../fixtures}
+MODEL=$ROOT/models/flux-tiny
+BUILD=/tmp/fq-build
+LOG=$OUT/summary.txt
+exec > >(tee -a "$LOG") 2>&1
+say() { echo "== $* ($(date +%T))"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn; print(nvidia.cudnn.__path__[0])" 2>/dev/null || true)
+NV=$(python3 -c "import nvidia, os; print(nvidia.__path__[0])" 2>/dev/null || true)
+if [[ -n $NV ]]; then for d in "$NV"/*/lib; do LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}; done; export LD_LIBRARY_PATH; fi
+say "build (cuDNN: ${CUDNN_DIR:-none})"
+cmake -S "$HERE" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >"$OUT/build.log" 2>&1 &&
+  cmake --build "$BUILD" -j 16 >>"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+ENGINE=$BUILD/fluxql-engine
+rc=0
+ST=$OUT/selftest.txt
+if [[ $MODE == all || $MODE == tests ]]; then
+say "selftest f32 + bf16 + fp8 (diffusers folders)"
+"$ENGINE" --selftest "$FIX" "$MODEL" all >"$ST" 2>&1 || rc=1
+grep -E "FAIL|error|required cases|replayed|fallbacks|\[selftest\].*(load|attention)" "$ST" | grep -v '^{' | head -40
+say "selftest bf16, own flash kernel"
+FQ_ATTENTION=own "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >>"$ST" 2>&1 || rc=1
+tail -1 "$ST"
+say "selftest f32 + bf16, BFL single files through the load spec"
+"$ENGINE" --selftest "$FIX" "$FIX/flux-tiny-bfl/load-spec.json" both >>"$ST" 2>&1 || rc=1
+tail -1 "$ST"
+say "selftest bf16, FQ_DEBUG_SYNC=1 and FQ_GRAPH=0 (eager steps)"
+FQ_DEBUG_SYNC=1 FQ_GRAPH=0 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >>"$ST" 2>&1 || rc=1
+tail -1 "$ST"
+say "protocol tests"
+for p in f32 bf16; do
+  python3 "$HERE/tests/protocol_test.py" "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -2 || rc=1
+done
+if [[ $rc -ne 0 ]]; then say "tests failed: benchmark skipped"; else
+  say "bench bf16 1024x1024 28 steps batch 1, CUDA graphs off then on"
+  "$ENGINE" --bench --batches 1 --iters 10 --precisions bf16 --graphs both --out "$OUT/cuda-h100" 2>"$OUT/bench.err" >/dev/null || rc=1
+  grep -E "graphs|floor|batch 1:|tuned|weights" "$OUT/bench.err"
+  if [[ -n ${FQ_BASELINE:-} && -d $FQ_BASELINE ]]; then
+    say "baseline: $FQ_BASELINE, bf16 batch 1, same card"
+    cmake -S "$FQ_BASELINE" -B /tmp/fq-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >"$OUT/build-base.log" 2>&1 &&
+      cmake --build /tmp/fq-base -j 16 >>"$OUT/build-base.log" 2>&1 &&
+      /tmp/fq-base/fluxql-engine --bench --batches 1 --iters 10 --precisions bf16 --out /tmp/fq-base/bench 2>"$OUT/bench-base.err" >/dev/null
+    grep -E "batch 1:" "$OUT/bench-base.err"
+  fi
+fi
+fi
+SAN=$OUT/sanitizer.txt
+if [[ $MODE == all || $MODE == sanitize ]]; then
+# Each sanitizer gets FQ_SAN_S seconds (default 75); a run cut short still lists every error found until then.
+say "compute-sanitizer memcheck (selftest bf16)"
+timeout "${FQ_SAN_S:-75}" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >"$SAN" 2>&1
+echo "memcheck exit $? (124: cut at the time limit)"; grep -cE "^========= (Invalid|Program hit|Uninit)" "$SAN"; grep -E "ERROR SUMMARY|required cases" "$SAN" | tail -3
+say "compute-sanitizer racecheck (selftest bf16)"
+timeout "${FQ_SAN_S:-75}" compute-sanitizer --tool racecheck --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >>"$SAN" 2>&1
+echo "racecheck exit $? (124: cut at the time limit)"; grep -cE "^========= (Error|Warning): Race" "$SAN"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|required cases" "$SAN" | tail -3
+fi
+say "done rc=$rc"
+exit $rc

@@ -1,0 +1,340 @@
+#include "kernel_tests.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "device_buffer.h"
+#include "engine.h"
+#include "kernels/kernels.h"
+
+namespace fq {
+namespace {
+
+using Vec = std::vector<float>;
+
+Vec randn(size_t n, std::mt19937& rng, float sd = 1.f, float mean = 0.f) {
+  std::normal_distribution<float> nd(mean, sd);
+  Vec v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+Vec round_to(Vec v, DType dt) {
+  if (dt == DType::BF16)
+    for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
+  return v;
+}
+DeviceBuffer up(const Vec& h, DType dt, cudaStream_t st) {
+  DeviceBuffer d(h.size() * dsize(dt));
+  upload_as(d.get(), h, dt, st);
+  return d;
+}
+DeviceBuffer poisoned(size_t bytes, cudaStream_t st) {
+  DeviceBuffer d(bytes);
+  CUDA_CHECK(cudaMemsetAsync(d.get(), 0xff, bytes, st));  // NaN in f32 and bf16, NaN in e4m3: unwritten shows
+  return d;
+}
+float e4m3_to_f32(uint8_t v) {
+  int s = v >> 7, e = (v >> 3) & 15, m = v & 7;
+  if (e == 15 && m == 7) return NAN;
+  float f = e == 0 ? std::ldexp(float(m) / 8.f, -6) : std::ldexp(1.f + float(m) / 8.f, e - 7);
+  return s ? -f : f;
+}
+Vec down(const void* d, DType dt, size_t n, cudaStream_t st) {
+  CUDA_CHECK(cudaStreamSynchronize(st));
+  Vec h(n);
+  std::vector<uint8_t> raw(n * dsize(dt));
+  CUDA_CHECK(cudaMemcpy(raw.data(), d, raw.size(), cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < n; i++) {
+    if (dt == DType::F32) memcpy(&h[i], raw.data() + 4 * i, 4);
+    else if (dt == DType::BF16) h[i] = bf16_to_f32(uint16_t(raw[2 * i] | raw[2 * i + 1] << 8));
+    else h[i] = e4m3_to_f32(raw[i]);
+  }
+  return h;
+}
+float down1(const float* d, cudaStream_t st) { return down(d, DType::F32, 1, st)[0]; }
+double rel(const Vec& a, const std::vector<double>& ref) {
+  if (a.size() != ref.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    double d = double(a[i]) - ref[i];
+    num += d * d;
+    den += ref[i] * ref[i];
+  }
+  return std::isfinite(num) ? std::sqrt(num / den) : INFINITY;
+}
+// Bound of a quantity stored in dt (rounding of the output alone): f32 ~1e-6, bf16 ~4e-3.
+double tol(DType dt) { return dt == DType::F32 ? 1e-5 : 1e-2; }
+
+// LayerNorm + adaLN of one row: (x - mean) * rstd * (1 + scale) + shift, in float64.
+void ln_ref(const double* x, int D, const float* shift, const float* scale, double eps, double* out) {
+  double m = 0, q = 0;
+  for (int i = 0; i < D; i++) m += x[i];
+  m /= D;
+  for (int i = 0; i < D; i++) q += (x[i] - m) * (x[i] - m);
+  double r = 1.0 / std::sqrt(q / D + eps);
+  for (int i = 0; i < D; i++) out[i] = (x[i] - m) * r * (1.0 + scale[i]) + shift[i];
+}
+
+void test_residual_layernorm(Engine& e, ReportFn report, std::mt19937& rng) {
+  const int B = 2, rpb = 5, rows = B * rpb, D = 300, W = 3 * D;  // modulation rows [B, W]: gate, shift, scale
+  for (DType ot : {DType::F32, DType::BF16, DType::FP8}) {
+    if (ot != DType::F32 && e.dt == DType::F32) continue;
+    Vec x = randn(size_t(rows) * D, rng, 1.f, 0.3f), y = randn(size_t(rows) * D, rng), mod = randn(size_t(B) * W, rng, 0.5f);
+    DeviceBuffer dx = up(x, DType::F32, e.st), dy = up(y, DType::F32, e.st), dm = up(mod, DType::F32, e.st);
+    DeviceBuffer out = poisoned(size_t(rows) * D * dsize(ot), e.st), ws(sizeof(float) * (1 + 2 * rows)),
+                 sc(sizeof(float));
+    const float *g = dm.as<float>(), *sh = g + D, *scl = g + 2 * D;
+    if (ot == DType::FP8) {
+      CUDA_CHECK(cudaMemsetAsync(ws.get(), 0, 4, e.st));
+      residual_layernorm(dx.as<float>(), dy.get(), DType::F32, D, g, W, rows, D, rpb, sh, scl, W, 1e-6f, nullptr, ot,
+                         ws.as<float>() + 1, ws.as<float>(), e.st);
+      layernorm_mod_fp8_apply(dx.as<float>(), rows, D, rpb, sh, scl, W, out.get(), sc.as<float>(), ws.as<float>(), e.st);
+    } else {
+      residual_layernorm(dx.as<float>(), dy.get(), DType::F32, D, g, W, rows, D, rpb, sh, scl, W, 1e-6f, out.get(), ot,
+                         nullptr, nullptr, e.st);
+    }
+    std::vector<double> xr(size_t(rows) * D), ref(size_t(rows) * D);
+    for (int r = 0; r < rows; r++) {
+      const float* m = mod.data() + size_t(r / rpb) * W;
+      for (int i = 0; i < D; i++) xr[size_t(r) * D + i] = double(x[size_t(r) * D + i]) + double(m[i]) * y[size_t(r) * D + i];
+      ln_ref(&xr[size_t(r) * D], D, m + D, m + 2 * D, 1e-6, &ref[size_t(r) * D]);
+    }
+    Vec got = down(out.get(), ot, ref.size(), e.st);
+    if (ot == DType::FP8) {
+      const float s = down1(sc.as<float>(), e.st);
+      for (auto& v : got) v *= s;
+    }
+    report(std::string("unit.residual_layernorm_") + dname(ot), e.precision(), "rel_err", rel(got, ref),
+           ot == DType::FP8 ? 5e-2 : tol(ot), true);
+    report("unit.residual_layernorm_stream", e.precision(), "rel_err", rel(down(dx.get(), DType::F32, xr.size(), e.st), xr),
+           1e-6, true);
+  }
+}
+
+void test_fp8_quantizers(Engine& e, ReportFn report, std::mt19937& rng) {
+  if (e.dt == DType::F32) return;
+  // quantize_fp8: per-tensor scale amax / 448, values within e4m3's relative step.
+  for (DType it : {DType::F32, DType::BF16}) {
+    Vec x = round_to(randn(5000, rng, 3.f), it);
+    DeviceBuffer dx = up(x, it, e.st), q = poisoned(x.size(), e.st), sc(4), ws(4);
+    quantize_fp8(dx.get(), it, int64_t(x.size()), q.get(), sc.as<float>(), ws.as<float>(), e.st);
+    double amax = 0;
+    for (float v : x) amax = std::max(amax, double(std::fabs(v)));
+    const float s = down1(sc.as<float>(), e.st);
+    Vec got = down(q.get(), DType::FP8, x.size(), e.st);
+    std::vector<double> ref(x.begin(), x.end());
+    for (auto& v : got) v *= s;
+    report(std::string("unit.quantize_fp8_") + dname(it), e.precision(), "rel_err", rel(got, ref), 5e-2, true);
+    report(std::string("unit.quantize_fp8_scale_") + dname(it), e.precision(), "rel_err",
+           std::fabs(s - amax / 448.0) / (amax / 448.0), 1e-6, true);
+  }
+  // layernorm_mod_fp8: the two-pass LayerNorm writing fp8.
+  const int B = 2, rpb = 4, rows = B * rpb, D = 200, W = 2 * D;
+  Vec x = randn(size_t(rows) * D, rng), mod = randn(size_t(B) * W, rng, 0.5f);
+  DeviceBuffer dx = up(x, DType::F32, e.st), dm = up(mod, DType::F32, e.st), out = poisoned(size_t(rows) * D, e.st),
+               sc(4), ws(sizeof(float) * (1 + 2 * rows));
+  layernorm_mod_fp8(dx.as<float>(), rows, D, rpb, dm.as<float>(), dm.as<float>() + D, W, 1e-6f, out.get(),
+                    sc.as<float>(), ws.as<float>(), e.st);
+  std::vector<double> ref(size_t(rows) * D), xr(x.begin(), x.end());
+  for (int r = 0; r < rows; r++) {
+    const float* m = mod.data() + size_t(r / rpb) * W;
+    ln_ref(&xr[size_t(r) * D], D, m, m + D, 1e-6, &ref[size_t(r) * D]);
+  }
+  Vec got = down(out.get(), DType::FP8, ref.size(), e.st);
+  const float s = down1(sc.as<float>(), e.st);
+  for (auto& v : got) v *= s;
+  report("unit.layernorm_mod_fp8", e.precision(), "rel_err", rel(got, ref), 5e-2, true);
+}
+
+void test_qk_norm_rope(Engine& e, ReportFn report, std::mt19937& rng) {
+  for (int D : {16, 128}) {
+    const int B = 2, n = 7, off = 3, S = 12, H = 3, ld = 3 * H * D + 8, half = D / 2;
+    Vec qkv = round_to(randn(size_t(B) * n * ld, rng), e.dt), wq = randn(D, rng, 0.1f, 1.f), wk = randn(D, rng, 0.1f, 1.f);
+    Vec cs(size_t(S) * half * 2);
+    for (int p = 0; p < S; p++)
+      for (int j = 0; j < half; j++) {
+        double a = p * std::pow(10000.0, -2.0 * j / D);
+        cs[(size_t(p) * half + j) * 2] = float(std::cos(a));
+        cs[(size_t(p) * half + j) * 2 + 1] = float(std::sin(a));
+      }
+    const size_t nout = size_t(B) * S * H * D;
+    DeviceBuffer dqkv = up(qkv, e.dt, e.st), dwq = up(wq, DType::F32, e.st), dwk = up(wk, DType::F32, e.st),
+                 dcs = up(cs, DType::F32, e.st);
+    DeviceBuffer Q = poisoned(nout * dsize(e.dt), e.st), K = poisoned(nout * dsize(e.dt), e.st),
+                 V = poisoned(nout * dsize(e.dt), e.st);
+    qk_norm_rope(dqkv.get(), e.dt, ld, B, n, off, S, H, D, dwq.as<float>(), dwk.as<float>(), dcs.as<float>(), Q.get(),
+                 K.get(), V.get(), e.dt, e.st);
+    Vec q = down(Q.get(), e.dt, nout, e.st), k = down(K.get(), e.dt, nout, e.st), v = down(V.get(), e.dt, nout, e.st);
+    Vec got;
+    std::vector<double> ref;
+    for (int b = 0; b < B; b++)
+      for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+          const int p = off + i;
+          const float* row = qkv.data() + (size_t(b) * n + i) * ld + size_t(h) * D;
+          const size_t dst = ((size_t(b) * S + p) * H + h) * D;
+          for (int which = 0; which < 2; which++) {
+            const float* src = row + size_t(which) * H * D;
+            const Vec& w = which ? wk : wq;
+            double ss = 0;
+            for (int d = 0; d < D; d++) ss += double(src[d]) * src[d];
+            const double r = 1.0 / std::sqrt(ss / D + 1e-6);
+            for (int j = 0; j < half; j++) {
+              double a = src[2 * j] * r * w[2 * j], c = src[2 * j + 1] * r * w[2 * j + 1];
+              double co = cs[(size_t(p) * half + j) * 2], si = cs[(size_t(p) * half + j) * 2 + 1];
+              ref.push_back(a * co - c * si);
+              ref.push_back(c * co + a * si);
+              const Vec& o = which ? k : q;
+              got.push_back(o[dst + 2 * j]);
+              got.push_back(o[dst + 2 * j + 1]);
+            }
+          }
+          for (int d = 0; d < D; d++) {
+            ref.push_back(row[2 * H * D + d]);
+            got.push_back(v[dst + d]);
+          }
+        }
+    report("unit.qk_norm_rope_d" + std::to_string(D), e.precision(), "rel_err", rel(got, ref), tol(e.dt), true);
+  }
+}
+
+void test_groupnorm(Engine& e, ReportFn report, std::mt19937& rng) {
+  struct Cfg {
+    int B, HW, C, G;
+    bool silu;
+  };
+  for (Cfg g : {Cfg{2, 37, 64, 8, true}, Cfg{1, 50, 24, 8, false}}) {
+    const size_t n = size_t(g.B) * g.HW * g.C;
+    Vec x = round_to(randn(n, rng, 2.f, 0.5f), e.dt), gam = randn(g.C, rng, 0.2f, 1.f), bet = randn(g.C, rng, 0.2f);
+    DeviceBuffer dx = up(x, e.dt, e.st), dg = up(gam, DType::F32, e.st), db = up(bet, DType::F32, e.st),
+                 out = poisoned(n * dsize(e.dt), e.st), ws(sizeof(double) * 3 * g.B * g.G);
+    groupnorm(dx.get(), e.dt, g.B, g.HW, g.C, g.G, dg.as<float>(), db.as<float>(), 1e-6f, g.silu, out.get(),
+              ws.as<double>(), e.st);
+    std::vector<double> ref(n);
+    const int cg = g.C / g.G;
+    for (int b = 0; b < g.B; b++)
+      for (int gr = 0; gr < g.G; gr++) {
+        double m = 0, q = 0, cnt = double(g.HW) * cg;
+        for (int p = 0; p < g.HW; p++)
+          for (int c = gr * cg; c < (gr + 1) * cg; c++) m += x[(size_t(b) * g.HW + p) * g.C + c];
+        m /= cnt;
+        for (int p = 0; p < g.HW; p++)
+          for (int c = gr * cg; c < (gr + 1) * cg; c++) {
+            double d = x[(size_t(b) * g.HW + p) * g.C + c] - m;
+            q += d * d;
+          }
+        const double r = 1.0 / std::sqrt(q / cnt + 1e-6);
+        for (int p = 0; p < g.HW; p++)
+          for (int c = gr * cg; c < (gr + 1) * cg; c++) {
+            const size_t at = (size_t(b) * g.HW + p) * g.C + c;
+            double v = (x[at] - m) * r * gam[c] + bet[c];
+            ref[at] = g.silu ? v / (1.0 + std::exp(-v)) : v;
+          }
+      }
+    report("unit.groupnorm_c" + std::to_string(g.C) + (g.silu ? "_silu" : ""), e.precision(), "rel_err",
+           rel(down(out.get(), e.dt, n, e.st), ref), tol(e.dt), true);
+  }
+}
+
+// The wrapper's path for type/epilogue mixes without a cuBLASLt kernel: plain GEMM, then bias (+ GELU) kernels.
+void test_gemm_fallback(Engine& e, ReportFn report, std::mt19937& rng) {
+  const int M = 45, N = 72, K = 40;
+  for (Epi epi : {Epi::Bias, Epi::BiasGelu}) {
+    Vec X = round_to(randn(size_t(M) * K, rng), e.dt), W = round_to(randn(size_t(N) * K, rng, 0.2f), e.dt),
+        bias = randn(N, rng);
+    DeviceBuffer dX = up(X, e.dt, e.st), dW = up(W, e.dt, e.st), dB = up(bias, DType::F32, e.st),
+                 dY = poisoned(size_t(M) * N * 4, e.st);
+    const int before = e.gemm.fallbacks();
+    e.gemm.force_fallback(true);
+    e.gemm.linear(e.st, M, N, K, dX.get(), e.dt, K, dW.get(), e.dt, dB.as<float>(), epi, dY.get(), DType::F32, N);
+    e.gemm.force_fallback(false);
+    std::vector<double> ref(size_t(M) * N);
+    for (int m = 0; m < M; m++)
+      for (int nn = 0; nn < N; nn++) {
+        double s = bias[nn];
+        for (int k = 0; k < K; k++) s += double(X[size_t(m) * K + k]) * W[size_t(nn) * K + k];
+        if (epi == Epi::BiasGelu) s = 0.5 * s * (1 + std::tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)));
+        ref[size_t(m) * N + nn] = s;
+      }
+    const bool took = e.gemm.fallbacks() > before;
+    report(std::string("unit.gemm_fallback_") + (epi == Epi::Bias ? "bias" : "bias_gelu"), e.precision(), "rel_err",
+           took ? rel(down(dY.get(), DType::F32, ref.size(), e.st), ref) : INFINITY, e.dt == DType::F32 ? 1e-6 : 1e-3,
+           true);
+  }
+}
+
+// softmax(scale q k^T) v per (batch, head) in float64; q/k/v [B, S, H, D].
+std::vector<double> attention_ref(const Vec& q, const Vec& k, const Vec& v, int B, int S, int H, int D, bool causal) {
+  std::vector<double> o(size_t(B) * S * H * D), p(S);
+  const double scale = 1.0 / std::sqrt(double(D));
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++)
+      for (int i = 0; i < S; i++) {
+        const float* qi = q.data() + ((size_t(b) * S + i) * H + h) * D;
+        double mx = -1e300, sum = 0;
+        for (int j = 0; j < S; j++) {
+          double s = -1e300;
+          if (!causal || j <= i) {
+            s = 0;
+            const float* kj = k.data() + ((size_t(b) * S + j) * H + h) * D;
+            for (int d = 0; d < D; d++) s += double(qi[d]) * kj[d];
+            s *= scale;
+          }
+          p[j] = s;
+          mx = std::max(mx, s);
+        }
+        for (int j = 0; j < S; j++) sum += p[j] = (!causal || j <= i) ? std::exp(p[j] - mx) : 0.0;
+        double* oi = o.data() + ((size_t(b) * S + i) * H + h) * D;
+        for (int j = 0; j < S; j++) {
+          const float* vj = v.data() + ((size_t(b) * S + j) * H + h) * D;
+          for (int d = 0; d < D; d++) oi[d] += p[j] / sum * vj[d];
+        }
+      }
+  return o;
+}
+
+void test_attention(Engine& e, ReportFn report, std::mt19937& rng) {
+  const int B = 2, S = 133, H = 3;
+  for (int D : {16, 64, 128}) {
+    const size_t n = size_t(B) * S * H * D;
+    Vec q = round_to(randn(n, rng), e.dt), k = round_to(randn(n, rng), e.dt), v = round_to(randn(n, rng), e.dt);
+    DeviceBuffer dq = up(q, e.dt, e.st), dk = up(k, e.dt, e.st), dv = up(v, e.dt, e.st);
+    const float scale = 1.f / std::sqrt(float(D));
+    for (bool causal : {false, true}) {
+      if (causal && D != 64) continue;
+      auto ref = attention_ref(q, k, v, B, S, H, D, causal);
+      DeviceBuffer o = poisoned(n * dsize(e.dt), e.st);
+      attention_rows(dq.get(), dk.get(), dv.get(), e.dt, H * D, H * D, H * D, int64_t(S) * H * D, int64_t(S) * H * D, B,
+                     S, S, H, D, scale, causal, nullptr, OutMap{nullptr, o.get(), 0, H * D}, e.st);
+      report(std::string("unit.attention_rows_d") + std::to_string(D) + (causal ? "_causal" : "") + "_vs_host",
+             e.precision(), "rel_err", rel(down(o.get(), e.dt, n, e.st), ref), tol(e.dt), true);
+      if (causal || e.dt != DType::BF16) continue;
+      DeviceBuffer o2 = poisoned(n * 2, e.st);
+      bool ran = flash_attention(dq.get(), dk.get(), dv.get(), B, S, H, D, scale, OutMap{nullptr, o2.get(), 0, H * D}, e.st);
+      report("unit.flash_attention_d" + std::to_string(D) + "_vs_host", e.precision(), "rel_err",
+             ran ? rel(down(o2.get(), DType::BF16, n, e.st), ref) : INFINITY, 1e-2, true);
+      if (!e.cudnn.available()) continue;
+      DeviceBuffer o3 = poisoned(n * 2, e.st);
+      ran = e.cudnn.run(dq.get(), dk.get(), dv.get(), o3.get(), B, S, H, D, H * D, scale, e.st);
+      report("unit.cudnn_attention_d" + std::to_string(D) + "_vs_host", e.precision(), "rel_err",
+             ran ? rel(down(o3.get(), DType::BF16, n, e.st), ref) : INFINITY, 1e-2, true);
+    }
+  }
+}
+
+}  // namespace
+
+void run_kernel_units(Engine& e, ReportFn report) {
+  std::mt19937 rng(20261206);
+  test_residual_layernorm(e, report, rng);
+  test_fp8_quantizers(e, report, rng);
+  test_qk_norm_rope(e, report, rng);
+  test_groupnorm(e, report, rng);
+  test_gemm_fallback(e, report, rng);
+  test_attention(e, report, rng);
+  CUDA_CHECK(cudaStreamSynchronize(e.st));
+}
+
+}  // namespace fq

@@ -1,0 +1,59 @@
+// Every matrix product with a weight goes through one entry point: linear(ctx, layer, rows, in, out, epi, resid).
+// A Linear remembers what it was loaded from (checkpoint name), the type the precision plan gave its weight, its
+// fp8 scale, its bias (fp32, plus a copy in the compute type made at load for cuBLASLt's epilogue) and an optional
+// adapter slot. Adding a precision or an adapter touches linear() and the loader only; the model code only says
+// which layer runs on which rows, with input/output descriptors (pointer, type, row stride, fp8 scale).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "context.h"
+
+namespace fq {
+
+// Low-rank adapter (LoRA) slot: y += scale * (x A^T) B^T, A [rank, in], B [out, rank] in the compute type.
+// Loading adapters is the next issue; linear() already applies one when the slot is filled.
+struct Adapter {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  int rank = 0;
+  float scale = 1.f;
+};
+
+struct Linear {
+  std::string name;                 // "<component>/<checkpoint name>" ('+'-joined when parts are stacked)
+  int out = 0, in = 0;
+  DType wt = DType::F32;            // as the precision plan decided at load
+  void* w = nullptr;                // [out, in] in wt
+  const float* w_scale = nullptr;   // fp8: per-tensor dequantisation scale (device float)
+  const float* b = nullptr;         // [out] fp32, or null
+  const void* b_act = nullptr;      // [out] in the compute type (bf16 runs), made at load; null on the fp32 path
+  const Adapter* adapter = nullptr;
+};
+
+// Activation operands: pointer, element type, elements between rows; fp8 inputs carry their scale.
+struct In {
+  const void* p;
+  DType t;
+  int ld;
+  const float* scale = nullptr;
+};
+struct Out {
+  void* p;
+  DType t;
+  int ld;
+};
+
+// y = epi(x W^T + b) (+ resid, which has y's type and stride and may alias y) on `rows` rows. Runs in the layer's
+// weight type; an input of another type is converted first (fp8 layers quantise a bf16 input with a per-tensor
+// scale into ctx scratch). Reports the call to ctx.tap when one is set (the benchmark's GEMM list).
+void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias, const void* resid = nullptr);
+
+// What a block-level observer sees of a step: every linear (layer, rows, operands) and every attention.
+struct StepTap {
+  virtual ~StepTap() = default;
+  virtual void on_linear(const Linear& l, int rows, const In& x, const Out& y, Epi epi, bool resid) = 0;
+  virtual void on_attention(int B, int S, int H, int D, int ldo) = 0;
+};
+
+}  // namespace fq
