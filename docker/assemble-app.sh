@@ -8,7 +8,7 @@
 set -eu
 dest=$1
 mode=${2:-copy}
-for need in dist/src/cli/main.js dist/src/pipeline/worker.js web/dist/index.html models/flux-tiny/model_index.json; do
+for need in dist/src/cli/main.js dist/src/pipeline/engine-process/host.js web/dist/index.html models/flux-tiny/model_index.json; do
   [ -e "$need" ] || { echo "assemble-app: $need is missing (build first)" >&2; exit 1; }
 done
 mkdir -p "$dest/web" "$dest/bench" "$dest/docker"

@@ -1,7 +1,7 @@
 /**
  * The production build (`npm run build`: tsc with tsconfig.build.json) as the Docker image runs it: compiled into a
  * scratch folder, then started on plain Node with a hook that fails any import of tsx or of a `.ts` file. Covers the
- * CLI, `serve` with its ONNX worker thread (worker.js from the build), and the entry-module helper.
+ * CLI, `serve` with its ONNX engine process (engine-process/host.js from the build), and the entry-module helper.
  */
 import { execFile, spawn } from 'node:child_process';
 import {
@@ -75,7 +75,7 @@ function jsFiles(dir: string): string[] {
 describe('production build', () => {
   it('emits JavaScript whose relative imports all name .js files', () => {
     const files = jsFiles(dist);
-    expect(files).toContain(join(dist, 'src/pipeline/worker.js'));
+    expect(files).toContain(join(dist, 'src/pipeline/engine-process/host.js'));
     const tsImports = files.flatMap((f) =>
       [...readFileSync(f, 'utf8').matchAll(/(?:from\s*|import\s*\(\s*)["'](\.[^"']*\.ts)["']/g)].map(
         (m) => `${f}: ${m[1]}`,
@@ -92,7 +92,7 @@ describe('production build', () => {
     expect(help.stdout).toMatch(/MODEL_REPO/);
   });
 
-  it('serves a generation from the build, the ONNX worker thread included', async () => {
+  it('serves a generation from the build, the ONNX engine process included', async () => {
     const server = startServe(['--import', NO_TSX, main, 'serve'], { IMAGE_DIR: join(scratch, 'images') });
     try {
       const url = await server.url;

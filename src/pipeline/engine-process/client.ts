@@ -3,9 +3,8 @@
  * good with its process: every pending call and every later one then rejects with the process's
  * `EngineExitedError`. Restarting is the supervisor's job (`../supervisor.ts`).
  */
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { decodeMessage, type EngineExitedError, encodeMessage, FramedProcess } from '../../runtime/process/index.ts';
+import { resolveEntryModule } from '../../shared/entry-module.ts';
 import { ExecutorError, type SerializedError } from '../engine-errors.ts';
 import type { LoraAdminPort, ModelInfo, StepExecutor } from '../executor.ts';
 import type { FluxExecutorOptions } from '../flux/executor.ts';
@@ -32,13 +31,12 @@ export type OnnxEngineOptions = Omit<FluxExecutorOptions, 'onLog'> & {
 /** Starts the process and waits until the model is loaded (engines compiled or taken from the cache). */
 export async function startOnnxEngine(options: OnnxEngineOptions): Promise<EngineInstance> {
   const { onLog, env, ...executorOptions } = options;
-  // A compiled build (host.js) runs directly; from sources, a JS bootstrap registers tsx in the child.
-  const jsEntry = new URL('./host.js', import.meta.url);
-  const entry = existsSync(fileURLToPath(jsEntry)) ? jsEntry : new URL('./host-entry.mjs', import.meta.url);
+  // A compiled build runs host.js directly; from sources the child gets the tsx loader (`--import tsx`).
+  const entry = resolveEntryModule('./host.ts', import.meta.url);
   const proc = FramedProcess.start({
     name: 'ONNX engine',
     command: process.execPath,
-    args: [fileURLToPath(entry)],
+    args: entry.nodeArgs,
     ...(env ? { env } : {}),
     onLog: onLog ?? ((line) => process.stderr.write(`[onnx-engine] ${line}\n`)),
   });
