@@ -163,8 +163,16 @@ export function buildApp(options: AppOptions) {
       return;
     }
     if (path.startsWith(QUEUE_PREFIX)) {
-      if (!auth.authenticateRequest(req).ok) throw unauthorized();
-      return handleQueueRoute(req, res, { service, webhooks, baseUrl: originOf(req, options.publicUrl), log });
+      const result = auth.authenticateRequest(req);
+      if (!result.ok) throw unauthorized();
+      return handleQueueRoute(req, res, {
+        service,
+        webhooks,
+        baseUrl: originOf(req, options.publicUrl),
+        log,
+        ...(result.caller ? { caller: result.caller } : {}),
+        signPath: (p) => auth.signPath(p),
+      });
     }
     if (path === '/v1/images/generations' || path === '/v1/models') {
       const result = auth.authenticateRequest(req);

@@ -134,6 +134,32 @@ describe('jobs belong to the key that made them', () => {
     expect((await fetch(gqlUrl)).status).toBe(200);
   });
 
+  it('queue API: the request belongs to its key (status, result, cancel); admins see all', async () => {
+    const submit = await fetch(`${url}/v1/queue/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...alice },
+      body: JSON.stringify({ prompt: 'alice queued', size: '64x64', num_inference_steps: 2 }),
+    });
+    expect(submit.status).toBe(202);
+    const { request_id: id, status_url: statusUrl } = (await submit.json()) as {
+      request_id: string;
+      status_url: string;
+    };
+    const status = (headers: Record<string, string>) => fetch(statusUrl, { headers }).then((r) => r.status);
+    expect(await status(alice)).toBe(200);
+    expect(await status(ops)).toBe(200);
+    expect(await status(bob)).toBe(404);
+    const result = `${url}/v1/queue/requests/${id}`;
+    await eventually(async () => expect((await fetch(result, { headers: alice })).status).toBe(200));
+    expect((await fetch(result, { headers: bob })).status).toBe(404);
+    const cancelByBob = await fetch(`${result}/cancel`, { method: 'PUT', headers: bob });
+    expect(cancelByBob.status).toBe(404);
+    // The queue job is alice's in GraphQL too: she sees it, bob does not.
+    const q = `{ job(id: "${id}") ${JOB} }`;
+    expect((await gql(q, alice)).data?.job?.__typename).toBe('QueryJobSuccess');
+    expect((await gql(q, bob)).data?.job?.__typename).toBe('NotFoundError');
+  });
+
   it('refuses requests without a key or with an unknown one (401)', async () => {
     expect((await fetch(`${url}/v1/models`)).status).toBe(401);
     expect((await fetch(`${url}/v1/models`, { headers: as('nobody-key-0000') })).status).toBe(401);

@@ -23,7 +23,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import type { GenerationService, Job } from '../../service/index.ts';
+import type { Caller, GenerationService, Job } from '../../service/index.ts';
 import { HttpError, readJsonObject, sendJson } from './http.ts';
 import { MAX_BODY_BYTES, openAiResult, type Parsed, parseRequest, toHttpError } from './images.ts';
 import type { WebhookBody, WebhookDispatcher } from './webhooks.ts';
@@ -41,6 +41,10 @@ export interface QueueContext {
   baseUrl: string;
   /** The request's logger (carries its request id). */
   log: Logger;
+  /** Who calls (API keys): jobs are made for and looked up as this caller; undefined without keys. */
+  caller?: Caller;
+  /** Signs image URL paths handed out (so `<img>` works with keys on). @default the path as is */
+  signPath?: (path: string) => string;
 }
 
 /** Routes `/v1/queue/...`; errors are thrown as {@link HttpError} for the router to send. */
@@ -60,7 +64,7 @@ export async function handleQueueRoute(req: IncomingMessage, res: ServerResponse
     return cancel(res, c, id);
   }
   if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, url.pathname);
-  const job = await requireJob(c.service, id);
+  const job = await requireJob(c, id);
   if (tail === '/status') return sendJson(res, 200, await statusOf(job, c));
   if (tail === '/status/stream') return streamStatus(res, job, c);
   const format = url.searchParams.get('response_format') === 'url' ? 'url' : 'b64_json';
@@ -89,7 +93,7 @@ async function submit(req: IncomingMessage, res: ServerResponse, c: QueueContext
           throw err;
         });
   try {
-    job = await service.submit(parsed.input);
+    job = await service.submit(parsed.input, c.caller ? { caller: c.caller } : {});
   } catch (err) {
     throw toHttpError(err, parsed.fromSize);
   }
@@ -200,23 +204,25 @@ async function sendResult(res: ServerResponse, job: Job, c: QueueContext, format
     const e = errorOf(job);
     throw new HttpError(500, e.message, 'server_error', e.code);
   }
-  const result = await openAiResult(job, c.service, format, c.baseUrl).catch((err: NodeJS.ErrnoException) => {
-    // The image cleanup (IMAGE_MAX_AGE_S, IMAGE_MAX_BYTES) removed the files while the record lives on.
-    if (err.code === 'ENOENT') {
-      throw new HttpError(
-        410,
-        'The images of this request were removed by the cleanup',
-        'invalid_request_error',
-        'image_expired',
-      );
-    }
-    throw err;
-  });
+  const result = await openAiResult(job, c.service, format, c.baseUrl, c.signPath).catch(
+    (err: NodeJS.ErrnoException) => {
+      // The image cleanup (IMAGE_MAX_AGE_S, IMAGE_MAX_BYTES) removed the files while the record lives on.
+      if (err.code === 'ENOENT') {
+        throw new HttpError(
+          410,
+          'The images of this request were removed by the cleanup',
+          'invalid_request_error',
+          'image_expired',
+        );
+      }
+      throw err;
+    },
+  );
   sendJson(res, 200, result, { 'x-job-id': job.id });
 }
 
 async function cancel(res: ServerResponse, c: QueueContext, id: string): Promise<void> {
-  const job = await requireJob(c.service, id);
+  const job = await requireJob(c, id);
   if (job.status === 'SUCCEEDED' || job.status === 'FAILED' || job.status === 'CANCELED') {
     return sendJson(res, 400, {
       status: 'ALREADY_COMPLETED',
@@ -228,7 +234,7 @@ async function cancel(res: ServerResponse, c: QueueContext, id: string): Promise
       },
     });
   }
-  await c.service.cancel(id, 'canceled by client (queue API)');
+  await c.service.cancel(id, 'canceled by client (queue API)', c.caller);
   c.log.info({ jobId: id }, 'queue request cancel asked');
   sendJson(res, 202, { status: 'CANCELLATION_REQUESTED' });
 }
@@ -243,15 +249,16 @@ async function webhookBody(
     return {
       request_id: job.id,
       status: 'OK',
-      payload: await openAiResult(job, c.service, format, c.baseUrl),
+      payload: await openAiResult(job, c.service, format, c.baseUrl, c.signPath),
       error: null,
     };
   }
   return { request_id: job.id, status: 'ERROR', payload: null, error: errorOf(job) };
 }
 
-async function requireJob(service: GenerationService, id: string): Promise<Job> {
-  const job = await service.get(id);
+/** The caller's job `id` (another key's job is as unknown as a missing one). */
+async function requireJob(c: QueueContext, id: string): Promise<Job> {
+  const job = await c.service.get(id, c.caller);
   if (!job) throw new HttpError(404, `No request ${id}`, 'invalid_request_error', 'not_found', 'request_id');
   return job;
 }
