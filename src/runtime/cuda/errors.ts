@@ -2,6 +2,7 @@
  * @file Errors of the CUDA engine client. Each has a fixed `name` and a machine-readable `code`, so they keep their
  * meaning across the service layer (which only sees `Error`s) and in logs.
  */
+import { EngineExitedError } from '../process/framed-process.ts';
 
 /** The engine answered a request with an `error` frame (bad request, load failure, CUDA error). */
 export class CudaEngineError extends Error {
@@ -31,22 +32,10 @@ export function engineErrorFromFrame(op: string, header: { readonly [key: string
 }
 
 /**
- * The engine process is gone (exited, killed, crashed, never started, or its output stopped making sense), so a
- * request pending on it, or sent to it afterwards, cannot be answered.
+ * The CUDA engine process is gone (exited, killed, crashed, never started, or its output stopped making sense), so a
+ * request pending on it, or sent to it afterwards, cannot be answered. The same error as the ONNX engine's process
+ * ({@link EngineExitedError}: code `engine_exited`, exit code, signal, stderr tail), named for the CUDA engine.
  */
-export class CudaEngineExitedError extends Error {
+export class CudaEngineExitedError extends EngineExitedError {
   override name = 'CudaEngineExitedError';
-  readonly code = 'engine_exited';
-  constructor(
-    message: string,
-    /** The process's exit code, when it exited. */
-    readonly exitCode: number | null,
-    /** The signal that ended it, e.g. `SIGKILL`. */
-    readonly signal: NodeJS.Signals | null,
-    /** The last lines the engine wrote to stderr (its log). */
-    readonly stderrTail: string,
-    options?: ErrorOptions,
-  ) {
-    super(message, options);
-  }
 }
