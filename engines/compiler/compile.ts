@@ -98,6 +98,60 @@ export class PlanRequiredError extends Error {
   }
 }
 
+/** What one component is built from: its weights, the options that key its cache entry, its graph builder. */
+interface ComponentBuild {
+  weights: ComponentWeights;
+  options: unknown;
+  build: (b: GraphBuilder, w: ReturnType<ComponentWeights['open']>) => Descriptor;
+}
+
+/** Builds one component into `componentsDir` unless cached (keyed by weights and options); returns its entry. */
+function ensureComponent(
+  componentsDir: string,
+  name: ComponentKey,
+  spec: ComponentBuild,
+  modeName: string,
+  force: boolean,
+  log: (message: string) => void,
+): { file: string; key: string; inputs: IoSpec[]; outputs: IoSpec[] } {
+  const key = hash(`${COMPILER_VERSION}|${name}|${spec.weights.fingerprint}|${JSON.stringify(spec.options)}`);
+  const dir = join(componentsDir, `${name}-${key.slice(0, 16)}`);
+  if (force || !existsSync(join(dir, 'descriptor.json'))) {
+    log(`compiling ${name} (${modeName}) from ${spec.weights.files.map((f) => basename(f)).join(', ')}`);
+    buildComponent(dir, name, (b) => {
+      const w = spec.weights.open();
+      try {
+        return spec.build(b, w);
+      } finally {
+        w.close();
+      }
+    });
+  }
+  const descriptor = JSON.parse(readFileSync(join(dir, 'descriptor.json'), 'utf8')) as Descriptor;
+  return { file: join(dir, 'model.onnx'), key, ...descriptor };
+}
+
+/**
+ * The VAE encoder alone (image → latent mean and log-variance), for img2img and inpainting on any engine of the
+ * model: the same component (same cache key) control engines carry. Returns its ONNX file.
+ */
+export function compileVaeEncoder(
+  repo: ModelRepo,
+  options: { cacheDir: string; force?: boolean; onLog?: (message: string) => void },
+): string {
+  const vae = repo.components.vae;
+  const cfg = vaeEncoderConfigFromJson(vae.config);
+  const encoderOptions = { withLogvar: true, attentionQueryChunks: VAE_ATTENTION_QUERY_CHUNKS };
+  const spec: ComponentBuild = {
+    weights: vae,
+    options: encoderOptions,
+    build: (b, w) => buildVaeEncoderGraph(b, w, cfg, encoderOptions),
+  };
+  const log = options.onLog ?? (() => {});
+  return ensureComponent(join(options.cacheDir, 'components'), 'vae_encoder', spec, 'any', options.force ?? false, log)
+    .file;
+}
+
 /** Compiles (or finds in the cache) the engine of `mode`; returns the manifest path. */
 export function compileEngine(repo: ModelRepo, options: CompileOptions): string {
   const mode = resolveMode(options.mode ?? 'original');
@@ -194,22 +248,9 @@ export function compileEngine(repo: ModelRepo, options: CompileOptions): string 
   const variant = options.lora ? `${mode.name}-lora${control ? `-control${control}` : ''}` : mode.name;
   const engineHash = createHash('sha256').update(`${COMPILER_VERSION}|${variant}`);
   for (const [name, spec] of Object.entries(builds) as [ComponentKey, NonNullable<(typeof builds)[ComponentKey]>][]) {
-    const key = hash(`${COMPILER_VERSION}|${name}|${spec.weights.fingerprint}|${JSON.stringify(spec.options)}`);
-    engineHash.update(key);
-    const dir = join(componentsDir, `${name}-${key.slice(0, 16)}`);
-    if (options.force || !existsSync(join(dir, 'descriptor.json'))) {
-      log(`compiling ${name} (${mode.name}) from ${spec.weights.files.map((f) => basename(f)).join(', ')}`);
-      buildComponent(dir, name, (b) => {
-        const w = spec.weights.open();
-        try {
-          return spec.build(b, w);
-        } finally {
-          w.close();
-        }
-      });
-    }
-    const descriptor = JSON.parse(readFileSync(join(dir, 'descriptor.json'), 'utf8')) as Descriptor;
-    entries[name] = { file: join(dir, 'model.onnx'), key, ...descriptor };
+    const entry = ensureComponent(componentsDir, name, spec, mode.name, options.force ?? false, log);
+    engineHash.update(entry.key);
+    entries[name] = entry;
   }
 
   const modelName = basename(repo.root);

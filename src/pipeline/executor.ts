@@ -45,6 +45,24 @@ export interface SampleRequest {
    * (`createFluxExecutor`) copies it into the engine process once per `prepare` call.
    */
   controlImage?: RgbImage;
+  /**
+   * Input image of img2img / inpainting (diffusers' FluxImg2ImgPipeline / FluxInpaintPipeline), resized to
+   * `width × height` and VAE-encoded; `strength` says how much of the schedule runs (`src/pipeline/flux/edit.ts`).
+   */
+  image?: RgbImage;
+  /** Inpainting mask, the image's size: white (≥ 0.5 after grayscale) = repaint. Needs `image`. */
+  mask?: RgbImage;
+  /** Share of the schedule run on the input image, 0-1 (diffusers' `strength`). @default 0.6 with an image */
+  strength?: number;
+  /** Negative prompt of true classifier-free guidance (runs when `trueCfgScale > 1`). */
+  negativePrompt?: string;
+  /** True CFG scale (diffusers' `true_cfg_scale`): `neg + scale·(pos − neg)`. @default 1 (off) */
+  trueCfgScale?: number;
+  /**
+   * Edits: this sample is sample `index` of a batch of `batch` drawn from one torch generator seeded with `seed`
+   * (diffusers' single `generator=`), instead of its own generator.
+   */
+  sharedGenerator?: { index: number; batch: number };
 }
 
 /** Opaque handle of a prepared sample living inside the executor. */

@@ -3,7 +3,7 @@
  * compiler for the manifest of a mode (built on first use, cached on disk across restarts).
  */
 import { resolve } from 'node:path';
-import { compileEngine } from '../../../engines/compiler/index.ts';
+import { compileEngine, compileVaeEncoder } from '../../../engines/compiler/index.ts';
 import { hubRepoOfSnapshot } from '../../shared/hub/index.ts';
 import { PACKAGE_ROOT } from '../../shared/package-root.ts';
 import { MODE_NAMES } from '../../shared/vocabulary/modes.ts';
@@ -68,4 +68,12 @@ export async function ensureEngine(
     controlChannels: options.controlChannels,
     plan: options.plan,
   });
+}
+
+/** The VAE encoder's ONNX file (img2img and inpainting), compiling it when not cached. */
+export async function ensureVaeEncoder(
+  source: ModelSource,
+  options: { cacheDir?: string; onLog?: (m: string) => void },
+): Promise<string> {
+  return compileVaeEncoder(source.repo, { cacheDir: options.cacheDir ?? defaultCacheDir(), onLog: options.onLog });
 }

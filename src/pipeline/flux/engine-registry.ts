@@ -6,7 +6,7 @@
  */
 import type { Engine, EngineLoader, EngineManifest, Session } from '../../runtime/index.ts';
 import { type ModePlan, type ModeSpec, REFERENCE_MODE, resolveModeFor } from '../../shared/vocabulary/index.ts';
-import { ensureEngine, type ModelSource } from './engine-cache.ts';
+import { ensureEngine, ensureVaeEncoder, type ModelSource } from './engine-cache.ts';
 
 /** Which engine of a mode: the plain one, or the LoRA-enabled one (optionally control-capable, BFL Control LoRAs). */
 export interface EngineVariant {
@@ -26,6 +26,7 @@ export interface EngineBuildHooks {
 /** See the file header. */
 export class EngineRegistry {
   private readonly engines = new Map<string, Promise<Engine>>();
+  private encoderPath: Promise<string> | undefined;
 
   constructor(
     private readonly source: ModelSource,
@@ -81,6 +82,16 @@ export class EngineRegistry {
   /** Manifest of a loaded mode. */
   async manifest(mode = REFERENCE_MODE): Promise<EngineManifest> {
     return (await this.engine(mode)).manifest;
+  }
+
+  /** The VAE encoder of the model (img2img, inpainting), compiled and opened on first use. */
+  async imageEncoder(): Promise<Session> {
+    this.encoderPath ??= ensureVaeEncoder(this.source, this.options);
+    const path = await this.encoderPath.catch((err) => {
+      this.encoderPath = undefined;
+      throw err;
+    });
+    return this.loader.component('vae_encoder', path);
   }
 
   /** The session of an extra component (one the manifest schema does not list), opened once. */

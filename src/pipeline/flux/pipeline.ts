@@ -1,5 +1,5 @@
 /**
- * @file FluxPipeline: FLUX.1 text-to-image on compiled ONNX engines, reproducing diffusers' FluxPipeline. The public
+ * @file FluxPipeline: FLUX.1 text-to-image (and img2img, inpainting, true CFG: edit.ts) on compiled ONNX engines, reproducing diffusers' FluxPipeline. The public
  * entry of the pipeline layer: `fromPretrained`, `generate`, and the step API `prepare` / `step` / `decode` the
  * scheduler interleaves requests with. The work lives in files named for it:
  *   engine-registry.ts   — engines by mode and variant, planned, compiled and loaded once;
@@ -71,6 +71,21 @@ export interface GenerateOptions {
   loras?: SampleRequest['loras'];
   /** Control image of every sample, for a BFL Control LoRA in `loras` (see {@link SampleRequest.controlImage}). */
   controlImage?: RgbImage;
+  /** img2img / inpainting input image: one for every sample, or one per prompt (see {@link SampleRequest.image}). */
+  image?: RgbImage | RgbImage[];
+  /** Inpainting mask (white = repaint): one for every sample, or one per prompt. */
+  mask?: RgbImage | RgbImage[];
+  /** Share of the schedule run on the input image, 0-1. @default 0.6 */
+  strength?: number;
+  /** True CFG negative prompt: one for every sample, or one per prompt. */
+  negativePrompt?: string | string[];
+  /** True CFG scale; > 1 with a negative prompt runs the negative branch. */
+  trueCfgScale?: number;
+  /**
+   * `'shared'`: one torch generator seeded with `seed` draws for the whole batch, as diffusers' single `generator=`
+   * (`seed` must then be one number). @default 'per-sample' (sample i: its own generator, seed + i)
+   */
+  generator?: 'per-sample' | 'shared';
   /** Called after each step with the batch's packed latents. */
   onStep?: (step: number, totalSteps: number, latents: Float32Array[]) => void;
   /** Called as each phase starts: text encoding, the denoising loop, VAE decoding. */
@@ -207,6 +222,16 @@ export class FluxPipeline {
     const seed = opts.seed;
     const seeds = Array.isArray(seed) ? seed : prompts.map((_, i) => (seed ?? 0) + i);
     if (seeds.length !== prompts.length) throw new FluxArgumentError('seed', 'needs one seed per prompt');
+    const shared = opts.generator === 'shared';
+    if (shared && Array.isArray(seed)) throw new FluxArgumentError('seed', "one seed with generator 'shared'");
+    const perPrompt = <T>(v: T | T[] | undefined, field: string): (T | undefined)[] => {
+      if (!Array.isArray(v)) return prompts.map(() => v);
+      if (v.length !== prompts.length) throw new FluxArgumentError(field, 'needs one entry per prompt');
+      return v;
+    };
+    const images = perPrompt(opts.image, 'image');
+    const masks = perPrompt(opts.mask, 'mask');
+    const negatives = perPrompt(opts.negativePrompt, 'negativePrompt');
     latentGrid(height, width); // a bad size fails before any engine loads
     const perSample = opts.latents ? opts.latents.length / prompts.length : 0;
     if (opts.latents && !Number.isInteger(perSample))
@@ -220,7 +245,13 @@ export class FluxPipeline {
         width,
         steps: opts.steps ?? SAMPLE_DEFAULTS.steps,
         guidanceScale: opts.guidanceScale ?? SAMPLE_DEFAULTS.guidanceScale,
-        seed: seeds[i]!,
+        seed: shared ? ((seed as number | undefined) ?? 0) : seeds[i]!,
+        ...(shared ? { sharedGenerator: { index: i, batch: prompts.length } } : {}),
+        ...(images[i] !== undefined ? { image: images[i] } : {}),
+        ...(masks[i] !== undefined ? { mask: masks[i] } : {}),
+        ...(opts.strength !== undefined ? { strength: opts.strength } : {}),
+        ...(negatives[i] !== undefined ? { negativePrompt: negatives[i] } : {}),
+        ...(opts.trueCfgScale !== undefined ? { trueCfgScale: opts.trueCfgScale } : {}),
         maxSequenceLength: opts.maxSequenceLength ?? SAMPLE_DEFAULTS.maxSequenceLength,
         latents: opts.latents?.slice(i * perSample, (i + 1) * perSample),
         mode: opts.mode,

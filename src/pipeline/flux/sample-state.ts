@@ -4,6 +4,7 @@
  * they sit at different steps: every sample carries its own timestep, guidance and sigmas.
  */
 import type { SampleRequest } from '../executor.ts';
+import type { EditState } from './edit.ts';
 import type { LatentGrid } from './latents.ts';
 
 /** One sample between `prepare` and `decode`. */
@@ -25,6 +26,13 @@ export interface SampleState {
    * feeds `concat(latents, control)` `[L, 2·packedChannels]` (see `control.ts`).
    */
   control?: Float32Array;
+  /** img2img / inpainting: the image latents, noise and mask the steps blend with (see `edit.ts`). */
+  edit?: EditState;
+  /**
+   * True CFG: the negative branch as a sample of its own (negative embeddings, same latents array, synced step),
+   * batched with the positive one in each transformer run.
+   */
+  negative?: SampleState;
   /** `[N + 1]`, terminal 0. */
   sigmas: Float32Array;
   /** `[N]`, σ·1000 as the scheduler computes it. */

@@ -13,10 +13,20 @@ import type { SampleRequest } from '../executor.ts';
 import { loraSetKey } from '../lora/selection.ts';
 import { checkSampleRequest } from '../sample-checks.ts';
 import { checkControlRequest, concatFeatures, prepareControlSample } from './control.ts';
+import {
+  blendInpaint,
+  checkEditRequest,
+  DEFAULT_STRENGTH,
+  type EditState,
+  editStartIndex,
+  prepareEditSample,
+  trueCfgCombine,
+  usesTrueCfg,
+} from './edit.ts';
 import type { EngineRegistry } from './engine-registry.ts';
 import { imageIds, packLatents, textIds } from './latents.ts';
 import type { LoraEngines } from './lora-engines.ts';
-import { noiseForSeeds } from './noise.ts';
+import { noiseForSeeds, TorchCpuGenerator } from './noise.ts';
 import { concatIds, type RopeTables, ropeTables } from './rope.ts';
 import { decodeGroupKey, groupBy, isFinished, type SampleState, stack, stepGroupKey } from './sample-state.ts';
 import { eulerStep, type FlowMatchConfig, fluxSigmas, modelTimestep } from './schedule.ts';
@@ -82,6 +92,7 @@ export class FluxSteps {
       const control = this.loraEngines.controlChannelsFor(set);
       checkControlRequest(r.controlImage, control);
       controlOf.set(requests[i]!, control);
+      checkEditRequest(r);
       if (set.length > 0) await this.loraEngines.feeds(r.mode ?? REFERENCE_MODE, set, control);
     }
     const byLen = groupBy(
@@ -94,9 +105,11 @@ export class FluxSteps {
       const mode = first.mode ?? REFERENCE_MODE;
       const manifest = await this.engines.manifest(mode);
       const grids = group.map((r) => checkSampleRequest(r, manifest.config.inChannels, manifest.config.vaeScaleFactor));
+      // True CFG: the negative prompts ride in the same batched encoder run, after the positive ones.
+      const cfg = group.filter(usesTrueCfg);
       const enc = await this.encodePrompts(
-        group.map((r) => r.prompt),
-        group.map((r) => r.prompt2 ?? r.prompt),
+        [...group.map((r) => r.prompt), ...cfg.map((r) => r.negativePrompt!)],
+        [...group.map((r) => r.prompt2 ?? r.prompt), ...cfg.map((r) => r.negativePrompt!)],
         first.maxSequenceLength ?? SAMPLE_DEFAULTS.maxSequenceLength,
         mode,
       );
@@ -104,33 +117,43 @@ export class FluxSteps {
         const grid = grids[i]!;
         const explicit = r.latents ? Float32Array.from(r.latents) : undefined; // checked above
         const controlChannels = controlOf.get(r) ?? 0;
-        // Control samples draw the control latent's noise, then the starting noise, from one generator (control.ts).
-        const { latents, control } = controlChannels
-          ? await prepareControlSample({
-              image: r.controlImage!,
-              seed: r.seed,
-              grid,
-              encoder: await this.loraEngines.controlEncoder(mode, controlChannels),
-              latentChannels: manifest.config.latentChannels,
-              vaeScaleFactor: manifest.config.vaeScaleFactor,
-              scalingFactor: manifest.config.scalingFactor,
-              shiftFactor: manifest.config.shiftFactor,
-              latents: explicit,
-            })
-          : {
-              latents:
-                explicit ??
-                packLatents(
-                  noiseForSeeds([r.seed], manifest.config.latentChannels, grid.h, grid.w),
-                  1,
-                  manifest.config.latentChannels,
-                  grid.h,
-                  grid.w,
-                ),
-              control: undefined,
-            };
-        const { sigmas, timesteps } = fluxSigmas(r.steps, grid.seqLen, this.scheduler);
-        states.set(r, {
+        const c = manifest.config.latentChannels;
+        const full = fluxSigmas(r.steps, grid.seqLen, this.scheduler);
+        // img2img / inpainting run the last `strength` share of the schedule (edit.ts).
+        const start = r.image ? editStartIndex(r.steps, r.strength ?? DEFAULT_STRENGTH) : 0;
+        const sigmas = full.sigmas.slice(start);
+        const timesteps = full.timesteps.slice(start);
+        let latents: Float32Array;
+        let control: Float32Array | undefined;
+        let edit: EditState | undefined;
+        if (controlChannels) {
+          // Control samples draw the control latent's noise, then the starting noise, from one generator (control.ts).
+          ({ latents, control } = await prepareControlSample({
+            image: r.controlImage!,
+            seed: r.seed,
+            grid,
+            encoder: await this.loraEngines.controlEncoder(mode, controlChannels),
+            latentChannels: c,
+            vaeScaleFactor: manifest.config.vaeScaleFactor,
+            scalingFactor: manifest.config.scalingFactor,
+            shiftFactor: manifest.config.shiftFactor,
+            latents: explicit,
+          }));
+        } else if (r.image) {
+          ({ latents, edit } = await prepareEditSample({
+            request: r,
+            grid,
+            encoder: await this.engines.imageEncoder(),
+            latentChannels: c,
+            vaeScaleFactor: manifest.config.vaeScaleFactor,
+            scalingFactor: manifest.config.scalingFactor,
+            shiftFactor: manifest.config.shiftFactor,
+            sigma0: sigmas[0]!,
+          }));
+        } else {
+          latents = explicit ?? packLatents(this.noiseOf(r, c, grid.h, grid.w), 1, c, grid.h, grid.w);
+        }
+        const state: SampleState = {
           id: randomUUID(),
           request: withLoras[requests.indexOf(r)]!,
           grid,
@@ -139,13 +162,33 @@ export class FluxSteps {
           embeds: enc.embeds[i]!,
           latents,
           ...(control ? { control } : {}),
+          ...(edit ? { edit } : {}),
           sigmas,
           timesteps,
           step: 0,
-        });
+        };
+        const neg = cfg.indexOf(r);
+        if (neg >= 0) {
+          // The negative branch shares the latents array; its step is synced before each run (stepGroup).
+          state.negative = {
+            ...state,
+            id: `${state.id}:negative`,
+            pooled: enc.pooled[group.length + neg]!,
+            embeds: enc.embeds[group.length + neg]!,
+          };
+        }
+        states.set(r, state);
       }
     }
     return requests.map((r) => states.get(r)!);
+  }
+
+  /** Seeded starting noise `[C, h, w]`: the sample's own generator, or its share of one batch generator. */
+  private noiseOf(r: SampleRequest, c: number, h: number, w: number): Float32Array {
+    const g = r.sharedGenerator;
+    if (!g) return noiseForSeeds([r.seed], c, h, w);
+    const n = c * h * w;
+    return new TorchCpuGenerator(r.seed).randn(g.batch * n).slice(g.index * n, (g.index + 1) * n);
   }
 
   /** One Euler step for every unfinished sample, one transformer run per compatible group. */
@@ -167,17 +210,31 @@ export class FluxSteps {
     const engine = lora?.engine ?? (await this.engines.engine(mode));
     const { sessions, manifest } = engine;
     await this.ensureModulation(group, engine);
-    const feeds = this.feedsFor(group, manifest);
+    // True CFG: the negative branches join the batch after the positive ones, [pos…, neg…] → one run of B + N.
+    const negatives = group.flatMap((s) => (s.negative ? [s.negative] : []));
+    for (const n of negatives) n.step = group.find((s) => s.negative === n)!.step;
+    const batch = negatives.length > 0 ? [...group, ...negatives] : group;
+    if (negatives.length > 0) await this.ensureModulation(negatives, engine);
+    const feeds = this.feedsFor(batch, manifest);
     if (lora) Object.assign(feeds, lora.feeds);
-    // Mode S: First-Block-Cache decides per step whether the transformer's tail runs (step-cache.ts).
-    const cache = lora ? undefined : stepCacheOf(engine);
+    // Mode S: First-Block-Cache decides per step whether the transformer's tail runs (step-cache.ts); its residual
+    // bookkeeping is per positive sample, so true-CFG batches run the full graph.
+    const cache = lora || negatives.length > 0 ? undefined : stepCacheOf(engine);
     const v = cache
       ? await cache.run(group, feeds)
-      : ((await sessions.transformer.run(feeds)).sample!.data as Float32Array); // [B, L, C]
+      : ((await sessions.transformer.run(feeds)).sample!.data as Float32Array); // [B + N, L, C]
     const per = first.grid.seqLen * manifest.config.outChannels;
+    let neg = group.length;
     group.forEach((s, i) => {
-      eulerStep(s.latents, v.subarray(i * per, (i + 1) * per), s.sigmas[s.step]!, s.sigmas[s.step + 1]!, s.latents);
+      const pos = v.subarray(i * per, (i + 1) * per);
+      if (s.negative) {
+        trueCfgCombine(pos, v.subarray(neg * per, (neg + 1) * per), s.request.trueCfgScale!);
+        neg++;
+      }
+      eulerStep(s.latents, pos, s.sigmas[s.step]!, s.sigmas[s.step + 1]!, s.latents);
       s.step++;
+      // Inpainting: the unmasked region goes back to the image, re-noised to the next σ (the clean image at the end).
+      if (s.edit) blendInpaint(s.latents, s.edit, isFinished(s) ? undefined : s.sigmas[s.step]!);
     });
   }
 
