@@ -174,7 +174,7 @@ export function buildApp(options: AppOptions) {
         signPath: (p) => auth.signPath(p),
       });
     }
-    if (path === '/v1/images/generations' || path === '/v1/models') {
+    if (path === '/v1/images/generations' || path === '/v1/images/edits' || path === '/v1/models') {
       const result = auth.authenticateRequest(req);
       if (!result.ok) throw unauthorized();
       if (path === '/v1/models' && method === 'GET') return handleListModels(res, service);
@@ -186,6 +186,16 @@ export function buildApp(options: AppOptions) {
           baseUrl: originOf(req, options.publicUrl),
           ...(result.caller ? { caller: result.caller } : {}),
           signPath: (p) => auth.signPath(p),
+        });
+      }
+      if (path === '/v1/images/edits' && method === 'POST') {
+        if (service.draining) throw draining();
+        return handleImageGeneration(req, res, {
+          service,
+          baseUrl: originOf(req, options.publicUrl),
+          ...(result.caller ? { caller: result.caller } : {}),
+          signPath: (p) => auth.signPath(p),
+          edits: true,
         });
       }
       throw new HttpError(405, `${method} not allowed on ${path}`, 'invalid_request_error', 'method_not_allowed');

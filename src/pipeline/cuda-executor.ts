@@ -198,6 +198,8 @@ class CudaExecutor implements CudaStepExecutor {
         modes: [...CUDA_MODES],
         lora: false,
         control: false,
+        // No VAE encoder nor negative branch on the native engine yet: edits are refused as `unsupported`.
+        edit: false,
         maxSide: MAX_SIDE,
         maxBatch: this.#maxBatch,
       },

@@ -113,6 +113,8 @@ export interface ExecutorCapabilities {
   lora: boolean;
   /** Runs BFL Control LoRAs with a control image (VAE-encoded by the engine). */
   control: boolean;
+  /** Runs img2img, inpainting and true CFG (`image`, `mask`, `strength`, `negativePrompt`, `trueCfgScale`). */
+  edit?: boolean;
   /** Largest width or height in pixels. */
   maxSide: number;
   /** Largest batch one `step` call accepts. */

@@ -49,7 +49,8 @@ export type BatchDecision =
 
 /**
  * Requests batch together only when the engine can step them as one tensor: same mode, size, steps, LoRA set (names
- * and strengths: a strength changes the output; in any order: the deltas add up).
+ * and strengths: a strength changes the output; in any order: the deltas add up), edit kind with strength, and
+ * true-CFG scale.
  */
 export function batchKey(parts: {
   mode: string;
@@ -57,9 +58,14 @@ export function batchKey(parts: {
   height: number;
   steps: number;
   loras?: readonly LoraSelection[];
+  /** img2img / inpainting kind and strength (`inpaint@0.7`): they set how many steps run and the per-step work. */
+  edit?: string;
+  /** True CFG scale: such samples run a negative branch too (twice the transformer batch). */
+  trueCfg?: number;
 }): string {
   const loras = loraSetKey(sortedLoraSet(parts.loras ?? []));
-  return `${parts.mode}|${parts.width}x${parts.height}|${parts.steps}|${loras}`;
+  const edit = `${parts.edit ?? 't2i'}|cfg${parts.trueCfg ?? 1}`;
+  return `${parts.mode}|${parts.width}x${parts.height}|${parts.steps}|${loras}|${edit}`;
 }
 
 /** Decides the next admission; see the NOTE at the top of this file. */

@@ -39,6 +39,7 @@ import {
   type LoraScan,
   type LoraSelection,
   type PlanLayer,
+  type RgbImage,
   type StepExecutor,
 } from './pipeline.ts';
 import type { BackendHealth, EngineOffer, JobBackend, LoraControl } from './ports.ts';
@@ -339,6 +340,9 @@ export class GenerationService {
       const request: GenerationRequest = { ...parsed, loras: await this.#lorasOf(parsed) };
       this.#checkControlPresence(request.loras ?? [], source !== undefined);
       const controlImage = source === undefined ? undefined : await this.#loadControlImage(source, options.signal);
+      const editImage = input.image ? await this.#loadControlImage(input.image, options.signal, 'image') : undefined;
+      const editMask = input.mask ? await this.#loadControlImage(input.mask, options.signal, 'mask') : undefined;
+      if (editImage && editMask) checkMaskSize(editImage.image, editMask.image);
       // The client left while its request was loading (a control image download): it gets no job.
       options.signal?.throwIfAborted();
       this.#refuseWhileDraining();
@@ -348,9 +352,12 @@ export class GenerationService {
         status: 'QUEUED',
         createdAt: new Date(),
         step: 0,
-        totalSteps: request.steps,
+        // img2img / inpainting run only the last `strength` share of the schedule (diffusers' get_timesteps).
+        totalSteps: request.strength !== undefined ? editStepsRun(request.steps, request.strength) : request.steps,
         images: [],
         ...(controlImage ? { controlImage, hasControlImage: true } : {}),
+        ...(editImage ? { editImage } : {}),
+        ...(editMask ? { editMask } : {}),
         ...(options.caller ? { owner: options.caller.name } : {}),
         ...(this.#jobTimeoutMs !== undefined ? { timeoutMs: this.#jobTimeoutMs } : {}),
       };
@@ -400,7 +407,7 @@ export class GenerationService {
   }
 
   /** Decodes (and for URLs, downloads) a control image. @throws ValidationError on `controlImage` with its code */
-  async #loadControlImage(source: string, signal?: AbortSignal): Promise<ControlImageData> {
+  async #loadControlImage(source: string, signal?: AbortSignal, field = 'controlImage'): Promise<ControlImageData> {
     try {
       const { image, bytes } = await loadControlImageSource(source, {
         ...this.#controlImages,
@@ -408,7 +415,7 @@ export class GenerationService {
       });
       return { image, bytes };
     } catch (err) {
-      if (err instanceof ControlImageError) throw new ValidationError('controlImage', err.message, err.code);
+      if (err instanceof ControlImageError) throw new ValidationError(field, err.message, err.code);
       throw err;
     }
   }
@@ -626,5 +633,38 @@ function checkCapabilities(caps: ExecutorCapabilities, request: GenerationReques
   }
   if (!caps.control && hasControlImage) {
     throw new ValidationError('controlImage', 'this engine has no control-image path', 'unsupported');
+  }
+  if (!caps.edit && request.edit) {
+    throw new ValidationError(
+      'image',
+      'this engine does not run img2img or inpainting (the ONNX engine does)',
+      'unsupported',
+    );
+  }
+  if (!caps.edit && request.trueCfgScale !== undefined) {
+    throw new ValidationError(
+      'trueCfgScale',
+      'this engine does not run true CFG (the ONNX engine does)',
+      'unsupported',
+    );
+  }
+}
+
+/** Steps an edit runs: `steps − int(max(steps − min(steps·strength, steps), 0))` (diffusers' `get_timesteps`). */
+export function editStepsRun(steps: number, strength: number): number {
+  return steps - Math.trunc(Math.max(steps - Math.min(steps * strength, steps), 0));
+}
+
+/**
+ * An inpainting mask must have its image's size (diffusers would resize it silently and shift the repainted area).
+ * @throws ValidationError (`mask`, code `size_mismatch`)
+ */
+function checkMaskSize(image: RgbImage, mask: RgbImage): void {
+  if (image.width !== mask.width || image.height !== mask.height) {
+    throw new ValidationError(
+      'mask',
+      `the mask is ${mask.width}×${mask.height} but the image is ${image.width}×${image.height}`,
+      'size_mismatch',
+    );
   }
 }

@@ -69,6 +69,12 @@ export interface Job {
   /** Whether the request came with a control image (kept after `controlImage` is dropped). */
   hasControlImage?: boolean;
   /**
+   * img2img / inpainting: the input image and mask until the engine has them (handed over and dropped at admission,
+   * like `controlImage`; never part of a job record).
+   */
+  editImage?: ControlImageData;
+  editMask?: ControlImageData;
+  /**
    * The engine batch the job ran in (set at admission): jobs with the same id were stepped together. Batches only
    * hold jobs of one compatibility key (mode, size, steps, LoRA set with strengths).
    */

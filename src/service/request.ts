@@ -57,7 +57,23 @@ export interface GenerateInput {
    * http(s) URL. Loaded and decoded at submission (the service's job, not this module's).
    */
   controlImage?: string | null;
+  /**
+   * img2img / inpainting input image (same forms as `controlImage`), resized to the output size; loaded at
+   * submission like the control image.
+   */
+  image?: string | null;
+  /** Inpainting mask (white = repaint), the image's size; needs `image`. */
+  mask?: string | null;
+  /** Share of the schedule run on `image`, 0-1. @default 0.6 with an image */
+  strength?: number | null;
+  /** True CFG negative prompt (runs when `trueCfgScale > 1`). */
+  negativePrompt?: string | null;
+  /** True CFG scale (diffusers' `true_cfg_scale`). @default 1 (off) */
+  trueCfgScale?: number | null;
 }
+
+/** Largest true-CFG scale a request may ask for. */
+export const MAX_TRUE_CFG_SCALE = 30;
 
 /** A validated request with every default applied. */
 export interface GenerationRequest {
@@ -77,6 +93,13 @@ export interface GenerationRequest {
    * absent only before that.
    */
   loras?: LoraSelection[];
+  /** img2img / inpainting: share of the schedule run on the input image (set exactly when an image is given). */
+  strength?: number;
+  /** `inpaint` with a mask, `img2img` without; absent for text-to-image (the images travel with the job). */
+  edit?: 'img2img' | 'inpaint';
+  /** True CFG: the negative prompt and the scale (both set only when the scale is above 1). */
+  negativePrompt?: string;
+  trueCfgScale?: number;
 }
 
 /** Defaults of a request, as the issue and the FLUX.1-dev reference pipeline set them. */
@@ -156,8 +179,35 @@ export function createInputSchema(limits: GenerationLimits) {
           `controlImage must be at most ${MAX_CONTROL_IMAGE_CHARS} characters (a ${MAX_CONTROL_IMAGE_BYTES / 2 ** 20} MiB image)`,
         )
         .nullish(),
+      image: mediaString('image'),
+      mask: mediaString('mask'),
+      strength: z.number().min(0, 'strength must be in [0, 1]').max(1, 'strength must be in [0, 1]').nullish(),
+      negativePrompt: z
+        .string()
+        .refine(
+          (s) => s.length <= limits.maxPromptChars,
+          `negativePrompt must be at most ${limits.maxPromptChars} characters`,
+        )
+        .nullish(),
+      trueCfgScale: z
+        .number()
+        .min(0, 'trueCfgScale must be at least 0')
+        .max(MAX_TRUE_CFG_SCALE, `trueCfgScale must be at most ${MAX_TRUE_CFG_SCALE}`)
+        .nullish(),
     })
     .superRefine((v, ctx) => {
+      if (v.mask != null && v.image == null) {
+        ctx.addIssue({ code: 'custom', path: ['mask'], message: 'a mask needs an image to inpaint' });
+      }
+      if (v.strength != null && v.image == null) {
+        ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength needs an input image' });
+      }
+      if (v.image != null && v.controlImage != null) {
+        ctx.addIssue({ code: 'custom', path: ['image'], message: 'give either image or controlImage' });
+      }
+      if (v.image != null && v.strength === 0) {
+        ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength 0 leaves no step to run' });
+      }
       const hasSize = v.width != null || v.height != null;
       if (hasSize && v.aspectRatio != null) {
         ctx.addIssue({ code: 'custom', path: ['aspectRatio'], message: 'give either aspectRatio or width/height' });
@@ -169,6 +219,18 @@ export function createInputSchema(limits: GenerationLimits) {
         ctx.addIssue({ code: 'custom', path: ['mode'], message: 'give either model or mode' });
       }
     });
+}
+
+/** An image field (base64, data URL or http(s) URL), bounded like `controlImage`. */
+function mediaString(field: string) {
+  return z
+    .string()
+    .refine((s) => s.trim().length > 0, `${field} must not be empty`)
+    .refine(
+      (s) => s.length <= MAX_CONTROL_IMAGE_CHARS,
+      `${field} must be at most ${MAX_CONTROL_IMAGE_CHARS} characters (a ${MAX_CONTROL_IMAGE_BYTES / 2 ** 20} MiB image)`,
+    )
+    .nullish();
 }
 
 /** The rule of a LoRA strength (also used by `loadLora`): the LoRA layer's {@link loraStrengthProblem}. */
@@ -225,5 +287,9 @@ export function parseGenerateInput(input: unknown, catalog: ModelCatalog): Gener
     ...(v.quality != null ? { quality: v.quality } : {}),
     preview: v.preview ?? false,
     ...(v.loras != null ? { loras: v.loras.map((l) => ({ name: l.name, strength: l.strength ?? 1 })) } : {}),
+    ...(v.image != null ? { edit: v.mask != null ? 'inpaint' : 'img2img', strength: v.strength ?? 0.6 } : {}),
+    ...(v.negativePrompt != null && (v.trueCfgScale ?? 1) > 1
+      ? { negativePrompt: v.negativePrompt, trueCfgScale: v.trueCfgScale! }
+      : {}),
   };
 }

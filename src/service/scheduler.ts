@@ -115,6 +115,8 @@ export class Scheduler {
         height: r.height,
         steps: r.steps,
         ...(r.loras ? { loras: r.loras } : {}),
+        ...(r.edit ? { edit: `${r.edit}@${r.strength}` } : {}),
+        ...(r.trueCfgScale !== undefined ? { trueCfg: r.trueCfgScale } : {}),
       }),
       samples: r.numImages,
       enqueuedAt: job.createdAt.getTime(),
@@ -214,8 +216,12 @@ export class Scheduler {
       this.#queue.splice(i, 1);
       const r = job.request;
       const control = job.controlImage?.image;
-      // The engine has it from here on (a worker executor takes the buffer over): the job no longer holds it.
+      const image = job.editImage?.image;
+      const mask = job.editMask?.image;
+      // The engine has them from here on (a worker executor takes the buffers over): the job no longer holds them.
       delete job.controlImage;
+      delete job.editImage;
+      delete job.editMask;
       job.status = 'RUNNING';
       job.startedAt = new Date();
       if (this.#runningBatch) job.batchId = this.#runningBatch;
@@ -233,6 +239,9 @@ export class Scheduler {
         ...(r.loras ? { loras: r.loras } : {}),
         // One image object for every sample of the job: it crosses to the engine process once.
         ...(control ? { controlImage: control } : {}),
+        ...(image ? { image, strength: r.strength } : {}),
+        ...(mask ? { mask } : {}),
+        ...(r.trueCfgScale !== undefined ? { negativePrompt: r.negativePrompt, trueCfgScale: r.trueCfgScale } : {}),
       }));
       admitted.push({ job, key: entry.key, requests });
       logJobTransition(this.#o.logger, job, 'started');
@@ -410,6 +419,8 @@ export class Scheduler {
   #finish(job: Job, status: 'SUCCEEDED' | 'FAILED' | 'CANCELED', extra: { reason?: string; err?: unknown }): void {
     if (isTerminal(job)) return;
     delete job.controlImage; // a queued job cancelled or failed: the pixels are not needed any more
+    delete job.editImage;
+    delete job.editMask;
     const m = this.#o.metrics;
     let event: TerminalJobEvent;
     if (status === 'FAILED') {

@@ -8,6 +8,9 @@
  * `param: "loras"` and the LoRA layer's `code`. Both take `control_image` (base64, data URL or http(s) URL) for a
  * BFL Control LoRA; a bad one is a 400 with `param: "control_image"` and the reason as `code`. The body may be up
  * to {@link MAX_BODY_BYTES} for it.
+ * `POST /v1/images/edits` (same handler): OpenAI's multipart form (`image` / `image[]`, `mask`, `prompt`, `n`, `size`,
+ * `response_format`, plus `strength`, `negative_prompt`, `true_cfg_scale`, `seed`, ...) or a JSON body with `image`
+ * and `mask` as base64, data or http(s) URLs; a bad image or mask is a 400 with `param` naming it.
  * The request waits for the job; if the client disconnects first, the job is cancelled (queued: at once;
  * running: at the next step boundary).
  * Also `GET /v1/models` in OpenAI's list shape.
@@ -21,6 +24,7 @@ import {
   type GenerationService,
   type Job,
   LoraRequestError,
+  MAX_CONTROL_IMAGE_BYTES,
   MAX_CONTROL_IMAGE_CHARS,
   QueueFullError,
   ServiceUnavailableError,
@@ -29,6 +33,7 @@ import {
   ValidationError,
 } from '../../service/index.ts';
 import { HttpError, readJsonObject, sendJson } from './http.ts';
+import { readEditBody } from './multipart.ts';
 
 const OPENAI_FIELDS = ['model', 'n', 'size', 'response_format', 'output_format', 'output_compression'];
 
@@ -46,6 +51,11 @@ const PARAM_OF: Record<string, string> = {
   quality: 'output_compression',
   loras: 'loras',
   controlImage: 'control_image',
+  image: 'image',
+  mask: 'mask',
+  strength: 'strength',
+  negativePrompt: 'negative_prompt',
+  trueCfgScale: 'true_cfg_scale',
 };
 
 /** Largest body: a base64 control image of the largest size allowed, and the rest of the request. */
@@ -66,9 +76,9 @@ function num(body: Record<string, unknown>, key: string): number | undefined {
   return v as number;
 }
 
-export function parseRequest(req: IncomingMessage, body: Record<string, unknown>): Parsed {
+export function parseRequest(req: IncomingMessage, body: Record<string, unknown>, forceOpenai = false): Parsed {
   const accept = req.headers.accept ?? '';
-  const openai = OPENAI_FIELDS.some((k) => body[k] !== undefined) || /application\/json/i.test(accept);
+  const openai = forceOpenai || OPENAI_FIELDS.some((k) => body[k] !== undefined) || /application\/json/i.test(accept);
   const header = req.headers['x-model-name'];
   const model = (body.model as string | undefined) ?? (Array.isArray(header) ? header[0] : header);
   let width = num(body, 'width');
@@ -103,6 +113,12 @@ export function parseRequest(req: IncomingMessage, body: Record<string, unknown>
     // Wrong shapes are left to the service's validation, which names `loras`.
     loras: (body.loras as GenerateInput['loras']) ?? null,
     controlImage: (body.control_image as string | undefined) ?? null,
+    // Edits (`/v1/images/edits`, or these fields on either route): input image, mask, strength, true CFG.
+    image: (body.image as string | undefined) ?? null,
+    mask: (body.mask as string | undefined) ?? null,
+    strength: num(body, 'strength') ?? null,
+    negativePrompt: (body.negative_prompt as string | undefined) ?? null,
+    trueCfgScale: num(body, 'true_cfg_scale') ?? null,
   };
   return { input, openai, responseFormat: rf, fromSize };
 }
@@ -169,6 +185,8 @@ export interface GenerationRoute {
   caller?: Caller;
   /** Signs an image path for `response_format: "url"` (see `auth.ts`). */
   signPath(path: string): string;
+  /** `POST /v1/images/edits`: an input image is required, and the body may be multipart. */
+  edits?: boolean;
 }
 
 /** Handles `POST /v1/images/generations`; errors are thrown as {@link HttpError} for the router to send. */
@@ -178,7 +196,11 @@ export async function handleImageGeneration(
   route: GenerationRoute,
 ): Promise<void> {
   const { service, baseUrl } = route;
-  const body = await readJsonObject(req, MAX_BODY_BYTES).catch((err: HttpError) => {
+  // `/v1/images/edits` also takes OpenAI's multipart form (then the answer is OpenAI-shaped).
+  const { body, multipart } = await (route.edits
+    ? readEditBody(req, MAX_CONTROL_IMAGE_BYTES, MAX_BODY_BYTES)
+    : readJsonObject(req, MAX_BODY_BYTES).then((b) => ({ body: b, multipart: false }))
+  ).catch((err: HttpError) => {
     service.countError({ code: err.code });
     throw err;
   });
@@ -191,7 +213,10 @@ export async function handleImageGeneration(
   let parsed: Parsed | undefined;
   let jobId: string;
   try {
-    parsed = parseRequest(req, body);
+    if (route.edits && (body.image === undefined || body.image === null)) {
+      throw new ValidationError('image', 'an edit needs an input image');
+    }
+    parsed = parseRequest(req, body, multipart);
     jobId = (
       await service.submit(parsed.input, {
         signal: withdrawn.signal,

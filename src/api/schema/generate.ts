@@ -55,6 +55,23 @@ const GenerateImageInput = builder.inputType('GenerateImageInput', {
         '`code` says why (`missing`, `unexpected`, `invalid_input`, `invalid_image`, `unsupported_url`, ' +
         '`forbidden_url` for hosts on loopback/private/link-local networks, `fetch_failed`, `too_large`, `timeout`).',
     }),
+    image: t.string({
+      description:
+        'img2img / inpainting input image, in the same forms and limits as `controlImage`; resized to the output ' +
+        'size and VAE-encoded (diffusers FluxImg2ImgPipeline / FluxInpaintPipeline). Errors name `image`.',
+    }),
+    mask: t.string({
+      description:
+        'Inpainting mask (white = repaint, binarized at 0.5), the same size as `image`; same forms as `image`. ' +
+        'A mask of another size is a ValidationError on `mask` with code `size_mismatch`.',
+    }),
+    strength: t.float({ description: 'With `image`: the share of the schedule run, 0-1; default 0.6.' }),
+    negativePrompt: t.string({ description: 'True CFG: the negative prompt, used when `trueCfgScale` > 1.' }),
+    trueCfgScale: t.float({
+      description:
+        'True classifier-free guidance scale (diffusers `true_cfg_scale`): `neg + scale·(pos − neg)`, the negative ' +
+        'branch batched with the positive one; default 1 (off).',
+    }),
   }),
 });
 

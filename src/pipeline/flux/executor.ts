@@ -50,6 +50,7 @@ export async function createInThreadExecutor(
       modes: pipeline.source.modes,
       lora: true,
       control: true,
+      edit: true,
       maxSide: MAX_SIDE,
       maxBatch: options.maxBatch ?? 4,
     },

@@ -4,7 +4,7 @@
  * is ready while Redis answers and at least one worker is alive; it recovers by itself when Redis comes back.
  */
 import { Queue, QueueEvents } from 'bullmq';
-import { QueueFullError, ServiceUnavailableError } from '../errors.ts';
+import { QueueFullError, ServiceUnavailableError, ValidationError } from '../errors.ts';
 import { finishJob } from '../job-events.ts';
 import { logJobTransition, type ServiceLogger } from '../job-log.ts';
 import { isTerminal, type Job } from '../jobs.ts';
@@ -121,6 +121,10 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
     queue: {
       async enqueue(job: Job) {
         requireRedis();
+        if (job.editImage || job.request.edit) {
+          // Input images do not travel to scale-out workers yet (only control images have a Redis key).
+          throw new ValidationError('image', 'scale-out servers do not run img2img or inpainting yet', 'unsupported');
+        }
         const waiting = await guarded(o.url, () => queue.getWaitingCount());
         if (waiting >= o.maxQueueSize) throw new QueueFullError(o.maxQueueSize, 5);
         if (job.controlImage) {

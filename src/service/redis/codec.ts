@@ -17,7 +17,7 @@ function reviveImages(images: Wire<StoredImage>[]): StoredImage[] {
 export function encodeJob(job: Job): string {
   // `cancelRequested` is per-process state; cancellation crosses processes through its own key. The control image
   // has its own key too (`controlImage` of redisKeys), written once: records are rewritten at every step.
-  const { cancelRequested: _local, controlImage: _pixels, ...rest } = job;
+  const { cancelRequested: _local, controlImage: _pixels, editImage: _image, editMask: _mask, ...rest } = job;
   return JSON.stringify(rest);
 }
 

@@ -75,3 +75,19 @@ describe('nextBatch with a running batch', () => {
     expect(nextBatch([entry('1')], { key: A, samples: 4 }, policy, 0)).toEqual({ kind: 'idle' });
   });
 });
+
+describe('batchKey of edits and true CFG', () => {
+  const base = { mode: 'original', width: 64, height: 64, steps: 4 };
+  it('keeps text-to-image, img2img, inpainting, other strengths and true-CFG scales apart', () => {
+    const keys = [
+      batchKey(base),
+      batchKey({ ...base, edit: 'img2img@0.6' }),
+      batchKey({ ...base, edit: 'img2img@0.8' }),
+      batchKey({ ...base, edit: 'inpaint@0.6' }),
+      batchKey({ ...base, trueCfg: 2 }),
+      batchKey({ ...base, trueCfg: 4 }),
+    ];
+    expect(new Set(keys).size).toBe(keys.length);
+    expect(batchKey({ ...base, edit: 'img2img@0.6' })).toBe(batchKey({ ...base, edit: 'img2img@0.6' }));
+  });
+});

@@ -12,12 +12,18 @@ export type GenerateImageInput = {
   /** Default 3.5. */
   guidanceScale?: number | null | undefined;
   height?: number | null | undefined;
+  /** img2img / inpainting input image, in the same forms and limits as `controlImage`; resized to the output size and VAE-encoded (diffusers FluxImg2ImgPipeline / FluxInpaintPipeline). Errors name `image`. */
+  image?: string | null | undefined;
   /** LoRAs for this request only, each with its strength. Absent: the server-wide default set (`loadLora`) as it is at submission; `[]`: none. Jobs batch only with jobs of the same set. */
   loras?: Array<LoraInput> | null | undefined;
+  /** Inpainting mask (white = repaint, binarized at 0.5), the same size as `image`; same forms as `image`. A mask of another size is a ValidationError on `mask` with code `size_mismatch`. */
+  mask?: string | null | undefined;
   /** Mode (`original`, `XL`, `L`, `M`, `S`); default: MODEL_SIZE. */
   mode?: string | null | undefined;
   /** Model id `flux-1-dev-<size>-bs<batch>`; an alternative to `mode`. */
   model?: string | null | undefined;
+  /** True CFG: the negative prompt, used when `trueCfgScale` > 1. */
+  negativePrompt?: string | null | undefined;
   /** Default 1; at most the batch size. */
   numImages?: number | null | undefined;
   /** Default WEBP. */
@@ -31,6 +37,10 @@ export type GenerateImageInput = {
   seed?: number | null | undefined;
   /** Denoising steps; default 28. */
   steps?: number | null | undefined;
+  /** With `image`: the share of the schedule run, 0-1; default 0.6. */
+  strength?: number | null | undefined;
+  /** True classifier-free guidance scale (diffusers `true_cfg_scale`): `neg + scale·(pos − neg)`, the negative branch batched with the positive one; default 1 (off). */
+  trueCfgScale?: number | null | undefined;
   /** With height, instead of aspectRatio; a multiple of 16. */
   width?: number | null | undefined;
 };
