@@ -50,6 +50,24 @@ describe('capabilities', () => {
     expect(job.status).toBe('QUEUED');
   });
 
+  it('refuses img2img, inpainting and true CFG on an engine without edits (the CUDA engine) as unsupported', async () => {
+    const { service, executor } = await setup({ edit: false });
+    const png = 'data:image/png;base64,AAAA';
+    await expect(service.submit({ ...input, image: png })).rejects.toMatchObject({
+      name: 'ValidationError',
+      field: 'image',
+      code: 'unsupported',
+    });
+    await expect(service.submit({ ...input, negativePrompt: 'blur', trueCfgScale: 2 })).rejects.toMatchObject({
+      name: 'ValidationError',
+      field: 'trueCfgScale',
+      code: 'unsupported',
+    });
+    expect(executor.prepareCalls).toHaveLength(0);
+    // A negative prompt with the scale at 1 runs no negative branch: a plain request.
+    expect((await service.submit({ ...input, negativePrompt: 'blur' })).status).toBe('QUEUED');
+  });
+
   it("caps the size limit at the engine's largest side", async () => {
     const { service } = await setup({ maxSide: 512 });
     expect(service.models()[0]?.limits.maxSide).toBe(512);
