@@ -1,10 +1,11 @@
 /** @file `fluxql generate`: one image from the command line, with a progress bar. */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { loadPipelineSettings } from '../config.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import { parseProvider } from '../runtime/index.ts';
+import { decodeImageBytes } from '../service/media/control-image.ts';
 import { encodeImage, type ImageFormat } from '../service/media/image-codec.ts';
 import { defaultSizeFor, parseIntOption, parseSize } from './defaults.ts';
 import { UsageError } from './errors.ts';
@@ -22,6 +23,11 @@ interface GenerateArgs {
   mode: string;
   maxSequenceLength: string;
   provider: string;
+  image?: string;
+  mask?: string;
+  strength: string;
+  negativePrompt?: string;
+  trueCfg: string;
 }
 
 const FORMATS: Record<string, ImageFormat> = { '.png': 'png', '.webp': 'webp', '.jpg': 'jpeg', '.jpeg': 'jpeg' };
@@ -35,6 +41,14 @@ export async function runGenerate(args: GenerateArgs): Promise<void> {
   if (!Number.isFinite(guidanceScale)) throw new UsageError(`--guidance must be a number, got "${args.guidance}"`);
   const seed = parseIntOption('--seed', args.seed);
   const maxSequenceLength = parseIntOption('--max-sequence-length', args.maxSequenceLength);
+  const strength = Number(args.strength);
+  if (!(strength >= 0 && strength <= 1)) throw new UsageError(`--strength must be in [0, 1], got "${args.strength}"`);
+  const trueCfgScale = Number(args.trueCfg);
+  if (!Number.isFinite(trueCfgScale)) throw new UsageError(`--true-cfg must be a number, got "${args.trueCfg}"`);
+  if (args.mask && !args.image) throw new UsageError('--mask needs --image');
+  const readImage = (file: string, param: string) => decodeImageBytes(readFileSync(file), { param });
+  const image = args.image ? await readImage(args.image, 'image') : undefined;
+  const mask = args.mask ? await readImage(args.mask, 'mask') : undefined;
   const model = await resolveCliModel(args.model);
   const t0 = performance.now();
   const pipe = await FluxPipeline.fromPretrained(model, {
@@ -54,6 +68,9 @@ export async function runGenerate(args: GenerateArgs): Promise<void> {
     seed,
     mode: args.mode,
     maxSequenceLength,
+    ...(image ? { image, strength } : {}),
+    ...(mask ? { mask } : {}),
+    ...(args.negativePrompt !== undefined ? { negativePrompt: args.negativePrompt, trueCfgScale } : {}),
     onPhase: progress.phase,
     onStep: progress.step,
   });

@@ -37,6 +37,11 @@ program
   .option('--seed <n>', 'seed', '0')
   .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
   .option('--max-sequence-length <n>', 'T5 tokens', '512')
+  .option('--image <file>', 'img2img / inpainting input image (resized to --size)')
+  .option('--mask <file>', 'inpainting mask, the size of --image (white = repaint)')
+  .option('--strength <s>', 'with --image: share of the schedule run, 0-1', '0.6')
+  .option('--negative-prompt <text>', 'true CFG negative prompt (with --true-cfg > 1)')
+  .option('--true-cfg <scale>', 'true CFG scale; > 1 with --negative-prompt runs the negative branch', '1')
   .addOption(provider)
   .action(runGenerate);
 

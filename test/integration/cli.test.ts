@@ -53,6 +53,38 @@ describe('fluxql generate', () => {
     expect(c!.equals(d!)).toBe(true);
   });
 
+  it('edits an image (--image, --mask, --strength) and runs true CFG (--negative-prompt, --true-cfg)', async () => {
+    const args = ['generate', '--prompt', 'a door', '--size', '64x64', '--steps', '3', '--seed', '4'];
+    await run(process.execPath, [CLI, ...args, '--out', join(out, 'src.png')]);
+    const white = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#ffffff' } })
+      .png()
+      .toFile(join(out, 'mask.png'));
+    expect(white.width).toBe(64);
+    const edit = ['--image', join(out, 'src.png'), '--strength', '0.5'];
+    await run(process.execPath, [CLI, ...args, ...edit, '--out', join(out, 'img2img.png')]);
+    await run(process.execPath, [
+      CLI,
+      ...args,
+      ...edit,
+      '--mask',
+      join(out, 'mask.png'),
+      '--out',
+      join(out, 'inp.png'),
+    ]);
+    const cfg = ['--negative-prompt', 'blurry', '--true-cfg', '3'];
+    await run(process.execPath, [CLI, ...args, ...cfg, '--out', join(out, 'cfg.png')]);
+    const [src, img2img, inp, cfgOut] = await Promise.all(
+      ['src.png', 'img2img.png', 'inp.png', 'cfg.png'].map((f) => sharp(join(out, f)).raw().toBuffer()),
+    );
+    expect(img2img!.equals(src!)).toBe(false);
+    // An all-white mask repaints everything: inpainting equals img2img with the same strength and seed.
+    expect(inp!.equals(img2img!)).toBe(true);
+    expect(cfgOut!.equals(src!)).toBe(false);
+    await expect(
+      run(process.execPath, [CLI, ...args, '--mask', join(out, 'mask.png'), '--out', join(out, 'x.png')]),
+    ).rejects.toMatchObject({ stderr: expect.stringMatching(/--mask needs --image/) });
+  });
+
   it('fails clearly on a size that is not a multiple of 16 and on an unknown extension', async () => {
     await expect(
       run(process.execPath, [CLI, 'generate', '--prompt', 'x', '--size', '500x512', '--out', join(out, 'x.png')]),
