@@ -21,6 +21,7 @@ export type {
   StepResult,
 } from './executor.ts';
 export { ControlImageError, type ControlImageErrorCode } from './flux/control.ts';
+export { editStepsRun } from './flux/edit.ts';
 export { createInThreadExecutor, type FluxExecutorOptions, UnknownHandleError } from './flux/executor.ts';
 export { FluxArgumentError, InvalidSizeError } from './flux/latents.ts';
 export { FluxPipeline, type FluxPipelineOptions, type GenerateOptions, type GenerateResult } from './flux/pipeline.ts';

@@ -35,6 +35,7 @@ import { type GenerationLimits, ModelCatalog, type ModelEntry } from './models.t
 import {
   ControlImageError,
   type ExecutorCapabilities,
+  editStepsRun,
   type LoraInfo,
   type LoraScan,
   type LoraSelection,
@@ -648,11 +649,6 @@ function checkCapabilities(caps: ExecutorCapabilities, request: GenerationReques
       'unsupported',
     );
   }
-}
-
-/** Steps an edit runs: `steps − int(max(steps − min(steps·strength, steps), 0))` (diffusers' `get_timesteps`). */
-export function editStepsRun(steps: number, strength: number): number {
-  return steps - Math.trunc(Math.max(steps - Math.min(steps * strength, steps), 0));
 }
 
 /**

@@ -33,6 +33,11 @@ export function editStartIndex(steps: number, strength: number): number {
   return Math.trunc(Math.max(steps - init, 0));
 }
 
+/** Steps an edit runs: the schedule from {@link editStartIndex} on. */
+export function editStepsRun(steps: number, strength: number): number {
+  return steps - editStartIndex(steps, strength);
+}
+
 /**
  * Checks the editing fields of a request (image, mask, strength, negative prompt, true-CFG scale).
  * @throws FluxArgumentError / ControlImageError naming the field
