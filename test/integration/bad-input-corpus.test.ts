@@ -120,9 +120,13 @@ for (const method of ['GET', 'PUT', 'DELETE', 'PATCH']) {
     rest(method === 'GET' ? undefined : '{}', JSON_HEADERS, { status: 405, code: 'method_not_allowed' }, method),
   );
 }
-for (const path of ['/v1/images', '/v1/images/edits', '/v2/images/generations', '/../etc/passwd', '/images/']) {
+for (const path of ['/v1/images', '/v1/images/variations', '/v2/images/generations', '/../etc/passwd', '/images/']) {
   add(`REST path ${path}`, () => rest(undefined, AUTH, { status: 404, code: 'not_found' }, 'GET', path));
 }
+// The edits route exists (multipart or JSON POST): other methods are refused, not unknown.
+add('REST GET /v1/images/edits', () =>
+  rest(undefined, AUTH, { status: 405, code: 'method_not_allowed' }, 'GET', '/v1/images/edits'),
+);
 add('REST image name with a malformed escape', () =>
   rest(undefined, AUTH, { status: 400, code: 'invalid_path' }, 'GET', '/images/%E0%A4%A'),
 );
