@@ -19,6 +19,7 @@ import { writeSafetensors } from '../../src/shared/weights/index.ts';
 import { type GenerateImageInput, GenerateWithControlDocument, LoraJobDocument } from '../helpers/gql/graphql.ts';
 import { TINY_CONFIG } from '../helpers/lora.ts';
 import { FIXTURES_DIR } from '../helpers/paths.ts';
+import { pattern } from '../helpers/pattern-image.ts';
 import { disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-control-api-'));
@@ -33,21 +34,6 @@ let filesBase: string;
 let pngA: Buffer;
 let pngB: Buffer;
 let jpegWide: Buffer;
-
-/** A PNG of a smooth deterministic pattern. */
-function pattern(width: number, height: number, phase: number): Promise<Buffer> {
-  const data = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      for (let c = 0; c < 3; c++) {
-        data[(y * width + x) * 3 + c] = Math.round(127.5 + 127.5 * Math.sin(0.3 * x + 0.2 * y + 2 * c + phase));
-      }
-    }
-  }
-  return sharp(data, { raw: { width, height, channels: 3 } })
-    .png()
-    .toBuffer();
-}
 
 const dataUrl = (png: Buffer) => `data:image/png;base64,${png.toString('base64')}`;
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts';
-import type { RgbImage, SampleRequest } from '../../src/pipeline/executor.ts';
+import type { SampleRequest } from '../../src/pipeline/executor.ts';
 import { concatFeatures, controlPixels } from '../../src/pipeline/flux/control.ts';
 import { imageIds, packLatents, textIds } from '../../src/pipeline/flux/latents.ts';
 import { TorchCpuGenerator } from '../../src/pipeline/flux/noise.ts';
@@ -18,25 +18,13 @@ import { maxAbsDiff, relativeError } from '../../src/shared/tensor-metrics.ts';
 import { writeSafetensors } from '../../src/shared/weights/index.ts';
 import { TINY_CONFIG } from '../helpers/lora.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../helpers/paths.ts';
+import { patternPixels as pattern } from '../helpers/pattern-image.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'fluxql-control-it-'));
 const cacheDir = join(tmp, 'cache');
 const loraDir = join(tmp, 'loras');
 const CANNY = [{ name: 'canny', strength: 1 }];
 const SIZE = 64; // → latent grid 8×8, 16 tokens
-
-/** A deterministic RGB pattern, `[h, w, 3]`. */
-function pattern(width: number, height: number, phase: number): RgbImage {
-  const data = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      for (let c = 0; c < 3; c++) {
-        data[(y * width + x) * 3 + c] = Math.round(127.5 + 127.5 * Math.sin(0.3 * x + 0.2 * y + 2 * c + phase));
-      }
-    }
-  }
-  return { width, height, data };
-}
 
 const request = (extra: Partial<SampleRequest>): SampleRequest => ({
   prompt: 'a red fox',

@@ -10,6 +10,7 @@ import OpenAI, { toFile } from 'openai';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type GenerateImageInput, GenerateWithControlDocument, LoraJobDocument } from '../helpers/gql/graphql.ts';
+import { pattern } from '../helpers/pattern-image.ts';
 import { disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
 let url: string;
@@ -17,21 +18,6 @@ let client: OpenAI;
 let png64: Buffer;
 let mask64: Buffer;
 let mask32: Buffer;
-
-/** A PNG of a smooth deterministic pattern. */
-function pattern(width: number, height: number, phase: number): Promise<Buffer> {
-  const data = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      for (let c = 0; c < 3; c++) {
-        data[(y * width + x) * 3 + c] = Math.round(127.5 + 127.5 * Math.sin(0.3 * x + 0.2 * y + 2 * c + phase));
-      }
-    }
-  }
-  return sharp(data, { raw: { width, height, channels: 3 } })
-    .png()
-    .toBuffer();
-}
 
 /** A white square (repaint) in the middle of a black mask. */
 function squareMask(side: number): Promise<Buffer> {
