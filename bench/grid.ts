@@ -15,6 +15,7 @@ import sharp from 'sharp';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
+import { imageGridPng } from './lib/image-grid.ts';
 import { benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
 import { createProgress } from './lib/progress.ts';
 import { writeResults } from './lib/results.ts';
@@ -51,47 +52,6 @@ function gridPrompts(n: number): Prompt[] {
     out.push({ index, prompt, category });
   });
   return out;
-}
-
-const LABEL_W = 190;
-const HEADER_H = 28;
-const GAP = 4;
-
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-
-/** Composes the cells (rows × modes, RGB `[H, W, 3]` each) with mode names on top and categories on the left. */
-async function composeGrid(cells: Uint8Array[][], prompts: Prompt[], title: string): Promise<Buffer> {
-  const width = LABEL_W + MODE_NAMES.length * (size + GAP);
-  const height = HEADER_H * 2 + prompts.length * (size + GAP);
-  const labels = [
-    `<text x="8" y="20" font-size="15" font-weight="bold">${esc(title)}</text>`,
-    ...MODE_NAMES.map(
-      (m, c) =>
-        `<text x="${LABEL_W + c * (size + GAP) + size / 2}" y="${HEADER_H * 2 - 8}" text-anchor="middle" font-size="14">${m}</text>`,
-    ),
-    ...prompts.map(
-      (p, r) =>
-        `<text x="8" y="${HEADER_H * 2 + r * (size + GAP) + size / 2}" font-size="12">${esc(p.category)} (seed ${1000 + p.index})</text>`,
-    ),
-  ];
-  const overlay = Buffer.from(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif">${labels.join('')}</svg>`,
-  );
-  const tiles = await Promise.all(
-    cells.flatMap((row, r) =>
-      row.map(async (data, c) => ({
-        input: await sharp(data, { raw: { width: size, height: size, channels: 3 } })
-          .png()
-          .toBuffer(),
-        left: LABEL_W + c * (size + GAP),
-        top: HEADER_H * 2 + r * (size + GAP),
-      })),
-    ),
-  );
-  return sharp({ create: { width, height, channels: 3, background: '#ffffff' } })
-    .composite([{ input: overlay, left: 0, top: 0 }, ...tiles])
-    .png()
-    .toBuffer();
 }
 
 const prompts = gridPrompts(Number(values.prompts));
@@ -134,7 +94,15 @@ for (const m of benchModels(values.only)) {
     await pipe.close();
   }
   const file = `charts/grid-${m.label}.webp`;
-  const png = await composeGrid(cells, prompts, `${m.label}: ${size}×${size}, ${steps} steps, same seed per row`);
+  const png = await imageGridPng(
+    prompts.map((p, r) => ({
+      label: `${p.category} (seed ${1000 + p.index})`,
+      images: (cells[r] ?? []).map((data) => ({ width: size, height: size, data })),
+    })),
+    size,
+    190,
+    { title: `${m.label}: ${size}×${size}, ${steps} steps, same seed per row`, columns: MODE_NAMES, labelSize: 12 },
+  );
   // Lossy WebP: noise-like images (random-weight models) do not compress losslessly (about 3 MB as PNG).
   await sharp(png).webp({ quality: 85 }).toFile(join(RESULTS_DIR, file));
   const meanMsByMode = Object.fromEntries(

@@ -13,25 +13,50 @@ export interface GridImage {
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
+/** Optional decorations of {@link imageGridPng}: a title line and one header per column above the tiles. */
+export interface GridHeaders {
+  title?: string;
+  columns?: readonly string[];
+  /** Font size of the row labels. @default 18 */
+  labelSize?: number;
+}
+
+const HEADER_H = 28;
+
 /**
- * Renders rows of images, each scaled to `tile` x `tile`, with the row label in a left margin.
+ * Renders rows of images, each scaled to `tile` x `tile`, with the row label in a left margin and, when given, a
+ * title and column headers above.
  * @returns PNG bytes.
  */
 export async function imageGridPng(
   rows: { label: string; images: GridImage[] }[],
   tile: number,
   labelWidth = 110,
+  headers: GridHeaders = {},
 ): Promise<Buffer> {
   const cols = Math.max(...rows.map((r) => r.images.length));
   const gap = 2;
+  const headerLines = (headers.title ? 1 : 0) + (headers.columns ? 1 : 0);
+  const top0 = headerLines * HEADER_H;
   const width = labelWidth + cols * (tile + gap);
-  const height = rows.length * (tile + gap);
+  const height = top0 + rows.length * (tile + gap);
   const layers: OverlayOptions[] = [];
+  if (headerLines > 0) {
+    const texts = [
+      ...(headers.title ? [`<text x="8" y="20" font-size="15" font-weight="bold">${esc(headers.title)}</text>`] : []),
+      ...(headers.columns ?? []).map(
+        (name, c) =>
+          `<text x="${labelWidth + c * (tile + gap) + tile / 2}" y="${top0 - 8}" text-anchor="middle" font-size="14">${esc(name)}</text>`,
+      ),
+    ];
+    const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${top0}" font-family="sans-serif">${texts.join('')}</svg>`;
+    layers.push({ input: Buffer.from(svg), left: 0, top: 0 });
+  }
   for (const [r, row] of rows.entries()) {
-    const top = r * (tile + gap);
+    const top = top0 + r * (tile + gap);
     const label =
       `<svg xmlns="http://www.w3.org/2000/svg" width="${labelWidth}" height="${tile}">` +
-      `<text x="8" y="${tile / 2 + 6}" font-family="sans-serif" font-size="18">${esc(row.label)}</text></svg>`;
+      `<text x="8" y="${tile / 2 + 6}" font-family="sans-serif" font-size="${headers.labelSize ?? 18}">${esc(row.label)}</text></svg>`;
     layers.push({ input: Buffer.from(label), left: 0, top });
     for (const [c, img] of row.images.entries()) {
       const input = await sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), {
