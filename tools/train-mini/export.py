@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st  # noqa: E402
+import data  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 TINY_DIR = os.path.join(REPO, "models", "flux-tiny")
@@ -61,6 +62,17 @@ def copy_static(out_dir):
             shutil.copytree(src, dst)
         else:
             shutil.copy2(src, dst)
+    set_t5_length(out_dir)
+
+
+def set_t5_length(out_dir):
+    """flux-mini reads data.T5_LEN T5 tokens: tokenizer_2's model_max_length says so to the pipeline."""
+    path = os.path.join(out_dir, "tokenizer_2", "tokenizer_config.json")
+    cfg = json.load(open(path))
+    cfg["model_max_length"] = data.T5_LEN
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def export(run_dir, out_dir, use_ema=True, dtype="BF16"):

@@ -44,7 +44,7 @@ if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; then echo "[run] train.py failed ($rc)"; 
 cp "$RUN/loss.csv" "$OUT/loss.csv"
 rm -rf "$STAGE" && mkdir -p "$STAGE"
 $PY $HERE/export.py --run "$RUN" --out "$STAGE/flux-mini"
-tar -C "$STAGE/flux-mini" -cf - transformer vae | split -b 15m -d -a 2 - "$OUT/flux-mini.tar.part-"
+tar -C "$STAGE/flux-mini" -cf - transformer vae tokenizer_2 | split -b 15m -d -a 2 - "$OUT/flux-mini.tar.part-"
 ls -la "$OUT"
 $PY $HERE/sample.py --model "$STAGE/flux-mini" --out-dir "$STAGE/eval" $SAMPLE_ARGS
 cp "$STAGE/eval/eval.json" "$STAGE/eval/samples.png" "$STAGE/eval/samples_$XS.png" "$OUT/"

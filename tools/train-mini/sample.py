@@ -4,7 +4,7 @@
 
 Euler flow sampling with FLUX's dynamic-shift schedule (docs/FLUX_SPEC.md §4), starting noise
 torch.randn([B, 16, h, w], generator=CPU Generator.manual_seed(seed)) drawn per image (batch 1 semantics: image i
-uses seed base_seed + i, like the CLI's --seed), guidance 3.5, T5 padded to 512. Reads the weights exactly as
+uses seed base_seed + i, like the CLI's --seed), guidance 3.5, T5 padded to data.T5_LEN (32). Reads the weights exactly as
 shipped (bf16 files), so the accuracy printed is the accuracy of the exported artifact.
 Writes DIR/samples.png (a grid) and DIR/eval.json (per-attribute detector accuracy and the prompts).
 """
@@ -57,7 +57,7 @@ def generate(models, cap_idx, size, steps=28, guidance=3.5, base_seed=0, device=
     h = w = size // 8
     L = (h // 2) * (w // 2)
     sigmas, _ = fm.flux_sigmas(steps, L)
-    rope = fm.rope_tables(torch.cat([torch.zeros(512, 3, device=device), fm.img_ids(h, w, device)], 0), dit.axes)
+    rope = fm.rope_tables(torch.cat([torch.zeros(data.T5_LEN, 3, device=device), fm.img_ids(h, w, device)], 0), dit.axes)
     vc = vae.config
     out = []
     for s in range(0, len(cap_idx), batch):

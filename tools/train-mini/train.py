@@ -3,7 +3,7 @@
   python3 tools/train-mini/train.py --out RUN_DIR [--vae-minutes 2.5 --dit-minutes 5.5] [--tiny]
 
 - Text encoders: flux-tiny's CLIP and T5, frozen; their outputs for every caption of the grammar are computed once at
-  start (ids from caption_tokens.json, padded as the pipeline pads: CLIP 77, T5 512).
+  start (ids from caption_tokens.json, padded as the pipeline pads: CLIP 77, T5 data.T5_LEN = 32).
 - VAE: L1 + MSE reconstruction of a posterior sample + a small KL; then latent statistics give
   shift_factor = mean and scaling_factor = 1 / std (the pipeline decodes z = x / scaling + shift).
 - Transformer: x_t = (1 - s) x0 + s eps, target eps - x0, s = the pipeline's exponential shift (mu of the image's
@@ -34,7 +34,7 @@ import st  # noqa: E402
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 TINY_DIR = os.path.join(REPO, "models", "flux-tiny")
 
-# (image side, sampling weight): token count L = (side/16)^2; batch scales so L + 512 text tokens stay ~constant.
+# (image side, sampling weight): token count L = (side/16)^2; batch scales so L + T5_LEN text tokens stay ~constant.
 BUCKETS = [(128, 0.15), (192, 0.10), (256, 0.55), (320, 0.07), (384, 0.07), (512, 0.06)]
 
 
@@ -133,7 +133,7 @@ def init_transformer(model):
 
 
 def encode_text(device, caption_ids, batch=64):
-    """Frozen flux-tiny CLIP pooled [N, Dp] and T5 [N, 512, Dj] for the given caption indices (float32, on device)."""
+    """Frozen flux-tiny CLIP pooled [N, Dp] and T5 [N, T5_LEN, Dj] for the given caption indices (float32, on device)."""
     clip_ids, t5_ids = data.load_tokens()
     ccfg = json.load(open(os.path.join(TINY_DIR, "text_encoder", "config.json")))
     tcfg = json.load(open(os.path.join(TINY_DIR, "text_encoder_2", "config.json")))
