@@ -30,6 +30,7 @@ import { EMBEDDED_MODEL_DIR, loadPipelineSettings } from '../src/config.ts';
 import type { RgbImage } from '../src/pipeline/executor.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
+import { loadFluxTokenizers } from '../src/pipeline/flux/tokenize.ts';
 import {
   ATTRIBUTES,
   accuracy,
@@ -75,7 +76,8 @@ const settings = {
   prompts: Number(values.prompts),
   promptSeed: Number(values['prompt-seed']),
   guidanceScale: 3.5,
-  textTokens: 512,
+  // The model's own default T5 length (flux-mini: 32, FLUX.1-dev: 512), as a request that names none gets.
+  textTokens: (await loadFluxTokenizers(modelDir)).defaultT5Length,
   firstSeed: 1000,
   warmup: 1,
 };

@@ -82,7 +82,6 @@ const PACKED_CHANNELS = 64;
 const MAX_SIDE = 2048;
 /** The engine runs the reference graph only. */
 const CUDA_MODES = [REFERENCE_MODE];
-const DEFAULT_T5_LEN = 512;
 
 /** A sample prepared on an engine that has since ended: it cannot be stepped or decoded. */
 export class CudaSampleLostError extends Error {
@@ -308,7 +307,7 @@ class CudaExecutor implements CudaStepExecutor {
     const client = await this.#engine();
     const groups = groupBy(
       checked,
-      ({ r, grid }) => `${grid.h}x${grid.w}|${r.steps}|${r.maxSequenceLength ?? DEFAULT_T5_LEN}`,
+      ({ r, grid }) => `${grid.h}x${grid.w}|${r.steps}|${r.maxSequenceLength ?? this.#tokenizers.defaultT5Length}`,
     ).flatMap((g) => chunks(g, this.#maxBatch));
     const handles = new Map<SampleRequest, SampleHandle>();
     const made: EngineJob[] = [];
@@ -317,7 +316,7 @@ class CudaExecutor implements CudaStepExecutor {
         const first = group[0]!;
         const { grid } = first;
         const b = group.length;
-        const t5Len = first.r.maxSequenceLength ?? DEFAULT_T5_LEN;
+        const t5Len = first.r.maxSequenceLength ?? this.#tokenizers.defaultT5Length;
         const clipIds = Int32Array.from(this.#tokenizers.encodeClip(group.map((x) => x.r.prompt)), Number);
         const t5Ids = Int32Array.from(
           this.#tokenizers.encodeT5(

@@ -252,7 +252,7 @@ export class FluxPipeline {
         ...(opts.strength !== undefined ? { strength: opts.strength } : {}),
         ...(negatives[i] !== undefined ? { negativePrompt: negatives[i] } : {}),
         ...(opts.trueCfgScale !== undefined ? { trueCfgScale: opts.trueCfgScale } : {}),
-        maxSequenceLength: opts.maxSequenceLength ?? SAMPLE_DEFAULTS.maxSequenceLength,
+        ...(opts.maxSequenceLength !== undefined ? { maxSequenceLength: opts.maxSequenceLength } : {}),
         latents: opts.latents?.slice(i * perSample, (i + 1) * perSample),
         mode: opts.mode,
         ...(opts.loras !== undefined ? { loras: opts.loras } : {}),

@@ -40,7 +40,6 @@ export const SAMPLE_DEFAULTS = {
   width: 1024,
   steps: 28,
   guidanceScale: 3.5,
-  maxSequenceLength: 512,
 } as const;
 
 /** See the file header. */
@@ -97,7 +96,7 @@ export class FluxSteps {
     }
     const byLen = groupBy(
       requests,
-      (r) => `${r.mode ?? REFERENCE_MODE}|${r.maxSequenceLength ?? SAMPLE_DEFAULTS.maxSequenceLength}`,
+      (r) => `${r.mode ?? REFERENCE_MODE}|${r.maxSequenceLength ?? this.tokenizers.defaultT5Length}`,
     );
     const states = new Map<SampleRequest, SampleState>();
     for (const group of byLen) {
@@ -110,7 +109,7 @@ export class FluxSteps {
       const enc = await this.encodePrompts(
         [...group.map((r) => r.prompt), ...cfg.map((r) => r.negativePrompt!)],
         [...group.map((r) => r.prompt2 ?? r.prompt), ...cfg.map((r) => r.negativePrompt!)],
-        first.maxSequenceLength ?? SAMPLE_DEFAULTS.maxSequenceLength,
+        first.maxSequenceLength ?? this.tokenizers.defaultT5Length,
         mode,
       );
       for (const [i, r] of group.entries()) {

@@ -17,6 +17,9 @@ import { readJsonObject, readTokenizerSettings, TokenizerError } from './tokeniz
 export { TokenizerError } from './tokenize-files.ts';
 
 /** Where the two tokenizer folders are, when they are not the standard `tokenizer/` and `tokenizer_2/`. */
+/** FluxPipeline's `max_sequence_length` default. */
+const DIFFUSERS_T5_LENGTH = 512;
+
 export interface FluxTokenizerPaths {
   /** CLIP tokenizer folder (`vocab.json` + `merges.txt`, or a `tokenizer.json`). */
   clip: string;
@@ -30,11 +33,16 @@ export interface FluxTokenizers {
   readonly clipLength: number;
   /** Largest T5 sequence length (`model_max_length`, 512 for FLUX.1-dev). */
   readonly t5MaxLength: number;
+  /**
+   * T5 length a request that names none gets: diffusers' 512, or the tokenizer's `model_max_length` where that is
+   * smaller (flux-mini declares 32: its captions are at most 16 tokens, and 32 text tokens cost far less than 512).
+   */
+  readonly defaultT5Length: number;
   /** CLIP ids `[B, clipLength]` row-major: BOS, tokens, EOS, then pad (EOS) up to the length. */
   encodeClip(prompts: string[]): BigInt64Array;
   /**
    * T5 ids `[B, maxSequenceLength]` row-major: tokens, `</s>`, then `<pad>` up to the length.
-   * @param maxSequenceLength pad/truncate length, 1 … `t5MaxLength`. @default 512
+   * @param maxSequenceLength pad/truncate length, 1 … `t5MaxLength`. @default defaultT5Length
    */
   encodeT5(prompts: string[], maxSequenceLength?: number): BigInt64Array;
 }
@@ -195,7 +203,8 @@ async function createFluxTokenizers(paths: FluxTokenizerPaths): Promise<FluxToke
     clipLength: clip.maxLength,
     t5MaxLength: t5.maxLength,
     encodeClip: (prompts) => clip.encodeBatch(checkPrompts(prompts), clip.maxLength),
-    encodeT5: (prompts, maxSequenceLength = 512) => {
+    defaultT5Length: Math.min(DIFFUSERS_T5_LENGTH, t5.maxLength),
+    encodeT5: (prompts, maxSequenceLength = Math.min(DIFFUSERS_T5_LENGTH, t5.maxLength)) => {
       if (!Number.isInteger(maxSequenceLength) || maxSequenceLength < 1 || maxSequenceLength > t5.maxLength) {
         throw new TokenizerError(
           `maxSequenceLength must be an integer in 1…${t5.maxLength}, got ${maxSequenceLength}`,

@@ -113,6 +113,7 @@ describe('reference cases (diffusers FluxPipeline tokenization)', () => {
   it('reports the lengths from the tokenizer configs', () => {
     expect(tok.clipLength).toBe(empty.clip_input_ids.length);
     expect(tok.t5MaxLength).toBe(empty.t5_input_ids.length);
+    expect(tok.defaultT5Length).toBe(512);
   });
 });
 
@@ -258,5 +259,18 @@ describe('tokenizer files', () => {
     await writeFile(join(root, 'tokenizer/tokenizer.json'), JSON.stringify(json));
     const fromJson = await loadFluxTokenizers(root);
     expect(rows(fromJson.encodeClip(cases.map((c) => c.prompt)), 77)).toEqual(cases.map((c) => c.clip_input_ids));
+  });
+
+  it('takes a smaller T5 model_max_length as the default length (flux-mini declares 32), and refuses longer', async () => {
+    const root = await copyModel('t5-32');
+    const cfgPath = join(root, 'tokenizer_2/tokenizer_config.json');
+    const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+    await writeFile(cfgPath, JSON.stringify({ ...cfg, model_max_length: 32 }));
+    const short = await loadFluxTokenizers(root);
+    expect(short.t5MaxLength).toBe(32);
+    expect(short.defaultT5Length).toBe(32);
+    const c = cases.find((x) => x.t5_unpadded_len < 32)!;
+    expect(rows(short.encodeT5([c.prompt]), 32)).toEqual([c.t5_input_ids.slice(0, 32)]);
+    expect(() => short.encodeT5([c.prompt], 64)).toThrow(TokenizerError);
   });
 });
