@@ -54,8 +54,8 @@ if [[ $rc -ne 0 ]]; then say "tests failed: benchmark skipped"; else
   grep -E "graphs|floor|batch 1:|tuned|weights" "$OUT/bench.err"
   if [[ -n ${FQ_BASELINE:-} && -d $FQ_BASELINE ]]; then
     say "baseline: $FQ_BASELINE, bf16 batch 1, same card"
-    cmake -S "$FQ_BASELINE" -B /tmp/fq-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >"$OUT/build-base.log" 2>&1 &&
-      cmake --build /tmp/fq-base -j 16 >>"$OUT/build-base.log" 2>&1 &&
+    cmake -S "$FQ_BASELINE" -B /tmp/fq-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >>"$OUT/build.log" 2>&1 &&
+      cmake --build /tmp/fq-base -j 16 >>"$OUT/build.log" 2>&1 &&
       /tmp/fq-base/fluxql-engine --bench --batches 1 --iters 10 --precisions bf16 --out /tmp/fq-base/bench 2>"$OUT/bench-base.err" >/dev/null
     grep -E "batch 1:" "$OUT/bench-base.err"
   fi
