@@ -1,7 +1,9 @@
 /**
- * @file `fluxql conformance [--fixtures DIR]`: runs every case listed in `DIR/index.json` (default: the repository's
- * `test/fixtures/flux-tiny-reference`) against `--model`, else `DIR/flux-tiny`, else models/flux-tiny, and prints
- * one JSON line `{"passed","failed","cases":[...]}`; exits 1 when a case fails.
+ * @file `fluxql conformance [--fixtures DIR] [--edit-fixtures DIR]`: runs every case listed in `DIR/index.json`
+ * (default: the repository's `test/fixtures/flux-tiny-reference`) and the editing cases of the edit folder's
+ * `edit_index.json` (img2img, inpainting, true CFG; default: the repository's `test/fixtures/flux-tiny-edit` when
+ * `--fixtures` is the default, none otherwise) against `--model`, else `DIR/flux-tiny`, else models/flux-tiny, and
+ * prints one JSON line `{"passed","failed","cases":[...]}`; exits 1 when a case fails.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,11 +17,21 @@ import {
   tokenizerCases,
   transformerCase,
 } from './conformance/cases.ts';
+import { editCases } from './conformance/edit-cases.ts';
 import { readFixtureIndex } from './conformance/fixture-index.ts';
 import { loraCases, prepareLoraDir } from './conformance/lora-cases.ts';
+import { DEFAULT_EDIT_FIXTURES_DIR, DEFAULT_FIXTURES_DIR } from './defaults.ts';
 
-/** Runs the cases and returns the report (also used by tests). */
-export async function conformanceReport(fixtures: string, model: string | undefined, mode = 'original') {
+/**
+ * Runs the cases and returns the report (also used by tests). `editFixtures`: a folder with `edit_index.json`
+ * whose cases run on the same model after the others.
+ */
+export async function conformanceReport(
+  fixtures: string,
+  model: string | undefined,
+  mode = 'original',
+  editFixtures?: string,
+) {
   const index = readFixtureIndex(fixtures);
   // The repository's fixtures leave out their model copy: it is models/flux-tiny (never the default flux-mini).
   const modelDir = model ?? (existsSync(join(fixtures, 'flux-tiny')) ? join(fixtures, 'flux-tiny') : FLUX_TINY_DIR);
@@ -37,6 +49,7 @@ export async function conformanceReport(fixtures: string, model: string | undefi
     for (const [i, c] of index.pipeline_cases.entries())
       cases.push(...(await pipelineCase(pipe, fixtures, c, i, mode, REFERENCE_LIMITS)));
     cases.push(...(await loraCases(run, modelDir)));
+    if (editFixtures) cases.push(...(await editCases(pipe, editFixtures, mode, REFERENCE_LIMITS)));
     const failed = cases.filter((c) => !c.ok).length;
     return { passed: cases.length - failed, failed, cases };
   } finally {
@@ -45,8 +58,15 @@ export async function conformanceReport(fixtures: string, model: string | undefi
   }
 }
 
-export async function runConformance(args: { fixtures: string; model?: string; mode: string }): Promise<void> {
-  const report = await conformanceReport(args.fixtures, args.model, args.mode);
+export async function runConformance(args: {
+  fixtures: string;
+  model?: string;
+  mode: string;
+  editFixtures?: string;
+}): Promise<void> {
+  // The repository's edit fixtures belong with its reference fixtures (same model); another folder brings its own.
+  const edits = args.editFixtures ?? (args.fixtures === DEFAULT_FIXTURES_DIR ? DEFAULT_EDIT_FIXTURES_DIR : undefined);
+  const report = await conformanceReport(args.fixtures, args.model, args.mode, edits);
   process.stdout.write(`${JSON.stringify(report)}\n`);
   if (report.failed > 0) process.exitCode = 1;
 }

@@ -13,6 +13,9 @@ export const DEFAULT_MODEL_DIR = EMBEDDED_MODEL_DIR;
 /** The diffusers reference fixtures for flux-tiny, shipped in the repository (without its model copy). */
 export const DEFAULT_FIXTURES_DIR = resolve(REPO_ROOT, 'test/fixtures/flux-tiny-reference');
 
+/** The diffusers editing fixtures (img2img, inpainting, true CFG) for flux-tiny, run with the default fixtures. */
+export const DEFAULT_EDIT_FIXTURES_DIR = resolve(REPO_ROOT, 'test/fixtures/flux-tiny-edit');
+
 /** flux-mini's native size (trained at 256x256); other models keep 512x512. */
 export const FLUX_MINI_SIZE = '256x256';
 const OTHER_SIZE = '512x512';

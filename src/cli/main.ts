@@ -49,6 +49,10 @@ program
   .command('conformance')
   .description('check the pipeline against a directory of diffusers reference outputs (index.json)')
   .option('-f, --fixtures <dir>', 'fixture directory with index.json (and optionally flux-tiny/)', DEFAULT_FIXTURES_DIR)
+  .option(
+    '--edit-fixtures <dir>',
+    "folder with edit_index.json (img2img, inpainting, true CFG); default: the repository's with the default --fixtures",
+  )
   .option('-m, --model <dir>', 'model to test (default: <fixtures>/flux-tiny if present, else the embedded model)')
   .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
   .action(runConformance);

@@ -7,16 +7,24 @@
  * Page code is passed to the browser as strings: the test project compiles without the DOM library.
  */
 import { copyFileSync, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BrowserContext, chromium, type Page } from 'playwright-core';
 import sharp from 'sharp';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ensureWebBuilt } from '../../web/build.ts';
-import { GenerateWithLorasDocument, LoadLoraDocument, LoraJobDocument } from '../helpers/gql/graphql.ts';
+import {
+  GenerateImageDocument,
+  type GenerateImageInput,
+  GenerateWithLorasDocument,
+  JobDocument,
+  LoadLoraDocument,
+  LoraJobDocument,
+} from '../helpers/gql/graphql.ts';
 import { FIXTURES_DIR } from '../helpers/paths.ts';
+import { pattern } from '../helpers/pattern-image.ts';
 import { disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -220,6 +228,90 @@ describe.skipIf(!HAS_CHROMIUM)(`web page in headless Chromium (${CHROMIUM})`, ()
     expect(await p.locator('#result').getAttribute('data-state')).toBeNull();
     await p.screenshot({ path: join(SCREENSHOTS, 'validation-error.png'), fullPage: true });
   });
+  it('edits an uploaded image (img2img): strength, generate, the same image as the API edit, unlike text-to-image', async () => {
+    const [W, H, STEPS, SEED] = [64, 64, 8, 5];
+    const dir = await mkdtemp(join(tmpdir(), 'fluxql-e2e-edit-'));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const png = await pattern(W, H, 0.5);
+    const file = join(dir, 'input.png');
+    await writeFile(file, png);
+
+    const p = await openPage();
+    await p.getByLabel('Prompt').fill('a watercolor of the same scene');
+    await p.getByLabel('Aspect ratio').selectOption('custom');
+    await p.getByLabel('Width').fill(String(W));
+    await p.getByLabel('Height').fill(String(H));
+    await p.getByLabel('Steps').fill(String(STEPS));
+    await p.getByLabel('Seed').fill(String(SEED));
+    await p.getByLabel('Input image').setInputFiles(file);
+    // The slider starts at the API's default strength; moving it updates the number beside it.
+    expect(await p.getByLabel('Strength').inputValue()).toBe('0.6');
+    await p.evaluate(`(() => {
+      const s = document.getElementById('strength');
+      s.value = '0.5';
+      s.dispatchEvent(new Event('input', { bubbles: true }));
+    })()`);
+    expect(await p.locator('#strength-value').textContent()).toBe('0.5');
+    await p.getByRole('button', { name: 'Generate' }).click();
+    await p.locator('#result[data-state="succeeded"]').waitFor(WAIT);
+    await p.waitForFunction(
+      `(() => { const i = document.getElementById('final'); return i.complete && i.naturalWidth > 0; })()`,
+      undefined,
+      WAIT,
+    );
+    await p.screenshot({ path: join(SCREENSHOTS, 'edit-succeeded.png'), fullPage: true });
+
+    // The server ran an edit: strength 0.5 of 8 steps runs the last 4 (the progress bar counted those).
+    const jobId = /^fluxql-(.+)\.\w+$/.exec((await p.locator('#download').getAttribute('download')) ?? '')?.[1] ?? '';
+    const { job } = await gqlData(url, JobDocument, { id: jobId });
+    if (job.__typename !== 'QueryJobSuccess') throw new Error(JSON.stringify(job));
+    expect([job.data.status, job.data.totalSteps]).toEqual(['SUCCEEDED', STEPS / 2]);
+    expect(await p.evaluate(`document.getElementById('progress').max`)).toBe(STEPS / 2);
+
+    // The same edit over the API gives the same pixels; text-to-image with the same seed does not.
+    const rgb = async (imageUrl: string) =>
+      sharp(Buffer.from(await (await fetch(new URL(imageUrl, url))).arrayBuffer()))
+        .raw()
+        .toBuffer();
+    const viaApi = async (extra: Partial<GenerateImageInput>) => {
+      const input = {
+        prompt: 'a watercolor of the same scene',
+        width: W,
+        height: H,
+        steps: STEPS,
+        seed: SEED,
+        ...extra,
+      };
+      const { generateImage: r } = await gqlData(url, GenerateImageDocument, { input });
+      if (r.__typename !== 'MutationGenerateImageSuccess') throw new Error(JSON.stringify(r));
+      const done = await eventually(async () => {
+        const { job: j } = await gqlData(url, JobDocument, { id: r.data.jobId });
+        if (j.__typename !== 'QueryJobSuccess' || j.data.status !== 'SUCCEEDED') throw new Error('not yet');
+        return j.data;
+      });
+      return rgb(done.images[0]?.url ?? '');
+    };
+    const pageImage = await rgb((await p.locator('#final').getAttribute('src')) ?? '');
+    const edited = await viaApi({ image: `data:image/png;base64,${png.toString('base64')}`, strength: 0.5 });
+    expect(pageImage.equals(edited)).toBe(true);
+    expect(pageImage.equals(await viaApi({}))).toBe(false);
+  });
+
+  it('shows the server’s ValidationError next to the mask field (a mask without an image)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'fluxql-e2e-mask-'));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const file = join(dir, 'mask.png');
+    await writeFile(file, await pattern(64, 64, 0));
+    const p = await openPage();
+    await p.getByLabel('Prompt').fill('a mask alone');
+    await p.getByLabel('Mask (inpainting)').setInputFiles(file);
+    await p.getByRole('button', { name: 'Generate' }).click();
+    const error = p.locator('#mask-error');
+    await error.filter({ hasText: /\S/ }).waitFor(WAIT);
+    expect(await p.getByLabel('Mask (inpainting)').getAttribute('aria-invalid')).toBe('true');
+    expect(await p.locator('#result').getAttribute('data-state')).toBeNull();
+  });
+
   describe('LoRA selector (server with LORA_DIR)', () => {
     let loraUrl: string;
     let loraDir: string;

@@ -46,6 +46,14 @@ describe('fluxql conformance', () => {
     expect(names).toContain('pipeline[0].latents_after_step_3');
     expect(names).toContain('pipeline[1].latents_after_step_5');
     expect(names).toContain('pipeline[1].image');
+    // The editing cases of test/fixtures/flux-tiny-edit come with the default fixtures: 2 img2img, 2 inpainting
+    // (with the latent mask), 2 true CFG.
+    for (const c of ['img2img_0', 'img2img_1', 'inpaint_0', 'inpaint_1', 'true_cfg_0', 'true_cfg_1']) {
+      expect(names).toContain(`edit.${c}.image`);
+      expect(names).toContain(`edit.${c}.steps_run`);
+    }
+    expect(names).toContain('edit.inpaint_1.mask_latents');
+    expect(names).toContain('edit.img2img_1.latents_after_step_6');
     expect(report.passed).toBe(report.cases.length);
     for (const c of report.cases.filter((c) => c.metric === 'rel_error')) expect(c.limit).toBe(1e-4);
   });
@@ -77,5 +85,7 @@ describe('fluxql conformance', () => {
     expect(pipelineCases.length).toBe(6 + 2);
     expect(pipelineCases.every((c) => c.ok)).toBe(true);
     expect(report.cases.some((c) => c.name.startsWith('tokenizer'))).toBe(false);
+    // Another fixture folder brings its own edit cases (none here).
+    expect(report.cases.some((c) => c.name.startsWith('edit.'))).toBe(false);
   });
 });

@@ -18,6 +18,7 @@ import {
   type NodeProcess,
   startApi,
   startRedis,
+  startServe,
   startWorker,
 } from '../../tools/cluster.ts';
 import {
@@ -30,6 +31,8 @@ import {
   JobsDocument,
 } from '../helpers/gql/graphql.ts';
 import { TINY_CONFIG } from '../helpers/lora.ts';
+import { REPO_ROOT } from '../helpers/paths.ts';
+import { pattern } from '../helpers/pattern-image.ts';
 import { collectWs, disposeLeftovers, eventually, gqlData, wsClient } from '../helpers/test-server.ts';
 
 const redisBin = findRedisServer();
@@ -222,6 +225,61 @@ describe.skipIf(!redisBin)('scale-out over Redis', () => {
       __typename: 'JobFailedEvent',
       message: expect.stringMatching(/needs a control image/),
     });
+  });
+
+  it('carries img2img and inpainting images to the worker: the same pixels as one process, keys gone after', async () => {
+    // The same request served by one process (`fluxql serve`, no Redis) on the same model and settings.
+    const single = await startServe({
+      ...env,
+      REDIS_URL: '',
+      IMAGE_DIR: join(imageDir, 'single'),
+      MODEL_REPO: join(REPO_ROOT, 'models/flux-tiny'),
+      WARM_MODES: 'default',
+    });
+    const dataUrl = (png: Buffer) => `data:image/png;base64,${png.toString('base64')}`;
+    // White (repaint) in the middle, black (keep) around it.
+    const mask = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#000' } })
+      .composite([{ input: { create: { width: 32, height: 32, channels: 3, background: '#fff' } }, left: 16, top: 16 }])
+      .png()
+      .toBuffer();
+    const image = dataUrl(await pattern(64, 64, 0));
+    const cases: Record<string, GenerateImageInput> = {
+      img2img: input(11, { image, strength: 0.75 }),
+      inpaint: input(12, { image, mask: dataUrl(mask), strength: 1 }),
+      text: input(11),
+    };
+    /** Runs a request to the end (one at a time: batch sizes are not bit-identical) → its id and RGB pixels. */
+    const pixelsOf = async (url: string, i: GenerateImageInput) => {
+      const id = await submit(url, i);
+      const events = await collectWs(wsClient(url), JobProgressDocument, { id });
+      const last = events.at(-1)?.data?.jobProgress as Event | undefined;
+      if (last?.__typename !== 'JobSucceededEvent') throw new Error(`job ${id} ended with ${JSON.stringify(last)}`);
+      const res = await fetch(last.images[0]?.url ?? '');
+      return {
+        id,
+        rgb: await sharp(Buffer.from(await res.arrayBuffer()))
+          .raw()
+          .toBuffer(),
+      };
+    };
+    const redis = new Redis(env.REDIS_URL as string);
+    onTestFinished(() => void redis.quit());
+    const scaled: Record<string, { id: string; rgb: Buffer }> = {};
+    for (const [name, i] of Object.entries(cases)) {
+      scaled[name] = await pixelsOf(api.url, i);
+      if (name === 'text') continue;
+      const local = await pixelsOf(single.url, i);
+      expect([name, scaled[name].rgb.equals(local.rgb)]).toEqual([name, true]);
+    }
+    // The image was used: img2img differs from text-to-image with the same seed.
+    expect(scaled.img2img?.rgb.equals(scaled.text?.rgb as Buffer)).toBe(false);
+    const ids = [scaled.img2img?.id, scaled.inpaint?.id] as string[];
+    const record = JSON.parse((await redis.get(`fluxql-test:job:${ids[1]}`)) ?? '{}') as Record<string, unknown>;
+    expect([record.status, 'editImage' in record, 'editMask' in record]).toEqual(['SUCCEEDED', false, false]);
+    expect(record.request).toMatchObject({ edit: 'inpaint', strength: 1 });
+    // Deleted once the job is done (by the worker, right after it publishes the end: it may trail the event).
+    const keys = ids.flatMap((id) => [`fluxql-test:edit-image:${id}`, `fluxql-test:edit-mask:${id}`]);
+    await eventually(async () => expect(await redis.exists(keys)).toBe(0));
   });
 
   it('retries the job of a killed worker on the other one: nothing lost, nothing duplicated', async () => {

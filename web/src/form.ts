@@ -4,6 +4,7 @@
  * not parse). The form is `novalidate`: the server's rules are the only rules, so the page never disagrees.
  */
 import { byId } from './dom.ts';
+import { readEditInput } from './edit.ts';
 import type { GenerateImageInput } from './gql/graphql.ts';
 import { selectedLoras } from './lora.ts';
 
@@ -22,6 +23,11 @@ const FIELD_CONTROL: Record<string, string> = {
   steps: 'steps',
   guidanceScale: 'guidanceScale',
   seed: 'seed',
+  image: 'image',
+  strength: 'strength',
+  mask: 'mask',
+  negativePrompt: 'negativePrompt',
+  trueCfgScale: 'trueCfgScale',
 };
 
 /** Error slot id of a control (`width` → `width-error`; the LoRA fieldset uses `loras-error`). */
@@ -46,11 +52,16 @@ export class FieldError extends Error {
   }
 }
 
-/** Reads the form. Always asks for previews: the progress view shows them. */
-export function readInput(): GenerateImageInput {
+/**
+ * Reads the form (the edit files are read as data URLs, hence async). Always asks for previews: the progress view
+ * shows them. The true CFG scale is sent only when it is not 1 (off), so servers without editing accept the rest.
+ */
+export async function readInput(): Promise<GenerateImageInput> {
   const aspect = byId('aspectRatio', HTMLSelectElement).value;
   const custom = aspect === CUSTOM_SIZE;
   const loras = selectedLoras();
+  const trueCfgScale = numberOf('trueCfgScale');
+  const edit = await readEditInput();
   return {
     prompt: byId('prompt', HTMLTextAreaElement).value,
     mode: byId('mode', HTMLSelectElement).value || null,
@@ -61,6 +72,8 @@ export function readInput(): GenerateImageInput {
     preview: true,
     // Left out when the page shows no LoRA selector: the server's default set applies.
     ...(loras ? { loras } : {}),
+    ...edit,
+    ...(trueCfgScale !== null && trueCfgScale !== 1 ? { trueCfgScale } : {}),
   };
 }
 

@@ -1,11 +1,13 @@
 /**
  * @file Entry point of the page: loads the modes, LoRAs and recent jobs, then runs Generate → `generateImage`
+ * (text-to-image, or an edit of an uploaded image: `edit.ts`)
  * → `jobProgress` (graphql-ws) → final image, with Cancel → `cancelJob`. Typed failures (ValidationError, …)
  * are shown next to the field they concern.
  */
 import './style.css';
 import { connect, getToken, RequestError, request, setToken, subscribe } from './api.ts';
 import { byId } from './dom.ts';
+import { watchStrength } from './edit.ts';
 import { clearErrors, FieldError, readInput, showFieldError, showFormError, syncCustomSize } from './form.ts';
 import { refreshJobs } from './jobs.ts';
 import { loadLoras } from './lora.ts';
@@ -54,12 +56,12 @@ function follow(id: string): void {
 
 async function generate(): Promise<void> {
   clearErrors();
-  let input: ReturnType<typeof readInput>;
+  let input: Awaited<ReturnType<typeof readInput>>;
   try {
-    input = readInput();
+    input = await readInput();
   } catch (err) {
-    if (!(err instanceof FieldError)) throw err;
-    showFieldError(err.field, err.message)?.focus();
+    if (err instanceof FieldError) showFieldError(err.field, err.message)?.focus();
+    else showFormError(`Could not read the form: ${(err as Error).message}`);
     return;
   }
   setBusy(true);
@@ -116,6 +118,7 @@ byId('prompt', HTMLTextAreaElement).addEventListener('keydown', (e) => {
   }
 });
 byId('aspectRatio', HTMLSelectElement).addEventListener('change', syncCustomSize);
+watchStrength();
 byId('refresh-jobs', HTMLButtonElement).addEventListener('click', () => void refreshJobs());
 const tokenInput = byId('token', HTMLInputElement);
 tokenInput.value = getToken();

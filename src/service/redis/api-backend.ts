@@ -4,7 +4,7 @@
  * is ready while Redis answers and at least one worker is alive; it recovers by itself when Redis comes back.
  */
 import { Queue, QueueEvents } from 'bullmq';
-import { QueueFullError, ServiceUnavailableError, ValidationError } from '../errors.ts';
+import { QueueFullError, ServiceUnavailableError } from '../errors.ts';
 import { finishJob } from '../job-events.ts';
 import { logJobTransition, type ServiceLogger } from '../job-log.ts';
 import { isTerminal, type Job } from '../jobs.ts';
@@ -13,6 +13,7 @@ import { liveAdverts, offerOf } from './adverts.ts';
 import { encodeEvent } from './codec.ts';
 import { createRedis, guarded, type RedisSettings, redactUrl, redisKeys } from './connection.ts';
 import { RedisEventBus } from './event-bus.ts';
+import { allInputKeys, inputFiles } from './job-inputs.ts';
 import { RedisJobRecords } from './job-records.ts';
 
 /** Options of an API node. */
@@ -121,20 +122,14 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
     queue: {
       async enqueue(job: Job) {
         requireRedis();
-        if (job.editImage || job.request.edit) {
-          // Input images do not travel to scale-out workers yet (only control images have a Redis key).
-          throw new ValidationError('image', 'scale-out servers do not run img2img or inpainting yet', 'unsupported');
-        }
+        const files = inputFiles(job, keys); // throws on a job too large to carry, before touching Redis
         const waiting = await guarded(o.url, () => queue.getWaitingCount());
         if (waiting >= o.maxQueueSize) throw new QueueFullError(o.maxQueueSize, 5);
-        if (job.controlImage) {
-          // Before the record and the queue entry, so a worker never runs the job without it.
-          const bytes = Buffer.from(
-            job.controlImage.bytes.buffer,
-            job.controlImage.bytes.byteOffset,
-            job.controlImage.bytes.byteLength,
-          );
-          await guarded(o.url, () => client.set(keys.controlImage(job.id), bytes, 'EX', o.historySeconds));
+        if (files.length > 0) {
+          // Before the record and the queue entry, so a worker never runs the job without them.
+          const write = client.multi();
+          for (const f of files) write.set(f.key, f.bytes, 'EX', o.historySeconds);
+          await guarded(o.url, () => write.exec());
         }
         await records.save(job);
         // The BullMQ id is the job id: adding it again is a no-op, and a retry writes the same files.
@@ -162,7 +157,7 @@ export async function createRedisApiBackend(o: RedisApiOptions): Promise<JobBack
           await guarded(o.url, () =>
             records
               .write(client.pipeline(), job)
-              .del(keys.controlImage(job.id))
+              .del(...allInputKeys(keys, job.id))
               .publish(keys.events(job.id), event)
               .exec(),
           );

@@ -15,8 +15,8 @@ function reviveImages(images: Wire<StoredImage>[]): StoredImage[] {
 
 /** The stored form of a job (JSON.stringify turns dates into ISO strings). */
 export function encodeJob(job: Job): string {
-  // `cancelRequested` is per-process state; cancellation crosses processes through its own key. The control image
-  // has its own key too (`controlImage` of redisKeys), written once: records are rewritten at every step.
+  // `cancelRequested` is per-process state; cancellation crosses processes through its own key. The input images
+  // have their own keys too (`job-inputs.ts`), written once: records are rewritten at every step.
   const { cancelRequested: _local, controlImage: _pixels, editImage: _image, editMask: _mask, ...rest } = job;
   return JSON.stringify(rest);
 }

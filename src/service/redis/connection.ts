@@ -22,6 +22,10 @@ export function redisKeys(prefix: string) {
     index: `${prefix}:jobs`,
     /** Binary string: the control image file of a job (`Job.hasControlImage`), as the API node received it. */
     controlImage: (id: string) => `${prefix}:control:${id}`,
+    /** Binary string: the img2img / inpainting input image file of a job (`request.edit`), as received. */
+    editImage: (id: string) => `${prefix}:edit-image:${id}`,
+    /** Binary string: the inpainting mask file of a job (`request.edit === 'inpaint'`), as received. */
+    editMask: (id: string) => `${prefix}:edit-mask:${id}`,
     /** String: a cancellation request (its reason) for a job an engine may hold. */
     cancel: (id: string) => `${prefix}:cancel:${id}`,
     /** String set with NX: elects the one node that records a job's final failure. */

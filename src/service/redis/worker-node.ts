@@ -18,7 +18,6 @@ import { finishJob, isTerminalEvent, type JobEvent, JobEventHub } from '../job-e
 import type { ServiceLogger } from '../job-log.ts';
 import { elapsedMs, isTerminal, type Job, JobStore } from '../jobs.ts';
 import { MeasuredStats } from '../measured.ts';
-import { decodeImageBytes } from '../media/control-image.ts';
 import { createMetrics } from '../metrics.ts';
 import { type WarmModes, warmOrder } from '../mode-warmup.ts';
 import type { ServedEngine } from '../ports.ts';
@@ -27,6 +26,7 @@ import { HEARTBEAT_MS, type WorkerAdvert } from './adverts.ts';
 import { bullConnection } from './api-backend.ts';
 import { decodeJob, encodeEvent, encodeJob } from './codec.ts';
 import { createRedis, type RedisSettings, redactUrl, redisKeys } from './connection.ts';
+import { allInputKeys, expectedInputs, loadInputs } from './job-inputs.ts';
 import { RedisJobRecords } from './job-records.ts';
 
 /** Options of a worker process. */
@@ -228,14 +228,12 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     });
   }
 
-  if (job.hasControlImage) {
-    // The file the API node received (validated there); decoding it again gives the same pixels.
+  const inputs = expectedInputs(job);
+  if (inputs.length > 0) {
     try {
-      const bytes = await c.client.getBuffer(c.keys.controlImage(jobId));
-      if (!bytes) throw new Error('its control image is gone from Redis (older than JOB_HISTORY_S?)');
-      job.controlImage = { image: await decodeImageBytes(bytes, { maxBytes: bytes.length }), bytes };
+      await loadInputs(job, c.keys, (key) => c.client.getBuffer(key));
     } catch (err) {
-      const message = `control image: ${(err as Error).message}`;
+      const message = (err as Error).message;
       mirror(finishJob(job, { status: 'FAILED', code: 'generation_failed', message }));
       await chain;
       return { status: job.status };
@@ -258,6 +256,6 @@ async function runJob(bullJob: BullJob, c: RunContext): Promise<{ status: string
     stop();
     await chain;
   }
-  if (job.hasControlImage && isTerminal(job)) await c.client.del(c.keys.controlImage(jobId)).catch(() => 0);
+  if (inputs.length > 0 && isTerminal(job)) await c.client.del(...allInputKeys(c.keys, jobId)).catch(() => 0);
   return { status: job.status };
 }
