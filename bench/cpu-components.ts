@@ -10,6 +10,7 @@
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { engineCompiler } from '../engines/compiler/port.ts';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { createProgress } from './lib/progress.ts';
@@ -56,6 +57,7 @@ async function benchModel(
 ): Promise<{ label: string; modelDir: string; timings: Timing[] }> {
   progress.log(`[${label}] loading ${modelDir} (compiles engines on first use)`);
   const pipe = await FluxPipeline.fromPretrained(modelDir, {
+    compiler: engineCompiler,
     ...loadPipelineSettings(),
     onLog: (m) => progress.log(`  ${m}`),
   });

@@ -12,6 +12,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
+import { engineCompiler } from '../engines/compiler/port.ts';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
@@ -62,6 +63,7 @@ const results: { model: string; file: string; meanMsByMode: Record<string, numbe
 for (const m of benchModels(values.only)) {
   progress.log(`[${m.label}] loading every mode (compiles engines and plans on first use)`);
   const pipe = await FluxPipeline.fromPretrained(m.dir, {
+    compiler: engineCompiler,
     ...loadPipelineSettings(),
     modes: [...MODE_NAMES],
     onLog: (x) => progress.log(`  ${x}`),

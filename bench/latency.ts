@@ -17,6 +17,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { engineCompiler } from '../engines/compiler/port.ts';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
@@ -75,6 +76,7 @@ interface Row {
 async function benchModel(label: string, dir: string): Promise<Row[]> {
   log(`[${label}] loading every mode (compiles engines and plans on first use)`);
   const pipe = await FluxPipeline.fromPretrained(dir, {
+    compiler: engineCompiler,
     ...loadPipelineSettings(),
     modes: [...MODE_NAMES],
     threads,

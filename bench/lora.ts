@@ -17,6 +17,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { engineCompiler } from '../engines/compiler/port.ts';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { loraModelSpec } from '../src/pipeline/lora/model-layers.ts';
@@ -106,6 +107,7 @@ async function benchModel(
       writeFullLora(join(loraDir, `switch_${n}.safetensors`), config, 32, n.charCodeAt(0));
     progress.log(`[${label}] loading ${modelDir} (compiles engines on first use)`);
     const pipe = await FluxPipeline.fromPretrained(modelDir, {
+      compiler: engineCompiler,
       ...loadPipelineSettings(),
       loraDir,
       modes: [],

@@ -26,6 +26,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { engineCompiler } from '../engines/compiler/port.ts';
 import { EMBEDDED_MODEL_DIR, loadPipelineSettings } from '../src/config.ts';
 import type { RgbImage } from '../src/pipeline/executor.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
@@ -113,6 +114,7 @@ log(
   `[${model}] ${captions.length} grammar prompts x ${modes.length} modes at ${settings.size}x${settings.size}, ${settings.steps} steps`,
 );
 const pipe = await FluxPipeline.fromPretrained(modelDir, {
+  compiler: engineCompiler,
   ...loadPipelineSettings(),
   modes,
   threads,

@@ -14,6 +14,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { engineCompiler } from '../engines/compiler/port.ts';
 import { loadPipelineSettings } from '../src/config.ts';
 import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { psnr, ssim } from '../src/shared/image-metrics.ts';
@@ -76,6 +77,7 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 async function benchModel(label: string, dir: string, prompts: Prompt[]): Promise<ModeQuality[]> {
   const pipe = await FluxPipeline.fromPretrained(dir, {
+    compiler: engineCompiler,
     ...loadPipelineSettings(),
     modes: [...MODE_NAMES],
     threads,
