@@ -16,7 +16,7 @@ import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
 import { MODE_BENCH_OPTIONS, modeBenchSettings, openBenchPipeline } from './lib/bench-pipeline.ts';
 import { imageGridPng } from './lib/image-grid.ts';
 import { benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
-import { perCategory, readPartiPrompts } from './lib/parti-prompts.ts';
+import { perCategory, readPartiPrompts, renderPartiPrompt } from './lib/parti-prompts.ts';
 import { createProgress } from './lib/progress.ts';
 import { writeResults } from './lib/results.ts';
 
@@ -43,18 +43,9 @@ for (const m of benchModels(values.only)) {
   try {
     for (const [r, p] of prompts.entries()) {
       for (const mode of MODE_NAMES) {
-        const t0 = performance.now();
-        const out = await pipe.generate({
-          prompt: p.prompt,
-          height: size,
-          width: size,
-          steps,
-          seed: 1000 + p.index,
-          maxSequenceLength: textTokens,
-          mode,
-        });
-        ms[mode]?.push(performance.now() - t0);
-        const image = out.images[0];
+        const { result, ms: took } = await renderPartiPrompt(pipe, p, mode, { size, steps, textTokens });
+        ms[mode]?.push(took);
+        const image = result.images[0];
         if (!image) throw new Error(`no image for ${mode}`);
         cells[r]?.push(image.data);
         bar.tick(`${p.category}: ${mode}`);

@@ -19,7 +19,7 @@ import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
 import { MODE_BENCH_OPTIONS, modeBenchSettings, openBenchPipeline } from './lib/bench-pipeline.ts';
 import { renderCharts } from './lib/charts.ts';
 import { benchModels, machineInfo, mergeModes, providerInfo, RESULTS_DIR } from './lib/modes-report.ts';
-import { type PartiPrompt, perCategory, readPartiPrompts } from './lib/parti-prompts.ts';
+import { type PartiPrompt, perCategory, readPartiPrompts, renderPartiPrompt } from './lib/parti-prompts.ts';
 import { createProgress } from './lib/progress.ts';
 
 const { values } = parseArgs({ options: { ...MODE_BENCH_OPTIONS, 'per-category': { type: 'string' } } });
@@ -50,17 +50,8 @@ async function benchModel(label: string, dir: string, prompts: PartiPrompt[]): P
     for (const mode of MODE_NAMES) {
       const out: { image: Float32Array; ms: number }[] = [];
       for (const p of prompts) {
-        const t0 = performance.now();
-        const r = await pipe.generate({
-          prompt: p.prompt,
-          height: size,
-          width: size,
-          steps,
-          seed: 1000 + p.index,
-          maxSequenceLength: textTokens,
-          mode,
-        });
-        out.push({ image: r.floatImages[0]!, ms: performance.now() - t0 });
+        const { result, ms } = await renderPartiPrompt(pipe, p, mode, { size, steps, textTokens });
+        out.push({ image: result.floatImages[0]!, ms });
         bar.tick(`${mode}: ${p.category}`);
       }
       images.set(mode, out);

@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { FluxPipeline, GenerateResult } from '../../src/pipeline/flux/pipeline.ts';
 import { REPO } from './modes-report.ts';
 
 /** One prompt of the subset. */
@@ -32,4 +33,31 @@ export function perCategory(prompts: readonly PartiPrompt[], n: number): PartiPr
     seen.set(p.category, k + 1);
     return k < n;
   });
+}
+
+/** A square `size` generation's settings, shared by every mode of one benchmark run. */
+export interface PartiRender {
+  size: number;
+  steps: number;
+  textTokens: number;
+}
+
+/** `p`'s image in `mode` (seed 1000 + its index), with the wall time of the awaited `generate`. */
+export async function renderPartiPrompt(
+  pipe: FluxPipeline,
+  p: PartiPrompt,
+  mode: string,
+  r: PartiRender,
+): Promise<{ result: GenerateResult; ms: number }> {
+  const t0 = performance.now();
+  const result = await pipe.generate({
+    prompt: p.prompt,
+    height: r.size,
+    width: r.size,
+    steps: r.steps,
+    seed: 1000 + p.index,
+    maxSequenceLength: r.textTokens,
+    mode,
+  });
+  return { result, ms: performance.now() - t0 };
 }
