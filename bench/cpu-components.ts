@@ -10,8 +10,7 @@
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadPipelineSettings } from '../src/config.ts';
-import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
+import { openBenchPipeline } from './lib/bench-pipeline.ts';
 import { createProgress } from './lib/progress.ts';
 import { describeMachine, writeResults } from './lib/results.ts';
 import { BENCH_CPU_CONFIG, writeSyntheticModel } from './lib/synthetic-model.ts';
@@ -55,8 +54,7 @@ async function benchModel(
   modelDir: string,
 ): Promise<{ label: string; modelDir: string; timings: Timing[] }> {
   progress.log(`[${label}] loading ${modelDir} (compiles engines on first use)`);
-  const pipe = await FluxPipeline.fromPretrained(modelDir, {
-    ...loadPipelineSettings(),
+  const pipe = await openBenchPipeline(modelDir, {
     onLog: (m) => progress.log(`  ${m}`),
   });
   const bar = progress.bar(label, COMPONENTS);

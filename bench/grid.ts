@@ -6,64 +6,35 @@
  * Writes bench/results/charts/grid-<model>.webp, and grid.json + grid.md (prompts, seeds, per-image time) under
  * bench/results/.
  *
- *   npm run bench:grid -- [--size 128] [--steps 8] [--text 64] [--prompts 4] [--only tiny|synthetic]
+ *   npm run bench:grid -- [--size 128] [--steps 8] [--text 64] [--prompts 4] [--threads N] [--only tiny|synthetic]
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
-import { loadPipelineSettings } from '../src/config.ts';
-import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
+import { MODE_BENCH_OPTIONS, modeBenchSettings, openBenchPipeline } from './lib/bench-pipeline.ts';
 import { imageGridPng } from './lib/image-grid.ts';
 import { benchModels, machineInfo, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
+import { perCategory, readPartiPrompts, renderPartiPrompt } from './lib/parti-prompts.ts';
 import { createProgress } from './lib/progress.ts';
 import { writeResults } from './lib/results.ts';
 
-const { values } = parseArgs({
-  options: {
-    size: { type: 'string', default: '128' },
-    steps: { type: 'string', default: '8' },
-    text: { type: 'string', default: '64' },
-    prompts: { type: 'string', default: '4' },
-    only: { type: 'string' },
-  },
-});
-const size = Number(values.size);
-const steps = Number(values.steps);
-const textTokens = Number(values.text);
+const { values } = parseArgs({ options: { ...MODE_BENCH_OPTIONS, prompts: { type: 'string', default: '4' } } });
+const { size, steps, textTokens, threads } = modeBenchSettings(values);
 const progress = createProgress();
 
-interface Prompt {
-  index: number;
-  prompt: string;
-  category: string;
-}
-
-/** The first prompt of each of the first `n` categories, with its index in the subset file (its seed is 1000 + it). */
-function gridPrompts(n: number): Prompt[] {
-  const lines = readFileSync(join(REPO, 'bench/data/partiprompts-subset.tsv'), 'utf8').trim().split('\n').slice(1);
-  const seen = new Set<string>();
-  const out: Prompt[] = [];
-  lines.forEach((l, index) => {
-    const [prompt, category] = l.split('\t') as [string, string];
-    if (seen.has(category) || out.length >= n) return;
-    seen.add(category);
-    out.push({ index, prompt, category });
-  });
-  return out;
-}
-
-const prompts = gridPrompts(Number(values.prompts));
+// The first prompt of each of the first `--prompts` categories.
+const prompts = perCategory(readPartiPrompts(), 1).slice(0, Number(values.prompts));
 const chartsDir = join(RESULTS_DIR, 'charts');
 mkdirSync(chartsDir, { recursive: true });
 const date = new Date().toISOString();
 const results: { model: string; file: string; meanMsByMode: Record<string, number> }[] = [];
 for (const m of benchModels(values.only)) {
   progress.log(`[${m.label}] loading every mode (compiles engines and plans on first use)`);
-  const pipe = await FluxPipeline.fromPretrained(m.dir, {
-    ...loadPipelineSettings(),
+  const pipe = await openBenchPipeline(m.dir, {
     modes: [...MODE_NAMES],
+    threads,
     onLog: (x) => progress.log(`  ${x}`),
   });
   const bar = progress.bar(m.label, prompts.length * MODE_NAMES.length);
@@ -72,18 +43,9 @@ for (const m of benchModels(values.only)) {
   try {
     for (const [r, p] of prompts.entries()) {
       for (const mode of MODE_NAMES) {
-        const t0 = performance.now();
-        const out = await pipe.generate({
-          prompt: p.prompt,
-          height: size,
-          width: size,
-          steps,
-          seed: 1000 + p.index,
-          maxSequenceLength: textTokens,
-          mode,
-        });
-        ms[mode]?.push(performance.now() - t0);
-        const image = out.images[0];
+        const { result, ms: took } = await renderPartiPrompt(pipe, p, mode, { size, steps, textTokens });
+        ms[mode]?.push(took);
+        const image = result.images[0];
         if (!image) throw new Error(`no image for ${mode}`);
         cells[r]?.push(image.data);
         bar.tick(`${p.category}: ${mode}`);
@@ -136,7 +98,7 @@ const md = [
 writeResults(
   REPO,
   'grid',
-  { benchmark: 'grid', date, provider, machine, settings: { size, steps, textTokens }, prompts, results },
+  { benchmark: 'grid', date, provider, machine, settings: { size, steps, textTokens, threads }, prompts, results },
   md,
 );
 progress.stop();

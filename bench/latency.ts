@@ -17,10 +17,9 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadPipelineSettings } from '../src/config.ts';
-import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
+import { MODE_BENCH_OPTIONS, modeBenchSettings, openBenchPipeline } from './lib/bench-pipeline.ts';
 import { renderCharts } from './lib/charts.ts';
 import {
   benchModels,
@@ -36,26 +35,20 @@ import { createProgress } from './lib/progress.ts';
 
 const { values } = parseArgs({
   options: {
-    size: { type: 'string', default: '128' },
-    steps: { type: 'string', default: '8' },
-    text: { type: 'string', default: '64' },
+    ...MODE_BENCH_OPTIONS,
     warmup: { type: 'string', default: '5' },
     runs: { type: 'string', default: '10' },
-    threads: { type: 'string' },
-    only: { type: 'string' },
   },
 });
+const { threads, ...sizes } = modeBenchSettings(values);
 const settings = {
-  size: Number(values.size),
-  steps: Number(values.steps),
-  textTokens: Number(values.text),
+  ...sizes,
   warmup: Number(values.warmup),
   runs: Number(values.runs),
   batch: 1,
   prompt: 'A photograph of a red fox in a snowy forest at dawn',
   seed: 0,
 };
-const threads = values.threads ? Number(values.threads) : undefined;
 const progress = createProgress();
 const log = (m: string) => progress.log(m);
 
@@ -74,8 +67,7 @@ interface Row {
 
 async function benchModel(label: string, dir: string): Promise<Row[]> {
   log(`[${label}] loading every mode (compiles engines and plans on first use)`);
-  const pipe = await FluxPipeline.fromPretrained(dir, {
-    ...loadPipelineSettings(),
+  const pipe = await openBenchPipeline(dir, {
     modes: [...MODE_NAMES],
     threads,
     onLog: (m) => log(`  ${m}`),

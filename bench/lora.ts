@@ -17,11 +17,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadPipelineSettings } from '../src/config.ts';
-import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { loraModelSpec } from '../src/pipeline/lora/model-layers.ts';
 import type { FluxTransformerConfig } from '../src/shared/vocabulary/transformer-config.ts';
 import { type TensorInput, writeSafetensors } from '../src/shared/weights/index.ts';
+import { openBenchPipeline } from './lib/bench-pipeline.ts';
 import { createProgress } from './lib/progress.ts';
 import { describeMachine, writeResults } from './lib/results.ts';
 import { BENCH_CPU_CONFIG, writeSyntheticModel } from './lib/synthetic-model.ts';
@@ -105,8 +104,7 @@ async function benchModel(
     for (const n of ['a', 'b', 'c'])
       writeFullLora(join(loraDir, `switch_${n}.safetensors`), config, 32, n.charCodeAt(0));
     progress.log(`[${label}] loading ${modelDir} (compiles engines on first use)`);
-    const pipe = await FluxPipeline.fromPretrained(modelDir, {
-      ...loadPipelineSettings(),
+    const pipe = await openBenchPipeline(modelDir, {
       loraDir,
       modes: [],
       onLog: (m) => progress.log(`  ${m}`),

@@ -26,9 +26,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { EMBEDDED_MODEL_DIR, loadPipelineSettings } from '../src/config.ts';
+import { EMBEDDED_MODEL_DIR } from '../src/config.ts';
 import type { RgbImage } from '../src/pipeline/executor.ts';
-import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { stepCacheOf } from '../src/pipeline/flux/step-cache.ts';
 import { loadFluxTokenizers } from '../src/pipeline/flux/tokenize.ts';
 import {
@@ -42,6 +41,7 @@ import { caption, sampleCaptions } from '../src/shared/caption-grammar/grammar.t
 import { renderCaption } from '../src/shared/caption-grammar/render.ts';
 import { psnr, ssim } from '../src/shared/image-metrics.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
+import { openBenchPipeline } from './lib/bench-pipeline.ts';
 import { renderSvg } from './lib/charts.ts';
 import { imageGridPng } from './lib/image-grid.ts';
 import {
@@ -112,8 +112,7 @@ const meanAccuracy = (acc: Accuracy) => mean(ATTRIBUTES.flatMap((a) => (acc[a] ?
 log(
   `[${model}] ${captions.length} grammar prompts x ${modes.length} modes at ${settings.size}x${settings.size}, ${settings.steps} steps`,
 );
-const pipe = await FluxPipeline.fromPretrained(modelDir, {
-  ...loadPipelineSettings(),
+const pipe = await openBenchPipeline(modelDir, {
   modes,
   threads,
   onLog: (m) => log(`  ${m}`),

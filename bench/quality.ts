@@ -11,58 +11,21 @@
  *
  *   npm run bench:quality -- [--size 128] [--steps 8] [--text 64] [--per-category N] [--only tiny|synthetic]
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadPipelineSettings } from '../src/config.ts';
-import { FluxPipeline } from '../src/pipeline/flux/pipeline.ts';
 import { psnr, ssim } from '../src/shared/image-metrics.ts';
 import { MODE_NAMES } from '../src/shared/vocabulary/index.ts';
+import { MODE_BENCH_OPTIONS, modeBenchSettings, openBenchPipeline } from './lib/bench-pipeline.ts';
 import { renderCharts } from './lib/charts.ts';
-import { benchModels, machineInfo, mergeModes, providerInfo, REPO, RESULTS_DIR } from './lib/modes-report.ts';
+import { benchModels, machineInfo, mergeModes, providerInfo, RESULTS_DIR } from './lib/modes-report.ts';
+import { type PartiPrompt, perCategory, readPartiPrompts, renderPartiPrompt } from './lib/parti-prompts.ts';
 import { createProgress } from './lib/progress.ts';
 
-const { values } = parseArgs({
-  options: {
-    size: { type: 'string', default: '128' },
-    steps: { type: 'string', default: '8' },
-    text: { type: 'string', default: '64' },
-    'per-category': { type: 'string' },
-    threads: { type: 'string' },
-    only: { type: 'string' },
-  },
-});
-const size = Number(values.size);
-const steps = Number(values.steps);
-const textTokens = Number(values.text);
-const threads = values.threads ? Number(values.threads) : undefined;
+const { values } = parseArgs({ options: { ...MODE_BENCH_OPTIONS, 'per-category': { type: 'string' } } });
+const { size, steps, textTokens, threads } = modeBenchSettings(values);
 const progress = createProgress();
 const log = (m: string) => progress.log(m);
-
-interface Prompt {
-  index: number;
-  prompt: string;
-  category: string;
-}
-
-/** The subset file, in order. */
-function readPrompts(): Prompt[] {
-  const lines = readFileSync(join(REPO, 'bench/data/partiprompts-subset.tsv'), 'utf8').trim().split('\n').slice(1);
-  return lines.map((l, index) => {
-    const [prompt, category] = l.split('\t') as [string, string];
-    return { index, prompt, category };
-  });
-}
-
-/** The first `n` prompts of each category. */
-function perCategory(prompts: Prompt[], n: number): Prompt[] {
-  const seen = new Map<string, number>();
-  return prompts.filter((p) => {
-    const k = seen.get(p.category) ?? 0;
-    seen.set(p.category, k + 1);
-    return k < n;
-  });
-}
 
 interface ModeQuality {
   mode: string;
@@ -74,9 +37,8 @@ interface ModeQuality {
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
-async function benchModel(label: string, dir: string, prompts: Prompt[]): Promise<ModeQuality[]> {
-  const pipe = await FluxPipeline.fromPretrained(dir, {
-    ...loadPipelineSettings(),
+async function benchModel(label: string, dir: string, prompts: PartiPrompt[]): Promise<ModeQuality[]> {
+  const pipe = await openBenchPipeline(dir, {
     modes: [...MODE_NAMES],
     threads,
     onLog: (m) => log(`  ${m}`),
@@ -88,17 +50,8 @@ async function benchModel(label: string, dir: string, prompts: Prompt[]): Promis
     for (const mode of MODE_NAMES) {
       const out: { image: Float32Array; ms: number }[] = [];
       for (const p of prompts) {
-        const t0 = performance.now();
-        const r = await pipe.generate({
-          prompt: p.prompt,
-          height: size,
-          width: size,
-          steps,
-          seed: 1000 + p.index,
-          maxSequenceLength: textTokens,
-          mode,
-        });
-        out.push({ image: r.floatImages[0]!, ms: performance.now() - t0 });
+        const { result, ms } = await renderPartiPrompt(pipe, p, mode, { size, steps, textTokens });
+        out.push({ image: result.floatImages[0]!, ms });
         bar.tick(`${mode}: ${p.category}`);
       }
       images.set(mode, out);
@@ -124,7 +77,7 @@ async function benchModel(label: string, dir: string, prompts: Prompt[]): Promis
 }
 
 const date = new Date().toISOString();
-const all = readPrompts();
+const all = readPartiPrompts();
 const results: { model: string; prompts: number; rows: ModeQuality[] }[] = [];
 for (const m of benchModels(values.only)) {
   const n = values['per-category'] ? Number(values['per-category']) : m.label === 'flux-tiny' ? 2 : 1;

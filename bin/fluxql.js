@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // Entry point of the `fluxql` command. Production runs the compiled JavaScript (`npm run build` → dist/); a
 // development checkout whose sources are newer than that build (or that has none) runs the TypeScript sources
-// through tsx, a dev dependency. FLUXQL_FROM_SOURCE=1 forces the sources.
+// through tsx, a dev dependency. FLUXQL_FROM_SOURCE=1 forces the sources. This file is also the composition root
+// that hands the CLI its engine compiler: src/ never imports engines/compiler (docs/ARCHITECTURE.md).
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const compiled = join(root, 'dist', 'src', 'cli', 'main.js');
+const compiledCompiler = join(root, 'dist', 'engines', 'compiler', 'port.js');
 // Written by `npm run build` after tsc succeeds (tsc leaves its .tsbuildinfo untouched when nothing changed).
 const stamp = join(root, 'dist', 'BUILD');
 const sources = [join(root, 'src'), join(root, 'engines', 'compiler')];
@@ -31,8 +33,11 @@ function distIsCurrent() {
   return sources.every((dir) => newestSource(dir) <= built);
 }
 
+let cli;
+let compiler;
 if (distIsCurrent()) {
-  await import(pathToFileURL(compiled).href);
+  cli = await import(pathToFileURL(compiled).href);
+  compiler = await import(pathToFileURL(compiledCompiler).href);
 } else {
   let register;
   try {
@@ -44,5 +49,7 @@ if (distIsCurrent()) {
     process.exit(1);
   }
   register();
-  await import('../src/cli/main.ts');
+  cli = await import('../src/cli/main.ts');
+  compiler = await import('../engines/compiler/port.ts');
 }
+await cli.runCli(process.argv, { compiler: compiler.engineCompiler });

@@ -1,12 +1,13 @@
 /**
  * @file Composition root: the only module that wires every layer (config → pipeline executor → service → api).
- * The CLI's `serve` command calls {@link serveFromEnv}: one process ({@link startServer}, the default) or, for
- * scale-out over Redis, an API node ({@link startApiNode}) or an engine worker ({@link startWorkerNode}). Tests
- * call them with port 0.
+ * The CLI's `serve` command calls {@link serve} on its checked settings (`serve-settings.ts`): one process
+ * ({@link startServer}, the default) or, for scale-out over Redis, an API node ({@link startApiNode}) or an engine
+ * worker ({@link startWorkerNode}). Tests call them with port 0.
  */
 import { Authenticator, buildApp } from './api/index.ts';
-import { ConfigError, loadConfig, type ServerConfig } from './config.ts';
+import { ConfigError, type ServerConfig } from './config.ts';
 import { createLogger, type Logger } from './log.ts';
+import type { ServeSettings } from './serve-settings.ts';
 import { createGenerationService, type GenerationService, type StepExecutor } from './service/index.ts';
 import { resolveModelPath } from './shared/hub/index.ts';
 
@@ -259,35 +260,14 @@ async function serveHttp(service: GenerationService, config: ServerConfig, logge
   };
 }
 
-/** Options of the CLI's `serve` command. */
-export interface ServeOptions {
-  /**
-   * `all`: API and engine in one process, no Redis. `api`: a scale-out API node. `worker`: a scale-out engine
-   * worker. The last two need REDIS_URL. @default 'all'
-   */
-  role?: string;
-  /** `onnx` (ONNX Runtime worker) or `cuda` (the native engine); overrides ENGINE. @default ENGINE or 'onnx' */
-  engine?: string;
-}
+export type { ServeOptions } from './serve-settings.ts';
 
 /**
- * `fluxql serve`: reads the environment (see `config.ts`), starts the server, logs its URL and stops cleanly on
+ * `fluxql serve`: starts the server on checked settings (`serve-settings.ts`), logs its URL and stops cleanly on
  * SIGINT/SIGTERM: an HTTP node drains (new jobs refused, accepted ones finish within SHUTDOWN_GRACE_S, the rest are
  * cancelled), a worker stops (its queued jobs are cancelled, the running step finishes).
  */
-export async function serveFromEnv(options: ServeOptions = {}): Promise<StartedServer | StartedWorker> {
-  const role = options.role ?? 'all';
-  if (!['all', 'api', 'worker'].includes(role))
-    throw new ConfigError('--role', `"${role}" is not supported; use all, api or worker`);
-  if (options.engine && options.engine !== 'onnx' && options.engine !== 'cuda') {
-    throw new ConfigError('--engine', `"${options.engine}" is not supported; use onnx or cuda`);
-  }
-  const config = loadConfig(process.env, options.engine ? { engine: options.engine as 'onnx' | 'cuda' } : {});
-  if (role !== 'worker' && config.authRequired && !config.authToken)
-    throw new ConfigError(
-      'AUTH_TOKEN',
-      'required (AUTH_REQUIRED=1): set a secret token, or AUTH_REQUIRED=0 to serve an open API',
-    );
+export async function serve({ role, config }: ServeSettings): Promise<StartedServer | StartedWorker> {
   const logger = loggerOf(config);
   let node: StartedServer | StartedWorker;
   if (role === 'worker') {

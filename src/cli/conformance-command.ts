@@ -8,6 +8,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { FLUX_TINY_DIR, loadPipelineSettings } from '../config.ts';
+import type { EngineCompilerPort } from '../pipeline/flux/compiler-port.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import {
   type CaseResult,
@@ -27,6 +28,7 @@ import { DEFAULT_EDIT_FIXTURES_DIR, DEFAULT_FIXTURES_DIR } from './defaults.ts';
  * whose cases run on the same model after the others.
  */
 export async function conformanceReport(
+  compiler: EngineCompilerPort,
   fixtures: string,
   model: string | undefined,
   mode = 'original',
@@ -38,7 +40,13 @@ export async function conformanceReport(
   // LoRAs are read only from a LoRA folder: the fixture LoRAs (and a constructed BFL Control LoRA) are staged in one.
   const loraDir = index.lora_cases.length > 0 ? prepareLoraDir(fixtures, index, modelDir) : undefined;
   const { cacheDir, ortSpin } = loadPipelineSettings();
-  const pipe = await FluxPipeline.fromPretrained(modelDir, { cacheDir, ortSpin, modes: [mode], loraDir: loraDir?.dir });
+  const pipe = await FluxPipeline.fromPretrained(modelDir, {
+    compiler,
+    cacheDir,
+    ortSpin,
+    modes: [mode],
+    loraDir: loraDir?.dir,
+  });
   try {
     const run = { pipe, dir: fixtures, index, mode, limits: REFERENCE_LIMITS };
     const cases: CaseResult[] = [
@@ -58,15 +66,13 @@ export async function conformanceReport(
   }
 }
 
-export async function runConformance(args: {
-  fixtures: string;
-  model?: string;
-  mode: string;
-  editFixtures?: string;
-}): Promise<void> {
+export async function runConformance(
+  args: { fixtures: string; model?: string; mode: string; editFixtures?: string },
+  compiler: EngineCompilerPort,
+): Promise<void> {
   // The repository's edit fixtures belong with its reference fixtures (same model); another folder brings its own.
   const edits = args.editFixtures ?? (args.fixtures === DEFAULT_FIXTURES_DIR ? DEFAULT_EDIT_FIXTURES_DIR : undefined);
-  const report = await conformanceReport(args.fixtures, args.model, args.mode, edits);
+  const report = await conformanceReport(compiler, args.fixtures, args.model, args.mode, edits);
   process.stdout.write(`${JSON.stringify(report)}\n`);
   if (report.failed > 0) process.exitCode = 1;
 }

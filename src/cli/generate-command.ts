@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { loadPipelineSettings } from '../config.ts';
+import type { EngineCompilerPort } from '../pipeline/flux/compiler-port.ts';
 import { FluxPipeline } from '../pipeline/flux/pipeline.ts';
 import { parseProvider } from '../runtime/index.ts';
 import { decodeImageBytes } from '../service/media/control-image.ts';
@@ -32,7 +33,7 @@ interface GenerateArgs {
 
 const FORMATS: Record<string, ImageFormat> = { '.png': 'png', '.webp': 'webp', '.jpg': 'jpeg', '.jpeg': 'jpeg' };
 
-export async function runGenerate(args: GenerateArgs): Promise<void> {
+export async function runGenerate(args: GenerateArgs, compiler: EngineCompilerPort): Promise<void> {
   const format = FORMATS[extname(args.out).toLowerCase()];
   if (!format) throw new UsageError(`--out must end in .png, .webp, .jpg or .jpeg, got "${args.out}"`);
   const { width, height } = parseSize(args.size ?? defaultSizeFor(args.model));
@@ -52,6 +53,7 @@ export async function runGenerate(args: GenerateArgs): Promise<void> {
   const model = await resolveCliModel(args.model);
   const t0 = performance.now();
   const pipe = await FluxPipeline.fromPretrained(model, {
+    compiler,
     ...loadPipelineSettings(),
     provider: parseProvider(args.provider),
     modes: [args.mode],

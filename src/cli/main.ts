@@ -1,8 +1,10 @@
 /**
  * @file The `fluxql` command line: `generate`, `conformance`, `compile` and `serve`. Each command lives in its own
- * file; this one only declares them.
+ * file; this one only declares them. `bin/fluxql.js`, the composition root, runs {@link runCli} with the engine
+ * compiler (`engines/compiler/port.ts`), which `src/` never imports.
  */
 import { Command, Option } from 'commander';
+import type { EngineCompilerPort } from '../pipeline/flux/compiler-port.ts';
 import { PACKAGE_VERSION } from '../shared/package-root.ts';
 import { EXECUTION_PROVIDERS, MODE_NAMES, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { runCompile } from './compile-command.ts';
@@ -13,73 +15,86 @@ import { exitWithError } from './errors.ts';
 import { runGenerate } from './generate-command.ts';
 import { runServe } from './serve-command.ts';
 
-const program = new Command('fluxql')
-  .description('FLUX.1 inference server and tools')
-  .version(PACKAGE_VERSION, '-V, --version', 'print the version')
-  .showHelpAfterError();
-const provider = new Option('--provider <name>', 'ONNX Runtime execution provider')
-  .choices(EXECUTION_PROVIDERS)
-  .default('cpu');
+/** What the entry point hands the commands. */
+export interface CliDeps {
+  /** Builds engines for `generate`, `conformance` and `compile` (`serve`'s engine process brings its own). */
+  compiler: EngineCompilerPort;
+}
 
-program
-  .command('generate')
-  .description('generate an image from a prompt')
-  .requiredOption('-p, --prompt <text>', 'prompt')
-  .option('-o, --out <file>', 'output image (.png, .webp, .jpg)', 'out.png')
-  .option(
-    '-m, --model <dir>',
-    'model: a folder (diffusers or BFL files) or a Hugging Face id org/name[@revision]',
-    DEFAULT_MODEL_DIR,
-  )
-  .option('-s, --size <WxH>', 'image size, multiples of 16 (default: 256x256 on flux-mini, else 512x512)')
-  .option('--steps <n>', 'denoising steps', '28')
-  .option('--guidance <g>', 'guidance scale', '3.5')
-  .option('--seed <n>', 'seed', '0')
-  .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
-  .option('--max-sequence-length <n>', 'T5 tokens', '512')
-  .option('--image <file>', 'img2img / inpainting input image (resized to --size)')
-  .option('--mask <file>', 'inpainting mask, the size of --image (white = repaint)')
-  .option('--strength <s>', 'with --image: share of the schedule run, 0-1', '0.6')
-  .option('--negative-prompt <text>', 'true CFG negative prompt (with --true-cfg > 1)')
-  .option('--true-cfg <scale>', 'true CFG scale; > 1 with --negative-prompt runs the negative branch', '1')
-  .addOption(provider)
-  .action(runGenerate);
+/** Parses `argv` (as `process.argv`) and runs the command; errors are printed and set the exit code. */
+export async function runCli(argv: readonly string[], deps: CliDeps): Promise<void> {
+  const program = new Command('fluxql')
+    .description('FLUX.1 inference server and tools')
+    .version(PACKAGE_VERSION, '-V, --version', 'print the version')
+    .showHelpAfterError();
+  const provider = new Option('--provider <name>', 'ONNX Runtime execution provider')
+    .choices(EXECUTION_PROVIDERS)
+    .default('cpu');
 
-program
-  .command('conformance')
-  .description('check the pipeline against a directory of diffusers reference outputs (index.json)')
-  .option('-f, --fixtures <dir>', 'fixture directory with index.json (and optionally flux-tiny/)', DEFAULT_FIXTURES_DIR)
-  .option(
-    '--edit-fixtures <dir>',
-    "folder with edit_index.json (img2img, inpainting, true CFG); default: the repository's with the default --fixtures",
-  )
-  .option('-m, --model <dir>', 'model to test (default: <fixtures>/flux-tiny if present, else the embedded model)')
-  .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
-  .action(runConformance);
+  program
+    .command('generate')
+    .description('generate an image from a prompt')
+    .requiredOption('-p, --prompt <text>', 'prompt')
+    .option('-o, --out <file>', 'output image (.png, .webp, .jpg)', 'out.png')
+    .option(
+      '-m, --model <dir>',
+      'model: a folder (diffusers or BFL files) or a Hugging Face id org/name[@revision]',
+      DEFAULT_MODEL_DIR,
+    )
+    .option('-s, --size <WxH>', 'image size, multiples of 16 (default: 256x256 on flux-mini, else 512x512)')
+    .option('--steps <n>', 'denoising steps', '28')
+    .option('--guidance <g>', 'guidance scale', '3.5')
+    .option('--seed <n>', 'seed', '0')
+    .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
+    .option('--max-sequence-length <n>', 'T5 tokens', '512')
+    .option('--image <file>', 'img2img / inpainting input image (resized to --size)')
+    .option('--mask <file>', 'inpainting mask, the size of --image (white = repaint)')
+    .option('--strength <s>', 'with --image: share of the schedule run, 0-1', '0.6')
+    .option('--negative-prompt <text>', 'true CFG negative prompt (with --true-cfg > 1)')
+    .option('--true-cfg <scale>', 'true CFG scale; > 1 with --negative-prompt runs the negative branch', '1')
+    .addOption(provider)
+    .action((args) => runGenerate(args, deps.compiler));
 
-program
-  .command('compile')
-  .description('plan, compile and calibrate (or find cached) the ONNX engines of a model, ahead of serving')
-  .option('-m, --model <dir>', 'model folder or Hugging Face id org/name[@revision]', DEFAULT_MODEL_DIR)
-  .option('--mode <modes...>', `modes to build (planned ones are planned first): ${MODE_NAMES.join(' ')}`, [
-    REFERENCE_MODE,
-  ])
-  .action(runCompile);
+  program
+    .command('conformance')
+    .description('check the pipeline against a directory of diffusers reference outputs (index.json)')
+    .option(
+      '-f, --fixtures <dir>',
+      'fixture directory with index.json (and optionally flux-tiny/)',
+      DEFAULT_FIXTURES_DIR,
+    )
+    .option(
+      '--edit-fixtures <dir>',
+      "folder with edit_index.json (img2img, inpainting, true CFG); default: the repository's with the default --fixtures",
+    )
+    .option('-m, --model <dir>', 'model to test (default: <fixtures>/flux-tiny if present, else the embedded model)')
+    .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
+    .action((args) => runConformance(args, deps.compiler));
 
-program
-  .command('serve')
-  .description('start the GraphQL / REST server')
-  .option(
-    '--role <role>',
-    'process role: all (one process), api (scale-out API node) or worker (scale-out engine)',
-    'all',
-  )
-  .option('--engine <engine>', 'onnx (ONNX Runtime) or cuda (native engine)')
-  .addHelpText('after', formatEnvHelp())
-  .action(runServe);
+  program
+    .command('compile')
+    .description('plan, compile and calibrate (or find cached) the ONNX engines of a model, ahead of serving')
+    .option('-m, --model <dir>', 'model folder or Hugging Face id org/name[@revision]', DEFAULT_MODEL_DIR)
+    .option('--mode <modes...>', `modes to build (planned ones are planned first): ${MODE_NAMES.join(' ')}`, [
+      REFERENCE_MODE,
+    ])
+    .action((args) => runCompile(args, deps.compiler));
 
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
-  exitWithError(err);
+  program
+    .command('serve')
+    .description('start the GraphQL / REST server')
+    .option(
+      '--role <role>',
+      'process role: all (one process), api (scale-out API node) or worker (scale-out engine)',
+      'all',
+    )
+    .option('--engine <engine>', 'onnx (ONNX Runtime) or cuda (native engine)')
+    .addHelpText('after', formatEnvHelp())
+    .action(runServe);
+
+  try {
+    await program.parseAsync([...argv]);
+  } catch (err) {
+    exitWithError(err);
+  }
 }

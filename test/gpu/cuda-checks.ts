@@ -28,6 +28,7 @@ import { basename, join, resolve } from 'node:path';
 import { type Client, createClient } from 'graphql-ws';
 import sharp from 'sharp';
 import WebSocket from 'ws';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { CudaSampleLostError, type CudaStepExecutor, createCudaExecutor } from '../../src/pipeline/cuda-executor.ts';
 import type { FluxArgumentError } from '../../src/pipeline/flux/latents.ts';
 import { loadFluxTokenizers } from '../../src/pipeline/flux/tokenize.ts';
@@ -83,7 +84,7 @@ function ortReference(): Promise<Uint8Array[]> {
     // Imported here: only these checks need onnxruntime-node.
     const { FluxPipeline } = await import('../../src/pipeline/flux/pipeline.ts');
     const cacheDir = await mkdtemp(join(tmpdir(), 'fluxql-ort-cache-'));
-    const pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir });
+    const pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { compiler: engineCompiler, cacheDir });
     try {
       const r = await pipe.generate({
         prompts: [PROMPT, PROMPT],

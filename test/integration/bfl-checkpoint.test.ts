@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
 import { writeBflRepo } from '../../tools/bfl-checkpoint.ts';
 import { MODEL_DIR } from '../helpers/paths.ts';
@@ -22,7 +23,7 @@ function bflRepo(dtype: 'F32' | 'BF16'): string {
 const request = { prompt: 'a lighthouse in a storm', height: 64, width: 64, steps: 3, seed: 4 };
 
 async function generate(dir: string): Promise<Float32Array> {
-  const pipe = await FluxPipeline.fromPretrained(dir, { cacheDir });
+  const pipe = await FluxPipeline.fromPretrained(dir, { compiler: engineCompiler, cacheDir });
   try {
     return (await pipe.generate(request)).floatImages[0]!;
   } finally {

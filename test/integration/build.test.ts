@@ -1,10 +1,11 @@
 /**
  * The production build (`npm run build`: tsc with tsconfig.build.json) as the Docker image runs it: compiled into a
  * scratch folder, then started on plain Node with a hook that fails any import of tsx or of a `.ts` file. Covers the
- * CLI, `serve` with its ONNX engine process (engine-process/host.js from the build), and the entry-module helper.
+ * CLI, `serve` with its ONNX engine process (engine-process/entry.js from the build), and the entry-module helper.
  */
 import { execFile, spawn } from 'node:child_process';
 import {
+  copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -29,7 +30,9 @@ const NO_TSX = join(REPO_ROOT, 'test/fixtures/no-tsx/register.mjs');
 mkdirSync(join(REPO_ROOT, '.cache'), { recursive: true });
 const scratch = mkdtempSync(join(REPO_ROOT, '.cache', 'build-test-'));
 const dist = join(scratch, 'dist');
-const main = join(dist, 'src/cli/main.js');
+// The entry point beside the build, as in the image (no src/ next to it, so it picks dist/): it hands the CLI its
+// engine compiler (src/cli/main.ts only exports `runCli`).
+const main = join(scratch, 'bin/fluxql.js');
 
 /** Starts `node <args>` as `fluxql serve` and resolves with its URL once it listens. */
 function startServe(args: string[], env: Record<string, string>, cwd = REPO_ROOT) {
@@ -53,6 +56,8 @@ function startServe(args: string[], env: Record<string, string>, cwd = REPO_ROOT
 }
 
 beforeAll(async () => {
+  mkdirSync(join(scratch, 'bin'));
+  copyFileSync(join(REPO_ROOT, 'bin/fluxql.js'), main);
   const tsc = join(REPO_ROOT, 'node_modules/typescript/bin/tsc');
   const args = ['-p', join(REPO_ROOT, 'tsconfig.build.json'), '--outDir', dist];
   await run(process.execPath, [tsc, ...args, '--tsBuildInfoFile', join(scratch, '.tsbuildinfo')], { cwd: REPO_ROOT });
@@ -75,7 +80,8 @@ function jsFiles(dir: string): string[] {
 describe('production build', () => {
   it('emits JavaScript whose relative imports all name .js files', () => {
     const files = jsFiles(dist);
-    expect(files).toContain(join(dist, 'src/pipeline/engine-process/host.js'));
+    expect(files).toContain(join(dist, 'src/pipeline/engine-process/entry.js'));
+    expect(files).toContain(join(dist, 'engines/compiler/port.js'));
     const tsImports = files.flatMap((f) =>
       [...readFileSync(f, 'utf8').matchAll(/(?:from\s*|import\s*\(\s*)["'](\.[^"']*\.ts)["']/g)].map(
         (m) => `${f}: ${m[1]}`,

@@ -7,6 +7,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts';
 import type { SampleRequest } from '../../src/pipeline/executor.ts';
 import { concatFeatures, controlPixels } from '../../src/pipeline/flux/control.ts';
@@ -49,7 +50,13 @@ beforeAll(async () => {
     makeBflControlLora(TINY_CONFIG, { rank: 4, seed: 5, imgInChannels: 128 }),
   );
   copyFileSync(join(FIXTURES_DIR, 'lora_0_diffusers.safetensors'), join(loraDir, 'plain.safetensors'));
-  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir, loraDir, modes: ['original'], threads: 1 });
+  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, {
+    compiler: engineCompiler,
+    cacheDir,
+    loraDir,
+    modes: ['original'],
+    threads: 1,
+  });
 });
 afterAll(async () => {
   await pipe?.close();

@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { REFERENCE_LIMITS } from '../../src/cli/conformance/cases.ts';
 import { editCase, readEditIndex } from '../../src/cli/conformance/edit-cases.ts';
 import type { RgbImage } from '../../src/pipeline/executor.ts';
@@ -20,7 +21,7 @@ const cases = readEditIndex(DIR);
 const cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-edit-cache-'));
 let pipe: FluxPipeline;
 beforeAll(async () => {
-  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir });
+  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { compiler: engineCompiler, cacheDir });
 }, 600_000);
 afterAll(async () => {
   await pipe?.close();

@@ -5,6 +5,7 @@
  * without them the test is skipped with a message, so a fresh clone without the model stays green.
  */
 import { describe, expect, it } from 'vitest';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { FLUX_MINI_DIR, HAS_FLUX_MINI } from '../../src/config.ts';
 import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
 import { detect, judgeDetection } from '../../src/shared/caption-grammar/detector.ts';
@@ -23,7 +24,7 @@ if (!HAS_FLUX_MINI) {
 
 describe.skipIf(!HAS_FLUX_MINI)('flux-mini follows grammar prompts', () => {
   it('draws the asked background and object colors at 256x256, 12 steps', { timeout: 120_000 }, async () => {
-    const pipe = await FluxPipeline.fromPretrained(FLUX_MINI_DIR);
+    const pipe = await FluxPipeline.fromPretrained(FLUX_MINI_DIR, { compiler: engineCompiler });
     try {
       const r = await pipe.generate({
         prompts: PROMPTS.map(caption),

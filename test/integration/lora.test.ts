@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildLoraTransformerGraph } from '../../engines/compiler/flux/lora-transformer.ts';
 import { compileTransformer } from '../../engines/compiler/flux/transformer.ts';
 import { GraphBuilder } from '../../engines/compiler/onnx/graph-builder.ts';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { makeBflControlLora, mergeBflControl, writeMergedModel } from '../../src/cli/conformance/lora-reference.ts';
 import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
 import { concatIds, ropeTables } from '../../src/pipeline/flux/rope.ts';
@@ -56,7 +57,12 @@ beforeAll(async () => {
     join(loraDir, 'ctl2.safetensors'),
     makeBflControlLora(TINY_CONFIG, { rank: 5, seed: 22, norms: false }),
   );
-  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir, loraDir, modes: ['original'] });
+  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, {
+    compiler: engineCompiler,
+    cacheDir,
+    loraDir,
+    modes: ['original'],
+  });
 });
 afterAll(async () => {
   await pipe?.close();
@@ -101,7 +107,7 @@ describe('several LoRAs at once', () => {
     const l2 = makeBflControlLora(TINY_CONFIG, { rank: 5, seed: 22, norms: false });
     writeMergedModel(MODEL_DIR, dir1, TINY_CONFIG, mergeBflControl(MODEL_DIR, TINY_CONFIG, l1, 0.6));
     writeMergedModel(MODEL_DIR, dir2, TINY_CONFIG, mergeBflControl(dir1, TINY_CONFIG, l2, -0.4));
-    const merged = await FluxPipeline.fromPretrained(dir2, { cacheDir, modes: [] });
+    const merged = await FluxPipeline.fromPretrained(dir2, { compiler: engineCompiler, cacheDir, modes: [] });
     try {
       const set = [
         { name: 'ctl1', strength: 0.6 },

@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { FLUX_TINY_DIR } from '../../src/config.ts';
 import { planPath } from '../../src/pipeline/flux/elastic-plan.ts';
 import { defaultCacheDir, openModelSource } from '../../src/pipeline/flux/engine-cache.ts';
@@ -78,7 +79,10 @@ describe('models: measured quality and plan', () => {
     });
     // The plan M was compiled from (written by the planner on first use; the server shares this process's cache).
     const planFile = JSON.parse(
-      readFileSync(planPath(defaultCacheDir(), { source: openModelSource(FLUX_TINY_DIR) }), 'utf8'),
+      readFileSync(
+        planPath(defaultCacheDir(), { compiler: engineCompiler, source: openModelSource(FLUX_TINY_DIR) }),
+        'utf8',
+      ),
     ) as { plans: Record<string, { entries: { layer: string; algorithm: string; error: number; gainMs: number }[] }> };
     const entries = planFile.plans.M?.entries ?? [];
     expect(entries.length).toBeGreaterThan(0);

@@ -6,6 +6,7 @@ import { cpSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { engineCompiler } from '../../engines/compiler/port.ts';
 import { FluxPipeline } from '../../src/pipeline/flux/pipeline.ts';
 import { MODEL_DIR } from '../helpers/paths.ts';
 
@@ -13,7 +14,7 @@ const cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-cache-'));
 let pipe: FluxPipeline;
 
 beforeAll(async () => {
-  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir });
+  pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { compiler: engineCompiler, cacheDir });
 });
 afterAll(async () => {
   await pipe?.close();
@@ -75,7 +76,11 @@ describe('FluxPipeline', () => {
 
   it('reuses cached engines on the next load without recompiling', async () => {
     const logs: string[] = [];
-    const again = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir, onLog: (m) => logs.push(m) });
+    const again = await FluxPipeline.fromPretrained(MODEL_DIR, {
+      compiler: engineCompiler,
+      cacheDir,
+      onLog: (m) => logs.push(m),
+    });
     await again.close();
     expect(logs).toEqual([]);
     expect(readdirSync(join(cacheDir, 'components')).filter((d) => !d.includes('.tmp-')).length).toBe(4);
@@ -90,13 +95,15 @@ describe('bad model files', () => {
   };
 
   it('names a missing model folder', async () => {
-    await expect(FluxPipeline.fromPretrained('/nonexistent/flux', { cacheDir })).rejects.toThrow(/\/nonexistent\/flux/);
+    await expect(
+      FluxPipeline.fromPretrained('/nonexistent/flux', { compiler: engineCompiler, cacheDir }),
+    ).rejects.toThrow(/\/nonexistent\/flux/);
   });
 
   it('names a truncated weights file', async () => {
     const dir = copy();
     truncateSync(join(dir, 'transformer/diffusion_pytorch_model.safetensors'), 100);
-    await expect(FluxPipeline.fromPretrained(dir, { cacheDir })).rejects.toThrow(
+    await expect(FluxPipeline.fromPretrained(dir, { compiler: engineCompiler, cacheDir })).rejects.toThrow(
       /transformer\/diffusion_pytorch_model\.safetensors/,
     );
   });
@@ -106,12 +113,16 @@ describe('bad model files', () => {
     const cfgPath = join(dir, 'transformer/config.json');
     const cfg = JSON.parse((await import('node:fs')).readFileSync(cfgPath, 'utf8'));
     writeFileSync(cfgPath, JSON.stringify({ ...cfg, joint_attention_dim: 48 }));
-    await expect(FluxPipeline.fromPretrained(dir, { cacheDir })).rejects.toThrow(/context_embedder/);
+    await expect(FluxPipeline.fromPretrained(dir, { compiler: engineCompiler, cacheDir })).rejects.toThrow(
+      /context_embedder/,
+    );
   });
 
   it('names a missing tokenizer file', async () => {
     const dir = copy();
     rmSync(join(dir, 'tokenizer/merges.txt'));
-    await expect(FluxPipeline.fromPretrained(dir, { cacheDir })).rejects.toThrow(/merges\.txt/);
+    await expect(FluxPipeline.fromPretrained(dir, { compiler: engineCompiler, cacheDir })).rejects.toThrow(
+      /merges\.txt/,
+    );
   });
 });

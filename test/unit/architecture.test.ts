@@ -2,10 +2,12 @@
  * Import rules of the whole repository (`src/`, `engines/`, `bench/`, `tools/`, `test/`):
  * - src/ layers (docs/ARCHITECTURE.md): onnxruntime-node only under src/runtime/, GraphQL libraries only under src/api/,
  *   data flowing one way (api → service → pipeline → runtime), the environment read only in src/config.ts.
- * - `engines/compiler` is a build-time tool: src/ reaches it only through `engines/compiler/index.ts`, from the build
- *   path (`BUILD_PATH`); everything else the two share is the vocabulary in src/shared/vocabulary/ and the
- *   manifests. The compiler reaches back only into src/shared/ and the runtime's public API (src/runtime/index.ts).
- * - Nothing outside test/ imports test/; src/ imports nothing outside src/ but the compiler's entry point.
+ * - `engines/compiler` is a build-time tool: src/ does not import it. The pipeline sees it as a port
+ *   (src/pipeline/flux/compiler-port.ts) that composition roots fill with `engines/compiler/port.ts`; those roots are
+ *   outside src/ (bin/fluxql.js, benches, tests) except one (`ENGINE_ENTRY`, see there). Everything else the two share
+ *   is the vocabulary in src/shared/vocabulary/ and the manifests. The compiler reaches back only into src/shared/ and
+ *   the runtime's public API (src/runtime/index.ts).
+ * - Nothing outside test/ imports test/; src/ imports nothing outside src/ but that one composition root's import.
  * Each rule is a function over the import graph, checked against the real tree and against a graph that breaks it.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -46,18 +48,22 @@ const under = (path: string, dir: string) => path === dir || path.startsWith(`${
 const edges = (g: FileImports[]) => g.flatMap((f) => f.specs.map((s) => ({ file: f.file, ...s })));
 const show = (e: { file: string; spec: string }) => `${e.file} → ${e.spec}`;
 
-/** The only src/ files that run the compiler (through its entry point): `fluxql compile` and the mode warm-up. */
-const BUILD_PATH = ['src/pipeline/flux/engine-cache.ts', 'src/pipeline/flux/elastic-plan.ts'];
-const COMPILER_ENTRY = 'engines/compiler/index.ts';
+/**
+ * The one src/ file allowed to import the compiler, and only its port object: the entry module of the ONNX engine
+ * child process. The child is started from that file (it has no caller to be handed the compiler by), and the
+ * pipeline it hosts compiles and plans the modes the server warms up. Every other composition root is outside src/.
+ */
+const ENGINE_ENTRY = 'src/pipeline/engine-process/entry.ts';
+const COMPILER_PORT = 'engines/compiler/port.ts';
+const isEngineEntryEdge = (e: { file: string; target?: string }) =>
+  e.file === ENGINE_ENTRY && e.target === COMPILER_PORT;
 
-/** src/ ↔ engines/compiler only through the entry point (from the build path), the vocabulary and the manifests. */
+/** src/ ↔ engines/compiler only through the port's one wiring, the vocabulary and the manifests. */
 function compilerBoundary(g: FileImports[]): string[] {
   return edges(g)
     .filter((e) => e.target)
     .filter((e) => {
-      if (under(e.file, 'src') && under(e.target!, 'engines')) {
-        return !(e.target === COMPILER_ENTRY && BUILD_PATH.includes(e.file));
-      }
+      if (under(e.file, 'src') && under(e.target!, 'engines')) return !isEngineEntryEdge(e);
       if (under(e.file, 'engines/compiler') && under(e.target!, 'src')) {
         return !(under(e.target!, 'src/shared') || e.target === 'src/runtime/index.ts');
       }
@@ -73,10 +79,10 @@ function testImports(g: FileImports[]): string[] {
     .map(show);
 }
 
-/** src/ imports nothing else of the repository but the compiler's entry point. */
+/** src/ imports nothing else of the repository but the engine entry's compiler port. */
 function srcSelfContained(g: FileImports[]): string[] {
   return edges(g)
-    .filter((e) => e.target && under(e.file, 'src') && !under(e.target, 'src') && e.target !== COMPILER_ENTRY)
+    .filter((e) => e.target && under(e.file, 'src') && !under(e.target, 'src') && !isEngineEntryEdge(e))
     .map(show);
 }
 
@@ -124,18 +130,22 @@ describe('architecture', () => {
     ).toHaveLength(1);
   });
 
-  it('reaches engines/compiler from src/ only through its entry point, the vocabulary and the manifests', () => {
+  it('reaches engines/compiler from src/ only through the port, the vocabulary and the manifests', () => {
     expect(compilerBoundary(graph)).toEqual([]);
-    // What the rule catches: a deep import either way, and the entry point from outside the build path.
+    // What the rule catches: a deep import either way, the compiler's API from the pipeline (as engine-cache.ts and
+    // elastic-plan.ts once did), and the port from anywhere in src/ but the engine entry.
     const broken: FileImports[] = [
       { file: 'src/pipeline/lora/feeds.ts', specs: [{ spec: 'x', target: 'engines/compiler/flux/lora-policy.ts' }] },
-      { file: 'src/service/models.ts', specs: [{ spec: 'x', target: COMPILER_ENTRY }] },
+      { file: 'src/pipeline/flux/engine-cache.ts', specs: [{ spec: 'x', target: 'engines/compiler/index.ts' }] },
+      { file: 'src/service/models.ts', specs: [{ spec: 'x', target: COMPILER_PORT }] },
+      { file: 'src/cli/main.ts', specs: [{ spec: 'x', target: COMPILER_PORT }] },
       { file: 'engines/compiler/compile.ts', specs: [{ spec: 'x', target: 'src/pipeline/flux/pipeline.ts' }] },
       { file: 'engines/compiler/planner/measure.ts', specs: [{ spec: 'x', target: 'src/runtime/session.ts' }] },
     ];
-    expect(compilerBoundary(broken)).toHaveLength(4);
+    expect(compilerBoundary(broken)).toHaveLength(6);
+    expect(srcSelfContained(broken.filter((f) => under(f.file, 'src')))).toHaveLength(4);
     const allowed: FileImports[] = [
-      { file: BUILD_PATH[0]!, specs: [{ spec: 'x', target: COMPILER_ENTRY }] },
+      { file: ENGINE_ENTRY, specs: [{ spec: 'x', target: COMPILER_PORT }] },
       { file: 'engines/compiler/compile.ts', specs: [{ spec: 'x', target: 'src/shared/vocabulary/modes.ts' }] },
       { file: 'engines/compiler/planner/measure.ts', specs: [{ spec: 'x', target: 'src/runtime/index.ts' }] },
     ];

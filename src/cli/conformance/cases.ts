@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { FluxPipeline } from '../../pipeline/flux/pipeline.ts';
+import type { FluxPipeline, GenerateOptions } from '../../pipeline/flux/pipeline.ts';
 import { stack } from '../../pipeline/flux/sample-state.ts';
 import { maxAbsDiff, mismatches, relativeError } from '../../shared/tensor-metrics.ts';
 import { openSafetensors, type SafetensorsFile } from '../../shared/weights/index.ts';
@@ -122,6 +122,38 @@ export function readTransformerInputs(path: string): Parameters<FluxPipeline['fo
   }));
 }
 
+/**
+ * Runs `request` on `pipe` and compares it with the reference run in `f`: the latents after every step
+ * (`latents_after_step_<i>`, relative error) and the decoded image (`image`, `[B, 3, H, W]`, max abs diff), named
+ * `<name>.latents_after_step_<i>` and `<name>.image`. `optionalSteps`: a step the file does not hold is skipped
+ * (the caller counts steps itself); otherwise it is an error. Returns the results and the number of steps run.
+ */
+export async function trajectoryCase(
+  pipe: FluxPipeline,
+  request: Omit<GenerateOptions, 'onStep'>,
+  f: SafetensorsFile,
+  name: string,
+  limits: Limits,
+  optionalSteps = false,
+): Promise<{ results: CaseResult[]; stepsRun: number }> {
+  const steps: Float32Array[] = [];
+  const res = await pipe.generate({
+    ...request,
+    onStep: (_step, _total, latents) => {
+      steps.push(stack(latents)); // [B, L, C]
+    },
+  });
+  const has = new Set(f.names());
+  const results = steps.flatMap((l, i) => {
+    const key = `latents_after_step_${i}`;
+    if (optionalSteps && !has.has(key)) return [];
+    return [result(`${name}.${key}`, 'rel_error', relativeError(l, f.readF32(key)), limits.rel)];
+  });
+  const image = maxAbsDiff(stack(res.floatImages), f.readF32('image')); // [B, 3, H, W]
+  results.push(result(`${name}.image`, 'max_abs_diff', image, limits.image));
+  return { results, stepsRun: steps.length };
+}
+
 /** A whole generation from explicit starting noise: sigmas, every step's latents, the decoded image. */
 export async function pipelineCase(
   pipe: FluxPipeline,
@@ -133,9 +165,8 @@ export async function pipelineCase(
 ): Promise<CaseResult[]> {
   const f = openSafetensors(join(dir, c.file));
   try {
-    const out: CaseResult[] = [];
-    const stepLatents: Float32Array[] = [];
-    const res = await pipe.generate({
+    const name = `pipeline[${n}]`;
+    const request = {
       prompts: c.prompts,
       height: c.height,
       width: c.width,
@@ -144,26 +175,10 @@ export async function pipelineCase(
       latents: f.readF32('initial_latents_packed'),
       maxSequenceLength: c.max_sequence_length ?? 512,
       mode,
-      onStep: (_step, _total, latents) => {
-        stepLatents.push(stack(latents)); // [B, L, C]
-      },
-    });
-    const name = `pipeline[${n}]`;
+    };
+    const { results } = await trajectoryCase(pipe, request, f, name, limits);
     const state = await pipe.prepareScheduleOnly(c.steps, c.height, c.width);
-    out.push(result(`${name}.sigmas`, 'max_abs_diff', maxAbsDiff(state.sigmas, f.readF32('sigmas')), 1e-6));
-    stepLatents.forEach((l, i) => {
-      out.push(
-        result(
-          `${name}.latents_after_step_${i}`,
-          'rel_error',
-          relativeError(l, f.readF32(`latents_after_step_${i}`)),
-          limits.rel,
-        ),
-      );
-    });
-    const images = stack(res.floatImages); // [B, 3, H, W]
-    out.push(result(`${name}.image`, 'max_abs_diff', maxAbsDiff(images, f.readF32('image')), limits.image));
-    return out;
+    return [result(`${name}.sigmas`, 'max_abs_diff', maxAbsDiff(state.sigmas, f.readF32('sigmas')), 1e-6), ...results];
   } finally {
     f.close();
   }

@@ -12,11 +12,11 @@ import { z } from 'zod';
 import type { RgbImage } from '../../pipeline/executor.ts';
 import { maskLatents } from '../../pipeline/flux/edit.ts';
 import { latentGrid } from '../../pipeline/flux/latents.ts';
-import type { FluxPipeline } from '../../pipeline/flux/pipeline.ts';
+import type { FluxPipeline, GenerateOptions } from '../../pipeline/flux/pipeline.ts';
 import { stack } from '../../pipeline/flux/sample-state.ts';
-import { maxAbsDiff, relativeError } from '../../shared/tensor-metrics.ts';
+import { maxAbsDiff } from '../../shared/tensor-metrics.ts';
 import { openSafetensors } from '../../shared/weights/index.ts';
-import { type CaseResult, type Limits, result } from './cases.ts';
+import { type CaseResult, type Limits, result, trajectoryCase } from './cases.ts';
 
 const editCaseSchema = z.object({
   kind: z.enum(['img2img', 'inpaint', 'true_cfg']),
@@ -98,8 +98,7 @@ export async function editCase(
         result(`${name}.mask_latents`, 'max_abs_diff', maxAbsDiff(stack(got), f.readF32('mask_latents_packed')), 0),
       );
     }
-    const steps: Float32Array[] = [];
-    const res = await pipe.generate({
+    const request: Omit<GenerateOptions, 'onStep'> = {
       prompts: c.prompts,
       height: c.height,
       width: c.width,
@@ -112,19 +111,11 @@ export async function editCase(
       ...(images ? { image: images, strength: c.strength } : {}),
       ...(masks ? { mask: masks } : {}),
       ...(c.negative ? { negativePrompt: c.negative, trueCfgScale: c.true_cfg } : {}),
-      onStep: (_s, _t, latents) => {
-        steps.push(stack(latents)); // [B, L, C]
-      },
-    });
-    out.push(result(`${name}.steps_run`, 'mismatched_values', Math.abs(steps.length - c.steps_run), 0));
-    steps.forEach((l, i) => {
-      if (!has.has(`latents_after_step_${i}`)) return; // counted by steps_run
-      const err = relativeError(l, f.readF32(`latents_after_step_${i}`));
-      out.push(result(`${name}.latents_after_step_${i}`, 'rel_error', err, limits.rel));
-    });
-    const image = maxAbsDiff(stack(res.floatImages), f.readF32('image')); // [B, 3, H, W]
-    out.push(result(`${name}.image`, 'max_abs_diff', image, limits.image));
-    return out;
+    };
+    // Steps the file does not hold are counted by steps_run.
+    const { results, stepsRun } = await trajectoryCase(pipe, request, f, name, limits, true);
+    out.push(result(`${name}.steps_run`, 'mismatched_values', Math.abs(stepsRun - c.steps_run), 0));
+    return [...out, ...results];
   } finally {
     f.close();
   }

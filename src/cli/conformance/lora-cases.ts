@@ -89,7 +89,7 @@ async function controlCase({ pipe, mode, limits }: FixtureRun, x: Inputs, model:
   try {
     const lora = makeBflControlLora(config, { rank: CONTROL_LORA.rank });
     writeMergedModel(model, dir, config, mergeBflControl(model, config, lora, CONTROL_LORA.strength));
-    const merged = await FluxPipeline.fromPretrained(dir, { modes: [mode] });
+    const merged = await FluxPipeline.fromPretrained(dir, { compiler: pipe.compiler, modes: [mode] });
     let reference: Float32Array;
     try {
       reference = await merged.forwardTransformer(x, mode);

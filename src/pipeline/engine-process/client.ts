@@ -1,5 +1,5 @@
 /**
- * @file {@link startOnnxEngine}: one ONNX engine child process (`host.ts`) as a {@link StepExecutor}. It dies for
+ * @file {@link startOnnxEngine}: one ONNX engine child process (`entry.ts`, `host.ts`) as a {@link StepExecutor}. It dies for
  * good with its process: every pending call and every later one then rejects with the process's
  * `EngineExitedError`. Restarting is the supervisor's job (`../supervisor.ts`).
  */
@@ -20,8 +20,11 @@ export interface EngineInstance extends StepExecutor {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Options of {@link startOnnxEngine}: the executor's, minus callbacks (they cannot cross a process). */
-export type OnnxEngineOptions = Omit<FluxExecutorOptions, 'onLog'> & {
+/**
+ * Options of {@link startOnnxEngine}: the executor's, minus callbacks and the compiler (they cannot cross a process;
+ * the child's entry brings its own compiler).
+ */
+export type OnnxEngineOptions = Omit<FluxExecutorOptions, 'onLog' | 'compiler'> & {
   /** Lines the engine process writes to stderr. @default written to this process's stderr */
   onLog?: (line: string) => void;
   /** Environment of the engine process. @default process.env */
@@ -31,8 +34,8 @@ export type OnnxEngineOptions = Omit<FluxExecutorOptions, 'onLog'> & {
 /** Starts the process and waits until the model is loaded (engines compiled or taken from the cache). */
 export async function startOnnxEngine(options: OnnxEngineOptions): Promise<EngineInstance> {
   const { onLog, env, ...executorOptions } = options;
-  // A compiled build runs host.js directly; from sources the child gets the tsx loader (`--import tsx`).
-  const entry = resolveEntryModule('./host.ts', import.meta.url);
+  // A compiled build runs entry.js directly; from sources the child gets the tsx loader (`--import tsx`).
+  const entry = resolveEntryModule('./entry.ts', import.meta.url);
   const proc = FramedProcess.start({
     name: 'ONNX engine',
     command: process.execPath,

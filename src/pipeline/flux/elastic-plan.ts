@@ -11,17 +11,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  COMPILER_VERSION,
-  type Measurements,
-  measureLayers,
-  type PlannerInput,
-  planModes,
-} from '../../../engines/compiler/index.ts';
 import type { HostTensor } from '../../runtime/index.ts';
 import { isPlannedMode, MODE_NAMES, type ModeSpec, resolveMode } from '../../shared/vocabulary/modes.ts';
 import type { ModePlan } from '../../shared/vocabulary/plan-types.ts';
-import type { FluxTransformerConfig } from '../../shared/vocabulary/transformer-config.ts';
+import type { ComponentWeights } from '../../shared/weights/index.ts';
+import type { EngineCompilerPort } from './compiler-port.ts';
 import type { SampleState } from './sample-state.ts';
 
 /** Bump when measurement or planning changes in a way that must invalidate cached plans. */
@@ -38,16 +32,10 @@ export const CALIBRATION = {
   timing: { image: 64, text: 64 },
 } as const;
 
-/** What the pipeline lends the planner: its original engine, through these calls. */
+/** What the pipeline lends the planner: its original engine, through these calls, and its compiler. */
 export interface CalibrationSource {
-  readonly source: {
-    name: string;
-    repo: {
-      components: {
-        transformer: { fingerprint: string; config: unknown; open(): PlannerInput['weights'] & { close(): void } };
-      };
-    };
-  };
+  readonly source: { name: string; repo: { components: { transformer: ComponentWeights } } };
+  readonly compiler: Pick<EngineCompilerPort, 'version' | 'planModes'>;
   prepare(
     requests: {
       prompt: string;
@@ -65,17 +53,18 @@ export interface CalibrationSource {
 
 interface PlanFile {
   planner: string;
-  measurements: Measurements;
+  /** The compiler's per-layer record (opaque here). */
+  measurements: unknown;
   plans: Record<string, ModePlan>;
 }
 
 /** Where the plans of `pipe`'s model are cached under `cacheDir`. */
-export function planPath(cacheDir: string, pipe: Pick<CalibrationSource, 'source'>): string {
+export function planPath(cacheDir: string, pipe: Pick<CalibrationSource, 'source' | 'compiler'>): string {
   const t = pipe.source.repo.components.transformer;
   const xl = resolveMode('XL').transformer;
   const key = createHash('sha256')
     .update(
-      `${COMPILER_VERSION}|${PLANNER_VERSION}|${t.fingerprint}|${JSON.stringify(xl)}|${JSON.stringify(CALIBRATION)}`,
+      `${pipe.compiler.version}|${PLANNER_VERSION}|${t.fingerprint}|${JSON.stringify(xl)}|${JSON.stringify(CALIBRATION)}`,
     )
     .digest('hex')
     .slice(0, 16);
@@ -87,7 +76,10 @@ export function planPath(cacheDir: string, pipe: Pick<CalibrationSource, 'source
  * The plans already cached for `pipe`'s model under `cacheDir`, by mode (only those `ensurePlan` would reuse: a
  * planned mode with the same budget); `{}` without a cache file or when it cannot be read. Never plans.
  */
-export function cachedPlans(pipe: Pick<CalibrationSource, 'source'>, cacheDir: string): Record<string, ModePlan> {
+export function cachedPlans(
+  pipe: Pick<CalibrationSource, 'source' | 'compiler'>,
+  cacheDir: string,
+): Record<string, ModePlan> {
   const path = planPath(cacheDir, pipe);
   if (!existsSync(path)) return {};
   let file: PlanFile;
@@ -144,34 +136,26 @@ export async function ensurePlan(
     const plan = file.plans[mode.name];
     if (plan && plan.budget === mode.errorBudget) return plan;
   }
-  const t = pipe.source.repo.components.transformer;
   options.onLog?.(`planning modes of ${pipe.source.name} (per-layer measurements, once per model)`);
   const feeds = await calibrationFeeds(pipe);
-  const weights = t.open();
-  try {
-    const input: PlannerInput = {
-      weights,
-      config: t.config as FluxTransformerConfig,
-      graph: { ...resolveMode('XL').transformer },
-      feeds,
-      timing: CALIBRATION.timing,
-      threads: options.threads,
-      onLog: options.onLog,
-    };
-    const measurements = await measureLayers(input);
-    const budgets = Object.fromEntries(
-      MODE_NAMES.map(resolveMode)
-        .filter(isPlannedMode)
-        .map((m) => [m.name, m.errorBudget!]),
-    );
-    const plans = await planModes(input, measurements, budgets);
-    const file: PlanFile = { planner: PLANNER_VERSION, measurements, plans };
-    mkdirSync(join(cacheDir, 'plans'), { recursive: true });
-    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    writeFileSync(tmp, JSON.stringify(file, null, 2));
-    renameSync(tmp, path);
-    return plans[mode.name];
-  } finally {
-    weights.close();
-  }
+  const budgets = Object.fromEntries(
+    MODE_NAMES.map(resolveMode)
+      .filter(isPlannedMode)
+      .map((m) => [m.name, m.errorBudget!]),
+  );
+  const { measurements, plans } = await pipe.compiler.planModes({
+    transformer: pipe.source.repo.components.transformer,
+    graph: { ...resolveMode('XL').transformer },
+    feeds,
+    timing: CALIBRATION.timing,
+    budgets,
+    threads: options.threads,
+    onLog: options.onLog,
+  });
+  const file: PlanFile = { planner: PLANNER_VERSION, measurements, plans };
+  mkdirSync(join(cacheDir, 'plans'), { recursive: true });
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  writeFileSync(tmp, JSON.stringify(file, null, 2));
+  renameSync(tmp, path);
+  return plans[mode.name];
 }

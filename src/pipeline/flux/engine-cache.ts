@@ -1,14 +1,15 @@
 /**
  * @file Where the pipeline finds its compiled engines: resolves the model repository once, then asks the engine
- * compiler for the manifest of a mode (built on first use, cached on disk across restarts).
+ * compiler (through its port, `compiler-port.ts`) for the manifest of a mode (built on first use, cached on disk
+ * across restarts).
  */
 import { resolve } from 'node:path';
-import { compileEngine, compileVaeEncoder } from '../../../engines/compiler/index.ts';
 import { hubRepoOfSnapshot } from '../../shared/hub/index.ts';
 import { PACKAGE_ROOT } from '../../shared/package-root.ts';
 import { MODE_NAMES } from '../../shared/vocabulary/modes.ts';
 import type { ModePlan } from '../../shared/vocabulary/plan-types.ts';
 import { type ModelRepo, resolveModelRepo } from '../../shared/weights/index.ts';
+import type { EngineCompilerPort } from './compiler-port.ts';
 import { type FlowMatchConfig, parseSchedulerConfig } from './schedule.ts';
 import type { FluxTokenizerPaths } from './tokenize.ts';
 
@@ -49,6 +50,7 @@ export function openModelSource(path: string): ModelSource {
 
 /** Manifest path of `mode`, compiling it when not cached. */
 export async function ensureEngine(
+  compiler: EngineCompilerPort,
   source: ModelSource,
   options: {
     mode: string;
@@ -60,7 +62,7 @@ export async function ensureEngine(
     plan?: ModePlan;
   },
 ): Promise<string> {
-  return compileEngine(source.repo, {
+  return compiler.compileEngine(source.repo, {
     mode: options.mode,
     cacheDir: options.cacheDir ?? defaultCacheDir(),
     onLog: options.onLog,
@@ -72,8 +74,12 @@ export async function ensureEngine(
 
 /** The VAE encoder's ONNX file (img2img and inpainting), compiling it when not cached. */
 export async function ensureVaeEncoder(
+  compiler: EngineCompilerPort,
   source: ModelSource,
   options: { cacheDir?: string; onLog?: (m: string) => void },
 ): Promise<string> {
-  return compileVaeEncoder(source.repo, { cacheDir: options.cacheDir ?? defaultCacheDir(), onLog: options.onLog });
+  return compiler.compileVaeEncoder(source.repo, {
+    cacheDir: options.cacheDir ?? defaultCacheDir(),
+    onLog: options.onLog,
+  });
 }

@@ -6,6 +6,7 @@
  */
 import type { Engine, EngineLoader, EngineManifest, Session } from '../../runtime/index.ts';
 import { type ModePlan, type ModeSpec, REFERENCE_MODE, resolveModeFor } from '../../shared/vocabulary/index.ts';
+import type { EngineCompilerPort } from './compiler-port.ts';
 import { ensureEngine, ensureVaeEncoder, type ModelSource } from './engine-cache.ts';
 
 /** Which engine of a mode: the plain one, or the LoRA-enabled one (optionally control-capable, BFL Control LoRAs). */
@@ -31,7 +32,7 @@ export class EngineRegistry {
   constructor(
     private readonly source: ModelSource,
     private readonly loader: EngineLoader,
-    private readonly options: { cacheDir?: string; onLog?: (message: string) => void },
+    private readonly options: { compiler: EngineCompilerPort; cacheDir?: string; onLog?: (message: string) => void },
     private readonly hooks: EngineBuildHooks,
   ) {}
 
@@ -55,7 +56,7 @@ export class EngineRegistry {
         .then(() => resolveModeFor(mode, this.source.name, this.source.modes))
         .then((spec) => this.hooks.plan(spec))
         .then((plan) =>
-          ensureEngine(this.source, {
+          ensureEngine(this.options.compiler, this.source, {
             mode,
             cacheDir: this.options.cacheDir,
             onLog: this.options.onLog,
@@ -86,7 +87,7 @@ export class EngineRegistry {
 
   /** The VAE encoder of the model (img2img, inpainting), compiled and opened on first use. */
   async imageEncoder(): Promise<Session> {
-    this.encoderPath ??= ensureVaeEncoder(this.source, this.options);
+    this.encoderPath ??= ensureVaeEncoder(this.options.compiler, this.source, this.options);
     const path = await this.encoderPath.catch((err) => {
       this.encoderPath = undefined;
       throw err;

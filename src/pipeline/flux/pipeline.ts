@@ -22,6 +22,7 @@ import type { RgbImage, SampleRequest } from '../executor.ts';
 import { floatImageToRgb } from '../image.ts';
 import type { LoraManager } from '../lora/lora-manager.ts';
 import type { LoraSelection } from '../lora/types.ts';
+import type { EngineCompilerPort } from './compiler-port.ts';
 import { forwardTransformer, scheduleFor, type TransformerInputs } from './conformance-entry.ts';
 import { ensurePlan } from './elastic-plan.ts';
 import { defaultCacheDir, type ModelSource, openModelSource } from './engine-cache.ts';
@@ -36,6 +37,8 @@ import { type FluxTokenizers, loadFluxTokenizers } from './tokenize.ts';
 
 /** Options of {@link FluxPipeline.fromPretrained}. */
 export interface FluxPipelineOptions {
+  /** Builds the engines (`engineCompiler` of `engines/compiler/port.ts`, passed in by the composition root). */
+  compiler: EngineCompilerPort;
   /** ORT execution provider. @default 'cpu' */
   provider?: ExecutionProvider;
   /** ORT intra-op threads. */
@@ -105,6 +108,7 @@ export interface GenerateResult {
 export class FluxPipeline {
   private constructor(
     readonly source: ModelSource,
+    readonly compiler: EngineCompilerPort,
     readonly tokenizers: FluxTokenizers,
     readonly scheduler: FlowMatchConfig,
     private readonly engines: EngineRegistry,
@@ -113,7 +117,7 @@ export class FluxPipeline {
   ) {}
 
   /** Loads tokenizers and scheduler config, compiles (or reuses cached) engines and opens their sessions. */
-  static async fromPretrained(modelPath: string, options: FluxPipelineOptions = {}): Promise<FluxPipeline> {
+  static async fromPretrained(modelPath: string, options: FluxPipelineOptions): Promise<FluxPipeline> {
     const source = openModelSource(modelPath);
     const tokenizers = await loadFluxTokenizers(source.tokenizerPaths);
     const sessionOptions: SessionOptions = {
@@ -130,7 +134,7 @@ export class FluxPipeline {
     });
     const loraEngines = new LoraEngines(source, engines, options.loraDir);
     const steps = new FluxSteps(tokenizers, source.scheduler, engines, loraEngines);
-    pipe = new FluxPipeline(source, tokenizers, source.scheduler, engines, loraEngines, steps);
+    pipe = new FluxPipeline(source, options.compiler, tokenizers, source.scheduler, engines, loraEngines, steps);
     for (const mode of options.modes ?? [REFERENCE_MODE]) await pipe.engine(mode);
     return pipe;
   }

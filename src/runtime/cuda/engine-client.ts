@@ -7,11 +7,11 @@
  * `onProgress`. An `error` frame rejects the call with {@link CudaEngineError}. When the process ends for any reason
  * (exit, crash, signal, spawn failure, unparsable output), every pending call and every later one rejects with
  * {@link CudaEngineExitedError} carrying the exit code, signal and the tail of the engine's stderr; the client is
- * then dead for good and the owner starts a new one (the pipeline's CUDA executor does).
+ * then dead for good and the owner starts a new one (the pipeline's CUDA executor does). The process, its stderr
+ * tail and its death are {@link FramedProcess}'s, over stdin/stdout; this file holds the protocol's calls.
  */
-import { type ChildProcessByStdio, spawn } from 'node:child_process';
-import type { Readable, Writable } from 'node:stream';
-import { encodeFrame, type Frame, FrameDecoder, type FrameHeader } from '../process/frames.ts';
+import { type EngineExitedError, FramedProcess } from '../process/framed-process.ts';
+import { encodeFrame, type Frame, type FrameHeader } from '../process/frames.ts';
 import { CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
 import type { CudaLoadSpec } from './load-spec.ts';
 
@@ -85,53 +85,21 @@ export interface CudaProgress {
   ms: number;
 }
 
-interface Pending {
-  op: string;
-  resolve: (frame: Frame) => void;
-  reject: (err: Error) => void;
-  onFrame?: (frame: Frame) => void;
-}
-
-const STDERR_TAIL_LINES = 40;
-
 /** See the file header. */
 export class CudaEngineClient {
-  readonly #proc: ChildProcessByStdio<Writable, Readable, Readable>;
-  readonly #pending = new Map<number, Pending>();
-  readonly #decoder = new FrameDecoder();
-  readonly #stderr: string[] = [];
-  readonly #options: CudaEngineClientOptions;
-  #nextId = 1;
-  #dead: CudaEngineExitedError | undefined;
-  #exited: Promise<void>;
-  #partialLine = '';
-  #failure: Error | undefined;
+  readonly #proc: FramedProcess;
 
   private constructor(options: CudaEngineClientOptions) {
-    this.#options = options;
-    this.#proc = spawn(options.bin, ['--serve'], {
-      env: options.env ?? process.env,
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    this.#proc.stdout.on('data', (chunk: Buffer) => this.#onData(chunk));
-    this.#proc.stderr.setEncoding('utf8');
-    this.#proc.stderr.on('data', (text: string) => this.#onStderr(text));
-    // EPIPE after the engine died is reported by 'close' below; swallow it here so it cannot crash the server.
-    this.#proc.stdin.on('error', () => undefined);
-    let spawnError: Error | undefined;
-    this.#exited = new Promise<void>((resolve) => {
-      this.#proc.once('error', (err) => {
-        spawnError = err;
-        // A process that never started emits no 'close' when its pipes were never opened; end here.
-        if (this.#proc.pid === undefined) {
-          this.#die(null, null, err);
-          resolve();
-        }
-      });
-      this.#proc.once('close', (code, signal) => {
-        this.#die(code, signal, spawnError ?? this.#failure);
-        resolve();
-      });
+    this.#proc = FramedProcess.start({
+      name: `CUDA engine ${options.bin}`,
+      command: options.bin,
+      args: ['--serve'],
+      ...(options.env ? { env: options.env } : {}),
+      channel: 'stdio',
+      isInterim: (frame) => frame.header.op === 'progress',
+      exitErrorClass: CudaEngineExitedError,
+      ...(options.onLog ? { onLog: options.onLog } : {}),
+      ...(options.onExit ? { onExit: options.onExit as (err: EngineExitedError) => void } : {}),
     });
   }
 
@@ -147,35 +115,31 @@ export class CudaEngineClient {
 
   /** Set once the process has ended: the error every call now gets. */
   get exitError(): CudaEngineExitedError | undefined {
-    return this.#dead;
+    return this.#proc.exitError as CudaEngineExitedError | undefined;
   }
 
   /** Resolves when the process has ended (however it ended). */
   get exited(): Promise<void> {
-    return this.#exited;
+    return this.#proc.exited.then(() => undefined);
   }
 
   /** Number of requests sent and not yet answered. */
   get pendingCount(): number {
-    return this.#pending.size;
+    return this.#proc.pendingCount;
   }
 
   /**
    * Sends one request and resolves with its final frame. `onFrame` receives the frames before it (`progress`).
    * @throws CudaEngineError on an `error` frame; CudaEngineExitedError when the process is or becomes gone.
    */
-  request(
+  async request(
     header: Omit<FrameHeader, 'id'>,
     payload: readonly ArrayBufferView[] = [],
     onFrame?: (frame: Frame) => void,
   ): Promise<Frame> {
-    if (this.#dead) return Promise.reject(this.#dead);
-    const id = this.#nextId++;
-    const frame = encodeFrame({ ...header, id } as FrameHeader, payload);
-    return new Promise<Frame>((resolve, reject) => {
-      this.#pending.set(id, { op: String(header.op), resolve, reject, ...(onFrame ? { onFrame } : {}) });
-      this.#proc.stdin.write(frame);
-    });
+    const frame = await this.#proc.request((id) => encodeFrame({ ...header, id } as FrameHeader, payload), onFrame);
+    if (frame.header.op === 'error') throw engineErrorFromFrame(String(header.op), frame.header);
+    return frame;
   }
 
   /** The card and the engine's state (answers before `load`). */
@@ -268,97 +232,18 @@ export class CudaEngineClient {
    * `graceMs` (a GPU stuck in a kernel does not read stdin).
    */
   async quit(graceMs = 10_000): Promise<void> {
-    if (!this.#dead) {
-      this.request({ op: 'quit' }).catch(() => undefined);
-      this.#proc.stdin.end();
-    }
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), graceMs);
-    });
-    const r = await Promise.race([this.#exited.then(() => 'exited' as const), timeout]);
-    clearTimeout(timer);
-    if (r === 'timeout') {
-      this.kill('SIGKILL');
-      await this.#exited;
-    }
+    if (!this.#proc.exitError) this.request({ op: 'quit' }).catch(() => undefined);
+    await this.#proc.stop(graceMs);
   }
 
   /** Sends a signal to the process (tests use SIGKILL to stand for a GPU fault). */
   kill(signal: NodeJS.Signals = 'SIGTERM'): void {
-    if (this.#proc.exitCode === null && this.#proc.signalCode === null) this.#proc.kill(signal);
+    this.#proc.kill(signal);
   }
 
   /** The last lines of the engine's stderr. */
   stderrTail(): string {
-    return [...this.#stderr, ...(this.#partialLine ? [this.#partialLine] : [])].join('\n');
-  }
-
-  #onData(chunk: Buffer): void {
-    if (this.#failure) return;
-    let frames: Frame[];
-    try {
-      frames = this.#decoder.push(chunk);
-    } catch (err) {
-      // Output that is not frames (e.g. a library printing to stdout) desynchronises the stream for good.
-      this.#failure = err as Error;
-      this.kill('SIGKILL');
-      return;
-    }
-    for (const frame of frames) this.#dispatch(frame);
-  }
-
-  #dispatch(frame: Frame): void {
-    const id = typeof frame.header.id === 'number' ? frame.header.id : Number(frame.header.id);
-    const p = this.#pending.get(id);
-    if (!p) {
-      this.#options.onLog?.(`[engine] unexpected frame ${JSON.stringify(frame.header)}`);
-      return;
-    }
-    if (frame.header.op === 'progress') {
-      p.onFrame?.(frame);
-      return;
-    }
-    this.#pending.delete(id);
-    if (frame.header.op === 'error') {
-      p.reject(engineErrorFromFrame(p.op, frame.header));
-    } else {
-      p.resolve(frame);
-    }
-  }
-
-  #onStderr(text: string): void {
-    const lines = (this.#partialLine + text).split('\n');
-    this.#partialLine = lines.pop() ?? '';
-    for (const line of lines) {
-      this.#stderr.push(line);
-      if (this.#stderr.length > STDERR_TAIL_LINES) this.#stderr.shift();
-      this.#options.onLog?.(line);
-    }
-  }
-
-  #die(code: number | null, signal: NodeJS.Signals | null, cause: Error | undefined): void {
-    if (this.#dead) return;
-    const how =
-      cause && this.#proc.pid === undefined
-        ? `could not be started (${cause.message})`
-        : cause
-          ? `was stopped: ${cause.message}`
-          : signal
-            ? `was killed by ${signal}`
-            : `exited with code ${code}`;
-    const tail = this.stderrTail();
-    const lastLog = tail.split('\n').filter(Boolean).slice(-3).join(' | ');
-    this.#dead = new CudaEngineExitedError(
-      `CUDA engine ${this.#options.bin} ${how}${lastLog ? `; last log: ${lastLog}` : ''}`,
-      code,
-      signal,
-      tail,
-      cause ? { cause } : undefined,
-    );
-    for (const p of this.#pending.values()) p.reject(this.#dead);
-    this.#pending.clear();
-    this.#options.onExit?.(this.#dead);
+    return this.#proc.stderrTail();
   }
 }
 

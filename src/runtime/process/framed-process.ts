@@ -1,16 +1,18 @@
 /**
- * @file {@link FramedProcess}: an engine child process spoken to in frames (`frames.ts`) over a socket on its
- * file descriptor 3, and {@link serveFrames}, the child's side of it. Stdout stays free for logs; stderr is read
- * line by line for the log and kept as a tail for the exit message.
+ * @file {@link FramedProcess}: an engine child process spoken to in frames (`frames.ts`), and {@link serveFrames},
+ * the child's side of it for our own Node children. Frames travel over a socket on the child's file descriptor 3
+ * (the ONNX engine: its stdout stays free for logs) or over its stdin/stdout (the native CUDA engine,
+ * `engines/cuda/PROTOCOL.md`). Stderr is read line by line for the log and kept as a tail for the exit message.
  *
- * Requests carry an `id` and are answered by one frame with the same id, in any order. When the process ends for
+ * Requests carry an `id` and are answered by one final frame with the same id, in any order; a protocol may send
+ * interim frames before it (the CUDA engine's `progress`), which go to the request's own listener. When the process ends for
  * any reason (exit, native crash, signal, spawn failure, output that is not frames), every pending request and every
  * later one rejects with {@link EngineExitedError}; the process is then dead for good and its owner starts another
  * (the pipeline's engine supervisor does).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { type Frame, FrameDecoder } from './frames.ts';
 
 /** The engine process is gone, so a request pending on it, or sent to it afterwards, cannot be answered. */
@@ -42,6 +44,18 @@ export interface FramedProcessOptions {
   onLog?: (line: string) => void;
   /** Called once when the process has ended, with the error pending requests got. */
   onExit?: (err: EngineExitedError) => void;
+  /** Where frames travel: a socket on fd 3 (stdout is the child's log), or stdin/stdout. @default 'fd3' */
+  channel?: 'fd3' | 'stdio';
+  /** Frames that precede a request's final answer (e.g. progress); @default none */
+  isInterim?: (frame: Frame) => boolean;
+  /** The class of the exit error, for an engine that names its own (same constructor). @default EngineExitedError */
+  exitErrorClass?: typeof EngineExitedError;
+}
+
+interface Pending {
+  resolve: (f: Frame) => void;
+  reject: (e: Error) => void;
+  onInterim?: (f: Frame) => void;
 }
 
 const STDERR_TAIL_LINES = 40;
@@ -50,9 +64,11 @@ const STDERR_TAIL_LINES = 40;
 export class FramedProcess {
   readonly #o: FramedProcessOptions;
   readonly #proc: ChildProcess;
-  readonly #socket: Duplex;
+  /** Where request frames are written and answers read: fd 3's socket both ways, or stdin and stdout. */
+  readonly #in: Writable;
+  readonly #out: Readable;
   readonly #decoder = new FrameDecoder();
-  readonly #pending = new Map<number, { resolve: (f: Frame) => void; reject: (e: Error) => void }>();
+  readonly #pending = new Map<number, Pending>();
   readonly #stderr: string[] = [];
   #partial = '';
   #nextId = 1;
@@ -62,14 +78,17 @@ export class FramedProcess {
 
   private constructor(o: FramedProcessOptions) {
     this.#o = o;
+    const stdio = o.channel === 'stdio';
     this.#proc = spawn(o.command, o.args, {
       env: o.env ?? process.env,
-      stdio: ['ignore', 'inherit', 'pipe', 'pipe'],
+      stdio: stdio ? ['pipe', 'pipe', 'pipe'] : ['ignore', 'inherit', 'pipe', 'pipe'],
     });
-    this.#socket = this.#proc.stdio[3] as Duplex;
-    this.#socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    // EPIPE / ECONNRESET after the process died is reported by 'close' below.
-    this.#socket.on('error', () => undefined);
+    this.#in = (stdio ? this.#proc.stdin : this.#proc.stdio[3]) as Writable;
+    this.#out = (stdio ? this.#proc.stdout : this.#proc.stdio[3]) as Readable;
+    this.#out.on('data', (chunk: Buffer) => this.#onData(chunk));
+    // EPIPE / ECONNRESET after the process died is reported by 'close' below; swallowed so it cannot crash the server.
+    this.#in.on('error', () => undefined);
+    if (stdio) this.#out.on('error', () => undefined);
     this.#proc.stderr?.setEncoding('utf8');
     this.#proc.stderr?.on('data', (text: string) => this.#onStderr(text));
     this.#exited = new Promise((resolve) => {
@@ -101,17 +120,23 @@ export class FramedProcess {
     return this.#dead;
   }
 
+  /** Number of requests sent and not yet answered. */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
   /**
-   * Sends a frame built by `encode` with a fresh id; resolves with the answer frame of that id.
+   * Sends a frame built by `encode` with a fresh id; resolves with the final answer frame of that id. Interim frames
+   * of that id (`isInterim`) go to `onInterim`.
    * @throws EngineExitedError when the process is or becomes gone
    */
-  request(encode: (id: number) => Buffer): Promise<Frame> {
+  request(encode: (id: number) => Buffer, onInterim?: (frame: Frame) => void): Promise<Frame> {
     if (this.#dead) return Promise.reject(this.#dead);
     const id = this.#nextId++;
     const bytes = encode(id);
     return new Promise<Frame>((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
-      this.#socket.write(bytes);
+      this.#pending.set(id, { resolve, reject, ...(onInterim ? { onInterim } : {}) });
+      this.#in.write(bytes);
     });
   }
 
@@ -120,9 +145,12 @@ export class FramedProcess {
     if (this.#proc.exitCode === null && this.#proc.signalCode === null) this.#proc.kill(signal);
   }
 
-  /** Closes the socket (the child exits when it sees the end) and kills it if it has not ended after `graceMs`. */
+  /**
+   * Closes the request channel (the child exits when it sees the end) and kills it if it has not ended after
+   * `graceMs` (a process stuck in native code reads nothing).
+   */
   async stop(graceMs = 5000): Promise<void> {
-    this.#socket.end();
+    this.#in.end();
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((resolve) => {
       timer = setTimeout(() => resolve('late'), graceMs);
@@ -135,6 +163,7 @@ export class FramedProcess {
     }
   }
 
+  /** The last lines the process wrote to stderr. */
   stderrTail(): string {
     return [...this.#stderr, ...(this.#partial ? [this.#partial] : [])].join('\n');
   }
@@ -145,7 +174,7 @@ export class FramedProcess {
     try {
       frames = this.#decoder.push(chunk);
     } catch (err) {
-      // Bytes that are not frames desynchronise the stream for good.
+      // Bytes that are not frames (e.g. a native library printing to stdout) desynchronise the stream for good.
       this.#failure = err as Error;
       this.kill('SIGKILL');
       return;
@@ -153,7 +182,14 @@ export class FramedProcess {
     for (const frame of frames) {
       const id = Number(frame.header.id);
       const p = this.#pending.get(id);
-      if (!p) continue;
+      if (!p) {
+        this.#o.onLog?.(`unexpected frame ${JSON.stringify(frame.header)}`);
+        continue;
+      }
+      if (this.#o.isInterim?.(frame)) {
+        p.onInterim?.(frame);
+        continue;
+      }
       this.#pending.delete(id);
       p.resolve(frame);
     }
@@ -181,7 +217,8 @@ export class FramedProcess {
             : `exited with code ${code}`;
     const tail = this.stderrTail();
     const last = tail.split('\n').filter(Boolean).slice(-3).join(' | ');
-    this.#dead = new EngineExitedError(
+    const ExitError = this.#o.exitErrorClass ?? EngineExitedError;
+    this.#dead = new ExitError(
       `${this.#o.name} (pid ${this.#proc.pid ?? '-'}) ${how}${last ? `; last log: ${last}` : ''}`,
       code,
       signal,

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileEngine, PlanRequiredError } from '../../../../engines/compiler/compile.ts';
+import { engineCompiler } from '../../../../engines/compiler/port.ts';
 import { FluxPipeline } from '../../../../src/pipeline/flux/pipeline.ts';
 import { relativeChange, stepCacheOf } from '../../../../src/pipeline/flux/step-cache.ts';
 import { THRESHOLD_CANDIDATES } from '../../../../src/pipeline/flux/step-cache-calibration.ts';
@@ -29,7 +30,12 @@ describe('elastic modes (flux-tiny)', () => {
 
   beforeAll(async () => {
     cacheDir = mkdtempSync(join(tmpdir(), 'fluxql-elastic-'));
-    pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { cacheDir, modes: ['original', 'S'], threads: 1 });
+    pipe = await FluxPipeline.fromPretrained(MODEL_DIR, {
+      compiler: engineCompiler,
+      cacheDir,
+      modes: ['original', 'S'],
+      threads: 1,
+    });
   });
 
   afterAll(async () => {
