@@ -30,6 +30,7 @@ import data  # noqa: E402
 import flux_model as fm  # noqa: E402
 import grammar as gr  # noqa: E402
 import st  # noqa: E402
+from verify_reference import load_weights  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 TINY_DIR = os.path.join(REPO, "models", "flux-tiny")
@@ -65,6 +66,15 @@ def parse_args(argv=None):
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--max-vae-steps", type=int, default=0, help="stop stage 1 after N steps too (0: time only)")
     ap.add_argument("--max-dit-steps", type=int, default=0)
+    ap.add_argument("--init-from", default=None,
+                    help="exported model folder (transformer/, vae/): start stage 2 from its weights (EMA too) and its "
+                         "VAE and latent statistics, with fresh optimizer state, when RUN_DIR has no state.pt yet")
+    ap.add_argument("--init-steps", type=int, default=0, help="with --init-from: the steps that model was trained")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="latent pool per image size, in batches (0: render and encode every batch). With N > 0 a "
+                         "pool of N batches of VAE posteriors is kept per size and each step renews only "
+                         "--pool-refresh of them, so the transformer's batch can grow without the VAE encoder's cost")
+    ap.add_argument("--pool-refresh", type=float, default=0.25, help="fraction of a batch renewed per step")
     ap.add_argument("--wall-seconds", type=float, default=0,
                     help="stop this invocation after N wall seconds (0: no limit); a rerun resumes")
     a = ap.parse_args(argv)
@@ -231,8 +241,23 @@ def main(argv=None):
         vopt.load_state_dict(ck["vopt"])
         dopt.load_state_dict(ck["dopt"])
         S = ck["S"]
+        S.setdefault("warm_from", 0)
         print(f"[resume] {state_path}: stage {S['stage']}, vae step {S['vae_step']}, dit step {S['dit_step']}",
               flush=True)
+    elif a.init_from:
+        # Continue from an exported model: transformer (into both the trained and the EMA copy), VAE, statistics.
+        # Its batches continue the seeded stream after the steps it already saw (--init-steps is its step count).
+        fm.load_into(dit, {k: v.float() for k, v in load_weights(os.path.join(a.init_from, "transformer"),
+                                                                  "diffusion_pytorch_model").items()})
+        ema.load_state_dict(dit.state_dict())
+        fm.load_into(vae, {k: v.float() for k, v in load_weights(os.path.join(a.init_from, "vae"),
+                                                                  "diffusion_pytorch_model").items()})
+        vc = json.load(open(os.path.join(a.init_from, "vae", "config.json")))
+        S.update(stage="dit", stats={"shift_factor": vc["shift_factor"], "scaling_factor": vc["scaling_factor"]},
+                 dit_step=a.init_steps, warm_from=a.init_steps, init_from=os.path.abspath(a.init_from))
+        print(f"[init] {a.init_from}: transformer, VAE and latent statistics; stage 2 continues at step "
+              f"{a.init_steps}", flush=True)
+    S.setdefault("warm_from", 0)
     n_dit = sum(p.numel() for p in dit.parameters())
     n_vae = sum(p.numel() for p in vae.parameters())
     print(f"[model] transformer {n_dit / 1e6:.2f}M params, VAE {n_vae / 1e6:.2f}M params", flush=True)
@@ -324,6 +349,32 @@ def main(argv=None):
     rope_cache = {}
     T = embeds.shape[1]
     txt_ids = torch.zeros(T, 3, device=dev)
+
+    def encode(idx, side, gen):
+        x = data.render(idx, side, gen, device=dev)
+        with torch.no_grad(), amp():
+            mean, logvar = vae.encode_moments(x)
+        return mean.float(), logvar.float()
+
+    pools = {}  # side -> [mean, logvar, rows]: VAE posteriors of rendered captions, renewed a little every step
+
+    def pooled_batch(side, bs, gen):
+        """bs posteriors drawn from the pool of this size after renewing pool_refresh * bs of them (all seeded)."""
+        if side not in pools:
+            n = a.pool * bs
+            parts = []
+            for i in range(0, n, bs):
+                idx, rows = subset_idx(gen, min(bs, n - i))
+                parts.append((*encode(idx, side, gen), rows.to(dev)))
+            pools[side] = [torch.cat([p[j] for p in parts]) for j in range(3)]
+        pm, pl, pr = pools[side]
+        r = max(1, int(round(a.pool_refresh * bs)))
+        idx, rows = subset_idx(gen, r)
+        at = torch.randint(0, len(pr), (r,), generator=gen).to(dev)
+        pm[at], pl[at] = encode(idx, side, gen)
+        pr[at] = rows.to(dev)
+        pick = torch.randint(0, len(pr), (bs,), generator=gen).to(dev)
+        return pm[pick], pl[pick], pr[pick]
     dit.train()
     acc, nacc = 0.0, 0
     while S["dit_seconds"] < dit_budget and not (a.max_dit_steps and S["dit_step"] >= a.max_dit_steps):
@@ -337,11 +388,11 @@ def main(argv=None):
         h = w = side // 8
         L = (h // 2) * (w // 2)
         bs = a.batch if a.tiny else max(8, int(round(a.batch * (256 + T) / (L + T))))
-        idx, rows = subset_idx(gen, bs)
-        x = data.render(idx, side, gen, device=dev)
-        with torch.no_grad(), amp():
-            mean, logvar = vae.encode_moments(x)
-        mean, logvar = mean.float(), logvar.float()
+        if a.pool:
+            mean, logvar, rows = pooled_batch(side, bs, gen)
+        else:
+            idx, rows = subset_idx(gen, bs)
+            mean, logvar = encode(idx, side, gen)
         dgen = torch.Generator(device=dev).manual_seed(a.seed * 3_000_017 + k)
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=dgen, device=dev)
         x0 = fm.pack((z - shift) * scale)  # [B, L, 64]
@@ -351,7 +402,7 @@ def main(argv=None):
         guidance = 1.0 + 4.0 * torch.rand(bs, generator=dgen, device=dev)
         if side not in rope_cache:
             rope_cache[side] = fm.rope_tables(torch.cat([txt_ids, fm.img_ids(h, w, dev)], 0), dit.axes)
-        lr = a.lr * min(1.0, (k + 1) / max(1, a.warmup))
+        lr = a.lr * min(1.0, (k - S["warm_from"] + 1) / max(1, a.warmup))
         for g_ in dopt.param_groups:
             g_["lr"] = lr
         rows_d = rows.to(dev)
@@ -364,8 +415,13 @@ def main(argv=None):
         dopt.step()
         d = min(a.ema, (1 + k) / (10 + k))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), dit.parameters()):
-                pe.lerp_(pm.detach(), 1 - d)
+            # One fused update over all parameters where torch has it (2.x): per-tensor lerps cost a launch each.
+            ep, mp = list(ema.parameters()), [p.detach() for p in dit.parameters()]
+            if hasattr(torch, "_foreach_lerp_"):
+                torch._foreach_lerp_(ep, mp, 1 - d)
+            else:
+                for pe, pm_ in zip(ep, mp):
+                    pe.lerp_(pm_, 1 - d)
         if cuda:
             torch.cuda.synchronize()
         S["dit_step"] += 1

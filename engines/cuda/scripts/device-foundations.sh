@@ -3,9 +3,11 @@
 # kernel; BFL spec), protocol tests, the bf16 benchmark with and without CUDA-graph step replay (1024x1024, 28 steps,
 # batch 1, warm-up + mean of 10 each, same loaded engine), then compute-sanitizer memcheck and racecheck on the
 # selftest. Everything is logged under $OUT in few files (the device tool returns at most 8).
-#   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize] [fixtures dir]
+#   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize|check|bench] [fixtures dir]
 # tests: build, selftests, protocol, benchmark (plus, when FQ_BASELINE names another engines/cuda source folder, that
 # engine's bf16 benchmark on the same card as the baseline); sanitize: build, compute-sanitizer only; all: both.
+# check: selftests, protocol and sanitizer without the benchmark (correctness only: it may share the GPU with other
+# work); bench: the benchmark and baseline only (run it alone on the GPU). Both builds happen in every mode.
 # The engine sources are the ones beside this script; the model is the repository's models/flux-tiny.
 set -uo pipefail
 export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
@@ -31,7 +33,12 @@ cmake -S "$HERE" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR=
 ENGINE=$BUILD/fluxql-engine
 rc=0
 ST=$OUT/selftest.txt
-if [[ $MODE == all || $MODE == tests ]]; then
+if [[ -n ${FQ_BASELINE:-} && -d $FQ_BASELINE ]]; then
+  say "build baseline $FQ_BASELINE"
+  cmake -S "$FQ_BASELINE" -B /tmp/fq-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >>"$OUT/build.log" 2>&1 &&
+    cmake --build /tmp/fq-base -j 16 >>"$OUT/build.log" 2>&1 || echo "baseline build failed (see build.log)"
+fi
+if [[ $MODE == all || $MODE == tests || $MODE == check ]]; then
 say "selftest f32 + bf16 + fp8 (diffusers folders)"
 "$ENGINE" --selftest "$FIX" "$MODEL" all >"$ST" 2>&1 || rc=1
 grep -E "FAIL|error|required cases|replayed|fallbacks|\[selftest\].*(load|attention)" "$ST" | grep -v '^{' | head -40
@@ -48,21 +55,21 @@ say "protocol tests"
 for p in f32 bf16; do
   python3 "$HERE/tests/protocol_test.py" "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -2 || rc=1
 done
+fi
+if [[ $MODE == all || $MODE == tests || $MODE == bench ]]; then
 if [[ $rc -ne 0 ]]; then say "tests failed: benchmark skipped"; else
   say "bench bf16 1024x1024 28 steps batch 1, CUDA graphs off then on"
   "$ENGINE" --bench --batches 1 --iters 10 --precisions bf16 --graphs both --out "$OUT/cuda-h100" 2>"$OUT/bench.err" >/dev/null || rc=1
   grep -E "graphs|floor|batch 1:|tuned|weights" "$OUT/bench.err"
   if [[ -n ${FQ_BASELINE:-} && -d $FQ_BASELINE ]]; then
     say "baseline: $FQ_BASELINE, bf16 batch 1, same card"
-    cmake -S "$FQ_BASELINE" -B /tmp/fq-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >>"$OUT/build.log" 2>&1 &&
-      cmake --build /tmp/fq-base -j 16 >>"$OUT/build.log" 2>&1 &&
-      /tmp/fq-base/fluxql-engine --bench --batches 1 --iters 10 --precisions bf16 --out /tmp/fq-base/bench 2>"$OUT/bench-base.err" >/dev/null
+    /tmp/fq-base/fluxql-engine --bench --batches 1 --iters 10 --precisions bf16 --out /tmp/fq-base/bench 2>"$OUT/bench-base.err" >/dev/null
     grep -E "batch 1:" "$OUT/bench-base.err"
   fi
 fi
 fi
 SAN=$OUT/sanitizer.txt
-if [[ $MODE == all || $MODE == sanitize ]]; then
+if [[ $MODE == all || $MODE == sanitize || $MODE == check ]]; then
 # Each sanitizer gets FQ_SAN_S seconds (default 75); a run cut short still lists every error found until then.
 say "compute-sanitizer memcheck (selftest bf16)"
 timeout "${FQ_SAN_S:-75}" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >"$SAN" 2>&1
