@@ -22,7 +22,7 @@ interface GenerateArgs {
   guidance: string;
   seed: string;
   mode: string;
-  maxSequenceLength: string;
+  maxSequenceLength?: string;
   provider: string;
   image?: string;
   mask?: string;
@@ -41,7 +41,8 @@ export async function runGenerate(args: GenerateArgs, compiler: EngineCompilerPo
   const guidanceScale = Number(args.guidance);
   if (!Number.isFinite(guidanceScale)) throw new UsageError(`--guidance must be a number, got "${args.guidance}"`);
   const seed = parseIntOption('--seed', args.seed);
-  const maxSequenceLength = parseIntOption('--max-sequence-length', args.maxSequenceLength);
+  const maxSequenceLength =
+    args.maxSequenceLength === undefined ? undefined : parseIntOption('--max-sequence-length', args.maxSequenceLength);
   const strength = Number(args.strength);
   if (!(strength >= 0 && strength <= 1)) throw new UsageError(`--strength must be in [0, 1], got "${args.strength}"`);
   const trueCfgScale = Number(args.trueCfg);
@@ -69,7 +70,7 @@ export async function runGenerate(args: GenerateArgs, compiler: EngineCompilerPo
     guidanceScale,
     seed,
     mode: args.mode,
-    maxSequenceLength,
+    ...(maxSequenceLength !== undefined ? { maxSequenceLength } : {}),
     ...(image ? { image, strength } : {}),
     ...(mask ? { mask } : {}),
     ...(args.negativePrompt !== undefined ? { negativePrompt: args.negativePrompt, trueCfgScale } : {}),

@@ -46,7 +46,7 @@ export async function runCli(argv: readonly string[], deps: CliDeps): Promise<vo
     .option('--guidance <g>', 'guidance scale', '3.5')
     .option('--seed <n>', 'seed', '0')
     .option('--mode <mode>', 'engine mode', REFERENCE_MODE)
-    .option('--max-sequence-length <n>', 'T5 tokens', '512')
+    .option('--max-sequence-length <n>', "T5 tokens (default: the model's, 512 for FLUX.1-dev, 32 for flux-mini)")
     .option('--image <file>', 'img2img / inpainting input image (resized to --size)')
     .option('--mask <file>', 'inpainting mask, the size of --image (white = repaint)')
     .option('--strength <s>', 'with --image: share of the schedule run, 0-1', '0.6')
