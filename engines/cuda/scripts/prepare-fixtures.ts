@@ -24,11 +24,8 @@ import { cudaLoadSpec } from '../../../src/runtime/cuda/load-spec.ts';
 import { openSafetensors, resolveModelRepo, writeSafetensors } from '../../../src/shared/weights/index.ts';
 import { writeBflCheckpoints } from '../../../tools/bfl-checkpoint.ts';
 
-const [
-  src = 'test/fixtures/flux-tiny-reference',
-  out = '.device-fixtures',
-  editSrc = 'test/fixtures/flux-tiny-edit',
-] = process.argv.slice(2);
+const [src = 'test/fixtures/flux-tiny-reference', out = '.device-fixtures', editSrc = 'test/fixtures/flux-tiny-edit'] =
+  process.argv.slice(2);
 const files = [
   'index.json',
   'tokenizer_cases.json',
@@ -71,7 +68,16 @@ await writeFile(join(out, 'pipeline_tokens.json'), JSON.stringify(prompts));
 const editOut = join(out, 'edit');
 await mkdir(editOut, { recursive: true });
 const editIndex = JSON.parse(await readFile(join(editSrc, 'edit_index.json'), 'utf8')) as {
-  cases: { kind: string; name: string; file: string; prompts: string[]; negative?: string[]; height: number; width: number; seed: number }[];
+  cases: {
+    kind: string;
+    name: string;
+    file: string;
+    prompts: string[];
+    negative?: string[];
+    height: number;
+    width: number;
+    seed: number;
+  }[];
 };
 await copyFile(join(editSrc, 'edit_index.json'), join(editOut, 'edit_index.json'));
 const editPrompts: Record<string, { clip: number[]; t5: number[] }> = {};
