@@ -22,8 +22,16 @@
  * until a new engine, started at once, has loaded the model. A start that fails is retried by the next call, not
  * in a loop. (The ONNX engine's supervisor, `supervisor.ts`, does the same with backoff for its child process.)
  *
- * Capabilities (`info().capabilities`): mode `original`, no LoRA (so no LoRA port), no control image, sides up to
- * 2048. The service refuses requests outside them before they get here.
+ * Edits (img2img, inpainting, true CFG) as the ONNX path computes them (`flux/edit.ts`), the host doing the same
+ * share: the input image is resized and scaled to [−1, 1] here, the engine's VAE encoder samples the posterior with
+ * the normals the request's torch generator draws here (`encode`), and the starting latents `σ₀·noise + (1 − σ₀)·x0`,
+ * the cut schedule and the packed mask are made here. The engine then runs the per-step parts inside its step (which
+ * it replays from a CUDA graph): the inpainting blend with the re-noised image latents, and the negative branch of
+ * true CFG as B more transformer rows of the same step. Samples of one engine job share the edit kind (plain,
+ * img2img, inpainting; true CFG or not) and the schedule cut, so those are part of the grouping key.
+ *
+ * Capabilities (`info().capabilities`): mode `original`, no LoRA (so no LoRA port), no control image, edits, sides
+ * up to 2048. The service refuses requests outside them before they get here.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -33,7 +41,9 @@ import {
   type CudaEngineInfo,
   type CudaLoadSpec,
   type CudaPrecision,
+  cudaEncode,
   cudaLoadSpec,
+  cudaPrepareEdit,
 } from '../runtime/cuda/index.ts';
 import { REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
@@ -49,12 +59,21 @@ import {
   type StepResult,
   UnknownHandleError,
 } from './executor.ts';
-import { FluxArgumentError, type LatentGrid, packLatents } from './flux/latents.ts';
-import { noiseForSeeds } from './flux/noise.ts';
+import {
+  checkEditRequest,
+  DEFAULT_STRENGTH,
+  type EditState,
+  editStartIndex,
+  prepareEditSample,
+  usesTrueCfg,
+} from './flux/edit.ts';
+import { type LatentGrid, packLatents } from './flux/latents.ts';
+import { noiseForSeeds, TorchCpuGenerator } from './flux/noise.ts';
 import { latentPreviewRgb } from './flux/preview.ts';
 import { groupBy } from './flux/sample-state.ts';
 import { type FlowMatchConfig, fluxSigmas, parseSchedulerConfig } from './flux/schedule.ts';
 import { type FluxTokenizers, loadFluxTokenizers } from './flux/tokenize.ts';
+import { FLUX_VAE_SCALING, FLUX_VAE_SHIFT } from './flux/vae-scaling.ts';
 import { checkSampleRequest } from './sample-checks.ts';
 
 /** Options of {@link createCudaExecutor}. */
@@ -197,8 +216,8 @@ class CudaExecutor implements CudaStepExecutor {
         modes: [...CUDA_MODES],
         lora: false,
         control: false,
-        // No VAE encoder nor negative branch on the native engine yet: edits are refused as `unsupported`.
-        edit: false,
+        // img2img, inpainting and true CFG: the engine's VAE encoder, blend and negative branch (see the file header).
+        edit: true,
         maxSide: MAX_SIDE,
         maxBatch: this.#maxBatch,
       },
@@ -305,10 +324,17 @@ class CudaExecutor implements CudaStepExecutor {
     if (requests.length === 0) return [];
     const checked = requests.map((r) => ({ r, grid: this.#validate(r) }));
     const client = await this.#engine();
+    // One engine job runs one schedule (steps and, for img2img / inpainting, the cut), one edit kind and true CFG for
+    // all its samples or none.
     const groups = groupBy(
       checked,
-      ({ r, grid }) => `${grid.h}x${grid.w}|${r.steps}|${r.maxSequenceLength ?? this.#tokenizers.defaultT5Length}`,
-    ).flatMap((g) => chunks(g, this.#maxBatch));
+      ({ r, grid }) =>
+        `${grid.h}x${grid.w}|${r.steps}|${r.maxSequenceLength ?? this.#tokenizers.defaultT5Length}|` +
+        `${startOf(r)}|${r.image ? (r.mask ? 'inpaint' : 'img2img') : 'text'}|${usesTrueCfg(r) ? 'cfg' : ''}`,
+    ).flatMap((g) =>
+      // True CFG runs 2B transformer rows: half the batch keeps the engine's largest batch.
+      chunks(g, usesTrueCfg(g[0]!.r) ? Math.max(1, Math.floor(this.#maxBatch / 2)) : this.#maxBatch),
+    );
     const handles = new Map<SampleRequest, SampleHandle>();
     const made: EngineJob[] = [];
     const settled = await Promise.allSettled(
@@ -317,25 +343,44 @@ class CudaExecutor implements CudaStepExecutor {
         const { grid } = first;
         const b = group.length;
         const t5Len = first.r.maxSequenceLength ?? this.#tokenizers.defaultT5Length;
-        const clipIds = Int32Array.from(this.#tokenizers.encodeClip(group.map((x) => x.r.prompt)), Number);
-        const t5Ids = Int32Array.from(
-          this.#tokenizers.encodeT5(
-            group.map((x) => x.r.prompt2 ?? x.r.prompt),
-            t5Len,
-          ),
+        const cfg = usesTrueCfg(first.r);
+        // True CFG: the negative prompts follow the prompts (2B rows), for CLIP and T5 alike.
+        const negatives = cfg ? group.map((x) => x.r.negativePrompt!) : [];
+        const clipIds = Int32Array.from(
+          this.#tokenizers.encodeClip([...group.map((x) => x.r.prompt), ...negatives]),
           Number,
         );
+        const t5Ids = Int32Array.from(
+          this.#tokenizers.encodeT5([...group.map((x) => x.r.prompt2 ?? x.r.prompt), ...negatives], t5Len),
+          Number,
+        );
+        const full = fluxSigmas(first.r.steps, grid.seqLen, this.#scheduler);
+        const sigmas = full.sigmas.slice(startOf(first.r));
         const per = grid.seqLen * PACKED_CHANNELS;
         const latents = new Float32Array(b * per);
-        group.forEach(({ r }, i) => {
-          latents.set(
-            r.latents ??
-              packLatents(noiseForSeeds([r.seed], LATENT_CHANNELS, grid.h, grid.w), 1, LATENT_CHANNELS, grid.h, grid.w),
-            i * per,
-          );
-        });
-        const { sigmas } = fluxSigmas(first.r.steps, grid.seqLen, this.#scheduler);
-        const prepared = await client.prepare({
+        const edits: EditState[] = [];
+        for (const [i, { r }] of group.entries()) {
+          if (r.image) {
+            // The engine's encoder samples the posterior with the normals drawn here (edit.ts draws them).
+            const { latents: start, edit } = await prepareEditSample({
+              request: r,
+              grid,
+              encoder: (pixels, eps, height, width) =>
+                cudaEncode(client, { batch: 1, height, width, pixels, eps: Float32Array.from(eps) }),
+              latentChannels: LATENT_CHANNELS,
+              vaeScaleFactor: 8,
+              scalingFactor: this.#vae.scaling,
+              shiftFactor: this.#vae.shift,
+              sigma0: sigmas[0]!,
+            });
+            latents.set(start, i * per);
+            edits.push(edit);
+          } else {
+            latents.set(r.latents ?? packLatents(noiseOf(r, grid), 1, LATENT_CHANNELS, grid.h, grid.w), i * per);
+          }
+        }
+        const inpaint = first.r.mask ? stackEdits(edits, per) : undefined;
+        const args = {
           batch: b,
           height: first.r.height,
           width: first.r.width,
@@ -345,7 +390,15 @@ class CudaExecutor implements CudaStepExecutor {
           sigmas,
           guidance: group.map((x) => x.r.guidanceScale),
           latents,
-        });
+        };
+        const prepared =
+          cfg || inpaint
+            ? await cudaPrepareEdit(client, {
+                ...args,
+                ...(cfg ? { trueCfg: group.map((x) => x.r.trueCfgScale!) } : {}),
+                ...(inpaint ? { inpaint } : {}),
+              })
+            : await client.prepare(args);
         const job: EngineJob = {
           client,
           id: prepared.job,
@@ -485,8 +538,49 @@ class CudaExecutor implements CudaStepExecutor {
    * `capabilities`.
    */
   #validate(r: SampleRequest): LatentGrid {
-    return checkSampleRequest(r, PACKED_CHANNELS);
+    const grid = checkSampleRequest(r, PACKED_CHANNELS);
+    checkEditRequest(r);
+    return grid;
   }
+
+  /** The VAE's latent scaling of the loaded model (the engine applies it in `encode`; kept for the edit input). */
+  get #vae(): { scaling: number; shift: number } {
+    const c = this.#spec.components.vae?.config ?? {};
+    const scaling = typeof c.scaling_factor === 'number' ? c.scaling_factor : FLUX_VAE_SCALING;
+    const shift = typeof c.shift_factor === 'number' ? c.shift_factor : FLUX_VAE_SHIFT;
+    return { scaling, shift };
+  }
+}
+
+/** The first schedule index a request runs: img2img / inpainting run the last `strength` share (edit.ts). */
+function startOf(r: SampleRequest): number {
+  return r.image ? editStartIndex(r.steps, r.strength ?? DEFAULT_STRENGTH) : 0;
+}
+
+/** The starting noise `[16, h, w]` of a text-to-image sample: its own generator, or its share of a batch's one. */
+function noiseOf(r: SampleRequest, grid: LatentGrid): Float32Array {
+  const g = r.sharedGenerator;
+  if (!g) return noiseForSeeds([r.seed], LATENT_CHANNELS, grid.h, grid.w);
+  const n = LATENT_CHANNELS * grid.h * grid.w;
+  return new TorchCpuGenerator(r.seed).randn(g.batch * n).slice(g.index * n, (g.index + 1) * n);
+}
+
+/** The inpainting inputs of a job, each `[B, L, 64]`: the samples' image latents, noise and mask stacked. */
+function stackEdits(
+  edits: readonly EditState[],
+  per: number,
+): { imageLatents: Float32Array; noise: Float32Array; mask: Float32Array } {
+  const out = {
+    imageLatents: new Float32Array(edits.length * per),
+    noise: new Float32Array(edits.length * per),
+    mask: new Float32Array(edits.length * per),
+  };
+  edits.forEach((e, i) => {
+    out.imageLatents.set(e.imageLatents, i * per);
+    out.noise.set(e.noise, i * per);
+    out.mask.set(e.mask!, i * per);
+  });
+  return out;
 }
 
 function chunks<T>(items: readonly T[], size: number): T[][] {

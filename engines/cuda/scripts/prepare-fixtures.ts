@@ -5,20 +5,27 @@
  * Also writes `flux-tiny-bfl/`: the embedded model's transformer and VAE as BFL single files (F32, so the f32
  * conformance limits hold) with `load-spec.json`, the spec the server would send for that layout (file paths
  * relative to that folder; the text encoders are the repository's `models/flux-tiny` ones).
+ * Also writes `edit/`: the editing fixtures (test/fixtures/flux-tiny-edit) with `edit_tokens.json` (the ids of every
+ * prompt and negative prompt) and, per img2img / inpainting case, `<case>_draws.safetensors`: the draws of the case's
+ * one torch generator as diffusers makes them, `eps` [B, 16, h, w] (the posterior sample's normals) then
+ * `noise_packed` [B, L, 64], checked here against the inpainting cases' stored `noise_packed`.
  *
- * Usage: npx tsx engines/cuda/scripts/prepare-fixtures.ts [fixtures dir] [out dir]
- * (defaults: the repository's test/fixtures/flux-tiny-reference, .device-fixtures)
+ * Usage: npx tsx engines/cuda/scripts/prepare-fixtures.ts [fixtures dir] [out dir] [edit fixtures dir]
+ * (defaults: the repository's test/fixtures/flux-tiny-reference, .device-fixtures, test/fixtures/flux-tiny-edit)
  */
 import { cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
+import { latentGrid, packLatents } from '../../../src/pipeline/flux/latents.ts';
+import { TorchCpuGenerator } from '../../../src/pipeline/flux/noise.ts';
 import { loadFluxTokenizers } from '../../../src/pipeline/flux/tokenize.ts';
 import { cudaLoadSpec } from '../../../src/runtime/cuda/load-spec.ts';
-import { resolveModelRepo } from '../../../src/shared/weights/index.ts';
+import { openSafetensors, resolveModelRepo, writeSafetensors } from '../../../src/shared/weights/index.ts';
 import { writeBflCheckpoints } from '../../../tools/bfl-checkpoint.ts';
 
-const [src = 'test/fixtures/flux-tiny-reference', out = '.device-fixtures'] = process.argv.slice(2);
+const [src = 'test/fixtures/flux-tiny-reference', out = '.device-fixtures', editSrc = 'test/fixtures/flux-tiny-edit'] =
+  process.argv.slice(2);
 const files = [
   'index.json',
   'tokenizer_cases.json',
@@ -56,6 +63,56 @@ for (const pc of index.pipeline_cases) {
 }
 await writeFile(join(out, 'pipeline_tokens.json'), JSON.stringify(prompts));
 
+// Editing cases: the fixtures, every prompt's ids, and the generator's draws (eps first, then the noise, each for
+// the whole batch: diffusers passes one generator).
+const editOut = join(out, 'edit');
+await mkdir(editOut, { recursive: true });
+const editIndex = JSON.parse(await readFile(join(editSrc, 'edit_index.json'), 'utf8')) as {
+  cases: {
+    kind: string;
+    name: string;
+    file: string;
+    prompts: string[];
+    negative?: string[];
+    height: number;
+    width: number;
+    seed: number;
+  }[];
+};
+await copyFile(join(editSrc, 'edit_index.json'), join(editOut, 'edit_index.json'));
+const editPrompts: Record<string, { clip: number[]; t5: number[] }> = {};
+let drawsChecked = 0;
+for (const c of editIndex.cases) {
+  await copyFile(join(editSrc, c.file), join(editOut, c.file));
+  for (const p of [...c.prompts, ...(c.negative ?? [])]) {
+    editPrompts[p] = { clip: Array.from(tok.encodeClip([p]), Number), t5: Array.from(tok.encodeT5([p], 512), Number) };
+  }
+  if (c.kind === 'true_cfg') continue;
+  const b = c.prompts.length;
+  const grid = latentGrid(c.height, c.width);
+  const n = 16 * grid.h * grid.w;
+  const gen = new TorchCpuGenerator(c.seed);
+  const eps = gen.randn(b * n); // [B, 16, h, w]
+  const noise = packLatents(gen.randn(b * n), b, 16, grid.h, grid.w); // [B, L, 64]
+  const f = openSafetensors(join(editSrc, c.file));
+  try {
+    if (f.names().includes('noise_packed')) {
+      const ref = f.readF32('noise_packed');
+      if (ref.length !== noise.length || ref.some((v, i) => v !== noise[i])) {
+        throw new Error(`${c.name}: the generator's noise differs from the fixture's noise_packed`);
+      }
+      drawsChecked++;
+    }
+  } finally {
+    f.close();
+  }
+  writeSafetensors(join(editOut, `${c.name}_draws.safetensors`), {
+    eps: { dtype: 'F32', shape: [b, 16, grid.h, grid.w], data: eps },
+    noise_packed: { dtype: 'F32', shape: [b, grid.seqLen, 64], data: noise },
+  });
+}
+await writeFile(join(editOut, 'edit_tokens.json'), JSON.stringify(editPrompts));
+
 // BFL layout: the checkpoints go into the fixture folder; a scratch repo links them beside the embedded model's
 // text encoders, tokenizers and scheduler (and the transformer/VAE configs: the tiny head size needs
 // axes_dims_rope), so the spec comes from the same resolution the server runs.
@@ -86,5 +143,6 @@ try {
 }
 console.log(
   `fixtures in ${out}: ${files.length} files + pipeline_tokens.json (${Object.keys(prompts).length} prompts) + ` +
-    'flux-tiny-bfl/ (BFL checkpoints, load-spec.json)',
+    'flux-tiny-bfl/ (BFL checkpoints, load-spec.json) + ' +
+    `edit/ (${editIndex.cases.length} cases, ${Object.keys(editPrompts).length} prompts, draws equal to the fixture noise in ${drawsChecked} cases)`,
 );

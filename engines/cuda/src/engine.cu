@@ -38,6 +38,7 @@ Engine::~Engine() {
   t5.reset();
   flux.reset();
   vae.reset();
+  vae_enc.reset();
   if (st) cudaStreamDestroy(st);
 }
 
@@ -112,7 +113,11 @@ void Engine::load_components(std::array<Component, 4>& parts) {
   {
     WeightLoader L(parts[3].files.get(), weights, 4, st, plan, "vae");
     vae = std::make_unique<VaeDecoder>(cfg.vae, L);
-    L.finish({"encoder.*", "quant_conv.*", "post_quant_conv.*"});  // the decoder only
+    // The encoder (img2img, inpainting) when the checkpoint has one; a decoder-only file still loads.
+    if (L.has("encoder.conv_in.weight")) vae_enc = std::make_unique<VaeEncoder>(cfg.vae, L);
+    if (vae_enc) L.finish(cfg.vae.quant_conv ? std::vector<std::string>{"post_quant_conv.*"}
+                                             : std::vector<std::string>{"quant_conv.*", "post_quant_conv.*"});
+    else L.finish({"encoder.*", "quant_conv.*", "post_quant_conv.*"});
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
 }
@@ -134,6 +139,7 @@ void Engine::load_synthetic(uint64_t seed) {
   {
     WeightLoader L(nullptr, weights, seed + 3, st, plan, "vae");
     vae = std::make_unique<VaeDecoder>(cfg.vae, L);
+    vae_enc = std::make_unique<VaeEncoder>(cfg.vae, L);
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
 }
@@ -143,41 +149,61 @@ int Engine::epoch() const { return scratch.generation() * 4096 + cudnn.workspace
 std::unique_ptr<Job> Engine::prepare(const Request& r) {
   auto j = std::make_unique<Job>();
   j->req = r;
-  const int B = r.batch, T = r.t5_len, D = cfg.flux.hidden();
+  const int B = r.batch, TB = r.text_batch(), T = r.t5_len, D = cfg.flux.hidden();
   if (r.height % 16 || r.width % 16) throw std::runtime_error("height and width must be multiples of 16");
   if (r.sigmas.size() < 2) throw std::runtime_error("sigmas must hold steps + 1 values");
   if (int(r.guidance.size()) != B) throw std::runtime_error("guidance must hold one value per sample");
-  if (int(r.clip_ids.size()) != B * cfg.clip.maxpos) throw std::runtime_error("clip_ids must be [B, 77]");
-  if (int(r.t5_ids.size()) != B * T) throw std::runtime_error("t5_ids must be [B, t5_len]");
+  if (!r.cfg_scale.empty() && int(r.cfg_scale.size()) != B)
+    throw std::runtime_error("true_cfg must hold one scale per sample");
+  if (int(r.clip_ids.size()) != TB * cfg.clip.maxpos)
+    throw std::runtime_error(TB == B ? "clip_ids must be [B, 77]" : "clip_ids must be [2B, 77] with true_cfg");
+  if (int(r.t5_ids.size()) != TB * T)
+    throw std::runtime_error(TB == B ? "t5_ids must be [B, t5_len]" : "t5_ids must be [2B, t5_len] with true_cfg");
   j->L = (r.height / 16) * (r.width / 16);
   j->S = T + j->L;
+  j->TB = TB;
   j->steps = int(r.sigmas.size()) - 1;
-  j->R = B * j->steps;
-  if (!r.latents.empty() && int64_t(r.latents.size()) != int64_t(B) * j->L * 64)
+  j->R = TB * j->steps;
+  const int64_t n = int64_t(B) * j->L * 64;  // the samples' latents
+  if (!r.latents.empty() && int64_t(r.latents.size()) != n)
     throw std::runtime_error("latents must be [B, (H/16)(W/16), 64]");
-  auto f32 = [&](size_t n) { return static_cast<float*>(j->mem.alloc(n * 4)); };
-  j->pooled = f32(size_t(B) * cfg.clip.hidden);
-  j->t5 = f32(size_t(B) * T * cfg.t5.d_model);
-  j->ctx0 = f32(size_t(B) * T * D);
+  const bool inpaint = !r.image_latents.empty() || !r.noise.empty() || !r.mask.empty();
+  if (inpaint && (int64_t(r.image_latents.size()) != n || int64_t(r.noise.size()) != n || int64_t(r.mask.size()) != n))
+    throw std::runtime_error("inpainting needs image_latents, noise and mask, each [B, (H/16)(W/16), 64]");
+  auto f32 = [&](size_t k) { return static_cast<float*>(j->mem.alloc(k * 4)); };
+  auto put = [&](const std::vector<float>& h) {
+    float* d = f32(h.size());
+    CUDA_CHECK(cudaMemcpyAsync(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice, st));
+    return d;
+  };
+  j->pooled = f32(size_t(TB) * cfg.clip.hidden);
+  j->t5 = f32(size_t(TB) * T * cfg.t5.d_model);
+  j->ctx0 = f32(size_t(TB) * T * D);
   j->mods = f32(size_t(j->R) * flux->mod_width());
   j->cs = f32(size_t(j->S) * cfg.flux.head_dim);
-  j->lat = f32(size_t(B) * j->L * 64);
-  j->vel = f32(size_t(B) * j->L * 64);
-  j->sigmas = f32(r.sigmas.size());
-  CUDA_CHECK(cudaMemcpyAsync(j->sigmas, r.sigmas.data(), r.sigmas.size() * 4, cudaMemcpyHostToDevice, st));
-  j->state = flux->alloc_step(j->mem, B, j->L, T, st);
+  j->lat = f32(size_t(TB) * j->L * 64);
+  j->vel = f32(size_t(TB) * j->L * 64);
+  j->sigmas = put(r.sigmas);
+  if (!r.cfg_scale.empty()) j->cfg = put(r.cfg_scale);
+  if (inpaint) {
+    j->x0 = put(r.image_latents);
+    j->noise = put(r.noise);
+    j->mask = put(r.mask);
+  }
+  j->state = flux->alloc_step(j->mem, TB, j->L, T, st);
   Ctx c = ctx();
-  clip->encode(c, r.clip_ids, B, j->pooled);
-  t5->encode(c, r.t5_ids, B, T, j->t5);
-  flux->embed_context(c, j->t5, B * T, j->ctx0);
-  // Model inputs exactly as the pipeline forms them: timestep = float32(sigma * 1000) / 1000.
+  clip->encode(c, r.clip_ids, TB, j->pooled);
+  t5->encode(c, r.t5_ids, TB, T, j->t5);
+  flux->embed_context(c, j->t5, TB * T, j->ctx0);
+  // Model inputs exactly as the pipeline forms them: timestep = float32(sigma * 1000) / 1000. A negative row has its
+  // sample's guidance.
   std::vector<float> tin(j->R), gin(j->R);
   for (int i = 0; i < j->steps; i++)
-    for (int b = 0; b < B; b++) {
-      tin[i * B + b] = (r.sigmas[i] * 1000.f) / 1000.f;
-      gin[i * B + b] = r.guidance[b];
+    for (int b = 0; b < TB; b++) {
+      tin[i * TB + b] = (r.sigmas[i] * 1000.f) / 1000.f;
+      gin[i * TB + b] = r.guidance[b % B];
     }
-  flux->conditioning(c, tin, gin, j->pooled, B, j->steps, j->mods);
+  flux->conditioning(c, tin, gin, j->pooled, TB, j->steps, j->mods);
   // Text ids are zeros; image ids (0, row, col) in row-major token order.
   std::vector<float> ids(size_t(j->S) * 3, 0.f);
   for (int y = 0; y < r.height / 16; y++)
@@ -192,25 +218,35 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   if (it == rope_cache_.end()) it = rope_cache_.emplace(key, rope_table(cfg.flux, ids, j->S)).first;
   CUDA_CHECK(cudaMemcpyAsync(j->cs, it->second.data(), it->second.size() * 4, cudaMemcpyHostToDevice, st));
   if (r.latents.empty())
-    fill_normal(j->lat, DType::F32, int64_t(B) * j->L * 64, 0.f, 1.f, r.seed, st);
+    fill_normal(j->lat, DType::F32, n, 0.f, 1.f, r.seed, st);
   else
     CUDA_CHECK(cudaMemcpyAsync(j->lat, r.latents.data(), r.latents.size() * 4, cudaMemcpyHostToDevice, st));
+  if (TB != B) CUDA_CHECK(cudaMemcpyAsync(j->lat + n, j->lat, n * 4, cudaMemcpyDeviceToDevice, st));
   // The first job of a geometry plans the step here: one transformer forward (its outputs are discarded: the latents
   // and the step index are untouched) picks and times the GEMM algorithms and builds the cuDNN plans and workspace,
   // so every step, the first included, can be captured without allocating or synchronising.
-  auto geo = std::make_tuple(B, j->L, T);
+  auto geo = std::make_tuple(TB, j->L, T);
   if (!planned_.count(geo)) {
     flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
     planned_.insert(geo);
   }
+  // The host vectors (ids, latents, edit inputs) are copied from pageable memory: wait before `r` may go away.
+  CUDA_CHECK(cudaStreamSynchronize(st));
   return j;
 }
 
 // One step, enqueued: transformer, then lat += (sigma[i+1] - sigma[i]) * vel and the device step index + 1.
+// True CFG: the negative half of the latents is refreshed from the positive half first, and the velocities are
+// combined before the update. Inpainting: the blend after the update reads the advanced index (the next sigma).
 void Engine::step_eager(Job& j) {
   Ctx c = ctx();
+  const int B = j.req.batch;
+  const int64_t per = int64_t(j.L) * 64, n = B * per;
+  if (j.cfg) CUDA_CHECK(cudaMemcpyAsync(j.lat + n, j.lat, n * 4, cudaMemcpyDeviceToDevice, st));
   flux->forward(c, j.state, j.lat, j.ctx0, j.mods, j.R, j.cs, j.vel);
-  euler_step_sched(j.lat, j.vel, int64_t(j.req.batch) * j.L * 64, j.sigmas, j.state.step, st);
+  if (j.cfg) true_cfg_combine(j.vel, B, per, j.cfg, st);
+  euler_step_sched(j.lat, j.vel, n, j.sigmas, j.state.step, st);
+  if (j.mask) inpaint_blend(j.lat, j.x0, j.noise, j.mask, n, j.sigmas, j.state.step, st);
 }
 
 // Records one step into a CUDA graph. Every input of the step is in device memory (the step index too) and every
@@ -270,6 +306,12 @@ void Engine::step(Job& j) {
     step_eager(j);
   }
   j.step++;
+}
+
+void Engine::encode(const float* pixels, int B, int H, int W, float* mean, float* logvar) {
+  if (!vae_enc) throw std::runtime_error("the loaded VAE has no encoder (encoder.* tensors): edits need one");
+  Ctx c = ctx();
+  vae_enc->encode(c, pixels, B, H, W, mean, logvar);
 }
 
 void Engine::decode(Job& j, float* chw, uint8_t* rgb) {

@@ -25,12 +25,20 @@ struct ModelConfig {
 // One generation request. Token ids come from the host tokenizers; sigmas ([steps + 1], last 0) from the host
 // scheduler. Latents: explicit packed [B, (H/16)(W/16), 64] fp32, or drawn on the GPU from `seed` when empty
 // (the engine's own generator, not PyTorch's).
+// Edits (PROTOCOL.md): img2img is plain explicit latents and a cut schedule (host side). True CFG (`cfg_scale` [B]):
+// the ids hold 2B rows, the B prompts then the B negative prompts; each step runs the transformer on 2B rows (both
+// halves read the same latents) and combines v = neg + scale * (pos - neg). Inpainting (`image_latents`, `noise`,
+// `mask`, each packed [B, L, 64]): after every step, lat = (1 - m) * (s * noise + (1 - s) * x0) + m * lat with s the
+// next sigma.
 struct Request {
   int batch = 1, height = 1024, width = 1024, t5_len = 512;
-  std::vector<int> clip_ids, t5_ids;  // [B, clip.maxpos], [B, t5_len]
+  std::vector<int> clip_ids, t5_ids;  // [B or 2B, clip.maxpos], [B or 2B, t5_len]
   std::vector<float> sigmas, guidance;  // [steps + 1], [B]
   std::vector<float> latents;
   uint64_t seed = 0;
+  std::vector<float> cfg_scale;                    // [B] or empty
+  std::vector<float> image_latents, noise, mask;  // [B, L, 64] each, or all empty
+  int text_batch() const { return cfg_scale.empty() ? batch : 2 * batch; }
 };
 
 // A captured denoising step (one per job: it bakes in the job's buffers). Owns the graph and its executable.
@@ -48,10 +56,14 @@ class StepGraph {
 
 struct Job {
   Request req;
-  int L = 0, S = 0, R = 0, steps = 0, step = 0;
+  // TB: the transformer's batch (2B with true CFG, else B); R = TB * steps conditioning rows.
+  int L = 0, S = 0, R = 0, TB = 0, steps = 0, step = 0;
   DeviceArena mem;
+  // lat and vel hold TB samples (with true CFG the second half of lat is the first half's copy, made each step).
   float *pooled = nullptr, *t5 = nullptr, *ctx0 = nullptr, *mods = nullptr, *cs = nullptr, *lat = nullptr,
         *vel = nullptr, *sigmas = nullptr;
+  float* cfg = nullptr;                                        // [B] true-CFG scales, or null
+  float *x0 = nullptr, *noise = nullptr, *mask = nullptr;  // inpainting, [B, L, 64] each, or null
   FluxStep state;  // the step's buffers and device step index, sized for this job's geometry
   StepGraph graph;
   int replays = 0;  // steps run by graph replay
@@ -81,6 +93,9 @@ class Engine {
   // Workspace epoch: changes when a buffer a captured step may read moves (scratch growth, cuDNN workspace).
   int epoch() const;
   void decode(Job& j, float* chw, uint8_t* rgb);  // device outputs, either may be null
+  // The VAE encoder: pixels float CHW [B, 3, H, W] in [-1, 1] (device) -> fp32 NCHW mean, logvar [B, 16, H/8, W/8]
+  // (device). Throws when the checkpoint has no encoder.
+  void encode(const float* pixels, int B, int H, int W, float* mean, float* logvar);
   Ctx ctx() {
     return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr, use_cudnn_conv ? &cudnn_conv : nullptr, nullptr};
   }
@@ -104,6 +119,7 @@ class Engine {
   std::unique_ptr<T5Encoder> t5;
   std::unique_ptr<FluxTransformer> flux;
   std::unique_ptr<VaeDecoder> vae;
+  std::unique_ptr<VaeEncoder> vae_enc;  // null when the checkpoint has no encoder
 };
 
 ModelConfig flux_dev_config();

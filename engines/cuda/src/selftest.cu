@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <random>
 
 #include "engine.h"
@@ -270,6 +271,99 @@ void unit_cudnn_conv(Engine& e) {
   }
 }
 
+// Editing against diffusers (test/fixtures/flux-tiny-edit, copied with the generator's draws by prepare-fixtures.ts
+// into <fixtures>/edit): the VAE encoder (the posterior sample with the fixture's torch draws -> the packed image
+// latents of inpainting, and img2img's start latents sigma0 * noise + (1 - sigma0) * x0), then every step and the
+// image of img2img (explicit start latents, cut schedule), inpainting (the per-step blend in the engine) and true CFG
+// (2B transformer rows).
+void run_edit_cases(Engine& e, const std::string& dir, double tol, double img_tol, bool req) {
+  Json index = Json::parse(read_text_file(dir + "/edit_index.json"));
+  Json toks = Json::parse(read_text_file(dir + "/edit_tokens.json"));
+  Ctx c = e.ctx();
+  const std::string rdt = e.precision();
+  for (auto& ec : index["cases"].a) {
+    const std::string name = "edit." + ec["name"].s, kind = ec["kind"].s;
+    SafetensorsFile f(dir + "/" + ec["file"].s);
+    const int B = int(ec["prompts"].a.size()), H = int(ec["height"].n), W = int(ec["width"].n);
+    const int steps = int(ec["steps"].n), run = int(ec["steps_run"].n), start = steps - run;
+    const int h = H / 8, w = W / 8;
+    const size_t n = size_t(B) * (H / 16) * (W / 16) * 64;
+    auto sig = f.to_f32("sigmas");
+    if (int(sig.size()) != steps + 1) throw std::runtime_error(name + ": sigmas must hold steps + 1 values");
+    std::vector<float> sigmas(sig.begin() + start, sig.end());
+    if (kind != "true_cfg") {
+      // Encoder: pixels 2x - 1 in float32, the posterior sample with the case's torch draws.
+      SafetensorsFile draws(dir + "/" + ec["name"].s + "_draws.safetensors");
+      auto img = f.to_f32("input_image"), eps = draws.to_f32("eps"), noise = draws.to_f32("noise_packed");
+      for (auto& v : img) v = 2.f * v - 1.f;
+      const size_t nm = size_t(B) * e.cfg.vae.latent * h * w;
+      float* d_img = c.f32("edit.pixels", img.size());
+      float* d_eps = c.f32("edit.eps", nm);
+      float* d_mom = c.f32("edit.moments", 2 * nm);
+      float* d_x0 = c.f32("edit.x0", n);
+      upload_as(d_img, img, DType::F32, e.st);
+      upload_as(d_eps, eps, DType::F32, e.st);
+      e.encode(d_img, B, H, W, d_mom, d_mom + nm);
+      sample_latents_packed(d_mom, d_mom + nm, d_eps, B, h, w, e.cfg.vae.scaling, e.cfg.vae.shift, d_x0, e.st);
+      auto x0 = download(d_x0, n);
+      if (kind == "inpaint") {
+        report(name + " image_latents (VAE encoder)", rdt, "rel_err", rel_err(x0, f.to_f32("image_latents_packed").data(), n),
+               tol, req);
+      } else {
+        // scale_noise in float32: sigma * noise + (1 - sigma) * x0.
+        const float s0 = sigmas[0], keep = 1.f - s0;
+        std::vector<float> start_lat(n);
+        for (size_t i = 0; i < n; i++) {
+          volatile float a = s0 * noise[i], b = keep * x0[i];
+          start_lat[i] = a + b;
+        }
+        report(name + " initial_latents (VAE encoder)", rdt, "rel_err",
+               rel_err(start_lat, f.to_f32("initial_latents_packed").data(), n), tol, req);
+      }
+    }
+    Request r;
+    r.batch = B;
+    r.height = H;
+    r.width = W;
+    r.t5_len = 512;
+    std::vector<std::string> texts;
+    for (auto& p : ec["prompts"].a) texts.push_back(p.s);
+    if (kind == "true_cfg") {
+      for (auto& p : ec["negative"].a) texts.push_back(p.s);
+      r.cfg_scale.assign(B, float(ec["true_cfg"].n));
+    }
+    for (auto& t : texts) {
+      auto a = ids_of(toks[t]["clip"]), b = ids_of(toks[t]["t5"]);
+      r.clip_ids.insert(r.clip_ids.end(), a.begin(), a.end());
+      r.t5_ids.insert(r.t5_ids.end(), b.begin(), b.end());
+    }
+    r.guidance.assign(B, float(ec["guidance"].n));
+    r.sigmas = sigmas;
+    r.latents = f.to_f32("initial_latents_packed");
+    if (kind == "inpaint") {
+      r.image_latents = f.to_f32("image_latents_packed");
+      r.noise = f.to_f32("noise_packed");
+      r.mask = f.to_f32("mask_latents_packed");
+    }
+    auto job = e.prepare(r);
+    double worst = 0;
+    for (int i = 0; i < job->steps; i++) {
+      e.step(*job);
+      auto ref = f.to_f32("latents_after_step_" + std::to_string(i));
+      worst = std::max(worst, rel_err(download(job->lat, n), ref.data(), n));
+    }
+    report(name + " latents (" + std::to_string(job->steps) + " steps, worst)", rdt, "rel_err",
+           job->steps == run ? worst : INFINITY, tol, req);
+    fprintf(stderr, "[selftest] %s %s: %d of %d steps replayed from a CUDA graph\n", rdt.c_str(), name.c_str(),
+            job->replays, job->steps);
+    auto img_ref = f.to_f32("image");
+    float* chw = c.f32("test.chw", img_ref.size());
+    e.decode(*job, chw, nullptr);
+    report(name + " image", rdt, "max_abs", max_abs(download(chw, img_ref.size()), img_ref.data(), img_ref.size()),
+           img_tol, req);
+  }
+}
+
 void run_precision(const std::string& fx, const std::string& model, const std::string& precision) {
   Engine e(PrecisionPlan::named(precision));
   const DType dt = e.dt;
@@ -399,6 +493,13 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
     e.decode(*job, chw, nullptr);
     report(name + " image", rdt, "max_abs", max_abs(download(chw, img_ref.size()), img_ref.data(), img_ref.size()),
            img_tol, req);
+  }
+  // Edit cases when the fixtures carry them (prepare-fixtures.ts writes <fixtures>/edit).
+  if (std::ifstream(fx + "/edit/edit_index.json").good()) {
+    run_edit_cases(e, fx + "/edit", tol, img_tol, req);
+  } else {
+    printf("{\"case\":\"edit\",\"skipped\":\"no %s/edit/edit_index.json (prepare-fixtures.ts writes it)\"}\n",
+           fx.c_str());
   }
   fprintf(stderr, "[selftest] %s: gemm fallbacks %d, lazy bias copies %d\n", rdt.c_str(), e.gemm.fallbacks(),
           e.gemm.lazy_bias_copies());

@@ -9,6 +9,7 @@
 #include <map>
 
 #include "engine.h"
+#include "kernels/kernels.h"
 #include "selftest.h"
 
 namespace fq {
@@ -128,20 +129,36 @@ int run_serve() {
         r.sigmas = floats(req["sigmas"]);
         r.guidance = floats(req["guidance"]);
         r.seed = uint64_t(req.num("seed", 0));
-        size_t nclip = size_t(r.batch) * eng->cfg.clip.maxpos, nt5 = size_t(r.batch) * r.t5_len;
+        if (req.has("true_cfg")) r.cfg_scale = floats(req["true_cfg"]);
+        // True CFG: the ids hold 2B rows (the prompts, then the negative prompts).
+        const size_t tb = size_t(r.text_batch());
+        size_t nclip = tb * eng->cfg.clip.maxpos, nt5 = tb * r.t5_len;
         size_t nlat = size_t(r.batch) * (r.height / 16) * (r.width / 16) * 64;
         bool explicit_lat = req.str("latents", "seed") == "payload";
-        size_t need = (nclip + nt5) * 4 + (explicit_lat ? nlat * 4 : 0);
+        // Inpainting: image latents, noise and mask (each [B, L, 64] f32) after the latents.
+        bool inpaint = req["inpaint"].kind == Json::Bool && req["inpaint"].b;
+        size_t need = (nclip + nt5) * 4 + (explicit_lat ? nlat * 4 : 0) + (inpaint ? 3 * nlat * 4 : 0);
         if (payload.size() != need)
           throw std::runtime_error("prepare payload must be " + std::to_string(need) + " bytes, got " +
                                    std::to_string(payload.size()));
         r.clip_ids.resize(nclip);
         r.t5_ids.resize(nt5);
-        memcpy(r.clip_ids.data(), payload.data(), nclip * 4);
-        memcpy(r.t5_ids.data(), payload.data() + nclip * 4, nt5 * 4);
+        const uint8_t* at = payload.data();
+        auto take = [&](void* dst, size_t bytes) {
+          memcpy(dst, at, bytes);
+          at += bytes;
+        };
+        take(r.clip_ids.data(), nclip * 4);
+        take(r.t5_ids.data(), nt5 * 4);
         if (explicit_lat) {
           r.latents.resize(nlat);
-          memcpy(r.latents.data(), payload.data() + (nclip + nt5) * 4, nlat * 4);
+          take(r.latents.data(), nlat * 4);
+        }
+        if (inpaint) {
+          for (auto* v : {&r.image_latents, &r.noise, &r.mask}) {
+            v->resize(nlat);
+            take(v->data(), nlat * 4);
+          }
         }
         auto job = eng->prepare(r);
         CUDA_CHECK(cudaStreamSynchronize(eng->st));
@@ -150,6 +167,45 @@ int run_serve() {
         jobs[jid] = std::move(job);
         send("{\"op\":\"prepared\",\"id\":" + id + ",\"job\":" + std::to_string(jid) +
              ",\"steps\":" + std::to_string(steps) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+      } else if (op == "encode") {
+        // The VAE encoder: pixels [B, 3, H, W] f32 in [-1, 1], optional noise [B, 16, H/8, W/8] f32 ->
+        // packed scaled latents [B, L, 64] (output "latents"), or mean and logvar (output "moments").
+        const int B = int(req.num("batch", 1)), H = int(req.num("height", 0)), W = int(req.num("width", 0));
+        if (B < 1 || H < 16 || W < 16 || H % 16 || W % 16)
+          throw std::runtime_error("encode: batch >= 1 and height, width multiples of 16 are required");
+        const std::string output = req.str("output", "latents");
+        if (output != "latents" && output != "moments") throw std::runtime_error("encode: output is latents or moments");
+        const bool with_noise = req.str("noise", "none") == "payload";
+        const int C = eng->cfg.vae.latent, h = H / 8, w = W / 8;
+        if (C != 16) throw std::runtime_error("encode: only 16 latent channels are packed");
+        const size_t npix = size_t(B) * 3 * H * W, nmom = size_t(B) * C * h * w;
+        const size_t need = (npix + (with_noise ? nmom : 0)) * 4;
+        if (payload.size() != need)
+          throw std::runtime_error("encode payload must be " + std::to_string(need) + " bytes, got " +
+                                   std::to_string(payload.size()));
+        float* pix = eng->scratch.getT<float>("serve.pixels", npix);
+        float* mom = eng->scratch.getT<float>("serve.moments", 2 * nmom);
+        float* eps = with_noise ? eng->scratch.getT<float>("serve.eps", nmom) : nullptr;
+        float* lat = eng->scratch.getT<float>("serve.enc_latents", nmom);
+        CUDA_CHECK(cudaMemcpyAsync(pix, payload.data(), npix * 4, cudaMemcpyHostToDevice, eng->st));
+        if (eps)
+          CUDA_CHECK(cudaMemcpyAsync(eps, payload.data() + npix * 4, nmom * 4, cudaMemcpyHostToDevice, eng->st));
+        eng->encode(pix, B, H, W, mom, mom + nmom);
+        std::vector<float> out(output == "moments" ? 2 * nmom : nmom);
+        if (output == "moments") {
+          CUDA_CHECK(cudaMemcpyAsync(out.data(), mom, out.size() * 4, cudaMemcpyDeviceToHost, eng->st));
+        } else {
+          sample_latents_packed(mom, mom + nmom, eps, B, h, w, eng->cfg.vae.scaling, eng->cfg.vae.shift, lat, eng->st);
+          CUDA_CHECK(cudaMemcpyAsync(out.data(), lat, out.size() * 4, cudaMemcpyDeviceToHost, eng->st));
+        }
+        CUDA_CHECK(cudaStreamSynchronize(eng->st));
+        const std::string shape = output == "moments"
+                                      ? "[" + std::to_string(B) + "," + std::to_string(C) + "," + std::to_string(h) +
+                                            "," + std::to_string(w) + "]"
+                                      : "[" + std::to_string(B) + "," + std::to_string((h / 2) * (w / 2)) + ",64]";
+        send("{\"op\":\"encoded\",\"id\":" + id + ",\"output\":\"" + output + "\",\"format\":\"f32\",\"shape\":" +
+                 shape + ",\"ms\":" + std::to_string(ms_since(t0)) + "}",
+             out.data(), out.size() * 4);
       } else {
         int64_t jid = int64_t(req.num("job", -1));
         auto it = jobs.find(jid);

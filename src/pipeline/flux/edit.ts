@@ -155,11 +155,24 @@ export interface EditState {
   mask?: Float32Array;
 }
 
+/**
+ * A VAE encoder that samples itself (the CUDA engine's `encode`): pixels NCHW `[1, 3, H, W]` in [−1, 1] and the
+ * posterior's normals `eps` `[1, C, h, w]` → the packed image latents `[L, 4C]`, `((mean + exp(logvar/2)·eps) −
+ * shift)·scaling` as {@link controlLatents} computes them.
+ */
+export type SamplingImageEncoder = (
+  pixels: Float32Array,
+  eps: Float32Array,
+  height: number,
+  width: number,
+) => Promise<Float32Array>;
+
 /** What {@link prepareEditSample} needs besides the request. */
 export interface EditSampleInput {
   request: SampleRequest;
   grid: LatentGrid;
-  encoder: Session;
+  /** The ONNX `vae_encoder` session (moments out), or an encoder that samples itself. */
+  encoder: Session | SamplingImageEncoder;
   latentChannels: number;
   vaeScaleFactor: number;
   scalingFactor: number;
@@ -180,10 +193,6 @@ export async function prepareEditSample(input: EditSampleInput): Promise<{ laten
     if (err instanceof ControlImageError) throw new ControlImageError(err.code, err.message, 'image');
     throw err;
   }
-  const out = await input.encoder.run({ image: { data: pixels, dims: [1, 3, height, width] } });
-  const mean = out.latent_mean?.data as Float32Array | undefined; // [1, C, h, w]
-  const logvar = out.latent_logvar?.data as Float32Array | undefined;
-  if (!mean || !logvar) throw new Error('vae_encoder must output latent_mean and latent_logvar');
   const n = c * grid.h * grid.w;
   const { index, batch } = r.sharedGenerator ?? { index: 0, batch: 1 };
   const gen = new TorchCpuGenerator(r.seed);
@@ -191,7 +200,17 @@ export async function prepareEditSample(input: EditSampleInput): Promise<{ laten
   const eps = gen.randn(batch * n).subarray(index * n, (index + 1) * n);
   const drawn = gen.randn(batch * n).subarray(index * n, (index + 1) * n);
   const noise = r.latents ? Float32Array.from(r.latents) : packLatents(drawn, 1, c, grid.h, grid.w);
-  const imageLatents = controlLatents(mean, logvar, eps, c, grid.h, grid.w, input.scalingFactor, input.shiftFactor);
+  let imageLatents: Float32Array;
+  if (typeof input.encoder === 'function') {
+    imageLatents = await input.encoder(pixels, eps, height, width);
+    if (imageLatents.length !== n) throw new Error(`the image encoder gave ${imageLatents.length} values, not ${n}`);
+  } else {
+    const out = await input.encoder.run({ image: { data: pixels, dims: [1, 3, height, width] } });
+    const mean = out.latent_mean?.data as Float32Array | undefined; // [1, C, h, w]
+    const logvar = out.latent_logvar?.data as Float32Array | undefined;
+    if (!mean || !logvar) throw new Error('vae_encoder must output latent_mean and latent_logvar');
+    imageLatents = controlLatents(mean, logvar, eps, c, grid.h, grid.w, input.scalingFactor, input.shiftFactor);
+  }
   const mask = r.mask ? await maskLatents(r.mask, height, width, grid, c) : undefined;
   return {
     latents: scaleNoise(imageLatents, noise, input.sigma0),

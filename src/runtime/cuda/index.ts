@@ -14,6 +14,16 @@ export {
   MAX_HEADER_BYTES,
 } from '../process/frames.ts';
 export {
+  type CudaEditPrepareArgs,
+  type CudaEncodeArgs,
+  cudaEncode,
+  cudaEncodeMoments,
+  cudaPrepareEdit,
+  editPrepareFrameOf,
+  encodeFrameOf,
+  type RequestFrame,
+} from './edit-requests.ts';
+export {
   CudaEngineClient,
   type CudaEngineClientOptions,
   type CudaEngineInfo,

@@ -121,6 +121,46 @@ __global__ void image_out_kernel(const T* x, int cs, int B, int H, int W, float*
   }
 }
 
+template <typename T>
+__global__ void image_in_kernel(const float* chw, int B, int H, int W, int cs, T* x) {
+  int64_t n = int64_t(B) * H * W * cs;
+  GRID_LOOP(i, n) {
+    int c = int(i % cs);
+    int64_t pix = i / cs;
+    int64_t b = pix / (int64_t(H) * W), hw = pix % (int64_t(H) * W);
+    x[i] = fromf<T>(c < 3 ? chw[(b * 3 + c) * H * W + hw] : 0.f);
+  }
+}
+
+template <typename T>
+__global__ void moments_kernel(const T* m, int B, int hw, int C, float* mean, float* logvar) {
+  int64_t n = int64_t(B) * hw * C;
+  GRID_LOOP(i, n) {
+    // i indexes NCHW [B, C, hw]; m is NHWC [B, hw, 2C].
+    int64_t b = i / (int64_t(C) * hw), p = i % hw;
+    int c = int((i / hw) % C);
+    const T* px = m + (b * hw + p) * 2 * C;
+    mean[i] = tof(px[c]);
+    logvar[i] = fminf(fmaxf(tof(px[C + c]), -30.f), 20.f);
+  }
+}
+
+__global__ void sample_packed_kernel(const float* mean, const float* logvar, const float* eps, int B, int h, int w,
+                                     float scaling, float shift, float* packed) {
+  int64_t n = int64_t(B) * h * w * 16;
+  GRID_LOOP(i, n) {
+    // i indexes NCHW [B, 16, h, w]; token (y/2, x/2), feature c*4 + (y%2)*2 + x%2. Every operation rounded to fp32
+    // in torch's order (no contraction): ((mean + exp(0.5 logvar) * eps) - shift) * scaling.
+    int x = int(i % w), y = int((i / w) % h), c = int((i / (int64_t(w) * h)) % 16);
+    int64_t b = i / (int64_t(16) * h * w);
+    float z = mean[i];
+    if (eps) z = __fadd_rn(z, __fmul_rn(expf(__fmul_rn(0.5f, logvar[i])), eps[i]));
+    z = __fmul_rn(__fsub_rn(z, shift), scaling);
+    int64_t tok = int64_t(y / 2) * (w / 2) + x / 2;
+    packed[(b * (h / 2) * (w / 2) + tok) * 64 + c * 4 + (y % 2) * 2 + (x % 2)] = z;
+  }
+}
+
 }  // namespace
 
 void cast(const void* in, DType it, void* out, DType ot, int64_t n, cudaStream_t st) {
@@ -195,6 +235,31 @@ void image_out(const void* x, DType dt, int cs, int B, int H, int W, float* chw,
   FQ_DISPATCH(dt, T,
               image_out_kernel<T><<<grid_for(int64_t(B) * H * W * 3), kThreads, 0, st>>>(static_cast<const T*>(x),
                                                                                          cs, B, H, W, chw, rgb));
+  LAUNCH_CHECK();
+}
+
+}  // namespace fq
+
+namespace fq {
+
+void image_in(const float* chw, int B, int H, int W, int cs, void* x, DType dt, cudaStream_t st) {
+  FQ_DISPATCH(dt, T,
+              image_in_kernel<T><<<grid_for(int64_t(B) * H * W * cs), kThreads, 0, st>>>(chw, B, H, W, cs,
+                                                                                         static_cast<T*>(x)));
+  LAUNCH_CHECK();
+}
+
+void vae_moments(const void* m, DType dt, int B, int h, int w, int C, float* mean, float* logvar, cudaStream_t st) {
+  FQ_DISPATCH(dt, T,
+              moments_kernel<T><<<grid_for(int64_t(B) * h * w * C), kThreads, 0, st>>>(static_cast<const T*>(m), B,
+                                                                                        h * w, C, mean, logvar));
+  LAUNCH_CHECK();
+}
+
+void sample_latents_packed(const float* mean, const float* logvar, const float* eps, int B, int h, int w,
+                           float scaling, float shift, float* packed, cudaStream_t st) {
+  sample_packed_kernel<<<grid_for(int64_t(B) * h * w * 16), kThreads, 0, st>>>(mean, logvar, eps, B, h, w, scaling,
+                                                                               shift, packed);
   LAUNCH_CHECK();
 }
 

@@ -33,6 +33,13 @@ void gather_step_rows(const float* src, int64_t R, int B, const int* step, const
                       float* dst, cudaStream_t st);
 // lat += (sigmas[*step + 1] - sigmas[*step]) * vel, then *step += 1.
 void euler_step_sched(float* lat, const float* vel, int64_t n, const float* sigmas, int* step, cudaStream_t st);
+// True CFG: vel[b] = neg + scale[b] * (pos - neg) for the B positive samples, pos = vel[b], neg = vel[B + b]
+// (per = L * 64 values a sample; scale: device [B]).
+void true_cfg_combine(float* vel, int B, int64_t per, const float* scale, cudaStream_t st);
+// Inpainting after a step (the step index already advanced): with s = sigmas[*step] (0 after the last step),
+// lat = (1 - m) * (s * noise + (1 - s) * x0) + m * lat, fp32 in diffusers' order.
+void inpaint_blend(float* lat, const float* x0, const float* noise, const float* mask, int64_t n, const float* sigmas,
+                   const int* step, cudaStream_t st);
 // out[i, :] = table[ids[i], :] (+ pos[i % seqlen, :] when pos != nullptr); fp32.
 void embed_rows(const float* table, const int* ids, const float* pos, int n, int seqlen, int dim, float* out,
                 cudaStream_t st);
@@ -42,6 +49,16 @@ void latents_to_vae(const float* packed, int B, int h, int w, float scaling, flo
 // Decoder output NHWC [B, H, W, cs] (channels 0..2 used) in [-1, 1] -> clamp(x/2 + 0.5): float CHW [B, 3, H, W]
 // and/or RGB8 HWC [B, H, W, 3].
 void image_out(const void* x, DType dt, int cs, int B, int H, int W, float* chw, uint8_t* rgb, cudaStream_t st);
+// Encoder input: float CHW [B, 3, H, W] (in [-1, 1]) -> NHWC [B, H, W, cs], channels 3..cs-1 zero (cs = 8 keeps the
+// im2col row 16-byte aligned).
+void image_in(const float* chw, int B, int H, int W, int cs, void* x, DType dt, cudaStream_t st);
+// Encoder moments NHWC [B, h, w, 2C] -> fp32 NCHW mean [B, C, h, w] and logvar clamped to [-30, 20] (diffusers'
+// DiagonalGaussianDistribution).
+void vae_moments(const void* m, DType dt, int B, int h, int w, int C, float* mean, float* logvar, cudaStream_t st);
+// Packed latents [B, (h/2)(w/2), 64] of the 16-channel posterior: ((mean + exp(logvar/2) * eps) - shift) * scaling,
+// fp32, eps NCHW [B, 16, h, w] (null: the mean).
+void sample_latents_packed(const float* mean, const float* logvar, const float* eps, int B, int h, int w,
+                           float scaling, float shift, float* packed, cudaStream_t st);
 
 // norm.cu
 // out = ((LN(x) * gamma + beta) * (1 + scale[b]) + shift[b]); gamma/beta/shift/scale may be null. Row r belongs to
@@ -94,11 +111,15 @@ void softmax_rows(const float* s, int rows, int cols, float scale, void* p, DTyp
 bool flash_attention(const void* q, const void* k, const void* v, int B, int S, int H, int D, float scale,
                      OutMap out, cudaStream_t st);
 
-// conv.cu: im2col of a 3x3, pad-1 convolution over one NHWC image [H, W, C] (optionally nearest-upsampled x2 first),
-// for output pixels [p0, p0 + np): col[p - p0, (ky*3 + kx)*C + c].
+// conv.cu
 // Nearest x2 upsampling of NHWC images: y[B, 2H, 2W, C].
 void upsample_nearest2x(const void* x, DType dt, int B, int H, int W, int C, void* y, cudaStream_t st);
-void im2col3x3(const void* x, DType dt, int H, int W, int C, bool up2, int64_t p0, int64_t np, void* col,
+// The input grid of a 3x3 convolution: Same (pad 1, stride 1), Up2 (nearest-upsampled x2 first, then pad 1), Down2
+// (pad (0, 1, 0, 1), stride 2: the VAE encoder's downsampler; output H/2 x W/2 for even H, W).
+enum class Resample { Same, Up2, Down2 };
+// im2col of a 3x3 convolution over one NHWC image [H, W, C], for output pixels [p0, p0 + np):
+// col[p - p0, (ky*3 + kx)*C + c].
+void im2col3x3(const void* x, DType dt, int H, int W, int C, Resample rs, int64_t p0, int64_t np, void* col,
                cudaStream_t st);
 
 }  // namespace fq

@@ -28,6 +28,24 @@ __global__ void euler_sched_kernel(float* lat, const float* vel, int64_t n, cons
 
 __global__ void advance_kernel(int* step) { *step += 1; }
 
+__global__ void cfg_kernel(float* vel, int B, int64_t per, const float* scale) {
+  const int64_t n = int64_t(B) * per;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float pos = vel[i], neg = vel[n + i];
+    vel[i] = __fadd_rn(neg, __fmul_rn(scale[i / per], __fsub_rn(pos, neg)));
+  }
+}
+
+__global__ void inpaint_kernel(float* lat, const float* x0, const float* noise, const float* mask, int64_t n,
+                               const float* sigmas, const int* step) {
+  const float s = sigmas[*step], keep = __fsub_rn(1.f, s);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float proper = __fadd_rn(__fmul_rn(s, noise[i]), __fmul_rn(keep, x0[i]));
+    const float m = mask[i];
+    lat[i] = __fadd_rn(__fmul_rn(__fsub_rn(1.f, m), proper), __fmul_rn(m, lat[i]));
+  }
+}
+
 }  // namespace
 
 void gather_step_rows(const float* src, int64_t R, int B, const int* step, const int64_t* off, const int* w, int nblk,
@@ -42,6 +60,19 @@ void euler_step_sched(float* lat, const float* vel, int64_t n, const float* sigm
   euler_sched_kernel<<<grid, 256, 0, st>>>(lat, vel, n, sigmas, step);
   LAUNCH_CHECK();
   advance_kernel<<<1, 1, 0, st>>>(step);
+  LAUNCH_CHECK();
+}
+
+void true_cfg_combine(float* vel, int B, int64_t per, const float* scale, cudaStream_t st) {
+  const int64_t n = int64_t(B) * per;
+  cfg_kernel<<<unsigned(std::min<int64_t>((n + 255) / 256, 1024)), 256, 0, st>>>(vel, B, per, scale);
+  LAUNCH_CHECK();
+}
+
+void inpaint_blend(float* lat, const float* x0, const float* noise, const float* mask, int64_t n, const float* sigmas,
+                   const int* step, cudaStream_t st) {
+  inpaint_kernel<<<unsigned(std::min<int64_t>((n + 255) / 256, 1024)), 256, 0, st>>>(lat, x0, noise, mask, n, sigmas,
+                                                                                      step);
   LAUNCH_CHECK();
 }
 

@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+/**
+ * A stand-in for `fluxql-engine --serve` on machines without a GPU: speaks the framed protocol of
+ * engines/cuda/PROTOCOL.md, checks request payload sizes as the engine does (an `error` frame otherwise), and appends
+ * every request (header, payload as base64) as one JSON line to the file named by FAKE_ENGINE_LOG. Its numbers are
+ * not a model's: `encode` answers `0.5 · eps` (so a test can see which normals were sent), `latents` zeros, `decode`
+ * mid-grey. Used by test/unit/pipeline/cuda-edit.test.ts to check what the executor sends for edits.
+ */
+import { appendFileSync } from 'node:fs';
+
+const log = process.env.FAKE_ENGINE_LOG;
+const jobs = new Map();
+let nextJob = 1;
+let pending = Buffer.alloc(0);
+
+function send(header, payload = Buffer.alloc(0)) {
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const prefix = Buffer.alloc(8);
+  prefix.writeUInt32LE(json.length, 0);
+  prefix.writeUInt32LE(payload.length, 4);
+  process.stdout.write(Buffer.concat([prefix, json, payload]));
+}
+
+function handle(h, payload) {
+  if (log) appendFileSync(log, `${JSON.stringify({ header: h, payload: payload.toString('base64') })}\n`);
+  const id = h.id;
+  const fail = (message) => send({ op: 'error', id, message, fatal: false });
+  switch (h.op) {
+    case 'info':
+      return send({
+        op: 'info',
+        id,
+        protocol: 1,
+        device: 'fake',
+        compute_capability: '0.0',
+        memory_total_bytes: 0,
+        memory_free_bytes: 0,
+        cuda_runtime: 0,
+        loaded: false,
+        precision: null,
+        attention: null,
+        jobs: jobs.size,
+      });
+    case 'load':
+      return send({ op: 'loaded', id, device: 'fake', precision: h.precision ?? 'bf16', weights_bytes: 0, ms: 0 });
+    case 'encode': {
+      const px = h.batch * 3 * h.height * h.width;
+      const ne = h.batch * 16 * (h.height / 8) * (h.width / 8);
+      const withNoise = h.noise === 'payload';
+      if (payload.length !== 4 * (px + (withNoise ? ne : 0))) return fail('encode payload size');
+      const out = new Float32Array(ne);
+      if (withNoise) {
+        const eps = new Float32Array(
+          payload.buffer.slice(payload.byteOffset + 4 * px, payload.byteOffset + payload.length),
+        );
+        for (let i = 0; i < ne; i++) out[i] = Math.fround(0.5 * eps[i]);
+      }
+      const L = (h.height / 16) * (h.width / 16);
+      return send(
+        { op: 'encoded', id, output: 'latents', format: 'f32', shape: [h.batch, L, 64], ms: 0 },
+        Buffer.from(out.buffer),
+      );
+    }
+    case 'prepare': {
+      const rows = h.true_cfg ? 2 * h.batch : h.batch;
+      if (h.true_cfg && h.true_cfg.length !== h.batch) return fail('true_cfg must hold one scale per sample');
+      const L = (h.height / 16) * (h.width / 16);
+      const lat = h.batch * L * 64;
+      const need = 4 * (rows * (77 + h.t5_len) + (h.latents === 'payload' ? lat : 0) + (h.inpaint ? 3 * lat : 0));
+      if (payload.length !== need) return fail(`prepare payload must be ${need} bytes, got ${payload.length}`);
+      const job = nextJob++;
+      jobs.set(job, { batch: h.batch, L, height: h.height, width: h.width, steps: h.sigmas.length - 1, step: 0 });
+      return send({ op: 'prepared', id, job, steps: h.sigmas.length - 1, ms: 0 });
+    }
+    case 'quit':
+      send({ op: 'bye', id });
+      return process.exit(0);
+    default: {
+      const j = jobs.get(h.job);
+      if (!j) return fail(`unknown job ${h.job}`);
+      if (h.op === 'step') {
+        const count = h.count ?? j.steps - j.step;
+        for (let i = 0; i < count && j.step < j.steps; i++) {
+          j.step++;
+          send({ op: 'progress', id, job: h.job, step: j.step, steps: j.steps, ms: 0 });
+        }
+        return send({ op: 'stepped', id, job: h.job, step: j.step, steps: j.steps, ms: 0 });
+      }
+      if (h.op === 'latents') {
+        return send(
+          { op: 'latents', id, job: h.job, format: 'f32', shape: [j.batch, j.L, 64] },
+          Buffer.alloc(4 * j.batch * j.L * 64),
+        );
+      }
+      if (h.op === 'decode') {
+        return send(
+          { op: 'image', id, job: h.job, format: 'rgb8', batch: j.batch, height: j.height, width: j.width, ms: 0 },
+          Buffer.alloc(j.batch * j.height * j.width * 3, 128),
+        );
+      }
+      if (h.op === 'release') {
+        jobs.delete(h.job);
+        return send({ op: 'released', id, job: h.job });
+      }
+      return fail(`unknown op ${h.op}`);
+    }
+  }
+}
+
+process.stdin.on('data', (chunk) => {
+  pending = Buffer.concat([pending, chunk]);
+  for (;;) {
+    if (pending.length < 8) return;
+    const hl = pending.readUInt32LE(0);
+    const pl = pending.readUInt32LE(4);
+    if (pending.length < 8 + hl + pl) return;
+    const header = JSON.parse(pending.subarray(8, 8 + hl).toString('utf8'));
+    const payload = Buffer.from(pending.subarray(8 + hl, 8 + hl + pl));
+    pending = pending.subarray(8 + hl + pl);
+    handle(header, payload);
+  }
+});
+process.stdin.on('end', () => process.exit(0));
