@@ -40,9 +40,9 @@ async function jobStatus(id: string): Promise<string> {
   return job.__typename === 'QueryJobSuccess' ? job.data.status : 'MISSING';
 }
 
-/** The worker's engine child process (its child running `engine-process/host*`; tsx has a child of its own). */
+/** The worker's engine child process (its child running `engine-process/entry*`; tsx has a child of its own). */
 function enginePidOf(pid: number): number {
-  const out = spawnSync('pgrep', ['-P', String(pid), '-f', 'engine-process/host'], { encoding: 'utf8' })
+  const out = spawnSync('pgrep', ['-P', String(pid), '-f', 'engine-process/entry'], { encoding: 'utf8' })
     .stdout.trim()
     .split('\n')
     .filter(Boolean);
