@@ -102,7 +102,7 @@ interface ModeRow {
   medianMs: number;
   plan: ReturnType<typeof planSummary>;
   /** Step caching (mode S): steps per image run through the whole transformer and reused from the cache. */
-  stepCache: { threshold: number; fullSteps: number; cachedSteps: number } | null;
+  stepCache: { threshold: number; fullSteps: number; cachedSteps: number; fullStepsMean: number } | null;
   perPrompt: { prompt: string; seed: number; ms: number; judgement: Judgement; detected: ReturnType<typeof detect> }[];
 }
 
@@ -177,8 +177,11 @@ try {
       stepCache: cache
         ? {
             threshold: cache.settings.threshold,
-            fullSteps: (cache.stats.full - before.full) / captions.length,
-            cachedSteps: (cache.stats.cached - before.cached) / captions.length,
+            // Per image, rounded: the result file's (and the models query's) step counts are whole steps; the
+            // exact mean over the prompts rides along.
+            fullSteps: Math.round((cache.stats.full - before.full) / captions.length),
+            cachedSteps: settings.steps - Math.round((cache.stats.full - before.full) / captions.length),
+            fullStepsMean: (cache.stats.full - before.full) / captions.length,
           }
         : null,
       perPrompt,
