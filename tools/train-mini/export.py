@@ -96,6 +96,13 @@ def export(run_dir, out_dir, use_ema=True, dtype="BF16"):
     dit = ck["ema"] if use_ema else ck["dit"]
     files = write_weights({k: v.float() for k, v in dit.items()}, tdir, "diffusion_pytorch_model", dtype)
     files += write_weights({k: v.float() for k, v in ck["vae"].items()}, vdir, "diffusion_pytorch_model", dtype)
+    if "ema_t5" in ck:
+        # A trained T5 (train.py --train-t5) replaces flux-tiny's: its own weights beside flux-tiny's config.
+        t5dir = os.path.join(out_dir, "text_encoder_2")
+        shutil.rmtree(t5dir, ignore_errors=True)
+        os.makedirs(t5dir)
+        shutil.copy2(os.path.join(TINY_DIR, "text_encoder_2", "config.json"), t5dir)
+        files += write_weights({k: v.float() for k, v in ck["ema_t5"].items()}, t5dir, "model", dtype)
     total = 0
     for root, _, names in os.walk(out_dir):
         total += sum(os.path.getsize(os.path.join(root, n)) for n in names)

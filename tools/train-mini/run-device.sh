@@ -44,7 +44,11 @@ if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; then echo "[run] train.py failed ($rc)"; 
 cp "$RUN/loss.csv" "$OUT/loss.csv"
 rm -rf "$STAGE" && mkdir -p "$STAGE"
 $PY $HERE/export.py --run "$RUN" --out "$STAGE/flux-mini"
-tar -C "$STAGE/flux-mini" -cf - transformer vae tokenizer_2 | split -b 15m -d -a 2 - "$OUT/flux-mini.tar.part-"
+# text_encoder_2 travels only when trained (--train-t5): otherwise it is flux-tiny's, linked at install.
+PARTS="transformer vae tokenizer_2"
+cmp -s "$STAGE/flux-mini/text_encoder_2/model.safetensors" models/flux-tiny/text_encoder_2/model.safetensors ||
+  PARTS="$PARTS text_encoder_2"
+tar -C "$STAGE/flux-mini" -cf - $PARTS | split -b 15m -d -a 2 - "$OUT/flux-mini.tar.part-"
 ls -la "$OUT"
 $PY $HERE/sample.py --model "$STAGE/flux-mini" --out-dir "$STAGE/eval" $SAMPLE_ARGS
 cp "$STAGE/eval/eval.json" "$STAGE/eval/samples.png" "$STAGE/eval/samples_$XS.png" "$OUT/"

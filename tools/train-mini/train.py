@@ -69,6 +69,10 @@ def parse_args(argv=None):
     ap.add_argument("--init-from", default=None,
                     help="exported model folder (transformer/, vae/): start stage 2 from its weights (EMA too) and its "
                          "VAE and latent statistics, with fresh optimizer state, when RUN_DIR has no state.pt yet")
+    ap.add_argument("--train-t5", action="store_true",
+                    help="train the T5 encoder (text_encoder_2) with the transformer instead of keeping flux-tiny's "
+                         "random one frozen: frozen random T5 states barely tell 'a red X on a blue background' from "
+                         "'a blue X on a red background', and a third of the colour errors were such swaps")
     ap.add_argument("--init-steps", type=int, default=0, help="with --init-from: the steps that model was trained")
     ap.add_argument("--pool", type=int, default=0,
                     help="latent pool per image size, in batches (0: render and encode every batch). With N > 0 a "
@@ -140,6 +144,16 @@ def init_transformer(model):
                     or name == "norm_out.linear" or name == "proj_out":
                 mod.weight.zero_()
                 mod.bias.zero_()
+
+
+def load_t5(device, model_dir=None):
+    """flux-tiny's T5 encoder, or model_dir's text_encoder_2 when that holds weights of its own (a trained one)."""
+    src = os.path.join(model_dir, "text_encoder_2") if model_dir else None
+    if not (src and os.path.isfile(os.path.join(src, "model.safetensors")) and not os.path.islink(src)):
+        src = os.path.join(TINY_DIR, "text_encoder_2")
+    t5 = fm.T5EncoderModel(json.load(open(os.path.join(src, "config.json"))))
+    fm.load_into(t5, {k: v.float() for k, v in st.load(os.path.join(src, "model.safetensors")).items()})
+    return t5.to(device), src
 
 
 def encode_text(device, caption_ids, batch=64):
@@ -231,6 +245,17 @@ def main(argv=None):
         p.requires_grad_(False)
     vopt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     dopt = torch.optim.AdamW(dit.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    t5, ema_t5, t5_ids = None, None, None
+    if a.train_t5:
+        # Trained T5: its states are computed per batch; ids [N captions, T5_LEN] indexed like the text caches.
+        t5, t5_src = load_t5(dev, a.init_from)
+        t5.train()
+        ema_t5 = copy.deepcopy(t5).eval()
+        for p in ema_t5.parameters():
+            p.requires_grad_(False)
+        t5_ids = data.load_tokens()[1][captions].to(dev)
+        dopt.add_param_group({"params": list(t5.parameters()), "weight_decay": 0.0})
+        print(f"[t5] training the T5 encoder from {t5_src}", flush=True)
     S = {"stage": "vae", "vae_step": 0, "vae_seconds": 0.0, "dit_step": 0, "dit_seconds": 0.0, "stats": None,
          "args": vars(a), "transformer_config": tcfg, "vae_config": vcfg}
     if os.path.exists(state_path):
@@ -238,6 +263,9 @@ def main(argv=None):
         vae.load_state_dict(ck["vae"])
         dit.load_state_dict(ck["dit"])
         ema.load_state_dict(ck["ema"])
+        if t5 is not None:
+            t5.load_state_dict(ck["t5"])
+            ema_t5.load_state_dict(ck["ema_t5"])
         vopt.load_state_dict(ck["vopt"])
         dopt.load_state_dict(ck["dopt"])
         S = ck["S"]
@@ -263,8 +291,9 @@ def main(argv=None):
     print(f"[model] transformer {n_dit / 1e6:.2f}M params, VAE {n_vae / 1e6:.2f}M params", flush=True)
 
     def checkpoint():
+        extra = {"t5": t5.state_dict(), "ema_t5": ema_t5.state_dict()} if t5 is not None else {}
         save_state(state_path, {"S": S, "vae": vae.state_dict(), "dit": dit.state_dict(), "ema": ema.state_dict(),
-                                "vopt": vopt.state_dict(), "dopt": dopt.state_dict()})
+                                "vopt": vopt.state_dict(), "dopt": dopt.state_dict(), **extra})
 
     def out_of_wall():
         if a.wall_seconds and time.time() - t_start > a.wall_seconds:
@@ -407,7 +436,8 @@ def main(argv=None):
             g_["lr"] = lr
         rows_d = rows.to(dev)
         with amp():
-            pred = dit(xt, embeds[rows_d], pooled[rows_d], sig, guidance, None, None, rope=rope_cache[side])
+            txt = t5(t5_ids[rows_d]) if t5 is not None else embeds[rows_d]
+            pred = dit(xt, txt, pooled[rows_d], sig, guidance, None, None, rope=rope_cache[side])
         loss = F.mse_loss(pred.float(), eps - x0)
         dopt.zero_grad(set_to_none=True)
         loss.backward()
@@ -417,6 +447,9 @@ def main(argv=None):
         with torch.no_grad():
             # One fused update over all parameters where torch has it (2.x): per-tensor lerps cost a launch each.
             ep, mp = list(ema.parameters()), [p.detach() for p in dit.parameters()]
+            if t5 is not None:
+                ep += list(ema_t5.parameters())
+                mp += [p.detach() for p in t5.parameters()]
             if hasattr(torch, "_foreach_lerp_"):
                 torch._foreach_lerp_(ep, mp, 1 - d)
             else:
