@@ -82,7 +82,10 @@ describe('CUDA LoRA layout and factors', () => {
 
   it('refuses a BFL Control LoRA (norm replacements, widened input) as unsupported', () => {
     const lora = parsed('lora_0_diffusers');
-    const control: ParsedLora = { ...lora, norms: new Map([['transformer_blocks.0.attn.norm_q', new Float32Array(16)]]) };
+    const control: ParsedLora = {
+      ...lora,
+      norms: new Map([['transformer_blocks.0.attn.norm_q', new Float32Array(16)]]),
+    };
     expect(() => cudaLoraLayers(layout, 'c', control)).toThrow(expect.objectContaining({ code: 'unsupported' }));
     expect(() => cudaLoraLayers(layout, 'c', { ...lora, inChannels: 128 })).toThrow(LoraError);
   });
