@@ -67,13 +67,7 @@ export function cudaLoraLayout(config: FluxTransformerConfig): LoraEngineLayout 
  * LoRA: its widened input and norm replacements are not run by the CUDA engine yet.
  */
 export function cudaLoraLayers(layout: LoraEngineLayout, name: string, lora: ParsedLora): CudaLoraLayer[] {
-  if (lora.norms.size > 0 || lora.inChannels > layout.inChannels) {
-    throw new LoraError(
-      'unsupported',
-      'BFL Control LoRAs (widened x_embedder, norm replacements) do not run on the CUDA engine yet',
-      name,
-    );
-  }
+  checkCudaLora(layout, name, lora);
   const feeds = buildLoraFeeds(layout, [{ name, lora, strength: 1 }], new Map());
   const out: CudaLoraLayer[] = [];
   for (const layer of layout.layers) {
@@ -93,6 +87,17 @@ export function cudaLoraLayers(layout: LoraEngineLayout, name: string, lora: Par
     });
   }
   return out;
+}
+
+/** Throws unless the CUDA engine runs `lora` (no BFL Control LoRA yet). Cheap: builds nothing. @throws LoraError */
+export function checkCudaLora(layout: LoraEngineLayout, name: string, lora: ParsedLora): void {
+  if (lora.norms.size > 0 || lora.inChannels > layout.inChannels) {
+    throw new LoraError(
+      'unsupported',
+      'BFL Control LoRAs (widened x_embedder, norm replacements) do not run on the CUDA engine yet',
+      name,
+    );
+  }
 }
 
 /** A refused engine LoRA request as the LoRA layer's typed error (others pass through). */
@@ -119,9 +124,9 @@ export class CudaLoraResidency {
     return this.#layout;
   }
 
-  /** Checks that every member can run here (no engine call). @throws LoraError */
+  /** Checks that every member can run here (no engine call, nothing built). @throws LoraError */
   check(set: readonly ActiveLora[]): void {
-    for (const m of set) cudaLoraLayers(this.#layout, m.name, m.lora);
+    for (const m of set) checkCudaLora(this.#layout, m.name, m.lora);
   }
 
   /** Loads every member of `set` the engine does not hold yet. @throws LoraError */
