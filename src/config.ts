@@ -81,6 +81,8 @@ export interface ServerConfig {
   cudaPrecision: 'f32' | 'bf16' | 'fp8';
   /** The native engine's benchmark, shown by `models`. CUDA_BENCH_RESULTS. @default `bench/results/cuda-h100.json` */
   cudaBenchResults: string;
+  /** GPU memory the native engine may hold for LoRA adapters, MiB. CUDA_LORA_MAX_MB. @default 4096 */
+  cudaLoraMaxMb: number;
   /**
    * The mode benchmark's results (latency, PSNR/SSIM vs original, planner summary per mode), shown by `models`
    * for the served model. A missing or malformed file shows none. MODES_RESULTS. @default `bench/results/modes.json`
@@ -248,6 +250,7 @@ const ENV_SCHEMA = {
   CUDA_ENGINE_BIN: z.string().min(1).optional(),
   CUDA_PRECISION: z.enum(['f32', 'bf16', 'fp8']).optional(),
   CUDA_BENCH_RESULTS: z.string().min(1).optional(),
+  CUDA_LORA_MAX_MB: int(0, 1_048_576).optional(),
   MODES_RESULTS: z.string().min(1).optional(),
   CONTROL_IMAGE_ALLOW_PRIVATE_URLS: flag().optional(),
   LOG_LEVEL: z
@@ -436,6 +439,11 @@ export const ENV_DOCS: Readonly<Record<EnvKey, EnvDoc>> = {
     default: 'bench/results/cuda-h100.json',
     roles: ENGINE_ROLES,
   },
+  CUDA_LORA_MAX_MB: {
+    doc: 'GPU memory (MiB) the native engine may hold for LoRA adapters (loaded factors and built sets)',
+    default: '4096',
+    roles: ENGINE_ROLES,
+  },
   MODES_RESULTS: {
     doc: "The mode benchmark's results shown by `models`",
     default: 'bench/results/modes.json',
@@ -622,6 +630,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     cudaBenchResults: v.CUDA_BENCH_RESULTS
       ? resolve(v.CUDA_BENCH_RESULTS)
       : resolve(REPO_ROOT, 'bench/results/cuda-h100.json'),
+    cudaLoraMaxMb: v.CUDA_LORA_MAX_MB ?? 4096,
     modesResults: v.MODES_RESULTS ? resolve(v.MODES_RESULTS) : resolve(REPO_ROOT, 'bench/results/modes.json'),
     controlImageAllowPrivateUrls: v.CONTROL_IMAGE_ALLOW_PRIVATE_URLS ?? false,
     warmModes:

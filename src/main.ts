@@ -196,6 +196,8 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
       precision: config.cudaPrecision,
       maxBatch: config.modelBatch,
       benchResults: config.cudaBenchResults,
+      ...(config.loraDir ? { loraDir: config.loraDir } : {}),
+      loraMaxMb: config.cudaLoraMaxMb,
       onLog: (line) => logger.info({ component: 'cuda-engine' }, line),
     });
   }

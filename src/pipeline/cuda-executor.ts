@@ -30,8 +30,14 @@
  * true CFG as B more transformer rows of the same step. Samples of one engine job share the edit kind (plain,
  * img2img, inpainting; true CFG or not) and the schedule cut, so those are part of the grouping key.
  *
- * Capabilities (`info().capabilities`): mode `original`, no LoRA (so no LoRA port), no control image, edits, sides
- * up to 2048. The service refuses requests outside them before they get here.
+ * LoRAs (issue 16): files from LORA_DIR are parsed and validated here by the ONNX path's LoRA layer (same formats,
+ * same typed `LoraError`s, the same default set), reduced to factors per engine layer (`cuda-lora.ts`), and sent to
+ * the engine once (`lora_load`); each engine job names its set (`prepare`'s `loras`: names and strengths, the
+ * request's own or the default set as it is at prepare), so samples with different sets never share a job. Switching
+ * sets reloads no weights and recompiles nothing: the engine applies the adapters as low-rank products.
+ *
+ * Capabilities (`info().capabilities`): mode `original`, LoRA (with its port), no control image, edits, sides up to
+ * 2048. The service refuses requests outside them before they get here.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -45,12 +51,14 @@ import {
   cudaLoadSpec,
   cudaPrepareEdit,
 } from '../runtime/cuda/index.ts';
-import { REFERENCE_MODE } from '../shared/vocabulary/index.ts';
+import { type FluxTransformerConfig, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
+import { CudaLoraResidency, cudaLoraLayout, loraErrorOf } from './cuda-lora.ts';
 import {
   type EngineHealth,
   type ExecutorStats,
+  type LoraAdminPort,
   type ModelInfo,
   type RgbImage,
   type SampleHandle,
@@ -74,7 +82,12 @@ import { groupBy } from './flux/sample-state.ts';
 import { type FlowMatchConfig, fluxSigmas, parseSchedulerConfig } from './flux/schedule.ts';
 import { type FluxTokenizers, loadFluxTokenizers } from './flux/tokenize.ts';
 import { FLUX_VAE_SCALING, FLUX_VAE_SHIFT } from './flux/vae-scaling.ts';
-import { checkSampleRequest } from './sample-checks.ts';
+import { createLoraManager } from './lora/engine-layout.ts';
+import type { ActiveLora } from './lora/feeds.ts';
+import type { LoraManager } from './lora/lora-manager.ts';
+import { loraFileName, loraSetKey } from './lora/selection.ts';
+import type { LoraInfo, LoraSelection } from './lora/types.ts';
+import { checkMode, checkSampleRequest } from './sample-checks.ts';
 
 /** Options of {@link createCudaExecutor}. */
 export interface CudaExecutorOptions {
@@ -88,6 +101,10 @@ export interface CudaExecutorOptions {
   maxBatch?: number;
   /** `fluxql-engine --bench` results to report in `models` (rows of the loaded precision). */
   benchResults?: string;
+  /** The only folder LoRA files are read from (LORA_DIR); without it every LoRA is `not_found`. */
+  loraDir?: string;
+  /** GPU memory the engine may hold for LoRA adapters, MiB (the engine's own default, FQ_LORA_MAX_MB, without). */
+  loraMaxMb?: number;
   /** Environment of the engine process. @default process.env */
   env?: NodeJS.ProcessEnv;
   /** Engine log lines (stderr) and executor events. */
@@ -165,7 +182,9 @@ export async function createCudaExecutor(options: CudaExecutorOptions): Promise<
   const spec = cudaLoadSpec(repo);
   const tokenizers = await loadFluxTokenizers({ clip: repo.tokenizerDir, t5: repo.tokenizer2Dir });
   const scheduler = parseSchedulerConfig(repo.schedulerConfig, `${repo.schedulerDir}/scheduler_config.json`);
-  const executor = new CudaExecutor(options, repo.root, spec, tokenizers, scheduler);
+  const loras = createLoraManager(repo, options.loraDir);
+  const residency = new CudaLoraResidency(cudaLoraLayout(repo.components.transformer.config as FluxTransformerConfig));
+  const executor = new CudaExecutor(options, repo.root, spec, tokenizers, scheduler, loras, residency);
   await executor.start();
   return executor;
 }
@@ -187,6 +206,9 @@ class CudaExecutor implements CudaStepExecutor {
   #exits = 0;
   #health: EngineHealth = { ready: false, reason: 'the CUDA engine is starting' };
   readonly #listeners = new Set<(h: EngineHealth) => void>();
+  readonly #loras: LoraManager;
+  readonly #residency: CudaLoraResidency;
+  readonly loraAdmin: LoraAdminPort;
 
   constructor(
     o: CudaExecutorOptions,
@@ -194,6 +216,8 @@ class CudaExecutor implements CudaStepExecutor {
     spec: CudaLoadSpec,
     tokenizers: FluxTokenizers,
     scheduler: FlowMatchConfig,
+    loras: LoraManager,
+    residency: CudaLoraResidency,
   ) {
     this.#o = o;
     this.#precision = o.precision ?? 'bf16';
@@ -202,6 +226,9 @@ class CudaExecutor implements CudaStepExecutor {
     this.#spec = spec;
     this.#tokenizers = tokenizers;
     this.#scheduler = scheduler;
+    this.#loras = loras;
+    this.#residency = residency;
+    this.loraAdmin = this.#loraPort();
   }
 
   /** Starts the first engine and fixes the model info from its answers. */
@@ -214,7 +241,8 @@ class CudaExecutor implements CudaStepExecutor {
       path: this.#modelDir,
       capabilities: {
         modes: [...CUDA_MODES],
-        lora: false,
+        // LoRA sets per request, applied by the engine at run time (cuda-lora.ts); BFL Control LoRAs not yet.
+        lora: true,
         control: false,
         // img2img, inpainting and true CFG: the engine's VAE encoder, blend and negative branch (see the file header).
         edit: true,
@@ -278,7 +306,11 @@ class CudaExecutor implements CudaStepExecutor {
     const ready = (async () => {
       try {
         await client.info();
-        const l = await client.load(this.#spec, this.#precision);
+        const l = await client.load(
+          this.#spec,
+          this.#precision,
+          this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {},
+        );
         this.#o.onLog?.(
           `CUDA engine pid ${client.pid} loaded ${this.#modelDir} (${this.#spec.layout}, ${l.precision}, ${(l.weightsBytes / 2 ** 20).toFixed(1)} MiB of weights) on ${l.device} in ${l.ms.toFixed(0)} ms`,
         );
@@ -322,15 +354,22 @@ class CudaExecutor implements CudaStepExecutor {
 
   async prepare(requests: SampleRequest[]): Promise<SampleHandle[]> {
     if (requests.length === 0) return [];
-    const checked = requests.map((r) => ({ r, grid: this.#validate(r) }));
+    // The LoRA set of each request (its own, or the default set now), parsed and checked before the engine is asked.
+    const checked = requests.map((r) => {
+      const grid = this.#validate(r);
+      const loras = this.#loras.resolve(r.loras ?? this.#loras.activeSet());
+      this.#residency.check(loras);
+      return { r, grid, loras, loraKey: loraSetKey(selectionOf(loras)) };
+    });
     const client = await this.#engine();
     // One engine job runs one schedule (steps and, for img2img / inpainting, the cut), one edit kind and true CFG for
     // all its samples or none.
     const groups = groupBy(
       checked,
-      ({ r, grid }) =>
+      ({ r, grid, loraKey }) =>
         `${grid.h}x${grid.w}|${r.steps}|${r.maxSequenceLength ?? this.#tokenizers.defaultT5Length}|` +
-        `${startOf(r)}|${r.image ? (r.mask ? 'inpaint' : 'img2img') : 'text'}|${usesTrueCfg(r) ? 'cfg' : ''}`,
+        `${startOf(r)}|${r.image ? (r.mask ? 'inpaint' : 'img2img') : 'text'}|${usesTrueCfg(r) ? 'cfg' : ''}|` +
+        loraKey,
     ).flatMap((g) =>
       // True CFG runs 2B transformer rows: half the batch keeps the engine's largest batch.
       chunks(g, usesTrueCfg(g[0]!.r) ? Math.max(1, Math.floor(this.#maxBatch / 2)) : this.#maxBatch),
@@ -380,7 +419,10 @@ class CudaExecutor implements CudaStepExecutor {
           }
         }
         const inpaint = first.r.mask ? stackEdits(edits, per) : undefined;
+        // The job's LoRA set: its members on the engine first (loaded once per engine process).
+        await this.#residency.ensure(client, first.loras);
         const args = {
+          loras: selectionOf(first.loras),
           batch: b,
           height: first.r.height,
           width: first.r.width,
@@ -391,14 +433,16 @@ class CudaExecutor implements CudaStepExecutor {
           guidance: group.map((x) => x.r.guidanceScale),
           latents,
         };
-        const prepared =
-          cfg || inpaint
-            ? await cudaPrepareEdit(client, {
-                ...args,
-                ...(cfg ? { trueCfg: group.map((x) => x.r.trueCfgScale!) } : {}),
-                ...(inpaint ? { inpaint } : {}),
-              })
-            : await client.prepare(args);
+        const prepared = await (cfg || inpaint
+          ? cudaPrepareEdit(client, {
+              ...args,
+              ...(cfg ? { trueCfg: group.map((x) => x.r.trueCfgScale!) } : {}),
+              ...(inpaint ? { inpaint } : {}),
+            })
+          : client.prepare(args)
+        ).catch((err: unknown) => {
+          throw loraErrorOf(err);
+        });
         const job: EngineJob = {
           client,
           id: prepared.job,
@@ -523,6 +567,50 @@ class CudaExecutor implements CudaStepExecutor {
     return { sessionsCreated: 0, engineStarts: this.#starts, engineExits: this.#exits };
   }
 
+  // ---- LoRA administration -----------------------------------------------------------------------------------
+
+  /** The ONNX executor's LoRA port over this engine: the same manager, errors and default set (see the header). */
+  #loraPort(): LoraAdminPort {
+    const manager = this.#loras;
+    const onEngine = async (set: readonly LoraSelection[]) => {
+      const active = manager.resolve(set);
+      this.#residency.check(active);
+      // Loading validates the factors against the engine's layers (shapes, names) as a job would.
+      await this.#residency.ensure(await this.#engine(), active);
+    };
+    return {
+      loras: async () => manager.scan(),
+      checkLoras: async (set: LoraSelection[], mode?: string): Promise<LoraInfo[]> => {
+        checkMode(mode, CUDA_MODES);
+        const infos = set.map((s) => manager.info(s.name));
+        await onEngine(set.map((s, i) => ({ name: infos[i]!.name, strength: s.strength })));
+        return infos;
+      },
+      loadLora: async (name: string, strength: number): Promise<LoraInfo> => {
+        const lora = manager.info(name);
+        // The default set as it would become, checked (and its members loaded) before it changes.
+        const current = manager.activeSet();
+        const next: LoraSelection[] = current.some((s) => s.name === lora.name)
+          ? current.map((s) => (s.name === lora.name ? { name: s.name, strength } : s))
+          : [...current, { name: lora.name, strength }];
+        await onEngine(next);
+        return manager.load(lora.name, strength);
+      },
+      unloadLora: async (name: string): Promise<boolean> => {
+        const was = manager.unload(name);
+        // Its GPU memory goes too (jobs prepared with it keep their own copy until released).
+        const client = this.#current;
+        if (was && client && !client.exitError) {
+          await this.#residency.unload(client, loraFileName(name)).catch((err: unknown) => {
+            this.#o.onLog?.(`CUDA engine lora_unload ${name} failed: ${(err as Error).message}`);
+          });
+        }
+        return was;
+      },
+      activeLoras: async () => manager.activeSet(),
+    };
+  }
+
   // ---- helpers -----------------------------------------------------------------------------------------------
 
   #sample(h: SampleHandle): Sample {
@@ -581,6 +669,11 @@ function stackEdits(
     out.mask.set(e.mask!, i * per);
   });
   return out;
+}
+
+/** A resolved set as names (canonical) and strengths, in order. */
+function selectionOf(set: readonly ActiveLora[]): LoraSelection[] {
+  return set.map((m) => ({ name: m.name, strength: m.strength }));
 }
 
 function chunks<T>(items: readonly T[], size: number): T[][] {

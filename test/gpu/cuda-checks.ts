@@ -272,12 +272,13 @@ function executorSuite(): Suite {
         async fn() {
           assert.deepEqual(ex.info().capabilities, {
             modes: ['original'],
-            lora: false,
+            lora: true,
             control: false,
+            edit: true,
             maxSide: 2048,
             maxBatch: 2,
           });
-          assert.equal(ex.loraAdmin, undefined);
+          assert.ok(ex.loraAdmin);
           const size = await rejection(ex.prepare([{ ...sampleRequest(1), width: 100 }]));
           assert.equal((size as FluxArgumentError).param, 'width');
         },

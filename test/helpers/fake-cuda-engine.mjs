@@ -5,6 +5,10 @@
  * every request (header, payload as base64) as one JSON line to the file named by FAKE_ENGINE_LOG. Its numbers are
  * not a model's: `encode` answers `0.5 · eps` (so a test can see which normals were sent), `latents` zeros, `decode`
  * mid-grey. Used by test/unit/pipeline/cuda-edit.test.ts to check what the executor sends for edits.
+ * LoRAs (test/unit/pipeline/cuda-lora.test.ts): `lora_load` checks its payload size against the layer list (several
+ * frames with `more` / `append` as the engine takes them) and ranks 1..256; `prepare`'s `loras` must name loaded
+ * LoRAs (`not_found`). FAKE_ENGINE_LORA_REFUSE=<code> refuses every `lora_load` with that LoRA error code;
+ * FAKE_ENGINE_LORA_MAX=<n> refuses (`unsupported`, memory) a load beyond n LoRAs held.
  */
 import { appendFileSync } from 'node:fs';
 
@@ -12,6 +16,8 @@ const log = process.env.FAKE_ENGINE_LOG;
 const jobs = new Map();
 let nextJob = 1;
 let pending = Buffer.alloc(0);
+const loras = new Set();
+const staged = new Map();
 
 function send(header, payload = Buffer.alloc(0)) {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
@@ -25,6 +31,9 @@ function handle(h, payload) {
   if (log) appendFileSync(log, `${JSON.stringify({ header: h, payload: payload.toString('base64') })}\n`);
   const id = h.id;
   const fail = (message) => send({ op: 'error', id, message, fatal: false });
+  const loraFail = (code, message, keys = []) =>
+    send({ op: 'error', id, message, fatal: false, lora_code: code, keys });
+  const loraState = () => ({ lora_bytes: 0, lora_max_bytes: 0, loras: [...loras] });
   switch (h.op) {
     case 'info':
       return send({
@@ -61,7 +70,34 @@ function handle(h, payload) {
         Buffer.from(out.buffer),
       );
     }
+    case 'lora_load': {
+      let floats = 0;
+      for (const l of h.layers) floats += l.rank * l.in + l.out * l.rank + (l.bias ? l.out : 0);
+      if (payload.length !== 4 * floats) return fail(`lora_load payload must be ${4 * floats} bytes`);
+      const frames = (h.append ? (staged.get(h.name) ?? []) : []).concat([h.layers]);
+      if (h.more) {
+        staged.set(h.name, frames);
+        return send({ op: 'lora_staged', id, name: h.name, frames: frames.length });
+      }
+      staged.delete(h.name);
+      const layers = frames.flat();
+      const bad = layers.filter((l) => l.rank < 1 || l.rank > 256).map((l) => l.layer);
+      if (bad.length > 0) return loraFail('bad_rank', `${h.name}: rank outside 1..256`, bad);
+      const refuse = process.env.FAKE_ENGINE_LORA_REFUSE;
+      if (refuse) return loraFail(refuse, `${h.name}: refused (${refuse})`, [layers[0]?.layer ?? '']);
+      const max = Number(process.env.FAKE_ENGINE_LORA_MAX ?? Number.POSITIVE_INFINITY);
+      if (!loras.has(h.name) && loras.size >= max) return loraFail('unsupported', `${h.name}: LoRA memory limit`);
+      loras.add(h.name);
+      return send({ op: 'lora_loaded', id, name: h.name, layers: layers.length, bytes: 4 * floats, ...loraState() });
+    }
+    case 'lora_unload': {
+      const was = loras.delete(h.name);
+      return send({ op: 'lora_unloaded', id, name: h.name, unloaded: was, ...loraState() });
+    }
     case 'prepare': {
+      for (const l of h.loras ?? []) {
+        if (!loras.has(l.name)) return loraFail('not_found', `${l.name}: LoRA not loaded on the engine`, [l.name]);
+      }
       const rows = h.true_cfg ? 2 * h.batch : h.batch;
       if (h.true_cfg && h.true_cfg.length !== h.batch) return fail('true_cfg must hold one scale per sample');
       const L = (h.height / 16) * (h.width / 16);

@@ -9,6 +9,10 @@
  * prompt and negative prompt) and, per img2img / inpainting case, `<case>_draws.safetensors`: the draws of the case's
  * one torch generator as diffusers makes them, `eps` [B, 16, h, w] (the posterior sample's normals) then
  * `noise_packed` [B, L, 64], checked here against the inpainting cases' stored `noise_packed`.
+ * Also writes `lora/`: each fixture LoRA reduced by the server's own code (`src/pipeline/cuda-lora.ts`) to the CUDA
+ * engine's factors per layer, `<case>.cuda.safetensors` (`<layer>.lora_a` [r, in], `<layer>.lora_b` [out, r],
+ * `<layer>.lora_bias` [out] when it has one; layer = the engine Linear's checkpoint name), the diffusers reference
+ * outputs, and `lora_index.json` (name, file, strength, expected).
  *
  * Usage: npx tsx engines/cuda/scripts/prepare-fixtures.ts [fixtures dir] [out dir] [edit fixtures dir]
  * (defaults: the repository's test/fixtures/flux-tiny-reference, .device-fixtures, test/fixtures/flux-tiny-edit)
@@ -17,11 +21,20 @@ import { cpSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync } fro
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
+import { cudaLoraLayers, cudaLoraLayout } from '../../../src/pipeline/cuda-lora.ts';
 import { latentGrid, packLatents } from '../../../src/pipeline/flux/latents.ts';
 import { TorchCpuGenerator } from '../../../src/pipeline/flux/noise.ts';
 import { loadFluxTokenizers } from '../../../src/pipeline/flux/tokenize.ts';
+import { loraModelSpec } from '../../../src/pipeline/lora/model-layers.ts';
+import { parseLoraFile } from '../../../src/pipeline/lora/parse.ts';
 import { cudaLoadSpec } from '../../../src/runtime/cuda/load-spec.ts';
-import { openSafetensors, resolveModelRepo, writeSafetensors } from '../../../src/shared/weights/index.ts';
+import type { FluxTransformerConfig } from '../../../src/shared/vocabulary/transformer-config.ts';
+import {
+  openSafetensors,
+  resolveModelRepo,
+  type TensorInput,
+  writeSafetensors,
+} from '../../../src/shared/weights/index.ts';
 import { writeBflCheckpoints } from '../../../tools/bfl-checkpoint.ts';
 
 const [src = 'test/fixtures/flux-tiny-reference', out = '.device-fixtures', editSrc = 'test/fixtures/flux-tiny-edit'] =
@@ -141,8 +154,42 @@ try {
 } finally {
   rmSync(scratch, { recursive: true, force: true });
 }
+// LoRA cases: the engine's factors of each fixture LoRA, as the server would send them with lora_load.
+const loraOut = join(out, 'lora');
+await mkdir(loraOut, { recursive: true });
+const tinyConfig = resolveModelRepo(model).components.transformer.config as FluxTransformerConfig;
+const loraLayout = cudaLoraLayout(tinyConfig);
+const loraSpec = loraModelSpec(tinyConfig);
+const loraCases = (
+  JSON.parse(await readFile(join(src, 'index.json'), 'utf8')) as {
+    lora_cases: { lora_file: string; format: string; strength: number; expected: string }[];
+  }
+).lora_cases;
+const loraIndex = [];
+for (const c of loraCases) {
+  const layers = cudaLoraLayers(loraLayout, c.lora_file, parseLoraFile(join(src, c.lora_file), loraSpec, c.lora_file));
+  const tensors: Record<string, TensorInput> = {};
+  for (const l of layers) {
+    tensors[`${l.layer}.lora_a`] = { dtype: 'F32', shape: [l.rank, l.inFeatures], data: l.a };
+    tensors[`${l.layer}.lora_b`] = { dtype: 'F32', shape: [l.outFeatures, l.rank], data: l.b };
+    if (l.bias) tensors[`${l.layer}.lora_bias`] = { dtype: 'F32', shape: [l.outFeatures], data: l.bias };
+  }
+  const file = c.lora_file.replace(/\.safetensors$/, '.cuda.safetensors');
+  writeSafetensors(join(loraOut, file), tensors);
+  await copyFile(join(src, c.expected), join(loraOut, c.expected));
+  loraIndex.push({
+    name: c.lora_file,
+    format: c.format,
+    file,
+    strength: c.strength,
+    expected: c.expected,
+    layers: layers.length,
+  });
+}
+await writeFile(join(loraOut, 'lora_index.json'), JSON.stringify({ cases: loraIndex }, null, 1));
 console.log(
   `fixtures in ${out}: ${files.length} files + pipeline_tokens.json (${Object.keys(prompts).length} prompts) + ` +
     'flux-tiny-bfl/ (BFL checkpoints, load-spec.json) + ' +
-    `edit/ (${editIndex.cases.length} cases, ${Object.keys(editPrompts).length} prompts, draws equal to the fixture noise in ${drawsChecked} cases)`,
+    `edit/ (${editIndex.cases.length} cases, ${Object.keys(editPrompts).length} prompts, draws equal to the fixture noise in ${drawsChecked} cases) + ` +
+    `lora/ (${loraIndex.length} LoRAs as engine factors)`,
 );

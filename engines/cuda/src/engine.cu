@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -31,9 +32,14 @@ Engine::Engine(const PrecisionPlan& plan_) : plan(plan_), dt(plan_.base) {
   use_cudnn = dt == DType::BF16 && cudnn.available() && !(pref && std::string(pref) == "own");
   const char* conv = getenv("FQ_CONV");
   use_cudnn_conv = dt == DType::BF16 && cudnn_conv.available() && !(conv && std::string(conv) == "im2col");
+  const char* lmb = getenv("FQ_LORA_MAX_MB");
+  lora_max_bytes = size_t(lmb ? std::max(0.0, atof(lmb)) : 4096.0) << 20;
 }
 
+void Engine::make_loras() { loras = std::make_unique<LoraRegistry>(flux->linears(), lora_max_bytes, st); }
+
 Engine::~Engine() {
+  loras.reset();  // before the Linears it points into
   clip.reset();
   t5.reset();
   flux.reset();
@@ -120,6 +126,7 @@ void Engine::load_components(std::array<Component, 4>& parts) {
     else L.finish({"encoder.*", "quant_conv.*", "post_quant_conv.*"});
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
+  make_loras();
 }
 
 void Engine::load_synthetic(uint64_t seed) {
@@ -142,6 +149,7 @@ void Engine::load_synthetic(uint64_t seed) {
     vae_enc = std::make_unique<VaeEncoder>(cfg.vae, L);
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
+  make_loras();
 }
 
 int Engine::epoch() const { return scratch.generation() * 4096 + cudnn.workspace_generation(); }
@@ -170,6 +178,10 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   const bool inpaint = !r.image_latents.empty() || !r.noise.empty() || !r.mask.empty();
   if (inpaint && (int64_t(r.image_latents.size()) != n || int64_t(r.noise.size()) != n || int64_t(r.mask.size()) != n))
     throw std::runtime_error("inpainting needs image_latents, noise and mask, each [B, (H/16)(W/16), 64]");
+  // The job's LoRA set (built once per distinct set, then cached) and active for everything prepare enqueues: the
+  // conditioning GEMMs (time/guidance/text embedders, every block's modulation) are LoRA targets too.
+  j->adapters = loras ? loras->select(r.loras) : nullptr;
+  AdapterScope lora_scope(loras.get(), j->adapters.get());
   auto f32 = [&](size_t k) { return static_cast<float*>(j->mem.alloc(k * 4)); };
   auto put = [&](const std::vector<float>& h) {
     float* d = f32(h.size());
@@ -225,7 +237,8 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   // The first job of a geometry plans the step here: one transformer forward (its outputs are discarded: the latents
   // and the step index are untouched) picks and times the GEMM algorithms and builds the cuDNN plans and workspace,
   // so every step, the first included, can be captured without allocating or synchronising.
-  auto geo = std::make_tuple(TB, j->L, T);
+  // A LoRA set adds GEMM shapes (its padded ranks) and scratch: it is part of the planning key.
+  auto geo = std::make_tuple(TB, j->L, T, j->adapters ? j->adapters->signature : size_t(0));
   if (!planned_.count(geo)) {
     flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
     planned_.insert(geo);
@@ -239,6 +252,7 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
 // True CFG: the negative half of the latents is refreshed from the positive half first, and the velocities are
 // combined before the update. Inpainting: the blend after the update reads the advanced index (the next sigma).
 void Engine::step_eager(Job& j) {
+  AdapterScope lora_scope(loras.get(), j.adapters.get());
   Ctx c = ctx();
   const int B = j.req.batch;
   const int64_t per = int64_t(j.L) * 64, n = B * per;

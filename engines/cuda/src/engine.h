@@ -10,6 +10,7 @@
 
 #include "encoders.h"
 #include "flux.h"
+#include "lora.h"
 #include "precision_plan.h"
 #include "vae.h"
 
@@ -38,6 +39,7 @@ struct Request {
   uint64_t seed = 0;
   std::vector<float> cfg_scale;                    // [B] or empty
   std::vector<float> image_latents, noise, mask;  // [B, L, 64] each, or all empty
+  std::vector<std::pair<std::string, float>> loras;  // the job's LoRA set (loaded names, strengths), or empty
   int text_batch() const { return cfg_scale.empty() ? batch : 2 * batch; }
 };
 
@@ -65,6 +67,9 @@ struct Job {
   float* cfg = nullptr;                                        // [B] true-CFG scales, or null
   float *x0 = nullptr, *noise = nullptr, *mask = nullptr;  // inpainting, [B, L, 64] each, or null
   FluxStep state;  // the step's buffers and device step index, sized for this job's geometry
+  // The job's LoRA set (null: none). Active while the job's work is enqueued (prepare, eager or captured steps), so
+  // its captured step bakes the set's pointers in; held here so they stay valid until the job is released.
+  std::shared_ptr<const AdapterSet> adapters;
   StepGraph graph;
   int replays = 0;  // steps run by graph replay
 };
@@ -101,6 +106,7 @@ class Engine {
   }
 
   void load_components(std::array<Component, 4>& parts);
+  void make_loras();
   void step_eager(Job& j);
   bool capture_step(Job& j);
   const DType dt;
@@ -113,7 +119,11 @@ class Engine {
   CudnnConv cudnn_conv;
   bool use_cudnn_conv = false;  // bf16 and cuDNN available, unless FQ_CONV=im2col
   std::map<std::tuple<int, int, int>, std::vector<float>> rope_cache_;
-  std::set<std::tuple<int, int, int>> planned_;  // (B, L, T) whose GEMM plans, tuning and cuDNN plans exist  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
+  // LoRA adapters of the transformer (lora.h); made at load, bounded by lora_max_bytes.
+  std::unique_ptr<LoraRegistry> loras;
+  size_t lora_max_bytes = 0;  // set before load: FQ_LORA_MAX_MB (default 4096) or the load request's lora_max_mb
+  // (B, L, T, LoRA set signature) whose GEMM plans, tuning, scratch and cuDNN plans exist
+  std::set<std::tuple<int, int, int, size_t>> planned_;  // (B, L, T) whose GEMM plans, tuning and cuDNN plans exist  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;
   std::unique_ptr<T5Encoder> t5;

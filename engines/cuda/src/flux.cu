@@ -106,6 +106,17 @@ FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L) : cfg(
   CUDA_CHECK(cudaStreamSynchronize(L.stream()));
 }
 
+std::vector<Linear*> FluxTransformer::linears() {
+  std::vector<Linear*> v{&x_emb_, &ctx_emb_, &t1_, &t2_, &p1_, &p2_};
+  if (cfg.guidance) v.insert(v.end(), {&g1_, &g2_});
+  for (auto& b : dbl_)
+    v.insert(v.end(), {&b.mod_img, &b.mod_txt, &b.qkv_img, &b.qkv_txt, &b.out_img, &b.out_txt, &b.ff1_img, &b.ff2_img,
+                       &b.ff1_txt, &b.ff2_txt});
+  for (auto& s : sgl_) v.insert(v.end(), {&s.mod, &s.qkv, &s.mlp, &s.out});
+  v.insert(v.end(), {&norm_out_, &proj_out_});
+  return v;
+}
+
 void FluxTransformer::conditioning(Ctx& c, const std::vector<float>& t_in, const std::vector<float>& g_in,
                                    const float* pooled, int B, int nsteps, float* mods) {
   const int D = cfg.hidden(), R = B * nsteps;

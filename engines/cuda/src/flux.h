@@ -67,6 +67,8 @@ class FluxTransformer {
   // cs: rope table on device. Enqueues only (no host sync, no allocation once plans exist): capturable.
   void forward(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R, const float* cs,
                float* vel);
+  // Every Linear of the transformer (LoRA targets: lora.h keys them by name); the pointers stay valid.
+  std::vector<Linear*> linears();
   // Called before and after every block of forward() (null: none).
   BlockHook hook;
 

@@ -4,9 +4,22 @@
 
 namespace fq {
 
+namespace {
+
+// y += (x A^T) B^T (+ bias) for a layer's adapter; x in the adapter type with row stride ldx.
+void apply_adapter(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* x, DType t, int ldx, Out y) {
+  void* h = c.scratch.get("linear.adapter_h", size_t(rows) * a.rank * dsize(t));
+  c.gemm.linear(c.st, rows, a.rank, l.in, x, t, ldx, a.a, t, nullptr, Epi::None, h, t, a.rank);
+  c.gemm.linear(c.st, rows, l.out, a.rank, h, t, a.rank, a.b, t, nullptr, Epi::None, y.p, y.t, y.ld, y.p, 1.f);
+  if (a.bias) add_bias(y.p, y.t, a.bias, rows, l.out, y.ld, c.st);
+}
+
+}  // namespace
+
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void* resid) {
   if (rows == 0) return;
   if (c.tap) c.tap->on_linear(l, rows, x, y, epi, resid != nullptr);
+  const In x0 = x;  // as given: an adapter on an fp8 layer reads this (bf16) rather than the quantised copy
   // The input in the layer's type: fp8 layers take fp8 activations with a scale (the norms that feed them write
   // those directly); anything else is converted here.
   if (l.wt == DType::FP8 && x.t != DType::FP8) {
@@ -22,18 +35,34 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
     cast(x.p, x.t, cv, l.wt, int64_t(rows) * l.in, c.st);
     x = In{cv, l.wt, l.in};
   }
-  if (l.adapter && epi == Epi::BiasGelu)
-    throw EngineError("layer " + l.name + ": adapters on GELU-epilogue layers are not supported yet", false);
-  c.gemm.linear(c.st, rows, l.out, l.in, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
-                resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
-  if (l.adapter) {
-    // y += (x A^T) B^T; the adapter's scale is folded into B when it is loaded.
-    const Adapter& a = *l.adapter;
-    if (x.t == DType::FP8) throw EngineError("layer " + l.name + ": adapters on fp8 layers are not supported yet", false);
-    void* h = c.scratch.get("linear.adapter_h", size_t(rows) * a.rank * dsize(x.t));
-    c.gemm.linear(c.st, rows, a.rank, l.in, x.p, x.t, x.ld, a.a, x.t, nullptr, Epi::None, h, x.t, a.rank);
-    c.gemm.linear(c.st, rows, l.out, a.rank, h, x.t, a.rank, a.b, x.t, nullptr, Epi::None, y.p, y.t, y.ld, y.p, 1.f);
+  if (!l.adapter) {
+    c.gemm.linear(c.st, rows, l.out, l.in, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
+                  resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
+    return;
   }
+  // LoRA: GELU layers run bias-only first so that the low-rank delta lands before the GELU, as in the model
+  // (GELU(W x + b + B A x)); the GELU is then its own pass.
+  const bool gelu = epi == Epi::BiasGelu;
+  c.gemm.linear(c.st, rows, l.out, l.in, x.p, x.t, x.ld, l.w, l.wt, l.b, gelu ? Epi::Bias : epi, y.p, y.t, y.ld,
+                resid, resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
+  const Adapter& a = *l.adapter;
+  const DType t = adapter_type(l);
+  if (x.t != DType::FP8) {
+    apply_adapter(c, l, a, rows, x.p, t, x.ld, y);
+  } else if (x0.t == DType::BF16 && x0.ld == l.in) {
+    apply_adapter(c, l, a, rows, x0.p, t, l.in, y);
+  } else {
+    // A bf16 view of the input: dequantised fp8 (the norm wrote fp8 directly), or a cast of another type.
+    void* xb = c.scratch.get("linear.adapter_x", size_t(rows) * l.in * 2);
+    if (x0.t == DType::FP8) {
+      dequantize_fp8(x0.p, x0.ld, x0.scale, rows, l.in, xb, c.st);
+    } else {
+      if (x0.ld != l.in) throw EngineError("layer " + l.name + ": strided adapter input of another type", false);
+      cast(x0.p, x0.t, xb, DType::BF16, int64_t(rows) * l.in, c.st);
+    }
+    apply_adapter(c, l, a, rows, xb, t, l.in, y);
+  }
+  if (gelu) activation(y.p, y.t, rows, l.out, y.ld, Act::GeluTanh, c.st);
 }
 
 }  // namespace fq

@@ -11,13 +11,14 @@
 
 namespace fq {
 
-// Low-rank adapter (LoRA) slot: y += scale * (x A^T) B^T, A [rank, in], B [out, rank] in the compute type.
-// Loading adapters is the next issue; linear() already applies one when the slot is filled.
+// Low-rank adapter (LoRA) slot: y += (x A^T) B^T (+ bias), A [rank, in], B [out, rank] in the layer's adapter type
+// (its weight type; bf16 for fp8 layers), the strengths and alpha/rank folded into B and A by the loader (lora.h).
+// Filled only while a job whose LoRA set targets the layer is being enqueued; null (no cost) otherwise.
 struct Adapter {
   const void* a = nullptr;
   const void* b = nullptr;
-  int rank = 0;
-  float scale = 1.f;
+  int rank = 0;                 // padded to a multiple of 8 (zero rows / columns)
+  const float* bias = nullptr;  // [out] fp32 up-bias sum (BFL Control), or null
 };
 
 struct Linear {
@@ -30,6 +31,9 @@ struct Linear {
   const void* b_act = nullptr;      // [out] in the compute type (bf16 runs), made at load; null on the fp32 path
   const Adapter* adapter = nullptr;
 };
+
+// The adapter type of a layer: its weight type, bf16 for fp8 layers (their adapters read a bf16 view of the input).
+inline DType adapter_type(const Linear& l) { return l.wt == DType::FP8 ? DType::BF16 : l.wt; }
 
 // Activation operands: pointer, element type, elements between rows; fp8 inputs carry their scale.
 struct In {
@@ -47,6 +51,8 @@ struct Out {
 // y = epi(x W^T + b) (+ resid, which has y's type and stride and may alias y) on `rows` rows. Runs in the layer's
 // weight type; an input of another type is converted first (fp8 layers quantise a bf16 input with a per-tensor
 // scale into ctx scratch). Reports the call to ctx.tap when one is set (the benchmark's GEMM list).
+// With an adapter: the base product, then y += (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer (the
+// GELU then runs as its own kernel); fp8 layers feed the adapter a bf16 view of their input.
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias, const void* resid = nullptr);
 
 // What a block-level observer sees of a step: every linear (layer, rows, operands) and every attention.

@@ -3,6 +3,7 @@
 //   fluxql-engine --selftest <fixtures> <model dir or load-spec .json> [f32|bf16|fp8|both|all]
 //   fluxql-engine --bench [--size N|WxH] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
 //                         [--graphs on|off|both] [--out prefix]
+//   fluxql-engine --bench-lora [--size N] [--steps N] [--ranks 16,64,256] [--precisions bf16,fp8] [--out prefix]
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -40,8 +41,25 @@ int main(int argc, char** argv) {
       }
       return fq::run_bench(size, steps, batches, iters, precisions, graphs, out);
     }
+    if (mode == "--bench-lora") {
+      int side = 1024, steps = 6;
+      std::string ranks = "16,64,256", precisions = "bf16", out = "cuda-bench-lora";
+      for (int i = 2; i + 1 < argc; i += 2) {
+        std::string k = argv[i], v = argv[i + 1];
+        if (k == "--size") side = std::stoi(v);
+        else if (k == "--steps") steps = std::stoi(v);
+        else if (k == "--ranks") ranks = v;
+        else if (k == "--precisions") precisions = v;
+        else if (k == "--out") out = v;
+        else {
+          fprintf(stderr, "unknown option %s\n", k.c_str());
+          return 2;
+        }
+      }
+      return fq::run_bench_lora(side, steps, ranks, precisions, out);
+    }
     if (mode == "--serve") return fq::run_serve();
-    fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench)\n", mode.c_str());
+    fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench, --bench-lora)\n", mode.c_str());
     return 2;
   } catch (const std::exception& e) {
     fprintf(stderr, "fluxql-engine: %s\n", e.what());

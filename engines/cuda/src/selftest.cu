@@ -11,6 +11,7 @@
 #include "kernel_tests.h"
 #include "kernels/kernels.h"
 #include "selftest.h"
+#include "selftest_lora.h"
 
 namespace fq {
 namespace {
@@ -456,6 +457,40 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
            std::abs(events - 2 * (2 + e.cfg.flux.layers + e.cfg.flux.single_layers)), 0, true);
     report("transformer_forward", rdt, "rel_err", rel_err(download(vel, out.size()), out.data(), out.size()), tol,
            req);
+    // LoRA cases (the conditioning too: its embedders and modulation layers are LoRA targets).
+    if (std::ifstream(fx + "/lora/lora_index.json").good()) {
+      auto forward = [&] {
+        e.flux->conditioning(c, {tstep}, {guid}, d_pooled, 1, 1, mods);
+        e.flux->embed_context(c, d_enc, T, ctx0);
+        CUDA_CHECK(cudaMemsetAsync(state.step, 0, sizeof(int), e.st));
+        e.flux->forward(c, state, d_hs, ctx0, mods, 1, d_cs, vel);
+        return download(vel, out.size());
+      };
+      Json index = Json::parse(read_text_file(fx + "/index.json"));
+      Json toks = Json::parse(read_text_file(fx + "/pipeline_tokens.json"));
+      auto& pc = index["pipeline_cases"][0];
+      SafetensorsFile pf(fx + "/" + pc["file"].s);
+      auto pipeline = [&](const std::vector<std::pair<std::string, float>>& loras) {
+        Request r;
+        r.height = int(pc["height"].n);
+        r.width = int(pc["width"].n);
+        r.t5_len = 512;
+        auto& p = pc["prompts"][0].s;
+        r.clip_ids = ids_of(toks[p]["clip"]);
+        r.t5_ids = ids_of(toks[p]["t5"]);
+        r.guidance = {float(pc["guidance"].n)};
+        r.sigmas = pf.to_f32("sigmas");
+        r.latents = pf.to_f32("initial_latents_packed");
+        r.loras = loras;
+        auto job = e.prepare(r);
+        while (job->step < job->steps) e.step(*job);
+        return std::make_pair(download(job->lat, r.latents.size()), job->replays);
+      };
+      run_lora_cases(e, fx + "/lora", forward, pipeline, tol, req, report);
+    } else {
+      printf("{\"case\":\"lora\",\"skipped\":\"no %s/lora/lora_index.json (prepare-fixtures.ts writes it)\"}\n",
+             fx.c_str());
+    }
   }
 
   // Whole generations: tokens in, per-step latents, decoded image.

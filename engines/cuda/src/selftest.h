@@ -8,6 +8,10 @@ int run_selftest(const std::string& fixtures, const std::string& model, const st
 // graphs: "on", "off" or "both" (CUDA-graph replay of steps 2.., each mode timed on the same loaded engine).
 int run_bench(const std::string& size, int steps, const std::string& batches, int iters,
               const std::string& precisions, const std::string& graphs, const std::string& out_prefix);
+// LoRA overhead at FLUX.1-dev size (bench_lora.cu): per rank, load / set build / prepare times and the replayed step
+// time against no LoRA; precisions comma-separated; writes JSON lines to stdout and out_prefix.json.
+int run_bench_lora(int side, int steps, const std::string& ranks, const std::string& precisions,
+                   const std::string& out_prefix);
 // Framed stdin/stdout protocol (PROTOCOL.md). Returns the exit code.
 int run_serve();
 }  // namespace fq

@@ -2,6 +2,7 @@
 // every response carries the request's id. Logs go to stderr only: stdout carries frames.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 
 #include "engine.h"
 #include "kernels/kernels.h"
+#include "lora_protocol.h"
 #include "selftest.h"
 
 namespace fq {
@@ -66,6 +68,7 @@ int run_serve() {
   std::unique_ptr<Engine> eng;
   std::map<int64_t, std::unique_ptr<Job>> jobs;
   int64_t next_job = 1;
+  LoraStaging lora_staging;
   for (;;) {
     uint32_t h[2];
     if (!read_exact(h, 8)) return 0;  // stdin closed: the client is gone
@@ -97,7 +100,7 @@ int run_serve() {
              std::to_string(free_b) + ",\"cuda_runtime\":" + std::to_string(rt) + ",\"loaded\":" +
              (eng ? "true" : "false") + ",\"precision\":" + (eng ? "\"" + eng->precision() + "\"" : "null") +
              ",\"attention\":" + (!eng ? "null" : eng->use_cudnn ? "\"cudnn\"" : eng->dt == DType::F32 ? "\"f32-rows\"" : "\"own-flash\"") +
-             ",\"jobs\":" + std::to_string(jobs.size()) + "}");
+             ",\"jobs\":" + std::to_string(jobs.size()) + (eng ? lora_state_fields(*eng) : std::string()) + "}");
       } else if (op == "load") {
         std::string prec = req.str("precision", "bf16");
         // Per-layer precision: the named plan, plus rules from the request ("plan": [[glob, type], ...]) and from
@@ -110,16 +113,30 @@ int run_serve() {
         if (const char* env = getenv("FQ_PRECISION_PLAN")) rules += env;
         PrecisionPlan plan = PrecisionPlan::named(prec, rules);
         jobs.clear();
+        lora_staging.pending.clear();
         eng.reset();
         eng = std::make_unique<Engine>(plan);
+        // GPU memory for LoRA adapters (factors + built sets): the request's bound, else FQ_LORA_MAX_MB's.
+        if (req.has("lora_max_mb")) eng->lora_max_bytes = size_t(std::max(0.0, req.num("lora_max_mb", 0))) << 20;
         if (req.has("synthetic")) eng->load_synthetic(uint64_t(req.num("seed", 42)));
         else if (req.has("spec")) eng->load_spec(req["spec"], "");
         else eng->load_dir(req.str("model", ""));
         send("{\"op\":\"loaded\",\"id\":" + id + ",\"device\":" + json_escape(device_name()) +
              ",\"precision\":\"" + eng->precision() + "\",\"weights_bytes\":" + std::to_string(eng->weights.bytes()) +
-             ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+             ",\"ms\":" + std::to_string(ms_since(t0)) + lora_state_fields(*eng) + "}");
       } else if (!eng) {
         throw std::runtime_error("no model loaded");
+      } else if (op == "lora_load") {
+        std::string rop;
+        std::string fields = lora_load_request(*eng, lora_staging, req, payload, rop);
+        send("{\"op\":\"" + rop + "\",\"id\":" + id + fields + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+      } else if (op == "lora_unload") {
+        // Jobs prepared with the LoRA keep their own built set until released.
+        const std::string name = req.str("name", "");
+        lora_staging.pending.erase(name);
+        const bool was = eng->loras->unload(name);
+        send("{\"op\":\"lora_unloaded\",\"id\":" + id + ",\"name\":" + json_escape(name) +
+             ",\"unloaded\":" + (was ? "true" : "false") + lora_state_fields(*eng) + "}");
       } else if (op == "prepare") {
         Request r;
         r.batch = int(req.num("batch", 1));
@@ -130,6 +147,7 @@ int run_serve() {
         r.guidance = floats(req["guidance"]);
         r.seed = uint64_t(req.num("seed", 0));
         if (req.has("true_cfg")) r.cfg_scale = floats(req["true_cfg"]);
+        r.loras = lora_set_of(req["loras"]);
         // True CFG: the ids hold 2B rows (the prompts, then the negative prompts).
         const size_t tb = size_t(r.text_batch());
         size_t nclip = tb * eng->cfg.clip.maxpos, nt5 = tb * r.t5_len;
@@ -253,7 +271,7 @@ int run_serve() {
       // the answer says fatal, the process exits, and the client restarts it. Anything else keeps serving.
       const bool fatal = fault_sticky();
       send("{\"op\":\"error\",\"id\":" + id + ",\"message\":" + json_escape(ex.what()) +
-           ",\"fatal\":" + (fatal ? "true" : "false") + "}");
+           ",\"fatal\":" + (fatal ? "true" : "false") + lora_error_fields(ex) + "}");
       if (fatal) return 2;
     }
   }

@@ -114,6 +114,7 @@ export function editPrepareFrameOf(a: CudaEditPrepareArgs): RequestFrame {
       latents: 'payload',
       ...(a.trueCfg ? { true_cfg: [...a.trueCfg] } : {}),
       ...(a.inpaint ? { inpaint: true } : {}),
+      ...(a.loras && a.loras.length > 0 ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) } : {}),
     },
     payload,
   };

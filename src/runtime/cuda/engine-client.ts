@@ -74,6 +74,8 @@ export interface CudaPrepareArgs {
   latents?: Float32Array;
   /** Seed of the engine's generator when `latents` is absent. */
   seed?: number;
+  /** The job's LoRA set: names loaded with `lora_load` (see `lora-requests.ts`), in rank-concatenation order. */
+  loras?: readonly { name: string; strength: number }[];
 }
 
 /** Progress of one step of a job. */
@@ -163,9 +165,14 @@ export class CudaEngineClient {
    * Loads a model onto the GPU (dropping any previous model and its jobs): a diffusers folder by path, or any layout
    * the host resolved, as a load spec ({@link cudaLoadSpec}).
    */
-  async load(model: string | CudaLoadSpec, precision: CudaPrecision): Promise<CudaLoaded> {
+  async load(
+    model: string | CudaLoadSpec,
+    precision: CudaPrecision,
+    options: { loraMaxMb?: number } = {},
+  ): Promise<CudaLoaded> {
     const source = typeof model === 'string' ? { model } : { spec: model };
-    const { header: h } = await this.request({ op: 'load', ...source, precision });
+    const lora = options.loraMaxMb !== undefined ? { lora_max_mb: options.loraMaxMb } : {};
+    const { header: h } = await this.request({ op: 'load', ...source, precision, ...lora });
     return {
       device: String(h.device),
       precision: h.precision as CudaPrecision,
@@ -189,6 +196,9 @@ export class CudaEngineClient {
         guidance: Array.from(a.guidance),
         latents: a.latents ? 'payload' : 'seed',
         ...(a.seed !== undefined ? { seed: a.seed } : {}),
+        ...(a.loras && a.loras.length > 0
+          ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) }
+          : {}),
       },
       payload,
     );

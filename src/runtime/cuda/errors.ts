@@ -17,6 +17,11 @@ export class CudaEngineError extends Error {
      * exit follows the frame; the client then fails the other pending requests with {@link CudaEngineExitedError}.
      */
     readonly fatal: boolean,
+    /**
+     * A refused LoRA request: the LoRA layer's error code (`unmatched_keys`, `shape_mismatch`, `bad_rank`,
+     * `non_finite`, `not_found`, `unsupported`, `bad_argument`) and the offending keys (engine layer names).
+     */
+    readonly lora?: { code: string; keys: string[] },
   ) {
     super(`CUDA engine ${op}: ${message}`);
   }
@@ -28,7 +33,11 @@ export class CudaEngineError extends Error {
  */
 export function engineErrorFromFrame(op: string, header: { readonly [key: string]: unknown }): CudaEngineError {
   const message = String(header.message ?? 'unknown error');
-  return new CudaEngineError(op, message, header.fatal === true || message.startsWith('CUDA error'));
+  const lora =
+    typeof header.lora_code === 'string'
+      ? { code: header.lora_code, keys: Array.isArray(header.keys) ? header.keys.map(String) : [] }
+      : undefined;
+  return new CudaEngineError(op, message, header.fatal === true || message.startsWith('CUDA error'), lora);
 }
 
 /**

@@ -34,3 +34,11 @@ export {
 } from './engine-client.ts';
 export { CudaEngineError, CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
 export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';
+export {
+  type CudaLoraLayer,
+  type CudaLoraState,
+  cudaLoraLoad,
+  cudaLoraUnload,
+  loraLoadFramesOf,
+  MAX_LORA_FRAME_BYTES,
+} from './lora-requests.ts';

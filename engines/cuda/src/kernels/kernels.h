@@ -92,6 +92,12 @@ void layernorm_mod_fp8_apply(const float* x, int rows, int D, int rows_per_batch
                              const float* scale, int mod_stride, void* out, float* out_scale, const float* ws,
                              cudaStream_t st);
 
+// lora.cu: LoRA adapter sets. lora_pack_up: dst[o, off + j] = s * src[o, j] (src [out, r], dst rows of ld, F32/BF16).
+// axpy_f32: y += s * x. dequantize_fp8: out[r, c] = q[r, c] * *scale, q fp8 rows of ld, out bf16 [rows, cols].
+void lora_pack_up(const void* src, DType dt, int out, int r, float s, void* dst, int ld, int off, cudaStream_t st);
+void axpy_f32(float* y, const float* x, float s, int n, cudaStream_t st);
+void dequantize_fp8(const void* q, int ld, const float* scale, int rows, int cols, void* out, cudaStream_t st);
+
 // rope.cu: qkv rows [B*n, ld] hold q|k|v (each H*D). For token i of batch b, joint position p = off + i:
 // q, k get RMSNorm over D (weights wq, wk, eps 1e-6) then interleaved-pair RoPE with cs[p, j] = (cos, sin);
 // q, k, v are written to [B, S, H, D] at position p.

@@ -1,0 +1,229 @@
+#include "lora.h"
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+
+#include "kernels/kernels.h"
+#include "weights.h"
+
+namespace fq {
+namespace {
+
+constexpr int kMaxRank = 256;
+constexpr int kRankAlign = 8;  // padded ranks keep every adapter GEMM operand row 16-byte aligned
+
+std::string mib(size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; }
+
+}  // namespace
+
+AdapterSet::~AdapterSet() {
+  if (used) *used -= bytes;
+}
+
+LoraRegistry::LoraRegistry(std::vector<Linear*> linears, size_t max_bytes, cudaStream_t st)
+    : max_bytes_(max_bytes), st_(st) {
+  const std::string prefix = "transformer/";
+  for (Linear* l : linears) {
+    if (l->name.compare(0, prefix.size(), prefix) == 0) by_name_[l->name.substr(prefix.size())] = l;
+  }
+}
+
+LoraRegistry::~LoraRegistry() {
+  activate(nullptr);
+  sets_.clear();
+}
+
+std::vector<std::string> LoraRegistry::names() const {
+  std::vector<std::string> n;
+  for (auto& [k, v] : loras_) n.push_back(k);
+  return n;
+}
+
+size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn>& layers) {
+  if (name.empty()) throw LoraFail("bad_argument", "lora_load needs a name");
+  if (layers.empty()) throw LoraFail("unmatched_keys", name + ": no layers");
+  // Validate everything first: a refused LoRA changes nothing.
+  std::vector<std::string> unknown, shapes, ranks, nonfinite, dup;
+  std::map<std::string, int> seen;
+  size_t need = 0;
+  for (auto& in : layers) {
+    auto it = by_name_.find(in.layer);
+    if (it == by_name_.end()) {
+      unknown.push_back(in.layer);
+      continue;
+    }
+    if (seen[in.layer]++) dup.push_back(in.layer);
+    const Linear& l = *it->second;
+    if (in.rank < 1 || in.rank > kMaxRank) ranks.push_back(in.layer);
+    else if (in.in != l.in || in.out != l.out) shapes.push_back(in.layer);
+    else {
+      auto finite = [](const float* p, size_t n) {
+        for (size_t i = 0; i < n; i++)
+          if (!std::isfinite(p[i])) return false;
+        return true;
+      };
+      if (!finite(in.a, size_t(in.rank) * in.in) || !finite(in.b, size_t(in.out) * in.rank) ||
+          (in.bias && !finite(in.bias, size_t(in.out))))
+        nonfinite.push_back(in.layer);
+      need += size_t(in.rank) * (in.in + in.out) * dsize(adapter_type(l)) + (in.bias ? size_t(in.out) * 4 : 0);
+    }
+  }
+  if (!unknown.empty())
+    throw LoraFail("unmatched_keys", name + ": " + std::to_string(unknown.size()) + " layer(s) the engine does not have",
+                   unknown);
+  if (!dup.empty()) throw LoraFail("bad_argument", name + ": a layer appears twice", dup);
+  if (!ranks.empty()) throw LoraFail("bad_rank", name + ": rank outside 1.." + std::to_string(kMaxRank), ranks);
+  if (!shapes.empty()) throw LoraFail("shape_mismatch", name + ": factor shapes do not fit the layer", shapes);
+  if (!nonfinite.empty()) throw LoraFail("non_finite", name + ": NaN or infinite values", nonfinite);
+  // The replaced LoRA's memory counts as free (it goes), and so do cached sets no job holds.
+  auto old = loras_.find(name);
+  const size_t freed = old != loras_.end() ? old->second->bytes : 0;
+  if (*used_ - freed + need > max_bytes_ && !make_room(need - std::min(need, freed)))
+    throw LoraFail("unsupported",
+                   name + ": LoRA memory limit: needs " + mib(need) + ", " + mib(*used_) + " of " + mib(max_bytes_) +
+                       " in use (FQ_LORA_MAX_MB / lora_max_mb; unload LoRAs or release jobs)");
+  if (old != loras_.end()) unload(name);
+  auto lo = std::make_unique<Lora>();
+  for (auto& in : layers) {
+    Linear* l = by_name_.at(in.layer);
+    const DType t = adapter_type(*l);
+    Factors f{l, in.rank, nullptr, nullptr, nullptr};
+    std::vector<float> a(in.a, in.a + size_t(in.rank) * in.in), b(in.b, in.b + size_t(in.out) * in.rank);
+    f.a = lo->mem.alloc(a.size() * dsize(t));
+    f.b = lo->mem.alloc(b.size() * dsize(t));
+    upload_as(f.a, a, t, st_);
+    upload_as(f.b, b, t, st_);
+    if (in.bias) {
+      f.bias = lo->mem.allocT<float>(in.out);
+      upload_as(f.bias, std::vector<float>(in.bias, in.bias + in.out), DType::F32, st_);
+    }
+    lo->layers.push_back(f);
+  }
+  lo->bytes = lo->mem.bytes();
+  *used_ += lo->bytes;
+  const size_t bytes = lo->bytes;
+  loras_[name] = std::move(lo);
+  return bytes;
+}
+
+bool LoraRegistry::unload(const std::string& name) {
+  auto it = loras_.find(name);
+  if (it == loras_.end()) return false;
+  drop_sets_with(name);
+  // Built sets hold their own copies: a job's set (and its captured graph) stays valid after this.
+  *used_ -= it->second->bytes;
+  loras_.erase(it);
+  return true;
+}
+
+void LoraRegistry::drop_sets_with(const std::string& name) {
+  for (auto it = sets_.begin(); it != sets_.end();) {
+    // Keys are name\x1fstrength\x1e... (see select); a member name matches a whole field.
+    const std::string& k = it->first;
+    bool has = false;
+    for (size_t p = 0; p < k.size();) {
+      size_t e = k.find('\x1f', p);
+      if (k.compare(p, e - p, name) == 0 && e - p == name.size()) has = true;
+      p = k.find('\x1e', e);
+      p = p == std::string::npos ? k.size() : p + 1;
+    }
+    if (has && it->second.get() == active_) activate(nullptr);
+    it = has ? sets_.erase(it) : std::next(it);
+  }
+}
+
+bool LoraRegistry::make_room(size_t need) {
+  for (auto it = sets_.begin(); it != sets_.end() && *used_ + need > max_bytes_;) {
+    // use_count 1: only the cache holds it (no job, not active).
+    if (it->second.use_count() == 1 && it->second.get() != active_) it = sets_.erase(it);
+    else ++it;
+  }
+  return *used_ + need <= max_bytes_;
+}
+
+std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pair<std::string, float>>& members) {
+  if (members.empty()) return nullptr;
+  std::string key;
+  std::map<std::string, int> seen;
+  for (auto& [n, s] : members) {
+    if (!loras_.count(n)) throw LoraFail("not_found", n + ": LoRA not loaded on the engine (lora_load it first)", {n});
+    if (!std::isfinite(s)) throw LoraFail("bad_argument", n + ": strength must be finite");
+    if (seen[n]++) throw LoraFail("bad_argument", n + ": appears twice in one LoRA set");
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.9g", double(s));
+    key += n + '\x1f' + buf + '\x1e';
+  }
+  auto hit = sets_.find(key);
+  if (hit != sets_.end()) return hit->second;
+  // Per target layer, the members' factors in member order.
+  std::map<Linear*, std::vector<std::pair<const Factors*, float>>> per;
+  std::vector<Linear*> order;
+  for (auto& [n, s] : members)
+    for (auto& f : loras_.at(n)->layers) {
+      if (!per.count(f.target)) order.push_back(f.target);
+      per[f.target].push_back({&f, s});
+    }
+  size_t need = 0;
+  for (Linear* l : order) {
+    int R = 0;
+    bool bias = false;
+    for (auto& [f, s] : per[l]) R += f->rank, bias |= f->bias != nullptr;
+    const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
+    need += size_t(Rp) * (l->in + l->out) * dsize(adapter_type(*l)) + (bias ? size_t(l->out) * 4 : 0);
+  }
+  if (*used_ + need > max_bytes_ && !make_room(need))
+    throw LoraFail("unsupported", "LoRA set needs " + mib(need) + " more GPU memory; " + mib(*used_) + " of " +
+                                      mib(max_bytes_) + " in use (FQ_LORA_MAX_MB / lora_max_mb)");
+  auto set = std::make_shared<AdapterSet>();
+  set->key = key;
+  std::string sig;
+  for (Linear* l : order) {
+    const DType t = adapter_type(*l);
+    const size_t es = dsize(t);
+    int R = 0;
+    bool bias = false;
+    for (auto& [f, s] : per[l]) R += f->rank, bias |= f->bias != nullptr;
+    const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
+    void* a = set->mem.alloc(size_t(Rp) * l->in * es);
+    void* b = set->mem.alloc(size_t(l->out) * Rp * es);
+    float* bs = bias ? set->mem.allocT<float>(l->out) : nullptr;
+    CUDA_CHECK(cudaMemsetAsync(a, 0, size_t(Rp) * l->in * es, st_));
+    CUDA_CHECK(cudaMemsetAsync(b, 0, size_t(l->out) * Rp * es, st_));
+    if (bs) CUDA_CHECK(cudaMemsetAsync(bs, 0, size_t(l->out) * 4, st_));
+    int off = 0;
+    for (auto& [f, s] : per[l]) {
+      // A rows [off, off + r) = the member's A; B columns [off, off + r) = strength * the member's B.
+      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(a) + size_t(off) * l->in * es, f->a, size_t(f->rank) * l->in * es,
+                                 cudaMemcpyDeviceToDevice, st_));
+      lora_pack_up(f->b, t, l->out, f->rank, s, b, Rp, off, st_);
+      if (f->bias) axpy_f32(bs, f->bias, s, l->out, st_);
+      off += f->rank;
+    }
+    Adapter ad;
+    ad.a = a;
+    ad.b = b;
+    ad.rank = Rp;
+    ad.bias = bs;
+    set->layers.push_back({l, ad});
+    sig += l->name + ':' + std::to_string(Rp) + ';';
+  }
+  CUDA_CHECK(cudaStreamSynchronize(st_));
+  set->signature = std::hash<std::string>()(sig);
+  set->bytes = set->mem.bytes();
+  set->used = used_;
+  *used_ += set->bytes;
+  sets_[key] = set;
+  return set;
+}
+
+void LoraRegistry::activate(const AdapterSet* s) {
+  if (s == active_) return;
+  if (active_)
+    for (auto& [l, a] : active_->layers) l->adapter = nullptr;
+  active_ = s;
+  if (s)
+    for (auto& [l, a] : s->layers) l->adapter = &a;
+}
+
+}  // namespace fq

@@ -1,0 +1,116 @@
+// LoRA adapters at run time (issue 16). The host parses LoRA files and sends, per engine Linear (keyed by its
+// checkpoint name, linear.h), the factors A [r, in] and B [out, r] with alpha/rank already folded into A, and
+// optionally an up-bias [out] (BFL Control). The registry keeps them on the GPU in the layer's adapter type (bf16, or
+// f32 on the f32 path) under a name; a set (names with strengths, one per job) is built from them once and cached:
+// per layer A_cat [Rp, in] (members' A stacked on the rank axis), B_cat [out, Rp] (members' B side by side, each
+// times its strength), bias_cat = sum strength * bias; Rp = sum of ranks rounded up to 8 (zero rows/columns, exact).
+// A job holds its set (shared ownership), so unloading a LoRA never frees memory a prepared job or its captured
+// step graph still reads; the memory is returned when the last job using it is released.
+// Memory is bounded (max_bytes: FQ_LORA_MAX_MB or the load request's `lora_max_mb`): loaded factors plus built sets.
+#pragma once
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "device_buffer.h"
+#include "linear.h"
+
+namespace fq {
+
+// A refused LoRA request, with the host's LoraError code (invalid_file, unmatched_keys, shape_mismatch, bad_rank,
+// non_finite, not_found, unsupported, bad_argument) and the offending keys. Never a device fault.
+struct LoraFail : std::runtime_error {
+  LoraFail(std::string code_, const std::string& msg, std::vector<std::string> keys_ = {})
+      : std::runtime_error(msg), code(std::move(code_)), keys(std::move(keys_)) {}
+  std::string code;
+  std::vector<std::string> keys;
+};
+
+// One layer's factors as the host sends them (fp32, alpha/rank folded into a).
+struct LoraLayerIn {
+  std::string layer;  // the Linear's name without the component: "transformer_blocks.0.attn.to_q+...to_k+...to_v"
+  int rank = 0, in = 0, out = 0;
+  const float* a = nullptr;     // [rank, in]
+  const float* b = nullptr;     // [out, rank]
+  const float* bias = nullptr;  // [out] or null
+};
+
+class LoraRegistry;
+
+// A built set: the adapter of every layer any member targets. Immutable once built.
+struct AdapterSet {
+  ~AdapterSet();
+  std::string key;
+  size_t signature = 0;  // the set's GEMM shapes (layer, padded rank): same signature, same plans and scratch
+  std::vector<std::pair<Linear*, Adapter>> layers;
+  DeviceArena mem;
+  size_t bytes = 0;
+  std::shared_ptr<size_t> used;  // the registry's byte count (shared: a job may outlive the registry's cache)
+};
+
+class LoraRegistry {
+ public:
+  // linears: the transformer's Linears (names "transformer/<checkpoint name>").
+  LoraRegistry(std::vector<Linear*> linears, size_t max_bytes, cudaStream_t st);
+  ~LoraRegistry();
+  LoraRegistry(const LoraRegistry&) = delete;
+  LoraRegistry& operator=(const LoraRegistry&) = delete;
+  // Validates every layer (names, shapes, ranks 1..256, finite values) before changing anything, then uploads; a
+  // LoRA of the same name is replaced (cached sets holding it are dropped). Returns its device bytes.
+  size_t load(const std::string& name, const std::vector<LoraLayerIn>& layers);
+  bool unload(const std::string& name);
+  // The set of (name, strength) members in order; null for an empty set. @throws LoraFail (not_found, bad_argument,
+  // unsupported when over the memory bound)
+  std::shared_ptr<const AdapterSet> select(const std::vector<std::pair<std::string, float>>& members);
+  size_t bytes() const { return *used_; }
+  size_t max_bytes() const { return max_bytes_; }
+  std::vector<std::string> names() const;
+  // Sets a set's adapters into its Linears (null: none) for the enqueueing that follows; see AdapterScope.
+  void activate(const AdapterSet* s);
+  const AdapterSet* active() const { return active_; }
+
+ private:
+  struct Factors {
+    Linear* target;
+    int rank;
+    void* a;       // [rank, in] in the adapter type
+    void* b;       // [out, rank]
+    float* bias;   // [out] or null
+  };
+  struct Lora {
+    std::vector<Factors> layers;
+    DeviceArena mem;
+    size_t bytes = 0;
+  };
+  // Frees cached sets no job holds until `need` more bytes fit; false when they still do not.
+  bool make_room(size_t need);
+  void drop_sets_with(const std::string& name);
+  std::map<std::string, Linear*> by_name_;
+  std::map<std::string, std::unique_ptr<Lora>> loras_;
+  std::map<std::string, std::shared_ptr<const AdapterSet>> sets_;
+  std::shared_ptr<size_t> used_ = std::make_shared<size_t>(0);  // loaded factors + live sets, device bytes
+  size_t max_bytes_;
+  cudaStream_t st_;
+  const AdapterSet* active_ = nullptr;
+};
+
+// Activates a set for a scope (a prepare, an eager or captured step) and clears it on exit, so Linears never point
+// at a set outside the work of the job that holds it.
+class AdapterScope {
+ public:
+  AdapterScope(LoraRegistry* r, const AdapterSet* s) : r_(s ? r : nullptr) {
+    if (r_) r_->activate(s);
+  }
+  ~AdapterScope() {
+    if (r_) r_->activate(nullptr);
+  }
+  AdapterScope(const AdapterScope&) = delete;
+  AdapterScope& operator=(const AdapterScope&) = delete;
+
+ private:
+  LoraRegistry* r_;
+};
+
+}  // namespace fq

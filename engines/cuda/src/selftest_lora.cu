@@ -1,0 +1,160 @@
+// LoRA cases of --selftest (issue 16), when the fixtures carry lora/ (prepare-fixtures.ts): each fixture LoRA, as
+// the host's own code reduces it to engine factors, loaded through the registry and applied at its strength to the
+// transformer case, against diffusers' output; a set of all of them; unloading restores the base output bit for bit;
+// each refusal has its LoraError code; a whole generation with a LoRA replays its steps from a CUDA graph.
+#include "selftest_lora.h"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "json.h"
+#include "safetensors.h"
+
+namespace fq {
+namespace {
+
+double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    const double d = double(a[i]) - b[i];
+    num += d * d;
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+double max_abs(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double m = 0;
+  for (size_t i = 0; i < a.size(); i++) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
+// The code a refusal carried ("" when it was not refused, "other" for a non-LoRA error).
+template <typename F>
+std::string refusal(F&& f) {
+  try {
+    f();
+  } catch (const LoraFail& e) {
+    return e.code;
+  } catch (const std::exception&) {
+    return "other";
+  }
+  return "";
+}
+
+}  // namespace
+
+LoraFactorsFile read_lora_factors(const std::string& path) {
+  SafetensorsFile f(path);
+  LoraFactorsFile out;
+  const std::string sa = ".lora_a";
+  // Tensor names are "<layer>.lora_a" / ".lora_b" / ".lora_bias", in the file's (sorted) order.
+  for (auto& [name, t] : f.tensors()) {
+    if (name.size() <= sa.size() || name.compare(name.size() - sa.size(), sa.size(), sa) != 0) continue;
+    const std::string layer = name.substr(0, name.size() - sa.size());
+    const StTensor* b = f.find(layer + ".lora_b");
+    if (!b || t.shape.size() != 2 || b->shape.size() != 2) throw std::runtime_error(path + ": bad factors of " + layer);
+    out.store.push_back(st_to_f32(t));
+    const float* pa = out.store.back().data();
+    out.store.push_back(st_to_f32(*b));
+    const float* pb = out.store.back().data();
+    const float* pbias = nullptr;
+    if (const StTensor* bias = f.find(layer + ".lora_bias")) {
+      out.store.push_back(st_to_f32(*bias));
+      pbias = out.store.back().data();
+    }
+    out.layers.push_back(LoraLayerIn{layer, int(t.shape[0]), int(t.shape[1]), int(b->shape[0]), pa, pb, pbias});
+  }
+  return out;
+}
+
+void run_lora_cases(Engine& e, const std::string& dir, const std::function<std::vector<float>()>& forward,
+                    const LoraPipelineFn& pipeline, double tol, bool req, ReportFn report) {
+  const std::string rdt = e.precision();
+  Json index = Json::parse(read_text_file(dir + "/lora_index.json"));
+  const std::vector<float> base = forward();
+  std::vector<std::pair<std::string, float>> all;
+  for (auto& c : index["cases"].a) {
+    const std::string name = c["name"].s;
+    const float strength = float(c["strength"].n);
+    LoraFactorsFile lf = read_lora_factors(dir + "/" + c["file"].s);
+    e.loras->load(name, lf.layers);
+    auto set = e.loras->select({{name, strength}});
+    std::vector<float> out;
+    {
+      AdapterScope scope(e.loras.get(), set.get());
+      out = forward();
+    }
+    SafetensorsFile ex(dir + "/" + c["expected"].s);
+    const std::vector<float> want = ex.to_f32("output");
+    report("lora." + c["format"].s + " transformer_forward", rdt, "rel_err", rel(out, want), tol, req);
+    report("lora." + c["format"].s + " changes the output (1/rel change)", rdt, "inverse", 1.0 / rel(out, base), 1e3,
+           true);
+    all.emplace_back(name, strength);
+  }
+  // All of them at once (ranks concatenated): differs from each alone; the member order only reorders the sum.
+  {
+    auto set = e.loras->select(all);
+    auto rev = e.loras->select(std::vector<std::pair<std::string, float>>(all.rbegin(), all.rend()));
+    std::vector<float> a, b;
+    {
+      AdapterScope scope(e.loras.get(), set.get());
+      a = forward();
+    }
+    {
+      AdapterScope scope(e.loras.get(), rev.get());
+      b = forward();
+    }
+    report("lora.set_of_all member order", rdt, "rel_err", rel(a, b), tol, req);
+    report("lora.set_of_all changes the output (1/rel change)", rdt, "inverse", 1.0 / rel(a, base), 1e3, true);
+    fprintf(stderr, "[selftest] %s: LoRA memory %.2f MiB (%zu LoRAs + cached sets)\n", rdt.c_str(),
+            e.loras->bytes() / 1048576.0, e.loras->names().size());
+  }
+  // Typed refusals (nothing changes on a refusal).
+  if (!all.empty()) {
+    LoraFactorsFile lf = read_lora_factors(dir + "/" + index["cases"][0]["file"].s);
+    auto bad = lf.layers;
+    bad[0].layer = "no_such_layer";
+    report("lora.refuses unknown layer (unmatched_keys)", rdt, "wrong",
+           refusal([&] { e.loras->load("bad", bad); }) != "unmatched_keys", 0, true);
+    bad = lf.layers;
+    bad[0].in += 1;
+    report("lora.refuses a wrong shape (shape_mismatch)", rdt, "wrong",
+           refusal([&] { e.loras->load("bad", bad); }) != "shape_mismatch", 0, true);
+    bad = lf.layers;
+    bad[0].rank = 257;
+    report("lora.refuses rank 257 (bad_rank)", rdt, "wrong", refusal([&] { e.loras->load("bad", bad); }) != "bad_rank",
+           0, true);
+    std::vector<float> nan(lf.store[0]);
+    nan[0] = std::numeric_limits<float>::quiet_NaN();
+    bad = lf.layers;
+    bad[0].a = nan.data();
+    report("lora.refuses NaN (non_finite)", rdt, "wrong", refusal([&] { e.loras->load("bad", bad); }) != "non_finite",
+           0, true);
+    report("lora.refuses an unloaded name (not_found)", rdt, "wrong",
+           refusal([&] { e.loras->select({{"bad", 1.f}}); }) != "not_found", 0, true);
+    LoraRegistry tiny(e.flux->linears(), 1024, e.st);
+    report("lora.refuses over the memory bound (unsupported)", rdt, "wrong",
+           refusal([&] { tiny.load("big", lf.layers); }) != "unsupported", 0, true);
+  }
+  // A whole generation with the first LoRA: its steps replay from a CUDA graph holding the set's adapters; a base
+  // generation before and after is the same to the bit (the LoRA job's set and graph are gone with the job).
+  if (!all.empty()) {
+    auto [base_lat, base_rep] = pipeline({});
+    auto [lora_lat, lora_rep] = pipeline({all[0]});
+    auto [again, again_rep] = pipeline({});
+    report("lora.pipeline changes the latents (1/rel change)", rdt, "inverse", 1.0 / rel(lora_lat, base_lat), 1e3,
+           true);
+    report("lora.pipeline base after a LoRA job (max abs diff)", rdt, "max_abs", max_abs(again, base_lat), 0, true);
+    fprintf(stderr, "[selftest] %s: LoRA generation: %d steps replayed from a CUDA graph (base %d, %d)\n", rdt.c_str(),
+            lora_rep, base_rep, again_rep);
+  }
+  for (auto& [n, s] : all) e.loras->unload(n);
+  report("lora.unload restores the base output (max abs diff)", rdt, "max_abs", max_abs(forward(), base), 0, true);
+  report("lora.memory after unload (bytes)", rdt, "bytes", double(e.loras->bytes()), 0, true);
+}
+
+}  // namespace fq

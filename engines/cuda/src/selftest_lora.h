@@ -1,0 +1,27 @@
+// LoRA cases of --selftest (selftest_lora.cu).
+#pragma once
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine.h"
+#include "kernel_tests.h"
+
+namespace fq {
+
+// One engine-factor file of prepare-fixtures.ts (`<layer>.lora_a` [r, in], `.lora_b` [out, r], `.lora_bias` [out]).
+struct LoraFactorsFile {
+  std::vector<std::vector<float>> store;
+  std::vector<LoraLayerIn> layers;  // pointers into store
+};
+LoraFactorsFile read_lora_factors(const std::string& path);
+
+// A whole generation with a LoRA set: final latents and the steps replayed from a CUDA graph.
+using LoraPipelineFn = std::function<std::pair<std::vector<float>, int>(const std::vector<std::pair<std::string, float>>&)>;
+
+// dir: <fixtures>/lora (lora_index.json). forward: the transformer case's output with the adapters active now.
+void run_lora_cases(Engine& e, const std::string& dir, const std::function<std::vector<float>()>& forward,
+                    const LoraPipelineFn& pipeline, double tol, bool req, ReportFn report);
+
+}  // namespace fq
