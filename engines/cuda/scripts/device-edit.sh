@@ -8,7 +8,6 @@
 # The fixtures dir comes from `npx tsx engines/cuda/scripts/prepare-fixtures.ts test/fixtures/flux-tiny-reference
 # <dir>` (default .device-carry/edit-fixtures, carried to the device); the model is the repository's models/flux-tiny.
 set -uo pipefail
-export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
 HERE=$(cd "$(dirname "$0")/.." && pwd)          # engines/cuda
 ROOT=$(cd "$HERE/../.." && pwd)                 # the repository
 OUT=${OUT:-$PWD/out}
@@ -16,18 +15,10 @@ mkdir -p "$OUT"
 FIX=$(cd "${1:-$ROOT/.device-carry/edit-fixtures}" && pwd) || { echo "no fixtures dir"; exit 1; }
 [[ -f $FIX/edit/edit_index.json ]] || { echo "no $FIX/edit: run prepare-fixtures.ts here first"; exit 1; }
 MODEL=$ROOT/models/flux-tiny
-BUILD=/tmp/fq-edit-build
 LOG=$OUT/summary.txt
-exec > >(tee -a "$LOG") 2>&1
-say() { echo "== $* ($(date +%T))"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-CUDNN_DIR=$(python3 -c "import nvidia.cudnn; print(nvidia.cudnn.__path__[0])" 2>/dev/null || true)
-NV=$(python3 -c "import nvidia, os; print(nvidia.__path__[0])" 2>/dev/null || true)
-if [[ -n $NV ]]; then for d in "$NV"/*/lib; do LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}; done; export LD_LIBRARY_PATH; fi
+source "$(dirname "$0")/device-common.sh"
 say "build (cuDNN: ${CUDNN_DIR:-none})"
-cmake -S "$HERE" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >"$OUT/build.log" 2>&1 &&
-  cmake --build "$BUILD" -j 16 >>"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
-ENGINE=$BUILD/fluxql-engine
+device_build "$HERE" "$BUILD" || exit 1
 rc=0
 ST=$OUT/selftest.txt
 say "selftest f32 + bf16 (diffusers folders), edit cases included"

@@ -10,7 +10,6 @@
 # work); bench: the benchmark and baseline only (run it alone on the GPU). Both builds happen in every mode.
 # The engine sources are the ones beside this script; the model is the repository's models/flux-tiny.
 set -uo pipefail
-export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
 HERE=$(cd "$(dirname "$0")/.." && pwd)          # engines/cuda to build
 ROOT=${FQ_ROOT:-$(cd "$HERE/../../../.." && pwd)}  # <repo>/.device-carry/<name>/engines/cuda -> <repo>
 [[ -d $ROOT/models/flux-tiny ]] || ROOT=$(cd "$HERE/../.." && pwd)    # or run from the repository itself
@@ -19,24 +18,15 @@ mkdir -p "$OUT"
 MODE=${1:-all}
 FIX=${2:-$HERE/../../fixtures}
 MODEL=$ROOT/models/flux-tiny
-BUILD=/tmp/fq-build
 LOG=$OUT/summary.txt
-exec > >(tee -a "$LOG") 2>&1
-say() { echo "== $* ($(date +%T))"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader
-CUDNN_DIR=$(python3 -c "import nvidia.cudnn; print(nvidia.cudnn.__path__[0])" 2>/dev/null || true)
-NV=$(python3 -c "import nvidia, os; print(nvidia.__path__[0])" 2>/dev/null || true)
-if [[ -n $NV ]]; then for d in "$NV"/*/lib; do LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}; done; export LD_LIBRARY_PATH; fi
+source "$(dirname "$0")/device-common.sh"
 say "build (cuDNN: ${CUDNN_DIR:-none})"
-cmake -S "$HERE" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >"$OUT/build.log" 2>&1 &&
-  cmake --build "$BUILD" -j 16 >>"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
-ENGINE=$BUILD/fluxql-engine
+device_build "$HERE" "$BUILD" || exit 1
 rc=0
 ST=$OUT/selftest.txt
 if [[ -n ${FQ_BASELINE:-} && -d $FQ_BASELINE ]]; then
   say "build baseline $FQ_BASELINE"
-  cmake -S "$FQ_BASELINE" -B /tmp/fq-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >>"$OUT/build.log" 2>&1 &&
-    cmake --build /tmp/fq-base -j 16 >>"$OUT/build.log" 2>&1 || echo "baseline build failed (see build.log)"
+  device_build "$FQ_BASELINE" /tmp/fq-base || echo "baseline build failed (see build.log)"
 fi
 if [[ $MODE == all || $MODE == tests || $MODE == check ]]; then
 say "selftest f32 + bf16 + fp8 (diffusers folders)"
