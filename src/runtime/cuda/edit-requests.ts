@@ -12,8 +12,7 @@
  * The frames are built by pure functions ({@link encodeFrameOf}, {@link editPrepareFrameOf}) so their layout is
  * testable without an engine.
  */
-import type { FrameHeader } from '../process/frames.ts';
-import type { CudaEngineClient, CudaPrepareArgs } from './engine-client.ts';
+import { type CudaEngineClient, type CudaPrepareArgs, prepareFrameOf, type RequestFrame } from './engine-client.ts';
 
 /** Latent channels the engine's `encode` packs (FLUX's VAE). */
 const LATENT_CHANNELS = 16;
@@ -29,11 +28,7 @@ export interface CudaEncodeArgs {
   eps?: Float32Array;
 }
 
-/** A request frame before its id: header and payload parts. */
-export interface RequestFrame {
-  header: Omit<FrameHeader, 'id'>;
-  payload: ArrayBufferView[];
-}
+export type { RequestFrame } from './engine-client.ts';
 
 /** The `encode` request asking for packed image latents. @throws RangeError when a length does not match the shape */
 export function encodeFrameOf(a: CudaEncodeArgs, output: 'latents' | 'moments' = 'latents'): RequestFrame {
@@ -100,23 +95,15 @@ export function editPrepareFrameOf(a: CudaEditPrepareArgs): RequestFrame {
   ] as const) {
     if (v && v.length !== n) throw new RangeError(`prepare: ${name} must hold ${n} values, got ${v.length}`);
   }
-  const payload: ArrayBufferView[] = [a.clipIds, a.t5Ids, a.latents];
-  if (a.inpaint) payload.push(a.inpaint.imageLatents, a.inpaint.noise, a.inpaint.mask);
+  const f = prepareFrameOf(a);
+  if (a.inpaint) f.payload.push(a.inpaint.imageLatents, a.inpaint.noise, a.inpaint.mask);
   return {
     header: {
-      op: 'prepare',
-      batch: a.batch,
-      height: a.height,
-      width: a.width,
-      t5_len: a.t5Len,
-      sigmas: Array.from(a.sigmas),
-      guidance: Array.from(a.guidance),
-      latents: 'payload',
+      ...f.header,
       ...(a.trueCfg ? { true_cfg: [...a.trueCfg] } : {}),
       ...(a.inpaint ? { inpaint: true } : {}),
-      ...(a.loras && a.loras.length > 0 ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) } : {}),
     },
-    payload,
+    payload: f.payload,
   };
 }
 

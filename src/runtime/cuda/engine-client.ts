@@ -78,6 +78,36 @@ export interface CudaPrepareArgs {
   loras?: readonly { name: string; strength: number }[];
 }
 
+/** A request frame before its id: header and payload parts. */
+export interface RequestFrame {
+  header: Omit<FrameHeader, 'id'>;
+  payload: ArrayBufferView[];
+}
+
+/**
+ * The `prepare` request: ids, then the explicit latents when given (else the engine's seeded generator). The edit
+ * requests (`edit-requests.ts`) extend this frame with their fields and payload parts.
+ */
+export function prepareFrameOf(a: CudaPrepareArgs): RequestFrame {
+  const payload: ArrayBufferView[] = [a.clipIds, a.t5Ids];
+  if (a.latents) payload.push(a.latents);
+  return {
+    header: {
+      op: 'prepare',
+      batch: a.batch,
+      height: a.height,
+      width: a.width,
+      t5_len: a.t5Len,
+      sigmas: Array.from(a.sigmas),
+      guidance: Array.from(a.guidance),
+      latents: a.latents ? 'payload' : 'seed',
+      ...(a.seed !== undefined ? { seed: a.seed } : {}),
+      ...(a.loras && a.loras.length > 0 ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) } : {}),
+    },
+    payload,
+  };
+}
+
 /** Progress of one step of a job. */
 export interface CudaProgress {
   job: number;
@@ -183,25 +213,8 @@ export class CudaEngineClient {
 
   /** Encodes the prompts and prepares a batch on the GPU; returns the engine's job id. */
   async prepare(a: CudaPrepareArgs): Promise<{ job: number; steps: number; ms: number }> {
-    const payload: ArrayBufferView[] = [a.clipIds, a.t5Ids];
-    if (a.latents) payload.push(a.latents);
-    const { header: h } = await this.request(
-      {
-        op: 'prepare',
-        batch: a.batch,
-        height: a.height,
-        width: a.width,
-        t5_len: a.t5Len,
-        sigmas: Array.from(a.sigmas),
-        guidance: Array.from(a.guidance),
-        latents: a.latents ? 'payload' : 'seed',
-        ...(a.seed !== undefined ? { seed: a.seed } : {}),
-        ...(a.loras && a.loras.length > 0
-          ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) }
-          : {}),
-      },
-      payload,
-    );
+    const f = prepareFrameOf(a);
+    const { header: h } = await this.request(f.header, f.payload);
     return { job: num(h.job), steps: num(h.steps), ms: num(h.ms) };
   }
 

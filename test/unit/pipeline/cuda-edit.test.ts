@@ -1,12 +1,3 @@
-/**
- * What the CUDA executor sends the engine for edits (img2img, inpainting, true CFG), checked without a GPU: the
- * executor drives `test/helpers/fake-cuda-engine.mjs`, a process speaking the engine's framed protocol that logs
- * every request and answers `encode` with `0.5·eps`. The host's share is the ONNX path's (edit.ts): the posterior
- * normals and the noise from the request's torch generator, the start latents `σ₀·noise + (1 − σ₀)·x0`, the cut
- * schedule, the packed mask; true CFG sends the negative prompts' ids after the prompts. The engine's own arithmetic
- * (encoder, blend, CFG combine) is checked on the GPU (engines/cuda/scripts/device-edit.sh).
- */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CudaStepExecutor, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
@@ -17,25 +8,15 @@ import { noiseForSeeds, TorchCpuGenerator } from '../../../src/pipeline/flux/noi
 import { fluxSigmas, parseSchedulerConfig } from '../../../src/pipeline/flux/schedule.ts';
 import { loadFluxTokenizers } from '../../../src/pipeline/flux/tokenize.ts';
 import { resolveModelRepo } from '../../../src/shared/weights/index.ts';
-import { MODEL_DIR, REPO_ROOT } from '../../helpers/paths.ts';
+import { FAKE_CUDA_ENGINE, readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
+import { MODEL_DIR } from '../../helpers/paths.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
 
-const FAKE = join(REPO_ROOT, 'test/helpers/fake-cuda-engine.mjs');
 const tmp = useTempDir('fluxql-cuda-edit-');
-
-interface Logged {
-  header: Record<string, unknown>;
-  payload: Uint8Array;
-}
 
 let exec: CudaStepExecutor;
 let logFile: string;
-const readLog = (): Logged[] =>
-  readFileSync(logFile, 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as { header: Record<string, unknown>; payload: string })
-    .map((l) => ({ header: l.header, payload: new Uint8Array(Buffer.from(l.payload, 'base64')) }));
+const readLog = () => readFakeEngineLog(logFile);
 const f32 = (b: Uint8Array, from = 0, count = (b.byteLength - from) / 4) =>
   new Float32Array(b.slice(from, from + 4 * count).buffer);
 const i32 = (b: Uint8Array, from: number, count: number) => new Int32Array(b.slice(from, from + 4 * count).buffer);
@@ -67,7 +48,7 @@ beforeAll(async () => {
   logFile = join(tmp(), 'requests.jsonl');
   exec = await createCudaExecutor({
     modelDir: MODEL_DIR,
-    engineBin: FAKE,
+    engineBin: FAKE_CUDA_ENGINE,
     env: { ...process.env, FAKE_ENGINE_LOG: logFile },
   });
 }, 60_000);

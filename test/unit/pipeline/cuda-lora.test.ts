@@ -5,7 +5,7 @@
  * unload, with the LoRA layer's typed errors. The engine's arithmetic is checked on the GPU
  * (engines/cuda/scripts/device-lora.sh).
  */
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CudaStepExecutor, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
@@ -15,11 +15,11 @@ import { LoraError } from '../../../src/pipeline/lora/errors.ts';
 import { parseLoraFile } from '../../../src/pipeline/lora/parse.ts';
 import type { ParsedLora } from '../../../src/pipeline/lora/types.ts';
 import { CudaEngineError, loraLoadFramesOf } from '../../../src/runtime/cuda/index.ts';
+import { FAKE_CUDA_ENGINE, readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
 import { TINY_CONFIG, TINY_SPEC } from '../../helpers/lora.ts';
-import { FIXTURES_DIR, MODEL_DIR, REPO_ROOT } from '../../helpers/paths.ts';
+import { FIXTURES_DIR, MODEL_DIR } from '../../helpers/paths.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
 
-const FAKE = join(REPO_ROOT, 'test/helpers/fake-cuda-engine.mjs');
 const tmp = useTempDir('fluxql-cuda-lora-');
 const LORAS = ['lora_0_diffusers', 'lora_1_xlabs', 'lora_2_kohya'];
 const layout = cudaLoraLayout(TINY_CONFIG);
@@ -125,21 +125,11 @@ describe('CUDA LoRA layout and factors', () => {
   });
 });
 
-interface Logged {
-  header: Record<string, unknown>;
-  payload: Uint8Array;
-}
-
 describe('CUDA executor LoRAs (fake engine process)', () => {
   let exec: CudaStepExecutor;
   let logFile: string;
   let loraDir: string;
-  const readLog = (): Logged[] =>
-    readFileSync(logFile, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { header: Record<string, unknown>; payload: string })
-      .map((l) => ({ header: l.header, payload: new Uint8Array(Buffer.from(l.payload, 'base64')) }));
+  const readLog = () => readFakeEngineLog(logFile);
   const since = (n: number) => readLog().slice(n);
   const req = (seed: number, loras?: SampleRequest['loras']): SampleRequest => ({
     prompt: 'a red fox',
@@ -153,7 +143,7 @@ describe('CUDA executor LoRAs (fake engine process)', () => {
   const start = (env: Record<string, string> = {}) =>
     createCudaExecutor({
       modelDir: MODEL_DIR,
-      engineBin: FAKE,
+      engineBin: FAKE_CUDA_ENGINE,
       loraDir,
       loraMaxMb: 64,
       env: { ...process.env, FAKE_ENGINE_LOG: logFile, ...env },

@@ -1,0 +1,25 @@
+/**
+ * @file Reading what `fake-cuda-engine.mjs` logged: one JSON line per request frame it received (`FAKE_ENGINE_LOG`),
+ * the header as sent and the payload in base64.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT } from './paths.ts';
+
+/** The fake engine executable (a Node script speaking the engine's framed protocol). */
+export const FAKE_CUDA_ENGINE = join(REPO_ROOT, 'test/helpers/fake-cuda-engine.mjs');
+
+/** One request frame the fake engine received. */
+export interface LoggedFrame {
+  header: Record<string, unknown>;
+  payload: Uint8Array;
+}
+
+/** Every frame logged to `file` so far, oldest first. */
+export function readFakeEngineLog(file: string): LoggedFrame[] {
+  return readFileSync(file, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { header: Record<string, unknown>; payload: string })
+    .map((l) => ({ header: l.header, payload: new Uint8Array(Buffer.from(l.payload, 'base64')) }));
+}
