@@ -11,7 +11,7 @@ import { type Job, JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
 import { type WarmModes, warmOrder } from './mode-warmup.ts';
-import type { LoraAdminPort, LoraInfo, LoraSelection, StepExecutor } from './pipeline.ts';
+import type { LoraAdminPort, LoraInfo, LoraSelection } from './pipeline.ts';
 import type { EngineOffer, JobBackend, LoraControl, ServedEngine } from './ports.ts';
 import { Scheduler } from './scheduler.ts';
 
