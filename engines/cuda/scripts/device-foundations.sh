@@ -2,7 +2,8 @@
 # One GPU call for the engine foundations (issue 19): build, selftest (f32, bf16, fp8 info; bf16 with the own flash
 # kernel; BFL spec), protocol tests, the bf16 benchmark with and without CUDA-graph step replay (1024x1024, 28 steps,
 # batch 1, warm-up + mean of 10 each, same loaded engine), then compute-sanitizer memcheck and racecheck on the
-# selftest (racecheck twice: with cuDNN's SDPA, and with FQ_ATTENTION=own so that only our kernels are checked). Everything is logged under $OUT in few files (the device tool returns at most 8).
+# selftest (racecheck twice: with cuDNN's SDPA, and with FQ_ATTENTION=own so that only our kernels are checked).
+# Everything is logged under $OUT in few files (the device tool returns at most 8).
 #   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize|check|bench] [fixtures dir]
 # tests: build, selftests, protocol, benchmark (plus, when FQ_BASELINE names another engines/cuda source folder, that
 # engine's bf16 benchmark on the same card as the baseline); sanitize: build, compute-sanitizer only; all: both.
