@@ -2,7 +2,8 @@
 # One GPU call for the engine foundations (issue 19): build, selftest (f32, bf16, fp8 info; bf16 with the own flash
 # kernel; BFL spec), protocol tests, the bf16 benchmark with and without CUDA-graph step replay (1024x1024, 28 steps,
 # batch 1, warm-up + mean of 10 each, same loaded engine), then compute-sanitizer memcheck and racecheck on the
-# selftest. Everything is logged under $OUT in few files (the device tool returns at most 8).
+# selftest (racecheck twice: with cuDNN's SDPA, and with FQ_ATTENTION=own so that only our kernels are checked).
+# Everything is logged under $OUT in few files (the device tool returns at most 8).
 #   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize|check|bench] [fixtures dir]
 # tests: build, selftests, protocol, benchmark (plus, when FQ_BASELINE names another engines/cuda source folder, that
 # engine's bf16 benchmark on the same card as the baseline); sanitize: build, compute-sanitizer only; all: both.
@@ -64,13 +65,38 @@ fi
 fi
 SAN=$OUT/sanitizer.txt
 if [[ $MODE == all || $MODE == sanitize || $MODE == check ]]; then
-# Each sanitizer gets FQ_SAN_S seconds (default 75); a run cut short still lists every error found until then.
+# Each sanitizer run gets FQ_SAN_S seconds (default 75; 120 for racecheck with the own attention kernel); a run cut
+# short still lists every error found until then.
 say "compute-sanitizer memcheck (selftest bf16)"
 timeout "${FQ_SAN_S:-75}" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >"$SAN" 2>&1
 echo "memcheck exit $? (124: cut at the time limit)"; grep -cE "^========= (Invalid|Program hit|Uninit)" "$SAN"; grep -E "ERROR SUMMARY|required cases" "$SAN" | tail -3
-say "compute-sanitizer racecheck (selftest bf16)"
-timeout "${FQ_SAN_S:-75}" compute-sanitizer --tool racecheck --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >>"$SAN" 2>&1
-echo "racecheck exit $? (124: cut at the time limit)"; grep -cE "^========= (Error|Warning): Race" "$SAN"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|required cases" "$SAN" | tail -3
+# racecheck twice on the bf16 selftest. With cuDNN's SDPA (the default) it reports inside cuDNN's generated
+# wgmma/TMA kernels, whose asynchronous barriers it does not model (false positives); with FQ_ATTENTION=own the
+# attention is the engine's flash kernel, so every report there is about the engine's own kernels (or cuBLAS's) and
+# counts. Each run: exit code, report count, how far the selftest got, and the kernels named in the reports.
+racecheck() {  # label, time limit (s), environment assignments...
+  local label=$1 limit=$2 log=/tmp/fq-racecheck-$1.txt
+  shift 2
+  say "compute-sanitizer racecheck (selftest bf16, $label, ${limit} s)"
+  env "$@" timeout "$limit" compute-sanitizer --tool racecheck --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" \
+    bf16 >"$log" 2>&1
+  local ex=$?
+  RACE_SUMMARY+="racecheck $label: exit $ex (124: cut at ${limit} s), $(grep -cE "^========= (Error|Warning): Race" "$log") race reports, last case: $(grep -oE '"case":"[^"]*"' "$log" | tail -1 | cut -d'"' -f4)"$'\n'
+  echo "racecheck $label exit $ex (124: cut at the time limit)"
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|required cases" "$log" | tail -3
+  # Kernel names of the reports (first access of each; with or without line information), most frequent first.
+  grep -E "^========= (Error|Warning): Race reported" "$log" |
+    sed -E 's/.* access at //; s/^0x[0-9a-f]+ in [^:]*:[0-9]+://; s/\+0x[0-9a-f]+.*$//; s/ \[[0-9]+ hazards?\]$//' |
+    cut -c1-120 |
+    sort | uniq -c | sort -rn | head -8
+  { echo "===== racecheck $label ====="; cat "$log"; } >>"$SAN"
+}
+RACE_SUMMARY=""
+racecheck cudnn-sdpa "${FQ_SAN_S:-75}"
+# To the end of the selftest where the limit allows (racecheck slows kernels down many times).
+racecheck own-attention "${FQ_SAN_S:-120}" FQ_ATTENTION=own
+say "racecheck summary"
+printf "%s" "$RACE_SUMMARY"
 fi
 say "done rc=$rc"
 exit $rc

@@ -12,6 +12,13 @@ namespace fq {
 
 ModelConfig flux_dev_config() { return ModelConfig{}; }  // every config's defaults are FLUX.1-dev's
 
+PrecisionPlan encoder_plan(const PrecisionPlan& engine_plan, const VaeConfig& vae) {
+  if (!vae.force_upcast) return engine_plan;
+  PrecisionPlan p = PrecisionPlan::named("f32");
+  p.name = "f32 (force_upcast)";
+  return p;
+}
+
 std::string device_name() {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -116,14 +123,23 @@ void Engine::load_components(std::array<Component, 4>& parts) {
     flux = std::make_unique<FluxTransformer>(cfg.flux, L);
     L.finish({});
   }
+  // The VAE: decoder and encoder have one loader each over the same files, because their types may differ (the
+  // encoder in fp32 under force_upcast). Each one's finish() skips the other's tensors; the read marks are shared,
+  // so a tensor neither reads still fails the load.
   {
     WeightLoader L(parts[3].files.get(), weights, 4, st, plan, "vae");
     vae = std::make_unique<VaeDecoder>(cfg.vae, L);
-    // The encoder (img2img, inpainting) when the checkpoint has one; a decoder-only file still loads.
-    if (L.has("encoder.conv_in.weight")) vae_enc = std::make_unique<VaeEncoder>(cfg.vae, L);
-    if (vae_enc) L.finish(cfg.vae.quant_conv ? std::vector<std::string>{"post_quant_conv.*"}
-                                             : std::vector<std::string>{"quant_conv.*", "post_quant_conv.*"});
-    else L.finish({"encoder.*", "quant_conv.*", "post_quant_conv.*"});
+    L.finish({"encoder.*", "quant_conv.*", "post_quant_conv.*"});
+  }
+  // The encoder (img2img, inpainting) when the checkpoint has one; a decoder-only file still loads.
+  vae_enc.reset();
+  if (parts[3].files->find("encoder.conv_in.weight")) {
+    enc_plan = encoder_plan(plan, cfg.vae);
+    WeightLoader L(parts[3].files.get(), weights, 5, st, enc_plan, "vae");
+    vae_enc = std::make_unique<VaeEncoder>(cfg.vae, L);
+    fprintf(stderr, "[engine] VAE encoder weights and activations: %s\n", enc_plan.name.c_str());
+    L.finish(cfg.vae.quant_conv ? std::vector<std::string>{"decoder.*", "post_quant_conv.*"}
+                                : std::vector<std::string>{"decoder.*", "quant_conv.*", "post_quant_conv.*"});
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
   make_loras();
@@ -146,6 +162,10 @@ void Engine::load_synthetic(uint64_t seed) {
   {
     WeightLoader L(nullptr, weights, seed + 3, st, plan, "vae");
     vae = std::make_unique<VaeDecoder>(cfg.vae, L);
+  }
+  {
+    enc_plan = encoder_plan(plan, cfg.vae);  // as for files: fp32 (FLUX's VAE config says force_upcast)
+    WeightLoader L(nullptr, weights, seed + 4, st, enc_plan, "vae");
     vae_enc = std::make_unique<VaeEncoder>(cfg.vae, L);
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
@@ -324,8 +344,24 @@ void Engine::step(Job& j) {
 
 void Engine::encode(const float* pixels, int B, int H, int W, float* mean, float* logvar) {
   if (!vae_enc) throw std::runtime_error("the loaded VAE has no encoder (encoder.* tensors): edits need one");
-  Ctx c = ctx();
+  Ctx c = encoder_ctx();
   vae_enc->encode(c, pixels, B, H, W, mean, logvar);
+}
+
+// Its buffers share the decoder's scratch names ("vae.*"), sized in the encoder's type by Ctx::buf: in fp32 the
+// encoder's widest activation (B*H*W*128 at full resolution) takes as many bytes as the bf16 decoder's (B*H*W*256);
+// "vae.h" (+256 MiB) and the mid attention's buffers (+~150 MiB) grow, ~0.4 GB at 1024x1024, batch 1, over a bf16
+// encoder. Scratch growth moves the workspace epoch, so captured steps of live jobs are recaptured once after the
+// first encode of a larger geometry (as after a decode).
+Ctx Engine::encoder_ctx() {
+  if (!vae_enc) throw std::runtime_error("the loaded VAE has no encoder (encoder.* tensors): edits need one");
+  Ctx c = ctx();
+  c.dt = vae_enc->compute;
+  if (c.dt != DType::BF16) {
+    c.conv = nullptr;   // cuDNN convolutions are bf16 only: the fp32 encoder runs im2col + fp32 GEMMs
+    c.cudnn = nullptr;  // (unused by the VAE: its attention is chunked GEMMs)
+  }
+  return c;
 }
 
 void Engine::decode(Job& j, float* chw, uint8_t* rgb) {

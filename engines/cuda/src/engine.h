@@ -104,6 +104,8 @@ class Engine {
   Ctx ctx() {
     return Ctx{gemm, scratch, st, dt, use_cudnn ? &cudnn : nullptr, use_cudnn_conv ? &cudnn_conv : nullptr, nullptr};
   }
+  // The encoder's context: its own compute type (fp32 under force_upcast: im2col + fp32 GEMMs, no cuDNN).
+  Ctx encoder_ctx();
 
   void load_components(std::array<Component, 4>& parts);
   void make_loras();
@@ -130,9 +132,14 @@ class Engine {
   std::unique_ptr<FluxTransformer> flux;
   std::unique_ptr<VaeDecoder> vae;
   std::unique_ptr<VaeEncoder> vae_enc;  // null when the checkpoint has no encoder
+  // The encoder's plan (encoder_plan()): its loader reads the VAE file a second time, for encoder.* only.
+  PrecisionPlan enc_plan;
 };
 
 ModelConfig flux_dev_config();
+// The VAE encoder's precision plan: plain fp32 (no rules: weights and activations) when the VAE config says
+// force_upcast (FLUX's does, as diffusers' default; it runs once per request), else the engine's own plan.
+PrecisionPlan encoder_plan(const PrecisionPlan& engine_plan, const VaeConfig& vae);
 std::string device_name();
 
 }  // namespace fq

@@ -12,7 +12,7 @@ namespace {
 constexpr int kImageChannels = 8;
 }  // namespace
 
-VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L) : VaeBlocks(cfg_) {
+VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L) : VaeBlocks(cfg_, L.dt()) {
   std::vector<int> rev(cfg.channels.rbegin(), cfg.channels.rend());
   const std::string d = "decoder.";
   int C = rev[0];
@@ -40,6 +40,7 @@ VaeDecoder::VaeDecoder(const VaeConfig& cfg_, WeightLoader& L) : VaeBlocks(cfg_)
 }
 
 void VaeDecoder::decode(Ctx& c, const float* packed, int B, int H, int W, float* chw, uint8_t* rgb) {
+  check_ctx(c, "VAE decoder");
   int h = H / 8, w = W / 8;
   // Largest activation: every up block's output at its resolution (after the upsample that follows it).
   size_t maxe = size_t(B) * h * w * std::max(conv_in_.cout, cfg.latent);
@@ -82,7 +83,7 @@ void VaeDecoder::decode(Ctx& c, const float* packed, int B, int H, int W, float*
   image_out(img, c.dt, conv_out_.cout, B, h, w, chw, rgb, c.st);
 }
 
-VaeEncoder::VaeEncoder(const VaeConfig& cfg_, WeightLoader& L) : VaeBlocks(cfg_) {
+VaeEncoder::VaeEncoder(const VaeConfig& cfg_, WeightLoader& L) : VaeBlocks(cfg_, L.dt()) {
   const std::string e = "encoder.";
   int prev = cfg.channels[0];
   // 3 input channels padded to 8 with zero weights; image_in writes zeros into the extra input channels.
@@ -108,6 +109,7 @@ VaeEncoder::VaeEncoder(const VaeConfig& cfg_, WeightLoader& L) : VaeBlocks(cfg_)
 
 void VaeEncoder::encode(Ctx& c, const float* pixels, int B, int H, int W, float* mean, float* logvar) {
   if (H % 8 || W % 8) throw std::runtime_error("VAE encoder: height and width must be multiples of 8");
+  check_ctx(c, "VAE encoder");
   // Largest activation: each block's widest resnet input/output at its resolution.
   size_t maxe = size_t(B) * H * W * kImageChannels;
   {

@@ -27,7 +27,8 @@ class VaeDecoder : public VaeBlocks {
 
 // The encoder: conv_in, down blocks (layers_per_block resnets, then a stride-2 conv with padding (0, 1, 0, 1) except
 // in the last block), mid block, GroupNorm + SiLU, conv_out to 2 * latent moment channels, quant_conv when the config
-// uses it (FLUX does not).
+// uses it (FLUX does not). Runs in the type of its loader (Engine: fp32 when the config says force_upcast), with a
+// context of that type (Engine::encoder_ctx); its scratch buffers share the decoder's names, sized in that type.
 class VaeEncoder : public VaeBlocks {
  public:
   VaeEncoder(const VaeConfig& cfg, WeightLoader& L);

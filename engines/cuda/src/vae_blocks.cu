@@ -22,6 +22,7 @@ VaeConfig VaeConfig::from_json(const Json& j) {
   c.scaling = float(j.num("scaling_factor", c.scaling));
   c.shift = float(j.num("shift_factor", c.shift));
   c.quant_conv = j["use_quant_conv"].kind == Json::Bool && j["use_quant_conv"].b;
+  if (j["force_upcast"].kind == Json::Bool) c.force_upcast = j["force_upcast"].b;  // absent: true, as diffusers
   if (j["use_post_quant_conv"].kind == Json::Bool && j["use_post_quant_conv"].b)
     throw std::runtime_error("VAE post_quant_conv not supported (FLUX has none)");
   return c;
@@ -165,6 +166,13 @@ void VaeBlocks::attention(Ctx& c, const Attention& a, const void* x, int B, int 
     }
   }
   linear(c, a.out, int(B * HW), In{o, c.dt, C}, Out{out, c.dt, C}, Epi::Bias, x);  // + residual
+}
+
+void VaeBlocks::check_ctx(const Ctx& c, const char* who) const {
+  if (c.dt != compute)
+    throw std::runtime_error(std::string(who) + ": activation type " + dname(c.dt) +
+                             " differs from the weights' type " + dname(compute));
+  if (c.conv && c.dt != DType::BF16) throw std::runtime_error(std::string(who) + ": cuDNN convolutions are bf16 only");
 }
 
 void VaeBlocks::mid(Ctx& c, const Mid& m, void*& a, void*& b, int B, int H, int W) {

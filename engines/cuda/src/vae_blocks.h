@@ -17,13 +17,19 @@ struct VaeConfig {
   int layers_per_block = 2, groups = 32, latent = 16;
   float scaling = 0.3611f, shift = 0.1159f;
   bool quant_conv = false;  // use_quant_conv (FLUX: false); the encoder applies it when set
+  // force_upcast (diffusers' default, set in FLUX's config): diffusers runs the VAE in fp32 whatever the pipeline's
+  // dtype. The engine runs the encoder in fp32 then (its bf16 error shows directly in inpainting's unmasked pixels,
+  // which are the decoded encoder latents); the decoder keeps the engine's type (its bf16 images pass).
+  bool force_upcast = true;
   static VaeConfig from_json(const Json& j);
 };
 
 class VaeBlocks {
  public:
-  explicit VaeBlocks(const VaeConfig& cfg) : cfg(cfg) {}
+  // compute: the weight loader's base type, which the activations (Ctx::dt) must match.
+  VaeBlocks(const VaeConfig& cfg, DType compute) : cfg(cfg), compute(compute) {}
   const VaeConfig cfg;
+  const DType compute;
 
  protected:
   struct Conv {
@@ -56,6 +62,8 @@ class VaeBlocks {
   void attention(Ctx& c, const Attention& a, const void* x, int B, int H, int W, void* out);
   // The mid block on a (input and result) with b as the other buffer; both hold B*H*W*C.
   void mid(Ctx& c, const Mid& m, void*& a, void*& b, int B, int H, int W);
+  // Throws unless c.dt is the type the weights were loaded in (a context made for another component).
+  void check_ctx(const Ctx& c, const char* who) const;
 };
 
 }  // namespace fq
