@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call that does two jobs on one GPU (GPU time is scarce; see engines/cuda/NOTES.md):
 #   1. flux-mini training (tools/train-mini/run-device.sh, which reads DIT_MINUTES, EXTRA, ... from this environment)
-#      and, concurrently, the CUDA engine's correctness checks (device-foundations.sh check: builds, selftests,
-#      protocol tests, compute-sanitizer), which only need correctness, not the GPU to themselves;
+#      and, concurrently, the CUDA engine's correctness checks (CHECKS: device-foundations.sh check, i.e. builds,
+#      selftests, protocol tests, compute-sanitizer; device-lora.sh; device-edit.sh), which only need correctness,
+#      not the GPU to themselves;
 #   2. then, with the GPU idle, the engine benchmark (device-foundations.sh bench: bf16, CUDA graphs off/on, and the
 #      FQ_BASELINE engine on the same card).
 #   OUT=... FIX=<fixtures dir> FQ_BASELINE=<engines/cuda of the baseline> [DIT_MINUTES=.. EXTRA=..] bash tools/device/train-and-foundations.sh
@@ -15,7 +16,19 @@ T=/tmp/dev-train F=/tmp/dev-found
 rm -rf "$T" "$F" && mkdir -p "$T" "$F"
 S=$OUT/summary.txt
 echo "== start $(date +%T)" >"$S"
-OUT=$F bash engines/cuda/scripts/device-foundations.sh check "$FIX" >"$F/check.out" 2>&1 &
+# CHECKS (space-separated, default "foundations"): which engine checks run beside the training, one after another
+# in one build folder: foundations (device-foundations.sh check), lora (device-lora.sh --no-bench; the fixtures
+# need lora/), edit (device-edit.sh; the fixtures need edit/).
+(
+  for c in ${CHECKS:-foundations}; do
+    case $c in
+      foundations) OUT=$F bash engines/cuda/scripts/device-foundations.sh check "$FIX" ;;
+      lora) OUT=$F/lora bash engines/cuda/scripts/device-lora.sh "$FIX" --no-bench ;;
+      edit) OUT=$F/edit bash engines/cuda/scripts/device-edit.sh "$FIX" ;;
+      *) echo "unknown check $c" ;;
+    esac
+  done
+) >"$F/check.out" 2>&1 &
 CHECK=$!
 OUT="$T" bash tools/train-mini/run-device.sh >"$T/run.out" 2>&1
 echo "== training rc=$? $(date +%T)" >>"$S"
