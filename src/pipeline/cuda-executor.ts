@@ -36,7 +36,12 @@
  * request's own or the default set as it is at prepare), so samples with different sets never share a job. Switching
  * sets reloads no weights and recompiles nothing: the engine applies the adapters as low-rank products.
  *
- * Capabilities (`info().capabilities`): mode `original`, LoRA (with its port), no control image, edits, sides up to
+ * BFL Control LoRAs with a control image (`cuda-control.ts`): the same checks and typed errors as the ONNX path
+ * (`ControlImageError` `missing` / `unexpected` / `invalid_image`, `LoraError` `unsupported` for an input a control
+ * image cannot fill); the engine's encoder makes the control latents with the request generator's first normals, the
+ * starting noise comes next, and the job's control latents go with `prepare` once.
+ *
+ * Capabilities (`info().capabilities`): mode `original`, LoRA (with its port), control images, edits, sides up to
  * 2048. The service refuses requests outside them before they get here.
  */
 import { randomUUID } from 'node:crypto';
@@ -54,6 +59,7 @@ import {
 import { type FluxTransformerConfig, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
+import { cudaControlSample } from './cuda-control.ts';
 import { CudaLoraResidency, cudaLoraLayout, loraErrorOf } from './cuda-lora.ts';
 import {
   type EngineHealth,
@@ -67,6 +73,7 @@ import {
   type StepResult,
   UnknownHandleError,
 } from './executor.ts';
+import { checkControlRequest, controlChannelsOf } from './flux/control.ts';
 import {
   checkEditRequest,
   DEFAULT_STRENGTH,
@@ -241,9 +248,10 @@ class CudaExecutor implements CudaStepExecutor {
       path: this.#modelDir,
       capabilities: {
         modes: [...CUDA_MODES],
-        // LoRA sets per request, applied by the engine at run time (cuda-lora.ts); BFL Control LoRAs not yet.
+        // LoRA sets per request, applied by the engine at run time (cuda-lora.ts), BFL Control LoRAs with a control
+        // image included (cuda-control.ts).
         lora: true,
-        control: false,
+        control: true,
         // img2img, inpainting and true CFG: the engine's VAE encoder, blend and negative branch (see the file header).
         edit: true,
         maxSide: MAX_SIDE,
@@ -359,7 +367,10 @@ class CudaExecutor implements CudaStepExecutor {
       const grid = this.#validate(r);
       const loras = this.#loras.resolve(r.loras ?? this.#loras.activeSet());
       this.#residency.check(loras);
-      return { r, grid, loras, loraKey: loraSetKey(selectionOf(loras)) };
+      // A BFL Control LoRA in the set needs a control image, and a control image needs one (ONNX's checks).
+      const control = controlChannelsOf(loras, PACKED_CHANNELS) > 0;
+      checkControlRequest(r.controlImage, control ? PACKED_CHANNELS : 0);
+      return { r, grid, loras, control, loraKey: loraSetKey(selectionOf(loras)) };
     });
     const client = await this.#engine();
     // One engine job runs one schedule (steps and, for img2img / inpainting, the cut), one edit kind and true CFG for
@@ -398,8 +409,23 @@ class CudaExecutor implements CudaStepExecutor {
         const per = grid.seqLen * PACKED_CHANNELS;
         const latents = new Float32Array(b * per);
         const edits: EditState[] = [];
+        // BFL Control: the samples' packed control latents [B, L, 64] (the whole group holds one set: all or none).
+        const control = first.control ? new Float32Array(b * per) : undefined;
         for (const [i, { r }] of group.entries()) {
-          if (r.image) {
+          if (control) {
+            const s = await cudaControlSample({
+              image: r.controlImage!,
+              seed: r.seed,
+              grid,
+              height: r.height,
+              width: r.width,
+              latentChannels: LATENT_CHANNELS,
+              encode: (pixels, eps, height, width) => cudaEncode(client, { batch: 1, height, width, pixels, eps }),
+              ...(r.latents ? { latents: r.latents } : {}),
+            });
+            control.set(s.control, i * per);
+            latents.set(s.latents, i * per);
+          } else if (r.image) {
             // The engine's encoder samples the posterior with the normals drawn here (edit.ts draws them).
             const { latents: start, edit } = await prepareEditSample({
               request: r,
@@ -433,11 +459,12 @@ class CudaExecutor implements CudaStepExecutor {
           guidance: group.map((x) => x.r.guidanceScale),
           latents,
         };
-        const prepared = await (cfg || inpaint
+        const prepared = await (cfg || inpaint || control
           ? cudaPrepareEdit(client, {
               ...args,
               ...(cfg ? { trueCfg: group.map((x) => x.r.trueCfgScale!) } : {}),
               ...(inpaint ? { inpaint } : {}),
+              ...(control ? { control } : {}),
             })
           : client.prepare(args)
         ).catch((err: unknown) => {

@@ -9,6 +9,11 @@
  * fused parts' rows in place and parts that share a down factor sharing their rank columns. The engine multiplies B
  * by each job's strength and concatenates a set's members along the rank (engines/cuda/src/lora.h).
  *
+ * BFL Control LoRAs (FLUX.1-Canny/Depth-dev-lora): their `x_embedder` factor reads twice the model's input (the
+ * latents, then the control-image latents; the engine widens only the adapter, the base product reads the first half,
+ * as diffusers' zero-padded base weight does), their up-biases travel with the factors, and their QK-norm weights
+ * ({@link cudaLoraNorms}) replace the base ones while a set holding the LoRA is active (not scaled by the strength).
+ *
  * Residency: a LoRA is sent once per engine process (`lora_load`) and stays until unloaded or replaced (its file
  * changed); a set needs its members loaded before `prepare` names it. Over the engine's memory bound, LoRAs the
  * set does not need are unloaded and the load is tried once more.
@@ -17,6 +22,7 @@ import {
   type CudaEngineClient,
   CudaEngineError,
   type CudaLoraLayer,
+  type CudaLoraNorm,
   cudaLoraLoad,
   cudaLoraUnload,
 } from '../runtime/cuda/index.ts';
@@ -62,15 +68,24 @@ export function cudaLoraLayout(config: FluxTransformerConfig): LoraEngineLayout 
   return { version: 1, layers, norms: [], inChannels: cfg.inChannels, baseInChannels: cfg.inChannels };
 }
 
+/** The engine layer a BFL Control LoRA widens: its input becomes `[latents; control latents]`. */
+const CONTROL_LAYER = 'x_embedder';
+
 /**
- * One LoRA's factors per engine layer it touches (strength 1). @throws LoraError (`unsupported`) for a BFL Control
- * LoRA: its widened input and norm replacements are not run by the CUDA engine yet.
+ * One LoRA's factors per engine layer it touches (strength 1); a control LoRA's `x_embedder` factor has its own
+ * (doubled) input width. @throws LoraError (`unsupported`) for an input width a control image cannot fill
  */
 export function cudaLoraLayers(layout: LoraEngineLayout, name: string, lora: ParsedLora): CudaLoraLayer[] {
   checkCudaLora(layout, name, lora);
-  const feeds = buildLoraFeeds(layout, [{ name, lora, strength: 1 }], new Map());
+  // The layout as this LoRA sees it: x_embedder as wide as its down factor (the base width for a plain LoRA).
+  const own: LoraEngineLayout = {
+    ...layout,
+    inChannels: lora.inChannels,
+    layers: layout.layers.map((l) => (l.name === CONTROL_LAYER ? { ...l, inFeatures: lora.inChannels } : l)),
+  };
+  const feeds = buildLoraFeeds(own, [{ name, lora, strength: 1 }], new Map());
   const out: CudaLoraLayer[] = [];
-  for (const layer of layout.layers) {
+  for (const layer of own.layers) {
     const n = loraInputNames(layer.name);
     const a = feeds[n.a]!;
     const rank = a.dims[0]!;
@@ -89,12 +104,21 @@ export function cudaLoraLayers(layout: LoraEngineLayout, name: string, lora: Par
   return out;
 }
 
-/** Throws unless the CUDA engine runs `lora` (no BFL Control LoRA yet). Cheap: builds nothing. @throws LoraError */
+/** A BFL Control LoRA's replacement QK-norm weights, by the engine's norm names (the diffusers modules). */
+export function cudaLoraNorms(lora: ParsedLora): CudaLoraNorm[] {
+  return [...lora.norms].map(([norm, weight]) => ({ norm, weight }));
+}
+
+/**
+ * Throws unless the CUDA engine runs `lora`: its input is the model's, or twice it (a BFL Control LoRA, whose
+ * second half is the control image's latents). Cheap: builds nothing. @throws LoraError (`unsupported`)
+ */
 export function checkCudaLora(layout: LoraEngineLayout, name: string, lora: ParsedLora): void {
-  if (lora.norms.size > 0 || lora.inChannels > layout.inChannels) {
+  if (lora.inChannels !== layout.baseInChannels && lora.inChannels !== 2 * layout.baseInChannels) {
     throw new LoraError(
       'unsupported',
-      'BFL Control LoRAs (widened x_embedder, norm replacements) do not run on the CUDA engine yet',
+      `needs a ${lora.inChannels}-channel input; the CUDA engine feeds ${layout.baseInChannels} (latents) or ` +
+        `${2 * layout.baseInChannels} (latents and control-image latents)`,
       name,
     );
   }
@@ -136,15 +160,16 @@ export class CudaLoraResidency {
       for (const m of set) {
         if (held.get(m.name) === m.lora) continue;
         const layers = cudaLoraLayers(this.#layout, m.name, m.lora);
+        const norms = cudaLoraNorms(m.lora);
         try {
-          await this.#load(client, held, m, layers);
+          await this.#load(client, held, m, layers, norms);
         } catch (err) {
           // Over the engine's LoRA memory bound: free what this set does not use, then try once more.
           const typed = loraErrorOf(err, m.name);
           const idle = [...held.keys()].filter((n) => !set.some((s) => s.name === n));
           if (!(typed instanceof LoraError) || typed.code !== 'unsupported' || idle.length === 0) throw typed;
           for (const n of idle) await this.#unload(client, held, n);
-          await this.#load(client, held, m, layers).catch((e: unknown) => {
+          await this.#load(client, held, m, layers, norms).catch((e: unknown) => {
             throw loraErrorOf(e, m.name);
           });
         }
@@ -162,10 +187,11 @@ export class CudaLoraResidency {
     held: Map<string, ParsedLora>,
     m: ActiveLora,
     layers: CudaLoraLayer[],
+    norms: CudaLoraNorm[],
   ): Promise<void> {
     held.delete(m.name); // a failed replacement leaves the engine without it (the engine unloads nothing on failure,
     // but the old copy is stale anyway: the next use loads again)
-    await cudaLoraLoad(client, m.name, layers);
+    await cudaLoraLoad(client, m.name, layers, norms);
     held.set(m.name, m.lora);
   }
 

@@ -273,7 +273,7 @@ function executorSuite(): Suite {
           assert.deepEqual(ex.info().capabilities, {
             modes: ['original'],
             lora: true,
-            control: false,
+            control: true,
             edit: true,
             maxSide: 2048,
             maxBatch: 2,

@@ -9,6 +9,9 @@
  * frames with `more` / `append` as the engine takes them) and ranks 1..256; `prepare`'s `loras` must name loaded
  * LoRAs (`not_found`). FAKE_ENGINE_LORA_REFUSE=<code> refuses every `lora_load` with that LoRA error code;
  * FAKE_ENGINE_LORA_MAX=<n> refuses (`unsupported`, memory) a load beyond n LoRAs held.
+ * BFL Control: `lora_load`'s `norms` ([{norm, dim}], their weights after the layers' data) count in the payload size;
+ * a LoRA whose `x_embedder` reads 128 inputs is a control LoRA, and `prepare` needs `control` latents exactly when
+ * its set holds one (`bad_argument` otherwise, as the engine answers).
  */
 import { appendFileSync } from 'node:fs';
 
@@ -16,7 +19,8 @@ const log = process.env.FAKE_ENGINE_LOG;
 const jobs = new Map();
 let nextJob = 1;
 let pending = Buffer.alloc(0);
-const loras = new Set();
+/** LoRA name → { control } (its x_embedder reads [latents; control latents]). */
+const loras = new Map();
 const staged = new Map();
 
 function send(header, payload = Buffer.alloc(0)) {
@@ -33,7 +37,7 @@ function handle(h, payload) {
   const fail = (message) => send({ op: 'error', id, message, fatal: false });
   const loraFail = (code, message, keys = []) =>
     send({ op: 'error', id, message, fatal: false, lora_code: code, keys });
-  const loraState = () => ({ lora_bytes: 0, lora_max_bytes: 0, loras: [...loras] });
+  const loraState = () => ({ lora_bytes: 0, lora_max_bytes: 0, loras: [...loras.keys()] });
   switch (h.op) {
     case 'info':
       return send({
@@ -73,6 +77,7 @@ function handle(h, payload) {
     case 'lora_load': {
       let floats = 0;
       for (const l of h.layers) floats += l.rank * l.in + l.out * l.rank + (l.bias ? l.out : 0);
+      for (const n of h.norms ?? []) floats += n.dim;
       if (payload.length !== 4 * floats) return fail(`lora_load payload must be ${4 * floats} bytes`);
       const frames = (h.append ? (staged.get(h.name) ?? []) : []).concat([h.layers]);
       if (h.more) {
@@ -87,8 +92,17 @@ function handle(h, payload) {
       if (refuse) return loraFail(refuse, `${h.name}: refused (${refuse})`, [layers[0]?.layer ?? '']);
       const max = Number(process.env.FAKE_ENGINE_LORA_MAX ?? Number.POSITIVE_INFINITY);
       if (!loras.has(h.name) && loras.size >= max) return loraFail('unsupported', `${h.name}: LoRA memory limit`);
-      loras.add(h.name);
-      return send({ op: 'lora_loaded', id, name: h.name, layers: layers.length, bytes: 4 * floats, ...loraState() });
+      const control = layers.some((l) => l.layer === 'x_embedder' && l.in === 128);
+      loras.set(h.name, { control });
+      return send({
+        op: 'lora_loaded',
+        id,
+        name: h.name,
+        layers: layers.length,
+        norms: (h.norms ?? []).length,
+        bytes: 4 * floats,
+        ...loraState(),
+      });
     }
     case 'lora_unload': {
       const was = loras.delete(h.name);
@@ -102,8 +116,18 @@ function handle(h, payload) {
       if (h.true_cfg && h.true_cfg.length !== h.batch) return fail('true_cfg must hold one scale per sample');
       const L = (h.height / 16) * (h.width / 16);
       const lat = h.batch * L * 64;
-      const need = 4 * (rows * (77 + h.t5_len) + (h.latents === 'payload' ? lat : 0) + (h.inpaint ? 3 * lat : 0));
+      const need =
+        4 *
+        (rows * (77 + h.t5_len) +
+          (h.latents === 'payload' ? lat : 0) +
+          (h.inpaint ? 3 * lat : 0) +
+          (h.control ? lat : 0));
       if (payload.length !== need) return fail(`prepare payload must be ${need} bytes, got ${payload.length}`);
+      const controlSet = (h.loras ?? []).some((l) => loras.get(l.name)?.control);
+      if (controlSet && !h.control)
+        return loraFail('bad_argument', 'the LoRA set holds a BFL Control LoRA: prepare needs control latents');
+      if (!controlSet && h.control)
+        return loraFail('bad_argument', "control latents need a BFL Control LoRA in the job's LoRA set");
       const job = nextJob++;
       jobs.set(job, { batch: h.batch, L, height: h.height, width: h.width, steps: h.sigmas.length - 1, step: 0 });
       return send({ op: 'prepared', id, job, steps: h.sigmas.length - 1, ms: 0 });

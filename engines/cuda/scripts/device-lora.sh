@@ -3,7 +3,9 @@
 # the transformer case against diffusers, a set of all, unload restoring the base bit for bit, typed refusals, a
 # LoRA generation replayed from a CUDA graph) in f32, bf16 and fp8 (fp8 rows informational), the LoRA protocol test
 # (load over one and several frames, per-job sets, interleaved jobs, unload under a live job, refusals) in f32 and
-# bf16, then the LoRA overhead benchmark (synthetic FLUX.1-dev size, 1024x1024, ranks 16/64/256, bf16 and fp8).
+# bf16, the BFL Control protocol test (tests/protocol_control_test.py: control LoRA with widened x_embedder, biases and
+# norm replacements, a control job against the ONNX pipeline's latents, typed refusals, unload restoring the base bit
+# for bit) in f32 and bf16, then the LoRA overhead benchmark (synthetic FLUX.1-dev size, 1024x1024, ranks 16/64/256, bf16 and fp8).
 # At most 4 files under $OUT: summary.txt, build.log, selftest.txt, protocol.txt.
 #   bash engines/cuda/scripts/device-lora.sh [fixtures dir] [--no-bench]
 # The fixtures dir comes from `npx tsx engines/cuda/scripts/prepare-fixtures.ts test/fixtures/flux-tiny-reference
@@ -33,7 +35,16 @@ say "LoRA protocol test (f32, bf16)"
 for p in f32 bf16; do
   timeout 90 python3 "$HERE/tests/protocol_lora_test.py" "$ENGINE" "$FIX" "$MODEL" $p >>"$PT" 2>&1 || rc=1
 done
-grep -E '"pass": false|passed|Error|error|\[lora\]' "$PT" | head -30
+say "BFL Control protocol test (f32, bf16)"
+if [[ -f $FIX/lora/control/control_case.json ]]; then
+  for p in f32 bf16; do
+    timeout 90 python3 "$HERE/tests/protocol_control_test.py" "$ENGINE" "$FIX" "$MODEL" $p >>"$PT" 2>&1 || rc=1
+  done
+else
+  echo "no $FIX/lora/control: run prepare-fixtures.ts again (BFL Control case)" | tee -a "$PT"
+  rc=1
+fi
+grep -E '"pass": false|passed|Error|error|\[lora\]|rel err' "$PT" | head -40
 if [[ $BENCH == 1 ]]; then
   say "LoRA overhead (synthetic FLUX.1-dev, 1024x1024, ranks 16/64/256, every Linear)"
   timeout 240 "$ENGINE" --bench-lora --size 1024 --steps 6 --ranks 16,64,256 --precisions bf16,fp8 \

@@ -12,7 +12,8 @@
  * Also writes `lora/`: each fixture LoRA reduced by the server's own code (`src/pipeline/cuda-lora.ts`) to the CUDA
  * engine's factors per layer, `<case>.cuda.safetensors` (`<layer>.lora_a` [r, in], `<layer>.lora_b` [out, r],
  * `<layer>.lora_bias` [out] when it has one; layer = the engine Linear's checkpoint name), the diffusers reference
- * outputs, and `lora_index.json` (name, file, strength, expected).
+ * outputs, and `lora_index.json` (name, file, strength, expected); and `lora/control/`, the BFL Control case
+ * (control-fixture.ts: a control LoRA's factors and norms, a control request, the ONNX pipeline's result).
  *
  * Usage: npx tsx engines/cuda/scripts/prepare-fixtures.ts [fixtures dir] [out dir] [edit fixtures dir]
  * (defaults: the repository's test/fixtures/flux-tiny-reference, .device-fixtures, test/fixtures/flux-tiny-edit)
@@ -36,6 +37,7 @@ import {
   writeSafetensors,
 } from '../../../src/shared/weights/index.ts';
 import { writeBflCheckpoints } from '../../../tools/bfl-checkpoint.ts';
+import { writeControlFixture } from './control-fixture.ts';
 
 const [src = 'test/fixtures/flux-tiny-reference', out = '.device-fixtures', editSrc = 'test/fixtures/flux-tiny-edit'] =
   process.argv.slice(2);
@@ -187,9 +189,11 @@ for (const c of loraCases) {
   });
 }
 await writeFile(join(loraOut, 'lora_index.json'), JSON.stringify({ cases: loraIndex }, null, 1));
+// BFL Control: a control LoRA as engine factors and norms, one control request and the ONNX pipeline's result for it.
+const controlSummary = await writeControlFixture(loraOut, model, tinyConfig, tok);
 console.log(
   `fixtures in ${out}: ${files.length} files + pipeline_tokens.json (${Object.keys(prompts).length} prompts) + ` +
     'flux-tiny-bfl/ (BFL checkpoints, load-spec.json) + ' +
     `edit/ (${editIndex.cases.length} cases, ${Object.keys(editPrompts).length} prompts, draws equal to the fixture noise in ${drawsChecked} cases) + ` +
-    `lora/ (${loraIndex.length} LoRAs as engine factors)`,
+    `lora/ (${loraIndex.length} LoRAs as engine factors) + ${controlSummary}`,
 );

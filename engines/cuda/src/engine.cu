@@ -43,7 +43,9 @@ Engine::Engine(const PrecisionPlan& plan_) : plan(plan_), dt(plan_.base) {
   lora_max_bytes = size_t(lmb ? std::max(0.0, atof(lmb)) : 4096.0) << 20;
 }
 
-void Engine::make_loras() { loras = std::make_unique<LoraRegistry>(flux->linears(), lora_max_bytes, st); }
+void Engine::make_loras() {
+  loras = std::make_unique<LoraRegistry>(flux->linears(), lora_max_bytes, st, flux->norm_slots());
+}
 
 Engine::~Engine() {
   loras.reset();  // before the Linears it points into
@@ -201,6 +203,15 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   // The job's LoRA set (built once per distinct set, then cached) and active for everything prepare enqueues: the
   // conditioning GEMMs (time/guidance/text embedders, every block's modulation) are LoRA targets too.
   j->adapters = loras ? loras->select(r.loras) : nullptr;
+  // BFL Control: control latents exactly when the set holds a control LoRA (its widened x_embedder reads them).
+  const int ctrl_ch = j->adapters ? j->adapters->control : 0;
+  if (ctrl_ch && ctrl_ch != cfg.flux.in_channels)
+    throw LoraFail("unsupported", "the set's x_embedder reads " + std::to_string(ctrl_ch) + " control channels, the "
+                                  "control latents have " + std::to_string(cfg.flux.in_channels));
+  if (ctrl_ch && int64_t(r.control.size()) != n)
+    throw LoraFail("bad_argument", "the LoRA set holds a BFL Control LoRA: prepare needs control latents [B, L, 64]");
+  if (!ctrl_ch && !r.control.empty())
+    throw LoraFail("bad_argument", "control latents need a BFL Control LoRA in the job's LoRA set");
   AdapterScope lora_scope(loras.get(), j->adapters.get());
   auto f32 = [&](size_t k) { return static_cast<float*>(j->mem.alloc(k * 4)); };
   auto put = [&](const std::vector<float>& h) {
@@ -222,7 +233,18 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     j->noise = put(r.noise);
     j->mask = put(r.mask);
   }
-  j->state = flux->alloc_step(j->mem, TB, j->L, T, st);
+  j->state = flux->alloc_step(j->mem, TB, j->L, T, st, ctrl_ch);
+  if (ctrl_ch) {
+    // Fixed for the job's life, so a captured step reads the same buffer every replay.
+    j->ctrl = put(r.control);
+    if (TB != B) {
+      float* both = f32(size_t(2) * n);
+      CUDA_CHECK(cudaMemcpyAsync(both, j->ctrl, n * 4, cudaMemcpyDeviceToDevice, st));
+      CUDA_CHECK(cudaMemcpyAsync(both + n, j->ctrl, n * 4, cudaMemcpyDeviceToDevice, st));
+      j->ctrl = both;
+    }
+    j->state.ctrl = j->ctrl;
+  }
   Ctx c = ctx();
   clip->encode(c, r.clip_ids, TB, j->pooled);
   t5->encode(c, r.t5_ids, TB, T, j->t5);

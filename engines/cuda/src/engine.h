@@ -40,6 +40,9 @@ struct Request {
   std::vector<float> cfg_scale;                    // [B] or empty
   std::vector<float> image_latents, noise, mask;  // [B, L, 64] each, or all empty
   std::vector<std::pair<std::string, float>> loras;  // the job's LoRA set (loaded names, strengths), or empty
+  // BFL Control: packed control latents [B, L, 64] (the host's encode of the control image), required exactly when
+  // the set holds a control LoRA; uploaded once, concatenated to the latents at every step's x_embedder.
+  std::vector<float> control;
   int text_batch() const { return cfg_scale.empty() ? batch : 2 * batch; }
 };
 
@@ -66,6 +69,7 @@ struct Job {
         *vel = nullptr, *sigmas = nullptr;
   float* cfg = nullptr;                                        // [B] true-CFG scales, or null
   float *x0 = nullptr, *noise = nullptr, *mask = nullptr;  // inpainting, [B, L, 64] each, or null
+  float* ctrl = nullptr;  // BFL Control latents [TB, L, 64] (a true-CFG negative half is a copy), or null
   FluxStep state;  // the step's buffers and device step index, sized for this job's geometry
   // The job's LoRA set (null: none). Active while the job's work is enqueued (prepare, eager or captured steps), so
   // its captured step bakes the set's pointers in; held here so they stay valid until the job is released.

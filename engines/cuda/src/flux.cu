@@ -1,5 +1,6 @@
 #include "flux.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -117,6 +118,24 @@ std::vector<Linear*> FluxTransformer::linears() {
   return v;
 }
 
+std::vector<NormSlot> FluxTransformer::norm_slots() {
+  std::vector<NormSlot> v;
+  const int hd = cfg.head_dim;
+  for (size_t i = 0; i < dbl_.size(); i++) {
+    const std::string a = "transformer_blocks." + std::to_string(i) + ".attn.";
+    v.push_back({a + "norm_q", &dbl_[i].nq, hd});
+    v.push_back({a + "norm_k", &dbl_[i].nk, hd});
+    v.push_back({a + "norm_added_q", &dbl_[i].naq, hd});
+    v.push_back({a + "norm_added_k", &dbl_[i].nak, hd});
+  }
+  for (size_t j = 0; j < sgl_.size(); j++) {
+    const std::string a = "single_transformer_blocks." + std::to_string(j) + ".attn.";
+    v.push_back({a + "norm_q", &sgl_[j].nq, hd});
+    v.push_back({a + "norm_k", &sgl_[j].nk, hd});
+  }
+  return v;
+}
+
 void FluxTransformer::conditioning(Ctx& c, const std::vector<float>& t_in, const std::vector<float>& g_in,
                                    const float* pooled, int B, int nsteps, float* mods) {
   const int D = cfg.hidden(), R = B * nsteps;
@@ -159,7 +178,7 @@ void FluxTransformer::embed_context(Ctx& c, const float* t5, int rows, float* ct
   linear(c, ctx_emb_, rows, In{in, c.dt, cfg.joint_dim}, Out{ctx0, DType::F32, cfg.hidden()});
 }
 
-FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st) const {
+FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st, int ctrl_ch) const {
   const int D = cfg.hidden(), S = L + T;
   const size_t RL = size_t(B) * L, RT = size_t(B) * T, RS = size_t(B) * S, es = dsize(dt_);
   FluxStep s;
@@ -183,7 +202,8 @@ FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cuda
   s.V = mem.alloc(RS * D * es);
   s.a = mem.alloc(RS * D * es);
   s.hid = mem.alloc(RS * 5 * D * es);  // MLP hidden (double) / [attn | mlp] concat (single)
-  s.lat_t = mem.alloc(RL * cfg.in_channels * es);
+  s.ctrl_ch = ctrl_ch;
+  s.lat_t = mem.alloc(RL * (cfg.in_channels + ctrl_ch) * std::max<size_t>(es, dsize(x_emb_.wt)));
   s.mods = mem.allocT<float>(size_t(B) * mod_width_);
   s.step = mem.allocT<int>(1);
   CUDA_CHECK(cudaMemsetAsync(s.step, 0, sizeof(int), st));
@@ -243,8 +263,18 @@ void FluxTransformer::embed(Ctx& c, FluxStep& s, const float* latents, const flo
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, RL = B * L, RT = B * T;
   // This step's modulation rows, selected by the device step index (the same launch replays for every step).
   gather_step_rows(mods, R, B, s.step, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), s.mods, c.st);
-  cast(latents, DType::F32, s.lat_t, dt_, int64_t(RL) * cfg.in_channels, c.st);
-  linear(c, x_emb_, RL, In{s.lat_t, dt_, cfg.in_channels}, Out{s.x, DType::F32, D});
+  if (s.ctrl_ch) {
+    // BFL Control: x_embedder reads [latents; control] in its own type; the set's adapter (A as wide as the rows)
+    // covers every column, the base product the first in_channels (lora.h, linear.h).
+    if (!x_emb_.adapter || x_emb_.adapter->in != cfg.in_channels + s.ctrl_ch)
+      throw EngineError("control latents need a control LoRA set whose x_embedder reads them", false);
+    const int w = cfg.in_channels + s.ctrl_ch;
+    concat_features(latents, cfg.in_channels, s.ctrl, s.ctrl_ch, RL, s.lat_t, x_emb_.wt, c.st);
+    linear(c, x_emb_, RL, In{s.lat_t, x_emb_.wt, w}, Out{s.x, DType::F32, D});
+  } else {
+    cast(latents, DType::F32, s.lat_t, dt_, int64_t(RL) * cfg.in_channels, c.st);
+    linear(c, x_emb_, RL, In{s.lat_t, dt_, cfg.in_channels}, Out{s.x, DType::F32, D});
+  }
   CUDA_CHECK(cudaMemcpyAsync(s.ctx, ctx0, size_t(RT) * D * 4, cudaMemcpyDeviceToDevice, c.st));
   if (!dbl_.empty()) {
     norm_in(c, dbl_[0].qkv_img, s.xn, s.xn_scale, s.xn_ws, s.x, RL, L, modp(s, 0), modp(s, 0) + D, 6 * D);

@@ -36,6 +36,10 @@ struct FluxStep {
        *lat_t = nullptr;
   float* mods = nullptr;  // this step's modulation: block k's rows [B, W_k] at mod_offset(k) * B
   int* step = nullptr;    // device step index: selects the modulation rows; the engine's Euler update advances it
+  // BFL Control: the job's packed control latents [B, L, ctrl_ch] fp32 (fixed for the job), read by every step's
+  // x_embedder as lat_t = [latents; control] [B*L, in + ctrl_ch]; null / 0 without a control LoRA set.
+  const float* ctrl = nullptr;
+  int ctrl_ch = 0;
 };
 
 enum class BlockKind { Embed, Double, Single, Final };
@@ -61,14 +65,16 @@ class FluxTransformer {
                     int B, int nsteps, float* mods);
   // ctx0 = context_embedder(t5) : [B*T, D] fp32 (step-independent).
   void embed_context(Ctx& c, const float* t5, int rows, float* ctx0);
-  // The step state for (B, L, T) in `mem`; its step index starts at 0.
-  FluxStep alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st) const;
+  // The step state for (B, L, T) in `mem`; its step index starts at 0. ctrl_ch: control channels (lat_t's width).
+  FluxStep alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st, int ctrl_ch = 0) const;
   // Velocity for latents [B, L, in] at the conditioning rows of step *s.step (mods of R rows): vel [B*L, out] fp32.
   // cs: rope table on device. Enqueues only (no host sync, no allocation once plans exist): capturable.
   void forward(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R, const float* cs,
                float* vel);
   // Every Linear of the transformer (LoRA targets: lora.h keys them by name); the pointers stay valid.
   std::vector<Linear*> linears();
+  // Every QK-norm weight slot ("transformer_blocks.<i>.attn.norm_q", ...): BFL Control LoRAs replace them (lora.h).
+  std::vector<NormSlot> norm_slots();
   // Called before and after every block of forward() (null: none).
   BlockHook hook;
 

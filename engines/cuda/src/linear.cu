@@ -9,7 +9,7 @@ namespace {
 // y += (x A^T) B^T (+ bias) for a layer's adapter; x in the adapter type with row stride ldx.
 void apply_adapter(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* x, DType t, int ldx, Out y) {
   void* h = c.scratch.get("linear.adapter_h", size_t(rows) * a.rank * dsize(t));
-  c.gemm.linear(c.st, rows, a.rank, l.in, x, t, ldx, a.a, t, nullptr, Epi::None, h, t, a.rank);
+  c.gemm.linear(c.st, rows, a.rank, a.in > 0 ? a.in : l.in, x, t, ldx, a.a, t, nullptr, Epi::None, h, t, a.rank);
   c.gemm.linear(c.st, rows, l.out, a.rank, h, t, a.rank, a.b, t, nullptr, Epi::None, y.p, y.t, y.ld, y.p, 1.f);
   if (a.bias) add_bias(y.p, y.t, a.bias, rows, l.out, y.ld, c.st);
 }
@@ -47,7 +47,12 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
                 resid, resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
   const Adapter& a = *l.adapter;
   const DType t = adapter_type(l);
-  if (x.t != DType::FP8) {
+  if (a.in > l.in) {
+    // BFL Control x_embedder: [latents; control] rows, already in the layer's type (flux.cu writes them so).
+    if (x.p != x0.p || x.t == DType::FP8 || x.ld < a.in)
+      throw EngineError("layer " + l.name + ": a widened adapter needs its input in the layer's type", false);
+    apply_adapter(c, l, a, rows, x.p, t, x.ld, y);
+  } else if (x.t != DType::FP8) {
     apply_adapter(c, l, a, rows, x.p, t, x.ld, y);
   } else if (x0.t == DType::BF16 && x0.ld == l.in) {
     apply_adapter(c, l, a, rows, x0.p, t, l.in, y);

@@ -19,6 +19,18 @@ struct Adapter {
   const void* b = nullptr;
   int rank = 0;                 // padded to a multiple of 8 (zero rows / columns)
   const float* bias = nullptr;  // [out] fp32 up-bias sum (BFL Control), or null
+  // Input width of A: the layer's `in`, or wider for a BFL Control set's x_embedder, whose input rows are
+  // [latents (in); control latents] (row stride >= this width): the base product reads the first `in` columns (the
+  // base weight zero-padded on the right, as diffusers widens it), the adapter all of them.
+  int in = 0;
+};
+
+// A weight vector slot a LoRA set may swap while active (BFL Control's QK-norm replacements, lora.h): the pointer
+// the model's blocks read when they enqueue, its width, its module name.
+struct NormSlot {
+  std::string name;
+  float** slot;
+  int dim;
 };
 
 struct Linear {
@@ -52,7 +64,8 @@ struct Out {
 // weight type; an input of another type is converted first (fp8 layers quantise a bf16 input with a per-tensor
 // scale into ctx scratch). Reports the call to ctx.tap when one is set (the benchmark's GEMM list).
 // With an adapter: the base product, then y += (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer (the
-// GELU then runs as its own kernel); fp8 layers feed the adapter a bf16 view of their input.
+// GELU then runs as its own kernel); fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
+// `in` > the layer's) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias, const void* resid = nullptr);
 
 // What a block-level observer sees of a step: every linear (layer, rows, operands) and every attention.

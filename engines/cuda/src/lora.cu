@@ -1,5 +1,6 @@
 #include "lora.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -21,11 +22,15 @@ AdapterSet::~AdapterSet() {
   if (used) *used -= bytes;
 }
 
-LoraRegistry::LoraRegistry(std::vector<Linear*> linears, size_t max_bytes, cudaStream_t st)
+LoraRegistry::LoraRegistry(std::vector<Linear*> linears, size_t max_bytes, cudaStream_t st, std::vector<NormSlot> norms)
     : max_bytes_(max_bytes), st_(st) {
   const std::string prefix = "transformer/";
   for (Linear* l : linears) {
     if (l->name.compare(0, prefix.size(), prefix) == 0) by_name_[l->name.substr(prefix.size())] = l;
+  }
+  for (auto& n : norms) {
+    norm_by_name_[n.name] = n;
+    norm_base_[n.slot] = *n.slot;
   }
 }
 
@@ -40,11 +45,13 @@ std::vector<std::string> LoraRegistry::names() const {
   return n;
 }
 
-size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn>& layers) {
+size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn>& layers,
+                          const std::vector<LoraNormIn>& norms) {
   if (name.empty()) throw LoraFail("bad_argument", "lora_load needs a name");
-  if (layers.empty()) throw LoraFail("unmatched_keys", name + ": no layers");
+  if (layers.empty() && norms.empty()) throw LoraFail("unmatched_keys", name + ": no layers");
   // Validate everything first: a refused LoRA changes nothing.
-  std::vector<std::string> unknown, shapes, ranks, nonfinite, dup;
+  std::vector<std::string> unknown, shapes, ranks, nonfinite, dup, fp8;
+  int control = 0;
   std::map<std::string, int> seen;
   size_t need = 0;
   for (auto& in : layers) {
@@ -55,9 +62,13 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
     }
     if (seen[in.layer]++) dup.push_back(in.layer);
     const Linear& l = *it->second;
+    // A BFL Control LoRA's x_embedder reads [latents; control latents]: twice the layer's input.
+    const bool wide = in.layer == "x_embedder" && in.in == 2 * l.in;
     if (in.rank < 1 || in.rank > kMaxRank) ranks.push_back(in.layer);
-    else if (in.in != l.in || in.out != l.out) shapes.push_back(in.layer);
+    else if ((in.in != l.in && !wide) || in.out != l.out) shapes.push_back(in.layer);
+    else if (wide && l.wt == DType::FP8) fp8.push_back(in.layer);
     else {
+      if (wide) control = in.in - l.in;
       auto finite = [](const float* p, size_t n) {
         for (size_t i = 0; i < n; i++)
           if (!std::isfinite(p[i])) return false;
@@ -69,6 +80,26 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
       need += size_t(in.rank) * (in.in + in.out) * dsize(adapter_type(l)) + (in.bias ? size_t(in.out) * 4 : 0);
     }
   }
+  // Replacement norm weights: a known slot, its width, finite values.
+  std::map<std::string, int> seen_norm;
+  for (auto& n : norms) {
+    auto it = norm_by_name_.find(n.norm);
+    if (it == norm_by_name_.end()) {
+      unknown.push_back(n.norm);
+      continue;
+    }
+    if (seen_norm[n.norm]++) dup.push_back(n.norm);
+    if (n.dim != it->second.dim) {
+      shapes.push_back(n.norm);
+      continue;
+    }
+    for (int i = 0; i < n.dim; i++)
+      if (!std::isfinite(n.w[i])) {
+        nonfinite.push_back(n.norm);
+        break;
+      }
+    need += size_t(n.dim) * 4;
+  }
   if (!unknown.empty())
     throw LoraFail("unmatched_keys", name + ": " + std::to_string(unknown.size()) + " layer(s) the engine does not have",
                    unknown);
@@ -76,6 +107,9 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
   if (!ranks.empty()) throw LoraFail("bad_rank", name + ": rank outside 1.." + std::to_string(kMaxRank), ranks);
   if (!shapes.empty()) throw LoraFail("shape_mismatch", name + ": factor shapes do not fit the layer", shapes);
   if (!nonfinite.empty()) throw LoraFail("non_finite", name + ": NaN or infinite values", nonfinite);
+  if (!fp8.empty())
+    throw LoraFail("unsupported", name + ": a control LoRA's widened x_embedder needs the layer in bf16 or f32 (the "
+                                         "precision plan made it fp8)", fp8);
   // The replaced LoRA's memory counts as free (it goes), and so do cached sets no job holds.
   auto old = loras_.find(name);
   const size_t freed = old != loras_.end() ? old->second->bytes : 0;
@@ -88,7 +122,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
   for (auto& in : layers) {
     Linear* l = by_name_.at(in.layer);
     const DType t = adapter_type(*l);
-    Factors f{l, in.rank, nullptr, nullptr, nullptr};
+    Factors f{l, in.rank, in.in, nullptr, nullptr, nullptr};
     std::vector<float> a(in.a, in.a + size_t(in.rank) * in.in), b(in.b, in.b + size_t(in.out) * in.rank);
     f.a = lo->mem.alloc(a.size() * dsize(t));
     f.b = lo->mem.alloc(b.size() * dsize(t));
@@ -100,6 +134,12 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
     }
     lo->layers.push_back(f);
   }
+  for (auto& n : norms) {
+    Norm m{norm_by_name_.at(n.norm).slot, lo->mem.allocT<float>(n.dim), std::vector<float>(n.w, n.w + n.dim)};
+    upload_as(m.w, m.host, DType::F32, st_);
+    lo->norms.push_back(std::move(m));
+  }
+  lo->control = control;
   lo->bytes = lo->mem.bytes();
   *used_ += lo->bytes;
   const size_t bytes = lo->bytes;
@@ -164,14 +204,43 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
       if (!per.count(f.target)) order.push_back(f.target);
       per[f.target].push_back({&f, s});
     }
+  // A's width per layer: the widest member's (a control x_embedder); narrower members' A are zero-padded on the
+  // right, as diffusers pads a plain LoRA for the widened layer.
+  auto width = [&](Linear* l) {
+    int w = l->in;
+    for (auto& [f, s] : per[l]) w = std::max(w, f->in);
+    return w;
+  };
+  // Norm replacements: one per slot; members replacing the same norm must agree (the ONNX path's rule). They are
+  // full replacements, not scaled by the strength.
+  std::map<float**, const Norm*> norm_of;
+  std::map<float**, std::string> norm_from;
+  int control = 0;
+  for (auto& [n, s] : members) {
+    const Lora& lo = *loras_.at(n);
+    control = std::max(control, lo.control);
+    for (auto& m : lo.norms) {
+      auto it = norm_of.find(m.slot);
+      if (it != norm_of.end() && it->second->host != m.host) {
+        std::string module;
+        for (auto& [k, v] : norm_by_name_)
+          if (v.slot == m.slot) module = k;
+        throw LoraFail("unsupported", norm_from[m.slot] + " and " + n + " both replace " + module +
+                                          " with different weights", {module});
+      }
+      norm_of[m.slot] = &m;
+      norm_from[m.slot] = n;
+    }
+  }
   size_t need = 0;
   for (Linear* l : order) {
     int R = 0;
     bool bias = false;
     for (auto& [f, s] : per[l]) R += f->rank, bias |= f->bias != nullptr;
     const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
-    need += size_t(Rp) * (l->in + l->out) * dsize(adapter_type(*l)) + (bias ? size_t(l->out) * 4 : 0);
+    need += size_t(Rp) * (width(l) + l->out) * dsize(adapter_type(*l)) + (bias ? size_t(l->out) * 4 : 0);
   }
+  for (auto& [slot, m] : norm_of) need += m->host.size() * 4;
   if (*used_ + need > max_bytes_ && !make_room(need))
     throw LoraFail("unsupported", "LoRA set needs " + mib(need) + " more GPU memory; " + mib(*used_) + " of " +
                                       mib(max_bytes_) + " in use (FQ_LORA_MAX_MB / lora_max_mb)");
@@ -185,17 +254,19 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     bool bias = false;
     for (auto& [f, s] : per[l]) R += f->rank, bias |= f->bias != nullptr;
     const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
-    void* a = set->mem.alloc(size_t(Rp) * l->in * es);
+    const int W = width(l);
+    void* a = set->mem.alloc(size_t(Rp) * W * es);
     void* b = set->mem.alloc(size_t(l->out) * Rp * es);
     float* bs = bias ? set->mem.allocT<float>(l->out) : nullptr;
-    CUDA_CHECK(cudaMemsetAsync(a, 0, size_t(Rp) * l->in * es, st_));
+    CUDA_CHECK(cudaMemsetAsync(a, 0, size_t(Rp) * W * es, st_));
     CUDA_CHECK(cudaMemsetAsync(b, 0, size_t(l->out) * Rp * es, st_));
     if (bs) CUDA_CHECK(cudaMemsetAsync(bs, 0, size_t(l->out) * 4, st_));
     int off = 0;
     for (auto& [f, s] : per[l]) {
       // A rows [off, off + r) = the member's A; B columns [off, off + r) = strength * the member's B.
-      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(a) + size_t(off) * l->in * es, f->a, size_t(f->rank) * l->in * es,
-                                 cudaMemcpyDeviceToDevice, st_));
+      // A rows of f->in values into rows of W (the rest stay zero).
+      CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(a) + size_t(off) * W * es, size_t(W) * es, f->a,
+                                   size_t(f->in) * es, size_t(f->in) * es, f->rank, cudaMemcpyDeviceToDevice, st_));
       lora_pack_up(f->b, t, l->out, f->rank, s, b, Rp, off, st_);
       if (f->bias) axpy_f32(bs, f->bias, s, l->out, st_);
       off += f->rank;
@@ -205,9 +276,17 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     ad.b = b;
     ad.rank = Rp;
     ad.bias = bs;
+    ad.in = W;
     set->layers.push_back({l, ad});
-    sig += l->name + ':' + std::to_string(Rp) + ';';
+    sig += l->name + ':' + std::to_string(Rp) + 'x' + std::to_string(W) + ';';
   }
+  for (auto& [slot, m] : norm_of) {
+    float* w = set->mem.allocT<float>(m->host.size());
+    CUDA_CHECK(cudaMemcpyAsync(w, m->w, m->host.size() * 4, cudaMemcpyDeviceToDevice, st_));
+    set->norms.push_back({slot, w, norm_base_.at(slot)});
+  }
+  set->control = control;
+  if (control) sig += "control:" + std::to_string(control) + ';';
   CUDA_CHECK(cudaStreamSynchronize(st_));
   set->signature = std::hash<std::string>()(sig);
   set->bytes = set->mem.bytes();
@@ -219,11 +298,15 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
 
 void LoraRegistry::activate(const AdapterSet* s) {
   if (s == active_) return;
-  if (active_)
+  if (active_) {
     for (auto& [l, a] : active_->layers) l->adapter = nullptr;
+    for (auto& n : active_->norms) *n.slot = n.base;  // the base weight's own pointer: bit-exact base afterwards
+  }
   active_ = s;
-  if (s)
+  if (s) {
     for (auto& [l, a] : s->layers) l->adapter = &a;
+    for (auto& n : s->norms) *n.slot = n.w;
+  }
 }
 
 }  // namespace fq

@@ -1,6 +1,10 @@
 // LoRA adapters at run time (issue 16). The host parses LoRA files and sends, per engine Linear (keyed by its
 // checkpoint name, linear.h), the factors A [r, in] and B [out, r] with alpha/rank already folded into A, and
-// optionally an up-bias [out] (BFL Control). The registry keeps them on the GPU in the layer's adapter type (bf16, or
+// optionally an up-bias [out] (BFL Control).
+// BFL Control LoRAs (FLUX.1-Canny/Depth-dev-lora) add two things: an x_embedder down factor twice as wide as the
+// layer (the step then feeds [latents; control latents], flux.cu), and QK-norm weights that replace the base ones
+// while a set holding the LoRA is active (unscaled by the strength, as diffusers loads them; restored by pointer, so
+// the base output after a control job is the same to the bit). The registry keeps them on the GPU in the layer's adapter type (bf16, or
 // f32 on the f32 path) under a name; a set (names with strengths, one per job) is built from them once and cached:
 // per layer A_cat [Rp, in] (members' A stacked on the rank axis), B_cat [out, Rp] (members' B side by side, each
 // times its strength), bias_cat = sum strength * bias; Rp = sum of ranks rounded up to 8 (zero rows/columns, exact).
@@ -37,6 +41,13 @@ struct LoraLayerIn {
   const float* bias = nullptr;  // [out] or null
 };
 
+// A QK-norm weight a BFL Control LoRA replaces: `norm` is the module, e.g. "transformer_blocks.0.attn.norm_q".
+struct LoraNormIn {
+  std::string norm;
+  int dim = 0;
+  const float* w = nullptr;  // [dim]
+};
+
 class LoraRegistry;
 
 // A built set: the adapter of every layer any member targets. Immutable once built.
@@ -45,6 +56,14 @@ struct AdapterSet {
   std::string key;
   size_t signature = 0;  // the set's GEMM shapes (layer, padded rank): same signature, same plans and scratch
   std::vector<std::pair<Linear*, Adapter>> layers;
+  // Replaced norms: the slot, the replacement (in mem) and the base pointer to restore.
+  struct NormSwap {
+    float** slot;
+    float* w;
+    float* base;
+  };
+  std::vector<NormSwap> norms;
+  int control = 0;  // extra x_embedder input channels a job must supply (control latents), 0: none
   DeviceArena mem;
   size_t bytes = 0;
   std::shared_ptr<size_t> used;  // the registry's byte count (shared: a job may outlive the registry's cache)
@@ -53,16 +72,20 @@ struct AdapterSet {
 class LoraRegistry {
  public:
   // linears: the transformer's Linears (names "transformer/<checkpoint name>").
-  LoraRegistry(std::vector<Linear*> linears, size_t max_bytes, cudaStream_t st);
+  // norms: the QK-norm slots BFL Control LoRAs may replace.
+  LoraRegistry(std::vector<Linear*> linears, size_t max_bytes, cudaStream_t st, std::vector<NormSlot> norms = {});
   ~LoraRegistry();
   LoraRegistry(const LoraRegistry&) = delete;
   LoraRegistry& operator=(const LoraRegistry&) = delete;
   // Validates every layer (names, shapes, ranks 1..256, finite values) before changing anything, then uploads; a
   // LoRA of the same name is replaced (cached sets holding it are dropped). Returns its device bytes.
-  size_t load(const std::string& name, const std::vector<LoraLayerIn>& layers);
+  // A control LoRA's x_embedder factor may be 2x the layer's input (unsupported when the plan made x_embedder fp8);
+  // norms are its replacement QK-norm weights.
+  size_t load(const std::string& name, const std::vector<LoraLayerIn>& layers,
+              const std::vector<LoraNormIn>& norms = {});
   bool unload(const std::string& name);
   // The set of (name, strength) members in order; null for an empty set. @throws LoraFail (not_found, bad_argument,
-  // unsupported when over the memory bound)
+  // unsupported when over the memory bound or when two members replace a norm with different weights)
   std::shared_ptr<const AdapterSet> select(const std::vector<std::pair<std::string, float>>& members);
   size_t bytes() const { return *used_; }
   size_t max_bytes() const { return max_bytes_; }
@@ -75,12 +98,20 @@ class LoraRegistry {
   struct Factors {
     Linear* target;
     int rank;
+    int in;        // A's width: target->in, or 2x for a control x_embedder
     void* a;       // [rank, in] in the adapter type
     void* b;       // [out, rank]
     float* bias;   // [out] or null
   };
+  struct Norm {
+    float** slot;
+    float* w;                 // [dim] fp32 on the device
+    std::vector<float> host;  // the same values (sets compare members' replacements)
+  };
   struct Lora {
     std::vector<Factors> layers;
+    std::vector<Norm> norms;
+    int control = 0;
     DeviceArena mem;
     size_t bytes = 0;
   };
@@ -88,6 +119,8 @@ class LoraRegistry {
   bool make_room(size_t need);
   void drop_sets_with(const std::string& name);
   std::map<std::string, Linear*> by_name_;
+  std::map<std::string, NormSlot> norm_by_name_;
+  std::map<float**, float*> norm_base_;  // every slot's base pointer, restored when a set is deactivated
   std::map<std::string, std::unique_ptr<Lora>> loras_;
   std::map<std::string, std::shared_ptr<const AdapterSet>> sets_;
   std::shared_ptr<size_t> used_ = std::make_shared<size_t>(0);  // loaded factors + live sets, device bytes

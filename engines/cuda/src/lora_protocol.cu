@@ -45,6 +45,16 @@ std::string lora_load_request(Engine& e, LoraStaging& staging, const Json& req, 
       }
       part.layers.push_back(in);
     }
+    // norms (BFL Control): [{"norm", "dim"}], payload after the layers: the replacement weight f32 [dim] each.
+    for (auto& n : req["norms"].a) {
+      LoraNormIn in;
+      in.norm = n.str("norm", "");
+      in.dim = int(n.num("dim", 0));
+      if (in.dim <= 0) throw LoraFail("shape_mismatch", name + ": bad norm entry " + in.norm, {in.norm});
+      in.w = reinterpret_cast<const float*>(floats);
+      floats += size_t(in.dim);
+      part.norms.push_back(in);
+    }
     if (payload.size() != floats * 4)
       throw std::runtime_error("lora_load payload must be " + std::to_string(floats * 4) + " bytes, got " +
                                std::to_string(payload.size()));
@@ -55,17 +65,23 @@ std::string lora_load_request(Engine& e, LoraStaging& staging, const Json& req, 
       in.b = part.data.data() + reinterpret_cast<size_t>(in.b);
       if (in.bias) in.bias = part.data.data() + reinterpret_cast<size_t>(in.bias);
     }
+    for (auto& in : part.norms) in.w = part.data.data() + reinterpret_cast<size_t>(in.w);
     parts.push_back(std::move(part));
     if (more) {
       op = "lora_staged";
       return ",\"name\":" + json_escape(name) + ",\"frames\":" + std::to_string(parts.size());
     }
     std::vector<LoraLayerIn> all;
-    for (auto& p : parts) all.insert(all.end(), p.layers.begin(), p.layers.end());
-    const size_t bytes = e.loras->load(name, all);
+    std::vector<LoraNormIn> norms;
+    for (auto& p : parts) {
+      all.insert(all.end(), p.layers.begin(), p.layers.end());
+      norms.insert(norms.end(), p.norms.begin(), p.norms.end());
+    }
+    const size_t bytes = e.loras->load(name, all, norms);
     staging.pending.erase(name);
     op = "lora_loaded";
     return ",\"name\":" + json_escape(name) + ",\"layers\":" + std::to_string(all.size()) +
+           ",\"norms\":" + std::to_string(norms.size()) +
            ",\"bytes\":" + std::to_string(bytes) + lora_state_fields(e);
   } catch (...) {
     staging.pending.erase(name);

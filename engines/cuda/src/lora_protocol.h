@@ -16,6 +16,7 @@ struct LoraStaging {
   struct Part {
     std::vector<float> data;  // the frame's payload
     std::vector<LoraLayerIn> layers;
+    std::vector<LoraNormIn> norms;
   };
   std::map<std::string, std::vector<Part>> pending;
 };

@@ -155,7 +155,10 @@ int run_serve() {
         bool explicit_lat = req.str("latents", "seed") == "payload";
         // Inpainting: image latents, noise and mask (each [B, L, 64] f32) after the latents.
         bool inpaint = req["inpaint"].kind == Json::Bool && req["inpaint"].b;
-        size_t need = (nclip + nt5) * 4 + (explicit_lat ? nlat * 4 : 0) + (inpaint ? 3 * nlat * 4 : 0);
+        // BFL Control: the packed control latents [B, L, 64] f32 last.
+        bool control = req["control"].kind == Json::Bool && req["control"].b;
+        size_t need = (nclip + nt5) * 4 + (explicit_lat ? nlat * 4 : 0) + (inpaint ? 3 * nlat * 4 : 0) +
+                      (control ? nlat * 4 : 0);
         if (payload.size() != need)
           throw std::runtime_error("prepare payload must be " + std::to_string(need) + " bytes, got " +
                                    std::to_string(payload.size()));
@@ -177,6 +180,10 @@ int run_serve() {
             v->resize(nlat);
             take(v->data(), nlat * 4);
           }
+        }
+        if (control) {
+          r.control.resize(nlat);
+          take(r.control.data(), nlat * 4);
         }
         auto job = eng->prepare(r);
         CUDA_CHECK(cudaStreamSynchronize(eng->st));

@@ -7,7 +7,8 @@
  * - `prepare` with edits: true CFG (`true_cfg`, one scale per sample; the ids hold the B prompts then the B negative
  *   prompts, and each step runs the transformer on 2B rows and combines `neg + scale·(pos − neg)`), and inpainting
  *   (`inpaint`: the packed image latents, noise and mask `[B, L, 64]` after the latents; the engine blends
- *   `(1 − m)·(σ_next·noise + (1 − σ_next)·x0) + m·latents` after each step).
+ *   `(1 − m)·(σ_next·noise + (1 − σ_next)·x0) + m·latents` after each step), and BFL Control (`control`: the packed
+ *   control-image latents `[B, L, 64]` last; the job's LoRA set must hold a BFL Control LoRA).
  *
  * The frames are built by pure functions ({@link encodeFrameOf}, {@link editPrepareFrameOf}) so their layout is
  * testable without an engine.
@@ -76,6 +77,11 @@ export interface CudaEditPrepareArgs extends CudaPrepareArgs {
   trueCfg?: readonly number[];
   /** Inpainting: packed `[B, L, 64]` each. */
   inpaint?: { imageLatents: Float32Array; noise: Float32Array; mask: Float32Array };
+  /**
+   * BFL Control: the packed control-image latents `[B, L, 64]` (from {@link cudaEncode}), required exactly when the
+   * job's LoRA set holds a BFL Control LoRA; every step feeds `[latents; control]` to the widened x_embedder.
+   */
+  control?: Float32Array;
 }
 
 /** The `prepare` request with edits. @throws RangeError when a length does not match the batch */
@@ -92,16 +98,19 @@ export function editPrepareFrameOf(a: CudaEditPrepareArgs): RequestFrame {
     ['image latents', a.inpaint?.imageLatents],
     ['noise', a.inpaint?.noise],
     ['mask', a.inpaint?.mask],
+    ['control latents', a.control],
   ] as const) {
     if (v && v.length !== n) throw new RangeError(`prepare: ${name} must hold ${n} values, got ${v.length}`);
   }
   const f = prepareFrameOf(a);
   if (a.inpaint) f.payload.push(a.inpaint.imageLatents, a.inpaint.noise, a.inpaint.mask);
+  if (a.control) f.payload.push(a.control);
   return {
     header: {
       ...f.header,
       ...(a.trueCfg ? { true_cfg: [...a.trueCfg] } : {}),
       ...(a.inpaint ? { inpaint: true } : {}),
+      ...(a.control ? { control: true } : {}),
     },
     payload: f.payload,
   };

@@ -36,6 +36,7 @@ export { CudaEngineError, CudaEngineExitedError, engineErrorFromFrame } from './
 export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';
 export {
   type CudaLoraLayer,
+  type CudaLoraNorm,
   type CudaLoraState,
   cudaLoraLoad,
   cudaLoraUnload,

@@ -32,6 +32,14 @@ export interface CudaLoraLayer {
   bias?: Float32Array;
 }
 
+/** A QK-norm weight a BFL Control LoRA replaces while a set holding it is active (not scaled by the strength). */
+export interface CudaLoraNorm {
+  /** The norm module, e.g. `transformer_blocks.0.attn.norm_q`. */
+  norm: string;
+  /** The replacement weight `[dim]`. */
+  weight: Float32Array;
+}
+
 /** What the engine reports after a load or unload. */
 export interface CudaLoraState {
   /** Device bytes of adapters now held (loaded factors and built sets). */
@@ -41,22 +49,32 @@ export interface CudaLoraState {
   loras: string[];
 }
 
-/** The `lora_load` frames of one LoRA. @throws RangeError when a layer's arrays do not match its shape */
+/**
+ * The `lora_load` frames of one LoRA. BFL Control parts: an `x_embedder` layer may read twice the model's input
+ * (`[latents; control latents]`), layers may carry an up-bias, and `norms` (replacement QK-norm weights) travel in the
+ * last frame after its layers (`norms: [{norm, dim}]`, payload `[dim]` each).
+ * @throws RangeError when a layer's arrays do not match its shape
+ */
 export function loraLoadFramesOf(
   name: string,
   layers: readonly CudaLoraLayer[],
   maxPayloadBytes = MAX_LORA_FRAME_BYTES,
+  norms: readonly CudaLoraNorm[] = [],
 ): RequestFrame[] {
   const frames: RequestFrame[] = [];
   let entries: object[] = [];
   let payload: Float32Array[] = [];
   let bytes = 0;
   const flush = (more: boolean) => {
+    if (!more && norms.length > 0) {
+      payload.push(...norms.map((n) => n.weight));
+    }
     frames.push({
       header: {
         op: 'lora_load',
         name,
         layers: entries,
+        ...(!more && norms.length > 0 ? { norms: norms.map((n) => ({ norm: n.norm, dim: n.weight.length })) } : {}),
         ...(more ? { more: true } : {}),
         ...(frames.length > 0 ? { append: true } : {}),
       },
@@ -86,9 +104,11 @@ export async function cudaLoraLoad(
   client: CudaEngineClient,
   name: string,
   layers: readonly CudaLoraLayer[],
+  norms: readonly CudaLoraNorm[] = [],
 ): Promise<CudaLoraState & { bytes: number }> {
   let last: Record<string, unknown> = {};
-  for (const f of loraLoadFramesOf(name, layers)) last = (await client.request(f.header, f.payload)).header;
+  for (const f of loraLoadFramesOf(name, layers, MAX_LORA_FRAME_BYTES, norms))
+    last = (await client.request(f.header, f.payload)).header;
   return { bytes: Number(last.bytes), ...stateOf(last) };
 }
 

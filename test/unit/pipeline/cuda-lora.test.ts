@@ -80,14 +80,12 @@ describe('CUDA LoRA layout and factors', () => {
     expect(checked).toBeGreaterThanOrEqual(lora.factors.size);
   });
 
-  it('refuses a BFL Control LoRA (norm replacements, widened input) as unsupported', () => {
+  it('refuses an input width a control image cannot fill (neither 64 nor 128) as unsupported', () => {
     const lora = parsed('lora_0_diffusers');
-    const control: ParsedLora = {
-      ...lora,
-      norms: new Map([['transformer_blocks.0.attn.norm_q', new Float32Array(16)]]),
-    };
-    expect(() => cudaLoraLayers(layout, 'c', control)).toThrow(expect.objectContaining({ code: 'unsupported' }));
-    expect(() => cudaLoraLayers(layout, 'c', { ...lora, inChannels: 128 })).toThrow(LoraError);
+    expect(() => cudaLoraLayers(layout, 'c', { ...lora, inChannels: 96 })).toThrow(
+      expect.objectContaining({ code: 'unsupported' }),
+    );
+    expect(() => cudaLoraLayers(layout, 'c', { ...lora, inChannels: 256 })).toThrow(LoraError);
   });
 
   it('splits a large LoRA over several lora_load frames, payload in layer order', () => {
@@ -160,7 +158,7 @@ describe('CUDA executor LoRAs (fake engine process)', () => {
   });
 
   it('announces LoRAs, offers the LoRA port and sends the memory bound with load', async () => {
-    expect(exec.info().capabilities).toMatchObject({ lora: true, control: false });
+    expect(exec.info().capabilities).toMatchObject({ lora: true, control: true });
     expect(exec.loraAdmin).toBeDefined();
     expect(readLog().find((l) => l.header.op === 'load')?.header.lora_max_mb).toBe(64);
     const scan = await exec.loraAdmin!.loras();

@@ -97,6 +97,8 @@ void layernorm_mod_fp8_apply(const float* x, int rows, int D, int rows_per_batch
 void lora_pack_up(const void* src, DType dt, int out, int r, float s, void* dst, int ld, int off, cudaStream_t st);
 void axpy_f32(float* y, const float* x, float s, int n, cudaStream_t st);
 void dequantize_fp8(const void* q, int ld, const float* scale, int rows, int cols, void* out, cudaStream_t st);
+// BFL Control input: out[r, :] = [a[r, 0:ca]; b[r, 0:cb]] in type t (F32/BF16), a, b fp32 [rows, ca], [rows, cb].
+void concat_features(const float* a, int ca, const float* b, int cb, int64_t rows, void* out, DType t, cudaStream_t st);
 
 // rope.cu: qkv rows [B*n, ld] hold q|k|v (each H*D). For token i of batch b, joint position p = off + i:
 // q, k get RMSNorm over D (weights wq, wk, eps 1e-6) then interleaved-pair RoPE with cs[p, j] = (cos, sin);

@@ -1,5 +1,5 @@
 // LoRA adapter helpers: packing one adapter's up factor into a set's rank-concatenated B (strength folded in), the
-// set's summed up-bias, and the bf16 view of an fp8 activation an adapter on an fp8 layer reads.
+// set's summed up-bias, the [latents; control] input of a BFL Control x_embedder, and the bf16 view of an fp8 activation an adapter on an fp8 layer reads.
 #include <cuda_fp8.h>
 
 #include "../common.h"
@@ -33,7 +33,25 @@ __global__ void dequant_kernel(const __nv_fp8_e4m3* q, int ld, const float* scal
   }
 }
 
+template <typename T>
+__global__ void concat_kernel(const float* a, int ca, const float* b, int cb, int64_t rows, T* out) {
+  const int w = ca + cb;
+  GRID_LOOP(i, rows * w) {
+    const int64_t r = i / w;
+    const int c = int(i % w);
+    out[i] = fromf<T>(c < ca ? a[r * ca + c] : b[r * cb + (c - ca)]);
+  }
+}
+
 }  // namespace
+
+void concat_features(const float* a, int ca, const float* b, int cb, int64_t rows, void* out, DType t,
+                     cudaStream_t st) {
+  FQ_DISPATCH(t, T,
+              concat_kernel<T><<<grid_for(rows * (ca + cb)), kThreads, 0, st>>>(a, ca, b, cb, rows,
+                                                                              static_cast<T*>(out)));
+  LAUNCH_CHECK();
+}
 
 void lora_pack_up(const void* src, DType dt, int out, int r, float s, void* dst, int ld, int off, cudaStream_t st) {
   FQ_DISPATCH(dt, T,
