@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createFakeExecutor } from '../helpers/fake-executor.ts';
+import { pattern } from '../helpers/pattern-image.ts';
 import { disposeLeftovers, eventually, startTestServer } from '../helpers/test-server.ts';
 
 const SECRET = 'queue-test-secret-0123456789';
@@ -131,6 +132,56 @@ describe('queue API on the real pipeline', () => {
       expect(hook.body.payload?.data[0]?.b64_json).toBe(data[0]?.b64_json);
       // A tampered body no longer matches the signature.
       expect(verifySignature({ ...hook, raw: hook.raw.replace('"OK"', '"ERROR"') })).toBe(false);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it("queues an edit in OpenAI's multipart shape: the same image as the synchronous edit route, webhook included", async () => {
+    const receiver = await startReceiver();
+    try {
+      const png = await pattern(64, 64, 1);
+      const form = (extra: Record<string, string>) => {
+        const f = new FormData();
+        f.append('image', new Blob([new Uint8Array(png)], { type: 'image/png' }), 'in.png');
+        for (const [k, v] of Object.entries({
+          prompt: 'a paper boat',
+          size: '64x64',
+          num_inference_steps: '4',
+          seed: '5',
+          strength: '0.5',
+          ...extra,
+        }))
+          f.append(k, v);
+        return f;
+      };
+      const res = await fetch(`${url}/v1/queue/images/edits`, {
+        method: 'POST',
+        body: form({ webhook_url: receiver.url }),
+      });
+      expect(res.status).toBe(202);
+      const s = (await res.json()) as Record<string, string>;
+      await eventually(async () => expect((await getJson(s.status_url as string)).json.status).toBe('COMPLETED'));
+      const queued = ((await getJson(s.response_url as string)).json.data as { b64_json: string }[])[0]?.b64_json;
+      const sync = await fetch(`${url}/v1/images/edits`, { method: 'POST', body: form({}) });
+      expect(sync.status).toBe(200);
+      const direct = ((await sync.json()) as { data: { b64_json: string }[] }).data[0]?.b64_json;
+      // An edit (strength 0.5 of 4 steps) starts from the image: same pixels on both routes for one seed.
+      expect(queued).toBeDefined();
+      expect(queued).toBe(direct);
+      const hook = await eventually(() => {
+        expect(receiver.hooks).toHaveLength(1);
+        return receiver.hooks[0] as Hook;
+      });
+      expect(hook.body.payload?.data[0]?.b64_json).toBe(queued);
+      // The edit route names its missing input image, and nothing is queued.
+      const bad = await fetch(`${url}/v1/queue/images/edits`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: 'x', size: '64x64' }),
+      });
+      expect(bad.status).toBe(400);
+      expect(((await bad.json()) as { error: { param: string } }).error.param).toBe('image');
     } finally {
       await receiver.close();
     }

@@ -189,6 +189,25 @@ export interface GenerationRoute {
   edits?: boolean;
 }
 
+/**
+ * Reads a generation request's body: JSON, or, for the edit routes (`/v1/images/edits`, `/v1/queue/images/edits`),
+ * also OpenAI's multipart form (then `multipart` is true and the answer is OpenAI-shaped).
+ */
+export function readGenerationBody(
+  req: IncomingMessage,
+  edits: boolean,
+): Promise<{ body: Record<string, unknown>; multipart: boolean }> {
+  return edits
+    ? readEditBody(req, MAX_CONTROL_IMAGE_BYTES, MAX_BODY_BYTES)
+    : readJsonObject(req, MAX_BODY_BYTES).then((b) => ({ body: b, multipart: false }));
+}
+
+/** An edit route's request names its input image. @throws ValidationError on `image` */
+export function checkEditImage(body: Record<string, unknown>): void {
+  if (body.image === undefined || body.image === null)
+    throw new ValidationError('image', 'an edit needs an input image');
+}
+
 /** Handles `POST /v1/images/generations`; errors are thrown as {@link HttpError} for the router to send. */
 export async function handleImageGeneration(
   req: IncomingMessage,
@@ -197,10 +216,7 @@ export async function handleImageGeneration(
 ): Promise<void> {
   const { service, baseUrl } = route;
   // `/v1/images/edits` also takes OpenAI's multipart form (then the answer is OpenAI-shaped).
-  const { body, multipart } = await (route.edits
-    ? readEditBody(req, MAX_CONTROL_IMAGE_BYTES, MAX_BODY_BYTES)
-    : readJsonObject(req, MAX_BODY_BYTES).then((b) => ({ body: b, multipart: false }))
-  ).catch((err: HttpError) => {
+  const { body, multipart } = await readGenerationBody(req, route.edits === true).catch((err: HttpError) => {
     service.countError({ code: err.code });
     throw err;
   });
@@ -213,9 +229,7 @@ export async function handleImageGeneration(
   let parsed: Parsed | undefined;
   let jobId: string;
   try {
-    if (route.edits && (body.image === undefined || body.image === null)) {
-      throw new ValidationError('image', 'an edit needs an input image');
-    }
+    if (route.edits) checkEditImage(body);
     parsed = parseRequest(req, body, multipart);
     jobId = (
       await service.submit(parsed.input, {

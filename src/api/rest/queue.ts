@@ -2,7 +2,8 @@
  * @file The queue API beside the synchronous REST route, in fal's queue conventions:
  *
  * - `POST /v1/queue/images/generations` takes the body of `/v1/images/generations` (either dialect, plus an
- *   optional `webhook_url`) and answers 202 `{request_id, status: "IN_QUEUE", queue_position, status_url,
+ *   optional `webhook_url`), and `POST /v1/queue/images/edits` the body of `/v1/images/edits` (JSON, or OpenAI's
+ *   multipart form with `webhook_url` as a field; an input image is required); both answer 202 `{request_id, status: "IN_QUEUE", queue_position, status_url,
  *   response_url, cancel_url}` at once. The request id is the job id (GraphQL's `job(id)` sees it too).
  * - `GET /v1/queue/requests/{id}/status`: `IN_QUEUE` (`queue_position`: requests ahead, 0 = next), `IN_PROGRESS`
  *   (`step`, `total_steps`), `COMPLETED`, or `FAILED` (`error: {code, message}`; a cancelled job is `FAILED` with code
@@ -24,13 +25,17 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Caller, GenerationService, Job } from '../../service/index.ts';
-import { HttpError, readJsonObject, sendJson } from './http.ts';
-import { MAX_BODY_BYTES, openAiResult, type Parsed, parseRequest, toHttpError } from './images.ts';
+import { HttpError, sendJson } from './http.ts';
+import { checkEditImage, openAiResult, type Parsed, parseRequest, readGenerationBody, toHttpError } from './images.ts';
 import type { WebhookBody, WebhookDispatcher } from './webhooks.ts';
 
 /** Prefix of every queue route. */
 export const QUEUE_PREFIX = '/v1/queue/';
-const SUBMIT_PATH = '/v1/queue/images/generations';
+/** Submission routes: whether each is the edit route. */
+const SUBMIT_PATHS: ReadonlyMap<string, boolean> = new Map([
+  ['/v1/queue/images/generations', false],
+  ['/v1/queue/images/edits', true],
+]);
 const REQUEST_PATH = /^\/v1\/queue\/requests\/([A-Za-z0-9-]{1,100})(\/status\/stream|\/status|\/cancel)?$/;
 
 /** What the queue routes need. */
@@ -51,9 +56,10 @@ export interface QueueContext {
 export async function handleQueueRoute(req: IncomingMessage, res: ServerResponse, c: QueueContext): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://localhost');
   const method = req.method ?? 'GET';
-  if (url.pathname === SUBMIT_PATH) {
+  const edits = SUBMIT_PATHS.get(url.pathname);
+  if (edits !== undefined) {
     if (method !== 'POST') throw methodNotAllowed(method, url.pathname);
-    return submit(req, res, c);
+    return submit(req, res, c, edits);
   }
   const m = REQUEST_PATH.exec(url.pathname);
   if (!m) throw new HttpError(404, `No route ${method} ${url.pathname}`, 'invalid_request_error', 'not_found');
@@ -71,16 +77,17 @@ export async function handleQueueRoute(req: IncomingMessage, res: ServerResponse
   return sendResult(res, job, c, format);
 }
 
-async function submit(req: IncomingMessage, res: ServerResponse, c: QueueContext): Promise<void> {
+async function submit(req: IncomingMessage, res: ServerResponse, c: QueueContext, edits: boolean): Promise<void> {
   const { service } = c;
-  const body = await readJsonObject(req, MAX_BODY_BYTES).catch((err: HttpError) => {
+  const { body, multipart } = await readGenerationBody(req, edits).catch((err: HttpError) => {
     service.countError({ code: err.code });
     throw err;
   });
   let parsed: Parsed | undefined;
   let job: Job;
   try {
-    parsed = parseRequest(req, body);
+    if (edits) checkEditImage(body);
+    parsed = parseRequest(req, body, multipart);
   } catch (err) {
     service.countError(err);
     throw toHttpError(err, body.size !== undefined);
