@@ -4,28 +4,20 @@
  * the page's own blob:/data: URLs, which is how its editor workers load). Requests elsewhere are recorded and
  * aborted, as they would fail offline. Skipped when /usr/bin/chromium is absent.
  */
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { type BrowserContext, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HAS_CHROMIUM, launchChromium } from '../helpers/browser.ts';
 import { disposeLeftovers, startTestServer } from '../helpers/test-server.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
-const HAS_CHROMIUM = existsSync(CHROMIUM);
 const WAIT = { timeout: 60_000 };
 
 let url: string;
-let context: BrowserContext | undefined;
-let userDataDir: string | undefined;
+let browser: Awaited<ReturnType<typeof launchChromium>> | undefined;
 
 beforeAll(async () => {
   ({ url } = await startTestServer());
 });
 afterAll(async () => {
-  await context?.close();
-  if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
+  await browser?.close();
   await disposeLeftovers();
 });
 
@@ -44,21 +36,8 @@ describe('GraphiQL', () => {
   });
 
   it.skipIf(!HAS_CHROMIUM)('renders its editor and runs a query with every request kept local', async () => {
-    userDataDir = await mkdtemp(join(tmpdir(), 'fluxql-graphiql-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
-    });
-    const page = await context.newPage();
+    browser = await launchChromium();
+    const page = await browser.context.newPage();
     const requests: string[] = [];
     page.on('request', (r) => requests.push(r.url()));
     // Anything not for the local server fails, as it would offline.

@@ -6,15 +6,16 @@
  *
  * Page code is passed to the browser as strings: the test project compiles without the DOM library.
  */
-import { copyFileSync, existsSync } from 'node:fs';
+import { copyFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type BrowserContext, chromium, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
 import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ensureWebBuilt } from '../../web/build.ts';
+import { CHROMIUM, HAS_CHROMIUM, launchChromium } from '../helpers/browser.ts';
 import {
   GenerateImageDocument,
   type GenerateImageInput,
@@ -27,8 +28,6 @@ import { FIXTURES_DIR } from '../helpers/paths.ts';
 import { pattern } from '../helpers/pattern-image.ts';
 import { disposeLeftovers, eventually, gqlData, startTestServer } from '../helpers/test-server.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
-const HAS_CHROMIUM = existsSync(CHROMIUM);
 const SCREENSHOTS = fileURLToPath(new URL('./screenshots/', import.meta.url));
 /** Long enough for a CPU generation on a slow machine; waits end on page state, never on elapsed time. */
 const WAIT = { timeout: 110_000 };
@@ -81,34 +80,19 @@ describe('serving the built page', () => {
 });
 
 describe.skipIf(!HAS_CHROMIUM)(`web page in headless Chromium (${CHROMIUM})`, () => {
-  let userDataDir: string;
+  let browser: Awaited<ReturnType<typeof launchChromium>> | undefined;
   let context: BrowserContext;
   let page: Page;
   let pageErrors: string[];
 
   beforeAll(async () => {
     await mkdir(SCREENSHOTS, { recursive: true });
-    userDataDir = await mkdtemp(join(tmpdir(), 'fluxql-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-      viewport: { width: 1200, height: 900 },
-    });
+    browser = await launchChromium({ width: 1200, height: 900 });
+    context = browser.context;
   });
 
   afterAll(async () => {
-    await context?.close();
-    if (userDataDir) await rm(userDataDir, { recursive: true, force: true });
+    await browser?.close();
   });
 
   /** A fresh tab on the page (of `at`, default the main server), once the modes have loaded. */
