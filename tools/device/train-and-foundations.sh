@@ -41,9 +41,12 @@ wait "$CHECK"
 echo "== engine checks rc=$? $(date +%T)" >>"$S"
 grep -E "^== |FAIL|exit|SUMMARY|passed|error" "$F/check.out" | head -60 >>"$S"
 tar -C "$F" -czf "$OUT/foundations.tar.gz" .
-OUT=$F bash engines/cuda/scripts/device-foundations.sh bench "$FIX" >"$F/bench.out" 2>&1
-echo "== engine bench rc=$? $(date +%T)" >>"$S"
-grep -vE "^--|^$" "$F/bench.out" | tail -25 >>"$S"
+# BENCH=0 leaves the benchmark out (when only correctness and the training are wanted).
+if [[ ${BENCH:-1} != 0 ]]; then
+  OUT=$F bash engines/cuda/scripts/device-foundations.sh bench "$FIX" >"$F/bench.out" 2>&1
+  echo "== engine bench rc=$? $(date +%T)" >>"$S"
+  grep -vE "^--|^$" "$F/bench.out" | tail -25 >>"$S"
+fi
 tar -C "$F" -czf "$OUT/foundations.tar.gz" .
 echo "== done $(date +%T)" >>"$S"
 cat "$S"
