@@ -247,6 +247,8 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     sc.delta = f32(m);
     sc.first_full = f32(m);
     sc.residual = f32(m);
+    // Read by the head's sums before the first full step (not used then): defined values for the sanitizer.
+    CUDA_CHECK(cudaMemsetAsync(sc.first_full, 0, m * 4, st));
     sc.partial = static_cast<double*>(j->mem.alloc(size_t(TB) * kRelPartials * 2 * sizeof(double)));
     sc.sums = static_cast<double*>(j->mem.alloc(size_t(TB) * 2 * sizeof(double)));
     sc.host.assign(size_t(TB) * 2, 0.0);
