@@ -84,6 +84,11 @@ export interface ServerConfig {
   /** GPU memory the native engine may hold for LoRA adapters, MiB. CUDA_LORA_MAX_MB. @default 4096 */
   cudaLoraMaxMb: number;
   /**
+   * Step-caching threshold of the native engine (relative L1 change of the first block's residual below which a step
+   * reuses the cached tail residual); absent: off. CUDA_STEP_CACHE.
+   */
+  cudaStepCache?: number;
+  /**
    * The mode benchmark's results (latency, PSNR/SSIM vs original, planner summary per mode), shown by `models`
    * for the served model. A missing or malformed file shows none. MODES_RESULTS. @default `bench/results/modes.json`
    */
@@ -251,6 +256,11 @@ const ENV_SCHEMA = {
   CUDA_PRECISION: z.enum(['f32', 'bf16', 'fp8']).optional(),
   CUDA_BENCH_RESULTS: z.string().min(1).optional(),
   CUDA_LORA_MAX_MB: int(0, 1_048_576).optional(),
+  CUDA_STEP_CACHE: z.coerce
+    .number({ error: 'must be a number >= 0' })
+    .min(0, { error: 'must be a number >= 0' })
+    .refine(Number.isFinite, { error: 'must be a number >= 0' })
+    .optional(),
   MODES_RESULTS: z.string().min(1).optional(),
   CONTROL_IMAGE_ALLOW_PRIVATE_URLS: flag().optional(),
   LOG_LEVEL: z
@@ -444,6 +454,10 @@ export const ENV_DOCS: Readonly<Record<EnvKey, EnvDoc>> = {
     default: '4096',
     roles: ENGINE_ROLES,
   },
+  CUDA_STEP_CACHE: {
+    doc: 'Step caching (First-Block-Cache) of the native engine: the relative-change threshold, e.g. 0.1; unset: off',
+    roles: ENGINE_ROLES,
+  },
   MODES_RESULTS: {
     doc: "The mode benchmark's results shown by `models`",
     default: 'bench/results/modes.json',
@@ -631,6 +645,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
       ? resolve(v.CUDA_BENCH_RESULTS)
       : resolve(REPO_ROOT, 'bench/results/cuda-h100.json'),
     cudaLoraMaxMb: v.CUDA_LORA_MAX_MB ?? 4096,
+    ...(v.CUDA_STEP_CACHE !== undefined ? { cudaStepCache: v.CUDA_STEP_CACHE } : {}),
     modesResults: v.MODES_RESULTS ? resolve(v.MODES_RESULTS) : resolve(REPO_ROOT, 'bench/results/modes.json'),
     controlImageAllowPrivateUrls: v.CONTROL_IMAGE_ALLOW_PRIVATE_URLS ?? false,
     warmModes:

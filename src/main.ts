@@ -198,6 +198,7 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
       benchResults: config.cudaBenchResults,
       ...(config.loraDir ? { loraDir: config.loraDir } : {}),
       loraMaxMb: config.cudaLoraMaxMb,
+      ...(config.cudaStepCache !== undefined ? { stepCache: { threshold: config.cudaStepCache } } : {}),
       onLog: (line) => logger.info({ component: 'cuda-engine' }, line),
     });
   }

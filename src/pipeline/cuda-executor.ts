@@ -52,6 +52,7 @@ import {
   type CudaEngineInfo,
   type CudaLoadSpec,
   type CudaPrecision,
+  type CudaStepCache,
   cudaEncode,
   cudaLoadSpec,
   cudaPrepareEdit,
@@ -112,6 +113,11 @@ export interface CudaExecutorOptions {
   loraDir?: string;
   /** GPU memory the engine may hold for LoRA adapters, MiB (the engine's own default, FQ_LORA_MAX_MB, without). */
   loraMaxMb?: number;
+  /**
+   * Step caching (First-Block-Cache) for every engine job; absent: off. The mode list stays `original`: the planner
+   * sets the threshold (engines/cuda/NOTES.md session 9).
+   */
+  stepCache?: CudaStepCache;
   /** Environment of the engine process. @default process.env */
   env?: NodeJS.ProcessEnv;
   /** Engine log lines (stderr) and executor events. */
@@ -174,6 +180,8 @@ interface EngineJob {
   lost?: CudaEngineExitedError;
   /** RGB of every sample once decoded at `decodedAt` steps. */
   decoded?: { step: number; images: RgbImage[] };
+  /** Step-cache counters the engine last reported for the job (jobs with step caching). */
+  cache?: { full: number; cached: number };
 }
 
 interface Sample {
@@ -211,6 +219,8 @@ class CudaExecutor implements CudaStepExecutor {
   #closed = false;
   #starts = 0;
   #exits = 0;
+  /** Step-cache counts over all jobs (ExecutorStats.stepCache). */
+  readonly #cacheStats = { full: 0, cached: 0 };
   #health: EngineHealth = { ready: false, reason: 'the CUDA engine is starting' };
   readonly #listeners = new Set<(h: EngineHealth) => void>();
   readonly #loras: LoraManager;
@@ -226,6 +236,9 @@ class CudaExecutor implements CudaStepExecutor {
     loras: LoraManager,
     residency: CudaLoraResidency,
   ) {
+    const t = o.stepCache?.threshold;
+    if (t !== undefined && !(Number.isFinite(t) && t >= 0))
+      throw new RangeError(`CUDA executor: stepCache.threshold must be a finite number >= 0, got ${t}`);
     this.#o = o;
     this.#precision = o.precision ?? 'bf16';
     this.#maxBatch = o.maxBatch ?? 4;
@@ -458,6 +471,7 @@ class CudaExecutor implements CudaStepExecutor {
           sigmas,
           guidance: group.map((x) => x.r.guidanceScale),
           latents,
+          ...(this.#o.stepCache ? { stepCache: this.#o.stepCache } : {}),
         };
         const prepared = await (cfg || inpaint || control
           ? cudaPrepareEdit(client, {
@@ -521,6 +535,12 @@ class CudaExecutor implements CudaStepExecutor {
         if (job.step < job.steps) {
           const p = await job.client.step(job.id, 1);
           job.step = p.step;
+          if (p.stepCache) {
+            // The engine reports the job's totals: add what this call ran.
+            this.#cacheStats.full += p.stepCache.full - (job.cache?.full ?? 0);
+            this.#cacheStats.cached += p.stepCache.cached - (job.cache?.cached ?? 0);
+            job.cache = p.stepCache;
+          }
         }
         if (options?.preview) latents.set(job, (await job.client.latents(job.id)).data);
       }),
@@ -591,7 +611,12 @@ class CudaExecutor implements CudaStepExecutor {
   }
 
   async stats(): Promise<ExecutorStats> {
-    return { sessionsCreated: 0, engineStarts: this.#starts, engineExits: this.#exits };
+    return {
+      sessionsCreated: 0,
+      engineStarts: this.#starts,
+      engineExits: this.#exits,
+      ...(this.#o.stepCache ? { stepCache: { threshold: this.#o.stepCache.threshold, ...this.#cacheStats } } : {}),
+    };
   }
 
   // ---- LoRA administration -----------------------------------------------------------------------------------

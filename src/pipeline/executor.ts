@@ -151,6 +151,12 @@ export interface ExecutorStats {
   engineStarts?: number;
   /** Native engine processes that ended unasked (crash, GPU fault, kill) (CUDA executor only). */
   engineExits?: number;
+  /**
+   * Step caching of the CUDA executor (its `stepCache` option; absent without): the threshold, and job steps run in
+   * full or from the cached residual since start (one count per engine job and step, as the ONNX `StepCache.stats`
+   * counts per batched group).
+   */
+  stepCache?: { threshold: number; full: number; cached: number };
 }
 
 /**

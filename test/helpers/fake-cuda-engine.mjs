@@ -12,6 +12,9 @@
  * BFL Control: `lora_load`'s `norms` ([{norm, dim}], their weights after the layers' data) count in the payload size;
  * a LoRA whose `x_embedder` reads 128 inputs is a control LoRA, and `prepare` needs `control` latents exactly when
  * its set holds one (`bad_argument` otherwise, as the engine answers).
+ * Step caching (`prepare`'s `step_cache`): the engine's rule (engine.h StepCache) with the first block's relative
+ * change taken as FAKE_CHANGE (0.5) every step, so a threshold above it caches every step the rule allows; counters
+ * in `progress` / `stepped` / `released` as the engine reports them.
  */
 import { appendFileSync } from 'node:fs';
 
@@ -22,6 +25,8 @@ let pending = Buffer.alloc(0);
 /** LoRA name → { control } (its x_embedder reads [latents; control latents]). */
 const loras = new Map();
 const staged = new Map();
+/** The first block's relative change every step, for the step-cache rule. */
+const FAKE_CHANGE = 0.5;
 
 function send(header, payload = Buffer.alloc(0)) {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
@@ -128,8 +133,32 @@ function handle(h, payload) {
         return loraFail('bad_argument', 'the LoRA set holds a BFL Control LoRA: prepare needs control latents');
       if (!controlSet && h.control)
         return loraFail('bad_argument', "control latents need a BFL Control LoRA in the job's LoRA set");
+      const sc = h.step_cache;
+      if (sc !== undefined && sc !== null && (typeof sc !== 'object' || typeof sc.threshold !== 'number'))
+        return fail('step_cache must be {threshold, warmup_steps?, max_consecutive?}');
+      if (sc && !(sc.threshold >= 0)) return fail('step_cache: threshold must be finite and >= 0');
+      const cache = sc
+        ? {
+            threshold: sc.threshold,
+            warmup: sc.warmup_steps ?? 1,
+            maxConsecutive: sc.max_consecutive ?? 1,
+            have: false,
+            skipped: 0,
+            full: 0,
+            cached: 0,
+            last: false,
+          }
+        : undefined;
       const job = nextJob++;
-      jobs.set(job, { batch: h.batch, L, height: h.height, width: h.width, steps: h.sigmas.length - 1, step: 0 });
+      jobs.set(job, {
+        batch: h.batch,
+        L,
+        height: h.height,
+        width: h.width,
+        steps: h.sigmas.length - 1,
+        step: 0,
+        cache,
+      });
       return send({ op: 'prepared', id, job, steps: h.sigmas.length - 1, ms: 0 });
     }
     case 'quit':
@@ -141,10 +170,11 @@ function handle(h, payload) {
       if (h.op === 'step') {
         const count = h.count ?? j.steps - j.step;
         for (let i = 0; i < count && j.step < j.steps; i++) {
+          if (j.cache) stepCached(j);
           j.step++;
-          send({ op: 'progress', id, job: h.job, step: j.step, steps: j.steps, ms: 0 });
+          send({ op: 'progress', id, job: h.job, step: j.step, steps: j.steps, ms: 0, ...cacheFields(j, true) });
         }
-        return send({ op: 'stepped', id, job: h.job, step: j.step, steps: j.steps, ms: 0 });
+        return send({ op: 'stepped', id, job: h.job, step: j.step, steps: j.steps, ms: 0, ...cacheFields(j) });
       }
       if (h.op === 'latents') {
         return send(
@@ -160,11 +190,31 @@ function handle(h, payload) {
       }
       if (h.op === 'release') {
         jobs.delete(h.job);
-        return send({ op: 'released', id, job: h.job });
+        return send({ op: 'released', id, job: h.job, ...cacheFields(j) });
       }
       return fail(`unknown op ${h.op}`);
     }
   }
+}
+
+/** One step's decision (the engine's rule, engine.cu step_cached) before the step index advances. */
+function stepCached(j) {
+  const c = j.cache;
+  const skip = c.have && j.step >= c.warmup && c.skipped < c.maxConsecutive && FAKE_CHANGE < c.threshold;
+  if (skip) {
+    c.skipped++;
+    c.cached++;
+  } else {
+    c.have = true;
+    c.skipped = 0;
+    c.full++;
+  }
+  c.last = skip;
+}
+
+function cacheFields(j, last = false) {
+  if (!j.cache) return {};
+  return { full_steps: j.cache.full, cached_steps: j.cache.cached, ...(last ? { cached: j.cache.last } : {}) };
 }
 
 process.stdin.on('data', (chunk) => {

@@ -48,6 +48,10 @@ for p in f32 bf16; do
   # The editing requests (encode, img2img, inpainting, true CFG), when the fixtures carry edit/.
   if [[ -f $FIX/edit/edit_index.json ]]; then
     timeout 120 python3 "$HERE/tests/protocol_edit_test.py" "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -3 || rc=1
+    # Step caching (First-Block-Cache) on the same fixtures: threshold 0 bit-identical, a huge one caches.
+    if [[ -f $HERE/tests/protocol_step_cache_test.py ]]; then
+      timeout 120 python3 "$HERE/tests/protocol_step_cache_test.py" "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -4 || rc=1
+    fi
   fi
 done
 fi

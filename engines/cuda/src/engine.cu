@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -234,6 +235,24 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     j->mask = put(r.mask);
   }
   j->state = flux->alloc_step(j->mem, TB, j->L, T, st, ctrl_ch);
+  if (r.step_cache) {
+    if (!(r.cache_threshold >= 0) || !std::isfinite(r.cache_threshold) || r.cache_warmup < 0 ||
+        r.cache_max_consecutive < 0)
+      throw std::runtime_error("step_cache: threshold must be finite and >= 0, warmup_steps and max_consecutive >= 0");
+    auto& sc = *(j->cache = std::make_unique<StepCache>());
+    sc.threshold = r.cache_threshold;
+    sc.warmup = r.cache_warmup;
+    sc.max_consecutive = r.cache_max_consecutive;
+    const size_t m = size_t(TB) * j->L * D;
+    sc.delta = f32(m);
+    sc.first_full = f32(m);
+    sc.residual = f32(m);
+    // Read by the head's sums before the first full step (not used then): defined values for the sanitizer.
+    CUDA_CHECK(cudaMemsetAsync(sc.first_full, 0, m * 4, st));
+    sc.partial = static_cast<double*>(j->mem.alloc(size_t(TB) * kRelPartials * 2 * sizeof(double)));
+    sc.sums = static_cast<double*>(j->mem.alloc(size_t(TB) * 2 * sizeof(double)));
+    sc.host.assign(size_t(TB) * 2, 0.0);
+  }
   if (ctrl_ch) {
     // Fixed for the job's life, so a captured step reads the same buffer every replay.
     j->ctrl = put(r.control);
@@ -300,6 +319,12 @@ void Engine::step_eager(Job& j) {
   const int64_t per = int64_t(j.L) * 64, n = B * per;
   if (j.cfg) CUDA_CHECK(cudaMemcpyAsync(j.lat + n, j.lat, n * 4, cudaMemcpyDeviceToDevice, st));
   flux->forward(c, j.state, j.lat, j.ctx0, j.mods, j.R, j.cs, j.vel);
+  finish_step(j);
+}
+
+void Engine::finish_step(Job& j) {
+  const int B = j.req.batch;
+  const int64_t per = int64_t(j.L) * 64, n = B * per;
   if (j.cfg) true_cfg_combine(j.vel, B, per, j.cfg, st);
   euler_step_sched(j.lat, j.vel, n, j.sigmas, j.state.step, st);
   if (j.mask) inpaint_blend(j.lat, j.x0, j.noise, j.mask, n, j.sigmas, j.state.step, st);
@@ -308,14 +333,16 @@ void Engine::step_eager(Job& j) {
 // Records one step into a CUDA graph. Every input of the step is in device memory (the step index too) and every
 // buffer is the job's or fixed, so the same graph replays for each later step. prepare() planned the geometry: GEMM
 // plans are tuned, bias copies and cuDNN plans/workspace exist, so nothing allocates or synchronises here.
-bool Engine::capture_step(Job& j) {
+bool Engine::capture_step(Job& j) { return capture_into(j.graph, [&] { step_eager(j); }); }
+
+bool Engine::capture_into(StepGraph& graph, const std::function<void()>& enqueue) {
   auto t0 = std::chrono::steady_clock::now();
   cudaGraph_t g = nullptr;
   CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
   set_capturing(true);
   std::string why;
   try {
-    step_eager(j);
+    enqueue();
   } catch (const EngineError& e) {
     if (e.device_fault) {
       set_capturing(false);
@@ -330,23 +357,28 @@ bool Engine::capture_step(Job& j) {
     cudaGetLastError();
     if (g) cudaGraphDestroy(g);
     fprintf(stderr, "[engine] step capture failed, running eagerly: %s\n", why.c_str());
-    j.graph.failed = true;
+    graph.failed = true;
     return false;
   }
-  if (j.graph.exec) {
-    cudaGraphExecDestroy(j.graph.exec);
-    j.graph.exec = nullptr;
+  if (graph.exec) {
+    cudaGraphExecDestroy(graph.exec);
+    graph.exec = nullptr;
   }
-  cudaError_t ie = cudaGraphInstantiate(&j.graph.exec, g, 0);
+  cudaError_t ie = cudaGraphInstantiate(&graph.exec, g, 0);
   cudaGraphDestroy(g);
   CUDA_CHECK(ie);
-  j.graph.epoch = epoch();
-  j.graph.capture_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  graph.epoch = epoch();
+  graph.capture_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return true;
 }
 
 void Engine::step(Job& j) {
   if (j.step >= j.steps) throw std::runtime_error("no steps left");
+  if (j.cache) {
+    step_cached(j);
+    j.step++;
+    return;
+  }
   // Steps replay one captured step unless graphs are off, a profiler is timing individual calls, or the capture
   // failed for this job (then it runs eagerly).
   bool replay = false;
@@ -362,6 +394,83 @@ void Engine::step(Job& j) {
     step_eager(j);
   }
   j.step++;
+}
+
+// Step caching (engine.h StepCache). Why three graphs and a host decision rather than one graph with a conditional
+// node: NOTES.md session 9.
+void Engine::cache_head(Job& j) {
+  AdapterScope lora_scope(loras.get(), j.adapters.get());
+  Ctx c = ctx();
+  StepCache& sc = *j.cache;
+  const int64_t n = int64_t(j.req.batch) * j.L * 64, m = int64_t(j.TB) * j.L * cfg.flux.hidden();
+  if (j.cfg) CUDA_CHECK(cudaMemcpyAsync(j.lat + n, j.lat, n * 4, cudaMemcpyDeviceToDevice, st));
+  flux->forward_head(c, j.state, j.lat, j.ctx0, j.mods, j.R, j.cs, sc.delta);
+  sub_f32(sc.delta, j.state.x, sc.delta, m, st);  // r = after block 0 - before [TB, L, D]
+  // Before the first full step first_full holds garbage: the sums are then computed but not read.
+  relative_change_sums(sc.delta, sc.first_full, j.TB, m / j.TB, sc.partial, sc.sums, st);
+}
+
+void Engine::cache_tail(Job& j) {
+  AdapterScope lora_scope(loras.get(), j.adapters.get());
+  Ctx c = ctx();
+  StepCache& sc = *j.cache;
+  const size_t m = size_t(j.TB) * j.L * cfg.flux.hidden();
+  CUDA_CHECK(cudaMemcpyAsync(sc.residual, j.state.x, m * 4, cudaMemcpyDeviceToDevice, st));  // the tail's input
+  flux->forward_tail(c, j.state, j.cs, j.vel);
+  sub_f32(sc.residual, j.state.x, sc.residual, int64_t(m), st);  // after the last block - after block 0
+  CUDA_CHECK(cudaMemcpyAsync(sc.first_full, sc.delta, m * 4, cudaMemcpyDeviceToDevice, st));
+  finish_step(j);
+}
+
+void Engine::cache_reuse(Job& j) {
+  AdapterScope lora_scope(loras.get(), j.adapters.get());
+  Ctx c = ctx();
+  StepCache& sc = *j.cache;
+  add_f32(j.state.x, sc.residual, int64_t(j.TB) * j.L * cfg.flux.hidden(), st);
+  flux->output_from_x(c, j.state, j.vel);
+  finish_step(j);
+}
+
+bool Engine::run_part(Job& j, StepGraph& g, void (Engine::*part)(Job&)) {
+  bool replay = false;
+  if (use_graphs && !g.failed && !prof_on()) {
+    if (g.exec && g.epoch == epoch()) replay = true;
+    else if (j.steps - j.step > 1) replay = capture_into(g, [&] { (this->*part)(j); });
+  }
+  if (replay) {
+    CUDA_CHECK(cudaGraphLaunch(g.exec, st));
+    after_call("cudaGraphLaunch", __FILE__, __LINE__);
+  } else {
+    (this->*part)(j);
+  }
+  return replay;
+}
+
+void Engine::step_cached(Job& j) {
+  StepCache& sc = *j.cache;
+  if (run_part(j, sc.head, &Engine::cache_head)) j.replays++;  // counted once a step, by its head
+  // The decision: the same rule as the ONNX engine's StepCache.run (all samples of the job, or none, skip).
+  bool skip = sc.have && j.step >= sc.warmup && sc.skipped < sc.max_consecutive;
+  if (skip) {
+    CUDA_CHECK(cudaMemcpyAsync(sc.host.data(), sc.sums, sc.host.size() * sizeof(double), cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    for (int b = 0; b < j.TB && skip; b++) {
+      const double num = sc.host[2 * b], den = sc.host[2 * b + 1];
+      const double change = den > 0 ? num / den : INFINITY;
+      skip = change < double(sc.threshold);
+    }
+  }
+  if (skip) {
+    run_part(j, sc.reuse, &Engine::cache_reuse);
+    sc.skipped++;
+    sc.cached++;
+  } else {
+    run_part(j, sc.tail, &Engine::cache_tail);
+    sc.have = true;
+    sc.skipped = 0;
+    sc.full++;
+  }
+  sc.last_cached = skip;
 }
 
 void Engine::encode(const float* pixels, int B, int H, int W, float* mean, float* logvar) {

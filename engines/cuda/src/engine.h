@@ -1,6 +1,7 @@
 // The engine: all four components resident on one GPU, and a request's life cycle (prepare, steps, decode).
 #pragma once
 #include <array>
+#include <functional>
 #include <map>
 #include <set>
 #include <memory>
@@ -43,6 +44,10 @@ struct Request {
   // BFL Control: packed control latents [B, L, 64] (the host's encode of the control image), required exactly when
   // the set holds a control LoRA; uploaded once, concatenated to the latents at every step's x_embedder.
   std::vector<float> control;
+  // Step caching (StepCache): on when `step_cache` is set (PROTOCOL.md `prepare` `step_cache`).
+  bool step_cache = false;
+  float cache_threshold = 0;  // relative L1 change below which a step reuses the cached residual
+  int cache_warmup = 1, cache_max_consecutive = 1;  // first steps always full; cached steps in a row at most
   int text_batch() const { return cfg_scale.empty() ? batch : 2 * batch; }
 };
 
@@ -57,6 +62,29 @@ class StepGraph {
   int epoch = -1;      // the engine's workspace epoch at capture: a change (a moved buffer) makes it stale
   bool failed = false;  // capture failed once for this job: the job runs eagerly
   double capture_ms = 0;
+};
+
+// Step caching of one job (First-Block-Cache, the ONNX engine's src/pipeline/flux/step-cache.ts, same rule): every
+// step runs the head (embed + double block 0) and measures, per sample, how much block 0's residual r (image stream
+// after it minus before it) moved since the last full step: sum|r - r_full| / sum|r_full| (float64 sums). The step
+// reuses the cached residual (image stream after the last block minus after block 0, from the last full step) instead
+// of running the other blocks when a full step exists, the step index is >= warmup, fewer than max_consecutive steps
+// in a row were cached and every sample of the job (all TB rows) is under the threshold. The decision is made on the
+// host from the TB sums read back after the head (NOTES.md session 9): the step is three captured graphs, head, then
+// tail or reuse, each replayed as the decision says.
+struct StepCache {
+  float threshold = 0;
+  int warmup = 1, max_consecutive = 1;
+  float *delta = nullptr;       // [TB, L, D]: the stream before block 0, then this step's block-0 residual r
+  float *first_full = nullptr;  // [TB, L, D]: r of the last full step
+  float *residual = nullptr;    // [TB, L, D]: the tail's residual of the last full step (after a tail: its input first)
+  double *partial = nullptr, *sums = nullptr;  // relative_change_sums scratch, and its [TB, 2] result
+  std::vector<double> host;     // the sums read back each step
+  bool have = false;            // a full step has run (first_full and residual hold values)
+  int skipped = 0;              // cached steps since the last full one
+  int full = 0, cached = 0;     // steps run each way (answers report them)
+  bool last_cached = false;
+  StepGraph head, tail, reuse;
 };
 
 struct Job {
@@ -76,6 +104,7 @@ struct Job {
   std::shared_ptr<const AdapterSet> adapters;
   StepGraph graph;
   int replays = 0;  // steps run by graph replay
+  std::unique_ptr<StepCache> cache;  // step caching, or null (off: the step is one graph, as before)
 };
 
 class Engine {
@@ -115,6 +144,16 @@ class Engine {
   void make_loras();
   void step_eager(Job& j);
   bool capture_step(Job& j);
+  // Records `enqueue` into g (false, with g.failed set, when capture fails: the caller runs it eagerly).
+  bool capture_into(StepGraph& g, const std::function<void()>& enqueue);
+  // A step with step caching: head, host decision, then tail or reuse; each part replayed from its own graph.
+  void step_cached(Job& j);
+  void cache_head(Job& j);   // embed + block 0, r = stream after - before, the relative change sums
+  void cache_tail(Job& j);   // the other blocks and final layer, store r_full and the residual, scheduler update
+  void cache_reuse(Job& j);  // stream += cached residual, output layer, scheduler update
+  void finish_step(Job& j);  // true-CFG combine, Euler update, inpainting blend (after the velocity)
+  // Runs one part of a step: replays g (capturing it first when stale and worth it; true) or enqueues eagerly.
+  bool run_part(Job& j, StepGraph& g, void (Engine::*part)(Job&));
   const DType dt;
   ModelConfig cfg;
   DeviceArena weights;

@@ -357,10 +357,15 @@ void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) 
 
 // Output: image tokens, AdaLayerNormContinuous (scale first, then shift), proj_out.
 void FluxTransformer::final_layer(Ctx& c, FluxStep& s, float* vel) {
-  const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, S = T + L, RL = B * L;
+  const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, S = T + L;
   for (int b = 0; b < B; b++)
     CUDA_CHECK(cudaMemcpyAsync(s.x + int64_t(b) * L * D, s.z + (int64_t(b) * S + T) * D, size_t(L) * D * 4,
                                cudaMemcpyDeviceToDevice, c.st));
+  output_layer(c, s, vel);
+}
+
+void FluxTransformer::output_layer(Ctx& c, FluxStep& s, float* vel) {
+  const int D = cfg.hidden(), L = s.L, RL = s.B * L;
   const float* mo = modp(s, mod_layers_.size() - 1);
   NormOut n = norm_in(c, proj_out_, s.xn, s.xn_scale, s.xn_ws, s.x, RL, L, mo + D, mo, 2 * D);
   linear(c, proj_out_, RL, n.in(D), Out{vel, DType::F32, cfg.out_channels});
@@ -368,10 +373,26 @@ void FluxTransformer::final_layer(Ctx& c, FluxStep& s, float* vel) {
 
 void FluxTransformer::forward(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R,
                               const float* cs, float* vel) {
+  forward_head(c, s, latents, ctx0, mods, R, cs, nullptr);
+  forward_tail(c, s, cs, vel);
+}
+
+void FluxTransformer::forward_head(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods,
+                                   int R, const float* cs, float* x_before) {
   emit(false, BlockKind::Embed, 0, s);
   embed(c, s, latents, ctx0, mods, R);
   emit(true, BlockKind::Embed, 0, s);
-  for (int i = 0; i < int(dbl_.size()); i++) {
+  if (x_before)
+    CUDA_CHECK(cudaMemcpyAsync(x_before, s.x, size_t(s.B) * s.L * cfg.hidden() * 4, cudaMemcpyDeviceToDevice, c.st));
+  if (!dbl_.empty()) {
+    emit(false, BlockKind::Double, 0, s);
+    double_block(c, s, 0, cs);
+    emit(true, BlockKind::Double, 0, s);
+  }
+}
+
+void FluxTransformer::forward_tail(Ctx& c, FluxStep& s, const float* cs, float* vel) {
+  for (int i = 1; i < int(dbl_.size()); i++) {
     emit(false, BlockKind::Double, i, s);
     double_block(c, s, i, cs);
     emit(true, BlockKind::Double, i, s);
@@ -384,6 +405,12 @@ void FluxTransformer::forward(Ctx& c, FluxStep& s, const float* latents, const f
   }
   emit(false, BlockKind::Final, 0, s);
   final_layer(c, s, vel);
+  emit(true, BlockKind::Final, 0, s);
+}
+
+void FluxTransformer::output_from_x(Ctx& c, FluxStep& s, float* vel) {
+  emit(false, BlockKind::Final, 0, s);
+  output_layer(c, s, vel);
   emit(true, BlockKind::Final, 0, s);
 }
 

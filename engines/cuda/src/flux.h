@@ -71,6 +71,16 @@ class FluxTransformer {
   // cs: rope table on device. Enqueues only (no host sync, no allocation once plans exist): capturable.
   void forward(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R, const float* cs,
                float* vel);
+  // forward() in two parts, for step caching (engine.h StepCache): the head (embed, double block 0: s.x is then the
+  // image stream after block 0; x_before, when not null, receives the stream before it [B*L, D] fp32) and the tail
+  // (the other blocks and the final layer: s.x is then the image stream after the last block). forward() is exactly
+  // head + tail.
+  void forward_head(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R,
+                    const float* cs, float* x_before);
+  void forward_tail(Ctx& c, FluxStep& s, const float* cs, float* vel);
+  // The final layer's norm_out + proj_out of the image stream s.x as it stands (a cached step's output); hooks see
+  // it as the Final block.
+  void output_from_x(Ctx& c, FluxStep& s, float* vel);
   // Every Linear of the transformer (LoRA targets: lora.h keys them by name); the pointers stay valid.
   std::vector<Linear*> linears();
   // Every QK-norm weight slot ("transformer_blocks.<i>.attn.norm_q", ...): BFL Control LoRAs replace them (lora.h).
@@ -83,7 +93,8 @@ class FluxTransformer {
   void double_block(Ctx& c, FluxStep& s, int i, const float* cs);
   void to_joint(Ctx& c, FluxStep& s);
   void single_block(Ctx& c, FluxStep& s, int j, const float* cs);
-  void final_layer(Ctx& c, FluxStep& s, float* vel);
+  void final_layer(Ctx& c, FluxStep& s, float* vel);  // image rows of z -> s.x, then output_layer
+  void output_layer(Ctx& c, FluxStep& s, float* vel);  // AdaLayerNormContinuous + proj_out of s.x
 
  private:
   struct Double {

@@ -53,6 +53,13 @@ std::string idf(const Json& req) {
   return "null";
 }
 
+// A job's step-cache counters as answer fields (empty without step caching); `cached`: whether its last step was.
+std::string cache_fields(const Job& j, bool last) {
+  if (!j.cache) return "";
+  return ",\"full_steps\":" + std::to_string(j.cache->full) + ",\"cached_steps\":" + std::to_string(j.cache->cached) +
+         (last ? std::string(",\"cached\":") + (j.cache->last_cached ? "true" : "false") : std::string());
+}
+
 std::vector<float> floats(const Json& a) {
   std::vector<float> v;
   for (auto& x : a.a) v.push_back(float(x.n));
@@ -148,6 +155,16 @@ int run_serve() {
         r.seed = uint64_t(req.num("seed", 0));
         if (req.has("true_cfg")) r.cfg_scale = floats(req["true_cfg"]);
         r.loras = lora_set_of(req["loras"]);
+        // Step caching: {threshold, warmup_steps (default 1), max_consecutive (default 1)}; absent or null: off.
+        if (req.has("step_cache") && !req["step_cache"].is_null()) {
+          const Json& sc = req["step_cache"];
+          if (sc.kind != Json::Obj || !sc.has("threshold") || sc["threshold"].kind != Json::Num)
+            throw std::runtime_error("step_cache must be {threshold, warmup_steps?, max_consecutive?}");
+          r.step_cache = true;
+          r.cache_threshold = float(sc.num("threshold", 0));
+          r.cache_warmup = int(sc.num("warmup_steps", 1));
+          r.cache_max_consecutive = int(sc.num("max_consecutive", 1));
+        }
         // True CFG: the ids hold 2B rows (the prompts, then the negative prompts).
         const size_t tb = size_t(r.text_batch());
         size_t nclip = tb * eng->cfg.clip.maxpos, nt5 = tb * r.t5_len;
@@ -244,10 +261,12 @@ int run_serve() {
             eng->step(j);
             CUDA_CHECK(cudaStreamSynchronize(eng->st));
             send("{\"op\":\"progress\",\"id\":" + id + ",\"job\":" + js + ",\"step\":" + std::to_string(j.step) +
-                 ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(ts)) + "}");
+                 ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(ts)) +
+                 cache_fields(j, true) + "}");
           }
           send("{\"op\":\"stepped\",\"id\":" + id + ",\"job\":" + js + ",\"step\":" + std::to_string(j.step) +
-               ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+               ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(t0)) +
+               cache_fields(j, false) + "}");
         } else if (op == "latents") {
           std::vector<float> lat(size_t(j.req.batch) * j.L * 64);
           CUDA_CHECK(cudaMemcpyAsync(lat.data(), j.lat, lat.size() * 4, cudaMemcpyDeviceToHost, eng->st));
@@ -267,8 +286,9 @@ int run_serve() {
                    ",\"width\":" + std::to_string(j.req.width) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}",
                img.data(), n);
         } else if (op == "release") {
+          const std::string fields = cache_fields(j, false);
           jobs.erase(it);
-          send("{\"op\":\"released\",\"id\":" + id + ",\"job\":" + js + "}");
+          send("{\"op\":\"released\",\"id\":" + id + ",\"job\":" + js + fields + "}");
         } else {
           throw std::runtime_error("unknown op " + op);
         }

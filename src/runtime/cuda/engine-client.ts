@@ -76,6 +76,19 @@ export interface CudaPrepareArgs {
   seed?: number;
   /** The job's LoRA set: names loaded with `lora_load` (see `lora-requests.ts`), in rank-concatenation order. */
   loras?: readonly { name: string; strength: number }[];
+  /** Step caching (First-Block-Cache) for the job; absent: every step runs every block. */
+  stepCache?: CudaStepCache;
+}
+
+/**
+ * The job's step-cache settings (PROTOCOL.md `step_cache`): a step reuses the last full step's tail residual when the
+ * first block's residual moved less than `threshold` (relative L1) for every sample; the first `warmupSteps` steps
+ * run in full, and at most `maxConsecutive` steps in a row are cached. Engine defaults: 1 and 1.
+ */
+export interface CudaStepCache {
+  threshold: number;
+  warmupSteps?: number;
+  maxConsecutive?: number;
 }
 
 /** A request frame before its id: header and payload parts. */
@@ -103,8 +116,17 @@ export function prepareFrameOf(a: CudaPrepareArgs): RequestFrame {
       latents: a.latents ? 'payload' : 'seed',
       ...(a.seed !== undefined ? { seed: a.seed } : {}),
       ...(a.loras && a.loras.length > 0 ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) } : {}),
+      ...(a.stepCache ? { step_cache: stepCacheHeaderOf(a.stepCache) } : {}),
     },
     payload,
+  };
+}
+
+function stepCacheHeaderOf(c: CudaStepCache): Record<string, number> {
+  return {
+    threshold: c.threshold,
+    ...(c.warmupSteps !== undefined ? { warmup_steps: c.warmupSteps } : {}),
+    ...(c.maxConsecutive !== undefined ? { max_consecutive: c.maxConsecutive } : {}),
   };
 }
 
@@ -115,6 +137,8 @@ export interface CudaProgress {
   step: number;
   steps: number;
   ms: number;
+  /** Jobs with step caching: steps run in full and steps that reused the cached residual, so far. */
+  stepCache?: { full: number; cached: number };
 }
 
 /** See the file header. */
@@ -275,7 +299,13 @@ function num(v: unknown): number {
 }
 
 function progressOf(h: FrameHeader): CudaProgress {
-  return { job: num(h.job), step: num(h.step), steps: num(h.steps), ms: num(h.ms) };
+  return {
+    job: num(h.job),
+    step: num(h.step),
+    steps: num(h.steps),
+    ms: num(h.ms),
+    ...(h.full_steps !== undefined ? { stepCache: { full: num(h.full_steps), cached: num(h.cached_steps) } } : {}),
+  };
 }
 
 /** float32 view of a payload (copied when it is not 4-byte aligned). */

@@ -31,6 +31,7 @@ export {
   type CudaPrecision,
   type CudaPrepareArgs,
   type CudaProgress,
+  type CudaStepCache,
 } from './engine-client.ts';
 export { CudaEngineError, CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
 export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';

@@ -77,6 +77,16 @@ describe('loadConfig', () => {
     expect(loadPipelineSettings({ PORT: 'x', CACHE_DIR: '/c' })).toEqual({ ortSpin: false, cacheDir: '/c' });
   });
 
+  it('reads CUDA_STEP_CACHE as the native engine step-cache threshold (off unless set)', () => {
+    expect(loadConfig({}).cudaStepCache).toBeUndefined();
+    expect(loadConfig({ CUDA_STEP_CACHE: '0.1' }).cudaStepCache).toBe(0.1);
+    expect(loadConfig({ CUDA_STEP_CACHE: '0' }).cudaStepCache).toBe(0);
+    for (const bad of ['-1', 'x', 'Infinity']) {
+      expect(() => loadConfig({ CUDA_STEP_CACHE: bad })).toThrow(ConfigError);
+      expect(() => loadConfig({ CUDA_STEP_CACHE: bad })).toThrow(/CUDA_STEP_CACHE/);
+    }
+  });
+
   it('warms every mode from the start unless WARM_MODES narrows it', () => {
     expect(loadConfig({}).warmModes).toBe('all');
     expect(loadConfig({ WARM_MODES: 'ALL' }).warmModes).toBe('all');

@@ -40,6 +40,14 @@ void true_cfg_combine(float* vel, int B, int64_t per, const float* scale, cudaSt
 // lat = (1 - m) * (s * noise + (1 - s) * x0) + m * lat, fp32 in diffusers' order.
 void inpaint_blend(float* lat, const float* x0, const float* noise, const float* mask, int64_t n, const float* sigmas,
                    const int* step, cudaStream_t st);
+// step_cache.cu: First-Block-Cache (engine.h StepCache). out = a - b (out may alias a or b); y += x; fp32.
+void sub_f32(float* out, const float* a, const float* b, int64_t n, cudaStream_t st);
+void add_f32(float* y, const float* x, int64_t n, cudaStream_t st);
+// Per sample b of B (per values each): sums[2b] = sum|a - r|, sums[2b + 1] = sum|r|, in float64 and a fixed order
+// (deterministic). partial: device scratch [B, kRelPartials, 2] float64; sums: device [B, 2] float64.
+constexpr int kRelPartials = 256;
+void relative_change_sums(const float* a, const float* r, int B, int64_t per, double* partial, double* sums,
+                          cudaStream_t st);
 // out[i, :] = table[ids[i], :] (+ pos[i % seqlen, :] when pos != nullptr); fp32.
 void embed_rows(const float* table, const int* ids, const float* pos, int n, int seqlen, int dim, float* out,
                 cudaStream_t st);
