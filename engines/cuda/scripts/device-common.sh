@@ -19,3 +19,9 @@ device_build() {
   cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFQ_CUDNN_DIR="$CUDNN_DIR" >>"$OUT/build.log" 2>&1 &&
     cmake --build "$2" -j 16 >>"$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -60; return 1; }
 }
+
+# build_engine: the engine beside the calling script ($HERE) into $BUILD, announced in the summary.
+build_engine() {
+  say "build (cuDNN: ${CUDNN_DIR:-none})"
+  device_build "$HERE" "$BUILD"
+}

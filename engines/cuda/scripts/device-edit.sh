@@ -17,8 +17,7 @@ FIX=$(cd "${1:-$ROOT/.device-carry/edit-fixtures}" && pwd) || { echo "no fixture
 MODEL=$ROOT/models/flux-tiny
 LOG=$OUT/summary.txt
 source "$(dirname "$0")/device-common.sh"
-say "build (cuDNN: ${CUDNN_DIR:-none})"
-device_build "$HERE" "$BUILD" || exit 1
+build_engine || exit 1
 rc=0
 ST=$OUT/selftest.txt
 say "selftest f32 + bf16 (diffusers folders), edit cases included"

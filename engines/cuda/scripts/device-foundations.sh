@@ -21,8 +21,7 @@ FIX=${2:-$HERE/../../fixtures}
 MODEL=$ROOT/models/flux-tiny
 LOG=$OUT/summary.txt
 source "$(dirname "$0")/device-common.sh"
-say "build (cuDNN: ${CUDNN_DIR:-none})"
-device_build "$HERE" "$BUILD" || exit 1
+build_engine || exit 1
 rc=0
 ST=$OUT/selftest.txt
 if [[ -n ${FQ_BASELINE:-} && -d $FQ_BASELINE ]]; then

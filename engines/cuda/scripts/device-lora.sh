@@ -23,8 +23,7 @@ BENCH=1
 MODEL=$ROOT/models/flux-tiny
 LOG=$OUT/summary.txt
 source "$(dirname "$0")/device-common.sh"
-say "build (cuDNN: ${CUDNN_DIR:-none})"
-device_build "$HERE" "$BUILD" || exit 1
+build_engine || exit 1
 rc=0
 ST=$OUT/selftest.txt
 say "selftest f32 + bf16 + fp8 (fp8 informational), LoRA cases included"

@@ -18,35 +18,13 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_lora_test import call, factors, recv_any  # noqa: E402
+from protocol_lora_test import call, factors, job_latents, load_frames, step_job  # noqa: E402
 from protocol_test import Engine, read_safetensors  # noqa: E402
 
 
 def control_frames(name, layers, norms, split=1):
     """The lora_load frames of a control LoRA: layers split over `split` frames, the norms in the last one."""
-    chunks = [layers[i::split] for i in range(split)]
-    frames = []
-    for i, chunk in enumerate(chunks):
-        entries, payload = [], b""
-        for layer, a, b, bias in chunk:
-            e = {"layer": layer, "rank": int(a.shape[0]), "in": int(a.shape[1]), "out": int(b.shape[0])}
-            if bias is not None:
-                e["bias"] = True
-            entries.append(e)
-            payload += a.astype(np.float32).tobytes() + b.astype(np.float32).tobytes()
-            if bias is not None:
-                payload += bias.astype(np.float32).tobytes()
-        h = {"op": "lora_load", "name": name, "layers": entries}
-        if i == split - 1 and norms:
-            h["norms"] = [{"norm": n, "dim": int(w.shape[0])} for n, w in norms]
-            for _, w in norms:
-                payload += w.astype(np.float32).tobytes()
-        if i < split - 1:
-            h["more"] = True
-        if i > 0:
-            h["append"] = True
-        frames.append((h, payload))
-    return frames
+    return load_frames(name, layers, split, norms)
 
 
 def main():
@@ -93,17 +71,10 @@ def main():
         return h
 
     def step(job, count=None):
-        eng.send({"op": "step", "job": job, **({"count": count} if count else {})})
-        while True:
-            h, _ = recv_any(eng)
-            assert h["op"] in ("progress", "stepped"), h
-            if h["op"] == "stepped":
-                return h
+        return step_job(eng, job, count)
 
     def latents(job):
-        h, p = call(eng, {"op": "latents", "job": job})
-        assert h["op"] == "latents", h
-        return np.frombuffer(p, dtype=np.float32).copy()
+        return job_latents(eng, job)
 
     def run(loras=None, control=None):
         h = prepare(loras, control)

@@ -33,6 +33,23 @@ def call(eng, header, payload=b""):
     return h, p
 
 
+def step_job(eng, job, count=None):
+    """Runs `count` steps of a job (default: the rest), reading the progress frames; the `stepped` header."""
+    eng.send({"op": "step", "job": job, **({"count": count} if count else {})})
+    while True:
+        h, _ = recv_any(eng)
+        assert h["op"] in ("progress", "stepped"), h
+        if h["op"] == "stepped":
+            return h
+
+
+def job_latents(eng, job):
+    """A job's current latents, float32."""
+    h, p = call(eng, {"op": "latents", "job": job})
+    assert h["op"] == "latents", h
+    return np.frombuffer(p, dtype=np.float32).copy()
+
+
 def factors(path):
     """[(layer, a [r, in], b [out, r], bias or None)] of an engine-factor file."""
     t = read_safetensors(path)
@@ -44,8 +61,9 @@ def factors(path):
     return out
 
 
-def load_frames(name, layers, split=1):
-    """The lora_load frames of one LoRA, its layers split into `split` frames."""
+def load_frames(name, layers, split=1, norms=None):
+    """The lora_load frames of one LoRA, its layers split into `split` frames; a BFL Control LoRA's norm
+    replacements (`norms`: [(name, weight)]) go in the last one."""
     chunks = [layers[i::split] for i in range(split)]
     frames = []
     for i, chunk in enumerate(chunks):
@@ -59,6 +77,10 @@ def load_frames(name, layers, split=1):
             if bias is not None:
                 payload += bias.astype(np.float32).tobytes()
         h = {"op": "lora_load", "name": name, "layers": entries}
+        if i == split - 1 and norms:
+            h["norms"] = [{"norm": n, "dim": int(w.shape[0])} for n, w in norms]
+            for _, w in norms:
+                payload += w.astype(np.float32).tobytes()
         if i < split - 1:
             h["more"] = True
         if i > 0:
@@ -102,17 +124,10 @@ def main():
         return h
 
     def step(job, count=None):
-        eng.send({"op": "step", "job": job, **({"count": count} if count else {})})
-        while True:
-            h, _ = recv_any(eng)
-            assert h["op"] in ("progress", "stepped"), h
-            if h["op"] == "stepped":
-                return h
+        return step_job(eng, job, count)
 
     def latents(job):
-        h, p = call(eng, {"op": "latents", "job": job})
-        assert h["op"] == "latents", h
-        return np.frombuffer(p, dtype=np.float32).copy()
+        return job_latents(eng, job)
 
     def run(loras=None):
         h = prepare(loras)
