@@ -13,17 +13,10 @@
 
 import type { RgbImage } from './executor.ts';
 import { controlPixels } from './flux/control.ts';
+import type { SamplingImageEncoder } from './flux/edit.ts';
 import type { LatentGrid } from './flux/latents.ts';
 import { packLatents } from './flux/latents.ts';
 import { TorchCpuGenerator } from './flux/noise.ts';
-
-/** The engine's `encode` for one image: pixels `[1, 3, H, W]`, normals `[1, 16, H/8, W/8]` → packed `[L, 64]`. */
-export type CudaControlEncoder = (
-  pixels: Float32Array,
-  eps: Float32Array,
-  height: number,
-  width: number,
-) => Promise<Float32Array>;
 
 /** What {@link cudaControlSample} needs. */
 export interface CudaControlInput {
@@ -34,7 +27,8 @@ export interface CudaControlInput {
   width: number;
   /** Latent channels of the VAE (16). */
   latentChannels: number;
-  encode: CudaControlEncoder;
+  /** The engine's `encode` for one image: pixels `[1, 3, H, W]`, normals `[1, 16, H/8, W/8]` → packed `[L, 64]`. */
+  encode: SamplingImageEncoder;
   /** Explicit packed starting latents `[L, 64]`; when absent they are drawn after ε from the same generator. */
   latents?: ArrayLike<number>;
 }

@@ -38,14 +38,7 @@ function readMultipart(req: IncomingMessage, maxFileBytes: number): Promise<Reco
     try {
       bb = busboy({ headers: req.headers, limits: { fileSize: maxFileBytes, files: 4, fields: 50 } });
     } catch (err) {
-      reject(
-        new HttpError(
-          400,
-          `Malformed multipart body: ${(err as Error).message}`,
-          'invalid_request_error',
-          'invalid_multipart',
-        ),
-      );
+      reject(malformed(err));
       return;
     }
     const body: Record<string, unknown> = {};
@@ -80,19 +73,20 @@ function readMultipart(req: IncomingMessage, maxFileBytes: number): Promise<Reco
         }),
       );
     });
-    bb.on('error', (err) =>
-      reject(
-        new HttpError(
-          400,
-          `Malformed multipart body: ${(err as Error).message}`,
-          'invalid_request_error',
-          'invalid_multipart',
-        ),
-      ),
-    );
+    bb.on('error', (err) => reject(malformed(err)));
     bb.on('close', () => {
       Promise.all(files).then(() => (failed ? reject(failed) : resolve(body)), reject);
     });
     req.pipe(bb);
   });
+}
+
+/** A body busboy cannot parse (bad boundary, truncated parts): 400 `invalid_multipart`. */
+function malformed(err: unknown): HttpError {
+  return new HttpError(
+    400,
+    `Malformed multipart body: ${(err as Error).message}`,
+    'invalid_request_error',
+    'invalid_multipart',
+  );
 }
