@@ -90,6 +90,15 @@ if (modes[0] !== 'original') log('note: original is not the first mode, so PSNR/
 const captions = sampleCaptions(settings.prompts, settings.promptSeed);
 
 type Accuracy = ReturnType<typeof accuracy>;
+
+/**
+ * The step cache's row from the mean full steps per image. Rounded: the result file's (and the models query's) step
+ * counts are whole steps; the exact mean rides along.
+ */
+function stepCacheRow(threshold: number, fullStepsMean: number) {
+  const fullSteps = Math.round(fullStepsMean);
+  return { threshold, fullSteps, cachedSteps: settings.steps - fullSteps, fullStepsMean };
+}
 interface ModeRow {
   mode: string;
   accuracy: Accuracy;
@@ -175,14 +184,7 @@ try {
       medianMs: median(times),
       plan: planSummary(engine.manifest),
       stepCache: cache
-        ? {
-            threshold: cache.settings.threshold,
-            // Per image, rounded: the result file's (and the models query's) step counts are whole steps; the
-            // exact mean over the prompts rides along.
-            fullSteps: Math.round((cache.stats.full - before.full) / captions.length),
-            cachedSteps: settings.steps - Math.round((cache.stats.full - before.full) / captions.length),
-            fullStepsMean: (cache.stats.full - before.full) / captions.length,
-          }
+        ? stepCacheRow(cache.settings.threshold, (cache.stats.full - before.full) / captions.length)
         : null,
       perPrompt,
     };
@@ -253,9 +255,10 @@ const report = {
   targets: checks,
   rows,
 };
-writeFileSync(`${stem}.json`, `${JSON.stringify(report, null, 2)}\n`);
+// The charts folder lies inside --out: making it makes a fresh --out folder too.
 const charts = join(resolve(values.out), 'charts');
 mkdirSync(charts, { recursive: true });
+writeFileSync(`${stem}.json`, `${JSON.stringify(report, null, 2)}\n`);
 const chartStem = join(charts, `quality-${model}`);
 /** One labelled point per mode over mean latency; `series` colours the points (Vega-Lite, rendered by bench/lib/charts.ts). */
 const pointsOverLatency = (
