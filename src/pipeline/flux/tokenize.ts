@@ -199,12 +199,13 @@ async function createFluxTokenizers(paths: FluxTokenizerPaths): Promise<FluxToke
     loadPadded(paths.clip, buildClipTokenizerJson),
     loadPadded(paths.t5, undefined),
   ]);
+  const defaultT5Length = Math.min(DIFFUSERS_T5_LENGTH, t5.maxLength);
   return {
     clipLength: clip.maxLength,
     t5MaxLength: t5.maxLength,
     encodeClip: (prompts) => clip.encodeBatch(checkPrompts(prompts), clip.maxLength),
-    defaultT5Length: Math.min(DIFFUSERS_T5_LENGTH, t5.maxLength),
-    encodeT5: (prompts, maxSequenceLength = Math.min(DIFFUSERS_T5_LENGTH, t5.maxLength)) => {
+    defaultT5Length,
+    encodeT5: (prompts, maxSequenceLength = defaultT5Length) => {
       if (!Number.isInteger(maxSequenceLength) || maxSequenceLength < 1 || maxSequenceLength > t5.maxLength) {
         throw new TokenizerError(
           `maxSequenceLength must be an integer in 1…${t5.maxLength}, got ${maxSequenceLength}`,
