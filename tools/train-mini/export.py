@@ -102,7 +102,9 @@ def export(run_dir, out_dir, use_ema=True, dtype="BF16"):
         shutil.rmtree(t5dir, ignore_errors=True)
         os.makedirs(t5dir)
         shutil.copy2(os.path.join(TINY_DIR, "text_encoder_2", "config.json"), t5dir)
-        files += write_weights({k: v.float() for k, v in ck["ema_t5"].items()}, t5dir, "model", dtype)
+        # float32 like flux-tiny's T5 (4 MB): the trained T5's caption states differ by little (pairwise cosine
+        # up to 0.993 over 64 captions on the 2026-12-06 runs), so bf16 rounding of its weights is avoided.
+        files += write_weights({k: v.float() for k, v in ck["ema_t5"].items()}, t5dir, "model", "F32")
     total = 0
     for root, _, names in os.walk(out_dir):
         total += sum(os.path.getsize(os.path.join(root, n)) for n in names)

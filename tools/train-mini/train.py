@@ -61,6 +61,9 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=128, help="transformer batch at 256x256 (scaled per bucket)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--cosine", action="store_true",
+                    help="decay the transformer's lr along a cosine to 10%% of --lr over the --dit-minutes budget "
+                         "(a final low-lr pass: a constant lr left some samples broken)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--ckpt-seconds", type=float, default=60.0)
     ap.add_argument("--log-every", type=int, default=25)
@@ -399,7 +402,11 @@ def main(argv=None):
         pm, pl, pr = pools[side]
         r = max(1, int(round(a.pool_refresh * bs)))
         idx, rows = subset_idx(gen, r)
-        at = torch.randint(0, len(pr), (r,), generator=gen).to(dev)
+        # Distinct slots: with repeated indices an indexed write keeps an unspecified source per element on CUDA,
+        # so one slot became an element-wise mix of two images (striped latents) under a third caption's row.
+        # That corrupted ~3% of the pool and the samples broke more the longer the pool was used (runs 3-4 of
+        # 2026-12-06, tools/train-mini/README.md).
+        at = torch.randperm(len(pr), generator=gen)[:r].to(dev)
         pm[at], pl[at] = encode(idx, side, gen)
         pr[at] = rows.to(dev)
         pick = torch.randint(0, len(pr), (bs,), generator=gen).to(dev)
@@ -432,6 +439,8 @@ def main(argv=None):
         if side not in rope_cache:
             rope_cache[side] = fm.rope_tables(torch.cat([txt_ids, fm.img_ids(h, w, dev)], 0), dit.axes)
         lr = a.lr * min(1.0, (k - S["warm_from"] + 1) / max(1, a.warmup))
+        if a.cosine:
+            lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, S["dit_seconds"] / dit_budget)))
         for g_ in dopt.param_groups:
             g_["lr"] = lr
         rows_d = rows.to(dev)
