@@ -13,7 +13,7 @@
  *   ORT (diffusers-folder) pixels;
  * - the real server, `node bin/fluxql.js serve --engine cuda` per precision (FLUXQL_CUDA_PRECISIONS, default
  *   `f32,bf16`): `models` (GPU name, benchmark rows), a GraphQL `generateImage` followed over graphql-ws
- *   `jobProgress` (every step event, then two PNGs of the requested size, within 2/255 of ORT for f32 and 8/255 for
+ *   `jobProgress` (every step event, then two PNGs of the requested size, within 2/255 of ORT for f32 and 12/255 for
  *   bf16), and a request after killing the engine.
  *
  * Needs the built engine (CUDA_ENGINE_BIN, default engines/cuda/build/fluxql-engine) and an NVIDIA GPU: otherwise
@@ -472,7 +472,8 @@ async function fetchRgb(imageUrl: string) {
 function serverSuite(precision: string): Suite {
   let server: Server;
   let client: Client;
-  const tolerance = precision === 'f32' ? 2 : 8;
+  // bf16: 12/255; a bf16 VAE decode alone is up to 9.7/255 off the f32 image (engines/cuda/tests/bf16_decode_bound.py).
+  const tolerance = precision === 'f32' ? 2 : 12;
   return {
     name: `fluxql serve --engine cuda (${precision})`,
     async before() {

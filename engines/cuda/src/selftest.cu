@@ -375,7 +375,9 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
   fprintf(stderr, "[selftest] %s: model loaded in %.0f ms\n", dname(dt), load_ms);
   const bool f32 = dt == DType::F32;
   // fp8 has no acceptance target yet: its rows are informational, against the bf16 limits.
-  const double tol = f32 ? 1e-4 : 2e-2, img_tol = (f32 ? 2.0 : 8.0) / 255.0;
+  // bf16 images: 12/255. A bf16 VAE decoder alone, given the reference's exact final latents, is up to 9.7/255 off
+  // the f32 reference on these cases (tests/bf16_decode_bound.py), so 8/255 could not hold for every content.
+  const double tol = f32 ? 1e-4 : 2e-2, img_tol = (f32 ? 2.0 : 12.0) / 255.0;
   const bool req = !fp8;
   Ctx c = e.ctx();
   const std::string rdt = e.precision();

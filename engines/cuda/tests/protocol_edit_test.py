@@ -81,7 +81,8 @@ def main():
     ed = f"{fx}/edit"
     index = {c["name"]: c for c in json.load(open(f"{ed}/edit_index.json"))["cases"]}
     toks = json.load(open(f"{ed}/edit_tokens.json"))
-    lat_tol, img_tol = (1e-4, 2) if precision == "f32" else (2e-2, 8)
+    # bf16 images 12/255: a bf16 VAE decode of the exact reference latents is up to 9.7/255 off (bf16_decode_bound.py)
+    lat_tol, img_tol = (1e-4, 2) if precision == "f32" else (2e-2, 12)
     eng = Engine(exe)
     eng.send({"op": "load", "model": model, "precision": precision})
     assert eng.recv()[0]["op"] == "loaded"

@@ -111,7 +111,8 @@ def main():
     eng.send({"op": "quit"})
     assert eng.recv()[0]["op"] == "bye"
     eng.p.wait(timeout=30)
-    lat_tol, img_tol = (1e-4, 2) if precision == "f32" else (2e-2, 8)
+    # bf16 images 12/255: a bf16 VAE decode of the exact reference latents is up to 9.7/255 off (bf16_decode_bound.py)
+    lat_tol, img_tol = (1e-4, 2) if precision == "f32" else (2e-2, 12)
     ok = rel <= lat_tol and max_abs <= img_tol
     print(json.dumps({"case": f"protocol {case['file']}", "precision": precision, "progress_frames": len(progress),
                       "latents_rel_err": rel, "image_max_abs_of_255": max_abs, "pass": ok}))
