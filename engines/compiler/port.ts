@@ -5,14 +5,11 @@
  * `src/shared/` and the runtime's public API, so the port's interface is checked where the roots pass this in.
  */
 import type { FluxTransformerConfig } from '../../src/shared/vocabulary/transformer-config.ts';
-import {
-  COMPILER_VERSION,
-  compileEngine,
-  compileVaeEncoder,
-  measureLayers,
-  type PlannerInput,
-  planModes,
-} from './index.ts';
+// compile.ts only: the planner's measurements run ONNX Runtime (planner/measure.ts imports the runtime), so the
+// planner is imported when a plan is asked for. A process that never plans (`fluxql serve --engine cuda`, whose
+// GPU machines get no onnxruntime-node native library) then never loads ONNX Runtime.
+import { COMPILER_VERSION, compileEngine, compileVaeEncoder } from './compile.ts';
+import type { PlannerInput } from './planner/plan.ts';
 
 type PlanRequest = Omit<PlannerInput, 'weights' | 'config'> & {
   transformer: { config: unknown; open(): PlannerInput['weights'] & { close(): void } };
@@ -26,6 +23,7 @@ export const engineCompiler = {
   compileVaeEncoder,
   /** Measures every layer of the transformer once, then plans each budget from the measurements. */
   async planModes({ transformer, budgets, ...rest }: PlanRequest) {
+    const { measureLayers, planModes } = await import('./planner/plan.ts');
     const weights = transformer.open();
     try {
       const input: PlannerInput = { ...rest, weights, config: transformer.config as FluxTransformerConfig };

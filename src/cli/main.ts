@@ -7,13 +7,19 @@ import { Command, Option } from 'commander';
 import type { EngineCompilerPort } from '../pipeline/flux/compiler-port.ts';
 import { PACKAGE_VERSION } from '../shared/package-root.ts';
 import { EXECUTION_PROVIDERS, MODE_NAMES, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
-import { runCompile } from './compile-command.ts';
-import { runConformance } from './conformance-command.ts';
 import { DEFAULT_FIXTURES_DIR, DEFAULT_MODEL_DIR } from './defaults.ts';
 import { formatEnvHelp } from './env-help.ts';
 import { exitWithError } from './errors.ts';
-import { runGenerate } from './generate-command.ts';
 import { runServe } from './serve-command.ts';
+
+// generate, conformance and compile run the ONNX pipeline: imported when one of them runs, so that `serve --engine
+// cuda` never loads ONNX Runtime (its native library need not exist on a GPU machine; engines/cuda/scripts/pack-node.sh).
+const runGenerate = async (...a: Parameters<typeof import('./generate-command.ts').runGenerate>) =>
+  (await import('./generate-command.ts')).runGenerate(...a);
+const runConformance = async (...a: Parameters<typeof import('./conformance-command.ts').runConformance>) =>
+  (await import('./conformance-command.ts')).runConformance(...a);
+const runCompile = async (...a: Parameters<typeof import('./compile-command.ts').runCompile>) =>
+  (await import('./compile-command.ts')).runCompile(...a);
 
 /** What the entry point hands the commands. */
 export interface CliDeps {

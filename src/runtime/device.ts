@@ -5,8 +5,8 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import ort from 'onnxruntime-node';
 import { EXECUTION_PROVIDERS, type ExecutionProvider } from '../shared/vocabulary/index.ts';
+import { ort } from './ort.ts';
 
 export { EXECUTION_PROVIDERS, type ExecutionProvider };
 
@@ -33,7 +33,7 @@ export function parseProvider(name: string): ExecutionProvider {
  */
 export function installedProviders(): string[] {
   const bindingDir = join(dirname(createRequire(import.meta.url).resolve('onnxruntime-node')), '..', 'bin');
-  return ort
+  return ort()
     .listSupportedBackends()
     .filter((b) => b.bundled || providerLibraryPresent(bindingDir, b.name))
     .map((b) => b.name);

@@ -2,8 +2,9 @@
  * @file ONNX Runtime sessions: created once per compiled component and reused for every run. ORT errors are rewrapped
  * with the component and the input shapes, since ORT's own messages name neither.
  */
-import ort from 'onnxruntime-node';
+import type Ort from 'onnxruntime-node';
 import { assertProviderInstalled, type ExecutionProvider } from './device.ts';
+import { ort } from './ort.ts';
 
 /** A float32 / int64 tensor crossing the runtime boundary: plain typed array plus shape. */
 export interface HostTensor {
@@ -36,7 +37,7 @@ export class Session {
   private constructor(
     readonly component: string,
     readonly modelPath: string,
-    private readonly session: ort.InferenceSession,
+    private readonly session: Ort.InferenceSession,
   ) {}
 
   /** Loads `modelPath` (its external data is resolved beside it). */
@@ -44,7 +45,7 @@ export class Session {
     const provider = options.provider ?? 'cpu';
     assertProviderInstalled(provider);
     try {
-      const session = await ort.InferenceSession.create(modelPath, {
+      const session = await ort().InferenceSession.create(modelPath, {
         executionProviders: [provider],
         graphOptimizationLevel: options.graphOptimization ?? 'all',
         // ORT's arena keeps the largest buffers a run needed for the next runs (no page faults). Kept on: measured on
@@ -77,9 +78,9 @@ export class Session {
 
   /** Runs the graph; returns every output as a host tensor. */
   async run(feeds: Record<string, HostTensor>): Promise<Record<string, HostTensor>> {
-    const ortFeeds: Record<string, ort.Tensor> = {};
+    const ortFeeds: Record<string, Ort.Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
-    let result: ort.InferenceSession.ReturnType;
+    let result: Ort.InferenceSession.ReturnType;
     try {
       result = await this.session.run(ortFeeds);
     } catch (err) {
@@ -103,7 +104,7 @@ export class Session {
   }
 }
 
-function toOrt(t: HostTensor): ort.Tensor {
+function toOrt(t: HostTensor): Ort.Tensor {
   const d = t.data;
   const type =
     d instanceof Float32Array
@@ -113,5 +114,5 @@ function toOrt(t: HostTensor): ort.Tensor {
         : d instanceof Int32Array
           ? 'int32'
           : 'uint8';
-  return new ort.Tensor(type, d, t.dims as number[]);
+  return new (ort().Tensor)(type, d, t.dims as number[]);
 }

@@ -77,28 +77,52 @@ const WIDTH = 96;
 const HEIGHT = 64;
 const STEPS = 4;
 
-/** ONNX Runtime reference images (CPU) for SEED and SEED + 1: a server job's images 0 and 1. */
+/** The ONNX Runtime reference generation: the server jobs' images 0 and 1 must match it. */
+export const ORT_REFERENCE_CASE = {
+  prompt: PROMPT,
+  seeds: [SEED, SEED + 1],
+  width: WIDTH,
+  height: HEIGHT,
+  steps: STEPS,
+};
+
+/** ONNX Runtime reference images (CPU) for SEED and SEED + 1, RGB8 [HEIGHT, WIDTH, 3] each. */
+export async function computeOrtReference(): Promise<Uint8Array[]> {
+  // Imported here: only these checks need onnxruntime-node.
+  const { FluxPipeline } = await import('../../src/pipeline/flux/pipeline.ts');
+  const cacheDir = await mkdtemp(join(tmpdir(), 'fluxql-ort-cache-'));
+  const pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { compiler: engineCompiler, cacheDir });
+  try {
+    const r = await pipe.generate({
+      prompts: [PROMPT, PROMPT],
+      seed: [SEED, SEED + 1],
+      width: WIDTH,
+      height: HEIGHT,
+      steps: STEPS,
+    });
+    return r.images.map((im) => im.data);
+  } finally {
+    await pipe.close();
+    await rm(cacheDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The reference from FLUXQL_ORT_REFERENCE when set: the same images made beforehand by
+ * `test/gpu/write-ort-reference.ts` on a machine with ONNX Runtime. The GPU machines' Node bundle leaves ONNX
+ * Runtime's native library out to fit the device tool's 64 MiB (engines/cuda/scripts/pack-node.sh).
+ */
+function readOrtReference(file: string): Uint8Array[] {
+  const ref = JSON.parse(readFileSync(file, 'utf8')) as { case: unknown; model: string; images: string[] };
+  assert.deepEqual(ref.case, ORT_REFERENCE_CASE, `${file} was made for another generation`);
+  assert.equal(ref.model, basename(MODEL_DIR), `${file} was made with another model`);
+  return ref.images.map((b64) => new Uint8Array(Buffer.from(b64, 'base64')));
+}
+
 let ortImages: Promise<Uint8Array[]> | undefined;
 function ortReference(): Promise<Uint8Array[]> {
-  ortImages ??= (async () => {
-    // Imported here: only these checks need onnxruntime-node.
-    const { FluxPipeline } = await import('../../src/pipeline/flux/pipeline.ts');
-    const cacheDir = await mkdtemp(join(tmpdir(), 'fluxql-ort-cache-'));
-    const pipe = await FluxPipeline.fromPretrained(MODEL_DIR, { compiler: engineCompiler, cacheDir });
-    try {
-      const r = await pipe.generate({
-        prompts: [PROMPT, PROMPT],
-        seed: [SEED, SEED + 1],
-        width: WIDTH,
-        height: HEIGHT,
-        steps: STEPS,
-      });
-      return r.images.map((im) => im.data);
-    } finally {
-      await pipe.close();
-      await rm(cacheDir, { recursive: true, force: true });
-    }
-  })();
+  const file = process.env.FLUXQL_ORT_REFERENCE;
+  ortImages ??= file ? Promise.resolve(readOrtReference(file)) : computeOrtReference();
   return ortImages;
 }
 

@@ -64,6 +64,8 @@ if [[ $MODE == server ]]; then
   # shellcheck disable=SC1091
   source .device-carry/activate.sh || exit 1
   export CUDA_ENGINE_BIN=$ENGINE FLUXQL_GPU_REPORT=$OUT/gpu-report.jsonl
+  # The carried Node bundle has no ONNX Runtime native library: ORT's reference images come made (pack-node.sh).
+  export FLUXQL_ORT_REFERENCE=$ROOT/.device-carry/ort-reference.json
   node --import tsx --test-reporter=spec test/gpu/run-node.ts 2>&1 | tee "$OUT/gpu-tests.txt"
   r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && rc=$r
   OUT=$OUT/curl bash engines/cuda/scripts/server-check.sh 2>&1 | tee "$OUT/server-check.txt"

@@ -3,8 +3,10 @@
 # (which has no Node), small enough to travel with the working tree (the device tool takes 64 MiB in all):
 # a stripped Node binary; `npm ci --omit=dev` in a temporary folder (the repository's own node_modules is not
 # touched) plus tsx (a dev dependency; the checks run the sources), without the Redis packages (bullmq, ioredis: scale-out roles only, imported lazily) and without vitest
-# (the GPU checks run under node:test there); only onnxruntime-node's linux-x64 binaries; no type declarations,
-# source maps or docs. Needs the registry (run it here, not on the GPU machine).
+# (the GPU checks run under node:test there); without onnxruntime-node's native binaries (45 MB: `serve --engine
+# cuda` never loads ONNX Runtime, src/runtime/ort.ts; the checks read ORT's reference images from
+# ort-reference.json, made here by test/gpu/write-ort-reference.ts); no type declarations, source maps or docs.
+# Needs the registry (run it here, not on the GPU machine).
 #   engines/cuda/scripts/pack-node.sh        then carry [".device-carry"] and `source .device-carry/activate.sh`
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
@@ -26,11 +28,11 @@ mkdir -p "$out"
 strip -o "$tmp/node" "$(readlink -f "$(command -v node)")"
 xz -T2 -9e -c "$tmp/node" >"$out/node.xz"
 tar -C "$tmp" -cf - \
-  --exclude='node_modules/onnxruntime-node/bin/napi-v*/win32' --exclude='node_modules/onnxruntime-node/bin/napi-v*/darwin' \
-  --exclude='node_modules/onnxruntime-node/bin/napi-v*/linux/arm64' --exclude='node_modules/onnx-proto/node_modules/protobufjs/cli' \
+  --exclude='node_modules/onnxruntime-node/bin' --exclude='node_modules/onnx-proto/node_modules/protobufjs/cli' \
   --exclude='node_modules/@types' --exclude='node_modules/.package-lock.json' \
   --exclude='*.d.ts' --exclude='*.d.mts' --exclude='*.d.cts' --exclude='*.map' --exclude='*.md' \
   node_modules | xz -T2 -9e >"$out/node_modules.tar.xz"
+(cd "$root" && node --import tsx test/gpu/write-ort-reference.ts "$out/ort-reference.json")
 cat >"$out/activate.sh" <<'ACT'
 # Unpacks Node.js and node_modules on the GPU machine; run from the repository root with `source`.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,0 +1,79 @@
+/**
+ * `fluxql serve --engine cuda` starts and serves without ONNX Runtime: the GPU machines get a Node bundle without
+ * its 45 MB native library (engines/cuda/scripts/pack-node.sh), and a CUDA deployment never runs an ONNX session.
+ * A real server process on the fake engine (test/helpers/fake-cuda-engine.mjs), with a preload that makes loading
+ * onnxruntime-node throw; the same preload stops `fluxql generate` (ONNX) with that error, so the block is real.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FAKE_CUDA_ENGINE } from '../helpers/fake-cuda-engine-log.ts';
+import { REPO_ROOT } from '../helpers/paths.ts';
+import { eventually } from '../helpers/test-server.ts';
+
+const BLOCK = resolve(REPO_ROOT, 'test/fixtures/no-ort/block-ort.cjs');
+const CLI = resolve(REPO_ROOT, 'bin/fluxql.js');
+let proc: ChildProcess | undefined;
+let dir: string | undefined;
+
+afterAll(async () => {
+  if (proc && proc.exitCode === null) {
+    const exited = new Promise((r) => proc?.once('exit', r));
+    proc.kill('SIGTERM');
+    await exited;
+  }
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe('serve --engine cuda without onnxruntime-node', () => {
+  it('starts, answers GraphQL and reports the engine', { timeout: 60_000 }, async () => {
+    dir = await mkdtemp(join(tmpdir(), 'fluxql-no-ort-'));
+    let out = '';
+    proc = spawn(process.execPath, ['--require', BLOCK, CLI, 'serve', '--engine', 'cuda'], {
+      cwd: REPO_ROOT,
+      env: {
+        ...process.env,
+        MODEL_REPO: resolve(REPO_ROOT, 'models/flux-tiny'),
+        CUDA_ENGINE_BIN: FAKE_CUDA_ENGINE,
+        PORT: '0',
+        HOST: '127.0.0.1',
+        IMAGE_DIR: dir,
+        LOG_LEVEL: 'info',
+        LOG_PRETTY: '',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    proc.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    proc.stderr?.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    const url = await eventually(() => {
+      expect(out).not.toContain('onnxruntime-node is blocked');
+      const m = /serving .* on engine cuda at (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      expect(m).not.toBeNull();
+      return (m as RegExpExecArray)[1] as string;
+    });
+    const res = await fetch(`${url}/graphql`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ query: '{ models { id device } }' }),
+    });
+    const body = (await res.json()) as { data?: { models: { id: string; device: string }[] } };
+    expect(body.data?.models[0]?.device).toContain('fake');
+    expect(out).not.toContain('onnxruntime-node is blocked');
+  });
+
+  it('the same preload stops the ONNX pipeline (the block works)', { timeout: 60_000 }, () => {
+    const r = spawnSync(
+      process.execPath,
+      ['--require', BLOCK, CLI, 'generate', '--prompt', 'x', '--model', 'models/flux-tiny', '--size', '64x64'],
+      { cwd: REPO_ROOT, encoding: 'utf8', timeout: 50_000, env: { ...process.env, FLUXQL_FROM_SOURCE: '1' } },
+    );
+    expect(r.status).not.toBe(0);
+    expect(`${r.stdout}${r.stderr}`).toContain('onnxruntime-node is blocked');
+  });
+});
