@@ -48,8 +48,13 @@ void Engine::make_loras() {
   loras = std::make_unique<LoraRegistry>(flux->linears(), lora_max_bytes, st, flux->norm_slots());
 }
 
+void Engine::make_plans() {
+  plans = std::make_unique<PlanRegistry>(plan, flux->linears(), fixed_layers, st);
+}
+
 Engine::~Engine() {
   loras.reset();  // before the Linears it points into
+  plans.reset();
   clip.reset();
   t5.reset();
   flux.reset();
@@ -113,11 +118,13 @@ void Engine::load_components(std::array<Component, 4>& parts) {
   // finish(), which fails on a checkpoint tensor the model did not read, except those the engine never needs.
   {
     WeightLoader L(parts[0].files.get(), weights, 1, st, plan, "text_encoder");
+    L.log = &fixed_layers;
     clip = std::make_unique<ClipText>(cfg.clip, L);
     L.finish({"*position_ids"});  // a buffer some CLIP exports keep
   }
   {
     WeightLoader L(parts[1].files.get(), weights, 2, st, plan, "text_encoder_2");
+    L.log = &fixed_layers;
     t5 = std::make_unique<T5Encoder>(cfg.t5, L);
     L.finish({"encoder.embed_tokens.weight"});  // tied to shared.weight, which is read when present
   }
@@ -131,6 +138,7 @@ void Engine::load_components(std::array<Component, 4>& parts) {
   // so a tensor neither reads still fails the load.
   {
     WeightLoader L(parts[3].files.get(), weights, 4, st, plan, "vae");
+    L.log = &fixed_layers;
     vae = std::make_unique<VaeDecoder>(cfg.vae, L);
     L.finish({"encoder.*", "quant_conv.*", "post_quant_conv.*"});
   }
@@ -146,16 +154,19 @@ void Engine::load_components(std::array<Component, 4>& parts) {
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
   make_loras();
+  make_plans();
 }
 
 void Engine::load_synthetic(uint64_t seed) {
   cfg = flux_dev_config();
   {
     WeightLoader L(nullptr, weights, seed, st, plan, "text_encoder");
+    L.log = &fixed_layers;
     clip = std::make_unique<ClipText>(cfg.clip, L);
   }
   {
     WeightLoader L(nullptr, weights, seed + 1, st, plan, "text_encoder_2");
+    L.log = &fixed_layers;
     t5 = std::make_unique<T5Encoder>(cfg.t5, L);
   }
   {
@@ -164,6 +175,7 @@ void Engine::load_synthetic(uint64_t seed) {
   }
   {
     WeightLoader L(nullptr, weights, seed + 3, st, plan, "vae");
+    L.log = &fixed_layers;
     vae = std::make_unique<VaeDecoder>(cfg.vae, L);
   }
   {
@@ -173,6 +185,7 @@ void Engine::load_synthetic(uint64_t seed) {
   }
   CUDA_CHECK(cudaStreamSynchronize(st));
   make_loras();
+  make_plans();
 }
 
 int Engine::epoch() const { return scratch.generation() * 4096 + cudnn.workspace_generation(); }
@@ -201,6 +214,9 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   const bool inpaint = !r.image_latents.empty() || !r.noise.empty() || !r.mask.empty();
   if (inpaint && (int64_t(r.image_latents.size()) != n || int64_t(r.noise.size()) != n || int64_t(r.mask.size()) != n))
     throw std::runtime_error("inpainting needs image_latents, noise and mask, each [B, (H/16)(W/16), 64]");
+  // The job's precision plan: a name given at load, or the base (unknown names are refused before anything else).
+  if (!r.plan.empty() && !plans) throw std::runtime_error("unknown plan '" + r.plan + "' (no model loaded)");
+  j->plan = plans ? plans->find(r.plan) : nullptr;
   // The job's LoRA set (built once per distinct set, then cached) and active for everything prepare enqueues: the
   // conditioning GEMMs (time/guidance/text embedders, every block's modulation) are LoRA targets too.
   j->adapters = loras ? loras->select(r.loras) : nullptr;
@@ -213,6 +229,14 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     throw LoraFail("bad_argument", "the LoRA set holds a BFL Control LoRA: prepare needs control latents [B, L, 64]");
   if (!ctrl_ch && !r.control.empty())
     throw LoraFail("bad_argument", "control latents need a BFL Control LoRA in the job's LoRA set");
+  // The job's precision plan, swapped in for everything prepare enqueues, as the LoRA set is: the conditioning
+  // GEMMs and the planning forward run in it.
+  PlanScope plan_scope(plans.get(), j->plan);
+  if (ctrl_ch)
+    for (auto& [l, a] : j->adapters->layers)
+      if (a.in > l->in && l->wt == DType::FP8)
+        throw LoraFail("unsupported", "a BFL Control LoRA needs a bf16 x_embedder; plan '" + r.plan + "' makes " +
+                                          l->name + " fp8", {l->name});
   AdapterScope lora_scope(loras.get(), j->adapters.get());
   auto f32 = [&](size_t k) { return static_cast<float*>(j->mem.alloc(k * 4)); };
   auto put = [&](const std::vector<float>& h) {
@@ -298,8 +322,9 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   // The first job of a geometry plans the step here: one transformer forward (its outputs are discarded: the latents
   // and the step index are untouched) picks and times the GEMM algorithms and builds the cuDNN plans and workspace,
   // so every step, the first included, can be captured without allocating or synchronising.
-  // A LoRA set adds GEMM shapes (its padded ranks) and scratch: it is part of the planning key.
-  auto geo = std::make_tuple(TB, j->L, T, j->adapters ? j->adapters->signature : size_t(0));
+  // A LoRA set adds GEMM shapes (its padded ranks) and scratch, a precision plan other GEMM types (fp8 plans and
+  // scales) and its quantising scratch: both are part of the planning key.
+  auto geo = std::make_tuple(TB, j->L, T, j->adapters ? j->adapters->signature : size_t(0), j->plan ? j->plan->id : 0);
   if (!planned_.count(geo)) {
     flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
     planned_.insert(geo);
@@ -313,6 +338,7 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
 // True CFG: the negative half of the latents is refreshed from the positive half first, and the velocities are
 // combined before the update. Inpainting: the blend after the update reads the advanced index (the next sigma).
 void Engine::step_eager(Job& j) {
+  PlanScope plan_scope(plans.get(), j.plan);
   AdapterScope lora_scope(loras.get(), j.adapters.get());
   Ctx c = ctx();
   const int B = j.req.batch;
@@ -399,6 +425,7 @@ void Engine::step(Job& j) {
 // Step caching (engine.h StepCache). Why three graphs and a host decision rather than one graph with a conditional
 // node: NOTES.md session 9.
 void Engine::cache_head(Job& j) {
+  PlanScope plan_scope(plans.get(), j.plan);
   AdapterScope lora_scope(loras.get(), j.adapters.get());
   Ctx c = ctx();
   StepCache& sc = *j.cache;
@@ -411,6 +438,7 @@ void Engine::cache_head(Job& j) {
 }
 
 void Engine::cache_tail(Job& j) {
+  PlanScope plan_scope(plans.get(), j.plan);
   AdapterScope lora_scope(loras.get(), j.adapters.get());
   Ctx c = ctx();
   StepCache& sc = *j.cache;
@@ -423,6 +451,7 @@ void Engine::cache_tail(Job& j) {
 }
 
 void Engine::cache_reuse(Job& j) {
+  PlanScope plan_scope(plans.get(), j.plan);
   AdapterScope lora_scope(loras.get(), j.adapters.get());
   Ctx c = ctx();
   StepCache& sc = *j.cache;

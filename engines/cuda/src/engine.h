@@ -12,6 +12,7 @@
 #include "encoders.h"
 #include "flux.h"
 #include "lora.h"
+#include "plan_variants.h"
 #include "precision_plan.h"
 #include "vae.h"
 
@@ -48,6 +49,8 @@ struct Request {
   bool step_cache = false;
   float cache_threshold = 0;  // relative L1 change below which a step reuses the cached residual
   int cache_warmup = 1, cache_max_consecutive = 1;  // first steps always full; cached steps in a row at most
+  // The job's precision plan: a name given at load (`plans`), or empty for the base plan.
+  std::string plan;
   int text_batch() const { return cfg_scale.empty() ? batch : 2 * batch; }
 };
 
@@ -102,6 +105,9 @@ struct Job {
   // The job's LoRA set (null: none). Active while the job's work is enqueued (prepare, eager or captured steps), so
   // its captured step bakes the set's pointers in; held here so they stay valid until the job is released.
   std::shared_ptr<const AdapterSet> adapters;
+  // The job's precision plan (null: the base): swapped into the Linears while the job's work is enqueued, like the
+  // adapters (plan_variants.h); the registry owns it for the engine's life.
+  const PlanVariant* plan = nullptr;
   StepGraph graph;
   int replays = 0;  // steps run by graph replay
   std::unique_ptr<StepCache> cache;  // step caching, or null (off: the step is one graph, as before)
@@ -142,6 +148,10 @@ class Engine {
 
   void load_components(std::array<Component, 4>& parts);
   void make_loras();
+  void make_plans();
+  // Per-job precision plans (load's `plans`): the named plans' alternate weights, made once from the loaded ones.
+  // @throws std::runtime_error for a plan that is not supported (plan_variants.h)
+  void add_plan(const std::string& name, const PrecisionPlan& p) { plans->add(name, p); }
   void step_eager(Job& j);
   bool capture_step(Job& j);
   // Records `enqueue` into g (false, with g.failed set, when capture fails: the caller runs it eagerly).
@@ -167,8 +177,12 @@ class Engine {
   // LoRA adapters of the transformer (lora.h); made at load, bounded by lora_max_bytes.
   std::unique_ptr<LoraRegistry> loras;
   size_t lora_max_bytes = 0;  // set before load: FQ_LORA_MAX_MB (default 4096) or the load request's lora_max_mb
-  // (B, L, T, LoRA set signature) whose GEMM plans, tuning, scratch and cuDNN plans exist
-  std::set<std::tuple<int, int, int, size_t>> planned_;  // (B, L, T) whose GEMM plans, tuning and cuDNN plans exist  // bf16 and cuDNN's SDPA available, unless FQ_ATTENTION=own
+  // The named precision plans (plan_variants.h); made at load, empty until `plans` are added.
+  std::unique_ptr<PlanRegistry> plans;
+  // Every Linear outside the transformer (name, loaded type): per-job plans must leave their types alone.
+  std::vector<std::pair<std::string, DType>> fixed_layers;
+  // (B, L, T, LoRA set signature, precision plan id) whose GEMM plans, tuning, scratch and cuDNN plans exist
+  std::set<std::tuple<int, int, int, size_t, int>> planned_;
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;
   std::unique_ptr<T5Encoder> t5;

@@ -66,6 +66,31 @@ std::vector<float> floats(const Json& a) {
   return v;
 }
 
+// `,"plans":[{"name","layers","bytes"}]` of a loaded engine: each named precision plan (load's `plans`), the
+// transformer Linears it changes and the GPU bytes of their alternate weights.
+std::string plan_fields(const Engine& e) {
+  if (!e.plans) return "";
+  std::string s = ",\"plans\":[";
+  for (size_t i = 0; i < e.plans->all().size(); i++) {
+    const PlanVariant& v = *e.plans->all()[i];
+    s += std::string(i ? "," : "") + "{\"name\":" + json_escape(v.name) + ",\"layers\":" +
+         std::to_string(v.layers.size()) + ",\"bytes\":" + std::to_string(v.bytes()) + "}";
+  }
+  return s + "]";
+}
+
+// One `plans` entry of `load`: a preset name or rules "glob=type;...", or rules as [[glob, type], ...].
+std::string plan_spec_of(const std::string& name, const Json& v) {
+  if (v.kind == Json::Str) return v.s;
+  if (v.kind != Json::Arr) throw std::runtime_error("plans." + name + " must be a preset name, \"glob=type;...\" or [[glob, type], ...]");
+  std::string rules;
+  for (auto& r : v.a) {
+    if (r.a.size() != 2) throw std::runtime_error("plans." + name + ": entries are [glob, type]");
+    rules += r[0].s + "=" + r[1].s + ";";
+  }
+  return rules;
+}
+
 using clk = std::chrono::steady_clock;
 double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
 
@@ -107,7 +132,8 @@ int run_serve() {
              std::to_string(free_b) + ",\"cuda_runtime\":" + std::to_string(rt) + ",\"loaded\":" +
              (eng ? "true" : "false") + ",\"precision\":" + (eng ? "\"" + eng->precision() + "\"" : "null") +
              ",\"attention\":" + (!eng ? "null" : eng->use_cudnn ? "\"cudnn\"" : eng->dt == DType::F32 ? "\"f32-rows\"" : "\"own-flash\"") +
-             ",\"jobs\":" + std::to_string(jobs.size()) + (eng ? lora_state_fields(*eng) : std::string()) + "}");
+             ",\"jobs\":" + std::to_string(jobs.size()) +
+             (eng ? lora_state_fields(*eng) + plan_fields(*eng) : std::string()) + "}");
       } else if (op == "load") {
         std::string prec = req.str("precision", "bf16");
         // Per-layer precision: the named plan, plus rules from the request ("plan": [[glob, type], ...]) and from
@@ -119,18 +145,27 @@ int run_serve() {
         }
         if (const char* env = getenv("FQ_PRECISION_PLAN")) rules += env;
         PrecisionPlan plan = PrecisionPlan::named(prec, rules);
+        // Named precision plans served per job (`prepare`'s `plan`): {name: preset | rules}, in name order.
+        const Json& named = req["plans"];
+        if (!named.is_null() && named.kind != Json::Obj) throw std::runtime_error("plans must be {name: plan}");
         jobs.clear();
         lora_staging.pending.clear();
         eng.reset();
         eng = std::make_unique<Engine>(plan);
         // GPU memory for LoRA adapters (factors + built sets): the request's bound, else FQ_LORA_MAX_MB's.
         if (req.has("lora_max_mb")) eng->lora_max_bytes = size_t(std::max(0.0, req.num("lora_max_mb", 0))) << 20;
-        if (req.has("synthetic")) eng->load_synthetic(uint64_t(req.num("seed", 42)));
-        else if (req.has("spec")) eng->load_spec(req["spec"], "");
-        else eng->load_dir(req.str("model", ""));
+        try {
+          if (req.has("synthetic")) eng->load_synthetic(uint64_t(req.num("seed", 42)));
+          else if (req.has("spec")) eng->load_spec(req["spec"], "");
+          else eng->load_dir(req.str("model", ""));
+          for (auto& [name, v] : named.o) eng->add_plan(name, plan_of_spec(plan_spec_of(name, v), eng->plan));
+        } catch (...) {
+          eng.reset();  // a failed load leaves no half-loaded engine behind: later requests answer "no model loaded"
+          throw;
+        }
         send("{\"op\":\"loaded\",\"id\":" + id + ",\"device\":" + json_escape(device_name()) +
              ",\"precision\":\"" + eng->precision() + "\",\"weights_bytes\":" + std::to_string(eng->weights.bytes()) +
-             ",\"ms\":" + std::to_string(ms_since(t0)) + lora_state_fields(*eng) + "}");
+             ",\"ms\":" + std::to_string(ms_since(t0)) + lora_state_fields(*eng) + plan_fields(*eng) + "}");
       } else if (!eng) {
         throw std::runtime_error("no model loaded");
       } else if (op == "lora_load") {
@@ -155,6 +190,11 @@ int run_serve() {
         r.seed = uint64_t(req.num("seed", 0));
         if (req.has("true_cfg")) r.cfg_scale = floats(req["true_cfg"]);
         r.loras = lora_set_of(req["loras"]);
+        // The job's precision plan: a name from load's `plans`; absent, null or "" is the base plan.
+        if (req.has("plan") && !req["plan"].is_null()) {
+          if (req["plan"].kind != Json::Str) throw std::runtime_error("plan must be a plan name given at load");
+          r.plan = req["plan"].s;
+        }
         // Step caching: {threshold, warmup_steps (default 1), max_consecutive (default 1)}; absent or null: off.
         if (req.has("step_cache") && !req["step_cache"].is_null()) {
           const Json& sc = req["step_cache"];

@@ -105,6 +105,7 @@ Linear WeightLoader::linear(const std::vector<std::string>& parts, int out, int 
   l.out = out;
   l.in = in;
   l.wt = plan_.weight_type(l.name);
+  if (log) log->emplace_back(l.name, l.wt);
   std::vector<std::string> w, b;
   for (auto& p : parts) {
     w.push_back(p + ".weight");

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "device_buffer.h"
@@ -49,6 +50,9 @@ class WeightLoader {
   // Strict loading: throws when a checkpoint tensor (or a mapped name) was never read, unless it matches one of
   // `ignore` (globs of tensors the engine does not need, e.g. the VAE's encoder). Also waits for the uploads.
   void finish(const std::vector<std::string>& ignore);
+  // When set, every linear() appends its layer name and weight type (the engine's list of the layers per-job
+  // precision plans must leave alone: plan_variants.h).
+  std::vector<std::pair<std::string, DType>>* log = nullptr;
 
  private:
   std::vector<float> host_stack(const std::vector<std::string>& parts, const std::vector<int64_t>& part_shape_tail,

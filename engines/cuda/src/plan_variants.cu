@@ -1,0 +1,84 @@
+#include "plan_variants.h"
+
+#include <stdexcept>
+
+#include "kernels/kernels.h"
+
+namespace fq {
+
+PrecisionPlan plan_of_spec(const std::string& spec, const PrecisionPlan& base) {
+  if (spec == "f32" || spec == "bf16" || spec == "fp8") return PrecisionPlan::named(spec);
+  if (spec.empty()) throw std::runtime_error("plans: a plan is a preset name (bf16, fp8) or rules glob=type;...");
+  PrecisionPlan p = PrecisionPlan::named(base.base == DType::F32 ? "f32" : "bf16", spec);
+  p.name = "custom";
+  return p;
+}
+
+PlanRegistry::PlanRegistry(const PrecisionPlan& base, std::vector<Linear*> linears,
+                           std::vector<std::pair<std::string, DType>> fixed, cudaStream_t st)
+    : base_(base), linears_(std::move(linears)), fixed_(std::move(fixed)), st_(st) {}
+
+const PlanVariant& PlanRegistry::add(const std::string& name, const PrecisionPlan& plan) {
+  if (name.empty()) throw std::runtime_error("plans: every plan needs a non-empty name");
+  for (auto& p : plans_)
+    if (p->name == name) throw std::runtime_error("plans: two plans named " + name);
+  if (active_) throw std::runtime_error("plans: cannot add a plan while one is active");
+  if (plan.base != base_.base)
+    throw std::runtime_error("plan " + name + ": compute type " + dname(plan.base) + " differs from the engine's " +
+                             dname(base_.base) + " (per-job plans change layer weight types over one compute type)");
+  // Check everything before allocating anything.
+  for (auto& [layer, t] : fixed_)
+    if (plan.weight_type(layer) != t)
+      throw std::runtime_error("plan " + name + ": layer " + layer + " would be " + dname(plan.weight_type(layer)) +
+                               " but is loaded " + dname(t) + " (per-job plans change transformer layers only)");
+  for (Linear* l : linears_) {
+    const DType t = plan.weight_type(l->name);
+    if (t != l->wt && !(l->wt == DType::BF16 && t == DType::FP8))
+      throw std::runtime_error("plan " + name + ": layer " + l->name + " is " + dname(l->wt) + " in the base plan and " +
+                               dname(t) + " in this one; only bf16 -> fp8 alternates are made (an fp8 base layer "
+                               "keeps no bf16 copy, f32 layers have no fp8 path)");
+  }
+  auto v = std::make_unique<PlanVariant>();
+  v->name = name;
+  v->plan = plan;
+  v->id = int(plans_.size()) + 1;
+  DeviceBuffer ws(sizeof(float));
+  for (Linear* l : linears_) {
+    if (plan.weight_type(l->name) == l->wt) continue;
+    // The loader's own quantisation of a base fp8 layer (weights.cpp WeightLoader::linear): the bf16 weight as
+    // loaded [out, in] -> fp8 E4M3 [out, in] + one per-tensor scale amax / 448. Same input bits, same kernel: the
+    // alternate equals what an engine loaded with this plan as its base holds. Bias and its bf16 copy are shared.
+    PlanVariant::Swap s{l, LinearWeights::of(*l), LinearWeights::of(*l)};
+    const int64_t n = int64_t(l->out) * l->in;
+    s.alt.wt = DType::FP8;
+    s.alt.w = v->mem.alloc(size_t(n));
+    float* scale = v->mem.allocT<float>(1);
+    quantize_fp8(l->w, DType::BF16, n, s.alt.w, scale, ws.as<float>(), st_);
+    s.alt.w_scale = scale;
+    v->layers.push_back(s);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(st_));  // ws is freed on return
+  plans_.push_back(std::move(v));
+  return *plans_.back();
+}
+
+const PlanVariant* PlanRegistry::find(const std::string& name) const {
+  if (name.empty()) return nullptr;
+  for (auto& p : plans_)
+    if (p->name == name) return p.get();
+  std::string known;
+  for (auto& p : plans_) known += (known.empty() ? "" : ", ") + p->name;
+  throw std::runtime_error("unknown plan '" + name + "' (plans given at load: " + (known.empty() ? "none" : known) +
+                           ")");
+}
+
+void PlanRegistry::activate(const PlanVariant* v) {
+  if (active_ == v) return;
+  if (active_)
+    for (auto& s : active_->layers) s.base.set(*s.layer);
+  active_ = v;
+  if (v)
+    for (auto& s : v->layers) s.alt.set(*s.layer);
+}
+
+}  // namespace fq
