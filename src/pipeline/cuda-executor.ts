@@ -41,7 +41,11 @@
  * image cannot fill); the engine's encoder makes the control latents with the request generator's first normals, the
  * starting noise comes next, and the job's control latents go with `prepare` once.
  *
- * Capabilities (`info().capabilities`): mode `original`, LoRA (with its port), control images, edits, sides up to
+ * Modes (`cuda-modes.ts`): `original` and `XL` run the base plan, `S` the engine's fp8 plan; the engine makes the
+ * plans' alternate weights once at load and each job names its plan, so one loaded engine serves every mode with no
+ * reload. Samples of different modes never share an engine job (the mode is part of the grouping key).
+ *
+ * Capabilities (`info().capabilities`): those modes, LoRA (with its port), control images, edits, sides up to
  * 2048. The service refuses requests outside them before they get here.
  */
 import { randomUUID } from 'node:crypto';
@@ -62,6 +66,7 @@ import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
 import { cudaControlSample } from './cuda-control.ts';
 import { CudaLoraResidency, cudaLoraLayout, loraErrorOf } from './cuda-lora.ts';
+import { type CudaModeSpec, cudaLoadPlans, cudaModeTable, cudaPlanOf } from './cuda-modes.ts';
 import {
   type EngineHealth,
   type ExecutorStats,
@@ -129,8 +134,6 @@ const LATENT_CHANNELS = 16;
 const PACKED_CHANNELS = 64;
 /** Largest side the engine runs. */
 const MAX_SIDE = 2048;
-/** The engine runs the reference graph only. */
-const CUDA_MODES = [REFERENCE_MODE];
 
 /** A sample prepared on an engine that has since ended: it cannot be stepped or decoded. */
 export class CudaSampleLostError extends Error {
@@ -207,6 +210,8 @@ export async function createCudaExecutor(options: CudaExecutorOptions): Promise<
 class CudaExecutor implements CudaStepExecutor {
   readonly #o: CudaExecutorOptions;
   readonly #precision: CudaPrecision;
+  /** The modes served and the engine plan of each (`cuda-modes.ts`). */
+  readonly #modes: readonly CudaModeSpec[];
   readonly #maxBatch: number;
   readonly #modelDir: string;
   readonly #spec: CudaLoadSpec;
@@ -241,6 +246,7 @@ class CudaExecutor implements CudaStepExecutor {
       throw new RangeError(`CUDA executor: stepCache.threshold must be a finite number >= 0, got ${t}`);
     this.#o = o;
     this.#precision = o.precision ?? 'bf16';
+    this.#modes = cudaModeTable(this.#precision);
     this.#maxBatch = o.maxBatch ?? 4;
     this.#modelDir = modelDir;
     this.#spec = spec;
@@ -260,7 +266,8 @@ class CudaExecutor implements CudaStepExecutor {
       name,
       path: this.#modelDir,
       capabilities: {
-        modes: [...CUDA_MODES],
+        // original, XL (the same computation here) and S (the fp8 plan); L and M wait for a GPU planner.
+        modes: this.#modes.map((m) => m.mode),
         // LoRA sets per request, applied by the engine at run time (cuda-lora.ts), BFL Control LoRAs with a control
         // image included (cuda-control.ts).
         lora: true,
@@ -327,13 +334,13 @@ class CudaExecutor implements CudaStepExecutor {
     const ready = (async () => {
       try {
         await client.info();
-        const l = await client.load(
-          this.#spec,
-          this.#precision,
-          this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {},
-        );
+        const l = await client.load(this.#spec, this.#precision, {
+          ...(this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {}),
+          plans: cudaLoadPlans(this.#modes),
+        });
+        const plans = l.plans.map((p) => `plan ${p.name}: ${p.layers} layers, ${(p.bytes / 2 ** 20).toFixed(1)} MiB`);
         this.#o.onLog?.(
-          `CUDA engine pid ${client.pid} loaded ${this.#modelDir} (${this.#spec.layout}, ${l.precision}, ${(l.weightsBytes / 2 ** 20).toFixed(1)} MiB of weights) on ${l.device} in ${l.ms.toFixed(0)} ms`,
+          `CUDA engine pid ${client.pid} loaded ${this.#modelDir} (${this.#spec.layout}, ${l.precision}, ${(l.weightsBytes / 2 ** 20).toFixed(1)} MiB of weights${plans.map((p) => `; ${p}`).join('')}) on ${l.device} in ${l.ms.toFixed(0)} ms`,
         );
         loaded = true;
         this.#setHealth({ ready: true });
@@ -383,17 +390,19 @@ class CudaExecutor implements CudaStepExecutor {
       // A BFL Control LoRA in the set needs a control image, and a control image needs one (ONNX's checks).
       const control = controlChannelsOf(loras, PACKED_CHANNELS) > 0;
       checkControlRequest(r.controlImage, control ? PACKED_CHANNELS : 0);
-      return { r, grid, loras, control, loraKey: loraSetKey(selectionOf(loras)) };
+      // The mode's engine plan (unknown modes are refused here, as the service would).
+      const plan = cudaPlanOf(this.#modes, r.mode);
+      return { r, grid, loras, control, plan, loraKey: loraSetKey(selectionOf(loras)) };
     });
     const client = await this.#engine();
     // One engine job runs one schedule (steps and, for img2img / inpainting, the cut), one edit kind and true CFG for
-    // all its samples or none.
+    // all its samples or none, one LoRA set and one mode (its precision plan).
     const groups = groupBy(
       checked,
       ({ r, grid, loraKey }) =>
         `${grid.h}x${grid.w}|${r.steps}|${r.maxSequenceLength ?? this.#tokenizers.defaultT5Length}|` +
         `${startOf(r)}|${r.image ? (r.mask ? 'inpaint' : 'img2img') : 'text'}|${usesTrueCfg(r) ? 'cfg' : ''}|` +
-        loraKey,
+        `${r.mode ?? REFERENCE_MODE}|${loraKey}`,
     ).flatMap((g) =>
       // True CFG runs 2B transformer rows: half the batch keeps the engine's largest batch.
       chunks(g, usesTrueCfg(g[0]!.r) ? Math.max(1, Math.floor(this.#maxBatch / 2)) : this.#maxBatch),
@@ -472,6 +481,7 @@ class CudaExecutor implements CudaStepExecutor {
           guidance: group.map((x) => x.r.guidanceScale),
           latents,
           ...(this.#o.stepCache ? { stepCache: this.#o.stepCache } : {}),
+          ...(first.plan !== undefined ? { plan: first.plan } : {}),
         };
         const prepared = await (cfg || inpaint || control
           ? cudaPrepareEdit(client, {
@@ -633,7 +643,10 @@ class CudaExecutor implements CudaStepExecutor {
     return {
       loras: async () => manager.scan(),
       checkLoras: async (set: LoraSelection[], mode?: string): Promise<LoraInfo[]> => {
-        checkMode(mode, CUDA_MODES);
+        checkMode(
+          mode,
+          this.#modes.map((m) => m.mode),
+        );
         const infos = set.map((s) => manager.info(s.name));
         await onEngine(set.map((s, i) => ({ name: infos[i]!.name, strength: s.strength })));
         return infos;

@@ -254,7 +254,7 @@ function executorSuite(): Suite {
             {
               name: 'flux-tiny',
               path: undefined,
-              modes: ['original'],
+              modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
               device: `cuda: ${GPU} (f32)`,
               packedChannels: 64,
               pixelsPerToken: 16,
@@ -295,7 +295,7 @@ function executorSuite(): Suite {
         name: 'declares what it runs (the service refuses the rest) and refuses a bad size, typed',
         async fn() {
           assert.deepEqual(ex.info().capabilities, {
-            modes: ['original'],
+            modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
             lora: true,
             control: true,
             edit: true,
@@ -518,9 +518,12 @@ function serverSuite(precision: string): Suite {
         name: 'models reports the GPU and the engine benchmark of this precision',
         async fn() {
           const { models } = await gql<ModelsData>(server.url, MODELS);
+          // One loaded engine serves every CUDA mode (cuda-modes.ts): S (the fp8 plan) needs a bf16 base.
           assert.deepEqual(
             models.map((m) => m.id),
-            ['flux-1-dev-original-bs4'],
+            precision === 'f32'
+              ? ['flux-1-dev-original-bs4', 'flux-1-dev-xl-bs4']
+              : ['flux-1-dev-original-bs4', 'flux-1-dev-xl-bs4', 'flux-1-dev-s-bs4'],
           );
           assert.equal(models[0]!.device, `cuda: ${GPU} (${precision})`);
           const bench = models[0]!.specs.filter((s) => s.origin === 'MEASURED' && /cuda-h100\.json/.test(s.source));

@@ -15,6 +15,9 @@
  * Step caching (`prepare`'s `step_cache`): the engine's rule (engine.h StepCache) with the first block's relative
  * change taken as FAKE_CHANGE (0.5) every step, so a threshold above it caches every step the rule allows; counters
  * in `progress` / `stepped` / `released` as the engine reports them.
+ * Per-job precision plans: `load`'s `plans` ({name: preset | rules}) are kept and reported in `loaded` and `info`
+ * (`layers` and `bytes` are stand-ins: 1 layer and 1 byte per plan); `prepare`'s `plan` must name one of them
+ * (an `error` frame otherwise, as the engine answers).
  */
 import { appendFileSync } from 'node:fs';
 
@@ -25,6 +28,8 @@ let pending = Buffer.alloc(0);
 /** LoRA name → { control } (its x_embedder reads [latents; control latents]). */
 const loras = new Map();
 const staged = new Map();
+/** The loaded model's named plans (null before `load`). */
+let plans = null;
 /** The first block's relative change every step, for the step-cache rule. */
 const FAKE_CHANGE = 0.5;
 
@@ -54,13 +59,23 @@ function handle(h, payload) {
         memory_total_bytes: 0,
         memory_free_bytes: 0,
         cuda_runtime: 0,
-        loaded: false,
+        loaded: plans !== null,
         precision: null,
         attention: null,
         jobs: jobs.size,
+        ...(plans ? { plans: planList() } : {}),
       });
     case 'load':
-      return send({ op: 'loaded', id, device: 'fake', precision: h.precision ?? 'bf16', weights_bytes: 0, ms: 0 });
+      plans = new Map(Object.entries(h.plans ?? {}));
+      return send({
+        op: 'loaded',
+        id,
+        device: 'fake',
+        precision: h.precision ?? 'bf16',
+        weights_bytes: 0,
+        ms: 0,
+        plans: planList(),
+      });
     case 'encode': {
       const px = h.batch * 3 * h.height * h.width;
       const ne = h.batch * 16 * (h.height / 8) * (h.width / 8);
@@ -114,6 +129,10 @@ function handle(h, payload) {
       return send({ op: 'lora_unloaded', id, name: h.name, unloaded: was, ...loraState() });
     }
     case 'prepare': {
+      if (h.plan !== undefined && h.plan !== null && h.plan !== '' && !plans?.has(h.plan))
+        return fail(
+          `unknown plan '${h.plan}' (plans given at load: ${[...(plans?.keys() ?? [])].join(', ') || 'none'})`,
+        );
       for (const l of h.loras ?? []) {
         if (!loras.has(l.name)) return loraFail('not_found', `${l.name}: LoRA not loaded on the engine`, [l.name]);
       }
@@ -151,6 +170,7 @@ function handle(h, payload) {
         : undefined;
       const job = nextJob++;
       jobs.set(job, {
+        plan: h.plan ?? null,
         batch: h.batch,
         L,
         height: h.height,
@@ -195,6 +215,10 @@ function handle(h, payload) {
       return fail(`unknown op ${h.op}`);
     }
   }
+}
+
+function planList() {
+  return [...(plans?.keys() ?? [])].sort().map((name) => ({ name, layers: 1, bytes: 1 }));
 }
 
 /** One step's decision (the engine's rule, engine.cu step_cached) before the step index advances. */

@@ -46,6 +46,21 @@ export interface CudaEngineInfo {
   attention: string | null;
   /** Prepared jobs held. */
   jobs: number;
+  /** After `load`: the named precision plans jobs may pick (`prepare`'s `plan`). */
+  plans?: CudaPlanInfo[];
+}
+
+/**
+ * A named precision plan served per job (PROTOCOL.md `load` `plans`): a preset name (`fp8`: bf16 plus the
+ * LayerNorm-fed layers in fp8 E4M3) or per-layer rules `glob=type;...` over the base compute type.
+ */
+export type CudaPlanSpec = string;
+
+/** A named plan as the engine made it: the transformer layers it changes and their alternate weights' GPU bytes. */
+export interface CudaPlanInfo {
+  name: string;
+  layers: number;
+  bytes: number;
 }
 
 /** The `loaded` answer. */
@@ -54,6 +69,8 @@ export interface CudaLoaded {
   precision: CudaPrecision;
   weightsBytes: number;
   ms: number;
+  /** The named plans made at load (empty without `plans`). */
+  plans: CudaPlanInfo[];
 }
 
 /** Arguments of {@link CudaEngineClient.prepare}; shapes as PROTOCOL.md gives them. */
@@ -78,6 +95,8 @@ export interface CudaPrepareArgs {
   loras?: readonly { name: string; strength: number }[];
   /** Step caching (First-Block-Cache) for the job; absent: every step runs every block. */
   stepCache?: CudaStepCache;
+  /** The job's precision plan: a name given at `load` (`plans`); absent: the base plan. */
+  plan?: string;
 }
 
 /**
@@ -117,6 +136,7 @@ export function prepareFrameOf(a: CudaPrepareArgs): RequestFrame {
       ...(a.seed !== undefined ? { seed: a.seed } : {}),
       ...(a.loras && a.loras.length > 0 ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) } : {}),
       ...(a.stepCache ? { step_cache: stepCacheHeaderOf(a.stepCache) } : {}),
+      ...(a.plan !== undefined ? { plan: a.plan } : {}),
     },
     payload,
   };
@@ -212,26 +232,30 @@ export class CudaEngineClient {
       precision: (h.precision as CudaPrecision | null) ?? null,
       attention: typeof h.attention === 'string' ? h.attention : null,
       jobs: num(h.jobs),
+      ...(Array.isArray(h.plans) ? { plans: plansOf(h.plans) } : {}),
     };
   }
 
   /**
    * Loads a model onto the GPU (dropping any previous model and its jobs): a diffusers folder by path, or any layout
-   * the host resolved, as a load spec ({@link cudaLoadSpec}).
+   * the host resolved, as a load spec ({@link cudaLoadSpec}). `plans`: named precision plans the engine makes
+   * alternate weights for once, so jobs can pick one (`prepare`'s `plan`) with no reload.
    */
   async load(
     model: string | CudaLoadSpec,
     precision: CudaPrecision,
-    options: { loraMaxMb?: number } = {},
+    options: { loraMaxMb?: number; plans?: Readonly<Record<string, CudaPlanSpec>> } = {},
   ): Promise<CudaLoaded> {
     const source = typeof model === 'string' ? { model } : { spec: model };
     const lora = options.loraMaxMb !== undefined ? { lora_max_mb: options.loraMaxMb } : {};
-    const { header: h } = await this.request({ op: 'load', ...source, precision, ...lora });
+    const plans = options.plans && Object.keys(options.plans).length > 0 ? { plans: { ...options.plans } } : {};
+    const { header: h } = await this.request({ op: 'load', ...source, precision, ...lora, ...plans });
     return {
       device: String(h.device),
       precision: h.precision as CudaPrecision,
       weightsBytes: num(h.weights_bytes),
       ms: num(h.ms),
+      plans: Array.isArray(h.plans) ? plansOf(h.plans) : [],
     };
   }
 
@@ -296,6 +320,13 @@ export class CudaEngineClient {
 
 function num(v: unknown): number {
   return typeof v === 'number' ? v : Number(v);
+}
+
+function plansOf(list: unknown[]): CudaPlanInfo[] {
+  return list.map((p) => {
+    const o = p as Record<string, unknown>;
+    return { name: String(o.name), layers: num(o.layers), bytes: num(o.bytes) };
+  });
 }
 
 function progressOf(h: FrameHeader): CudaProgress {

@@ -28,6 +28,8 @@ export {
   type CudaEngineClientOptions,
   type CudaEngineInfo,
   type CudaLoaded,
+  type CudaPlanInfo,
+  type CudaPlanSpec,
   type CudaPrecision,
   type CudaPrepareArgs,
   type CudaProgress,
