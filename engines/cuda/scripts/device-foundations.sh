@@ -53,6 +53,10 @@ for p in f32 bf16; do
     fi
   fi
 done
+# Per-job precision plans (bf16 engine + plan fp8 vs a bf16 and an fp8 engine, bit for bit; interleaved jobs).
+if [[ -f $HERE/tests/protocol_plans_test.py ]]; then
+  timeout 180 python3 "$HERE/tests/protocol_plans_test.py" "$ENGINE" "$FIX" "$MODEL" 2>&1 | tail -25 || rc=1
+fi
 fi
 if [[ $MODE == all || $MODE == tests || $MODE == bench ]]; then
 if [[ $rc -ne 0 ]]; then say "tests failed: benchmark skipped"; else
