@@ -116,7 +116,11 @@ def main():
     plans = {p["name"]: p for p in loaded.get("plans", [])}
     check("load reports plan fp8 (0 = reported)", 0 if "fp8" in plans else 1, 0)
     fp8 = plans.get("fp8", {"layers": 0, "bytes": 0})
-    check(f"load: plan fp8 layers > 0 ({fp8['layers']})", 0 if fp8["layers"] > 0 else 1, 0)
+    # The fp8 preset's layers: q/k/v (image, text) and MLP-in (image, text) per double block, q/k/v and MLP-in per
+    # single block.
+    tc = json.load(open(f"{model}/transformer/config.json"))
+    want_layers = 4 * tc["num_layers"] + 2 * tc["num_single_layers"]
+    check(f"load: plan fp8 layers {fp8['layers']} vs {want_layers} (|difference|)", abs(fp8["layers"] - want_layers), 0)
     check(f"load: plan fp8 bytes > 0 ({fp8['bytes']})", 0 if fp8["bytes"] > 0 else 1, 0)
     eng.send({"op": "info"})
     info = eng.recv()[0]
