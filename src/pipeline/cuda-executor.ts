@@ -8,12 +8,19 @@
  * sample), packed and sent to the engine as explicit latents. The engine runs the encoders, every step and the VAE
  * on the GPU; only token ids, latents at prepare, and the final RGB8 pixels cross the pipe.
  *
- * Batching: one `prepare` call groups its requests by (size, steps, T5 length) into engine jobs of at most
- * `maxBatch` samples; a sample's handle names its job and index. `step` runs one engine step per job (jobs are
- * sent back to back and answered in order). Samples of one job always advance together, which is what the
- * scheduler does (it steps every running handle each turn, and a cancelled sample is released, not left behind);
- * stepping only some live samples of a job is refused. A job's GPU memory is freed when its last sample is
- * released.
+ * Batching: one `prepare` call groups its requests by (size, steps, T5 length, edit kind, LoRA set) into engine
+ * jobs of at most `maxBatch` samples; a sample's handle names its job and its engine sample id. Joining (issue 16):
+ * a plain text-to-image group (no edit, true CFG or control image, and no `stepCache`: the engine keeps those per
+ * job) whose size, T5 length and LoRA set match a live plain job with room (live samples + the group <= `maxBatch`)
+ * is sent into that job with the engine's `join` (its own schedule: the step count may differ) instead of becoming a
+ * job of its own, so requests the scheduler admits at a step boundary run in the same engine batch (one GEMM per
+ * layer for all of them). `step` runs one engine step per job (jobs are sent back to back and answered in order):
+ * it advances every sample of the job that has steps left by one of its own steps (the engine reports each
+ * sample's progress); a sample that is done stays frozen until released. Stepping only some unfinished samples of a
+ * job is refused (the scheduler steps every running handle each turn, and a cancelled sample is released, not left
+ * behind). `decode` and the preview ask the engine for the named samples only. Release: a plain job drops the
+ * released samples at once (the engine compacts the job to the others, so finished samples stop costing transformer
+ * rows); other jobs, and every job once its last sample goes, are released whole.
  *
  * Engine failure: if the engine process ends unasked (GPU fault: the engine exits after a CUDA error; crash; kill),
  * every call pending on it rejects with `CudaEngineExitedError` (so the scheduler fails the jobs of that call
@@ -175,21 +182,27 @@ interface EngineJob {
   grid: LatentGrid;
   height: number;
   width: number;
-  steps: number;
+  /** Engine steps run on the job, and that plus the most steps any sample has left. */
   step: number;
-  handles: SampleHandle[];
-  live: Set<SampleHandle>;
+  steps: number;
+  /** Live samples by handle. */
+  live: Map<SampleHandle, Sample>;
+  /** Plain text-to-image jobs: what a joining group must match (size, T5 length, LoRA set); others never join. */
+  joinKey?: string;
+  /** Samples of `prepare` calls under way that chose to join this job (counted against `maxBatch`). */
+  reserved: number;
   /** Set when the job's engine ended. */
   lost?: CudaEngineExitedError;
-  /** RGB of every sample once decoded at `decodedAt` steps. */
-  decoded?: { step: number; images: RgbImage[] };
   /** Step-cache counters the engine last reported for the job (jobs with step caching). */
   cache?: { full: number; cached: number };
 }
 
+/** A sample: its job, its engine sample id (PROTOCOL.md `samples`), its steps done and its schedule's length. */
 interface Sample {
   job: EngineJob;
-  index: number;
+  id: number;
+  step: number;
+  steps: number;
 }
 
 /** Starts the engine, loads the model on the GPU and returns the executor (fails fast when either fails). */
@@ -218,6 +231,8 @@ class CudaExecutor implements CudaStepExecutor {
   readonly #tokenizers: FluxTokenizers;
   readonly #scheduler: FlowMatchConfig;
   readonly #samples = new Map<SampleHandle, Sample>();
+  /** Live engine jobs (joining candidates). */
+  readonly #jobs = new Set<EngineJob>();
   #info: ModelInfo | undefined;
   #ready: Promise<CudaEngineClient> | undefined;
   #current: CudaEngineClient | undefined;
@@ -365,6 +380,7 @@ class CudaExecutor implements CudaStepExecutor {
     this.#exits++;
     this.#o.onLog?.(`CUDA engine pid ${client.pid} ended: ${err.message}`);
     for (const s of this.#samples.values()) if (s.job.client === client) s.job.lost ??= err;
+    for (const job of this.#jobs) if (job.client === client) this.#jobs.delete(job);
     if (this.#current !== client) return;
     this.#ready = undefined;
     this.#current = undefined;
@@ -408,7 +424,7 @@ class CudaExecutor implements CudaStepExecutor {
       chunks(g, usesTrueCfg(g[0]!.r) ? Math.max(1, Math.floor(this.#maxBatch / 2)) : this.#maxBatch),
     );
     const handles = new Map<SampleRequest, SampleHandle>();
-    const made: EngineJob[] = [];
+    const made: { job: EngineJob; joined: boolean; samples: Map<SampleHandle, Sample> }[] = [];
     const settled = await Promise.allSettled(
       groups.map(async (group) => {
         const first = group[0]!;
@@ -480,48 +496,105 @@ class CudaExecutor implements CudaStepExecutor {
           sigmas,
           guidance: group.map((x) => x.r.guidanceScale),
           latents,
-          ...(this.#o.stepCache ? { stepCache: this.#o.stepCache } : {}),
           ...(first.plan !== undefined ? { plan: first.plan } : {}),
         };
-        const prepared = await (cfg || inpaint || control
-          ? cudaPrepareEdit(client, {
-              ...args,
-              ...(cfg ? { trueCfg: group.map((x) => x.r.trueCfgScale!) } : {}),
-              ...(inpaint ? { inpaint } : {}),
-              ...(control ? { control } : {}),
-            })
-          : client.prepare(args)
-        ).catch((err: unknown) => {
-          throw loraErrorOf(err);
-        });
-        const job: EngineJob = {
-          client,
-          id: prepared.job,
-          grid,
-          height: first.r.height,
-          width: first.r.width,
-          steps: prepared.steps,
-          step: 0,
-          handles: group.map(() => randomUUID()),
-          live: new Set(),
-        };
-        made.push(job);
-        job.handles.forEach((h, index) => {
-          job.live.add(h);
-          handles.set(group[index]!.r, h);
+        const steps = sigmas.length - 1;
+        // Plain text-to-image without step caching: may join a running job of the same size, T5 length, LoRA set
+        // and mode (its precision plan's weights are baked into the job's step, as the set's are).
+        const joinKey =
+          cfg || inpaint || control || first.r.image || this.#o.stepCache
+            ? undefined
+            : `${grid.h}x${grid.w}|${t5Len}|${first.loraKey}|${first.plan ?? ''}`;
+        const host = joinKey ? this.#joinable(client, joinKey, b) : undefined;
+        let job: EngineJob;
+        let ids: number[];
+        if (host) {
+          host.reserved += b;
+          try {
+            ids = (
+              await client.join(host.id, args).catch((err: unknown) => {
+                throw loraErrorOf(err);
+              })
+            ).added;
+          } finally {
+            host.reserved -= b;
+          }
+          job = host;
+          // The job now runs at least until this group's last step.
+          job.steps = Math.max(job.steps, job.step + steps);
+        } else {
+          const prepared = await (cfg || inpaint || control
+            ? cudaPrepareEdit(client, {
+                ...args,
+                ...(this.#o.stepCache ? { stepCache: this.#o.stepCache } : {}),
+                ...(cfg ? { trueCfg: group.map((x) => x.r.trueCfgScale!) } : {}),
+                ...(inpaint ? { inpaint } : {}),
+                ...(control ? { control } : {}),
+              })
+            : client.prepare({ ...args, ...(this.#o.stepCache ? { stepCache: this.#o.stepCache } : {}) })
+          ).catch((err: unknown) => {
+            throw loraErrorOf(err);
+          });
+          job = {
+            client,
+            id: prepared.job,
+            grid,
+            height: first.r.height,
+            width: first.r.width,
+            steps: prepared.steps,
+            step: 0,
+            live: new Map(),
+            reserved: 0,
+            ...(joinKey ? { joinKey } : {}),
+          };
+          this.#jobs.add(job);
+          ids = group.map((_, i) => i); // prepare's samples are 0..B-1
+        }
+        const part = { job, joined: host !== undefined, samples: new Map<SampleHandle, Sample>() };
+        made.push(part);
+        group.forEach((x, i) => {
+          const h = randomUUID();
+          part.samples.set(h, { job, id: ids[i]!, step: 0, steps });
+          handles.set(x.r, h);
         });
       }),
     );
     const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected');
     if (failed) {
-      // All or nothing: free the batches that were prepared before failing the call.
-      await Promise.all(made.map((job) => job.client.release(job.id).catch(() => undefined)));
+      // All or nothing: free what this call added (new jobs whole, joined samples alone) before failing the call.
+      await Promise.all(
+        made.map(({ job, joined, samples }) =>
+          (joined
+            ? job.client.release(
+                job.id,
+                [...samples.values()].map((x) => x.id),
+              )
+            : job.client.release(job.id)
+          )
+            .catch(() => undefined)
+            .finally(() => {
+              if (!joined) this.#jobs.delete(job);
+            }),
+        ),
+      );
       throw failed.reason;
     }
-    for (const job of made) {
-      for (const [index, h] of job.handles.entries()) this.#samples.set(h, { job, index });
+    for (const { job, samples } of made) {
+      for (const [h, sample] of samples) {
+        job.live.set(h, sample);
+        this.#samples.set(h, sample);
+      }
     }
     return requests.map((r) => handles.get(r)!);
+  }
+
+  /** A live plain job of this engine with the same join key and room for `b` more samples, if any. */
+  #joinable(client: CudaEngineClient, key: string, b: number): EngineJob | undefined {
+    for (const job of this.#jobs) {
+      if (job.client !== client || job.lost || job.joinKey !== key || job.live.size === 0) continue;
+      if (job.live.size + job.reserved + b <= this.#maxBatch) return job;
+    }
+    return undefined;
   }
 
   async step(
@@ -532,19 +605,26 @@ class CudaExecutor implements CudaStepExecutor {
     const jobs = [...new Set(samples.map((s) => s.job))];
     for (const job of jobs) {
       const asked = new Set(handles.filter((h) => this.#samples.get(h)!.job === job));
-      const skipped = [...job.live].filter((h) => !asked.has(h));
-      if (skipped.length > 0 && job.step < job.steps) {
+      const skipped = [...job.live].filter(([h, s]) => !asked.has(h) && s.step < s.steps);
+      if (skipped.length > 0) {
         throw new Error(
-          `CUDA executor: samples prepared together step together; ${skipped.length} live sample(s) of the batch were not named`,
+          `CUDA executor: samples of one engine batch step together; ${skipped.length} live sample(s) of the batch were not named`,
         );
       }
     }
-    const latents = new Map<EngineJob, Float32Array>();
+    const latents = new Map<EngineJob, Map<number, Float32Array>>();
     await Promise.all(
       jobs.map(async (job) => {
-        if (job.step < job.steps) {
+        if ([...job.live.values()].some((s) => s.step < s.steps)) {
           const p = await job.client.step(job.id, 1);
           job.step = p.step;
+          job.steps = p.steps;
+          const byId = new Map((p.samples ?? []).map((x) => [x.id, x]));
+          for (const s of job.live.values()) {
+            const e = byId.get(s.id);
+            // An engine without per-sample fields: every sample of its jobs shares the schedule.
+            s.step = e ? e.step : Math.min(s.steps, p.step);
+          }
           if (p.stepCache) {
             // The engine reports the job's totals: add what this call ran.
             this.#cacheStats.full += p.stepCache.full - (job.cache?.full ?? 0);
@@ -552,19 +632,21 @@ class CudaExecutor implements CudaStepExecutor {
             job.cache = p.stepCache;
           }
         }
-        if (options?.preview) latents.set(job, (await job.client.latents(job.id)).data);
+        if (options?.preview) {
+          const ids = samples.filter((s) => s.job === job).map((s) => s.id);
+          const lat = (await job.client.latents(job.id, ids)).data;
+          const per = job.grid.seqLen * PACKED_CHANNELS;
+          latents.set(job, new Map(ids.map((id, i) => [id, lat.subarray(i * per, (i + 1) * per)])));
+        }
       }),
     );
     return samples.map((s, i) => {
-      const lat = latents.get(s.job);
-      const per = s.job.grid.seqLen * PACKED_CHANNELS;
+      const lat = latents.get(s.job)?.get(s.id);
       return {
         handle: handles[i]!,
-        step: s.job.step,
-        totalSteps: s.job.steps,
-        ...(lat
-          ? { preview: latentPreviewRgb(lat.subarray(s.index * per, (s.index + 1) * per), s.job.grid.h, s.job.grid.w) }
-          : {}),
+        step: s.step,
+        totalSteps: s.steps,
+        ...(lat ? { preview: latentPreviewRgb(lat, s.job.grid.h, s.job.grid.w) } : {}),
       };
     });
   }
@@ -572,37 +654,42 @@ class CudaExecutor implements CudaStepExecutor {
   async decode(handles: SampleHandle[]): Promise<RgbImage[]> {
     const samples = handles.map((h) => this.#sample(h));
     const jobs = [...new Set(samples.map((s) => s.job))];
+    // One engine decode per job, of the named samples only (in the order asked).
+    const images = new Map<Sample, RgbImage>();
     await Promise.all(
       jobs.map(async (job) => {
-        if (job.decoded?.step === job.step) return;
-        const img = await job.client.decode(job.id);
+        const mine = [...new Set(samples.filter((s) => s.job === job))];
+        const img = await job.client.decode(
+          job.id,
+          mine.map((s) => s.id),
+        );
         const per = img.height * img.width * 3;
-        job.decoded = {
-          step: job.step,
-          images: Array.from({ length: img.batch }, (_, i) => ({
-            width: img.width,
-            height: img.height,
-            data: img.data.slice(i * per, (i + 1) * per),
-          })),
-        };
+        for (const [i, s] of mine.entries()) {
+          images.set(s, { width: img.width, height: img.height, data: img.data.slice(i * per, (i + 1) * per) });
+        }
       }),
     );
-    return samples.map((s) => s.job.decoded!.images[s.index]!);
+    return samples.map((s) => images.get(s)!);
   }
 
   async release(handles: SampleHandle[]): Promise<void> {
-    const emptied = new Set<EngineJob>();
+    const gone = new Map<EngineJob, number[]>();
     for (const h of handles) {
       const s = this.#samples.get(h);
       if (!s) continue;
       this.#samples.delete(h);
       s.job.live.delete(h);
-      if (s.job.live.size === 0) emptied.add(s.job);
+      gone.set(s.job, [...(gone.get(s.job) ?? []), s.id]);
     }
     await Promise.all(
-      [...emptied].map(async (job) => {
+      [...gone].map(async ([job, ids]) => {
+        const whole = job.live.size === 0;
+        if (whole) this.#jobs.delete(job);
+        // A job other than plain text-to-image keeps released samples until its last one goes (the engine cannot
+        // compact it); a plain job drops them now.
+        if (!whole && !job.joinKey) return;
         if (job.lost || job.client.exitError) return;
-        await job.client.release(job.id).catch((err: unknown) => {
+        await job.client.release(job.id, whole ? undefined : ids).catch((err: unknown) => {
           // The engine died meanwhile (its memory went with it) or already forgot the job: nothing to free.
           this.#o.onLog?.(`CUDA engine release of job ${job.id} failed: ${(err as Error).message}`);
         });
@@ -614,6 +701,7 @@ class CudaExecutor implements CudaStepExecutor {
     if (this.#closed) return;
     this.#closed = true;
     this.#samples.clear();
+    this.#jobs.clear();
     const client = this.#current;
     this.#current = undefined;
     this.#ready = undefined;

@@ -292,6 +292,40 @@ function executorSuite(): Suite {
         },
       },
       {
+        name: 'a joiner lands in the running engine batch (one engine job), both samples match ORT within 2/255',
+        async fn() {
+          const [a] = await ex.prepare([sampleRequest(SEED)]);
+          await ex.step([a!]);
+          await ex.step([a!]);
+          // Prepared at a step boundary of a's job: the executor sends `join`, the engine keeps one job.
+          const [b] = await ex.prepare([sampleRequest(SEED + 1)]);
+          assert.equal((await ex.engineInfo()).jobs, 1);
+          for (let s = 3; s <= STEPS; s++) {
+            const r = await ex.step([a!, b!]);
+            assert.deepEqual(
+              r.map((x) => [x.step, x.totalSteps]),
+              [
+                [s, STEPS],
+                [s - 2, STEPS],
+              ],
+            );
+          }
+          // a is done: decoded and released alone (the engine compacts the job to b), b finishes alone.
+          const [imgA] = await ex.decode([a!]);
+          await ex.release([a!]);
+          assert.equal((await ex.engineInfo()).jobs, 1);
+          await ex.step([b!]);
+          await ex.step([b!]);
+          const [imgB] = await ex.decode([b!]);
+          await ex.release([b!]);
+          assert.equal((await ex.engineInfo()).jobs, 0);
+          const ort = await ortReference();
+          const diffs = [maxAbsDiff(imgA!.data, ort[0]!), maxAbsDiff(imgB!.data, ort[1]!)];
+          report({ test: 'executor join vs ORT', precision: 'f32', steps: STEPS, max_abs_of_255: diffs });
+          for (const d of diffs) assert.ok(d <= 2, `joined: max abs diff ${d}/255 > 2/255`);
+        },
+      },
+      {
         name: 'declares what it runs (the service refuses the rest) and refuses a bad size, typed',
         async fn() {
           assert.deepEqual(ex.info().capabilities, {

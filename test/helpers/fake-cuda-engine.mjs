@@ -18,6 +18,10 @@
  * Per-job precision plans: `load`'s `plans` ({name: preset | rules}) are kept and reported in `loaded` and `info`
  * (`layers` and `bytes` are stand-ins: 1 layer and 1 byte per plan); `prepare`'s `plan` must name one of them
  * (an `error` frame otherwise, as the engine answers).
+ * Joining (`join`, test/unit/pipeline/cuda-join.test.ts): plain jobs take new samples of the same size, T5 length and
+ * LoRA set, each sample with its own step and schedule (`samples` / `sample_step` / `sample_steps` in the answers);
+ * `latents` / `decode` / `release` take `samples` (ids). A sample's latents are all its id and its image bytes
+ * 10 * (id + 1), so a test sees which sample it got.
  */
 import { appendFileSync } from 'node:fs';
 
@@ -169,17 +173,54 @@ function handle(h, payload) {
           }
         : undefined;
       const job = nextJob++;
-      jobs.set(job, {
+      const steps = h.sigmas.length - 1;
+      const j = {
         plan: h.plan ?? null,
-        batch: h.batch,
         L,
         height: h.height,
         width: h.width,
-        steps: h.sigmas.length - 1,
+        t5Len: h.t5_len,
+        loras: JSON.stringify(h.loras ?? []),
+        plain: !h.true_cfg && !h.inpaint && !h.control && !cache,
+        steps,
         step: 0,
         cache,
+        samples: Array.from({ length: h.batch }, (_, i) => ({ id: i, step: 0, steps })),
+        nextSample: h.batch,
+      };
+      jobs.set(job, j);
+      return send({ op: 'prepared', id, job, steps, ms: 0, ...sampleFields(j) });
+    }
+    case 'join': {
+      const j = jobs.get(h.job);
+      if (!j) return fail(`unknown job ${h.job}`);
+      if (!j.plain) return fail('join: the job has true CFG, inpainting, control latents or step caching');
+      if (h.true_cfg || h.inpaint || h.control || h.step_cache) return fail('join: plain samples only');
+      if (h.height !== j.height || h.width !== j.width) return fail("join: size differs from the job's");
+      if (h.t5_len !== j.t5Len) return fail("join: t5_len differs from the job's");
+      if (JSON.stringify(h.loras ?? []) !== j.loras) return fail("join: the LoRA set differs from the job's");
+      if ((h.plan ?? null) !== j.plan) return fail("join: the precision plan differs from the job's");
+      const need = 4 * (h.batch * (77 + h.t5_len) + (h.latents === 'payload' ? h.batch * j.L * 64 : 0));
+      if (payload.length !== need) return fail(`join payload must be ${need} bytes, got ${payload.length}`);
+      const steps = h.sigmas.length - 1;
+      const added = [];
+      for (let b = 0; b < h.batch; b++) {
+        added.push(j.nextSample);
+        j.samples.push({ id: j.nextSample++, step: 0, steps });
+      }
+      j.steps = Math.max(j.steps, j.step + steps);
+      return send({
+        op: 'joined',
+        id,
+        job: h.job,
+        added,
+        batch: j.samples.length,
+        steps,
+        step: j.step,
+        job_steps: j.steps,
+        ms: 0,
+        ...sampleFields(j),
       });
-      return send({ op: 'prepared', id, job, steps: h.sigmas.length - 1, ms: 0 });
     }
     case 'quit':
       send({ op: 'bye', id });
@@ -192,25 +233,68 @@ function handle(h, payload) {
         for (let i = 0; i < count && j.step < j.steps; i++) {
           if (j.cache) stepCached(j);
           j.step++;
-          send({ op: 'progress', id, job: h.job, step: j.step, steps: j.steps, ms: 0, ...cacheFields(j, true) });
+          for (const x of j.samples) if (x.step < x.steps) x.step++;
+          send({
+            op: 'progress',
+            id,
+            job: h.job,
+            step: j.step,
+            steps: j.steps,
+            ms: 0,
+            ...cacheFields(j, true),
+            ...sampleFields(j),
+          });
         }
-        return send({ op: 'stepped', id, job: h.job, step: j.step, steps: j.steps, ms: 0, ...cacheFields(j) });
+        return send({
+          op: 'stepped',
+          id,
+          job: h.job,
+          step: j.step,
+          steps: j.steps,
+          ms: 0,
+          ...cacheFields(j),
+          ...sampleFields(j),
+        });
       }
+      const picked = h.samples ? h.samples.map((sid) => j.samples.find((x) => x.id === sid)) : j.samples;
+      if (picked.some((x) => !x)) return fail('unknown sample');
+      const ids = picked.map((x) => x.id);
       if (h.op === 'latents') {
+        const per = j.L * 64;
+        const out = new Float32Array(ids.length * per);
+        for (const [i, sid] of ids.entries()) out.fill(sid, i * per, (i + 1) * per);
         return send(
-          { op: 'latents', id, job: h.job, format: 'f32', shape: [j.batch, j.L, 64] },
-          Buffer.alloc(4 * j.batch * j.L * 64),
+          { op: 'latents', id, job: h.job, format: 'f32', shape: [ids.length, j.L, 64], samples: ids },
+          Buffer.from(out.buffer),
         );
       }
       if (h.op === 'decode') {
+        const per = j.height * j.width * 3;
+        const out = Buffer.alloc(ids.length * per);
+        for (const [i, sid] of ids.entries()) out.fill((10 * (sid + 1)) % 256, i * per, (i + 1) * per);
         return send(
-          { op: 'image', id, job: h.job, format: 'rgb8', batch: j.batch, height: j.height, width: j.width, ms: 0 },
-          Buffer.alloc(j.batch * j.height * j.width * 3, 128),
+          {
+            op: 'image',
+            id,
+            job: h.job,
+            format: 'rgb8',
+            batch: ids.length,
+            height: j.height,
+            width: j.width,
+            samples: ids,
+            ms: 0,
+          },
+          out,
         );
       }
       if (h.op === 'release') {
-        jobs.delete(h.job);
-        return send({ op: 'released', id, job: h.job, ...cacheFields(j) });
+        if (h.samples && picked.length < j.samples.length && !j.plain)
+          return fail('release: only plain text-to-image jobs release a subset of their samples');
+        j.samples = j.samples.filter((x) => !ids.includes(x.id));
+        if (j.samples.length === 0) jobs.delete(h.job);
+        else j.steps = j.step + Math.max(...j.samples.map((x) => x.steps - x.step));
+        const remaining = j.samples.map((x) => x.id);
+        return send({ op: 'released', id, job: h.job, ...cacheFields(j), samples: ids, remaining });
       }
       return fail(`unknown op ${h.op}`);
     }
@@ -219,6 +303,15 @@ function handle(h, payload) {
 
 function planList() {
   return [...(plans?.keys() ?? [])].sort().map((name) => ({ name, layers: 1, bytes: 1 }));
+}
+
+/** Per-sample progress fields of a job's answers (the engine's serve.cu sample_fields). */
+function sampleFields(j) {
+  return {
+    samples: j.samples.map((x) => x.id),
+    sample_step: j.samples.map((x) => x.step),
+    sample_steps: j.samples.map((x) => x.steps),
+  };
 }
 
 /** One step's decision (the engine's rule, engine.cu step_cached) before the step index advances. */

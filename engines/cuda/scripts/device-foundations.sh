@@ -44,6 +44,8 @@ tail -1 "$ST"
 say "protocol tests"
 for p in f32 bf16; do
   python3 "$HERE/tests/protocol_test.py" "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -2 || rc=1
+  # Joiners in the running engine batch (issue 16): per-sample schedules, subset decode/release, refusals.
+  timeout 180 python3 "$HERE/tests/protocol_join_test.py" "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | grep -E '"pass": false|passed' || rc=1
   # The editing requests (encode, img2img, inpainting, true CFG), when the fixtures carry edit/.
   if [[ -f $FIX/edit/edit_index.json ]]; then
     timeout 120 python3 "$HERE/tests/protocol_edit_test.py" "$ENGINE" "$FIX" "$MODEL" $p 2>&1 | tail -3 || rc=1

@@ -259,6 +259,19 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     j->mask = put(r.mask);
   }
   j->state = flux->alloc_step(j->mem, TB, j->L, T, st, ctrl_ch);
+  // Every sample at step 0 of the one schedule; conditioning row of step i: i * TB + b (conditioning()'s layout).
+  j->samples.resize(B);
+  for (int b = 0; b < B; b++) {
+    JobSample& s = j->samples[b];
+    s.id = b;
+    s.steps = j->steps;
+    s.sigmas = r.sigmas;
+    s.guidance = r.guidance[b];
+    s.row0 = b;
+    s.rstride = TB;
+  }
+  j->next_sample = B;
+  upload_schedule(*j);
   if (r.step_cache) {
     if (!(r.cache_threshold >= 0) || !std::isfinite(r.cache_threshold) || r.cache_warmup < 0 ||
         r.cache_max_consecutive < 0)
@@ -350,10 +363,177 @@ void Engine::step_eager(Job& j) {
 
 void Engine::finish_step(Job& j) {
   const int B = j.req.batch;
-  const int64_t per = int64_t(j.L) * 64, n = B * per;
+  const int64_t per = int64_t(j.L) * 64;
   if (j.cfg) true_cfg_combine(j.vel, B, per, j.cfg, st);
-  euler_step_sched(j.lat, j.vel, n, j.sigmas, j.state.step, st);
-  if (j.mask) inpaint_blend(j.lat, j.x0, j.noise, j.mask, n, j.sigmas, j.state.step, st);
+  euler_step_samples(j.lat, j.vel, B, per, j.sigmas, j.state.sched, st);
+  if (j.mask) inpaint_blend(j.lat, j.x0, j.noise, j.mask, B, per, j.sigmas, j.state.sched, st);
+  advance_steps(j.state.sched, j.TB, st);
+}
+
+void Engine::upload_schedule(Job& j) {
+  const int B = int(j.samples.size()), TB = j.TB;
+  std::vector<int> t(size_t(5) * TB);
+  for (int r = 0; r < TB; r++) {
+    const JobSample& s = j.samples[r % B];
+    t[r] = s.step;
+    t[size_t(TB) + r] = s.steps;
+    t[size_t(2) * TB + r] = s.row0 + (r >= B ? B : 0);
+    t[size_t(3) * TB + r] = s.rstride;
+    t[size_t(4) * TB + r] = s.sig0;
+  }
+  CUDA_CHECK(cudaMemcpyAsync(j.state.sched.step, t.data(), t.size() * 4, cudaMemcpyHostToDevice, st));
+  CUDA_CHECK(cudaStreamSynchronize(st));  // `t` is pageable and goes away
+}
+
+std::unique_ptr<Job> Engine::regroup(Job& old, const std::vector<int>& keep, const Request* add,
+                                     const std::string& what) {
+  auto fail = [&](const std::string& m) { return std::runtime_error(what + ": " + m); };
+  if (old.cfg || old.mask || old.ctrl || old.cache)
+    throw fail("the job has true CFG, inpainting, control latents or step caching: only plain text-to-image jobs "
+               "change their batch");
+  const int B = old.req.batch, T = old.req.t5_len, D = cfg.flux.hidden(), L = old.L;
+  for (size_t i = 0; i < keep.size(); i++)
+    if (keep[i] < 0 || keep[i] >= B || std::count(keep.begin(), keep.end(), keep[i]) > 1)
+      throw fail("bad sample position");
+  const int k = add ? add->batch : 0;
+  int add_steps = 0;
+  if (add) {
+    const Request& r = *add;
+    if (k < 1) throw fail("batch must be >= 1");
+    if (r.height != old.req.height || r.width != old.req.width)
+      throw fail("size " + std::to_string(r.width) + "x" + std::to_string(r.height) + " differs from the job's " +
+                 std::to_string(old.req.width) + "x" + std::to_string(old.req.height));
+    if (r.t5_len != T) throw fail("t5_len differs from the job's (" + std::to_string(T) + ")");
+    if (!r.cfg_scale.empty()) throw fail("true CFG samples cannot join (a job's rows are 2B with true CFG)");
+    if (!r.image_latents.empty() || !r.noise.empty() || !r.mask.empty()) throw fail("inpainting samples cannot join");
+    if (!r.control.empty()) throw fail("control latents cannot join");
+    if (r.step_cache) throw fail("step caching is per job: joining samples cannot ask for it");
+    if (r.sigmas.size() < 2) throw fail("sigmas must hold steps + 1 values");
+    if (int(r.guidance.size()) != k) throw fail("guidance must hold one value per sample");
+    if (int(r.clip_ids.size()) != k * cfg.clip.maxpos) throw fail("clip_ids must be [B, 77]");
+    if (int(r.t5_ids.size()) != k * T) throw fail("t5_ids must be [B, t5_len]");
+    if (!r.latents.empty() && int64_t(r.latents.size()) != int64_t(k) * L * 64)
+      throw fail("latents must be [B, (H/16)(W/16), 64]");
+    // The job's captured step bakes in its LoRA set's pointers: joiners must name the same set (the registry
+    // caches a set by its members and strengths, so the same set is the same object).
+    auto set = loras ? loras->select(r.loras) : nullptr;
+    if (set != old.adapters) throw fail("the LoRA set differs from the job's (LoRA sets never share a job)");
+    // Likewise its precision plan's weights (swapped in by pointer while the job is enqueued).
+    if (r.plan != old.req.plan) throw fail("the precision plan differs from the job's (plans never share a job)");
+    add_steps = int(r.sigmas.size()) - 1;
+  }
+  const int B2 = int(keep.size()) + k;
+  if (B2 < 1) throw fail("no samples left");
+  auto j = std::make_unique<Job>();
+  // The job-level request: size, T5 length, LoRA set and seed as before; the batch and guidance of the new batch.
+  Request& q = j->req;
+  q.batch = B2;
+  q.height = old.req.height;
+  q.width = old.req.width;
+  q.t5_len = T;
+  q.loras = old.req.loras;
+  q.plan = old.req.plan;
+  q.seed = old.req.seed;
+  j->L = L;
+  j->S = old.S;
+  j->TB = B2;
+  j->adapters = old.adapters;
+  j->plan = old.plan;
+  j->next_sample = old.next_sample;
+  j->step = old.step;
+  // Samples: the kept ones as they are, then the new ones at step 0 of their own schedule. Conditioning rows are
+  // laid out again, sample after sample (row0 = the sum of the previous samples' steps, rstride 1), so rows of
+  // released samples go with them; sigmas likewise (sig0 = the sum of the previous samples' steps + 1).
+  for (int p : keep) j->samples.push_back(old.samples[p]);
+  for (int b = 0; b < k; b++) {
+    JobSample s;
+    s.id = j->next_sample++;
+    s.steps = add_steps;
+    s.sigmas = add->sigmas;
+    s.guidance = add->guidance[b];
+    j->samples.push_back(std::move(s));
+  }
+  std::vector<int> old_rows, new_rows;  // source row of each destination row: kept samples from old.mods, new ones
+  std::vector<float> sig;               // from the joiners' conditioning (rows i * k + b)
+  int rows = 0, remaining = 0;
+  for (int b = 0; b < B2; b++) {
+    JobSample& s = j->samples[b];
+    for (int i = 0; i < s.steps; i++)
+      (b < int(keep.size()) ? old_rows : new_rows).push_back(b < int(keep.size()) ? s.row0 + i * s.rstride
+                                                                                   : i * k + (b - int(keep.size())));
+    s.row0 = rows;
+    s.rstride = 1;
+    rows += s.steps;
+    s.sig0 = int(sig.size());
+    sig.insert(sig.end(), s.sigmas.begin(), s.sigmas.end());
+    remaining = std::max(remaining, s.steps - s.step);
+    q.guidance.push_back(s.guidance);
+  }
+  q.sigmas = j->samples[0].sigmas;
+  j->R = rows;
+  j->steps = j->step + remaining;
+  PlanScope plan_scope(plans.get(), j->plan);  // the job's precision plan, as prepare has it
+  AdapterScope lora_scope(loras.get(), j->adapters.get());
+  DeviceArena tmp;  // the joiners' encoder outputs, conditioning and row maps: freed once the job is built
+  auto f32 = [&](DeviceArena& a, size_t n) { return static_cast<float*>(a.alloc(n * 4)); };
+  const int64_t per = int64_t(L) * 64;
+  j->ctx0 = f32(j->mem, size_t(B2) * T * D);
+  j->mods = f32(j->mem, size_t(rows) * flux->mod_width());
+  j->cs = f32(j->mem, size_t(j->S) * cfg.flux.head_dim);
+  j->lat = f32(j->mem, size_t(B2) * per);
+  j->vel = f32(j->mem, size_t(B2) * per);
+  j->sigmas = f32(j->mem, sig.size());
+  CUDA_CHECK(cudaMemcpyAsync(j->sigmas, sig.data(), sig.size() * 4, cudaMemcpyHostToDevice, st));
+  CUDA_CHECK(cudaMemcpyAsync(j->cs, old.cs, size_t(j->S) * cfg.flux.head_dim * 4, cudaMemcpyDeviceToDevice, st));
+  j->state = flux->alloc_step(j->mem, B2, L, T, st, 0);
+  auto put_rows = [&](const std::vector<int>& map) {
+    int* d = static_cast<int*>(tmp.alloc(std::max<size_t>(map.size(), 1) * 4));
+    CUDA_CHECK(cudaMemcpyAsync(d, map.data(), map.size() * 4, cudaMemcpyHostToDevice, st));
+    return d;
+  };
+  Ctx c = ctx();
+  // Kept samples: their text stream, latents and conditioning rows, copied (bit for bit: they go on as they were).
+  for (size_t p = 0; p < keep.size(); p++) {
+    const size_t t = size_t(T) * D;
+    CUDA_CHECK(cudaMemcpyAsync(j->ctx0 + p * t, old.ctx0 + keep[p] * t, t * 4, cudaMemcpyDeviceToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(j->lat + p * per, old.lat + keep[p] * per, per * 4, cudaMemcpyDeviceToDevice, st));
+  }
+  flux->copy_rows(c, old.mods, old.R, j->mods, rows, 0, put_rows(old_rows), int64_t(old_rows.size()));
+  if (add) {
+    // Joiners: prepare's work for k samples (text encoders, context embedder, conditioning of all their steps), into
+    // the new buffers after the kept samples. A joiner's numbers are those of the same sample prepared alone.
+    const Request& r = *add;
+    float* pooled = f32(tmp, size_t(k) * cfg.clip.hidden);
+    float* t5o = f32(tmp, size_t(k) * T * cfg.t5.d_model);
+    float* mods = f32(tmp, size_t(k) * add_steps * flux->mod_width());
+    clip->encode(c, r.clip_ids, k, pooled);
+    t5->encode(c, r.t5_ids, k, T, t5o);
+    flux->embed_context(c, t5o, k * T, j->ctx0 + keep.size() * size_t(T) * D);
+    std::vector<float> tin(size_t(k) * add_steps), gin(tin.size());
+    for (int i = 0; i < add_steps; i++)
+      for (int b = 0; b < k; b++) {
+        tin[size_t(i) * k + b] = (r.sigmas[i] * 1000.f) / 1000.f;
+        gin[size_t(i) * k + b] = r.guidance[b];
+      }
+    flux->conditioning(c, tin, gin, pooled, k, add_steps, mods);
+    flux->copy_rows(c, mods, int64_t(k) * add_steps, j->mods, rows, int64_t(old_rows.size()), put_rows(new_rows),
+                    int64_t(new_rows.size()));
+    float* lat = j->lat + keep.size() * per;
+    if (r.latents.empty())
+      fill_normal(lat, DType::F32, int64_t(k) * per, 0.f, 1.f, r.seed, st);
+    else
+      CUDA_CHECK(cudaMemcpyAsync(lat, r.latents.data(), r.latents.size() * 4, cudaMemcpyHostToDevice, st));
+  }
+  upload_schedule(*j);
+  // A new batch size is a new geometry: plan it as prepare does (one forward, outputs discarded; the latents and
+  // step indices are untouched), so the job's first step can be captured without allocating.
+  auto geo = std::make_tuple(B2, L, T, j->adapters ? j->adapters->signature : size_t(0), j->plan ? j->plan->id : 0);
+  if (!planned_.count(geo)) {
+    flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
+    planned_.insert(geo);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(st));  // before `tmp` and the host vectors go away
+  return j;
 }
 
 // Records one step into a CUDA graph. Every input of the step is in device memory (the step index too) and every
@@ -400,9 +580,15 @@ bool Engine::capture_into(StepGraph& graph, const std::function<void()>& enqueue
 
 void Engine::step(Job& j) {
   if (j.step >= j.steps) throw std::runtime_error("no steps left");
+  // The host mirror of the device's advance (advance_steps): every sample not done moves one of its steps.
+  auto advanced = [&] {
+    j.step++;
+    for (JobSample& s : j.samples)
+      if (!s.done()) s.step++;
+  };
   if (j.cache) {
     step_cached(j);
-    j.step++;
+    advanced();
     return;
   }
   // Steps replay one captured step unless graphs are off, a profiler is timing individual calls, or the capture
@@ -419,7 +605,7 @@ void Engine::step(Job& j) {
   } else {
     step_eager(j);
   }
-  j.step++;
+  advanced();
 }
 
 // Step caching (engine.h StepCache). Why three graphs and a host decision rather than one graph with a conditional
@@ -527,6 +713,19 @@ Ctx Engine::encoder_ctx() {
 void Engine::decode(Job& j, float* chw, uint8_t* rgb) {
   Ctx c = ctx();
   vae->decode(c, j.lat, j.req.batch, j.req.height, j.req.width, chw, rgb);
+}
+
+void Engine::decode(Job& j, const std::vector<int>& pos, float* chw, uint8_t* rgb) {
+  bool all = int(pos.size()) == j.req.batch;
+  for (size_t i = 0; i < pos.size() && all; i++) all = pos[i] == int(i);
+  if (all) return decode(j, chw, rgb);
+  // The chosen samples' latents gathered into one batch [n, L, 64] (scratch), then one VAE decode of n samples.
+  const int64_t per = int64_t(j.L) * 64;
+  float* lat = scratch.getT<float>("engine.decode_lat", size_t(pos.size()) * per);
+  for (size_t i = 0; i < pos.size(); i++)
+    CUDA_CHECK(cudaMemcpyAsync(lat + i * per, j.lat + pos[i] * per, per * 4, cudaMemcpyDeviceToDevice, st));
+  Ctx c = ctx();
+  vae->decode(c, lat, int(pos.size()), j.req.height, j.req.width, chw, rgb);
 }
 
 }  // namespace fq

@@ -90,10 +90,27 @@ struct StepCache {
   StepGraph head, tail, reuse;
 };
 
+// One sample of a job, as the host mirrors it (the device holds the same in the step's SampleSchedule). Every sample
+// has its own schedule and step: a joined job's samples started at different steps (PROTOCOL.md `join`). `id` names
+// the sample in the protocol (`samples`): prepare's samples are 0..B-1, each join continues the count; ids stay
+// with their sample when other samples are released (the job compacts, positions move).
+struct JobSample {
+  int id = 0, step = 0, steps = 0;
+  std::vector<float> sigmas;  // [steps + 1]
+  float guidance = 0;
+  int row0 = 0, rstride = 1;  // conditioning row of step i: row0 + i * rstride (in the job's mods)
+  int sig0 = 0;               // where its sigmas start in the job's sigma buffer
+  bool done() const { return step >= steps; }
+};
+
 struct Job {
   Request req;
-  // TB: the transformer's batch (2B with true CFG, else B); R = TB * steps conditioning rows.
+  // TB: the transformer's batch (2B with true CFG, else B); R conditioning rows (TB * steps after prepare).
+  // step: engine steps run on the job; steps: step + the most steps any sample has left (both as before for a job
+  // never joined: every sample shares the schedule).
   int L = 0, S = 0, R = 0, TB = 0, steps = 0, step = 0;
+  std::vector<JobSample> samples;  // [B], in batch order
+  int next_sample = 0;             // the id the next joined sample gets
   DeviceArena mem;
   // lat and vel hold TB samples (with true CFG the second half of lat is the first half's copy, made each step).
   float *pooled = nullptr, *t5 = nullptr, *ctx0 = nullptr, *mods = nullptr, *cs = nullptr, *lat = nullptr,
@@ -133,10 +150,19 @@ class Engine {
   void load_model(const std::string& path);  // a diffusers folder, or a load-spec .json file
   void load_synthetic(uint64_t seed);     // FLUX.1-dev sizes, random weights generated on the GPU
   std::unique_ptr<Job> prepare(const Request& r);
+  // The job that continues `old` with its samples at positions `keep` (in that order), then the new samples of
+  // `add` (null: none), each with its own schedule: `join` (keep all, add) and a partial `release` (keep the rest).
+  // New buffers sized for the new batch (the geometry is planned here, as prepare plans one, so the step can be
+  // captured without allocating); `old` is left as it was, and the caller drops it. Only plain text-to-image jobs
+  // (no true CFG, inpainting, control latents or step caching); `add` must match the job's size, T5 length and
+  // LoRA set. Refusals throw messages that begin with `what` ("join" / "release").
+  std::unique_ptr<Job> regroup(Job& old, const std::vector<int>& keep, const Request* add, const std::string& what);
   void step(Job& j);
   // Workspace epoch: changes when a buffer a captured step may read moves (scratch growth, cuDNN workspace).
   int epoch() const;
   void decode(Job& j, float* chw, uint8_t* rgb);  // device outputs, either may be null
+  // The samples at positions `pos` of the job (in that order), batch |pos| (device outputs, either may be null).
+  void decode(Job& j, const std::vector<int>& pos, float* chw, uint8_t* rgb);
   // The VAE encoder: pixels float CHW [B, 3, H, W] in [-1, 1] (device) -> fp32 NCHW mean, logvar [B, 16, H/8, W/8]
   // (device). Throws when the checkpoint has no encoder.
   void encode(const float* pixels, int B, int H, int W, float* mean, float* logvar);
@@ -162,6 +188,9 @@ class Engine {
   void cache_tail(Job& j);   // the other blocks and final layer, store r_full and the residual, scheduler update
   void cache_reuse(Job& j);  // stream += cached residual, output layer, scheduler update
   void finish_step(Job& j);  // true-CFG combine, Euler update, inpainting blend (after the velocity)
+  // Writes the job's samples (host mirror) to its step's device schedule table; TB rows (a true-CFG negative row
+  // B + b mirrors sample b, rows + B: prepare's layout; such jobs are never regrouped).
+  void upload_schedule(Job& j);
   // Runs one part of a step: replays g (capturing it first when stale and worth it; true) or enqueues eagerly.
   bool run_part(Job& j, StepGraph& g, void (Engine::*part)(Job&));
   const DType dt;

@@ -172,6 +172,11 @@ void FluxTransformer::conditioning(Ctx& c, const std::vector<float>& t_in, const
     linear(c, *mod_layers_[k], R, In{h, c.dt, D}, Out{mods + mod_off_[k] * R, DType::F32, mod_w_[k]});
 }
 
+void FluxTransformer::copy_rows(Ctx& c, const float* src, int64_t Rs, float* dst, int64_t Rd, int64_t dst_row0,
+                                const int* map, int64_t count) const {
+  copy_step_rows(src, Rs, dst, Rd, dst_row0, map, count, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), c.st);
+}
+
 void FluxTransformer::embed_context(Ctx& c, const float* t5, int rows, float* ctx0) {
   void* in = c.buf("flux.t5_t", size_t(rows) * cfg.joint_dim);
   cast(t5, DType::F32, in, c.dt, int64_t(rows) * cfg.joint_dim, c.st);
@@ -205,8 +210,17 @@ FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cuda
   s.ctrl_ch = ctrl_ch;
   s.lat_t = mem.alloc(RL * (cfg.in_channels + ctrl_ch) * std::max<size_t>(es, dsize(x_emb_.wt)));
   s.mods = mem.allocT<float>(size_t(B) * mod_width_);
-  s.step = mem.allocT<int>(1);
-  CUDA_CHECK(cudaMemsetAsync(s.step, 0, sizeof(int), st));
+  // The schedule table [5, B]: step 0, nsteps unbounded, row0 = b, rstride = B, sig0 = 0 (prepare's layout).
+  int* t = mem.allocT<int>(size_t(5) * B);
+  s.sched = SampleSchedule{t, t + B, t + 2 * B, t + 3 * B, t + 4 * B};
+  std::vector<int> init(size_t(5) * B, 0);
+  for (int b = 0; b < B; b++) {
+    init[size_t(B) + b] = 1 << 30;
+    init[size_t(2) * B + b] = b;
+    init[size_t(3) * B + b] = B;
+  }
+  CUDA_CHECK(cudaMemcpyAsync(t, init.data(), init.size() * 4, cudaMemcpyHostToDevice, st));
+  CUDA_CHECK(cudaStreamSynchronize(st));  // `init` is pageable and goes away
   return s;
 }
 
@@ -261,8 +275,9 @@ FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consume
 // modulations are at hand, so each block ends by writing the next block's first norm (into s.xn / s.cn).
 void FluxTransformer::embed(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R) {
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, RL = B * L, RT = B * T;
-  // This step's modulation rows, selected by the device step index (the same launch replays for every step).
-  gather_step_rows(mods, R, B, s.step, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), s.mods, c.st);
+  // This step's modulation rows, selected per sample by the device step indices (the same launch replays for every
+  // step).
+  gather_step_rows(mods, R, B, s.sched, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), s.mods, c.st);
   if (s.ctrl_ch) {
     // BFL Control: x_embedder reads [latents; control] in its own type; the set's adapter (A as wide as the rows)
     // covers every column, the base product the first in_channels (lora.h, linear.h).

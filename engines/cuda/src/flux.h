@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "json.h"
+#include "kernels/kernels.h"
 #include "weights.h"
 
 namespace fq {
@@ -35,7 +36,10 @@ struct FluxStep {
   void *qkv_i = nullptr, *qkv_t = nullptr, *Q = nullptr, *K = nullptr, *V = nullptr, *a = nullptr, *hid = nullptr,
        *lat_t = nullptr;
   float* mods = nullptr;  // this step's modulation: block k's rows [B, W_k] at mod_offset(k) * B
-  int* step = nullptr;    // device step index: selects the modulation rows; the engine's Euler update advances it
+  // Per-sample step indices and schedule positions, device [B] each (kernels.h SampleSchedule; one allocation of
+  // 5B ints at `sched.step`): select each sample's modulation rows; the engine's Euler update advances them.
+  // alloc_step sets prepare's layout (step 0, row0 = b, rstride = B, sig0 = 0, nsteps unbounded).
+  SampleSchedule sched;
   // BFL Control: the job's packed control latents [B, L, ctrl_ch] fp32 (fixed for the job), read by every step's
   // x_embedder as lat_t = [latents; control] [B*L, in + ctrl_ch]; null / 0 without a control LoRA set.
   const float* ctrl = nullptr;
@@ -67,7 +71,8 @@ class FluxTransformer {
   void embed_context(Ctx& c, const float* t5, int rows, float* ctx0);
   // The step state for (B, L, T) in `mem`; its step index starts at 0. ctrl_ch: control channels (lat_t's width).
   FluxStep alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st, int ctrl_ch = 0) const;
-  // Velocity for latents [B, L, in] at the conditioning rows of step *s.step (mods of R rows): vel [B*L, out] fp32.
+  // Velocity for latents [B, L, in] at each sample's conditioning row of its step (s.sched; mods of R rows):
+  // vel [B*L, out] fp32.
   // cs: rope table on device. Enqueues only (no host sync, no allocation once plans exist): capturable.
   void forward(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R, const float* cs,
                float* vel);
@@ -81,6 +86,10 @@ class FluxTransformer {
   // The final layer's norm_out + proj_out of the image stream s.x as it stands (a cached step's output); hooks see
   // it as the Final block.
   void output_from_x(Ctx& c, FluxStep& s, float* vel);
+  // Conditioning rows from one layout to another (a regrouped job, Engine::regroup): for every modulation block,
+  // dst row dst_row0 + r = src row map[r] (r < count; map on the device). src has Rs rows, dst Rd.
+  void copy_rows(Ctx& c, const float* src, int64_t Rs, float* dst, int64_t Rd, int64_t dst_row0, const int* map,
+                 int64_t count) const;
   // Every Linear of the transformer (LoRA targets: lora.h keys them by name); the pointers stay valid.
   std::vector<Linear*> linears();
   // Every QK-norm weight slot ("transformer_blocks.<i>.attn.norm_q", ...): BFL Control LoRAs replace them (lora.h).

@@ -464,7 +464,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
       auto forward = [&] {
         e.flux->conditioning(c, {tstep}, {guid}, d_pooled, 1, 1, mods);
         e.flux->embed_context(c, d_enc, T, ctx0);
-        CUDA_CHECK(cudaMemsetAsync(state.step, 0, sizeof(int), e.st));
+        CUDA_CHECK(cudaMemsetAsync(state.sched.step, 0, sizeof(int), e.st));
         e.flux->forward(c, state, d_hs, ctx0, mods, 1, d_cs, vel);
         return download(vel, out.size());
       };

@@ -91,6 +91,111 @@ std::string plan_spec_of(const std::string& name, const Json& v) {
   return rules;
 }
 
+// A prepare / join request's samples: header fields and payload (PROTOCOL.md `prepare`; `join` takes the same).
+Request request_of(const Json& req, const std::vector<uint8_t>& payload, const Engine& eng, const std::string& op) {
+  Request r;
+  r.batch = int(req.num("batch", 1));
+  r.height = int(req.num("height", 1024));
+  r.width = int(req.num("width", 1024));
+  r.t5_len = int(req.num("t5_len", 512));
+  r.sigmas = floats(req["sigmas"]);
+  r.guidance = floats(req["guidance"]);
+  r.seed = uint64_t(req.num("seed", 0));
+  if (req.has("true_cfg")) r.cfg_scale = floats(req["true_cfg"]);
+  r.loras = lora_set_of(req["loras"]);
+  // The job's precision plan: a name from load's `plans`; absent, null or "" is the base plan.
+  if (req.has("plan") && !req["plan"].is_null()) {
+    if (req["plan"].kind != Json::Str) throw std::runtime_error("plan must be a plan name given at load");
+    r.plan = req["plan"].s;
+  }
+  // Step caching: {threshold, warmup_steps (default 1), max_consecutive (default 1)}; absent or null: off.
+  if (req.has("step_cache") && !req["step_cache"].is_null()) {
+    const Json& sc = req["step_cache"];
+    if (sc.kind != Json::Obj || !sc.has("threshold") || sc["threshold"].kind != Json::Num)
+      throw std::runtime_error("step_cache must be {threshold, warmup_steps?, max_consecutive?}");
+    r.step_cache = true;
+    r.cache_threshold = float(sc.num("threshold", 0));
+    r.cache_warmup = int(sc.num("warmup_steps", 1));
+    r.cache_max_consecutive = int(sc.num("max_consecutive", 1));
+  }
+  // True CFG: the ids hold 2B rows (the prompts, then the negative prompts).
+  const size_t tb = size_t(r.text_batch());
+  size_t nclip = tb * eng.cfg.clip.maxpos, nt5 = tb * r.t5_len;
+  size_t nlat = size_t(r.batch) * (r.height / 16) * (r.width / 16) * 64;
+  bool explicit_lat = req.str("latents", "seed") == "payload";
+  // Inpainting: image latents, noise and mask (each [B, L, 64] f32) after the latents.
+  bool inpaint = req["inpaint"].kind == Json::Bool && req["inpaint"].b;
+  // BFL Control: the packed control latents [B, L, 64] f32 last.
+  bool control = req["control"].kind == Json::Bool && req["control"].b;
+  size_t need = (nclip + nt5) * 4 + (explicit_lat ? nlat * 4 : 0) + (inpaint ? 3 * nlat * 4 : 0) +
+                (control ? nlat * 4 : 0);
+  if (payload.size() != need)
+    throw std::runtime_error(op + " payload must be " + std::to_string(need) + " bytes, got " +
+                             std::to_string(payload.size()));
+  r.clip_ids.resize(nclip);
+  r.t5_ids.resize(nt5);
+  const uint8_t* at = payload.data();
+  auto take = [&](void* dst, size_t bytes) {
+    memcpy(dst, at, bytes);
+    at += bytes;
+  };
+  take(r.clip_ids.data(), nclip * 4);
+  take(r.t5_ids.data(), nt5 * 4);
+  if (explicit_lat) {
+    r.latents.resize(nlat);
+    take(r.latents.data(), nlat * 4);
+  }
+  if (inpaint) {
+    for (auto* v : {&r.image_latents, &r.noise, &r.mask}) {
+      v->resize(nlat);
+      take(v->data(), nlat * 4);
+    }
+  }
+  if (control) {
+    r.control.resize(nlat);
+    take(r.control.data(), nlat * 4);
+  }
+  return r;
+}
+
+// Positions of the samples a request names (`samples`: ids, in that order); all samples in batch order when absent.
+std::vector<int> positions_of(const Job& j, const Json& req) {
+  std::vector<int> pos;
+  if (!req.has("samples") || req["samples"].is_null()) {
+    for (int b = 0; b < int(j.samples.size()); b++) pos.push_back(b);
+    return pos;
+  }
+  if (req["samples"].kind != Json::Arr || req["samples"].a.empty())
+    throw std::runtime_error("samples must be a non-empty array of sample ids");
+  for (auto& x : req["samples"].a) {
+    int p = -1;
+    for (int b = 0; b < int(j.samples.size()); b++)
+      if (x.kind == Json::Num && j.samples[b].id == int(x.n)) p = b;
+    if (p < 0) throw std::runtime_error("unknown sample " + (x.kind == Json::Num ? std::to_string(int64_t(x.n)) : "id"));
+    if (std::find(pos.begin(), pos.end(), p) != pos.end()) throw std::runtime_error("samples names a sample twice");
+    pos.push_back(p);
+  }
+  return pos;
+}
+
+std::string int_list(const std::vector<int>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); i++) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// Per-sample progress (ids, steps done, schedule lengths, in batch order): `samples`, `sample_step`, `sample_steps`.
+std::string sample_fields(const Job& j) {
+  std::vector<int> id, step, steps;
+  for (auto& s : j.samples) {
+    id.push_back(s.id);
+    step.push_back(s.step);
+    steps.push_back(s.steps);
+  }
+  return ",\"samples\":" + int_list(id) + ",\"sample_step\":" + int_list(step) + ",\"sample_steps\":" +
+         int_list(steps);
+}
+
 using clk = std::chrono::steady_clock;
 double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
 
@@ -180,75 +285,15 @@ int run_serve() {
         send("{\"op\":\"lora_unloaded\",\"id\":" + id + ",\"name\":" + json_escape(name) +
              ",\"unloaded\":" + (was ? "true" : "false") + lora_state_fields(*eng) + "}");
       } else if (op == "prepare") {
-        Request r;
-        r.batch = int(req.num("batch", 1));
-        r.height = int(req.num("height", 1024));
-        r.width = int(req.num("width", 1024));
-        r.t5_len = int(req.num("t5_len", 512));
-        r.sigmas = floats(req["sigmas"]);
-        r.guidance = floats(req["guidance"]);
-        r.seed = uint64_t(req.num("seed", 0));
-        if (req.has("true_cfg")) r.cfg_scale = floats(req["true_cfg"]);
-        r.loras = lora_set_of(req["loras"]);
-        // The job's precision plan: a name from load's `plans`; absent, null or "" is the base plan.
-        if (req.has("plan") && !req["plan"].is_null()) {
-          if (req["plan"].kind != Json::Str) throw std::runtime_error("plan must be a plan name given at load");
-          r.plan = req["plan"].s;
-        }
-        // Step caching: {threshold, warmup_steps (default 1), max_consecutive (default 1)}; absent or null: off.
-        if (req.has("step_cache") && !req["step_cache"].is_null()) {
-          const Json& sc = req["step_cache"];
-          if (sc.kind != Json::Obj || !sc.has("threshold") || sc["threshold"].kind != Json::Num)
-            throw std::runtime_error("step_cache must be {threshold, warmup_steps?, max_consecutive?}");
-          r.step_cache = true;
-          r.cache_threshold = float(sc.num("threshold", 0));
-          r.cache_warmup = int(sc.num("warmup_steps", 1));
-          r.cache_max_consecutive = int(sc.num("max_consecutive", 1));
-        }
-        // True CFG: the ids hold 2B rows (the prompts, then the negative prompts).
-        const size_t tb = size_t(r.text_batch());
-        size_t nclip = tb * eng->cfg.clip.maxpos, nt5 = tb * r.t5_len;
-        size_t nlat = size_t(r.batch) * (r.height / 16) * (r.width / 16) * 64;
-        bool explicit_lat = req.str("latents", "seed") == "payload";
-        // Inpainting: image latents, noise and mask (each [B, L, 64] f32) after the latents.
-        bool inpaint = req["inpaint"].kind == Json::Bool && req["inpaint"].b;
-        // BFL Control: the packed control latents [B, L, 64] f32 last.
-        bool control = req["control"].kind == Json::Bool && req["control"].b;
-        size_t need = (nclip + nt5) * 4 + (explicit_lat ? nlat * 4 : 0) + (inpaint ? 3 * nlat * 4 : 0) +
-                      (control ? nlat * 4 : 0);
-        if (payload.size() != need)
-          throw std::runtime_error("prepare payload must be " + std::to_string(need) + " bytes, got " +
-                                   std::to_string(payload.size()));
-        r.clip_ids.resize(nclip);
-        r.t5_ids.resize(nt5);
-        const uint8_t* at = payload.data();
-        auto take = [&](void* dst, size_t bytes) {
-          memcpy(dst, at, bytes);
-          at += bytes;
-        };
-        take(r.clip_ids.data(), nclip * 4);
-        take(r.t5_ids.data(), nt5 * 4);
-        if (explicit_lat) {
-          r.latents.resize(nlat);
-          take(r.latents.data(), nlat * 4);
-        }
-        if (inpaint) {
-          for (auto* v : {&r.image_latents, &r.noise, &r.mask}) {
-            v->resize(nlat);
-            take(v->data(), nlat * 4);
-          }
-        }
-        if (control) {
-          r.control.resize(nlat);
-          take(r.control.data(), nlat * 4);
-        }
+        Request r = request_of(req, payload, *eng, "prepare");
         auto job = eng->prepare(r);
         CUDA_CHECK(cudaStreamSynchronize(eng->st));
         int64_t jid = next_job++;
         int steps = job->steps;
         jobs[jid] = std::move(job);
         send("{\"op\":\"prepared\",\"id\":" + id + ",\"job\":" + std::to_string(jid) +
-             ",\"steps\":" + std::to_string(steps) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+             ",\"steps\":" + std::to_string(steps) + sample_fields(*jobs[jid]) +
+             ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
       } else if (op == "encode") {
         // The VAE encoder: pixels [B, 3, H, W] f32 in [-1, 1], optional noise [B, 16, H/8, W/8] f32 ->
         // packed scaled latents [B, L, 64] (output "latents"), or mean and logvar (output "moments").
@@ -295,6 +340,7 @@ int run_serve() {
         Job& j = *it->second;
         std::string js = std::to_string(jid);
         if (op == "step") {
+          // One engine step advances every sample not done by one of its own steps (done ones stay frozen).
           int count = int(req.num("count", j.steps - j.step));
           for (int i = 0; i < count && j.step < j.steps; i++) {
             auto ts = clk::now();
@@ -302,33 +348,71 @@ int run_serve() {
             CUDA_CHECK(cudaStreamSynchronize(eng->st));
             send("{\"op\":\"progress\",\"id\":" + id + ",\"job\":" + js + ",\"step\":" + std::to_string(j.step) +
                  ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(ts)) +
-                 cache_fields(j, true) + "}");
+                 cache_fields(j, true) + sample_fields(j) + "}");
           }
           send("{\"op\":\"stepped\",\"id\":" + id + ",\"job\":" + js + ",\"step\":" + std::to_string(j.step) +
                ",\"steps\":" + std::to_string(j.steps) + ",\"ms\":" + std::to_string(ms_since(t0)) +
-               cache_fields(j, false) + "}");
+               cache_fields(j, false) + sample_fields(j) + "}");
+        } else if (op == "join") {
+          // New samples into this job's batch at a step boundary (Engine::regroup): the job id stays, its buffers,
+          // geometry and captured step are new. Refusals leave the job as it was.
+          Request r = request_of(req, payload, *eng, "join");
+          std::vector<int> all;
+          for (int b = 0; b < int(j.samples.size()); b++) all.push_back(b);
+          auto grown = eng->regroup(j, all, &r, "join");
+          std::vector<int> added;
+          for (size_t b = all.size(); b < grown->samples.size(); b++) added.push_back(grown->samples[b].id);
+          const int steps = grown->samples.back().steps;
+          it->second = std::move(grown);
+          Job& g = *it->second;
+          send("{\"op\":\"joined\",\"id\":" + id + ",\"job\":" + js + ",\"added\":" + int_list(added) +
+               ",\"batch\":" + std::to_string(g.req.batch) + ",\"steps\":" + std::to_string(steps) +
+               ",\"step\":" + std::to_string(g.step) + ",\"job_steps\":" + std::to_string(g.steps) +
+               sample_fields(g) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
         } else if (op == "latents") {
-          std::vector<float> lat(size_t(j.req.batch) * j.L * 64);
-          CUDA_CHECK(cudaMemcpyAsync(lat.data(), j.lat, lat.size() * 4, cudaMemcpyDeviceToHost, eng->st));
+          const std::vector<int> pos = positions_of(j, req);
+          const size_t per = size_t(j.L) * 64;
+          std::vector<float> lat(pos.size() * per);
+          for (size_t i = 0; i < pos.size(); i++)
+            CUDA_CHECK(cudaMemcpyAsync(lat.data() + i * per, j.lat + pos[i] * per, per * 4, cudaMemcpyDeviceToHost,
+                                       eng->st));
           CUDA_CHECK(cudaStreamSynchronize(eng->st));
+          std::vector<int> ids;
+          for (int p : pos) ids.push_back(j.samples[p].id);
           send("{\"op\":\"latents\",\"id\":" + id + ",\"job\":" + js + ",\"format\":\"f32\",\"shape\":[" +
-                   std::to_string(j.req.batch) + "," + std::to_string(j.L) + ",64]}",
+                   std::to_string(pos.size()) + "," + std::to_string(j.L) + ",64],\"samples\":" + int_list(ids) + "}",
                lat.data(), lat.size() * 4);
         } else if (op == "decode") {
-          size_t n = size_t(j.req.batch) * j.req.height * j.req.width * 3;
+          const std::vector<int> pos = positions_of(j, req);
+          size_t n = pos.size() * j.req.height * j.req.width * 3;
           std::vector<uint8_t> img(n);
           uint8_t* d = static_cast<uint8_t*>(eng->scratch.get("serve.rgb", n));
-          eng->decode(j, nullptr, d);
+          eng->decode(j, pos, nullptr, d);
           CUDA_CHECK(cudaMemcpyAsync(img.data(), d, n, cudaMemcpyDeviceToHost, eng->st));
           CUDA_CHECK(cudaStreamSynchronize(eng->st));
+          std::vector<int> ids;
+          for (int p : pos) ids.push_back(j.samples[p].id);
           send("{\"op\":\"image\",\"id\":" + id + ",\"job\":" + js + ",\"format\":\"rgb8\",\"batch\":" +
-                   std::to_string(j.req.batch) + ",\"height\":" + std::to_string(j.req.height) +
-                   ",\"width\":" + std::to_string(j.req.width) + ",\"ms\":" + std::to_string(ms_since(t0)) + "}",
+                   std::to_string(pos.size()) + ",\"height\":" + std::to_string(j.req.height) +
+                   ",\"width\":" + std::to_string(j.req.width) + ",\"samples\":" + int_list(ids) +
+                   ",\"ms\":" + std::to_string(ms_since(t0)) + "}",
                img.data(), n);
         } else if (op == "release") {
+          // All samples (no `samples`, or all named): the job goes. A subset: the job compacts to the others
+          // (Engine::regroup: new buffers and geometry, the others' ids and progress unchanged).
+          const std::vector<int> pos = positions_of(j, req);
+          std::vector<int> gone, keep, left;
+          for (int p : pos) gone.push_back(j.samples[p].id);
+          for (int b = 0; b < int(j.samples.size()); b++)
+            if (std::find(pos.begin(), pos.end(), b) == pos.end()) {
+              keep.push_back(b);
+              left.push_back(j.samples[b].id);
+            }
           const std::string fields = cache_fields(j, false);
-          jobs.erase(it);
-          send("{\"op\":\"released\",\"id\":" + id + ",\"job\":" + js + fields + "}");
+          if (keep.empty()) jobs.erase(it);
+          else it->second = eng->regroup(j, keep, nullptr, "release");
+          send("{\"op\":\"released\",\"id\":" + id + ",\"job\":" + js + fields + ",\"samples\":" +
+               int_list(gone) + ",\"remaining\":" + int_list(left) + "}");
         } else {
           throw std::runtime_error("unknown op " + op);
         }

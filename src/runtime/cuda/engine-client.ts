@@ -142,6 +142,15 @@ export function prepareFrameOf(a: CudaPrepareArgs): RequestFrame {
   };
 }
 
+/**
+ * The `join` request (PROTOCOL.md): `a`'s samples into the running job `job` at its next step boundary, with their own
+ * schedule; the same header fields and payload as `prepare` (step caching is per job: not sent).
+ */
+export function joinFrameOf(job: number, a: Omit<CudaPrepareArgs, 'stepCache'>): RequestFrame {
+  const f = prepareFrameOf(a);
+  return { header: { ...f.header, op: 'join', job }, payload: f.payload };
+}
+
 function stepCacheHeaderOf(c: CudaStepCache): Record<string, number> {
   return {
     threshold: c.threshold,
@@ -159,6 +168,15 @@ export interface CudaProgress {
   ms: number;
   /** Jobs with step caching: steps run in full and steps that reused the cached residual, so far. */
   stepCache?: { full: number; cached: number };
+  /** Per sample (engine ids, batch order): steps done and its schedule's length (engines that report them). */
+  samples?: CudaSampleProgress[];
+}
+
+/** One sample of a job: its engine id (PROTOCOL.md `samples`), steps done, its schedule's length. */
+export interface CudaSampleProgress {
+  id: number;
+  step: number;
+  steps: number;
 }
 
 /** See the file header. */
@@ -266,6 +284,16 @@ export class CudaEngineClient {
     return { job: num(h.job), steps: num(h.steps), ms: num(h.ms) };
   }
 
+  /** Adds samples to a running job (same size, T5 length and LoRA set; own schedule): their engine sample ids. */
+  async join(
+    job: number,
+    a: Omit<CudaPrepareArgs, 'stepCache'>,
+  ): Promise<{ added: number[]; batch: number; steps: number; ms: number }> {
+    const f = joinFrameOf(job, a);
+    const { header: h } = await this.request(f.header, f.payload);
+    return { added: (h.added as number[]).map(Number), batch: num(h.batch), steps: num(h.steps), ms: num(h.ms) };
+  }
+
   /** Runs `count` denoising steps of a job (default: all remaining), reporting each. */
   async step(job: number, count?: number, onProgress?: (p: CudaProgress) => void): Promise<CudaProgress> {
     const { header: h } = await this.request(
@@ -280,22 +308,25 @@ export class CudaEngineClient {
     return progressOf(h);
   }
 
-  /** The job's current packed latents `[B, L, 64]`. */
-  async latents(job: number): Promise<{ shape: number[]; data: Float32Array }> {
-    const { header: h, payload } = await this.request({ op: 'latents', job });
+  /** The job's current packed latents `[B, L, 64]` (or of the named samples, in that order: `[n, L, 64]`). */
+  async latents(job: number, samples?: readonly number[]): Promise<{ shape: number[]; data: Float32Array }> {
+    const { header: h, payload } = await this.request({ op: 'latents', job, ...samplesField(samples) });
     const shape = (h.shape as number[]).map(Number);
     return { shape, data: floatsOf(payload) };
   }
 
-  /** Decodes the job's latents: RGB8 `[B, H, W, 3]`. */
-  async decode(job: number): Promise<{ batch: number; height: number; width: number; data: Uint8Array; ms: number }> {
-    const { header: h, payload } = await this.request({ op: 'decode', job });
+  /** Decodes the job's latents (or the named samples', in that order): RGB8 `[n, H, W, 3]`. */
+  async decode(
+    job: number,
+    samples?: readonly number[],
+  ): Promise<{ batch: number; height: number; width: number; data: Uint8Array; ms: number }> {
+    const { header: h, payload } = await this.request({ op: 'decode', job, ...samplesField(samples) });
     return { batch: num(h.batch), height: num(h.height), width: num(h.width), data: payload, ms: num(h.ms) };
   }
 
-  /** Frees a job's GPU memory. */
-  async release(job: number): Promise<void> {
-    await this.request({ op: 'release', job });
+  /** Frees a job's GPU memory, or only the named samples' (the engine compacts the job to the others). */
+  async release(job: number, samples?: readonly number[]): Promise<void> {
+    await this.request({ op: 'release', job, ...samplesField(samples) });
   }
 
   /**
@@ -329,13 +360,23 @@ function plansOf(list: unknown[]): CudaPlanInfo[] {
   });
 }
 
+function samplesField(samples: readonly number[] | undefined): { samples?: number[] } {
+  return samples ? { samples: [...samples] } : {};
+}
+
 function progressOf(h: FrameHeader): CudaProgress {
+  const ids = Array.isArray(h.samples) ? (h.samples as unknown[]).map(Number) : undefined;
+  const done = h.sample_step as unknown[] | undefined;
+  const total = h.sample_steps as unknown[] | undefined;
   return {
     job: num(h.job),
     step: num(h.step),
     steps: num(h.steps),
     ms: num(h.ms),
     ...(h.full_steps !== undefined ? { stepCache: { full: num(h.full_steps), cached: num(h.cached_steps) } } : {}),
+    ...(ids && done && total
+      ? { samples: ids.map((id, i) => ({ id, step: num(done[i]), steps: num(total[i]) })) }
+      : {}),
   };
 }
 

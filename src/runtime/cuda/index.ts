@@ -33,7 +33,9 @@ export {
   type CudaPrecision,
   type CudaPrepareArgs,
   type CudaProgress,
+  type CudaSampleProgress,
   type CudaStepCache,
+  joinFrameOf,
 } from './engine-client.ts';
 export { CudaEngineError, CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
 export { type CudaLoadComponent, type CudaLoadSpec, type CudaMapEntry, cudaLoadSpec } from './load-spec.ts';

@@ -27,19 +27,33 @@ void timestep_sinus(const float* v, int B, float mult, int dim, float* out, cuda
 // lat += dt * vel  (fp32 Euler step of the flow-matching scheduler).
 void euler_step(float* lat, const float* vel, int64_t n, float dt, cudaStream_t st);
 
-// step.cu: per-step scalars read on the device (a captured step replays unchanged).
-// dst = the B rows of step *step of every block k: src holds block k's [R, w[k]] at off[k] * R, dst at off[k] * B.
-void gather_step_rows(const float* src, int64_t R, int B, const int* step, const int64_t* off, const int* w, int nblk,
-                      float* dst, cudaStream_t st);
-// lat += (sigmas[*step + 1] - sigmas[*step]) * vel, then *step += 1.
-void euler_step_sched(float* lat, const float* vel, int64_t n, const float* sigmas, int* step, cudaStream_t st);
+// step.cu: per-step scalars read on the device (a captured step replays unchanged), per sample: every sample of a
+// job has its own step index and schedule (a joined job's samples are at different steps). Device arrays of `rows`
+// ints each: sample b is at step step[b] of its nsteps[b]; its conditioning row of step i is row0[b] + i * rstride[b];
+// its sigmas start at sigmas[sig0[b]]. A sample with step[b] == nsteps[b] is done (frozen).
+struct SampleSchedule {
+  int *step = nullptr, *nsteps = nullptr, *row0 = nullptr, *rstride = nullptr, *sig0 = nullptr;
+};
+// dst = each sample's row of its current step (its last once done), for every block k: src holds block k's
+// [R, w[k]] at off[k] * R, dst block k's [B, w[k]] at off[k] * B.
+void gather_step_rows(const float* src, int64_t R, int B, const SampleSchedule& sc, const int64_t* off, const int* w,
+                      int nblk, float* dst, cudaStream_t st);
+// Moves conditioning rows between layouts: for every block k, dst row dst_row0 + r = src row map[r] (r < count;
+// map on the device); src has Rs rows a block, dst Rd.
+void copy_step_rows(const float* src, int64_t Rs, float* dst, int64_t Rd, int64_t dst_row0, const int* map,
+                    int64_t count, const int64_t* off, const int* w, int nblk, cudaStream_t st);
+// For the B samples (per values each) not done: lat += (sigmas[sig0 + s + 1] - sigmas[sig0 + s]) * vel, s = step[b].
+void euler_step_samples(float* lat, const float* vel, int B, int64_t per, const float* sigmas,
+                        const SampleSchedule& sc, cudaStream_t st);
+// step[b] += 1 for the `rows` rows not done (after the Euler update and the inpainting blend).
+void advance_steps(const SampleSchedule& sc, int rows, cudaStream_t st);
 // True CFG: vel[b] = neg + scale[b] * (pos - neg) for the B positive samples, pos = vel[b], neg = vel[B + b]
 // (per = L * 64 values a sample; scale: device [B]).
 void true_cfg_combine(float* vel, int B, int64_t per, const float* scale, cudaStream_t st);
-// Inpainting after a step (the step index already advanced): with s = sigmas[*step] (0 after the last step),
-// lat = (1 - m) * (s * noise + (1 - s) * x0) + m * lat, fp32 in diffusers' order.
-void inpaint_blend(float* lat, const float* x0, const float* noise, const float* mask, int64_t n, const float* sigmas,
-                   const int* step, cudaStream_t st);
+// Inpainting after the Euler update, before the index advances: with s = the sample's next sigma (0 after its last
+// step), lat = (1 - m) * (s * noise + (1 - s) * x0) + m * lat, fp32 in diffusers' order; done samples untouched.
+void inpaint_blend(float* lat, const float* x0, const float* noise, const float* mask, int B, int64_t per,
+                   const float* sigmas, const SampleSchedule& sc, cudaStream_t st);
 // step_cache.cu: First-Block-Cache (engine.h StepCache). out = a - b (out may alias a or b); y += x; fp32.
 void sub_f32(float* out, const float* a, const float* b, int64_t n, cudaStream_t st);
 void add_f32(float* y, const float* x, int64_t n, cudaStream_t st);
