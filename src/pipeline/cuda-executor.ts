@@ -293,6 +293,7 @@ class CudaExecutor implements CudaStepExecutor {
         maxBatch: this.#maxBatch,
       },
       device: `cuda: ${card.device} (${this.#precision})`,
+      engine: 'cuda',
       packedChannels: PACKED_CHANNELS,
       pixelsPerToken: 16,
       benchmarks: this.#o.benchResults ? readCudaBenchmarks(this.#o.benchResults, this.#precision, this.#o.onLog) : [],

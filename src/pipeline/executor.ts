@@ -94,6 +94,11 @@ export interface ModelInfo {
   capabilities: ExecutorCapabilities;
   /** Execution provider / engine, e.g. `cpu`, `webgpu`, `cuda-native`. */
   device: string;
+  /**
+   * Which engine runs the modes: ONNX Runtime (compiled ONNX engines, `engines/compiler`) or the native CUDA
+   * engine. Mode results measured on one (`bench/results/modes.json` is ONNX Runtime's) never describe the other.
+   */
+  engine: 'onnx' | 'cuda';
   /** Latent channels × 4 (packed feature size), 64 for FLUX. */
   packedChannels: number;
   /** VAE spatial factor × 2 (pixels per latent token side), 16 for FLUX. */

@@ -134,7 +134,8 @@ export class ModelCatalog {
     const caps = info.capabilities;
     this.capabilities = caps;
     this.entries = caps.modes.map((mode) => {
-      const recorded = options.modeResults?.forMode(info.name, mode);
+      // bench/results/modes.json holds ONNX Runtime's modes: the CUDA engine's modes are other computations.
+      const recorded = info.engine === 'onnx' ? options.modeResults?.forMode(info.name, mode) : undefined;
       return {
         id: modelId(mode, options.batchSize),
         mode,

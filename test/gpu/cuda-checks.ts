@@ -254,11 +254,18 @@ function executorSuite(): Suite {
             {
               name: 'flux-tiny',
               path: undefined,
-              modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
+              capabilities: {
+                modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
+                lora: true,
+                control: true,
+                edit: true,
+                maxSide: 2048,
+                maxBatch: 2,
+              },
               device: `cuda: ${GPU} (f32)`,
+              engine: 'cuda',
               packedChannels: 64,
               pixelsPerToken: 16,
-              maxBatch: 2,
               benchmarks: undefined,
             },
           );

@@ -55,6 +55,7 @@ export async function createInThreadExecutor(
       maxBatch: options.maxBatch ?? 4,
     },
     device: options.provider ?? 'cpu',
+    engine: 'onnx',
     packedChannels: manifest.config.inChannels,
     pixelsPerToken: manifest.config.vaeScaleFactor * 2,
   };

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { FLUX_TINY_DIR, loadConfig } from '../../../src/config.ts';
 import { readCudaBenchmarks } from '../../../src/pipeline/cuda-benchmarks.ts';
 import { CudaEngineNotFoundError, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
+import { readModeResults } from '../../../src/service/mode-results.ts';
 import { ModelCatalog } from '../../../src/service/models.ts';
 import { REPO_ROOT } from '../../helpers/paths.ts';
 
@@ -63,6 +64,7 @@ describe('CUDA benchmark rows', () => {
         path: FLUX_TINY_DIR,
         capabilities: { modes: ['original'], lora: false, control: false, maxSide: 2048, maxBatch: 4 },
         device: 'cuda: NVIDIA H100 80GB HBM3 (bf16)',
+        engine: 'cuda',
         packedChannels: 64,
         pixelsPerToken: 16,
         benchmarks,
@@ -71,6 +73,29 @@ describe('CUDA benchmark rows', () => {
     );
     expect(catalog.default.benchmarks).toEqual(benchmarks);
     expect(catalog.default.device).toContain('NVIDIA H100');
+  });
+
+  it("never show ONNX Runtime's mode results (bench/results/modes.json) for the CUDA engine's modes", () => {
+    const modeResults = readModeResults(join(REPO_ROOT, 'bench/results/modes.json'));
+    const info = {
+      name: 'flux-tiny',
+      path: FLUX_TINY_DIR,
+      capabilities: { modes: ['original', 'XL', 'S'], lora: false, control: false, maxSide: 2048, maxBatch: 4 },
+      device: 'cuda: NVIDIA H100 80GB HBM3 (bf16)',
+      packedChannels: 64,
+      pixelsPerToken: 16,
+    };
+    const options = { batchSize: 4, defaultSize: 'original', ...(modeResults ? { modeResults } : {}) };
+    const onnx = new ModelCatalog({ ...info, device: 'cpu', engine: 'onnx' }, options);
+    const cuda = new ModelCatalog({ ...info, engine: 'cuda' }, options);
+    // The file has flux-tiny's ONNX modes: they reach the ONNX catalogue (so the CUDA check below can fail)...
+    expect(onnx.entries.find((e) => e.mode === 'S')?.quality).not.toBeNull();
+    // ...and not the CUDA one, whose S is another computation (fp8 weights) on another machine.
+    for (const e of cuda.entries) {
+      expect(e.quality).toBeNull();
+      expect(e.plan).toBeNull();
+      expect(e.modeBenchmarks).toEqual([]);
+    }
   });
 });
 
