@@ -276,7 +276,10 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     if (!(r.cache_threshold >= 0) || !std::isfinite(r.cache_threshold) || r.cache_warmup < 0 ||
         r.cache_max_consecutive < 0)
       throw std::runtime_error("step_cache: threshold must be finite and >= 0, warmup_steps and max_consecutive >= 0");
+    if (r.cache_pattern.find_first_not_of("FC") != std::string::npos)
+      throw std::runtime_error("step_cache: a forced pattern holds only F (full) and C (cached)");
     auto& sc = *(j->cache = std::make_unique<StepCache>());
+    sc.forced = r.cache_pattern;
     sc.threshold = r.cache_threshold;
     sc.warmup = r.cache_warmup;
     sc.max_consecutive = r.cache_max_consecutive;
@@ -666,7 +669,11 @@ void Engine::step_cached(Job& j) {
   if (run_part(j, sc.head, &Engine::cache_head)) j.replays++;  // counted once a step, by its head
   // The decision: the same rule as the ONNX engine's StepCache.run (all samples of the job, or none, skip).
   bool skip = sc.have && j.step >= sc.warmup && sc.skipped < sc.max_consecutive;
-  if (skip) {
+  // A forced pattern (benchmarks): its own decision, but the sums are read back whenever the rule would read them
+  // (or the pattern caches), so a forced step costs what a rule-decided one does.
+  const bool forced = !sc.forced.empty();
+  const bool forced_skip = forced && sc.have && j.step < int(sc.forced.size()) && sc.forced[j.step] == 'C';
+  if (skip || forced_skip) {
     CUDA_CHECK(cudaMemcpyAsync(sc.host.data(), sc.sums, sc.host.size() * sizeof(double), cudaMemcpyDeviceToHost, st));
     CUDA_CHECK(cudaStreamSynchronize(st));
     for (int b = 0; b < j.TB && skip; b++) {
@@ -675,6 +682,7 @@ void Engine::step_cached(Job& j) {
       skip = change < double(sc.threshold);
     }
   }
+  if (forced) skip = forced_skip;
   if (skip) {
     run_part(j, sc.reuse, &Engine::cache_reuse);
     sc.skipped++;

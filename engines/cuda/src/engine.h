@@ -49,6 +49,9 @@ struct Request {
   bool step_cache = false;
   float cache_threshold = 0;  // relative L1 change below which a step reuses the cached residual
   int cache_warmup = 1, cache_max_consecutive = 1;  // first steps always full; cached steps in a row at most
+  // Benchmark only (not in the protocol): a forced decision per step, 'F' full / 'C' cached, instead of the threshold
+  // rule (StepCache::forced). Lets synthetic weights run the cached-step schedule a trained model's plan yields.
+  std::string cache_pattern;
   // The job's precision plan: a name given at load (`plans`), or empty for the base plan.
   std::string plan;
   int text_batch() const { return cfg_scale.empty() ? batch : 2 * batch; }
@@ -87,6 +90,9 @@ struct StepCache {
   int skipped = 0;              // cached steps since the last full one
   int full = 0, cached = 0;     // steps run each way (answers report them)
   bool last_cached = false;
+  // Request::cache_pattern: when set, step i is cached iff forced[i] == 'C' and a full step exists (steps past its
+  // end run full); the head and the sums readback still run, so a forced step costs what a rule-decided one does.
+  std::string forced;
   StepGraph head, tail, reuse;
 };
 
