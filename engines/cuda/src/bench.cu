@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 
+#include "bench_util.h"
 #include "engine.h"
 #include "event_timer.h"
 #include "kernels/kernels.h"
@@ -16,80 +17,11 @@
 
 namespace fq {
 
-// bench_floor.cu: the step's GEMM + attention sequence alone, sustained and one op at a time (JSON object).
-std::string gemm_attention_floor(Engine& e, Job& job, int steps, bool bf16_out);
-
 namespace {
 
 using clk = std::chrono::steady_clock;
 std::vector<std::string> notes;  // one line per precision for the Markdown footer
 double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
-
-// FLUX.1-dev schedule (host side in production; here so the benchmark is self-contained): shifted linspace.
-std::vector<float> flux_sigmas(int steps, int L) {
-  double m = (1.15 - 0.5) / (4096 - 256), b = 0.5 - 256 * m, mu = L * m + b;
-  std::vector<float> s;
-  for (int i = 0; i < steps; i++) {
-    double t = 1.0 - double(i) / steps;  // linspace(1, 1/N, N)
-    s.push_back(float(std::exp(mu) / (std::exp(mu) + (1.0 / t - 1.0))));
-  }
-  s.push_back(0.f);
-  return s;
-}
-
-Request make_request(const ModelConfig& cfg, int B, int width, int height, int steps, std::mt19937& rng) {
-  Request r;
-  r.batch = B;
-  r.width = width;
-  r.height = height;
-  r.t5_len = 512;
-  std::uniform_int_distribution<int> clip_tok(1, cfg.clip.vocab - 2), t5_tok(2, cfg.t5.vocab - 1);
-  for (int b = 0; b < B; b++) {
-    // A 20-token prompt: BOS, words, EOS, EOS padding (CLIP); words, </s>, pad (T5).
-    for (int i = 0; i < cfg.clip.maxpos; i++)
-      r.clip_ids.push_back(i == 0 ? cfg.clip.vocab - 2 : i <= 20 ? clip_tok(rng) : cfg.clip.vocab - 1);
-    for (int i = 0; i < r.t5_len; i++) r.t5_ids.push_back(i < 20 ? t5_tok(rng) : i == 20 ? 1 : 0);
-    r.guidance.push_back(3.5f);
-  }
-  r.sigmas = flux_sigmas(steps, (width / 16) * (height / 16));
-  r.seed = 7;
-  return r;
-}
-
-size_t gpu_used() {
-  size_t fr, tot;
-  CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
-  return tot - fr;
-}
-
-struct RunTimes {
-  double total = 0, prepare = 0, steps = 0, decode = 0, capture = 0;
-  int replays = 0;
-  size_t mem = 0;
-};
-
-// One end-to-end generation; the RGB8 image lands in host memory.
-RunTimes run_once(Engine& e, const Request& r, std::vector<uint8_t>& host_img, uint8_t* dev_img) {
-  RunTimes t;
-  auto t0 = clk::now();
-  auto job = e.prepare(r);
-  CUDA_CHECK(cudaStreamSynchronize(e.st));
-  t.prepare = ms_since(t0);
-  auto t1 = clk::now();
-  while (job->step < job->steps) e.step(*job);
-  CUDA_CHECK(cudaStreamSynchronize(e.st));
-  t.steps = ms_since(t1);
-  t.capture = job->graph.capture_ms;
-  t.replays = job->replays;
-  auto t2 = clk::now();
-  e.decode(*job, nullptr, dev_img);
-  CUDA_CHECK(cudaMemcpyAsync(host_img.data(), dev_img, host_img.size(), cudaMemcpyDeviceToHost, e.st));
-  CUDA_CHECK(cudaStreamSynchronize(e.st));
-  t.decode = ms_since(t2);
-  t.total = ms_since(t0);
-  t.mem = gpu_used();
-  return t;
-}
 
 // One joint attention at FLUX.1-dev size (S = 512 + 4096, 24 heads x 128): own flash kernel vs cuDNN's SDPA,
 // median of 20 event-timed calls each after 3 warm-ups, and the relative difference of their outputs.
@@ -154,6 +86,67 @@ std::string attention_micro(Engine& e, int S) {
 
 }  // namespace
 
+std::vector<float> flux_sigmas(int steps, int L) {
+  double m = (1.15 - 0.5) / (4096 - 256), b = 0.5 - 256 * m, mu = L * m + b;
+  std::vector<float> s;
+  for (int i = 0; i < steps; i++) {
+    double t = 1.0 - double(i) / steps;  // linspace(1, 1/N, N)
+    s.push_back(float(std::exp(mu) / (std::exp(mu) + (1.0 / t - 1.0))));
+  }
+  s.push_back(0.f);
+  return s;
+}
+
+Request make_bench_request(const ModelConfig& cfg, int B, int width, int height, int steps, std::mt19937& rng) {
+  Request r;
+  r.batch = B;
+  r.width = width;
+  r.height = height;
+  r.t5_len = 512;
+  std::uniform_int_distribution<int> clip_tok(1, cfg.clip.vocab - 2), t5_tok(2, cfg.t5.vocab - 1);
+  for (int b = 0; b < B; b++) {
+    // A 20-token prompt: BOS, words, EOS, EOS padding (CLIP); words, </s>, pad (T5).
+    for (int i = 0; i < cfg.clip.maxpos; i++)
+      r.clip_ids.push_back(i == 0 ? cfg.clip.vocab - 2 : i <= 20 ? clip_tok(rng) : cfg.clip.vocab - 1);
+    for (int i = 0; i < r.t5_len; i++) r.t5_ids.push_back(i < 20 ? t5_tok(rng) : i == 20 ? 1 : 0);
+    r.guidance.push_back(3.5f);
+  }
+  r.sigmas = flux_sigmas(steps, (width / 16) * (height / 16));
+  r.seed = 7;
+  return r;
+}
+
+size_t gpu_used() {
+  size_t fr, tot;
+  CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+  return tot - fr;
+}
+
+RunTimes run_once(Engine& e, const Request& r, std::vector<uint8_t>& host_img, uint8_t* dev_img) {
+  RunTimes t;
+  auto t0 = clk::now();
+  auto job = e.prepare(r);
+  CUDA_CHECK(cudaStreamSynchronize(e.st));
+  t.prepare = ms_since(t0);
+  auto t1 = clk::now();
+  while (job->step < job->steps) e.step(*job);
+  CUDA_CHECK(cudaStreamSynchronize(e.st));
+  t.steps = ms_since(t1);
+  t.capture = job->graph.capture_ms;
+  if (job->cache) t.capture += job->cache->head.capture_ms + job->cache->tail.capture_ms + job->cache->reuse.capture_ms;
+  t.replays = job->replays;
+  t.full_steps = job->cache ? job->cache->full : job->step;
+  t.cached_steps = job->cache ? job->cache->cached : 0;
+  auto t2 = clk::now();
+  e.decode(*job, nullptr, dev_img);
+  CUDA_CHECK(cudaMemcpyAsync(host_img.data(), dev_img, host_img.size(), cudaMemcpyDeviceToHost, e.st));
+  CUDA_CHECK(cudaStreamSynchronize(e.st));
+  t.decode = ms_since(t2);
+  t.total = ms_since(t0);
+  t.mem = gpu_used();
+  return t;
+}
+
 namespace {
 
 // One precision: load synthetic weights, run every batch size; appends JSON to js and table rows to md.
@@ -173,7 +166,7 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
   std::string floor = "null";
   std::mt19937 rng(5);
   if (precision == "bf16") {
-    auto job = e.prepare(make_request(e.cfg, 1, width, height, steps, rng));
+    auto job = e.prepare(make_bench_request(e.cfg, 1, width, height, steps, rng));
     floor = "[" + gemm_attention_floor(e, *job, steps, false) + ", " + gemm_attention_floor(e, *job, steps, true) + "]";
   }
   js << "  {\n  \"precision\": \"" << precision << "\",\n  \"precision_detail\": \""
@@ -188,7 +181,7 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
   bool first = true;
   while (std::getline(bs, tok, ',')) {
     int B = std::stoi(tok);
-    Request r = make_request(e.cfg, B, width, height, steps, rng);
+    Request r = make_bench_request(e.cfg, B, width, height, steps, rng);
     std::vector<uint8_t> img(size_t(B) * width * height * 3);
     uint8_t* dimg;
     CUDA_CHECK(cudaMalloc(&dimg, img.size()));

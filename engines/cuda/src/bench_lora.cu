@@ -4,12 +4,14 @@
 // cached set's lookup, the first prepare with the set (it plans the set's GEMM shapes), and the step time replayed
 // from a CUDA graph against the same geometry without LoRA (overhead %). Writes one JSON object per line to stdout
 // and <out>.json.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
 
+#include "bench_util.h"
 #include "engine.h"
 #include "selftest.h"
 
@@ -54,8 +56,61 @@ double step_ms(Engine& e, const Request& r, double* prepare_ms) {
 
 }  // namespace
 
+std::vector<LoraOverhead> lora_overhead(Engine& e, const Request& base, const std::vector<int>& ranks) {
+  step_ms(e, base, nullptr);  // plans the geometry, tunes the GEMMs
+  const double base_ms = step_ms(e, base, nullptr);
+  fprintf(stderr, "[bench-lora] %s plan '%s' %dx%d: base step %.2f ms\n", e.precision().c_str(), base.plan.c_str(),
+          base.width, base.height, base_ms);
+  std::vector<Linear*> linears = e.flux->linears();
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.f, 0.02f);
+  std::vector<LoraOverhead> rows;
+  for (const int rank : ranks) {
+    // One random buffer shared by every layer's factors (the registry copies them).
+    int widest = 0;
+    for (Linear* l : linears) widest = std::max(widest, std::max(l->in, l->out));
+    std::vector<float> buf(size_t(rank) * widest);
+    for (auto& v : buf) v = nd(rng);
+    std::vector<LoraLayerIn> layers;
+    for (Linear* l : linears)
+      layers.push_back(LoraLayerIn{l->name.substr(l->name.find('/') + 1), rank, l->in, l->out, buf.data(),
+                                   buf.data(), nullptr});
+    LoraOverhead o;
+    o.rank = rank;
+    o.layers = int(layers.size());
+    o.base_step_ms = base_ms;
+    auto t0 = clk::now();
+    o.lora_mib = e.loras->load("bench", layers) / 1048576.0;
+    o.load_ms = ms_since(t0);
+    t0 = clk::now();
+    auto set = e.loras->select({{"bench", 0.8f}});
+    o.set_build_ms = ms_since(t0);
+    o.set_mib = set->bytes / 1048576.0;
+    t0 = clk::now();
+    auto again = e.loras->select({{"bench", 0.8f}});
+    o.cached_set_us = ms_since(t0) * 1e3;
+    Request r = base;
+    r.loras = {{"bench", 0.8f}};
+    step_ms(e, r, &o.first_prepare_ms);  // plans the set's shapes
+    o.lora_step_ms = step_ms(e, r, &o.prepare_ms);
+    o.base_step_after_ms = step_ms(e, base, &o.base_prepare_ms);
+    o.overhead_pct = 100.0 * (o.lora_step_ms / base_ms - 1.0);
+    rows.push_back(o);
+    set.reset();
+    again.reset();
+    e.loras->unload("bench");
+  }
+  return rows;
+}
+
 int run_bench_lora(int side, int steps, const std::string& ranks, const std::string& precisions,
                    const std::string& out_prefix) {
+  std::vector<int> rank_list;
+  for (std::stringstream rs(ranks); rs.good();) {
+    std::string rk;
+    std::getline(rs, rk, ',');
+    rank_list.push_back(std::stoi(rk));
+  }
   std::ostringstream all;
   for (std::stringstream ps(precisions); ps.good();) {
     std::string prec;
@@ -63,55 +118,18 @@ int run_bench_lora(int side, int steps, const std::string& ranks, const std::str
     Engine e(PrecisionPlan::named(prec));
     e.lora_max_bytes = size_t(64) << 30;
     e.load_synthetic(42);
-    const Request base = request(e.cfg, side, steps);
-    step_ms(e, base, nullptr);  // plans the geometry, tunes the GEMMs
-    const double base_ms = step_ms(e, base, nullptr);
-    fprintf(stderr, "[bench-lora] %s %dx%d: base step %.2f ms\n", prec.c_str(), side, side, base_ms);
-    std::vector<Linear*> linears = e.flux->linears();
-    std::mt19937 rng(1);
-    std::normal_distribution<float> nd(0.f, 0.02f);
-    for (std::stringstream rs(ranks); rs.good();) {
-      std::string rk;
-      std::getline(rs, rk, ',');
-      const int rank = std::stoi(rk);
-      // One random buffer shared by every layer's factors (the registry copies them).
-      int widest = 0;
-      for (Linear* l : linears) widest = std::max(widest, std::max(l->in, l->out));
-      std::vector<float> buf(size_t(rank) * widest);
-      for (auto& v : buf) v = nd(rng);
-      std::vector<LoraLayerIn> layers;
-      for (Linear* l : linears)
-        layers.push_back(LoraLayerIn{l->name.substr(l->name.find('/') + 1), rank, l->in, l->out, buf.data(),
-                                     buf.data(), nullptr});
-      auto t0 = clk::now();
-      const size_t bytes = e.loras->load("bench", layers);
-      const double load_ms = ms_since(t0);
-      t0 = clk::now();
-      auto set = e.loras->select({{"bench", 0.8f}});
-      const double build_ms = ms_since(t0);
-      t0 = clk::now();
-      auto again = e.loras->select({{"bench", 0.8f}});
-      const double cached_us = ms_since(t0) * 1e3;
-      Request r = base;
-      r.loras = {{"bench", 0.8f}};
-      double first_prepare = 0, prepare = 0, base_prepare = 0;
-      step_ms(e, r, &first_prepare);  // plans the set's shapes
-      const double lora_ms = step_ms(e, r, &prepare);
-      const double base_again = step_ms(e, base, &base_prepare);
+    for (const LoraOverhead& x : lora_overhead(e, request(e.cfg, side, steps), rank_list)) {
       std::ostringstream o;
-      o << "{\"precision\":\"" << prec << "\",\"size\":" << side << ",\"rank\":" << rank
-        << ",\"layers\":" << layers.size() << ",\"lora_mib\":" << bytes / 1048576.0
-        << ",\"set_mib\":" << set->bytes / 1048576.0 << ",\"load_ms\":" << load_ms << ",\"set_build_ms\":" << build_ms
-        << ",\"cached_set_us\":" << cached_us << ",\"first_prepare_ms\":" << first_prepare
-        << ",\"prepare_ms\":" << prepare << ",\"base_prepare_ms\":" << base_prepare << ",\"base_step_ms\":" << base_ms
-        << ",\"base_step_after_ms\":" << base_again << ",\"lora_step_ms\":" << lora_ms
-        << ",\"overhead_pct\":" << 100.0 * (lora_ms / base_ms - 1.0) << "}";
+      o << "{\"precision\":\"" << prec << "\",\"size\":" << side << ",\"rank\":" << x.rank
+        << ",\"layers\":" << x.layers << ",\"lora_mib\":" << x.lora_mib << ",\"set_mib\":" << x.set_mib
+        << ",\"load_ms\":" << x.load_ms << ",\"set_build_ms\":" << x.set_build_ms
+        << ",\"cached_set_us\":" << x.cached_set_us << ",\"first_prepare_ms\":" << x.first_prepare_ms
+        << ",\"prepare_ms\":" << x.prepare_ms << ",\"base_prepare_ms\":" << x.base_prepare_ms
+        << ",\"base_step_ms\":" << x.base_step_ms << ",\"base_step_after_ms\":" << x.base_step_after_ms
+        << ",\"lora_step_ms\":" << x.lora_step_ms << ",\"overhead_pct\":" << x.overhead_pct << "}";
       printf("%s\n", o.str().c_str());
       fflush(stdout);
       all << o.str() << "\n";
-      set.reset();
-      again.reset();
-      e.loras->unload("bench");
     }
   }
   std::ofstream(out_prefix + ".json") << all.str();
