@@ -4,6 +4,8 @@
 //   fluxql-engine --bench [--size N|WxH] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
 //                         [--graphs on|off|both] [--out prefix]
 //   fluxql-engine --bench-lora [--size N] [--steps N] [--ranks 16,64,256] [--precisions bf16,fp8] [--out prefix]
+//   fluxql-engine --bench-modes [--size N|WxH] [--steps N] [--batches 1,4] [--iters N] [--modes original,XL,S,S+cache]
+//                               [--cache-pattern FCFC...] [--lora-ranks 16,64,256] [--card text] [--out prefix]
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -58,8 +60,30 @@ int main(int argc, char** argv) {
       }
       return fq::run_bench_lora(side, steps, ranks, precisions, out);
     }
+    if (mode == "--bench-modes") {
+      int steps = 28, iters = 10;
+      std::string size = "1024", batches = "1,4", modes = "original,XL,S,S+cache", pattern, ranks, card,
+                  out = "cuda-modes";
+      for (int i = 2; i + 1 < argc; i += 2) {
+        std::string k = argv[i], v = argv[i + 1];
+        if (k == "--size") size = v;
+        else if (k == "--steps") steps = std::stoi(v);
+        else if (k == "--iters") iters = std::stoi(v);
+        else if (k == "--batches") batches = v;
+        else if (k == "--modes") modes = v;
+        else if (k == "--cache-pattern") pattern = v;
+        else if (k == "--lora-ranks") ranks = v;
+        else if (k == "--card") card = v;
+        else if (k == "--out") out = v;
+        else {
+          fprintf(stderr, "unknown option %s\n", k.c_str());
+          return 2;
+        }
+      }
+      return fq::run_bench_modes(size, steps, batches, iters, modes, pattern, ranks, card, out);
+    }
     if (mode == "--serve") return fq::run_serve();
-    fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench, --bench-lora)\n", mode.c_str());
+    fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench, --bench-lora, --bench-modes)\n", mode.c_str());
     return 2;
   } catch (const std::exception& e) {
     fprintf(stderr, "fluxql-engine: %s\n", e.what());
