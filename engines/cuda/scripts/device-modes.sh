@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU calls for the CUDA modes benchmark (issue 15; LoRA rows for issue 16): `fluxql-engine --bench-modes` on one
+# engine loaded bf16 + plan fp8 (synthetic FLUX.1-dev size, 1024x1024, 28 steps, warm-up + mean of ITERS). The rows
+# do not fit one 600 s call, so two parts, each its own device call (run them with the GPU to itself):
+#   a: batch 1, modes original, XL, S, S+cache; then batch 4, S and S+cache (~8 minutes with the build)
+#   b: batch 4, original and XL; LoRA ranks 16/64/256 on original and S, batch 1 (~7-8 minutes)
+#   OUT=$OUT [PATTERN=FFCFC...] [ITERS=10] bash engines/cuda/scripts/device-modes.sh a|b
+# PATTERN: the S+cache forced schedule (F full / C cached per step), the one the step cache yields on flux-mini
+# (empty: the S rule's upper bound F C F C ..., labelled so in the results). Writes under $OUT: summary.txt,
+# build.log, modes-<run>.{json,md,err} and clocks-<run>.csv (nvidia-smi every second during the run). Back here:
+#   python3 engines/cuda/scripts/modes-report.py <dir with every part's files> bench/results/cuda-modes-h100
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+PART=${1:-a}
+ITERS=${ITERS:-10}
+PATTERN=${PATTERN:-}
+LOG=$OUT/summary.txt
+source "$(dirname "$0")/device-common.sh"
+build_engine || exit 1
+CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+rc=0
+# modes_run NAME TIMEOUT ARGS...: one engine run, nvidia-smi sampling its clocks and power beside it.
+modes_run() {
+  local name=$1 limit=$2
+  shift 2
+  say "bench-modes $name: $*"
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv,noheader,nounits \
+    -lms 1000 >"$OUT/clocks-$name.csv" 2>/dev/null &
+  local smi=$!
+  timeout "$limit" "$ENGINE" --bench-modes --size 1024 --steps 28 --iters "$ITERS" --card "$CARD" \
+    ${PATTERN:+--cache-pattern "$PATTERN"} --out "$OUT/modes-$name" "$@" >/dev/null 2>"$OUT/modes-$name.err" || rc=1
+  kill "$smi" 2>/dev/null
+  grep -E "bench-modes|bench-lora|floor" "$OUT/modes-$name.err" | tail -20
+}
+case $PART in
+  a)
+    modes_run b1 250 --batches 1 --modes original,XL,S,S+cache
+    modes_run b4s 300 --batches 4 --modes S,S+cache
+    ;;
+  b) modes_run b4base 550 --batches 4 --modes original,XL --lora-ranks 16,64,256 ;;
+  *) echo "part a or b"; exit 2 ;;
+esac
+say "done rc=$rc"
+exit $rc

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Merges the parts of the CUDA modes benchmark (device-modes.sh a, b: modes-<run>.json + clocks-<run>.csv) into one
+result: <prefix>.json + <prefix>.md (bench/results/cuda-modes-h100). Refuses parts from different cards, drivers,
+sizes, step counts or forced patterns: rows from two machines are not one table.
+  python3 engines/cuda/scripts/modes-report.py <dir with modes-*.json> bench/results/cuda-modes-h100"""
+import csv
+import glob
+import json
+import os
+import statistics
+import sys
+
+MODE_ORDER = ["original", "XL", "S", "S+cache"]
+
+
+def clocks(path):
+    """Median / min SM clock (MHz), mean power (W), max temperature over the nvidia-smi samples of one run."""
+    sm, power, temp = [], [], []
+    if os.path.exists(path):
+        with open(path) as f:
+            for row in csv.reader(f):
+                try:
+                    sm.append(float(row[1]))
+                    power.append(float(row[3]))
+                    temp.append(float(row[4]))
+                except (IndexError, ValueError):
+                    continue
+    if not sm:
+        return None
+    return {"samples": len(sm), "sm_mhz_median": statistics.median(sm), "sm_mhz_min": min(sm),
+            "power_w_mean": round(statistics.mean(power), 1), "temp_c_max": max(temp)}
+
+
+def main(src, prefix):
+    parts = sorted(glob.glob(os.path.join(src, "modes-*.json")))
+    if not parts:
+        sys.exit(f"no modes-*.json under {src}")
+    runs, rows, lora = [], [], []
+    for p in parts:
+        with open(p) as f:
+            d = json.load(f)
+        run = os.path.basename(p)[len("modes-"):-len(".json")]
+        runs.append({"run": run, "device": d["device"], "card": d["card"], "load_ms": d["load_ms"],
+                     "clocks": clocks(os.path.join(src, f"clocks-{run}.csv")), "d": d})
+        rows += [dict(r, run=run) for r in d["rows"]]
+        lora += [dict(r, run=run) for r in d["lora_rows"]]
+    first = runs[0]["d"]
+    for r in runs[1:]:
+        for k in ("device", "card", "width", "height", "steps", "iters", "cache_pattern"):
+            if r["d"][k] != first[k]:
+                sys.exit(f"part {r['run']}: {k} {r['d'][k]!r} differs from {runs[0]['run']}'s {first[k]!r}")
+    rows.sort(key=lambda r: (MODE_ORDER.index(r["mode"]), r["batch"]))
+    lora.sort(key=lambda r: (MODE_ORDER.index(r["mode"]), r["lora_rank"]))
+    out = {k: first[k] for k in ("device", "card", "cuda_driver_api", "cuda_runtime", "engine", "weights",
+                                 "weights_gb", "plan_fp8_gb", "width", "height", "steps", "iters", "cache_pattern",
+                                 "cache_pattern_source", "method", "unavailable_modes")}
+    out["runs"] = [{k: r[k] for k in ("run", "load_ms", "clocks")} for r in runs]
+    out["rows"] = rows
+    out["lora_rows"] = lora
+    with open(prefix + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    md = [f"# fluxql CUDA engine modes on {first['device']}", "", f"Card (nvidia-smi): {first['card']}", "",
+          first["method"], "", "| mode | precision | batch | mean s | std s | s/image | step ms | full / cached steps | "
+          "plan (fp8 layers) | floor s (same run) | run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['mode']} | {r['precision']} | {r['batch']} | {r['mean_s']:.3f} | {r['std_s']:.3f} | "
+                  f"{r['s_per_image']:.3f} | {r['step_ms']:.2f} | {r['full_steps']} / {r['cached_steps']} | "
+                  f"{r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {r['run']} |")
+    md += ["", f"L, M: unavailable on the CUDA engine (no GPU planner yet). S+cache pattern `{first['cache_pattern']}` "
+           f"({first['cache_pattern_source']}).", ""]
+    if lora:
+        md += ["LoRA on every transformer Linear (random factors, strength 0.8), batch 1; switch = first use of a set "
+               "(concatenation + strength folding on the GPU), cached = switching back to it.", "",
+               "| mode | rank | base step ms | LoRA step ms | overhead % | switch ms | cached switch ms |",
+               "|---|---|---|---|---|---|---|"]
+        for r in lora:
+            md.append(f"| {r['mode']} | {r['lora_rank']} | {r['base_step_ms']:.2f} | {r['lora_step_ms']:.2f} | "
+                      f"{r['overhead_pct']:+.1f} | {r['switch_ms']:.2f} | {r['switch_cached_ms']:.3f} |")
+        md.append("")
+    md.append("Clocks during each run (nvidia-smi every second): " + "; ".join(
+        f"{r['run']}: SM median {c['sm_mhz_median']:.0f} MHz (min {c['sm_mhz_min']:.0f}), "
+        f"{c['power_w_mean']:.0f} W mean, {c['temp_c_max']:.0f} C max" if (c := r["clocks"]) else f"{r['run']}: none"
+        for r in runs) + ".")
+    with open(prefix + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
