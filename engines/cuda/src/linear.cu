@@ -28,6 +28,12 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
     if (x.ld != l.in) throw EngineError("fp8 layer " + l.name + ": strided non-fp8 input", false);
     quantize_fp8(x.p, x.t, int64_t(rows) * l.in, q, ws + 1, ws, c.st);
     x = In{q, DType::FP8, l.in, ws + 1};
+  } else if (l.wt == DType::BF16 && x.t == DType::FP8) {
+    // A bf16 layer sharing an fp8-written norm output with an fp8 one (a single block's MLP-in when a plan makes only
+    // its q/k/v fp8): the dequantised input, as the adapters read it.
+    void* dq = c.scratch.get("linear.dq_in", size_t(rows) * l.in * 2);
+    dequantize_fp8(x.p, x.ld, x.scale, rows, l.in, dq, c.st);
+    x = In{dq, DType::BF16, l.in};
   } else if (l.wt != DType::FP8 && x.t != l.wt) {
     if (x.t == DType::FP8) throw EngineError("layer " + l.name + " got an fp8 input but is " + dname(l.wt), false);
     void* cv = c.scratch.get("linear.cast_in", size_t(rows) * l.in * dsize(l.wt));

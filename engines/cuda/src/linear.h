@@ -62,7 +62,8 @@ struct Out {
 
 // y = epi(x W^T + b) (+ resid, which has y's type and stride and may alias y) on `rows` rows. Runs in the layer's
 // weight type; an input of another type is converted first (fp8 layers quantise a bf16 input with a per-tensor
-// scale into ctx scratch). Reports the call to ctx.tap when one is set (the benchmark's GEMM list).
+// scale into ctx scratch; bf16 layers dequantise an fp8 input). Reports the call to ctx.tap when one is set (the
+// benchmark's GEMM list).
 // With an adapter: the base product, then y += (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer (the
 // GELU then runs as its own kernel); fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
 // `in` > the layer's) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.

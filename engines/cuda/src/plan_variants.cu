@@ -22,6 +22,13 @@ const PlanVariant& PlanRegistry::add(const std::string& name, const PrecisionPla
   if (name.empty()) throw std::runtime_error("plans: every plan needs a non-empty name");
   for (auto& p : plans_)
     if (p->name == name) throw std::runtime_error("plans: two plans named " + name);
+  auto v = make(name, plan);
+  v->id = int(plans_.size()) + 1;
+  plans_.push_back(std::move(v));
+  return *plans_.back();
+}
+
+std::unique_ptr<PlanVariant> PlanRegistry::make(const std::string& name, const PrecisionPlan& plan) {
   if (active_) throw std::runtime_error("plans: cannot add a plan while one is active");
   if (plan.base != base_.base)
     throw std::runtime_error("plan " + name + ": compute type " + dname(plan.base) + " differs from the engine's " +
@@ -41,7 +48,7 @@ const PlanVariant& PlanRegistry::add(const std::string& name, const PrecisionPla
   auto v = std::make_unique<PlanVariant>();
   v->name = name;
   v->plan = plan;
-  v->id = int(plans_.size()) + 1;
+  v->id = -1;
   DeviceBuffer ws(sizeof(float));
   for (Linear* l : linears_) {
     if (plan.weight_type(l->name) == l->wt) continue;
@@ -58,8 +65,7 @@ const PlanVariant& PlanRegistry::add(const std::string& name, const PrecisionPla
     v->layers.push_back(s);
   }
   CUDA_CHECK(cudaStreamSynchronize(st_));  // ws is freed on return
-  plans_.push_back(std::move(v));
-  return *plans_.back();
+  return v;
 }
 
 const PlanVariant* PlanRegistry::find(const std::string& name) const {

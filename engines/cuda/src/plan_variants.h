@@ -62,6 +62,10 @@ class PlanRegistry {
   // Makes the named plan's alternates from the loaded weights (synchronous). @throws std::runtime_error when the
   // plan changes a layer in a way that is not supported (see the file comment) or the name is taken.
   const PlanVariant& add(const std::string& name, const PrecisionPlan& plan);
+  // The same plan made but not registered (id -1: never part of a planning key, never found by name): the caller
+  // owns it and may activate it for a scope like a registered one (the calibration's one-layer fp8 plans, which
+  // live only while their layer is measured). Same checks and alternates as add(), without the name checks.
+  std::unique_ptr<PlanVariant> make(const std::string& name, const PrecisionPlan& plan);
   // The plan of that name; "" is the base (null). @throws std::runtime_error for a name not given at load.
   const PlanVariant* find(const std::string& name) const;
   const std::vector<std::unique_ptr<PlanVariant>>& all() const { return plans_; }

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 
+#include "calibrate.h"
 #include "engine.h"
 #include "kernels/kernels.h"
 #include "lora_protocol.h"
@@ -196,6 +198,34 @@ std::string sample_fields(const Job& j) {
          int_list(steps);
 }
 
+// A double as JSON: %.9g, null when not finite (JSON has no NaN or Infinity).
+std::string jnum(double v) {
+  if (!std::isfinite(v)) return "null";
+  char b[32];
+  snprintf(b, sizeof b, "%.9g", v);
+  return b;
+}
+
+// `calibrated`'s fields (PROTOCOL.md `calibrate`): one entry per transformer Linear, in the engine's order.
+std::string calibration_fields(const Calibration& cal) {
+  std::string s = ",\"layers\":[";
+  for (size_t i = 0; i < cal.layers.size(); i++) {
+    const LayerCalibration& l = cal.layers[i];
+    s += std::string(i ? "," : "") + "{\"name\":" + json_escape(l.name) + ",\"in\":" + std::to_string(l.in) +
+         ",\"out\":" + std::to_string(l.out) + ",\"base\":\"" + dname(l.base) + "\",\"fp8\":" +
+         (l.fp8 ? "true" : "false") + ",\"rel_err_fp8\":" + (l.fp8 ? jnum(l.rel_err) : "null") +
+         ",\"ms_bf16\":" + jnum(l.ms_base) + ",\"ms_fp8\":" + (l.fp8 ? jnum(l.ms_fp8) : "null") +
+         (l.skip.empty() ? "" : ",\"skip\":" + json_escape(l.skip)) + "}";
+  }
+  s += "],\"verified\":[";
+  for (size_t i = 0; i < cal.checks.size(); i++) {
+    const PlanCheck& p = cal.checks[i];
+    s += std::string(i ? "," : "") + "{\"name\":" + json_escape(p.name) + ",\"layers\":" + std::to_string(p.layers) +
+         ",\"rel_err\":" + jnum(p.rel_err) + "}";
+  }
+  return s + "],\"base_ms\":" + jnum(cal.base_ms) + ",\"steps\":" + std::to_string(cal.steps);
+}
+
 using clk = std::chrono::steady_clock;
 double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
 
@@ -294,6 +324,18 @@ int run_serve() {
         send("{\"op\":\"prepared\",\"id\":" + id + ",\"job\":" + std::to_string(jid) +
              ",\"steps\":" + std::to_string(steps) + sample_fields(*jobs[jid]) +
              ",\"ms\":" + std::to_string(ms_since(t0)) + "}");
+      } else if (op == "calibrate") {
+        // Per-layer fp8 error and GEMM times on the request's inputs (calibrate.h); the job it runs is dropped.
+        Request r = request_of(req, payload, *eng, "calibrate");
+        const int reps = int(req.num("reps", 5));
+        const Json& vj = req["verify"];
+        if (!vj.is_null() && vj.kind != Json::Obj) throw std::runtime_error("verify must be {name: plan}");
+        std::vector<std::pair<std::string, std::string>> verify;
+        for (auto& [name, v] : vj.o) verify.emplace_back(name, plan_spec_of(name, v));
+        const bool per_layer = req["per_layer"].kind != Json::Bool || req["per_layer"].b;
+        const Calibration cal = calibrate(*eng, r, reps, verify, per_layer);
+        send("{\"op\":\"calibrated\",\"id\":" + id + calibration_fields(cal) + ",\"ms\":" +
+             std::to_string(ms_since(t0)) + "}");
       } else if (op == "encode") {
         // The VAE encoder: pixels [B, 3, H, W] f32 in [-1, 1], optional noise [B, 16, H/8, W/8] f32 ->
         // packed scaled latents [B, L, 64] (output "latents"), or mean and logvar (output "moments").
