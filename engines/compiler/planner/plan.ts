@@ -1,6 +1,7 @@
 /**
  * @file The per-layer planner: measure what each (layer, algorithm) costs in error and saves in time, then choose one
- * algorithm per layer under each mode's error budget (`optimize.ts`), and check the chosen plan's real error.
+ * algorithm per layer under each mode's error budget (`src/shared/plan-optimize.ts`, shared with the CUDA engine's
+ * planner `src/pipeline/cuda-planner.ts`), and check the chosen plan's real error.
  *
  * Steps, for the XL graph of one model:
  * 1. time every distinct Linear shape under every algorithm at the benchmark token counts (`measure.ts`);
@@ -12,6 +13,7 @@
  *    layer where it saves time) are measured too; the fastest candidate within budget wins, all-fp32 is the fallback.
  */
 
+import { type LayerChoices, optimizePlan, planTime, uniformPlan } from '../../../src/shared/plan-optimize.ts';
 import type { ModePlan, PlanEntry } from '../../../src/shared/vocabulary/plan-types.ts';
 import type { FluxTransformerConfig } from '../../../src/shared/vocabulary/transformer-config.ts';
 import type { TransformerGraphOptions } from '../flux/transformer.ts';
@@ -20,7 +22,6 @@ import { GraphBuilder } from '../onnx/graph-builder.ts';
 import type { WeightReader } from '../onnx/nn.ts';
 import { type Algorithm, COMPRESSIONS } from './algorithms.ts';
 import { CalibrationGraph, type LinearShape, type TransformerFeeds, timeLinear, tokensOf } from './measure.ts';
-import { type LayerChoices, optimizePlan, planTime, uniformPlan } from './optimize.ts';
 
 /** Prices a Linear shape under an algorithm (ms); {@link timeLinear} by default. */
 export type CostModel = (shape: LinearShape, algorithm: Algorithm) => Promise<number>;

@@ -10,7 +10,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileTransformer } from '../../../../../engines/compiler/flux/transformer.ts';
 import { type Algorithm, COMPRESSIONS, plannedPolicy } from '../../../../../engines/compiler/planner/algorithms.ts';
 import { CalibrationGraph, type LinearShape } from '../../../../../engines/compiler/planner/measure.ts';
-import { optimizePlan, planTime, uniformPlan } from '../../../../../engines/compiler/planner/optimize.ts';
 import {
   type Measurements,
   measureLayers,
@@ -18,6 +17,7 @@ import {
   planModes,
 } from '../../../../../engines/compiler/planner/plan.ts';
 import { Session } from '../../../../../src/runtime/index.ts';
+import { optimizePlan, planTime, uniformPlan } from '../../../../../src/shared/plan-optimize.ts';
 import { relativeError } from '../../../../../src/shared/tensor-metrics.ts';
 import { resolveMode } from '../../../../../src/shared/vocabulary/modes.ts';
 import { type ModePlan, planChoices } from '../../../../../src/shared/vocabulary/plan-types.ts';

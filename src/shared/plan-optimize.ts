@@ -5,7 +5,9 @@
  *
  * Error model: errors of different layers are treated as independent, so their squares add,
  * `E(plan) ≈ sqrt(Σᵢ eᵢ²)` (quantisation noise of different layers is uncorrelated; the planner afterwards measures
- * the real error of the chosen plan and tightens the budget when the model was optimistic, see `plan.ts`).
+ * the real error of the chosen plan and tightens the budget when the model was optimistic, see
+ * `engines/compiler/planner/plan.ts`; the CUDA engine's planner `src/pipeline/cuda-planner.ts` uses the same model).
+ * Pure: shared by the ONNX compiler's planner and the CUDA engine's (the pipeline may not import the compiler).
  *
  * Solved exactly on a grid: the squared budget is cut into `bins` units, each option costs `ceil(e² / unit)` units
  * (rounding up, less a float-noise epsilon, keeps the prediction conservative), and a DP over layers × units finds the fastest plan. 69 layers ×

@@ -6,7 +6,7 @@ import {
   optimizePlan,
   planTime,
   uniformPlan,
-} from '../../../../../engines/compiler/planner/optimize.ts';
+} from '../../../src/shared/plan-optimize.ts';
 
 /** Deterministic values in [0, 1). */
 function rng(seed: number): () => number {
