@@ -1,0 +1,244 @@
+/** The CUDA engine's per-layer planner on synthetic calibration tables (engines/cuda PROTOCOL.md `calibrate`). */
+import { describe, expect, it } from 'vitest';
+import {
+  type CudaCalibration,
+  type CudaLayerCalibration,
+  cudaLayerChoices,
+  cudaPlannedBudgets,
+  cudaPlanRules,
+  parseCudaCalibration,
+  planCudaModes,
+  tightenCudaPlans,
+} from '../../../src/pipeline/cuda-planner.ts';
+
+/** Deterministic values in [0, 1). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+/** A table like the engine's: errors spread over two decades, fp8 about 40 % faster, a few layers not measured. */
+function table(n: number, seed: number): CudaCalibration {
+  const r = rng(seed);
+  const layers: CudaLayerCalibration[] = [];
+  for (let i = 0; i < n; i++) {
+    const ms = 0.05 + r();
+    const measured = r() > 0.1;
+    layers.push({
+      name: `transformer/transformer_blocks.${i}.attn.to_q+to_k+to_v`,
+      in: 3072,
+      out: 9216,
+      base: 'bf16',
+      fp8: measured,
+      rel_err_fp8: measured ? 10 ** (-4 + 2 * r()) : null,
+      ms_bf16: ms,
+      ms_fp8: measured ? ms * (0.5 + 0.2 * r()) : null,
+      ...(measured ? {} : { skip: 'base type f32' }),
+    });
+  }
+  return { layers, base_ms: 100, steps: 2 };
+}
+
+const errOf = (cal: CudaCalibration, names: readonly string[]) =>
+  Math.sqrt(names.reduce((a, n) => a + cal.layers.find((l) => l.name === n)!.rel_err_fp8! ** 2, 0));
+
+describe('planCudaModes', () => {
+  const budgets = cudaPlannedBudgets();
+
+  it('takes L, M, S budgets from the mode vocabulary, increasing', () => {
+    expect(Object.keys(budgets)).toEqual(['L', 'M', 'S']);
+    expect(budgets.L!).toBeLessThan(budgets.M!);
+    expect(budgets.M!).toBeLessThan(budgets.S!);
+  });
+
+  it('respects every budget, nested or not, and reports predicted error and gain from the table', () => {
+    for (const seed of [1, 2, 3, 4, 5]) {
+      const cal = table(60, seed);
+      for (const nested of [true, false]) {
+        const plans = planCudaModes(cal, budgets, { nested });
+        for (const [mode, p] of Object.entries(plans)) {
+          expect(p.mode).toBe(mode);
+          expect(p.predictedError).toBeLessThanOrEqual(budgets[mode]! * (1 + 1e-12));
+          expect(p.predictedError).toBeCloseTo(errOf(cal, p.fp8Layers), 12);
+          const gain = p.fp8Layers.reduce((a, n) => {
+            const l = cal.layers.find((x) => x.name === n)!;
+            return a + l.ms_bf16 - l.ms_fp8!;
+          }, 0);
+          expect(p.gainMs).toBeCloseTo(gain, 12);
+          expect(p.predictedStepMs).toBeCloseTo(cal.base_ms - gain, 12);
+          expect(p.counts).toEqual({ bf16: cal.layers.length - p.fp8Layers.length, fp8: p.fp8Layers.length });
+          expect(p.fp8Layers.length).toBeGreaterThan(0);
+        }
+      }
+    }
+  });
+
+  it('nests L ⊆ M ⊆ S, with gains that never fall as the budget grows', () => {
+    for (const seed of [7, 8, 9]) {
+      const plans = planCudaModes(table(80, seed), budgets);
+      const [l, m, s] = [plans.L!, plans.M!, plans.S!];
+      for (const n of l.fp8Layers) expect(m.fp8Layers).toContain(n);
+      for (const n of m.fp8Layers) expect(s.fp8Layers).toContain(n);
+      expect(l.gainMs).toBeLessThanOrEqual(m.gainMs);
+      expect(m.gainMs).toBeLessThanOrEqual(s.gainMs);
+    }
+  });
+
+  it('zero budget: no fp8 layer, the bf16 preset as rules', () => {
+    const p = planCudaModes(table(30, 11), { L: 0 }).L!;
+    expect(p.fp8Layers).toEqual([]);
+    expect(p.rules).toBe('bf16');
+    expect(p.predictedError).toBe(0);
+    expect(p.gainMs).toBe(0);
+  });
+
+  it('a budget above every error sum: every eligible layer fp8, and never an ineligible one', () => {
+    const cal = table(40, 12);
+    // Not eligible although measured: fp8 slower than bf16, a non-finite error.
+    cal.layers[0]!.ms_fp8 = cal.layers[0]!.ms_bf16 * 1.1;
+    cal.layers[1]!.fp8 = true;
+    cal.layers[1]!.rel_err_fp8 = Number.POSITIVE_INFINITY;
+    cal.layers[1]!.ms_fp8 = 0.01;
+    const p = planCudaModes(cal, { S: 10 }).S!;
+    const eligible = cal.layers
+      .filter((l, i) => i > 1 && l.fp8 && l.rel_err_fp8 !== null && l.ms_fp8! < l.ms_bf16)
+      .map((l) => l.name);
+    expect(p.fp8Layers).toEqual(eligible);
+    expect(cudaLayerChoices(cal)[0]!.options).toHaveLength(1);
+  });
+
+  it('is as fast as the best subset by brute force (up to the grid’s conservative rounding)', () => {
+    for (const seed of [21, 22, 23, 24]) {
+      const cal = table(10, seed);
+      const budget = 0.012;
+      const p = planCudaModes(cal, { M: budget }, { nested: false }).M!;
+      const n = cal.layers.length;
+      // The optimiser rounds every squared error up to a 1/4000 grid of budget²: n layers lose at most n units.
+      const tight = budget * Math.sqrt(1 - n / 4000);
+      let best = 0;
+      for (let mask = 0; mask < 1 << n; mask++) {
+        const set = cal.layers.filter((l, i) => mask & (1 << i) && l.fp8);
+        if (set.length !== [...Array(n).keys()].filter((i) => mask & (1 << i)).length) continue;
+        if (
+          errOf(
+            cal,
+            set.map((l) => l.name),
+          ) > tight
+        )
+          continue;
+        best = Math.max(
+          best,
+          set.reduce((a, l) => a + l.ms_bf16 - l.ms_fp8!, 0),
+        );
+      }
+      expect(p.gainMs).toBeGreaterThanOrEqual(best - 1e-9);
+    }
+  });
+});
+
+describe('cudaPlanRules', () => {
+  it('exact names joined as load’s plans rules', () => {
+    expect(cudaPlanRules(['transformer/a.b+c', 'transformer/d'])).toBe('transformer/a.b+c=fp8;transformer/d=fp8');
+    expect(cudaPlanRules([])).toBe('bf16');
+    expect(() => cudaPlanRules(['transformer/x*'])).toThrow(/rule character/);
+  });
+});
+
+describe('parseCudaCalibration', () => {
+  const header = {
+    op: 'calibrated',
+    layers: [
+      {
+        name: 'transformer/x_embedder',
+        in: 64,
+        out: 3072,
+        base: 'bf16',
+        fp8: true,
+        rel_err_fp8: 0.002,
+        ms_bf16: 0.1,
+        ms_fp8: 0.07,
+      },
+      {
+        name: 'transformer/proj_out',
+        in: 3072,
+        out: 64,
+        base: 'f32',
+        fp8: false,
+        rel_err_fp8: null,
+        ms_bf16: 0.1,
+        ms_fp8: null,
+        skip: 'base type f32',
+      },
+    ],
+    verified: [],
+    base_ms: 12.5,
+    steps: 2,
+    ms: 3000,
+  };
+
+  it('reads the engine’s answer', () => {
+    const cal = parseCudaCalibration(header);
+    expect(cal.layers.map((l) => [l.name, l.fp8, l.rel_err_fp8])).toEqual([
+      ['transformer/x_embedder', true, 0.002],
+      ['transformer/proj_out', false, null],
+    ]);
+    expect(cal.base_ms).toBe(12.5);
+    expect(cal.layers[1]!.skip).toBe('base type f32');
+  });
+
+  it('refuses duplicate layers and missing fields', () => {
+    expect(() => parseCudaCalibration({ ...header, layers: [header.layers[0], header.layers[0]] })).toThrow(/twice/);
+    expect(() => parseCudaCalibration({ ...header, base_ms: null })).toThrow(/base_ms/);
+    expect(() => parseCudaCalibration({ ...header, layers: [{ ...header.layers[0], ms_bf16: 'x' }] })).toThrow(
+      /ms_bf16/,
+    );
+  });
+});
+
+describe('tightenCudaPlans', () => {
+  const budgets = cudaPlannedBudgets();
+
+  it('tightens a mode whose measured error is over budget until it fits', async () => {
+    const cal = table(60, 31);
+    // Errors that add coherently (the plain sum: worse than the root-sum-square prediction).
+    const coherent = (rules: string) =>
+      rules === 'bf16'
+        ? 0
+        : rules.split(';').reduce((a, r) => a + cal.layers.find((l) => `${l.name}=fp8` === r)!.rel_err_fp8!, 0);
+    let calls = 0;
+    const plans = await tightenCudaPlans(cal, budgets, async (rules) => {
+      calls++;
+      return Object.fromEntries(Object.entries(rules).map(([m, r]) => [m, coherent(r)]));
+    });
+    expect(calls).toBeGreaterThan(1);
+    for (const [mode, p] of Object.entries(plans)) {
+      expect(p.measuredError).toBeCloseTo(coherent(p.rules), 12);
+      expect(p.measuredError!).toBeLessThanOrEqual(budgets[mode]!);
+      expect(p.fp8Layers.length).toBeGreaterThan(0);
+    }
+    for (const n of plans.L!.fp8Layers) expect(plans.S!.fp8Layers).toContain(n);
+  });
+
+  it('falls back to no fp8 layer when every plan measures over budget', async () => {
+    const plans = await tightenCudaPlans(table(20, 32), budgets, async (rules) =>
+      Object.fromEntries(Object.keys(rules).map((m) => [m, 1])),
+    );
+    for (const p of Object.values(plans)) {
+      expect(p.fp8Layers).toEqual([]);
+      expect(p.measuredError).toBe(0);
+    }
+  });
+
+  it('keeps a plan that measures within budget after one check', async () => {
+    let calls = 0;
+    const plans = await tightenCudaPlans(table(20, 33), budgets, async (rules) => {
+      calls++;
+      return Object.fromEntries(Object.keys(rules).map((m) => [m, 0]));
+    });
+    expect(calls).toBe(1);
+    expect(plans.S!.fp8Layers.length).toBeGreaterThan(0);
+  });
+});
