@@ -59,6 +59,11 @@ done
 if [[ -f $HERE/tests/protocol_plans_test.py ]]; then
   timeout 180 python3 "$HERE/tests/protocol_plans_test.py" "$ENGINE" "$FIX" "$MODEL" 2>&1 | tail -25 || rc=1
 fi
+# Per-layer calibration for the planner (issue 15): every transformer Linear's fp8 error and GEMM times, verify, the
+# planner's rules as a plan.
+if [[ -f $HERE/tests/protocol_calibrate_test.py ]]; then
+  timeout 180 python3 "$HERE/tests/protocol_calibrate_test.py" "$ENGINE" "$FIX" "$MODEL" 2>&1 | tail -25 || rc=1
+fi
 fi
 if [[ $MODE == all || $MODE == tests || $MODE == bench ]]; then
 if [[ $rc -ne 0 ]]; then say "tests failed: benchmark skipped"; else
