@@ -10,7 +10,8 @@
  *   each step replayed from one CUDA graph), so XL computes exactly what `original` does.
  * - `S`: the engine's `fp8` preset (bf16 plus the LayerNorm-fed layers, q/k/v and MLP-in, in fp8 E4M3 with
  *   per-tensor scales). It needs a bf16 base: an f32 engine has no fp8 path, so there S is not offered.
- * `L` and `M` stay unavailable on CUDA until the GPU planner (per-layer choices under an error budget) exists.
+ * `L` and `M` stay unavailable on CUDA until the per-layer planner (engine `calibrate` + `cuda-planner.ts`, built
+ * but not yet run on a GPU) has run on the loaded model and its plans are served (engines/cuda/NOTES.md session 12).
  */
 import type { CudaPlanSpec, CudaPrecision } from '../runtime/cuda/index.ts';
 import { REFERENCE_MODE } from '../shared/vocabulary/index.ts';
