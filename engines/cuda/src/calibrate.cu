@@ -188,8 +188,12 @@ Calibration calibrate(Engine& e, const Request& r, int reps, const std::vector<s
       lc.skip = std::string("base type ") + dname(l->wt) + " (only bf16 layers get fp8 alternates)";
     } else {
       try {
-        // The plan-variant machinery's own fp8 alternate of this one layer (plan rule: its exact name).
-        auto alt = e.plans->make("calibrate", PrecisionPlan::named("bf16", l->name + "=fp8"));
+        // The plan-variant machinery's own fp8 alternate of this one layer: the base plan with one more rule, its
+        // exact name, first (every other layer keeps its base type, whatever the base plan's rules are).
+        PrecisionPlan one = e.plan;
+        one.name = "custom";
+        one.rules.insert(one.rules.begin(), {l->name, DType::FP8});
+        auto alt = e.plans->make("calibrate", one);
         PlanScope scope(e.plans.get(), alt.get());
         // Layers run at prepare change the context or the conditioning rows of every step: recomputed under it.
         lc.rel_err = trajectory_error(at_prepare);
