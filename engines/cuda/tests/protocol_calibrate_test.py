@@ -22,19 +22,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Engine, read_safetensors  # noqa: E402
+from protocol_test import read_safetensors  # noqa: E402
+from protocol_test import load_engine as load  # noqa: E402
 from protocol_edit_test import expect_error  # noqa: E402
-
-
-def load(exe, model, precision, plans=None):
-    eng = Engine(exe)
-    header = {"op": "load", "model": model, "precision": precision}
-    if plans is not None:
-        header["plans"] = plans
-    eng.send(header)
-    loaded = eng.recv()[0]
-    assert loaded["op"] == "loaded", loaded
-    return eng, loaded
 
 
 def inputs(case, toks, ref, op, steps=2, **extra):

@@ -49,6 +49,18 @@ class Engine:
         return header, payload
 
 
+def load_engine(exe, model, precision, plans=None):
+    """A new engine process with `model` loaded (optionally with named precision plans): (engine, `loaded` header)."""
+    eng = Engine(exe)
+    header = {"op": "load", "model": model, "precision": precision}
+    if plans is not None:
+        header["plans"] = plans
+    eng.send(header)
+    loaded = eng.recv()[0]
+    assert loaded["op"] == "loaded", loaded
+    return eng, loaded
+
+
 def main():
     exe, fx, model = sys.argv[1:4]
     precision = sys.argv[4] if len(sys.argv) > 4 else "f32"
