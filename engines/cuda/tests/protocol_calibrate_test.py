@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import read_safetensors  # noqa: E402
+from protocol_test import Checks, read_safetensors  # noqa: E402
 from protocol_test import load_engine as load  # noqa: E402
 from protocol_edit_test import expect_error  # noqa: E402
 
@@ -47,12 +47,7 @@ def main():
     case = index["pipeline_cases"][1]
     ref = read_safetensors(f"{fx}/{case['file']}")
     tc = json.load(open(f"{model}/transformer/config.json"))
-    results = []
-
-    def check(name, value, limit):
-        results.append({"case": f"protocol calibrate {name}", "value": value, "limit": limit,
-                        "pass": bool(value <= limit)})
-        print(json.dumps(results[-1]), flush=True)
+    check = Checks("calibrate")
 
     eng, _ = load(exe, model, "bf16")
     eng.send(*inputs(case, toks, ref, "calibrate", reps=3))
@@ -131,9 +126,7 @@ def main():
     check("f32 engine serves after the refusal (0 = yes)", 0 if eng.recv()[0]["op"] == "info" else 1, 0)
     eng.send({"op": "quit"})
 
-    failed = [r for r in results if not r["pass"]]
-    print(f"protocol calibrate bf16: {len(results) - len(failed)}/{len(results)} passed", flush=True)
-    sys.exit(1 if failed else 0)
+    check.finish("bf16")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Engine, read_safetensors  # noqa: E402
+from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
 
 
 def rel(a, b):
@@ -86,12 +86,7 @@ def main():
     eng = Engine(exe)
     eng.send({"op": "load", "model": model, "precision": precision})
     assert eng.recv()[0]["op"] == "loaded"
-    results = []
-
-    def check(name, value, limit):
-        results.append({"case": f"protocol edit {name}", "precision": precision, "value": value, "limit": limit,
-                        "pass": bool(value <= limit)})
-        print(json.dumps(results[-1]), flush=True)
+    check = Checks("edit", precision)
 
     def steps_of(case):
         return case["steps"] - case["steps_run"]
@@ -152,9 +147,7 @@ def main():
     eng.send({"op": "quit"})
     assert eng.recv()[0]["op"] == "bye"
     eng.p.wait(timeout=30)
-    failed = [r for r in results if not r["pass"]]
-    print(f"protocol edit {precision}: {len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    check.finish(precision)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Engine, read_safetensors  # noqa: E402
+from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
 
 
 def rel(a, b):
@@ -89,12 +89,7 @@ def main():
     eng = Engine(exe)
     eng.send({"op": "load", "model": model, "precision": precision})
     assert eng.recv()[0]["op"] == "loaded"
-    results = []
-
-    def check(name, value, limit):
-        results.append({"case": f"protocol join {name}", "precision": precision, "value": value, "limit": limit,
-                        "pass": bool(value <= limit)})
-        print(json.dumps(results[-1]), flush=True)
+    check = Checks("join", precision)
 
     # Each sample alone from the start: the references.
     solo_lat, solo_img = [], []
@@ -187,9 +182,7 @@ def main():
     eng.send({"op": "quit"})
     assert eng.recv()[0]["op"] == "bye"
     eng.p.wait(timeout=30)
-    failed = [r for r in results if not r["pass"]]
-    print(f"protocol join {precision}: {len(results) - len(failed)}/{len(results)} passed", flush=True)
-    sys.exit(1 if failed else 0)
+    check.finish(precision)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Engine, read_safetensors  # noqa: E402
+from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
 from protocol_test import load_engine as start  # noqa: E402
 from protocol_edit_test import expect_error, rel  # noqa: E402
 
@@ -79,11 +79,7 @@ def main():
     toks = json.load(open(f"{fx}/pipeline_tokens.json"))
     case = index["pipeline_cases"][1]
     ref = read_safetensors(f"{fx}/{case['file']}")
-    results = []
-
-    def check(name, value, limit):
-        results.append({"case": f"protocol plans {name}", "value": value, "limit": limit, "pass": bool(value <= limit)})
-        print(json.dumps(results[-1]), flush=True)
+    check = Checks("plans")
 
     def same(name, got, want):
         """Bit-identity of latents and image; the relative error is printed too, to tell near misses from bugs."""
@@ -143,9 +139,7 @@ def main():
     check(f"after the failed load: no model (0 = {msg[:40]})", 0 if "no model loaded" in msg else 1, 0)
     eng.send({"op": "quit"})
 
-    failed = [r for r in results if not r["pass"]]
-    print(f"protocol plans bf16: {len(results) - len(failed)}/{len(results)} passed", flush=True)
-    sys.exit(1 if failed else 0)
+    check.finish("bf16")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Engine, read_safetensors  # noqa: E402
+from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
 from protocol_edit_test import expect_error, rel  # noqa: E402
 
 
@@ -83,12 +83,7 @@ def main():
     eng = Engine(exe)
     eng.send({"op": "load", "model": model, "precision": precision})
     assert eng.recv()[0]["op"] == "loaded"
-    results = []
-
-    def check(name, value, limit):
-        results.append({"case": f"protocol step_cache {name}", "precision": precision, "value": value,
-                        "limit": limit, "pass": bool(value <= limit)})
-        print(json.dumps(results[-1]), flush=True)
+    check = Checks("step_cache", precision)
 
     base = run(eng, case, toks, sigmas, start)
     check("off: counters in the answers (0 = none)", 0 if no_counters(base) else 1, 0)
@@ -123,9 +118,7 @@ def main():
     check("serving after refusals: latents differing (count)", int((again["lat"] != base["lat"]).sum()), 0)
 
     eng.send({"op": "quit"})
-    failed = [r for r in results if not r["pass"]]
-    print(f"protocol step_cache {precision}: {len(results) - len(failed)}/{len(results)} passed", flush=True)
-    sys.exit(1 if failed else 0)
+    check.finish(precision)
 
 
 if __name__ == "__main__":

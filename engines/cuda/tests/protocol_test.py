@@ -49,6 +49,27 @@ class Engine:
         return header, payload
 
 
+class Checks:
+    """A protocol test's checks: each `value <= limit` printed as one JSON line, then a summary and the exit code."""
+
+    def __init__(self, label, precision=None):
+        self.label, self.precision, self.results = label, precision, []
+
+    def __call__(self, name, value, limit):
+        row = {"case": f"protocol {self.label} {name}"}
+        if self.precision is not None:
+            row["precision"] = self.precision
+        row.update(value=value, limit=limit, **{"pass": bool(value <= limit)})
+        self.results.append(row)
+        print(json.dumps(row), flush=True)
+
+    def finish(self, tag):
+        """Prints `protocol <label> <tag>: k/n passed` and exits 1 when a check failed."""
+        failed = [r for r in self.results if not r["pass"]]
+        print(f"protocol {self.label} {tag}: {len(self.results) - len(failed)}/{len(self.results)} passed", flush=True)
+        sys.exit(1 if failed else 0)
+
+
 def load_engine(exe, model, precision, plans=None):
     """A new engine process with `model` loaded (optionally with named precision plans): (engine, `loaded` header)."""
     eng = Engine(exe)
