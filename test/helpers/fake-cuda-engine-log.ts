@@ -4,7 +4,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT } from './paths.ts';
+import { type CudaExecutorOptions, createCudaExecutor } from '../../src/pipeline/cuda-executor.ts';
+import { MODEL_DIR, REPO_ROOT } from './paths.ts';
 
 /** The fake engine executable (a Node script speaking the engine's framed protocol). */
 export const FAKE_CUDA_ENGINE = join(REPO_ROOT, 'test/helpers/fake-cuda-engine.mjs');
@@ -22,4 +23,19 @@ export function readFakeEngineLog(file: string): LoggedFrame[] {
     .split('\n')
     .map((l) => JSON.parse(l) as { header: Record<string, unknown>; payload: string })
     .map((l) => ({ header: l.header, payload: new Uint8Array(Buffer.from(l.payload, 'base64')) }));
+}
+
+/**
+ * A CUDA executor over the fake engine (flux-tiny), its frames logged to a new file in `dir`: the executor and a
+ * reader of every frame it sent so far.
+ */
+export async function fakeCudaExecutor(dir: string, options: Partial<CudaExecutorOptions> = {}) {
+  const logFile = join(dir, `requests-${Math.random().toString(36).slice(2)}.jsonl`);
+  const exec = await createCudaExecutor({
+    modelDir: MODEL_DIR,
+    engineBin: FAKE_CUDA_ENGINE,
+    env: { ...process.env, FAKE_ENGINE_LOG: logFile },
+    ...options,
+  });
+  return { exec, frames: () => readFakeEngineLog(logFile) };
 }

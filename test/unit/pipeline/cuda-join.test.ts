@@ -4,12 +4,10 @@
  * request prepared while a job runs is sent with `join` into that job, steps advance each sample on its own schedule,
  * and decode / release name single samples.
  */
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { type CudaExecutorOptions, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
+import type { CudaExecutorOptions } from '../../../src/pipeline/cuda-executor.ts';
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
-import { FAKE_CUDA_ENGINE, readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
-import { MODEL_DIR } from '../../helpers/paths.ts';
+import { fakeCudaExecutor } from '../../helpers/fake-cuda-engine-log.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
 
 const tmp = useTempDir('fluxql-cuda-join-');
@@ -24,15 +22,8 @@ const request = (seed: number, steps: number, side = 64): SampleRequest => ({
 });
 
 async function executor(options: Partial<CudaExecutorOptions> = {}) {
-  const logFile = join(tmp(), `requests-${Math.random().toString(36).slice(2)}.jsonl`);
-  const exec = await createCudaExecutor({
-    modelDir: MODEL_DIR,
-    engineBin: FAKE_CUDA_ENGINE,
-    env: { ...process.env, FAKE_ENGINE_LOG: logFile },
-    ...options,
-  });
-  const ops = () => readFakeEngineLog(logFile).map((f) => f.header);
-  return { exec, ops };
+  const { exec, frames } = await fakeCudaExecutor(tmp(), options);
+  return { exec, ops: () => frames().map((f) => f.header) };
 }
 
 describe('CUDA executor: joiners land in the running engine batch (fake engine process)', () => {

@@ -4,15 +4,13 @@
  * for the fp8 plan, an `S` request's job names it, modes never share an engine job, and the capabilities list the
  * modes one loaded engine serves.
  */
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { type CudaExecutorOptions, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
+import type { CudaExecutorOptions, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
 import { cudaLoadPlans, cudaModeTable, cudaPlanOf } from '../../../src/pipeline/cuda-modes.ts';
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
 import { FluxArgumentError } from '../../../src/pipeline/flux/latents.ts';
 import { CudaEngineClient, CudaEngineError } from '../../../src/runtime/cuda/index.ts';
-import { FAKE_CUDA_ENGINE, readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
-import { MODEL_DIR } from '../../helpers/paths.ts';
+import { FAKE_CUDA_ENGINE, fakeCudaExecutor, type readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
 
 const tmp = useTempDir('fluxql-cuda-modes-');
@@ -35,15 +33,9 @@ async function withExecutor(
     frames: () => ReturnType<typeof readFakeEngineLog>,
   ) => Promise<void>,
 ) {
-  const logFile = join(tmp(), `requests-${Math.random().toString(36).slice(2)}.jsonl`);
-  const exec = await createCudaExecutor({
-    modelDir: MODEL_DIR,
-    engineBin: FAKE_CUDA_ENGINE,
-    env: { ...process.env, FAKE_ENGINE_LOG: logFile },
-    ...options,
-  });
+  const { exec, frames } = await fakeCudaExecutor(tmp(), options);
   try {
-    await run(exec, () => readFakeEngineLog(logFile));
+    await run(exec, frames);
   } finally {
     await exec.close();
   }

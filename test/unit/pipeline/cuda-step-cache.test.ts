@@ -3,11 +3,10 @@
  * (test/helpers/fake-cuda-engine.mjs: the engine's caching rule with a fixed first-block change of 0.5): what `prepare`
  * sends, and the counters the engine reports per job summed into `stats().stepCache`.
  */
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type CudaExecutorOptions, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
-import { FAKE_CUDA_ENGINE, readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
+import { FAKE_CUDA_ENGINE, fakeCudaExecutor } from '../../helpers/fake-cuda-engine-log.ts';
 import { MODEL_DIR } from '../../helpers/paths.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
 
@@ -24,18 +23,12 @@ const request = (seed: number, steps: number): SampleRequest => ({
 
 /** Runs two samples (one engine job) for `steps` steps; returns the stats and the logged frames. */
 async function run(stepCache: CudaExecutorOptions['stepCache'], steps: number) {
-  const logFile = join(tmp(), `requests-${Math.random().toString(36).slice(2)}.jsonl`);
-  const exec = await createCudaExecutor({
-    modelDir: MODEL_DIR,
-    engineBin: FAKE_CUDA_ENGINE,
-    env: { ...process.env, FAKE_ENGINE_LOG: logFile },
-    ...(stepCache ? { stepCache } : {}),
-  });
+  const { exec, frames } = await fakeCudaExecutor(tmp(), stepCache ? { stepCache } : {});
   try {
     const handles = await exec.prepare([request(1, steps), request(2, steps)]);
     for (let i = 0; i < steps; i++) await exec.step(handles);
     await exec.release(handles);
-    return { stats: await exec.stats(), frames: readFakeEngineLog(logFile) };
+    return { stats: await exec.stats(), frames: frames() };
   } finally {
     await exec.close();
   }
