@@ -8,9 +8,32 @@
 //                               [--cache-pattern FCFC...] [--lora-ranks 16,64,256] [--card text] [--out prefix]
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
+#include <map>
 #include <string>
 
 #include "selftest.h"
+
+namespace {
+
+// The "--key value" pairs after the mode (a later value of a key wins); false, after saying so, for a key not in
+// `known`.
+bool parse_options(int argc, char** argv, std::initializer_list<const char*> known,
+                   std::map<std::string, std::string>& out) {
+  for (int i = 2; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    bool ok = false;
+    for (const char* n : known) ok = ok || k == n;
+    if (!ok) {
+      fprintf(stderr, "unknown option %s\n", k.c_str());
+      return false;
+    }
+    out[k] = argv[i + 1];
+  }
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   try {
@@ -24,63 +47,35 @@ int main(int argc, char** argv) {
       }
       return fq::run_selftest(argv[2], argv[3], argc > 4 ? argv[4] : "both");
     }
+    std::map<std::string, std::string> o;
+    auto opt = [&](const char* k, const char* fallback) {
+      auto it = o.find(k);
+      return it == o.end() ? std::string(fallback) : it->second;
+    };
     if (mode == "--bench") {
-      int steps = 28, iters = 10;
-      std::string size = "1024", batches = "1,2,4", out = "cuda-bench", precisions = "bf16", graphs = "on";
-      for (int i = 2; i + 1 < argc; i += 2) {
-        std::string k = argv[i], v = argv[i + 1];
-        if (k == "--size") size = v;
-        else if (k == "--steps") steps = std::stoi(v);
-        else if (k == "--iters") iters = std::stoi(v);
-        else if (k == "--batches") batches = v;
-        else if (k == "--out") out = v;
-        else if (k == "--precisions") precisions = v;
-        else if (k == "--graphs") graphs = v;
-        else {
-          fprintf(stderr, "unknown option %s\n", k.c_str());
-          return 2;
-        }
-      }
-      return fq::run_bench(size, steps, batches, iters, precisions, graphs, out);
+      if (!parse_options(argc, argv,
+                         {"--size", "--steps", "--iters", "--batches", "--out", "--precisions", "--graphs"}, o))
+        return 2;
+      return fq::run_bench(opt("--size", "1024"), std::stoi(opt("--steps", "28")), opt("--batches", "1,2,4"),
+                           std::stoi(opt("--iters", "10")), opt("--precisions", "bf16"), opt("--graphs", "on"),
+                           opt("--out", "cuda-bench"));
     }
     if (mode == "--bench-lora") {
-      int side = 1024, steps = 6;
-      std::string ranks = "16,64,256", precisions = "bf16", out = "cuda-bench-lora";
-      for (int i = 2; i + 1 < argc; i += 2) {
-        std::string k = argv[i], v = argv[i + 1];
-        if (k == "--size") side = std::stoi(v);
-        else if (k == "--steps") steps = std::stoi(v);
-        else if (k == "--ranks") ranks = v;
-        else if (k == "--precisions") precisions = v;
-        else if (k == "--out") out = v;
-        else {
-          fprintf(stderr, "unknown option %s\n", k.c_str());
-          return 2;
-        }
-      }
-      return fq::run_bench_lora(side, steps, ranks, precisions, out);
+      if (!parse_options(argc, argv, {"--size", "--steps", "--ranks", "--precisions", "--out"}, o)) return 2;
+      return fq::run_bench_lora(std::stoi(opt("--size", "1024")), std::stoi(opt("--steps", "6")),
+                                opt("--ranks", "16,64,256"), opt("--precisions", "bf16"),
+                                opt("--out", "cuda-bench-lora"));
     }
     if (mode == "--bench-modes") {
-      int steps = 28, iters = 10;
-      std::string size = "1024", batches = "1,4", modes = "original,XL,S,S+cache", pattern, ranks, card,
-                  out = "cuda-modes";
-      for (int i = 2; i + 1 < argc; i += 2) {
-        std::string k = argv[i], v = argv[i + 1];
-        if (k == "--size") size = v;
-        else if (k == "--steps") steps = std::stoi(v);
-        else if (k == "--iters") iters = std::stoi(v);
-        else if (k == "--batches") batches = v;
-        else if (k == "--modes") modes = v;
-        else if (k == "--cache-pattern") pattern = v;
-        else if (k == "--lora-ranks") ranks = v;
-        else if (k == "--card") card = v;
-        else if (k == "--out") out = v;
-        else {
-          fprintf(stderr, "unknown option %s\n", k.c_str());
-          return 2;
-        }
-      }
-      return fq::run_bench_modes(size, steps, batches, iters, modes, pattern, ranks, card, out);
+      if (!parse_options(argc, argv,
+                         {"--size", "--steps", "--iters", "--batches", "--modes", "--cache-pattern", "--lora-ranks",
+                          "--card", "--out"},
+                         o))
+        return 2;
+      return fq::run_bench_modes(opt("--size", "1024"), std::stoi(opt("--steps", "28")), opt("--batches", "1,4"),
+                                 std::stoi(opt("--iters", "10")), opt("--modes", "original,XL,S,S+cache"),
+                                 opt("--cache-pattern", ""), opt("--lora-ranks", ""), opt("--card", ""),
+                                 opt("--out", "cuda-modes"));
     }
     if (mode == "--serve") return fq::run_serve();
     fprintf(stderr, "unknown mode %s (--serve, --selftest, --bench, --bench-lora, --bench-modes)\n", mode.c_str());
