@@ -235,6 +235,16 @@ function sampleRequest(seed: number) {
   return { prompt: PROMPT, height: HEIGHT, width: WIDTH, steps: STEPS, guidanceScale: 3.5, seed };
 }
 
+/** What the f32 executor of these checks (maxBatch 2) declares it runs. */
+const F32_CAPABILITIES = {
+  modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
+  lora: true,
+  control: true,
+  edit: true,
+  maxSide: 2048,
+  maxBatch: 2,
+};
+
 function executorSuite(): Suite {
   let ex: CudaStepExecutor;
   return {
@@ -254,14 +264,7 @@ function executorSuite(): Suite {
             {
               name: 'flux-tiny',
               path: undefined,
-              capabilities: {
-                modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
-                lora: true,
-                control: true,
-                edit: true,
-                maxSide: 2048,
-                maxBatch: 2,
-              },
+              capabilities: F32_CAPABILITIES,
               device: `cuda: ${GPU} (f32)`,
               engine: 'cuda',
               packedChannels: 64,
@@ -335,14 +338,7 @@ function executorSuite(): Suite {
       {
         name: 'declares what it runs (the service refuses the rest) and refuses a bad size, typed',
         async fn() {
-          assert.deepEqual(ex.info().capabilities, {
-            modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
-            lora: true,
-            control: true,
-            edit: true,
-            maxSide: 2048,
-            maxBatch: 2,
-          });
+          assert.deepEqual(ex.info().capabilities, F32_CAPABILITIES);
           assert.ok(ex.loraAdmin);
           const size = await rejection(ex.prepare([{ ...sampleRequest(1), width: 100 }]));
           assert.equal((size as FluxArgumentError).param, 'width');
