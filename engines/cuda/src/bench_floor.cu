@@ -64,16 +64,17 @@ std::string gemm_attention_floor(Engine& e, Job& job, int steps, bool bf16_out) 
       n_attn++;
     }
   }
-  DeviceBuffer X(x_bytes), X8(x_bytes / 2 + 256), Y(y_bytes), q(qkv), k(qkv), v(qkv), o(o_bytes), sc(2 * sizeof(float));
+  // sc: the fp8 scale at offset 0 (cuBLASLt wants it 16-byte aligned, see linear.cu), the quantiser's amax at +16 B.
+  DeviceBuffer X(x_bytes), X8(x_bytes / 2 + 256), Y(y_bytes), q(qkv), k(qkv), v(qkv), o(o_bytes), sc(8 * sizeof(float));
   fill_normal(X.get(), DType::BF16, int64_t(x_bytes / 2), 0.f, 1.f, 101, e.st);
-  quantize_fp8(X.get(), DType::BF16, int64_t(x_bytes / 2), X8.get(), sc.as<float>() + 1, sc.as<float>(), e.st);
+  quantize_fp8(X.get(), DType::BF16, int64_t(x_bytes / 2), X8.get(), sc.as<float>(), sc.as<float>() + 4, e.st);
   for (auto* p : {&q, &k, &v}) fill_normal(p->get(), DType::BF16, int64_t(qkv / 2), 0.f, 1.f, 102, e.st);
   const bool dnn = e.use_cudnn;
   EventTimer timer;
   auto run_op = [&](const Recorder::Op& op) {
     if (op.l) {
       DType yt = bf16_out ? DType::BF16 : op.yt;
-      In x = op.xt == DType::FP8 ? In{X8.get(), DType::FP8, op.ldx, sc.as<float>() + 1} : In{X.get(), op.xt, op.ldx};
+      In x = op.xt == DType::FP8 ? In{X8.get(), DType::FP8, op.ldx, sc.as<float>()} : In{X.get(), op.xt, op.ldx};
       linear(c, *op.l, op.rows, x, Out{Y.get(), yt, op.ldy}, op.epi);
     } else {
       float scale = 1.f / std::sqrt(float(op.D));

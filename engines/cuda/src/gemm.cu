@@ -72,8 +72,15 @@ Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType y
                                                    : CUBLASLT_EPILOGUE_DEFAULT;
   BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof e));
   // The bias has D's type (cuBLASLt's default; an fp32 bias with a bf16 D has no kernel): see bias_for().
-  if (e != CUBLASLT_EPILOGUE_DEFAULT)
+  if (e != CUBLASLT_EPILOGUE_DEFAULT) {
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    // fp8 products with an fp32 D take a bf16 bias (cuBLASLt's fp8 type table; an fp32 one is refused by the
+    // matmul, not by the heuristic): the calibration's fp8 trial of an fp32-output layer found it.
+    if (wt == DType::FP8 && yt == DType::F32) {
+      int32_t bt = CUDA_R_16BF;
+      BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
+  }
   if (wt == DType::FP8) {
     int8_t fast = 1;
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
@@ -128,8 +135,10 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   Epi use = gelu_after ? Epi::Bias : epi;
   if (use != Epi::None && !bias) use = Epi::None;
   int align = std::min(std::min(align_of(X), align_of(W)), std::min(align_of(Y), C ? align_of(C) : 256));
+  // The epilogue's bias type: D's, except bf16 for fp8 products into fp32 (see plan()).
+  const DType bt = wt == DType::FP8 ? DType::BF16 : yt;
   const void* ebias =
-      use == Epi::None ? nullptr : (bias_y && yt != DType::F32 ? bias_y : bias_for(bias, N, yt, st));
+      use == Epi::None ? nullptr : (bias_y && bt != DType::F32 ? bias_y : bias_for(bias, N, bt, st));
   Plan* p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, static_cast<const float*>(ebias));
   bool bias_after = false;
   if ((!p->ok || force_fallback_) && use != Epi::None) {
@@ -158,8 +167,17 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   float alpha = 1.f;
   prof_begin(kProfGemm, st);
   // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).
-  BLAS_CHECK(cublasLtMatmul(lt_, p->op, &alpha, W, p->a, X, p->b, &beta, C ? C : Y, p->c, Y, p->c, &p->algo,
-                            ws_, ws_bytes_, st));
+  cublasStatus_t s = cublasLtMatmul(lt_, p->op, &alpha, W, p->a, X, p->b, &beta, C ? C : Y, p->c, Y, p->c,
+                                    &p->algo, ws_, ws_bytes_, st);
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED && use != Epi::None && !capturing()) {
+    // The heuristic offered an algorithm the matmul then refuses for this epilogue/type mix: this shape takes the
+    // plain GEMM + bias path from now on (p->ok false sends later calls there before any matmul).
+    p->ok = false;
+    linear(st, M, N, K, X, xt, ldx, W, wt, bias, epi, Y, yt, ldy, C, beta, x_scale, w_scale, bias_y);  // nested mark
+    prof_end(kProfGemm, st, 2.0 * M * N * K);
+    return;
+  }
+  BLAS_CHECK(s);
   if (bias_after && bias) add_bias(Y, yt, bias, M, N, ldy, st);
   if (gelu_after) activation(Y, yt, M, N, ldy, Act::GeluTanh, st);
   after_call("cublasLtMatmul", __FILE__, __LINE__);

@@ -24,10 +24,13 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
   // those directly); anything else is converted here.
   if (l.wt == DType::FP8 && x.t != DType::FP8) {
     void* q = c.scratch.get("linear.fp8_in", size_t(rows) * l.in);
-    float* ws = c.scratch.getT<float>("linear.fp8_ws", 2);
+    // The scale first, 16-byte aligned: cuBLASLt refuses an fp8 product (status 15, not supported) whose scale
+    // pointer is only 4-byte aligned (session 13 on the H100: every calibration trial and the S mode's floor, which
+    // put it at ws + 1). The quantiser's amax scratch goes 16 bytes after it.
+    float* sc = c.scratch.getT<float>("linear.fp8_ws", 8);
     if (x.ld != l.in) throw EngineError("fp8 layer " + l.name + ": strided non-fp8 input", false);
-    quantize_fp8(x.p, x.t, int64_t(rows) * l.in, q, ws + 1, ws, c.st);
-    x = In{q, DType::FP8, l.in, ws + 1};
+    quantize_fp8(x.p, x.t, int64_t(rows) * l.in, q, sc, sc + 4, c.st);
+    x = In{q, DType::FP8, l.in, sc};
   } else if (l.wt == DType::BF16 && x.t == DType::FP8) {
     // A bf16 layer sharing an fp8-written norm output with an fp8 one (a single block's MLP-in when a plan makes only
     // its q/k/v fp8): the dequantised input, as the adapters read it.

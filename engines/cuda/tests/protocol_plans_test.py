@@ -82,11 +82,14 @@ def main():
     check = Checks("plans")
 
     def same(name, got, want):
-        """Bit-identity of latents and image; the relative error is printed too, to tell near misses from bugs."""
+        """Bit-identity of the latents (what a plan changes); the image within a few levels. Each engine process picks
+        its VAE convolution algorithms by timing them (cudnnFind, cudnn_conv.cu), so two processes can decode the same
+        latents through different bf16 algorithms: the session-13 H100 run saw up to 5/255 between the fp8 and bf16
+        engines' decodes of bit-identical latents. The relative error is printed too, to tell near misses from bugs."""
         (gl, gi), (wl, wi) = got, want
         check(f"{name}: latents differing (count; rel {rel(gl, wl):.2e})", int((gl != wl).sum()), 0)
-        check(f"{name}: image bytes differing (count; max abs {int(np.abs(gi.astype(int) - wi).max())})",
-              int((gi != wi).sum()), 0)
+        worst = int(np.abs(gi.astype(int) - wi).max())
+        check(f"{name}: image max abs difference ({int((gi != wi).sum())} bytes differ; <= 8/255)", worst, 8)
 
     # The references: an engine per plan, one job each.
     eng, _ = start(exe, model, "bf16")
