@@ -17,7 +17,7 @@ rm -rf "$T" "$F" && mkdir -p "$T" "$F"
 S=$OUT/summary.txt
 echo "== start $(date +%T)" >"$S"
 # CHECKS (space-separated, default "foundations"): which engine checks run beside the training, one after another
-# in one build folder: foundations (device-foundations.sh check), lora (device-lora.sh --no-bench; the fixtures
+# in one build folder: foundations (device-foundations.sh check), plans (its precision-plan and calibration tests only), lora (device-lora.sh --no-bench; the fixtures
 # need lora/), edit (device-edit.sh; the fixtures need edit/), server (device-run.sh server: the TS GPU checks of
 # test/gpu/ and a curl GraphQL generation through `fluxql serve --engine cuda`; needs .device-carry/ from
 # engines/cuda/scripts/pack-node.sh in the carry).
@@ -25,6 +25,7 @@ echo "== start $(date +%T)" >"$S"
   for c in ${CHECKS:-foundations}; do
     case $c in
       foundations) OUT=$F bash engines/cuda/scripts/device-foundations.sh check "$FIX" ;;
+      plans) OUT=$F/plans bash engines/cuda/scripts/device-foundations.sh plans "$FIX" ;;
       lora) OUT=$F/lora bash engines/cuda/scripts/device-lora.sh "$FIX" --no-bench ;;
       edit) OUT=$F/edit bash engines/cuda/scripts/device-edit.sh "$FIX" ;;
       server) OUT=$F/server bash engines/cuda/scripts/device-run.sh server ;;

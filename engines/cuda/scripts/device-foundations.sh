@@ -4,11 +4,12 @@
 # batch 1, warm-up + mean of 10 each, same loaded engine), then compute-sanitizer memcheck and racecheck on the
 # selftest (racecheck twice: with cuDNN's SDPA, and with FQ_ATTENTION=own so that only our kernels are checked).
 # Everything is logged under $OUT in few files (the device tool returns at most 8).
-#   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize|check|bench] [fixtures dir]
+#   bash <dir>/engines/cuda/scripts/device-foundations.sh [all|tests|sanitize|check|bench|plans] [fixtures dir]
 # tests: build, selftests, protocol, benchmark (plus, when FQ_BASELINE names another engines/cuda source folder, that
 # engine's bf16 benchmark on the same card as the baseline); sanitize: build, compute-sanitizer only; all: both.
 # check: selftests, protocol and sanitizer without the benchmark (correctness only: it may share the GPU with other
-# work); bench: the benchmark and baseline only (run it alone on the GPU). Both builds happen in every mode.
+# work); bench: the benchmark and baseline only (run it alone on the GPU); plans: the precision-plan and calibration
+# protocol tests only (a minute). Both builds happen in every mode.
 # The engine sources are the ones beside this script; the model is the repository's models/flux-tiny.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)          # engines/cuda to build
@@ -55,6 +56,8 @@ for p in f32 bf16; do
     fi
   fi
 done
+fi
+if [[ $MODE == all || $MODE == tests || $MODE == check || $MODE == plans ]]; then
 # Per-job precision plans (bf16 engine + plan fp8 vs a bf16 and an fp8 engine, bit for bit; interleaved jobs).
 if [[ -f $HERE/tests/protocol_plans_test.py ]]; then
   timeout 180 python3 "$HERE/tests/protocol_plans_test.py" "$ENGINE" "$FIX" "$MODEL" 2>&1 | tail -25 || rc=1

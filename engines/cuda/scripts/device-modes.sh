@@ -39,8 +39,9 @@ case $PART in
     modes_run b1 250 --batches 1 --modes original,XL,S,S+cache
     modes_run b4s 300 --batches 4 --modes S,S+cache
     ;;
+  a1) modes_run b1 250 --batches 1 --modes original,XL,S,S+cache ;;  # part a's batch-1 rows alone (a shorter call)
   b) modes_run b4base 550 --batches 4 --modes original,XL --lora-ranks 16,64,256 ;;
-  *) echo "part a or b"; exit 2 ;;
+  *) echo "part a, a1 or b"; exit 2 ;;
 esac
 say "done rc=$rc"
 exit $rc
