@@ -4,8 +4,8 @@
  *
  * Method: `--prompts` captions drawn by a seeded shuffle of the grammar (`sampleCaptions(n, --prompt-seed)`; the
  * tests use other seeds, so these prompts are held out from them), image i with seed 1000 + i in every mode, at
- * `--size` square, `--steps` steps, guidance 3.5, 512 T5 tokens (the length flux-mini was trained with: its T5 runs
- * unmasked, so the pads matter). Each image is judged by the deterministic detector
+ * `--size` square, `--steps` steps, guidance 3.5, the model's own T5 length (flux-mini: 32, the length it was trained
+ * with: its T5 runs unmasked, so the pads matter). Each image is judged by the deterministic detector
  * (src/shared/caption-grammar/detector.ts: background, object color, shape, position, size); PSNR and SSIM are
  * against `original`'s image of the same prompt and seed; latency is the wall time of one awaited `generate` (batch
  * 1) after one untimed warm-up per mode. The clean renders of the same captions are judged too (the detector's own
