@@ -9,7 +9,7 @@
 # engine's bf16 benchmark on the same card as the baseline); sanitize: build, compute-sanitizer only; all: both.
 # check: selftests, protocol and sanitizer without the benchmark (correctness only: it may share the GPU with other
 # work); bench: the benchmark and baseline only (run it alone on the GPU); plans: the precision-plan and calibration
-# protocol tests only (a minute). Both builds happen in every mode.
+# protocol tests and the flux-mini parity check only (a minute or two). Both builds happen in every mode.
 # The engine sources are the ones beside this script; the model is the repository's models/flux-tiny.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)          # engines/cuda to build
@@ -66,6 +66,13 @@ fi
 # planner's rules as a plan.
 if [[ -f $HERE/tests/protocol_calibrate_test.py ]]; then
   timeout 180 python3 "$HERE/tests/protocol_calibrate_test.py" "$ENGINE" "$FIX" "$MODEL" 2>&1 | tail -25 || rc=1
+fi
+# flux-mini against ONNX Runtime's images (issue 14), when the reference was made here and carried
+# (engines/cuda/scripts/flux-mini-reference.ts -> .device-carry/flux-mini-ref.json; FLUX_MINI_REF overrides).
+REF=${FLUX_MINI_REF:-$ROOT/.device-carry/flux-mini-ref.json}
+if [[ -f $REF && -d $ROOT/models/flux-mini ]]; then
+  say "flux-mini parity with ORT (f32 2/255, bf16 12/255, detector)"
+  timeout 180 python3 "$HERE/tests/flux_mini_parity_test.py" "$ENGINE" "$REF" "$ROOT/models/flux-mini" 2>&1 | tail -10 || rc=1
 fi
 fi
 if [[ $MODE == all || $MODE == tests || $MODE == bench ]]; then
