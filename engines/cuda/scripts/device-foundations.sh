@@ -89,8 +89,9 @@ fi
 fi
 SAN=$OUT/sanitizer.txt
 if [[ $MODE == all || $MODE == sanitize || $MODE == check ]]; then
-# Each sanitizer run gets FQ_SAN_S seconds (default 75; 180 for racecheck with the own attention kernel); a run cut
-# short still lists every error found until then.
+# Each sanitizer run gets FQ_SAN_S seconds (default 75), racecheck with the own attention kernel FQ_RACE_OWN_S (180;
+# it reached the LoRA refusal cases of the bf16 selftest in 180 s on an H100, ~400 covers it all); a run cut short
+# still lists every error found until then.
 say "compute-sanitizer memcheck (selftest bf16)"
 timeout "${FQ_SAN_S:-75}" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 "$ENGINE" --selftest "$FIX" "$MODEL" bf16 >"$SAN" 2>&1
 echo "memcheck exit $? (124: cut at the time limit)"; grep -cE "^========= (Invalid|Program hit|Uninit)" "$SAN"; grep -E "ERROR SUMMARY|required cases" "$SAN" | tail -3
@@ -121,7 +122,7 @@ racecheck cudnn-sdpa "${FQ_SAN_S:-75}" ""
 # To the end of the selftest where the limit allows (racecheck slows kernels down many times). The unit cases of
 # cuDNN's attention run in every configuration; session 10's 6 reports here were all theirs, so cuDNN's generated
 # kernels are left uninstrumented (kernel-name substring filter) and every remaining report is about ours or cuBLAS's.
-racecheck own-attention "${FQ_SAN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own
+racecheck own-attention "${FQ_RACE_OWN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own
 say "racecheck summary"
 printf "%s" "$RACE_SUMMARY"
 fi
