@@ -190,10 +190,13 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
   if (config.engine === 'cuda') {
     // The native engine (engines/cuda) as a child process; this path never loads onnxruntime-node.
     const { createCudaExecutor } = await import('./pipeline/cuda-executor.ts');
+    const { defaultCacheDir } = await import('./pipeline/flux/engine-cache.ts');
     return createCudaExecutor({
       modelDir,
       engineBin: config.cudaEngineBin,
       precision: config.cudaPrecision,
+      // The per-layer planner's manifests (L and M) live beside the compiled engines.
+      cacheDir: config.cacheDir ?? defaultCacheDir(),
       maxBatch: config.modelBatch,
       benchResults: config.cudaBenchResults,
       ...(config.loraDir ? { loraDir: config.loraDir } : {}),

@@ -48,9 +48,14 @@
  * image cannot fill); the engine's encoder makes the control latents with the request generator's first normals, the
  * starting noise comes next, and the job's control latents go with `prepare` once.
  *
- * Modes (`cuda-modes.ts`): `original` and `XL` run the base plan, `S` the engine's fp8 plan; the engine makes the
- * plans' alternate weights once at load and each job names its plan, so one loaded engine serves every mode with no
- * reload. Samples of different modes never share an engine job (the mode is part of the grouping key).
+ * Modes (`cuda-modes.ts`): `original` and `XL` run the base plan, `S` the engine's fp8 plan (or the planned S
+ * rules); the engine makes the plans' alternate weights once at load and each job names its plan, so one loaded
+ * engine serves every mode with no reload. Samples of different modes never share an engine job (the mode is part
+ * of the grouping key). `L` and `M` (bf16 base, with `cacheDir`): on the first engine start the executor reads the
+ * planner's manifest for this engine build, card and model (`cuda-plan-manifest.ts`), or, without one, calibrates
+ * the model on a separate engine process (`cuda-calibration.ts`: `calibrate`, plan, verify; a fault there cannot take
+ * the serving engine down), stores the manifest, and loads the serving engine with the plans of L, M and S. When that
+ * fails, original, XL and S are served and L and M are listed unavailable with the reason (`capabilities.unavailable`).
  *
  * Capabilities (`info().capabilities`): those modes, LoRA (with its port), control images, edits, sides up to
  * 2048. The service refuses requests outside them before they get here.
@@ -71,9 +76,19 @@ import {
 import { type FluxTransformerConfig, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
+import { calibrateCudaModes, cudaCalibrationInputs } from './cuda-calibration.ts';
 import { cudaControlSample } from './cuda-control.ts';
 import { CudaLoraResidency, cudaLoraLayout, loraErrorOf } from './cuda-lora.ts';
-import { type CudaModeSpec, cudaLoadPlans, cudaModeTable, cudaPlanOf } from './cuda-modes.ts';
+import { cudaLoadPlans, cudaModeTable, cudaPlanOf } from './cuda-modes.ts';
+import {
+  type CudaPlanManifest,
+  cudaEngineIdentity,
+  cudaModelFingerprint,
+  cudaPlanIdentity,
+  cudaPlanManifestPath,
+  readCudaPlanManifest,
+  writeCudaPlanManifest,
+} from './cuda-plan-manifest.ts';
 import {
   type EngineHealth,
   type ExecutorStats,
@@ -130,6 +145,11 @@ export interface CudaExecutorOptions {
    * sets the threshold (engines/cuda/NOTES.md session 9).
    */
   stepCache?: CudaStepCache;
+  /**
+   * The engine cache folder (CACHE_DIR): the per-layer planner's manifests go to `<cacheDir>/cuda-plans/`. Without
+   * it the planner does not run and L and M are not served (tests that do not exercise it stay quick).
+   */
+  cacheDir?: string;
   /** Environment of the engine process. @default process.env */
   env?: NodeJS.ProcessEnv;
   /** Engine log lines (stderr) and executor events. */
@@ -215,7 +235,8 @@ export async function createCudaExecutor(options: CudaExecutorOptions): Promise<
   const scheduler = parseSchedulerConfig(repo.schedulerConfig, `${repo.schedulerDir}/scheduler_config.json`);
   const loras = createLoraManager(repo, options.loraDir);
   const residency = new CudaLoraResidency(cudaLoraLayout(repo.components.transformer.config as FluxTransformerConfig));
-  const executor = new CudaExecutor(options, repo.root, spec, tokenizers, scheduler, loras, residency);
+  const fingerprint = cudaModelFingerprint(repo.components);
+  const executor = new CudaExecutor(options, repo.root, spec, tokenizers, scheduler, loras, residency, fingerprint);
   await executor.start();
   return executor;
 }
@@ -223,8 +244,12 @@ export async function createCudaExecutor(options: CudaExecutorOptions): Promise<
 class CudaExecutor implements CudaStepExecutor {
   readonly #o: CudaExecutorOptions;
   readonly #precision: CudaPrecision;
-  /** The modes served and the engine plan of each (`cuda-modes.ts`). */
-  readonly #modes: readonly CudaModeSpec[];
+  /** The modes served and the engine plan of each (`cuda-modes.ts`); L and M once planned at the first start. */
+  #modes: ReturnType<typeof cudaModeTable>;
+  /** Set once the first start has decided the modes (planned, read from a manifest, or why not). */
+  #planned = false;
+  /** The planner's key for the loaded weights (`cuda-plan-manifest.ts`). */
+  readonly #fingerprint: string;
   readonly #maxBatch: number;
   readonly #modelDir: string;
   readonly #spec: CudaLoadSpec;
@@ -255,13 +280,18 @@ class CudaExecutor implements CudaStepExecutor {
     scheduler: FlowMatchConfig,
     loras: LoraManager,
     residency: CudaLoraResidency,
+    fingerprint: string,
   ) {
     const t = o.stepCache?.threshold;
     if (t !== undefined && !(Number.isFinite(t) && t >= 0))
       throw new RangeError(`CUDA executor: stepCache.threshold must be a finite number >= 0, got ${t}`);
     this.#o = o;
     this.#precision = o.precision ?? 'bf16';
-    this.#modes = cudaModeTable(this.#precision);
+    this.#modes = cudaModeTable(
+      this.#precision,
+      undefined,
+      'no plan cache folder (cacheDir) was given, so the per-layer planner did not run',
+    );
     this.#maxBatch = o.maxBatch ?? 4;
     this.#modelDir = modelDir;
     this.#spec = spec;
@@ -269,6 +299,7 @@ class CudaExecutor implements CudaStepExecutor {
     this.#scheduler = scheduler;
     this.#loras = loras;
     this.#residency = residency;
+    this.#fingerprint = fingerprint;
     this.loraAdmin = this.#loraPort();
   }
 
@@ -281,8 +312,9 @@ class CudaExecutor implements CudaStepExecutor {
       name,
       path: this.#modelDir,
       capabilities: {
-        // original, XL (the same computation here) and S (the fp8 plan); L and M wait for a GPU planner.
+        // original, XL (the same computation here), L and M (planned on this engine) and S (cuda-modes.ts).
         modes: this.#modes.map((m) => m.mode),
+        ...(this.#modes.unavailable.length > 0 ? { unavailable: this.#modes.unavailable.map((u) => ({ ...u })) } : {}),
         // LoRA sets per request, applied by the engine at run time (cuda-lora.ts), BFL Control LoRAs with a control
         // image included (cuda-control.ts).
         lora: true,
@@ -349,7 +381,12 @@ class CudaExecutor implements CudaStepExecutor {
     this.#current = client;
     const ready = (async () => {
       try {
-        await client.info();
+        const card = await client.info();
+        // The first start decides the planned modes before loading, so the serving engine loads once with them.
+        if (!this.#planned) {
+          await this.#planModes(card);
+          this.#planned = true;
+        }
         const l = await client.load(this.#spec, this.#precision, {
           ...(this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {}),
           plans: cudaLoadPlans(this.#modes),
@@ -372,6 +409,76 @@ class CudaExecutor implements CudaStepExecutor {
       if (this.#ready === ready) this.#ready = undefined;
     });
     return ready;
+  }
+
+  /**
+   * L and M (and S's plan) for a bf16 engine with a cache folder: from the stored manifest, else calibrated and
+   * stored (see the file header). Never throws: a failure leaves L and M unavailable with its message.
+   */
+  async #planModes(card: CudaEngineInfo): Promise<void> {
+    const cacheDir = this.#o.cacheDir;
+    if (this.#precision !== 'bf16' || !cacheDir) return;
+    const log = (m: string) => this.#o.onLog?.(m);
+    try {
+      const id = cudaPlanIdentity(cudaEngineIdentity(this.#o.engineBin, card), this.#fingerprint);
+      const path = cudaPlanManifestPath(cacheDir, this.#modelName, id);
+      let manifest = readCudaPlanManifest(path, id, log);
+      if (manifest) {
+        log(`cuda planner: using stored plans ${path}`);
+      } else {
+        log(`cuda planner: calibrating ${this.#modelDir} on a separate engine (once per engine build, card and model)`);
+        manifest = await this.#calibrate(id);
+        try {
+          writeCudaPlanManifest(path, manifest);
+          log(`cuda planner: stored ${path}`);
+        } catch (err) {
+          // The plans are good; only the next start pays the calibration again.
+          log(`cuda planner: could not store ${path}: ${(err as Error).message}`);
+        }
+      }
+      this.#modes = cudaModeTable('bf16', manifest.served);
+      const served = Object.entries(manifest.served).map(
+        ([mode, s]) => `${mode}: plan ${s.plan}, ${manifest.plans[mode]?.counts.fp8 ?? '?'} fp8 layers planned`,
+      );
+      log(`cuda planner: serving ${served.join('; ')}${manifest.preset.kept ? ' (S keeps the fp8 preset)' : ''}`);
+    } catch (err) {
+      const reason = `the per-layer planner failed: ${(err as Error).message}`;
+      log(`cuda planner: ${reason}; serving original, XL and S, L and M unavailable`);
+      this.#modes = cudaModeTable('bf16', undefined, reason);
+    }
+  }
+
+  /** Calibrates on an engine process of its own (a device fault there ends only that process), then quits it. */
+  async #calibrate(id: ReturnType<typeof cudaPlanIdentity>): Promise<CudaPlanManifest> {
+    const cal = CudaEngineClient.start({
+      bin: this.#o.engineBin,
+      ...(this.#o.env ? { env: this.#o.env } : {}),
+      ...(this.#o.onLog ? { onLog: this.#o.onLog } : {}),
+    });
+    try {
+      await cal.info();
+      await cal.load(this.#spec, 'bf16', this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {});
+      const out = await calibrateCudaModes(
+        cal,
+        cudaCalibrationInputs(this.#tokenizers, this.#scheduler),
+        this.#o.onLog,
+      );
+      return {
+        format: 'fluxql-cuda-plans',
+        ...id,
+        created: new Date().toISOString(),
+        table: out.calibration,
+        plans: out.plans,
+        preset: out.preset,
+        served: out.served,
+      };
+    } finally {
+      await cal.quit().catch(() => undefined);
+    }
+  }
+
+  get #modelName(): string {
+    return this.#modelDir.split(/[\\/]/).filter(Boolean).pop() ?? this.#modelDir;
   }
 
   #onExit(client: CudaEngineClient, wasLoaded: boolean, err: CudaEngineExitedError): void {

@@ -1,17 +1,19 @@
 /**
- * @file The elastic modes the CUDA engine serves today, and the engine precision plan each mode's jobs run.
+ * @file The elastic modes the CUDA engine serves, and the engine precision plan each mode's jobs run.
  *
  * One loaded engine serves them all: the engine makes each named plan's alternate weights once at `load` (`plans`)
  * and a job picks its plan at `prepare` (`plan`), so switching modes reloads nothing (engines/cuda/PROTOCOL.md).
- * Only what is real today is listed:
+ * Only what is real is listed:
  * - `original`: the base plan (the executor's precision, bf16 by default).
  * - `XL`: the same weights and plan as `original`. On ONNX, XL is the fused, mathematically equivalent graph; the
  *   CUDA engine's `original` path is already that (fused q/k/v, all modulations in one GEMM per block at prepare,
  *   each step replayed from one CUDA graph), so XL computes exactly what `original` does.
+ * - `L`, `M` (bf16 base, once the per-layer planner has run on the loaded model: `cuda-calibration.ts`): the fp8
+ *   layer sets planned from the engine's `calibrate` table under their error budgets, as exact-name rules.
  * - `S`: the engine's `fp8` preset (bf16 plus the LayerNorm-fed layers, q/k/v and MLP-in, in fp8 E4M3 with
- *   per-tensor scales). It needs a bf16 base: an f32 engine has no fp8 path, so there S is not offered.
- * `L` and `M` stay unavailable on CUDA until the per-layer planner (engine `calibrate` + `cuda-planner.ts`, built
- * but not yet run on a GPU) has run on the loaded model and its plans are served (engines/cuda/NOTES.md session 12).
+ *   per-tensor scales), or the planned S rules when the planner found the preset over S's budget or slower than
+ *   its own plan (`cuda-calibration.ts` decides). It needs a bf16 base: an f32 engine has no fp8 path.
+ * Modes not served carry the reason (`unavailable`), which the service gives when one is asked for.
  */
 import type { CudaPlanSpec, CudaPrecision } from '../runtime/cuda/index.ts';
 import { REFERENCE_MODE } from '../shared/vocabulary/index.ts';
@@ -22,25 +24,70 @@ export interface CudaModeSpec {
   mode: string;
   /** The engine plan its jobs name (`prepare`'s `plan`); absent: the base plan. */
   plan?: string;
+  /** What `load`'s `plans` gives that plan: a preset name or rules. */
+  rules?: CudaPlanSpec;
+}
+
+/** A mode the engine does not serve, and why. */
+export interface CudaUnavailableMode {
+  mode: string;
+  reason: string;
 }
 
 /** The engine plan name of the fp8 preset, as `load`'s `plans` names it. */
 export const CUDA_FP8_PLAN = 'fp8';
 
-/** The named plans the executor asks the engine for at `load`: plan name → preset or rules. */
-const PLAN_SPECS: Readonly<Record<string, CudaPlanSpec>> = { [CUDA_FP8_PLAN]: 'fp8' };
-
-/** The modes an engine of `precision` serves, reference first. */
-export function cudaModeTable(precision: CudaPrecision): readonly CudaModeSpec[] {
-  const base: CudaModeSpec[] = [{ mode: REFERENCE_MODE }, { mode: 'XL' }];
-  // fp8 plans run over a bf16 compute type: not on the f32 conformance engine.
-  return precision === 'f32' ? base : [...base, { mode: 'S', plan: CUDA_FP8_PLAN }];
+/** The per-layer planner's plans for a bf16 engine (`cuda-calibration.ts`): plan name and rules per mode. */
+export interface CudaPlannedModes {
+  L: { plan: string; rules: CudaPlanSpec };
+  M: { plan: string; rules: CudaPlanSpec };
+  S: { plan: string; rules: CudaPlanSpec };
 }
 
-/** The `plans` `load` sends for a table: every plan some mode names. */
+/**
+ * The modes an engine of `precision` serves, reference first, and why the others are not served.
+ * @param planned the planner's plans (bf16 only); without them L and M are unavailable for `why`
+ */
+export function cudaModeTable(
+  precision: CudaPrecision,
+  planned?: CudaPlannedModes,
+  why = 'the per-layer planner has not run on this engine',
+): readonly CudaModeSpec[] & { unavailable: readonly CudaUnavailableMode[] } {
+  const base: CudaModeSpec[] = [{ mode: REFERENCE_MODE }, { mode: 'XL' }];
+  // fp8 plans run over a bf16 compute type: not on the f32 conformance engine.
+  if (precision === 'f32') {
+    const reason = 'an f32 engine has no fp8 path (fp8 plans need the bf16 base precision)';
+    return withUnavailable(base, ['L', 'M', 'S'], reason);
+  }
+  if (precision !== 'bf16' || !planned) {
+    const reason =
+      precision !== 'bf16' ? `the per-layer planner runs on a bf16 base only (this engine: ${precision})` : why;
+    return withUnavailable([...base, { mode: 'S', plan: CUDA_FP8_PLAN, rules: 'fp8' }], ['L', 'M'], reason);
+  }
+  return withUnavailable([...base, ...(['L', 'M', 'S'] as const).map((mode) => ({ mode, ...planned[mode] }))], [], '');
+}
+
+function withUnavailable(
+  modes: CudaModeSpec[],
+  missing: readonly string[],
+  reason: string,
+): CudaModeSpec[] & { unavailable: CudaUnavailableMode[] } {
+  return Object.assign(modes, { unavailable: missing.map((mode) => ({ mode, reason })) });
+}
+
+/**
+ * The `plans` `load` sends for a table: every plan some mode names (modes sharing a plan name share its rules).
+ * @throws Error when two modes give one plan name different rules
+ */
 export function cudaLoadPlans(table: readonly CudaModeSpec[]): Record<string, CudaPlanSpec> {
   const plans: Record<string, CudaPlanSpec> = {};
-  for (const m of table) if (m.plan !== undefined) plans[m.plan] = PLAN_SPECS[m.plan]!;
+  for (const m of table) {
+    if (m.plan === undefined) continue;
+    const rules = m.rules ?? m.plan;
+    if (plans[m.plan] !== undefined && plans[m.plan] !== rules)
+      throw new Error(`cudaLoadPlans: plan ${m.plan} is given two different rule sets`);
+    plans[m.plan] = rules;
+  }
   return plans;
 }
 

@@ -114,6 +114,8 @@ export interface ModelInfo {
 export interface ExecutorCapabilities {
   /** Modes (compiled engine variants) it runs, e.g. `original`, `XL`. */
   modes: string[];
+  /** Known modes it does not run, each with the reason (the service gives it when one is asked for). */
+  unavailable?: { mode: string; reason: string }[];
   /** Runs per-request LoRA sets; exactly then the executor has a {@link LoraAdminPort}. */
   lora: boolean;
   /** Runs BFL Control LoRAs with a control image (VAE-encoded by the engine). */

@@ -59,8 +59,14 @@ export class UnknownModelError extends ServiceError {
   constructor(
     readonly model: string,
     readonly available: readonly string[],
+    /** Why the engine does not serve this mode, when it is a known mode it declared unavailable. */
+    readonly reason?: string,
   ) {
-    super(`Unknown model ${JSON.stringify(model)}; available: ${available.join(', ')}`);
+    super(
+      reason
+        ? `Model ${JSON.stringify(model)} is not served here: ${reason}; available: ${available.join(', ')}`
+        : `Unknown model ${JSON.stringify(model)}; available: ${available.join(', ')}`,
+    );
   }
 }
 

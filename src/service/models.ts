@@ -181,7 +181,13 @@ export class ModelCatalog {
     const key = name.trim().toLowerCase();
     if (key === 'flux-1-dev') return this.default;
     const found = this.entries.find((e) => e.id === key || e.size === key);
-    if (!found) throw new UnknownModelError(name, this.ids());
+    if (!found) {
+      // A mode the engine knows but does not serve (e.g. L and M on CUDA before its planner ran): say why.
+      const why = this.capabilities.unavailable?.find(
+        (u) => sizeOfMode(u.mode) === key || modelId(u.mode, this.default.batchSize) === key,
+      );
+      throw new UnknownModelError(name, this.ids(), why?.reason);
+    }
     return found;
   }
 }

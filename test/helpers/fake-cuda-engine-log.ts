@@ -27,15 +27,16 @@ export function readFakeEngineLog(file: string): LoggedFrame[] {
 
 /**
  * A CUDA executor over the fake engine (flux-tiny), its frames logged to a new file in `dir`: the executor and a
- * reader of every frame it sent so far.
+ * reader of every frame it sent so far (every engine process it started logs there: the planner's too).
  */
 export async function fakeCudaExecutor(dir: string, options: Partial<CudaExecutorOptions> = {}) {
   const logFile = join(dir, `requests-${Math.random().toString(36).slice(2)}.jsonl`);
   const exec = await createCudaExecutor({
     modelDir: MODEL_DIR,
     engineBin: FAKE_CUDA_ENGINE,
-    env: { ...process.env, FAKE_ENGINE_LOG: logFile },
     ...options,
+    // The caller's environment (fake-engine switches) plus the log file.
+    env: { ...(options.env ?? process.env), FAKE_ENGINE_LOG: logFile },
   });
   return { exec, frames: () => readFakeEngineLog(logFile) };
 }

@@ -16,14 +16,21 @@
  * change taken as FAKE_CHANGE (0.5) every step, so a threshold above it caches every step the rule allows; counters
  * in `progress` / `stepped` / `released` as the engine reports them.
  * Per-job precision plans: `load`'s `plans` ({name: preset | rules}) are kept and reported in `loaded` and `info`
- * (`layers` and `bytes` are stand-ins: 1 layer and 1 byte per plan); `prepare`'s `plan` must name one of them
- * (an `error` frame otherwise, as the engine answers).
+ * (`layers`: 1 for a preset name (a stand-in), else the rules' fp8 entries; `bytes` = `layers`); `prepare`'s `plan`
+ * must name one of them (an `error` frame otherwise, as the engine answers).
+ * Calibration (`calibrate`, test/unit/pipeline/cuda-calibration.test.ts): bf16 engines only, `prepare`'s payload.
+ * The layer list is the engine's (every transformer Linear of the loaded config, engine names and order); each
+ * layer's fp8 error is drawn from a hash of its name and the request's inputs (size, batch, sigmas, payload), spread
+ * over 1e-4 .. 1e-2, and its times from its shape and the rows (fp8 0.6x + 0.5 us: tiny layers gain nothing).
+ * `verify` plans (presets or rules, first matching glob wins) measure sqrt(sum e^2) of the layers they make fp8,
+ * times FAKE_ENGINE_VERIFY_SCALE (1): > 1 stands for errors that add coherently. FAKE_ENGINE_CALIBRATE_FAIL=<msg>
+ * answers every `calibrate` with a non-fatal error; `exit` ends the process as a device fault does.
  * Joining (`join`, test/unit/pipeline/cuda-join.test.ts): plain jobs take new samples of the same size, T5 length and
  * LoRA set, each sample with its own step and schedule (`samples` / `sample_step` / `sample_steps` in the answers);
  * `latents` / `decode` / `release` take `samples` (ids). A sample's latents are all its id and its image bytes
  * 10 * (id + 1), so a test sees which sample it got.
  */
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 
 const log = process.env.FAKE_ENGINE_LOG;
 const jobs = new Map();
@@ -34,6 +41,9 @@ const loras = new Map();
 const staged = new Map();
 /** The loaded model's named plans (null before `load`). */
 let plans = null;
+/** The loaded model's precision and transformer Linears ({name, in, out}, engine order). */
+let precision = null;
+let linears = [];
 /** The first block's relative change every step, for the step-cache rule. */
 const FAKE_CHANGE = 0.5;
 
@@ -71,6 +81,8 @@ function handle(h, payload) {
       });
     case 'load':
       plans = new Map(Object.entries(h.plans ?? {}));
+      precision = h.precision ?? 'bf16';
+      linears = transformerLinears(h);
       return send({
         op: 'loaded',
         id,
@@ -191,6 +203,8 @@ function handle(h, payload) {
       jobs.set(job, j);
       return send({ op: 'prepared', id, job, steps, ms: 0, ...sampleFields(j) });
     }
+    case 'calibrate':
+      return calibrate(h, payload, fail);
     case 'join': {
       const j = jobs.get(h.job);
       if (!j) return fail(`unknown job ${h.job}`);
@@ -302,7 +316,157 @@ function handle(h, payload) {
 }
 
 function planList() {
-  return [...(plans?.keys() ?? [])].sort().map((name) => ({ name, layers: 1, bytes: 1 }));
+  return [...(plans?.keys() ?? [])].sort().map((name) => {
+    const spec = plans.get(name);
+    const layers = /[=;]/.test(spec) ? spec.split(';').filter((r) => r.endsWith('=fp8')).length : 1;
+    return { name, layers, bytes: layers };
+  });
+}
+
+/** The fp8 preset's globs (engines/cuda/src/precision_plan.cpp). */
+const FP8_PRESET = [
+  'transformer/transformer_blocks.*.attn.to_q+*',
+  'transformer/transformer_blocks.*.attn.add_q_proj+*',
+  'transformer/transformer_blocks.*.ff.net.0.proj',
+  'transformer/transformer_blocks.*.ff_context.net.0.proj',
+  'transformer/single_transformer_blocks.*.attn.to_q+*',
+  'transformer/single_transformer_blocks.*.proj_mlp',
+];
+
+/** The transformer's Linears as the engine lists them, from the load spec's (or folder's) transformer config. */
+function transformerLinears(h) {
+  let c = h.spec?.components?.transformer?.config;
+  if (!c && typeof h.model === 'string' && existsSync(`${h.model}/transformer/config.json`))
+    c = JSON.parse(readFileSync(`${h.model}/transformer/config.json`, 'utf8'));
+  if (!c) return [];
+  const d = c.num_attention_heads * c.attention_head_dim;
+  const out = [];
+  const add = (name, i, o) => out.push({ name: `transformer/${name}`, in: i, out: o });
+  const stacked = (p, parts) => parts.map((x) => `${p}.${x}`).join('+');
+  add('x_embedder', c.in_channels, d);
+  add('context_embedder', c.joint_attention_dim, d);
+  add('time_text_embed.timestep_embedder.linear_1', 256, d);
+  add('time_text_embed.timestep_embedder.linear_2', d, d);
+  if (c.guidance_embeds) {
+    add('time_text_embed.guidance_embedder.linear_1', 256, d);
+    add('time_text_embed.guidance_embedder.linear_2', d, d);
+  }
+  add('time_text_embed.text_embedder.linear_1', c.pooled_projection_dim, d);
+  add('time_text_embed.text_embedder.linear_2', d, d);
+  for (let i = 0; i < c.num_layers; i++) {
+    const b = `transformer_blocks.${i}`;
+    add(`${b}.norm1.linear`, d, 6 * d);
+    add(`${b}.norm1_context.linear`, d, 6 * d);
+    add(stacked(b, ['attn.to_q', 'attn.to_k', 'attn.to_v']), d, 3 * d);
+    add(stacked(b, ['attn.add_q_proj', 'attn.add_k_proj', 'attn.add_v_proj']), d, 3 * d);
+    add(`${b}.attn.to_out.0`, d, d);
+    add(`${b}.attn.to_add_out`, d, d);
+    add(`${b}.ff.net.0.proj`, d, 4 * d);
+    add(`${b}.ff.net.2`, 4 * d, d);
+    add(`${b}.ff_context.net.0.proj`, d, 4 * d);
+    add(`${b}.ff_context.net.2`, 4 * d, d);
+  }
+  for (let i = 0; i < c.num_single_layers; i++) {
+    const b = `single_transformer_blocks.${i}`;
+    add(`${b}.norm.linear`, d, 3 * d);
+    add(stacked(b, ['attn.to_q', 'attn.to_k', 'attn.to_v']), d, 3 * d);
+    add(`${b}.proj_mlp`, d, 4 * d);
+    add(`${b}.proj_out`, 5 * d, d);
+  }
+  add('norm_out.linear', d, 2 * d);
+  add('proj_out', d, c.out_channels ?? c.in_channels);
+  return out;
+}
+
+/** The engine's glob (`*`: any text), whole name. */
+function globMatch(pattern, name) {
+  const re = pattern
+    .split('*')
+    .map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+    .join('.*');
+  return new RegExp(`^${re}$`).test(name);
+}
+
+/** The layers a plan (preset or rules) makes fp8; throws on a malformed rule, as the engine refuses it. */
+function fp8LayersOf(spec) {
+  if (spec === 'bf16') return [];
+  if (spec === 'fp8') return linears.filter((l) => FP8_PRESET.some((g) => globMatch(g, l.name)));
+  const rules = spec
+    .split(';')
+    .filter(Boolean)
+    .map((r) => {
+      const eq = r.lastIndexOf('=');
+      const type = r.slice(eq + 1);
+      if (eq < 0 || !['bf16', 'fp8', 'f32'].includes(type))
+        throw new Error(`precision plan rule needs glob=type: ${r}`);
+      return [r.slice(0, eq), type];
+    });
+  return linears.filter((l) => rules.find(([g]) => globMatch(g, l.name))?.[1] === 'fp8');
+}
+
+/** 32-bit FNV-1a of a string, in [0, 1). */
+function unit(text) {
+  let x = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) x = Math.imul(x ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return x / 2 ** 32;
+}
+
+/** `calibrate` (see the file header). */
+function calibrate(h, payload, fail) {
+  const id = h.id;
+  if (precision === null) return fail('no model loaded');
+  const why = process.env.FAKE_ENGINE_CALIBRATE_FAIL;
+  if (why === 'exit') {
+    send({ op: 'error', id, message: 'CUDA error: an illegal memory access was encountered', fatal: true });
+    return process.exit(2);
+  }
+  if (why) return fail(`calibrate: ${why}`);
+  if (precision !== 'bf16') return fail('calibrate: needs a bf16 engine (an f32 engine has no fp8 path)');
+  for (const k of ['plan', 'loras', 'true_cfg', 'inpaint', 'control', 'step_cache'])
+    if (h[k] !== undefined && h[k] !== null) return fail(`calibrate: ${k} is not taken (plain text-to-image inputs)`);
+  const L = (h.height / 16) * (h.width / 16);
+  const need = 4 * (h.batch * (77 + h.t5_len) + (h.latents === 'payload' ? h.batch * L * 64 : 0));
+  if (payload.length !== need) return fail(`calibrate payload must be ${need} bytes, got ${payload.length}`);
+  const steps = h.sigmas.length - 1;
+  let sum = 0;
+  for (let i = 0; i < payload.length; i += 4) sum = (sum + payload[i] * 31 + payload[i + 3]) % 1_000_003;
+  const inputs = `${h.batch}|${h.height}x${h.width}|${h.t5_len}|${h.sigmas.join(',')}|${sum}`;
+  const rows = h.batch * L;
+  const table = linears.map((l) => {
+    const ms = (2 * rows * l.in * l.out) / 1e9 + 0.001;
+    return {
+      name: l.name,
+      in: l.in,
+      out: l.out,
+      base: 'bf16',
+      fp8: true,
+      rel_err_fp8: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)),
+      ms_bf16: ms,
+      ms_fp8: 0.6 * ms + 0.0005,
+    };
+  });
+  const errOf = new Map(table.map((l) => [l.name, l.rel_err_fp8]));
+  const scale = Number(process.env.FAKE_ENGINE_VERIFY_SCALE ?? 1);
+  const verified = [];
+  try {
+    for (const [name, spec] of Object.entries(h.verify ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      const fp8 = fp8LayersOf(spec);
+      const e = Math.sqrt(fp8.reduce((a, l) => a + errOf.get(l.name) ** 2, 0)) * scale;
+      verified.push({ name, layers: fp8.length, rel_err: e });
+    }
+  } catch (err) {
+    return fail(err.message);
+  }
+  const perLayer = h.per_layer !== false;
+  return send({
+    op: 'calibrated',
+    id,
+    layers: perLayer ? table : [],
+    verified,
+    base_ms: 1.5 * table.reduce((a, l) => a + l.ms_bf16, 0),
+    steps,
+    ms: 0,
+  });
 }
 
 /** Per-sample progress fields of a job's answers (the engine's serve.cu sample_fields). */

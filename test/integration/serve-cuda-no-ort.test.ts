@@ -40,6 +40,8 @@ describe('serve --engine cuda without onnxruntime-node', () => {
         PORT: '0',
         HOST: '127.0.0.1',
         IMAGE_DIR: dir,
+        // The CUDA planner's manifest (the fake engine calibrates): not the repository's cache.
+        CACHE_DIR: dir,
         LOG_LEVEL: 'info',
         LOG_PRETTY: '',
       },
@@ -64,6 +66,14 @@ describe('serve --engine cuda without onnxruntime-node', () => {
     });
     const body = (await res.json()) as { data?: { models: { id: string; device: string }[] } };
     expect(body.data?.models[0]?.device).toContain('fake');
+    // bf16 with a cache folder: the planner ran on the fake engine's calibration and L and M are served.
+    expect(body.data?.models.map((m) => m.id)).toEqual([
+      'flux-1-dev-original-bs4',
+      'flux-1-dev-xl-bs4',
+      'flux-1-dev-l-bs4',
+      'flux-1-dev-m-bs4',
+      'flux-1-dev-s-bs4',
+    ]);
     expect(out).not.toContain('onnxruntime-node is blocked');
   });
 

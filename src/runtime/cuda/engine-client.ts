@@ -159,6 +159,48 @@ function stepCacheHeaderOf(c: CudaStepCache): Record<string, number> {
   };
 }
 
+/**
+ * Arguments of {@link CudaEngineClient.calibrate} (PROTOCOL.md `calibrate`): `prepare`'s plain text-to-image inputs
+ * (no plan, LoRA set or step caching), the timed repetitions, whole plans to measure (`verify`: name → preset or
+ * rules) and whether to measure every layer alone (`perLayer`, default true).
+ */
+export interface CudaCalibrateArgs extends Omit<CudaPrepareArgs, 'plan' | 'loras' | 'stepCache'> {
+  reps?: number;
+  verify?: Readonly<Record<string, CudaPlanSpec>>;
+  perLayer?: boolean;
+}
+
+/** A `verify` plan's measured error (PROTOCOL.md `calibrated.verified`). */
+export interface CudaPlanCheck {
+  name: string;
+  /** Linears the plan makes fp8. */
+  layers: number;
+  /** Relative L2 error of the transformer output against the base plan, every layer of the plan at once. */
+  relErr: number;
+}
+
+/** The `calibrated` answer: the header as sent (its `layers` table is the planner's to check) and the checks. */
+export interface CudaCalibrated {
+  header: FrameHeader;
+  verified: CudaPlanCheck[];
+  ms: number;
+}
+
+/** The `calibrate` request: `prepare`'s frame under another op, with the calibration fields. */
+export function calibrateFrameOf(a: CudaCalibrateArgs): RequestFrame {
+  const f = prepareFrameOf(a);
+  return {
+    header: {
+      ...f.header,
+      op: 'calibrate',
+      ...(a.reps !== undefined ? { reps: a.reps } : {}),
+      ...(a.verify && Object.keys(a.verify).length > 0 ? { verify: { ...a.verify } } : {}),
+      ...(a.perLayer !== undefined ? { per_layer: a.perLayer } : {}),
+    },
+    payload: f.payload,
+  };
+}
+
 /** Progress of one step of a job. */
 export interface CudaProgress {
   job: number;
@@ -282,6 +324,22 @@ export class CudaEngineClient {
     const f = prepareFrameOf(a);
     const { header: h } = await this.request(f.header, f.payload);
     return { job: num(h.job), steps: num(h.steps), ms: num(h.ms) };
+  }
+
+  /**
+   * Per-layer calibration of the loaded bf16 model (PROTOCOL.md `calibrate`): runs the inputs' base trajectory, then
+   * each transformer Linear alone in fp8 (`perLayer`) and each `verify` plan whole. Costs (layers + plans) x steps
+   * transformer forwards: a small geometry. An f32 engine answers `error`.
+   */
+  async calibrate(a: CudaCalibrateArgs): Promise<CudaCalibrated> {
+    const f = calibrateFrameOf(a);
+    const { header: h } = await this.request(f.header, f.payload);
+    const verified = (Array.isArray(h.verified) ? (h.verified as Record<string, unknown>[]) : []).map((v) => ({
+      name: String(v.name),
+      layers: num(v.layers),
+      relErr: num(v.rel_err),
+    }));
+    return { header: h, verified, ms: num(h.ms) };
   }
 
   /** Adds samples to a running job (same size, T5 length and LoRA set; own schedule): their engine sample ids. */

@@ -24,10 +24,13 @@ export {
   type RequestFrame,
 } from './edit-requests.ts';
 export {
+  type CudaCalibrateArgs,
+  type CudaCalibrated,
   CudaEngineClient,
   type CudaEngineClientOptions,
   type CudaEngineInfo,
   type CudaLoaded,
+  type CudaPlanCheck,
   type CudaPlanInfo,
   type CudaPlanSpec,
   type CudaPrecision,
@@ -35,6 +38,7 @@ export {
   type CudaProgress,
   type CudaSampleProgress,
   type CudaStepCache,
+  calibrateFrameOf,
   joinFrameOf,
 } from './engine-client.ts';
 export { CudaEngineError, CudaEngineExitedError, engineErrorFromFrame } from './errors.ts';
