@@ -11,6 +11,9 @@
  *   restarted, and the next generation matches ORT again;
  * - BFL single files (`flux1-dev.safetensors` + `ae.safetensors`) loaded through the executor's load spec give the
  *   ORT (diffusers-folder) pixels;
+ * - the per-layer planner (issue 15): a bf16 executor with a cache folder calibrates flux-tiny on its first start,
+ *   stores the plans manifest, serves L and M jobs (images near `original`'s), and a second executor reads the
+ *   manifest instead of calibrating;
  * - the real server, `node bin/fluxql.js serve --engine cuda` per precision (FLUXQL_CUDA_PRECISIONS, default
  *   `f32,bf16`): `models` (GPU name, benchmark rows), a GraphQL `generateImage` followed over graphql-ws
  *   `jobProgress` (every step event, then two PNGs of the requested size, within 2/255 of ORT for f32 and 12/255 for
@@ -236,8 +239,10 @@ function sampleRequest(seed: number) {
 }
 
 /** What the f32 executor of these checks (maxBatch 2) declares it runs. */
+const F32_NO_FP8 = 'an f32 engine has no fp8 path (fp8 plans need the bf16 base precision)';
 const F32_CAPABILITIES = {
   modes: ['original', 'XL'], // f32: no fp8 plan, so no S (cuda-modes.ts)
+  unavailable: ['L', 'M', 'S'].map((mode) => ({ mode, reason: F32_NO_FP8 })),
   lora: true,
   control: true,
   edit: true,
@@ -415,6 +420,7 @@ interface Server {
 /** Starts `node bin/fluxql.js serve --engine cuda` on a free port and waits for its URL. */
 async function startServer(precision: string): Promise<Server> {
   const imageDir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-images-'));
+  const cacheDir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-cache-'));
   const proc = spawn(process.execPath, [join(REPO_ROOT, 'bin/fluxql.js'), 'serve', '--engine', 'cuda'], {
     cwd: REPO_ROOT,
     env: {
@@ -429,6 +435,8 @@ async function startServer(precision: string): Promise<Server> {
       MAX_QUEUE_DELAY_MS: '2000',
       CUDA_ENGINE_BIN: BIN,
       CUDA_PRECISION: precision,
+      // bf16: the planner calibrates on this fresh cache (L and M), not on a cache an earlier run left.
+      CACHE_DIR: cacheDir,
     },
   });
   const log: string[] = [];
@@ -453,6 +461,7 @@ async function startServer(precision: string): Promise<Server> {
         await exited;
       }
       await rm(imageDir, { recursive: true, force: true });
+      await rm(cacheDir, { recursive: true, force: true });
     },
   };
 }
@@ -555,12 +564,12 @@ function serverSuite(precision: string): Suite {
         name: 'models reports the GPU and the engine benchmark of this precision',
         async fn() {
           const { models } = await gql<ModelsData>(server.url, MODELS);
-          // One loaded engine serves every CUDA mode (cuda-modes.ts): S (the fp8 plan) needs a bf16 base.
+          // One loaded engine serves every CUDA mode (cuda-modes.ts): L, M (planned at start) and S need a bf16 base.
           assert.deepEqual(
             models.map((m) => m.id),
             precision === 'f32'
               ? ['flux-1-dev-original-bs4', 'flux-1-dev-xl-bs4']
-              : ['flux-1-dev-original-bs4', 'flux-1-dev-xl-bs4', 'flux-1-dev-s-bs4'],
+              : ['original', 'xl', 'l', 'm', 's'].map((size) => `flux-1-dev-${size}-bs4`),
           );
           assert.equal(models[0]!.device, `cuda: ${GPU} (${precision})`);
           const bench = models[0]!.specs.filter((s) => s.origin === 'MEASURED' && /cuda-h100\.json/.test(s.source));
@@ -647,7 +656,89 @@ function serverSuite(precision: string): Suite {
   };
 }
 
+// ---- planned modes (issue 15) ------------------------------------------------------------------------------------
+
+/** Mean |a - b| over RGB8 bytes. */
+function meanAbsDiff(a: Uint8Array, b: Uint8Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += Math.abs(a[i]! - b[i]!);
+  return s / a.length;
+}
+
+function plannedSuite(): Suite {
+  let cacheDir: string;
+  const logs: string[] = [];
+  const open = () =>
+    createCudaExecutor({
+      modelDir: MODEL_DIR,
+      engineBin: BIN,
+      precision: 'bf16',
+      maxBatch: 2,
+      cacheDir,
+      onLog: (l) => logs.push(l),
+    });
+  return {
+    name: 'CUDA planner: L and M from calibrated plans (bf16, flux-tiny)',
+    async before() {
+      cacheDir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-plans-'));
+    },
+    async after() {
+      await rm(cacheDir, { recursive: true, force: true });
+    },
+    tests: [
+      {
+        name: 'calibrates on first start, stores the manifest, serves L and M near original; a restart reads it',
+        async fn() {
+          const ex = await open();
+          try {
+            assert.deepEqual(ex.info().capabilities.modes, ['original', 'XL', 'L', 'M', 'S'], logs.join('\n'));
+            const files = readdirSync(join(cacheDir, 'cuda-plans')).filter((f) => f.endsWith('.json'));
+            assert.equal(files.length, 1);
+            const m = JSON.parse(readFileSync(join(cacheDir, 'cuda-plans', files[0]!), 'utf8')) as {
+              plans: Record<string, { measuredError: number; budget: number; counts: { fp8: number } }>;
+              preset: { kept: boolean; measuredError: number };
+              served: Record<string, { plan: string; rules: string }>;
+            };
+            for (const mode of ['L', 'M', 'S']) assert.ok(m.plans[mode]!.measuredError <= m.plans[mode]!.budget);
+            const reqs = ['original', 'L', 'M'].map((mode) => ({ ...sampleRequest(SEED), mode }));
+            const handles = await ex.prepare(reqs);
+            for (let i = 0; i < STEPS; i++) await ex.step(handles);
+            const [o, l, mm] = await ex.decode(handles);
+            await ex.release(handles);
+            const diffs = { L: meanAbsDiff(l!.data, o!.data), M: meanAbsDiff(mm!.data, o!.data) };
+            report({
+              test: 'planned L/M vs original (bf16, mean abs of 255)',
+              diffs,
+              plans: Object.fromEntries(['L', 'M', 'S'].map((k) => [k, m.plans[k]!.counts.fp8])),
+              measured: Object.fromEntries(['L', 'M', 'S'].map((k) => [k, m.plans[k]!.measuredError])),
+              preset: m.preset,
+              served: Object.fromEntries(Object.entries(m.served).map(([k, v]) => [k, v.plan])),
+            });
+            // Images, not noise or a blank: within a loose bound of original's (the plans hold 1-1.5 % error).
+            for (const img of [l!, mm!]) assert.ok(new Set(img.data).size > 16, 'a flat image');
+            assert.ok(diffs.L <= 8 && diffs.M <= 8, `L/M far from original: ${JSON.stringify(diffs)}`);
+          } finally {
+            await ex.close();
+          }
+          logs.length = 0;
+          const again = await open();
+          try {
+            assert.deepEqual(again.info().capabilities.modes, ['original', 'XL', 'L', 'M', 'S']);
+            assert.ok(
+              logs.some((l) => /using stored plans/.test(l)),
+              logs.join('\n'),
+            );
+            assert.ok(!logs.some((l) => /calibrating/.test(l)), logs.join('\n'));
+          } finally {
+            await again.close();
+          }
+        },
+      },
+    ],
+  };
+}
+
 /** Every suite, in run order. */
 export function cudaSuites(): Suite[] {
-  return [clientSuite, executorSuite(), bflSuite, ...PRECISIONS.map(serverSuite)];
+  return [clientSuite, executorSuite(), bflSuite, plannedSuite(), ...PRECISIONS.map(serverSuite)];
 }
