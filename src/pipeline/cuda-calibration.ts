@@ -1,6 +1,6 @@
 /**
  * @file The CUDA engine's planned modes (L, M, and the S decision) for one loaded bf16 model, from the engine's own
- * `calibrate` (issue 15; engines/cuda/NOTES.md sessions 12a and 13).
+ * `calibrate` (issue 15; engines/cuda/NOTES.md sessions 12a and 14).
  *
  * Inputs: the ONNX planner's two calibration prompts (`elastic-plan.ts` CALIBRATION), one sample each, at 512x512
  * with the model's default T5 length and the real schedule of a 3-step run (the project's sigma schedule with its
