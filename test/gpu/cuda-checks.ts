@@ -42,7 +42,7 @@ import { MODEL_DIR, REPO_ROOT } from '../helpers/paths.ts';
 export const BIN = process.env.CUDA_ENGINE_BIN
   ? resolve(process.env.CUDA_ENGINE_BIN)
   : join(REPO_ROOT, 'engines/cuda/build/fluxql-engine');
-const PRECISIONS = (process.env.FLUXQL_CUDA_PRECISIONS ?? 'f32,bf16').split(',').map((s) => s.trim());
+export const PRECISIONS = (process.env.FLUXQL_CUDA_PRECISIONS ?? 'f32,bf16').split(',').map((s) => s.trim());
 const REPORT = process.env.FLUXQL_GPU_REPORT;
 
 /** The first GPU's name from nvidia-smi, or undefined when there is none. */
@@ -74,11 +74,11 @@ export interface Suite {
   tests: { name: string; fn: () => Promise<void> }[];
 }
 
-const PROMPT = 'a red fox in fresh snow, golden hour';
-const SEED = 1234;
-const WIDTH = 96;
-const HEIGHT = 64;
-const STEPS = 4;
+export const PROMPT = 'a red fox in fresh snow, golden hour';
+export const SEED = 1234;
+export const WIDTH = 96;
+export const HEIGHT = 64;
+export const STEPS = 4;
 
 /** The ONNX Runtime reference generation: the server jobs' images 0 and 1 must match it. */
 export const ORT_REFERENCE_CASE = {
@@ -110,38 +110,77 @@ export async function computeOrtReference(): Promise<Uint8Array[]> {
   }
 }
 
+/** One reference generation of the JSON file: what was asked, the steps it ran, RGB8 images as base64. */
+export interface OrtReferenceEntry {
+  case: unknown;
+  totalSteps: number;
+  images: string[];
+}
+
 /**
- * The reference from FLUXQL_ORT_REFERENCE when set: the same images made beforehand by
- * `test/gpu/write-ort-reference.ts` on a machine with ONNX Runtime. The GPU machines' Node bundle leaves ONNX
- * Runtime's native library out to fit the device tool's 64 MiB (engines/cuda/scripts/pack-node.sh).
+ * The reference JSON (`test/gpu/write-ort-reference.ts`): the {@link ORT_REFERENCE_CASE} images at the top level (as
+ * before), and every further case keyed by name in `cases` (cuda-lora-edit-checks.ts).
  */
-function readOrtReference(file: string): Uint8Array[] {
-  const ref = JSON.parse(readFileSync(file, 'utf8')) as { case: unknown; model: string; images: string[] };
-  assert.deepEqual(ref.case, ORT_REFERENCE_CASE, `${file} was made for another generation`);
-  assert.equal(ref.model, basename(MODEL_DIR), `${file} was made with another model`);
-  return ref.images.map((b64) => new Uint8Array(Buffer.from(b64, 'base64')));
+export interface OrtReferenceFile {
+  case: unknown;
+  model: string;
+  images: string[];
+  cases?: Record<string, OrtReferenceEntry>;
+}
+
+export function toBase64Images(images: Uint8Array[]): string[] {
+  return images.map((im) => Buffer.from(im).toString('base64'));
+}
+
+export function fromBase64Images(images: string[]): Uint8Array[] {
+  return images.map((b64) => new Uint8Array(Buffer.from(b64, 'base64')));
+}
+
+const refFiles = new Map<string, OrtReferenceFile>();
+/**
+ * The reference file FLUXQL_ORT_REFERENCE names (read once), made beforehand by `test/gpu/write-ort-reference.ts` on
+ * a machine with ONNX Runtime; undefined when unset. The GPU machines' Node bundle leaves ONNX Runtime's native
+ * library out to fit the device tool's 64 MiB (engines/cuda/scripts/pack-node.sh).
+ */
+export function ortReferenceFile(): OrtReferenceFile | undefined {
+  const file = process.env.FLUXQL_ORT_REFERENCE;
+  if (!file) return undefined;
+  let ref = refFiles.get(file);
+  if (!ref) {
+    ref = JSON.parse(readFileSync(file, 'utf8')) as OrtReferenceFile;
+    assert.equal(ref.model, basename(MODEL_DIR), `${file} was made with another model`);
+    refFiles.set(file, ref);
+  }
+  return ref;
+}
+
+/** The {@link ORT_REFERENCE_CASE} images of the reference file. */
+function readOrtReference(ref: OrtReferenceFile): Uint8Array[] {
+  assert.deepEqual(ref.case, ORT_REFERENCE_CASE, 'the ORT reference file was made for another generation');
+  return fromBase64Images(ref.images);
 }
 
 let ortImages: Promise<Uint8Array[]> | undefined;
-function ortReference(): Promise<Uint8Array[]> {
-  const file = process.env.FLUXQL_ORT_REFERENCE;
-  ortImages ??= file ? Promise.resolve(readOrtReference(file)) : computeOrtReference();
+/** ORT's images of {@link ORT_REFERENCE_CASE}: from FLUXQL_ORT_REFERENCE, else computed here once. */
+export function ortReference(): Promise<Uint8Array[]> {
+  const ref = ortReferenceFile();
+  ortImages ??= ref ? Promise.resolve(readOrtReference(ref)) : computeOrtReference();
   return ortImages;
 }
 
-function maxAbsDiff(a: Uint8Array, b: Uint8Array): number {
+export function maxAbsDiff(a: Uint8Array, b: Uint8Array): number {
   assert.equal(a.length, b.length);
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
 }
 
-function report(line: Record<string, unknown>): void {
+export function report(line: Record<string, unknown>): void {
   if (REPORT) appendFileSync(REPORT, `${JSON.stringify({ gpu: GPU, ...line })}\n`);
 }
 
 /** Pids of the running engine processes (`BIN --serve`) that are children of `pid` (from /proc, no tools needed). */
-function enginesOf(pid: number): number[] {
+export function enginesOf(pid: number): number[] {
   const out: number[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
@@ -160,7 +199,7 @@ function enginesOf(pid: number): number[] {
 }
 
 /** Polls `check` every 50 ms until it returns a value (the runner's timeout bounds the wait). */
-async function waitFor<T>(check: () => T | undefined): Promise<T> {
+export async function waitFor<T>(check: () => T | undefined): Promise<T> {
   for (;;) {
     const v = check();
     if (v !== undefined) return v;
@@ -410,15 +449,15 @@ const bflSuite: Suite = {
 
 // ---- the server ----------------------------------------------------------------------------------------------
 
-interface Server {
+export interface Server {
   url: string;
   proc: ChildProcessWithoutNullStreams;
   log: string[];
   stop(): Promise<void>;
 }
 
-/** Starts `node bin/fluxql.js serve --engine cuda` on a free port and waits for its URL. */
-async function startServer(precision: string): Promise<Server> {
+/** Starts `node bin/fluxql.js serve --engine cuda` on a free port and waits for its URL; `env` adds settings. */
+export async function startServer(precision: string, env: Record<string, string> = {}): Promise<Server> {
   const imageDir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-images-'));
   const cacheDir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-cache-'));
   const proc = spawn(process.execPath, [join(REPO_ROOT, 'bin/fluxql.js'), 'serve', '--engine', 'cuda'], {
@@ -437,6 +476,7 @@ async function startServer(precision: string): Promise<Server> {
       CUDA_PRECISION: precision,
       // bf16: the planner calibrates on this fresh cache (L and M), not on a cache an earlier run left.
       CACHE_DIR: cacheDir,
+      ...env,
     },
   });
   const log: string[] = [];
@@ -467,7 +507,7 @@ async function startServer(precision: string): Promise<Server> {
 }
 
 /** The fields the operations below select (each event type has a subset). */
-interface ProgressEvent {
+export interface ProgressEvent {
   __typename: string;
   status?: string;
   step?: number;
@@ -487,7 +527,7 @@ interface GenerateData {
   generateImage: { __typename: string; data?: { jobId: string } };
 }
 
-async function gql<T>(url: string, query: string, variables: Record<string, unknown> = {}): Promise<T> {
+export async function gql<T>(url: string, query: string, variables: Record<string, unknown> = {}): Promise<T> {
   const res = await fetch(`${url}/graphql`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', accept: 'application/json' },
@@ -499,7 +539,7 @@ async function gql<T>(url: string, query: string, variables: Record<string, unkn
 }
 
 const MODELS = 'query { models { id device specs { origin hardware width height steps latencySeconds source } } }';
-const GENERATE = `mutation($input: GenerateImageInput!) { generateImage(input: $input) { __typename
+export const GENERATE = `mutation($input: GenerateImageInput!) { generateImage(input: $input) { __typename
   ... on MutationGenerateImageSuccess { data { jobId totalSteps } }
   ... on ValidationError { field message } } }`;
 const PROGRESS = `subscription($id: ID!) { jobProgress(id: $id) { __typename
@@ -509,7 +549,7 @@ const PROGRESS = `subscription($id: ID!) { jobProgress(id: $id) { __typename
   ... on JobFailedEvent { code message } } }`;
 
 /** Submits a job, follows its jobProgress stream to the end and returns the events. */
-async function generate(url: string, client: Client, input: Record<string, unknown>): Promise<ProgressEvent[]> {
+export async function generate(url: string, client: Client, input: Record<string, unknown>): Promise<ProgressEvent[]> {
   const r = await gql<GenerateData>(url, GENERATE, { input });
   assert.equal(r.generateImage.__typename, 'MutationGenerateImageSuccess', JSON.stringify(r));
   const jobId = r.generateImage.data!.jobId;
@@ -529,7 +569,17 @@ async function generate(url: string, client: Client, input: Record<string, unkno
   });
 }
 
-async function fetchRgb(imageUrl: string) {
+/** A graphql-ws client of the server at `url` (connected at once, no retries). */
+export function wsClient(url: string): Client {
+  return createClient({
+    url: `${url.replace(/^http/, 'ws')}/graphql`,
+    webSocketImpl: WebSocket,
+    lazy: false,
+    retryAttempts: 0,
+  });
+}
+
+export async function fetchRgb(imageUrl: string) {
   const res = await fetch(imageUrl);
   assert.equal(res.status, 200);
   const bytes = Buffer.from(await res.arrayBuffer());
@@ -548,12 +598,7 @@ function serverSuite(precision: string): Suite {
     name: `fluxql serve --engine cuda (${precision})`,
     async before() {
       server = await startServer(precision);
-      client = createClient({
-        url: `${server.url.replace(/^http/, 'ws')}/graphql`,
-        webSocketImpl: WebSocket,
-        lazy: false,
-        retryAttempts: 0,
-      });
+      client = wsClient(server.url);
     },
     async after() {
       await client?.dispose();
