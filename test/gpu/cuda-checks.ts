@@ -17,8 +17,15 @@
  * - the real server, `node bin/fluxql.js serve --engine cuda` per precision (FLUXQL_CUDA_PRECISIONS, default
  *   `f32,bf16`): `models` (GPU name, benchmark rows), a GraphQL `generateImage` followed over graphql-ws
  *   `jobProgress` (every step event, then two PNGs of the requested size, within 2/255 of ORT for f32 and 12/255 for
- *   bf16), and a request after killing the engine.
+ *   bf16), and a request after killing the engine;
+ * - in `cuda-lora-edit-checks.ts`, the same server per precision with a LORA_DIR (issues 16, 18): two fixture LoRAs
+ *   loaded, switched and unloaded on one engine process (same pid, one load line; no LoRA after unloading is the base
+ *   image bit for bit), a BFL Control LoRA with a `controlImage`, img2img, inpainting, true CFG and a LoRA with img2img
+ *   over GraphQL, inpainting over `POST /v1/images/edits`, LoRA + img2img in modes XL and S, all against ORT's images
+ *   for the same requests (XL and original within the tolerances above; S reported only).
  *
+ * ORT's images come from FLUXQL_ORT_REFERENCE when set (one JSON with every case, `write-ort-reference.ts`), else
+ * ONNX Runtime computes them here.
  * Needs the built engine (CUDA_ENGINE_BIN, default engines/cuda/build/fluxql-engine) and an NVIDIA GPU: otherwise
  * {@link SKIP} says why. FLUXQL_GPU_REPORT, when set, is a file receiving one JSON line per pixel comparison.
  */
