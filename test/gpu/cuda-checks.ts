@@ -21,8 +21,8 @@
  * - in `cuda-lora-edit-checks.ts`, the same server per precision with a LORA_DIR (issues 16, 18): two fixture LoRAs
  *   loaded, switched and unloaded on one engine process (same pid, one load line; no LoRA after unloading is the base
  *   image bit for bit), a BFL Control LoRA with a `controlImage`, img2img, inpainting, true CFG and a LoRA with img2img
- *   over GraphQL, inpainting over `POST /v1/images/edits`, LoRA + img2img in modes XL and S, all against ORT's images
- *   for the same requests (XL and original within the tolerances above; S reported only).
+ *   over GraphQL, inpainting over `POST /v1/images/edits`, LoRA + img2img in modes XL, L, M, S, all against ORT's
+ *   images for the same requests (original and XL within the tolerances above; L, M, S reported only).
  *
  * ORT's images come from FLUXQL_ORT_REFERENCE when set (one JSON with every case, `write-ort-reference.ts`), else
  * ONNX Runtime computes them here.

@@ -12,7 +12,8 @@
  * - img2img, inpainting and true CFG over GraphQL (`image` / `mask` / `strength` / `negativePrompt` /
  *   `trueCfgScale`), a LoRA with img2img, and `POST /v1/images/edits` (OpenAI's multipart form) against ORT; the step
  *   events follow the cut schedule ORT ran;
- * - LoRA + img2img in every other served mode: XL against ORT, S (fp8 plan, bf16 only) completes;
+ * - LoRA + img2img in every other served mode: XL against ORT; L, M and S (fp8 layers, bf16 only) complete, their
+ *   difference from ORT reported;
  * - the engine process was never restarted: one pid, one `CUDA engine pid N loaded` line, no `ended` line.
  * Tolerances are the server checks': 2/255 in f32, 12/255 in bf16.
  *
@@ -243,8 +244,8 @@ function loraEditSuite(precision: string): Suite {
   /** The base request's image on this server (the first check), for the bit-for-bit comparisons. */
   let base: Uint8Array | undefined;
   const tolerance = precision === 'f32' ? 2 : 12;
-  // The modes one loaded engine serves (cuda-modes.ts): S (the fp8 plan) needs a bf16 base.
-  const modes = precision === 'f32' ? ['XL'] : ['XL', 'S'];
+  // The other modes one loaded engine serves (cuda-modes.ts): L, M (planned at start) and S need a bf16 base.
+  const modes = precision === 'f32' ? ['XL'] : ['XL', 'L', 'M', 'S'];
 
   /** Runs one job over GraphQL + graphql-ws; returns its images (RGB8) and step events. */
   async function run(input: Record<string, unknown>): Promise<{ images: Uint8Array[]; steps: number[] }> {
@@ -419,7 +420,7 @@ function loraEditSuite(precision: string): Suite {
         },
       },
       {
-        name: `a LoRA with img2img in every other served mode (${modes.join(', ')}): XL within ${tolerance}/255 of ORT, S completes`,
+        name: `a LoRA with img2img in every other served mode (${modes.join(', ')}): XL within ${tolerance}/255 of ORT, the fp8 modes complete`,
         async fn() {
           const ort = await ortCase('loraImg2img');
           for (const mode of modes) {
@@ -432,7 +433,7 @@ function loraEditSuite(precision: string): Suite {
               // XL runs the base plan on this engine: the same computation as original.
               await againstOrt('loraImg2img', got, `loraImg2img (mode ${mode})`);
             } else {
-              // S runs fp8 weights: no tolerance against ORT's f32 image is claimed; the difference is reported.
+              // L, M, S run fp8 layers: no tolerance against ORT's f32 image is claimed; the difference is reported.
               const d = maxAbsDiff(got.images[0]!, ort.images[0]!);
               report({
                 test: `server loraImg2img (mode ${mode}) vs ORT, informational`,
