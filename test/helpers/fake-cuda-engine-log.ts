@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type CudaExecutorOptions, createCudaExecutor } from '../../src/pipeline/cuda-executor.ts';
+import type { SampleRequest } from '../../src/pipeline/executor.ts';
 import { MODEL_DIR, REPO_ROOT } from './paths.ts';
 
 /** The fake engine executable (a Node script speaking the engine's framed protocol). */
@@ -39,4 +40,9 @@ export async function fakeCudaExecutor(dir: string, options: Partial<CudaExecuto
     env: { ...(options.env ?? process.env), FAKE_ENGINE_LOG: logFile },
   });
   return { exec, frames: () => readFakeEngineLog(logFile) };
+}
+
+/** The executor tests' small text-to-image request (64x64, 2 steps; the fake engine's numbers are not a model's). */
+export function fakeRequest(seed: number, extra: Partial<SampleRequest> = {}): SampleRequest {
+  return { prompt: 'a red fox', height: 64, width: 64, guidanceScale: 3.5, steps: 2, seed, ...extra };
 }

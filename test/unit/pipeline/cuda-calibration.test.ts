@@ -15,20 +15,17 @@ import { type CudaModePlan, cudaPlannedBudgets } from '../../../src/pipeline/cud
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
 import { UnknownModelError } from '../../../src/service/errors.ts';
 import { ModelCatalog } from '../../../src/service/models.ts';
-import { FAKE_CUDA_ENGINE, fakeCudaExecutor, type LoggedFrame } from '../../helpers/fake-cuda-engine-log.ts';
+import {
+  FAKE_CUDA_ENGINE,
+  fakeCudaExecutor,
+  fakeRequest,
+  type LoggedFrame,
+} from '../../helpers/fake-cuda-engine-log.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
 
 const tmp = useTempDir('fluxql-cuda-calibration-');
 
-const request = (seed: number, mode?: string): SampleRequest => ({
-  prompt: 'a red fox',
-  height: 64,
-  width: 64,
-  guidanceScale: 3.5,
-  steps: 2,
-  seed,
-  ...(mode !== undefined ? { mode } : {}),
-});
+const request = (seed: number, mode?: string): SampleRequest => fakeRequest(seed, mode !== undefined ? { mode } : {});
 
 const ops = (frames: LoggedFrame[], op: string) => frames.filter((f) => f.header.op === op);
 

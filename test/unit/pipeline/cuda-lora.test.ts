@@ -15,7 +15,7 @@ import { LoraError } from '../../../src/pipeline/lora/errors.ts';
 import { parseLoraFile } from '../../../src/pipeline/lora/parse.ts';
 import type { ParsedLora } from '../../../src/pipeline/lora/types.ts';
 import { CudaEngineError, loraLoadFramesOf } from '../../../src/runtime/cuda/index.ts';
-import { FAKE_CUDA_ENGINE, readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
+import { FAKE_CUDA_ENGINE, fakeRequest, readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
 import { TINY_CONFIG, TINY_SPEC } from '../../helpers/lora.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../../helpers/paths.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
@@ -129,15 +129,8 @@ describe('CUDA executor LoRAs (fake engine process)', () => {
   let loraDir: string;
   const readLog = () => readFakeEngineLog(logFile);
   const since = (n: number) => readLog().slice(n);
-  const req = (seed: number, loras?: SampleRequest['loras']): SampleRequest => ({
-    prompt: 'a red fox',
-    height: 64,
-    width: 64,
-    guidanceScale: 3.5,
-    steps: 2,
-    seed,
-    ...(loras ? { loras } : {}),
-  });
+  const req = (seed: number, loras?: SampleRequest['loras']): SampleRequest =>
+    fakeRequest(seed, loras ? { loras } : {});
   const start = (env: Record<string, string> = {}) =>
     createCudaExecutor({
       modelDir: MODEL_DIR,

@@ -10,20 +10,17 @@ import { cudaLoadPlans, cudaModeTable, cudaPlanOf } from '../../../src/pipeline/
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
 import { FluxArgumentError } from '../../../src/pipeline/flux/latents.ts';
 import { CudaEngineClient, CudaEngineError } from '../../../src/runtime/cuda/index.ts';
-import { FAKE_CUDA_ENGINE, fakeCudaExecutor, type readFakeEngineLog } from '../../helpers/fake-cuda-engine-log.ts';
+import {
+  FAKE_CUDA_ENGINE,
+  fakeCudaExecutor,
+  fakeRequest,
+  type readFakeEngineLog,
+} from '../../helpers/fake-cuda-engine-log.ts';
 import { useTempDir } from '../../helpers/temp-dir.ts';
 
 const tmp = useTempDir('fluxql-cuda-modes-');
 
-const request = (seed: number, mode?: string): SampleRequest => ({
-  prompt: 'a red fox',
-  height: 64,
-  width: 64,
-  guidanceScale: 3.5,
-  steps: 2,
-  seed,
-  ...(mode !== undefined ? { mode } : {}),
-});
+const request = (seed: number, mode?: string): SampleRequest => fakeRequest(seed, mode !== undefined ? { mode } : {});
 
 /** An executor over the fake engine logging every frame it receives; `run` gets it and the log reader. */
 async function withExecutor(
