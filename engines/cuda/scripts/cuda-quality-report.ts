@@ -39,8 +39,9 @@ interface Run {
   modes: RunMode[];
 }
 
-const [dir, prefix] = process.argv.slice(2);
-if (!dir || !prefix) throw new Error('usage: cuda-quality-report.ts <dir with quality-run.json> <out prefix>');
+const [dirArg, prefix] = process.argv.slice(2);
+if (!dirArg || !prefix) throw new Error('usage: cuda-quality-report.ts <dir with quality-run.json> <out prefix>');
+const dir: string = dirArg;
 const run = JSON.parse(readFileSync(join(dir, 'quality-run.json'), 'utf8')) as Run;
 const { height: H, width: W } = run;
 const N = run.prompts.length;
