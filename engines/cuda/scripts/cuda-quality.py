@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from protocol_plans_test import finish  # noqa: E402
-from protocol_test import load_engine  # noqa: E402
+from protocol_test import load_engine, step_all  # noqa: E402
 
 
 def card():
@@ -86,16 +86,7 @@ def main():
             if prepared["op"] != "prepared":
                 raise SystemExit(f"{mode}: prepare answered {prepared}")
             job = prepared["job"]
-            eng.send({"op": "step", "job": job})
-            flags = []
-            while True:
-                h, _ = eng.recv()
-                if h["op"] == "progress":
-                    flags.append(bool(h.get("cached", False)))
-                elif h["op"] == "stepped":
-                    break
-                else:
-                    raise SystemExit(f"{mode}: step answered {h}")
+            flags = [bool(h.get("cached", False)) for h in step_all(eng, job)[0]]
             _, img = finish(eng, job)
             images.append(img.reshape(B, H, W, 3))
             jobs.append({"samples": idx, "pattern": "".join("C" if c else "F" for c in flags)})

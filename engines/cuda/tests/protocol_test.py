@@ -70,6 +70,18 @@ class Checks:
         sys.exit(1 if failed else 0)
 
 
+def step_all(eng, job):
+    """Runs the job's remaining steps: (the `progress` headers, one per step, then the `stepped` header)."""
+    eng.send({"op": "step", "job": job})
+    progress = []
+    while True:
+        h, _ = eng.recv()
+        if h["op"] != "progress":
+            assert h["op"] == "stepped", h
+            return progress, h
+        progress.append(h)
+
+
 def load_engine(exe, model, precision, plans=None):
     """A new engine process with `model` loaded (optionally with named precision plans): (engine, `loaded` header)."""
     eng = Engine(exe)
@@ -112,15 +124,7 @@ def main():
     )
     prepared, _ = eng.recv()
     job = prepared["job"]
-    eng.send({"op": "step", "job": job})
-    progress = []
-    while True:
-        h, _ = eng.recv()
-        if h["op"] == "progress":
-            progress.append(h["step"])
-            continue
-        assert h["op"] == "stepped", h
-        break
+    progress = [h["step"] for h in step_all(eng, job)[0]]
     steps = case["steps"]
     assert progress == list(range(1, steps + 1)), progress
     eng.send({"op": "latents", "job": job})
