@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
+from protocol_test import step_all as step  # noqa: E402
 
 
 def rel(a, b):
@@ -43,18 +44,6 @@ def expect_refusal(eng, header, payload=b""):
 def sample_header(op, case, t5_len, sigmas, guidance, **extra):
     return dict({"op": op, "batch": 1, "height": case["height"], "width": case["width"], "t5_len": t5_len,
                  "sigmas": [float(s) for s in sigmas], "guidance": [guidance], "latents": "payload"}, **extra)
-
-
-def step(eng, job, count=None):
-    """Runs `count` steps (all remaining when None); returns the progress frames and the stepped frame."""
-    eng.send({"op": "step", "job": job} if count is None else {"op": "step", "job": job, "count": count})
-    progress = []
-    while True:
-        h, _ = eng.recv()
-        if h["op"] != "progress":
-            assert h["op"] == "stepped", h
-            return progress, h
-        progress.append(h)
 
 
 def latents(eng, job, samples=None):

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
+from protocol_test import Checks, Engine, read_safetensors, step_all  # noqa: E402
 from protocol_edit_test import expect_error, rel  # noqa: E402
 
 
@@ -28,15 +28,7 @@ def run(eng, case, toks, sigmas, latents, step_cache=None):
         header["step_cache"] = step_cache
     eng.send(header, clip.tobytes() + t5.tobytes() + latents.astype(np.float32).tobytes())
     job = eng.recv()[0]["job"]
-    eng.send({"op": "step", "job": job})
-    progress = []
-    while True:
-        h, _ = eng.recv()
-        if h["op"] != "progress":
-            assert h["op"] == "stepped", h
-            stepped = h
-            break
-        progress.append(h)
+    progress, stepped = step_all(eng, job)
     eng.send({"op": "latents", "job": job})
     h, payload = eng.recv()
     lat = np.frombuffer(payload, dtype=np.float32).reshape(h["shape"])

@@ -70,9 +70,10 @@ class Checks:
         sys.exit(1 if failed else 0)
 
 
-def step_all(eng, job):
-    """Runs the job's remaining steps: (the `progress` headers, one per step, then the `stepped` header)."""
-    eng.send({"op": "step", "job": job})
+def step_all(eng, job, count=None):
+    """Runs `count` steps of the job (all remaining when None): (the `progress` headers, one per step, then the
+    `stepped` header)."""
+    eng.send({"op": "step", "job": job} if count is None else {"op": "step", "job": job, "count": count})
     progress = []
     while True:
         h, _ = eng.recv()
