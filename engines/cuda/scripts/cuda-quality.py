@@ -32,8 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from protocol_plans_test import finish  # noqa: E402
-from protocol_test import load_engine, step_all  # noqa: E402
+from protocol_test import finish_job, load_engine, step_all  # noqa: E402
 
 
 def card():
@@ -87,7 +86,7 @@ def main():
                 raise SystemExit(f"{mode}: prepare answered {prepared}")
             job = prepared["job"]
             flags = [bool(h.get("cached", False)) for h in step_all(eng, job)[0]]
-            _, img = finish(eng, job)
+            _, img, _ = finish_job(eng, job)
             images.append(img.reshape(B, H, W, 3))
             jobs.append({"samples": idx, "pattern": "".join("C" if c else "F" for c in flags)})
         seconds = time.time() - t0

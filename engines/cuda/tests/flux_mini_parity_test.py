@@ -21,8 +21,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "tools", "train-mini"))
-from protocol_plans_test import finish, start_job, step  # noqa: E402
-from protocol_test import Checks, load_engine  # noqa: E402
+from protocol_plans_test import start_job  # noqa: E402
+from protocol_test import Checks, finish_job, load_engine, step_all  # noqa: E402
 import detector  # noqa: E402
 import grammar  # noqa: E402
 
@@ -45,8 +45,8 @@ def main():
     for precision, tol in TOLERANCE.items():
         eng, _ = load_engine(exe, model, precision)
         job, _ = start_job(eng, header, payload)
-        step(eng, job)
-        _, img = finish(eng, job)
+        step_all(eng, job)
+        _, img, _ = finish_job(eng, job)
         eng.send({"op": "quit"})
         imgs = img.reshape(B, H, W, 3)
         for i, prompt in enumerate(ref["prompts"]):

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Checks, read_safetensors  # noqa: E402
+from protocol_test import Checks, finish_job, pipeline_case, step_all  # noqa: E402
 from protocol_test import load_engine as load  # noqa: E402
 from protocol_edit_test import expect_error  # noqa: E402
 
@@ -42,10 +42,7 @@ def inputs(case, toks, ref, op, steps=2, **extra):
 def main():
     exe, fx, model = sys.argv[1:4]
     os.environ["FQ_GEMM_TUNE"] = "0"  # inherited by every engine started below (see the docstring)
-    index = json.load(open(f"{fx}/index.json"))
-    toks = json.load(open(f"{fx}/pipeline_tokens.json"))
-    case = index["pipeline_cases"][1]
-    ref = read_safetensors(f"{fx}/{case['file']}")
+    case, toks, ref = pipeline_case(fx)
     tc = json.load(open(f"{model}/transformer/config.json"))
     check = Checks("calibrate")
 
@@ -117,12 +114,8 @@ def main():
           abs(n - 3), 0)
     eng.send(*inputs(case, toks, ref, "prepare", plan="cal3"))
     job = eng.recv()[0]["job"]
-    eng.send({"op": "step", "job": job})
-    while eng.recv()[0]["op"] != "stepped":
-        pass
-    eng.send({"op": "latents", "job": job})
-    _, lat = eng.recv()
-    lat = np.frombuffer(lat, dtype=np.float32)
+    step_all(eng, job)
+    lat = finish_job(eng, job)[0]
     check("plan cal3 job latents non-finite (count)", int((~np.isfinite(lat)).sum()), 0)
     eng.send({"op": "quit"})
 

@@ -144,9 +144,7 @@ def main():
     print(json.dumps({"error_frames": errors}), flush=True)
     eng.send({"op": "info"})
     assert eng.recv()[0]["op"] == "info"
-    eng.send({"op": "quit"})
-    assert eng.recv()[0]["op"] == "bye"
-    eng.p.wait(timeout=30)
+    eng.quit()
     check.finish(precision)
 
 

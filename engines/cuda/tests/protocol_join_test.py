@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
+from protocol_test import Checks, Engine, pipeline_case  # noqa: E402
 from protocol_test import step_all as step  # noqa: E402
 
 
@@ -61,10 +61,7 @@ def decode(eng, job, samples=None):
 def main():
     exe, fx, model = sys.argv[1:4]
     precision = sys.argv[4] if len(sys.argv) > 4 else "f32"
-    index = json.load(open(f"{fx}/index.json"))
-    toks = json.load(open(f"{fx}/pipeline_tokens.json"))
-    case = index["pipeline_cases"][1]  # batch 2, 96x128, 6 steps
-    ref = read_safetensors(f"{fx}/{case['file']}")
+    case, toks, ref = pipeline_case(fx)  # batch 2, 96x128, 6 steps
     sigmas, start = ref["sigmas"], ref["initial_latents_packed"].astype(np.float32)
     steps = len(sigmas) - 1
     assert steps >= 4, steps
@@ -168,9 +165,7 @@ def main():
     eng.send({"op": "info"})
     check("engine jobs at the end", eng.recv()[0]["jobs"], 0)
 
-    eng.send({"op": "quit"})
-    assert eng.recv()[0]["op"] == "bye"
-    eng.p.wait(timeout=30)
+    eng.quit()
     check.finish(precision)
 
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Engine, read_safetensors  # noqa: E402
+from protocol_test import Engine, pipeline_case, read_safetensors  # noqa: E402
 
 
 def recv_any(eng):
@@ -92,11 +92,8 @@ def load_frames(name, layers, split=1, norms=None):
 def main():
     exe, fx, model = sys.argv[1:4]
     precision = sys.argv[4] if len(sys.argv) > 4 else "f32"
-    index = json.load(open(f"{fx}/index.json"))
-    toks = json.load(open(f"{fx}/pipeline_tokens.json"))
     lidx = json.load(open(f"{fx}/lora/lora_index.json"))["cases"]
-    case = index["pipeline_cases"][1]  # batch 2, 96x128
-    ref = read_safetensors(f"{fx}/{case['file']}")
+    case, toks, ref = pipeline_case(fx)  # batch 2, 96x128
     B = len(case["prompts"])
     clip = np.array([toks[p]["clip"] for p in case["prompts"]], dtype=np.int32)
     t5 = np.array([toks[p]["t5"] for p in case["prompts"]], dtype=np.int32)

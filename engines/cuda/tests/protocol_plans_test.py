@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Checks, Engine, read_safetensors  # noqa: E402
+from protocol_test import Checks, Engine, finish_job, pipeline_case, step_all  # noqa: E402
 from protocol_test import load_engine as start  # noqa: E402
 from protocol_edit_test import expect_error, rel  # noqa: E402
 
@@ -46,39 +46,16 @@ def start_job(eng, header, payload):
     return prepared["job"], prepared["steps"]
 
 
-def step(eng, job, count=None):
-    eng.send({"op": "step", "job": job} if count is None else {"op": "step", "job": job, "count": count})
-    while True:
-        h, _ = eng.recv()
-        if h["op"] == "stepped":
-            return h
-
-
-def finish(eng, job):
-    """The job's final latents and image, then release."""
-    eng.send({"op": "latents", "job": job})
-    h, payload = eng.recv()
-    lat = np.frombuffer(payload, dtype=np.float32).reshape(h["shape"])
-    eng.send({"op": "decode", "job": job})
-    _, img = eng.recv()
-    eng.send({"op": "release", "job": job})
-    assert eng.recv()[0]["op"] == "released"
-    return lat, np.frombuffer(img, dtype=np.uint8)
-
-
 def run(eng, case, toks, ref, plan=None):
     job, _ = start_job(eng, *prepare(eng, case, toks, ref, plan))
-    step(eng, job)
-    return finish(eng, job)
+    step_all(eng, job)
+    return finish_job(eng, job)[:2]
 
 
 def main():
     exe, fx, model = sys.argv[1:4]
     os.environ["FQ_GEMM_TUNE"] = "0"  # inherited by every engine started below (see the docstring)
-    index = json.load(open(f"{fx}/index.json"))
-    toks = json.load(open(f"{fx}/pipeline_tokens.json"))
-    case = index["pipeline_cases"][1]
-    ref = read_safetensors(f"{fx}/{case['file']}")
+    case, toks, ref = pipeline_case(fx)
     check = Checks("plans")
 
     def same(name, got, want):
@@ -122,10 +99,10 @@ def main():
     ja, steps = start_job(eng, *prepare(eng, case, toks, ref))
     jb, _ = start_job(eng, *prepare(eng, case, toks, ref, "fp8"))
     for _ in range(steps):
-        step(eng, jb, 1)
-        step(eng, ja, 1)
-    same("interleaved job A vs bf16 engine", finish(eng, ja), want_a)
-    same("interleaved job B vs fp8 engine", finish(eng, jb), want_b)
+        step_all(eng, jb, 1)
+        step_all(eng, ja, 1)
+    same("interleaved job A vs bf16 engine", finish_job(eng, ja)[:2], want_a)
+    same("interleaved job B vs fp8 engine", finish_job(eng, jb)[:2], want_b)
     same("base job after the fp8 jobs vs bf16 engine", run(eng, case, toks, ref), want_a)
 
     header, payload = prepare(eng, case, toks, ref, "nf4")

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol_test import Checks, Engine, read_safetensors, step_all  # noqa: E402
+from protocol_test import Checks, Engine, finish_job, read_safetensors, step_all  # noqa: E402
 from protocol_edit_test import expect_error, rel  # noqa: E402
 
 
@@ -29,16 +29,8 @@ def run(eng, case, toks, sigmas, latents, step_cache=None):
     eng.send(header, clip.tobytes() + t5.tobytes() + latents.astype(np.float32).tobytes())
     job = eng.recv()[0]["job"]
     progress, stepped = step_all(eng, job)
-    eng.send({"op": "latents", "job": job})
-    h, payload = eng.recv()
-    lat = np.frombuffer(payload, dtype=np.float32).reshape(h["shape"])
-    eng.send({"op": "decode", "job": job})
-    _, img = eng.recv()
-    eng.send({"op": "release", "job": job})
-    released = eng.recv()[0]
-    assert released["op"] == "released", released
-    return {"progress": progress, "stepped": stepped, "released": released, "lat": lat,
-            "img": np.frombuffer(img, dtype=np.uint8)}
+    lat, img, released = finish_job(eng, job)
+    return {"progress": progress, "stepped": stepped, "released": released, "lat": lat, "img": img}
 
 
 def counters_consistent(r, steps):

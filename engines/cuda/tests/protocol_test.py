@@ -27,6 +27,14 @@ def read_safetensors(path):
     return out
 
 
+def pipeline_case(fx):
+    """The fixtures' pipeline case 1 (batch 2, 96x128: batching and a non-square size), the token ids of every
+    fixture prompt, and the case's reference tensors: (case, toks, ref)."""
+    case = json.load(open(f"{fx}/index.json"))["pipeline_cases"][1]
+    toks = json.load(open(f"{fx}/pipeline_tokens.json"))
+    return case, toks, read_safetensors(f"{fx}/{case['file']}")
+
+
 class Engine:
     def __init__(self, exe):
         self.p = subprocess.Popen([exe, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -39,6 +47,12 @@ class Engine:
         self.p.stdin.write(struct.pack("<II", len(h), len(payload)) + h + payload)
         self.p.stdin.flush()
         return header["id"]
+
+    def quit(self):
+        """Asks the engine to end, expects its `bye` and waits for the process."""
+        self.send({"op": "quit"})
+        assert self.recv()[0]["op"] == "bye"
+        self.p.wait(timeout=30)
 
     def recv(self):
         hl, pl = struct.unpack("<II", self.p.stdout.read(8))
@@ -83,6 +97,19 @@ def step_all(eng, job, count=None):
         progress.append(h)
 
 
+def finish_job(eng, job):
+    """The job's final latents [B, L, 64] and RGB8 image bytes (flat), then its release: (lat, img, `released`)."""
+    eng.send({"op": "latents", "job": job})
+    h, payload = eng.recv()
+    lat = np.frombuffer(payload, dtype=np.float32).reshape(h["shape"])
+    eng.send({"op": "decode", "job": job})
+    _, img = eng.recv()
+    eng.send({"op": "release", "job": job})
+    released = eng.recv()[0]
+    assert released["op"] == "released", released
+    return lat, np.frombuffer(img, dtype=np.uint8), released
+
+
 def load_engine(exe, model, precision, plans=None):
     """A new engine process with `model` loaded (optionally with named precision plans): (engine, `loaded` header)."""
     eng = Engine(exe)
@@ -98,10 +125,7 @@ def load_engine(exe, model, precision, plans=None):
 def main():
     exe, fx, model = sys.argv[1:4]
     precision = sys.argv[4] if len(sys.argv) > 4 else "f32"
-    index = json.load(open(f"{fx}/index.json"))
-    toks = json.load(open(f"{fx}/pipeline_tokens.json"))
-    case = index["pipeline_cases"][1]  # batch 2, 96x128: exercises batching and a non-square size
-    ref = read_safetensors(f"{fx}/{case['file']}")
+    case, toks, ref = pipeline_case(fx)  # batch 2, 96x128: exercises batching and a non-square size
     eng = Engine(exe)
     eng.send({"op": "load", "model": model, "precision": precision})
     loaded, _ = eng.recv()
@@ -146,9 +170,7 @@ def main():
         raise AssertionError("step on a released job did not fail")
     except RuntimeError:
         pass
-    eng.send({"op": "quit"})
-    assert eng.recv()[0]["op"] == "bye"
-    eng.p.wait(timeout=30)
+    eng.quit()
     # bf16 images 12/255: a bf16 VAE decode of the exact reference latents is up to 9.7/255 off (bf16_decode_bound.py)
     lat_tol, img_tol = (1e-4, 2) if precision == "f32" else (2e-2, 12)
     ok = rel <= lat_tol and max_abs <= img_tol
