@@ -2,7 +2,7 @@
 # One device call: the TypeScript GPU checks through `fluxql serve --engine cuda` (device-run.sh server: test/gpu under
 # node:test and the curl GraphQL generation), cut at SERVER_SECONDS (default 270), then, with the GPU idle, the batch-1
 # rows of the CUDA modes benchmark (device-modes.sh a1: original, XL, S, S+cache at 1024x1024, 28 steps).
-#   OUT=... [PATTERN=FCFC...] [ITERS=10] [CAL_FIX=<fixtures>] bash tools/device/server-then-modes.sh
+#   OUT=... [PATTERN=FCFC...] [ITERS=10] bash tools/device/server-then-modes.sh
 # (carry .device-carry from pack-node.sh: Node, node_modules, ort-reference.json)
 # Returns server.tar.gz (every log of the checks), modes.tar.gz (the benchmark's JSON/MD/clocks) and summary.txt.
 set -uo pipefail
@@ -14,19 +14,6 @@ echo "== server checks $(date +%T)" >"$S"
 OUT=/tmp/dev-server timeout "${SERVER_SECONDS:-270}" bash engines/cuda/scripts/device-run.sh server >/tmp/dev-server/run.out 2>&1
 echo "== server checks rc=$? (124: cut) $(date +%T)" >>"$S"
 grep -E "^# (pass|fail|tests|skipped)|^not ok|✖|✔|events:|models:|Error" /tmp/dev-server/run.out | head -60 >>"$S"
-# CAL_FIX (a fixtures dir): the calibration protocol test again with cuBLASLt's own error and hint log
-# (CUBLASLT_LOG_LEVEL=3), to learn why a calibration's fp8 GEMMs were refused (session 13).
-if [[ -n ${CAL_FIX:-} ]]; then
-  echo "== calibrate with the cuBLASLt log $(date +%T)" >>"$S"
-  (
-    HERE=$PWD/engines/cuda OUT=/tmp/dev-server LOG=/tmp/dev-server/calibrate-build.txt FQ_BUILD=$PWD/engines/cuda/build
-    source engines/cuda/scripts/device-common.sh
-    build_engine && CUBLASLT_LOG_LEVEL=3 timeout 90 python3 engines/cuda/tests/protocol_calibrate_test.py "$ENGINE" \
-      "$CAL_FIX" models/flux-tiny
-  ) >/tmp/dev-server/calibrate.txt 2>&1
-  grep -E "cublasLt|not measured|passed" /tmp/dev-server/calibrate.txt | cut -c1-300 | sort | uniq -c | sort -rn |
-    head -30 >>"$S"
-fi
 tar -C /tmp/dev-server -czf "$OUT/server.tar.gz" .
 # The same build folder as device-run.sh: one build for both.
 FQ_BUILD=$PWD/engines/cuda/build OUT=/tmp/dev-modes bash engines/cuda/scripts/device-modes.sh a1 >/tmp/dev-modes/run.out 2>&1
