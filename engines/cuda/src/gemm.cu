@@ -74,8 +74,9 @@ Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType y
   // The bias has D's type (cuBLASLt's default; an fp32 bias with a bf16 D has no kernel): see bias_for().
   if (e != CUBLASLT_EPILOGUE_DEFAULT) {
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    // fp8 products with an fp32 D take a bf16 bias (cuBLASLt's fp8 type table; an fp32 one is refused by the
-    // matmul, not by the heuristic): the calibration's fp8 trial of an fp32-output layer found it.
+    // fp8 products with an fp32 D take a bf16 bias (cuBLASLt's fp8 type table). Only the calibration's fp8 trials of
+    // fp32-output layers (x_embedder, output projections) make such products; they ran once this and the scale
+    // alignment (linear.cu) were both fixed, so which of the two the matmul refused is not known.
     if (wt == DType::FP8 && yt == DType::F32) {
       int32_t bt = CUDA_R_16BF;
       BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
