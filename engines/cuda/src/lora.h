@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "active_scope.h"
 #include "device_buffer.h"
 #include "linear.h"
 
@@ -131,19 +132,6 @@ class LoraRegistry {
 
 // Activates a set for a scope (a prepare, an eager or captured step) and clears it on exit, so Linears never point
 // at a set outside the work of the job that holds it.
-class AdapterScope {
- public:
-  AdapterScope(LoraRegistry* r, const AdapterSet* s) : r_(s ? r : nullptr) {
-    if (r_) r_->activate(s);
-  }
-  ~AdapterScope() {
-    if (r_) r_->activate(nullptr);
-  }
-  AdapterScope(const AdapterScope&) = delete;
-  AdapterScope& operator=(const AdapterScope&) = delete;
-
- private:
-  LoraRegistry* r_;
-};
+using AdapterScope = ActiveScope<LoraRegistry, AdapterSet>;
 
 }  // namespace fq

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "active_scope.h"
 #include "device_buffer.h"
 #include "linear.h"
 #include "precision_plan.h"
@@ -83,20 +84,7 @@ class PlanRegistry {
 };
 
 // Activates a job's plan for a scope (prepare, an eager or captured step) and restores the base on exit.
-class PlanScope {
- public:
-  PlanScope(PlanRegistry* r, const PlanVariant* v) : r_(v ? r : nullptr) {
-    if (r_) r_->activate(v);
-  }
-  ~PlanScope() {
-    if (r_) r_->activate(nullptr);
-  }
-  PlanScope(const PlanScope&) = delete;
-  PlanScope& operator=(const PlanScope&) = delete;
-
- private:
-  PlanRegistry* r_;
-};
+using PlanScope = ActiveScope<PlanRegistry, PlanVariant>;
 
 // `load`'s `plans` entry: a preset name ("bf16", "fp8", "f32") or rules "glob=type;..." over the engine's base type
 // (no preset rules; FQ_PRECISION_PLAN and load's `plan` apply to the base plan only).
