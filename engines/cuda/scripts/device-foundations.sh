@@ -102,29 +102,38 @@ echo "memcheck exit $? (124: cut at the time limit)"; grep -cE "^========= (Inva
 racecheck() {  # label, time limit (s), extra compute-sanitizer options (one word), environment assignments...
   local label=$1 limit=$2 opts=$3 log=/tmp/fq-racecheck-$1.txt
   shift 3
-  say "compute-sanitizer racecheck (selftest bf16, $label, ${limit} s${opts:+, $opts})"
+  say "compute-sanitizer racecheck (selftest bf16, $label, ${limit} s${opts:+, $opts}${*:+, $*})"
   # shellcheck disable=SC2086 # opts is one option=value word or empty
   env "$@" timeout "$limit" compute-sanitizer --tool racecheck $opts --error-exitcode 9 "$ENGINE" --selftest "$FIX" \
     "$MODEL" bf16 >"$log" 2>&1
   local ex=$?
-  RACE_SUMMARY+="racecheck $label: exit $ex (124: cut at ${limit} s), $(grep -cE "^========= (Error|Warning): Race" "$log") race reports, last case: $(grep -oE '"case":"[^"]*"' "$log" | tail -1 | cut -d'"' -f4)"$'\n'
-  echo "racecheck $label exit $ex (124: cut at the time limit)"
-  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|required cases" "$log" | tail -3
-  # Kernel names of the reports (first access of each; with or without line information), most frequent first.
-  grep -E "^========= (Error|Warning): Race reported" "$log" |
-    sed -E 's/.* access at //; s/^0x[0-9a-f]+ in [^:]*:[0-9]+://; s/\+0x[0-9a-f]+.*$//; s/ \[[0-9]+ hazards?\]$//' |
-    cut -c1-120 |
-    sort | uniq -c | sort -rn | head -8
-  { echo "===== racecheck $label ====="; cat "$log"; } >>"$SAN"
+  echo "racecheck $label: exit $ex (124: cut at ${limit} s), $(grep -cE "^========= (Error|Warning): Race" "$log") race reports, last case: $(grep -oE '"case":"[^"]*"' "$log" | tail -1 | cut -d'"' -f4), cases: $(grep -c '"case"' "$log")" >>/tmp/fq-race-summary.txt
+  { echo "===== racecheck $label (exit $ex) ====="
+    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|required cases" "$log" | tail -3
+    # Kernel names of the reports (first access of each; with or without line information), most frequent first.
+    grep -E "^========= (Error|Warning): Race reported" "$log" |
+      sed -E 's/.* access at //; s/^0x[0-9a-f]+ in [^:]*:[0-9]+://; s/\+0x[0-9a-f]+.*$//; s/ \[[0-9]+ hazards?\]$//' |
+      cut -c1-120 | sort | uniq -c | sort -rn | head -8
+    cat "$log"; } >>"$SAN"
 }
-RACE_SUMMARY=""
+rm -f /tmp/fq-race-summary.txt
 racecheck cudnn-sdpa "${FQ_SAN_S:-75}" ""
 # To the end of the selftest where the limit allows (racecheck slows kernels down many times). The unit cases of
 # cuDNN's attention run in every configuration; session 10's 6 reports here were all theirs, so cuDNN's generated
 # kernels are left uninstrumented (kernel-name substring filter) and every remaining report is about ours or cuBLAS's.
-racecheck own-attention "${FQ_RACE_OWN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own
+# FQ_RACE_PARTS (space-separated FQ_SELFTEST_ONLY lists, e.g. "units,encoders,transformer lora pipeline,edit") runs
+# the selftest's sections as parallel racecheck processes, each with the whole limit; unset: one process, all of it.
+if [[ -n ${FQ_RACE_PARTS:-} ]]; then
+  for part in $FQ_RACE_PARTS; do
+    racecheck "own-${part//,/+}" "${FQ_RACE_OWN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own \
+      FQ_SELFTEST_ONLY="$part" &
+  done
+  wait
+else
+  racecheck own-attention "${FQ_RACE_OWN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own
+fi
 say "racecheck summary"
-printf "%s" "$RACE_SUMMARY"
+cat /tmp/fq-race-summary.txt
 fi
 say "done rc=$rc"
 exit $rc

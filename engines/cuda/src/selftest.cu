@@ -3,6 +3,7 @@
 // on random data.
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -32,6 +33,16 @@ void report(const std::string& name, const std::string& prec, const std::string&
          json_escape(name).c_str(), prec.c_str(), metric.c_str(), v, limit, pass ? "true" : "false",
          required ? "" : ",\"info\":true");
   fflush(stdout);
+}
+
+// FQ_SELFTEST_ONLY=units,encoders,transformer,lora,pipeline,edit (any subset; unset: all) runs part of the
+// selftest, so that a slow tool (compute-sanitizer racecheck) can cover the whole of it in parallel processes or over
+// several calls. The transformer forward runs for "lora" too: the LoRA cases start from its inputs.
+bool section(const char* name) {
+  const char* only = getenv("FQ_SELFTEST_ONLY");
+  if (!only || !*only) return true;
+  std::string list = std::string(",") + only + ",";
+  return list.find(std::string(",") + name + ",") != std::string::npos;
 }
 
 double rel_err(const std::vector<float>& a, const float* b, size_t n) {
@@ -382,7 +393,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
   Ctx c = e.ctx();
   const std::string rdt = e.precision();
 
-  if (!fp8) {
+  if (!fp8 && section("units")) {
     unit_gemm(e);
     unit_flash(e);
     unit_cudnn(e);
@@ -395,7 +406,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
           e.use_cudnn_conv ? "cuDNN" : "im2col + GEMM");
 
   // Text encoders on all tokenizer cases, batched.
-  {
+  if (section("encoders")) {
     Json cases = Json::parse(read_text_file(fx + "/tokenizer_cases.json"));
     SafetensorsFile ref(fx + "/text_encoders.safetensors");
     int B = int(cases.a.size()), T = int(cases[0]["t5_input_ids"].a.size());
@@ -424,7 +435,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
   }
 
   // One transformer forward with explicit inputs and position ids.
-  {
+  if (section("transformer") || section("lora")) {
     SafetensorsFile tc(fx + "/transformer_case.safetensors");
     auto hs = tc.to_f32("hidden_states"), enc = tc.to_f32("encoder_hidden_states"), pooled = tc.to_f32("pooled_projections");
     auto img_ids = tc.to_f32("img_ids"), txt_ids = tc.to_f32("txt_ids"), out = tc.to_f32("output");
@@ -460,7 +471,9 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
     report("transformer_forward", rdt, "rel_err", rel_err(download(vel, out.size()), out.data(), out.size()), tol,
            req);
     // LoRA cases (the conditioning too: its embedders and modulation layers are LoRA targets).
-    if (std::ifstream(fx + "/lora/lora_index.json").good()) {
+    if (!section("lora")) {
+      // only the transformer section: no LoRA cases
+    } else if (std::ifstream(fx + "/lora/lora_index.json").good()) {
       auto forward = [&] {
         e.flux->conditioning(c, {tstep}, {guid}, d_pooled, 1, 1, mods);
         e.flux->embed_context(c, d_enc, T, ctx0);
@@ -499,6 +512,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
   Json index = Json::parse(read_text_file(fx + "/index.json"));
   Json toks = Json::parse(read_text_file(fx + "/pipeline_tokens.json"));
   for (auto& pc : index["pipeline_cases"].a) {
+    if (!section("pipeline")) break;
     SafetensorsFile f(fx + "/" + pc["file"].s);
     Request r;
     r.batch = int(pc["prompts"].a.size());
@@ -532,7 +546,9 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
            img_tol, req);
   }
   // Edit cases when the fixtures carry them (prepare-fixtures.ts writes <fixtures>/edit).
-  if (std::ifstream(fx + "/edit/edit_index.json").good()) {
+  if (!section("edit")) {
+    // not this run's section
+  } else if (std::ifstream(fx + "/edit/edit_index.json").good()) {
     run_edit_cases(e, fx + "/edit", tol, img_tol, req);
   } else {
     printf("{\"case\":\"edit\",\"skipped\":\"no %s/edit/edit_index.json (prepare-fixtures.ts writes it)\"}\n",
