@@ -24,7 +24,7 @@ HERE=$ROOT/engines/cuda LOG=$W/build-summary.txt
 # One build first, so the two runs below find it done (their own builds are no-ops then, not two ninjas at once).
 (OUT=$W source engines/cuda/scripts/device-common.sh && build_engine) >>"$S" 2>&1 || { cat "$S"; exit 1; }
 echo "== built $(date +%T)" >>"$S"
-export FQ_SAN_S=${FQ_SAN_S:-40} FQ_RACE_OWN_S=${FQ_RACE_OWN_S:-390}
+export FQ_SAN_S=${FQ_SAN_S:-30} FQ_RACE_OWN_S=${FQ_RACE_OWN_S:-300}
 export FQ_RACE_PARTS=${FQ_RACE_PARTS-units,encoders,transformer lora pipeline edit}
 OUT=$W/s bash engines/cuda/scripts/device-foundations.sh sanitize "$FIX" >"$W/s/run.out" 2>&1 &
 SAN=$!
