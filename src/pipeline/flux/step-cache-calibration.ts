@@ -6,14 +6,15 @@
  * moves little in mid-trajectory, which is what First-Block-Cache exploits; on the random-weight synthetic benchmark
  * model it moves 63-70 % every step (measured), so any fixed threshold is either never met there or reckless on
  * real weights. The criterion that matters is the image: the largest candidate threshold whose images stay within
- * `minPsnr` dB of the same engine run without skipping (calibration prompts and size of `elastic-plan.ts`) wins.
+ * `minPsnr` dB of the same engine run without skipping (calibration prompts and size of `elastic-plan.ts`) wins
+ * (`step-cache-threshold.ts`, the search the CUDA modes use too).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Engine } from '../../runtime/index.ts';
-import { psnr } from '../../shared/image-metrics.ts';
 import { CALIBRATION } from './elastic-plan.ts';
 import { type StepCache, stepCacheOf } from './step-cache.ts';
+import { largestPassingThreshold, type ThresholdTrial, worstPsnr } from './step-cache-threshold.ts';
 
 /** Thresholds tried, ascending (relative L1 change of the first-block residual). */
 export const THRESHOLD_CANDIDATES = [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2] as const;
@@ -35,7 +36,7 @@ interface CalibrationFile {
   threshold: number;
   minPsnr: number;
   /** Worst PSNR over the calibration prompts for each candidate tried. */
-  tried: { threshold: number; psnr: number }[];
+  tried: ThresholdTrial[];
 }
 
 async function imagesWith(
@@ -84,15 +85,9 @@ export async function calibrateStepCache(
     }
   }
   const reference = await imagesWith(pipe, cache, mode, 0);
-  const tried: CalibrationFile['tried'] = [];
-  let threshold = 0;
-  for (const candidate of THRESHOLD_CANDIDATES) {
-    const images = await imagesWith(pipe, cache, mode, candidate);
-    const worst = Math.min(...images.map((im, i) => psnr(im, reference[i]!)));
-    tried.push({ threshold: candidate, psnr: Math.min(worst, 100) }); // identical images: Infinity, stored as 100
-    if (worst < minPsnr) break; // larger thresholds skip at least as often: stop at the first failure
-    threshold = candidate;
-  }
+  const { threshold, tried } = await largestPassingThreshold(THRESHOLD_CANDIDATES, minPsnr, async (candidate) =>
+    worstPsnr(await imagesWith(pipe, cache, mode, candidate), reference),
+  );
   cache.settings = { ...cache.settings, threshold };
   cache.stats.full = 0;
   cache.stats.cached = 0;
