@@ -85,7 +85,8 @@ export interface ServerConfig {
   cudaLoraMaxMb: number;
   /**
    * Step-caching threshold of the native engine (relative L1 change of the first block's residual below which a step
-   * reuses the cached tail residual); absent: off. CUDA_STEP_CACHE.
+   * reuses the cached tail residual) for the jobs of modes without their own (the planned L, M and S calibrate theirs
+   * per model: `cuda-step-cache.ts`); absent: off. CUDA_STEP_CACHE.
    */
   cudaStepCache?: number;
   /**
@@ -455,7 +456,9 @@ export const ENV_DOCS: Readonly<Record<EnvKey, EnvDoc>> = {
     roles: ENGINE_ROLES,
   },
   CUDA_STEP_CACHE: {
-    doc: 'Step caching (First-Block-Cache) of the native engine: the relative-change threshold, e.g. 0.1; unset: off',
+    doc:
+      'Step caching (First-Block-Cache) of the native engine for modes without a calibrated threshold of their own ' +
+      '(L, M, S calibrate theirs): the relative-change threshold, e.g. 0.1; unset: off',
     roles: ENGINE_ROLES,
   },
   MODES_RESULTS: {

@@ -18,6 +18,8 @@
  *
  * Modes whose plans have the same rules share one engine plan (one set of alternate weights): the first mode, in
  * L, M, S order, names it.
+ *
+ * Step caching per mode is calibrated after this, on the same engine reloaded with these plans (`cuda-step-cache.ts`).
  */
 import type { CudaCalibrateArgs, CudaEngineClient, CudaPlanSpec } from '../runtime/cuda/index.ts';
 import { CUDA_FP8_PLAN, type CudaPlannedModes } from './cuda-modes.ts';
@@ -34,8 +36,11 @@ import { noiseForSeeds } from './flux/noise.ts';
 import { type FlowMatchConfig, fluxSigmas } from './flux/schedule.ts';
 import type { FluxTokenizers } from './flux/tokenize.ts';
 
-/** Bump when calibration or planning changes in a way that must invalidate stored CUDA plans. */
-export const CUDA_PLANNER_VERSION = '1';
+/**
+ * Bump when calibration or planning changes in a way that must invalidate stored CUDA plans.
+ * 2: the manifest holds each planned mode's step caching (`cuda-step-cache.ts`).
+ */
+export const CUDA_PLANNER_VERSION = '2';
 
 /** The calibration inputs (see the file header); part of the manifest key. */
 export const CUDA_CALIBRATION = {

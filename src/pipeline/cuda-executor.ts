@@ -10,8 +10,8 @@
  *
  * Batching: one `prepare` call groups its requests by (size, steps, T5 length, edit kind, LoRA set) into engine
  * jobs of at most `maxBatch` samples; a sample's handle names its job and its engine sample id. Joining (issue 16):
- * a plain text-to-image group (no edit, true CFG or control image, and no `stepCache`: the engine keeps those per
- * job) whose size, T5 length and LoRA set match a live plain job with room (live samples + the group <= `maxBatch`)
+ * a plain text-to-image group (no edit, true CFG or control image, and no step caching: the engine keeps those per
+ * job, and refuses joins into a caching job) whose size, T5 length and LoRA set match a live plain job with room (live samples + the group <= `maxBatch`)
  * is sent into that job with the engine's `join` (its own schedule: the step count may differ) instead of becoming a
  * job of its own, so requests the scheduler admits at a step boundary run in the same engine batch (one GEMM per
  * layer for all of them). `step` runs one engine step per job (jobs are sent back to back and answered in order):
@@ -53,9 +53,13 @@
  * engine serves every mode with no reload. Samples of different modes never share an engine job (the mode is part
  * of the grouping key). `L` and `M` (bf16 base, with `cacheDir`): on the first engine start the executor reads the
  * planner's manifest for this engine build, card and model (`cuda-plan-manifest.ts`), or, without one, calibrates
- * the model on a separate engine process (`cuda-calibration.ts`: `calibrate`, plan, verify; a fault there cannot take
- * the serving engine down), stores the manifest, and loads the serving engine with the plans of L, M and S. When that
- * fails, original, XL and S are served and L and M are listed unavailable with the reason (`capabilities.unavailable`).
+ * the model on a separate engine process (`cuda-calibration.ts`: `calibrate`, plan, verify; then, reloaded with the
+ * plans, each mode's step-cache threshold from generated images, `cuda-step-cache.ts`; a fault there cannot take the
+ * serving engine down), stores the manifest, and loads the serving engine with the plans of L, M and S. Jobs of a mode
+ * with a calibrated threshold prepare with its `step_cache` (per job: other modes' jobs send none, and the mode is in
+ * the grouping key); `info().modePlans` reports each planned mode's plan and step caching for the `models` query. When
+ * planning fails, original, XL and S are served (S: the fp8 preset, no caching) and L and M are listed unavailable
+ * with the reason (`capabilities.unavailable`).
  *
  * Capabilities (`info().capabilities`): those modes, LoRA (with its port), control images, edits, sides up to
  * 2048. The service refuses requests outside them before they get here.
@@ -79,18 +83,22 @@ import { readCudaBenchmarks } from './cuda-benchmarks.ts';
 import { calibrateCudaModes, cudaCalibrationInputs } from './cuda-calibration.ts';
 import { cudaControlSample } from './cuda-control.ts';
 import { CudaLoraResidency, cudaLoraLayout, loraErrorOf } from './cuda-lora.ts';
-import { cudaLoadPlans, cudaModeTable, cudaPlanOf } from './cuda-modes.ts';
+import { cudaLoadPlans, cudaModeOf, cudaModeTable } from './cuda-modes.ts';
 import {
   type CudaPlanManifest,
   cudaEngineIdentity,
   cudaModelFingerprint,
+  cudaModePlanReports,
   cudaPlanIdentity,
   cudaPlanManifestPath,
+  cudaServedModes,
   readCudaPlanManifest,
   writeCudaPlanManifest,
 } from './cuda-plan-manifest.ts';
+import { calibrateCudaStepCache, cudaStepCacheInputs } from './cuda-step-cache.ts';
 import {
   type EngineHealth,
+  type ExecutorModePlan,
   type ExecutorStats,
   type LoraAdminPort,
   type ModelInfo,
@@ -141,8 +149,8 @@ export interface CudaExecutorOptions {
   /** GPU memory the engine may hold for LoRA adapters, MiB (the engine's own default, FQ_LORA_MAX_MB, without). */
   loraMaxMb?: number;
   /**
-   * Step caching (First-Block-Cache) for every engine job; absent: off. The mode list stays `original`: the planner
-   * sets the threshold (engines/cuda/NOTES.md session 9).
+   * Step caching (First-Block-Cache) for the jobs of every mode without its own; absent: off. A planned mode's
+   * calibrated threshold (`cuda-step-cache.ts`) wins over it for that mode's jobs (engines/cuda/NOTES.md session 9).
    */
   stepCache?: CudaStepCache;
   /**
@@ -248,6 +256,8 @@ class CudaExecutor implements CudaStepExecutor {
   #modes: ReturnType<typeof cudaModeTable>;
   /** Set once the first start has decided the modes (planned, read from a manifest, or why not). */
   #planned = false;
+  /** The planned modes' plans and step caching as measured (`models` query); undefined without a planner run. */
+  #modePlans: Record<string, ExecutorModePlan> | undefined;
   /** The planner's key for the loaded weights (`cuda-plan-manifest.ts`). */
   readonly #fingerprint: string;
   readonly #maxBatch: number;
@@ -329,6 +339,7 @@ class CudaExecutor implements CudaStepExecutor {
       packedChannels: PACKED_CHANNELS,
       pixelsPerToken: 16,
       benchmarks: this.#o.benchResults ? readCudaBenchmarks(this.#o.benchResults, this.#precision, this.#o.onLog) : [],
+      ...(this.#modePlans ? { modePlans: this.#modePlans } : {}),
     };
   }
 
@@ -436,19 +447,28 @@ class CudaExecutor implements CudaStepExecutor {
           log(`cuda planner: could not store ${path}: ${(err as Error).message}`);
         }
       }
-      this.#modes = cudaModeTable('bf16', manifest.served);
-      const served = Object.entries(manifest.served).map(
-        ([mode, s]) => `${mode}: plan ${s.plan}, ${manifest.plans[mode]?.counts.fp8 ?? '?'} fp8 layers planned`,
+      const planned = cudaServedModes(manifest);
+      this.#modes = cudaModeTable('bf16', planned);
+      this.#modePlans = cudaModePlanReports(manifest, path);
+      const served = Object.entries(planned).map(
+        ([mode, s]) =>
+          `${mode}: plan ${s.plan}, ${manifest.plans[mode]?.counts.fp8 ?? '?'} fp8 layers planned, ` +
+          (s.stepCache ? `step cache threshold ${s.stepCache.threshold}` : 'no step caching'),
       );
       log(`cuda planner: serving ${served.join('; ')}${manifest.preset.kept ? ' (S keeps the fp8 preset)' : ''}`);
     } catch (err) {
       const reason = `the per-layer planner failed: ${(err as Error).message}`;
       log(`cuda planner: ${reason}; serving original, XL and S, L and M unavailable`);
       this.#modes = cudaModeTable('bf16', undefined, reason);
+      this.#modePlans = undefined;
     }
   }
 
-  /** Calibrates on an engine process of its own (a device fault there ends only that process), then quits it. */
+  /**
+   * Calibrates on an engine process of its own (a device fault there ends only that process), then quits it: the
+   * fp8 plans on the model loaded without plans, then each mode's step caching on the model reloaded with them (the
+   * plans exist only after the first part; a reload costs a load, once per model, and keeps the serving engine out).
+   */
   async #calibrate(id: ReturnType<typeof cudaPlanIdentity>): Promise<CudaPlanManifest> {
     const cal = CudaEngineClient.start({
       bin: this.#o.engineBin,
@@ -463,6 +483,17 @@ class CudaExecutor implements CudaStepExecutor {
         cudaCalibrationInputs(this.#tokenizers, this.#scheduler),
         this.#o.onLog,
       );
+      await cal.load(this.#spec, 'bf16', {
+        ...(this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {}),
+        plans: cudaLoadPlans(cudaModeTable('bf16', out.served)),
+      });
+      const cache = await calibrateCudaStepCache(
+        cal,
+        cudaStepCacheInputs(this.#tokenizers, this.#scheduler),
+        out.served,
+        this.#o.onLog,
+      );
+      this.#o.onLog?.(`cuda planner: step caching calibrated in ${(cache.ms / 1000).toFixed(1)} s`);
       return {
         format: 'fluxql-cuda-plans',
         ...id,
@@ -471,6 +502,7 @@ class CudaExecutor implements CudaStepExecutor {
         plans: out.plans,
         preset: out.preset,
         served: out.served,
+        stepCache: cache.modes,
       };
     } finally {
       await cal.quit().catch(() => undefined);
@@ -514,13 +546,14 @@ class CudaExecutor implements CudaStepExecutor {
       // A BFL Control LoRA in the set needs a control image, and a control image needs one (ONNX's checks).
       const control = controlChannelsOf(loras, PACKED_CHANNELS) > 0;
       checkControlRequest(r.controlImage, control ? PACKED_CHANNELS : 0);
-      // The mode's engine plan (unknown modes are refused here, as the service would).
-      const plan = cudaPlanOf(this.#modes, r.mode);
-      return { r, grid, loras, control, plan, loraKey: loraSetKey(selectionOf(loras)) };
+      // The mode's engine plan and step caching (unknown modes are refused here, as the service would).
+      const mode = cudaModeOf(this.#modes, r.mode);
+      const stepCache = mode.stepCache ?? this.#o.stepCache;
+      return { r, grid, loras, control, plan: mode.plan, stepCache, loraKey: loraSetKey(selectionOf(loras)) };
     });
     const client = await this.#engine();
     // One engine job runs one schedule (steps and, for img2img / inpainting, the cut), one edit kind and true CFG for
-    // all its samples or none, one LoRA set and one mode (its precision plan).
+    // all its samples or none, one LoRA set and one mode (its precision plan and step caching).
     const groups = groupBy(
       checked,
       ({ r, grid, loraKey }) =>
@@ -608,9 +641,10 @@ class CudaExecutor implements CudaStepExecutor {
         };
         const steps = sigmas.length - 1;
         // Plain text-to-image without step caching: may join a running job of the same size, T5 length, LoRA set
-        // and mode (its precision plan's weights are baked into the job's step, as the set's are).
+        // and mode (its precision plan's weights are baked into the job's step, as the set's are). A caching job
+        // gets no join key, so no group joins it (the engine refuses joins into one).
         const joinKey =
-          cfg || inpaint || control || first.r.image || this.#o.stepCache
+          cfg || inpaint || control || first.r.image || first.stepCache
             ? undefined
             : `${grid.h}x${grid.w}|${t5Len}|${first.loraKey}|${first.plan ?? ''}`;
         const host = joinKey ? this.#joinable(client, joinKey, b) : undefined;
@@ -634,12 +668,12 @@ class CudaExecutor implements CudaStepExecutor {
           const prepared = await (cfg || inpaint || control
             ? cudaPrepareEdit(client, {
                 ...args,
-                ...(this.#o.stepCache ? { stepCache: this.#o.stepCache } : {}),
+                ...(first.stepCache ? { stepCache: first.stepCache } : {}),
                 ...(cfg ? { trueCfg: group.map((x) => x.r.trueCfgScale!) } : {}),
                 ...(inpaint ? { inpaint } : {}),
                 ...(control ? { control } : {}),
               })
-            : client.prepare({ ...args, ...(this.#o.stepCache ? { stepCache: this.#o.stepCache } : {}) })
+            : client.prepare({ ...args, ...(first.stepCache ? { stepCache: first.stepCache } : {}) })
           ).catch((err: unknown) => {
             throw loraErrorOf(err);
           });
@@ -821,7 +855,9 @@ class CudaExecutor implements CudaStepExecutor {
       sessionsCreated: 0,
       engineStarts: this.#starts,
       engineExits: this.#exits,
-      ...(this.#o.stepCache ? { stepCache: { threshold: this.#o.stepCache.threshold, ...this.#cacheStats } } : {}),
+      ...(this.#o.stepCache || this.#modes.some((m) => m.stepCache)
+        ? { stepCache: { threshold: this.#o.stepCache?.threshold ?? null, ...this.#cacheStats } }
+        : {}),
     };
   }
 

@@ -14,8 +14,12 @@
  *   per-tensor scales), or the planned S rules when the planner found the preset over S's budget or slower than
  *   its own plan (`cuda-calibration.ts` decides). It needs a bf16 base: an f32 engine has no fp8 path.
  * Modes not served carry the reason (`unavailable`), which the service gives when one is asked for.
+ *
+ * Step caching (First-Block-Cache, PROTOCOL.md `step_cache`) is part of a planned mode when the planner calibrated a
+ * threshold for it on the loaded model (`cuda-step-cache.ts`): its jobs send it at `prepare`, the others send none.
+ * fp8 alone does not reach the modes' speed goals (issue 15), so L, M and S cache whenever their PSNR floor allows.
  */
-import type { CudaPlanSpec, CudaPrecision } from '../runtime/cuda/index.ts';
+import type { CudaPlanSpec, CudaPrecision, CudaStepCache } from '../runtime/cuda/index.ts';
 import { REFERENCE_MODE } from '../shared/vocabulary/index.ts';
 import { checkMode } from './sample-checks.ts';
 
@@ -26,6 +30,8 @@ export interface CudaModeSpec {
   plan?: string;
   /** What `load`'s `plans` gives that plan: a preset name or rules. */
   rules?: CudaPlanSpec;
+  /** Step caching of its jobs (`prepare`'s `step_cache`); absent: none. */
+  stepCache?: CudaStepCache;
 }
 
 /** A mode the engine does not serve, and why. */
@@ -37,11 +43,18 @@ export interface CudaUnavailableMode {
 /** The engine plan name of the fp8 preset, as `load`'s `plans` names it. */
 export const CUDA_FP8_PLAN = 'fp8';
 
-/** The per-layer planner's plans for a bf16 engine (`cuda-calibration.ts`): plan name and rules per mode. */
+/** One planned mode: its engine plan's name and rules, and its step caching when calibrated (threshold > 0). */
+export interface CudaPlannedMode {
+  plan: string;
+  rules: CudaPlanSpec;
+  stepCache?: CudaStepCache;
+}
+
+/** The per-layer planner's plans for a bf16 engine (`cuda-calibration.ts`) per mode. */
 export interface CudaPlannedModes {
-  L: { plan: string; rules: CudaPlanSpec };
-  M: { plan: string; rules: CudaPlanSpec };
-  S: { plan: string; rules: CudaPlanSpec };
+  L: CudaPlannedMode;
+  M: CudaPlannedMode;
+  S: CudaPlannedMode;
 }
 
 /**
@@ -92,13 +105,14 @@ export function cudaLoadPlans(table: readonly CudaModeSpec[]): Record<string, Cu
 }
 
 /**
- * The engine plan of a request's mode (absent mode: the reference); undefined is the base plan.
+ * The table's entry for a request's mode (absent mode: the reference): its engine plan (undefined: the base plan)
+ * and step caching.
  * @throws FluxArgumentError for a mode the table does not serve
  */
-export function cudaPlanOf(table: readonly CudaModeSpec[], mode: string | undefined): string | undefined {
+export function cudaModeOf(table: readonly CudaModeSpec[], mode: string | undefined): CudaModeSpec {
   checkMode(
     mode,
     table.map((m) => m.mode),
   );
-  return table.find((m) => m.mode === (mode ?? REFERENCE_MODE))!.plan;
+  return table.find((m) => m.mode === (mode ?? REFERENCE_MODE))!;
 }

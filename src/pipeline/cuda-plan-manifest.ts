@@ -1,12 +1,13 @@
 /**
  * @file The CUDA planner's manifest: one calibration's table and plans, stored under the engine cache
  * (`<cacheDir>/cuda-plans/<model>-<key>.json`) so later loads of the same model on the same engine build and card
- * serve L and M without calibrating again.
+ * serve L and M without calibrating again. It holds the fp8 plans (`cuda-calibration.ts`) and each planned mode's
+ * step caching (`cuda-step-cache.ts`).
  *
  * The key hashes everything the plans depend on: the planner version, the engine's identity (a hash of its
  * executable plus the card, CUDA runtime and compute capability: the layer times are the card's, and another build
  * may quantise or pick kernels differently), the model's fingerprint (its weight files' headers, sizes and configs:
- * `fingerprint.ts`), the calibration inputs and the budgets. The file repeats the identity fields and a reader
+ * `fingerprint.ts`), the calibration inputs, the budgets and the step-cache calibration (inputs, candidates, floors). The file repeats the identity fields and a reader
  * refuses a file whose fields differ, so a file copied or renamed by hand is not trusted either.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -14,9 +15,22 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from '
 import { join } from 'node:path';
 import type { CudaEngineInfo } from '../runtime/cuda/index.ts';
 import type { ComponentWeights } from '../shared/weights/index.ts';
-import { CUDA_CALIBRATION, CUDA_PLANNER_VERSION, type CudaPresetCheck } from './cuda-calibration.ts';
+import {
+  CUDA_CALIBRATION,
+  CUDA_FP8_PRESET_GLOBS,
+  CUDA_PLANNER_VERSION,
+  type CudaPresetCheck,
+  engineGlobMatch,
+} from './cuda-calibration.ts';
 import type { CudaPlannedModes } from './cuda-modes.ts';
 import { type CudaCalibration, type CudaModePlan, cudaPlannedBudgets } from './cuda-planner.ts';
+import {
+  CUDA_STEP_CACHE_CALIBRATION,
+  type CudaModeStepCache,
+  type CudaPlannedModeName,
+  withStepCaches,
+} from './cuda-step-cache.ts';
+import type { ExecutorModePlan } from './executor.ts';
 
 /** What a manifest is valid for. */
 export interface CudaPlanIdentity {
@@ -27,6 +41,8 @@ export interface CudaPlanIdentity {
   model: string;
   calibration: typeof CUDA_CALIBRATION;
   budgets: Record<string, number>;
+  /** The step-cache calibration's inputs, candidates, rule and floors. */
+  stepCacheCalibration: typeof CUDA_STEP_CACHE_CALIBRATION;
 }
 
 /** The stored file. */
@@ -39,8 +55,10 @@ export interface CudaPlanManifest extends CudaPlanIdentity {
   plans: Record<string, CudaModePlan>;
   /** The fp8 preset's check and whether S keeps it. */
   preset: CudaPresetCheck;
-  /** Plan name and rules served per mode. */
+  /** Plan name and rules served per mode (without step caching: see `stepCache`). */
   served: CudaPlannedModes;
+  /** Each planned mode's calibrated step caching (threshold 0: none). */
+  stepCache: Record<CudaPlannedModeName, CudaModeStepCache>;
 }
 
 /** The engine build and card the plans were measured on. */
@@ -57,7 +75,14 @@ export function cudaModelFingerprint(components: Readonly<Record<string, Compone
 
 /** The identity of a calibration on `engine` for `model` with today's planner, inputs and budgets. */
 export function cudaPlanIdentity(engine: string, model: string): CudaPlanIdentity {
-  return { planner: CUDA_PLANNER_VERSION, engine, model, calibration: CUDA_CALIBRATION, budgets: cudaPlannedBudgets() };
+  return {
+    planner: CUDA_PLANNER_VERSION,
+    engine,
+    model,
+    calibration: CUDA_CALIBRATION,
+    budgets: cudaPlannedBudgets(),
+    stepCacheCalibration: CUDA_STEP_CACHE_CALIBRATION,
+  };
 }
 
 /** Where the manifest of `modelName` under `id` lives in `cacheDir`. */
@@ -84,12 +109,16 @@ export function readCudaPlanManifest(
     onLog?.(`cuda planner: ignoring ${path}: ${(err as Error).message}`);
     return undefined;
   }
-  const differs = (['planner', 'engine', 'model', 'calibration', 'budgets'] as const).filter(
+  const differs = (['planner', 'engine', 'model', 'calibration', 'budgets', 'stepCacheCalibration'] as const).filter(
     (k) => JSON.stringify(m[k]) !== JSON.stringify(id[k]),
   );
   const servedOk = ['L', 'M', 'S'].every((k) => {
     const s = (m.served as unknown as Record<string, { plan?: unknown; rules?: unknown }> | undefined)?.[k];
-    return typeof s?.plan === 'string' && typeof s.rules === 'string';
+    const c = (m.stepCache as unknown as Record<string, Partial<CudaModeStepCache>> | undefined)?.[k];
+    const cacheOk = [c?.threshold, c?.warmupSteps, c?.maxConsecutive, c?.psnr].every(
+      (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0,
+    );
+    return typeof s?.plan === 'string' && typeof s.rules === 'string' && cacheOk;
   });
   if (m.format !== 'fluxql-cuda-plans' || differs.length > 0 || !servedOk) {
     onLog?.(
@@ -106,4 +135,46 @@ export function writeCudaPlanManifest(path: string, m: CudaPlanManifest): void {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   writeFileSync(tmp, JSON.stringify(m, null, 2));
   renameSync(tmp, path);
+}
+
+/** The modes a manifest serves: its plans with each mode's calibrated step caching. */
+export function cudaServedModes(m: CudaPlanManifest): CudaPlannedModes {
+  return withStepCaches(m.served, m.stepCache);
+}
+
+/**
+ * What the `models` query reports per planned mode from a manifest: the plan's budget, measured error and layers per
+ * type (S's fp8 preset counted from the table by its globs), and the step caching with its calibrated PSNR.
+ */
+export function cudaModePlanReports(m: CudaPlanManifest, path: string): Record<string, ExecutorModePlan> {
+  const out: Record<string, ExecutorModePlan> = {};
+  const total = m.table.layers.length;
+  const presetFp8 = m.table.layers.filter((l) => CUDA_FP8_PRESET_GLOBS.some((g) => engineGlobMatch(g, l.name))).length;
+  for (const mode of ['L', 'M', 'S'] as const) {
+    const plan = m.plans[mode]!;
+    const preset = mode === 'S' && m.preset.kept;
+    const fp8 = preset ? presetFp8 : plan.counts.fp8;
+    const c = m.stepCache[mode];
+    out[mode] = {
+      errorBudget: plan.budget,
+      measuredError: preset ? m.preset.measuredError : (plan.measuredError ?? null),
+      algorithms: [
+        { algorithm: 'bf16', layers: total - fp8 },
+        { algorithm: 'fp8', layers: fp8 },
+      ].sort((a, b) => b.layers - a.layers || a.algorithm.localeCompare(b.algorithm)),
+      stepCache: {
+        threshold: c.threshold,
+        fullSteps: c.fullSteps,
+        cachedSteps: c.cachedSteps,
+        psnr: c.psnr,
+        minPsnr: c.minPsnr,
+      },
+      source:
+        `CUDA planner manifest ${path} (${m.created}): fp8 plan measured on the loaded model` +
+        `${preset ? ' (S: the fp8 preset)' : ''}; step cache calibrated at ${CUDA_STEP_CACHE_CALIBRATION.size}x` +
+        `${CUDA_STEP_CACHE_CALIBRATION.size}, ${CUDA_STEP_CACHE_CALIBRATION.steps} steps, worst of ` +
+        `${CUDA_STEP_CACHE_CALIBRATION.prompts.length} prompts vs original (threshold 0: no caching)`,
+    };
+  }
+  return out;
 }

@@ -105,6 +105,24 @@ export interface ModelInfo {
   pixelsPerToken: number;
   /** Latencies measured offline for this engine (the CUDA engine's benchmark); absent for ORT. */
   benchmarks?: BenchmarkLatency[];
+  /** The executor's own plans of its modes, measured on the loaded model (the CUDA planner's); absent for ORT. */
+  modePlans?: Record<string, ExecutorModePlan>;
+}
+
+/** A mode's plan as its executor measured it on the loaded model (`models` query; the CUDA planner's manifest). */
+export interface ExecutorModePlan {
+  /** Relative error budget of the transformer output against the base plan. */
+  errorBudget: number | null;
+  /** The plan's measured error. */
+  measuredError: number | null;
+  /** Layers per type, most layers first. */
+  algorithms: { algorithm: string; layers: number }[];
+  /**
+   * Step caching as calibrated (threshold 0: none kept the floor): full and cached steps of the worst calibration
+   * image, its PSNR against `original` and the mode's floor (dB).
+   */
+  stepCache: { threshold: number; fullSteps: number; cachedSteps: number; psnr: number; minPsnr: number } | null;
+  source: string;
 }
 
 /**
@@ -159,11 +177,12 @@ export interface ExecutorStats {
   /** Native engine processes that ended unasked (crash, GPU fault, kill) (CUDA executor only). */
   engineExits?: number;
   /**
-   * Step caching of the CUDA executor (its `stepCache` option; absent without): the threshold, and job steps run in
+   * Step caching of the CUDA executor (its `stepCache` option, or modes that cache; absent when nothing caches): the
+   * option's threshold (null without it: the modes' own thresholds are in the `models` query), and job steps run in
    * full or from the cached residual since start (one count per engine job and step, as the ONNX `StepCache.stats`
    * counts per batched group).
    */
-  stepCache?: { threshold: number; full: number; cached: number };
+  stepCache?: { threshold: number | null; full: number; cached: number };
 }
 
 /**

@@ -10,6 +10,7 @@ export type {
   BenchmarkLatency,
   EngineHealth,
   ExecutorCapabilities,
+  ExecutorModePlan,
   ExecutorStats,
   LoraAdminPort,
   ModelInfo,

@@ -111,8 +111,18 @@ export interface ModePlanSummary {
   measuredError: number | null;
   /** Layers per algorithm (e.g. `int8-dyn`, `fp32`), most layers first. */
   algorithms: { algorithm: string; layers: number }[];
-  /** Step caching (mode S), when on. */
-  stepCache: { threshold: number; fullSteps: number; cachedSteps: number } | null;
+  /**
+   * Step caching (mode S on ONNX; the planned modes on CUDA, threshold 0 when calibration kept none), when planned.
+   * `psnr` / `minPsnr`: the CUDA planner's calibration (worst calibration image at the threshold against `original`,
+   * and the mode's floor, dB); absent for benchmark rows.
+   */
+  stepCache: {
+    threshold: number;
+    fullSteps: number;
+    cachedSteps: number;
+    psnr?: number;
+    minPsnr?: number;
+  } | null;
   source: string;
   /**
    * Per-layer choices of this server's engine for the mode (its cached plan, as compiled into the engine manifest);

@@ -9,6 +9,7 @@ import { MODE_DESCRIPTIONS, type PublishedLatency, publishedLatencies } from './
 import {
   type BenchmarkLatency,
   type ExecutorCapabilities,
+  type ExecutorModePlan,
   LORA_FORMATS,
   MAX_LORA_RANK,
   type ModelInfo,
@@ -74,7 +75,10 @@ export interface ModelEntry {
   modeBenchmarks: BenchmarkLatency[];
   /** Quality against `original` recorded by the mode benchmark; null without. */
   quality: ModeQuality | null;
-  /** The compression planner's summary recorded by the mode benchmark; null for unplanned modes or without. */
+  /**
+   * The compression planner's summary: recorded by the mode benchmark (ONNX), or the executor's own plan measured on
+   * the loaded model (CUDA: fp8 layers and calibrated step caching); null for unplanned modes or without.
+   */
   plan: ModePlanSummary | null;
   limits: GenerationLimits;
   /** Smallest and largest LoRA rank the engine takes (per layer). */
@@ -96,6 +100,19 @@ export const DEFAULT_LIMITS: Omit<GenerationLimits, 'maxImages'> = Object.freeze
   defaultWidth: 1024,
   defaultHeight: 1024,
 });
+
+/** An executor's own plan of a mode as the catalogue shows it (no per-layer rows: those are the ONNX engines'). */
+function ownPlan(p: ExecutorModePlan | undefined): ModePlanSummary | null {
+  if (!p) return null;
+  return {
+    errorBudget: p.errorBudget,
+    measuredError: p.measuredError,
+    algorithms: p.algorithms.map((a) => ({ ...a })),
+    stepCache: p.stepCache ? { ...p.stepCache } : null,
+    source: p.source,
+    layers: [],
+  };
+}
 
 /** The public id of a mode at a batch size. */
 export function modelId(mode: string, batch: number): string {
@@ -149,7 +166,7 @@ export class ModelCatalog {
         benchmarks: (info.benchmarks ?? []).filter((b) => b.mode === mode),
         modeBenchmarks: recorded?.benchmark ? [recorded.benchmark] : [],
         quality: recorded?.quality ?? null,
-        plan: recorded?.plan ?? null,
+        plan: recorded?.plan ?? ownPlan(info.modePlans?.[mode]),
         limits,
         loraRanks: caps.lora ? [1, MAX_LORA_RANK] : [],
         loraFormats: caps.lora ? LORA_FORMATS.filter((f) => caps.control || f !== 'bfl-control') : [],

@@ -14,7 +14,12 @@
  * its set holds one (`bad_argument` otherwise, as the engine answers).
  * Step caching (`prepare`'s `step_cache`): the engine's rule (engine.h StepCache) with the first block's relative
  * change taken as FAKE_CHANGE (0.5) every step, so a threshold above it caches every step the rule allows; counters
- * in `progress` / `stepped` / `released` as the engine reports them.
+ * in `progress` / `stepped` / `released` as the engine reports them. FAKE_ENGINE_CACHE_CHANGES=<c0,c1,...> gives the
+ * change per step index instead (the last value for later steps).
+ * Image error (test/unit/pipeline/cuda-step-cache-modes.test.ts, the step-cache calibration): a decoded sample's
+ * bytes are raised by FAKE_ENGINE_CACHED_STEP_ERR (0) grey levels per cached step of its job plus
+ * FAKE_ENGINE_PLAN_ERR (0) when its job's plan makes any layer fp8 (rounded, at most 255), so PSNR against the base
+ * image falls with caching as a model's would.
  * Per-job precision plans: `load`'s `plans` ({name: preset | rules}) are kept and reported in `loaded` and `info`
  * (`layers`: 1 for a preset name (a stand-in), else the rules' fp8 entries; `bytes` = `layers`); `prepare`'s `plan`
  * must name one of them (an `error` frame otherwise, as the engine answers).
@@ -44,8 +49,12 @@ let plans = null;
 /** The loaded model's precision and transformer Linears ({name, in, out}, engine order). */
 let precision = null;
 let linears = [];
-/** The first block's relative change every step, for the step-cache rule. */
-const FAKE_CHANGE = 0.5;
+/** The first block's relative change per step index, for the step-cache rule (the last value for later steps). */
+const FAKE_CHANGES = (process.env.FAKE_ENGINE_CACHE_CHANGES ?? '0.5').split(',').map(Number);
+const FAKE_CHANGE = (step) => FAKE_CHANGES[Math.min(step, FAKE_CHANGES.length - 1)];
+/** Grey levels a decoded image moves per cached step and under an fp8 plan. */
+const CACHED_STEP_ERR = Number(process.env.FAKE_ENGINE_CACHED_STEP_ERR ?? 0);
+const PLAN_ERR = Number(process.env.FAKE_ENGINE_PLAN_ERR ?? 0);
 
 function send(header, payload = Buffer.alloc(0)) {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
@@ -285,7 +294,10 @@ function handle(h, payload) {
       if (h.op === 'decode') {
         const per = j.height * j.width * 3;
         const out = Buffer.alloc(ids.length * per);
-        for (const [i, sid] of ids.entries()) out.fill((10 * (sid + 1)) % 256, i * per, (i + 1) * per);
+        const fp8Plan = j.plan !== null && j.plan !== '' && fp8LayersOf(plans.get(j.plan)).length > 0;
+        const err = (j.cache ? CACHED_STEP_ERR * j.cache.cached : 0) + (fp8Plan ? PLAN_ERR : 0);
+        for (const [i, sid] of ids.entries())
+          out.fill(Math.min(255, ((10 * (sid + 1)) % 256) + Math.round(err)), i * per, (i + 1) * per);
         return send(
           {
             op: 'image',
@@ -481,7 +493,7 @@ function sampleFields(j) {
 /** One step's decision (the engine's rule, engine.cu step_cached) before the step index advances. */
 function stepCached(j) {
   const c = j.cache;
-  const skip = c.have && j.step >= c.warmup && c.skipped < c.maxConsecutive && FAKE_CHANGE < c.threshold;
+  const skip = c.have && j.step >= c.warmup && c.skipped < c.maxConsecutive && FAKE_CHANGE(j.step) < c.threshold;
   if (skip) {
     c.skipped++;
     c.cached++;

@@ -62,9 +62,10 @@ describe('serve --engine cuda without onnxruntime-node', () => {
     const res = await fetch(`${url}/graphql`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ query: '{ models { id device } }' }),
+      body: JSON.stringify({ query: '{ models { id device plan { stepCache { threshold psnr minPsnr } } } }' }),
     });
-    const body = (await res.json()) as { data?: { models: { id: string; device: string }[] } };
+    type Model = { id: string; device: string; plan: { stepCache: Record<string, number> | null } | null };
+    const body = (await res.json()) as { data?: { models: Model[] } };
     expect(body.data?.models[0]?.device).toContain('fake');
     // bf16 with a cache folder: the planner ran on the fake engine's calibration and L and M are served.
     expect(body.data?.models.map((m) => m.id)).toEqual([
@@ -73,6 +74,15 @@ describe('serve --engine cuda without onnxruntime-node', () => {
       'flux-1-dev-l-bs4',
       'flux-1-dev-m-bs4',
       'flux-1-dev-s-bs4',
+    ]);
+    // Each planned mode's calibrated step caching (the fake's images do not move with caching: 0.8, the first
+    // candidate caching every step the rule allows) and its floor; original and XL are not planned.
+    expect(body.data?.models.map((m) => m.plan?.stepCache ?? null)).toEqual([
+      null,
+      null,
+      { threshold: 0.8, psnr: 100, minPsnr: 38 },
+      { threshold: 0.8, psnr: 100, minPsnr: 34 },
+      { threshold: 0.8, psnr: 100, minPsnr: 30 },
     ]);
     expect(out).not.toContain('onnxruntime-node is blocked');
   });

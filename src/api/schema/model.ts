@@ -136,11 +136,25 @@ const PlanAlgorithm = builder.objectRef<ModePlanSummary['algorithms'][number]>('
 });
 
 const StepCacheRef = builder.objectRef<NonNullable<ModePlanSummary['stepCache']>>('StepCachePlan').implement({
-  description: 'Step caching (reuse of the residual of unchanged steps) as planned for a mode.',
+  description:
+    'Step caching (reuse of the residual of unchanged steps) as planned for a mode; threshold 0: calibrated, none ' +
+    'kept the quality floor, so the mode does not cache.',
   fields: (t) => ({
     threshold: t.exposeFloat('threshold'),
     fullSteps: t.exposeInt('fullSteps', { description: 'Steps run through the whole transformer.' }),
     cachedSteps: t.exposeInt('cachedSteps', { description: 'Steps that reused the cached residual.' }),
+    psnr: t.float({
+      nullable: true,
+      description:
+        "PSNR (dB) of the mode's worst calibration image at this threshold against `original` (CUDA planner's " +
+        'calibration on the loaded model); null where not measured (benchmark rows).',
+      resolve: (c) => c.psnr ?? null,
+    }),
+    minPsnr: t.float({
+      nullable: true,
+      description: "The mode's PSNR floor (dB) the calibration kept; null where not calibrated here.",
+      resolve: (c) => c.minPsnr ?? null,
+    }),
   }),
 });
 

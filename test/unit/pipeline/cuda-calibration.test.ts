@@ -3,16 +3,24 @@
  * against the fake engine process (test/helpers/fake-cuda-engine.mjs answers `calibrate` with a per-layer table drawn
  * from its inputs and measures `verify` plans from that table): the first start calibrates on a separate engine and
  * stores the manifest, a later start reads it, L and M jobs name their plans, another engine build or a failing
- * calibration is handled, an f32 engine never calibrates.
+ * calibration is handled, an f32 engine never calibrates. Per-mode step caching (`cuda-step-cache.ts`): the fake
+ * engine's images move by a set number of grey levels per cached step (FAKE_ENGINE_CACHED_STEP_ERR) and its first
+ * block's change per step is given (FAKE_ENGINE_CACHE_CHANGES), so each candidate threshold has a known PSNR.
  */
-import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { servedCudaPlans } from '../../../src/pipeline/cuda-calibration.ts';
 import type { CudaExecutorOptions } from '../../../src/pipeline/cuda-executor.ts';
-import type { CudaPlanManifest } from '../../../src/pipeline/cuda-plan-manifest.ts';
+import { type CudaPlanManifest, cudaPlanManifestPath } from '../../../src/pipeline/cuda-plan-manifest.ts';
 import { type CudaModePlan, cudaPlannedBudgets } from '../../../src/pipeline/cuda-planner.ts';
+import {
+  CUDA_MODE_PSNR_FLOORS,
+  CUDA_STEP_CACHE_CALIBRATION,
+  CUDA_THRESHOLD_CANDIDATES,
+} from '../../../src/pipeline/cuda-step-cache.ts';
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
+import { largestPassingThreshold, mostCachedSteps } from '../../../src/pipeline/flux/step-cache-threshold.ts';
 import { UnknownModelError } from '../../../src/service/errors.ts';
 import { ModelCatalog } from '../../../src/service/models.ts';
 import {
@@ -28,6 +36,12 @@ const tmp = useTempDir('fluxql-cuda-calibration-');
 const request = (seed: number, mode?: string): SampleRequest => fakeRequest(seed, mode !== undefined ? { mode } : {});
 
 const ops = (frames: LoggedFrame[], op: string) => frames.filter((f) => f.header.op === op);
+
+/** The frames the serving engine got: those after the last `load` (the calibration engine logs to the same file). */
+const serving = (frames: LoggedFrame[]) => frames.slice(frames.findLastIndex((f) => f.header.op === 'load'));
+
+/** The step cache a prepare sent, in its wire form (null: none). */
+const sentCache = (f: LoggedFrame) => (f.header.step_cache as Record<string, number> | undefined) ?? null;
 
 /** The manifests stored under `cacheDir`. */
 function manifests(cacheDir: string): CudaPlanManifest[] {
@@ -71,9 +85,11 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
       }
       // The preset is measured too.
       expect(cals.some((c) => (c.header.verify as Record<string, string> | undefined)?.fp8 === 'fp8')).toBe(true);
+      // The calibration engine loads twice (without plans, then with them for the step-cache images), then serving.
       const loads = ops(f, 'load');
-      expect(loads).toHaveLength(2);
+      expect(loads).toHaveLength(3);
       expect(loads[0]!.header).not.toHaveProperty('plans');
+      expect(loads[1]!.header.plans).toEqual(loads[2]!.header.plans);
       const [m] = manifests(cacheDir);
       expect(m).toBeDefined();
       expect(m!.format).toBe('fluxql-cuda-plans');
@@ -85,15 +101,34 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
       }
       // The served engine loads exactly the manifest's plans.
       const served = m!.served;
-      const plans = loads[1]!.header.plans as Record<string, string>;
+      const plans = loads[2]!.header.plans as Record<string, string>;
       for (const mode of ['L', 'M', 'S'] as const) expect(plans[served[mode].plan]).toBe(served[mode].rules);
       expect(served.L.rules).not.toBe('bf16'); // the synthetic table leaves room for fp8 layers under 1 %
-      // L and M jobs name their plans; original names none; their T5 length is the calibration's.
+      // Step caching per mode: the fake's images do not move with caching here (no error per cached step), so every
+      // candidate keeps every floor and the search stops at the first one caching every step the rule allows (the
+      // fake's first-block change is 0.5: 0.8 is the first candidate above it).
+      const most = mostCachedSteps(CUDA_STEP_CACHE_CALIBRATION.steps, 1, 1);
+      for (const mode of ['L', 'M', 'S'] as const) {
+        expect(m!.stepCache[mode]).toMatchObject({ threshold: 0.8, warmupSteps: 1, maxConsecutive: 1, psnr: 100 });
+        expect(m!.stepCache[mode]).toMatchObject({ minPsnr: CUDA_MODE_PSNR_FLOORS[mode], cachedSteps: most });
+        expect(m!.stepCache[mode].tried.at(-1)).toEqual({ threshold: 0.8, psnr: 100, cachedSteps: most });
+      }
+      // The step-cache images: one batch-1 job per calibration prompt at 512x512, 28 steps, the reference first.
+      const calPrepares = ops(f.slice(0, f.indexOf(loads[2]!)), 'prepare');
+      expect(calPrepares[0]!.header).toMatchObject({ batch: 1, height: 512, width: 512, latents: 'payload' });
+      expect((calPrepares[0]!.header.sigmas as number[]).length).toBe(29);
+      expect(calPrepares.slice(0, 2).map((p) => [p.header.plan ?? null, sentCache(p)])).toEqual([
+        [null, null],
+        [null, null],
+      ]);
+      // L and M jobs name their plans and send their step cache; original names none and sends none.
       const [l] = await exec.prepare([request(1, 'L')]);
       const [mm] = await exec.prepare([request(2, 'M')]);
       const [o] = await exec.prepare([request(3)]);
-      const prepares = ops(frames(), 'prepare');
+      const prepares = ops(serving(frames()), 'prepare');
       expect(prepares.map((p) => p.header.plan ?? null)).toEqual([served.L.plan, served.M.plan, null]);
+      const cache = { threshold: 0.8, warmup_steps: 1, max_consecutive: 1 };
+      expect(prepares.map(sentCache)).toEqual([cache, cache, null]);
       expect(prepares[0]!.header.t5_len).toBe(cals[0]!.header.t5_len);
       await exec.step([l!]);
       await exec.step([mm!]);
@@ -154,10 +189,12 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
           fail === 'exit' ? /per-layer planner failed: .*CUDA error/s : /per-layer planner failed: .*out of memory/,
         );
         expect(manifests(cacheDir)).toHaveLength(0);
-        // The serving engine loaded the fp8 preset for S and runs original and S jobs.
+        // The serving engine loaded the fp8 preset for S and runs original and S jobs, neither caching steps.
         const loads = ops(frames(), 'load');
         expect(loads.at(-1)!.header.plans).toEqual({ fp8: 'fp8' });
         const [s, o] = await exec.prepare([request(1, 'S'), request(2)]);
+        expect(ops(serving(frames()), 'prepare').map(sentCache)).toEqual([null, null]);
+        expect(exec.info().modePlans).toBeUndefined();
         await exec.step([s!, o!]);
         expect((await exec.decode([s!, o!])).length).toBe(2);
         await exec.release([s!, o!]);
@@ -210,6 +247,173 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
       expect(ops(frames(), 'calibrate')).toHaveLength(0);
     });
   }, 60_000);
+});
+
+describe('CUDA executor: per-mode step caching from the calibration (fake engine process)', () => {
+  /**
+   * The first block's change per step: steps 1, 3, 5 at 0.025, 7, 9 at 0.06, 11, 13, 15 at 0.12, 17 at 0.4, every
+   * other step 2 (never cached). With one grey level per cached step, a candidate's PSNR is 20 log10(255 / cached):
+   * 0.02 caches none, 0.03-0.05 three (38.6 dB), 0.07-0.1 five (34.2 dB), 0.15-0.3 eight (30.1 dB), 0.5 up nine
+   * (29.1 dB). So L keeps 0.05 (0.07 is under 38), M 0.1, S 0.3.
+   */
+  const graded = {
+    FAKE_ENGINE_CACHE_CHANGES: '2,0.025,2,0.025,2,0.025,2,0.06,2,0.06,2,0.12,2,0.12,2,0.12,2,0.4,2',
+    FAKE_ENGINE_CACHED_STEP_ERR: '1',
+  };
+
+  it('stores each mode its largest threshold over its floor, sends it per job, reports it in the catalogue', async () => {
+    const dir = tmp();
+    const cacheDir = join(dir, 'cache');
+    const env = { ...process.env, ...graded };
+    await withExecutor(dir, { cacheDir, env }, async ({ exec, frames }) => {
+      const [m] = manifests(cacheDir);
+      expect(m!.planner).toBe('2');
+      const psnr = (cached: number) => Math.round(20 * Math.log10(255 / cached) * 100) / 100;
+      const got = Object.fromEntries(
+        (['L', 'M', 'S'] as const).map((k) => {
+          const c = m!.stepCache[k];
+          return [k, [c.threshold, c.cachedSteps, Math.round(c.psnr * 100) / 100, c.uncachedPsnr]];
+        }),
+      );
+      expect(got).toEqual({ L: [0.05, 3, psnr(3), 100], M: [0.1, 5, psnr(5), 100], S: [0.3, 8, psnr(8), 100] });
+      // Ascending candidates up to the first failure.
+      expect(m!.stepCache.L.tried.map((t) => t.threshold)).toEqual([0.02, 0.03, 0.05, 0.07]);
+      expect(m!.stepCache.S.tried.at(-1)).toMatchObject({ threshold: 0.5, cachedSteps: 9 });
+      // Jobs: each planned mode's own threshold; original and XL none.
+      const modes = ['original', 'XL', 'L', 'M', 'S'];
+      const handles = await exec.prepare(modes.map((mode, i) => request(i + 1, mode)));
+      const sent = ops(serving(frames()), 'prepare').map((p) => sentCache(p)?.threshold ?? null);
+      expect(sent).toEqual([null, null, 0.05, 0.1, 0.3]);
+      await exec.step(handles);
+      await exec.step(handles);
+      await exec.release(handles);
+      // Steps counted over the caching jobs; no executor-wide threshold.
+      expect((await exec.stats()).stepCache).toMatchObject({ threshold: null });
+      // The models query's source: the catalogue's plan per mode.
+      const catalog = new ModelCatalog(exec.info(), { batchSize: 4, defaultSize: 'original' });
+      const byMode = Object.fromEntries(catalog.entries.map((e) => [e.mode, e.plan]));
+      expect(byMode.original).toBeNull();
+      expect(byMode.XL).toBeNull();
+      for (const k of ['L', 'M', 'S'] as const) {
+        expect(byMode[k]!.stepCache).toEqual({
+          threshold: m!.stepCache[k].threshold,
+          fullSteps: m!.stepCache[k].fullSteps,
+          cachedSteps: m!.stepCache[k].cachedSteps,
+          psnr: m!.stepCache[k].psnr,
+          minPsnr: CUDA_MODE_PSNR_FLOORS[k],
+        });
+        expect(byMode[k]!.errorBudget).toBe(cudaPlannedBudgets()[k]);
+        expect(byMode[k]!.algorithms.reduce((a, x) => a + x.layers, 0)).toBe(m!.table.layers.length);
+      }
+    });
+  }, 60_000);
+
+  it('serves a mode without caching when every candidate misses its floor; never joins a caching job', async () => {
+    const dir = tmp();
+    const cacheDir = join(dir, 'cache');
+    // Every candidate caches every step the rule allows (14 of 28): 0.3 x 14 = 4 grey levels, 36.1 dB: under L's 38,
+    // over M's 34 and S's 30 (which stop at the first candidate: larger ones would cache the same steps).
+    const env = { ...process.env, FAKE_ENGINE_CACHE_CHANGES: '0.01', FAKE_ENGINE_CACHED_STEP_ERR: '0.3' };
+    await withExecutor(dir, { cacheDir, env, maxBatch: 4 }, async ({ exec, frames }) => {
+      const [m] = manifests(cacheDir);
+      expect(m!.stepCache.L).toMatchObject({ threshold: 0, cachedSteps: 0, psnr: 100 });
+      expect(m!.stepCache.L.tried).toEqual([{ threshold: 0.02, psnr: expect.closeTo(36.09, 2), cachedSteps: 14 }]);
+      for (const k of ['M', 'S'] as const) {
+        expect(m!.stepCache[k]).toMatchObject({ threshold: 0.02, cachedSteps: 14 });
+        expect(m!.stepCache[k].tried).toHaveLength(1);
+      }
+      expect(exec.info().capabilities.modes).toEqual(['original', 'XL', 'L', 'M', 'S']);
+      // L: no step cache, so a later L request joins its running job; S caches: a later S request gets a job of its
+      // own (the engine refuses joins into a caching job).
+      await exec.prepare([request(1, 'L')]);
+      await exec.prepare([request(2, 'S')]);
+      await exec.prepare([request(3, 'L')]);
+      await exec.prepare([request(4, 'S')]);
+      const sent = serving(frames()).filter((f) => f.header.op === 'prepare' || f.header.op === 'join');
+      expect(sent.map((f) => [f.header.op, f.header.plan ?? null, sentCache(f)?.threshold ?? null])).toEqual([
+        ['prepare', m!.served.L.plan, null],
+        ['prepare', m!.served.S.plan, 0.02],
+        ['join', m!.served.L.plan, null],
+        ['prepare', m!.served.S.plan, 0.02],
+      ]);
+      const catalog = new ModelCatalog(exec.info(), { batchSize: 4, defaultSize: 'original' });
+      expect(catalog.resolve('L').plan!.stepCache).toMatchObject({ threshold: 0, cachedSteps: 0, minPsnr: 38 });
+    });
+  }, 60_000);
+
+  it('recalibrates when the stored manifest is of another planner version or lacks the step caching', async () => {
+    const dir = tmp();
+    const cacheDir = join(dir, 'cache');
+    await withExecutor(dir, { cacheDir }, async () => undefined);
+    const plansDir = join(cacheDir, 'cuda-plans');
+    const [name] = readdirSync(plansDir);
+    const v2 = JSON.parse(readFileSync(join(plansDir, name!), 'utf8')) as CudaPlanManifest;
+    // A version-1 manifest (no step caching, the fp8 plans alone) where version 1 kept it: its key differs.
+    const { stepCache: _, stepCacheCalibration: __, ...v1 } = { ...v2, planner: '1' };
+    const v1Path = cudaPlanManifestPath(cacheDir, 'flux-tiny', v1 as unknown as CudaPlanManifest);
+    expect(v1Path).not.toBe(join(plansDir, name!));
+    rmSync(join(plansDir, name!));
+    writeFileSync(v1Path, JSON.stringify(v1));
+    await withExecutor(dir, { cacheDir }, async ({ frames }) => {
+      expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
+    });
+    expect(
+      manifests(cacheDir)
+        .map((m) => m.planner)
+        .sort(),
+    ).toEqual(['1', '2']);
+    // The current file, its version field or its step caching edited: not trusted, calibrated again.
+    for (const edit of [{ planner: '1' }, { stepCache: undefined }]) {
+      writeFileSync(join(plansDir, name!), JSON.stringify({ ...v2, ...edit }));
+      await withExecutor(dir, { cacheDir }, async ({ frames }) => {
+        expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
+      });
+      expect(manifests(cacheDir).find((m) => m.planner === '2')!.stepCache.S.threshold).toBe(0.8);
+    }
+  }, 60_000);
+});
+
+describe('largestPassingThreshold', () => {
+  it('keeps the largest candidate over the floor, stops at the first failure or a saturated candidate', async () => {
+    const db: Record<number, number> = { 0.1: 45, 0.2: 39, 0.3: 31, 0.5: 40 };
+    const tried: number[] = [];
+    const measure = async (t: number) => {
+      tried.push(t);
+      return db[t]!;
+    };
+    expect(await largestPassingThreshold([0.1, 0.2, 0.3, 0.5], 35, measure)).toEqual({
+      threshold: 0.2,
+      psnr: 39,
+      tried: [
+        { threshold: 0.1, psnr: 45 },
+        { threshold: 0.2, psnr: 39 },
+        { threshold: 0.3, psnr: 31 },
+      ],
+    });
+    expect(tried).toEqual([0.1, 0.2, 0.3]); // 0.5 never generated
+    const none = await largestPassingThreshold([0.1, 0.2], 50, measure);
+    expect(none).toMatchObject({ threshold: 0, psnr: null });
+    const sat = await largestPassingThreshold([0.1, 0.2, 0.3], 30, async (t) => ({
+      psnr: Number.POSITIVE_INFINITY,
+      saturated: t >= 0.2,
+    }));
+    expect(sat).toEqual({
+      threshold: 0.2,
+      psnr: 100,
+      tried: [
+        { threshold: 0.1, psnr: 100 },
+        { threshold: 0.2, psnr: 100 },
+      ],
+    });
+    expect(CUDA_THRESHOLD_CANDIDATES).toEqual([...CUDA_THRESHOLD_CANDIDATES].sort((a, b) => a - b));
+  });
+
+  it('counts the most steps the caching rule allows', () => {
+    expect(mostCachedSteps(28, 1, 1)).toBe(14); // F C F C ... (engines/cuda/NOTES.md session 12b)
+    expect(mostCachedSteps(6, 2, 3)).toBe(3); // F F C C C F (the executor test's warm-up 2 / 3 in a row)
+    expect(mostCachedSteps(5, 0, 1)).toBe(2); // step 0 is full without a warm-up too
+    expect(mostCachedSteps(1, 1, 1)).toBe(0);
+  });
 });
 
 describe('servedCudaPlans', () => {

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { CudaExecutorOptions, createCudaExecutor } from '../../../src/pipeline/cuda-executor.ts';
-import { cudaLoadPlans, cudaModeTable, cudaPlanOf } from '../../../src/pipeline/cuda-modes.ts';
+import { cudaLoadPlans, cudaModeOf, cudaModeTable } from '../../../src/pipeline/cuda-modes.ts';
 import type { SampleRequest } from '../../../src/pipeline/executor.ts';
 import { FluxArgumentError } from '../../../src/pipeline/flux/latents.ts';
 import { CudaEngineClient, CudaEngineError } from '../../../src/runtime/cuda/index.ts';
@@ -42,16 +42,16 @@ describe('CUDA modes table', () => {
   it('serves original, XL (the base plan) and S (the fp8 plan) over bf16; no S over f32', () => {
     const bf16 = cudaModeTable('bf16');
     expect(bf16.map((m) => m.mode)).toEqual(['original', 'XL', 'S']);
-    expect(cudaPlanOf(bf16, undefined)).toBeUndefined();
-    expect(cudaPlanOf(bf16, 'original')).toBeUndefined();
-    expect(cudaPlanOf(bf16, 'XL')).toBeUndefined();
-    expect(cudaPlanOf(bf16, 'S')).toBe('fp8');
+    expect(cudaModeOf(bf16, undefined).plan).toBeUndefined();
+    expect(cudaModeOf(bf16, 'original').plan).toBeUndefined();
+    expect(cudaModeOf(bf16, 'XL').plan).toBeUndefined();
+    expect(cudaModeOf(bf16, 'S').plan).toBe('fp8');
     expect(cudaLoadPlans(bf16)).toEqual({ fp8: 'fp8' });
     const f32 = cudaModeTable('f32');
     expect(f32.map((m) => m.mode)).toEqual(['original', 'XL']);
     expect(cudaLoadPlans(f32)).toEqual({});
-    expect(() => cudaPlanOf(f32, 'S')).toThrow(FluxArgumentError);
-    expect(() => cudaPlanOf(bf16, 'L')).toThrow(FluxArgumentError);
+    expect(() => cudaModeOf(f32, 'S').plan).toThrow(FluxArgumentError);
+    expect(() => cudaModeOf(bf16, 'L').plan).toThrow(FluxArgumentError);
   });
 });
 
