@@ -40,6 +40,7 @@ import sharp from 'sharp';
 import WebSocket from 'ws';
 import { engineCompiler } from '../../engines/compiler/port.ts';
 import { CudaSampleLostError, type CudaStepExecutor, createCudaExecutor } from '../../src/pipeline/cuda-executor.ts';
+import { CUDA_MODE_PSNR_FLOORS, type CudaModeStepCache } from '../../src/pipeline/cuda-step-cache.ts';
 import type { FluxArgumentError } from '../../src/pipeline/flux/latents.ts';
 import { loadFluxTokenizers } from '../../src/pipeline/flux/tokenize.ts';
 import { CudaEngineClient, CudaEngineExitedError } from '../../src/runtime/cuda/index.ts';
@@ -750,8 +751,38 @@ function plannedSuite(): Suite {
               plans: Record<string, { measuredError: number; budget: number; counts: { fp8: number } }>;
               preset: { kept: boolean; measuredError: number };
               served: Record<string, { plan: string; rules: string }>;
+              stepCache: Record<string, CudaModeStepCache>;
             };
             for (const mode of ['L', 'M', 'S']) assert.ok(m.plans[mode]!.measuredError <= m.plans[mode]!.budget);
+            // Per-mode step caching (cuda-step-cache.ts): calibrated for each planned mode, a served threshold keeps
+            // the mode's PSNR floor against original, and the models query's source reports it.
+            const plansReported = ex.info().modePlans ?? {};
+            for (const mode of ['L', 'M', 'S'] as const) {
+              const c = m.stepCache[mode];
+              assert.ok(c && c.threshold >= 0 && c.tried.length > 0, `${mode}: ${JSON.stringify(c)}`);
+              assert.equal(c.minPsnr, CUDA_MODE_PSNR_FLOORS[mode]);
+              if (c.threshold > 0) assert.ok(c.psnr >= c.minPsnr, `${mode}: ${JSON.stringify(c)}`);
+              assert.deepEqual(plansReported[mode]?.stepCache, {
+                threshold: c.threshold,
+                fullSteps: c.fullSteps,
+                cachedSteps: c.cachedSteps,
+                psnr: c.psnr,
+                minPsnr: c.minPsnr,
+              });
+            }
+            report({
+              test: 'planned modes step caching (calibration at 512x512, 28 steps, worst of 2 prompts vs original)',
+              stepCache: Object.fromEntries(
+                ['L', 'M', 'S'].map((k) => {
+                  const c = m.stepCache[k]!;
+                  return [
+                    k,
+                    { ...c, tried: c.tried.map((t) => `${t.threshold}:${t.psnr.toFixed(2)}/${t.cachedSteps}`) },
+                  ];
+                }),
+              ),
+              calibrationLog: logs.filter((l) => /step cach/.test(l)),
+            });
             const reqs = ['original', 'L', 'M'].map((mode) => ({ ...sampleRequest(SEED), mode }));
             const handles = await ex.prepare(reqs);
             for (let i = 0; i < STEPS; i++) await ex.step(handles);
@@ -765,6 +796,7 @@ function plannedSuite(): Suite {
               measured: Object.fromEntries(['L', 'M', 'S'].map((k) => [k, m.plans[k]!.measuredError])),
               preset: m.preset,
               served: Object.fromEntries(Object.entries(m.served).map(([k, v]) => [k, v.plan])),
+              stepCacheStats: (await ex.stats()).stepCache ?? null,
             });
             // Images, not noise or a blank: within a loose bound of original's (the plans hold 1-1.5 % error).
             for (const img of [l!, mm!]) assert.ok(new Set(img.data).size > 16, 'a flat image');
