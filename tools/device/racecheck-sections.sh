@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The racecheck of the bf16 selftest with the engine's own attention (cuDNN's generated kernels excluded), its
+# sections (FQ_SELFTEST_ONLY) as parallel processes, logs straight under $OUT (a call cut at its limit returns them).
+#   OUT=$OUT RS=<seconds per section> bash tools/device/racecheck-sections.sh   (carry .device-carry/fixtures)
+set -uo pipefail
+HERE=$PWD/engines/cuda LOG=$OUT/summary.txt
+source engines/cuda/scripts/device-common.sh
+build_engine || exit 1
+say "racecheck sections in parallel, ${RS}s each"
+for part in units encoders,transformer lora pipeline edit; do
+  FQ_ATTENTION=own FQ_SELFTEST_ONLY=$part timeout -k 5 "$RS" compute-sanitizer --tool racecheck \
+    --kernel-name-exclude kns=cudnn_generated --error-exitcode 9 "$ENGINE" --selftest .device-carry/fixtures models/flux-tiny bf16 \
+    >"$OUT/race-${part//,/+}.txt" 2>&1 &
+done
+wait
+for f in "$OUT"/race-*.txt; do
+  echo "$(basename "$f" .txt): $(grep -cE "^========= (Error|Warning): Race" "$f") reports; $(grep -E "RACECHECK SUMMARY|required cases" "$f" | tr '\n' ' ') cases $(grep -c '"case"' "$f"), last: $(grep -oE '"case":"[^"]*"' "$f" | tail -1 | cut -d'"' -f4)"
+done
+say done
