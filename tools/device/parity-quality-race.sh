@@ -7,7 +7,7 @@
 #   3. the CUDA modes on flux-mini (issue 15): $OUT/cuda-quality.tar.gz, PSNR per mode in $OUT/summary.txt;
 #   4. racecheck of the bf16 selftest with the engine's own attention (cuDNN's generated kernels excluded), its
 #      sections (FQ_SELFTEST_ONLY) as parallel processes, each cut at DEADLINE seconds after the start (issue 19):
-#      one line per section in summary.txt, the logs in $OUT/racecheck.tar.gz.
+#      one line per section in summary.txt, the logs as $OUT/race-<section>.txt.
 #   OUT=$OUT FIX=.device-carry/fixtures [DEADLINE=430] [RACE_PARTS="..."] bash tools/device/parity-quality-race.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,18 +43,17 @@ for m in run["modes"]:
 PY
 LEFT=$(( ${DEADLINE:-430} - ($(date +%s) - T0) ))
 say "racecheck, own attention, sections in parallel, ${LEFT} s each"
-R=/tmp/fq-race
-rm -rf "$R" && mkdir -p "$R"
+# Logs straight under $OUT (8 files come back: summary, build.log, parity.txt, cuda-quality.tar.gz and four logs).
+R=$OUT
 for part in ${RACE_PARTS:-units,encoders,transformer lora pipeline edit}; do
-  FQ_ATTENTION=own FQ_SELFTEST_ONLY=$part timeout "$LEFT" compute-sanitizer --tool racecheck \
+  FQ_ATTENTION=own FQ_SELFTEST_ONLY=$part timeout -k 5 "$LEFT" compute-sanitizer --tool racecheck \
     --kernel-name-exclude kns=cudnn_generated --error-exitcode 9 "$ENGINE" --selftest "$FIX" models/flux-tiny bf16 \
-    >"$R/${part//,/+}.txt" 2>&1 &
+    >"$R/race-${part//,/_}.txt" 2>&1 &
 done
 wait
-for f in "$R"/*.txt; do
-  echo "racecheck $(basename "$f" .txt): $(grep -cE "^========= (Error|Warning): Race" "$f") race reports;" \
+for f in "$R"/race-*.txt; do
+  echo "$(basename "$f" .txt): $(grep -cE "^========= (Error|Warning): Race" "$f") race reports;" \
     "$(grep -E "RACECHECK SUMMARY|required cases" "$f" | tr '\n' ' ')cases $(grep -c '"case"' "$f"), last:" \
     "$(grep -oE '"case":"[^"]*"' "$f" | tail -1 | cut -d'"' -f4)"
 done
-tar -C "$R" -czf "$OUT/racecheck.tar.gz" .
 say "done"

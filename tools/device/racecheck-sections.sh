@@ -10,7 +10,7 @@ say "racecheck sections in parallel, ${RS}s each"
 for part in units encoders,transformer lora pipeline edit; do
   FQ_ATTENTION=own FQ_SELFTEST_ONLY=$part timeout -k 5 "$RS" compute-sanitizer --tool racecheck \
     --kernel-name-exclude kns=cudnn_generated --error-exitcode 9 "$ENGINE" --selftest .device-carry/fixtures models/flux-tiny bf16 \
-    >"$OUT/race-${part//,/+}.txt" 2>&1 &
+    >"$OUT/race-${part//,/_}.txt" 2>&1 &
 done
 wait
 for f in "$OUT"/race-*.txt; do
