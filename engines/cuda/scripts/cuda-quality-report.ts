@@ -19,6 +19,8 @@ interface RunMode {
   mode: string;
   plan: string | null;
   threshold: number | null;
+  /** The step cache's most cached steps in a row (absent in runs before the sweep existed: 1). */
+  max_consecutive?: number | null;
   seconds: number;
   file: string;
   jobs: { samples: number[]; pattern: string }[];
@@ -80,6 +82,7 @@ const rows = run.modes.map((m) => {
     mode: m.mode,
     plan: m.plan,
     threshold: m.threshold,
+    maxConsecutive: m.threshold === null ? null : (m.max_consecutive ?? 1),
     accuracy: Object.fromEntries(ATTRIBUTES.flatMap((a) => (acc[a] ? [[a, acc[a].accuracy]] : []))),
     // Identical images have infinite PSNR; capped at 100 dB as bench:quality does.
     psnr: mean(floats.map((x, i) => Math.min(100, psnr(x, ref[i]!)))),
@@ -95,8 +98,8 @@ const method =
   `${N} bench:quality grammar prompts (prompt seed 14, image i with seed 1000 + i), ${H}x${W}, ${run.steps} steps, ` +
   `guidance ${run.guidance}, T5 length ${run.t5_len}, batch ${run.batch}; one bf16 engine with plans {"fp8": "fp8"}` +
   ` (engines/cuda/scripts/cuda-quality.py); accuracy by the deterministic detector, PSNR (capped at 100 dB) and SSIM` +
-  " against the same engine's original on its 8-bit images; S+cache: step caching (warm-up 1, at most 1 cached" +
-  ' step in a row) at the threshold shown, pattern = the most common per-job F/C sequence.';
+  " against the same engine's original on its 8-bit images; S+cache: step caching (warm-up 1, at most the" +
+  " row's 'in a row' cached steps in a row) at the threshold shown, pattern = the most common per-job F/C sequence.";
 writeFileSync(`${prefix}.json`, `${JSON.stringify({ card: run.card, model: run.model, method, rows }, null, 2)}\n`);
 const pct = (x: number | undefined) => (x === undefined ? '-' : `${(100 * x).toFixed(1)} %`);
 const md = [
@@ -104,11 +107,11 @@ const md = [
   '',
   method,
   '',
-  `| mode | plan | threshold | ${ATTRIBUTES.join(' | ')} | PSNR dB | SSIM | full steps (mean) | pattern |`,
-  `|---|---|---|${ATTRIBUTES.map(() => '---').join('|')}|---|---|---|---|`,
+  `| mode | plan | threshold | in a row | ${ATTRIBUTES.join(' | ')} | PSNR dB | SSIM | full steps (mean) | pattern |`,
+  `|---|---|---|---|${ATTRIBUTES.map(() => '---').join('|')}|---|---|---|---|`,
   ...rows.map(
     (r) =>
-      `| ${r.mode} | ${r.plan ?? 'base'} | ${r.threshold ?? '-'} | ${ATTRIBUTES.map((a) => pct(r.accuracy[a])).join(' | ')} | ` +
+      `| ${r.mode} | ${r.plan ?? 'base'} | ${r.threshold ?? '-'} | ${r.maxConsecutive ?? '-'} | ${ATTRIBUTES.map((a) => pct(r.accuracy[a])).join(' | ')} | ` +
       `${r.psnr.toFixed(2)} | ${r.ssim.toFixed(4)} | ${r.fullStepsMean.toFixed(1)} | ${r.pattern ? `\`${r.pattern}\`` : '-'} |`,
   ),
   '',

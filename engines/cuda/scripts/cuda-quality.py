@@ -16,7 +16,7 @@ The engine's GPU time per mode is not a benchmark here (flux-mini is tiny): the 
 `fluxql-engine --bench-modes --cache-pattern <the pattern found here>`.
 
 usage: cuda-quality.py <engine> <inputs.json> <model dir> <out dir> [--batch 1] [--thresholds 0.1,0.2,0.3]
-                       [--plans plans.json]
+                       [--max-consecutive 1,2] [--plans plans.json]
 """
 import argparse
 import base64
@@ -52,6 +52,9 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--thresholds", default="0.1,0.2,0.3")
     ap.add_argument("--plans", default=None, help="JSON {mode: rules}: more planned modes, e.g. L and M")
+    # More than 1 cached step in a row caches more (fewer full steps, faster) at some cost in quality: the sweep
+    # tells whether S's speed goal fits inside its quality budget on a trained model (mode names: S+cache@<t>x<k>).
+    ap.add_argument("--max-consecutive", default="1", help="comma list of the step cache's max cached in a row")
     a = ap.parse_args()
     inp = json.load(open(a.inputs))
     N, H, W, T = len(inp["prompts"]), inp["height"], inp["width"], inp["t5_len"]
@@ -60,16 +63,19 @@ def main():
     t5 = np.frombuffer(base64.b64decode(inp["t5"]), dtype=np.int32).reshape(N, T)
     lat = np.frombuffer(base64.b64decode(inp["latents"]), dtype=np.float32).reshape(N, L * 64)
     extra = json.load(open(a.plans)) if a.plans else {}
-    # (mode, engine plan, step-cache threshold): the plan named after its mode for --plans' entries.
-    modes = [("original", None, None), ("S", "fp8", None)]
-    modes += [(f"S+cache@{t}", "fp8", float(t)) for t in a.thresholds.split(",") if t]
-    modes += [(m, m, None) for m in extra]
+    # (mode, engine plan, step-cache threshold, max consecutive cached steps): the plan named after its mode for
+    # --plans' entries.
+    modes = [("original", None, None, None), ("S", "fp8", None, None)]
+    for k in [int(k) for k in a.max_consecutive.split(",") if k]:
+        modes += [(f"S+cache@{t}" + (f"x{k}" if k != 1 else ""), "fp8", float(t), k)
+                  for t in a.thresholds.split(",") if t]
+    modes += [(m, m, None, None) for m in extra]
     os.makedirs(a.out, exist_ok=True)
     eng, loaded = load_engine(a.engine, a.model, "bf16", {"fp8": "fp8", **extra})
     run = {"card": card(), "model": inp["model"], "prompts": inp["prompts"], "seeds": inp["seeds"], "height": H,
            "width": W, "steps": inp["steps"], "guidance": inp["guidance"], "t5_len": T, "batch": a.batch,
            "plans": loaded.get("plans", []), "modes": []}
-    for mode, plan, threshold in modes:
+    for mode, plan, threshold, max_consecutive in modes:
         images, jobs, t0 = [], [], time.time()
         for s in range(0, N, a.batch):
             idx = list(range(s, min(N, s + a.batch)))
@@ -79,7 +85,7 @@ def main():
             if plan:
                 header["plan"] = plan
             if threshold is not None:
-                header["step_cache"] = {"threshold": threshold, "warmup_steps": 1, "max_consecutive": 1}
+                header["step_cache"] = {"threshold": threshold, "warmup_steps": 1, "max_consecutive": max_consecutive}
             eng.send(header, clip[idx].tobytes() + t5[idx].tobytes() + lat[idx].tobytes())
             prepared = eng.recv()[0]
             if prepared["op"] != "prepared":
@@ -96,7 +102,8 @@ def main():
             f.write(np.concatenate(images).tobytes())
         patterns = collections.Counter(j["pattern"] for j in jobs)
         full = [j["pattern"].count("F") for j in jobs]
-        run["modes"].append({"mode": mode, "plan": plan, "threshold": threshold, "seconds": seconds,
+        run["modes"].append({"mode": mode, "plan": plan, "threshold": threshold, "max_consecutive": max_consecutive,
+                             "seconds": seconds,
                              "file": name, "jobs": jobs, "full_steps_mean": float(np.mean(full)),
                              "most_common_pattern": patterns.most_common(1)[0][0]})
         print(f"[cuda-quality] {mode}: {N} images in {seconds:.1f} s, full steps mean {np.mean(full):.1f}, "
