@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The racecheck of the bf16 selftest with the engine's own attention (cuDNN's generated kernels excluded), its
 # sections (FQ_SELFTEST_ONLY) as parallel processes, logs straight under $OUT (a call cut at its limit returns them).
-#   OUT=$OUT RS=<seconds per section> bash tools/device/racecheck-sections.sh   (carry .device-carry/fixtures)
+#   OUT=$OUT RS=<seconds per section> [PARTS="encoders,transformer edit"] bash tools/device/racecheck-sections.sh
+#   (carry .device-carry/fixtures; PARTS: FQ_SELFTEST_ONLY lists, one process each, default all five)
 set -uo pipefail
 HERE=$PWD/engines/cuda LOG=$OUT/summary.txt
 source engines/cuda/scripts/device-common.sh
 build_engine || exit 1
 say "racecheck sections in parallel, ${RS}s each"
-for part in units encoders,transformer lora pipeline edit; do
+for part in ${PARTS:-units encoders,transformer lora pipeline edit}; do
   FQ_ATTENTION=own FQ_SELFTEST_ONLY=$part timeout -k 5 "$RS" compute-sanitizer --tool racecheck \
     --kernel-name-exclude kns=cudnn_generated --error-exitcode 9 "$ENGINE" --selftest .device-carry/fixtures models/flux-tiny bf16 \
     >"$OUT/race-${part//,/_}.txt" 2>&1 &
