@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The racecheck of the bf16 selftest with the engine's own attention (cuDNN's generated kernels excluded), its
 # sections (FQ_SELFTEST_ONLY) as parallel processes, logs straight under $OUT (a call cut at its limit returns them).
-#   OUT=$OUT RS=<seconds per section> [PARTS="encoders,transformer edit"] bash tools/device/racecheck-sections.sh
+#   OUT=$OUT RS=<seconds per section> [PARTS="encoders,transformer edit.img2img edit.inpaint edit.true_cfg"] bash tools/device/racecheck-sections.sh
 #   (carry .device-carry/fixtures; PARTS: FQ_SELFTEST_ONLY lists, one process each, default all five)
 set -uo pipefail
 HERE=$PWD/engines/cuda LOG=$OUT/summary.txt

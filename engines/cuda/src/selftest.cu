@@ -35,7 +35,8 @@ void report(const std::string& name, const std::string& prec, const std::string&
   fflush(stdout);
 }
 
-// FQ_SELFTEST_ONLY=units,encoders,transformer,lora,pipeline,edit (any subset; unset: all) runs part of the
+// FQ_SELFTEST_ONLY=units,encoders,transformer,lora,pipeline,edit (any subset; unset: all; edit.img2img,
+// edit.inpaint, edit.true_cfg split the edit cases by kind) runs part of the
 // selftest, so that a slow tool (compute-sanitizer racecheck) can cover the whole of it in parallel processes or over
 // several calls. The transformer forward runs for "lora" too: the LoRA cases start from its inputs.
 bool section(const char* name) {
@@ -295,6 +296,8 @@ void run_edit_cases(Engine& e, const std::string& dir, double tol, double img_to
   const std::string rdt = e.precision();
   for (auto& ec : index["cases"].a) {
     const std::string name = "edit." + ec["name"].s, kind = ec["kind"].s;
+    // "edit" runs every kind; "edit.<kind>" (img2img, inpaint, true_cfg) one kind alone (FQ_SELFTEST_ONLY).
+    if (!section("edit") && !section(("edit." + kind).c_str())) continue;
     SafetensorsFile f(dir + "/" + ec["file"].s);
     const int B = int(ec["prompts"].a.size()), H = int(ec["height"].n), W = int(ec["width"].n);
     const int steps = int(ec["steps"].n), run = int(ec["steps_run"].n), start = steps - run;
@@ -546,7 +549,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
            img_tol, req);
   }
   // Edit cases when the fixtures carry them (prepare-fixtures.ts writes <fixtures>/edit).
-  if (!section("edit")) {
+  if (!section("edit") && !section("edit.img2img") && !section("edit.inpaint") && !section("edit.true_cfg")) {
     // not this run's section
   } else if (std::ifstream(fx + "/edit/edit_index.json").good()) {
     run_edit_cases(e, fx + "/edit", tol, img_tol, req);
