@@ -274,6 +274,9 @@ class CudaExecutor implements CudaStepExecutor {
   #closed = false;
   #starts = 0;
   #exits = 0;
+  /** Engine jobs `prepare` created and samples it joined into live jobs (ExecutorStats.engineJobs / joinedSamples). */
+  #engineJobs = 0;
+  #joinedSamples = 0;
   /** Step-cache counts over all jobs (ExecutorStats.stepCache). */
   readonly #cacheStats = { full: 0, cached: 0 };
   #health: EngineHealth = { ready: false, reason: 'the CUDA engine is starting' };
@@ -721,7 +724,10 @@ class CudaExecutor implements CudaStepExecutor {
       );
       throw failed.reason;
     }
-    for (const { job, samples } of made) {
+    for (const { job, joined, samples } of made) {
+      // Counted once the call succeeded: a failed call released what it added.
+      if (joined) this.#joinedSamples += samples.size;
+      else this.#engineJobs++;
       for (const [h, sample] of samples) {
         job.live.set(h, sample);
         this.#samples.set(h, sample);
@@ -855,6 +861,8 @@ class CudaExecutor implements CudaStepExecutor {
       sessionsCreated: 0,
       engineStarts: this.#starts,
       engineExits: this.#exits,
+      engineJobs: this.#engineJobs,
+      joinedSamples: this.#joinedSamples,
       ...(this.#o.stepCache || this.#modes.some((m) => m.stepCache)
         ? { stepCache: { threshold: this.#o.stepCache?.threshold ?? null, ...this.#cacheStats } }
         : {}),

@@ -177,6 +177,14 @@ export interface ExecutorStats {
   /** Native engine processes that ended unasked (crash, GPU fault, kill) (CUDA executor only). */
   engineExits?: number;
   /**
+   * Engine jobs `prepare` created since start (CUDA executor only): one per group of samples that did not join a
+   * live job. The planner's calibration jobs are not counted. With {@link joinedSamples}, shows whether requests
+   * admitted at a step boundary ran in the live engine batch or in a job of their own.
+   */
+  engineJobs?: number;
+  /** Samples `prepare` sent into a live engine job (the engine's `join`) since start (CUDA executor only). */
+  joinedSamples?: number;
+  /**
    * Step caching of the CUDA executor (its `stepCache` option, or modes that cache; absent when nothing caches): the
    * option's threshold (null without it: the modes' own thresholds are in the `models` query), and job steps run in
    * full or from the cached residual since start (one count per engine job and step, as the ONNX `StepCache.stats`

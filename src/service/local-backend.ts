@@ -2,7 +2,7 @@
  * @file Single-process mode: the {@link JobBackend} ports over in-memory state. Jobs live in a {@link JobStore},
  * the {@link Scheduler} is the queue, and the in-process {@link JobEventHub} carries progress. Needs no Redis.
  */
-import { Gauge } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import { LoraRequestError } from './errors.ts';
 import type { ImageStore } from './image-store.ts';
 import { JobEventHub } from './job-events.ts';
@@ -11,7 +11,7 @@ import { type Job, JobStore } from './jobs.ts';
 import type { MeasuredStats } from './measured.ts';
 import type { ServerMetrics } from './metrics.ts';
 import { type WarmModes, warmOrder } from './mode-warmup.ts';
-import type { LoraAdminPort, LoraInfo, LoraSelection } from './pipeline.ts';
+import type { ExecutorStats, LoraAdminPort, LoraInfo, LoraSelection } from './pipeline.ts';
 import type { EngineOffer, JobBackend, LoraControl, ServedEngine } from './ports.ts';
 import { Scheduler } from './scheduler.ts';
 
@@ -75,6 +75,34 @@ export function createLocalBackend(o: LocalBackendOptions): JobBackend {
       if (stats?.engineExits !== undefined) this.set(stats.engineExits);
     },
   });
+  // Engine jobs and joined samples (CUDA executor): counters of the executor, mirrored at scrape time. Absent from
+  // the stats (the ONNX executor): left at 0. A joiner that landed in the running engine batch adds a joined sample
+  // and no job (issue 16: the server-level check of joining reads these).
+  for (const [name, help, read] of [
+    [
+      'fluxql_engine_jobs_total',
+      'Engine jobs prepared since start (requests that did not join a live engine job)',
+      (s: ExecutorStats) => s.engineJobs,
+    ],
+    [
+      'fluxql_engine_joined_samples_total',
+      'Samples that joined a live engine job (the running engine batch) since start',
+      (s: ExecutorStats) => s.joinedSamples,
+    ],
+  ] as const) {
+    new Counter({
+      name,
+      help,
+      registers: [o.metrics.registry],
+      async collect() {
+        const stats = await o.executor.stats?.().catch(() => undefined);
+        const v = stats && read(stats);
+        if (v === undefined) return;
+        this.reset();
+        this.inc(v);
+      },
+    });
+  }
   let closed = false;
   return {
     // Only an engine with the LoRA port (capabilities.lora) has LoRA management.

@@ -98,6 +98,8 @@ describe('CUDA executor: joiners land in the running engine batch (fake engine p
       await other.exec.prepare([request(4, 3)]); // a's job is full
       expect(other.ops().map((h) => h.op)).toEqual(['info', 'load', 'info', 'prepare', 'prepare', 'join', 'prepare']);
       expect((await other.exec.engineInfo()).jobs).toBe(3);
+      // The counters /metrics shows: three jobs prepared, one sample joined.
+      expect(await other.exec.stats()).toMatchObject({ engineJobs: 3, joinedSamples: 1 });
       void a;
     } finally {
       await other.exec.close();
@@ -108,6 +110,7 @@ describe('CUDA executor: joiners land in the running engine batch (fake engine p
       await cached.exec.prepare([request(2, 3)]);
       expect(cached.ops().filter((h) => h.op === 'join')).toHaveLength(0);
       expect(cached.ops().filter((h) => h.op === 'prepare')).toHaveLength(2);
+      expect(await cached.exec.stats()).toMatchObject({ engineJobs: 2, joinedSamples: 0 });
     } finally {
       await cached.exec.close();
     }
