@@ -45,6 +45,7 @@ import type { FluxArgumentError } from '../../src/pipeline/flux/latents.ts';
 import { loadFluxTokenizers } from '../../src/pipeline/flux/tokenize.ts';
 import { CudaEngineClient, CudaEngineExitedError } from '../../src/runtime/cuda/index.ts';
 import { writeBflRepo } from '../../tools/bfl-checkpoint.ts';
+import { engineChildren } from '../helpers/engine-processes.ts';
 import { MODEL_DIR, REPO_ROOT } from '../helpers/paths.ts';
 
 export const BIN = process.env.CUDA_ENGINE_BIN
@@ -187,23 +188,9 @@ export function report(line: Record<string, unknown>): void {
   if (REPORT) appendFileSync(REPORT, `${JSON.stringify({ gpu: GPU, ...line })}\n`);
 }
 
-/** Pids of the running engine processes (`BIN --serve`) that are children of `pid` (from /proc, no tools needed). */
+/** Pids of the running engine processes (`BIN --serve`) that are children of `pid`. */
 export function enginesOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      // After the parenthesised command: state, ppid, ...
-      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(ppid) !== pid || state === 'Z') continue;
-      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
-      if (cmd.some((a) => a.endsWith(basename(BIN))) && cmd.includes('--serve')) out.push(Number(name));
-    } catch {
-      // the process ended while listing
-    }
-  }
-  return out;
+  return engineChildren(pid, BIN);
 }
 
 /** Polls `check` every 50 ms until it returns a value (the runner's timeout bounds the wait). */
