@@ -543,25 +543,93 @@ const PROGRESS = `subscription($id: ID!) { jobProgress(id: $id) { __typename
   ... on JobSucceededEvent { images { url width height format } }
   ... on JobFailedEvent { code message } } }`;
 
-/** Submits a job, follows its jobProgress stream to the end and returns the events. */
-export async function generate(url: string, client: Client, input: Record<string, unknown>): Promise<ProgressEvent[]> {
+/** Submits a job; returns its id. */
+export async function submit(url: string, input: Record<string, unknown>): Promise<string> {
   const r = await gql<GenerateData>(url, GENERATE, { input });
   assert.equal(r.generateImage.__typename, 'MutationGenerateImageSuccess', JSON.stringify(r));
-  const jobId = r.generateImage.data!.jobId;
+  return r.generateImage.data!.jobId;
+}
+
+/**
+ * Follows a job's jobProgress stream (a snapshot first) to the end and returns the events; `onEvent` sees each as it
+ * comes.
+ */
+export function follow(client: Client, jobId: string, onEvent?: (e: ProgressEvent) => void): Promise<ProgressEvent[]> {
   return new Promise((resolveEvents, reject) => {
     const events: ProgressEvent[] = [];
     client.subscribe(
       { query: PROGRESS, variables: { id: jobId } },
       {
-        next: (v) =>
-          v.errors
-            ? reject(new Error(JSON.stringify(v.errors)))
-            : events.push((v.data as { jobProgress: ProgressEvent }).jobProgress),
+        next: (v) => {
+          if (v.errors) return reject(new Error(JSON.stringify(v.errors)));
+          const e = (v.data as { jobProgress: ProgressEvent }).jobProgress;
+          events.push(e);
+          onEvent?.(e);
+        },
         error: reject,
         complete: () => resolveEvents(events),
       },
     );
   });
+}
+
+/** Submits a job, follows its jobProgress stream to the end and returns the events. */
+export async function generate(url: string, client: Client, input: Record<string, unknown>): Promise<ProgressEvent[]> {
+  return follow(client, await submit(url, input));
+}
+
+const JOB_STATUS = 'query($id: ID!) { job(id: $id) { __typename ... on QueryJobSuccess { data { status } } } }';
+
+/** A job's status (QUEUED, RUNNING, ...). */
+export async function jobStatus(url: string, jobId: string): Promise<string> {
+  const r = await gql<{ job: { __typename: string; data?: { status: string } } }>(url, JOB_STATUS, { id: jobId });
+  assert.equal(r.job.__typename, 'QueryJobSuccess', JSON.stringify(r));
+  return r.job.data!.status;
+}
+
+/** A Prometheus sample of the server's `/metrics` without labels (0 when absent). */
+export async function metric(url: string, name: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.slice(name.length + 1)) : 0;
+}
+
+/**
+ * Submits `first` with the server's engine process paused (SIGSTOP), waits until the job is admitted (RUNNING: its
+ * engine `prepare` waits on the paused engine), submits `second` (queued behind the running batch), resumes the
+ * engine and follows both to the end. The scheduler steps the first job once and then admits the second at that step
+ * boundary when the running batch's key matches (mode, size, steps, LoRA set): a join whatever the engine's speed.
+ */
+export async function whileFirstRuns(
+  server: Server,
+  client: Client,
+  first: Record<string, unknown>,
+  second: Record<string, unknown>,
+): Promise<[ProgressEvent[], ProgressEvent[]]> {
+  const engines = enginesOf(server.proc.pid!);
+  assert.equal(engines.length, 1, `engine processes: ${engines.join(', ')}`);
+  process.kill(engines[0]!, 'SIGSTOP');
+  let followed: [Promise<ProgressEvent[]>, Promise<ProgressEvent[]>];
+  try {
+    const a = await submit(server.url, first);
+    // Admitted after the server's MAX_QUEUE_DELAY_MS (no companion comes).
+    while ((await jobStatus(server.url, a)) !== 'RUNNING') await new Promise((r) => setTimeout(r, 50));
+    const b = await submit(server.url, second);
+    assert.equal(await jobStatus(server.url, b), 'QUEUED');
+    // Subscribed (snapshots received) before the engine resumes: every step event of both jobs is seen.
+    const live: Promise<void>[] = [];
+    const track = (id: string) => {
+      let seen!: () => void;
+      live.push(new Promise<void>((r) => (seen = r)));
+      return follow(client, id, () => seen());
+    };
+    followed = [track(a), track(b)];
+    // (A stream failing before its snapshot fails here, not hangs.)
+    await Promise.race([Promise.all(live), Promise.all(followed)]);
+  } finally {
+    process.kill(engines[0]!, 'SIGCONT');
+  }
+  return Promise.all(followed);
 }
 
 /** A graphql-ws client of the server at `url` (connected at once, no retries). */
@@ -663,6 +731,57 @@ function serverSuite(precision: string): Suite {
             max_abs_of_255: diffs,
           });
           for (const d of diffs) assert.ok(d <= tolerance, `max abs diff ${d}/255 > ${tolerance}/255`);
+        },
+      },
+      {
+        name: `a compatible request admitted while a job runs joins its engine batch (/metrics); PNGs match ORT within ${tolerance}/255`,
+        async fn() {
+          const counters = async () => ({
+            jobs: await metric(server.url, 'fluxql_engine_jobs_total'),
+            joined: await metric(server.url, 'fluxql_engine_joined_samples_total'),
+          });
+          const one = (seed: number, side?: number) => ({
+            prompt: PROMPT,
+            seed,
+            width: side ?? WIDTH,
+            height: side ?? HEIGHT,
+            steps: STEPS,
+            outputFormat: 'PNG',
+          });
+          // A (SEED) runs; B (SEED + 1, ORT's image 1) is admitted at A's first step boundary and joins A's job.
+          const before = await counters();
+          const events = await whileFirstRuns(server, client, one(SEED), one(SEED + 1));
+          const joined = await counters();
+          const ort = await ortReference();
+          const diffs: number[] = [];
+          for (const [k, ev] of events.entries()) {
+            assert.deepEqual(
+              ev.filter((e) => e.__typename === 'JobStepEvent').map((e) => e.step),
+              [1, 2, 3, 4],
+            );
+            const last = ev.at(-1);
+            assert.equal(last?.__typename, 'JobSucceededEvent', JSON.stringify(last));
+            assert.equal(last?.images?.length, 1);
+            const rgb = await fetchRgb(last!.images![0]!.url);
+            assert.deepEqual([rgb.width, rgb.height], [WIDTH, HEIGHT]);
+            diffs.push(maxAbsDiff(rgb.data, ort[k]!));
+          }
+          report({
+            test: 'server join vs ORT',
+            precision,
+            size: `${WIDTH}x${HEIGHT}`,
+            steps: STEPS,
+            seeds: [SEED, SEED + 1],
+            engineJobs: joined.jobs - before.jobs,
+            joinedSamples: joined.joined - before.joined,
+            max_abs_of_255: diffs,
+          });
+          assert.deepEqual(joined, { jobs: before.jobs + 1, joined: before.joined + 1 }, 'B did not join A');
+          for (const d of diffs) assert.ok(d <= tolerance, `max abs diff ${d}/255 > ${tolerance}/255`);
+          // Another size never joins: its own engine job once A's batch is done.
+          const other = await whileFirstRuns(server, client, one(SEED), one(SEED, 64));
+          for (const ev of other) assert.equal(ev.at(-1)?.__typename, 'JobSucceededEvent', JSON.stringify(ev.at(-1)));
+          assert.deepEqual(await counters(), { jobs: joined.jobs + 2, joined: joined.joined });
         },
       },
       {
