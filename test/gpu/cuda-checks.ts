@@ -17,7 +17,9 @@
  * - the real server, `node bin/fluxql.js serve --engine cuda` per precision (FLUXQL_CUDA_PRECISIONS, default
  *   `f32,bf16`): `models` (GPU name, benchmark rows), a GraphQL `generateImage` followed over graphql-ws
  *   `jobProgress` (every step event, then two PNGs of the requested size, within 2/255 of ORT for f32 and 12/255 for
- *   bf16), and a request after killing the engine;
+ *   bf16), a request admitted at a step boundary of a running job joining its engine batch (the engine pauses
+ *   while it is queued; `/metrics` `fluxql_engine_joined_samples_total` +1, no new engine job; both PNGs against ORT)
+ *   while another size gets an engine job of its own, and a request after killing the engine;
  * - in `cuda-lora-edit-checks.ts`, the same server per precision with a LORA_DIR (issues 16, 18): two fixture LoRAs
  *   loaded, switched and unloaded on one engine process (same pid, one load line; no LoRA after unloading is the base
  *   image bit for bit), a BFL Control LoRA with a `controlImage`, img2img, inpainting, true CFG and a LoRA with img2img
