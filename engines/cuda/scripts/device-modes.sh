@@ -4,6 +4,8 @@
 # do not fit one 600 s call, so two parts, each its own device call (run them with the GPU to itself):
 #   a: batch 1, modes original, XL, S, S+cache; then batch 4, S and S+cache (~8 minutes with the build)
 #   b: batch 4, original and XL; LoRA ranks 16/64/256 on original and S, batch 1 (~7-8 minutes)
+#   p: batch 1, the planned configurations as measured on flux-mini (bench/results/cuda-quality-flux-mini-h100.md):
+#      original, XL, L = bf16 + LPAT, M = fp8 + MPAT, S = fp8 + SPAT (each its own forced pattern; ~4-5 minutes)
 #   OUT=$OUT [PATTERN=FFCFC...] [ITERS=10] bash engines/cuda/scripts/device-modes.sh a|b
 # PATTERN: the S+cache forced schedule (F full / C cached per step), the one the step cache yields on flux-mini
 # (empty: the S rule's upper bound F C F C ..., labelled so in the results). Writes under $OUT: summary.txt,
@@ -41,7 +43,12 @@ case $PART in
     ;;
   a1) modes_run b1 250 --batches 1 --modes original,XL,S,S+cache ;;  # part a's batch-1 rows alone (a shorter call)
   b) modes_run b4base 550 --batches 4 --modes original,XL --lora-ranks 16,64,256 ;;
-  *) echo "part a, a1 or b"; exit 2 ;;
+  p)
+    # flux-mini's patterns (session 15): threshold 0.1 -> 17.9 full steps (42.1 dB with fp8), 0.2 -> 15 (38.1 dB).
+    LPAT=${LPAT:-FFFFFFCFCFCFCFCFCFCFCFCFCFFF} MPAT=${MPAT:-FFFFFFCFCFCFCFCFCFCFCFCFCFFF}
+    SPAT=${SPAT:-FFCFCFCFCFCFCFCFCFCFCFCFCFCF}
+    modes_run b1p 400 --batches 1 --modes "original,XL,L=base/$LPAT,M=fp8/$MPAT,S=fp8/$SPAT" ;;
+  *) echo "part a, a1, b or p"; exit 2 ;;
 esac
 say "done rc=$rc"
 exit $rc

@@ -10,7 +10,12 @@ import os
 import statistics
 import sys
 
-MODE_ORDER = ["original", "XL", "S", "S+cache"]
+MODE_ORDER = ["original", "XL", "L", "M", "S", "S+cache"]
+
+
+def mode_rank(name):
+    """Rows in mode order; NAME=PLAN/PATTERN rows of other names after them."""
+    return MODE_ORDER.index(name) if name in MODE_ORDER else len(MODE_ORDER)
 
 
 def clocks(path):
@@ -49,8 +54,8 @@ def main(src, prefix):
         for k in ("device", "card", "width", "height", "steps", "iters", "cache_pattern"):
             if r["d"][k] != first[k]:
                 sys.exit(f"part {r['run']}: {k} {r['d'][k]!r} differs from {runs[0]['run']}'s {first[k]!r}")
-    rows.sort(key=lambda r: (MODE_ORDER.index(r["mode"]), r["batch"]))
-    lora.sort(key=lambda r: (MODE_ORDER.index(r["mode"]), r["lora_rank"]))
+    rows.sort(key=lambda r: (mode_rank(r["mode"]), r["batch"]))
+    lora.sort(key=lambda r: (mode_rank(r["mode"]), r["lora_rank"]))
     out = {k: first[k] for k in ("device", "card", "cuda_driver_api", "cuda_runtime", "engine", "weights",
                                  "weights_gb", "plan_fp8_gb", "width", "height", "steps", "iters", "cache_pattern",
                                  "cache_pattern_source", "method", "unavailable_modes")}
@@ -62,13 +67,14 @@ def main(src, prefix):
         f.write("\n")
     md = [f"# fluxql CUDA engine modes on {first['device']}", "", f"Card (nvidia-smi): {first['card']}", "",
           first["method"], "", "| mode | precision | batch | mean s | std s | s/image | step ms | full / cached steps | "
-          "plan (fp8 layers) | floor s (same run) | run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "pattern | plan (fp8 layers) | floor s (same run) | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['mode']} | {r['precision']} | {r['batch']} | {r['mean_s']:.3f} | {r['std_s']:.3f} | "
                   f"{r['s_per_image']:.3f} | {r['step_ms']:.2f} | {r['full_steps']} / {r['cached_steps']} | "
-                  f"{r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {r['run']} |")
-    md += ["", f"L, M: unavailable on the CUDA engine (no GPU planner yet). S+cache pattern `{first['cache_pattern']}` "
-           f"({first['cache_pattern_source']}).", ""]
+                  f"{'`' + r['cache_pattern'] + '`' if r.get('cache_pattern') else '-'} | {r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {r['run']} |")
+    lm = any(r["mode"] in ("L", "M") for r in rows)
+    md += ["", ("L, M: the planned configurations (plan and forced pattern per row). " if lm else
+                "L, M: no rows. ") + f"S+cache pattern `{first['cache_pattern']}` ({first['cache_pattern_source']}).", ""]
     if lora:
         md += ["LoRA on every transformer Linear (random factors, strength 0.8), batch 1; switch = first use of a set "
                "(concatenation + strength folding on the GPU), cached = switching back to it.", "",

@@ -5,6 +5,8 @@
 //   S         plan fp8 (the server's S mode on CUDA)
 //   S+cache   plan fp8 with step caching under a FORCED cached-step pattern (Request::cache_pattern): random
 //             weights do not cache like trained ones, so the schedule comes from a trained model's plan (flux-mini)
+//   NAME=PLAN[/PATTERN]  any other row: PLAN base or fp8, optionally with its own forced pattern, e.g. the planned
+//             L, M and S configurations measured on flux-mini (`--modes L=base/FFFFFFCFCF...,M=fp8/...`)
 // per batch: one warm-up, then the mean of N requests (prepare + steps + decode to RGB8 in host memory), and the
 // GEMM + attention floor of each plan and batch measured in the same run (bench_floor.cu). Optionally LoRA rows per
 // mode and rank (bench_lora.cu's lora_overhead). L and M are listed as unavailable (no GPU planner yet).
@@ -32,6 +34,7 @@ double ms_since(clk::time_point t) { return std::chrono::duration<double, std::m
 struct ModeSpec {
   std::string mode, precision, plan;  // plan: "" = the base
   bool cached;
+  std::string pattern = "";  // the row's own forced pattern (NAME=PLAN/PATTERN); empty: --cache-pattern's
 };
 
 const std::vector<ModeSpec> kModes = {
@@ -40,6 +43,24 @@ const std::vector<ModeSpec> kModes = {
     {"S", "fp8", "fp8", false},
     {"S+cache", "fp8", "fp8", true},
 };
+
+// NAME=PLAN[/PATTERN] (PLAN: base or fp8; PATTERN: F/C per step, padded with F / cut to `steps`).
+ModeSpec custom_mode(const std::string& spec, int steps) {
+  const size_t eq = spec.find('='), sl = spec.find('/');
+  const std::string name = spec.substr(0, eq);
+  const std::string plan = spec.substr(eq + 1, sl == std::string::npos ? std::string::npos : sl - eq - 1);
+  if (name.empty() || (plan != "base" && plan != "fp8"))
+    throw std::runtime_error("--modes: " + spec + " must be NAME=base|fp8[/PATTERN]");
+  ModeSpec m{name, plan == "fp8" ? "fp8" : "bf16", plan == "fp8" ? "fp8" : "", false};
+  if (sl != std::string::npos) {
+    m.pattern = spec.substr(sl + 1);
+    if (m.pattern.empty() || m.pattern.find_first_not_of("FC") != std::string::npos)
+      throw std::runtime_error("--modes: " + spec + ": the pattern holds only F and C");
+    m.pattern.resize(size_t(steps), 'F');
+    m.cached = true;
+  }
+  return m;
+}
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> v;
@@ -92,12 +113,19 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
   }
   if (pattern.find_first_not_of("FC") != std::string::npos) throw std::runtime_error("--cache-pattern: only F and C");
   pattern.resize(size_t(steps), 'F');
-  std::vector<const ModeSpec*> run;
+  std::vector<ModeSpec> run;
   for (const std::string& m : split(modes)) {
+    if (m.find('=') != std::string::npos) {
+      run.push_back(custom_mode(m, steps));
+      continue;
+    }
     auto it = std::find_if(kModes.begin(), kModes.end(), [&](const ModeSpec& s) { return s.mode == m; });
-    if (it == kModes.end()) throw std::runtime_error("--modes: unknown mode " + m + " (original, XL, S, S+cache)");
-    run.push_back(&*it);
+    if (it == kModes.end())
+      throw std::runtime_error("--modes: unknown mode " + m + " (original, XL, S, S+cache, NAME=base|fp8[/PATTERN])");
+    run.push_back(*it);
   }
+  bool planned_lm = false;  // rows named L or M: the planned configurations, not "unavailable"
+  for (const ModeSpec& m : run) planned_lm |= m.mode == "L" || m.mode == "M";
   std::vector<int> ranks;
   for (const std::string& r : split(lora_ranks)) ranks.push_back(std::stoi(r));
 
@@ -127,12 +155,14 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
     std::vector<uint8_t> img(size_t(B) * width * height * 3);
     uint8_t* dimg;
     CUDA_CHECK(cudaMalloc(&dimg, img.size()));
-    for (const ModeSpec* m : run) {
+    for (const ModeSpec& mode : run) {
+      const ModeSpec* m = &mode;
+      const std::string& row_pattern = m->pattern.empty() ? pattern : m->pattern;
       Request r = base;
       r.plan = m->plan;
       if (m->cached) {
         r.step_cache = true;
-        r.cache_pattern = pattern;
+        r.cache_pattern = row_pattern;
       }
       auto fk = std::make_pair(m->plan, B);
       if (!floors.count(fk)) {
@@ -173,14 +203,16 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
                "\"floor_s\": %.4f, \"floor_ms_per_step\": %.3f, \"floor_full_steps_s\": %.4f, "
                "\"gpu_mem_used_gb\": %.2f, \"floor\": %s}",
                m->mode.c_str(), m->precision.c_str(), B, mean / 1e3, std::sqrt(var) / 1e3, mn / 1e3, mx / 1e3,
-               mean / 1e3 / B, stp, prep, dec, cap, full, cached, m->cached ? json_escape(pattern).c_str() : "null",
+               mean / 1e3 / B, stp, prep, dec, cap, full, cached, m->cached ? json_escape(row_pattern).c_str() : "null",
                m->plan.empty() ? "base" : m->plan.c_str(), nfp8, m->plan.empty() ? 0.0 : fp8->bytes() / 1e9,
                fl.s_for_steps, fl.ms_per_step, fl.ms_per_step * full / 1e3, mem / 1e9, fl.json.c_str());
       rows << (first ? "" : ",\n") << buf;
       first = false;
-      snprintf(buf, sizeof buf, "| %s | %s | %d | %.3f | %.3f | %.3f | %.2f | %d / %d | %s (%d fp8 layers) | %.3f |\n",
+      snprintf(buf, sizeof buf,
+               "| %s | %s | %d | %.3f | %.3f | %.3f | %.2f | %d / %d | %s | %s (%d fp8 layers) | %.3f |\n",
                m->mode.c_str(), m->precision.c_str(), B, mean / 1e3, std::sqrt(var) / 1e3, mean / 1e3 / B, stp, full,
-               steps, m->plan.empty() ? "base" : m->plan.c_str(), nfp8, fl.s_for_steps);
+               steps, m->cached ? ("`" + row_pattern + "`").c_str() : "-", m->plan.empty() ? "base" : m->plan.c_str(),
+               nfp8, fl.s_for_steps);
       md << buf;
     }
     CUDA_CHECK(cudaFree(dimg));
@@ -233,15 +265,19 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
      << ", \"steps\": " << steps << ", \"iters\": " << iters << ",\n  \"cache_pattern\": " << json_escape(pattern)
      << ", \"cache_pattern_source\": " << json_escape(pattern_source)
      << ",\n  \"method\": " << json_escape(method)
-     << ",\n  \"unavailable_modes\": [{\"mode\": \"L\", \"why\": \"no GPU planner on the CUDA engine\"}, "
-        "{\"mode\": \"M\", \"why\": \"no GPU planner on the CUDA engine\"}],\n"
+     << ",\n  \"unavailable_modes\": "
+     << (planned_lm ? "[]"
+                    : "[{\"mode\": \"L\", \"why\": \"no planned L/M rows in this run\"}, "
+                      "{\"mode\": \"M\", \"why\": \"no planned L/M rows in this run\"}]")
+     << ",\n"
      << "  \"rows\": [\n" << rows.str() << "\n  ],\n  \"lora_rows\": [\n" << lrows.str() << "\n  ]\n}\n";
   std::ostringstream out;
   out << "# fluxql CUDA engine modes on " << dev << "\n\n" << card << "\n\n" << method << "\n\n"
-      << "| mode | precision | batch | mean s | std s | s/image | step ms | full / steps | plan | floor s |\n"
-      << "|---|---|---|---|---|---|---|---|---|---|\n"
-      << md.str() << "\nL, M: unavailable on the CUDA engine (no GPU planner yet). Forced pattern: `" << pattern
-      << "`.\n";
+      << "| mode | precision | batch | mean s | std s | s/image | step ms | full / steps | pattern | plan | floor s |\n"
+      << "|---|---|---|---|---|---|---|---|---|---|---|\n"
+      << md.str() << (planned_lm ? "\nL, M: rows NAME=PLAN/PATTERN (their plan and forced pattern above)."
+                                 : "\nL, M: no rows in this run.")
+      << " S+cache's forced pattern: `" << pattern << "`.\n";
   if (!ranks.empty())
     out << "\nLoRA on every transformer Linear (random factors, strength 0.8), batch 1, step time replayed after the "
            "first; switch = first use of a set (concatenation + strength folding on the GPU), cached = a later "

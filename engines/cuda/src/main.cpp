@@ -4,8 +4,9 @@
 //   fluxql-engine --bench [--size N|WxH] [--steps N] [--batches 1,2,4] [--iters N] [--precisions bf16,fp8]
 //                         [--graphs on|off|both] [--out prefix]
 //   fluxql-engine --bench-lora [--size N] [--steps N] [--ranks 16,64,256] [--precisions bf16,fp8] [--out prefix]
-//   fluxql-engine --bench-modes [--size N|WxH] [--steps N] [--batches 1,4] [--iters N] [--modes original,XL,S,S+cache]
-//                               [--cache-pattern FCFC...] [--lora-ranks 16,64,256] [--card text] [--out prefix]
+//   fluxql-engine --bench-modes [--size N|WxH] [--steps N] [--batches 1,4] [--iters N]
+//                               [--modes original,XL,S,S+cache,NAME=base|fp8[/FC..]] [--cache-pattern FCFC...]
+//                               [--lora-ranks 16,64,256] [--card text] [--out prefix]
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
