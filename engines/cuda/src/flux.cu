@@ -241,6 +241,7 @@ FluxTransformer::NormOut FluxTransformer::norm_in(Ctx& c, const Linear& consumer
                                                   const float* x, int rows, int rpb, const float* shift,
                                                   const float* scale, int W) {
   const int D = cfg.hidden();
+  ProfScope mark(kProfNorm, c.st);
   if (consumer.wt == DType::FP8) {
     layernorm_mod_fp8(x, rows, D, rpb, shift, scale, W, 1e-6f, o, oscale, ws, c.st);
     return {o, DType::FP8, oscale};
@@ -253,6 +254,7 @@ FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consume
                                                    float* x, const float* y, const float* gate, int Wg, int rows,
                                                    int rpb, const float* shift, const float* scale, int Wn) {
   const int D = cfg.hidden();
+  ProfScope mark(kProfResNorm, c.st);  // norm_in's own mark below nests into this one
   if (shift) {
     if (consumer->wt == DType::FP8) {
       CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), c.st));
@@ -277,20 +279,32 @@ void FluxTransformer::embed(Ctx& c, FluxStep& s, const float* latents, const flo
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, RL = B * L, RT = B * T;
   // This step's modulation rows, selected per sample by the device step indices (the same launch replays for every
   // step).
-  gather_step_rows(mods, R, B, s.sched, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), s.mods, c.st);
+  {
+    ProfScope mark(kProfStepOps, c.st);
+    gather_step_rows(mods, R, B, s.sched, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), s.mods, c.st);
+  }
   if (s.ctrl_ch) {
     // BFL Control: x_embedder reads [latents; control] in its own type; the set's adapter (A as wide as the rows)
     // covers every column, the base product the first in_channels (lora.h, linear.h).
     if (!x_emb_.adapter || x_emb_.adapter->in != cfg.in_channels + s.ctrl_ch)
       throw EngineError("control latents need a control LoRA set whose x_embedder reads them", false);
     const int w = cfg.in_channels + s.ctrl_ch;
-    concat_features(latents, cfg.in_channels, s.ctrl, s.ctrl_ch, RL, s.lat_t, x_emb_.wt, c.st);
+    {
+      ProfScope mark(kProfCopy, c.st);
+      concat_features(latents, cfg.in_channels, s.ctrl, s.ctrl_ch, RL, s.lat_t, x_emb_.wt, c.st);
+    }
     linear(c, x_emb_, RL, In{s.lat_t, x_emb_.wt, w}, Out{s.x, DType::F32, D});
   } else {
-    cast(latents, DType::F32, s.lat_t, dt_, int64_t(RL) * cfg.in_channels, c.st);
+    {
+      ProfScope mark(kProfCopy, c.st);
+      cast(latents, DType::F32, s.lat_t, dt_, int64_t(RL) * cfg.in_channels, c.st);
+    }
     linear(c, x_emb_, RL, In{s.lat_t, dt_, cfg.in_channels}, Out{s.x, DType::F32, D});
   }
-  CUDA_CHECK(cudaMemcpyAsync(s.ctx, ctx0, size_t(RT) * D * 4, cudaMemcpyDeviceToDevice, c.st));
+  {
+    ProfScope mark(kProfCopy, c.st);
+    CUDA_CHECK(cudaMemcpyAsync(s.ctx, ctx0, size_t(RT) * D * 4, cudaMemcpyDeviceToDevice, c.st));
+  }
   if (!dbl_.empty()) {
     norm_in(c, dbl_[0].qkv_img, s.xn, s.xn_scale, s.xn_ws, s.x, RL, L, modp(s, 0), modp(s, 0) + D, 6 * D);
     norm_in(c, dbl_[0].qkv_txt, s.cn, s.cn_scale, s.cn_ws, s.ctx, RT, T, modp(s, 1), modp(s, 1) + D, 6 * D);
@@ -339,11 +353,14 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
 // Single-stream blocks run on z = [ctx ; x] per batch (text first); the first one's norm is written here.
 void FluxTransformer::to_joint(Ctx& c, FluxStep& s) {
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, S = T + L;
-  for (int b = 0; b < B; b++) {
-    CUDA_CHECK(cudaMemcpyAsync(s.z + int64_t(b) * S * D, s.ctx + int64_t(b) * T * D, size_t(T) * D * 4,
-                               cudaMemcpyDeviceToDevice, c.st));
-    CUDA_CHECK(cudaMemcpyAsync(s.z + (int64_t(b) * S + T) * D, s.x + int64_t(b) * L * D, size_t(L) * D * 4,
-                               cudaMemcpyDeviceToDevice, c.st));
+  {
+    ProfScope mark(kProfCopy, c.st);
+    for (int b = 0; b < B; b++) {
+      CUDA_CHECK(cudaMemcpyAsync(s.z + int64_t(b) * S * D, s.ctx + int64_t(b) * T * D, size_t(T) * D * 4,
+                                 cudaMemcpyDeviceToDevice, c.st));
+      CUDA_CHECK(cudaMemcpyAsync(s.z + (int64_t(b) * S + T) * D, s.x + int64_t(b) * L * D, size_t(L) * D * 4,
+                                 cudaMemcpyDeviceToDevice, c.st));
+    }
   }
   const size_t k = 2 * dbl_.size();
   if (!sgl_.empty())
@@ -373,9 +390,12 @@ void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) 
 // Output: image tokens, AdaLayerNormContinuous (scale first, then shift), proj_out.
 void FluxTransformer::final_layer(Ctx& c, FluxStep& s, float* vel) {
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, S = T + L;
-  for (int b = 0; b < B; b++)
-    CUDA_CHECK(cudaMemcpyAsync(s.x + int64_t(b) * L * D, s.z + (int64_t(b) * S + T) * D, size_t(L) * D * 4,
-                               cudaMemcpyDeviceToDevice, c.st));
+  {
+    ProfScope mark(kProfCopy, c.st);
+    for (int b = 0; b < B; b++)
+      CUDA_CHECK(cudaMemcpyAsync(s.x + int64_t(b) * L * D, s.z + (int64_t(b) * S + T) * D, size_t(L) * D * 4,
+                                 cudaMemcpyDeviceToDevice, c.st));
+  }
   output_layer(c, s, vel);
 }
 
