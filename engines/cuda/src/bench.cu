@@ -21,6 +21,7 @@ namespace {
 
 using clk = std::chrono::steady_clock;
 std::vector<std::string> notes;  // one line per precision for the Markdown footer
+std::ostringstream family_md;    // rows of the own-kernel breakdown table (one per precision and batch)
 double ms_since(clk::time_point t) { return std::chrono::duration<double, std::milli>(clk::now() - t).count(); }
 
 // One joint attention at FLUX.1-dev size (S = 512 + 4096, 24 heads x 128): own flash kernel vs cuDNN's SDPA,
@@ -285,6 +286,33 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
     double gemm = pt.ms[kProfGemm] / steps, attn = pt.ms[kProfAttn] / steps, step_ev = steps_ms / steps;
     double gemm_tf = pt.flop[kProfGemm] / (pt.ms[kProfGemm] * 1e9), attn_tf = pt.flop[kProfAttn] / (pt.ms[kProfAttn] * 1e9);
     double rest = step_ev - gemm - attn;
+    // The engine's own kernel families (profile.h), ms per step; "unmarked" = what no mark covers (launch gaps
+    // between kernels, the input conversions inside linear(), anything not yet marked).
+    std::string fam_js = "{", fam_err, fam_row;
+    double fam_sum = 0;
+    for (int k = kProfResNorm; k < kProfCats; k++) {
+      const double v = pt.ms[k] / steps;
+      fam_sum += v;
+      char f[96];
+      snprintf(f, sizeof f, "%s\"%s\": %.3f", k == kProfResNorm ? "" : ", ", kProfNames[k], v);
+      fam_js += f;
+      snprintf(f, sizeof f, "%s %s %.2f", k == kProfResNorm ? "" : ",", kProfNames[k], v);
+      fam_err += f;
+      snprintf(f, sizeof f, " %.2f |", v);
+      fam_row += f;
+    }
+    char tail[96];
+    snprintf(tail, sizeof tail, ", \"unmarked\": %.3f}", rest - fam_sum);
+    fam_js += tail;
+    fprintf(stderr, "[bench] %s batch %d own kernels ms/step:%s, unmarked %.2f (rest %.2f)\n", precision.c_str(), B,
+            fam_err.c_str(), rest - fam_sum, rest);
+    {
+      char row[128];
+      snprintf(row, sizeof row, "| %s | %d | %.1f |", precision.c_str(), B, rest);
+      family_md << row << fam_row;
+      snprintf(row, sizeof row, " %.2f |\n", rest - fam_sum);
+      family_md << row;
+    }
     // A sanity check that the image is not blank or constant (synthetic weights still give varied pixels).
     size_t distinct = 0;
     {
@@ -303,7 +331,8 @@ void bench_one(const std::string& precision, int width, int height, int steps, c
        << ", \"step_ms\": " << stp << ", \"decode_ms\": " << dec << ", \"profiled_step_ms\": " << step_ev
        << ", \"gemm_ms_per_step\": " << gemm << ", \"gemm_tflops\": " << gemm_tf
        << ", \"attention_ms_per_step\": " << attn << ", \"attention_tflops\": " << attn_tf
-       << ", \"rest_ms_per_step\": " << rest << ", \"gpu_mem_used_gb\": " << mem / 1e9
+       << ", \"rest_ms_per_step\": " << rest << ", \"own_kernels_ms_per_step\": " << fam_js
+       << ", \"gpu_mem_used_gb\": " << mem / 1e9
        << ", \"encode_ms\": " << enc_ms << ", \"image_distinct_values\": " << distinct
        << ", \"cuda_graph\": " << (e.use_graphs ? "true" : "false")
        << ", \"graph_modes\": [" << modes_js << "]" << phases << "}";
@@ -354,6 +383,12 @@ int run_bench(const std::string& size, int steps, const std::string& batches, in
     bench_one(p, width, height, steps, batches, iters, graphs, js, md);
   }
   js << "\n  ]\n}\n";
+  md << "\nOwn kernels per step (same profiled run, CUDA events around each family's launches; ms/step):\n\n"
+     << "| precision | batch | rest |";
+  for (int k = kProfResNorm; k < kProfCats; k++) md << " " << kProfNames[k] << " |";
+  md << " unmarked |\n|---|---|---|";
+  for (int k = kProfResNorm; k <= kProfCats; k++) md << "---|";
+  md << "\n" << family_md.str();
   md << "\nGPU memory is `cudaMemGetInfo` used (whole device, this process: weights + activations + cuBLAS/cuDNN "
         "workspaces + CUDA context), sampled at the end of each request while its buffers are alive; all engine "
         "buffers are persistent, so this is the peak. ";

@@ -14,7 +14,7 @@ struct CudnnAttention::Plan {};
 CudnnAttention::CudnnAttention() : why_(dnn_.why()) {}
 CudnnAttention::~CudnnAttention() = default;
 bool CudnnAttention::run(const void*, const void*, const void*, void*, int, int, int, int, int, float,
-                         cudaStream_t) {
+                         cudaStream_t, int) {
   return false;
 }
 
@@ -86,16 +86,17 @@ CudnnAttention::CudnnAttention() {
 CudnnAttention::~CudnnAttention() = default;
 
 bool CudnnAttention::run(const void* q, const void* k, const void* v, void* o, int B, int S, int H, int D, int ldo,
-                         float scale, cudaStream_t st) {
+                         float scale, cudaStream_t st, int ldi) {
   if (!ok_) return false;
+  if (ldi == 0) ldi = H * D;
   auto h = static_cast<cudnnHandle_t>(dnn_.get());
-  auto key = std::make_tuple(B, S, H, D, ldo);
+  auto key = std::make_tuple(B, S, H, D, ldo, ldi);
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     auto p = std::make_shared<Plan>();
     try {
-      // Logical dims (B, H, S, D) over the [B, S, H, D] memory layout.
-      std::vector<int64_t> dims{B, H, S, D}, in_str{int64_t(S) * H * D, D, int64_t(H) * D, 1},
+      // Logical dims (B, H, S, D) over the [B, S, H, D] memory layout (input rows of ldi elements).
+      std::vector<int64_t> dims{B, H, S, D}, in_str{int64_t(S) * ldi, D, ldi, 1},
           out_str{int64_t(S) * ldo, D, ldo, 1}, one{1, 1, 1, 1};
       p->keep.push_back(tensor(kQ, CUDNN_DATA_BFLOAT16, dims, in_str));
       p->keep.push_back(tensor(kK, CUDNN_DATA_BFLOAT16, dims, in_str));

@@ -367,6 +367,7 @@ void Engine::step_eager(Job& j) {
 void Engine::finish_step(Job& j) {
   const int B = j.req.batch;
   const int64_t per = int64_t(j.L) * 64;
+  ProfScope mark(kProfStepOps, st);
   if (j.cfg) true_cfg_combine(j.vel, B, per, j.cfg, st);
   euler_step_samples(j.lat, j.vel, B, per, j.sigmas, j.state.sched, st);
   if (j.mask) inpaint_blend(j.lat, j.x0, j.noise, j.mask, B, per, j.sigmas, j.state.sched, st);
@@ -621,6 +622,7 @@ void Engine::cache_head(Job& j) {
   const int64_t n = int64_t(j.req.batch) * j.L * 64, m = int64_t(j.TB) * j.L * cfg.flux.hidden();
   if (j.cfg) CUDA_CHECK(cudaMemcpyAsync(j.lat + n, j.lat, n * 4, cudaMemcpyDeviceToDevice, st));
   flux->forward_head(c, j.state, j.lat, j.ctx0, j.mods, j.R, j.cs, sc.delta);
+  ProfScope mark(kProfStepOps, st);
   sub_f32(sc.delta, j.state.x, sc.delta, m, st);  // r = after block 0 - before [TB, L, D]
   // Before the first full step first_full holds garbage: the sums are then computed but not read.
   relative_change_sums(sc.delta, sc.first_full, j.TB, m / j.TB, sc.partial, sc.sums, st);
@@ -632,10 +634,16 @@ void Engine::cache_tail(Job& j) {
   Ctx c = ctx();
   StepCache& sc = *j.cache;
   const size_t m = size_t(j.TB) * j.L * cfg.flux.hidden();
-  CUDA_CHECK(cudaMemcpyAsync(sc.residual, j.state.x, m * 4, cudaMemcpyDeviceToDevice, st));  // the tail's input
+  {
+    ProfScope mark(kProfStepOps, st);
+    CUDA_CHECK(cudaMemcpyAsync(sc.residual, j.state.x, m * 4, cudaMemcpyDeviceToDevice, st));  // the tail's input
+  }
   flux->forward_tail(c, j.state, j.cs, j.vel);
-  sub_f32(sc.residual, j.state.x, sc.residual, int64_t(m), st);  // after the last block - after block 0
-  CUDA_CHECK(cudaMemcpyAsync(sc.first_full, sc.delta, m * 4, cudaMemcpyDeviceToDevice, st));
+  {
+    ProfScope mark(kProfStepOps, st);
+    sub_f32(sc.residual, j.state.x, sc.residual, int64_t(m), st);  // after the last block - after block 0
+    CUDA_CHECK(cudaMemcpyAsync(sc.first_full, sc.delta, m * 4, cudaMemcpyDeviceToDevice, st));
+  }
   finish_step(j);
 }
 
@@ -644,7 +652,10 @@ void Engine::cache_reuse(Job& j) {
   AdapterScope lora_scope(loras.get(), j.adapters.get());
   Ctx c = ctx();
   StepCache& sc = *j.cache;
-  add_f32(j.state.x, sc.residual, int64_t(j.TB) * j.L * cfg.flux.hidden(), st);
+  {
+    ProfScope mark(kProfStepOps, st);
+    add_f32(j.state.x, sc.residual, int64_t(j.TB) * j.L * cfg.flux.hidden(), st);
+  }
   flux->output_from_x(c, j.state, j.vel);
   finish_step(j);
 }

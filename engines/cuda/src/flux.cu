@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/kernels.h"
 #include "profile.h"
@@ -105,6 +107,8 @@ FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L) : cfg(
   CUDA_CHECK(cudaMemcpyAsync(mod_off_dev_, mod_off_.data(), mod_off_.size() * 8, cudaMemcpyHostToDevice, L.stream()));
   CUDA_CHECK(cudaMemcpyAsync(mod_w_dev_, mod_w_.data(), mod_w_.size() * 4, cudaMemcpyHostToDevice, L.stream()));
   CUDA_CHECK(cudaStreamSynchronize(L.stream()));
+  const char* inplace = getenv("FQ_QKV_INPLACE");
+  set_qkv_inplace(inplace && std::string(inplace) == "1");
 }
 
 std::vector<Linear*> FluxTransformer::linears() {
@@ -224,16 +228,16 @@ FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cuda
   return s;
 }
 
-void FluxTransformer::attention(Ctx& c, int B, int S, int T, const void* Q, const void* K, const void* V,
+void FluxTransformer::attention(Ctx& c, int B, int S, int T, const void* Q, const void* K, const void* V, int ldi,
                                 OutMap out) {
   const int H = cfg.heads, hd = cfg.head_dim;
   float scale = 1.f / std::sqrt(float(hd));
   if (c.tap) c.tap->on_attention(B, S, H, hd, out.ld);
   prof_begin(kProfAttn, c.st);
-  bool done = c.cudnn && out.T == 0 && c.cudnn->run(Q, K, V, out.img, B, S, H, hd, out.ld, scale, c.st);
-  if (!done && (c.dt != DType::BF16 || !flash_attention(Q, K, V, B, S, H, hd, scale, out, c.st)))
-    attention_rows(Q, K, V, c.dt, H * hd, H * hd, H * hd, int64_t(S) * H * hd, int64_t(S) * H * hd, B, S, S, H, hd,
-                   scale, false, nullptr, out, c.st);
+  bool done = c.cudnn && out.T == 0 && c.cudnn->run(Q, K, V, out.img, B, S, H, hd, out.ld, scale, c.st, ldi);
+  if (!done && (c.dt != DType::BF16 || !flash_attention(Q, K, V, B, S, H, hd, scale, out, c.st, ldi)))
+    attention_rows(Q, K, V, c.dt, ldi, ldi, ldi, int64_t(S) * ldi, int64_t(S) * ldi, B, S, S, H, hd, scale, false,
+                   nullptr, out, c.st);
   prof_end(kProfAttn, c.st, 4.0 * B * double(S) * S * H * hd);
 }
 
@@ -241,6 +245,7 @@ FluxTransformer::NormOut FluxTransformer::norm_in(Ctx& c, const Linear& consumer
                                                   const float* x, int rows, int rpb, const float* shift,
                                                   const float* scale, int W) {
   const int D = cfg.hidden();
+  ProfScope mark(kProfNorm, c.st);
   if (consumer.wt == DType::FP8) {
     layernorm_mod_fp8(x, rows, D, rpb, shift, scale, W, 1e-6f, o, oscale, ws, c.st);
     return {o, DType::FP8, oscale};
@@ -253,6 +258,7 @@ FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consume
                                                    float* x, const float* y, const float* gate, int Wg, int rows,
                                                    int rpb, const float* shift, const float* scale, int Wn) {
   const int D = cfg.hidden();
+  ProfScope mark(kProfResNorm, c.st);  // norm_in's own mark below nests into this one
   if (shift) {
     if (consumer->wt == DType::FP8) {
       CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), c.st));
@@ -277,20 +283,32 @@ void FluxTransformer::embed(Ctx& c, FluxStep& s, const float* latents, const flo
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, RL = B * L, RT = B * T;
   // This step's modulation rows, selected per sample by the device step indices (the same launch replays for every
   // step).
-  gather_step_rows(mods, R, B, s.sched, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), s.mods, c.st);
+  {
+    ProfScope mark(kProfStepOps, c.st);
+    gather_step_rows(mods, R, B, s.sched, mod_off_dev_, mod_w_dev_, int(mod_w_.size()), s.mods, c.st);
+  }
   if (s.ctrl_ch) {
     // BFL Control: x_embedder reads [latents; control] in its own type; the set's adapter (A as wide as the rows)
     // covers every column, the base product the first in_channels (lora.h, linear.h).
     if (!x_emb_.adapter || x_emb_.adapter->in != cfg.in_channels + s.ctrl_ch)
       throw EngineError("control latents need a control LoRA set whose x_embedder reads them", false);
     const int w = cfg.in_channels + s.ctrl_ch;
-    concat_features(latents, cfg.in_channels, s.ctrl, s.ctrl_ch, RL, s.lat_t, x_emb_.wt, c.st);
+    {
+      ProfScope mark(kProfCopy, c.st);
+      concat_features(latents, cfg.in_channels, s.ctrl, s.ctrl_ch, RL, s.lat_t, x_emb_.wt, c.st);
+    }
     linear(c, x_emb_, RL, In{s.lat_t, x_emb_.wt, w}, Out{s.x, DType::F32, D});
   } else {
-    cast(latents, DType::F32, s.lat_t, dt_, int64_t(RL) * cfg.in_channels, c.st);
+    {
+      ProfScope mark(kProfCopy, c.st);
+      cast(latents, DType::F32, s.lat_t, dt_, int64_t(RL) * cfg.in_channels, c.st);
+    }
     linear(c, x_emb_, RL, In{s.lat_t, dt_, cfg.in_channels}, Out{s.x, DType::F32, D});
   }
-  CUDA_CHECK(cudaMemcpyAsync(s.ctx, ctx0, size_t(RT) * D * 4, cudaMemcpyDeviceToDevice, c.st));
+  {
+    ProfScope mark(kProfCopy, c.st);
+    CUDA_CHECK(cudaMemcpyAsync(s.ctx, ctx0, size_t(RT) * D * 4, cudaMemcpyDeviceToDevice, c.st));
+  }
   if (!dbl_.empty()) {
     norm_in(c, dbl_[0].qkv_img, s.xn, s.xn_scale, s.xn_ws, s.x, RL, L, modp(s, 0), modp(s, 0) + D, 6 * D);
     norm_in(c, dbl_[0].qkv_txt, s.cn, s.cn_scale, s.cn_ws, s.ctx, RT, T, modp(s, 1), modp(s, 1) + D, 6 * D);
@@ -312,11 +330,37 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
     return In{p, l.wt == DType::FP8 ? DType::FP8 : dt_, D, sc};
   };
   char* a = static_cast<char*>(s.a);  // joint attention output [B, S, D]
-  linear(c, blk.qkv_img, RL, in_of(blk.qkv_img, s.xn, s.xn_scale), Out{s.qkv_i, dt_, 3 * D});
-  linear(c, blk.qkv_txt, RT, in_of(blk.qkv_txt, s.cn, s.cn_scale), Out{s.qkv_t, dt_, 3 * D});
-  qk_norm_rope(s.qkv_t, dt_, 3 * D, B, T, 0, S, H, hd, blk.naq, blk.nak, cs, s.Q, s.K, s.V, dt_, c.st);
-  qk_norm_rope(s.qkv_i, dt_, 3 * D, B, L, T, S, H, hd, blk.nq, blk.nk, cs, s.Q, s.K, s.V, dt_, c.st);
-  attention(c, B, S, 0, s.Q, s.K, s.V, OutMap{nullptr, a, 0, D});
+  if (qkv_inplace_) {
+    // Both streams' projections into one joint [B, S, 3D] buffer (sample b: text rows [b*S, b*S + T), image rows
+    // after them), normalised and rotated there, read there by the attention: one GEMM per stream and sample.
+    char* j = static_cast<char*>(s.qkv_i);
+    const In xi = in_of(blk.qkv_img, s.xn, s.xn_scale), xt = in_of(blk.qkv_txt, s.cn, s.cn_scale);
+    const size_t ei = dsize(xi.t), et = dsize(xt.t), row = size_t(3) * D * es;
+    for (int b = 0; b < B; b++) {
+      In xb = xi;
+      xb.p = static_cast<const char*>(xi.p) + size_t(b) * L * D * ei;
+      linear(c, blk.qkv_img, L, xb, Out{j + (size_t(b) * S + T) * row, dt_, 3 * D});
+    }
+    for (int b = 0; b < B; b++) {
+      In xb = xt;
+      xb.p = static_cast<const char*>(xt.p) + size_t(b) * T * D * et;
+      linear(c, blk.qkv_txt, T, xb, Out{j + size_t(b) * S * row, dt_, 3 * D});
+    }
+    {
+      ProfScope mark(kProfQkRope, c.st);
+      qk_norm_rope_inplace(j, dt_, 3 * D, B, S, T, H, hd, blk.naq, blk.nak, blk.nq, blk.nk, cs, c.st);
+    }
+    attention(c, B, S, 0, j, j + size_t(D) * es, j + size_t(2) * D * es, 3 * D, OutMap{nullptr, a, 0, D});
+  } else {
+    linear(c, blk.qkv_img, RL, in_of(blk.qkv_img, s.xn, s.xn_scale), Out{s.qkv_i, dt_, 3 * D});
+    linear(c, blk.qkv_txt, RT, in_of(blk.qkv_txt, s.cn, s.cn_scale), Out{s.qkv_t, dt_, 3 * D});
+    {
+      ProfScope mark(kProfQkRope, c.st);
+      qk_norm_rope(s.qkv_t, dt_, 3 * D, B, T, 0, S, H, hd, blk.naq, blk.nak, cs, s.Q, s.K, s.V, dt_, c.st);
+      qk_norm_rope(s.qkv_i, dt_, 3 * D, B, L, T, S, H, hd, blk.nq, blk.nk, cs, s.Q, s.K, s.V, dt_, c.st);
+    }
+    attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, a, 0, D});
+  }
   // Batch b's text rows are a[b*S, b*S+T), its image rows a[b*S+T, (b+1)*S): one GEMM per stream and sample.
   for (int b = 0; b < B; b++)
     linear(c, blk.out_img, L, In{a + (size_t(b) * S + T) * D * es, dt_, D}, Out{s.y + size_t(b) * L * D, DType::F32, D});
@@ -339,11 +383,14 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
 // Single-stream blocks run on z = [ctx ; x] per batch (text first); the first one's norm is written here.
 void FluxTransformer::to_joint(Ctx& c, FluxStep& s) {
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, S = T + L;
-  for (int b = 0; b < B; b++) {
-    CUDA_CHECK(cudaMemcpyAsync(s.z + int64_t(b) * S * D, s.ctx + int64_t(b) * T * D, size_t(T) * D * 4,
-                               cudaMemcpyDeviceToDevice, c.st));
-    CUDA_CHECK(cudaMemcpyAsync(s.z + (int64_t(b) * S + T) * D, s.x + int64_t(b) * L * D, size_t(L) * D * 4,
-                               cudaMemcpyDeviceToDevice, c.st));
+  {
+    ProfScope mark(kProfCopy, c.st);
+    for (int b = 0; b < B; b++) {
+      CUDA_CHECK(cudaMemcpyAsync(s.z + int64_t(b) * S * D, s.ctx + int64_t(b) * T * D, size_t(T) * D * 4,
+                                 cudaMemcpyDeviceToDevice, c.st));
+      CUDA_CHECK(cudaMemcpyAsync(s.z + (int64_t(b) * S + T) * D, s.x + int64_t(b) * L * D, size_t(L) * D * 4,
+                                 cudaMemcpyDeviceToDevice, c.st));
+    }
   }
   const size_t k = 2 * dbl_.size();
   if (!sgl_.empty())
@@ -363,8 +410,20 @@ void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) 
   In nz{s.xn, blk.qkv.wt == DType::FP8 ? DType::FP8 : dt_, D, s.xn_scale};
   linear(c, blk.qkv, RS, nz, Out{s.qkv_i, dt_, 3 * D});
   linear(c, blk.mlp, RS, nz, Out{cat + D * es, dt_, 5 * D}, Epi::BiasGelu);
-  qk_norm_rope(s.qkv_i, dt_, 3 * D, B, S, 0, S, H, hd, blk.nq, blk.nk, cs, s.Q, s.K, s.V, dt_, c.st);
-  attention(c, B, S, 0, s.Q, s.K, s.V, OutMap{nullptr, cat, 0, 5 * D});
+  if (qkv_inplace_) {
+    char* j = static_cast<char*>(s.qkv_i);
+    {
+      ProfScope mark(kProfQkRope, c.st);
+      qk_norm_rope_inplace(j, dt_, 3 * D, B, S, 0, H, hd, blk.nq, blk.nk, blk.nq, blk.nk, cs, c.st);
+    }
+    attention(c, B, S, 0, j, j + size_t(D) * es, j + size_t(2) * D * es, 3 * D, OutMap{nullptr, cat, 0, 5 * D});
+  } else {
+    {
+      ProfScope mark(kProfQkRope, c.st);
+      qk_norm_rope(s.qkv_i, dt_, 3 * D, B, S, 0, S, H, hd, blk.nq, blk.nk, cs, s.Q, s.K, s.V, dt_, c.st);
+    }
+    attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, cat, 0, 5 * D});
+  }
   linear(c, blk.out, RS, In{cat, dt_, 5 * D}, Out{s.y, DType::F32, D});
   res_norm(c, j + 1 < ns ? &sgl_[j + 1].qkv : nullptr, s.xn, s.xn_scale, s.xn_ws, s.z, s.y, ms + 2 * D, Ws, RS, S,
            nms, nms ? nms + D : nullptr, Ws);
@@ -373,9 +432,12 @@ void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) 
 // Output: image tokens, AdaLayerNormContinuous (scale first, then shift), proj_out.
 void FluxTransformer::final_layer(Ctx& c, FluxStep& s, float* vel) {
   const int D = cfg.hidden(), B = s.B, L = s.L, T = s.T, S = T + L;
-  for (int b = 0; b < B; b++)
-    CUDA_CHECK(cudaMemcpyAsync(s.x + int64_t(b) * L * D, s.z + (int64_t(b) * S + T) * D, size_t(L) * D * 4,
-                               cudaMemcpyDeviceToDevice, c.st));
+  {
+    ProfScope mark(kProfCopy, c.st);
+    for (int b = 0; b < B; b++)
+      CUDA_CHECK(cudaMemcpyAsync(s.x + int64_t(b) * L * D, s.z + (int64_t(b) * S + T) * D, size_t(L) * D * 4,
+                                 cudaMemcpyDeviceToDevice, c.st));
+  }
   output_layer(c, s, vel);
 }
 

@@ -96,6 +96,13 @@ class FluxTransformer {
   std::vector<NormSlot> norm_slots();
   // Called before and after every block of forward() (null: none).
   BlockHook hook;
+  // QK-norm + RoPE in place on the joint q|k|v projection, attention reading q, k, v from it with row stride 3D
+  // (kernels.h qk_norm_rope_inplace), instead of scattering them into separate Q / K / V buffers. Set from
+  // FQ_QKV_INPLACE (1: on; default off until timed on the GPU); the selftest runs both. Returns what is in effect
+  // (off when the head dim does not fit the in-place kernel). Changes the double blocks' q/k/v GEMMs to one per
+  // sample and stream when B > 1 (their rows go to the joint layout).
+  bool set_qkv_inplace(bool on) { return qkv_inplace_ = on && cfg.head_dim % 4 == 0 && cfg.head_dim <= 128; }
+  bool qkv_inplace() const { return qkv_inplace_; }
 
   // The model's blocks, exposed for the benchmark and tests.
   void embed(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R);
@@ -114,7 +121,8 @@ class FluxTransformer {
     Linear mod, qkv, mlp, out;
     float *nq, *nk;
   };
-  void attention(Ctx& c, int B, int S, int T, const void* Q, const void* K, const void* V, OutMap out);
+  // ldi: elements between token rows of Q / K / V (H*hd: separate buffers; 3*H*hd: in place in the projection).
+  void attention(Ctx& c, int B, int S, int T, const void* Q, const void* K, const void* V, int ldi, OutMap out);
   // A LayerNorm output as its consumer takes it: pointer, type, fp8 scale.
   struct NormOut {
     void* p;
@@ -133,6 +141,7 @@ class FluxTransformer {
     if (hook) hook(BlockEvent{after, k, i, s});
   }
   DType dt_;
+  bool qkv_inplace_ = false;
   Linear x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;
   std::vector<Double> dbl_;
   std::vector<Single> sgl_;

@@ -200,6 +200,58 @@ void test_qk_norm_rope(Engine& e, ReportFn report, std::mt19937& rng) {
   }
 }
 
+// The in-place variant (flux.cu with FQ_QKV_INPLACE=1): a joint [B*S, ld] projection, rows i < split with the first
+// weight pair and positions p = i; q and k rewritten in place, v and the padding columns left bit for bit.
+void test_qk_norm_rope_inplace(Engine& e, ReportFn report, std::mt19937& rng) {
+  for (int D : {16, 128}) {
+    const int B = 2, S = 12, split = 5, H = 3, ld = 3 * H * D + 8, half = D / 2;
+    Vec qkv = round_to(randn(size_t(B) * S * ld, rng), e.dt);
+    Vec w[4];
+    for (auto& x : w) x = randn(D, rng, 0.1f, 1.f);
+    Vec cs(size_t(S) * half * 2);
+    for (int p = 0; p < S; p++)
+      for (int j = 0; j < half; j++) {
+        double a = p * std::pow(10000.0, -2.0 * j / D);
+        cs[(size_t(p) * half + j) * 2] = float(std::cos(a));
+        cs[(size_t(p) * half + j) * 2 + 1] = float(std::sin(a));
+      }
+    DeviceBuffer dqkv = up(qkv, e.dt, e.st), dcs = up(cs, DType::F32, e.st);
+    DeviceBuffer dw[4] = {up(w[0], DType::F32, e.st), up(w[1], DType::F32, e.st), up(w[2], DType::F32, e.st),
+                          up(w[3], DType::F32, e.st)};
+    qk_norm_rope_inplace(dqkv.get(), e.dt, ld, B, S, split, H, D, dw[0].as<float>(), dw[1].as<float>(),
+                         dw[2].as<float>(), dw[3].as<float>(), dcs.as<float>(), e.st);
+    Vec out = down(dqkv.get(), e.dt, qkv.size(), e.st);
+    Vec got;
+    std::vector<double> ref;
+    size_t kept_changed = 0;
+    for (int b = 0; b < B; b++)
+      for (int p = 0; p < S; p++) {
+        const size_t r0 = (size_t(b) * S + p) * ld;
+        for (int h = 0; h < H; h++)
+          for (int which = 0; which < 2; which++) {
+            const float* src = qkv.data() + r0 + size_t(which) * H * D + size_t(h) * D;
+            const float* o = out.data() + r0 + size_t(which) * H * D + size_t(h) * D;
+            const Vec& wt = w[(p < split ? 0 : 2) + which];
+            double ss = 0;
+            for (int d = 0; d < D; d++) ss += double(src[d]) * src[d];
+            const double r = 1.0 / std::sqrt(ss / D + 1e-6);
+            for (int j = 0; j < half; j++) {
+              double a = src[2 * j] * r * wt[2 * j], c = src[2 * j + 1] * r * wt[2 * j + 1];
+              double co = cs[(size_t(p) * half + j) * 2], si = cs[(size_t(p) * half + j) * 2 + 1];
+              ref.push_back(a * co - c * si);
+              ref.push_back(c * co + a * si);
+              got.push_back(o[2 * j]);
+              got.push_back(o[2 * j + 1]);
+            }
+          }
+        for (int col = 2 * H * D; col < ld; col++) kept_changed += out[r0 + col] != qkv[r0 + col];  // v, padding
+      }
+    const std::string d = std::to_string(D);
+    report("unit.qk_norm_rope_inplace_d" + d, e.precision(), "rel_err", rel(got, ref), tol(e.dt), true);
+    report("unit.qk_norm_rope_inplace_d" + d + "_v_changed", e.precision(), "count", double(kept_changed), 0, true);
+  }
+}
+
 void test_groupnorm(Engine& e, ReportFn report, std::mt19937& rng) {
   struct Cfg {
     int B, HW, C, G;
@@ -321,6 +373,36 @@ void test_attention(Engine& e, ReportFn report, std::mt19937& rng) {
       report("unit.cudnn_attention_d" + std::to_string(D) + "_vs_host", e.precision(), "rel_err",
              ran ? rel(down(o3.get(), DType::BF16, n, e.st), ref) : INFINITY, 1e-2, true);
     }
+    // q, k, v read in place from one packed [B, S, 3, H, D] projection (row stride 3HD, FQ_QKV_INPLACE=1).
+    const int ldi = 3 * H * D;
+    Vec packed(size_t(B) * S * ldi);
+    for (size_t t = 0; t < size_t(B) * S; t++)
+      for (int c = 0; c < H * D; c++) {
+        packed[t * ldi + c] = q[t * H * D + c];
+        packed[t * ldi + H * D + c] = k[t * H * D + c];
+        packed[t * ldi + 2 * H * D + c] = v[t * H * D + c];
+      }
+    DeviceBuffer dp = up(packed, e.dt, e.st);
+    const char* pq = static_cast<const char*>(dp.get());
+    const size_t hd_bytes = size_t(H) * D * dsize(e.dt);
+    auto ref = attention_ref(q, k, v, B, S, H, D, false);
+    const std::string d = std::to_string(D);
+    DeviceBuffer o4 = poisoned(n * dsize(e.dt), e.st);
+    attention_rows(pq, pq + hd_bytes, pq + 2 * hd_bytes, e.dt, ldi, ldi, ldi, int64_t(S) * ldi, int64_t(S) * ldi, B, S,
+                   S, H, D, scale, false, nullptr, OutMap{nullptr, o4.get(), 0, H * D}, e.st);
+    report("unit.attention_rows_d" + d + "_packed_qkv_vs_host", e.precision(), "rel_err",
+           rel(down(o4.get(), e.dt, n, e.st), ref), tol(e.dt), true);
+    if (e.dt != DType::BF16) continue;
+    DeviceBuffer o5 = poisoned(n * 2, e.st);
+    bool ran = flash_attention(pq, pq + hd_bytes, pq + 2 * hd_bytes, B, S, H, D, scale,
+                               OutMap{nullptr, o5.get(), 0, H * D}, e.st, ldi);
+    report("unit.flash_attention_d" + d + "_packed_qkv_vs_host", e.precision(), "rel_err",
+           ran ? rel(down(o5.get(), DType::BF16, n, e.st), ref) : INFINITY, 1e-2, true);
+    if (!e.cudnn.available()) continue;
+    DeviceBuffer o6 = poisoned(n * 2, e.st);
+    ran = e.cudnn.run(pq, pq + hd_bytes, pq + 2 * hd_bytes, o6.get(), B, S, H, D, H * D, scale, e.st, ldi);
+    report("unit.cudnn_attention_d" + d + "_packed_qkv_vs_host", e.precision(), "rel_err",
+           ran ? rel(down(o6.get(), DType::BF16, n, e.st), ref) : INFINITY, 1e-2, true);
   }
 }
 
@@ -331,6 +413,7 @@ void run_kernel_units(Engine& e, ReportFn report) {
   test_residual_layernorm(e, report, rng);
   test_fp8_quantizers(e, report, rng);
   test_qk_norm_rope(e, report, rng);
+  test_qk_norm_rope_inplace(e, report, rng);
   test_groupnorm(e, report, rng);
   test_gemm_fallback(e, report, rng);
   test_attention(e, report, rng);

@@ -27,6 +27,9 @@ cudaEvent_t take() {
 }
 }  // namespace
 
+const char* const kProfNames[kProfCats] = {"gemm", "attention", "residual_norm", "norm", "qk_norm_rope", "copy",
+                                           "step_ops"};
+
 void prof_enable(bool on) { g_on = on; }
 bool prof_on() { return g_on; }
 
@@ -43,7 +46,7 @@ void prof_end(ProfCat c, cudaStream_t st, double flop) {
   if (--g_depth > 0 || g_marks.empty()) return;
   Mark& m = g_marks.back();
   m.flop = flop;
-  (void)c;
+  (void)c;  // the outermost mark's category (set at begin) is the one counted
   CUDA_CHECK(cudaEventRecord(m.b, st));
 }
 

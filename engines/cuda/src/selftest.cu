@@ -473,6 +473,50 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
            std::abs(events - 2 * (2 + e.cfg.flux.layers + e.cfg.flux.single_layers)), 0, true);
     report("transformer_forward", rdt, "rel_err", rel_err(download(vel, out.size()), out.data(), out.size()), tol,
            req);
+    // Both attention-input paths (FQ_QKV_INPLACE: QK-norm + RoPE in place on the joint projection vs scattered into
+    // Q / K / V) on the same inputs, at batch 1 and at batch 2 (two copies of the case: the in-place path then runs
+    // one q/k/v GEMM per sample and stream into the joint layout), against the reference and each other.
+    {
+      const bool was = e.flux->qkv_inplace();
+      std::vector<float> pooled2(pooled), enc2(enc), hs2(hs);
+      pooled2.insert(pooled2.end(), pooled.begin(), pooled.end());
+      enc2.insert(enc2.end(), enc.begin(), enc.end());
+      hs2.insert(hs2.end(), hs.begin(), hs.end());
+      float* d_pooled2 = c.f32("tc.pooled2", pooled2.size());
+      float* d_enc2 = c.f32("tc.enc2", enc2.size());
+      float* d_hs2 = c.f32("tc.hs2", hs2.size());
+      upload_as(d_pooled2, pooled2, DType::F32, e.st);
+      upload_as(d_enc2, enc2, DType::F32, e.st);
+      upload_as(d_hs2, hs2, DType::F32, e.st);
+      float* mods2 = c.f32("tc.mods2", size_t(2) * e.flux->mod_width());
+      e.flux->conditioning(c, {tstep, tstep}, {guid, guid}, d_pooled2, 2, 1, mods2);
+      float* ctx02 = c.f32("tc.ctx02", size_t(2) * T * D);
+      e.flux->embed_context(c, d_enc2, 2 * T, ctx02);
+      float* vel2 = c.f32("tc.vel2", 2 * out.size());
+      FluxStep state2 = e.flux->alloc_step(mem, 2, L, T, e.st);
+      std::vector<float> b1[2];
+      for (int on = 0; on < 2; on++) {
+        const std::string path = on ? "inplace" : "scatter";
+        if (e.flux->set_qkv_inplace(on) != bool(on)) {
+          printf("{\"case\":\"transformer_forward_qkv_%s\",\"skipped\":\"head dim\"}\n", path.c_str());
+          continue;
+        }
+        e.flux->forward(c, state, d_hs, ctx0, mods, 1, d_cs, vel);
+        b1[on] = download(vel, out.size());
+        report("transformer_forward_qkv_" + path, rdt, "rel_err", rel_err(b1[on], out.data(), out.size()), tol, req);
+        e.flux->forward(c, state2, d_hs2, ctx02, mods2, 2, d_cs, vel2);
+        auto v2 = download(vel2, 2 * out.size());
+        double worst = 0;
+        for (size_t b = 0; b < 2; b++) {
+          std::vector<float> part(v2.begin() + b * out.size(), v2.begin() + (b + 1) * out.size());
+          worst = std::max(worst, rel_err(part, out.data(), out.size()));
+        }
+        report("transformer_forward_qkv_" + path + "_b2 (worst sample)", rdt, "rel_err", worst, tol, req);
+      }
+      if (!b1[0].empty() && !b1[1].empty())
+        report("unit.qkv_inplace_vs_scatter", rdt, "rel_err", rel_err(b1[1], b1[0].data(), b1[0].size()), tol, true);
+      e.flux->set_qkv_inplace(was);
+    }
     // LoRA cases (the conditioning too: its embedders and modulation layers are LoRA targets).
     if (!section("lora")) {
       // only the transformer section: no LoRA cases

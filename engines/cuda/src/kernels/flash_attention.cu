@@ -47,7 +47,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 template <int D, int NW>
 __global__ void __launch_bounds__(NW * 32) flash_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
                                                         const bf16* __restrict__ V, int S, int H, float scale_log2,
-                                                        OutMap out) {
+                                                        OutMap out, int ldi) {
   constexpr int BR = 16 * NW, BC = 64, CPR = D / 8, SWM = (CPR < 8 ? CPR : 8) - 1, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(const bf16* __restrict__
   bf16* sV = sK + 2 * BC * D;  // 2 buffers of [BC, D]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BR;
-  const int64_t ld = int64_t(H) * D;
+  const int64_t ld = ldi;  // elements between token rows of q / k / v
   const int64_t base = int64_t(b) * S * ld + int64_t(h) * D;
 
   // Logical (row, 8-column chunk) -> swizzled element offset: rows that ldmatrix reads together hit distinct banks.
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(const bf16* __restrict__
 
 template <int D, int NW>
 void launch(const void* q, const void* k, const void* v, int B, int S, int H, float scale, OutMap out,
-            cudaStream_t st) {
+            cudaStream_t st, int ldi) {
   constexpr int BR = 16 * NW, BC = 64;
   size_t smem = size_t(BR + 4 * BC) * D * sizeof(bf16);
   static bool configured = false;
@@ -208,19 +208,21 @@ void launch(const void* q, const void* k, const void* v, int B, int S, int H, fl
   dim3 grid(ceil_div(S, BR), unsigned(H), unsigned(B));
   flash_kernel<D, NW><<<grid, NW * 32, smem, st>>>(static_cast<const bf16*>(q), static_cast<const bf16*>(k),
                                                    static_cast<const bf16*>(v), S, H, scale * 1.4426950408889634f,
-                                                   out);
+                                                   out, ldi);
   LAUNCH_CHECK();
 }
 
 }  // namespace
 
 bool flash_attention(const void* q, const void* k, const void* v, int B, int S, int H, int D, float scale,
-                     OutMap out, cudaStream_t st) {
+                     OutMap out, cudaStream_t st, int ldi) {
+  if (ldi == 0) ldi = H * D;
+  if (ldi % 8) return false;  // 16-byte cp.async rows
   switch (D) {
-    case 16: launch<16, 4>(q, k, v, B, S, H, scale, out, st); return true;
-    case 32: launch<32, 4>(q, k, v, B, S, H, scale, out, st); return true;
-    case 64: launch<64, 4>(q, k, v, B, S, H, scale, out, st); return true;
-    case 128: launch<128, 4>(q, k, v, B, S, H, scale, out, st); return true;
+    case 16: launch<16, 4>(q, k, v, B, S, H, scale, out, st, ldi); return true;
+    case 32: launch<32, 4>(q, k, v, B, S, H, scale, out, st, ldi); return true;
+    case 64: launch<64, 4>(q, k, v, B, S, H, scale, out, st, ldi); return true;
+    case 128: launch<128, 4>(q, k, v, B, S, H, scale, out, st, ldi); return true;
     default: return false;
   }
 }

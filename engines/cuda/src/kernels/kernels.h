@@ -127,6 +127,12 @@ void concat_features(const float* a, int ca, const float* b, int cb, int64_t row
 // q, k, v are written to [B, S, H, D] at position p.
 void qk_norm_rope(const void* qkv, DType it, int ld, int B, int n, int off, int S, int H, int D, const float* wq,
                   const float* wk, const float* cs, void* Q, void* K, void* V, DType ot, cudaStream_t st);
+// The same normalisation and rotation in place, on a joint projection [B*S, ld] whose row i of sample b holds
+// q|k|v of joint position i (text rows first): rows with i < split use (wq0, wk0), the others (wq1, wk1); v is left
+// where it is (attention reads q, k, v from this buffer with row stride ld). Half the traffic of the scatter (no v
+// copy, no separate Q/K/V). Needs D % 4 == 0, D <= 128, ld % 4 == 0 and a 16-byte-aligned buffer (throws otherwise).
+void qk_norm_rope_inplace(void* qkv, DType dt, int ld, int B, int S, int split, int H, int D, const float* wq0,
+                          const float* wk0, const float* wq1, const float* wk1, const float* cs, cudaStream_t st);
 
 // attention.cu: softmax(scale * q k^T + bias) v with fp32 accumulation, one warp per query row. Rows of q/k/v have
 // strides ldq/ldk/ldv, head h at column h*D, batch b at b*bstride. bias: [H, Sq, Sk] shared across the batch.
@@ -137,9 +143,10 @@ void attention_rows(const void* q, const void* k, const void* v, DType dt, int l
 void softmax_rows(const float* s, int rows, int cols, float scale, void* p, DType dt, cudaStream_t st);
 
 // flash_attention.cu: bf16 flash attention on tensor cores (mma.sync m16n8k16, fp32 accumulation).
-// q, k, v: [B, S, H, D], D in {16, 32, 64, 128}. Returns false when D is unsupported.
+// q, k, v: [B, S, H, D] with rows of ldi elements (0: H*D; 3*H*D reads a packed q|k|v projection in place),
+// D in {16, 32, 64, 128}. Returns false when D or ldi is unsupported.
 bool flash_attention(const void* q, const void* k, const void* v, int B, int S, int H, int D, float scale,
-                     OutMap out, cudaStream_t st);
+                     OutMap out, cudaStream_t st, int ldi = 0);
 
 // conv.cu
 // Nearest x2 upsampling of NHWC images: y[B, 2H, 2W, C].

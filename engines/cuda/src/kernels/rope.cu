@@ -48,7 +48,69 @@ __global__ void qk_norm_rope_kernel(const TI* qkv, int ld, int B, int n, int off
   for (int d = lane; d < D; d += 32) V[dst + d] = fromf<TO>(tof(vs[d]));
 }
 
+// Four consecutive elements (two RoPE pairs) as floats: one 16-byte (fp32) or 8-byte (bf16) access.
+__device__ __forceinline__ void load4(const float* p, float x[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+}
+__device__ __forceinline__ void load4(const __nv_bfloat16* p, float x[4]) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
+}
+__device__ __forceinline__ void store4(float* p, const float y[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(y[0], y[1], y[2], y[3]);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, const float y[4]) {
+  __nv_bfloat162 a = __floats2bfloat162_rn(y[0], y[1]), b = __floats2bfloat162_rn(y[2], y[3]);  // as fromf: RN
+  uint2 raw;
+  raw.x = *reinterpret_cast<uint32_t*>(&a);
+  raw.y = *reinterpret_cast<uint32_t*>(&b);
+  *reinterpret_cast<uint2*>(p) = raw;
+}
+
+// One warp per (row, head), q then k. Lane l owns elements [4l, 4l + 4) = pairs 2l, 2l + 1 (D <= 128). The same
+// arithmetic as qk_norm_rope_kernel per element (only the order of the sum of squares differs).
+template <typename T>
+__global__ void qk_norm_rope_inplace_kernel(T* qkv, int ld, int rows, int S, int split, int H, int D, const float* wq0,
+                                            const float* wk0, const float* wq1, const float* wk1, const float* cs) {
+  const int warp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (warp >= rows * H) return;
+  const int h = warp % H, r = warp / H, p = r % S, half = D / 2, j0 = 2 * lane;
+  const bool on = 4 * lane < D, first = p < split;
+  const float* rot = cs + (int64_t(p) * half + j0) * 2;  // (cos, sin) of pairs j0, j0 + 1
+  for (int which = 0; which < 2; which++) {
+    T* x = qkv + int64_t(r) * ld + int64_t(which) * H * D + int64_t(h) * D + 4 * lane;
+    const float* w = which ? (first ? wk0 : wk1) : (first ? wq0 : wq1);
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (on) load4(x, v);
+    const float ss = v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
+    const float rs = rsqrtf(warp_sum(ss) / float(D) + 1e-6f);
+    if (!on) continue;
+    float o[4];
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      const float a = v[2 * u] * rs * w[4 * lane + 2 * u], c = v[2 * u + 1] * rs * w[4 * lane + 2 * u + 1];
+      const float co = rot[2 * u], si = rot[2 * u + 1];
+      o[2 * u] = a * co - c * si;
+      o[2 * u + 1] = c * co + a * si;
+    }
+    store4(x, o);
+  }
+}
+
 }  // namespace
+
+void qk_norm_rope_inplace(void* qkv, DType dt, int ld, int B, int S, int split, int H, int D, const float* wq0,
+                          const float* wk0, const float* wq1, const float* wk1, const float* cs, cudaStream_t st) {
+  if (D > 128 || D % 4 || ld % 4 || reinterpret_cast<uintptr_t>(qkv) % 16)
+    throw std::runtime_error("qk_norm_rope_inplace: head dim must be a multiple of 4 and <= 128, rows 4-aligned");
+  const int rows = B * S, warps = rows * H;
+  FQ_DISPATCH(dt, T, qk_norm_rope_inplace_kernel<T><<<ceil_div(warps, 8), 256, 0, st>>>(
+                         static_cast<T*>(qkv), ld, rows, S, split, H, D, wq0, wk0, wq1, wk1, cs));
+  LAUNCH_CHECK();
+}
 
 void qk_norm_rope(const void* qkv, DType it, int ld, int B, int n, int off, int S, int H, int D, const float* wq,
                   const float* wk, const float* cs, void* Q, void* K, void* V, DType ot, cudaStream_t st) {
