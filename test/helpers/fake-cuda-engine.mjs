@@ -399,11 +399,16 @@ function globMatch(pattern, name) {
   return new RegExp(`^${re}$`).test(name);
 }
 
+/** The fp8all preset's rules (engines/cuda/src/plan_variants.cu kFp8AllRules). */
+const FP8ALL_RULES =
+  'transformer/transformer_blocks.*.norm1*=bf16;transformer/single_transformer_blocks.*.norm*=bf16;' +
+  'transformer/transformer_blocks.*=fp8;transformer/single_transformer_blocks.*=fp8';
+
 /** The layers a plan (preset or rules) makes fp8; throws on a malformed rule, as the engine refuses it. */
 function fp8LayersOf(spec) {
   if (spec === 'bf16') return [];
   if (spec === 'fp8') return linears.filter((l) => FP8_PRESET.some((g) => globMatch(g, l.name)));
-  const rules = spec
+  const rules = (spec === 'fp8all' ? FP8ALL_RULES : spec)
     .split(';')
     .filter(Boolean)
     .map((r) => {

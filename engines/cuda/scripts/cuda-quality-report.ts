@@ -38,6 +38,8 @@ interface Run {
   guidance: number;
   t5_len: number;
   batch: number;
+  /** The engine's loaded plans (`loaded.plans`). */
+  plans?: { name: string }[];
   modes: RunMode[];
 }
 
@@ -96,7 +98,8 @@ const rows = run.modes.map((m) => {
 
 const method =
   `${N} bench:quality grammar prompts (prompt seed 14, image i with seed 1000 + i), ${H}x${W}, ${run.steps} steps, ` +
-  `guidance ${run.guidance}, T5 length ${run.t5_len}, batch ${run.batch}; one bf16 engine with plans {"fp8": "fp8"}` +
+  `guidance ${run.guidance}, T5 length ${run.t5_len}, batch ${run.batch}; one bf16 engine with plans ` +
+  `${(run.plans ?? [{ name: 'fp8' }]).map((p) => p.name).join(', ')} (presets of the same names)` +
   ` (engines/cuda/scripts/cuda-quality.py); accuracy by the deterministic detector, PSNR (capped at 100 dB) and SSIM` +
   " against the same engine's original on its 8-bit images; S+cache: step caching (warm-up 1, at most the" +
   " row's 'in a row' cached steps in a row) at the threshold shown, pattern = the most common per-job F/C sequence.";

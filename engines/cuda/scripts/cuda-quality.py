@@ -16,7 +16,7 @@ The engine's GPU time per mode is not a benchmark here (flux-mini is tiny): the 
 `fluxql-engine --bench-modes --cache-pattern <the pattern found here>`.
 
 usage: cuda-quality.py <engine> <inputs.json> <model dir> <out dir> [--batch 1] [--thresholds 0.1,0.2,0.3]
-                       [--max-consecutive 1,2] [--plans plans.json]
+                       [--max-consecutive 1,2] [--presets fp8all] [--plans plans.json]
 """
 import argparse
 import base64
@@ -55,6 +55,9 @@ def main():
     # More than 1 cached step in a row caches more (fewer full steps, faster) at some cost in quality: the sweep
     # tells whether S's speed goal fits inside its quality budget on a trained model (mode names: S+cache@<t>x<k>).
     ap.add_argument("--max-consecutive", default="1", help="comma list of the step cache's max cached in a row")
+    # Engine presets beyond fp8 (e.g. fp8all: every per-step block Linear in fp8), each run alone and with the same
+    # step-cache sweep as S (mode names <preset>, <preset>+cache@<t>[x<k>]).
+    ap.add_argument("--presets", default="", help="comma list of more engine plan presets, e.g. fp8all")
     a = ap.parse_args()
     inp = json.load(open(a.inputs))
     N, H, W, T = len(inp["prompts"]), inp["height"], inp["width"], inp["t5_len"]
@@ -65,13 +68,17 @@ def main():
     extra = json.load(open(a.plans)) if a.plans else {}
     # (mode, engine plan, step-cache threshold, max consecutive cached steps): the plan named after its mode for
     # --plans' entries.
-    modes = [("original", None, None, None), ("S", "fp8", None, None)]
-    for k in [int(k) for k in a.max_consecutive.split(",") if k]:
-        modes += [(f"S+cache@{t}" + (f"x{k}" if k != 1 else ""), "fp8", float(t), k)
-                  for t in a.thresholds.split(",") if t]
+    presets = [p for p in a.presets.split(",") if p]
+    modes = [("original", None, None, None)]
+    for plan in ["fp8"] + presets:
+        label = "S" if plan == "fp8" else plan
+        modes.append((label, plan, None, None))
+        for k in [int(k) for k in a.max_consecutive.split(",") if k]:
+            modes += [(f"{label}+cache@{t}" + (f"x{k}" if k != 1 else ""), plan, float(t), k)
+                      for t in a.thresholds.split(",") if t]
     modes += [(m, m, None, None) for m in extra]
     os.makedirs(a.out, exist_ok=True)
-    eng, loaded = load_engine(a.engine, a.model, "bf16", {"fp8": "fp8", **extra})
+    eng, loaded = load_engine(a.engine, a.model, "bf16", {"fp8": "fp8", **{p: p for p in presets}, **extra})
     run = {"card": card(), "model": inp["model"], "prompts": inp["prompts"], "seeds": inp["seeds"], "height": H,
            "width": W, "steps": inp["steps"], "guidance": inp["guidance"], "t5_len": T, "batch": a.batch,
            "plans": loaded.get("plans", []), "modes": []}

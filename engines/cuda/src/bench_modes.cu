@@ -44,14 +44,14 @@ const std::vector<ModeSpec> kModes = {
     {"S+cache", "fp8", "fp8", true},
 };
 
-// NAME=PLAN[/PATTERN] (PLAN: base or fp8; PATTERN: F/C per step, padded with F / cut to `steps`).
+// NAME=PLAN[/PATTERN] (PLAN: base, fp8 or fp8all; PATTERN: F/C per step, padded with F / cut to `steps`).
 ModeSpec custom_mode(const std::string& spec, int steps) {
   const size_t eq = spec.find('='), sl = spec.find('/');
   const std::string name = spec.substr(0, eq);
   const std::string plan = spec.substr(eq + 1, sl == std::string::npos ? std::string::npos : sl - eq - 1);
-  if (name.empty() || (plan != "base" && plan != "fp8"))
-    throw std::runtime_error("--modes: " + spec + " must be NAME=base|fp8[/PATTERN]");
-  ModeSpec m{name, plan == "fp8" ? "fp8" : "bf16", plan == "fp8" ? "fp8" : "", false};
+  if (name.empty() || (plan != "base" && plan != "fp8" && plan != "fp8all"))
+    throw std::runtime_error("--modes: " + spec + " must be NAME=base|fp8|fp8all[/PATTERN]");
+  ModeSpec m{name, plan == "base" ? "bf16" : "fp8", plan == "base" ? "" : plan, false};
   if (sl != std::string::npos) {
     m.pattern = spec.substr(sl + 1);
     if (m.pattern.empty() || m.pattern.find_first_not_of("FC") != std::string::npos)
@@ -140,6 +140,9 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
   e.load_synthetic(42);
   e.add_plan("fp8", plan_of_spec("fp8", e.plan));  // load's plans {"fp8": "fp8"}, as the server's executor sends
   const double load_ms = ms_since(tl);
+  bool want_all = false;
+  for (const ModeSpec& m : run) want_all |= m.plan == "fp8all";
+  if (want_all) e.add_plan("fp8all", plan_of_spec("fp8all", e.plan));  // plan_variants.cu
   const PlanVariant* fp8 = e.plans->find("fp8");
   const int base_fp8 = fp8_layers(e, nullptr), plan_fp8 = fp8_layers(e, fp8);
   fprintf(stderr, "[bench-modes] weights %.2f GB + plan fp8 %.2f GB (%d fp8 layers) in %.0f ms\n",
@@ -188,7 +191,8 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
       }
       for (auto& t : ts) var += (t.total - mean) * (t.total - mean) / std::max(1, iters - 1);
       const int full = ts.back().full_steps, cached = ts.back().cached_steps;
-      const int nfp8 = m->plan.empty() ? base_fp8 : plan_fp8;
+      const PlanVariant* pv = m->plan.empty() ? nullptr : e.plans->find(m->plan);
+      const int nfp8 = m->plan.empty() ? base_fp8 : m->plan == "fp8" ? plan_fp8 : fp8_layers(e, pv);
       fprintf(stderr,
               "[bench-modes] %s (%s) batch %d: mean %.3f s (std %.3f, min %.3f, max %.3f), step %.2f ms, %d full + "
               "%d cached steps, floor %.3f s (%.1f ms/step)\n",
@@ -204,7 +208,7 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
                "\"gpu_mem_used_gb\": %.2f, \"floor\": %s}",
                m->mode.c_str(), m->precision.c_str(), B, mean / 1e3, std::sqrt(var) / 1e3, mn / 1e3, mx / 1e3,
                mean / 1e3 / B, stp, prep, dec, cap, full, cached, m->cached ? json_escape(row_pattern).c_str() : "null",
-               m->plan.empty() ? "base" : m->plan.c_str(), nfp8, m->plan.empty() ? 0.0 : fp8->bytes() / 1e9,
+               m->plan.empty() ? "base" : m->plan.c_str(), nfp8, pv ? pv->bytes() / 1e9 : 0.0,
                fl.s_for_steps, fl.ms_per_step, fl.ms_per_step * full / 1e3, mem / 1e9, fl.json.c_str());
       rows << (first ? "" : ",\n") << buf;
       first = false;

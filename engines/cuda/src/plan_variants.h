@@ -86,7 +86,7 @@ class PlanRegistry {
 // Activates a job's plan for a scope (prepare, an eager or captured step) and restores the base on exit.
 using PlanScope = ActiveScope<PlanRegistry, PlanVariant>;
 
-// `load`'s `plans` entry: a preset name ("bf16", "fp8", "f32") or rules "glob=type;..." over the engine's base type
+// `load`'s `plans` entry: a preset name ("bf16", "fp8", "fp8all", "f32") or rules "glob=type;..." over the engine's base type
 // (no preset rules; FQ_PRECISION_PLAN and load's `plan` apply to the base plan only).
 PrecisionPlan plan_of_spec(const std::string& spec, const PrecisionPlan& base);
 
