@@ -148,17 +148,37 @@ void test_fp8_quantizers(Engine& e, ReportFn report, std::mt19937& rng) {
   report("unit.layernorm_mod_fp8", e.precision(), "rel_err", rel(got, ref), 5e-2, true);
 }
 
+// RoPE's (cos, sin) table [S, D/2, 2] for positions 0 .. S-1 (theta 10000), as the engine's kernels read it.
+Vec rope_table(int S, int D) {
+  const int half = D / 2;
+  Vec cs(size_t(S) * half * 2);
+  for (int p = 0; p < S; p++)
+    for (int j = 0; j < half; j++) {
+      double a = p * std::pow(10000.0, -2.0 * j / D);
+      cs[(size_t(p) * half + j) * 2] = float(std::cos(a));
+      cs[(size_t(p) * half + j) * 2 + 1] = float(std::sin(a));
+    }
+  return cs;
+}
+
+// Host reference of one head: RMS norm (eps 1e-6) with weight w, then RoPE on pairs (2j, 2j+1) with the position's
+// row `cs` of rope_table; D values appended to `ref`.
+void qk_norm_rope_ref(const float* src, const float* w, const float* cs, int D, std::vector<double>& ref) {
+  double ss = 0;
+  for (int d = 0; d < D; d++) ss += double(src[d]) * src[d];
+  const double r = 1.0 / std::sqrt(ss / D + 1e-6);
+  for (int j = 0; j < D / 2; j++) {
+    double a = src[2 * j] * r * w[2 * j], c = src[2 * j + 1] * r * w[2 * j + 1];
+    ref.push_back(a * cs[2 * j] - c * cs[2 * j + 1]);
+    ref.push_back(c * cs[2 * j] + a * cs[2 * j + 1]);
+  }
+}
+
 void test_qk_norm_rope(Engine& e, ReportFn report, std::mt19937& rng) {
   for (int D : {16, 128}) {
     const int B = 2, n = 7, off = 3, S = 12, H = 3, ld = 3 * H * D + 8, half = D / 2;
     Vec qkv = round_to(randn(size_t(B) * n * ld, rng), e.dt), wq = randn(D, rng, 0.1f, 1.f), wk = randn(D, rng, 0.1f, 1.f);
-    Vec cs(size_t(S) * half * 2);
-    for (int p = 0; p < S; p++)
-      for (int j = 0; j < half; j++) {
-        double a = p * std::pow(10000.0, -2.0 * j / D);
-        cs[(size_t(p) * half + j) * 2] = float(std::cos(a));
-        cs[(size_t(p) * half + j) * 2 + 1] = float(std::sin(a));
-      }
+    Vec cs = rope_table(S, D);
     const size_t nout = size_t(B) * S * H * D;
     DeviceBuffer dqkv = up(qkv, e.dt, e.st), dwq = up(wq, DType::F32, e.st), dwk = up(wk, DType::F32, e.st),
                  dcs = up(cs, DType::F32, e.st);
@@ -178,18 +198,9 @@ void test_qk_norm_rope(Engine& e, ReportFn report, std::mt19937& rng) {
           for (int which = 0; which < 2; which++) {
             const float* src = row + size_t(which) * H * D;
             const Vec& w = which ? wk : wq;
-            double ss = 0;
-            for (int d = 0; d < D; d++) ss += double(src[d]) * src[d];
-            const double r = 1.0 / std::sqrt(ss / D + 1e-6);
-            for (int j = 0; j < half; j++) {
-              double a = src[2 * j] * r * w[2 * j], c = src[2 * j + 1] * r * w[2 * j + 1];
-              double co = cs[(size_t(p) * half + j) * 2], si = cs[(size_t(p) * half + j) * 2 + 1];
-              ref.push_back(a * co - c * si);
-              ref.push_back(c * co + a * si);
-              const Vec& o = which ? k : q;
-              got.push_back(o[dst + 2 * j]);
-              got.push_back(o[dst + 2 * j + 1]);
-            }
+            qk_norm_rope_ref(src, w.data(), cs.data() + size_t(p) * half * 2, D, ref);
+            const Vec& o = which ? k : q;
+            got.insert(got.end(), o.begin() + dst, o.begin() + dst + D);
           }
           for (int d = 0; d < D; d++) {
             ref.push_back(row[2 * H * D + d]);
@@ -208,13 +219,7 @@ void test_qk_norm_rope_inplace(Engine& e, ReportFn report, std::mt19937& rng) {
     Vec qkv = round_to(randn(size_t(B) * S * ld, rng), e.dt);
     Vec w[4];
     for (auto& x : w) x = randn(D, rng, 0.1f, 1.f);
-    Vec cs(size_t(S) * half * 2);
-    for (int p = 0; p < S; p++)
-      for (int j = 0; j < half; j++) {
-        double a = p * std::pow(10000.0, -2.0 * j / D);
-        cs[(size_t(p) * half + j) * 2] = float(std::cos(a));
-        cs[(size_t(p) * half + j) * 2 + 1] = float(std::sin(a));
-      }
+    Vec cs = rope_table(S, D);
     DeviceBuffer dqkv = up(qkv, e.dt, e.st), dcs = up(cs, DType::F32, e.st);
     DeviceBuffer dw[4] = {up(w[0], DType::F32, e.st), up(w[1], DType::F32, e.st), up(w[2], DType::F32, e.st),
                           up(w[3], DType::F32, e.st)};
@@ -232,17 +237,8 @@ void test_qk_norm_rope_inplace(Engine& e, ReportFn report, std::mt19937& rng) {
             const float* src = qkv.data() + r0 + size_t(which) * H * D + size_t(h) * D;
             const float* o = out.data() + r0 + size_t(which) * H * D + size_t(h) * D;
             const Vec& wt = w[(p < split ? 0 : 2) + which];
-            double ss = 0;
-            for (int d = 0; d < D; d++) ss += double(src[d]) * src[d];
-            const double r = 1.0 / std::sqrt(ss / D + 1e-6);
-            for (int j = 0; j < half; j++) {
-              double a = src[2 * j] * r * wt[2 * j], c = src[2 * j + 1] * r * wt[2 * j + 1];
-              double co = cs[(size_t(p) * half + j) * 2], si = cs[(size_t(p) * half + j) * 2 + 1];
-              ref.push_back(a * co - c * si);
-              ref.push_back(c * co + a * si);
-              got.push_back(o[2 * j]);
-              got.push_back(o[2 * j + 1]);
-            }
+            qk_norm_rope_ref(src, wt.data(), cs.data() + size_t(p) * half * 2, D, ref);
+            got.insert(got.end(), o, o + D);
           }
         for (int col = 2 * H * D; col < ld; col++) kept_changed += out[r0 + col] != qkv[r0 + col];  // v, padding
       }
