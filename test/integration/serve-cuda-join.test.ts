@@ -10,7 +10,6 @@
  * matches: same mode, size and steps), so it joins the live engine job with steps left, whatever the engine's speed.
  * The fake engine's images are 10 * (sample id + 1) grey, so a joiner's PNG (sample 1 of the job) is 20 grey.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -20,58 +19,37 @@ import { engineChildren } from '../helpers/engine-processes.ts';
 import { FAKE_CUDA_ENGINE } from '../helpers/fake-cuda-engine-log.ts';
 import { GenerateImageDocument, type GenerateImageInput, JobDocument } from '../helpers/gql/graphql.ts';
 import { REPO_ROOT } from '../helpers/paths.ts';
+import { type ServeProcess, startServe } from '../helpers/serve-process.ts';
 import { eventually, gqlData, metricValue } from '../helpers/test-server.ts';
 
-const CLI = resolve(REPO_ROOT, 'bin/fluxql.js');
 const JOBS = 'fluxql_engine_jobs_total';
 const JOINED = 'fluxql_engine_joined_samples_total';
-let proc: ChildProcess | undefined;
+let server: ServeProcess | undefined;
 let dir: string | undefined;
 let url: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fluxql-cuda-join-'));
-  let out = '';
-  proc = spawn(process.execPath, [CLI, 'serve', '--engine', 'cuda'], {
-    cwd: REPO_ROOT,
+  server = await startServe({
+    args: ['--engine', 'cuda'],
     env: {
-      ...process.env,
       MODEL_REPO: resolve(REPO_ROOT, 'models/flux-tiny'),
       CUDA_ENGINE_BIN: FAKE_CUDA_ENGINE,
       // f32: no fp8 plans, so no planner run at start (quick); the cache folder is not the repository's.
       CUDA_PRECISION: 'f32',
       CACHE_DIR: dir,
-      PORT: '0',
-      HOST: '127.0.0.1',
       IMAGE_DIR: dir,
       MODEL_BATCH: '4',
       // The first request is admitted at once (it need not wait for companions); joiners never wait.
       MAX_QUEUE_DELAY_MS: '0',
-      LOG_LEVEL: 'info',
-      LOG_PRETTY: '',
     },
-    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  proc.stdout?.on('data', (c: Buffer) => {
-    out += c.toString();
-  });
-  proc.stderr?.on('data', (c: Buffer) => {
-    out += c.toString();
-  });
-  url = await eventually(() => {
-    const m = /serving .* on engine cuda at (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-    expect(m, out).not.toBeNull();
-    return (m as RegExpExecArray)[1] as string;
-  });
+  url = server.url;
   await eventually(async () => expect((await fetch(`${url}/readyz`)).status).toBe(200));
 }, 120_000);
 
 afterAll(async () => {
-  if (proc && proc.exitCode === null) {
-    const exited = new Promise((r) => proc?.once('exit', r));
-    proc.kill('SIGTERM');
-    await exited;
-  }
+  await server?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -102,7 +80,7 @@ async function job(id: string) {
  * succeed; returns the two jobs.
  */
 async function whileFirstRuns(first: GenerateImageInput, second: GenerateImageInput) {
-  const engines = engineChildren(proc!.pid!, FAKE_CUDA_ENGINE);
+  const engines = engineChildren(server!.proc.pid!, FAKE_CUDA_ENGINE);
   expect(engines).toHaveLength(1);
   const engine = engines[0]!;
   process.kill(engine, 'SIGSTOP');

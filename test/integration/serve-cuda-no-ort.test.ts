@@ -4,61 +4,41 @@
  * A real server process on the fake engine (test/helpers/fake-cuda-engine.mjs), with a preload that makes loading
  * onnxruntime-node throw; the same preload stops `fluxql generate` (ONNX) with that error, so the block is real.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FAKE_CUDA_ENGINE } from '../helpers/fake-cuda-engine-log.ts';
 import { REPO_ROOT } from '../helpers/paths.ts';
-import { eventually } from '../helpers/test-server.ts';
+import { type ServeProcess, startServe } from '../helpers/serve-process.ts';
 
 const BLOCK = resolve(REPO_ROOT, 'test/fixtures/no-ort/block-ort.cjs');
 const CLI = resolve(REPO_ROOT, 'bin/fluxql.js');
-let proc: ChildProcess | undefined;
+let server: ServeProcess | undefined;
 let dir: string | undefined;
 
 afterAll(async () => {
-  if (proc && proc.exitCode === null) {
-    const exited = new Promise((r) => proc?.once('exit', r));
-    proc.kill('SIGTERM');
-    await exited;
-  }
+  await server?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 describe('serve --engine cuda without onnxruntime-node', () => {
   it('starts, answers GraphQL and reports the engine', { timeout: 60_000 }, async () => {
     dir = await mkdtemp(join(tmpdir(), 'fluxql-no-ort-'));
-    let out = '';
-    proc = spawn(process.execPath, ['--require', BLOCK, CLI, 'serve', '--engine', 'cuda'], {
-      cwd: REPO_ROOT,
+    server = await startServe({
+      nodeArgs: ['--require', BLOCK],
+      args: ['--engine', 'cuda'],
       env: {
-        ...process.env,
         MODEL_REPO: resolve(REPO_ROOT, 'models/flux-tiny'),
         CUDA_ENGINE_BIN: FAKE_CUDA_ENGINE,
-        PORT: '0',
-        HOST: '127.0.0.1',
         IMAGE_DIR: dir,
         // The CUDA planner's manifest (the fake engine calibrates): not the repository's cache.
         CACHE_DIR: dir,
-        LOG_LEVEL: 'info',
-        LOG_PRETTY: '',
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      whileStarting: (out) => expect(out).not.toContain('onnxruntime-node is blocked'),
     });
-    proc.stdout?.on('data', (c: Buffer) => {
-      out += c.toString();
-    });
-    proc.stderr?.on('data', (c: Buffer) => {
-      out += c.toString();
-    });
-    const url = await eventually(() => {
-      expect(out).not.toContain('onnxruntime-node is blocked');
-      const m = /serving .* on engine cuda at (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-      expect(m).not.toBeNull();
-      return (m as RegExpExecArray)[1] as string;
-    });
+    const url = server.url;
     const res = await fetch(`${url}/graphql`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -84,7 +64,7 @@ describe('serve --engine cuda without onnxruntime-node', () => {
       { threshold: 0.8, psnr: 100, minPsnr: 34 },
       { threshold: 0.8, psnr: 100, minPsnr: 30 },
     ]);
-    expect(out).not.toContain('onnxruntime-node is blocked');
+    expect(server.output()).not.toContain('onnxruntime-node is blocked');
   });
 
   it('the same preload stops the ONNX pipeline (the block works)', { timeout: 60_000 }, () => {
