@@ -9,8 +9,8 @@
 #          nvidia-smi clocks beside each. ~6 min.
 #   OUT=$OUT bash engines/cuda/scripts/device-xlfuse.sh check [fixtures]   # carry [".device-carry/fixtures"]
 #   OUT=$OUT bash engines/cuda/scripts/device-xlfuse.sh bench
-# Writes under $OUT: summary.txt, build.log, selftest-inplace{1,0}.txt, bench-qkv{0,1,0b}.{json,md,err},
-# clocks-qkv*.csv. Read: the "[bench] bf16 batch 1 own kernels ms/step" lines and "mean ... s" of each run.
+# Writes under $OUT: summary.txt, build.log, selftest-inplace{1,0}.txt (check), bench-qkv{0,1,0b}.tar.gz (bench:
+# each run's .json, .md, .err and clocks .csv). Read: the "[bench] bf16 batch 1 own kernels ms/step" lines and "mean ... s" of each run.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=${FQ_ROOT:-$(cd "$HERE/../../../.." && pwd)}
@@ -36,15 +36,20 @@ case $PART in
     grep -E "FAIL|error|required cases|qkv|transformer_forward" "$OUT/selftest-inplace0.txt" | head -30
     ;;
   bench)
+    # Each run's files go to a scratch folder and come back as one tar per run, made as soon as the run ends (the
+    # device tool returns at most 8 files; a call cut at its limit still returns the runs done).
     for run in 0 1 0b; do
       say "bench bf16 b1, FQ_QKV_INPLACE=${run%b}"
+      R=/tmp/fq-xl-$run
+      rm -rf "$R" && mkdir -p "$R"
       nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv,noheader,nounits \
-        -lms 1000 >"$OUT/clocks-qkv$run.csv" 2>/dev/null &
+        -lms 1000 >"$R/clocks-qkv$run.csv" 2>/dev/null &
       smi=$!
       FQ_QKV_INPLACE=${run%b} timeout -k 5 170 "$ENGINE" --bench --batches 1 --iters "$ITERS" --precisions bf16 \
-        --out "$OUT/bench-qkv$run" >/dev/null 2>"$OUT/bench-qkv$run.err" || rc=1
+        --out "$R/bench-qkv$run" >/dev/null 2>"$R/bench-qkv$run.err" || rc=1
       kill "$smi" 2>/dev/null
-      grep -E "mean|own kernels|floor|batch 1:" "$OUT/bench-qkv$run.err" | tail -8
+      grep -E "mean|own kernels|floor|batch 1:" "$R/bench-qkv$run.err" | tail -8
+      tar -C "$R" -czf "$OUT/bench-qkv$run.tar.gz" .
     done
     ;;
   *) echo "usage: device-xlfuse.sh check|bench"; exit 2 ;;
