@@ -9,7 +9,7 @@
 #   OUT=$OUT [PATTERN=FFCFC...] [ITERS=10] bash engines/cuda/scripts/device-modes.sh a|b
 # PATTERN: the S+cache forced schedule (F full / C cached per step), the one the step cache yields on flux-mini
 # (empty: the S rule's upper bound F C F C ..., labelled so in the results). Writes under $OUT: summary.txt,
-# build.log, modes-<run>.{json,md,err} and clocks-<run>.csv (nvidia-smi every second during the run). Back here:
+# build.log, modes-<run>.{json,err} and clocks-<run>.csv (nvidia-smi every second during the run). Back here:
 #   python3 engines/cuda/scripts/modes-report.py <dir with every part's files> bench/results/cuda-modes-h100
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +34,9 @@ modes_run() {
   timeout "$limit" "$ENGINE" --bench-modes --size 1024 --steps 28 --iters "$ITERS" --card "$CARD" \
     ${PATTERN:+--cache-pattern "$PATTERN"} --out "$OUT/modes-$name" "$@" >/dev/null 2>"$OUT/modes-$name.err" || rc=1
   kill "$smi" 2>/dev/null
+  # The .md is rebuilt by modes-report.py from the JSON: dropping it keeps part a (two runs) at the device tool's
+  # 8 returned files (session 13 lost part a's batch-4 JSON to that limit).
+  rm -f "$OUT/modes-$name.md"
   grep -E "bench-modes|bench-lora|floor" "$OUT/modes-$name.err" | tail -20
 }
 case $PART in
