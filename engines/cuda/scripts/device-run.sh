@@ -70,5 +70,7 @@ if [[ $MODE == server ]]; then
   r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && rc=$r
   OUT=$OUT/curl bash engines/cuda/scripts/server-check.sh 2>&1 | tee "$OUT/server-check.txt"
   r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && rc=$r
+  # One tar for the curl check's files: the device tool returns at most 8 files.
+  tar -C "$OUT" -czf "$OUT/curl.tar.gz" curl && rm -rf "$OUT/curl"
 fi
 exit $rc
