@@ -39,8 +39,10 @@ import type { FluxTokenizers } from './flux/tokenize.ts';
 /**
  * Bump when calibration or planning changes in a way that must invalidate stored CUDA plans.
  * 2: the manifest holds each planned mode's step caching (`cuda-step-cache.ts`).
+ * 3: the step caching is searched under several caching rules (at most 1, then 2 cached steps in a row) and each mode
+ *    keeps the rule caching the most steps over its floor (`CUDA_STEP_CACHE_RULES`).
  */
-export const CUDA_PLANNER_VERSION = '2';
+export const CUDA_PLANNER_VERSION = '3';
 
 /** The calibration inputs (see the file header); part of the manifest key. */
 export const CUDA_CALIBRATION = {

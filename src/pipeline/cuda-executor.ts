@@ -456,7 +456,9 @@ class CudaExecutor implements CudaStepExecutor {
       const served = Object.entries(planned).map(
         ([mode, s]) =>
           `${mode}: plan ${s.plan}, ${manifest.plans[mode]?.counts.fp8 ?? '?'} fp8 layers planned, ` +
-          (s.stepCache ? `step cache threshold ${s.stepCache.threshold}` : 'no step caching'),
+          (s.stepCache
+            ? `step cache threshold ${s.stepCache.threshold}, at most ${s.stepCache.maxConsecutive ?? 1} cached in a row`
+            : 'no step caching'),
       );
       log(`cuda planner: serving ${served.join('; ')}${manifest.preset.kept ? ' (S keeps the fp8 preset)' : ''}`);
     } catch (err) {

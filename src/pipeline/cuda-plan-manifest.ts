@@ -7,7 +7,8 @@
  * The key hashes everything the plans depend on: the planner version, the engine's identity (a hash of its
  * executable plus the card, CUDA runtime and compute capability: the layer times are the card's, and another build
  * may quantise or pick kernels differently), the model's fingerprint (its weight files' headers, sizes and configs:
- * `fingerprint.ts`), the calibration inputs, the budgets and the step-cache calibration (inputs, candidates, floors). The file repeats the identity fields and a reader
+ * `fingerprint.ts`), the calibration inputs, the budgets and the step-cache calibration (inputs, candidates, caching
+ * rules, floors). The file repeats the identity fields and a reader
  * refuses a file whose fields differ, so a file copied or renamed by hand is not trusted either.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -41,7 +42,7 @@ export interface CudaPlanIdentity {
   model: string;
   calibration: typeof CUDA_CALIBRATION;
   budgets: Record<string, number>;
-  /** The step-cache calibration's inputs, candidates, rule and floors. */
+  /** The step-cache calibration's inputs, candidates, rules and floors. */
   stepCacheCalibration: typeof CUDA_STEP_CACHE_CALIBRATION;
 }
 
@@ -115,9 +116,10 @@ export function readCudaPlanManifest(
   const servedOk = ['L', 'M', 'S'].every((k) => {
     const s = (m.served as unknown as Record<string, { plan?: unknown; rules?: unknown }> | undefined)?.[k];
     const c = (m.stepCache as unknown as Record<string, Partial<CudaModeStepCache>> | undefined)?.[k];
-    const cacheOk = [c?.threshold, c?.warmupSteps, c?.maxConsecutive, c?.psnr].every(
-      (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0,
-    );
+    const cacheOk =
+      [c?.threshold, c?.warmupSteps, c?.maxConsecutive, c?.psnr].every(
+        (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0,
+      ) && Number.isInteger(c?.maxConsecutive);
     return typeof s?.plan === 'string' && typeof s.rules === 'string' && cacheOk;
   });
   if (m.format !== 'fluxql-cuda-plans' || differs.length > 0 || !servedOk) {
@@ -164,6 +166,7 @@ export function cudaModePlanReports(m: CudaPlanManifest, path: string): Record<s
       ].sort((a, b) => b.layers - a.layers || a.algorithm.localeCompare(b.algorithm)),
       stepCache: {
         threshold: c.threshold,
+        maxConsecutive: c.maxConsecutive,
         fullSteps: c.fullSteps,
         cachedSteps: c.cachedSteps,
         psnr: c.psnr,

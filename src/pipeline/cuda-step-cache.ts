@@ -11,14 +11,21 @@
  * step only when every sample is under the threshold, so batch 1 is the most aggressive case), at 512x512 and the
  * served 28 steps (cache decisions depend on the step count: the first block's residual moves less per step in a
  * longer schedule), are generated with the base plan and no caching (the reference), then, per mode, with the mode's
- * fp8 plan and ascending candidate thresholds (the warm-up and run-length rule of the ONNX S mode: warm-up 1, at most
- * 1 cached step in a row). The largest candidate whose worst-prompt PSNR against the reference keeps the floor wins
- * (`step-cache-threshold.ts`, shared with the ONNX S calibration); none passing: the mode does not cache. Modes of
- * one plan share their generations (a measurement is keyed by plan and threshold).
+ * fp8 plan and ascending candidate thresholds under each caching rule of {@link CUDA_STEP_CACHE_RULES} in turn (warm-up
+ * 1 and at most 1 cached step in a row, the ONNX S mode's rule; then at most 2 in a row). Per rule the largest
+ * candidate whose worst-prompt PSNR against the reference keeps the floor passes (`step-cache-threshold.ts`, shared
+ * with the ONNX S calibration); of the rules' passing settings the mode keeps the one caching the most steps over the
+ * calibration prompts, the earlier (less aggressive) rule on a tie; none passing: the mode does not cache. Why 2 in a
+ * row: at most 1 caps caching at 14 of 28 steps, and S's speed goal needs ~14 or fewer full steps (flux-mini: 13
+ * cached at 38.1 dB, far over S's 30 dB floor; engines/cuda/NOTES.md session 15). A later rule is tried only when the
+ * earlier one kept a threshold: when even the smallest candidate misses the floor under shorter runs, longer runs
+ * (which cache at least those steps at that threshold) are taken to miss it too. Modes of one plan share their
+ * generations (a measurement is keyed by plan, rule and threshold).
  *
  * Cost on FLUX.1-dev (estimate, not measured): ~40 ms per step at 512x512 on an H100, so ~1.2 s per image; the
- * reference, each plan without caching and up to 11 candidates, two images each, stopping at the first failure:
- * between ~15 and ~90 s once per (engine build, card, model). Open: 512x512 decisions are taken to hold at 1024x1024.
+ * reference, each plan without caching and up to 11 candidates per rule, two images each, stopping at the first
+ * failure: between ~15 and ~170 s once per (engine build, card, model). Open: 512x512 decisions are taken to hold at
+ * 1024x1024.
  */
 import type { CudaEngineClient, CudaPrepareArgs, CudaStepCache } from '../runtime/cuda/index.ts';
 import type { CudaPlannedModes } from './cuda-modes.ts';
@@ -45,8 +52,20 @@ export const CUDA_MODE_PSNR_FLOORS = { L: 38, M: 34, S: 30 } as const;
 export type CudaPlannedModeName = keyof typeof CUDA_MODE_PSNR_FLOORS;
 const PLANNED: readonly CudaPlannedModeName[] = ['L', 'M', 'S'];
 
-/** The caching rule beside the threshold: the ONNX S mode's (modes.ts), the engine's defaults. */
-export const CUDA_STEP_CACHE_RULE = { warmupSteps: 1, maxConsecutive: 1 } as const;
+/** A caching rule beside the threshold (PROTOCOL.md `step_cache`'s `warmup_steps`, `max_consecutive`). */
+export interface CudaStepCacheRule {
+  warmupSteps: number;
+  maxConsecutive: number;
+}
+
+/**
+ * The caching rules each mode's thresholds are searched under, least aggressive first (the order breaks ties): the
+ * ONNX S mode's (modes.ts) and the engine's defaults, then 2 cached steps in a row (up to 18 of 28 cached, was 14).
+ */
+export const CUDA_STEP_CACHE_RULES = [
+  { warmupSteps: 1, maxConsecutive: 1 },
+  { warmupSteps: 1, maxConsecutive: 2 },
+] as const satisfies readonly CudaStepCacheRule[];
 
 /**
  * Thresholds tried, ascending (relative L1 change of the first block's residual): finer and lower than the ONNX
@@ -54,7 +73,7 @@ export const CUDA_STEP_CACHE_RULE = { warmupSteps: 1, maxConsecutive: 1 } as con
  */
 export const CUDA_THRESHOLD_CANDIDATES = [0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.2] as const;
 
-/** The calibration's inputs, candidates, rule and floors (see the file header); part of the manifest key. */
+/** The calibration's inputs, candidates, rules and floors (see the file header); part of the manifest key. */
 export const CUDA_STEP_CACHE_CALIBRATION = {
   prompts: CALIBRATION.prompts,
   size: 512,
@@ -63,7 +82,7 @@ export const CUDA_STEP_CACHE_CALIBRATION = {
   /** Seed of each prompt's starting noise (torch's CPU generator, as the executor draws it). */
   seeds: [2000, 2001],
   candidates: CUDA_THRESHOLD_CANDIDATES,
-  rule: CUDA_STEP_CACHE_RULE,
+  rules: CUDA_STEP_CACHE_RULES,
   floors: CUDA_MODE_PSNR_FLOORS,
 } as const;
 
@@ -71,6 +90,7 @@ export const CUDA_STEP_CACHE_CALIBRATION = {
 export interface CudaModeStepCache {
   /** The threshold its jobs send; 0: no candidate kept the floor, the mode does not cache. */
   threshold: number;
+  /** The rule kept with it (one of {@link CUDA_STEP_CACHE_RULES}; the first when the mode does not cache). */
   warmupSteps: number;
   maxConsecutive: number;
   /** The mode's floor (dB). */
@@ -82,8 +102,8 @@ export interface CudaModeStepCache {
   cachedSteps: number;
   /** The plan alone, without caching: worst PSNR against `original`. */
   uncachedPsnr: number;
-  /** Every candidate tried, in order, with the most steps any prompt cached. */
-  tried: (ThresholdTrial & { cachedSteps: number })[];
+  /** Every candidate tried, in order (rule by rule), with its rule's run length and the most steps any prompt cached. */
+  tried: (ThresholdTrial & { maxConsecutive: number; cachedSteps: number })[];
 }
 
 /** The calibration's outcome: each planned mode's step caching, and the engine time spent (ms, wall clock). */
@@ -137,14 +157,39 @@ interface Generated {
   cached: number;
 }
 
-/** What one (plan, threshold) measured against the reference. */
+/** What one (plan, rule, threshold) measured against the reference. */
 interface Measured {
   psnr: number;
   full: number;
   cached: number;
   /** Most steps any prompt cached. */
   mostCached: number;
+  /** Steps cached over all prompts: what the choice between rules maximises. */
+  totalCached: number;
   saturated: boolean;
+}
+
+/** One rule's search outcome for a mode: its largest passing threshold (0: none) and what it measured. */
+interface RuleOutcome {
+  rule: CudaStepCacheRule;
+  threshold: number;
+  measured: Measured;
+  tried: CudaModeStepCache['tried'];
+}
+
+/**
+ * The setting a mode keeps of its rules' outcomes (in {@link CUDA_STEP_CACHE_RULES} order, each having kept its
+ * floor): the most steps cached over the calibration prompts; on a tie the earlier, less aggressive rule. A rule that
+ * kept no threshold caches nothing, so it wins only when nothing caches (the first rule, threshold 0).
+ */
+export function bestRuleOutcome<T extends { threshold: number; measured: { totalCached: number } }>(
+  outcomes: readonly T[],
+): T {
+  let best = outcomes[0]!;
+  for (const o of outcomes.slice(1)) {
+    if (o.threshold > 0 && o.measured.totalCached > best.measured.totalCached) best = o;
+  }
+  return best;
 }
 
 /**
@@ -158,8 +203,11 @@ export async function calibrateCudaStepCache(
   onLog?: (m: string) => void,
 ): Promise<CudaStepCacheOutcome> {
   const t0 = performance.now();
-  const rule = CUDA_STEP_CACHE_RULE;
-  const generate = async (plan: string | undefined, threshold: number): Promise<Generated[]> => {
+  const generate = async (
+    plan: string | undefined,
+    rule: CudaStepCacheRule,
+    threshold: number,
+  ): Promise<Generated[]> => {
     const out: Generated[] = [];
     for (const input of inputs) {
       // Threshold 0 never caches: sent as no step cache at all (the engine's bit-identical path).
@@ -180,13 +228,17 @@ export async function calibrateCudaStepCache(
     }
     return out;
   };
-  const reference = (await generate(undefined, 0)).map((g) => g.image);
+  const [firstRule] = CUDA_STEP_CACHE_RULES;
+  const reference = (await generate(undefined, firstRule, 0)).map((g) => g.image);
   const memo = new Map<string, Measured>();
-  const measure = async (plan: string, threshold: number): Promise<Measured> => {
-    const key = `${plan}|${threshold}`;
+  // Threshold 0 sends no step cache: one generation whatever the rule.
+  const keyOf = (plan: string, rule: CudaStepCacheRule, threshold: number) =>
+    threshold > 0 ? `${plan}|${rule.warmupSteps}/${rule.maxConsecutive}|${threshold}` : `${plan}|none`;
+  const measure = async (plan: string, rule: CudaStepCacheRule, threshold: number): Promise<Measured> => {
+    const key = keyOf(plan, rule, threshold);
     const known = memo.get(key);
     if (known) return known;
-    const got = await generate(plan, threshold);
+    const got = await generate(plan, rule, threshold);
     const per = got.map((g, i) => worstPsnr([g.image], [reference[i]!], 255));
     const worst = per.indexOf(Math.min(...per));
     const limit = (i: number) => mostCachedSteps(inputs[i]!.sigmas.length - 1, rule.warmupSteps, rule.maxConsecutive);
@@ -195,6 +247,7 @@ export async function calibrateCudaStepCache(
       full: got[worst]!.full,
       cached: got[worst]!.cached,
       mostCached: Math.max(...got.map((g) => g.cached)),
+      totalCached: got.reduce((a, g) => a + g.cached, 0),
       saturated: threshold > 0 && got.every((g, i) => g.cached === limit(i)),
     };
     memo.set(key, m);
@@ -204,24 +257,41 @@ export async function calibrateCudaStepCache(
   for (const mode of PLANNED) {
     const plan = served[mode].plan;
     const minPsnr = CUDA_MODE_PSNR_FLOORS[mode];
-    const uncached = await measure(plan, 0);
-    const search = await largestPassingThreshold(CUDA_THRESHOLD_CANDIDATES, minPsnr, (t) => measure(plan, t));
-    const chosen = await measure(plan, search.threshold);
+    const uncached = await measure(plan, firstRule, 0);
+    const outcomes: RuleOutcome[] = [];
+    for (const rule of CUDA_STEP_CACHE_RULES) {
+      // A later rule only where the earlier one kept a threshold (see the file header).
+      if (outcomes.length > 0 && !(outcomes.at(-1)!.threshold > 0)) break;
+      const search = await largestPassingThreshold(CUDA_THRESHOLD_CANDIDATES, minPsnr, (t) => measure(plan, rule, t));
+      outcomes.push({
+        rule,
+        threshold: search.threshold,
+        measured: await measure(plan, rule, search.threshold),
+        tried: search.tried.map((t) => ({
+          ...t,
+          maxConsecutive: rule.maxConsecutive,
+          cachedSteps: memo.get(keyOf(plan, rule, t.threshold))!.mostCached,
+        })),
+      });
+    }
+    const best = bestRuleOutcome(outcomes);
+    const chosen = best.measured;
     modes[mode] = {
-      threshold: search.threshold,
-      ...rule,
+      threshold: best.threshold,
+      ...(best.threshold > 0 ? best.rule : firstRule),
       minPsnr,
       psnr: storedPsnr(chosen.psnr),
       fullSteps: chosen.full,
       cachedSteps: chosen.cached,
       uncachedPsnr: storedPsnr(uncached.psnr),
-      tried: search.tried.map((t) => ({ ...t, cachedSteps: memo.get(`${plan}|${t.threshold}`)!.mostCached })),
+      tried: outcomes.flatMap((o) => o.tried),
     };
+    const c = modes[mode];
     onLog?.(
       `cuda planner: ${mode} (plan ${plan}) without caching ${uncached.psnr.toFixed(2)} dB vs original; ` +
-        (search.threshold > 0
-          ? `step cache threshold ${search.threshold}: ${chosen.psnr.toFixed(2)} dB >= ${minPsnr}, ${chosen.cached} of ${chosen.full + chosen.cached} steps cached`
-          : `no threshold keeps ${minPsnr} dB (first tried: ${search.tried[0]?.psnr.toFixed(2)} dB): no step caching`),
+        (c.threshold > 0
+          ? `step cache threshold ${c.threshold}, at most ${c.maxConsecutive} in a row: ${chosen.psnr.toFixed(2)} dB >= ${minPsnr}, ${chosen.cached} of ${chosen.full + chosen.cached} steps cached`
+          : `no threshold keeps ${minPsnr} dB (first tried: ${c.tried[0]?.psnr.toFixed(2)} dB): no step caching`),
     );
   }
   return { modes, ms: performance.now() - t0 };

@@ -118,10 +118,17 @@ export interface ExecutorModePlan {
   /** Layers per type, most layers first. */
   algorithms: { algorithm: string; layers: number }[];
   /**
-   * Step caching as calibrated (threshold 0: none kept the floor): full and cached steps of the worst calibration
-   * image, its PSNR against `original` and the mode's floor (dB).
+   * Step caching as calibrated (threshold 0: none kept the floor): the rule's most cached steps in a row, full and
+   * cached steps of the worst calibration image, its PSNR against `original` and the mode's floor (dB).
    */
-  stepCache: { threshold: number; fullSteps: number; cachedSteps: number; psnr: number; minPsnr: number } | null;
+  stepCache: {
+    threshold: number;
+    maxConsecutive: number;
+    fullSteps: number;
+    cachedSteps: number;
+    psnr: number;
+    minPsnr: number;
+  } | null;
   source: string;
 }
 

@@ -42,7 +42,11 @@ import sharp from 'sharp';
 import WebSocket from 'ws';
 import { engineCompiler } from '../../engines/compiler/port.ts';
 import { CudaSampleLostError, type CudaStepExecutor, createCudaExecutor } from '../../src/pipeline/cuda-executor.ts';
-import { CUDA_MODE_PSNR_FLOORS, type CudaModeStepCache } from '../../src/pipeline/cuda-step-cache.ts';
+import {
+  CUDA_MODE_PSNR_FLOORS,
+  CUDA_STEP_CACHE_RULES,
+  type CudaModeStepCache,
+} from '../../src/pipeline/cuda-step-cache.ts';
 import type { FluxArgumentError } from '../../src/pipeline/flux/latents.ts';
 import { loadFluxTokenizers } from '../../src/pipeline/flux/tokenize.ts';
 import { CudaEngineClient, CudaEngineExitedError } from '../../src/runtime/cuda/index.ts';
@@ -870,8 +874,14 @@ function plannedSuite(): Suite {
               assert.ok(c && c.threshold >= 0 && c.tried.length > 0, `${mode}: ${JSON.stringify(c)}`);
               assert.equal(c.minPsnr, CUDA_MODE_PSNR_FLOORS[mode]);
               if (c.threshold > 0) assert.ok(c.psnr >= c.minPsnr, `${mode}: ${JSON.stringify(c)}`);
+              // The kept rule is one of those searched (at most 1 or 2 cached steps in a row).
+              assert.ok(
+                CUDA_STEP_CACHE_RULES.some((r) => r.maxConsecutive === c.maxConsecutive),
+                `${mode}: ${JSON.stringify(c)}`,
+              );
               assert.deepEqual(plansReported[mode]?.stepCache, {
                 threshold: c.threshold,
+                maxConsecutive: c.maxConsecutive,
                 fullSteps: c.fullSteps,
                 cachedSteps: c.cachedSteps,
                 psnr: c.psnr,
@@ -885,7 +895,12 @@ function plannedSuite(): Suite {
                   const c = m.stepCache[k]!;
                   return [
                     k,
-                    { ...c, tried: c.tried.map((t) => `${t.threshold}:${t.psnr.toFixed(2)}/${t.cachedSteps}`) },
+                    {
+                      ...c,
+                      tried: c.tried.map(
+                        (t) => `max${t.maxConsecutive} ${t.threshold}:${t.psnr.toFixed(2)}/${t.cachedSteps}`,
+                      ),
+                    },
                   ];
                 }),
               ),

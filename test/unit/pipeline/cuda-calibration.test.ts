@@ -15,6 +15,7 @@ import type { CudaExecutorOptions } from '../../../src/pipeline/cuda-executor.ts
 import { type CudaPlanManifest, cudaPlanManifestPath } from '../../../src/pipeline/cuda-plan-manifest.ts';
 import { type CudaModePlan, cudaPlannedBudgets } from '../../../src/pipeline/cuda-planner.ts';
 import {
+  bestRuleOutcome,
   CUDA_MODE_PSNR_FLOORS,
   CUDA_STEP_CACHE_CALIBRATION,
   CUDA_THRESHOLD_CANDIDATES,
@@ -105,13 +106,19 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
       for (const mode of ['L', 'M', 'S'] as const) expect(plans[served[mode].plan]).toBe(served[mode].rules);
       expect(served.L.rules).not.toBe('bf16'); // the synthetic table leaves room for fp8 layers under 1 %
       // Step caching per mode: the fake's images do not move with caching here (no error per cached step), so every
-      // candidate keeps every floor and the search stops at the first one caching every step the rule allows (the
-      // fake's first-block change is 0.5: 0.8 is the first candidate above it).
-      const most = mostCachedSteps(CUDA_STEP_CACHE_CALIBRATION.steps, 1, 1);
+      // candidate keeps every floor and each rule's search stops at the first candidate caching every step the rule
+      // allows (the fake's first-block change is 0.5: 0.8 is the first candidate above it); 2 in a row caches more.
+      const steps = CUDA_STEP_CACHE_CALIBRATION.steps;
+      const [most1, most2] = [mostCachedSteps(steps, 1, 1), mostCachedSteps(steps, 1, 2)];
+      expect([most1, most2]).toEqual([14, 18]);
       for (const mode of ['L', 'M', 'S'] as const) {
-        expect(m!.stepCache[mode]).toMatchObject({ threshold: 0.8, warmupSteps: 1, maxConsecutive: 1, psnr: 100 });
-        expect(m!.stepCache[mode]).toMatchObject({ minPsnr: CUDA_MODE_PSNR_FLOORS[mode], cachedSteps: most });
-        expect(m!.stepCache[mode].tried.at(-1)).toEqual({ threshold: 0.8, psnr: 100, cachedSteps: most });
+        expect(m!.stepCache[mode]).toMatchObject({ threshold: 0.8, warmupSteps: 1, maxConsecutive: 2, psnr: 100 });
+        expect(m!.stepCache[mode]).toMatchObject({ minPsnr: CUDA_MODE_PSNR_FLOORS[mode], cachedSteps: most2 });
+        const tried = m!.stepCache[mode].tried;
+        expect(tried.filter((t) => t.psnr === 100 && t.threshold === 0.8)).toEqual([
+          { threshold: 0.8, psnr: 100, maxConsecutive: 1, cachedSteps: most1 },
+          { threshold: 0.8, psnr: 100, maxConsecutive: 2, cachedSteps: most2 },
+        ]);
       }
       // The step-cache images: one batch-1 job per calibration prompt at 512x512, 28 steps, the reference first.
       const calPrepares = ops(f.slice(0, f.indexOf(loads[2]!)), 'prepare');
@@ -127,7 +134,7 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
       const [o] = await exec.prepare([request(3)]);
       const prepares = ops(serving(frames()), 'prepare');
       expect(prepares.map((p) => p.header.plan ?? null)).toEqual([served.L.plan, served.M.plan, null]);
-      const cache = { threshold: 0.8, warmup_steps: 1, max_consecutive: 1 };
+      const cache = { threshold: 0.8, warmup_steps: 1, max_consecutive: 2 };
       expect(prepares.map(sentCache)).toEqual([cache, cache, null]);
       expect(prepares[0]!.header.t5_len).toBe(cals[0]!.header.t5_len);
       await exec.step([l!]);
@@ -254,7 +261,8 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
    * The first block's change per step: steps 1, 3, 5 at 0.025, 7, 9 at 0.06, 11, 13, 15 at 0.12, 17 at 0.4, every
    * other step 2 (never cached). With one grey level per cached step, a candidate's PSNR is 20 log10(255 / cached):
    * 0.02 caches none, 0.03-0.05 three (38.6 dB), 0.07-0.1 five (34.2 dB), 0.15-0.3 eight (30.1 dB), 0.5 up nine
-   * (29.1 dB). So L keeps 0.05 (0.07 is under 38), M 0.1, S 0.3.
+   * (29.1 dB). So L keeps 0.05 (0.07 is under 38), M 0.1, S 0.3. No two low-change steps follow each other, so 2
+   * cached in a row makes the same decisions: a tie, each mode keeps 1 in a row (the less aggressive rule).
    */
   const graded = {
     FAKE_ENGINE_CACHE_CHANGES: '2,0.025,2,0.025,2,0.025,2,0.06,2,0.06,2,0.12,2,0.12,2,0.12,2,0.4,2',
@@ -267,18 +275,25 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
     const env = { ...process.env, ...graded };
     await withExecutor(dir, { cacheDir, env }, async ({ exec, frames }) => {
       const [m] = manifests(cacheDir);
-      expect(m!.planner).toBe('2');
+      expect(m!.planner).toBe('3');
       const psnr = (cached: number) => Math.round(20 * Math.log10(255 / cached) * 100) / 100;
       const got = Object.fromEntries(
         (['L', 'M', 'S'] as const).map((k) => {
           const c = m!.stepCache[k];
-          return [k, [c.threshold, c.cachedSteps, Math.round(c.psnr * 100) / 100, c.uncachedPsnr]];
+          return [k, [c.threshold, c.maxConsecutive, c.cachedSteps, Math.round(c.psnr * 100) / 100, c.uncachedPsnr]];
         }),
       );
-      expect(got).toEqual({ L: [0.05, 3, psnr(3), 100], M: [0.1, 5, psnr(5), 100], S: [0.3, 8, psnr(8), 100] });
-      // Ascending candidates up to the first failure.
-      expect(m!.stepCache.L.tried.map((t) => t.threshold)).toEqual([0.02, 0.03, 0.05, 0.07]);
-      expect(m!.stepCache.S.tried.at(-1)).toMatchObject({ threshold: 0.5, cachedSteps: 9 });
+      expect(got).toEqual({
+        L: [0.05, 1, 3, psnr(3), 100],
+        M: [0.1, 1, 5, psnr(5), 100],
+        S: [0.3, 1, 8, psnr(8), 100],
+      });
+      // Ascending candidates up to the first failure, per rule.
+      const l = m!.stepCache.L.tried;
+      expect(l.map((t) => [t.maxConsecutive, t.threshold])).toEqual(
+        [1, 2].flatMap((r) => [0.02, 0.03, 0.05, 0.07].map((t) => [r, t])),
+      );
+      expect(m!.stepCache.S.tried.at(-1)).toMatchObject({ threshold: 0.5, maxConsecutive: 2, cachedSteps: 9 });
       // Jobs: each planned mode's own threshold; original and XL none.
       const modes = ['original', 'XL', 'L', 'M', 'S'];
       const handles = await exec.prepare(modes.map((mode, i) => request(i + 1, mode)));
@@ -297,6 +312,7 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
       for (const k of ['L', 'M', 'S'] as const) {
         expect(byMode[k]!.stepCache).toEqual({
           threshold: m!.stepCache[k].threshold,
+          maxConsecutive: 1,
           fullSteps: m!.stepCache[k].fullSteps,
           cachedSteps: m!.stepCache[k].cachedSteps,
           psnr: m!.stepCache[k].psnr,
@@ -312,15 +328,21 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
     const dir = tmp();
     const cacheDir = join(dir, 'cache');
     // Every candidate caches every step the rule allows (14 of 28): 0.3 x 14 = 4 grey levels, 36.1 dB: under L's 38,
-    // over M's 34 and S's 30 (which stop at the first candidate: larger ones would cache the same steps).
+    // over M's 34 and S's 30 (which stop at the first candidate: larger ones would cache the same steps). L kept no
+    // threshold, so 2 in a row is not tried for it; for M and S it caches 18 of 28: 5 grey levels, 34.15 dB, kept.
     const env = { ...process.env, FAKE_ENGINE_CACHE_CHANGES: '0.01', FAKE_ENGINE_CACHED_STEP_ERR: '0.3' };
     await withExecutor(dir, { cacheDir, env, maxBatch: 4 }, async ({ exec, frames }) => {
       const [m] = manifests(cacheDir);
       expect(m!.stepCache.L).toMatchObject({ threshold: 0, cachedSteps: 0, psnr: 100 });
-      expect(m!.stepCache.L.tried).toEqual([{ threshold: 0.02, psnr: expect.closeTo(36.09, 2), cachedSteps: 14 }]);
+      expect(m!.stepCache.L.tried).toEqual([
+        { threshold: 0.02, psnr: expect.closeTo(36.09, 2), maxConsecutive: 1, cachedSteps: 14 },
+      ]);
       for (const k of ['M', 'S'] as const) {
-        expect(m!.stepCache[k]).toMatchObject({ threshold: 0.02, cachedSteps: 14 });
-        expect(m!.stepCache[k].tried).toHaveLength(1);
+        expect(m!.stepCache[k]).toMatchObject({ threshold: 0.02, maxConsecutive: 2, cachedSteps: 18 });
+        expect(m!.stepCache[k].tried.map((t) => [t.maxConsecutive, t.cachedSteps])).toEqual([
+          [1, 14],
+          [2, 18],
+        ]);
       }
       expect(exec.info().capabilities.modes).toEqual(['original', 'XL', 'L', 'M', 'S']);
       // L: no step cache, so a later L request joins its running job; S caches: a later S request gets a job of its
@@ -341,36 +363,111 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
     });
   }, 60_000);
 
+  it('keeps 2 cached steps in a row for a mode whose floor allows more caching with it (S), 1 for the others', async () => {
+    const dir = tmp();
+    const cacheDir = join(dir, 'cache');
+    /**
+     * Low-change steps in pairs (1-2, 4-5 at 0.025; 7-8, 10-11 at 0.06; 13-14, 16-17 at 0.12), every other step 2.
+     * At most 1 in a row caches one step of each pair under the threshold, 2 in a row both. One grey level per cached
+     * step (PSNR 20 log10(255 / cached)): 1 in a row: 0.03-0.05 two (42.1 dB), 0.07-0.1 four (36.1), 0.15-1.2 six
+     * (32.6); 2 in a row: 0.03-0.05 four, 0.07-0.1 eight (30.07), 0.15 up twelve (26.5).
+     * L (38): 0.05 at 1 in a row (2 cached); at 2 only 0.02 passes, caching none: keeps 1.
+     * M (34): 0.1 at 1 (4 cached); at 2, 0.05 (4 cached): a tie, keeps 1 (less aggressive).
+     * S (30): 1.2 at 1 (6 cached); at 2, 0.1 (8 cached, 30.07 dB): keeps 2 in a row.
+     */
+    const env = {
+      ...process.env,
+      FAKE_ENGINE_CACHE_CHANGES: '2,0.025,0.025,2,0.025,0.025,2,0.06,0.06,2,0.06,0.06,2,0.12,0.12,2,0.12,0.12,2',
+      FAKE_ENGINE_CACHED_STEP_ERR: '1',
+    };
+    await withExecutor(dir, { cacheDir, env }, async ({ exec, frames }) => {
+      const [m] = manifests(cacheDir);
+      const got = Object.fromEntries(
+        (['L', 'M', 'S'] as const).map((k) => {
+          const c = m!.stepCache[k];
+          return [k, [c.threshold, c.maxConsecutive, c.cachedSteps]];
+        }),
+      );
+      expect(got).toEqual({ L: [0.05, 1, 2], M: [0.1, 1, 4], S: [0.1, 2, 8] });
+      expect(m!.stepCache.S.psnr).toBeCloseTo(20 * Math.log10(255 / 8), 2);
+      // L: 1 in a row up to its first failure (0.07), then 2 in a row up to its own (0.03).
+      expect(m!.stepCache.L.tried.map((t) => [t.maxConsecutive, t.threshold, t.cachedSteps])).toEqual([
+        [1, 0.02, 0],
+        [1, 0.03, 2],
+        [1, 0.05, 2],
+        [1, 0.07, 4],
+        [2, 0.02, 0],
+        [2, 0.03, 4],
+      ]);
+      // S: every candidate passes at 1 in a row (six cached, no saturation), then 2 in a row fails at 0.15.
+      expect(m!.stepCache.S.tried.filter((t) => t.maxConsecutive === 1)).toHaveLength(CUDA_THRESHOLD_CANDIDATES.length);
+      expect(m!.stepCache.S.tried.at(-1)).toMatchObject({ threshold: 0.15, maxConsecutive: 2, cachedSteps: 12 });
+      // Jobs prepare with their mode's rule.
+      const handles = await exec.prepare(['L', 'M', 'S'].map((mode, i) => request(i + 1, mode)));
+      const sent = ops(serving(frames()), 'prepare').map(sentCache);
+      expect(sent).toEqual([
+        { threshold: 0.05, warmup_steps: 1, max_consecutive: 1 },
+        { threshold: 0.1, warmup_steps: 1, max_consecutive: 1 },
+        { threshold: 0.1, warmup_steps: 1, max_consecutive: 2 },
+      ]);
+      await exec.release(handles);
+      // The models query's source reports the rule.
+      const catalog = new ModelCatalog(exec.info(), { batchSize: 4, defaultSize: 'original' });
+      expect(['L', 'M', 'S'].map((k) => catalog.resolve(k).plan!.stepCache!.maxConsecutive)).toEqual([1, 1, 2]);
+    });
+  }, 60_000);
+
   it('recalibrates when the stored manifest is of another planner version or lacks the step caching', async () => {
     const dir = tmp();
     const cacheDir = join(dir, 'cache');
     await withExecutor(dir, { cacheDir }, async () => undefined);
     const plansDir = join(cacheDir, 'cuda-plans');
     const [name] = readdirSync(plansDir);
-    const v2 = JSON.parse(readFileSync(join(plansDir, name!), 'utf8')) as CudaPlanManifest;
-    // A version-1 manifest (no step caching, the fp8 plans alone) where version 1 kept it: its key differs.
-    const { stepCache: _, stepCacheCalibration: __, ...v1 } = { ...v2, planner: '1' };
-    const v1Path = cudaPlanManifestPath(cacheDir, 'flux-tiny', v1 as unknown as CudaPlanManifest);
-    expect(v1Path).not.toBe(join(plansDir, name!));
-    rmSync(join(plansDir, name!));
-    writeFileSync(v1Path, JSON.stringify(v1));
-    await withExecutor(dir, { cacheDir }, async ({ frames }) => {
-      expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
+    const v3 = JSON.parse(readFileSync(join(plansDir, name!), 'utf8')) as CudaPlanManifest;
+    // A version-1 manifest (no step caching, the fp8 plans alone) and a version-2 one (one caching rule, at most 1
+    // in a row), each where its version kept it: their keys differ from today's.
+    const { stepCache: _, stepCacheCalibration: __, ...v1 } = { ...v3, planner: '1' };
+    const { rules: ___, ...cal2 } = v3.stepCacheCalibration;
+    const one = (c: CudaPlanManifest['stepCache']['L']) => ({
+      ...c,
+      maxConsecutive: 1,
+      tried: c.tried.filter((t) => t.maxConsecutive === 1).map(({ maxConsecutive: ____, ...t }) => t),
     });
+    const v2 = {
+      ...v3,
+      planner: '2',
+      stepCacheCalibration: { ...cal2, rule: { warmupSteps: 1, maxConsecutive: 1 } },
+      stepCache: { L: one(v3.stepCache.L), M: one(v3.stepCache.M), S: one(v3.stepCache.S) },
+    };
+    for (const old of [v1, v2]) {
+      const oldPath = cudaPlanManifestPath(cacheDir, 'flux-tiny', old as unknown as CudaPlanManifest);
+      expect(oldPath).not.toBe(join(plansDir, name!));
+      rmSync(join(plansDir, name!));
+      writeFileSync(oldPath, JSON.stringify(old));
+      await withExecutor(dir, { cacheDir }, async ({ frames }) => {
+        expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
+      });
+      const now = manifests(cacheDir).find((m) => m.planner === '3')!;
+      expect(now.stepCache.S).toMatchObject({ threshold: 0.8, maxConsecutive: 2 });
+    }
     expect(
       manifests(cacheDir)
         .map((m) => m.planner)
         .sort(),
-    ).toEqual(['1', '2']);
-    // The current file, its version field or its step caching edited: not trusted, calibrated again.
-    for (const edit of [{ planner: '1' }, { stepCache: undefined }]) {
-      writeFileSync(join(plansDir, name!), JSON.stringify({ ...v2, ...edit }));
+    ).toEqual(['1', '2', '3']);
+    // The current file, its version field, its step caching or its rule edited: not trusted, calibrated again.
+    const halfRule = { S: { ...v3.stepCache.S, maxConsecutive: 1.5 } };
+    for (const edit of [{ planner: '2' }, { stepCache: undefined }, { stepCache: { ...v3.stepCache, ...halfRule } }]) {
+      writeFileSync(join(plansDir, name!), JSON.stringify({ ...v3, ...edit }));
       await withExecutor(dir, { cacheDir }, async ({ frames }) => {
         expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
       });
-      expect(manifests(cacheDir).find((m) => m.planner === '2')!.stepCache.S.threshold).toBe(0.8);
+      expect(manifests(cacheDir).find((m) => m.planner === '3')!.stepCache.S).toMatchObject({
+        threshold: 0.8,
+        maxConsecutive: 2,
+      });
     }
-  }, 60_000);
+  }, 120_000); // six calibrations
 });
 
 describe('largestPassingThreshold', () => {
@@ -406,6 +503,18 @@ describe('largestPassingThreshold', () => {
       ],
     });
     expect(CUDA_THRESHOLD_CANDIDATES).toEqual([...CUDA_THRESHOLD_CANDIDATES].sort((a, b) => a - b));
+  });
+
+  it('keeps the rule caching the most steps over all prompts; on a tie, or none kept, the earlier rule', () => {
+    const o = (rule: number, threshold: number, totalCached: number) => ({
+      rule,
+      threshold,
+      measured: { totalCached },
+    });
+    expect(bestRuleOutcome([o(1, 0.2, 26), o(2, 0.1, 30)]).rule).toBe(2);
+    expect(bestRuleOutcome([o(1, 0.2, 26), o(2, 0.05, 26)]).rule).toBe(1);
+    expect(bestRuleOutcome([o(1, 0.2, 26), o(2, 0, 0)]).rule).toBe(1);
+    expect(bestRuleOutcome([o(1, 0, 0)]).rule).toBe(1);
   });
 
   it('counts the most steps the caching rule allows', () => {
