@@ -114,10 +114,12 @@ export interface ModePlanSummary {
   /**
    * Step caching (mode S on ONNX; the planned modes on CUDA, threshold 0 when calibration kept none), when planned.
    * `psnr` / `minPsnr`: the CUDA planner's calibration (worst calibration image at the threshold against `original`,
-   * and the mode's floor, dB); absent for benchmark rows.
+   * and the mode's floor, dB); absent for benchmark rows. `maxConsecutive`: most steps cached in a row (the CUDA
+   * planner's rule); absent where not known.
    */
   stepCache: {
     threshold: number;
+    maxConsecutive?: number;
     fullSteps: number;
     cachedSteps: number;
     psnr?: number;

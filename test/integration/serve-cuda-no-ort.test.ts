@@ -42,7 +42,9 @@ describe('serve --engine cuda without onnxruntime-node', () => {
     const res = await fetch(`${url}/graphql`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ query: '{ models { id device plan { stepCache { threshold psnr minPsnr } } } }' }),
+      body: JSON.stringify({
+        query: '{ models { id device plan { stepCache { threshold maxConsecutive psnr minPsnr } } } }',
+      }),
     });
     type Model = { id: string; device: string; plan: { stepCache: Record<string, number> | null } | null };
     const body = (await res.json()) as { data?: { models: Model[] } };
@@ -56,13 +58,14 @@ describe('serve --engine cuda without onnxruntime-node', () => {
       'flux-1-dev-s-bs4',
     ]);
     // Each planned mode's calibrated step caching (the fake's images do not move with caching: 0.8, the first
-    // candidate caching every step the rule allows) and its floor; original and XL are not planned.
+    // candidate caching every step the rule allows, and 2 in a row, which caches more) and its floor; original and XL
+    // are not planned.
     expect(body.data?.models.map((m) => m.plan?.stepCache ?? null)).toEqual([
       null,
       null,
-      { threshold: 0.8, psnr: 100, minPsnr: 38 },
-      { threshold: 0.8, psnr: 100, minPsnr: 34 },
-      { threshold: 0.8, psnr: 100, minPsnr: 30 },
+      { threshold: 0.8, maxConsecutive: 2, psnr: 100, minPsnr: 38 },
+      { threshold: 0.8, maxConsecutive: 2, psnr: 100, minPsnr: 34 },
+      { threshold: 0.8, maxConsecutive: 2, psnr: 100, minPsnr: 30 },
     ]);
     expect(server.output()).not.toContain('onnxruntime-node is blocked');
   });

@@ -141,6 +141,13 @@ const StepCacheRef = builder.objectRef<NonNullable<ModePlanSummary['stepCache']>
     'kept the quality floor, so the mode does not cache.',
   fields: (t) => ({
     threshold: t.exposeFloat('threshold'),
+    maxConsecutive: t.int({
+      nullable: true,
+      description:
+        "Most steps cached in a row after a full one (the CUDA planner's calibrated rule); null where not known " +
+        '(benchmark rows).',
+      resolve: (c) => c.maxConsecutive ?? null,
+    }),
     fullSteps: t.exposeInt('fullSteps', { description: 'Steps run through the whole transformer.' }),
     cachedSteps: t.exposeInt('cachedSteps', { description: 'Steps that reused the cached residual.' }),
     psnr: t.float({
