@@ -59,7 +59,8 @@
  * with a calibrated threshold prepare with its `step_cache` (per job: other modes' jobs send none, and the mode is in
  * the grouping key); `info().modePlans` reports each planned mode's plan and step caching for the `models` query. When
  * planning fails, original, XL and S are served (S: the fp8 preset, no caching) and L and M are listed unavailable
- * with the reason (`capabilities.unavailable`).
+ * with the reason (`capabilities.unavailable`). That planning path is `cuda-mode-planning.ts`, which `fluxql compile
+ * --engine cuda` runs too, so a manifest compiled ahead is what the first start reads.
  *
  * Capabilities (`info().capabilities`): those modes, LoRA (with its port), control images, edits, sides up to
  * 2048. The service refuses requests outside them before they get here.
@@ -74,28 +75,14 @@ import {
   type CudaPrecision,
   type CudaStepCache,
   cudaEncode,
-  cudaLoadSpec,
   cudaPrepareEdit,
 } from '../runtime/cuda/index.ts';
 import { type FluxTransformerConfig, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
-import { resolveModelRepo } from '../shared/weights/index.ts';
 import { readCudaBenchmarks } from './cuda-benchmarks.ts';
-import { calibrateCudaModes, cudaCalibrationInputs } from './cuda-calibration.ts';
 import { cudaControlSample } from './cuda-control.ts';
 import { CudaLoraResidency, cudaLoraLayout, loraErrorOf } from './cuda-lora.ts';
+import { type CudaModel, loadCudaModel, planCudaModes } from './cuda-mode-planning.ts';
 import { cudaLoadPlans, cudaModeOf, cudaModeTable } from './cuda-modes.ts';
-import {
-  type CudaPlanManifest,
-  cudaEngineIdentity,
-  cudaModelFingerprint,
-  cudaModePlanReports,
-  cudaPlanIdentity,
-  cudaPlanManifestPath,
-  cudaServedModes,
-  readCudaPlanManifest,
-  writeCudaPlanManifest,
-} from './cuda-plan-manifest.ts';
-import { calibrateCudaStepCache, cudaStepCacheInputs } from './cuda-step-cache.ts';
 import {
   type EngineHealth,
   type ExecutorModePlan,
@@ -122,8 +109,8 @@ import { type LatentGrid, packLatents } from './flux/latents.ts';
 import { noiseForSeeds, TorchCpuGenerator } from './flux/noise.ts';
 import { latentPreviewRgb } from './flux/preview.ts';
 import { groupBy } from './flux/sample-state.ts';
-import { type FlowMatchConfig, fluxSigmas, parseSchedulerConfig } from './flux/schedule.ts';
-import { type FluxTokenizers, loadFluxTokenizers } from './flux/tokenize.ts';
+import { type FlowMatchConfig, fluxSigmas } from './flux/schedule.ts';
+import type { FluxTokenizers } from './flux/tokenize.ts';
 import { FLUX_VAE_SCALING, FLUX_VAE_SHIFT } from './flux/vae-scaling.ts';
 import { createLoraManager } from './lora/engine-layout.ts';
 import type { ActiveLora } from './lora/feeds.ts';
@@ -237,14 +224,10 @@ interface Sample {
 export async function createCudaExecutor(options: CudaExecutorOptions): Promise<CudaStepExecutor> {
   if (!existsSync(options.engineBin)) throw new CudaEngineNotFoundError(options.engineBin);
   // Layout, key maps and configs are resolved here, by the same code as the ORT path; the engine gets a load spec.
-  const repo = resolveModelRepo(options.modelDir);
-  const spec = cudaLoadSpec(repo);
-  const tokenizers = await loadFluxTokenizers({ clip: repo.tokenizerDir, t5: repo.tokenizer2Dir });
-  const scheduler = parseSchedulerConfig(repo.schedulerConfig, `${repo.schedulerDir}/scheduler_config.json`);
-  const loras = createLoraManager(repo, options.loraDir);
-  const residency = new CudaLoraResidency(cudaLoraLayout(repo.components.transformer.config as FluxTransformerConfig));
-  const fingerprint = cudaModelFingerprint(repo.components);
-  const executor = new CudaExecutor(options, repo.root, spec, tokenizers, scheduler, loras, residency, fingerprint);
+  const model = await loadCudaModel(options.modelDir);
+  const loras = createLoraManager(model.repo, options.loraDir);
+  const config = model.repo.components.transformer.config as FluxTransformerConfig;
+  const executor = new CudaExecutor(options, model, loras, new CudaLoraResidency(cudaLoraLayout(config)));
   await executor.start();
   return executor;
 }
@@ -258,8 +241,8 @@ class CudaExecutor implements CudaStepExecutor {
   #planned = false;
   /** The planned modes' plans and step caching as measured (`models` query); undefined without a planner run. */
   #modePlans: Record<string, ExecutorModePlan> | undefined;
-  /** The planner's key for the loaded weights (`cuda-plan-manifest.ts`). */
-  readonly #fingerprint: string;
+  /** The model as the engine and the planner read it (`cuda-mode-planning.ts`). */
+  readonly #model: CudaModel;
   readonly #maxBatch: number;
   readonly #modelDir: string;
   readonly #spec: CudaLoadSpec;
@@ -285,16 +268,7 @@ class CudaExecutor implements CudaStepExecutor {
   readonly #residency: CudaLoraResidency;
   readonly loraAdmin: LoraAdminPort;
 
-  constructor(
-    o: CudaExecutorOptions,
-    modelDir: string,
-    spec: CudaLoadSpec,
-    tokenizers: FluxTokenizers,
-    scheduler: FlowMatchConfig,
-    loras: LoraManager,
-    residency: CudaLoraResidency,
-    fingerprint: string,
-  ) {
+  constructor(o: CudaExecutorOptions, model: CudaModel, loras: LoraManager, residency: CudaLoraResidency) {
     const t = o.stepCache?.threshold;
     if (t !== undefined && !(Number.isFinite(t) && t >= 0))
       throw new RangeError(`CUDA executor: stepCache.threshold must be a finite number >= 0, got ${t}`);
@@ -306,13 +280,13 @@ class CudaExecutor implements CudaStepExecutor {
       'no plan cache folder (cacheDir) was given, so the per-layer planner did not run',
     );
     this.#maxBatch = o.maxBatch ?? 4;
-    this.#modelDir = modelDir;
-    this.#spec = spec;
-    this.#tokenizers = tokenizers;
-    this.#scheduler = scheduler;
+    this.#model = model;
+    this.#modelDir = model.modelDir;
+    this.#spec = model.spec;
+    this.#tokenizers = model.tokenizers;
+    this.#scheduler = model.scheduler;
     this.#loras = loras;
     this.#residency = residency;
-    this.#fingerprint = fingerprint;
     this.loraAdmin = this.#loraPort();
   }
 
@@ -425,97 +399,22 @@ class CudaExecutor implements CudaStepExecutor {
     return ready;
   }
 
-  /**
-   * L and M (and S's plan) for a bf16 engine with a cache folder: from the stored manifest, else calibrated and
-   * stored (see the file header). Never throws: a failure leaves L and M unavailable with its message.
-   */
+  /** The planned modes (`cuda-mode-planning.ts`, shared with `fluxql compile --engine cuda`); never throws. */
   async #planModes(card: CudaEngineInfo): Promise<void> {
-    const cacheDir = this.#o.cacheDir;
-    if (this.#precision !== 'bf16' || !cacheDir) return;
-    const log = (m: string) => this.#o.onLog?.(m);
-    try {
-      const id = cudaPlanIdentity(cudaEngineIdentity(this.#o.engineBin, card), this.#fingerprint);
-      const path = cudaPlanManifestPath(cacheDir, this.#modelName, id);
-      let manifest = readCudaPlanManifest(path, id, log);
-      if (manifest) {
-        log(`cuda planner: using stored plans ${path}`);
-      } else {
-        log(`cuda planner: calibrating ${this.#modelDir} on a separate engine (once per engine build, card and model)`);
-        manifest = await this.#calibrate(id);
-        try {
-          writeCudaPlanManifest(path, manifest);
-          log(`cuda planner: stored ${path}`);
-        } catch (err) {
-          // The plans are good; only the next start pays the calibration again.
-          log(`cuda planner: could not store ${path}: ${(err as Error).message}`);
-        }
-      }
-      const planned = cudaServedModes(manifest);
-      this.#modes = cudaModeTable('bf16', planned);
-      this.#modePlans = cudaModePlanReports(manifest, path);
-      const served = Object.entries(planned).map(
-        ([mode, s]) =>
-          `${mode}: plan ${s.plan}, ${manifest.plans[mode]?.counts.fp8 ?? '?'} fp8 layers planned, ` +
-          (s.stepCache
-            ? `step cache threshold ${s.stepCache.threshold}, at most ${s.stepCache.maxConsecutive ?? 1} cached in a row`
-            : 'no step caching'),
-      );
-      log(`cuda planner: serving ${served.join('; ')}${manifest.preset.kept ? ' (S keeps the fp8 preset)' : ''}`);
-    } catch (err) {
-      const reason = `the per-layer planner failed: ${(err as Error).message}`;
-      log(`cuda planner: ${reason}; serving original, XL and S, L and M unavailable`);
-      this.#modes = cudaModeTable('bf16', undefined, reason);
-      this.#modePlans = undefined;
-    }
-  }
-
-  /**
-   * Calibrates on an engine process of its own (a device fault there ends only that process), then quits it: the
-   * fp8 plans on the model loaded without plans, then each mode's step caching on the model reloaded with them (the
-   * plans exist only after the first part; a reload costs a load, once per model, and keeps the serving engine out).
-   */
-  async #calibrate(id: ReturnType<typeof cudaPlanIdentity>): Promise<CudaPlanManifest> {
-    const cal = CudaEngineClient.start({
-      bin: this.#o.engineBin,
-      ...(this.#o.env ? { env: this.#o.env } : {}),
-      ...(this.#o.onLog ? { onLog: this.#o.onLog } : {}),
-    });
-    try {
-      await cal.info();
-      await cal.load(this.#spec, 'bf16', this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {});
-      const out = await calibrateCudaModes(
-        cal,
-        cudaCalibrationInputs(this.#tokenizers, this.#scheduler),
-        this.#o.onLog,
-      );
-      await cal.load(this.#spec, 'bf16', {
+    const planning = await planCudaModes(
+      {
+        engineBin: this.#o.engineBin,
+        precision: this.#precision,
+        ...(this.#o.cacheDir ? { cacheDir: this.#o.cacheDir } : {}),
         ...(this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {}),
-        plans: cudaLoadPlans(cudaModeTable('bf16', out.served)),
-      });
-      const cache = await calibrateCudaStepCache(
-        cal,
-        cudaStepCacheInputs(this.#tokenizers, this.#scheduler),
-        out.served,
-        this.#o.onLog,
-      );
-      this.#o.onLog?.(`cuda planner: step caching calibrated in ${(cache.ms / 1000).toFixed(1)} s`);
-      return {
-        format: 'fluxql-cuda-plans',
-        ...id,
-        created: new Date().toISOString(),
-        table: out.calibration,
-        plans: out.plans,
-        preset: out.preset,
-        served: out.served,
-        stepCache: cache.modes,
-      };
-    } finally {
-      await cal.quit().catch(() => undefined);
-    }
-  }
-
-  get #modelName(): string {
-    return this.#modelDir.split(/[\\/]/).filter(Boolean).pop() ?? this.#modelDir;
+        ...(this.#o.env ? { env: this.#o.env } : {}),
+        ...(this.#o.onLog ? { onLog: this.#o.onLog } : {}),
+      },
+      this.#model,
+      card,
+    );
+    this.#modes = planning.modes;
+    this.#modePlans = planning.modePlans;
   }
 
   #onExit(client: CudaEngineClient, wasLoaded: boolean, err: CudaEngineExitedError): void {
