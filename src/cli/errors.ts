@@ -31,6 +31,7 @@ const INPUT_ERRORS = new Set([
   'HubError',
   'ProviderUnavailableError',
   'CudaEngineNotFoundError',
+  'CudaModeUnavailableError',
   'LoraError',
 ]);
 

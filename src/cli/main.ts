@@ -6,10 +6,16 @@
 import { Command, Option } from 'commander';
 import type { EngineCompilerPort } from '../pipeline/flux/compiler-port.ts';
 import { PACKAGE_VERSION } from '../shared/package-root.ts';
-import { EXECUTION_PROVIDERS, MODE_NAMES, REFERENCE_MODE } from '../shared/vocabulary/index.ts';
+import {
+  EXECUTION_PROVIDERS,
+  isPlannedMode,
+  MODE_NAMES,
+  REFERENCE_MODE,
+  resolveMode,
+} from '../shared/vocabulary/index.ts';
 import { DEFAULT_FIXTURES_DIR, DEFAULT_MODEL_DIR } from './defaults.ts';
 import { formatEnvHelp } from './env-help.ts';
-import { exitWithError } from './errors.ts';
+import { exitWithError, UsageError } from './errors.ts';
 import { runServe } from './serve-command.ts';
 
 // generate, conformance and compile run the ONNX pipeline: imported when one of them runs, so that `serve --engine
@@ -20,6 +26,12 @@ const runConformance = async (...a: Parameters<typeof import('./conformance-comm
   (await import('./conformance-command.ts')).runConformance(...a);
 const runCompile = async (...a: Parameters<typeof import('./compile-command.ts').runCompile>) =>
   (await import('./compile-command.ts')).runCompile(...a);
+// `compile --engine cuda` plans the native engine's modes: like `serve --engine cuda`, no ONNX Runtime.
+const runCudaCompile = async (...a: Parameters<typeof import('./cuda-compile-command.ts').runCudaCompile>) =>
+  (await import('./cuda-compile-command.ts')).runCudaCompile(...a);
+
+/** The modes the per-layer planner makes (L, M, S): what `compile --engine cuda` plans when no --mode is given. */
+const PLANNED_MODES = MODE_NAMES.filter((m) => isPlannedMode(resolveMode(m)));
 
 /** What the entry point hands the commands. */
 export interface CliDeps {
@@ -79,12 +91,23 @@ export async function runCli(argv: readonly string[], deps: CliDeps): Promise<vo
 
   program
     .command('compile')
-    .description('plan, compile and calibrate (or find cached) the ONNX engines of a model, ahead of serving')
+    .description(
+      'plan, compile and calibrate (or find cached) the engines of a model ahead of serving: the ONNX engines, or ' +
+        "with --engine cuda the native engine's planned modes (fp8 plans and step caching)",
+    )
     .option('-m, --model <dir>', 'model folder or Hugging Face id org/name[@revision]', DEFAULT_MODEL_DIR)
-    .option('--mode <modes...>', `modes to build (planned ones are planned first): ${MODE_NAMES.join(' ')}`, [
-      REFERENCE_MODE,
-    ])
-    .action((args) => runCompile(args, deps.compiler));
+    .option(
+      '--mode <modes...>',
+      `modes to build (planned ones are planned first): ${MODE_NAMES.join(' ')} ` +
+        `(default: ${REFERENCE_MODE}; with --engine cuda: ${PLANNED_MODES.join(' ')})`,
+    )
+    .option('--engine <engine>', 'onnx (ONNX Runtime) or cuda (native engine, as serve --engine cuda); default ENGINE')
+    .action((args: { model: string; mode?: string[]; engine?: string }) => {
+      const engine = compileEngine(args.engine);
+      return engine === 'cuda'
+        ? runCudaCompile({ model: args.model, mode: args.mode ?? [...PLANNED_MODES] })
+        : runCompile({ model: args.model, mode: args.mode ?? [REFERENCE_MODE] }, deps.compiler);
+    });
 
   program
     .command('serve')
@@ -103,4 +126,12 @@ export async function runCli(argv: readonly string[], deps: CliDeps): Promise<vo
   } catch (err) {
     exitWithError(err);
   }
+}
+
+/** `compile`'s engine: `--engine`, else ENGINE (as `serve` reads it), else onnx. */
+function compileEngine(option: string | undefined): 'onnx' | 'cuda' {
+  const engine = option ?? (process.env.ENGINE || 'onnx');
+  if (engine !== 'onnx' && engine !== 'cuda')
+    throw new UsageError(`--engine "${engine}" is not supported; use onnx or cuda`);
+  return engine;
 }
