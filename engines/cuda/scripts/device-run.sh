@@ -5,6 +5,9 @@
 #   engines/cuda/scripts/device-run.sh server                    (build, then the TypeScript side on the GPU: the
 #       checks of test/gpu/ under node:test, and one curl GraphQL generation against `fluxql serve --engine cuda`;
 #       needs Node and node_modules carried in .device-carry/, see engines/cuda/README.md)
+#   engines/cuda/scripts/device-run.sh compile                   (build, then `fluxql compile --engine cuda` on
+#       flux-tiny into a fresh CACHE_DIR, then server-check.sh on that cache: the server must use the stored plans
+#       and not calibrate; same .device-carry/ as `server`)
 # Expects the fixtures in .device-fixtures/ (engines/cuda/scripts/prepare-fixtures.ts) and writes logs and
 # results under $OUT (or ./out when unset).
 set -uo pipefail
@@ -72,5 +75,22 @@ if [[ $MODE == server ]]; then
   r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && rc=$r
   # One tar for the curl check's files: the device tool returns at most 8 files.
   tar -C "$OUT" -czf "$OUT/curl.tar.gz" curl && rm -rf "$OUT/curl"
+fi
+if [[ $MODE == compile ]]; then
+  # shellcheck disable=SC1091
+  source .device-carry/activate.sh || exit 1
+  export CUDA_ENGINE_BIN=$ENGINE CACHE_DIR=$OUT/compile-cache MODEL_REPO=$MODEL
+  rm -rf "$CACHE_DIR"
+  node bin/fluxql.js compile --engine cuda --model "$MODEL" >"$OUT/compile.jsonl" 2>"$OUT/compile.log"; r=$?
+  tail -3 "$OUT/compile.log"; cat "$OUT/compile.jsonl"
+  [[ $r -ne 0 ]] && rc=$r
+  # f32 has no fp8 path: L must be refused with the reason (exit 2), not calibrated.
+  CUDA_PRECISION=f32 node bin/fluxql.js compile --engine cuda --model "$MODEL" --mode L 2>&1 | tail -1; r=${PIPESTATUS[0]}
+  echo "f32 + L exit: $r (expected 2)"; [[ $r -ne 2 ]] && rc=1
+  OUT=$OUT/curl bash engines/cuda/scripts/server-check.sh 2>&1 | tee "$OUT/server-check.txt"
+  r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && rc=$r
+  grep "cuda planner" "$OUT/curl/server.log" | head -3
+  grep -q "cuda planner: using stored plans" "$OUT/curl/server.log" && ! grep -q "cuda planner: calibrating" "$OUT/curl/server.log" ||
+    { echo "the server did not use the compiled plans"; rc=1; }
 fi
 exit $rc
