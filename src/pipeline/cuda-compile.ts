@@ -23,6 +23,8 @@ export interface CudaCompiledMode {
   fp8Layers: number | null;
   /** The calibrated step-cache threshold (0: the mode keeps no caching); null: not a planned mode. */
   stepCacheThreshold: number | null;
+  /** The calibrated caching rule: at most this many cached steps in a row; null: not a planned mode. */
+  stepCacheMaxConsecutive: number | null;
   /** The planner's manifest; null when the mode needs none. */
   manifest: string | null;
   /** True when this run calibrated, false when it found the manifest stored; null when no planner ran. */
@@ -94,6 +96,7 @@ export async function compileCudaModes(
           ? 0
           : null,
       stepCacheThreshold: report?.stepCache?.threshold ?? null,
+      stepCacheMaxConsecutive: report?.stepCache?.maxConsecutive ?? null,
       manifest: report ? (planning.manifestPath ?? null) : null,
       calibrated: report ? (planning.calibrated ?? null) : null,
       seconds,

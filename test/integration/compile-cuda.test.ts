@@ -53,6 +53,7 @@ interface Line {
   plan: string | null;
   fp8Layers: number | null;
   stepCacheThreshold: number | null;
+  stepCacheMaxConsecutive: number | null;
   manifest: string | null;
   calibrated: boolean | null;
   seconds: number;
@@ -75,11 +76,11 @@ describe('fluxql compile --engine cuda', () => {
     expect(`${first.stdout}${first.stderr}`).not.toContain('onnxruntime-node is blocked');
     const lines = linesOf(first.stdout);
     // No --mode: the planned modes. The fake engine's images do not move with caching: 0.8 is the first candidate
-    // that caches every step the rule allows (as serve-cuda-no-ort.test.ts reports it).
-    expect(lines.map((l) => [l.mode, l.stepCacheThreshold, l.calibrated])).toEqual([
-      ['L', 0.8, true],
-      ['M', 0.8, true],
-      ['S', 0.8, true],
+    // that caches every step the rule allows, 2 in a row (as serve-cuda-no-ort.test.ts reports it).
+    expect(lines.map((l) => [l.mode, l.stepCacheThreshold, l.stepCacheMaxConsecutive, l.calibrated])).toEqual([
+      ['L', 0.8, 2, true],
+      ['M', 0.8, 2, true],
+      ['S', 0.8, 2, true],
     ]);
     const manifest = lines[0]!.manifest!;
     expect(manifest.startsWith(join(dir, 'cuda-plans'))).toBe(true);
@@ -131,7 +132,8 @@ describe('fluxql compile --engine cuda', () => {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({
-        query: '{ models { mode plan { source algorithms { algorithm layers } stepCache { threshold } } } }',
+        query:
+          '{ models { mode plan { source algorithms { algorithm layers } stepCache { threshold maxConsecutive } } } }',
       }),
     });
     type Model = {
@@ -139,7 +141,7 @@ describe('fluxql compile --engine cuda', () => {
       plan: {
         source: string;
         algorithms: { algorithm: string; layers: number }[];
-        stepCache: { threshold: number } | null;
+        stepCache: { threshold: number; maxConsecutive: number } | null;
       } | null;
     };
     const models = ((await res.json()) as { data: { models: Model[] } }).data.models;
@@ -148,6 +150,7 @@ describe('fluxql compile --engine cuda', () => {
       expect(m?.plan?.source).toContain(manifest);
       expect(m?.plan?.algorithms.find((a) => a.algorithm === 'fp8')?.layers).toBe(l.fp8Layers);
       expect(m?.plan?.stepCache?.threshold).toBe(l.stepCacheThreshold);
+      expect(m?.plan?.stepCache?.maxConsecutive).toBe(l.stepCacheMaxConsecutive);
     }
   });
 

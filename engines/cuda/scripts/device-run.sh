@@ -92,5 +92,7 @@ if [[ $MODE == compile ]]; then
   grep "cuda planner" "$OUT/curl/server.log" | head -3
   grep -q "cuda planner: using stored plans" "$OUT/curl/server.log" && ! grep -q "cuda planner: calibrating" "$OUT/curl/server.log" ||
     { echo "the server did not use the compiled plans"; rc=1; }
+  # One tar for the curl check's files and the manifest: the device tool returns at most 8 files.
+  tar -C "$OUT" -czf "$OUT/compile.tar.gz" curl compile-cache && rm -rf "$OUT/curl" "$OUT/compile-cache"
 fi
 exit $rc
