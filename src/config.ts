@@ -611,6 +611,14 @@ function pipelineSettings(v: EnvValues): PipelineSettings {
  * The pipeline settings alone (CACHE_DIR / FLUXQL_CACHE_DIR, LORA_DIR, FLUXQL_ORT_SPIN), for the CLI's tools.
  * @throws ConfigError naming the first bad variable.
  */
+/** The engine ENGINE names (`onnx` when unset), for commands other than `serve` (`compile` reads it as serve does). */
+export function loadEngineChoice(env: NodeJS.ProcessEnv = process.env): ServerConfig['engine'] {
+  const v = env.ENGINE;
+  if (v === undefined || v === '') return 'onnx';
+  if (v === 'onnx' || v === 'cuda') return v;
+  throw new ConfigError('ENGINE', `"${v}" is not an engine: onnx or cuda`);
+}
+
 export function loadPipelineSettings(env: NodeJS.ProcessEnv = process.env): PipelineSettings {
   return pipelineSettings(parseEnv(env, ['CACHE_DIR', 'FLUXQL_CACHE_DIR', 'LORA_DIR', 'FLUXQL_ORT_SPIN']));
 }

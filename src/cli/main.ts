@@ -4,6 +4,7 @@
  * compiler (`engines/compiler/port.ts`), which `src/` never imports.
  */
 import { Command, Option } from 'commander';
+import { loadEngineChoice } from '../config.ts';
 import type { EngineCompilerPort } from '../pipeline/flux/compiler-port.ts';
 import { PACKAGE_VERSION } from '../shared/package-root.ts';
 import {
@@ -130,7 +131,7 @@ export async function runCli(argv: readonly string[], deps: CliDeps): Promise<vo
 
 /** `compile`'s engine: `--engine`, else ENGINE (as `serve` reads it), else onnx. */
 function compileEngine(option: string | undefined): 'onnx' | 'cuda' {
-  const engine = option ?? (process.env.ENGINE || 'onnx');
+  const engine = option ?? loadEngineChoice();
   if (engine !== 'onnx' && engine !== 'cuda')
     throw new UsageError(`--engine "${engine}" is not supported; use onnx or cuda`);
   return engine;

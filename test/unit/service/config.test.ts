@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, EMBEDDED_MODEL_DIR, loadConfig, loadPipelineSettings } from '../../../src/config.ts';
+import {
+  ConfigError,
+  EMBEDDED_MODEL_DIR,
+  loadConfig,
+  loadEngineChoice,
+  loadPipelineSettings,
+} from '../../../src/config.ts';
 
 describe('loadConfig', () => {
   it('defaults to the embedded model, batch 4, port 8000', () => {
@@ -124,5 +130,15 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ LOG_LEVEL: 'verbose' })).toThrow(/LOG_LEVEL/);
     expect(() => loadConfig({ WEBHOOK_SECRET: 'short' })).toThrow(/WEBHOOK_SECRET/);
     expect(() => loadConfig({ WEBHOOK_MAX_ATTEMPTS: '0' })).toThrow(/WEBHOOK_MAX_ATTEMPTS/);
+  });
+});
+
+describe('loadEngineChoice', () => {
+  it('reads ENGINE as serve does: onnx when unset or empty, the named engine, a typed error otherwise', () => {
+    expect(loadEngineChoice({})).toBe('onnx');
+    expect(loadEngineChoice({ ENGINE: '' })).toBe('onnx');
+    expect(loadEngineChoice({ ENGINE: 'cuda' })).toBe('cuda');
+    expect(loadConfig({ ENGINE: 'cuda' }).engine).toBe(loadEngineChoice({ ENGINE: 'cuda' }));
+    expect(() => loadEngineChoice({ ENGINE: 'tensorrt' })).toThrow(ConfigError);
   });
 });
