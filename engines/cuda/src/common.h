@@ -15,9 +15,14 @@ namespace fq {
 // Element type of a device buffer. Activations and matrix weights use the engine's compute type; biases and
 // norm weights are always F32 (they are small, and keeping them exact costs nothing).
 // FP8 (E4M3) is a storage type for GEMM operands only (weights and LayerNorm outputs, with per-tensor scales).
-enum class DType { F32, BF16, FP8 };
+// FP8ROW is a weight type only (precision plans, Linear::wt): E4M3 weights with one scale per output channel, whose
+// layer reads compute-type (bf16) activations and quantises them per row itself (linear.h). No activation buffer is
+// ever FP8ROW: the model code's `wt == FP8` tests (norms writing fp8) are false for it, so its norms write bf16.
+enum class DType { F32, BF16, FP8, FP8ROW };
 inline size_t dsize(DType t) { return t == DType::F32 ? 4 : t == DType::BF16 ? 2 : 1; }
-inline const char* dname(DType t) { return t == DType::F32 ? "f32" : t == DType::BF16 ? "bf16" : "fp8"; }
+inline const char* dname(DType t) {
+  return t == DType::F32 ? "f32" : t == DType::BF16 ? "bf16" : t == DType::FP8 ? "fp8" : "fp8row";
+}
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;

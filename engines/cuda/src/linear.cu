@@ -14,15 +14,48 @@ void apply_adapter(Ctx& c, const Linear& l, const Adapter& a, int rows, const vo
   if (a.bias) add_bias(y.p, y.t, a.bias, rows, l.out, y.ld, c.st);
 }
 
+// The fp8row base product (linear.h): per-token activation scales, per-channel weight scales. Scratch: the
+// quantised rows [rows, in] (1 byte each), their scales [rows] and the fp32 product [rows, out], named buffers that
+// the planning forward sizes before any capture (as every other linear() scratch).
+void fp8row_product(Ctx& c, const Linear& l, int rows, const In& x, const Out& y, Epi epi, const void* resid) {
+  if (y.t != DType::F32 && y.t != DType::BF16)
+    throw EngineError("fp8row layer " + l.name + ": output type " + dname(y.t) + " (f32 or bf16 only)", false);
+  void* q = c.scratch.get("linear.fp8row_x", size_t(rows) * l.in);
+  float* sx = c.scratch.getT<float>("linear.fp8row_sx", size_t(rows));
+  float* acc = c.scratch.getT<float>("linear.fp8row_acc", size_t(rows) * l.out);
+  quantize_fp8_rows(x.p, x.t, x.ld, x.scale, rows, l.in, q, sx, c.st);
+  // Unit scales: cuBLASLt (CUDA 11.8 API) scales an fp8 operand by one scalar; the vectors are applied after.
+  const float* one = fp8_unit_scale();
+  c.gemm.linear(c.st, rows, l.out, l.in, q, DType::FP8, l.in, l.w, DType::FP8, nullptr, Epi::None, acc, DType::F32,
+                l.out, nullptr, 0.f, one, one);
+  fp8row_epilogue(acc, rows, l.out, sx, l.w_scale, epi == Epi::None ? nullptr : l.b, epi == Epi::BiasGelu, resid, y.p,
+                  y.t, y.ld, c.st);
+}
+
+// The layer's own product (no adapter), x already in the type its weight type takes.
+void base_product(Ctx& c, const Linear& l, int rows, const In& x, const Out& y, Epi epi, const void* resid) {
+  if (l.wt == DType::FP8ROW) return fp8row_product(c, l, rows, x, y, epi, resid);
+  c.gemm.linear(c.st, rows, l.out, l.in, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
+                resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
+}
+
 }  // namespace
 
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void* resid) {
   if (rows == 0) return;
   if (c.tap) c.tap->on_linear(l, rows, x, y, epi, resid != nullptr);
   const In x0 = x;  // as given: an adapter on an fp8 layer reads this (bf16) rather than the quantised copy
+  // No buffer holds fp8row activations: the model writes an input "in the layer's type" only for a BFL Control
+  // x_embedder (flux.cu embed), whose widened adapter needs a bf16 layer (as for fp8).
+  if (x.t == DType::FP8ROW)
+    throw EngineError("fp8row layer " + l.name + ": an input in the layer's own type (a BFL Control LoRA's widened "
+                      "x_embedder input) needs a bf16 layer", false);
   // The input in the layer's type: fp8 layers take fp8 activations with a scale (the norms that feed them write
-  // those directly); anything else is converted here.
-  if (l.wt == DType::FP8 && x.t != DType::FP8) {
+  // those directly); fp8row layers quantise whatever they get themselves (fp8row_product); anything else is
+  // converted here.
+  if (l.wt == DType::FP8ROW) {
+    // x as given: bf16 / fp32 rows of any stride, or fp8 with its per-tensor scale.
+  } else if (l.wt == DType::FP8 && x.t != DType::FP8) {
     void* q = c.scratch.get("linear.fp8_in", size_t(rows) * l.in);
     // The scale first, 16-byte aligned: cuBLASLt refuses an fp8 product (status 15, not supported) whose scale
     // pointer is only 4-byte aligned (session 13 on the H100: every calibration trial and the S mode's floor, which
@@ -45,23 +78,22 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
     x = In{cv, l.wt, l.in};
   }
   if (!l.adapter) {
-    c.gemm.linear(c.st, rows, l.out, l.in, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
-                  resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
+    base_product(c, l, rows, x, y, epi, resid);
     return;
   }
   // LoRA: GELU layers run bias-only first so that the low-rank delta lands before the GELU, as in the model
   // (GELU(W x + b + B A x)); the GELU is then its own pass.
   const bool gelu = epi == Epi::BiasGelu;
-  c.gemm.linear(c.st, rows, l.out, l.in, x.p, x.t, x.ld, l.w, l.wt, l.b, gelu ? Epi::Bias : epi, y.p, y.t, y.ld,
-                resid, resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
+  base_product(c, l, rows, x, y, gelu ? Epi::Bias : epi, resid);
   const Adapter& a = *l.adapter;
   const DType t = adapter_type(l);
   if (a.in > l.in) {
     // BFL Control x_embedder: [latents; control] rows, already in the layer's type (flux.cu writes them so).
-    if (x.p != x0.p || x.t == DType::FP8 || x.ld < a.in)
+    if (x.p != x0.p || x.t != t || x.ld < a.in)
       throw EngineError("layer " + l.name + ": a widened adapter needs its input in the layer's type", false);
     apply_adapter(c, l, a, rows, x.p, t, x.ld, y);
-  } else if (x.t != DType::FP8) {
+  } else if (x.t == t) {
+    // The input in the adapter's type: every bf16 / f32 layer's converted input, an fp8row layer's bf16 input.
     apply_adapter(c, l, a, rows, x.p, t, x.ld, y);
   } else if (x0.t == DType::BF16 && x0.ld == l.in) {
     apply_adapter(c, l, a, rows, x0.p, t, l.in, y);

@@ -38,14 +38,19 @@ struct Linear {
   int out = 0, in = 0;
   DType wt = DType::F32;            // as the precision plan decided at load
   void* w = nullptr;                // [out, in] in wt
-  const float* w_scale = nullptr;   // fp8: per-tensor dequantisation scale (device float)
+  // Dequantisation scale(s), device memory: fp8, one per-tensor float; fp8row, [out] per output channel
+  // (W[o, :] ~= w[o, :] * w_scale[o]).
+  const float* w_scale = nullptr;
   const float* b = nullptr;         // [out] fp32, or null
   const void* b_act = nullptr;      // [out] in the compute type (bf16 runs), made at load; null on the fp32 path
   const Adapter* adapter = nullptr;
 };
 
-// The adapter type of a layer: its weight type, bf16 for fp8 layers (their adapters read a bf16 view of the input).
-inline DType adapter_type(const Linear& l) { return l.wt == DType::FP8 ? DType::BF16 : l.wt; }
+// The adapter type of a layer: its weight type, bf16 for fp8 and fp8row layers (their adapters read a bf16 view of
+// the input).
+inline DType adapter_type(const Linear& l) {
+  return l.wt == DType::FP8 || l.wt == DType::FP8ROW ? DType::BF16 : l.wt;
+}
 
 // Activation operands: pointer, element type, elements between rows; fp8 inputs carry their scale.
 struct In {
@@ -64,6 +69,10 @@ struct Out {
 // weight type; an input of another type is converted first (fp8 layers quantise a bf16 input with a per-tensor
 // scale into ctx scratch; bf16 layers dequantise an fp8 input). Reports the call to ctx.tap when one is set (the
 // benchmark's GEMM list).
+// fp8row layers take bf16 or fp32 inputs (any row stride), or an fp8 per-tensor input (a norm written for an fp8
+// sibling: dequantised on the fly), quantise them per row (s_x[r] = amax(x[r, :]) / 448) into ctx scratch, run one
+// unit-scaled fp8 GEMM into an fp32 scratch product and apply s_x[r] * w_scale[o], the fp32 bias, the GELU and the
+// residual in one epilogue kernel: y = epi((x8 w8^T) * (s_x (x) s_w) + b) (+ resid). Outputs f32 or bf16.
 // With an adapter: the base product, then y += (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer (the
 // GELU then runs as its own kernel); fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
 // `in` > the layer's) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.

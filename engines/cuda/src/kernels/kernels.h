@@ -114,6 +114,19 @@ void layernorm_mod_fp8_apply(const float* x, int rows, int D, int rows_per_batch
                              const float* scale, int mod_stride, void* out, float* out_scale, const float* ws,
                              cudaStream_t st);
 
+// fp8row.cu: fp8 (E4M3) with one scale per row (the fp8row weight type, linear.h). quantize_fp8_rows: x [rows, cols]
+// (row stride ld) in `it` (F32, BF16, or FP8 with its per-tensor dequantisation scale in_scale) -> out [rows, cols]
+// E4M3 contiguous and scales[r] = amax(x[r, :]) / 448 (1 for an all-zero row), x[r, c] ~= out[r, c] * scales[r];
+// one block per row, no workspace. Weights [out, in] get per-output-channel scales, activations per-token ones.
+void quantize_fp8_rows(const void* in, DType it, int ld, const float* in_scale, int rows, int cols, void* out,
+                       float* scales, cudaStream_t st);
+// y[r, o] = act(acc[r, o] * sx[r] * sw[o] + bias[o]) (+ resid[r, o]): acc the fp32 [rows, n] product of the fp8 rows,
+// y and resid (may alias y, or null) in yt (F32/BF16) with row stride ldy; bias fp32 or null; gelu: tanh GELU.
+void fp8row_epilogue(const float* acc, int rows, int n, const float* sx, const float* sw, const float* bias, bool gelu,
+                     const void* resid, void* y, DType yt, int ldy, cudaStream_t st);
+// A device float 1.0, 16-byte aligned: the scale cuBLASLt gets for fp8 operands whose scales are applied after.
+const float* fp8_unit_scale();
+
 // lora.cu: LoRA adapter sets. lora_pack_up: dst[o, off + j] = s * src[o, j] (src [out, r], dst rows of ld, F32/BF16).
 // axpy_f32: y += s * x. dequantize_fp8: out[r, c] = q[r, c] * *scale, q fp8 rows of ld, out bf16 [rows, cols].
 void lora_pack_up(const void* src, DType dt, int out, int r, float s, void* dst, int ld, int off, cudaStream_t st);
