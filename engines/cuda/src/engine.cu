@@ -234,9 +234,9 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   PlanScope plan_scope(plans.get(), j->plan);
   if (ctrl_ch)
     for (auto& [l, a] : j->adapters->layers)
-      if (a.in > l->in && l->wt == DType::FP8)
+      if (a.in > l->in && (l->wt == DType::FP8 || l->wt == DType::FP8ROW))
         throw LoraFail("unsupported", "a BFL Control LoRA needs a bf16 x_embedder; plan '" + r.plan + "' makes " +
-                                          l->name + " fp8", {l->name});
+                                          l->name + " " + dname(l->wt), {l->name});
   AdapterScope lora_scope(loras.get(), j->adapters.get());
   auto f32 = [&](size_t k) { return static_cast<float*>(j->mem.alloc(k * 4)); };
   auto put = [&](const std::vector<float>& h) {

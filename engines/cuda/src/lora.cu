@@ -66,7 +66,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
     const bool wide = in.layer == "x_embedder" && in.in == 2 * l.in;
     if (in.rank < 1 || in.rank > kMaxRank) ranks.push_back(in.layer);
     else if ((in.in != l.in && !wide) || in.out != l.out) shapes.push_back(in.layer);
-    else if (wide && l.wt == DType::FP8) fp8.push_back(in.layer);
+    else if (wide && (l.wt == DType::FP8 || l.wt == DType::FP8ROW)) fp8.push_back(in.layer);
     else {
       if (wide) control = in.in - l.in;
       auto finite = [](const float* p, size_t n) {
@@ -109,7 +109,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
   if (!nonfinite.empty()) throw LoraFail("non_finite", name + ": NaN or infinite values", nonfinite);
   if (!fp8.empty())
     throw LoraFail("unsupported", name + ": a control LoRA's widened x_embedder needs the layer in bf16 or f32 (the "
-                                         "precision plan made it fp8)", fp8);
+                                         "precision plan made it fp8 or fp8row)", fp8);
   // The replaced LoRA's memory counts as free (it goes), and so do cached sets no job holds.
   auto old = loras_.find(name);
   const size_t freed = old != loras_.end() ? old->second->bytes : 0;

@@ -15,15 +15,26 @@ const char* const kFp8AllRules =
     "transformer/transformer_blocks.*.norm1*=bf16;transformer/single_transformer_blocks.*.norm*=bf16;"
     "transformer/transformer_blocks.*=fp8;transformer/single_transformer_blocks.*=fp8";
 
+// The preset "fp8rowall": fp8all's layers in fp8row (per-channel weight, per-token activation scales).
+const char* const kFp8RowAllRules =
+    "transformer/transformer_blocks.*.norm1*=bf16;transformer/single_transformer_blocks.*.norm*=bf16;"
+    "transformer/transformer_blocks.*=fp8row;transformer/single_transformer_blocks.*=fp8row";
+
 PrecisionPlan plan_of_spec(const std::string& spec, const PrecisionPlan& base) {
   if (spec == "f32" || spec == "bf16" || spec == "fp8") return PrecisionPlan::named(spec);
-  if (spec == "fp8all") {
-    if (base.base == DType::F32) throw std::runtime_error("plans: fp8all needs the bf16 base precision");
-    PrecisionPlan p = PrecisionPlan::named("bf16", kFp8AllRules);
-    p.name = "fp8all";
+  if (spec == "fp8all" || spec == "fp8row" || spec == "fp8rowall") {
+    if (base.base == DType::F32) throw std::runtime_error("plans: " + spec + " needs the bf16 base precision");
+    std::string rules = spec == "fp8all" ? kFp8AllRules : spec == "fp8rowall" ? kFp8RowAllRules : "";
+    // fp8row: the fp8 preset's layers (q/k/v and MLP-in of every block) in fp8row.
+    if (spec == "fp8row")
+      for (const std::string& g : fp8_preset_globs()) rules += (rules.empty() ? "" : ";") + g + "=fp8row";
+    PrecisionPlan p = PrecisionPlan::named("bf16", rules);
+    p.name = spec;
     return p;
   }
-  if (spec.empty()) throw std::runtime_error("plans: a plan is a preset name (bf16, fp8, fp8all) or rules glob=type;...");
+  if (spec.empty())
+    throw std::runtime_error("plans: a plan is a preset name (bf16, fp8, fp8all, fp8row, fp8rowall) or rules "
+                             "glob=type;...");
   PrecisionPlan p = PrecisionPlan::named(base.base == DType::F32 ? "f32" : "bf16", spec);
   p.name = "custom";
   return p;
@@ -55,10 +66,10 @@ std::unique_ptr<PlanVariant> PlanRegistry::make(const std::string& name, const P
                                " but is loaded " + dname(t) + " (per-job plans change transformer layers only)");
   for (Linear* l : linears_) {
     const DType t = plan.weight_type(l->name);
-    if (t != l->wt && !(l->wt == DType::BF16 && t == DType::FP8))
+    if (t != l->wt && !(l->wt == DType::BF16 && (t == DType::FP8 || t == DType::FP8ROW)))
       throw std::runtime_error("plan " + name + ": layer " + l->name + " is " + dname(l->wt) + " in the base plan and " +
-                               dname(t) + " in this one; only bf16 -> fp8 alternates are made (an fp8 base layer "
-                               "keeps no bf16 copy, f32 layers have no fp8 path)");
+                               dname(t) + " in this one; only bf16 -> fp8 / fp8row alternates are made (an fp8 or "
+                               "fp8row base layer keeps no bf16 copy, f32 layers have no fp8 path)");
   }
   auto v = std::make_unique<PlanVariant>();
   v->name = name;
@@ -70,13 +81,22 @@ std::unique_ptr<PlanVariant> PlanRegistry::make(const std::string& name, const P
     // The loader's own quantisation of a base fp8 layer (weights.cpp WeightLoader::linear): the bf16 weight as
     // loaded [out, in] -> fp8 E4M3 [out, in] + one per-tensor scale amax / 448. Same input bits, same kernel: the
     // alternate equals what an engine loaded with this plan as its base holds. Bias and its bf16 copy are shared.
+    // fp8row: the same bf16 weight quantised per output channel (weights.cpp's fp8row call): scales [out].
     PlanVariant::Swap s{l, LinearWeights::of(*l), LinearWeights::of(*l)};
     const int64_t n = int64_t(l->out) * l->in;
-    s.alt.wt = DType::FP8;
+    const DType t = plan.weight_type(l->name);
+    s.alt.wt = t;
     s.alt.w = v->mem.alloc(size_t(n));
-    float* scale = v->mem.allocT<float>(1);
-    quantize_fp8(l->w, DType::BF16, n, s.alt.w, scale, ws.as<float>(), st_);
-    s.alt.w_scale = scale;
+    if (t == DType::FP8ROW) {
+      float* scales = v->mem.allocT<float>(size_t(l->out));
+      quantize_fp8_rows(l->w, DType::BF16, l->in, nullptr, l->out, l->in, s.alt.w, scales, st_);
+      fp8_unit_scale();  // looked up at load, never first inside a capture
+      s.alt.w_scale = scales;
+    } else {
+      float* scale = v->mem.allocT<float>(1);
+      quantize_fp8(l->w, DType::BF16, n, s.alt.w, scale, ws.as<float>(), st_);
+      s.alt.w_scale = scale;
+    }
     v->layers.push_back(s);
   }
   CUDA_CHECK(cudaStreamSynchronize(st_));  // ws is freed on return

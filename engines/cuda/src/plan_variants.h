@@ -1,15 +1,18 @@
 // Per-job precision plans (issue 15): several named precision plans served by one loaded engine. The base plan
 // (load's `precision` + `plan`) decides how every Linear is loaded; each named plan (load's `plans`) gets, for every
 // transformer Linear whose type under it differs from its base type, an alternate weight made ONCE at load from the
-// loaded weight (bf16 -> fp8 E4M3 with a per-tensor scale, by the same quantiser the loader uses for a base fp8
-// layer, so the alternate is bit for bit what an engine loaded with that plan as its base holds). The base weights
+// loaded weight (bf16 -> fp8 E4M3 with a per-tensor scale, or bf16 -> fp8row (E4M3, one scale per output channel),
+// by the same quantiser the loader uses for a base fp8 / fp8row layer, so the alternate is bit for bit what an engine
+// loaded with that plan as its base holds). The base weights
 // stay intact. While a job of that plan is enqueued (prepare's planning forward, eager steps, graph capture) a
 // PlanScope swaps the alternates into the Linear structs by pointer and restores the base fields after, as the LoRA
 // sets do for their QK-norm replacements (lora.h): captured graphs bake in the plan's pointers, base jobs and other
 // plans' jobs never see them. The norms feeding a layer read its `wt` at enqueue time (flux.cu norm_in / res_norm),
 // so they write fp8 + scale for a swapped-in fp8 layer exactly as for a base fp8 one.
-// Supported: bf16 base layers made fp8 (the `fp8` preset over a bf16 base). Anything else (an f32 engine, an fp8
-// base layer made bf16 (its bf16 copy is not kept), a plan changing a text-encoder or VAE layer) is refused at load.
+// fp8row layers read bf16 (their norms write bf16: flux.cu tests `wt == FP8` only) and quantise per token in linear().
+// Supported: bf16 base layers made fp8 or fp8row (the `fp8` / `fp8row` presets over a bf16 base). Anything else (an
+// f32 engine, an fp8 or fp8row base layer made bf16 (its bf16 copy is not kept), a plan changing a text-encoder or
+// VAE layer) is refused at load.
 #pragma once
 #include <memory>
 #include <string>
@@ -86,8 +89,9 @@ class PlanRegistry {
 // Activates a job's plan for a scope (prepare, an eager or captured step) and restores the base on exit.
 using PlanScope = ActiveScope<PlanRegistry, PlanVariant>;
 
-// `load`'s `plans` entry: a preset name ("bf16", "fp8", "fp8all", "f32") or rules "glob=type;..." over the engine's base type
-// (no preset rules; FQ_PRECISION_PLAN and load's `plan` apply to the base plan only).
+// `load`'s `plans` entry: a preset name ("bf16", "fp8", "fp8all", "fp8row", "fp8rowall", "f32") or rules
+// "glob=type;..." over the engine's base type (no preset rules; FQ_PRECISION_PLAN and load's `plan` apply to the base
+// plan only). fp8row = the fp8 preset's layers in fp8row; fp8rowall = fp8all's layers in fp8row.
 PrecisionPlan plan_of_spec(const std::string& spec, const PrecisionPlan& base);
 
 }  // namespace fq

@@ -34,9 +34,18 @@ DType parse_type(const std::string& s) {
   if (s == "f32") return DType::F32;
   if (s == "bf16") return DType::BF16;
   if (s == "fp8") return DType::FP8;
-  throw std::runtime_error("precision plan: unknown type '" + s + "' (f32, bf16, fp8)");
+  if (s == "fp8row") return DType::FP8ROW;
+  throw std::runtime_error("precision plan: unknown type '" + s + "' (f32, bf16, fp8, fp8row)");
 }
 }  // namespace
+
+const std::vector<std::string>& fp8_preset_globs() {
+  static const std::vector<std::string> g{
+      "transformer/transformer_blocks.*.attn.to_q+*", "transformer/transformer_blocks.*.attn.add_q_proj+*",
+      "transformer/transformer_blocks.*.ff.net.0.proj", "transformer/transformer_blocks.*.ff_context.net.0.proj",
+      "transformer/single_transformer_blocks.*.attn.to_q+*", "transformer/single_transformer_blocks.*.proj_mlp"};
+  return g;
+}
 
 PrecisionPlan PrecisionPlan::named(const std::string& precision, const std::string& extra) {
   PrecisionPlan p;
@@ -56,13 +65,11 @@ PrecisionPlan PrecisionPlan::named(const std::string& precision, const std::stri
   }
   if (!extra.empty()) p.name = precision + "+plan";
   if (precision == "fp8")
-    for (const char* g : {"transformer/transformer_blocks.*.attn.to_q+*", "transformer/transformer_blocks.*.attn.add_q_proj+*",
-                          "transformer/transformer_blocks.*.ff.net.0.proj", "transformer/transformer_blocks.*.ff_context.net.0.proj",
-                          "transformer/single_transformer_blocks.*.attn.to_q+*", "transformer/single_transformer_blocks.*.proj_mlp"})
-      p.rules.emplace_back(g, DType::FP8);
+    for (const std::string& g : fp8_preset_globs()) p.rules.emplace_back(g, DType::FP8);
   if (p.base == DType::F32)
     for (auto& r : p.rules)
-      if (r.second == DType::FP8) throw std::runtime_error("fp8 layers need the bf16 base precision");
+      if (r.second == DType::FP8 || r.second == DType::FP8ROW)
+        throw std::runtime_error(std::string(dname(r.second)) + " layers need the bf16 base precision");
   return p;
 }
 

@@ -19,9 +19,13 @@ struct PrecisionPlan {
   DType weight_type(const std::string& layer) const;
   bool any(DType t) const;  // does any rule assign t
   // "f32", "bf16", or "fp8" (bf16 base; q/k/v and MLP-in of every transformer block, the LayerNorm-fed GEMMs, in
-  // fp8 E4M3). Extra rules ("glob=type;glob=type", types f32|bf16|fp8) go before the named plan's own.
+  // fp8 E4M3). Extra rules ("glob=type;glob=type", types f32|bf16|fp8|fp8row) go before the named plan's own.
+  // fp8row: E4M3 weights with per-output-channel scales, activations quantised per token by linear() (linear.h).
   static PrecisionPlan named(const std::string& precision, const std::string& extra_rules = "");
 };
+
+// The fp8 preset's layer globs (q/k/v and MLP-in of every block): also the per-job preset "fp8row"'s (plan_variants.h).
+const std::vector<std::string>& fp8_preset_globs();
 
 bool glob_match(const char* pattern, const char* s);
 

@@ -121,6 +121,18 @@ Linear WeightLoader::linear(const std::vector<std::string>& parts, int out, int 
     quantize_fp8(tmp.get(), DType::BF16, n, l.w, s, ws.as<float>(), st_);
     CUDA_CHECK(cudaStreamSynchronize(st_));  // tmp and ws are freed on return
     l.w_scale = s;
+  } else if (l.wt == DType::FP8ROW) {
+    // Read in bf16, quantise each output channel (row of W) with its own scale amax(W[o, :]) / 448; the bf16 copy
+    // is not kept. plan_variants.cu makes a per-job alternate with the same call on the same bf16 bits.
+    const int64_t n = int64_t(out) * in;
+    DeviceBuffer tmp(size_t(n) * 2);
+    matrix(w, out, in, DType::BF16, Init::Linear, tmp.get());
+    l.w = arena_.alloc(size_t(n));
+    float* s = arena_.allocT<float>(size_t(out));
+    quantize_fp8_rows(tmp.get(), DType::BF16, in, nullptr, out, in, l.w, s, st_);
+    fp8_unit_scale();  // looked up here, at load, so that no step's first fp8row product does it in a capture
+    CUDA_CHECK(cudaStreamSynchronize(st_));  // tmp is freed on return
+    l.w_scale = s;
   } else {
     l.w = matrix(w, out, in, l.wt);
   }
