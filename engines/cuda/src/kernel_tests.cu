@@ -1,5 +1,8 @@
 #include "kernel_tests.h"
 
+#include <cuda_fp8.h>
+
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -146,6 +149,169 @@ void test_fp8_quantizers(Engine& e, ReportFn report, std::mt19937& rng) {
   const float s = down1(sc.as<float>(), e.st);
   for (auto& v : got) v *= s;
   report("unit.layernorm_mod_fp8", e.precision(), "rel_err", rel(got, ref), 5e-2, true);
+}
+
+// Host mirror of quantize_fp8_rows on values v (already dequantised: fp8 code * per-tensor scale, or bf16 / fp32),
+// rows of `cols` at stride ld: the scale amax / 448 (1 for an all-zero row) and each value's E4M3 code (as its float
+// value), computed with the kernel's own float operations (v * (1 / s), then cuda_fp8.h's satfinite rounding, which
+// is host code too), so codes and scales must match bit for bit.
+void host_row_quant(const Vec& v, int rows, int cols, int ld, Vec& q, Vec& scales) {
+  q.assign(size_t(rows) * cols, 0.f);
+  scales.assign(rows, 0.f);
+  for (int r = 0; r < rows; r++) {
+    float m = 0.f;
+    for (int c = 0; c < cols; c++) m = std::fmax(m, std::fabs(v[size_t(r) * ld + c]));
+    float s = m / 448.f;
+    if (!(s >= FLT_MIN)) s = 1.f;
+    const float inv = 1.f / s;
+    scales[r] = s;
+    for (int c = 0; c < cols; c++) q[size_t(r) * cols + c] = float(__nv_fp8_e4m3(v[size_t(r) * ld + c] * inv));
+  }
+}
+
+double mismatches(const Vec& a, const Vec& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double n = 0;
+  for (size_t i = 0; i < a.size(); i++) n += !(a[i] == b[i]);
+  return n;
+}
+
+// quantize_fp8_rows (the fp8row quantiser of activations per token and weights per output channel): codes and
+// scales against host_row_quant bit for bit, dequantised values against the input (E4M3 keeps 3 mantissa bits:
+// a relative step of 2^-3, so |error| <= 2^-4 of each value's binade; L2 over a normal row ~2-3 %), and an all-zero
+// row (scale 1, codes 0). Inputs: fp32, bf16 with a row stride wider than the row, fp8 with a per-tensor scale (a
+// norm's output shared with an fp8 layer); widths 600 (register path) and 17000 (> 64 x 256: the two-read path).
+void test_fp8row_quantizer(Engine& e, ReportFn report, std::mt19937& rng) {
+  if (e.dt == DType::F32) return;
+  for (int cols : {600, 17000})
+    for (DType it : {DType::F32, DType::BF16, DType::FP8}) {
+      const int rows = cols > 1000 ? 3 : 9, ld = it == DType::BF16 ? cols + 24 : cols, zero = 1;
+      Vec x = randn(size_t(rows) * ld, rng, 2.f);
+      for (int r = 0; r < rows; r++)  // rows of different magnitudes: what per-row scales are for
+        for (int c = 0; c < ld; c++) x[size_t(r) * ld + c] *= r == zero ? 0.f : std::ldexp(1.f, (r % 5) * 3 - 6);
+      DeviceBuffer dx, q8, sc(16), ws(16);
+      const float* in_scale = nullptr;
+      Vec v;  // the values the quantiser sees
+      if (it == DType::FP8) {
+        DeviceBuffer src = up(x, DType::F32, e.st);
+        q8 = DeviceBuffer(x.size());
+        quantize_fp8(src.get(), DType::F32, int64_t(x.size()), q8.get(), sc.as<float>(), ws.as<float>(), e.st);
+        const float ts = down1(sc.as<float>(), e.st);
+        v = down(q8.get(), DType::FP8, x.size(), e.st);
+        for (auto& a : v) a *= ts;  // tof(code) * scale, as the kernel forms it
+        in_scale = sc.as<float>();
+      } else {
+        v = round_to(x, it);
+        dx = up(v, it, e.st);
+      }
+      DeviceBuffer out = poisoned(size_t(rows) * cols, e.st), scales = poisoned(size_t(rows) * 4, e.st);
+      quantize_fp8_rows(it == DType::FP8 ? q8.get() : dx.get(), it, ld, in_scale, rows, cols, out.get(),
+                        scales.as<float>(), e.st);
+      Vec hq, hs;
+      host_row_quant(v, rows, cols, ld, hq, hs);
+      const Vec gq = down(out.get(), DType::FP8, hq.size(), e.st), gs = down(scales.get(), DType::F32, rows, e.st);
+      const std::string tag = std::string(dname(it)) + "_w" + std::to_string(cols);
+      report("unit.fp8row_quant_codes_" + tag, e.precision(), "mismatches", mismatches(gq, hq), 0, true);
+      report("unit.fp8row_quant_scales_" + tag, e.precision(), "mismatches", mismatches(gs, hs), 0, true);
+      std::vector<double> ref;
+      Vec deq;
+      for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+          ref.push_back(v[size_t(r) * ld + c]);
+          deq.push_back(gq[size_t(r) * cols + c] * gs[r]);
+        }
+      report("unit.fp8row_quant_values_" + tag, e.precision(), "rel_err", rel(deq, ref), 5e-2, true);
+      double zbad = gs[zero] == 1.f ? 0 : 1;
+      for (int c = 0; c < cols; c++) zbad += gq[size_t(zero) * cols + c] != 0.f;
+      report("unit.fp8row_quant_zero_row_" + tag, e.precision(), "bad", zbad, 0, true);
+    }
+}
+
+// linear() on an fp8row layer (weights quantised per output channel by the loader's call, the input per token
+// inside linear()) against a float64 host product of the dequantised operands: y = (qx qw^T) s_x s_w + b, GELU,
+// + residual, for every epilogue (None, Bias, BiasGelu, Bias + residual aliasing y) and output type (f32, bf16);
+// plus an fp8 per-tensor input (dequantised and requantised per row) and a strided bf16 input, with an all-zero row.
+// Tolerance: the operands are the host's exactly (the quantiser matches bit for bit, test above), so what remains is
+// the GEMM's accumulation (cuBLASLt fp8 fast accumulation: the tensor cores' reduced-precision fp32 sums, ~2^-14
+// relative per addition on Hopper, K = 96 terms: ~1e-4 relative) and the epilogue's fp32 products: 2e-3 for f32
+// outputs; bf16 outputs add their rounding (2^-9 relative at most, ~1e-3 in L2): 1e-2, as tol(bf16).
+void test_fp8row_linear(Engine& e, ReportFn report, std::mt19937& rng) {
+  if (e.dt == DType::F32) return;
+  const int M = 33, N = 80, K = 96, zero = 4;
+  Vec W = round_to(randn(size_t(N) * K, rng, 0.1f), DType::BF16), bias = randn(N, rng, 0.5f);
+  for (int o = 0; o < N; o++)  // output channels of different magnitudes: what per-channel scales are for
+    for (int k = 0; k < K; k++) W[size_t(o) * K + k] = bf16_to_f32(f32_to_bf16(W[size_t(o) * K + k] * float(1 + o % 7)));
+  DeviceBuffer dW = up(W, DType::BF16, e.st), dB = up(bias, DType::F32, e.st), w8(size_t(N) * K), ws(size_t(N) * 4);
+  quantize_fp8_rows(dW.get(), DType::BF16, K, nullptr, N, K, w8.get(), ws.as<float>(), e.st);
+  const Vec qw = down(w8.get(), DType::FP8, size_t(N) * K, e.st), sw = down(ws.get(), DType::F32, N, e.st);
+  Linear l;
+  l.name = "test/fp8row";
+  l.out = N;
+  l.in = K;
+  l.wt = DType::FP8ROW;
+  l.w = w8.get();
+  l.w_scale = ws.as<float>();
+  l.b = dB.as<float>();
+  Ctx c = e.ctx();
+  struct Case {
+    const char* name;
+    DType it, ot;
+    Epi epi;
+    bool resid;
+  };
+  const Case cases[] = {
+      {"bias_f32", DType::BF16, DType::F32, Epi::Bias, false},
+      {"bias_bf16", DType::BF16, DType::BF16, Epi::Bias, false},
+      {"gelu_f32", DType::BF16, DType::F32, Epi::BiasGelu, false},
+      {"gelu_bf16", DType::BF16, DType::BF16, Epi::BiasGelu, false},
+      {"resid_f32", DType::BF16, DType::F32, Epi::Bias, true},
+      {"resid_bf16", DType::BF16, DType::BF16, Epi::Bias, true},
+      {"none_f32", DType::BF16, DType::F32, Epi::None, false},
+      {"fp8_in_bias_bf16", DType::FP8, DType::BF16, Epi::Bias, false},
+      {"f32_in_gelu_f32", DType::F32, DType::F32, Epi::BiasGelu, false},
+  };
+  for (const Case& k : cases) {
+    const int ld = k.it == DType::BF16 ? K + 16 : K;  // bf16 inputs strided, as a slice of a wider buffer
+    Vec x = randn(size_t(M) * ld, rng, 1.f);
+    for (int j = 0; j < ld; j++) x[size_t(zero) * ld + j] = 0.f;
+    for (int r = 0; r < M; r++)
+      for (int j = 0; j < ld; j++) x[size_t(r) * ld + j] *= float(1 + r % 4);
+    DeviceBuffer dx, sc(16), tws(16);
+    In in{nullptr, k.it, ld};
+    Vec v;
+    if (k.it == DType::FP8) {
+      DeviceBuffer src = up(x, DType::F32, e.st);
+      dx = DeviceBuffer(x.size());
+      quantize_fp8(src.get(), DType::F32, int64_t(x.size()), dx.get(), sc.as<float>(), tws.as<float>(), e.st);
+      const float ts = down1(sc.as<float>(), e.st);
+      v = down(dx.get(), DType::FP8, x.size(), e.st);
+      for (auto& a : v) a *= ts;
+      in = In{dx.get(), DType::FP8, ld, sc.as<float>()};
+    } else {
+      v = round_to(x, k.it);
+      dx = up(v, k.it, e.st);
+      in.p = dx.get();
+    }
+    Vec R = round_to(randn(size_t(M) * N, rng), k.ot);
+    DeviceBuffer dy = k.resid ? up(R, k.ot, e.st) : poisoned(size_t(M) * N * dsize(k.ot), e.st);
+    linear(c, l, M, in, Out{dy.get(), k.ot, N}, k.epi, k.resid ? dy.get() : nullptr);
+    Vec qx, sx;
+    host_row_quant(v, M, K, ld, qx, sx);
+    std::vector<double> ref(size_t(M) * N);
+    for (int r = 0; r < M; r++)
+      for (int o = 0; o < N; o++) {
+        double s = 0;
+        for (int j = 0; j < K; j++) s += double(qx[size_t(r) * K + j]) * qw[size_t(o) * K + j];
+        s *= double(sx[r]) * sw[o];
+        if (k.epi != Epi::None) s += bias[o];
+        if (k.epi == Epi::BiasGelu) s = 0.5 * s * (1 + std::tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)));
+        if (k.resid) s += R[size_t(r) * N + o];
+        ref[size_t(r) * N + o] = s;
+      }
+    report(std::string("unit.fp8row_linear_") + k.name, e.precision(), "rel_err",
+           rel(down(dy.get(), k.ot, ref.size(), e.st), ref), k.ot == DType::F32 ? 2e-3 : 1e-2, true);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(e.st));  // the scratch the layer used stays; the test buffers go
 }
 
 // RoPE's (cos, sin) table [S, D/2, 2] for positions 0 .. S-1 (theta 10000), as the engine's kernels read it.
@@ -408,6 +574,8 @@ void run_kernel_units(Engine& e, ReportFn report) {
   std::mt19937 rng(20261206);
   test_residual_layernorm(e, report, rng);
   test_fp8_quantizers(e, report, rng);
+  test_fp8row_quantizer(e, report, rng);
+  test_fp8row_linear(e, report, rng);
   test_qk_norm_rope(e, report, rng);
   test_qk_norm_rope_inplace(e, report, rng);
   test_groupnorm(e, report, rng);
