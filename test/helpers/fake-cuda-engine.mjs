@@ -26,7 +26,8 @@
  * Calibration (`calibrate`, test/unit/pipeline/cuda-calibration.test.ts): bf16 engines only, `prepare`'s payload.
  * The layer list is the engine's (every transformer Linear of the loaded config, engine names and order); each
  * layer's fp8 error is drawn from a hash of its name and the request's inputs (size, batch, sigmas, payload), spread
- * over 1e-4 .. 1e-2, and its times from its shape and the rows (fp8 0.6x + 0.5 us: tiny layers gain nothing).
+ * over 1e-4 .. 1e-2, and its times from its shape and the rows (fp8 0.6x + 0.5 us: tiny layers gain nothing);
+ * fp8row (`rel_err_fp8row`, `ms_fp8row`): a third of the fp8 error, 0.7x + 1 us.
  * `verify` plans (presets or rules, first matching glob wins) measure sqrt(sum e^2) of the layers they make fp8,
  * times FAKE_ENGINE_VERIFY_SCALE (1): > 1 stands for errors that add coherently. FAKE_ENGINE_CALIBRATE_FAIL=<msg>
  * answers every `calibrate` with a non-fatal error; `exit` ends the process as a device fault does.
@@ -460,6 +461,11 @@ function calibrate(h, payload, fail) {
       rel_err_fp8: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)),
       ms_bf16: ms,
       ms_fp8: 0.6 * ms + 0.0005,
+      // fp8row (per-channel weight, per-token activation scales): a third of the fp8 error, its own quantiser and
+      // epilogue passes (0.7x + 1 us), as the engine reports every layer's (PROTOCOL.md `calibrate`).
+      fp8row: true,
+      rel_err_fp8row: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)) / 3,
+      ms_fp8row: 0.7 * ms + 0.001,
     };
   });
   const errOf = new Map(table.map((l) => [l.name, l.rel_err_fp8]));

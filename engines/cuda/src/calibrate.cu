@@ -169,7 +169,8 @@ Calibration calibrate(Engine& e, const Request& r, int reps, const std::vector<s
   }
   if (!per_layer) return out;
 
-  // 4. Per layer: its fp8 alternate alone, the forward at every step of the base trajectory; then its GEMM times.
+  // 4. Per layer: its fp8 alternate alone, the forward at every step of the base trajectory, then its GEMM times;
+  // the same for its fp8row alternate.
   for (Linear* l : fx.linears()) {
     LayerCalibration lc;
     lc.name = l->name;
@@ -182,31 +183,40 @@ Calibration calibrate(Engine& e, const Request& r, int reps, const std::vector<s
     bool at_prepare = false;
     for (auto& k : calls) at_prepare |= k.at_prepare;
     lc.ms_base = time_layer(*l, calls);
-    if (calls.empty()) {
-      lc.skip = "not called at this geometry";
-    } else if (l->wt != DType::BF16) {
-      lc.skip = std::string("base type ") + dname(l->wt) + " (only bf16 layers get fp8 alternates)";
-    } else {
+    // One alternate type t for this layer alone: its error over the trajectory and its time. False (and `skip` set)
+    // when it cannot be measured.
+    auto trial = [&](DType t, double& rel_err, double& ms, std::string& skip) {
+      if (calls.empty()) {
+        skip = "not called at this geometry";
+        return false;
+      }
+      if (l->wt != DType::BF16) {
+        skip = std::string("base type ") + dname(l->wt) + " (only bf16 layers get fp8 / fp8row alternates)";
+        return false;
+      }
       try {
-        // The plan-variant machinery's own fp8 alternate of this one layer: the base plan with one more rule, its
+        // The plan-variant machinery's own alternate of this one layer: the base plan with one more rule, its
         // exact name, first (every other layer keeps its base type, whatever the base plan's rules are).
         PrecisionPlan one = e.plan;
         one.name = "custom";
-        one.rules.insert(one.rules.begin(), {l->name, DType::FP8});
+        one.rules.insert(one.rules.begin(), {l->name, t});
         auto alt = e.plans->make("calibrate", one);
         PlanScope scope(e.plans.get(), alt.get());
         // Layers run at prepare change the context or the conditioning rows of every step: recomputed under it.
-        lc.rel_err = trajectory_error(at_prepare);
-        lc.ms_fp8 = time_layer(*l, calls);
-        lc.fp8 = true;
+        rel_err = trajectory_error(at_prepare);
+        ms = time_layer(*l, calls);
+        return true;
       } catch (const std::exception& ex) {
         // A device fault ends the calibration (and the process); a refusal (e.g. a strided input fp8 cannot take)
         // only marks the layer.
         if (fault_sticky()) throw;
         CUDA_CHECK(cudaStreamSynchronize(st));
-        lc.skip = ex.what();
+        skip = ex.what();
+        return false;
       }
-    }
+    };
+    lc.fp8 = trial(DType::FP8, lc.rel_err, lc.ms_fp8, lc.skip);
+    lc.fp8row = trial(DType::FP8ROW, lc.rel_err_fp8row, lc.ms_fp8row, lc.skip_fp8row);
     out.layers.push_back(lc);
   }
   CUDA_CHECK(cudaStreamSynchronize(st));

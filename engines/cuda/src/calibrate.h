@@ -1,7 +1,8 @@
 // Per-layer calibration for the precision planner (issue 15, PROTOCOL.md `calibrate`): for every transformer Linear
 // of a loaded bf16 engine, the relative error of the transformer's output (the velocity) when that layer alone runs
-// in fp8 E4M3 (the per-job plans' alternate, plan_variants.h) against the all-base forward, on the request's inputs
-// at each of its steps, and the layer's GEMM time per step in its base type and in fp8 at the request's geometry.
+// in fp8 E4M3 (the per-job plans' alternate, plan_variants.h), and alone in fp8row, against the all-base forward, on
+// the request's inputs at each of its steps, and the layer's GEMM time per step in its base type, in fp8 and in
+// fp8row at the request's geometry.
 // The host's planner (src/pipeline/cuda-planner.ts) turns the table into per-mode plans.
 #pragma once
 #include <string>
@@ -22,6 +23,11 @@ struct LayerCalibration {
   // GEMM time per denoising step (ms): the layer's calls in one forward, plus its calls at prepare (context
   // embedder, conditioning: run once for all steps) divided by the steps. fp8 includes quantising a bf16 input.
   double ms_base = 0, ms_fp8 = 0;
+  // The same for the layer alone in fp8row (E4M3, per-channel weight / per-token activation scales; linear.h);
+  // ms_fp8row includes the per-token quantisation and the scaling epilogue.
+  bool fp8row = false;  // an fp8row alternate was measured (false: `skip_fp8row` says why)
+  std::string skip_fp8row;
+  double rel_err_fp8row = 0, ms_fp8row = 0;
 };
 
 // A whole plan's measured error (`calibrate`'s `verify`): the planner's check of its prediction.

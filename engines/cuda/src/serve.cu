@@ -215,7 +215,10 @@ std::string calibration_fields(const Calibration& cal) {
          ",\"out\":" + std::to_string(l.out) + ",\"base\":\"" + dname(l.base) + "\",\"fp8\":" +
          (l.fp8 ? "true" : "false") + ",\"rel_err_fp8\":" + (l.fp8 ? jnum(l.rel_err) : "null") +
          ",\"ms_bf16\":" + jnum(l.ms_base) + ",\"ms_fp8\":" + (l.fp8 ? jnum(l.ms_fp8) : "null") +
-         (l.skip.empty() ? "" : ",\"skip\":" + json_escape(l.skip)) + "}";
+         (l.skip.empty() ? "" : ",\"skip\":" + json_escape(l.skip)) + ",\"fp8row\":" +
+         (l.fp8row ? "true" : "false") + ",\"rel_err_fp8row\":" + (l.fp8row ? jnum(l.rel_err_fp8row) : "null") +
+         ",\"ms_fp8row\":" + (l.fp8row ? jnum(l.ms_fp8row) : "null") +
+         (l.skip_fp8row.empty() ? "" : ",\"skip_fp8row\":" + json_escape(l.skip_fp8row)) + "}";
   }
   s += "],\"verified\":[";
   for (size_t i = 0; i < cal.checks.size(); i++) {
