@@ -473,6 +473,23 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
            std::abs(events - 2 * (2 + e.cfg.flux.layers + e.cfg.flux.single_layers)), 0, true);
     report("transformer_forward", rdt, "rel_err", rel_err(download(vel, out.size()), out.data(), out.size()), tol,
            req);
+    // fp8 block Linears, informational (bf16 engine): every per-step block Linear in fp8 with per-tensor scales
+    // (preset fp8all) and in fp8row (fp8rowall: per-output-channel weight scales, per-token activation scales) on the
+    // same inputs, each a per-job plan swapped in for the forward. fp8row is expected closer to the reference: each
+    // token and each output channel gets E4M3's whole range instead of sharing the tensor's largest value.
+    if (precision == "bf16" && e.plans) {
+      double errs[2];
+      const char* presets[2] = {"fp8all", "fp8rowall"};
+      for (int k = 0; k < 2; k++) {
+        auto alt = e.plans->make(presets[k], plan_of_spec(presets[k], e.plan));
+        PlanScope scope(e.plans.get(), alt.get());
+        e.flux->forward(c, state, d_hs, ctx0, mods, 1, d_cs, vel);
+        errs[k] = rel_err(download(vel, out.size()), out.data(), out.size());
+        report(std::string("transformer_forward_") + presets[k] + " (" + std::to_string(alt->layers.size()) +
+                   " Linears)", rdt, "rel_err", errs[k], tol, false);
+      }
+      report("transformer_forward_fp8rowall_over_fp8all (expected < 1)", rdt, "ratio", errs[1] / errs[0], 1.0, false);
+    }
     // Both attention-input paths (FQ_QKV_INPLACE: QK-norm + RoPE in place on the joint projection vs scattered into
     // Q / K / V) on the same inputs, at batch 1 and at batch 2 (two copies of the case: the in-place path then runs
     // one q/k/v GEMM per sample and stream into the joint layout), against the reference and each other.
