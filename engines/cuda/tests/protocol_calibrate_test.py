@@ -76,6 +76,22 @@ def main():
           "highest:", [(l["name"], l["rel_err_fp8"]) for l in errs[-3:]], flush=True)
     saved = sum(l["ms_bf16"] - l["ms_fp8"] for l in fp8)
     print(f"base forward {cal['base_ms']:.3f} ms; all-fp8 GEMM time saved {saved:.3f} ms per step", flush=True)
+    # fp8row (per-channel weight, per-token activation scales): every layer measured too, finite errors and times.
+    row_skipped = [(l["name"], l.get("skip_fp8row")) for l in layers if not l.get("fp8row")]
+    check(f"layers not measured in fp8row (count; first: {row_skipped[:2]})", len(row_skipped), 0)
+    rows = [l for l in layers if l.get("fp8row")]
+    bad_row = [l["name"] for l in rows if not (isinstance(l["rel_err_fp8row"], (int, float))
+                                               and math.isfinite(l["rel_err_fp8row"]) and l["rel_err_fp8row"] > 0
+                                               and l["ms_fp8row"] is not None and l["ms_fp8row"] > 0)]
+    check(f"fp8row layers without a finite error > 0 and a time > 0 (count; first: {bad_row[:2]})", len(bad_row), 0)
+    both = [l for l in rows if l["fp8"]]
+    if both:  # informational: expected mostly below 1 (finer scales), the times a little above fp8's
+        ratios = sorted(l["rel_err_fp8row"] / l["rel_err_fp8"] for l in both if l["rel_err_fp8"] > 0)
+        if ratios:
+            print(f"fp8row / fp8 error per layer: median {ratios[len(ratios) // 2]:.3f}, "
+                  f"max {ratios[-1]:.3f}, below 1 in {sum(r < 1 for r in ratios)} of {len(ratios)}; "
+                  f"fp8row GEMM time saved {sum(l['ms_bf16'] - l['ms_fp8row'] for l in both):.3f} ms per step",
+                  flush=True)
 
     if len(errs) < 3:
         check.finish("bf16")  # nothing to verify plans with; the failures above say why
