@@ -461,11 +461,20 @@ function calibrate(h, payload, fail) {
       rel_err_fp8: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)),
       ms_bf16: ms,
       ms_fp8: 0.6 * ms + 0.0005,
-      // fp8row (per-channel weight, per-token activation scales): a third of the fp8 error, its own quantiser and
-      // epilogue passes (0.7x + 1 us), as the engine reports every layer's (PROTOCOL.md `calibrate`).
-      fp8row: true,
-      rel_err_fp8row: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)) / 3,
-      ms_fp8row: 0.7 * ms + 0.001,
+      // fp8row (per-channel weight, per-token activation scales), when asked (`fp8row: true`, PROTOCOL.md
+      // `calibrate`): a third of the fp8 error, its own quantiser and epilogue passes (0.7x + 1 us).
+      ...(h.fp8row === true
+        ? {
+            fp8row: true,
+            rel_err_fp8row: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)) / 3,
+            ms_fp8row: 0.7 * ms + 0.001,
+          }
+        : {
+            fp8row: false,
+            rel_err_fp8row: null,
+            ms_fp8row: null,
+            skip_fp8row: "not asked (calibrate's fp8row: true)",
+          }),
     };
   });
   const errOf = new Map(table.map((l) => [l.name, l.rel_err_fp8]));

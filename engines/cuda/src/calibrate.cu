@@ -50,7 +50,7 @@ void set_step(Engine& e, Job& j, int i) {
 }  // namespace
 
 Calibration calibrate(Engine& e, const Request& r, int reps, const std::vector<std::pair<std::string, std::string>>& verify,
-                      bool per_layer) {
+                      bool per_layer, bool fp8row) {
   if (e.dt != DType::BF16) throw std::runtime_error("calibrate: needs a bf16 engine (fp8 alternates run over bf16)");
   if (!r.plan.empty() || !r.loras.empty() || !r.cfg_scale.empty() || !r.image_latents.empty() || !r.mask.empty() ||
       !r.control.empty() || r.step_cache)
@@ -216,7 +216,10 @@ Calibration calibrate(Engine& e, const Request& r, int reps, const std::vector<s
       }
     };
     lc.fp8 = trial(DType::FP8, lc.rel_err, lc.ms_fp8, lc.skip);
-    lc.fp8row = trial(DType::FP8ROW, lc.rel_err_fp8row, lc.ms_fp8row, lc.skip_fp8row);
+    if (fp8row)
+      lc.fp8row = trial(DType::FP8ROW, lc.rel_err_fp8row, lc.ms_fp8row, lc.skip_fp8row);
+    else
+      lc.skip_fp8row = "not asked (calibrate's fp8row: true)";
     out.layers.push_back(lc);
   }
   CUDA_CHECK(cudaStreamSynchronize(st));

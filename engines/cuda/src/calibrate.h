@@ -48,8 +48,10 @@ struct Calibration {
 // repetitions per measurement. The job it prepares is dropped at the end. @throws std::runtime_error for an f32
 // engine (no fp8 path) or inputs with a plan, LoRAs, true CFG, inpainting, control or step caching.
 // `verify`: plans (name, rules "glob=fp8;...") whose whole error to measure on the same trajectory; `per_layer` false
-// skips the per-layer table (a verify-only call costs steps forwards per plan).
+// skips the per-layer table (a verify-only call costs steps forwards per plan); `fp8row` adds each layer's fp8row
+// trial to the table (off by default: it doubles the table's cost, and the host planner does not route fp8row yet).
 Calibration calibrate(Engine& e, const Request& r, int reps,
-                      const std::vector<std::pair<std::string, std::string>>& verify = {}, bool per_layer = true);
+                      const std::vector<std::pair<std::string, std::string>>& verify = {}, bool per_layer = true,
+                      bool fp8row = false);
 
 }  // namespace fq

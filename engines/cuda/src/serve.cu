@@ -336,7 +336,8 @@ int run_serve() {
         std::vector<std::pair<std::string, std::string>> verify;
         for (auto& [name, v] : vj.o) verify.emplace_back(name, plan_spec_of(name, v));
         const bool per_layer = req["per_layer"].kind != Json::Bool || req["per_layer"].b;
-        const Calibration cal = calibrate(*eng, r, reps, verify, per_layer);
+        const bool fp8row = req["fp8row"].kind == Json::Bool && req["fp8row"].b;
+        const Calibration cal = calibrate(*eng, r, reps, verify, per_layer, fp8row);
         send("{\"op\":\"calibrated\",\"id\":" + id + calibration_fields(cal) + ",\"ms\":" +
              std::to_string(ms_since(t0)) + "}");
       } else if (op == "encode") {

@@ -47,7 +47,7 @@ def main():
     check = Checks("calibrate")
 
     eng, _ = load(exe, model, "bf16")
-    eng.send(*inputs(case, toks, ref, "calibrate", reps=3))
+    eng.send(*inputs(case, toks, ref, "calibrate", reps=3, fp8row=True))
     cal = eng.recv()[0]
     check("answer is calibrated (0 = yes)", 0 if cal["op"] == "calibrated" else 1, 0)
     layers = cal["layers"]
