@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { CudaCompiledMode } from '../../src/pipeline/cuda-compile.ts';
 import { FAKE_CUDA_ENGINE, readFakeEngineLog } from '../helpers/fake-cuda-engine-log.ts';
 import { REPO_ROOT } from '../helpers/paths.ts';
 import { type ServeProcess, startServe } from '../helpers/serve-process.ts';
@@ -48,17 +49,8 @@ async function compile(args: string[], env: Record<string, string>) {
   }
 }
 
-interface Line {
-  mode: string;
-  plan: string | null;
-  fp8Layers: number | null;
-  stepCacheThreshold: number | null;
-  stepCacheMaxConsecutive: number | null;
-  manifest: string | null;
-  calibrated: boolean | null;
-  seconds: number;
-  cacheDir: string;
-}
+/** One JSON line of the command: a planned mode and the cache it went to. */
+type Line = CudaCompiledMode & { cacheDir: string };
 const linesOf = (stdout: string) =>
   stdout
     .trim()
