@@ -69,7 +69,12 @@ describe('planCudaModes', () => {
           }, 0);
           expect(p.gainMs).toBeCloseTo(gain, 12);
           expect(p.predictedStepMs).toBeCloseTo(cal.base_ms - gain, 12);
-          expect(p.counts).toEqual({ bf16: cal.layers.length - p.fp8Layers.length, fp8: p.fp8Layers.length });
+          expect(p.counts).toEqual({
+            bf16: cal.layers.length - p.fp8Layers.length,
+            fp8: p.fp8Layers.length,
+            fp8row: 0,
+          });
+          expect(p.fp8rowLayers).toEqual([]);
           expect(p.fp8Layers.length).toBeGreaterThan(0);
         }
       }
