@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   type CudaCalibration,
   type CudaLayerCalibration,
+  type CudaModePlan,
   cudaLayerChoices,
   cudaPlannedBudgets,
   cudaPlanRules,
@@ -144,11 +145,159 @@ describe('planCudaModes', () => {
   });
 });
 
+/** {@link table} with fp8row measured on most layers: a third to a half of the fp8 error, between bf16 and fp8 in time. */
+function rowTable(n: number, seed: number): CudaCalibration {
+  const cal = table(n, seed);
+  const r = rng(seed + 1000);
+  for (const l of cal.layers) {
+    if (r() < 0.15) continue;
+    l.fp8row = true;
+    l.rel_err_fp8row = (l.rel_err_fp8 ?? 10 ** (-4 + 2 * r())) * (0.33 + 0.17 * r());
+    l.ms_fp8row = l.ms_bf16 * (0.65 + 0.2 * r());
+  }
+  return cal;
+}
+
+/** A plan's layer → algorithm. */
+const assignment = (p: CudaModePlan) =>
+  new Map<string, string>([
+    ...p.fp8Layers.map((n) => [n, 'fp8'] as const),
+    ...p.fp8rowLayers.map((n) => [n, 'fp8row'] as const),
+  ]);
+
+/** Solo error and time of `name` under `alg`. */
+function option(cal: CudaCalibration, name: string, alg: string) {
+  const l = cal.layers.find((x) => x.name === name)!;
+  return alg === 'fp8' ? { e: l.rel_err_fp8!, ms: l.ms_fp8! } : { e: l.rel_err_fp8row!, ms: l.ms_fp8row! };
+}
+
+describe('planCudaModes with fp8row measured (CUDA_PLANNER_FP8ROW)', () => {
+  const budgets = cudaPlannedBudgets();
+
+  it('picks at most one algorithm per layer, within every budget, some layers fp8row, rules per algorithm', () => {
+    let rows = 0;
+    for (const seed of [41, 42, 43]) {
+      const cal = rowTable(80, seed);
+      for (const nested of [true, false]) {
+        const plans = planCudaModes(cal, budgets, { nested });
+        for (const [mode, p] of Object.entries(plans)) {
+          const a = assignment(p);
+          expect(a.size).toBe(p.fp8Layers.length + p.fp8rowLayers.length); // no layer in both
+          expect(p.predictedError).toBeLessThanOrEqual(budgets[mode]! * (1 + 1e-12));
+          const errs = [...a].map(([n, alg]) => option(cal, n, alg).e);
+          expect(p.predictedError).toBeCloseTo(Math.sqrt(errs.reduce((x, e) => x + e * e, 0)), 12);
+          const gain = [...a].reduce(
+            (x, [n, alg]) => x + cal.layers.find((l) => l.name === n)!.ms_bf16 - option(cal, n, alg).ms,
+            0,
+          );
+          expect(p.gainMs).toBeCloseTo(gain, 12);
+          expect(p.counts).toEqual({
+            bf16: cal.layers.length - a.size,
+            fp8: p.fp8Layers.length,
+            fp8row: p.fp8rowLayers.length,
+          });
+          for (const n of p.fp8rowLayers) {
+            expect(cal.layers.find((l) => l.name === n)!.fp8row).toBe(true);
+            expect(p.rules.split(';')).toContain(`${n}=fp8row`);
+          }
+          for (const n of p.fp8Layers) expect(p.rules.split(';')).toContain(`${n}=fp8`);
+          expect(p.rules.split(';')).toHaveLength(a.size);
+          rows += p.fp8rowLayers.length;
+        }
+      }
+    }
+    expect(rows).toBeGreaterThan(0);
+  });
+
+  it('nests the quantised layers L ⊆ M ⊆ S (a kept layer may move to a faster algorithm, never back to bf16)', () => {
+    for (const seed of [44, 45, 46]) {
+      const cal = rowTable(80, seed);
+      const plans = planCudaModes(cal, budgets);
+      const [l, m, s] = [assignment(plans.L!), assignment(plans.M!), assignment(plans.S!)];
+      for (const n of l.keys()) expect(m.has(n)).toBe(true);
+      for (const n of m.keys()) expect(s.has(n)).toBe(true);
+      // A move is only ever to a faster algorithm.
+      for (const [small, big] of [
+        [l, m],
+        [m, s],
+      ] as const)
+        for (const [n, alg] of small)
+          if (big.get(n) !== alg) expect(option(cal, n, big.get(n)!).ms).toBeLessThan(option(cal, n, alg).ms);
+      expect(plans.L!.gainMs).toBeLessThanOrEqual(plans.M!.gainMs);
+      expect(plans.M!.gainMs).toBeLessThanOrEqual(plans.S!.gainMs);
+    }
+  });
+
+  it('moves a kept fp8row layer to fp8 when the larger budget affords it', () => {
+    const layer = (name: string, e8: number, eRow: number): CudaLayerCalibration => ({
+      name,
+      in: 1,
+      out: 1,
+      base: 'bf16',
+      fp8: true,
+      rel_err_fp8: e8,
+      ms_bf16: 1,
+      ms_fp8: 0.5,
+      fp8row: true,
+      rel_err_fp8row: eRow,
+      ms_fp8row: 0.6,
+    });
+    const cal: CudaCalibration = { layers: [layer('transformer/a', 0.02, 0.005)], base_ms: 10, steps: 2 };
+    const plans = planCudaModes(cal, { L: 0.01, S: 0.03 });
+    expect(plans.L!.rules).toBe('transformer/a=fp8row');
+    expect(plans.S!.rules).toBe('transformer/a=fp8');
+    expect(plans.S!.gainMs).toBeCloseTo(0.5, 12);
+  });
+
+  it('is as fast as the best assignment by brute force over bf16, fp8, fp8row (up to the grid’s rounding)', () => {
+    for (const seed of [51, 52, 53]) {
+      const cal = rowTable(7, seed);
+      const budget = 0.012;
+      const p = planCudaModes(cal, { M: budget }, { nested: false }).M!;
+      const n = cal.layers.length;
+      const tight = budget * Math.sqrt(1 - n / 4000);
+      const opts = cal.layers.map((l) => [
+        { e: 0, gain: 0 },
+        ...(l.fp8 ? [{ e: l.rel_err_fp8!, gain: l.ms_bf16 - l.ms_fp8! }] : []),
+        ...(l.fp8row ? [{ e: l.rel_err_fp8row!, gain: l.ms_bf16 - l.ms_fp8row! }] : []),
+      ]);
+      let best = 0;
+      const walk = (i: number, e2: number, gain: number) => {
+        if (Math.sqrt(e2) > tight) return;
+        if (i === n) {
+          best = Math.max(best, gain);
+          return;
+        }
+        for (const o of opts[i]!) walk(i + 1, e2 + o.e * o.e, gain + o.gain);
+      };
+      walk(0, 0, 0);
+      expect(p.gainMs).toBeGreaterThanOrEqual(best - 1e-9);
+    }
+  });
+
+  it('offers fp8row only where measured, finite and faster than bf16', () => {
+    const cal = rowTable(6, 61);
+    cal.layers[0]!.fp8row = true;
+    cal.layers[0]!.rel_err_fp8row = 0.001;
+    cal.layers[0]!.ms_fp8row = cal.layers[0]!.ms_bf16 * 1.05;
+    cal.layers[1]!.fp8row = true;
+    cal.layers[1]!.rel_err_fp8row = Number.NaN;
+    cal.layers[1]!.ms_fp8row = 0.001;
+    const algs = cudaLayerChoices(cal).map((c) => c.options.map((o) => o.algorithm));
+    expect(algs[0]).not.toContain('fp8row');
+    expect(algs[1]).not.toContain('fp8row');
+    expect(algs.some((a) => a.includes('fp8row'))).toBe(true);
+  });
+});
+
 describe('cudaPlanRules', () => {
   it('exact names joined as load’s plans rules', () => {
     expect(cudaPlanRules(['transformer/a.b+c', 'transformer/d'])).toBe('transformer/a.b+c=fp8;transformer/d=fp8');
     expect(cudaPlanRules([])).toBe('bf16');
     expect(() => cudaPlanRules(['transformer/x*'])).toThrow(/rule character/);
+    expect(cudaPlanRules(['transformer/a', { name: 'transformer/b', algorithm: 'fp8row' }])).toBe(
+      'transformer/a=fp8;transformer/b=fp8row',
+    );
   });
 });
 
@@ -192,6 +341,21 @@ describe('parseCudaCalibration', () => {
     ]);
     expect(cal.base_ms).toBe(12.5);
     expect(cal.layers[1]!.skip).toBe('base type f32');
+    expect(cal.layers[0]).not.toHaveProperty('fp8row');
+  });
+
+  it('reads fp8row fields when measured, and nothing of them when not', () => {
+    const [a, b] = header.layers;
+    const cal = parseCudaCalibration({
+      ...header,
+      layers: [
+        { ...a, fp8row: true, rel_err_fp8row: 0.0007, ms_fp8row: 0.08 },
+        { ...b, fp8row: false, rel_err_fp8row: null, ms_fp8row: null, skip_fp8row: 'base type f32' },
+      ],
+    });
+    expect(cal.layers[0]).toMatchObject({ fp8row: true, rel_err_fp8row: 0.0007, ms_fp8row: 0.08 });
+    expect(cal.layers[1]).not.toHaveProperty('fp8row');
+    expect(cal.layers[1]!.skip_fp8row).toBe('base type f32');
   });
 
   it('refuses duplicate layers and missing fields', () => {
