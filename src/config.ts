@@ -90,6 +90,13 @@ export interface ServerConfig {
    */
   cudaStepCache?: number;
   /**
+   * The native engine's per-layer planner also measures and routes fp8row (fp8 with per-token activation and
+   * per-channel weight scales) next to fp8, each layer choosing bf16, fp8 or fp8row (`cuda-planner.ts`). Off until
+   * fp8row is verified on a GPU (engines/cuda/NOTES.md sessions 15e, 15f). CUDA_PLANNER_FP8ROW (`1`/`true`).
+   * @default false
+   */
+  cudaPlannerFp8row: boolean;
+  /**
    * The mode benchmark's results (latency, PSNR/SSIM vs original, planner summary per mode), shown by `models`
    * for the served model. A missing or malformed file shows none. MODES_RESULTS. @default `bench/results/modes.json`
    */
@@ -262,6 +269,7 @@ const ENV_SCHEMA = {
     .min(0, { error: 'must be a number >= 0' })
     .refine(Number.isFinite, { error: 'must be a number >= 0' })
     .optional(),
+  CUDA_PLANNER_FP8ROW: flag().optional(),
   MODES_RESULTS: z.string().min(1).optional(),
   CONTROL_IMAGE_ALLOW_PRIVATE_URLS: flag().optional(),
   LOG_LEVEL: z
@@ -461,6 +469,13 @@ export const ENV_DOCS: Readonly<Record<EnvKey, EnvDoc>> = {
       '(L, M, S calibrate theirs): the relative-change threshold, e.g. 0.1; unset: off',
     roles: ENGINE_ROLES,
   },
+  CUDA_PLANNER_FP8ROW: {
+    doc:
+      "The native engine's L/M/S planner also measures fp8row (per-token and per-channel fp8 scales) and picks per " +
+      'layer among bf16, fp8 and fp8row (1/0; not yet verified on a GPU)',
+    default: '0',
+    roles: ENGINE_ROLES,
+  },
   MODES_RESULTS: {
     doc: "The mode benchmark's results shown by `models`",
     default: 'bench/results/modes.json',
@@ -657,6 +672,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
       : resolve(REPO_ROOT, 'bench/results/cuda-h100.json'),
     cudaLoraMaxMb: v.CUDA_LORA_MAX_MB ?? 4096,
     ...(v.CUDA_STEP_CACHE !== undefined ? { cudaStepCache: v.CUDA_STEP_CACHE } : {}),
+    cudaPlannerFp8row: v.CUDA_PLANNER_FP8ROW ?? false,
     modesResults: v.MODES_RESULTS ? resolve(v.MODES_RESULTS) : resolve(REPO_ROOT, 'bench/results/modes.json'),
     controlImageAllowPrivateUrls: v.CONTROL_IMAGE_ALLOW_PRIVATE_URLS ?? false,
     warmModes:

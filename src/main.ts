@@ -201,6 +201,7 @@ async function createExecutor(config: ServerConfig, logger: Logger): Promise<Ste
       benchResults: config.cudaBenchResults,
       ...(config.loraDir ? { loraDir: config.loraDir } : {}),
       loraMaxMb: config.cudaLoraMaxMb,
+      plannerFp8row: config.cudaPlannerFp8row,
       ...(config.cudaStepCache !== undefined ? { stepCache: { threshold: config.cudaStepCache } } : {}),
       onLog: (line) => logger.info({ component: 'cuda-engine' }, line),
     });

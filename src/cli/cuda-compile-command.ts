@@ -1,7 +1,7 @@
 /**
  * @file `fluxql compile --engine cuda`: plans the CUDA engine's modes ahead of serving and prints one JSON line per
  * mode. It reads the settings `fluxql serve --engine cuda` reads (CUDA_ENGINE_BIN, CUDA_PRECISION, CACHE_DIR,
- * CUDA_LORA_MAX_MB) and runs the server's planner path (`pipeline/cuda-compile.ts`), so the manifest it stores is
+ * CUDA_LORA_MAX_MB, CUDA_PLANNER_FP8ROW) and runs the server's planner path (`pipeline/cuda-compile.ts`), so the manifest it stores is
  * the one the server's first start reads. Never loads onnxruntime-node (GPU machines ship without its native library).
  */
 import { loadConfig } from '../config.ts';
@@ -21,6 +21,7 @@ export async function runCudaCompile(args: { model: string; mode: string[] }): P
       precision: config.cudaPrecision,
       cacheDir,
       loraMaxMb: config.cudaLoraMaxMb,
+      fp8row: config.cudaPlannerFp8row,
       onLog: (m) => process.stderr.write(`${m}\n`),
     },
     args.mode,

@@ -41,8 +41,10 @@ import type { FluxTokenizers } from './flux/tokenize.ts';
  * 2: the manifest holds each planned mode's step caching (`cuda-step-cache.ts`).
  * 3: the step caching is searched under several caching rules (at most 1, then 2 cached steps in a row) and each mode
  *    keeps the rule caching the most steps over its floor (`CUDA_STEP_CACHE_RULES`).
+ * 4: plans may hold fp8row layers (each layer bf16, fp8 or fp8row; `counts.fp8row`, `fp8rowLayers`), and the
+ *    identity says whether fp8row was offered (`fp8row`, CUDA_PLANNER_FP8ROW).
  */
-export const CUDA_PLANNER_VERSION = '3';
+export const CUDA_PLANNER_VERSION = '4';
 
 /** The calibration inputs (see the file header); part of the manifest key. */
 export const CUDA_CALIBRATION = {
@@ -167,14 +169,17 @@ export async function calibrateCudaModes(
   client: CudaEngineClient,
   inputs: CudaCalibrateArgs,
   onLog?: (m: string) => void,
+  options: { fp8row?: boolean } = {},
 ): Promise<CudaPlannedOutcome> {
   let ms = 0;
-  const first = await client.calibrate({ ...inputs, perLayer: true });
+  // fp8row trials only when asked: the planner then routes every layer the table measured in it.
+  const first = await client.calibrate({ ...inputs, perLayer: true, ...(options.fp8row ? { fp8row: true } : {}) });
   ms += first.ms;
   const calibration = parseCudaCalibration(first.header);
   const measured = calibration.layers.filter((l) => l.fp8).length;
+  const rows = calibration.layers.filter((l) => l.fp8row).length;
   onLog?.(
-    `cuda planner: calibrated ${calibration.layers.length} transformer Linears (${measured} in fp8) at ${inputs.width}x${inputs.height}, ${calibration.steps} steps, in ${first.ms.toFixed(0)} ms`,
+    `cuda planner: calibrated ${calibration.layers.length} transformer Linears (${measured} in fp8${options.fp8row ? `, ${rows} in fp8row` : ''}) at ${inputs.width}x${inputs.height}, ${calibration.steps} steps, in ${first.ms.toFixed(0)} ms`,
   );
   const verify = async (rules: Readonly<Record<string, CudaPlanSpec>>) => {
     const v = await client.calibrate({ ...inputs, reps: 1, perLayer: false, verify: rules });

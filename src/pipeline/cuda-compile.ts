@@ -21,6 +21,8 @@ export interface CudaCompiledMode {
    * did not make (S's fp8 preset on an engine whose precision the planner does not run on).
    */
   fp8Layers: number | null;
+  /** Transformer Linears in fp8row (0 unless the planner offered it, CUDA_PLANNER_FP8ROW); null as `fp8Layers`. */
+  fp8rowLayers: number | null;
   /** The calibrated step-cache threshold (0: the mode keeps no caching); null: not a planned mode. */
   stepCacheThreshold: number | null;
   /** The calibrated caching rule: at most this many cached steps in a row; null: not a planned mode. */
@@ -92,6 +94,11 @@ export async function compileCudaModes(
       plan: spec.plan ?? null,
       fp8Layers: report
         ? (report.algorithms.find((a) => a.algorithm === 'fp8')?.layers ?? 0)
+        : spec.plan === undefined
+          ? 0
+          : null,
+      fp8rowLayers: report
+        ? (report.algorithms.find((a) => a.algorithm === 'fp8row')?.layers ?? 0)
         : spec.plan === undefined
           ? 0
           : null,

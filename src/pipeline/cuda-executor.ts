@@ -135,6 +135,8 @@ export interface CudaExecutorOptions {
   loraDir?: string;
   /** GPU memory the engine may hold for LoRA adapters, MiB (the engine's own default, FQ_LORA_MAX_MB, without). */
   loraMaxMb?: number;
+  /** The per-layer planner measures and routes fp8row next to fp8 (CUDA_PLANNER_FP8ROW). @default false */
+  plannerFp8row?: boolean;
   /**
    * Step caching (First-Block-Cache) for the jobs of every mode without its own; absent: off. A planned mode's
    * calibrated threshold (`cuda-step-cache.ts`) wins over it for that mode's jobs (engines/cuda/NOTES.md session 9).
@@ -407,6 +409,7 @@ class CudaExecutor implements CudaStepExecutor {
         precision: this.#precision,
         ...(this.#o.cacheDir ? { cacheDir: this.#o.cacheDir } : {}),
         ...(this.#o.loraMaxMb !== undefined ? { loraMaxMb: this.#o.loraMaxMb } : {}),
+        ...(this.#o.plannerFp8row ? { fp8row: true } : {}),
         ...(this.#o.env ? { env: this.#o.env } : {}),
         ...(this.#o.onLog ? { onLog: this.#o.onLog } : {}),
       },

@@ -66,6 +66,8 @@ export interface CudaModePlanningOptions {
   /** CACHE_DIR: manifests live in `<cacheDir>/cuda-plans/`. Without it the planner does not run. */
   cacheDir?: string;
   loraMaxMb?: number;
+  /** The planner measures and routes fp8row next to fp8 (CUDA_PLANNER_FP8ROW). @default false */
+  fp8row?: boolean;
   /** Environment of the calibration engine process. @default process.env */
   env?: NodeJS.ProcessEnv;
   onLog?: (line: string) => void;
@@ -107,7 +109,9 @@ export async function planCudaModes(
   if (o.precision !== 'bf16') return { modes: cudaModeTable(o.precision) };
   const log = (m: string) => o.onLog?.(m);
   try {
-    const id = cudaPlanIdentity(cudaEngineIdentity(o.engineBin, card), model.fingerprint);
+    const id = cudaPlanIdentity(cudaEngineIdentity(o.engineBin, card), model.fingerprint, {
+      fp8row: o.fp8row === true,
+    });
     const path = cudaPlanManifestPath(o.cacheDir, modelName(model.modelDir), id);
     let manifest = readCudaPlanManifest(path, id, log);
     const calibrated = !manifest;
@@ -127,7 +131,8 @@ export async function planCudaModes(
     const planned = cudaServedModes(manifest);
     const served = Object.entries(planned).map(
       ([mode, s]) =>
-        `${mode}: plan ${s.plan}, ${manifest.plans[mode]?.counts.fp8 ?? '?'} fp8 layers planned, ` +
+        `${mode}: plan ${s.plan}, ${manifest.plans[mode]?.counts.fp8 ?? '?'} fp8` +
+        `${manifest.fp8row ? ` and ${manifest.plans[mode]?.counts.fp8row ?? '?'} fp8row` : ''} layers planned, ` +
         (s.stepCache
           ? `step cache threshold ${s.stepCache.threshold}, at most ${s.stepCache.maxConsecutive ?? 1} cached in a row`
           : 'no step caching'),
@@ -170,7 +175,9 @@ async function calibrate(
   try {
     await cal.info();
     await cal.load(model.spec, 'bf16', lora);
-    const out = await calibrateCudaModes(cal, cudaCalibrationInputs(model.tokenizers, model.scheduler), o.onLog);
+    const out = await calibrateCudaModes(cal, cudaCalibrationInputs(model.tokenizers, model.scheduler), o.onLog, {
+      fp8row: o.fp8row === true,
+    });
     await cal.load(model.spec, 'bf16', { ...lora, plans: cudaLoadPlans(cudaModeTable('bf16', out.served)) });
     const cache = await calibrateCudaStepCache(
       cal,

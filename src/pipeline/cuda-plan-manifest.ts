@@ -44,6 +44,8 @@ export interface CudaPlanIdentity {
   budgets: Record<string, number>;
   /** The step-cache calibration's inputs, candidates, rules and floors. */
   stepCacheCalibration: typeof CUDA_STEP_CACHE_CALIBRATION;
+  /** fp8row was measured and offered to the planner next to fp8 (CUDA_PLANNER_FP8ROW). */
+  fp8row: boolean;
 }
 
 /** The stored file. */
@@ -74,8 +76,11 @@ export function cudaModelFingerprint(components: Readonly<Record<string, Compone
   return createHash('sha256').update(parts.join('|')).digest('hex');
 }
 
-/** The identity of a calibration on `engine` for `model` with today's planner, inputs and budgets. */
-export function cudaPlanIdentity(engine: string, model: string): CudaPlanIdentity {
+/**
+ * The identity of a calibration on `engine` for `model` with today's planner, inputs and budgets.
+ * @param options.fp8row the planner offers fp8row (another plan set, so another manifest)
+ */
+export function cudaPlanIdentity(engine: string, model: string, options: { fp8row?: boolean } = {}): CudaPlanIdentity {
   return {
     planner: CUDA_PLANNER_VERSION,
     engine,
@@ -83,6 +88,7 @@ export function cudaPlanIdentity(engine: string, model: string): CudaPlanIdentit
     calibration: CUDA_CALIBRATION,
     budgets: cudaPlannedBudgets(),
     stepCacheCalibration: CUDA_STEP_CACHE_CALIBRATION,
+    fp8row: options.fp8row === true,
   };
 }
 
@@ -110,9 +116,9 @@ export function readCudaPlanManifest(
     onLog?.(`cuda planner: ignoring ${path}: ${(err as Error).message}`);
     return undefined;
   }
-  const differs = (['planner', 'engine', 'model', 'calibration', 'budgets', 'stepCacheCalibration'] as const).filter(
-    (k) => JSON.stringify(m[k]) !== JSON.stringify(id[k]),
-  );
+  const differs = (
+    ['planner', 'engine', 'model', 'calibration', 'budgets', 'stepCacheCalibration', 'fp8row'] as const
+  ).filter((k) => JSON.stringify(m[k]) !== JSON.stringify(id[k]));
   const servedOk = ['L', 'M', 'S'].every((k) => {
     const s = (m.served as unknown as Record<string, { plan?: unknown; rules?: unknown }> | undefined)?.[k];
     const c = (m.stepCache as unknown as Record<string, Partial<CudaModeStepCache>> | undefined)?.[k];
@@ -156,13 +162,16 @@ export function cudaModePlanReports(m: CudaPlanManifest, path: string): Record<s
     const plan = m.plans[mode]!;
     const preset = mode === 'S' && m.preset.kept;
     const fp8 = preset ? presetFp8 : plan.counts.fp8;
+    const fp8row = preset ? 0 : (plan.counts.fp8row ?? 0);
     const c = m.stepCache[mode];
     out[mode] = {
       errorBudget: plan.budget,
       measuredError: preset ? m.preset.measuredError : (plan.measuredError ?? null),
       algorithms: [
-        { algorithm: 'bf16', layers: total - fp8 },
+        { algorithm: 'bf16', layers: total - fp8 - fp8row },
         { algorithm: 'fp8', layers: fp8 },
+        // Listed when the planner offered it (a manifest without fp8row reads as before).
+        ...(m.fp8row ? [{ algorithm: 'fp8row', layers: fp8row }] : []),
       ].sort((a, b) => b.layers - a.layers || a.algorithm.localeCompare(b.algorithm)),
       stepCache: {
         threshold: c.threshold,
@@ -173,7 +182,7 @@ export function cudaModePlanReports(m: CudaPlanManifest, path: string): Record<s
         minPsnr: c.minPsnr,
       },
       source:
-        `CUDA planner manifest ${path} (${m.created}): fp8 plan measured on the loaded model` +
+        `CUDA planner manifest ${path} (${m.created}): ${m.fp8row ? 'fp8/fp8row' : 'fp8'} plan measured on the loaded model` +
         `${preset ? ' (S: the fp8 preset)' : ''}; step cache calibrated at ${CUDA_STEP_CACHE_CALIBRATION.size}x` +
         `${CUDA_STEP_CACHE_CALIBRATION.size}, ${CUDA_STEP_CACHE_CALIBRATION.steps} steps, worst of ` +
         `${CUDA_STEP_CACHE_CALIBRATION.prompts.length} prompts vs original (threshold 0: no caching)`,

@@ -18,17 +18,18 @@
  * change per step index instead (the last value for later steps).
  * Image error (test/unit/pipeline/cuda-step-cache-modes.test.ts, the step-cache calibration): a decoded sample's
  * bytes are raised by FAKE_ENGINE_CACHED_STEP_ERR (0) grey levels per cached step of its job plus
- * FAKE_ENGINE_PLAN_ERR (0) when its job's plan makes any layer fp8 (rounded, at most 255), so PSNR against the base
+ * FAKE_ENGINE_PLAN_ERR (0) when its job's plan makes any layer fp8 or fp8row (rounded, at most 255), so PSNR against the base
  * image falls with caching as a model's would.
  * Per-job precision plans: `load`'s `plans` ({name: preset | rules}) are kept and reported in `loaded` and `info`
- * (`layers`: 1 for a preset name (a stand-in), else the rules' fp8 entries; `bytes` = `layers`); `prepare`'s `plan`
+ * (`layers`: 1 for a preset name (a stand-in), else the rules' fp8 and fp8row entries; `bytes` = `layers`); `prepare`'s `plan`
  * must name one of them (an `error` frame otherwise, as the engine answers).
  * Calibration (`calibrate`, test/unit/pipeline/cuda-calibration.test.ts): bf16 engines only, `prepare`'s payload.
  * The layer list is the engine's (every transformer Linear of the loaded config, engine names and order); each
  * layer's fp8 error is drawn from a hash of its name and the request's inputs (size, batch, sigmas, payload), spread
  * over 1e-4 .. 1e-2, and its times from its shape and the rows (fp8 0.6x + 0.5 us: tiny layers gain nothing);
  * fp8row (`rel_err_fp8row`, `ms_fp8row`): a third of the fp8 error, 0.7x + 1 us.
- * `verify` plans (presets or rules, first matching glob wins) measure sqrt(sum e^2) of the layers they make fp8,
+ * `verify` plans (presets or rules, first matching glob wins) measure sqrt(sum e^2) of the layers they make fp8 or
+ * fp8row (each layer's error under its type),
  * times FAKE_ENGINE_VERIFY_SCALE (1): > 1 stands for errors that add coherently. FAKE_ENGINE_CALIBRATE_FAIL=<msg>
  * answers every `calibrate` with a non-fatal error; `exit` ends the process as a device fault does.
  * Joining (`join`, test/unit/pipeline/cuda-join.test.ts): plain jobs take new samples of the same size, T5 length and
@@ -295,7 +296,7 @@ function handle(h, payload) {
       if (h.op === 'decode') {
         const per = j.height * j.width * 3;
         const out = Buffer.alloc(ids.length * per);
-        const fp8Plan = j.plan !== null && j.plan !== '' && fp8LayersOf(plans.get(j.plan)).length > 0;
+        const fp8Plan = j.plan !== null && j.plan !== '' && quantLayersOf(plans.get(j.plan)).length > 0;
         const err = (j.cache ? CACHED_STEP_ERR * j.cache.cached : 0) + (fp8Plan ? PLAN_ERR : 0);
         for (const [i, sid] of ids.entries())
           out.fill(Math.min(255, ((10 * (sid + 1)) % 256) + Math.round(err)), i * per, (i + 1) * per);
@@ -331,7 +332,9 @@ function handle(h, payload) {
 function planList() {
   return [...(plans?.keys() ?? [])].sort().map((name) => {
     const spec = plans.get(name);
-    const layers = /[=;]/.test(spec) ? spec.split(';').filter((r) => r.endsWith('=fp8')).length : 1;
+    const layers = /[=;]/.test(spec)
+      ? spec.split(';').filter((r) => r.endsWith('=fp8') || r.endsWith('=fp8row')).length
+      : 1;
     return { name, layers, bytes: layers };
   });
 }
@@ -405,21 +408,30 @@ const FP8ALL_RULES =
   'transformer/transformer_blocks.*.norm1*=bf16;transformer/single_transformer_blocks.*.norm*=bf16;' +
   'transformer/transformer_blocks.*=fp8;transformer/single_transformer_blocks.*=fp8';
 
-/** The layers a plan (preset or rules) makes fp8; throws on a malformed rule, as the engine refuses it. */
-function fp8LayersOf(spec) {
+/**
+ * The layers a plan (preset or rules) makes fp8 or fp8row, each with its type; throws on a malformed rule, as the
+ * engine refuses it. The `fp8row` / `fp8rowall` presets: the `fp8` / `fp8all` layers in fp8row.
+ */
+function quantLayersOf(spec) {
   if (spec === 'bf16') return [];
-  if (spec === 'fp8') return linears.filter((l) => FP8_PRESET.some((g) => globMatch(g, l.name)));
+  if (spec === 'fp8' || spec === 'fp8row') {
+    const type = spec;
+    return linears.filter((l) => FP8_PRESET.some((g) => globMatch(g, l.name))).map((l) => ({ ...l, type }));
+  }
+  if (spec === 'fp8rowall') return quantLayersOf('fp8all').map((l) => ({ ...l, type: 'fp8row' }));
   const rules = (spec === 'fp8all' ? FP8ALL_RULES : spec)
     .split(';')
     .filter(Boolean)
     .map((r) => {
       const eq = r.lastIndexOf('=');
       const type = r.slice(eq + 1);
-      if (eq < 0 || !['bf16', 'fp8', 'f32'].includes(type))
+      if (eq < 0 || !['bf16', 'fp8', 'fp8row', 'f32'].includes(type))
         throw new Error(`precision plan rule needs glob=type: ${r}`);
       return [r.slice(0, eq), type];
     });
-  return linears.filter((l) => rules.find(([g]) => globMatch(g, l.name))?.[1] === 'fp8');
+  return linears
+    .map((l) => ({ ...l, type: rules.find(([g]) => globMatch(g, l.name))?.[1] }))
+    .filter((l) => l.type === 'fp8' || l.type === 'fp8row');
 }
 
 /** 32-bit FNV-1a of a string, in [0, 1). */
@@ -450,6 +462,8 @@ function calibrate(h, payload, fail) {
   for (let i = 0; i < payload.length; i += 4) sum = (sum + payload[i] * 31 + payload[i + 3]) % 1_000_003;
   const inputs = `${h.batch}|${h.height}x${h.width}|${h.t5_len}|${h.sigmas.join(',')}|${sum}`;
   const rows = h.batch * L;
+  // A layer's solo error: fp8's drawn from its name and the inputs, fp8row's a third of it.
+  const soloErr = (name, type) => 10 ** (-4 + 2 * unit(`${name}|${inputs}`)) / (type === 'fp8row' ? 3 : 1);
   const table = linears.map((l) => {
     const ms = (2 * rows * l.in * l.out) / 1e9 + 0.001;
     return {
@@ -458,7 +472,7 @@ function calibrate(h, payload, fail) {
       out: l.out,
       base: 'bf16',
       fp8: true,
-      rel_err_fp8: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)),
+      rel_err_fp8: soloErr(l.name, 'fp8'),
       ms_bf16: ms,
       ms_fp8: 0.6 * ms + 0.0005,
       // fp8row (per-channel weight, per-token activation scales), when asked (`fp8row: true`, PROTOCOL.md
@@ -466,7 +480,7 @@ function calibrate(h, payload, fail) {
       ...(h.fp8row === true
         ? {
             fp8row: true,
-            rel_err_fp8row: 10 ** (-4 + 2 * unit(`${l.name}|${inputs}`)) / 3,
+            rel_err_fp8row: soloErr(l.name, 'fp8row'),
             ms_fp8row: 0.7 * ms + 0.001,
           }
         : {
@@ -477,14 +491,15 @@ function calibrate(h, payload, fail) {
           }),
     };
   });
-  const errOf = new Map(table.map((l) => [l.name, l.rel_err_fp8]));
   const scale = Number(process.env.FAKE_ENGINE_VERIFY_SCALE ?? 1);
   const verified = [];
   try {
     for (const [name, spec] of Object.entries(h.verify ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-      const fp8 = fp8LayersOf(spec);
-      const e = Math.sqrt(fp8.reduce((a, l) => a + errOf.get(l.name) ** 2, 0)) * scale;
-      verified.push({ name, layers: fp8.length, rel_err: e });
+      const quant = quantLayersOf(spec);
+      // Each layer under its plan's type (fp8row's error too when the table did not list it: verify measures whole
+      // plans whatever was asked).
+      const e = Math.sqrt(quant.reduce((a, l) => a + soloErr(l.name, l.type) ** 2, 0)) * scale;
+      verified.push({ name, layers: quant.length, rel_err: e });
     }
   } catch (err) {
     return fail(err.message);

@@ -168,6 +168,8 @@ export interface CudaCalibrateArgs extends Omit<CudaPrepareArgs, 'plan' | 'loras
   reps?: number;
   verify?: Readonly<Record<string, CudaPlanSpec>>;
   perLayer?: boolean;
+  /** Measure each layer's fp8row alternate too (PROTOCOL.md `calibrate` `fp8row`; twice the table's cost). */
+  fp8row?: boolean;
 }
 
 /** A `verify` plan's measured error (PROTOCOL.md `calibrated.verified`). */
@@ -196,6 +198,7 @@ export function calibrateFrameOf(a: CudaCalibrateArgs): RequestFrame {
       ...(a.reps !== undefined ? { reps: a.reps } : {}),
       ...(a.verify && Object.keys(a.verify).length > 0 ? { verify: { ...a.verify } } : {}),
       ...(a.perLayer !== undefined ? { per_layer: a.perLayer } : {}),
+      ...(a.fp8row ? { fp8row: true } : {}),
     },
     payload: f.payload,
   };

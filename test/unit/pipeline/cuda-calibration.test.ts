@@ -10,7 +10,7 @@
 import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { servedCudaPlans } from '../../../src/pipeline/cuda-calibration.ts';
+import { CUDA_PLANNER_VERSION, servedCudaPlans } from '../../../src/pipeline/cuda-calibration.ts';
 import type { CudaExecutorOptions } from '../../../src/pipeline/cuda-executor.ts';
 import { type CudaPlanManifest, cudaPlanManifestPath } from '../../../src/pipeline/cuda-plan-manifest.ts';
 import { type CudaModePlan, cudaPlannedBudgets } from '../../../src/pipeline/cuda-planner.ts';
@@ -78,6 +78,8 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
       const cals = ops(f, 'calibrate');
       expect(cals[0]!.header).toMatchObject({ batch: 2, height: 512, width: 512, latents: 'payload' });
       expect(cals[0]!.header).not.toHaveProperty('per_layer', false);
+      // fp8row is not asked (CUDA_PLANNER_FP8ROW off): no fp8row trial, no fp8row rule.
+      for (const c of cals) expect(c.header).not.toHaveProperty('fp8row');
       expect((cals[0]!.header.sigmas as number[]).length).toBe(4); // 3 steps of the real schedule
       expect(cals.length).toBeGreaterThan(1);
       for (const c of cals.slice(1)) {
@@ -105,6 +107,11 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
       const plans = loads[2]!.header.plans as Record<string, string>;
       for (const mode of ['L', 'M', 'S'] as const) expect(plans[served[mode].plan]).toBe(served[mode].rules);
       expect(served.L.rules).not.toBe('bf16'); // the synthetic table leaves room for fp8 layers under 1 %
+      expect(m!.fp8row).toBe(false);
+      for (const mode of ['L', 'M', 'S'] as const) {
+        expect(served[mode].rules).not.toMatch(/=fp8row/);
+        expect(m!.plans[mode]!.counts.fp8row).toBe(0);
+      }
       // Step caching per mode: the fake's images do not move with caching here (no error per cached step), so every
       // candidate keeps every floor and each rule's search stops at the first candidate caching every step the rule
       // allows (the fake's first-block change is 0.5: 0.8 is the first candidate above it); 2 in a row caches more.
@@ -181,6 +188,66 @@ describe('CUDA executor: planned L and M (fake engine process)', () => {
     await withExecutor(dir, { cacheDir }, async ({ frames }) => {
       expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
     });
+  }, 60_000);
+
+  it('CUDA_PLANNER_FP8ROW: asks fp8row, routes some layers to it, verifies and serves those rules', async () => {
+    const dir = tmp();
+    const cacheDir = join(dir, 'cache');
+    await withExecutor(dir, { cacheDir, plannerFp8row: true }, async ({ exec, frames }) => {
+      expect(exec.info().capabilities.modes).toEqual(['original', 'XL', 'L', 'M', 'S']);
+      const f = frames();
+      const cals = ops(f, 'calibrate');
+      // The per-layer table is asked with fp8row; verify-only calls need no fp8row trial.
+      expect(cals[0]!.header.fp8row).toBe(true);
+      for (const c of cals.slice(1)) expect(c.header).not.toHaveProperty('fp8row');
+      const [m] = manifests(cacheDir);
+      expect(m!.fp8row).toBe(true);
+      expect(m!.table.layers.every((l) => l.fp8row === true && l.rel_err_fp8row! < l.rel_err_fp8!)).toBe(true);
+      // The fake's fp8row is a third of the fp8 error at 0.7x + 1 us: where the budget binds, some layers take it.
+      const rows = (['L', 'M', 'S'] as const).map((k) => m!.plans[k]!.counts.fp8row);
+      expect(rows.some((n) => n > 0)).toBe(true);
+      const verified = cals.slice(1).flatMap((c) => Object.values(c.header.verify as Record<string, string>));
+      for (const mode of ['L', 'M', 'S'] as const) {
+        const p = m!.plans[mode]!;
+        expect(p.rules.split(';').filter((r) => r.endsWith('=fp8row'))).toHaveLength(p.counts.fp8row);
+        expect(p.rules.split(';').filter((r) => r.endsWith('=fp8'))).toHaveLength(p.counts.fp8);
+        expect(p.measuredError!).toBeLessThanOrEqual(p.budget);
+        // Measured whole by verify, each layer under its own algorithm (the fake's sqrt(sum e^2)).
+        expect(verified).toContain(p.rules);
+        const byName = new Map(m!.table.layers.map((l) => [l.name, l]));
+        const e2 =
+          p.fp8Layers.reduce((a, n) => a + byName.get(n)!.rel_err_fp8! ** 2, 0) +
+          p.fp8rowLayers.reduce((a, n) => a + byName.get(n)!.rel_err_fp8row! ** 2, 0);
+        expect(p.measuredError!).toBeCloseTo(Math.sqrt(e2), 12);
+      }
+      const withRow = (['L', 'M', 'S'] as const).find((k) => m!.plans[k]!.counts.fp8row > 0)!;
+      expect(m!.plans[withRow]!.rules).toMatch(/=fp8row/);
+      // The serving engine loads the plans; its `loaded` counts fp8 and fp8row layers alike.
+      const loads = ops(f, 'load');
+      const plans = loads.at(-1)!.header.plans as Record<string, string>;
+      for (const mode of ['L', 'M', 'S'] as const) expect(plans[m!.served[mode].plan]).toBe(m!.served[mode].rules);
+      // The models query: layers per algorithm, fp8row listed.
+      const catalog = new ModelCatalog(exec.info(), { batchSize: 4, defaultSize: 'original' });
+      const byMode = Object.fromEntries(catalog.entries.map((e) => [e.mode, e.plan]));
+      for (const k of ['L', 'M', 'S'] as const) {
+        const algs = Object.fromEntries(byMode[k]!.algorithms.map((a) => [a.algorithm, a.layers]));
+        const preset = k === 'S' && m!.preset.kept;
+        expect(algs.fp8row).toBe(preset ? 0 : m!.plans[k]!.counts.fp8row);
+        expect(algs.bf16! + algs.fp8! + algs.fp8row!).toBe(m!.table.layers.length);
+      }
+      expect(byMode[withRow]!.algorithms.find((a) => a.algorithm === 'fp8row')!.layers).toBeGreaterThan(0);
+    });
+    // Off again on the same cache: another identity, so it calibrates anew without fp8row.
+    await withExecutor(dir, { cacheDir }, async ({ frames }) => {
+      const cals = ops(frames(), 'calibrate');
+      expect(cals.length).toBeGreaterThan(0);
+      for (const c of cals) expect(c.header).not.toHaveProperty('fp8row');
+    });
+    expect(
+      manifests(cacheDir)
+        .map((x) => x.fp8row)
+        .sort(),
+    ).toEqual([false, true]);
   }, 60_000);
 
   it('serves original, XL and S with L and M unavailable (and why) when calibrate fails', async () => {
@@ -275,7 +342,7 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
     const env = { ...process.env, ...graded };
     await withExecutor(dir, { cacheDir, env }, async ({ exec, frames }) => {
       const [m] = manifests(cacheDir);
-      expect(m!.planner).toBe('3');
+      expect(m!.planner).toBe(CUDA_PLANNER_VERSION);
       const psnr = (cached: number) => Math.round(20 * Math.log10(255 / cached) * 100) / 100;
       const got = Object.fromEntries(
         (['L', 'M', 'S'] as const).map((k) => {
@@ -320,6 +387,7 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
         });
         expect(byMode[k]!.errorBudget).toBe(cudaPlannedBudgets()[k]);
         expect(byMode[k]!.algorithms.reduce((a, x) => a + x.layers, 0)).toBe(m!.table.layers.length);
+        expect(byMode[k]!.algorithms.map((a) => a.algorithm)).not.toContain('fp8row');
       }
     });
   }, 60_000);
@@ -447,14 +515,14 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
       await withExecutor(dir, { cacheDir }, async ({ frames }) => {
         expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
       });
-      const now = manifests(cacheDir).find((m) => m.planner === '3')!;
+      const now = manifests(cacheDir).find((m) => m.planner === CUDA_PLANNER_VERSION)!;
       expect(now.stepCache.S).toMatchObject({ threshold: 0.8, maxConsecutive: 2 });
     }
     expect(
       manifests(cacheDir)
         .map((m) => m.planner)
         .sort(),
-    ).toEqual(['1', '2', '3']);
+    ).toEqual(['1', '2', CUDA_PLANNER_VERSION]);
     // The current file, its version field, its step caching or its rule edited: not trusted, calibrated again.
     const halfRule = { S: { ...v3.stepCache.S, maxConsecutive: 1.5 } };
     for (const edit of [{ planner: '2' }, { stepCache: undefined }, { stepCache: { ...v3.stepCache, ...halfRule } }]) {
@@ -462,7 +530,7 @@ describe('CUDA executor: per-mode step caching from the calibration (fake engine
       await withExecutor(dir, { cacheDir }, async ({ frames }) => {
         expect(ops(frames(), 'calibrate').length).toBeGreaterThan(0);
       });
-      expect(manifests(cacheDir).find((m) => m.planner === '3')!.stepCache.S).toMatchObject({
+      expect(manifests(cacheDir).find((m) => m.planner === CUDA_PLANNER_VERSION)!.stepCache.S).toMatchObject({
         threshold: 0.8,
         maxConsecutive: 2,
       });

@@ -93,6 +93,13 @@ describe('loadConfig', () => {
     }
   });
 
+  it('reads CUDA_PLANNER_FP8ROW as the planner routing fp8row (off unless set)', () => {
+    expect(loadConfig({}).cudaPlannerFp8row).toBe(false);
+    expect(loadConfig({ CUDA_PLANNER_FP8ROW: '1' }).cudaPlannerFp8row).toBe(true);
+    expect(loadConfig({ CUDA_PLANNER_FP8ROW: 'off' }).cudaPlannerFp8row).toBe(false);
+    expect(() => loadConfig({ CUDA_PLANNER_FP8ROW: 'sometimes' })).toThrow(/CUDA_PLANNER_FP8ROW/);
+  });
+
   it('warms every mode from the start unless WARM_MODES narrows it', () => {
     expect(loadConfig({}).warmModes).toBe('all');
     expect(loadConfig({ WARM_MODES: 'ALL' }).warmModes).toBe('all');
