@@ -42,18 +42,7 @@ for m in run["modes"]:
           f"{m['full_steps_mean']:.1f}, pattern {m['most_common_pattern']}")
 PY
 LEFT=$(( ${DEADLINE:-430} - ($(date +%s) - T0) ))
-say "racecheck, own attention, sections in parallel, ${LEFT} s each"
-# Logs straight under $OUT (8 files come back: summary, build.log, parity.txt, cuda-quality.tar.gz and four logs).
-R=$OUT
-for part in ${RACE_PARTS:-units,encoders,transformer lora pipeline edit}; do
-  FQ_ATTENTION=own FQ_SELFTEST_ONLY=$part timeout -k 5 "$LEFT" compute-sanitizer --tool racecheck \
-    --kernel-name-exclude kns=cudnn_generated --error-exitcode 9 "$ENGINE" --selftest "$FIX" models/flux-tiny bf16 \
-    >"$R/race-${part//,/_}.txt" 2>&1 &
-done
-wait
-for f in "$R"/race-*.txt; do
-  echo "$(basename "$f" .txt): $(grep -cE "^========= (Error|Warning): Race" "$f") race reports;" \
-    "$(grep -E "RACECHECK SUMMARY|required cases" "$f" | tr '\n' ' ')cases $(grep -c '"case"' "$f"), last:" \
-    "$(grep -oE '"case":"[^"]*"' "$f" | tail -1 | cut -d'"' -f4)"
-done
+# racecheck-sections.sh, its lines into this summary once (LOG=/dev/null: its own tee would write them twice).
+LOG=/dev/null OUT=$OUT RS=$LEFT FIX=$FIX PARTS=${RACE_PARTS:-units,encoders,transformer lora pipeline edit} \
+  bash tools/device/racecheck-sections.sh
 say "done"

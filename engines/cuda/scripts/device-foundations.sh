@@ -121,17 +121,8 @@ racecheck cudnn-sdpa "${FQ_SAN_S:-75}" ""
 # To the end of the selftest where the limit allows (racecheck slows kernels down many times). The unit cases of
 # cuDNN's attention run in every configuration; session 10's 6 reports here were all theirs, so cuDNN's generated
 # kernels are left uninstrumented (kernel-name substring filter) and every remaining report is about ours or cuBLAS's.
-# FQ_RACE_PARTS (space-separated FQ_SELFTEST_ONLY lists, e.g. "units,encoders,transformer lora pipeline,edit") runs
-# the selftest's sections as parallel racecheck processes, each with the whole limit; unset: one process, all of it.
-if [[ -n ${FQ_RACE_PARTS:-} ]]; then
-  for part in $FQ_RACE_PARTS; do
-    racecheck "own-${part//,/+}" "${FQ_RACE_OWN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own \
-      FQ_SELFTEST_ONLY="$part" &
-  done
-  wait
-else
-  racecheck own-attention "${FQ_RACE_OWN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own
-fi
+# (The selftest's sections as parallel racecheck processes: tools/device/racecheck-sections.sh.)
+racecheck own-attention "${FQ_RACE_OWN_S:-180}" "--kernel-name-exclude=kns=cudnn_generated" FQ_ATTENTION=own
 say "racecheck summary"
 cat /tmp/fq-race-summary.txt
 fi
