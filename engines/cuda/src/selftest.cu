@@ -445,13 +445,16 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
     float tstep = tc.to_f32("timestep")[0], guid = tc.to_f32("guidance")[0];
     int L = int(tc.find("hidden_states")->shape[1]), T = int(tc.find("encoder_hidden_states")->shape[1]);
     int D = e.cfg.flux.hidden(), S = T + L;
-    float* d_pooled = c.f32("tc.pooled", pooled.size());
-    float* d_enc = c.f32("tc.enc", enc.size());
-    float* d_hs = c.f32("tc.hs", hs.size());
-    // Uploads on the engine's stream (a plain cudaMemcpy from pageable memory is not ordered with it).
-    upload_as(d_pooled, pooled, DType::F32, e.st);
-    upload_as(d_enc, enc, DType::F32, e.st);
-    upload_as(d_hs, hs, DType::F32, e.st);
+    // A named context buffer holding `h`, uploaded on the engine's stream (a plain cudaMemcpy from pageable memory
+    // is not ordered with it).
+    auto on_device = [&](const char* name, const std::vector<float>& h) {
+      float* d = c.f32(name, h.size());
+      upload_as(d, h, DType::F32, e.st);
+      return d;
+    };
+    float* d_pooled = on_device("tc.pooled", pooled);
+    float* d_enc = on_device("tc.enc", enc);
+    float* d_hs = on_device("tc.hs", hs);
     float* mods = c.f32("tc.mods", size_t(e.flux->mod_width()));
     e.flux->conditioning(c, {tstep}, {guid}, d_pooled, 1, 1, mods);
     float* ctx0 = c.f32("tc.ctx0", size_t(T) * D);
@@ -459,8 +462,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
     std::vector<float> ids(txt_ids);
     ids.insert(ids.end(), img_ids.begin(), img_ids.end());
     auto cs = rope_table(e.cfg.flux, ids, S);
-    float* d_cs = c.f32("tc.cs", cs.size());
-    upload_as(d_cs, cs, DType::F32, e.st);
+    float* d_cs = on_device("tc.cs", cs);
     float* vel = c.f32("tc.vel", out.size());
     DeviceArena mem;
     FluxStep state = e.flux->alloc_step(mem, 1, L, T, e.st);
@@ -499,12 +501,9 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
       pooled2.insert(pooled2.end(), pooled.begin(), pooled.end());
       enc2.insert(enc2.end(), enc.begin(), enc.end());
       hs2.insert(hs2.end(), hs.begin(), hs.end());
-      float* d_pooled2 = c.f32("tc.pooled2", pooled2.size());
-      float* d_enc2 = c.f32("tc.enc2", enc2.size());
-      float* d_hs2 = c.f32("tc.hs2", hs2.size());
-      upload_as(d_pooled2, pooled2, DType::F32, e.st);
-      upload_as(d_enc2, enc2, DType::F32, e.st);
-      upload_as(d_hs2, hs2, DType::F32, e.st);
+      float* d_pooled2 = on_device("tc.pooled2", pooled2);
+      float* d_enc2 = on_device("tc.enc2", enc2);
+      float* d_hs2 = on_device("tc.hs2", hs2);
       float* mods2 = c.f32("tc.mods2", size_t(2) * e.flux->mod_width());
       e.flux->conditioning(c, {tstep, tstep}, {guid, guid}, d_pooled2, 2, 1, mods2);
       float* ctx02 = c.f32("tc.ctx02", size_t(2) * T * D);
