@@ -89,19 +89,18 @@ export async function compileCudaModes(
   return modes.map((mode) => {
     const spec = planning.modes.find((x) => x.mode === mode)!;
     const report = planning.modePlans?.[mode];
+    // The plan's layers in `algorithm`: from the planner's report; 0 on the base plan; null for an unplanned plan.
+    const layersIn = (algorithm: string) =>
+      report
+        ? (report.algorithms.find((a) => a.algorithm === algorithm)?.layers ?? 0)
+        : spec.plan === undefined
+          ? 0
+          : null;
     return {
       mode,
       plan: spec.plan ?? null,
-      fp8Layers: report
-        ? (report.algorithms.find((a) => a.algorithm === 'fp8')?.layers ?? 0)
-        : spec.plan === undefined
-          ? 0
-          : null,
-      fp8rowLayers: report
-        ? (report.algorithms.find((a) => a.algorithm === 'fp8row')?.layers ?? 0)
-        : spec.plan === undefined
-          ? 0
-          : null,
+      fp8Layers: layersIn('fp8'),
+      fp8rowLayers: layersIn('fp8row'),
       stepCacheThreshold: report?.stepCache?.threshold ?? null,
       stepCacheMaxConsecutive: report?.stepCache?.maxConsecutive ?? null,
       manifest: report ? (planning.manifestPath ?? null) : null,
