@@ -32,9 +32,9 @@ import { makeBflControlLora } from '../../src/cli/conformance/lora-reference.ts'
 import type { RgbImage } from '../../src/pipeline/executor.ts';
 import { decodeImageBytes } from '../../src/service/media/control-image.ts';
 import { writeSafetensors } from '../../src/shared/weights/index.ts';
-import { TINY_CONFIG } from '../helpers/lora.ts';
 import { FIXTURES_DIR, MODEL_DIR } from '../helpers/paths.ts';
 import { pattern } from '../helpers/pattern-image.ts';
+import { TINY_CONFIG } from '../helpers/tiny-config.ts';
 import {
   enginesOf,
   fetchRgb,

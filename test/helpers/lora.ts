@@ -2,19 +2,15 @@
  * @file Shared pieces of the LoRA unit tests: the embedded model's LoRA spec, deterministic values, temporary
  * LoRA folders and a small writer for LoRA files.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
 import { loraModelSpec } from '../../src/pipeline/lora/model-layers.ts';
-import type { FluxTransformerConfig } from '../../src/shared/vocabulary/transformer-config.ts';
 import { type TensorInput, writeSafetensors } from '../../src/shared/weights/index.ts';
-import { MODEL_DIR } from './paths.ts';
+import { TINY_CONFIG } from './tiny-config.ts';
 
-/** flux-tiny's transformer config: hidden 32 (2 heads × 16), 2 double + 3 single blocks, in_channels 64. */
-export const TINY_CONFIG = JSON.parse(
-  readFileSync(join(MODEL_DIR, 'transformer', 'config.json'), 'utf8'),
-) as FluxTransformerConfig;
+export { TINY_CONFIG };
 export const TINY_SPEC = loraModelSpec(TINY_CONFIG);
 export const D = 32;
 export const MLP = 128;
