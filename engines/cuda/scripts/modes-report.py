@@ -50,9 +50,16 @@ def main(src, prefix):
         rows += [dict(r, run=run) for r in d["rows"]]
         lora += [dict(r, run=run) for r in d["lora_rows"]]
     first = runs[0]["d"]
+    # The S+cache pattern must agree only between parts that ran S+cache rows (a part without them, such as b,
+    # records the PATTERN it was given but never used it).
+    cached = [r for r in runs if any(x["mode"] == "S+cache" for x in r["d"]["rows"])]
     for r in runs[1:]:
         for k in ("device", "card", "width", "height", "steps", "iters", "cache_pattern"):
-            if r["d"][k] != first[k]:
+            if k == "cache_pattern" and (r not in cached or cached[0] is r):
+                continue
+            if k == "cache_pattern" and r["d"][k] != cached[0]["d"][k]:
+                sys.exit(f"part {r['run']}: cache_pattern {r['d'][k]!r} differs from {cached[0]['run']}'s")
+            elif r["d"][k] != first[k]:
                 sys.exit(f"part {r['run']}: {k} {r['d'][k]!r} differs from {runs[0]['run']}'s {first[k]!r}")
     rows.sort(key=lambda r: (mode_rank(r["mode"]), r["batch"]))
     lora.sort(key=lambda r: (mode_rank(r["mode"]), r["lora_rank"]))
@@ -73,8 +80,10 @@ def main(src, prefix):
                   f"{r['s_per_image']:.3f} | {r['step_ms']:.2f} | {r['full_steps']} / {r['cached_steps']} | "
                   f"{'`' + r['cache_pattern'] + '`' if r.get('cache_pattern') else '-'} | {r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {r['run']} |")
     lm = any(r["mode"] in ("L", "M") for r in rows)
-    md += ["", ("L, M: the planned configurations (plan and forced pattern per row). " if lm else
-                "L, M: no rows. ") + f"S+cache pattern `{first['cache_pattern']}` ({first['cache_pattern_source']}).", ""]
+    sc = cached[0]["d"] if cached else None
+    md += ["", ("L, M, S: the planned configurations (plan and forced pattern per row). " if lm else
+                "L, M: no rows. ") + (f"S+cache pattern `{sc['cache_pattern']}` ({sc['cache_pattern_source']})."
+                                      if sc else ""), ""]
     if lora:
         md += ["LoRA on every transformer Linear (random factors, strength 0.8), batch 1; switch = first use of a set "
                "(concatenation + strength folding on the GPU), cached = switching back to it.", "",
