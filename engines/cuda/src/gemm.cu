@@ -127,7 +127,7 @@ const void* Gemm::bias_for(const float* bias, int n, DType yt, cudaStream_t st) 
 
 void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
                   const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C, float beta,
-                  const float* x_scale, const float* w_scale, const void* bias_y) {
+                  const float* x_scale, const float* w_scale, const void* bias_y, float alpha) {
   if (M == 0) return;
   if ((xt == DType::FP8) != (wt == DType::FP8) || (wt == DType::FP8 && (!x_scale || !w_scale)))
     throw std::runtime_error("fp8 GEMM needs fp8 X and W with both scales");
@@ -165,7 +165,6 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   if (tune_on_ && !p->tuned && !capturing() && wt != DType::F32 && 2.0 * M * N * K >= 2e9)
     tune(*p, st, M, ldy, yt, X, W, beta);
   if (!capturing()) p->tuned = true;
-  float alpha = 1.f;
   prof_begin(kProfGemm, st);
   // Fallback order: Y = XW^T + beta*C first, then + bias (then GELU, which only runs without a residual).
   cublasStatus_t s = cublasLtMatmul(lt_, p->op, &alpha, W, p->a, X, p->b, &beta, C ? C : Y, p->c, Y, p->c,
@@ -174,7 +173,8 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
     // The heuristic offered an algorithm the matmul then refuses for this epilogue/type mix: this shape takes the
     // plain GEMM + bias path from now on (p->ok false sends later calls there before any matmul).
     p->ok = false;
-    linear(st, M, N, K, X, xt, ldx, W, wt, bias, epi, Y, yt, ldy, C, beta, x_scale, w_scale, bias_y);  // nested mark
+    linear(st, M, N, K, X, xt, ldx, W, wt, bias, epi, Y, yt, ldy, C, beta, x_scale, w_scale, bias_y,
+           alpha);  // nested mark
     prof_end(kProfGemm, st, 2.0 * M * N * K);
     return;
   }

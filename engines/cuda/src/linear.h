@@ -11,13 +11,16 @@
 
 namespace fq {
 
-// Low-rank adapter (LoRA) slot: y += (x A^T) B^T (+ bias), A [rank, in], B [out, rank] in the layer's adapter type
-// (its weight type; bf16 for fp8 layers), the strengths and alpha/rank folded into B and A by the loader (lora.h).
+// Low-rank adapter (LoRA) slot: y += scale (x A^T) B^T (+ bias), A [rank, in], B [out, rank] in the layer's adapter
+// type (its weight type; bf16 for fp8 layers), alpha/rank folded into A by the host; the strengths folded into B
+// by a set of several LoRAs, or kept as `scale` by a one-LoRA set that reads the loaded factors as they are (lora.h).
 // Filled only while a job whose LoRA set targets the layer is being enqueued; null (no cost) otherwise.
 struct Adapter {
   const void* a = nullptr;
   const void* b = nullptr;
   int rank = 0;                 // padded to a multiple of 8 (zero rows / columns)
+  float scale = 1.f;            // the up product's factor (a one-LoRA set's strength)
+  bool fused = false;           // the delta as the base product's C operand (linear.cu), else added after it
   const float* bias = nullptr;  // [out] fp32 up-bias sum (BFL Control), or null
   // Input width of A: the layer's `in`, or wider for a BFL Control set's x_embedder, whose input rows are
   // [latents (in); control latents] (row stride >= this width): the base product reads the first `in` columns (the
@@ -73,8 +76,10 @@ struct Out {
 // sibling: dequantised on the fly), quantise them per row (s_x[r] = amax(x[r, :]) / 448) into ctx scratch, run one
 // unit-scaled fp8 GEMM into an fp32 scratch product and apply s_x[r] * w_scale[o], the fp32 bias, the GELU and the
 // residual in one epilogue kernel: y = epi((x8 w8^T) * (s_x (x) s_w) + b) (+ resid). Outputs f32 or bf16.
-// With an adapter: the base product, then y += (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer (the
-// GELU then runs as its own kernel); fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
+// With an adapter: the base product, then y += scale (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer
+// (the GELU then runs as its own kernel); or, for a fused adapter, delta = scale (x A^T) B^T (+ its bias) (+ resid)
+// first and the base product with delta as its C operand, the delta landing before the GELU inside the GEMM's
+// epilogue (linear.cu). fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
 // `in` > the layer's) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias, const void* resid = nullptr);
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 
 #include "kernels/kernels.h"
@@ -24,6 +25,10 @@ AdapterSet::~AdapterSet() {
 
 LoraRegistry::LoraRegistry(std::vector<Linear*> linears, size_t max_bytes, cudaStream_t st, std::vector<NormSlot> norms)
     : max_bytes_(max_bytes), st_(st) {
+  // FQ_LORA_FUSED=1: the fused delta (linear.h) and in-place one-LoRA sets, off until an H100 run has checked them
+  // (engines/cuda/NOTES.md, session 16).
+  const char* fused = getenv("FQ_LORA_FUSED");
+  fused_ = fused && std::string(fused) == "1";
   const std::string prefix = "transformer/";
   for (Linear* l : linears) {
     if (l->name.compare(0, prefix.size(), prefix) == 0) by_name_[l->name.substr(prefix.size())] = l;
@@ -118,7 +123,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
                    name + ": LoRA memory limit: needs " + mib(need) + ", " + mib(*used_) + " of " + mib(max_bytes_) +
                        " in use (FQ_LORA_MAX_MB / lora_max_mb; unload LoRAs or release jobs)");
   if (old != loras_.end()) unload(name);
-  auto lo = std::make_unique<Lora>();
+  auto lo = std::make_shared<Lora>();
   for (auto& in : layers) {
     Linear* l = by_name_.at(in.layer);
     const DType t = adapter_type(*l);
@@ -141,6 +146,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
   }
   lo->control = control;
   lo->bytes = lo->mem.bytes();
+  lo->used = used_;
   *used_ += lo->bytes;
   const size_t bytes = lo->bytes;
   loras_[name] = std::move(lo);
@@ -151,8 +157,8 @@ bool LoraRegistry::unload(const std::string& name) {
   auto it = loras_.find(name);
   if (it == loras_.end()) return false;
   drop_sets_with(name);
-  // Built sets hold their own copies: a job's set (and its captured graph) stays valid after this.
-  *used_ -= it->second->bytes;
+  // A job's set (and its captured graph) stays valid after this: a set holds its own copies, or holds the LoRA it
+  // reads, whose memory (and count) then goes with the last such job.
   loras_.erase(it);
   return true;
 }
@@ -232,13 +238,18 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
       norm_from[m.slot] = n;
     }
   }
+  // A layer reads its one member's factors in place when nothing needs padding (see the header).
+  auto in_place = [&](Linear* l) {
+    return fused_ && members.size() == 1 && per[l].front().first->rank % kRankAlign == 0;
+  };
   size_t need = 0;
   for (Linear* l : order) {
     int R = 0;
     bool bias = false;
     for (auto& [f, s] : per[l]) R += f->rank, bias |= f->bias != nullptr;
     const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
-    need += size_t(Rp) * (width(l) + l->out) * dsize(adapter_type(*l)) + (bias ? size_t(l->out) * 4 : 0);
+    if (!in_place(l)) need += size_t(Rp) * (width(l) + l->out) * dsize(adapter_type(*l));
+    need += bias ? size_t(l->out) * 4 : 0;
   }
   for (auto& [slot, m] : norm_of) need += m->host.size() * 4;
   if (*used_ + need > max_bytes_ && !make_room(need))
@@ -255,28 +266,35 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     for (auto& [f, s] : per[l]) R += f->rank, bias |= f->bias != nullptr;
     const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
     const int W = width(l);
-    void* a = set->mem.alloc(size_t(Rp) * W * es);
-    void* b = set->mem.alloc(size_t(l->out) * Rp * es);
-    float* bs = bias ? set->mem.allocT<float>(l->out) : nullptr;
-    CUDA_CHECK(cudaMemsetAsync(a, 0, size_t(Rp) * W * es, st_));
-    CUDA_CHECK(cudaMemsetAsync(b, 0, size_t(l->out) * Rp * es, st_));
-    if (bs) CUDA_CHECK(cudaMemsetAsync(bs, 0, size_t(l->out) * 4, st_));
-    int off = 0;
-    for (auto& [f, s] : per[l]) {
-      // A rows [off, off + r) = the member's A; B columns [off, off + r) = strength * the member's B.
-      // A rows of f->in values into rows of W (the rest stay zero).
-      CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(a) + size_t(off) * W * es, size_t(W) * es, f->a,
-                                   size_t(f->in) * es, size_t(f->in) * es, f->rank, cudaMemcpyDeviceToDevice, st_));
-      lora_pack_up(f->b, t, l->out, f->rank, s, b, Rp, off, st_);
-      if (f->bias) axpy_f32(bs, f->bias, s, l->out, st_);
-      off += f->rank;
-    }
     Adapter ad;
-    ad.a = a;
-    ad.b = b;
     ad.rank = Rp;
-    ad.bias = bs;
     ad.in = W;
+    ad.fused = fused_;
+    // bias_cat = sum strength * bias, and (copied sets) A_cat / B_cat as the header describes.
+    float* bs = bias ? set->mem.allocT<float>(l->out) : nullptr;
+    if (bs) CUDA_CHECK(cudaMemsetAsync(bs, 0, size_t(l->out) * 4, st_));
+    for (auto& [f, s] : per[l])
+      if (f->bias) axpy_f32(bs, f->bias, s, l->out, st_);
+    ad.bias = bs;
+    if (in_place(l)) {
+      const auto& [f, s] = per[l].front();
+      ad.a = f->a, ad.b = f->b, ad.scale = s;
+    } else {
+      void* a = set->mem.alloc(size_t(Rp) * W * es);
+      void* b = set->mem.alloc(size_t(l->out) * Rp * es);
+      CUDA_CHECK(cudaMemsetAsync(a, 0, size_t(Rp) * W * es, st_));
+      CUDA_CHECK(cudaMemsetAsync(b, 0, size_t(l->out) * Rp * es, st_));
+      int off = 0;
+      for (auto& [f, s] : per[l]) {
+        // A rows [off, off + r) = the member's A; B columns [off, off + r) = strength * the member's B.
+        // A rows of f->in values into rows of W (the rest stay zero).
+        CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(a) + size_t(off) * W * es, size_t(W) * es, f->a,
+                                     size_t(f->in) * es, size_t(f->in) * es, f->rank, cudaMemcpyDeviceToDevice, st_));
+        lora_pack_up(f->b, t, l->out, f->rank, s, b, Rp, off, st_);
+        off += f->rank;
+      }
+      ad.a = a, ad.b = b;
+    }
     set->layers.push_back({l, ad});
     sig += l->name + ':' + std::to_string(Rp) + 'x' + std::to_string(W) + ';';
   }
@@ -285,6 +303,7 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     CUDA_CHECK(cudaMemcpyAsync(w, m->w, m->host.size() * 4, cudaMemcpyDeviceToDevice, st_));
     set->norms.push_back({slot, w, norm_base_.at(slot)});
   }
+  if (members.size() == 1) set->reads.push_back(loras_.at(members.front().first));
   set->control = control;
   if (control) sig += "control:" + std::to_string(control) + ';';
   CUDA_CHECK(cudaStreamSynchronize(st_));

@@ -8,8 +8,12 @@
 // f32 on the f32 path) under a name; a set (names with strengths, one per job) is built from them once and cached:
 // per layer A_cat [Rp, in] (members' A stacked on the rank axis), B_cat [out, Rp] (members' B side by side, each
 // times its strength), bias_cat = sum strength * bias; Rp = sum of ranks rounded up to 8 (zero rows/columns, exact).
-// A job holds its set (shared ownership), so unloading a LoRA never frees memory a prepared job or its captured
-// step graph still reads; the memory is returned when the last job using it is released.
+// With FQ_LORA_FUSED=1, a set of one LoRA whose rank is already a multiple of 8 copies nothing: its layers read the loaded factors, with
+// the strength as the up product's scale, so switching to it costs no GPU work (session 16 on the H100, building a
+// copy of every layer's factors took 9 ms at rank 16 and 20 ms at rank 64 on all 352 Linears).
+// A job holds its set (shared ownership), and a set the LoRAs it reads, so unloading a LoRA never frees memory a
+// prepared job or its captured step graph still reads; the memory is returned when the last job using it is
+// released (and counted until then).
 // Memory is bounded (max_bytes: FQ_LORA_MAX_MB or the load request's `lora_max_mb`): loaded factors plus built sets.
 #pragma once
 #include <map>
@@ -68,6 +72,7 @@ struct AdapterSet {
   DeviceArena mem;
   size_t bytes = 0;
   std::shared_ptr<size_t> used;  // the registry's byte count (shared: a job may outlive the registry's cache)
+  std::vector<std::shared_ptr<const void>> reads;  // the loaded LoRAs whose factors the set reads in place
 };
 
 class LoraRegistry {
@@ -110,11 +115,15 @@ class LoraRegistry {
     std::vector<float> host;  // the same values (sets compare members' replacements)
   };
   struct Lora {
+    ~Lora() {
+      if (used) *used -= bytes;
+    }
     std::vector<Factors> layers;
     std::vector<Norm> norms;
     int control = 0;
     DeviceArena mem;
     size_t bytes = 0;
+    std::shared_ptr<size_t> used;  // counted until freed: a set built on it may outlive its unloading
   };
   // Frees cached sets no job holds until `need` more bytes fit; false when they still do not.
   bool make_room(size_t need);
@@ -122,11 +131,12 @@ class LoraRegistry {
   std::map<std::string, Linear*> by_name_;
   std::map<std::string, NormSlot> norm_by_name_;
   std::map<float**, float*> norm_base_;  // every slot's base pointer, restored when a set is deactivated
-  std::map<std::string, std::unique_ptr<Lora>> loras_;
+  std::map<std::string, std::shared_ptr<Lora>> loras_;
   std::map<std::string, std::shared_ptr<const AdapterSet>> sets_;
   std::shared_ptr<size_t> used_ = std::make_shared<size_t>(0);  // loaded factors + live sets, device bytes
   size_t max_bytes_;
   cudaStream_t st_;
+  bool fused_ = false;  // FQ_LORA_FUSED (constructor): fused deltas and in-place one-LoRA sets
   const AdapterSet* active_ = nullptr;
 };
 
