@@ -16,7 +16,7 @@ The engine's GPU time per mode is not a benchmark here (flux-mini is tiny): the 
 `fluxql-engine --bench-modes --cache-pattern <the pattern found here>`.
 
 usage: cuda-quality.py <engine> <inputs.json> <model dir> <out dir> [--batch 1] [--thresholds 0.1,0.2,0.3]
-                       [--max-consecutive 1,2] [--presets fp8all] [--plans plans.json]
+                       [--max-consecutive 1,2] [--presets fp8all] [--plans plans.json] [--bf16-thresholds 0.1]
 """
 import argparse
 import base64
@@ -58,6 +58,9 @@ def main():
     # Engine presets beyond fp8 (e.g. fp8all: every per-step block Linear in fp8), each run alone and with the same
     # step-cache sweep as S (mode names <preset>, <preset>+cache@<t>[x<k>]).
     ap.add_argument("--presets", default="", help="comma list of more engine plan presets, e.g. fp8all")
+    # L's configuration (the base bf16 plan with step caching; its speed row is device-modes.sh p's L): mode names
+    # bf16+cache@<t>, at most 1 cached step in a row.
+    ap.add_argument("--bf16-thresholds", default="", help="comma list of step-cache thresholds on the bf16 plan")
     a = ap.parse_args()
     inp = json.load(open(a.inputs))
     N, H, W, T = len(inp["prompts"]), inp["height"], inp["width"], inp["t5_len"]
@@ -76,6 +79,7 @@ def main():
         for k in [int(k) for k in a.max_consecutive.split(",") if k]:
             modes += [(f"{label}+cache@{t}" + (f"x{k}" if k != 1 else ""), plan, float(t), k)
                       for t in a.thresholds.split(",") if t]
+    modes += [(f"bf16+cache@{t}", None, float(t), 1) for t in a.bf16_thresholds.split(",") if t]
     modes += [(m, m, None, None) for m in extra]
     os.makedirs(a.out, exist_ok=True)
     eng, loaded = load_engine(a.engine, a.model, "bf16", {"fp8": "fp8", **{p: p for p in presets}, **extra})
