@@ -2,7 +2,10 @@
 """Merges the parts of the CUDA modes benchmark (device-modes.sh a, b: modes-<run>.json + clocks-<run>.csv) into one
 result: <prefix>.json + <prefix>.md (bench/results/cuda-modes-h100). Refuses parts from different cards, drivers,
 sizes, step counts or forced patterns: rows from two machines are not one table.
-  python3 engines/cuda/scripts/modes-report.py <dir with modes-*.json> bench/results/cuda-modes-h100"""
+  python3 engines/cuda/scripts/modes-report.py <dir with modes-*.json> bench/results/cuda-modes-h100 [quality.json]
+Quality columns come from the CUDA engine's flux-mini quality run (default
+bench/results/cuda-quality-flux-mini-h100.json, cuda-quality-report.ts): a row gets the quality of the run with the
+same engine plan and, for a forced cached-step pattern, the lowest threshold whose most common pattern it is."""
 import csv
 import glob
 import json
@@ -36,7 +39,31 @@ def clocks(path):
             "power_w_mean": round(statistics.mean(power), 1), "temp_c_max": max(temp)}
 
 
-def main(src, prefix):
+def qcols(q):
+    """The three quality cells of a row (PSNR capped at 100 dB for the reference itself)."""
+    if not q:
+        return "not measured | - | -"
+    return f"{q['psnr_db']:.1f} ({q['source']}) | {q['ssim']:.4f} | {q['worst_attribute_points']:+.1f}"
+
+
+def quality_of(row, qrows):
+    """The flux-mini quality row matching a timing row (plan, and the forced pattern or none), else None."""
+    plan = row["plan"]["name"]
+    want = None if plan in ("base", "bf16") else plan
+    pat = row.get("cache_pattern") or None
+    cands = [q for q in qrows if q["plan"] == want and (q.get("threshold") is None) == (pat is None)
+             and (pat is None or q.get("pattern") == pat) and q.get("maxConsecutive", 1) in (1, None)]
+    cands.sort(key=lambda q: q.get("threshold") or 0)
+    if not cands:
+        return None
+    q = cands[0]
+    orig = next((x for x in qrows if x["mode"] == "original"), None)
+    worst = min((q["accuracy"][k] - orig["accuracy"][k]) * 100 for k in q["accuracy"]) if orig else None
+    return {"source": q["mode"], "threshold": q.get("threshold"), "psnr_db": q["psnr"], "ssim": q["ssim"],
+            "accuracy": q["accuracy"], "worst_attribute_points": worst, "full_steps_mean": q.get("fullStepsMean")}
+
+
+def main(src, prefix, quality_path=None):
     parts = sorted(glob.glob(os.path.join(src, "modes-*.json")))
     if not parts:
         sys.exit(f"no modes-*.json under {src}")
@@ -62,6 +89,11 @@ def main(src, prefix):
             elif r["d"][k] != first[k]:
                 sys.exit(f"part {r['run']}: {k} {r['d'][k]!r} differs from {runs[0]['run']}'s {first[k]!r}")
     rows.sort(key=lambda r: (mode_rank(r["mode"]), r["batch"]))
+    quality_path = quality_path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                                "bench", "results", "cuda-quality-flux-mini-h100.json")
+    qrun = json.load(open(quality_path)) if os.path.exists(quality_path) else None
+    for r in rows:
+        r["quality"] = quality_of(r, qrun["rows"]) if qrun else None
     lora.sort(key=lambda r: (mode_rank(r["mode"]), r["lora_rank"]))
     out = {k: first[k] for k in ("device", "card", "cuda_driver_api", "cuda_runtime", "engine", "weights",
                                  "weights_gb", "plan_fp8_gb", "width", "height", "steps", "iters", "cache_pattern",
@@ -74,13 +106,20 @@ def main(src, prefix):
         f.write("\n")
     md = [f"# fluxql CUDA engine modes on {first['device']}", "", f"Card (nvidia-smi): {first['card']}", "",
           first["method"], "", "| mode | precision | batch | mean s | std s | s/image | step ms | full / cached steps | "
-          "pattern | plan (fp8 layers) | floor s (same run) | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "pattern | plan (fp8 layers) | floor s (same run) | run | flux-mini PSNR dB | SSIM | worst attribute (points) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['mode']} | {r['precision']} | {r['batch']} | {r['mean_s']:.3f} | {r['std_s']:.3f} | "
                   f"{r['s_per_image']:.3f} | {r['step_ms']:.2f} | {r['full_steps']} / {r['cached_steps']} | "
-                  f"{'`' + r['cache_pattern'] + '`' if r.get('cache_pattern') else '-'} | {r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {r['run']} |")
+                  f"{'`' + r['cache_pattern'] + '`' if r.get('cache_pattern') else '-'} | {r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {r['run']} | {qcols(r['quality'])} |")
     lm = any(r["mode"] in ("L", "M") for r in rows)
     sc = cached[0]["d"] if cached else None
+    if qrun:
+        md += ["", f"Quality: {qrun['model']} on {qrun['card']} ({os.path.basename(quality_path)}): the CUDA engine's "
+               "own original as the reference; a row takes the run with its engine plan and, for a forced pattern, the "
+               "lowest step-cache threshold whose most common per-job pattern it is (that run's jobs cache by threshold, "
+               "so their full-step counts vary around the pattern's); worst attribute = the largest drop in prompt "
+               "accuracy against original, budget 2 points."]
     md += ["", ("L, M, S: the planned configurations (plan and forced pattern per row). " if lm else
                 "L, M: no rows. ") + (f"S+cache pattern `{sc['cache_pattern']}` ({sc['cache_pattern_source']})."
                                       if sc else ""), ""]
@@ -103,6 +142,6 @@ def main(src, prefix):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
