@@ -13,20 +13,18 @@ void* adapter_down(Ctx& c, const Linear& l, const Adapter& a, int rows, const vo
   return h;
 }
 
-// The adapter's delta [rows, y.ld] in y's type: scale * h B^T (+ its up-bias) (+ resid). The base product then reads
-// it as its C operand (beta 1), so the low-rank term costs one write and one read of the output, the read hidden in
-// the base GEMM's epilogue, and the GELU of a BiasGelu layer stays fused (cuBLASLt applies it to the sum). Adding
-// h B^T into y after the base product instead (session 16 on the H100) read and wrote y once more and needed a
-// GELU pass of its own: 22 % over the base step at rank 16 on every Linear, 29 % in fp8 (that path remains for
-// adapters not marked fused, and for fp8row GELU layers).
-// resid may alias y: it is read here, before the base product writes y.
-void* adapter_delta(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* h, Out y, const void* resid) {
+// The adapter's delta written into y first: y = scale * h B^T (+ its up-bias) (+ resid). The base product then reads
+// y as its C operand (beta 1) and overwrites it, so the low-rank term costs one write and one read of the output,
+// the read inside the base GEMM's epilogue (partly hidden behind its math), and the GELU of a BiasGelu layer stays
+// fused (cuBLASLt applies it to alpha X W^T + beta C + bias). No scratch: y is the delta's buffer (resid may alias
+// it; x never does). Adding h B^T into y after the base product instead (session 16 on the H100) read and wrote y
+// once more and needed a GELU pass of its own: 22 % over the base step at rank 16 on every Linear, 29 % in fp8
+// (that path remains for adapters not marked fused, and for fp8row GELU layers).
+void adapter_first(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* h, Out y, const void* resid) {
   const DType t = adapter_type(l);
-  void* d = c.scratch.get("linear.adapter_delta", size_t(rows) * y.ld * dsize(y.t));
-  c.gemm.linear(c.st, rows, l.out, a.rank, h, t, a.rank, a.b, t, nullptr, Epi::None, d, y.t, y.ld, resid,
+  c.gemm.linear(c.st, rows, l.out, a.rank, h, t, a.rank, a.b, t, nullptr, Epi::None, y.p, y.t, y.ld, resid,
                 resid ? 1.f : 0.f, nullptr, nullptr, nullptr, a.scale);
-  if (a.bias) add_bias(d, y.t, a.bias, rows, l.out, y.ld, c.st);
-  return d;
+  if (a.bias) add_bias(y.p, y.t, a.bias, rows, l.out, y.ld, c.st);
 }
 
 // The fp8row base product (linear.h): per-token activation scales, per-channel weight scales. Scratch: the
@@ -135,7 +133,8 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
     if (gelu) activation(y.p, y.t, rows, l.out, y.ld, Act::GeluTanh, c.st);
     return;
   }
-  base_product(c, l, rows, x, y, epi, adapter_delta(c, l, a, rows, h, y, resid));
+  adapter_first(c, l, a, rows, h, y, resid);
+  base_product(c, l, rows, x, y, epi, y.p);
 }
 
 }  // namespace fq

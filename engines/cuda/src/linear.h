@@ -20,7 +20,7 @@ struct Adapter {
   const void* b = nullptr;
   int rank = 0;                 // padded to a multiple of 8 (zero rows / columns)
   float scale = 1.f;            // the up product's factor (a one-LoRA set's strength)
-  bool fused = false;           // the delta as the base product's C operand (linear.cu), else added after it
+  bool fused = false;           // the delta written first, the base product's C operand (linear.cu); else added after
   const float* bias = nullptr;  // [out] fp32 up-bias sum (BFL Control), or null
   // Input width of A: the layer's `in`, or wider for a BFL Control set's x_embedder, whose input rows are
   // [latents (in); control latents] (row stride >= this width): the base product reads the first `in` columns (the
@@ -77,9 +77,9 @@ struct Out {
 // unit-scaled fp8 GEMM into an fp32 scratch product and apply s_x[r] * w_scale[o], the fp32 bias, the GELU and the
 // residual in one epilogue kernel: y = epi((x8 w8^T) * (s_x (x) s_w) + b) (+ resid). Outputs f32 or bf16.
 // With an adapter: the base product, then y += scale (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer
-// (the GELU then runs as its own kernel); or, for a fused adapter, delta = scale (x A^T) B^T (+ its bias) (+ resid)
-// first and the base product with delta as its C operand, the delta landing before the GELU inside the GEMM's
-// epilogue (linear.cu). fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
+// (the GELU then runs as its own kernel); or, for a fused adapter, y = scale (x A^T) B^T (+ its bias) (+ resid)
+// first and the base product with y as its C operand, the delta landing before the GELU inside the GEMM's epilogue
+// (linear.cu). fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
 // `in` > the layer's) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias, const void* resid = nullptr);
 
