@@ -6,6 +6,8 @@
 #   b: batch 4, original and XL; LoRA ranks 16/64/256 on original and S, batch 1 (~7-8 minutes)
 #   p: batch 1, the planned configurations as measured on flux-mini (bench/results/cuda-quality-flux-mini-h100.md):
 #      original, XL, L = bf16 + LPAT, M = fp8 + MPAT, S = fp8 + SPAT (each its own forced pattern; ~4-5 minutes)
+#   p4: the same L, M, S at batch 4 (~6 minutes)
+#   s: S beside the fp8all preset with and without S's pattern (and SPAT2, 2 cached in a row, when given; ~4 minutes)
 #   OUT=$OUT [PATTERN=FFCFC...] [ITERS=10] bash engines/cuda/scripts/device-modes.sh a|b
 # PATTERN: the S+cache forced schedule (F full / C cached per step), the one the step cache yields on flux-mini
 # (empty: the S rule's upper bound F C F C ..., labelled so in the results). Writes under $OUT: summary.txt,
@@ -51,7 +53,18 @@ case $PART in
     LPAT=${LPAT:-FFFFFFCFCFCFCFCFCFCFCFCFCFFF} MPAT=${MPAT:-FFFFFFCFCFCFCFCFCFCFCFCFCFFF}
     SPAT=${SPAT:-FFCFCFCFCFCFCFCFCFCFCFCFCFCF}
     modes_run b1p 400 --batches 1 --modes "original,XL,L=base/$LPAT,M=fp8/$MPAT,S=fp8/$SPAT" ;;
-  *) echo "part a, a1, b or p"; exit 2 ;;
+  p4)
+    # part p's planned L, M, S at batch 4 (issue 15 asks for batch 1 and 4 per mode; ~6 minutes).
+    LPAT=${LPAT:-FFFFFFCFCFCFCFCFCFCFCFCFCFFF} MPAT=${MPAT:-FFFFFFCFCFCFCFCFCFCFCFCFCFFF}
+    SPAT=${SPAT:-FFCFCFCFCFCFCFCFCFCFCFCFCFCF}
+    modes_run b4p 550 --batches 4 --modes "L=base/$LPAT,M=fp8/$MPAT,S=fp8/$SPAT" ;;
+  s)
+    # S's way under 1.5 s (session 16: 1.663 s with the fp8 preset and 15 full steps): the fp8all preset (also the
+    # out-projections, MLP-out and single proj_out in fp8) with and without S's pattern, beside S; then SPAT2 (a
+    # pattern with 2 cached steps in a row, from cuda-quality.py --max-consecutive 2) when given.
+    SPAT=${SPAT:-FFCFCFCFCFCFCFCFCFCFCFCFCFCF}
+    modes_run b1s 400 --batches 1 --modes "S=fp8/$SPAT,Sall=fp8all,Sall+cache=fp8all/$SPAT${SPAT2:+,S2=fp8/$SPAT2,Sall2=fp8all/$SPAT2}" ;;
+  *) echo "part a, a1, b, p, p4 or s"; exit 2 ;;
 esac
 say "done rc=$rc"
 exit $rc
