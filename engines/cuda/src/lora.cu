@@ -303,7 +303,8 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     CUDA_CHECK(cudaMemcpyAsync(w, m->w, m->host.size() * 4, cudaMemcpyDeviceToDevice, st_));
     set->norms.push_back({slot, w, norm_base_.at(slot)});
   }
-  if (members.size() == 1) set->reads.push_back(loras_.at(members.front().first));
+  // In-place layers read the LoRA's own factors: the set keeps it (and its count) alive.
+  if (std::any_of(order.begin(), order.end(), in_place)) set->reads.push_back(loras_.at(members.front().first));
   set->control = control;
   if (control) sig += "control:" + std::to_string(control) + ';';
   CUDA_CHECK(cudaStreamSynchronize(st_));
