@@ -81,13 +81,12 @@ def main(src, prefix, quality_path=None):
     # records the PATTERN it was given but never used it).
     cached = [r for r in runs if any(x["mode"] == "S+cache" for x in r["d"]["rows"])]
     for r in runs[1:]:
-        for k in ("device", "card", "width", "height", "steps", "iters", "cache_pattern"):
-            if k == "cache_pattern" and (r not in cached or cached[0] is r):
-                continue
-            if k == "cache_pattern" and r["d"][k] != cached[0]["d"][k]:
-                sys.exit(f"part {r['run']}: cache_pattern {r['d'][k]!r} differs from {cached[0]['run']}'s")
-            elif r["d"][k] != first[k]:
+        for k in ("device", "card", "width", "height", "steps", "iters"):
+            if r["d"][k] != first[k]:
                 sys.exit(f"part {r['run']}: {k} {r['d'][k]!r} differs from {runs[0]['run']}'s {first[k]!r}")
+    for r in cached[1:]:
+        if r["d"]["cache_pattern"] != cached[0]["d"]["cache_pattern"]:
+            sys.exit(f"part {r['run']}: cache_pattern {r['d']['cache_pattern']!r} differs from {cached[0]['run']}'s")
     rows.sort(key=lambda r: (mode_rank(r["mode"]), r["batch"]))
     quality_path = quality_path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
                                                 "bench", "results", "cuda-quality-flux-mini-h100.json")

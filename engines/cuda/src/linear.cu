@@ -13,14 +13,14 @@ void* adapter_down(Ctx& c, const Linear& l, const Adapter& a, int rows, const vo
   return h;
 }
 
-// The adapter's delta written into y first: y = scale * h B^T (+ its up-bias) (+ resid). The base product then reads
-// y as its C operand (beta 1) and overwrites it, so the low-rank term costs one write and one read of the output,
-// the read inside the base GEMM's epilogue (partly hidden behind its math), and the GELU of a BiasGelu layer stays
-// fused (cuBLASLt applies it to alpha X W^T + beta C + bias). No scratch: y is the delta's buffer (resid may alias
-// it; x never does). Adding h B^T into y after the base product instead (session 16 on the H100) read and wrote y
-// once more and needed a GELU pass of its own: 22 % over the base step at rank 16 on every Linear, 29 % in fp8
-// (that path remains for adapters not marked fused, and for fp8row GELU layers).
-void adapter_first(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* h, Out y, const void* resid) {
+// y = scale * h B^T (+ its up-bias) (+ resid; resid may alias y, x never does): the adapter's up product into the
+// layer's output. Fused adapters run it first, into y itself, and the base product then reads y as its C operand
+// (beta 1): the low-rank term costs one write and one read of the output, the read inside the base GEMM's epilogue
+// (partly hidden behind its math), and the GELU of a BiasGelu layer stays fused (cuBLASLt applies it to
+// alpha X W^T + beta C + bias). The other path runs it after the base product with resid = y (reading and writing y
+// once more) and needs a GELU pass of its own: session 16 on the H100, 22 % over the base step at rank 16 on every
+// Linear, 29 % in fp8 (still the path of adapters not marked fused, and of fp8row GELU layers).
+void adapter_up(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* h, Out y, const void* resid) {
   const DType t = adapter_type(l);
   c.gemm.linear(c.st, rows, l.out, a.rank, h, t, a.rank, a.b, t, nullptr, Epi::None, y.p, y.t, y.ld, resid,
                 resid ? 1.f : 0.f, nullptr, nullptr, nullptr, a.scale);
@@ -127,13 +127,11 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
     // GELU, as in the model (GELU(W x + b + B A x)), the GELU then a pass of its own. (fp8row's own epilogue adds
     // its C after the GELU, so its GELU layers always come here.)
     base_product(c, l, rows, x, y, gelu ? Epi::Bias : epi, resid);
-    c.gemm.linear(c.st, rows, l.out, a.rank, h, t, a.rank, a.b, t, nullptr, Epi::None, y.p, y.t, y.ld, y.p, 1.f,
-                  nullptr, nullptr, nullptr, a.scale);
-    if (a.bias) add_bias(y.p, y.t, a.bias, rows, l.out, y.ld, c.st);
+    adapter_up(c, l, a, rows, h, y, y.p);
     if (gelu) activation(y.p, y.t, rows, l.out, y.ld, Act::GeluTanh, c.st);
     return;
   }
-  adapter_first(c, l, a, rows, h, y, resid);
+  adapter_up(c, l, a, rows, h, y, resid);
   base_product(c, l, rows, x, y, epi, y.p);
 }
 
