@@ -48,6 +48,13 @@ std::vector<float> rope_table(const FluxConfig& cfg, const std::vector<float>& i
 
 FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L) : cfg(cfg_), dt_(L.dt()) {
   const int D = cfg.hidden(), hd = cfg.head_dim;
+  if (const char* r = getenv("FQ_LORA_RESERVE")) {
+    const int v = std::atoi(r);
+    if (v < 0 || v > kMaxLoraReserve)
+      throw EngineError("FQ_LORA_RESERVE=" + std::string(r) + ": 0.." + std::to_string(kMaxLoraReserve), false);
+    reserve_ = (v + 7) / 8 * 8;  // 16-byte aligned bf16 rows
+  }
+  const int r = reserve_;
   x_emb_ = L.linear({"x_embedder"}, D, cfg.in_channels);
   ctx_emb_ = L.linear({"context_embedder"}, D, cfg.joint_dim);
   std::string te = "time_text_embed.";
@@ -64,14 +71,14 @@ FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L) : cfg(
     Double b;
     b.mod_img = L.linear({p + "norm1.linear"}, 6 * D, D);
     b.mod_txt = L.linear({p + "norm1_context.linear"}, 6 * D, D);
-    b.qkv_img = L.linear({a + "to_q", a + "to_k", a + "to_v"}, 3 * D, D);
-    b.qkv_txt = L.linear({a + "add_q_proj", a + "add_k_proj", a + "add_v_proj"}, 3 * D, D);
-    b.out_img = L.linear({a + "to_out.0"}, D, D);
-    b.out_txt = L.linear({a + "to_add_out"}, D, D);
-    b.ff1_img = L.linear({p + "ff.net.0.proj"}, 4 * D, D);
-    b.ff2_img = L.linear({p + "ff.net.2"}, D, 4 * D);
-    b.ff1_txt = L.linear({p + "ff_context.net.0.proj"}, 4 * D, D);
-    b.ff2_txt = L.linear({p + "ff_context.net.2"}, D, 4 * D);
+    b.qkv_img = L.linear({a + "to_q", a + "to_k", a + "to_v"}, 3 * D, D, true, r);
+    b.qkv_txt = L.linear({a + "add_q_proj", a + "add_k_proj", a + "add_v_proj"}, 3 * D, D, true, r);
+    b.out_img = L.linear({a + "to_out.0"}, D, D, true, r);
+    b.out_txt = L.linear({a + "to_add_out"}, D, D, true, r);
+    b.ff1_img = L.linear({p + "ff.net.0.proj"}, 4 * D, D, true, r);
+    b.ff2_img = L.linear({p + "ff.net.2"}, D, 4 * D, true, r);
+    b.ff1_txt = L.linear({p + "ff_context.net.0.proj"}, 4 * D, D, true, r);
+    b.ff2_txt = L.linear({p + "ff_context.net.2"}, D, 4 * D, true, r);
     b.nq = L.vec({a + "norm_q.weight"}, hd, Init::NormWeight);
     b.nk = L.vec({a + "norm_k.weight"}, hd, Init::NormWeight);
     b.naq = L.vec({a + "norm_added_q.weight"}, hd, Init::NormWeight);
@@ -82,9 +89,9 @@ FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L) : cfg(
     std::string p = "single_transformer_blocks." + std::to_string(i) + ".", a = p + "attn.";
     Single s;
     s.mod = L.linear({p + "norm.linear"}, 3 * D, D);
-    s.qkv = L.linear({a + "to_q", a + "to_k", a + "to_v"}, 3 * D, D);
-    s.mlp = L.linear({p + "proj_mlp"}, 4 * D, D);
-    s.out = L.linear({p + "proj_out"}, D, 5 * D);
+    s.qkv = L.linear({a + "to_q", a + "to_k", a + "to_v"}, 3 * D, D, true, r);
+    s.mlp = L.linear({p + "proj_mlp"}, 4 * D, D, true, r);
+    s.out = L.linear({p + "proj_out"}, D, 5 * D, true, r);
     s.nq = L.vec({a + "norm_q.weight"}, hd, Init::NormWeight);
     s.nk = L.vec({a + "norm_k.weight"}, hd, Init::NormWeight);
     sgl_.push_back(s);
@@ -194,12 +201,14 @@ FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cuda
   s.B = B;
   s.L = L;
   s.T = T;
+  const int r = reserve_;
+  s.ldn = D + r, s.lda = D + r, s.ldf = 4 * D + r, s.ldc = 5 * D + r;
   s.x = mem.allocT<float>(RL * D);
   s.ctx = mem.allocT<float>(RT * D);
   s.z = mem.allocT<float>(RS * D);
   s.y = mem.allocT<float>(RS * D);
-  s.xn = mem.alloc(RS * D * es);  // also holds fp8 outputs (1 byte each)
-  s.cn = mem.alloc(RT * D * es);
+  s.xn = mem.alloc(RS * s.ldn * es);  // also holds fp8 outputs (1 byte each)
+  s.cn = mem.alloc(RT * s.ldn * es);
   s.xn_scale = mem.allocT<float>(1);
   s.cn_scale = mem.allocT<float>(1);
   s.xn_ws = mem.allocT<float>(1 + 2 * RS);
@@ -209,8 +218,8 @@ FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cuda
   s.Q = mem.alloc(RS * D * es);
   s.K = mem.alloc(RS * D * es);
   s.V = mem.alloc(RS * D * es);
-  s.a = mem.alloc(RS * D * es);
-  s.hid = mem.alloc(RS * 5 * D * es);  // MLP hidden (double) / [attn | mlp] concat (single)
+  s.a = mem.alloc(RS * s.lda * es);
+  s.hid = mem.alloc(RS * s.ldc * es);  // MLP hidden (double, RL rows of ldf <= ldc) / [attn | mlp] concat (single)
   s.ctrl_ch = ctrl_ch;
   s.lat_t = mem.alloc(RL * (cfg.in_channels + ctrl_ch) * std::max<size_t>(es, dsize(x_emb_.wt)));
   s.mods = mem.allocT<float>(size_t(B) * mod_width_);
@@ -241,22 +250,22 @@ void FluxTransformer::attention(Ctx& c, int B, int S, int T, const void* Q, cons
   prof_end(kProfAttn, c.st, 4.0 * B * double(S) * S * H * hd);
 }
 
-FluxTransformer::NormOut FluxTransformer::norm_in(Ctx& c, const Linear& consumer, void* o, float* oscale, float* ws,
-                                                  const float* x, int rows, int rpb, const float* shift,
+FluxTransformer::NormOut FluxTransformer::norm_in(Ctx& c, const Linear& consumer, void* o, int ldo, float* oscale,
+                                                  float* ws, const float* x, int rows, int rpb, const float* shift,
                                                   const float* scale, int W) {
   const int D = cfg.hidden();
   ProfScope mark(kProfNorm, c.st);
   if (consumer.wt == DType::FP8) {
-    layernorm_mod_fp8(x, rows, D, rpb, shift, scale, W, 1e-6f, o, oscale, ws, c.st);
+    layernorm_mod_fp8(x, rows, D, rpb, shift, scale, W, 1e-6f, o, oscale, ws, c.st, ldo);
     return {o, DType::FP8, oscale};
   }
-  layernorm(x, rows, D, rpb, nullptr, nullptr, shift, scale, W, 1e-6f, o, c.dt, c.st);
+  layernorm(x, rows, D, rpb, nullptr, nullptr, shift, scale, W, 1e-6f, o, c.dt, c.st, ldo);
   return {o, c.dt, nullptr};
 }
 
-FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consumer, void* o, float* oscale, float* ws,
-                                                   float* x, const float* y, const float* gate, int Wg, int rows,
-                                                   int rpb, const float* shift, const float* scale, int Wn) {
+FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consumer, void* o, int ldo, float* oscale,
+                                                   float* ws, float* x, const float* y, const float* gate, int Wg,
+                                                   int rows, int rpb, const float* shift, const float* scale, int Wn) {
   const int D = cfg.hidden();
   ProfScope mark(kProfResNorm, c.st);  // norm_in's own mark below nests into this one
   if (shift) {
@@ -264,17 +273,17 @@ FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consume
       CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), c.st));
       if (residual_layernorm(x, y, DType::F32, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, nullptr,
                              DType::FP8, ws + 1, ws, c.st)) {
-        layernorm_mod_fp8_apply(x, rows, D, rpb, shift, scale, Wn, o, oscale, ws, c.st);
+        layernorm_mod_fp8_apply(x, rows, D, rpb, shift, scale, Wn, o, oscale, ws, c.st, ldo);
         return {o, DType::FP8, oscale};
       }
     } else if (residual_layernorm(x, y, DType::F32, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, o, c.dt,
-                                  nullptr, nullptr, c.st)) {
+                                  nullptr, nullptr, c.st, ldo)) {
       return {o, c.dt, nullptr};
     }
   }
   gate_residual(x, y, DType::F32, D, gate, Wg, rows, D, rpb, c.st);
   if (!shift) return {nullptr, c.dt, nullptr};
-  return norm_in(c, *consumer, o, oscale, ws, x, rows, rpb, shift, scale, Wn);
+  return norm_in(c, *consumer, o, ldo, oscale, ws, x, rows, rpb, shift, scale, Wn);
 }
 
 // Every LayerNorm after the first is fused into the gated residual add that precedes it (res_norm); all blocks'
@@ -310,8 +319,8 @@ void FluxTransformer::embed(Ctx& c, FluxStep& s, const float* latents, const flo
     CUDA_CHECK(cudaMemcpyAsync(s.ctx, ctx0, size_t(RT) * D * 4, cudaMemcpyDeviceToDevice, c.st));
   }
   if (!dbl_.empty()) {
-    norm_in(c, dbl_[0].qkv_img, s.xn, s.xn_scale, s.xn_ws, s.x, RL, L, modp(s, 0), modp(s, 0) + D, 6 * D);
-    norm_in(c, dbl_[0].qkv_txt, s.cn, s.cn_scale, s.cn_ws, s.ctx, RT, T, modp(s, 1), modp(s, 1) + D, 6 * D);
+    norm_in(c, dbl_[0].qkv_img, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, RL, L, modp(s, 0), modp(s, 0) + D, 6 * D);
+    norm_in(c, dbl_[0].qkv_txt, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, RT, T, modp(s, 1), modp(s, 1) + D, 6 * D);
   }
 }
 
@@ -327,7 +336,7 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
   const float* nmt = last ? nullptr : modp(s, 2 * i + 3);
   // The norms written by the previous block (or embed) for this block's q/k/v.
   auto in_of = [&](const Linear& l, void* p, float* sc) {
-    return In{p, l.wt == DType::FP8 ? DType::FP8 : dt_, D, sc};
+    return In{p, l.wt == DType::FP8 ? DType::FP8 : dt_, s.ldn, sc};
   };
   char* a = static_cast<char*>(s.a);  // joint attention output [B, S, D]
   if (qkv_inplace_) {
@@ -338,19 +347,19 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
     const size_t ei = dsize(xi.t), et = dsize(xt.t), row = size_t(3) * D * es;
     for (int b = 0; b < B; b++) {
       In xb = xi;
-      xb.p = static_cast<const char*>(xi.p) + size_t(b) * L * D * ei;
+      xb.p = static_cast<const char*>(xi.p) + size_t(b) * L * s.ldn * ei;
       linear(c, blk.qkv_img, L, xb, Out{j + (size_t(b) * S + T) * row, dt_, 3 * D});
     }
     for (int b = 0; b < B; b++) {
       In xb = xt;
-      xb.p = static_cast<const char*>(xt.p) + size_t(b) * T * D * et;
+      xb.p = static_cast<const char*>(xt.p) + size_t(b) * T * s.ldn * et;
       linear(c, blk.qkv_txt, T, xb, Out{j + size_t(b) * S * row, dt_, 3 * D});
     }
     {
       ProfScope mark(kProfQkRope, c.st);
       qk_norm_rope_inplace(j, dt_, 3 * D, B, S, T, H, hd, blk.naq, blk.nak, blk.nq, blk.nk, cs, c.st);
     }
-    attention(c, B, S, 0, j, j + size_t(D) * es, j + size_t(2) * D * es, 3 * D, OutMap{nullptr, a, 0, D});
+    attention(c, B, S, 0, j, j + size_t(D) * es, j + size_t(2) * D * es, 3 * D, OutMap{nullptr, a, 0, s.lda});
   } else {
     linear(c, blk.qkv_img, RL, in_of(blk.qkv_img, s.xn, s.xn_scale), Out{s.qkv_i, dt_, 3 * D});
     linear(c, blk.qkv_txt, RT, in_of(blk.qkv_txt, s.cn, s.cn_scale), Out{s.qkv_t, dt_, 3 * D});
@@ -359,25 +368,29 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
       qk_norm_rope(s.qkv_t, dt_, 3 * D, B, T, 0, S, H, hd, blk.naq, blk.nak, cs, s.Q, s.K, s.V, dt_, c.st);
       qk_norm_rope(s.qkv_i, dt_, 3 * D, B, L, T, S, H, hd, blk.nq, blk.nk, cs, s.Q, s.K, s.V, dt_, c.st);
     }
-    attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, a, 0, D});
+    attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, a, 0, s.lda});
   }
   // Batch b's text rows are a[b*S, b*S+T), its image rows a[b*S+T, (b+1)*S): one GEMM per stream and sample.
   for (int b = 0; b < B; b++)
-    linear(c, blk.out_img, L, In{a + (size_t(b) * S + T) * D * es, dt_, D}, Out{s.y + size_t(b) * L * D, DType::F32, D});
-  NormOut ni = res_norm(c, &blk.ff1_img, s.xn, s.xn_scale, s.xn_ws, s.x, s.y, mi + 2 * D, W, RL, L, mi + 3 * D,
-                        mi + 4 * D, W);
+    linear(c, blk.out_img, L, In{a + (size_t(b) * S + T) * s.lda * es, dt_, s.lda},
+           Out{s.y + size_t(b) * L * D, DType::F32, D});
+  NormOut ni = res_norm(c, &blk.ff1_img, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, mi + 2 * D, W, RL, L,
+                        mi + 3 * D, mi + 4 * D, W);
   for (int b = 0; b < B; b++)
-    linear(c, blk.out_txt, T, In{a + size_t(b) * S * D * es, dt_, D}, Out{s.y + size_t(b) * T * D, DType::F32, D});
-  NormOut nt = res_norm(c, &blk.ff1_txt, s.cn, s.cn_scale, s.cn_ws, s.ctx, s.y, mt + 2 * D, W, RT, T, mt + 3 * D,
-                        mt + 4 * D, W);
-  linear(c, blk.ff1_img, RL, ni.in(D), Out{s.hid, dt_, 4 * D}, Epi::BiasGelu);
-  linear(c, blk.ff2_img, RL, In{s.hid, dt_, 4 * D}, Out{s.y, DType::F32, D});
+    linear(c, blk.out_txt, T, In{a + size_t(b) * S * s.lda * es, dt_, s.lda},
+           Out{s.y + size_t(b) * T * D, DType::F32, D});
+  NormOut nt = res_norm(c, &blk.ff1_txt, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, mt + 2 * D, W, RT, T,
+                        mt + 3 * D, mt + 4 * D, W);
+  linear(c, blk.ff1_img, RL, ni.in(s.ldn), Out{s.hid, dt_, s.ldf}, Epi::BiasGelu);
+  linear(c, blk.ff2_img, RL, In{s.hid, dt_, s.ldf}, Out{s.y, DType::F32, D});
   const Linear* next_i = last ? nullptr : &dbl_[i + 1].qkv_img;
   const Linear* next_t = last ? nullptr : &dbl_[i + 1].qkv_txt;
-  res_norm(c, next_i, s.xn, s.xn_scale, s.xn_ws, s.x, s.y, mi + 5 * D, W, RL, L, nmi, nmi ? nmi + D : nullptr, W);
-  linear(c, blk.ff1_txt, RT, nt.in(D), Out{s.hid, dt_, 4 * D}, Epi::BiasGelu);
-  linear(c, blk.ff2_txt, RT, In{s.hid, dt_, 4 * D}, Out{s.y, DType::F32, D});
-  res_norm(c, next_t, s.cn, s.cn_scale, s.cn_ws, s.ctx, s.y, mt + 5 * D, W, RT, T, nmt, nmt ? nmt + D : nullptr, W);
+  res_norm(c, next_i, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, mi + 5 * D, W, RL, L, nmi, nmi ? nmi + D : nullptr,
+           W);
+  linear(c, blk.ff1_txt, RT, nt.in(s.ldn), Out{s.hid, dt_, s.ldf}, Epi::BiasGelu);
+  linear(c, blk.ff2_txt, RT, In{s.hid, dt_, s.ldf}, Out{s.y, DType::F32, D});
+  res_norm(c, next_t, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, mt + 5 * D, W, RT, T, nmt, nmt ? nmt + D : nullptr,
+           W);
 }
 
 // Single-stream blocks run on z = [ctx ; x] per batch (text first); the first one's norm is written here.
@@ -394,7 +407,7 @@ void FluxTransformer::to_joint(Ctx& c, FluxStep& s) {
   }
   const size_t k = 2 * dbl_.size();
   if (!sgl_.empty())
-    norm_in(c, sgl_[0].qkv, s.xn, s.xn_scale, s.xn_ws, s.z, B * S, S, modp(s, k), modp(s, k) + D, 3 * D);
+    norm_in(c, sgl_[0].qkv, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.z, B * S, S, modp(s, k), modp(s, k) + D, 3 * D);
 }
 
 void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) {
@@ -404,29 +417,29 @@ void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) 
   auto& blk = sgl_[j];
   const float* ms = modp(s, 2 * nd + j);  // shift, scale, gate
   const float* nms = j + 1 < ns ? modp(s, 2 * nd + j + 1) : nullptr;
-  char* cat = static_cast<char*>(s.hid);  // [RS, 5D]: attention output in columns [0, D), GELU(mlp) in [D, 5D)
+  char* cat = static_cast<char*>(s.hid);  // [RS, ldc]: attention output in columns [0, D), GELU(mlp) in [D, 5D)
   // One norm feeds both q/k/v and MLP-in: it was written in q/k/v's type; linear() converts for the MLP if the plan
   // gave the two layers different types.
-  In nz{s.xn, blk.qkv.wt == DType::FP8 ? DType::FP8 : dt_, D, s.xn_scale};
+  In nz{s.xn, blk.qkv.wt == DType::FP8 ? DType::FP8 : dt_, s.ldn, s.xn_scale};
   linear(c, blk.qkv, RS, nz, Out{s.qkv_i, dt_, 3 * D});
-  linear(c, blk.mlp, RS, nz, Out{cat + D * es, dt_, 5 * D}, Epi::BiasGelu);
+  linear(c, blk.mlp, RS, nz, Out{cat + D * es, dt_, s.ldc}, Epi::BiasGelu);
   if (qkv_inplace_) {
     char* j = static_cast<char*>(s.qkv_i);
     {
       ProfScope mark(kProfQkRope, c.st);
       qk_norm_rope_inplace(j, dt_, 3 * D, B, S, 0, H, hd, blk.nq, blk.nk, blk.nq, blk.nk, cs, c.st);
     }
-    attention(c, B, S, 0, j, j + size_t(D) * es, j + size_t(2) * D * es, 3 * D, OutMap{nullptr, cat, 0, 5 * D});
+    attention(c, B, S, 0, j, j + size_t(D) * es, j + size_t(2) * D * es, 3 * D, OutMap{nullptr, cat, 0, s.ldc});
   } else {
     {
       ProfScope mark(kProfQkRope, c.st);
       qk_norm_rope(s.qkv_i, dt_, 3 * D, B, S, 0, S, H, hd, blk.nq, blk.nk, cs, s.Q, s.K, s.V, dt_, c.st);
     }
-    attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, cat, 0, 5 * D});
+    attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, cat, 0, s.ldc});
   }
-  linear(c, blk.out, RS, In{cat, dt_, 5 * D}, Out{s.y, DType::F32, D});
-  res_norm(c, j + 1 < ns ? &sgl_[j + 1].qkv : nullptr, s.xn, s.xn_scale, s.xn_ws, s.z, s.y, ms + 2 * D, Ws, RS, S,
-           nms, nms ? nms + D : nullptr, Ws);
+  linear(c, blk.out, RS, In{cat, dt_, s.ldc}, Out{s.y, DType::F32, D});
+  res_norm(c, j + 1 < ns ? &sgl_[j + 1].qkv : nullptr, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.z, s.y, ms + 2 * D, Ws, RS,
+           S, nms, nms ? nms + D : nullptr, Ws);
 }
 
 // Output: image tokens, AdaLayerNormContinuous (scale first, then shift), proj_out.
@@ -444,8 +457,8 @@ void FluxTransformer::final_layer(Ctx& c, FluxStep& s, float* vel) {
 void FluxTransformer::output_layer(Ctx& c, FluxStep& s, float* vel) {
   const int D = cfg.hidden(), L = s.L, RL = s.B * L;
   const float* mo = modp(s, mod_layers_.size() - 1);
-  NormOut n = norm_in(c, proj_out_, s.xn, s.xn_scale, s.xn_ws, s.x, RL, L, mo + D, mo, 2 * D);
-  linear(c, proj_out_, RL, n.in(D), Out{vel, DType::F32, cfg.out_channels});
+  NormOut n = norm_in(c, proj_out_, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, RL, L, mo + D, mo, 2 * D);
+  linear(c, proj_out_, RL, n.in(s.ldn), Out{vel, DType::F32, cfg.out_channels});
 }
 
 void FluxTransformer::forward(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R,

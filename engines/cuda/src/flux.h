@@ -35,6 +35,10 @@ struct FluxStep {
   float *xn_scale = nullptr, *cn_scale = nullptr, *xn_ws = nullptr, *cn_ws = nullptr;  // fp8 scale; amax + row stats
   void *qkv_i = nullptr, *qkv_t = nullptr, *Q = nullptr, *K = nullptr, *V = nullptr, *a = nullptr, *hid = nullptr,
        *lat_t = nullptr;
+  // Row strides of the block Linears' inputs: each is its width plus the engine's LoRA reserve (FluxTransformer::
+  // lora_reserve, linear.h): xn / cn (D + r), a (the double blocks' attention output, D + r), hid as the double
+  // blocks' MLP hidden (4D + r) and as the single blocks' [attn | mlp] concat (5D + r).
+  int ldn = 0, lda = 0, ldf = 0, ldc = 0;
   float* mods = nullptr;  // this step's modulation: block k's rows [B, W_k] at mod_offset(k) * B
   // Per-sample step indices and schedule positions, device [B] each (kernels.h SampleSchedule; one allocation of
   // 5B ints at `sched.step`): select each sample's modulation rows; the engine's Euler update advances them.
@@ -45,6 +49,10 @@ struct FluxStep {
   const float* ctrl = nullptr;
   int ctrl_ch = 0;
 };
+
+// The largest FQ_LORA_RESERVE (columns per block Linear row; a set's summed rank per layer above the reserve takes
+// the two-GEMM paths).
+constexpr int kMaxLoraReserve = 512;
 
 enum class BlockKind { Embed, Double, Single, Final };
 struct BlockEvent {
@@ -103,6 +111,10 @@ class FluxTransformer {
   // sample and stream when B > 1 (their rows go to the joint layout).
   bool set_qkv_inplace(bool on) { return qkv_inplace_ = on && cfg.head_dim % 4 == 0 && cfg.head_dim <= 128; }
   bool qkv_inplace() const { return qkv_inplace_; }
+  // Columns reserved per row for LoRA ranks in the block Linears' bf16 / f32 weights and inputs (linear.h,
+  // Linear::ldw): FQ_LORA_RESERVE at load, rounded up to 8 (0: none, every adapter takes the two-GEMM paths). An
+  // adapter set whose summed rank on a layer fits rides in the layer's own GEMM.
+  int lora_reserve() const { return reserve_; }
 
   // The model's blocks, exposed for the benchmark and tests.
   void embed(Ctx& c, FluxStep& s, const float* latents, const float* ctx0, const float* mods, int R);
@@ -131,17 +143,20 @@ class FluxTransformer {
     In in(int ld) const { return In{p, t, ld, scale}; }
   };
   // LayerNorm + modulation of `rows` rows into o (fp8 with its scale when `consumer` is an fp8 layer).
-  NormOut norm_in(Ctx& c, const Linear& consumer, void* o, float* oscale, float* ws, const float* x, int rows,
-                  int rpb, const float* shift, const float* scale, int W);
+  // Output rows ldo apart.
+  NormOut norm_in(Ctx& c, const Linear& consumer, void* o, int ldo, float* oscale, float* ws, const float* x,
+                  int rows, int rpb, const float* shift, const float* scale, int W);
   // x += gate * y (fp32 y, rows of D); then, when shift != null, the next LayerNorm + modulation, fused.
-  NormOut res_norm(Ctx& c, const Linear* consumer, void* o, float* oscale, float* ws, float* x, const float* y,
-                   const float* gate, int Wg, int rows, int rpb, const float* shift, const float* scale, int Wn);
+  NormOut res_norm(Ctx& c, const Linear* consumer, void* o, int ldo, float* oscale, float* ws, float* x,
+                   const float* y, const float* gate, int Wg, int rows, int rpb, const float* shift,
+                   const float* scale, int Wn);
   const float* modp(const FluxStep& s, size_t k) const { return s.mods + mod_off_[k] * s.B; }
   void emit(bool after, BlockKind k, int i, FluxStep& s) {
     if (hook) hook(BlockEvent{after, k, i, s});
   }
   DType dt_;
   bool qkv_inplace_ = false;
+  int reserve_ = 0;
   Linear x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;
   std::vector<Double> dbl_;
   std::vector<Single> sgl_;

@@ -57,8 +57,8 @@ Gemm::~Gemm() {
 }
 
 Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType yt, int ldy, int epi, int align,
-                       const float* bias) {
-  Key key{M, N, K, int(xt), ldx, int(wt), int(yt), ldy, epi, align, bias != nullptr, 0};
+                       const float* bias, int ldw) {
+  Key key{M, N, K, int(xt), ldx, int(wt), int(yt), ldy, epi, align, bias != nullptr, ldw};
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
   Plan& p = plans_[key];
@@ -90,7 +90,7 @@ Gemm::Plan& Gemm::plan(int M, int N, int K, DType xt, int ldx, DType wt, DType y
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &s, sizeof s));
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &s, sizeof s));
   }
-  BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(wt), K, N, K));
+  BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(wt), K, N, ldw));
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(xt), K, M, ldx));
   BLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(yt), N, M, ldy));
   cublasLtMatmulPreference_t pref;
@@ -127,8 +127,9 @@ const void* Gemm::bias_for(const float* bias, int n, DType yt, cudaStream_t st) 
 
 void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
                   const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C, float beta,
-                  const float* x_scale, const float* w_scale, const void* bias_y, float alpha) {
+                  const float* x_scale, const float* w_scale, const void* bias_y, float alpha, int ldw) {
   if (M == 0) return;
+  if (ldw <= 0) ldw = K;
   if ((xt == DType::FP8) != (wt == DType::FP8) || (wt == DType::FP8 && (!x_scale || !w_scale)))
     throw std::runtime_error("fp8 GEMM needs fp8 X and W with both scales");
   // fp32 path: GELU by our own kernel after a bias-only GEMM (see header).
@@ -140,7 +141,7 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
   const DType bt = wt == DType::FP8 ? DType::BF16 : yt;
   const void* ebias =
       use == Epi::None ? nullptr : (bias_y && bt != DType::F32 ? bias_y : bias_for(bias, N, bt, st));
-  Plan* p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, static_cast<const float*>(ebias));
+  Plan* p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, static_cast<const float*>(ebias), ldw);
   bool bias_after = false;
   if ((!p->ok || force_fallback_) && use != Epi::None) {
     // No kernel for this epilogue/type mix: plain GEMM, then bias (and GELU) as separate kernels.
@@ -148,7 +149,7 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
     bias_after = true;
     gelu_after = epi == Epi::BiasGelu;
     use = Epi::None;
-    p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, nullptr);
+    p = &plan(M, N, K, xt, ldx, wt, yt, ldy, int(use), align, nullptr, ldw);
   }
   if (!p->ok)
     throw std::runtime_error("cuBLASLt has no algorithm for M=" + std::to_string(M) + " N=" + std::to_string(N) +
@@ -173,8 +174,8 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
     // The heuristic offered an algorithm the matmul then refuses for this epilogue/type mix: this shape takes the
     // plain GEMM + bias path from now on (p->ok false sends later calls there before any matmul).
     p->ok = false;
-    linear(st, M, N, K, X, xt, ldx, W, wt, bias, epi, Y, yt, ldy, C, beta, x_scale, w_scale, bias_y,
-           alpha);  // nested mark
+    linear(st, M, N, K, X, xt, ldx, W, wt, bias, epi, Y, yt, ldy, C, beta, x_scale, w_scale, bias_y, alpha,
+           ldw);  // nested mark
     prof_end(kProfGemm, st, 2.0 * M * N * K);
     return;
   }

@@ -30,12 +30,13 @@ class Gemm {
   // a bf16 copy is made on first use (counted by lazy_bias_copies(); never during a graph capture).
   // FP8 operands (xt == wt == FP8) carry per-tensor dequantisation scales x_scale / w_scale (device floats):
   // Y = epi(x_scale * w_scale * X W^T + bias), fp32 accumulation (cuBLASLt fast-accumulation mode).
+  // ldw: W's row stride (0: K; a LoRA-reserving engine's block weights are wider, linear.h).
   // alpha scales the product (a LoRA's strength on its up factor, linear.cu): Y = epi(alpha X W^T + beta C + bias);
   // cuBLASLt applies the epilogue (bias, GELU) to the sum with beta C, and so does the fallback below.
   void linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt, int ldx, const void* W, DType wt,
               const float* bias, Epi epi, void* Y, DType yt, int ldy, const void* C = nullptr, float beta = 0.f,
               const float* x_scale = nullptr, const float* w_scale = nullptr, const void* bias_y = nullptr,
-              float alpha = 1.f);
+              float alpha = 1.f, int ldw = 0);
 
   // Row-major C[M, N] = alpha * op(A) op(B) + beta * C with fp32 compute; op(A) = A^T when ta (A stored [K, M]).
   void matmul(cudaStream_t st, bool ta, bool tb, int M, int N, int K, float alpha, const void* A, DType at, int lda,
@@ -65,7 +66,7 @@ class Gemm {
   };
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   Plan& plan(int M, int N, int K, DType xt, int ldx, DType wt, DType yt, int ldy, int epi, int align,
-             const float* bias);
+             const float* bias, int ldw);
   // cuBLASLt adds a bias of D's type: bf16 copies of the fp32 biases, made on first use and kept.
   const void* bias_for(const float* bias, int n, DType yt, cudaStream_t st);
   // Times every candidate algorithm of p on the caller's X and W with a scratch D (and C), keeps the fastest.

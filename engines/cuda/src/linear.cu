@@ -49,7 +49,36 @@ void fp8row_product(Ctx& c, const Linear& l, int rows, const In& x, const Out& y
 void base_product(Ctx& c, const Linear& l, int rows, const In& x, const Out& y, Epi epi, const void* resid) {
   if (l.wt == DType::FP8ROW) return fp8row_product(c, l, rows, x, y, epi, resid);
   c.gemm.linear(c.st, rows, l.out, l.in, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
-                resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act);
+                resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act, 1.f, weight_ld(l));
+}
+
+// Whether the adapter can ride in the base product along K (linear.h, Linear::ldw): a bf16 / f32 layer with reserve
+// columns for its rank, its input as given in the layer's type with as many spare columns per row, and an adapter
+// of the layer's own width without an up-bias (BFL Control's x_embedder and bias sets take the other paths).
+bool kcat_fits(const Linear& l, const Adapter& a, const In& x) {
+  return (l.wt == DType::BF16 || l.wt == DType::F32) && x.t == l.wt && (a.in == 0 || a.in == l.in) && !a.bias &&
+         weight_ld(l) >= l.in + a.rank && x.ld >= l.in + a.rank;
+}
+
+// y = epi([x | h] [W | B]^T + b) (+ resid) with h = scale x A^T: the down product writes h into the input rows'
+// reserve columns [in, in + rank), B [out, rank] goes into the weight's, and one GEMM over K = in + rank does the
+// rest. Beyond the base product this reads x once (the down GEMM) and adds rank/in to the product's FLOPs; the
+// up product's read and write of the whole output (the other paths' cost) is gone. B is copied on every call (out x
+// rank, ~0.25 GB per step at rank 64 on FLUX.1-dev's block Linears): jobs with different sets interleave step by step
+// over the same weights, and a captured step replays the copy with its GEMMs. The input buffer is the model's
+// (flux.cu writes its rows with the reserve), written here although In is const: nothing reads those columns but
+// this layer's product, and the next layer reading the same rows writes its own h first.
+void kcat_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In& x, const Out& y, Epi epi,
+                  const void* resid) {
+  const size_t es = dsize(l.wt);
+  const int ldw = weight_ld(l);
+  void* h = const_cast<char*>(static_cast<const char*>(x.p)) + size_t(l.in) * es;
+  CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(l.w) + size_t(l.in) * es, size_t(ldw) * es, a.b,
+                               size_t(a.rank) * es, size_t(a.rank) * es, l.out, cudaMemcpyDeviceToDevice, c.st));
+  c.gemm.linear(c.st, rows, a.rank, l.in, x.p, x.t, x.ld, a.a, l.wt, nullptr, Epi::None, h, l.wt, x.ld, nullptr, 0.f,
+                nullptr, nullptr, nullptr, a.scale);
+  c.gemm.linear(c.st, rows, l.out, l.in + a.rank, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
+                resid ? 1.f : 0.f, nullptr, nullptr, l.b_act, 1.f, ldw);
 }
 
 }  // namespace
@@ -74,8 +103,7 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
     // pointer is only 4-byte aligned (session 13 on the H100: every calibration trial and the S mode's floor, which
     // put it at ws + 1). The quantiser's amax scratch goes 16 bytes after it.
     float* sc = c.scratch.getT<float>("linear.fp8_ws", 8);
-    if (x.ld != l.in) throw EngineError("fp8 layer " + l.name + ": strided non-fp8 input", false);
-    quantize_fp8(x.p, x.t, int64_t(rows) * l.in, q, sc, sc + 4, c.st);
+    quantize_fp8_strided(x.p, x.t, rows, l.in, x.ld, q, sc, sc + 4, c.st);
     x = In{q, DType::FP8, l.in, sc};
   } else if (l.wt == DType::BF16 && x.t == DType::FP8) {
     // A bf16 layer sharing an fp8-written norm output with an fp8 one (a single block's MLP-in when a plan makes only
@@ -95,6 +123,7 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
     return;
   }
   const Adapter& a = *l.adapter;
+  if (kcat_fits(l, a, x)) return kcat_product(c, l, a, rows, x, y, epi, resid);
   const DType t = adapter_type(l);
   // The adapter's input: the layer's converted input where it already has the adapter type, else a bf16 view.
   const void* xa = nullptr;
@@ -107,8 +136,8 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
   } else if (x.t == t) {
     // The input in the adapter's type: every bf16 / f32 layer's converted input, an fp8row layer's bf16 input.
     xa = x.p, lda = x.ld;
-  } else if (x0.t == DType::BF16 && x0.ld == l.in) {
-    xa = x0.p;
+  } else if (x0.t == DType::BF16) {
+    xa = x0.p, lda = x0.ld;
   } else {
     // A bf16 view of the input: dequantised fp8 (the norm wrote fp8 directly), or a cast of another type.
     void* xb = c.scratch.get("linear.adapter_x", size_t(rows) * l.in * 2);

@@ -40,7 +40,12 @@ struct Linear {
   std::string name;                 // "<component>/<checkpoint name>" ('+'-joined when parts are stacked)
   int out = 0, in = 0;
   DType wt = DType::F32;            // as the precision plan decided at load
-  void* w = nullptr;                // [out, in] in wt
+  void* w = nullptr;                // [out, in] in wt, rows ldw apart
+  // Row stride of w: `in`, or in + the engine's LoRA reserve for a bf16 / f32 block Linear of an engine loaded with
+  // one (FQ_LORA_RESERVE, flux.h): the reserve columns (zero unless a LoRA is applied) receive the adapter's up
+  // factor B, and the layer's input rows carry h = x A^T in theirs, so that one GEMM over K = in + rank gives
+  // x W^T + h B^T (linear.cu). fp8 / fp8row weights are never padded.
+  int ldw = 0;
   // Dequantisation scale(s), device memory: fp8, one per-tensor float; fp8row, [out] per output channel
   // (W[o, :] ~= w[o, :] * w_scale[o]).
   const float* w_scale = nullptr;
@@ -48,6 +53,9 @@ struct Linear {
   const void* b_act = nullptr;      // [out] in the compute type (bf16 runs), made at load; null on the fp32 path
   const Adapter* adapter = nullptr;
 };
+
+// w's row stride (Linears built outside the loader leave ldw 0: contiguous).
+inline int weight_ld(const Linear& l) { return l.ldw > 0 ? l.ldw : l.in; }
 
 // The adapter type of a layer: its weight type, bf16 for fp8 and fp8row layers (their adapters read a bf16 view of
 // the input).
@@ -76,7 +84,11 @@ struct Out {
 // sibling: dequantised on the fly), quantise them per row (s_x[r] = amax(x[r, :]) / 448) into ctx scratch, run one
 // unit-scaled fp8 GEMM into an fp32 scratch product and apply s_x[r] * w_scale[o], the fp32 bias, the GELU and the
 // residual in one epilogue kernel: y = epi((x8 w8^T) * (s_x (x) s_w) + b) (+ resid). Outputs f32 or bf16.
-// With an adapter: the base product, then y += scale (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer
+// With an adapter, three paths, the first that fits: (1) K-concatenated: for a bf16 / f32 layer whose weight and
+// input rows have reserve columns for the adapter's rank (Linear::ldw), h = scale x A^T is written into the input's
+// reserve columns and B into the weight's, and one product over K = in + rank gives the whole output (linear.cu;
+// the input buffer's reserve columns are scratch that this call overwrites); (2) and (3) as follows.
+// The base product, then y += scale (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer
 // (the GELU then runs as its own kernel); or, for a fused adapter, y = scale (x A^T) B^T (+ its bias) (+ resid)
 // first and the base product with y as its C operand, the delta landing before the GELU inside the GEMM's epilogue
 // (linear.cu). fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its

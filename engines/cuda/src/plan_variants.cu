@@ -87,14 +87,15 @@ std::unique_ptr<PlanVariant> PlanRegistry::make(const std::string& name, const P
     const DType t = plan.weight_type(l->name);
     s.alt.wt = t;
     s.alt.w = v->mem.alloc(size_t(n));
+    s.alt.ldw = l->in;  // fp8 copies are contiguous; the bf16 weight may have LoRA reserve columns (ldw > in)
     if (t == DType::FP8ROW) {
       float* scales = v->mem.allocT<float>(size_t(l->out));
-      quantize_fp8_rows(l->w, DType::BF16, l->in, nullptr, l->out, l->in, s.alt.w, scales, st_);
+      quantize_fp8_rows(l->w, DType::BF16, l->ldw, nullptr, l->out, l->in, s.alt.w, scales, st_);
       fp8_unit_scale();  // looked up at load, never first inside a capture
       s.alt.w_scale = scales;
     } else {
       float* scale = v->mem.allocT<float>(1);
-      quantize_fp8(l->w, DType::BF16, n, s.alt.w, scale, ws.as<float>(), st_);
+      quantize_fp8_strided(l->w, DType::BF16, l->out, l->in, l->ldw, s.alt.w, scale, ws.as<float>(), st_);
       s.alt.w_scale = scale;
     }
     v->layers.push_back(s);

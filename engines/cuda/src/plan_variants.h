@@ -32,10 +32,12 @@ struct LinearWeights {
   void* w = nullptr;
   const float* w_scale = nullptr;
   const void* b_act = nullptr;
-  static LinearWeights of(const Linear& l) { return {l.wt, l.w, l.w_scale, l.b_act}; }
+  int ldw = 0;
+  static LinearWeights of(const Linear& l) { return {l.wt, l.w, l.w_scale, l.b_act, l.ldw}; }
   void set(Linear& l) const {
     l.wt = wt;
     l.w = w;
+    l.ldw = ldw;
     l.w_scale = w_scale;
     l.b_act = b_act;
   }

@@ -98,12 +98,13 @@ void* WeightLoader::matrix(const std::vector<std::string>& parts, int64_t rows, 
   return dst;
 }
 
-Linear WeightLoader::linear(const std::vector<std::string>& parts, int out, int in, bool bias) {
+Linear WeightLoader::linear(const std::vector<std::string>& parts, int out, int in, bool bias, int reserve) {
   Linear l;
   l.name = component_ + "/";
   for (size_t i = 0; i < parts.size(); i++) l.name += (i ? "+" : "") + parts[i];
   l.out = out;
   l.in = in;
+  l.ldw = in;
   l.wt = plan_.weight_type(l.name);
   if (log) log->emplace_back(l.name, l.wt);
   std::vector<std::string> w, b;
@@ -133,6 +134,17 @@ Linear WeightLoader::linear(const std::vector<std::string>& parts, int out, int 
     fp8_unit_scale();  // looked up here, at load, so that no step's first fp8row product does it in a capture
     CUDA_CHECK(cudaStreamSynchronize(st_));  // tmp is freed on return
     l.w_scale = s;
+  } else if (reserve > 0) {
+    // Loaded contiguous, then laid out [out, in + reserve] with zero reserve columns (linear.h).
+    const size_t es = dsize(l.wt);
+    DeviceBuffer tmp(size_t(out) * in * es);
+    matrix(w, out, in, l.wt, Init::Linear, tmp.get());
+    l.ldw = in + reserve;
+    l.w = arena_.alloc(size_t(out) * l.ldw * es);
+    CUDA_CHECK(cudaMemsetAsync(l.w, 0, size_t(out) * l.ldw * es, st_));
+    CUDA_CHECK(cudaMemcpy2DAsync(l.w, size_t(l.ldw) * es, tmp.get(), size_t(in) * es, size_t(in) * es, out,
+                                 cudaMemcpyDeviceToDevice, st_));
+    CUDA_CHECK(cudaStreamSynchronize(st_));  // tmp is freed on return
   } else {
     l.w = matrix(w, out, in, l.wt);
   }
@@ -149,6 +161,7 @@ Linear WeightLoader::wrap(const std::string& name, void* w, const float* b, int 
   l.name = name;
   l.out = out;
   l.in = in;
+  l.ldw = in;
   l.wt = plan_.base;
   l.w = w;
   l.b = b;

@@ -84,10 +84,11 @@ void sample_latents_packed(const float* mean, const float* logvar, const float* 
 
 // norm.cu
 // out = ((LN(x) * gamma + beta) * (1 + scale[b]) + shift[b]); gamma/beta/shift/scale may be null. Row r belongs to
-// batch b = r / rows_per_batch; shift/scale of batch b start at b * mod_stride.
+// batch b = r / rows_per_batch; shift/scale of batch b start at b * mod_stride. Output rows ldo apart (0: D; the LoRA
+// reserve columns after D are left as they are, linear.h).
 void layernorm(const float* x, int rows, int D, int rows_per_batch, const float* gamma, const float* beta,
                const float* shift, const float* scale, int mod_stride, float eps, void* out, DType ot,
-               cudaStream_t st);
+               cudaStream_t st, int ldo = 0);
 // x[r, :] += gate[b, :] * y[r, :]  (gate null: plain add). y rows have stride ldy.
 void gate_residual(float* x, const void* y, DType yt, int ldy, const float* gate, int mod_stride, int rows, int D,
                    int rows_per_batch, cudaStream_t st);
@@ -96,7 +97,7 @@ void gate_residual(float* x, const void* y, DType yt, int ldy, const float* gate
 // layernorm_mod_fp8_apply). Returns false (nothing launched) when D is too wide for the fused kernel.
 bool residual_layernorm(float* x, const void* y, DType yt, int ldy, const float* gate, int gstride, int rows, int D,
                         int rpb, const float* shift, const float* scale, int mstride, float eps, void* out, DType ot,
-                        float* stats, float* amax, cudaStream_t st);
+                        float* stats, float* amax, cudaStream_t st, int ldo = 0);
 // out = x * rsqrt(mean(x^2) + eps) * w  (T5 layer norm).
 void rmsnorm(const float* x, int rows, int D, const float* w, float eps, void* out, DType ot, cudaStream_t st);
 // GroupNorm over NHWC [B, HW, C] with G groups, statistics in fp64-accumulated fp32; optional SiLU after.
@@ -107,12 +108,17 @@ void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const f
 // fp8.cu: per-tensor fp8 (E4M3) quantisation. scale receives the dequantisation factor amax/448 (device float);
 // ws: 1 float. layernorm_mod_fp8 is layernorm() with shift/scale modulation writing fp8; ws: 1 + 2*rows floats.
 void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, float* ws, cudaStream_t st);
+// The same over a [rows, cols] view of rows ld apart (a LoRA-reserving engine's padded activations and weights,
+// linear.h); the output is contiguous [rows, cols].
+void quantize_fp8_strided(const void* in, DType it, int64_t rows, int64_t cols, int64_t ld, void* out, float* scale,
+                          float* ws, cudaStream_t st);
 void layernorm_mod_fp8(const float* x, int rows, int D, int rows_per_batch, const float* shift, const float* scale,
-                       int mod_stride, float eps, void* out, float* out_scale, float* ws, cudaStream_t st);
+                       int mod_stride, float eps, void* out, float* out_scale, float* ws, cudaStream_t st,
+                       int ldo = 0);
 // Second pass only: ws holds amax then (mean, rstd) per row, as the first pass (or residual_layernorm) left them.
 void layernorm_mod_fp8_apply(const float* x, int rows, int D, int rows_per_batch, const float* shift,
                              const float* scale, int mod_stride, void* out, float* out_scale, const float* ws,
-                             cudaStream_t st);
+                             cudaStream_t st, int ldo = 0);
 
 // fp8row.cu: fp8 (E4M3) with one scale per row (the fp8row weight type, linear.h). quantize_fp8_rows: x [rows, cols]
 // (row stride ld) in `it` (F32, BF16, or FP8 with its per-tensor dequantisation scale in_scale) -> out [rows, cols]

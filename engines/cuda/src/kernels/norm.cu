@@ -13,7 +13,8 @@ constexpr int kNormThreads = 256;
 
 template <typename TO>
 __global__ void layernorm_kernel(const float* x, int D, int rows_per_batch, const float* gamma, const float* beta,
-                                 const float* shift, const float* scale, int mod_stride, float eps, TO* out) {
+                                 const float* shift, const float* scale, int mod_stride, float eps, TO* out,
+                                 int ldo) {
   __shared__ float sh[33];
   int r = blockIdx.x;
   const float* xr = x + int64_t(r) * D;
@@ -22,7 +23,7 @@ __global__ void layernorm_kernel(const float* x, int D, int rows_per_batch, cons
   int b = r / rows_per_batch;
   const float* sh_b = shift ? shift + int64_t(b) * mod_stride : nullptr;
   const float* sc_b = scale ? scale + int64_t(b) * mod_stride : nullptr;
-  TO* o = out + int64_t(r) * D;
+  TO* o = out + int64_t(r) * ldo;
   for (int i = threadIdx.x; i < D; i += blockDim.x) {
     float y = (xr[i] - mean) * rstd;
     if (gamma) y = y * gamma[i] + beta[i];
@@ -175,10 +176,11 @@ __global__ void gn_apply_vec_kernel(const T* x, int64_t HW, int C, int G, const 
 
 void layernorm(const float* x, int rows, int D, int rows_per_batch, const float* gamma, const float* beta,
                const float* shift, const float* scale, int mod_stride, float eps, void* out, DType ot,
-               cudaStream_t st) {
+               cudaStream_t st, int ldo) {
   FQ_DISPATCH(ot, TO,
               layernorm_kernel<TO><<<rows, kNormThreads, 0, st>>>(x, D, rows_per_batch, gamma, beta, shift, scale,
-                                                                  mod_stride, eps, static_cast<TO*>(out)));
+                                                                  mod_stride, eps, static_cast<TO*>(out),
+                                                                  ldo > 0 ? ldo : D));
   LAUNCH_CHECK();
 }
 
@@ -258,7 +260,7 @@ template <typename TY, typename TO, bool STATS>
 __global__ void __launch_bounds__(kFuseThreads) residual_ln_kernel(float* x, const TY* y, int ldy, const float* gate,
                                                                    int gstride, int D, int rpb, const float* shift,
                                                                    const float* scale, int mstride, float eps,
-                                                                   TO* out, float* stats, float* amax) {
+                                                                   TO* out, int ldo, float* stats, float* amax) {
   __shared__ float sh[33];
   const int r = blockIdx.x, b = r / rpb;
   float* xr = x + int64_t(r) * D;
@@ -293,7 +295,7 @@ __global__ void __launch_bounds__(kFuseThreads) residual_ln_kernel(float* x, con
     if (i < D) {
       float o = (v[k] - mean) * rstd * (1.f + scb[i]) + shb[i];
       if constexpr (STATS) m = fmaxf(m, fabsf(o));
-      else out[int64_t(r) * D + i] = fromf<TO>(o);
+      else out[int64_t(r) * ldo + i] = fromf<TO>(o);
     }
   }
   if constexpr (STATS) {
@@ -310,17 +312,18 @@ __global__ void __launch_bounds__(kFuseThreads) residual_ln_kernel(float* x, con
 
 bool residual_layernorm(float* x, const void* y, DType yt, int ldy, const float* gate, int gstride, int rows, int D,
                         int rpb, const float* shift, const float* scale, int mstride, float eps, void* out, DType ot,
-                        float* stats, float* amax, cudaStream_t st) {
+                        float* stats, float* amax, cudaStream_t st, int ldo) {
   if (D > kFuseThreads * kFusePer) return false;
+  if (ldo <= 0) ldo = D;
   if (ot == DType::FP8) {
     FQ_DISPATCH(yt, TY,
                 (residual_ln_kernel<TY, float, true><<<rows, kFuseThreads, 0, st>>>(
-                    x, static_cast<const TY*>(y), ldy, gate, gstride, D, rpb, shift, scale, mstride, eps, nullptr,
+                    x, static_cast<const TY*>(y), ldy, gate, gstride, D, rpb, shift, scale, mstride, eps, nullptr, 0,
                     stats, amax)));
   } else {
     FQ_DISPATCH(yt, TY, FQ_DISPATCH(ot, TO, (residual_ln_kernel<TY, TO, false><<<rows, kFuseThreads, 0, st>>>(
                                                 x, static_cast<const TY*>(y), ldy, gate, gstride, D, rpb, shift,
-                                                scale, mstride, eps, static_cast<TO*>(out), nullptr, nullptr))));
+                                                scale, mstride, eps, static_cast<TO*>(out), ldo, nullptr, nullptr))));
   }
   LAUNCH_CHECK();
   return true;
