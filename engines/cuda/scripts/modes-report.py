@@ -5,7 +5,11 @@ sizes, step counts or forced patterns: rows from two machines are not one table.
   python3 engines/cuda/scripts/modes-report.py <dir with modes-*.json> bench/results/cuda-modes-h100 [quality.json]
 Quality columns come from the CUDA engine's flux-mini quality run (default
 bench/results/cuda-quality-flux-mini-h100.json, cuda-quality-report.ts): a row gets the quality of the run with the
-same engine plan and, for a forced cached-step pattern, the lowest threshold whose most common pattern it is."""
+same engine plan and, for a forced cached-step pattern, the lowest threshold whose most common pattern it is (else,
+marked "~", the run of that plan with as many full steps under another pattern).
+Optional <dir>/labels.json, {"<run>:<mode>": "<label>"}: the table names of rows whose configuration a later part
+made the mode's (e.g. a part's "S2" row becomes "S", the earlier S row "S@0.2"); the row keeps its run's name as
+"run_mode"."""
 import csv
 import glob
 import json
@@ -17,8 +21,12 @@ MODE_ORDER = ["original", "XL", "L", "M", "S", "S+cache"]
 
 
 def mode_rank(name):
-    """Rows in mode order; NAME=PLAN/PATTERN rows of other names after them."""
-    return MODE_ORDER.index(name) if name in MODE_ORDER else len(MODE_ORDER)
+    """Rows in mode order, a label's variants ("S@0.2 ...", "original, ...") after their mode's rows; rows of other
+    names after them."""
+    base = name.replace(",", " ").replace("@", " ").split()[0]
+    if name in MODE_ORDER:
+        return 2 * MODE_ORDER.index(name)
+    return 2 * MODE_ORDER.index(base) + 1 if base in MODE_ORDER else 2 * len(MODE_ORDER)
 
 
 def clocks(path):
@@ -51,15 +59,21 @@ def quality_of(row, qrows):
     plan = row["plan"]["name"]
     want = None if plan in ("base", "bf16") else plan
     pat = row.get("cache_pattern") or None
-    cands = [q for q in qrows if q["plan"] == want and (q.get("threshold") is None) == (pat is None)
-             and (pat is None or q.get("pattern") == pat) and q.get("maxConsecutive", 1) in (1, None)]
-    cands.sort(key=lambda q: q.get("threshold") or 0)
+    same = [q for q in qrows if q["plan"] == want and (q.get("threshold") is None) == (pat is None)]
+    cands = [q for q in same if pat is None or q.get("pattern") == pat]
+    near = False
+    if not cands and pat:
+        # The pattern a quality run of this plan gave with the same number of full steps (the timed pattern came
+        # from another plan's run): the quality of that schedule length, marked as such.
+        cands = [q for q in same if round(q.get("fullStepsMean") or 0) == pat.count("F")]
+        near = True
+    cands.sort(key=lambda q: (q.get("threshold") or 0, q.get("maxConsecutive") or 1))
     if not cands:
         return None
     q = cands[0]
     orig = next((x for x in qrows if x["mode"] == "original"), None)
     worst = min((q["accuracy"][k] - orig["accuracy"][k]) * 100 for k in q["accuracy"]) if orig else None
-    return {"source": q["mode"], "threshold": q.get("threshold"), "psnr_db": q["psnr"], "ssim": q["ssim"],
+    return {"source": ("~" if near else "") + q["mode"], "threshold": q.get("threshold"), "psnr_db": q["psnr"], "ssim": q["ssim"],
             "accuracy": q["accuracy"], "worst_attribute_points": worst, "full_steps_mean": q.get("fullStepsMean")}
 
 
@@ -68,13 +82,16 @@ def main(src, prefix, quality_path=None):
     if not parts:
         sys.exit(f"no modes-*.json under {src}")
     runs, rows, lora = [], [], []
+    lpath = os.path.join(src, "labels.json")
+    labels = json.load(open(lpath)) if os.path.exists(lpath) else {}
     for p in parts:
         with open(p) as f:
             d = json.load(f)
         run = os.path.basename(p)[len("modes-"):-len(".json")]
         runs.append({"run": run, "device": d["device"], "card": d["card"], "load_ms": d["load_ms"],
                      "clocks": clocks(os.path.join(src, f"clocks-{run}.csv")), "d": d})
-        rows += [dict(r, run=run) for r in d["rows"]]
+        rows += [dict(r, run=run, mode=labels.get(f"{run}:{r['mode']}", r["mode"]), run_mode=r["mode"])
+                 for r in d["rows"]]
         lora += [dict(r, run=run) for r in d["lora_rows"]]
     first = runs[0]["d"]
     # The S+cache pattern must agree only between parts that ran S+cache rows (a part without them, such as b,
@@ -87,13 +104,13 @@ def main(src, prefix, quality_path=None):
     for r in cached[1:]:
         if r["d"]["cache_pattern"] != cached[0]["d"]["cache_pattern"]:
             sys.exit(f"part {r['run']}: cache_pattern {r['d']['cache_pattern']!r} differs from {cached[0]['run']}'s")
-    rows.sort(key=lambda r: (mode_rank(r["mode"]), r["batch"]))
+    rows.sort(key=lambda r: (mode_rank(r["mode"]), r["mode"], r["batch"], r["run"]))
     quality_path = quality_path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
                                                 "bench", "results", "cuda-quality-flux-mini-h100.json")
     qrun = json.load(open(quality_path)) if os.path.exists(quality_path) else None
     for r in rows:
         r["quality"] = quality_of(r, qrun["rows"]) if qrun else None
-    lora.sort(key=lambda r: (mode_rank(r["mode"]), r["lora_rank"]))
+    lora.sort(key=lambda r: (mode_rank(r["mode"]), r["lora_rank"], r["run"]))
     out = {k: first[k] for k in ("device", "card", "cuda_driver_api", "cuda_runtime", "engine", "weights",
                                  "weights_gb", "plan_fp8_gb", "width", "height", "steps", "iters", "cache_pattern",
                                  "cache_pattern_source", "method", "unavailable_modes")}
@@ -119,17 +136,20 @@ def main(src, prefix, quality_path=None):
                "lowest step-cache threshold whose most common per-job pattern it is (that run's jobs cache by threshold, "
                "so their full-step counts vary around the pattern's); worst attribute = the largest drop in prompt "
                "accuracy against original, budget 2 points."]
+    notes = os.path.join(src, "NOTES.md")
+    if os.path.exists(notes):
+        md += ["", open(notes).read().strip()]
     md += ["", ("L, M, S: the planned configurations (plan and forced pattern per row). " if lm else
                 "L, M: no rows. ") + (f"S+cache pattern `{sc['cache_pattern']}` ({sc['cache_pattern_source']})."
                                       if sc else ""), ""]
     if lora:
         md += ["LoRA on every transformer Linear (random factors, strength 0.8), batch 1; switch = first use of a set "
                "(concatenation + strength folding on the GPU), cached = switching back to it.", "",
-               "| mode | rank | base step ms | LoRA step ms | overhead % | switch ms | cached switch ms |",
-               "|---|---|---|---|---|---|---|"]
+               "| mode | rank | base step ms | LoRA step ms | overhead % | switch ms | cached switch ms | run |",
+               "|---|---|---|---|---|---|---|---|"]
         for r in lora:
             md.append(f"| {r['mode']} | {r['lora_rank']} | {r['base_step_ms']:.2f} | {r['lora_step_ms']:.2f} | "
-                      f"{r['overhead_pct']:+.1f} | {r['switch_ms']:.2f} | {r['switch_cached_ms']:.3f} |")
+                      f"{r['overhead_pct']:+.1f} | {r['switch_ms']:.2f} | {r['switch_cached_ms']:.3f} | {r['run']} |")
         md.append("")
     md.append("Clocks during each run (nvidia-smi every second): " + "; ".join(
         f"{r['run']}: SM median {c['sm_mhz_median']:.0f} MHz (min {c['sm_mhz_min']:.0f}), "
