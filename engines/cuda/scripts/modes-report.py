@@ -9,7 +9,8 @@ same engine plan and, for a forced cached-step pattern, the lowest threshold who
 marked "~", the run of that plan with as many full steps under another pattern).
 Optional <dir>/labels.json, {"<run>:<mode>": "<label>"}: the table names of rows whose configuration a later part
 made the mode's (e.g. a part's "S2" row becomes "S", the earlier S row "S@0.2"); the row keeps its run's name as
-"run_mode"."""
+"run_mode". LoRA rows take "lora:<run>:<mode>" labels the same way.
+A part of another iteration count than the first gives its LoRA rows only (their step timing is bench_lora's own)."""
 import csv
 import glob
 import json
@@ -92,15 +93,20 @@ def main(src, prefix, quality_path=None):
                      "clocks": clocks(os.path.join(src, f"clocks-{run}.csv")), "d": d})
         rows += [dict(r, run=run, mode=labels.get(f"{run}:{r['mode']}", r["mode"]), run_mode=r["mode"])
                  for r in d["rows"]]
-        lora += [dict(r, run=run) for r in d["lora_rows"]]
+        lora += [dict(r, run=run, mode=labels.get(f"lora:{run}:{r['mode']}", r["mode"]), run_mode=r["mode"])
+                 for r in d["lora_rows"]]
     first = runs[0]["d"]
     # The S+cache pattern must agree only between parts that ran S+cache rows (a part without them, such as b,
     # records the PATTERN it was given but never used it).
     cached = [r for r in runs if any(x["mode"] == "S+cache" for x in r["d"]["rows"])]
     for r in runs[1:]:
-        for k in ("device", "card", "width", "height", "steps", "iters"):
+        for k in ("device", "card", "width", "height", "steps"):
             if r["d"][k] != first[k]:
                 sys.exit(f"part {r['run']}: {k} {r['d'][k]!r} differs from {runs[0]['run']}'s {first[k]!r}")
+        if r["d"]["iters"] != first["iters"]:
+            print(f"part {r['run']}: {r['d']['iters']} iterations (not {first['iters']}): its LoRA rows only",
+                  file=sys.stderr)
+            rows = [x for x in rows if x["run"] != r["run"]]
     for r in cached[1:]:
         if r["d"]["cache_pattern"] != cached[0]["d"]["cache_pattern"]:
             sys.exit(f"part {r['run']}: cache_pattern {r['d']['cache_pattern']!r} differs from {cached[0]['run']}'s")
@@ -110,7 +116,7 @@ def main(src, prefix, quality_path=None):
     qrun = json.load(open(quality_path)) if os.path.exists(quality_path) else None
     for r in rows:
         r["quality"] = quality_of(r, qrun["rows"]) if qrun else None
-    lora.sort(key=lambda r: (mode_rank(r["mode"]), r["lora_rank"], r["run"]))
+    lora.sort(key=lambda r: (mode_rank(r["mode"]), r["mode"], r["lora_rank"], r["run"]))
     out = {k: first[k] for k in ("device", "card", "cuda_driver_api", "cuda_runtime", "engine", "weights",
                                  "weights_gb", "plan_fp8_gb", "width", "height", "steps", "iters", "cache_pattern",
                                  "cache_pattern_source", "method", "unavailable_modes")}

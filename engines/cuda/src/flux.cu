@@ -55,7 +55,7 @@ FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L) : cfg(
     const int v = std::atoi(r);
     if (v < 0 || v > kMaxLoraReserve)
       throw EngineError("FQ_LORA_RESERVE=" + std::string(r) + ": 0.." + std::to_string(kMaxLoraReserve), false);
-    reserve_ = (v + 7) / 8 * 8;  // 16-byte aligned bf16 rows
+    reserve_ = (v + 15) / 16 * 16;  // 16-byte aligned rows in fp8 too
   }
   const int r = reserve_;
   x_emb_ = L.linear({"x_embedder"}, D, cfg.in_channels);

@@ -112,7 +112,7 @@ class FluxTransformer {
   bool set_qkv_inplace(bool on) { return qkv_inplace_ = on && cfg.head_dim % 4 == 0 && cfg.head_dim <= 128; }
   bool qkv_inplace() const { return qkv_inplace_; }
   // Columns reserved per row for LoRA ranks in the block Linears' bf16 / f32 weights and inputs (linear.h,
-  // Linear::ldw): FQ_LORA_RESERVE at load (default 256, the largest rank a LoRA may have), rounded up to 8 (0: none,
+  // Linear::ldw): FQ_LORA_RESERVE at load (default 256, the largest rank a LoRA may have), rounded up to 16 (0: none,
   // every adapter takes the two-GEMM paths). An adapter set whose summed rank on a layer fits rides in the layer's own
   // GEMM (session 17 on the H100: +4.9 / +3.7 / +8.7 % at ranks 16 / 64 / 256 on every Linear, bf16).
   int lora_reserve() const { return reserve_; }

@@ -81,12 +81,18 @@ void ln_ref(const double* x, int D, const float* shift, const float* scale, doub
 }
 
 void test_residual_layernorm(Engine& e, ReportFn report, std::mt19937& rng) {
-  const int B = 2, rpb = 5, rows = B * rpb, D = 300, W = 3 * D;  // modulation rows [B, W]: gate, shift, scale
+  // Two geometries: a narrow one (one 4-column group a thread in the vectorised kernel, FQ_RESNORM=vec) and a wide
+  // one (three groups, as FLUX's 3072) written with a LoRA reserve (row stride D + 8) whose columns must stay as they
+  // were. Rows of two batches, blocks of 4 rows straddling them.
+  for (const auto [D, pad] : {std::pair{300, 0}, std::pair{2100, 8}})
   for (DType ot : {DType::F32, DType::BF16, DType::FP8}) {
     if (ot != DType::F32 && e.dt == DType::F32) continue;
+    const int B = 2, rpb = 5, rows = B * rpb, W = 3 * D;  // modulation rows [B, W]: gate, shift, scale
+    const int ldo = ot == DType::FP8 ? D : D + pad;
+    const std::string geo = pad ? "_d" + std::to_string(D) + "_ld" + std::to_string(ldo) : "";
     Vec x = randn(size_t(rows) * D, rng, 1.f, 0.3f), y = randn(size_t(rows) * D, rng), mod = randn(size_t(B) * W, rng, 0.5f);
     DeviceBuffer dx = up(x, DType::F32, e.st), dy = up(y, DType::F32, e.st), dm = up(mod, DType::F32, e.st);
-    DeviceBuffer out = poisoned(size_t(rows) * D * dsize(ot), e.st), ws(sizeof(float) * (1 + 2 * rows)),
+    DeviceBuffer out = poisoned(size_t(rows) * ldo * dsize(ot), e.st), ws(sizeof(float) * (1 + 2 * rows)),
                  sc(sizeof(float));
     const float *g = dm.as<float>(), *sh = g + D, *scl = g + 2 * D;
     if (ot == DType::FP8) {
@@ -96,7 +102,7 @@ void test_residual_layernorm(Engine& e, ReportFn report, std::mt19937& rng) {
       layernorm_mod_fp8_apply(dx.as<float>(), rows, D, rpb, sh, scl, W, out.get(), sc.as<float>(), ws.as<float>(), e.st);
     } else {
       residual_layernorm(dx.as<float>(), dy.get(), DType::F32, D, g, W, rows, D, rpb, sh, scl, W, 1e-6f, out.get(), ot,
-                         nullptr, nullptr, e.st);
+                         nullptr, nullptr, e.st, ldo);
     }
     std::vector<double> xr(size_t(rows) * D), ref(size_t(rows) * D);
     for (int r = 0; r < rows; r++) {
@@ -104,15 +110,22 @@ void test_residual_layernorm(Engine& e, ReportFn report, std::mt19937& rng) {
       for (int i = 0; i < D; i++) xr[size_t(r) * D + i] = double(x[size_t(r) * D + i]) + double(m[i]) * y[size_t(r) * D + i];
       ln_ref(&xr[size_t(r) * D], D, m + D, m + 2 * D, 1e-6, &ref[size_t(r) * D]);
     }
-    Vec got = down(out.get(), ot, ref.size(), e.st);
+    Vec all = down(out.get(), ot, size_t(rows) * ldo, e.st), got;
+    bool reserve_kept = true;
+    for (int r = 0; r < rows; r++) {
+      got.insert(got.end(), all.begin() + size_t(r) * ldo, all.begin() + size_t(r) * ldo + D);
+      for (int i = D; i < ldo; i++) reserve_kept &= std::isnan(all[size_t(r) * ldo + i]);
+    }
     if (ot == DType::FP8) {
       const float s = down1(sc.as<float>(), e.st);
       for (auto& v : got) v *= s;
     }
-    report(std::string("unit.residual_layernorm_") + dname(ot), e.precision(), "rel_err", rel(got, ref),
+    report(std::string("unit.residual_layernorm_") + dname(ot) + geo, e.precision(), "rel_err", rel(got, ref),
            ot == DType::FP8 ? 5e-2 : tol(ot), true);
-    report("unit.residual_layernorm_stream", e.precision(), "rel_err", rel(down(dx.get(), DType::F32, xr.size(), e.st), xr),
-           1e-6, true);
+    report("unit.residual_layernorm_stream" + geo, e.precision(), "rel_err",
+           rel(down(dx.get(), DType::F32, xr.size(), e.st), xr), 1e-6, true);
+    if (pad && ot != DType::FP8)
+      report("unit.residual_layernorm_reserve_kept" + geo, e.precision(), "ok", reserve_kept ? 0.0 : 1.0, 0.5, true);
   }
 }
 

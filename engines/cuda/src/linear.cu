@@ -6,6 +6,8 @@ namespace fq {
 
 namespace {
 
+bool g_kcat = true;  // set_lora_kcat (linear.h)
+
 // h[rows, rank] = x A^T: the adapter's down product, x in the adapter type with row stride ldx.
 void* adapter_down(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* x, DType t, int ldx) {
   void* h = c.scratch.get("linear.adapter_h", size_t(rows) * a.rank * dsize(t));
@@ -56,8 +58,36 @@ void base_product(Ctx& c, const Linear& l, int rows, const In& x, const Out& y, 
 // columns for its rank, its input as given in the layer's type with as many spare columns per row, and an adapter
 // of the layer's own width without an up-bias (BFL Control's x_embedder and bias sets take the other paths).
 bool kcat_fits(const Linear& l, const Adapter& a, const In& x) {
-  return (l.wt == DType::BF16 || l.wt == DType::F32) && x.t == l.wt && (a.in == 0 || a.in == l.in) && !a.bias &&
-         weight_ld(l) >= l.in + a.rank && x.ld >= l.in + a.rank;
+  return g_kcat && (l.wt == DType::BF16 || l.wt == DType::F32) && x.t == l.wt && (a.in == 0 || a.in == l.in) &&
+         !a.bias && weight_ld(l) >= l.in + a.rank && x.ld >= l.in + a.rank;
+}
+
+// The fp8 (per-tensor) layer's version: reserve columns in its e4m3 weight, the adapter's e4m3 A; the input is checked
+// after its conversion (kcat8_product), as an fp8 input of another stride keeps the fused path.
+bool kcat8_fits(const Linear& l, const Adapter& a) {
+  // cuBLASLt's fp8 products want 16-byte multiples along K and the down product's N (the rank).
+  return g_kcat && l.wt == DType::FP8 && a.a8 && (a.in == 0 || a.in == l.in) && !a.bias && a.rank % 16 == 0 &&
+         l.in % 16 == 0 && weight_ld(l) >= l.in + a.rank;
+}
+
+// The same along K for an fp8 layer: y = epi(s_x s_w [x_q | h_q] [W_q | B'_q]^T + b) (+ resid). The down product
+// runs in fp8 on the quantised input, h' = scale (x_q A^T) = h / s_x (bf16 scratch [rows, rank]); then h' and B are
+// written into the input's and the weight's reserve columns in e4m3 with the scales that make their product
+// h' B^T / s_w, each operand using e4m3's range (kernels.h lora_fold_fp8); one fp8 GEMM over K = in + rank. Beyond
+// the base product: the down GEMM's read of x_q (1 byte an element), two small kernels, rank/in more FLOPs.
+void kcat8_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In& x, const Out& y, Epi epi,
+                   const void* resid) {
+  const int ldw = weight_ld(l);
+  void* h = c.scratch.get("linear.lora_h8", size_t(rows) * a.rank * 2);
+  float* amax = c.scratch.getT<float>("linear.lora_amax8", 4);
+  c.gemm.linear(c.st, rows, a.rank, l.in, x.p, DType::FP8, x.ld, a.a8, DType::FP8, nullptr, Epi::None, h, DType::BF16,
+                a.rank, nullptr, 0.f, fp8_unit_scale(), a.a8_scale, nullptr, a.scale);
+  amax_abs(h, DType::BF16, int64_t(rows) * a.rank, amax, c.st);
+  lora_fold_fp8(h, rows, a.rank, a.b, l.out, amax, a.b_amax, l.w_scale,
+                const_cast<char*>(static_cast<const char*>(x.p)) + l.in, x.ld, static_cast<char*>(l.w) + l.in, ldw,
+                c.st);
+  c.gemm.linear(c.st, rows, l.out, l.in + a.rank, x.p, DType::FP8, x.ld, l.w, DType::FP8, l.b, epi, y.p, y.t, y.ld,
+                resid, resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act, 1.f, ldw);
 }
 
 // y = epi([x | h] [W | B]^T + b) (+ resid) with h = scale x A^T: the down product writes h into the input rows'
@@ -83,6 +113,8 @@ void kcat_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In&
 
 }  // namespace
 
+void set_lora_kcat(bool on) { g_kcat = on; }
+
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void* resid) {
   if (rows == 0) return;
   if (c.tap) c.tap->on_linear(l, rows, x, y, epi, resid != nullptr);
@@ -98,13 +130,15 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
   if (l.wt == DType::FP8ROW) {
     // x as given: bf16 / fp32 rows of any stride, or fp8 with its per-tensor scale.
   } else if (l.wt == DType::FP8 && x.t != DType::FP8) {
-    void* q = c.scratch.get("linear.fp8_in", size_t(rows) * l.in);
+    // With an adapter that rides along K, the quantised rows get the weight's reserve columns too.
+    const int ldq = l.adapter && kcat8_fits(l, *l.adapter) ? weight_ld(l) : l.in;
+    void* q = c.scratch.get("linear.fp8_in", size_t(rows) * ldq);
     // The scale first, 16-byte aligned: cuBLASLt refuses an fp8 product (status 15, not supported) whose scale
     // pointer is only 4-byte aligned (session 13 on the H100: every calibration trial and the S mode's floor, which
     // put it at ws + 1). The quantiser's amax scratch goes 16 bytes after it.
     float* sc = c.scratch.getT<float>("linear.fp8_ws", 8);
-    quantize_fp8_strided(x.p, x.t, rows, l.in, x.ld, q, sc, sc + 4, c.st);
-    x = In{q, DType::FP8, l.in, sc};
+    quantize_fp8_strided(x.p, x.t, rows, l.in, x.ld, q, sc, sc + 4, c.st, ldq);
+    x = In{q, DType::FP8, ldq, sc};
   } else if (l.wt == DType::BF16 && x.t == DType::FP8) {
     // A bf16 layer sharing an fp8-written norm output with an fp8 one (a single block's MLP-in when a plan makes only
     // its q/k/v fp8): the dequantised input, as the adapters read it.
@@ -124,6 +158,8 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
   }
   const Adapter& a = *l.adapter;
   if (kcat_fits(l, a, x)) return kcat_product(c, l, a, rows, x, y, epi, resid);
+  if (kcat8_fits(l, a) && x.t == DType::FP8 && x.ld >= l.in + a.rank)
+    return kcat8_product(c, l, a, rows, x, y, epi, resid);
   const DType t = adapter_type(l);
   // The adapter's input: the layer's converted input where it already has the adapter type, else a bf16 view.
   const void* xa = nullptr;

@@ -22,6 +22,11 @@ struct Adapter {
   float scale = 1.f;            // the up product's factor (a one-LoRA set's strength)
   bool fused = false;           // the delta written first, the base product's C operand (linear.cu); else added after
   const float* bias = nullptr;  // [out] fp32 up-bias sum (BFL Control), or null
+  // For fp8 layers with reserve columns (linear.cu, the fp8 LoRA along K): A in e4m3 [rank, in] with its per-tensor
+  // scale, and amax |B| (B unscaled by `scale`); null where the adapter type is not bf16.
+  const void* a8 = nullptr;
+  const float* a8_scale = nullptr;
+  const float* b_amax = nullptr;
   // Input width of A: the layer's `in`, or wider for a BFL Control set's x_embedder, whose input rows are
   // [latents (in); control latents] (row stride >= this width): the base product reads the first `in` columns (the
   // base weight zero-padded on the right, as diffusers widens it), the adapter all of them.
@@ -94,6 +99,9 @@ struct Out {
 // (linear.cu). fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
 // `in` > the layer's) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias, const void* resid = nullptr);
+// Whether adapters may ride along K (path 1 above, bf16 / f32 and fp8 layers); on by default. The selftest turns it
+// off to compare the paths in one process; not for use while another thread enqueues.
+void set_lora_kcat(bool on);
 
 // What a block-level observer sees of a step: every linear (layer, rows, operands) and every attention.
 struct StepTap {

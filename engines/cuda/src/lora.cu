@@ -19,6 +19,16 @@ std::string mib(size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + "
 
 }  // namespace
 
+void LoraRegistry::fp8_views(DeviceArena& mem, const void* a, int rank, int in, const void* b, int out, void*& a8,
+                             float*& a8_scale, float*& b_amax, cudaStream_t st) {
+  a8 = mem.alloc(size_t(rank) * in);
+  a8_scale = mem.allocT<float>(4);  // 16-byte aligned scale (cuBLASLt refuses fp8 scales aligned to 4 bytes only)
+  b_amax = mem.allocT<float>(4);
+  quantize_fp8(a, DType::BF16, int64_t(rank) * in, a8, a8_scale, b_amax, st);  // b_amax serves as its workspace first
+  amax_abs(b, DType::BF16, int64_t(out) * rank, b_amax, st);
+  fp8_unit_scale();  // the down product's unit input scale, looked up here so that no capture is the first to ask
+}
+
 AdapterSet::~AdapterSet() {
   if (used) *used -= bytes;
 }
@@ -84,6 +94,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
           (in.bias && !finite(in.bias, size_t(in.out))))
         nonfinite.push_back(in.layer);
       need += size_t(in.rank) * (in.in + in.out) * dsize(adapter_type(l)) + (in.bias ? size_t(in.out) * 4 : 0);
+      if (adapter_type(l) == DType::BF16 && in.in == l.in) need += size_t(in.rank) * in.in + 64;  // fp8_views
     }
   }
   // Replacement norm weights: a known slot, its width, finite values.
@@ -138,6 +149,8 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
       f.bias = lo->mem.allocT<float>(in.out);
       upload_as(f.bias, std::vector<float>(in.bias, in.bias + in.out), DType::F32, st_);
     }
+    if (t == DType::BF16 && in.in == l->in)
+      fp8_views(lo->mem, f.a, in.rank, in.in, f.b, in.out, f.a8, f.a8_scale, f.b_amax, st_);
     lo->layers.push_back(f);
   }
   for (auto& n : norms) {
@@ -249,7 +262,10 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     bool bias = false;
     for (auto& [f, s] : per[l]) R += f->rank, bias |= f->bias != nullptr;
     const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
-    if (!in_place(l)) need += size_t(Rp) * (width(l) + l->out) * dsize(adapter_type(*l));
+    if (!in_place(l)) {
+      need += size_t(Rp) * (width(l) + l->out) * dsize(adapter_type(*l));
+      if (adapter_type(*l) == DType::BF16 && width(l) == l->in) need += size_t(Rp) * l->in + 64;  // fp8_views
+    }
     need += bias ? size_t(l->out) * 4 : 0;
   }
   for (auto& [slot, m] : norm_of) need += m->host.size() * 4;
@@ -280,6 +296,7 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     if (in_place(l)) {
       const auto& [f, s] = per[l].front();
       ad.a = f->a, ad.b = f->b, ad.scale = s;
+      ad.a8 = f->a8, ad.a8_scale = f->a8_scale, ad.b_amax = f->b_amax;
     } else {
       void* a = set->mem.alloc(size_t(Rp) * W * es);
       void* b = set->mem.alloc(size_t(l->out) * Rp * es);
@@ -295,6 +312,12 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
         off += f->rank;
       }
       ad.a = a, ad.b = b;
+      if (t == DType::BF16 && W == l->in) {
+        void* a8;
+        float *a8s, *bm;
+        fp8_views(set->mem, a, Rp, W, b, l->out, a8, a8s, bm, st_);
+        ad.a8 = a8, ad.a8_scale = a8s, ad.b_amax = bm;
+      }
     }
     set->layers.push_back({l, ad});
     sig += l->name + ':' + std::to_string(Rp) + 'x' + std::to_string(W) + ';';

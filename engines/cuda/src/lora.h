@@ -108,7 +108,14 @@ class LoraRegistry {
     void* a;       // [rank, in] in the adapter type
     void* b;       // [out, rank]
     float* bias;   // [out] or null
+    // bf16 adapters of the layer's own width: a in e4m3 with its scale, and amax |b| (Adapter::a8, linear.cu).
+    void* a8 = nullptr;
+    float* a8_scale = nullptr;
+    float* b_amax = nullptr;
   };
+  // e4m3 A, its scale and amax |B| for the fp8 LoRA along K, in `mem` (bf16 factors of the layer's width only).
+  static void fp8_views(DeviceArena& mem, const void* a, int rank, int in, const void* b, int out, void*& a8,
+                        float*& a8_scale, float*& b_amax, cudaStream_t st);
   struct Norm {
     float** slot;
     float* w;                 // [dim] fp32 on the device

@@ -83,11 +83,12 @@ std::unique_ptr<PlanVariant> PlanRegistry::make(const std::string& name, const P
     // alternate equals what an engine loaded with this plan as its base holds. Bias and its bf16 copy are shared.
     // fp8row: the same bf16 weight quantised per output channel (weights.cpp's fp8row call): scales [out].
     PlanVariant::Swap s{l, LinearWeights::of(*l), LinearWeights::of(*l)};
-    const int64_t n = int64_t(l->out) * l->in;
     const DType t = plan.weight_type(l->name);
     s.alt.wt = t;
-    s.alt.w = v->mem.alloc(size_t(n));
-    s.alt.ldw = l->in;  // fp8 copies are contiguous; the bf16 weight may have LoRA reserve columns (ldw > in)
+    // fp8 copies keep the bf16 weight's LoRA reserve columns (zero; linear.h), fp8row copies are contiguous.
+    s.alt.ldw = t == DType::FP8 ? l->ldw : l->in;
+    s.alt.w = v->mem.alloc(size_t(l->out) * s.alt.ldw);
+    if (s.alt.ldw > l->in) CUDA_CHECK(cudaMemsetAsync(s.alt.w, 0, size_t(l->out) * s.alt.ldw, st_));
     if (t == DType::FP8ROW) {
       float* scales = v->mem.allocT<float>(size_t(l->out));
       quantize_fp8_rows(l->w, DType::BF16, l->ldw, nullptr, l->out, l->in, s.alt.w, scales, st_);
@@ -95,7 +96,7 @@ std::unique_ptr<PlanVariant> PlanRegistry::make(const std::string& name, const P
       s.alt.w_scale = scales;
     } else {
       float* scale = v->mem.allocT<float>(1);
-      quantize_fp8_strided(l->w, DType::BF16, l->out, l->in, l->ldw, s.alt.w, scale, ws.as<float>(), st_);
+      quantize_fp8_strided(l->w, DType::BF16, l->out, l->in, l->ldw, s.alt.w, scale, ws.as<float>(), st_, s.alt.ldw);
       s.alt.w_scale = scale;
     }
     v->layers.push_back(s);

@@ -4,9 +4,11 @@
 // each refusal has its LoraError code; a whole generation with a LoRA replays its steps from a CUDA graph.
 #include "selftest_lora.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <random>
 
 #include "json.h"
 #include "safetensors.h"
@@ -71,6 +73,17 @@ LoraFactorsFile read_lora_factors(const std::string& path) {
   return out;
 }
 
+std::vector<LoraLayerIn> uniform_lora_layers(const std::vector<Linear*>& linears, int rank,
+                                             const std::vector<float>& buf) {
+  std::vector<LoraLayerIn> layers;
+  for (Linear* l : linears) {
+    if (size_t(rank) * std::max(l->in, l->out) > buf.size()) throw std::runtime_error("uniform_lora_layers: short buffer");
+    layers.push_back(LoraLayerIn{l->name.substr(l->name.find('/') + 1), rank, l->in, l->out, buf.data(), buf.data(),
+                                 nullptr});
+  }
+  return layers;
+}
+
 void run_lora_cases(Engine& e, const std::string& dir, const std::function<std::vector<float>()>& forward,
                     const LoraPipelineFn& pipeline, double tol, bool req, ReportFn report) {
   const std::string rdt = e.precision();
@@ -112,6 +125,36 @@ void run_lora_cases(Engine& e, const std::string& dir, const std::function<std::
     report("lora.set_of_all changes the output (1/rel change)", rdt, "inverse", 1.0 / rel(a, base), 1e3, true);
     fprintf(stderr, "[selftest] %s: LoRA memory %.2f MiB (%zu LoRAs + cached sets)\n", rdt.c_str(),
             e.loras->bytes() / 1048576.0, e.loras->names().size());
+  }
+  // The LoRA along K against the two-GEMM paths (set_lora_kcat): a rank-16 LoRA on every Linear (16 is the fp8
+  // version's smallest rank; the fixture LoRAs are narrower), its change to the output by each path. f32 and bf16
+  // differ by rounding order (bf16: the fused delta rounds the up product to bf16 first); the fp8 engine's path
+  // quantises h and B to e4m3 (lora_fold_fp8) where the fused path reads bf16 views: a looser bound, still far under
+  // a wrong scale's 100 %.
+  if (e.flux->lora_reserve() >= 16) {
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.f, 0.05f);
+    int widest = 0;
+    for (Linear* l : e.flux->linears()) widest = std::max({widest, l->in, l->out});
+    std::vector<float> buf(size_t(16) * widest);
+    for (auto& v : buf) v = nd(rng);
+    e.loras->load("kcat16", uniform_lora_layers(e.flux->linears(), 16, buf));
+    auto set = e.loras->select({{"kcat16", 0.8f}});
+    std::vector<float> along_k, two_gemm;
+    {
+      AdapterScope scope(e.loras.get(), set.get());
+      along_k = forward();
+      set_lora_kcat(false);
+      two_gemm = forward();
+      set_lora_kcat(true);
+    }
+    std::vector<float> dk(base.size()), dt(base.size());
+    for (size_t i = 0; i < base.size(); i++) dk[i] = along_k[i] - base[i], dt[i] = two_gemm[i] - base[i];
+    const double lim = rdt == "f32" ? 1e-4 : rdt == "bf16" ? 5e-2 : 0.15;
+    report("lora.along K vs two GEMMs, rank 16 on every Linear (delta rel_err)", rdt, "rel_err", rel(dk, dt), lim, true);
+    report("lora.along K changes the output (1/rel change)", rdt, "inverse", 1.0 / rel(along_k, base), 1e3, true);
+    set.reset();
+    e.loras->unload("kcat16");
   }
   // Typed refusals (nothing changes on a refusal).
   if (!all.empty()) {

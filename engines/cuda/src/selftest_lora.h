@@ -17,6 +17,10 @@ struct LoraFactorsFile {
 };
 LoraFactorsFile read_lora_factors(const std::string& path);
 
+// A LoRA of one rank on every given Linear, all layers reading one shared buffer of values (`buf`, at least
+// rank x max(in, out) floats): the benchmark's and the selftest's synthetic LoRA.
+std::vector<LoraLayerIn> uniform_lora_layers(const std::vector<Linear*>& linears, int rank, const std::vector<float>& buf);
+
 // A whole generation with a LoRA set: final latents and the steps replayed from a CUDA graph.
 using LoraPipelineFn = std::function<std::pair<std::vector<float>, int>(const std::vector<std::pair<std::string, float>>&)>;
 

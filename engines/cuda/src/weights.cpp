@@ -1,5 +1,6 @@
 #include "weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -117,9 +118,12 @@ Linear WeightLoader::linear(const std::vector<std::string>& parts, int out, int 
     const int64_t n = int64_t(out) * in;
     DeviceBuffer tmp(size_t(n) * 2), ws(sizeof(float));
     matrix(w, out, in, DType::BF16, Init::Linear, tmp.get());
-    l.w = arena_.alloc(size_t(n));
+    // With a LoRA reserve, rows of in + reserve (zero reserve columns), as for bf16 (linear.h).
+    l.ldw = in + std::max(reserve, 0);
+    l.w = arena_.alloc(size_t(out) * l.ldw);
+    if (l.ldw > in) CUDA_CHECK(cudaMemsetAsync(l.w, 0, size_t(out) * l.ldw, st_));
     float* s = arena_.allocT<float>(1);
-    quantize_fp8(tmp.get(), DType::BF16, n, l.w, s, ws.as<float>(), st_);
+    quantize_fp8_strided(tmp.get(), DType::BF16, out, in, in, l.w, s, ws.as<float>(), st_, l.ldw);
     CUDA_CHECK(cudaStreamSynchronize(st_));  // tmp and ws are freed on return
     l.w_scale = s;
   } else if (l.wt == DType::FP8ROW) {

@@ -36,8 +36,8 @@ class WeightLoader {
   bool has(const std::string& name) const { return files_ ? files_->find(name) != nullptr : true; }
   // A linear layer from stacked parts ("<part>.weight" [out_i, in], "<part>.bias" [out_i]), in the type the plan
   // gives "<component>/<parts joined by '+'>"; fp8 layers are quantised once here (per-tensor scale), fp8row layers
-  // too (one scale per output channel). reserve > 0 (a bf16 / f32 layer only): rows of in + reserve, the reserve
-  // columns zero (the LoRA reserve, linear.h).
+  // too (one scale per output channel). reserve > 0: rows of in + reserve, the reserve columns zero (the LoRA
+  // reserve, linear.h; fp8row layers are never padded).
   Linear linear(const std::vector<std::string>& parts, int out, int in, bool bias = true, int reserve = 0);
   // A Linear over an already reordered / padded device weight (VAE convolutions): bias copies made here.
   Linear wrap(const std::string& name, void* w, const float* b, int out, int in);

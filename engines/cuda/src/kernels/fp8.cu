@@ -34,12 +34,12 @@ __global__ void amax_kernel(const T* x, int64_t n, int64_t cols, int64_t ld, flo
 
 template <typename T>
 __global__ void quant_kernel(const T* x, int64_t n, int64_t cols, int64_t ld, const float* amax, __nv_fp8_e4m3* out,
-                             float* scale) {
+                             int64_t ldo, float* scale) {
   float s = fmaxf(*amax, 1e-12f) / kE4M3Max;  // dequantisation scale: x ~= fp8 * s
   float inv = 1.f / s;
   if (blockIdx.x == 0 && threadIdx.x == 0 && scale) *scale = s;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = __nv_fp8_e4m3(tof(x[strided(i, cols, ld)]) * inv);
+    out[strided(i, cols, ldo)] = __nv_fp8_e4m3(tof(x[strided(i, cols, ld)]) * inv);
 }
 
 // Pass 1: per-row mean / rstd (kept in stats[2r], stats[2r+1]) and the global amax of the modulated output.
@@ -93,8 +93,16 @@ void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, 
   quantize_fp8_strided(in, it, 1, n, n, out, scale, ws, st);
 }
 
+void amax_abs(const void* in, DType it, int64_t n, float* amax, cudaStream_t st) {
+  CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), st));
+  unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
+  FQ_DISPATCH(it, T, amax_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, n, n, amax));
+  LAUNCH_CHECK();
+}
+
 void quantize_fp8_strided(const void* in, DType it, int64_t rows, int64_t cols, int64_t ld, void* out, float* scale,
-                          float* ws, cudaStream_t st) {
+                          float* ws, cudaStream_t st, int64_t ldo) {
+  if (ldo <= 0) ldo = cols;
   const int64_t n = rows * cols;
   CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), st));
   unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
@@ -102,7 +110,7 @@ void quantize_fp8_strided(const void* in, DType it, int64_t rows, int64_t cols, 
     amax_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, cols, ld, ws);
     LAUNCH_CHECK();
     quant_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, cols, ld, ws, static_cast<__nv_fp8_e4m3*>(out),
-                                          scale);
+                                          ldo, scale);
   });
   LAUNCH_CHECK();
 }

@@ -109,9 +109,11 @@ void groupnorm(const void* x, DType dt, int B, int64_t HW, int C, int G, const f
 // ws: 1 float. layernorm_mod_fp8 is layernorm() with shift/scale modulation writing fp8; ws: 1 + 2*rows floats.
 void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, float* ws, cudaStream_t st);
 // The same over a [rows, cols] view of rows ld apart (a LoRA-reserving engine's padded activations and weights,
-// linear.h); the output is contiguous [rows, cols].
+// linear.h), into rows ldo apart (0: contiguous); the columns between are not written.
 void quantize_fp8_strided(const void* in, DType it, int64_t rows, int64_t cols, int64_t ld, void* out, float* scale,
-                          float* ws, cudaStream_t st);
+                          float* ws, cudaStream_t st, int64_t ldo = 0);
+// *amax = max |in[i]| over n elements (F32 / BF16), zeroed first.
+void amax_abs(const void* in, DType it, int64_t n, float* amax, cudaStream_t st);
 void layernorm_mod_fp8(const float* x, int rows, int D, int rows_per_batch, const float* shift, const float* scale,
                        int mod_stride, float eps, void* out, float* out_scale, float* ws, cudaStream_t st,
                        int ldo = 0);
@@ -136,6 +138,11 @@ const float* fp8_unit_scale();
 // lora.cu: LoRA adapter sets. lora_pack_up: dst[o, off + j] = s * src[o, j] (src [out, r], dst rows of ld, F32/BF16).
 // axpy_f32: y += s * x. dequantize_fp8: out[r, c] = q[r, c] * *scale, q fp8 rows of ld, out bf16 [rows, cols].
 void lora_pack_up(const void* src, DType dt, int out, int r, float s, void* dst, int ld, int off, cudaStream_t st);
+// The fp8 LoRA along K (linear.cu): h' [rows, r] and B [out, r] (bf16, contiguous) into E4M3 reserve columns of the
+// input rows (xres, rows ldx apart) and of the weight rows (wres, ldw apart), scaled by the amaxes so that
+// s_x s_w (h_q B'_q^T) = s_x h' B^T with both operands' largest magnitudes equal (lora.cu).
+void lora_fold_fp8(const void* h, int rows, int r, const void* B, int out, const float* h_amax, const float* b_amax,
+                   const float* s_w, void* xres, int ldx, void* wres, int ldw, cudaStream_t st);
 void axpy_f32(float* y, const float* x, float s, int n, cudaStream_t st);
 void dequantize_fp8(const void* q, int ld, const float* scale, int rows, int cols, void* out, cudaStream_t st);
 // BFL Control input: out[r, :] = [a[r, 0:ca]; b[r, 0:cb]] in type t (F32/BF16), a, b fp32 [rows, ca], [rows, cb].

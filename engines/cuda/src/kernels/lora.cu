@@ -33,6 +33,30 @@ __global__ void dequant_kernel(const __nv_fp8_e4m3* q, int ld, const float* scal
   }
 }
 
+// The fp8 LoRA along K (linear.cu kcat8): h' [rows, r] bf16 (= h / s_x) -> h_q into the input rows' reserve columns,
+// B [out, r] bf16 -> B'_q into the weight rows' reserve columns, both E4M3, scaled so that
+// s_x s_w (h_q B'_q^T) = h B^T with their largest magnitudes equal: m = sqrt(amax(h') amax(B) / s_w) (at most 448,
+// e4m3's largest), h_q = h' m / amax(h'), B'_q = B m / amax(B) (then h_q B'_q = h' B / s_w). A zero h' or B writes
+// zeros. Saturating conversions: a product beyond e4m3's range is clipped, not turned into NaN.
+__global__ void fold_fp8_kernel(const __nv_bfloat16* h, int rows, int r, const __nv_bfloat16* B, int out,
+                                const float* h_amax, const float* b_amax, const float* s_w, __nv_fp8_e4m3* xres,
+                                int ldx, __nv_fp8_e4m3* wres, int ldw) {
+  const float ah = *h_amax, ab = *b_amax;
+  const bool zero = !(ah > 0.f) || !(ab > 0.f);
+  const float m = zero ? 0.f : fminf(sqrtf(ah * ab / *s_w), 448.f);
+  const float fh = zero ? 0.f : m / ah, fb = zero ? 0.f : m / ab;
+  const int64_t nh = int64_t(rows) * r, n = nh + int64_t(out) * r;
+  GRID_LOOP(i, n) {
+    if (i < nh) {
+      const int64_t row = i / r, j = i % r;
+      xres[row * ldx + j] = __nv_fp8_e4m3(__bfloat162float(h[i]) * fh);  // the type's conversion saturates (satfinite)
+    } else {
+      const int64_t k = i - nh, o = k / r, j = k % r;
+      wres[o * ldw + j] = __nv_fp8_e4m3(__bfloat162float(B[k]) * fb);
+    }
+  }
+}
+
 template <typename T>
 __global__ void concat_kernel(const float* a, int ca, const float* b, int cb, int64_t rows, T* out) {
   const int w = ca + cb;
@@ -62,6 +86,14 @@ void lora_pack_up(const void* src, DType dt, int out, int r, float s, void* dst,
 
 void axpy_f32(float* y, const float* x, float s, int n, cudaStream_t st) {
   axpy_kernel<<<grid_for(n), kThreads, 0, st>>>(y, x, s, n);
+  LAUNCH_CHECK();
+}
+
+void lora_fold_fp8(const void* h, int rows, int r, const void* B, int out, const float* h_amax, const float* b_amax,
+                   const float* s_w, void* xres, int ldx, void* wres, int ldw, cudaStream_t st) {
+  fold_fp8_kernel<<<grid_for(int64_t(rows + out) * r), kThreads, 0, st>>>(
+      static_cast<const __nv_bfloat16*>(h), rows, r, static_cast<const __nv_bfloat16*>(B), out, h_amax, b_amax, s_w,
+      static_cast<__nv_fp8_e4m3*>(xres), ldx, static_cast<__nv_fp8_e4m3*>(wres), ldw);
   LAUNCH_CHECK();
 }
 
