@@ -89,15 +89,18 @@ struct Out {
 // sibling: dequantised on the fly), quantise them per row (s_x[r] = amax(x[r, :]) / 448) into ctx scratch, run one
 // unit-scaled fp8 GEMM into an fp32 scratch product and apply s_x[r] * w_scale[o], the fp32 bias, the GELU and the
 // residual in one epilogue kernel: y = epi((x8 w8^T) * (s_x (x) s_w) + b) (+ resid). Outputs f32 or bf16.
-// With an adapter, three paths, the first that fits: (1) K-concatenated: for a bf16 / f32 layer whose weight and
-// input rows have reserve columns for the adapter's rank (Linear::ldw), h = scale x A^T is written into the input's
-// reserve columns and B into the weight's, and one product over K = in + rank gives the whole output (linear.cu;
-// the input buffer's reserve columns are scratch that this call overwrites); (2) and (3) as follows.
-// The base product, then y += scale (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer
-// (the GELU then runs as its own kernel); or, for a fused adapter, y = scale (x A^T) B^T (+ its bias) (+ resid)
-// first and the base product with y as its C operand, the delta landing before the GELU inside the GEMM's epilogue
-// (linear.cu). fp8 layers feed the adapter a bf16 view of their input. A wider adapter (its
-// `in` > the layer's) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.
+// With an adapter, the first path that fits:
+// (1) along K, for a bf16 / f32 layer whose weight and input rows have reserve columns for the adapter's rank
+//     (Linear::ldw): h = scale x A^T into the input's reserve columns, B into the weight's, one product over
+//     K = in + rank (the input buffer's reserve columns are scratch that this call overwrites);
+// (1') along K for an fp8 (per-tensor) layer with reserve columns and an adapter of rank % 16 == 0: the down
+//     product in fp8 on the quantised input, h and B folded into e4m3 reserves with matched scales (linear.cu);
+// (2) fused (Adapter::fused): y = scale (x A^T) B^T (+ its bias) (+ resid) first, then the base product with y as its
+//     C operand, the delta landing before the GELU inside the GEMM's epilogue;
+// (3) added after: the base product, then y += scale (x A^T) B^T (+ its bias), before the GELU of a BiasGelu layer
+//     (the GELU then runs as its own kernel; fp8row GELU layers always come here).
+// Paths 2 and 3 feed an fp8 layer's adapter a bf16 view of its input. A wider adapter (its `in` > the layer's, BFL
+// Control's x_embedder) needs x already in the layer's type (not fp8), with the extra columns after the first `in`.
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias, const void* resid = nullptr);
 // Whether adapters may ride along K (path 1 above, bf16 / f32 and fp8 layers); on by default. The selftest turns it
 // off to compare the paths in one process; not for use while another thread enqueues.

@@ -8,9 +8,11 @@
 // f32 on the f32 path) under a name; a set (names with strengths, one per job) is built from them once and cached:
 // per layer A_cat [Rp, in] (members' A stacked on the rank axis), B_cat [out, Rp] (members' B side by side, each
 // times its strength), bias_cat = sum strength * bias; Rp = sum of ranks rounded up to 8 (zero rows/columns, exact).
-// With FQ_LORA_FUSED=1, a set of one LoRA whose rank is already a multiple of 8 copies nothing: its layers read the loaded factors, with
-// the strength as the up product's scale, so switching to it costs no GPU work (session 16 on the H100, building a
-// copy of every layer's factors took 9 ms at rank 16 and 20 ms at rank 64 on all 352 Linears).
+// A set of one LoRA whose rank is already a multiple of 8 copies nothing (unless FQ_LORA_FUSED=0): its layers read the
+// loaded factors, with the strength as the down or up product's scale, so switching to it costs no GPU work (session
+// 16 on the H100: building a copy of every layer's factors took 9 ms at rank 16 and 20 ms at rank 64 on all 352
+// Linears; session 17: 0.3 ms in place). Each bf16 factor of a layer's own width also gets an e4m3 copy of A and
+// amax |B| at load, for fp8 layers that take the LoRA along K (linear.h).
 // A job holds its set (shared ownership), and a set the LoRAs it reads, so unloading a LoRA never frees memory a
 // prepared job or its captured step graph still reads; the memory is returned when the last job using it is
 // released (and counted until then).
