@@ -62,6 +62,27 @@ bool kcat_fits(const Linear& l, const Adapter& a, const In& x) {
          !a.bias && weight_ld(l) >= l.in + a.rank && x.ld >= l.in + a.rank;
 }
 
+// y = epi([x | h] [W | B]^T + b) (+ resid) with h = scale x A^T: the down product writes h into the input rows'
+// reserve columns [in, in + rank), B [out, rank] goes into the weight's, and one GEMM over K = in + rank does the
+// rest. Beyond the base product this reads x once (the down GEMM) and adds rank/in to the product's FLOPs; the
+// up product's read and write of the whole output (the other paths' cost) is gone. B is copied on every call (out x
+// rank, ~0.25 GB per step at rank 64 on FLUX.1-dev's block Linears): jobs with different sets interleave step by step
+// over the same weights, and a captured step replays the copy with its GEMMs. The input buffer is the model's
+// (flux.cu writes its rows with the reserve), written here although In is const: nothing reads those columns but
+// this layer's product, and the next layer reading the same rows writes its own h first.
+void kcat_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In& x, const Out& y, Epi epi,
+                  const void* resid) {
+  const size_t es = dsize(l.wt);
+  const int ldw = weight_ld(l);
+  void* h = const_cast<char*>(static_cast<const char*>(x.p)) + size_t(l.in) * es;
+  CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(l.w) + size_t(l.in) * es, size_t(ldw) * es, a.b,
+                               size_t(a.rank) * es, size_t(a.rank) * es, l.out, cudaMemcpyDeviceToDevice, c.st));
+  c.gemm.linear(c.st, rows, a.rank, l.in, x.p, x.t, x.ld, a.a, l.wt, nullptr, Epi::None, h, l.wt, x.ld, nullptr, 0.f,
+                nullptr, nullptr, nullptr, a.scale);
+  c.gemm.linear(c.st, rows, l.out, l.in + a.rank, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
+                resid ? 1.f : 0.f, nullptr, nullptr, l.b_act, 1.f, ldw);
+}
+
 // The fp8 (per-tensor) layer's version: reserve columns in its e4m3 weight, the adapter's e4m3 A; the input is checked
 // after its conversion (kcat8_product), as an fp8 input of another stride keeps the fused path.
 bool kcat8_fits(const Linear& l, const Adapter& a) {
@@ -88,27 +109,6 @@ void kcat8_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In
                 c.st);
   c.gemm.linear(c.st, rows, l.out, l.in + a.rank, x.p, DType::FP8, x.ld, l.w, DType::FP8, l.b, epi, y.p, y.t, y.ld,
                 resid, resid ? 1.f : 0.f, x.scale, l.w_scale, l.b_act, 1.f, ldw);
-}
-
-// y = epi([x | h] [W | B]^T + b) (+ resid) with h = scale x A^T: the down product writes h into the input rows'
-// reserve columns [in, in + rank), B [out, rank] goes into the weight's, and one GEMM over K = in + rank does the
-// rest. Beyond the base product this reads x once (the down GEMM) and adds rank/in to the product's FLOPs; the
-// up product's read and write of the whole output (the other paths' cost) is gone. B is copied on every call (out x
-// rank, ~0.25 GB per step at rank 64 on FLUX.1-dev's block Linears): jobs with different sets interleave step by step
-// over the same weights, and a captured step replays the copy with its GEMMs. The input buffer is the model's
-// (flux.cu writes its rows with the reserve), written here although In is const: nothing reads those columns but
-// this layer's product, and the next layer reading the same rows writes its own h first.
-void kcat_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In& x, const Out& y, Epi epi,
-                  const void* resid) {
-  const size_t es = dsize(l.wt);
-  const int ldw = weight_ld(l);
-  void* h = const_cast<char*>(static_cast<const char*>(x.p)) + size_t(l.in) * es;
-  CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(l.w) + size_t(l.in) * es, size_t(ldw) * es, a.b,
-                               size_t(a.rank) * es, size_t(a.rank) * es, l.out, cudaMemcpyDeviceToDevice, c.st));
-  c.gemm.linear(c.st, rows, a.rank, l.in, x.p, x.t, x.ld, a.a, l.wt, nullptr, Epi::None, h, l.wt, x.ld, nullptr, 0.f,
-                nullptr, nullptr, nullptr, a.scale);
-  c.gemm.linear(c.st, rows, l.out, l.in + a.rank, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
-                resid ? 1.f : 0.f, nullptr, nullptr, l.b_act, 1.f, ldw);
 }
 
 }  // namespace
