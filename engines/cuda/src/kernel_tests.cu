@@ -81,7 +81,7 @@ void ln_ref(const double* x, int D, const float* shift, const float* scale, doub
 }
 
 void test_residual_layernorm(Engine& e, ReportFn report, std::mt19937& rng) {
-  // Two geometries: a narrow one (one 4-column group a thread in the vectorised kernel, FQ_RESNORM=vec) and a wide
+  // Two geometries: a narrow one (one 4-column group a thread in the vectorised kernel, the default) and a wide
   // one (three groups, as FLUX's 3072) written with a LoRA reserve (row stride D + 8) whose columns must stay as they
   // were. Rows of two batches, blocks of 4 rows straddling them.
   for (const auto [D, pad] : {std::pair{300, 0}, std::pair{2100, 8}})

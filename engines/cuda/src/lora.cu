@@ -17,6 +17,12 @@ constexpr int kRankAlign = 8;  // padded ranks keep every adapter GEMM operand r
 
 std::string mib(size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; }
 
+// Whether a layer's factors of input width `in` get fp8_views (bf16 adapters of the layer's own width), and the
+// bytes the memory bound checks for them beforehand: e4m3 A plus the scale and amax |B| slots (16 bytes each, 64
+// reserved).
+bool wants_fp8_views(const Linear& l, int in) { return adapter_type(l) == DType::BF16 && in == l.in; }
+size_t fp8_views_bytes(int rank, int in) { return size_t(rank) * in + 64; }
+
 }  // namespace
 
 void LoraRegistry::fp8_views(DeviceArena& mem, const void* a, int rank, int in, const void* b, int out, void*& a8,
@@ -94,7 +100,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
           (in.bias && !finite(in.bias, size_t(in.out))))
         nonfinite.push_back(in.layer);
       need += size_t(in.rank) * (in.in + in.out) * dsize(adapter_type(l)) + (in.bias ? size_t(in.out) * 4 : 0);
-      if (adapter_type(l) == DType::BF16 && in.in == l.in) need += size_t(in.rank) * in.in + 64;  // fp8_views
+      if (wants_fp8_views(l, in.in)) need += fp8_views_bytes(in.rank, in.in);
     }
   }
   // Replacement norm weights: a known slot, its width, finite values.
@@ -149,7 +155,7 @@ size_t LoraRegistry::load(const std::string& name, const std::vector<LoraLayerIn
       f.bias = lo->mem.allocT<float>(in.out);
       upload_as(f.bias, std::vector<float>(in.bias, in.bias + in.out), DType::F32, st_);
     }
-    if (t == DType::BF16 && in.in == l->in)
+    if (wants_fp8_views(*l, in.in))
       fp8_views(lo->mem, f.a, in.rank, in.in, f.b, in.out, f.a8, f.a8_scale, f.b_amax, st_);
     lo->layers.push_back(f);
   }
@@ -264,7 +270,7 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
     if (!in_place(l)) {
       need += size_t(Rp) * (width(l) + l->out) * dsize(adapter_type(*l));
-      if (adapter_type(*l) == DType::BF16 && width(l) == l->in) need += size_t(Rp) * l->in + 64;  // fp8_views
+      if (wants_fp8_views(*l, width(l))) need += fp8_views_bytes(Rp, l->in);
     }
     need += bias ? size_t(l->out) * 4 : 0;
   }
@@ -312,7 +318,7 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
         off += f->rank;
       }
       ad.a = a, ad.b = b;
-      if (t == DType::BF16 && W == l->in) {
+      if (wants_fp8_views(*l, W)) {
         void* a8;
         float *a8s, *bm;
         fp8_views(set->mem, a, Rp, W, b, l->out, a8, a8s, bm, st_);

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "kernels/kernels.h"
+#include "weights.h"
 
 namespace fq {
 
@@ -78,25 +79,24 @@ std::unique_ptr<PlanVariant> PlanRegistry::make(const std::string& name, const P
   DeviceBuffer ws(sizeof(float));
   for (Linear* l : linears_) {
     if (plan.weight_type(l->name) == l->wt) continue;
-    // The loader's own quantisation of a base fp8 layer (weights.cpp WeightLoader::linear): the bf16 weight as
-    // loaded [out, in] -> fp8 E4M3 [out, in] + one per-tensor scale amax / 448. Same input bits, same kernel: the
-    // alternate equals what an engine loaded with this plan as its base holds. Bias and its bf16 copy are shared.
+    // The loader's own quantisation of a base fp8 layer (fp8_weight, as WeightLoader::linear calls it): the bf16
+    // weight as loaded [out, in] -> fp8 E4M3 [out, in] + one per-tensor scale amax / 448. Same input bits, same
+    // kernel: the alternate equals what an engine loaded with this plan as its base holds. Bias and its bf16 copy are shared.
     // fp8row: the same bf16 weight quantised per output channel (weights.cpp's fp8row call): scales [out].
     PlanVariant::Swap s{l, LinearWeights::of(*l), LinearWeights::of(*l)};
     const DType t = plan.weight_type(l->name);
     s.alt.wt = t;
     // fp8 copies keep the bf16 weight's LoRA reserve columns (zero; linear.h), fp8row copies are contiguous.
     s.alt.ldw = t == DType::FP8 ? l->ldw : l->in;
-    s.alt.w = v->mem.alloc(size_t(l->out) * s.alt.ldw);
-    if (s.alt.ldw > l->in) CUDA_CHECK(cudaMemsetAsync(s.alt.w, 0, size_t(l->out) * s.alt.ldw, st_));
     if (t == DType::FP8ROW) {
+      s.alt.w = v->mem.alloc(size_t(l->out) * l->in);
       float* scales = v->mem.allocT<float>(size_t(l->out));
       quantize_fp8_rows(l->w, DType::BF16, l->ldw, nullptr, l->out, l->in, s.alt.w, scales, st_);
       fp8_unit_scale();  // looked up at load, never first inside a capture
       s.alt.w_scale = scales;
     } else {
       float* scale = v->mem.allocT<float>(1);
-      quantize_fp8_strided(l->w, DType::BF16, l->out, l->in, l->ldw, s.alt.w, scale, ws.as<float>(), st_, s.alt.ldw);
+      s.alt.w = fp8_weight(v->mem, l->w, l->ldw, l->out, l->in, s.alt.ldw, scale, ws.as<float>(), st_);
       s.alt.w_scale = scale;
     }
     v->layers.push_back(s);

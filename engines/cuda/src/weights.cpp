@@ -64,6 +64,14 @@ void upload_as(void* d, const std::vector<float>& h, DType dt, cudaStream_t st) 
   CUDA_CHECK(cudaStreamSynchronize(st));
 }
 
+void* fp8_weight(DeviceArena& mem, const void* bf16, int ld_src, int out, int in, int ldw, float* scale, float* ws,
+                 cudaStream_t st) {
+  void* w = mem.alloc(size_t(out) * ldw);
+  if (ldw > in) CUDA_CHECK(cudaMemsetAsync(w, 0, size_t(out) * ldw, st));
+  quantize_fp8_strided(bf16, DType::BF16, out, in, ld_src, w, scale, ws, st, ldw);
+  return w;
+}
+
 void* WeightLoader::upload(const std::vector<float>& h, DType dt) {
   void* d = arena_.alloc(h.size() * dsize(dt));
   upload_as(d, h, dt, st_);
@@ -120,10 +128,8 @@ Linear WeightLoader::linear(const std::vector<std::string>& parts, int out, int 
     matrix(w, out, in, DType::BF16, Init::Linear, tmp.get());
     // With a LoRA reserve, rows of in + reserve (zero reserve columns), as for bf16 (linear.h).
     l.ldw = in + std::max(reserve, 0);
-    l.w = arena_.alloc(size_t(out) * l.ldw);
-    if (l.ldw > in) CUDA_CHECK(cudaMemsetAsync(l.w, 0, size_t(out) * l.ldw, st_));
     float* s = arena_.allocT<float>(1);
-    quantize_fp8_strided(tmp.get(), DType::BF16, out, in, in, l.w, s, ws.as<float>(), st_, l.ldw);
+    l.w = fp8_weight(arena_, tmp.get(), in, out, in, l.ldw, s, ws.as<float>(), st_);
     CUDA_CHECK(cudaStreamSynchronize(st_));  // tmp and ws are freed on return
     l.w_scale = s;
   } else if (l.wt == DType::FP8ROW) {

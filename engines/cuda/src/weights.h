@@ -19,6 +19,12 @@ namespace fq {
 // waits for the copy (the host buffer may go away on return).
 void upload_as(void* d, const std::vector<float>& h, DType dt, cudaStream_t st);
 
+// A bf16 weight [out, in] (rows ld_src apart) as e4m3 with one per-tensor scale (written to *scale) in `mem`, rows
+// ldw >= in apart with zero columns after `in` (the LoRA reserve, linear.h): the loader's fp8 layers and the plan
+// variants' fp8 alternates, the same bits from the same bf16 weight. ws: one device float of workspace.
+void* fp8_weight(DeviceArena& mem, const void* bf16, int ld_src, int out, int in, int ldw, float* scale, float* ws,
+                 cudaStream_t st);
+
 // How a synthetic tensor is drawn (ignored when reading files).
 enum class Init { Linear, Bias, NormWeight, NormBias, Embedding };
 

@@ -89,29 +89,35 @@ void layernorm_mod_fp8_apply(const float* x, int rows, int D, int rows_per_batch
   LAUNCH_CHECK();
 }
 
+namespace {
+
+unsigned amax_grid(int64_t n) { return unsigned(std::min<int64_t>((n + 255) / 256, 4096)); }
+
+// *amax = max |x| over a [n / cols, cols] view of rows ld apart, zeroed first.
+void strided_amax(const void* in, DType it, int64_t n, int64_t cols, int64_t ld, float* amax, cudaStream_t st) {
+  CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), st));
+  FQ_DISPATCH(it, T, amax_kernel<T><<<amax_grid(n), 256, 0, st>>>(static_cast<const T*>(in), n, cols, ld, amax));
+  LAUNCH_CHECK();
+}
+
+}  // namespace
+
 void quantize_fp8(const void* in, DType it, int64_t n, void* out, float* scale, float* ws, cudaStream_t st) {
   quantize_fp8_strided(in, it, 1, n, n, out, scale, ws, st);
 }
 
 void amax_abs(const void* in, DType it, int64_t n, float* amax, cudaStream_t st) {
-  CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), st));
-  unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
-  FQ_DISPATCH(it, T, amax_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, n, n, amax));
-  LAUNCH_CHECK();
+  strided_amax(in, it, n, n, n, amax, st);
 }
 
 void quantize_fp8_strided(const void* in, DType it, int64_t rows, int64_t cols, int64_t ld, void* out, float* scale,
                           float* ws, cudaStream_t st, int64_t ldo) {
   if (ldo <= 0) ldo = cols;
   const int64_t n = rows * cols;
-  CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), st));
-  unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 4096));
-  FQ_DISPATCH(it, T, {
-    amax_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, cols, ld, ws);
-    LAUNCH_CHECK();
-    quant_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(in), n, cols, ld, ws, static_cast<__nv_fp8_e4m3*>(out),
-                                          ldo, scale);
-  });
+  strided_amax(in, it, n, cols, ld, ws, st);
+  FQ_DISPATCH(it, T,
+              quant_kernel<T><<<amax_grid(n), 256, 0, st>>>(static_cast<const T*>(in), n, cols, ld, ws,
+                                                            static_cast<__nv_fp8_e4m3*>(out), ldo, scale));
   LAUNCH_CHECK();
 }
 
