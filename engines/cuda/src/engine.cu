@@ -599,6 +599,7 @@ void Engine::step(Job& j) {
   // failed for this job (then it runs eagerly).
   bool replay = false;
   if (use_graphs && !j.graph.failed && !prof_on()) {
+    if (j.adapters) j.adapters->place(st);  // the set's B in the weights' reserve, outside the graph (linear.h)
     if (j.graph.exec && j.graph.epoch == epoch()) replay = true;
     else if (j.steps - j.step > 1) replay = capture_step(j);  // worth a capture only for two or more replays
   }
@@ -663,6 +664,7 @@ void Engine::cache_reuse(Job& j) {
 bool Engine::run_part(Job& j, StepGraph& g, void (Engine::*part)(Job&)) {
   bool replay = false;
   if (use_graphs && !g.failed && !prof_on()) {
+    if (j.adapters) j.adapters->place(st);  // as in step()
     if (g.exec && g.epoch == epoch()) replay = true;
     else if (j.steps - j.step > 1) replay = capture_into(g, [&] { (this->*part)(j); });
   }

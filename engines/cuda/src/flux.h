@@ -30,7 +30,11 @@ std::vector<float> rope_table(const FluxConfig& cfg, const std::vector<float>& i
 // the step touches no shared scratch and can be captured once and replayed (CUDA graph).
 struct FluxStep {
   int B = 0, L = 0, T = 0;
-  float *x = nullptr, *ctx = nullptr, *z = nullptr, *y = nullptr;  // fp32: image [BL, D], text [BT, D], joint [BS, D], branch
+  // Residual streams, fp32: image [BL, D], text [BT, D], joint [BS, D].
+  float *x = nullptr, *ctx = nullptr, *z = nullptr;
+  // A branch's output [rows, D] before its gated add (attention out-projection, MLP out, single proj_out): fp32, or
+  // bf16 with FQ_BRANCH_BF16=1 on a bf16 engine (FluxTransformer::branch_type); sized for fp32.
+  void* y = nullptr;
   void *xn = nullptr, *cn = nullptr;  // LayerNorm outputs [BS, D] in the consumer's type (compute type or fp8)
   float *xn_scale = nullptr, *cn_scale = nullptr, *xn_ws = nullptr, *cn_ws = nullptr;  // fp8 scale; amax + row stats
   void *qkv_i = nullptr, *qkv_t = nullptr, *Q = nullptr, *K = nullptr, *V = nullptr, *a = nullptr, *hid = nullptr,
@@ -147,15 +151,23 @@ class FluxTransformer {
   // Output rows ldo apart.
   NormOut norm_in(Ctx& c, const Linear& consumer, void* o, int ldo, float* oscale, float* ws, const float* x,
                   int rows, int rpb, const float* shift, const float* scale, int W);
-  // x += gate * y (fp32 y, rows of D); then, when shift != null, the next LayerNorm + modulation, fused.
+  // x += gate * y (y in branch_type(), rows of D); then, when shift != null, the next LayerNorm + modulation, fused.
   NormOut res_norm(Ctx& c, const Linear* consumer, void* o, int ldo, float* oscale, float* ws, float* x,
-                   const float* y, const float* gate, int Wg, int rows, int rpb, const float* shift,
+                   const void* y, const float* gate, int Wg, int rows, int rpb, const float* shift,
                    const float* scale, int Wn);
+  // Branch outputs from row `row` on, in branch_type() (FluxStep::y).
+  Out branch_out(const FluxStep& s, size_t row) const {
+    return Out{static_cast<char*>(s.y) + row * cfg.hidden() * dsize(yt_), yt_, cfg.hidden()};
+  }
   const float* modp(const FluxStep& s, size_t k) const { return s.mods + mod_off_[k] * s.B; }
   void emit(bool after, BlockKind k, int i, FluxStep& s) {
     if (hook) hook(BlockEvent{after, k, i, s});
   }
   DType dt_;
+  // FluxStep::y's type: fp32 (default), or bf16 as diffusers' bf16 Linears write it (FQ_BRANCH_BF16=1, bf16 engines
+  // only): the GEMM writes and the gated add reads 2 bytes less per element (~1.1 G elements a 1024x1024 step); the
+  // residual streams stay fp32.
+  DType yt_ = DType::F32;
   bool qkv_inplace_ = false;
   int reserve_ = 0;
   Linear x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;

@@ -161,9 +161,11 @@ void Gemm::linear(cudaStream_t st, int M, int N, int K, const void* X, DType xt,
     BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof x_scale));
   }
   // Large reduced-precision products: time the candidates once (the fp32 conformance path keeps the heuristic's
-  // first choice, and small products are not worth the timing).
+  // first choice, and small products are not worth the timing). Large by FLOPs, or by the input read: a LoRA's down
+  // product (N = its rank, e.g. 4608 x 16 x 15360) is memory-bound, and the heuristic's first choice for such a
+  // skinny shape need not read at the card's bandwidth.
   // Never inside a graph capture (tuning synchronises): a step is captured only after an eager one tuned its plans.
-  if (tune_on_ && !p->tuned && !capturing() && wt != DType::F32 && 2.0 * M * N * K >= 2e9)
+  if (tune_on_ && !p->tuned && !capturing() && wt != DType::F32 && (2.0 * M * N * K >= 2e9 || double(M) * K >= 8e6))
     tune(*p, st, M, ldy, yt, X, W, beta);
   if (!capturing()) p->tuned = true;
   prof_begin(kProfGemm, st);

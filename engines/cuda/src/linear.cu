@@ -1,5 +1,8 @@
 #include "linear.h"
 
+#include <atomic>
+
+#include "fault.h"
 #include "kernels/kernels.h"
 
 namespace fq {
@@ -7,6 +10,12 @@ namespace fq {
 namespace {
 
 bool g_kcat = true;  // set_lora_kcat (linear.h)
+
+// The weight side of kcat_fits: a bf16 / f32 layer with reserve columns for an adapter of its own width, no up-bias.
+bool kcat_weight_fits(const Linear& l, const Adapter& a) {
+  return (l.wt == DType::BF16 || l.wt == DType::F32) && (a.in == 0 || a.in == l.in) && !a.bias &&
+         weight_ld(l) >= l.in + a.rank;
+}
 
 // h[rows, rank] = x A^T: the adapter's down product, x in the adapter type with row stride ldx.
 void* adapter_down(Ctx& c, const Linear& l, const Adapter& a, int rows, const void* x, DType t, int ldx) {
@@ -58,25 +67,24 @@ void base_product(Ctx& c, const Linear& l, int rows, const In& x, const Out& y, 
 // columns for its rank, its input as given in the layer's type with as many spare columns per row, and an adapter
 // of the layer's own width without an up-bias (BFL Control's x_embedder and bias sets take the other paths).
 bool kcat_fits(const Linear& l, const Adapter& a, const In& x) {
-  return g_kcat && (l.wt == DType::BF16 || l.wt == DType::F32) && x.t == l.wt && (a.in == 0 || a.in == l.in) &&
-         !a.bias && weight_ld(l) >= l.in + a.rank && x.ld >= l.in + a.rank;
+  return g_kcat && kcat_weight_fits(l, a) && x.t == l.wt && x.ld >= l.in + a.rank;
 }
 
 // y = epi([x | h] [W | B]^T + b) (+ resid) with h = scale x A^T: the down product writes h into the input rows'
 // reserve columns [in, in + rank), B [out, rank] goes into the weight's, and one GEMM over K = in + rank does the
 // rest. Beyond the base product this reads x once (the down GEMM) and adds rank/in to the product's FLOPs; the
-// up product's read and write of the whole output (the other paths' cost) is gone. B is copied on every call (out x
-// rank, ~0.25 GB per step at rank 64 on FLUX.1-dev's block Linears): jobs with different sets interleave step by step
-// over the same weights, and a captured step replays the copy with its GEMMs. The input buffer is the model's
-// (flux.cu writes its rows with the reserve), written here although In is const: nothing reads those columns but
-// this layer's product, and the next layer reading the same rows writes its own h first.
+// up product's read and write of the whole output (the other paths' cost) is gone. B is copied only when the layer's
+// reserve holds another adapter's (place_reserve): jobs with different sets interleave step by step over the same
+// weights, so the engine places a job's set before each captured step's replay (the copies are not in the graph:
+// 264 small strided copies a step otherwise, ~0.25 GB at rank 64). The input buffer is the model's (flux.cu writes
+// its rows with the reserve), written here although In is const: nothing reads those columns but this layer's
+// product, and the next layer reading the same rows writes its own h first.
 void kcat_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In& x, const Out& y, Epi epi,
                   const void* resid) {
   const size_t es = dsize(l.wt);
   const int ldw = weight_ld(l);
   void* h = const_cast<char*>(static_cast<const char*>(x.p)) + size_t(l.in) * es;
-  CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(l.w) + size_t(l.in) * es, size_t(ldw) * es, a.b,
-                               size_t(a.rank) * es, size_t(a.rank) * es, l.out, cudaMemcpyDeviceToDevice, c.st));
+  place_reserve(l, a, c.st);
   c.gemm.linear(c.st, rows, a.rank, l.in, x.p, x.t, x.ld, a.a, l.wt, nullptr, Epi::None, h, l.wt, x.ld, nullptr, 0.f,
                 nullptr, nullptr, nullptr, a.scale);
   c.gemm.linear(c.st, rows, l.out, l.in + a.rank, x.p, x.t, x.ld, l.w, l.wt, l.b, epi, y.p, y.t, y.ld, resid,
@@ -114,6 +122,24 @@ void kcat8_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In
 }  // namespace
 
 void set_lora_kcat(bool on) { g_kcat = on; }
+
+uint64_t next_adapter_id() {
+  static std::atomic<uint64_t> n{0};
+  return ++n;
+}
+
+void place_reserve(const Linear& l, const Adapter& a, cudaStream_t st) {
+  if (!kcat_weight_fits(l, a)) return;
+  if (a.id != 0 && l.reserve_w == l.w && l.reserve_of == a.id) return;
+  // A copy inside a captured graph would replay behind this record's back (another job's B placed in between).
+  if (capturing())
+    throw EngineError("layer " + l.name + ": LoRA factor not placed before the step's capture", false);
+  const size_t es = dsize(l.wt);
+  CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(l.w) + size_t(l.in) * es, size_t(weight_ld(l)) * es, a.b,
+                               size_t(a.rank) * es, size_t(a.rank) * es, l.out, cudaMemcpyDeviceToDevice, st));
+  l.reserve_w = l.w;
+  l.reserve_of = a.id;
+}
 
 void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void* resid) {
   if (rows == 0) return;

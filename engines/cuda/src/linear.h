@@ -31,7 +31,13 @@ struct Adapter {
   // [latents (in); control latents] (row stride >= this width): the base product reads the first `in` columns (the
   // base weight zero-padded on the right, as diffusers widens it), the adapter all of them.
   int in = 0;
+  // Never reused within the process (next_adapter_id): which adapter's B a bf16 / f32 weight's reserve columns hold
+  // (Linear::reserve_of). 0: none, B is copied on every call.
+  uint64_t id = 0;
 };
+
+// A fresh Adapter::id (process-wide counter, never 0).
+uint64_t next_adapter_id();
 
 // A weight vector slot a LoRA set may swap while active (BFL Control's QK-norm replacements, lora.h): the pointer
 // the model's blocks read when they enqueue, its width, its module name.
@@ -57,6 +63,11 @@ struct Linear {
   const float* b = nullptr;         // [out] fp32, or null
   const void* b_act = nullptr;      // [out] in the compute type (bf16 runs), made at load; null on the fp32 path
   const Adapter* adapter = nullptr;
+  // Whose B the reserve columns of the buffer `reserve_w` hold (Adapter::id; 0: unknown). Host-side record kept by
+  // place_reserve, the only writer of a bf16 / f32 reserve: B is copied when the layer's adapter changes, not on every
+  // call (linear.cu kcat_product). Tied to the buffer, as a plan swaps w (plan_variants.h).
+  mutable const void* reserve_w = nullptr;
+  mutable uint64_t reserve_of = 0;
 };
 
 // w's row stride (Linears built outside the loader leave ldw 0: contiguous).
@@ -105,6 +116,10 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi = Epi::Bias,
 // Whether adapters may ride along K (path 1 above, bf16 / f32 and fp8 layers); on by default. The selftest turns it
 // off to compare the paths in one process; not for use while another thread enqueues.
 void set_lora_kcat(bool on);
+// Copies the adapter's B into a bf16 / f32 layer's weight reserve unless it is there already (Linear::reserve_of);
+// a no-op for any other layer or adapter. Enqueued on st; never while a graph is captured: a captured step that
+// needs a copy throws (the engine places its job's set before a capture and before each replay, AdapterSet::place).
+void place_reserve(const Linear& l, const Adapter& a, cudaStream_t st);
 
 // What a block-level observer sees of a step: every linear (layer, rows, operands) and every attention.
 struct StepTap {

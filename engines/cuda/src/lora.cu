@@ -290,6 +290,7 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
     const int Rp = (R + kRankAlign - 1) / kRankAlign * kRankAlign;
     const int W = width(l);
     Adapter ad;
+    ad.id = next_adapter_id();
     ad.rank = Rp;
     ad.in = W;
     ad.fused = fused_;
@@ -344,6 +345,10 @@ std::shared_ptr<const AdapterSet> LoraRegistry::select(const std::vector<std::pa
   *used_ += set->bytes;
   sets_[key] = set;
   return set;
+}
+
+void AdapterSet::place(cudaStream_t st) const {
+  for (auto& [l, a] : layers) place_reserve(*l, a, st);
 }
 
 void LoraRegistry::activate(const AdapterSet* s) {

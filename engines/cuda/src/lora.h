@@ -60,6 +60,9 @@ class LoraRegistry;
 // A built set: the adapter of every layer any member targets. Immutable once built.
 struct AdapterSet {
   ~AdapterSet();
+  // Puts every layer's B where the LoRA along K reads it (linear.h place_reserve), outside any capture: before a
+  // job's captured step is captured or replayed (another job's set may have been placed since).
+  void place(cudaStream_t st) const;
   std::string key;
   size_t signature = 0;  // the set's GEMM shapes (layer, padded rank): same signature, same plans and scratch
   std::vector<std::pair<Linear*, Adapter>> layers;

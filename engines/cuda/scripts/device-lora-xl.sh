@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU parts for session 18 (issues 16 and 15), run through device-batch.sh so each part comes back as its own tar:
+#   check: selftest LoRA section in f32, bf16 and fp8 (the B factors now placed outside the captured step,
+#          linear.h place_reserve), selftest units in bf16 (the in-place QK-norm + RoPE kernel loads q and k first),
+#          and the bf16 fixture sections with FQ_BRANCH_BF16=1 (branch outputs in bf16: conformance);
+#   lora:  --bench-lora bf16 and fp8, ranks 16 / 64, each LoRA step bracketed by base steps (overhead vs their mean);
+#   xl:    --bench bf16 batch 1, 3 iterations, FQ_BRANCH_BF16 = 0 / 1 / 0 (the request, the floor of the same run and
+#          the own-kernel families per step);
+#   modes: the modes table's LoRA rows at batch 1 (original and S, ranks 16 / 64 / 256).
+#   OUT=$OUT bash engines/cuda/scripts/device-batch.sh "check=device-lora-xl.sh check" "lora=device-lora-xl.sh lora" ...
+# (carry [".device-carry/fixtures"] for check).
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+LOG=$OUT/summary.txt FIX=${FIX:-.device-carry/fixtures}
+source "$(dirname "$0")/device-common.sh"
+build_engine || exit 1
+rc=0
+case ${1:-} in
+  check)
+    say "selftest LoRA section, all precisions"
+    FQ_SELFTEST_ONLY=lora timeout -k 5 120 "$ENGINE" --selftest "$FIX" models/flux-tiny all \
+      >"$OUT/selftest-lora.txt" 2>&1 || rc=1
+    grep -E "required cases|along K" "$OUT/selftest-lora.txt" | cut -c1-220
+    grep '"pass":false' "$OUT/selftest-lora.txt" | grep -v '"info":true' | head
+    say "selftest units bf16"
+    FQ_SELFTEST_ONLY=units timeout -k 5 60 "$ENGINE" --selftest "$FIX" models/flux-tiny bf16 \
+      >"$OUT/selftest-units.txt" 2>&1 || rc=1
+    grep -E "required cases|qk_norm|residual_layernorm" "$OUT/selftest-units.txt" | cut -c1-200
+    grep '"pass":false' "$OUT/selftest-units.txt" | grep -v '"info":true' | head
+    say "selftest bf16 transformer + pipeline + lora, FQ_BRANCH_BF16=1"
+    FQ_BRANCH_BF16=1 FQ_SELFTEST_ONLY=transformer,pipeline,lora timeout -k 5 120 "$ENGINE" --selftest "$FIX" \
+      models/flux-tiny bf16 >"$OUT/selftest-branch-bf16.txt" 2>&1 || rc=1
+    grep -E "required cases" "$OUT/selftest-branch-bf16.txt" | cut -c1-200
+    grep '"pass":false' "$OUT/selftest-branch-bf16.txt" | grep -v '"info":true' | head
+    ;;
+  lora)
+    say "bench-lora bf16 + fp8, ranks 16, 64 (bracketed)"
+    timeout -k 5 200 "$ENGINE" --bench-lora --steps 6 --ranks 16,64 --precisions bf16,fp8 --out "$OUT/bench-lora" \
+      >/dev/null 2>"$OUT/bench-lora.err" || rc=1
+    grep -E "overhead|base step" "$OUT/bench-lora.err" | tail -12
+    ;;
+  xl)
+    for v in 0 1 0; do
+      n=$v$([[ -e $OUT/bench-branch-$v.json ]] && echo b)
+      say "bench bf16 b1, FQ_BRANCH_BF16=$v ($n)"
+      FQ_BRANCH_BF16=$v timeout -k 5 90 "$ENGINE" --bench --batches 1 --iters 3 --precisions bf16 \
+        --out "$OUT/bench-branch-$n" >/dev/null 2>"$OUT/bench-branch-$n.err" || rc=1
+      grep -E "own kernels|batch 1: mean|floor" "$OUT/bench-branch-$n.err" | tail -4
+      rm -f "$OUT/bench-branch-$n.md"
+    done
+    ;;
+  modes)
+    CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+    SPAT=${SPAT:-FFFCFCFCFCCFCCFCCFCCFCFCFCFC}
+    say "bench-modes LoRA rows: original, S=fp8/$SPAT, ranks 16,64,256"
+    timeout -k 5 400 "$ENGINE" --bench-modes --size 1024 --steps 28 --iters "${ITERS:-10}" --card "$CARD" \
+      --batches 1 --modes "original,S=fp8/$SPAT" --lora-ranks 16,64,256 --out "$OUT/modes-b1lora" \
+      >/dev/null 2>"$OUT/modes-b1lora.err" || rc=1
+    rm -f "$OUT/modes-b1lora.md"
+    grep -E "bench-lora|floor" "$OUT/modes-b1lora.err" | tail -12
+    ;;
+  *) echo "part check, lora, xl or modes"; exit 2 ;;
+esac
+say "done rc=$rc"
+exit $rc
