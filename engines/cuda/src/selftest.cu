@@ -548,7 +548,7 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
       Json toks = Json::parse(read_text_file(fx + "/pipeline_tokens.json"));
       auto& pc = index["pipeline_cases"][0];
       SafetensorsFile pf(fx + "/" + pc["file"].s);
-      auto pipeline = [&](const std::vector<std::pair<std::string, float>>& loras) {
+      auto pipeline = [&](const std::vector<LoraMembers>& sets) {
         Request r;
         r.height = int(pc["height"].n);
         r.width = int(pc["width"].n);
@@ -559,10 +559,19 @@ void run_precision(const std::string& fx, const std::string& model, const std::s
         r.guidance = {float(pc["guidance"].n)};
         r.sigmas = pf.to_f32("sigmas");
         r.latents = pf.to_f32("initial_latents_packed");
-        r.loras = loras;
-        auto job = e.prepare(r);
-        while (job->step < job->steps) e.step(*job);
-        return std::make_pair(download(job->lat, r.latents.size()), job->replays);
+        std::vector<std::shared_ptr<Job>> jobs;
+        for (auto& loras : sets) {
+          r.loras = loras;
+          jobs.push_back(e.prepare(r));
+        }
+        for (bool left = true; left;) {
+          left = false;
+          for (auto& j : jobs)
+            if (j->step < j->steps) e.step(*j), left = true;
+        }
+        std::vector<std::pair<std::vector<float>, int>> out;
+        for (auto& j : jobs) out.emplace_back(download(j->lat, r.latents.size()), j->replays);
+        return out;
       };
       run_lora_cases(e, fx + "/lora", forward, pipeline, tol, req, report);
     } else {

@@ -186,14 +186,26 @@ void run_lora_cases(Engine& e, const std::string& dir, const std::function<std::
   // A whole generation with the first LoRA: its steps replay from a CUDA graph holding the set's adapters; a base
   // generation before and after is the same to the bit (the LoRA job's set and graph are gone with the job).
   if (!all.empty()) {
-    auto [base_lat, base_rep] = pipeline({});
-    auto [lora_lat, lora_rep] = pipeline({all[0]});
-    auto [again, again_rep] = pipeline({});
+    auto [base_lat, base_rep] = pipeline({{}})[0];
+    auto [lora_lat, lora_rep] = pipeline({{all[0]}})[0];
+    auto [again, again_rep] = pipeline({{}})[0];
     report("lora.pipeline changes the latents (1/rel change)", rdt, "inverse", 1.0 / rel(lora_lat, base_lat), 1e3,
            true);
     report("lora.pipeline base after a LoRA job (max abs diff)", rdt, "max_abs", max_abs(again, base_lat), 0, true);
     fprintf(stderr, "[selftest] %s: LoRA generation: %d steps replayed from a CUDA graph (base %d, %d)\n", rdt.c_str(),
             lora_rep, base_rep, again_rep);
+    // Two LoRA jobs and a base job stepped in turn over the same weights: each job's replayed steps must find its own
+    // B factors in the weights' reserve columns (placed outside the graph before each replay, linear.h
+    // place_reserve), so each ends where it ends alone, to the bit.
+    if (all.size() >= 2) {
+      auto other = pipeline({{all[1]}})[0].first;
+      auto mixed = pipeline({{all[0]}, {all[1]}, {}});
+      const double d = std::max({max_abs(mixed[0].first, lora_lat), max_abs(mixed[1].first, other),
+                                 max_abs(mixed[2].first, base_lat)});
+      report("lora.interleaved jobs of two sets and none, as alone (max abs diff)", rdt, "max_abs", d, 0, true);
+      fprintf(stderr, "[selftest] %s: interleaved LoRA jobs: %d / %d / %d steps replayed\n", rdt.c_str(),
+              mixed[0].second, mixed[1].second, mixed[2].second);
+    }
   }
   for (auto& [n, s] : all) e.loras->unload(n);
   report("lora.unload restores the base output (max abs diff)", rdt, "max_abs", max_abs(forward(), base), 0, true);

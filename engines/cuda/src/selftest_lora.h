@@ -21,8 +21,11 @@ LoraFactorsFile read_lora_factors(const std::string& path);
 // rank x max(in, out) floats): the benchmark's and the selftest's synthetic LoRA.
 std::vector<LoraLayerIn> uniform_lora_layers(const std::vector<Linear*>& linears, int rank, const std::vector<float>& buf);
 
-// A whole generation with a LoRA set: final latents and the steps replayed from a CUDA graph.
-using LoraPipelineFn = std::function<std::pair<std::vector<float>, int>(const std::vector<std::pair<std::string, float>>&)>;
+// Whole generations, one job per LoRA set (members: name, strength; empty: none), prepared together and stepped in
+// turn (job 0's step, job 1's, ...): per job, its final latents and the steps replayed from a CUDA graph.
+using LoraMembers = std::vector<std::pair<std::string, float>>;
+using LoraPipelineFn =
+    std::function<std::vector<std::pair<std::vector<float>, int>>(const std::vector<LoraMembers>& jobs)>;
 
 // dir: <fixtures>/lora (lora_index.json). forward: the transformer case's output with the adapters active now.
 void run_lora_cases(Engine& e, const std::string& dir, const std::function<std::vector<float>()>& forward,
