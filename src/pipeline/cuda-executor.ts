@@ -456,7 +456,16 @@ class CudaExecutor implements CudaStepExecutor {
       // The mode's engine plan and step caching (unknown modes are refused here, as the service would).
       const mode = cudaModeOf(this.#modes, r.mode);
       const stepCache = mode.stepCache ?? this.#o.stepCache;
-      return { r, grid, loras, control, plan: mode.plan, stepCache, loraKey: loraSetKey(selectionOf(loras)) };
+      return {
+        r,
+        grid,
+        loras,
+        control,
+        plan: mode.plan,
+        branchBf16: mode.branchBf16 === true,
+        stepCache,
+        loraKey: loraSetKey(selectionOf(loras)),
+      };
     });
     const client = await this.#engine();
     // One engine job runs one schedule (steps and, for img2img / inpainting, the cut), one edit kind and true CFG for
@@ -545,6 +554,7 @@ class CudaExecutor implements CudaStepExecutor {
           guidance: group.map((x) => x.r.guidanceScale),
           latents,
           ...(first.plan !== undefined ? { plan: first.plan } : {}),
+          ...(first.branchBf16 ? { branchBf16: true } : {}),
         };
         const steps = sigmas.length - 1;
         // Plain text-to-image without step caching: may join a running job of the same size, T5 length, LoRA set
@@ -553,7 +563,7 @@ class CudaExecutor implements CudaStepExecutor {
         const joinKey =
           cfg || inpaint || control || first.r.image || first.stepCache
             ? undefined
-            : `${grid.h}x${grid.w}|${t5Len}|${first.loraKey}|${first.plan ?? ''}`;
+            : `${grid.h}x${grid.w}|${t5Len}|${first.loraKey}|${first.plan ?? ''}|${first.branchBf16 ? 'bf16' : ''}`;
         const host = joinKey ? this.#joinable(client, joinKey, b) : undefined;
         let job: EngineJob;
         let ids: number[];

@@ -7,7 +7,9 @@
  * - `original`: the base plan (the executor's precision, bf16 by default).
  * - `XL`: the same weights and plan as `original`. On ONNX, XL is the fused, mathematically equivalent graph; the
  *   CUDA engine's `original` path is already that (fused q/k/v, all modulations in one GEMM per block at prepare,
- *   each step replayed from one CUDA graph), so XL computes exactly what `original` does.
+ *   each step replayed from one CUDA graph). On a bf16 engine XL's jobs also write the branch outputs (attention
+ *   out-projections, MLP-outs, single proj_outs) in bf16, as diffusers' bf16 Linears do, before the fp32 gated
+ *   residual add (`prepare`'s `branch_bf16`): original's math within bf16 rounding, less memory traffic.
  * - `L`, `M` (bf16 base, once the per-layer planner has run on the loaded model: `cuda-calibration.ts`): the fp8
  *   layer sets planned from the engine's `calibrate` table under their error budgets, as exact-name rules.
  * - `S`: the engine's `fp8` preset (bf16 plus the LayerNorm-fed layers, q/k/v and MLP-in, in fp8 E4M3 with
@@ -32,6 +34,8 @@ export interface CudaModeSpec {
   rules?: CudaPlanSpec;
   /** Step caching of its jobs (`prepare`'s `step_cache`); absent: none. */
   stepCache?: CudaStepCache;
+  /** Its jobs' branch outputs in bf16 (`prepare`'s `branch_bf16`, bf16 engines): XL. */
+  branchBf16?: boolean;
 }
 
 /** A mode the engine does not serve, and why. */
@@ -66,7 +70,10 @@ export function cudaModeTable(
   planned?: CudaPlannedModes,
   why = 'the per-layer planner has not run on this engine',
 ): readonly CudaModeSpec[] & { unavailable: readonly CudaUnavailableMode[] } {
-  const base: CudaModeSpec[] = [{ mode: REFERENCE_MODE }, { mode: 'XL' }];
+  const base: CudaModeSpec[] = [
+    { mode: REFERENCE_MODE },
+    { mode: 'XL', ...(precision === 'bf16' ? { branchBf16: true } : {}) },
+  ];
   // fp8 plans run over a bf16 compute type: not on the f32 conformance engine.
   if (precision === 'f32') {
     const reason = 'an f32 engine has no fp8 path (fp8 plans need the bf16 base precision)';

@@ -163,6 +163,8 @@ function handle(h, payload) {
       for (const l of h.loras ?? []) {
         if (!loras.has(l.name)) return loraFail('not_found', `${l.name}: LoRA not loaded on the engine`, [l.name]);
       }
+      if (h.branch_bf16 !== undefined && typeof h.branch_bf16 !== 'boolean')
+        return fail('branch_bf16 must be a boolean');
       const rows = h.true_cfg ? 2 * h.batch : h.batch;
       if (h.true_cfg && h.true_cfg.length !== h.batch) return fail('true_cfg must hold one scale per sample');
       const L = (h.height / 16) * (h.width / 16);
@@ -199,6 +201,7 @@ function handle(h, payload) {
       const steps = h.sigmas.length - 1;
       const j = {
         plan: h.plan ?? null,
+        branchBf16: h.branch_bf16 === true,
         L,
         height: h.height,
         width: h.width,
@@ -225,6 +228,7 @@ function handle(h, payload) {
       if (h.t5_len !== j.t5Len) return fail("join: t5_len differs from the job's");
       if (JSON.stringify(h.loras ?? []) !== j.loras) return fail("join: the LoRA set differs from the job's");
       if ((h.plan ?? null) !== j.plan) return fail("join: the precision plan differs from the job's");
+      if ((h.branch_bf16 === true) !== j.branchBf16) return fail("join: branch_bf16 differs from the job's");
       const need = 4 * (h.batch * (77 + h.t5_len) + (h.latents === 'payload' ? h.batch * j.L * 64 : 0));
       if (payload.length !== need) return fail(`join payload must be ${need} bytes, got ${payload.length}`);
       const steps = h.sigmas.length - 1;

@@ -4,8 +4,8 @@
 #          linear.h place_reserve), selftest units in bf16 (the in-place QK-norm + RoPE kernel loads q and k first),
 #          and the bf16 fixture sections with FQ_BRANCH_BF16=1 (branch outputs in bf16: conformance);
 #   lora:  --bench-lora bf16 and fp8, ranks 16 / 64, each LoRA step bracketed by base steps (overhead vs their mean);
-#   xl:    --bench bf16 batch 1, 3 iterations, FQ_BRANCH_BF16 = 0 / 1 / 0 (the request, the floor of the same run and
-#          the own-kernel families per step);
+#   xl:    --bench-modes original and XL (XL's jobs write bf16 branch outputs, Request::branch_bf16), batch 1, each
+#          with its floor; then --bench bf16 with FQ_BRANCH_BF16=1 for the own-kernel families per step;
 #   modes: the modes table's LoRA rows at batch 1 (original and S, ranks 16 / 64 / 256).
 #   OUT=$OUT bash engines/cuda/scripts/device-batch.sh "check=device-lora-xl.sh check" "lora=device-lora-xl.sh lora" ...
 # (carry [".device-carry/fixtures"] for check).
@@ -40,14 +40,17 @@ case ${1:-} in
     grep -E "overhead|base step" "$OUT/bench-lora.err" | tail -12
     ;;
   xl)
-    for v in 0 1 0; do
-      n=$v$([[ -e $OUT/bench-branch-$v.json ]] && echo b)
-      say "bench bf16 b1, FQ_BRANCH_BF16=$v ($n)"
-      FQ_BRANCH_BF16=$v timeout -k 5 90 "$ENGINE" --bench --batches 1 --iters 3 --precisions bf16 \
-        --out "$OUT/bench-branch-$n" >/dev/null 2>"$OUT/bench-branch-$n.err" || rc=1
-      grep -E "own kernels|batch 1: mean|floor" "$OUT/bench-branch-$n.err" | tail -4
-      rm -f "$OUT/bench-branch-$n.md"
-    done
+    CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+    say "bench-modes original, XL (branch outputs bf16), batch 1, ${ITERS:-5} iterations"
+    timeout -k 5 200 "$ENGINE" --bench-modes --size 1024 --steps 28 --iters "${ITERS:-5}" --card "$CARD" \
+      --batches 1 --modes original,XL --out "$OUT/modes-b1xl" >/dev/null 2>"$OUT/modes-b1xl.err" || rc=1
+    rm -f "$OUT/modes-b1xl.md"
+    grep -E "bench-modes" "$OUT/modes-b1xl.err" | tail -4
+    say "bench bf16 b1, FQ_BRANCH_BF16=1 (own-kernel families)"
+    FQ_BRANCH_BF16=1 timeout -k 5 90 "$ENGINE" --bench --batches 1 --iters 2 --precisions bf16 \
+      --out "$OUT/bench-branch-1" >/dev/null 2>"$OUT/bench-branch-1.err" || rc=1
+    grep -E "own kernels|batch 1: mean|floor" "$OUT/bench-branch-1.err" | tail -4
+    rm -f "$OUT/bench-branch-1.md"
     ;;
   modes)
     CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')

@@ -46,7 +46,7 @@ std::string gemm_attention_floor(Engine& e, Job& job, int steps, bool bf16_out) 
   {
     // A recording pass over a scratch copy of the job's state: the job itself is not advanced.
     DeviceArena mem;
-    FluxStep s = e.flux->alloc_step(mem, job.req.batch, job.L, job.req.t5_len, e.st);
+    FluxStep s = e.flux->alloc_step(mem, job.req.batch, job.L, job.req.t5_len, e.st, 0, job.req.branch_bf16);
     e.flux->forward(c, s, job.lat, job.ctx0, job.mods, job.R, job.cs, job.vel);
     CUDA_CHECK(cudaStreamSynchronize(e.st));
   }

@@ -1,7 +1,7 @@
 // `fluxql-engine --bench-modes`: the CUDA modes (issue 15) timed end to end on ONE engine at FLUX.1-dev size
 // (synthetic weights), loaded as the server loads it: bf16 base + per-job plan "fp8" (plan_variants.h). Rows:
 //   original  base plan
-//   XL        base plan: the same computation (NOTES.md session 11a), measured separately anyway
+//   XL        base plan, branch outputs in bf16 (Request::branch_bf16; its floor records those GEMMs)
 //   S         plan fp8 (the server's S mode on CUDA)
 //   S+cache   plan fp8 with step caching under a FORCED cached-step pattern (Request::cache_pattern): random
 //             weights do not cache like trained ones, so the schedule comes from a trained model's plan (flux-mini)
@@ -19,6 +19,7 @@
 #include <map>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "bench_util.h"
 #include "engine.h"
@@ -35,11 +36,12 @@ struct ModeSpec {
   std::string mode, precision, plan;  // plan: "" = the base
   bool cached;
   std::string pattern = "";  // the row's own forced pattern (NAME=PLAN/PATTERN); empty: --cache-pattern's
+  bool branch_bf16 = false;  // XL's step (Request::branch_bf16)
 };
 
 const std::vector<ModeSpec> kModes = {
     {"original", "bf16", "", false},
-    {"XL", "bf16", "", false},
+    {"XL", "bf16", "", false, "", true},
     {"S", "fp8", "fp8", false},
     {"S+cache", "fp8", "fp8", true},
 };
@@ -150,7 +152,8 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
 
   std::ostringstream rows, md;
   std::mt19937 rng(5);
-  std::map<std::pair<std::string, int>, Floor> floors;  // (plan, batch) -> floor, measured once in this run
+  // (plan, batch, branch type) -> floor, measured once in this run (XL's GEMMs write bf16 branch outputs).
+  std::map<std::tuple<std::string, int, bool>, Floor> floors;
   bool first = true;
   for (const std::string& bt : split(batches)) {
     const int B = std::stoi(bt);
@@ -163,14 +166,16 @@ int run_bench_modes(const std::string& size, int steps, const std::string& batch
       const std::string& row_pattern = m->pattern.empty() ? pattern : m->pattern;
       Request r = base;
       r.plan = m->plan;
+      r.branch_bf16 = m->branch_bf16;
       if (m->cached) {
         r.step_cache = true;
         r.cache_pattern = row_pattern;
       }
-      auto fk = std::make_pair(m->plan, B);
+      auto fk = std::make_tuple(m->plan, B, m->branch_bf16);
       if (!floors.count(fk)) {
         Request fr = base;
         fr.plan = m->plan;
+        fr.branch_bf16 = m->branch_bf16;
         floors[fk] = measure_floor(e, fr, steps);
       }
       const Floor& fl = floors[fk];

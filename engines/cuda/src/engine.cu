@@ -258,7 +258,7 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
     j->noise = put(r.noise);
     j->mask = put(r.mask);
   }
-  j->state = flux->alloc_step(j->mem, TB, j->L, T, st, ctrl_ch);
+  j->state = flux->alloc_step(j->mem, TB, j->L, T, st, ctrl_ch, r.branch_bf16);
   // Every sample at step 0 of the one schedule; conditioning row of step i: i * TB + b (conditioning()'s layout).
   j->samples.resize(B);
   for (int b = 0; b < B; b++) {
@@ -340,7 +340,8 @@ std::unique_ptr<Job> Engine::prepare(const Request& r) {
   // so every step, the first included, can be captured without allocating or synchronising.
   // A LoRA set adds GEMM shapes (its padded ranks) and scratch, a precision plan other GEMM types (fp8 plans and
   // scales) and its quantising scratch: both are part of the planning key.
-  auto geo = std::make_tuple(TB, j->L, T, j->adapters ? j->adapters->signature : size_t(0), j->plan ? j->plan->id : 0);
+  auto geo = std::make_tuple(TB, j->L, T, j->adapters ? j->adapters->signature : size_t(0), j->plan ? j->plan->id : 0,
+                             j->state.yt);
   if (!planned_.count(geo)) {
     flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
     planned_.insert(geo);
@@ -424,6 +425,7 @@ std::unique_ptr<Job> Engine::regroup(Job& old, const std::vector<int>& keep, con
     if (set != old.adapters) throw fail("the LoRA set differs from the job's (LoRA sets never share a job)");
     // Likewise its precision plan's weights (swapped in by pointer while the job is enqueued).
     if (r.plan != old.req.plan) throw fail("the precision plan differs from the job's (plans never share a job)");
+    if (r.branch_bf16 != old.req.branch_bf16) throw fail("branch_bf16 differs from the job's (the mode's own step)");
     add_steps = int(r.sigmas.size()) - 1;
   }
   const int B2 = int(keep.size()) + k;
@@ -437,6 +439,7 @@ std::unique_ptr<Job> Engine::regroup(Job& old, const std::vector<int>& keep, con
   q.t5_len = T;
   q.loras = old.req.loras;
   q.plan = old.req.plan;
+  q.branch_bf16 = old.req.branch_bf16;
   q.seed = old.req.seed;
   j->L = L;
   j->S = old.S;
@@ -489,7 +492,7 @@ std::unique_ptr<Job> Engine::regroup(Job& old, const std::vector<int>& keep, con
   j->sigmas = f32(j->mem, sig.size());
   CUDA_CHECK(cudaMemcpyAsync(j->sigmas, sig.data(), sig.size() * 4, cudaMemcpyHostToDevice, st));
   CUDA_CHECK(cudaMemcpyAsync(j->cs, old.cs, size_t(j->S) * cfg.flux.head_dim * 4, cudaMemcpyDeviceToDevice, st));
-  j->state = flux->alloc_step(j->mem, B2, L, T, st, 0);
+  j->state = flux->alloc_step(j->mem, B2, L, T, st, 0, q.branch_bf16);
   auto put_rows = [&](const std::vector<int>& map) {
     int* d = static_cast<int*>(tmp.alloc(std::max<size_t>(map.size(), 1) * 4));
     CUDA_CHECK(cudaMemcpyAsync(d, map.data(), map.size() * 4, cudaMemcpyHostToDevice, st));
@@ -531,7 +534,8 @@ std::unique_ptr<Job> Engine::regroup(Job& old, const std::vector<int>& keep, con
   upload_schedule(*j);
   // A new batch size is a new geometry: plan it as prepare does (one forward, outputs discarded; the latents and
   // step indices are untouched), so the job's first step can be captured without allocating.
-  auto geo = std::make_tuple(B2, L, T, j->adapters ? j->adapters->signature : size_t(0), j->plan ? j->plan->id : 0);
+  auto geo = std::make_tuple(B2, L, T, j->adapters ? j->adapters->signature : size_t(0), j->plan ? j->plan->id : 0,
+                             j->state.yt);
   if (!planned_.count(geo)) {
     flux->forward(c, j->state, j->lat, j->ctx0, j->mods, j->R, j->cs, j->vel);
     planned_.insert(geo);

@@ -54,6 +54,10 @@ struct Request {
   std::string cache_pattern;
   // The job's precision plan: a name given at load (`plans`), or empty for the base plan.
   std::string plan;
+  // Branch outputs in bf16 (FluxStep::y; mode XL, PROTOCOL.md `prepare` `branch_bf16`): a bf16 engine's attention
+  // out-projections, MLP-outs and single proj_outs write bf16, as diffusers' bf16 Linears do, before the fp32 gated
+  // residual add. Ignored by an f32 engine.
+  bool branch_bf16 = false;
   int text_batch() const { return cfg_scale.empty() ? batch : 2 * batch; }
 };
 
@@ -217,7 +221,7 @@ class Engine {
   // Every Linear outside the transformer (name, loaded type): per-job plans must leave their types alone.
   std::vector<std::pair<std::string, DType>> fixed_layers;
   // (B, L, T, LoRA set signature, precision plan id) whose GEMM plans, tuning, scratch and cuDNN plans exist
-  std::set<std::tuple<int, int, int, size_t, int>> planned_;
+  std::set<std::tuple<int, int, int, size_t, int, DType>> planned_;
   cudaStream_t st = nullptr;
   std::unique_ptr<ClipText> clip;
   std::unique_ptr<T5Encoder> t5;

@@ -121,7 +121,7 @@ FluxTransformer::FluxTransformer(const FluxConfig& cfg_, WeightLoader& L) : cfg(
   const char* inplace = getenv("FQ_QKV_INPLACE");
   set_qkv_inplace(!(inplace && std::string(inplace) == "0"));
   const char* branch = getenv("FQ_BRANCH_BF16");
-  yt_ = dt_ == DType::BF16 && branch && std::string(branch) == "1" ? DType::BF16 : DType::F32;
+  branch_bf16_ = branch && std::string(branch) == "1";
 }
 
 std::vector<Linear*> FluxTransformer::linears() {
@@ -200,7 +200,8 @@ void FluxTransformer::embed_context(Ctx& c, const float* t5, int rows, float* ct
   linear(c, ctx_emb_, rows, In{in, c.dt, cfg.joint_dim}, Out{ctx0, DType::F32, cfg.hidden()});
 }
 
-FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st, int ctrl_ch) const {
+FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st, int ctrl_ch,
+                                     bool branch_bf16) const {
   const int D = cfg.hidden(), S = L + T;
   const size_t RL = size_t(B) * L, RT = size_t(B) * T, RS = size_t(B) * S, es = dsize(dt_);
   FluxStep s;
@@ -213,6 +214,7 @@ FluxStep FluxTransformer::alloc_step(DeviceArena& mem, int B, int L, int T, cuda
   s.ctx = mem.allocT<float>(RT * D);
   s.z = mem.allocT<float>(RS * D);
   s.y = mem.allocT<float>(RS * D);
+  s.yt = dt_ == DType::BF16 && (branch_bf16 || branch_bf16_) ? DType::BF16 : DType::F32;
   s.xn = mem.alloc(RS * s.ldn * es);  // also holds fp8 outputs (1 byte each)
   s.cn = mem.alloc(RT * s.ldn * es);
   s.xn_scale = mem.allocT<float>(1);
@@ -270,24 +272,25 @@ FluxTransformer::NormOut FluxTransformer::norm_in(Ctx& c, const Linear& consumer
 }
 
 FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consumer, void* o, int ldo, float* oscale,
-                                                   float* ws, float* x, const void* y, const float* gate, int Wg,
+                                                   float* ws, float* x, const void* y, DType yt, const float* gate,
+                                                   int Wg,
                                                    int rows, int rpb, const float* shift, const float* scale, int Wn) {
   const int D = cfg.hidden();
   ProfScope mark(kProfResNorm, c.st);  // norm_in's own mark below nests into this one
   if (shift) {
     if (consumer->wt == DType::FP8) {
       CUDA_CHECK(cudaMemsetAsync(ws, 0, sizeof(float), c.st));
-      if (residual_layernorm(x, y, yt_, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, nullptr,
+      if (residual_layernorm(x, y, yt, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, nullptr,
                              DType::FP8, ws + 1, ws, c.st)) {
         layernorm_mod_fp8_apply(x, rows, D, rpb, shift, scale, Wn, o, oscale, ws, c.st, ldo);
         return {o, DType::FP8, oscale};
       }
-    } else if (residual_layernorm(x, y, yt_, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, o, c.dt,
+    } else if (residual_layernorm(x, y, yt, D, gate, Wg, rows, D, rpb, shift, scale, Wn, 1e-6f, o, c.dt,
                                   nullptr, nullptr, c.st, ldo)) {
       return {o, c.dt, nullptr};
     }
   }
-  gate_residual(x, y, yt_, D, gate, Wg, rows, D, rpb, c.st);
+  gate_residual(x, y, yt, D, gate, Wg, rows, D, rpb, c.st);
   if (!shift) return {nullptr, c.dt, nullptr};
   return norm_in(c, *consumer, o, ldo, oscale, ws, x, rows, rpb, shift, scale, Wn);
 }
@@ -380,22 +383,22 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
   for (int b = 0; b < B; b++)
     linear(c, blk.out_img, L, In{a + (size_t(b) * S + T) * s.lda * es, dt_, s.lda},
            branch_out(s, size_t(b) * L));
-  NormOut ni = res_norm(c, &blk.ff1_img, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, mi + 2 * D, W, RL, L,
+  NormOut ni = res_norm(c, &blk.ff1_img, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, s.yt, mi + 2 * D, W, RL, L,
                         mi + 3 * D, mi + 4 * D, W);
   for (int b = 0; b < B; b++)
     linear(c, blk.out_txt, T, In{a + size_t(b) * S * s.lda * es, dt_, s.lda},
            branch_out(s, size_t(b) * T));
-  NormOut nt = res_norm(c, &blk.ff1_txt, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, mt + 2 * D, W, RT, T,
+  NormOut nt = res_norm(c, &blk.ff1_txt, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, s.yt, mt + 2 * D, W, RT, T,
                         mt + 3 * D, mt + 4 * D, W);
   linear(c, blk.ff1_img, RL, ni.in(s.ldn), Out{s.hid, dt_, s.ldf}, Epi::BiasGelu);
   linear(c, blk.ff2_img, RL, In{s.hid, dt_, s.ldf}, branch_out(s, 0));
   const Linear* next_i = last ? nullptr : &dbl_[i + 1].qkv_img;
   const Linear* next_t = last ? nullptr : &dbl_[i + 1].qkv_txt;
-  res_norm(c, next_i, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, mi + 5 * D, W, RL, L, nmi, nmi ? nmi + D : nullptr,
+  res_norm(c, next_i, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, s.yt, mi + 5 * D, W, RL, L, nmi, nmi ? nmi + D : nullptr,
            W);
   linear(c, blk.ff1_txt, RT, nt.in(s.ldn), Out{s.hid, dt_, s.ldf}, Epi::BiasGelu);
   linear(c, blk.ff2_txt, RT, In{s.hid, dt_, s.ldf}, branch_out(s, 0));
-  res_norm(c, next_t, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, mt + 5 * D, W, RT, T, nmt, nmt ? nmt + D : nullptr,
+  res_norm(c, next_t, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, s.yt, mt + 5 * D, W, RT, T, nmt, nmt ? nmt + D : nullptr,
            W);
 }
 
@@ -444,7 +447,7 @@ void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) 
     attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, cat, 0, s.ldc});
   }
   linear(c, blk.out, RS, In{cat, dt_, s.ldc}, branch_out(s, 0));
-  res_norm(c, j + 1 < ns ? &sgl_[j + 1].qkv : nullptr, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.z, s.y, ms + 2 * D, Ws, RS,
+  res_norm(c, j + 1 < ns ? &sgl_[j + 1].qkv : nullptr, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.z, s.y, s.yt, ms + 2 * D, Ws, RS,
            S, nms, nms ? nms + D : nullptr, Ws);
 }
 

@@ -32,9 +32,10 @@ struct FluxStep {
   int B = 0, L = 0, T = 0;
   // Residual streams, fp32: image [BL, D], text [BT, D], joint [BS, D].
   float *x = nullptr, *ctx = nullptr, *z = nullptr;
-  // A branch's output [rows, D] before its gated add (attention out-projection, MLP out, single proj_out): fp32, or
-  // bf16 with FQ_BRANCH_BF16=1 on a bf16 engine (FluxTransformer::branch_type); sized for fp32.
+  // A branch's output [rows, D] before its gated add (attention out-projection, MLP out, single proj_out), in yt:
+  // fp32, or bf16 for a job asking for it on a bf16 engine (alloc_step's branch_bf16); sized for fp32.
   void* y = nullptr;
+  DType yt = DType::F32;
   void *xn = nullptr, *cn = nullptr;  // LayerNorm outputs [BS, D] in the consumer's type (compute type or fp8)
   float *xn_scale = nullptr, *cn_scale = nullptr, *xn_ws = nullptr, *cn_ws = nullptr;  // fp8 scale; amax + row stats
   void *qkv_i = nullptr, *qkv_t = nullptr, *Q = nullptr, *K = nullptr, *V = nullptr, *a = nullptr, *hid = nullptr,
@@ -82,7 +83,9 @@ class FluxTransformer {
   // ctx0 = context_embedder(t5) : [B*T, D] fp32 (step-independent).
   void embed_context(Ctx& c, const float* t5, int rows, float* ctx0);
   // The step state for (B, L, T) in `mem`; its step index starts at 0. ctrl_ch: control channels (lat_t's width).
-  FluxStep alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st, int ctrl_ch = 0) const;
+  // branch_bf16: FluxStep::y in bf16 on a bf16 engine (Request::branch_bf16).
+  FluxStep alloc_step(DeviceArena& mem, int B, int L, int T, cudaStream_t st, int ctrl_ch = 0,
+                      bool branch_bf16 = false) const;
   // Velocity for latents [B, L, in] at each sample's conditioning row of its step (s.sched; mods of R rows):
   // vel [B*L, out] fp32.
   // cs: rope table on device. Enqueues only (no host sync, no allocation once plans exist): capturable.
@@ -151,23 +154,21 @@ class FluxTransformer {
   // Output rows ldo apart.
   NormOut norm_in(Ctx& c, const Linear& consumer, void* o, int ldo, float* oscale, float* ws, const float* x,
                   int rows, int rpb, const float* shift, const float* scale, int W);
-  // x += gate * y (y in branch_type(), rows of D); then, when shift != null, the next LayerNorm + modulation, fused.
+  // x += gate * y (y in yt, rows of D); then, when shift != null, the next LayerNorm + modulation, fused.
   NormOut res_norm(Ctx& c, const Linear* consumer, void* o, int ldo, float* oscale, float* ws, float* x,
-                   const void* y, const float* gate, int Wg, int rows, int rpb, const float* shift,
+                   const void* y, DType yt, const float* gate, int Wg, int rows, int rpb, const float* shift,
                    const float* scale, int Wn);
-  // Branch outputs from row `row` on, in branch_type() (FluxStep::y).
+  // Branch outputs from row `row` on (FluxStep::y).
   Out branch_out(const FluxStep& s, size_t row) const {
-    return Out{static_cast<char*>(s.y) + row * cfg.hidden() * dsize(yt_), yt_, cfg.hidden()};
+    return Out{static_cast<char*>(s.y) + row * cfg.hidden() * dsize(s.yt), s.yt, cfg.hidden()};
   }
   const float* modp(const FluxStep& s, size_t k) const { return s.mods + mod_off_[k] * s.B; }
   void emit(bool after, BlockKind k, int i, FluxStep& s) {
     if (hook) hook(BlockEvent{after, k, i, s});
   }
   DType dt_;
-  // FluxStep::y's type: fp32 (default), or bf16 as diffusers' bf16 Linears write it (FQ_BRANCH_BF16=1, bf16 engines
-  // only): the GEMM writes and the gated add reads 2 bytes less per element (~1.1 G elements a 1024x1024 step); the
-  // residual streams stay fp32.
-  DType yt_ = DType::F32;
+  // FQ_BRANCH_BF16=1: every job's branch outputs in bf16 (alloc_step), as a job's branch_bf16 asks (benchmarks).
+  bool branch_bf16_ = false;
   bool qkv_inplace_ = false;
   int reserve_ = 0;
   Linear x_emb_, ctx_emb_, t1_, t2_, g1_, g2_, p1_, p2_, norm_out_, proj_out_;

@@ -110,6 +110,11 @@ Request request_of(const Json& req, const std::vector<uint8_t>& payload, const E
     if (req["plan"].kind != Json::Str) throw std::runtime_error("plan must be a plan name given at load");
     r.plan = req["plan"].s;
   }
+  // Mode XL's step: branch outputs in bf16 (Request::branch_bf16); absent: false.
+  if (req.has("branch_bf16")) {
+    if (req["branch_bf16"].kind != Json::Bool) throw std::runtime_error("branch_bf16 must be a boolean");
+    r.branch_bf16 = req["branch_bf16"].b;
+  }
   // Step caching: {threshold, warmup_steps (default 1), max_consecutive (default 1)}; absent or null: off.
   if (req.has("step_cache") && !req["step_cache"].is_null()) {
     const Json& sc = req["step_cache"];

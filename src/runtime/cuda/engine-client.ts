@@ -97,6 +97,8 @@ export interface CudaPrepareArgs {
   stepCache?: CudaStepCache;
   /** The job's precision plan: a name given at `load` (`plans`); absent: the base plan. */
   plan?: string;
+  /** Branch outputs in bf16 (mode XL's step, PROTOCOL.md `branch_bf16`); absent: fp32. */
+  branchBf16?: boolean;
 }
 
 /**
@@ -137,6 +139,7 @@ export function prepareFrameOf(a: CudaPrepareArgs): RequestFrame {
       ...(a.loras && a.loras.length > 0 ? { loras: a.loras.map((l) => ({ name: l.name, strength: l.strength })) } : {}),
       ...(a.stepCache ? { step_cache: stepCacheHeaderOf(a.stepCache) } : {}),
       ...(a.plan !== undefined ? { plan: a.plan } : {}),
+      ...(a.branchBf16 ? { branch_bf16: true } : {}),
     },
     payload,
   };

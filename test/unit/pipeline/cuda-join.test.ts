@@ -116,21 +116,25 @@ describe('CUDA executor: joiners land in the running engine batch (fake engine p
     }
   }, 60_000);
 
-  it('joins only a job of the same mode (precision plan)', async () => {
+  it('joins only a job of the same mode (precision plan, XL\'s step)', async () => {
     const e = await executor({ maxBatch: 4 });
     try {
       await e.exec.prepare([request(1, 3)]); // original: the base plan
       await e.exec.prepare([{ ...request(2, 3), mode: 'S' }]); // S: plan fp8, a job of its own
       await e.exec.prepare([{ ...request(3, 3), mode: 'S' }]); // joins the S job
       await e.exec.prepare([request(4, 3)]); // joins the original job
+      await e.exec.prepare([{ ...request(5, 3), mode: 'XL' }]); // XL: the base plan, its own step (bf16 branches)
+      await e.exec.prepare([{ ...request(6, 3), mode: 'XL' }]); // joins the XL job
       const sent = e.ops().filter((h) => h.op === 'prepare' || h.op === 'join');
-      expect(sent.map((h) => [h.op, h.job ?? null, h.plan ?? null])).toEqual([
-        ['prepare', null, null],
-        ['prepare', null, 'fp8'],
-        ['join', 2, 'fp8'],
-        ['join', 1, null],
+      expect(sent.map((h) => [h.op, h.job ?? null, h.plan ?? null, h.branch_bf16 ?? false])).toEqual([
+        ['prepare', null, null, false],
+        ['prepare', null, 'fp8', false],
+        ['join', 2, 'fp8', false],
+        ['join', 1, null, false],
+        ['prepare', null, null, true],
+        ['join', 3, null, true],
       ]);
-      expect((await e.exec.engineInfo()).jobs).toBe(2);
+      expect((await e.exec.engineInfo()).jobs).toBe(3);
     } finally {
       await e.exec.close();
     }

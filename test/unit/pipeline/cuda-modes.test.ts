@@ -45,10 +45,14 @@ describe('CUDA modes table', () => {
     expect(cudaModeOf(bf16, undefined).plan).toBeUndefined();
     expect(cudaModeOf(bf16, 'original').plan).toBeUndefined();
     expect(cudaModeOf(bf16, 'XL').plan).toBeUndefined();
+    // XL's own step on a bf16 engine: branch outputs in bf16 (prepare's branch_bf16); original keeps fp32 ones.
+    expect(cudaModeOf(bf16, 'XL').branchBf16).toBe(true);
+    expect(cudaModeOf(bf16, 'original').branchBf16).toBeUndefined();
     expect(cudaModeOf(bf16, 'S').plan).toBe('fp8');
     expect(cudaLoadPlans(bf16)).toEqual({ fp8: 'fp8' });
     const f32 = cudaModeTable('f32');
     expect(f32.map((m) => m.mode)).toEqual(['original', 'XL']);
+    expect(cudaModeOf(f32, 'XL').branchBf16).toBeUndefined();
     expect(cudaLoadPlans(f32)).toEqual({});
     expect(() => cudaModeOf(f32, 'S').plan).toThrow(FluxArgumentError);
     expect(() => cudaModeOf(bf16, 'L').plan).toThrow(FluxArgumentError);
@@ -91,12 +95,14 @@ describe('CUDA executor modes (fake engine process)', () => {
       const reqs = [request(1), request(2, 'S'), request(3, 'original'), request(4, 'S'), request(5, 'XL')];
       const handles = await exec.prepare(reqs);
       const prepares = frames().filter((f) => f.header.op === 'prepare');
-      // original (seeds 1 and 3: an absent mode is original), S (2 and 4), XL (5): three jobs.
-      expect(prepares.map((f) => [f.header.batch, f.header.plan ?? null]).sort()).toEqual(
+      // original (seeds 1 and 3: an absent mode is original), S (2 and 4), XL (5, its branch outputs in bf16).
+      expect(
+        prepares.map((f) => [f.header.batch, f.header.plan ?? null, f.header.branch_bf16 ?? false]).sort(),
+      ).toEqual(
         [
-          [2, null],
-          [2, 'fp8'],
-          [1, null],
+          [2, null, false],
+          [2, 'fp8', false],
+          [1, null, true],
         ].sort(),
       );
       // Every job steps as one: stepping all handles once sends one step per job.
