@@ -116,7 +116,7 @@ describe('CUDA executor: joiners land in the running engine batch (fake engine p
     }
   }, 60_000);
 
-  it('joins only a job of the same mode (precision plan, XL\'s step)', async () => {
+  it("joins only a job of the same mode (precision plan, XL's step)", async () => {
     const e = await executor({ maxBatch: 4 });
     try {
       await e.exec.prepare([request(1, 3)]); // original: the base plan
