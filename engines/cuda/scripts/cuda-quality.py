@@ -61,6 +61,8 @@ def main():
     # L's configuration (the base bf16 plan with step caching; its speed row is device-modes.sh p's L): mode names
     # bf16+cache@<t>, at most 1 cached step in a row.
     ap.add_argument("--bf16-thresholds", default="", help="comma list of step-cache thresholds on the bf16 plan")
+    # XL's own step (prepare's branch_bf16: bf16 branch outputs), against original like any mode.
+    ap.add_argument("--xl", action="store_true", help="add mode XL (branch_bf16)")
     a = ap.parse_args()
     inp = json.load(open(a.inputs))
     N, H, W, T = len(inp["prompts"]), inp["height"], inp["width"], inp["t5_len"]
@@ -73,6 +75,8 @@ def main():
     # --plans' entries.
     presets = [p for p in a.presets.split(",") if p]
     modes = [("original", None, None, None)]
+    if a.xl:
+        modes.append(("XL", None, None, None))
     for plan in ["fp8"] + presets:
         label = "S" if plan == "fp8" else plan
         modes.append((label, plan, None, None))
@@ -95,6 +99,8 @@ def main():
                       "guidance": [inp["guidance"]] * B, "latents": "payload"}
             if plan:
                 header["plan"] = plan
+            if mode == "XL":
+                header["branch_bf16"] = True
             if threshold is not None:
                 header["step_cache"] = {"threshold": threshold, "warmup_steps": 1, "max_consecutive": max_consecutive}
             eng.send(header, clip[idx].tobytes() + t5[idx].tobytes() + lat[idx].tobytes())

@@ -3,7 +3,8 @@
 #   check: selftest LoRA section in f32, bf16 and fp8 (the B factors now placed outside the captured step,
 #          linear.h place_reserve), selftest units in bf16 (the in-place QK-norm + RoPE kernel loads q and k first),
 #          and the bf16 fixture sections with FQ_BRANCH_BF16=1 (branch outputs in bf16: conformance);
-#   lora:  --bench-lora bf16 and fp8, ranks 16 / 64, each LoRA step bracketed by base steps (overhead vs their mean);
+#   lora [STEPS]: --bench-lora bf16 and fp8, ranks 16 / 64, each LoRA step bracketed by base steps (overhead vs their
+#          mean), STEPS steps per timing (default 6);
 #   xl:    --bench-modes original and XL (XL's jobs write bf16 branch outputs, Request::branch_bf16), batch 1, each
 #          with its floor; then --bench bf16 with FQ_BRANCH_BF16=1 for the own-kernel families per step;
 #   modes: the modes table's LoRA rows at batch 1 (original and S, ranks 16 / 64 / 256).
@@ -34,8 +35,8 @@ case ${1:-} in
     grep '"pass":false' "$OUT/selftest-branch-bf16.txt" | grep -v '"info":true' | head
     ;;
   lora)
-    say "bench-lora bf16 + fp8, ranks 16, 64 (bracketed)"
-    timeout -k 5 200 "$ENGINE" --bench-lora --steps 6 --ranks 16,64 --precisions bf16,fp8 --out "$OUT/bench-lora" \
+    say "bench-lora bf16 + fp8, ranks 16, 64 (bracketed), ${2:-6} steps"
+    timeout -k 5 300 "$ENGINE" --bench-lora --steps "${2:-6}" --ranks 16,64 --precisions bf16,fp8 --out "$OUT/bench-lora" \
       >/dev/null 2>"$OUT/bench-lora.err" || rc=1
     grep -E "overhead|base step" "$OUT/bench-lora.err" | tail -12
     ;;
