@@ -301,7 +301,7 @@ class CudaExecutor implements CudaStepExecutor {
       name,
       path: this.#modelDir,
       capabilities: {
-        // original, XL (the same computation here), L and M (planned on this engine) and S (cuda-modes.ts).
+        // original, XL (its bf16 branch outputs), L and M (planned on this engine) and S (cuda-modes.ts).
         modes: this.#modes.map((m) => m.mode),
         ...(this.#modes.unavailable.length > 0 ? { unavailable: this.#modes.unavailable.map((u) => ({ ...u })) } : {}),
         // LoRA sets per request, applied by the engine at run time (cuda-lora.ts), BFL Control LoRAs with a control

@@ -9,8 +9,9 @@ same engine plan and, for a forced cached-step pattern, the lowest threshold who
 marked "~", the run of that plan with as many full steps under another pattern).
 Optional <dir>/labels.json, {"<run>:<mode>": "<label>"}: the table names of rows whose configuration a later part
 made the mode's (e.g. a part's "S2" row becomes "S", the earlier S row "S@0.2"); the row keeps its run's name as
-"run_mode". LoRA rows take "lora:<run>:<mode>" labels the same way.
-A part of another iteration count than the first gives its LoRA rows only (their step timing is bench_lora's own)."""
+"run_mode". LoRA rows take "lora:<run>:<mode>" labels the same way, and "quality:<run>:<mode>" names the quality row
+(by its mode) of a timing row whose step is not its plan's alone (XL's bf16 branch outputs since session 18).
+A part of another iteration count than the first keeps its rows, its run cell saying how many iterations."""
 import csv
 import glob
 import json
@@ -55,8 +56,17 @@ def qcols(q):
     return f"{q['psnr_db']:.1f} ({q['source']}) | {q['ssim']:.4f} | {q['worst_attribute_points']:+.1f}"
 
 
-def quality_of(row, qrows):
-    """The flux-mini quality row matching a timing row (plan, and the forced pattern or none), else None."""
+def quality_of(row, qrows, named=None):
+    """The flux-mini quality row matching a timing row (plan, and the forced pattern or none), else None; `named`: the
+    quality row of that mode instead (labels.json "quality:<run>:<mode>")."""
+    if named:
+        q = next((x for x in qrows if x["mode"] == named), None)
+        orig = next((x for x in qrows if x["mode"] == "original"), None)
+        if not q:
+            return None
+        worst = min((q["accuracy"][k] - orig["accuracy"][k]) * 100 for k in q["accuracy"]) if orig else None
+        return {"source": q["mode"], "threshold": None, "psnr_db": q["psnr"], "ssim": q["ssim"],
+                "accuracy": q["accuracy"], "worst_attribute_points": worst, "full_steps_mean": q.get("fullStepsMean")}
     plan = row["plan"]["name"]
     want = None if plan in ("base", "bf16") else plan
     pat = row.get("cache_pattern") or None
@@ -91,8 +101,8 @@ def main(src, prefix, quality_path=None):
         run = os.path.basename(p)[len("modes-"):-len(".json")]
         runs.append({"run": run, "device": d["device"], "card": d["card"], "load_ms": d["load_ms"],
                      "clocks": clocks(os.path.join(src, f"clocks-{run}.csv")), "d": d})
-        rows += [dict(r, run=run, mode=labels.get(f"{run}:{r['mode']}", r["mode"]), run_mode=r["mode"])
-                 for r in d["rows"]]
+        rows += [dict(r, run=run, mode=labels.get(f"{run}:{r['mode']}", r["mode"]), run_mode=r["mode"],
+                      iters=d["iters"]) for r in d["rows"]]
         lora += [dict(r, run=run, mode=labels.get(f"lora:{run}:{r['mode']}", r["mode"]), run_mode=r["mode"])
                  for r in d["lora_rows"]]
     first = runs[0]["d"]
@@ -103,10 +113,6 @@ def main(src, prefix, quality_path=None):
         for k in ("device", "card", "width", "height", "steps"):
             if r["d"][k] != first[k]:
                 sys.exit(f"part {r['run']}: {k} {r['d'][k]!r} differs from {runs[0]['run']}'s {first[k]!r}")
-        if r["d"]["iters"] != first["iters"]:
-            print(f"part {r['run']}: {r['d']['iters']} iterations (not {first['iters']}): its LoRA rows only",
-                  file=sys.stderr)
-            rows = [x for x in rows if x["run"] != r["run"]]
     for r in cached[1:]:
         if r["d"]["cache_pattern"] != cached[0]["d"]["cache_pattern"]:
             sys.exit(f"part {r['run']}: cache_pattern {r['d']['cache_pattern']!r} differs from {cached[0]['run']}'s")
@@ -115,7 +121,7 @@ def main(src, prefix, quality_path=None):
                                                 "bench", "results", "cuda-quality-flux-mini-h100.json")
     qrun = json.load(open(quality_path)) if os.path.exists(quality_path) else None
     for r in rows:
-        r["quality"] = quality_of(r, qrun["rows"]) if qrun else None
+        r["quality"] = quality_of(r, qrun["rows"], labels.get(f"quality:{r['run']}:{r['run_mode']}")) if qrun else None
     lora.sort(key=lambda r: (mode_rank(r["mode"]), r["mode"], r["lora_rank"], r["run"]))
     out = {k: first[k] for k in ("device", "card", "cuda_driver_api", "cuda_runtime", "engine", "weights",
                                  "weights_gb", "plan_fp8_gb", "width", "height", "steps", "iters", "cache_pattern",
@@ -130,10 +136,13 @@ def main(src, prefix, quality_path=None):
           first["method"], "", "| mode | precision | batch | mean s | std s | s/image | step ms | full / cached steps | "
           "pattern | plan (fp8 layers) | floor s (same run) | run | flux-mini PSNR dB | SSIM | worst attribute (points) |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    def run_cell(r):
+        return r["run"] if r["iters"] == first["iters"] else f"{r['run']} ({r['iters']} iters)"
+
     for r in rows:
         md.append(f"| {r['mode']} | {r['precision']} | {r['batch']} | {r['mean_s']:.3f} | {r['std_s']:.3f} | "
                   f"{r['s_per_image']:.3f} | {r['step_ms']:.2f} | {r['full_steps']} / {r['cached_steps']} | "
-                  f"{'`' + r['cache_pattern'] + '`' if r.get('cache_pattern') else '-'} | {r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {r['run']} | {qcols(r['quality'])} |")
+                  f"{'`' + r['cache_pattern'] + '`' if r.get('cache_pattern') else '-'} | {r['plan']['name']} ({r['plan']['fp8_layers']}) | {r['floor_s']:.3f} | {run_cell(r)} | {qcols(r['quality'])} |")
     lm = any(r["mode"] in ("L", "M") for r in rows)
     sc = cached[0]["d"] if cached else None
     if qrun:
