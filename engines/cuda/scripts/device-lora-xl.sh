@@ -7,7 +7,8 @@
 #          mean), STEPS steps per timing (default 6);
 #   xl:    --bench-modes original and XL (XL's jobs write bf16 branch outputs, Request::branch_bf16), batch 1, each
 #          with its floor; then --bench bf16 with FQ_BRANCH_BF16=1 for the own-kernel families per step;
-#   modes: the modes table's LoRA rows at batch 1 (original and S, ranks 16 / 64 / 256).
+#   modes: the modes table's LoRA rows at batch 1 (original and S, ranks 16 / 64 / 256);
+#   fold:  the vectorised lora_fold_fp8: its unit test, the LoRA selftest in bf16 / fp8, fp8 and S LoRA overheads.
 #   OUT=$OUT bash engines/cuda/scripts/device-batch.sh "check=device-lora-xl.sh check" "lora=device-lora-xl.sh lora" ...
 # (carry [".device-carry/fixtures"] for check).
 set -uo pipefail
@@ -63,7 +64,31 @@ case ${1:-} in
     rm -f "$OUT/modes-b1lora.md"
     grep -E "bench-lora|floor" "$OUT/modes-b1lora.err" | tail -12
     ;;
-  *) echo "part check, lora, xl or modes"; exit 2 ;;
+  fold)
+    # The vectorised lora_fold_fp8 (four e4m3 a thread): its unit test, the LoRA section, fp8 and S overheads.
+    say "selftest units bf16 (unit.lora_fold_fp8_*)"
+    FQ_SELFTEST_ONLY=units timeout -k 5 60 "$ENGINE" --selftest "$FIX" models/flux-tiny bf16 \
+      >"$OUT/selftest-units.txt" 2>&1 || rc=1
+    grep -E "required cases|lora_fold" "$OUT/selftest-units.txt" | grep -v '^{' | cut -c1-200
+    say "selftest LoRA section, bf16 and fp8"
+    for p in bf16 fp8; do
+      FQ_SELFTEST_ONLY=lora timeout -k 5 90 "$ENGINE" --selftest "$FIX" models/flux-tiny $p \
+        >"$OUT/selftest-lora-$p.txt" 2>&1 || rc=1
+      grep -E "required cases|along K|interleaved" "$OUT/selftest-lora-$p.txt" | grep -v '^{' | cut -c1-200
+    done
+    say "bench-lora fp8, ranks 16, 64, 16 steps"
+    timeout -k 5 150 "$ENGINE" --bench-lora --steps 16 --ranks 16,64 --precisions fp8 --out "$OUT/bench-lora-fp8" \
+      >/dev/null 2>"$OUT/bench-lora-fp8.err" || rc=1
+    cat "$OUT/bench-lora-fp8.json" | cut -c1-300
+    CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+    SPAT=${SPAT:-FFFCFCFCFCCFCCFCCFCCFCFCFCFC}
+    say "bench-modes S LoRA rows, ranks 16, 64"
+    timeout -k 5 200 "$ENGINE" --bench-modes --size 1024 --steps 28 --iters 3 --card "$CARD" --batches 1 \
+      --modes "S=fp8/$SPAT" --lora-ranks 16,64 --out "$OUT/modes-b1fold" >/dev/null 2>"$OUT/modes-b1fold.err" || rc=1
+    rm -f "$OUT/modes-b1fold.md"
+    grep -E "bench-lora|bench-modes" "$OUT/modes-b1fold.err" | tail -6
+    ;;
+  *) echo "part check, lora, xl, modes or fold"; exit 2 ;;
 esac
 say "done rc=$rc"
 exit $rc

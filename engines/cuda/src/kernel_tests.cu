@@ -427,6 +427,47 @@ void test_qk_norm_rope_inplace(Engine& e, ReportFn report, std::mt19937& rng) {
   }
 }
 
+// lora_fold_fp8 (the fp8 LoRA along K): h [rows, r] and B [out, r] in bf16 -> e4m3 codes in the reserve columns of
+// x rows (stride ldx) and W rows (stride ldw) with the factors m / amax(h) and m / amax(B), m = min(sqrt(amax(h)
+// amax(B) / s_w), 448). Codes against the host's conversion of the same float products (cuda_fp8.h, satfinite),
+// bytes outside the reserve columns untouched, and an all-zero h writing zeros.
+void test_lora_fold_fp8(Engine& e, ReportFn report, std::mt19937& rng) {
+  const int rows = 37, out = 29, r = 32, off = 48, ldx = off + 64, ldw = off + 80;
+  for (bool zero_h : {false, true}) {
+    Vec h = round_to(randn(size_t(rows) * r, rng, 3.f), DType::BF16), b = round_to(randn(size_t(out) * r, rng, 0.02f), DType::BF16);
+    if (zero_h) std::fill(h.begin(), h.end(), 0.f);
+    float ah = 0, ab = 0;
+    for (float v : h) ah = std::max(ah, std::fabs(v));
+    for (float v : b) ab = std::max(ab, std::fabs(v));
+    const float sw = 1e-4f;
+    DeviceBuffer dh = up(h, DType::BF16, e.st), db = up(b, DType::BF16, e.st), sc = up({ah, ab, sw}, DType::F32, e.st);
+    DeviceBuffer xres = poisoned(size_t(rows) * ldx, e.st), wres = poisoned(size_t(out) * ldw, e.st);
+    lora_fold_fp8(dh.get(), rows, r, db.get(), out, sc.as<float>(), sc.as<float>() + 1, sc.as<float>() + 2,
+                  static_cast<char*>(xres.get()) + off, ldx, static_cast<char*>(wres.get()) + off, ldw, e.st);
+    CUDA_CHECK(cudaStreamSynchronize(e.st));
+    std::vector<uint8_t> gx(size_t(rows) * ldx), gw(size_t(out) * ldw);
+    CUDA_CHECK(cudaMemcpy(gx.data(), xres.get(), gx.size(), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(gw.data(), wres.get(), gw.size(), cudaMemcpyDeviceToHost));
+    // The kernel's own float operations: m, the two factors, then one product per element.
+    const bool z = !(ah > 0.f) || !(ab > 0.f);
+    const float m = z ? 0.f : std::fmin(std::sqrt(ah * ab / sw), 448.f), fh = z ? 0.f : m / ah, fb = z ? 0.f : m / ab;
+    int bad = 0, touched = 0;
+    auto check = [&](const std::vector<uint8_t>& got, const Vec& src, int n, int ld, float f) {
+      for (int i = 0; i < n; i++)
+        for (int c = 0; c < ld; c++) {
+          const uint8_t g = got[size_t(i) * ld + c];
+          if (c < off || c >= off + r) touched += g != 0xff;
+          else bad += g != __nv_fp8_e4m3(src[size_t(i) * r + (c - off)] * f).__x;
+        }
+    };
+    check(gx, h, rows, ldx, fh);
+    check(gw, b, out, ldw, fb);
+    const std::string tag = zero_h ? "_zero_h" : "";
+    report("unit.lora_fold_fp8_codes" + tag, e.precision(), "mismatches", bad, 0, true);
+    report("unit.lora_fold_fp8_outside_reserve" + tag, e.precision(), "changed", touched, 0, true);
+  }
+}
+
 void test_groupnorm(Engine& e, ReportFn report, std::mt19937& rng) {
   struct Cfg {
     int B, HW, C, G;
@@ -587,6 +628,7 @@ void run_kernel_units(Engine& e, ReportFn report) {
   std::mt19937 rng(20261206);
   test_residual_layernorm(e, report, rng);
   test_fp8_quantizers(e, report, rng);
+  if (e.dt != DType::F32) test_lora_fold_fp8(e, report, rng);
   test_fp8row_quantizer(e, report, rng);
   test_fp8row_linear(e, report, rng);
   test_qk_norm_rope(e, report, rng);

@@ -95,8 +95,9 @@ void kcat_product(Ctx& c, const Linear& l, const Adapter& a, int rows, const In&
 // after its conversion (kcat8_product), as an fp8 input of another stride keeps the fused path.
 bool kcat8_fits(const Linear& l, const Adapter& a) {
   // cuBLASLt's fp8 products want 16-byte multiples along K and the down product's N (the rank).
+  // (lora_fold_fp8 also stores four e4m3 at a time: row strides in 16-byte multiples.)
   return g_kcat && l.wt == DType::FP8 && a.a8 && (a.in == 0 || a.in == l.in) && !a.bias && a.rank % 16 == 0 &&
-         l.in % 16 == 0 && weight_ld(l) >= l.in + a.rank;
+         l.in % 16 == 0 && weight_ld(l) % 16 == 0 && weight_ld(l) >= l.in + a.rank;
 }
 
 // The same along K for an fp8 layer: y = epi(s_x s_w [x_q | h_q] [W_q | B'_q]^T + b) (+ resid). The down product
@@ -184,7 +185,7 @@ void linear(Ctx& c, const Linear& l, int rows, In x, Out y, Epi epi, const void*
   }
   const Adapter& a = *l.adapter;
   if (kcat_fits(l, a, x)) return kcat_product(c, l, a, rows, x, y, epi, resid);
-  if (kcat8_fits(l, a) && x.t == DType::FP8 && x.ld >= l.in + a.rank)
+  if (kcat8_fits(l, a) && x.t == DType::FP8 && x.ld % 16 == 0 && x.ld >= l.in + a.rank)
     return kcat8_product(c, l, a, rows, x, y, epi, resid);
   const DType t = adapter_type(l);
   // The adapter's input: the layer's converted input where it already has the adapter type, else a bf16 view.
