@@ -11,7 +11,8 @@ Optional <dir>/labels.json, {"<run>:<mode>": "<label>"}: the table names of rows
 made the mode's (e.g. a part's "S2" row becomes "S", the earlier S row "S@0.2"); the row keeps its run's name as
 "run_mode". LoRA rows take "lora:<run>:<mode>" labels the same way, and "quality:<run>:<mode>" names the quality row
 (by its mode) of a timing row whose step is not its plan's alone (XL's bf16 branch outputs since session 18).
-A part of another iteration count than the first keeps its rows, its run cell saying how many iterations."""
+A part of another iteration count than most keeps its rows, its run cell saying how many iterations; a part of fewer
+than 3 iterations gives its LoRA rows only (one or two requests are not a mean)."""
 import csv
 import glob
 import json
@@ -105,7 +106,11 @@ def main(src, prefix, quality_path=None):
                       iters=d["iters"]) for r in d["rows"]]
         lora += [dict(r, run=run, mode=labels.get(f"lora:{run}:{r['mode']}", r["mode"]), run_mode=r["mode"])
                  for r in d["lora_rows"]]
+    # The header (method, iterations) from a part of the most common iteration count.
+    ref_iters = statistics.mode(r["d"]["iters"] for r in runs)
+    runs.sort(key=lambda r: r["d"]["iters"] != ref_iters)
     first = runs[0]["d"]
+    rows = [x for x in rows if x["iters"] >= 3]
     # The S+cache pattern must agree only between parts that ran S+cache rows (a part without them, such as b,
     # records the PATTERN it was given but never used it).
     cached = [r for r in runs if any(x["mode"] == "S+cache" for x in r["d"]["rows"])]
@@ -126,6 +131,7 @@ def main(src, prefix, quality_path=None):
     out = {k: first[k] for k in ("device", "card", "cuda_driver_api", "cuda_runtime", "engine", "weights",
                                  "weights_gb", "plan_fp8_gb", "width", "height", "steps", "iters", "cache_pattern",
                                  "cache_pattern_source", "method", "unavailable_modes")}
+    out["iters"] = ref_iters
     out["runs"] = [{k: r[k] for k in ("run", "load_ms", "clocks")} for r in runs]
     out["rows"] = rows
     out["lora_rows"] = lora
@@ -137,7 +143,7 @@ def main(src, prefix, quality_path=None):
           "pattern | plan (fp8 layers) | floor s (same run) | run | flux-mini PSNR dB | SSIM | worst attribute (points) |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def run_cell(r):
-        return r["run"] if r["iters"] == first["iters"] else f"{r['run']} ({r['iters']} iters)"
+        return r["run"] if r["iters"] == ref_iters else f"{r['run']} ({r['iters']} iters)"
 
     for r in rows:
         md.append(f"| {r['mode']} | {r['precision']} | {r['batch']} | {r['mean_s']:.3f} | {r['std_s']:.3f} | "
