@@ -273,8 +273,8 @@ FluxTransformer::NormOut FluxTransformer::norm_in(Ctx& c, const Linear& consumer
 
 FluxTransformer::NormOut FluxTransformer::res_norm(Ctx& c, const Linear* consumer, void* o, int ldo, float* oscale,
                                                    float* ws, float* x, const void* y, DType yt, const float* gate,
-                                                   int Wg,
-                                                   int rows, int rpb, const float* shift, const float* scale, int Wn) {
+                                                   int Wg, int rows, int rpb, const float* shift, const float* scale,
+                                                   int Wn) {
   const int D = cfg.hidden();
   ProfScope mark(kProfResNorm, c.st);  // norm_in's own mark below nests into this one
   if (shift) {
@@ -394,12 +394,12 @@ void FluxTransformer::double_block(Ctx& c, FluxStep& s, int i, const float* cs) 
   linear(c, blk.ff2_img, RL, In{s.hid, dt_, s.ldf}, branch_out(s, 0));
   const Linear* next_i = last ? nullptr : &dbl_[i + 1].qkv_img;
   const Linear* next_t = last ? nullptr : &dbl_[i + 1].qkv_txt;
-  res_norm(c, next_i, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, s.yt, mi + 5 * D, W, RL, L, nmi, nmi ? nmi + D : nullptr,
-           W);
+  res_norm(c, next_i, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.x, s.y, s.yt, mi + 5 * D, W, RL, L, nmi,
+           nmi ? nmi + D : nullptr, W);
   linear(c, blk.ff1_txt, RT, nt.in(s.ldn), Out{s.hid, dt_, s.ldf}, Epi::BiasGelu);
   linear(c, blk.ff2_txt, RT, In{s.hid, dt_, s.ldf}, branch_out(s, 0));
-  res_norm(c, next_t, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, s.yt, mt + 5 * D, W, RT, T, nmt, nmt ? nmt + D : nullptr,
-           W);
+  res_norm(c, next_t, s.cn, s.ldn, s.cn_scale, s.cn_ws, s.ctx, s.y, s.yt, mt + 5 * D, W, RT, T, nmt,
+           nmt ? nmt + D : nullptr, W);
 }
 
 // Single-stream blocks run on z = [ctx ; x] per batch (text first); the first one's norm is written here.
@@ -447,8 +447,8 @@ void FluxTransformer::single_block(Ctx& c, FluxStep& s, int j, const float* cs) 
     attention(c, B, S, 0, s.Q, s.K, s.V, H * hd, OutMap{nullptr, cat, 0, s.ldc});
   }
   linear(c, blk.out, RS, In{cat, dt_, s.ldc}, branch_out(s, 0));
-  res_norm(c, j + 1 < ns ? &sgl_[j + 1].qkv : nullptr, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.z, s.y, s.yt, ms + 2 * D, Ws, RS,
-           S, nms, nms ? nms + D : nullptr, Ws);
+  res_norm(c, j + 1 < ns ? &sgl_[j + 1].qkv : nullptr, s.xn, s.ldn, s.xn_scale, s.xn_ws, s.z, s.y, s.yt,
+           ms + 2 * D, Ws, RS, S, nms, nms ? nms + D : nullptr, Ws);
 }
 
 // Output: image tokens, AdaLayerNormContinuous (scale first, then shift), proj_out.

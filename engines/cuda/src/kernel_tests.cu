@@ -434,7 +434,8 @@ void test_qk_norm_rope_inplace(Engine& e, ReportFn report, std::mt19937& rng) {
 void test_lora_fold_fp8(Engine& e, ReportFn report, std::mt19937& rng) {
   const int rows = 37, out = 29, r = 32, off = 48, ldx = off + 64, ldw = off + 80;
   for (bool zero_h : {false, true}) {
-    Vec h = round_to(randn(size_t(rows) * r, rng, 3.f), DType::BF16), b = round_to(randn(size_t(out) * r, rng, 0.02f), DType::BF16);
+    Vec h = round_to(randn(size_t(rows) * r, rng, 3.f), DType::BF16);
+    Vec b = round_to(randn(size_t(out) * r, rng, 0.02f), DType::BF16);
     if (zero_h) std::fill(h.begin(), h.end(), 0.f);
     float ah = 0, ab = 0;
     for (float v : h) ah = std::max(ah, std::fabs(v));
