@@ -25,3 +25,19 @@ build_engine() {
   say "build (cuDNN: ${CUDNN_DIR:-none})"
   device_build "$HERE" "$BUILD"
 }
+
+# selftest_part FILE SECTIONS PRECISION SECONDS [PATTERN]: the engine's selftest sections (FQ_SELFTEST_ONLY) on
+# flux-tiny against $FIX into $OUT/FILE, then its summary line and the lines matching PATTERN, and every failed
+# required case. Variables set before the call (FQ_...) reach the engine; a failure sets the caller's rc=1.
+selftest_part() {
+  local file=$1 sections=$2 precision=$3 limit=$4 pattern=${5:-}
+  FQ_SELFTEST_ONLY=$sections timeout -k 5 "$limit" "$ENGINE" --selftest "$FIX" models/flux-tiny "$precision" \
+    >"$OUT/$file" 2>&1 || rc=1
+  grep -E "required cases${pattern:+|$pattern}" "$OUT/$file" | grep -v '^{' | cut -c1-220
+  grep '"pass":false' "$OUT/$file" | grep -v '"info":true' | head
+}
+
+# card_line: the card as bench-modes records it (--card): name, driver, max clocks, power limit.
+card_line() {
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';'
+}

@@ -14,17 +14,13 @@ source engines/cuda/scripts/device-common.sh
 build_engine || exit 1
 rc=0
 say "selftest LoRA section, all precisions"
-FQ_SELFTEST_ONLY=lora timeout -k 5 90 "$ENGINE" --selftest "$FIX" models/flux-tiny all >"$OUT/selftest-lora.txt" 2>&1 || rc=1
-grep -E "required cases|along K" "$OUT/selftest-lora.txt" | cut -c1-220
-grep '"pass":false' "$OUT/selftest-lora.txt" | grep -v '"info":true' | head
+selftest_part selftest-lora.txt lora all 90 "along K"
 say "bench-lora fp8, reserve 256"
 timeout -k 5 100 "$ENGINE" --bench-lora --steps 6 --ranks 16,64 --precisions fp8 --out "$OUT/bench-kcat8" \
   >/dev/null 2>"$OUT/bench-kcat8.err" || rc=1
 cat "$OUT/bench-kcat8.json" | cut -c1-400
 say "selftest units bf16, FQ_RESNORM=vec"
-FQ_RESNORM=vec FQ_SELFTEST_ONLY=units timeout -k 5 60 "$ENGINE" --selftest "$FIX" models/flux-tiny bf16 \
-  >"$OUT/selftest-units-vec.txt" 2>&1 || rc=1
-grep -E "required cases|residual_layernorm" "$OUT/selftest-units-vec.txt" | cut -c1-200
+FQ_RESNORM=vec selftest_part selftest-units-vec.txt units bf16 60 "residual_layernorm"
 for v in old vec; do
   say "bench bf16 b1, FQ_RESNORM=$v"
   FQ_RESNORM=$v timeout -k 5 80 "$ENGINE" --bench --batches 1 --iters 3 --precisions bf16 --out "$OUT/bench-resnorm-$v" \

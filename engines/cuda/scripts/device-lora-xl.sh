@@ -20,20 +20,11 @@ rc=0
 case ${1:-} in
   check)
     say "selftest LoRA section, all precisions"
-    FQ_SELFTEST_ONLY=lora timeout -k 5 120 "$ENGINE" --selftest "$FIX" models/flux-tiny all \
-      >"$OUT/selftest-lora.txt" 2>&1 || rc=1
-    grep -E "required cases|along K" "$OUT/selftest-lora.txt" | cut -c1-220
-    grep '"pass":false' "$OUT/selftest-lora.txt" | grep -v '"info":true' | head
+    selftest_part selftest-lora.txt lora all 120 "along K"
     say "selftest units bf16"
-    FQ_SELFTEST_ONLY=units timeout -k 5 60 "$ENGINE" --selftest "$FIX" models/flux-tiny bf16 \
-      >"$OUT/selftest-units.txt" 2>&1 || rc=1
-    grep -E "required cases|qk_norm|residual_layernorm" "$OUT/selftest-units.txt" | cut -c1-200
-    grep '"pass":false' "$OUT/selftest-units.txt" | grep -v '"info":true' | head
+    selftest_part selftest-units.txt units bf16 60 "qk_norm|residual_layernorm"
     say "selftest bf16 transformer + pipeline + lora, FQ_BRANCH_BF16=1"
-    FQ_BRANCH_BF16=1 FQ_SELFTEST_ONLY=transformer,pipeline,lora timeout -k 5 120 "$ENGINE" --selftest "$FIX" \
-      models/flux-tiny bf16 >"$OUT/selftest-branch-bf16.txt" 2>&1 || rc=1
-    grep -E "required cases" "$OUT/selftest-branch-bf16.txt" | cut -c1-200
-    grep '"pass":false' "$OUT/selftest-branch-bf16.txt" | grep -v '"info":true' | head
+    FQ_BRANCH_BF16=1 selftest_part selftest-branch-bf16.txt transformer,pipeline,lora bf16 120
     ;;
   lora)
     say "bench-lora bf16 + fp8, ranks 16, 64 (bracketed), ${2:-6} steps"
@@ -42,7 +33,7 @@ case ${1:-} in
     grep -E "overhead|base step" "$OUT/bench-lora.err" | tail -12
     ;;
   xl)
-    CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+    CARD=$(card_line)
     say "bench-modes original, XL (branch outputs bf16), batch 1, ${ITERS:-5} iterations"
     timeout -k 5 200 "$ENGINE" --bench-modes --size 1024 --steps 28 --iters "${ITERS:-5}" --card "$CARD" \
       --batches 1 --modes original,XL --out "$OUT/modes-b1xl" >/dev/null 2>"$OUT/modes-b1xl.err" || rc=1
@@ -55,7 +46,7 @@ case ${1:-} in
     rm -f "$OUT/bench-branch-1.md"
     ;;
   modes)
-    CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+    CARD=$(card_line)
     SPAT=${SPAT:-FFFCFCFCFCCFCCFCCFCCFCFCFCFC}
     say "bench-modes LoRA rows: original, S=fp8/$SPAT, ranks 16,64,256"
     timeout -k 5 400 "$ENGINE" --bench-modes --size 1024 --steps 28 --iters "${ITERS:-10}" --card "$CARD" \
@@ -67,20 +58,14 @@ case ${1:-} in
   fold)
     # The vectorised lora_fold_fp8 (four e4m3 a thread): its unit test, the LoRA section, fp8 and S overheads.
     say "selftest units bf16 (unit.lora_fold_fp8_*)"
-    FQ_SELFTEST_ONLY=units timeout -k 5 60 "$ENGINE" --selftest "$FIX" models/flux-tiny bf16 \
-      >"$OUT/selftest-units.txt" 2>&1 || rc=1
-    grep -E "required cases|lora_fold" "$OUT/selftest-units.txt" | grep -v '^{' | cut -c1-200
+    selftest_part selftest-units.txt units bf16 60 "lora_fold"
     say "selftest LoRA section, fp8"
-    for p in fp8; do
-      FQ_SELFTEST_ONLY=lora timeout -k 5 90 "$ENGINE" --selftest "$FIX" models/flux-tiny $p \
-        >"$OUT/selftest-lora-$p.txt" 2>&1 || rc=1
-      grep -E "required cases|along K|interleaved" "$OUT/selftest-lora-$p.txt" | grep -v '^{' | cut -c1-200
-    done
+    selftest_part selftest-lora-fp8.txt lora fp8 90 "along K|interleaved"
     say "bench-lora fp8, ranks 16, 64, 16 steps"
     timeout -k 5 150 "$ENGINE" --bench-lora --steps 16 --ranks 16,64 --precisions fp8 --out "$OUT/bench-lora-fp8" \
       >/dev/null 2>"$OUT/bench-lora-fp8.err" || rc=1
     cat "$OUT/bench-lora-fp8.json" | cut -c1-300
-    CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+    CARD=$(card_line)
     SPAT=${SPAT:-FFFCFCFCFCCFCCFCCFCCFCFCFCFC}
     say "bench-modes S LoRA rows, ranks 16, 64"
     timeout -k 5 200 "$ENGINE" --bench-modes --size 1024 --steps 28 --iters 3 --card "$CARD" --batches 1 \

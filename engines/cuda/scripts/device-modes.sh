@@ -23,7 +23,7 @@ PATTERN=${PATTERN:-}
 LOG=$OUT/summary.txt
 source "$(dirname "$0")/device-common.sh"
 build_engine || exit 1
-CARD=$(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv | tr '\n' ';')
+CARD=$(card_line)
 rc=0
 # modes_run NAME TIMEOUT ARGS...: one engine run, nvidia-smi sampling its clocks and power beside it.
 modes_run() {
