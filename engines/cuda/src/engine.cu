@@ -588,6 +588,9 @@ bool Engine::capture_into(StepGraph& graph, const std::function<void()>& enqueue
 
 void Engine::step(Job& j) {
   if (j.step >= j.steps) throw std::runtime_error("no steps left");
+  // The set's B in the weights' reserve (linear.h place_reserve) before any of the step's parts is captured or
+  // replayed: outside every graph, once a step, copying only what another job's set replaced.
+  if (j.adapters) j.adapters->place(st);
   // The host mirror of the device's advance (advance_steps): every sample not done moves one of its steps.
   auto advanced = [&] {
     j.step++;
@@ -603,7 +606,6 @@ void Engine::step(Job& j) {
   // failed for this job (then it runs eagerly).
   bool replay = false;
   if (use_graphs && !j.graph.failed && !prof_on()) {
-    if (j.adapters) j.adapters->place(st);  // the set's B in the weights' reserve, outside the graph (linear.h)
     if (j.graph.exec && j.graph.epoch == epoch()) replay = true;
     else if (j.steps - j.step > 1) replay = capture_step(j);  // worth a capture only for two or more replays
   }
@@ -668,7 +670,6 @@ void Engine::cache_reuse(Job& j) {
 bool Engine::run_part(Job& j, StepGraph& g, void (Engine::*part)(Job&)) {
   bool replay = false;
   if (use_graphs && !g.failed && !prof_on()) {
-    if (j.adapters) j.adapters->place(st);  // as in step()
     if (g.exec && g.epoch == epoch()) replay = true;
     else if (j.steps - j.step > 1) replay = capture_into(g, [&] { (this->*part)(j); });
   }
