@@ -57,17 +57,9 @@ def qcols(q):
     return f"{q['psnr_db']:.1f} ({q['source']}) | {q['ssim']:.4f} | {q['worst_attribute_points']:+.1f}"
 
 
-def quality_of(row, qrows, named=None):
-    """The flux-mini quality row matching a timing row (plan, and the forced pattern or none), else None; `named`: the
-    quality row of that mode instead (labels.json "quality:<run>:<mode>")."""
-    if named:
-        q = next((x for x in qrows if x["mode"] == named), None)
-        orig = next((x for x in qrows if x["mode"] == "original"), None)
-        if not q:
-            return None
-        worst = min((q["accuracy"][k] - orig["accuracy"][k]) * 100 for k in q["accuracy"]) if orig else None
-        return {"source": q["mode"], "threshold": None, "psnr_db": q["psnr"], "ssim": q["ssim"],
-                "accuracy": q["accuracy"], "worst_attribute_points": worst, "full_steps_mean": q.get("fullStepsMean")}
+def matched_quality(row, qrows):
+    """The flux-mini quality row matching a timing row (plan, and the forced pattern or none) and whether it matched
+    only by its number of full steps; (None, False) when none does."""
     plan = row["plan"]["name"]
     want = None if plan in ("base", "bf16") else plan
     pat = row.get("cache_pattern") or None
@@ -80,9 +72,18 @@ def quality_of(row, qrows, named=None):
         cands = [q for q in same if round(q.get("fullStepsMean") or 0) == pat.count("F")]
         near = True
     cands.sort(key=lambda q: (q.get("threshold") or 0, q.get("maxConsecutive") or 1))
-    if not cands:
+    return (cands[0], near) if cands else (None, False)
+
+
+def quality_of(row, qrows, named=None):
+    """The quality cells of a timing row: its matched quality row (matched_quality), or with `named` the quality row
+    of that mode instead (labels.json "quality:<run>:<mode>"); None when there is none."""
+    if named:
+        q, near = next((x for x in qrows if x["mode"] == named), None), False
+    else:
+        q, near = matched_quality(row, qrows)
+    if not q:
         return None
-    q = cands[0]
     orig = next((x for x in qrows if x["mode"] == "original"), None)
     worst = min((q["accuracy"][k] - orig["accuracy"][k]) * 100 for k in q["accuracy"]) if orig else None
     return {"source": ("~" if near else "") + q["mode"], "threshold": q.get("threshold"), "psnr_db": q["psnr"], "ssim": q["ssim"],
